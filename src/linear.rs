@@ -1,0 +1,134 @@
+//! A dense projection `y = x Wᵀ + b`, stored in PyTorch's parameter layout.
+
+use nalgebra::{SMatrix, SVector};
+
+use crate::{Float, kernels};
+
+/// A linear map from `IN` to `OUT` features, `y = x Wᵀ + b`, exactly as PyTorch's `nn.Linear`.
+///
+/// `W` is `OUT × IN` (PyTorch's `weight`), `b` has `OUT` entries. The weight is stored as
+/// `Wᵀ` in an `SMatrix<T, IN, OUT>`: nalgebra is column-major, so this is byte for byte
+/// PyTorch's row-major `weight`, and [`Linear::from_rows`] is a `const fn` that keeps the
+/// array as given (a `static` layer keeps its weights in read-only memory).
+///
+/// ```
+/// use nalgebra::SMatrix;
+/// use static_attention::Linear;
+///
+/// // W = [[1, 2], [3, 4], [5, 6]] (3 outputs, 2 inputs), b = [0, 0, 1]
+/// const L: Linear<f32, 2, 3> = Linear::from_rows([[1., 2.], [3., 4.], [5., 6.]], [0., 0., 1.]);
+/// let x = SMatrix::<f32, 1, 2>::new(1.0, 1.0);
+/// assert_eq!(L.forward(&x), SMatrix::<f32, 1, 3>::new(3.0, 7.0, 12.0));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Zeroable)]
+#[repr(C)]
+pub struct Linear<T: Float, const IN: usize, const OUT: usize> {
+    weight_t: SMatrix<T, IN, OUT>,
+    bias: SVector<T, OUT>,
+    has_bias: bool,
+}
+
+impl<T: Float, const IN: usize, const OUT: usize> Linear<T, IN, OUT> {
+    /// Builds the map from PyTorch's row-major `weight[OUT][IN]` and `bias[OUT]`.
+    #[must_use]
+    pub const fn from_rows(weight: [[T; IN]; OUT], bias: [T; OUT]) -> Self {
+        Self {
+            weight_t: SMatrix::from_array_storage(nalgebra::ArrayStorage(weight)),
+            bias: SMatrix::from_array_storage(nalgebra::ArrayStorage([bias])),
+            has_bias: true,
+        }
+    }
+
+    /// Builds a map without bias (PyTorch `bias=False`) from row-major `weight[OUT][IN]`.
+    #[must_use]
+    pub const fn from_rows_without_bias(weight: [[T; IN]; OUT]) -> Self {
+        let mut l = Self::from_rows(weight, [T::ZERO; OUT]);
+        l.has_bias = false;
+        l
+    }
+
+    /// Builds the map from `W` (`OUT × IN`) and an optional bias.
+    #[must_use]
+    pub fn from_matrix(weight: &SMatrix<T, OUT, IN>, bias: Option<&SVector<T, OUT>>) -> Self {
+        Self {
+            weight_t: weight.transpose(),
+            bias: bias.copied().unwrap_or_else(SVector::zeros),
+            has_bias: bias.is_some(),
+        }
+    }
+
+    /// All-zero weights and no bias.
+    #[must_use]
+    pub fn zeros() -> Self {
+        Self::from_rows_without_bias([[T::ZERO; IN]; OUT])
+    }
+
+    /// The weight `W` (`OUT × IN`), as PyTorch's `weight` (a transposed copy).
+    #[must_use]
+    pub fn weight(&self) -> SMatrix<T, OUT, IN> {
+        self.weight_t.transpose()
+    }
+
+    /// `Wᵀ` as stored (`IN × OUT`): its column-major slice is PyTorch's row-major `weight`.
+    #[must_use]
+    pub const fn weight_t(&self) -> &SMatrix<T, IN, OUT> {
+        &self.weight_t
+    }
+
+    /// Mutable `Wᵀ` (see [`Linear::weight_t`]).
+    pub fn weight_t_mut(&mut self) -> &mut SMatrix<T, IN, OUT> {
+        &mut self.weight_t
+    }
+
+    /// The bias, or `None` for a map built without one.
+    #[must_use]
+    pub const fn bias(&self) -> Option<&SVector<T, OUT>> {
+        if self.has_bias {
+            Some(&self.bias)
+        } else {
+            None
+        }
+    }
+
+    /// Sets or removes the bias.
+    pub fn set_bias(&mut self, bias: Option<&SVector<T, OUT>>) {
+        self.has_bias = bias.is_some();
+        self.bias = bias.copied().unwrap_or_else(SVector::zeros);
+    }
+
+    /// Whether the map has a bias term.
+    #[must_use]
+    pub const fn has_bias(&self) -> bool {
+        self.has_bias
+    }
+
+    /// The bias as stored (zeros when there is none).
+    #[cfg(feature = "std")]
+    pub(crate) fn bias_or_zero(&self) -> &SVector<T, OUT> {
+        &self.bias
+    }
+
+    /// `y = x Wᵀ + b` for `S` tokens in rows: `S × IN → S × OUT`.
+    #[must_use]
+    pub fn forward<const S: usize>(&self, x: &SMatrix<T, S, IN>) -> SMatrix<T, S, OUT> {
+        let mut y = SMatrix::<T, S, OUT>::zeros();
+        self.forward_into(x, &mut y);
+        y
+    }
+
+    /// `y = x Wᵀ + b` into a caller-owned output.
+    pub fn forward_into<const S: usize>(&self, x: &SMatrix<T, S, IN>, y: &mut SMatrix<T, S, OUT>) {
+        if S == 0 {
+            return;
+        }
+        kernels::linear(
+            x.as_slice(),
+            S,
+            IN,
+            self.weight_t.as_slice(),
+            OUT,
+            self.bias.as_slice(),
+            y.as_mut_slice(),
+        );
+    }
+}
