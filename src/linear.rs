@@ -22,7 +22,8 @@ use crate::{Float, kernels};
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, bytemuck::Zeroable)]
 #[repr(C)]
-pub struct Linear<T: Float, const IN: usize, const OUT: usize> {
+#[zeroable(bound = "T: crate::Float")]
+pub struct Linear<T, const IN: usize, const OUT: usize> {
     weight_t: SMatrix<T, IN, OUT>,
     bias: SVector<T, OUT>,
     has_bias: bool,

@@ -122,10 +122,10 @@ impl<'a, T: Float, const SQ: usize, const SKV: usize> Mask<'a, T, SQ, SKV> {
     /// The entry for a key already known to be inside the pattern's range.
     #[inline]
     pub(crate) fn dense_entry(&self, i: usize, j: usize) -> Option<T> {
-        if let Some(pad) = self.key_padding {
-            if pad[j] {
-                return None;
-            }
+        if let Some(pad) = self.key_padding
+            && pad[j]
+        {
+            return None;
         }
         match self.matrix {
             MatrixMask::None => Some(T::ZERO),

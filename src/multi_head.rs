@@ -13,7 +13,8 @@ use crate::{Float, Linear, Mask, init, sdpa::default_scale};
 /// `average_attn_weights=True` result.
 #[derive(Clone, Copy, Debug, PartialEq, bytemuck::Zeroable)]
 #[repr(C)]
-pub struct AttentionWeights<T: Float, const SQ: usize, const SKV: usize, const HEADS: usize> {
+#[zeroable(bound = "T: crate::Float")]
+pub struct AttentionWeights<T, const SQ: usize, const SKV: usize, const HEADS: usize> {
     heads: [SMatrix<T, SQ, SKV>; HEADS],
 }
 
@@ -59,7 +60,8 @@ impl<T: Float, const SQ: usize, const SKV: usize, const HEADS: usize>
 /// too large for the stack.
 #[derive(Clone, Copy, Debug, bytemuck::Zeroable)]
 #[repr(C)]
-pub struct Scratch<T: Float, const SQ: usize, const SKV: usize, const DIM: usize> {
+#[zeroable(bound = "T: crate::Float")]
+pub struct Scratch<T, const SQ: usize, const SKV: usize, const DIM: usize> {
     q: SMatrix<T, SQ, DIM>,
     k: SMatrix<T, SKV, DIM>,
     v: SMatrix<T, SKV, DIM>,
@@ -127,7 +129,8 @@ impl<T: Float, const SQ: usize, const SKV: usize, const DIM: usize> Default
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, bytemuck::Zeroable)]
 #[repr(C)]
-pub struct MultiHead<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float = f32> {
+#[zeroable(bound = "T: crate::Float")]
+pub struct MultiHead<const SEQ: usize, const DIM: usize, const HEADS: usize, T = f32> {
     q: Linear<T, DIM, DIM>,
     k: Linear<T, DIM, DIM>,
     v: Linear<T, DIM, DIM>,
@@ -152,13 +155,16 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
             "HEADS must be at least 1: attention needs at least one head"
         );
         assert!(
-            DIM % HEADS == 0,
+            DIM.is_multiple_of(HEADS),
             "DIM must be divisible by HEADS: each head gets DIM / HEADS features"
         );
     };
 
     /// Features per head, `DIM / HEADS` (`d_k = d_v` in the paper).
-    pub const HEAD_DIM: usize = if HEADS == 0 { 0 } else { DIM / HEADS };
+    pub const HEAD_DIM: usize = match DIM.checked_div(HEADS) {
+        Some(d) => d,
+        None => 0,
+    };
 
     /// Bytes of working memory a forward pass over `SEQ` tokens needs ([`Scratch::BYTES`]).
     /// [`MultiHead::forward`] keeps it on the stack next to its `SEQ · DIM` output.

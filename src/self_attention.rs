@@ -31,7 +31,8 @@ use crate::{
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, bytemuck::Zeroable)]
 #[repr(C)]
-pub struct SelfAttention<const SEQ: usize, const DIM: usize, T: Float = f32> {
+#[zeroable(bound = "T: crate::Float")]
+pub struct SelfAttention<const SEQ: usize, const DIM: usize, T = f32> {
     q: Linear<T, DIM, DIM>,
     k: Linear<T, DIM, DIM>,
     v: Linear<T, DIM, DIM>,
