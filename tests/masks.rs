@@ -1,0 +1,116 @@
+//! Mask conventions, each stated once and tested: alignments, windows, boolean meanings,
+//! additive entries, padding, and combinations.
+
+use nalgebra::SMatrix;
+use static_attention::{Alignment, Mask, Pattern, scaled_dot_product_attention_with_weights};
+
+/// The set of keys each query may see, as a 0/1 matrix printed row by row.
+fn visible<const SQ: usize, const SKV: usize>(mask: &Mask<'_, f32, SQ, SKV>) -> Vec<String> {
+    (0..SQ)
+        .map(|i| (0..SKV).map(|j| if mask.allows(i, j) { '1' } else { '.' }).collect())
+        .collect()
+}
+
+#[test]
+fn causal_alignments_on_rectangles() {
+    // 2 queries, 4 keys.
+    assert_eq!(visible(&Mask::<f32, 2, 4>::causal(Alignment::TopLeft)), ["1...", "11.."]);
+    assert_eq!(visible(&Mask::<f32, 2, 4>::causal(Alignment::BottomRight)), ["111.", "1111"]);
+    // 4 queries, 2 keys: bottom-right leaves the first two queries with no key at all.
+    assert_eq!(visible(&Mask::<f32, 4, 2>::causal(Alignment::TopLeft)), ["1.", "11", "11", "11"]);
+    assert_eq!(visible(&Mask::<f32, 4, 2>::causal(Alignment::BottomRight)), ["..", "..", "1.", "11"]);
+    // Square: both are lower-triangular.
+    assert_eq!(
+        visible(&Mask::<f32, 3, 3>::causal(Alignment::TopLeft)),
+        visible(&Mask::<f32, 3, 3>::causal(Alignment::BottomRight))
+    );
+}
+
+#[test]
+fn sliding_window_counts_the_query_itself() {
+    // Window 2: query i sees i − 2 < j ≤ i, two keys including itself.
+    assert_eq!(visible(&Mask::<f32, 4, 4>::sliding_window(2)), ["1...", "11..", ".11.", "..11"]);
+    assert_eq!(visible(&Mask::<f32, 3, 3>::sliding_window(1)), ["1..", ".1.", "..1"]);
+    assert_eq!(visible(&Mask::<f32, 2, 2>::sliding_window(0)), ["..", ".."]);
+    // A window wider than the sequence is plain causal.
+    assert_eq!(
+        visible(&Mask::<f32, 3, 3>::sliding_window(usize::MAX)),
+        visible(&Mask::<f32, 3, 3>::causal(Alignment::TopLeft))
+    );
+    // Default alignment is bottom-right (KV-cache decoding); top-left on request.
+    assert_eq!(visible(&Mask::<f32, 2, 4>::sliding_window(2)), [".11.", "..11"]);
+    let top_left = Mask::<f32, 2, 4>::none()
+        .and_pattern(Pattern::SlidingWindow { window: 2, alignment: Alignment::TopLeft });
+    assert_eq!(visible(&top_left), ["1...", "11.."]);
+}
+
+#[test]
+fn boolean_masks_say_their_meaning() {
+    let m = SMatrix::<bool, 2, 3>::new(true, false, true, false, false, true);
+    assert_eq!(visible(&Mask::<f32, 2, 3>::attend_where(&m)), ["1.1", "..1"]);
+    assert_eq!(visible(&Mask::<f32, 2, 3>::block_where(&m)), [".1.", "11."]);
+    let pad = [false, true, false];
+    assert_eq!(visible(&Mask::<f32, 2, 3>::key_is_padding(&pad)), ["1.1", "1.1"]);
+}
+
+#[test]
+fn parts_combine_with_and() {
+    let pad = [false, false, true];
+    let blocked = SMatrix::<bool, 3, 3>::new(false, true, false, false, false, false, true, false, false);
+    let mask = Mask::<f32, 3, 3>::block_where(&blocked)
+        .and_pattern(Pattern::Causal(Alignment::TopLeft))
+        .and_key_is_padding(&pad);
+    assert_eq!(visible(&mask), ["1..", "11.", ".1."]);
+}
+
+#[test]
+fn additive_entries_bias_scores_and_neg_inf_or_nan_mask() {
+    let bias = SMatrix::<f32, 1, 4>::new(0.0, -1.5, f32::NEG_INFINITY, f32::NAN);
+    let mask = Mask::additive(&bias);
+    assert_eq!(mask.entry(0, 0), Some(0.0));
+    assert_eq!(mask.entry(0, 1), Some(-1.5));
+    assert_eq!(mask.entry(0, 2), None);
+    assert_eq!(mask.entry(0, 3), None);
+    assert_eq!(mask.entry(0, 9), None, "out of range is masked");
+
+    // Applied after scaling: s = scale·q·k + m. With q·k = 0 the weights are softmax(m).
+    let q = SMatrix::<f32, 1, 2>::zeros();
+    let k = SMatrix::<f32, 4, 2>::zeros();
+    let v = SMatrix::<f32, 4, 1>::new(1.0, 2.0, f32::NAN, f32::INFINITY);
+    let (out, w) = scaled_dot_product_attention_with_weights(&q, &k, &v, &mask, Some(10.0));
+    let e = (-1.5f32).exp();
+    assert!((w[(0, 0)] - 1.0 / (1.0 + e)).abs() < 1e-6);
+    assert_eq!((w[(0, 2)], w[(0, 3)]), (0.0, 0.0));
+    assert!((out[(0, 0)] - (1.0 + 2.0 * e) / (1.0 + e)).abs() < 1e-6, "masked NaN/inf values stay out");
+}
+
+#[test]
+fn all_masks_blocking_everything_give_zeros_not_nan() {
+    let x = SMatrix::<f32, 3, 2>::new(1.0, 2.0, 3.0, 4.0, 5.0, 6.0);
+    let all = [true; 3];
+    let neg_inf = SMatrix::<f32, 3, 3>::repeat(f32::NEG_INFINITY);
+    let none = SMatrix::<bool, 3, 3>::repeat(false);
+    let masks: [Mask<'_, f32, 3, 3>; 4] = [
+        Mask::key_is_padding(&all),
+        Mask::additive(&neg_inf),
+        Mask::attend_where(&none),
+        Mask::sliding_window(0),
+    ];
+    for mask in masks {
+        let (out, w) = scaled_dot_product_attention_with_weights(&x, &x, &x, &mask, None);
+        assert_eq!(out, SMatrix::<f32, 3, 2>::zeros());
+        assert_eq!(w, SMatrix::<f32, 3, 3>::zeros());
+        let streamed = static_attention::scaled_dot_product_attention(&x, &x, &x, &mask, None);
+        assert_eq!(streamed, SMatrix::<f32, 3, 2>::zeros());
+    }
+}
+
+#[test]
+fn unmasked_non_finite_inputs_propagate() {
+    // Documented: NaN in a key or value the mask allows reaches the output (as in PyTorch).
+    let q = SMatrix::<f32, 1, 1>::new(1.0);
+    let k = SMatrix::<f32, 2, 1>::new(1.0, 1.0);
+    let v = SMatrix::<f32, 2, 1>::new(1.0, f32::NAN);
+    let out = static_attention::scaled_dot_product_attention(&q, &k, &v, &Mask::none(), None);
+    assert!(out[(0, 0)].is_nan());
+}
