@@ -226,3 +226,100 @@ pub(crate) fn attention_with_weights<T: Float, const SQ: usize, const SKV: usize
         }
     }
 }
+
+#[cfg(all(test, feature = "std"))]
+mod tests {
+    //! The scalar kernel against the reference path, on odd sizes (block tails) and across
+    //! input scales from tiny to large logits.
+    use nalgebra::SMatrix;
+
+    use crate::{Alignment, Mask, reference};
+
+    /// A deterministic pseudo-random matrix in `[-scale, scale]`.
+    fn matrix<const R: usize, const C: usize>(seed: u64, scale: f64) -> SMatrix<f64, R, C> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        SMatrix::from_fn(|_, _| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * scale
+        })
+    }
+
+    fn check<const SQ: usize, const SKV: usize, const D: usize, const DV: usize>(seed: u64) {
+        for scale in [1e-3, 0.1, 1.0, 4.0, 30.0] {
+            let q = matrix::<SQ, D>(seed, scale);
+            let k = matrix::<SKV, D>(seed + 1, scale);
+            let v = matrix::<SKV, DV>(seed + 2, 1.0);
+            let pad: [bool; SKV] = core::array::from_fn(|j| j % 3 == 1);
+            for (mask, mask32) in masks::<f64, SQ, SKV>(&pad)
+                .iter()
+                .zip(&masks::<f32, SQ, SKV>(&pad))
+            {
+                let (want, want_w) = reference::attention(&q, &k, &v, mask, None);
+                let got = crate::scaled_dot_product_attention(&q, &k, &v, mask, None);
+                let (got2, got_w) =
+                    crate::scaled_dot_product_attention_with_weights(&q, &k, &v, mask, None);
+                let tol = 1e-12 * (1.0 + want.amax());
+                assert!((got - want).amax() <= tol, "streaming, scale {scale}");
+                assert!((got2 - want).amax() <= tol, "weights path, scale {scale}");
+                assert!((got_w - want_w).amax() <= 1e-12, "weights, scale {scale}");
+
+                // f32 kernel against the f64 reference on the same (f32-rounded) inputs, within
+                // SPEC.md's bound at unit scale, widened in proportion to the largest logit
+                // (f32 rounding of a logit s moves exp(s) by about |s|·2⁻²⁴).
+                let (q32, k32, v32) = (q.cast::<f32>(), k.cast::<f32>(), v.cast::<f32>());
+                let (want, _) =
+                    reference::attention(&q32.cast::<f64>(), &k32.cast(), &v32.cast(), mask, None);
+                let got = crate::scaled_dot_product_attention(&q32, &k32, &v32, mask32, None);
+                let logit = scale * scale * (D as f64).sqrt();
+                let atol = 1e-5 * (1.0 + logit / 4.0);
+                for (g, w) in got.iter().zip(want.iter()) {
+                    let err = (f64::from(*g) - w).abs();
+                    assert!(
+                        err <= atol + 1e-5 * w.abs(),
+                        "f32 at scale {scale}: {g} vs {w}"
+                    );
+                }
+            }
+        }
+    }
+
+    fn masks<T: crate::Float, const SQ: usize, const SKV: usize>(
+        pad: &[bool; SKV],
+    ) -> [Mask<'_, T, SQ, SKV>; 4] {
+        [
+            Mask::none(),
+            Mask::causal(Alignment::TopLeft),
+            Mask::causal(Alignment::BottomRight).and_key_is_padding(pad),
+            Mask::sliding_window(3),
+        ]
+    }
+
+    #[test]
+    fn attention_matches_reference_on_odd_sizes_and_scales() {
+        check::<1, 1, 1, 1>(1);
+        check::<7, 7, 5, 3>(2);
+        check::<9, 13, 12, 7>(3);
+        check::<17, 5, 3, 11>(4);
+        check::<33, 33, 16, 16>(5);
+    }
+
+    #[test]
+    fn linear_matches_naive_on_odd_sizes() {
+        fn run<const S: usize, const I: usize, const O: usize>(seed: u64) {
+            for scale in [1e-3, 1.0, 1e3] {
+                let x = matrix::<S, I>(seed, scale);
+                let w = matrix::<O, I>(seed + 1, 1.0);
+                let b = matrix::<O, 1>(seed + 2, 1.0);
+                let l = crate::Linear::from_matrix(&w, Some(&b));
+                let want = x * w.transpose() + SMatrix::<f64, S, 1>::repeat(1.0) * b.transpose();
+                let got = l.forward(&x);
+                assert!((got - want).amax() <= 1e-12 * (1.0 + want.amax()));
+            }
+        }
+        run::<1, 1, 1>(1);
+        run::<7, 12, 5>(2);
+        run::<13, 3, 17>(3);
+    }
+}
