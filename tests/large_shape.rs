@@ -39,13 +39,24 @@ fn seq_1024_dim_512_runs_on_a_2_mib_stack() {
             let mut small_scratch = Scratch::<f32, 8, 8, DIM>::new_boxed();
             let mut small_out = heap::zeros::<f32, 8, DIM>();
             let small_mask = Mask::causal(Alignment::TopLeft);
-            layer.attend(&head, &head, &head, &small_mask, &mut small_scratch, &mut small_out, None);
+            layer.attend(
+                &head,
+                &head,
+                &head,
+                &small_mask,
+                &mut small_scratch,
+                &mut small_out,
+                None,
+            );
             for i in 0..8 {
                 for j in 0..DIM {
                     assert!((small_out[(i, j)] - y[(i, j)]).abs() <= 1e-5);
                 }
             }
-            assert_eq!(Layer::SCRATCH_BYTES, core::mem::size_of::<Scratch<f32, SEQ, SEQ, DIM>>());
+            assert_eq!(
+                Layer::SCRATCH_BYTES,
+                core::mem::size_of::<Scratch<f32, SEQ, SEQ, DIM>>()
+            );
         })
         .expect("spawn")
         .join()

@@ -7,18 +7,34 @@ use static_attention::{Alignment, Mask, Pattern, scaled_dot_product_attention_wi
 /// The set of keys each query may see, as a 0/1 matrix printed row by row.
 fn visible<const SQ: usize, const SKV: usize>(mask: &Mask<'_, f32, SQ, SKV>) -> Vec<String> {
     (0..SQ)
-        .map(|i| (0..SKV).map(|j| if mask.allows(i, j) { '1' } else { '.' }).collect())
+        .map(|i| {
+            (0..SKV)
+                .map(|j| if mask.allows(i, j) { '1' } else { '.' })
+                .collect()
+        })
         .collect()
 }
 
 #[test]
 fn causal_alignments_on_rectangles() {
     // 2 queries, 4 keys.
-    assert_eq!(visible(&Mask::<f32, 2, 4>::causal(Alignment::TopLeft)), ["1...", "11.."]);
-    assert_eq!(visible(&Mask::<f32, 2, 4>::causal(Alignment::BottomRight)), ["111.", "1111"]);
+    assert_eq!(
+        visible(&Mask::<f32, 2, 4>::causal(Alignment::TopLeft)),
+        ["1...", "11.."]
+    );
+    assert_eq!(
+        visible(&Mask::<f32, 2, 4>::causal(Alignment::BottomRight)),
+        ["111.", "1111"]
+    );
     // 4 queries, 2 keys: bottom-right leaves the first two queries with no key at all.
-    assert_eq!(visible(&Mask::<f32, 4, 2>::causal(Alignment::TopLeft)), ["1.", "11", "11", "11"]);
-    assert_eq!(visible(&Mask::<f32, 4, 2>::causal(Alignment::BottomRight)), ["..", "..", "1.", "11"]);
+    assert_eq!(
+        visible(&Mask::<f32, 4, 2>::causal(Alignment::TopLeft)),
+        ["1.", "11", "11", "11"]
+    );
+    assert_eq!(
+        visible(&Mask::<f32, 4, 2>::causal(Alignment::BottomRight)),
+        ["..", "..", "1.", "11"]
+    );
     // Square: both are lower-triangular.
     assert_eq!(
         visible(&Mask::<f32, 3, 3>::causal(Alignment::TopLeft)),
@@ -29,8 +45,14 @@ fn causal_alignments_on_rectangles() {
 #[test]
 fn sliding_window_counts_the_query_itself() {
     // Window 2: query i sees i − 2 < j ≤ i, two keys including itself.
-    assert_eq!(visible(&Mask::<f32, 4, 4>::sliding_window(2)), ["1...", "11..", ".11.", "..11"]);
-    assert_eq!(visible(&Mask::<f32, 3, 3>::sliding_window(1)), ["1..", ".1.", "..1"]);
+    assert_eq!(
+        visible(&Mask::<f32, 4, 4>::sliding_window(2)),
+        ["1...", "11..", ".11.", "..11"]
+    );
+    assert_eq!(
+        visible(&Mask::<f32, 3, 3>::sliding_window(1)),
+        ["1..", ".1.", "..1"]
+    );
     assert_eq!(visible(&Mask::<f32, 2, 2>::sliding_window(0)), ["..", ".."]);
     // A window wider than the sequence is plain causal.
     assert_eq!(
@@ -38,25 +60,37 @@ fn sliding_window_counts_the_query_itself() {
         visible(&Mask::<f32, 3, 3>::causal(Alignment::TopLeft))
     );
     // Default alignment is bottom-right (KV-cache decoding); top-left on request.
-    assert_eq!(visible(&Mask::<f32, 2, 4>::sliding_window(2)), [".11.", "..11"]);
-    let top_left = Mask::<f32, 2, 4>::none()
-        .and_pattern(Pattern::SlidingWindow { window: 2, alignment: Alignment::TopLeft });
+    assert_eq!(
+        visible(&Mask::<f32, 2, 4>::sliding_window(2)),
+        [".11.", "..11"]
+    );
+    let top_left = Mask::<f32, 2, 4>::none().and_pattern(Pattern::SlidingWindow {
+        window: 2,
+        alignment: Alignment::TopLeft,
+    });
     assert_eq!(visible(&top_left), ["1...", "11.."]);
 }
 
 #[test]
 fn boolean_masks_say_their_meaning() {
     let m = SMatrix::<bool, 2, 3>::new(true, false, true, false, false, true);
-    assert_eq!(visible(&Mask::<f32, 2, 3>::attend_where(&m)), ["1.1", "..1"]);
+    assert_eq!(
+        visible(&Mask::<f32, 2, 3>::attend_where(&m)),
+        ["1.1", "..1"]
+    );
     assert_eq!(visible(&Mask::<f32, 2, 3>::block_where(&m)), [".1.", "11."]);
     let pad = [false, true, false];
-    assert_eq!(visible(&Mask::<f32, 2, 3>::key_is_padding(&pad)), ["1.1", "1.1"]);
+    assert_eq!(
+        visible(&Mask::<f32, 2, 3>::key_is_padding(&pad)),
+        ["1.1", "1.1"]
+    );
 }
 
 #[test]
 fn parts_combine_with_and() {
     let pad = [false, false, true];
-    let blocked = SMatrix::<bool, 3, 3>::new(false, true, false, false, false, false, true, false, false);
+    let blocked =
+        SMatrix::<bool, 3, 3>::new(false, true, false, false, false, false, true, false, false);
     let mask = Mask::<f32, 3, 3>::block_where(&blocked)
         .and_pattern(Pattern::Causal(Alignment::TopLeft))
         .and_key_is_padding(&pad);
@@ -81,7 +115,10 @@ fn additive_entries_bias_scores_and_neg_inf_or_nan_mask() {
     let e = (-1.5f32).exp();
     assert!((w[(0, 0)] - 1.0 / (1.0 + e)).abs() < 1e-6);
     assert_eq!((w[(0, 2)], w[(0, 3)]), (0.0, 0.0));
-    assert!((out[(0, 0)] - (1.0 + 2.0 * e) / (1.0 + e)).abs() < 1e-6, "masked NaN/inf values stay out");
+    assert!(
+        (out[(0, 0)] - (1.0 + 2.0 * e) / (1.0 + e)).abs() < 1e-6,
+        "masked NaN/inf values stay out"
+    );
 }
 
 #[test]

@@ -124,7 +124,15 @@ fn forward_passes_do_not_allocate() {
             &mut out,
             Some(&mut weights),
         );
-        layer.attend(&x, &memory, &memory, &Mask::none(), &mut scratch, &mut out, None);
+        layer.attend(
+            &x,
+            &memory,
+            &memory,
+            &Mask::none(),
+            &mut scratch,
+            &mut out,
+            None,
+        );
         std::hint::black_box(l.forward(&x));
     });
     assert_eq!(n, 0, "forward passes allocated {n} times");

@@ -43,18 +43,29 @@ fn sdpa_two_by_two_by_hand() {
     let (out, w) = scaled_dot_product_attention_with_weights(&q, &q, &v, &Mask::none(), None);
     close(&out, &out_expected);
     close(&w, &w_expected);
-    close(&scaled_dot_product_attention(&q, &q, &v, &Mask::none(), None), &out_expected);
+    close(
+        &scaled_dot_product_attention(&q, &q, &v, &Mask::none(), None),
+        &out_expected,
+    );
 }
 
 #[test]
 fn sdpa_two_by_two_causal_and_explicit_scale() {
     let (q, v) = two_by_two();
     // Causal: query 0 sees only key 0, so its output is V's row 0 and its weights [1, 0].
-    let (out, w) =
-        scaled_dot_product_attention_with_weights(&q, &q, &v, &Mask::causal(Alignment::TopLeft), None);
+    let (out, w) = scaled_dot_product_attention_with_weights(
+        &q,
+        &q,
+        &v,
+        &Mask::causal(Alignment::TopLeft),
+        None,
+    );
     let b = sigmoid(-std::f64::consts::FRAC_1_SQRT_2); // row 1: scores [0, 1/√2]
     close(&w, &SMatrix::<f64, 2, 2>::new(1.0, 0.0, b, 1.0 - b));
-    close(&out.row(0).into_owned(), &SMatrix::<f64, 1, 2>::new(1.0, 2.0));
+    close(
+        &out.row(0).into_owned(),
+        &SMatrix::<f64, 1, 2>::new(1.0, 2.0),
+    );
     // An explicit scale is used exactly: scale 2 gives scores [2, 0].
     let (_, w) = scaled_dot_product_attention_with_weights(&q, &q, &v, &Mask::none(), Some(2.0));
     assert!((w[(0, 0)] - sigmoid(2.0)).abs() < 1e-12);
@@ -93,7 +104,8 @@ fn fully_masked_row_gives_zeros_and_the_layer_gives_its_output_bias() {
     let (q, v) = two_by_two();
     // Block every key of query 1.
     let blocked = SMatrix::<bool, 2, 2>::new(false, false, true, true);
-    let (out, w) = scaled_dot_product_attention_with_weights(&q, &q, &v, &Mask::block_where(&blocked), None);
+    let (out, w) =
+        scaled_dot_product_attention_with_weights(&q, &q, &v, &Mask::block_where(&blocked), None);
     assert_eq!(w.row(1).into_owned(), SMatrix::<f64, 1, 2>::zeros());
     assert_eq!(out.row(1).into_owned(), SMatrix::<f64, 1, 2>::zeros());
     assert!((w.row(0).sum() - 1.0).abs() < 1e-12);
@@ -103,13 +115,22 @@ fn fully_masked_row_gives_zeros_and_the_layer_gives_its_output_bias() {
 
     // The layer then outputs out_proj.bias for that token, like PyTorch.
     let id = Linear::<f64, 2, 2>::from_rows(I2, [0.0; 2]);
-    let out_proj = Linear::from_matrix(&SMatrix::identity(), Some(&SVector::<f64, 2>::new(0.25, -0.5)));
+    let out_proj = Linear::from_matrix(
+        &SMatrix::identity(),
+        Some(&SVector::<f64, 2>::new(0.25, -0.5)),
+    );
     let layer = MultiHead::<2, 2, 1, f64>::from_parts(id, id, id, out_proj);
     let y = layer.forward(&q, &Mask::block_where(&blocked));
     assert_eq!(y.row(1).into_owned(), SMatrix::<f64, 1, 2>::new(0.25, -0.5));
     let (y2, w2) = layer.forward_with_weights(&q, &Mask::block_where(&blocked));
-    assert_eq!(y2.row(1).into_owned(), SMatrix::<f64, 1, 2>::new(0.25, -0.5));
-    assert_eq!(w2.head(0).row(1).into_owned(), SMatrix::<f64, 1, 2>::zeros());
+    assert_eq!(
+        y2.row(1).into_owned(),
+        SMatrix::<f64, 1, 2>::new(0.25, -0.5)
+    );
+    assert_eq!(
+        w2.head(0).row(1).into_owned(),
+        SMatrix::<f64, 1, 2>::zeros()
+    );
 }
 
 #[test]
@@ -117,9 +138,22 @@ fn reference_softmax_rows() {
     let s = nalgebra::DMatrix::from_row_slice(
         2,
         3,
-        &[0.0, 0.0, f64::NEG_INFINITY, f64::NEG_INFINITY, f64::NEG_INFINITY, f64::NEG_INFINITY],
+        &[
+            0.0,
+            0.0,
+            f64::NEG_INFINITY,
+            f64::NEG_INFINITY,
+            f64::NEG_INFINITY,
+            f64::NEG_INFINITY,
+        ],
     );
     let w = reference::softmax_rows(&s);
-    assert_eq!(w.row(0).iter().copied().collect::<Vec<_>>(), vec![0.5, 0.5, 0.0]);
-    assert_eq!(w.row(1).iter().copied().collect::<Vec<_>>(), vec![0.0, 0.0, 0.0]);
+    assert_eq!(
+        w.row(0).iter().copied().collect::<Vec<_>>(),
+        vec![0.5, 0.5, 0.0]
+    );
+    assert_eq!(
+        w.row(1).iter().copied().collect::<Vec<_>>(),
+        vec![0.0, 0.0, 0.0]
+    );
 }

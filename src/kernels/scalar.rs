@@ -17,12 +17,46 @@ pub(crate) fn linear<T: Float>(
     out: &mut [T],
 ) {
     debug_assert!(x.len() >= s * din && w_t.len() >= din * dout && bias.len() >= dout);
-    for (c, col) in out.chunks_exact_mut(s).take(dout).enumerate() {
-        col.fill(bias[c]);
-        let w_row = &w_t[c * din..(c + 1) * din];
-        for (d, &w) in w_row.iter().enumerate() {
+    debug_assert!(out.len() >= s * dout);
+    // Four output columns per pass, so each input column is read once per four outputs.
+    let mut c = 0;
+    while c + 4 <= dout {
+        let (c0, rest) = out[c * s..(c + 4) * s].split_at_mut(s);
+        let (c1, rest) = rest.split_at_mut(s);
+        let (c2, c3) = rest.split_at_mut(s);
+        c0.fill(bias[c]);
+        c1.fill(bias[c + 1]);
+        c2.fill(bias[c + 2]);
+        c3.fill(bias[c + 3]);
+        for d in 0..din {
+            let w = [
+                w_t[d + c * din],
+                w_t[d + (c + 1) * din],
+                w_t[d + (c + 2) * din],
+                w_t[d + (c + 3) * din],
+            ];
             let x_col = &x[d * s..(d + 1) * s];
-            for (o, &xv) in col.iter_mut().zip(x_col) {
+            for ((((o0, o1), o2), o3), &xv) in c0
+                .iter_mut()
+                .zip(c1.iter_mut())
+                .zip(c2.iter_mut())
+                .zip(c3.iter_mut())
+                .zip(x_col)
+            {
+                *o0 += w[0] * xv;
+                *o1 += w[1] * xv;
+                *o2 += w[2] * xv;
+                *o3 += w[3] * xv;
+            }
+        }
+        c += 4;
+    }
+    for c in c..dout {
+        let col = &mut out[c * s..(c + 1) * s];
+        col.fill(bias[c]);
+        for d in 0..din {
+            let w = w_t[d + c * din];
+            for (o, &xv) in col.iter_mut().zip(&x[d * s..(d + 1) * s]) {
                 *o += w * xv;
             }
         }
@@ -63,13 +97,20 @@ pub(crate) fn attention<T: Float, const SQ: usize, const SKV: usize, const D: us
     while i0 < sq {
         let nb = BLOCK_Q.min(sq - i0);
         let mut ranges = [(0usize, 0usize); BLOCK_Q];
+        // Union of the rows' key ranges, and the keys every row of a full block uses.
         let (mut lo, mut hi) = (usize::MAX, 0);
+        let (mut all_lo, mut all_hi) = (0, usize::MAX);
         for (r, range) in ranges.iter_mut().enumerate().take(nb) {
             *range = mask.key_range(i0 + r);
+            all_lo = all_lo.max(range.0);
+            all_hi = all_hi.min(range.1);
             if range.0 < range.1 {
                 lo = lo.min(range.0);
                 hi = hi.max(range.1);
             }
+        }
+        if nb < BLOCK_Q || dense {
+            all_hi = 0;
         }
         work.max = [T::NEG_INFINITY; BLOCK_Q];
         work.sum = [T::ZERO; BLOCK_Q];
@@ -78,7 +119,10 @@ pub(crate) fn attention<T: Float, const SQ: usize, const SKV: usize, const D: us
         }
 
         for j in lo..hi {
-            // Which rows of the block use key j, and with what additive bias.
+            if j >= all_lo && j < all_hi && full_block_key(q, k, v, dims, i0, j, scale, work) {
+                continue;
+            }
+            // General path: which rows of the block use key j, and with what additive bias.
             let mut used = [false; BLOCK_Q];
             let mut bias = [T::ZERO; BLOCK_Q];
             let mut any = false;
@@ -154,6 +198,73 @@ pub(crate) fn attention<T: Float, const SQ: usize, const SKV: usize, const D: us
         }
         i0 += nb;
     }
+}
+
+/// The common case, written branch-free over a whole block so it vectorises: all `BLOCK_Q`
+/// rows use key `j` with no additive bias. The rescaling of the running sums is skipped when no
+/// row's maximum moved (most keys, after the first few). Returns `false`, having changed
+/// nothing, if a score is `−∞`, which the general path handles.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn full_block_key<T: Float, const D: usize>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    dims: Dims,
+    i0: usize,
+    j: usize,
+    scale: T,
+    work: &mut Work<T, D>,
+) -> bool {
+    let Dims { sq, skv, dk, dv } = dims;
+    let mut s = [T::ZERO; BLOCK_Q];
+    for d in 0..dk {
+        let kv = k[j + d * skv];
+        let q_col = &q[i0 + d * sq..i0 + d * sq + BLOCK_Q];
+        for r in 0..BLOCK_Q {
+            s[r] += q_col[r] * kv;
+        }
+    }
+    for sr in &mut s {
+        *sr *= scale;
+    }
+    if s.contains(&T::NEG_INFINITY) {
+        return false;
+    }
+    let mut corr = [T::ONE; BLOCK_Q];
+    let mut p = [T::ZERO; BLOCK_Q];
+    let mut rescale = false;
+    for r in 0..BLOCK_Q {
+        let m_old = work.max[r];
+        let m_new = m_old.max_(s[r]);
+        if m_new > m_old {
+            corr[r] = if m_old == T::NEG_INFINITY {
+                T::ZERO
+            } else {
+                (m_old - m_new).exp_()
+            };
+            rescale = true;
+        }
+        p[r] = (s[r] - m_new).exp_();
+        work.sum[r] = work.sum[r] * corr[r] + p[r];
+        work.max[r] = m_new;
+    }
+    if rescale {
+        for (e, acc) in work.acc.iter_mut().enumerate().take(dv) {
+            let ve = v[j + e * skv];
+            for r in 0..BLOCK_Q {
+                acc[r] = acc[r] * corr[r] + p[r] * ve;
+            }
+        }
+    } else {
+        for (e, acc) in work.acc.iter_mut().enumerate().take(dv) {
+            let ve = v[j + e * skv];
+            for r in 0..BLOCK_Q {
+                acc[r] += p[r] * ve;
+            }
+        }
+    }
+    true
 }
 
 /// Attention for one head that also writes the post-softmax weights: per query row, the
