@@ -19,6 +19,8 @@ pub trait Float:
 {
     /// Negative infinity: the score of a masked key.
     const NEG_INFINITY: Self;
+    /// Not a number.
+    const NAN: Self;
     /// Zero, as a constant.
     const ZERO: Self;
     /// One, as a constant.
@@ -36,6 +38,12 @@ pub trait Float:
     fn exp_(self) -> Self;
     /// √x.
     fn sqrt_(self) -> Self;
+    /// Whether the value is NaN.
+    #[inline]
+    #[allow(clippy::eq_op)]
+    fn is_nan_(self) -> bool {
+        self != self
+    }
     /// Larger of two values; NaN in `self` propagates.
     #[inline]
     fn max_(self, other: Self) -> Self {
@@ -47,6 +55,7 @@ macro_rules! impl_float {
     ($t:ty, $exp:ident, $sqrt:ident) => {
         impl Float for $t {
             const NEG_INFINITY: Self = <$t>::NEG_INFINITY;
+            const NAN: Self = <$t>::NAN;
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
             const EPSILON: Self = <$t>::EPSILON;

@@ -17,7 +17,8 @@
 //!
 //! Rules (SPEC.md 5–7, 13):
 //! - Additive masks are applied after scaling: `s = scale · q·k + m`. An entry of `−∞` masks the
-//!   key out; so does a NaN entry (a documented choice: PyTorch would return NaN there).
+//!   key out; so does a NaN entry (a documented choice: PyTorch would return NaN there). An
+//!   entry of `+∞` is not a mask: like any infinite score it makes its row NaN, as in PyTorch.
 //! - A query row whose keys are all masked gives a zero output row and an all-zero weight row,
 //!   never NaN.
 //! - A masked key is skipped, never multiplied by zero, so its values cannot reach the output

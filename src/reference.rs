@@ -25,6 +25,11 @@ use crate::{Float, Mask, MultiHead, sdpa::default_scale};
 pub fn softmax_rows<T: Float>(scores: &DMatrix<T>) -> DMatrix<T> {
     let mut w = scores.clone();
     for mut row in w.row_iter_mut() {
+        if row.iter().any(|s| s.is_nan_()) {
+            // A NaN score makes the whole row NaN, as in PyTorch.
+            row.fill(T::NAN);
+            continue;
+        }
         let max = row.iter().fold(T::NEG_INFINITY, |m, &s| m.max_(s));
         if max == T::NEG_INFINITY {
             row.fill(T::ZERO);
@@ -89,11 +94,11 @@ fn attention_dyn<T: Float>(
     // P = softmax(S)
     let weights = softmax_rows(&scores);
     // O = P V, summing only over keys the mask allows, so a masked key's values (even NaN)
-    // are never multiplied, not even by zero.
+    // are never multiplied, not even by zero. (A row with a NaN score has NaN weights.)
     let mut out = DMatrix::zeros(q.nrows(), v.ncols());
     for i in 0..q.nrows() {
         for j in 0..k.nrows() {
-            if mask(i, j).is_some() && weights[(i, j)] != T::ZERO {
+            if mask(i, j).is_some() {
                 let contribution = v.row(j) * weights[(i, j)];
                 let mut row = out.row_mut(i);
                 row += contribution;

@@ -163,8 +163,9 @@ pub(crate) fn attention<T: Float, const SQ: usize, const SKV: usize, const D: us
                 }
                 let sr = s[r] * scale + bias[r];
                 if sr == T::NEG_INFINITY {
-                    // exp(−∞) = 0: the key carries no weight; skipping it avoids −∞ − (−∞).
-                    used[r] = false;
+                    // exp(−∞) = 0: an allowed key whose score overflowed to −∞ carries no
+                    // weight (p = 0, c = 1, as in the other paths); not forming m − m' avoids
+                    // −∞ − (−∞) when no key has been seen yet.
                     continue;
                 }
                 let m_old = work.max[r];
@@ -193,7 +194,9 @@ pub(crate) fn attention<T: Float, const SQ: usize, const SKV: usize, const D: us
             let o = &mut out[i0 + e * sq..i0 + e * sq + nb];
             for (r, or) in o.iter_mut().enumerate() {
                 let l = work.sum[r];
-                *or = if l > T::ZERO { acc[r] / l } else { T::ZERO };
+                // l = 0 only when no key carried weight (fully masked row): zeros, not 0/0.
+                // A NaN l (a NaN score) propagates, as in PyTorch.
+                *or = if l == T::ZERO { T::ZERO } else { acc[r] / l };
             }
         }
         i0 += nb;
@@ -320,17 +323,17 @@ pub(crate) fn attention_with_weights<T: Float, const SQ: usize, const SKV: usize
             };
             l += *w;
         }
-        let inv = if l > T::ZERO { T::ONE / l } else { T::ZERO };
+        let inv = if l == T::ZERO { T::ZERO } else { T::ONE / l };
         for j in 0..skv {
             weights[i + j * sq] *= inv;
         }
         for e in 0..dv {
             let mut acc = T::ZERO;
             for j in lo..hi {
-                let w = weights[i + j * sq];
-                // Skip blocked keys (weight exactly 0) so their values, even NaN, never enter.
-                if (!dense || mask.dense_entry(i, j).is_some()) && w != T::ZERO {
-                    acc += w * v[j + e * skv];
+                // Skip blocked keys so their values, even NaN, never enter; every key the
+                // mask allows contributes, as in the streaming path.
+                if !dense || mask.dense_entry(i, j).is_some() {
+                    acc += weights[i + j * sq] * v[j + e * skv];
                 }
             }
             out[i + e * sq] = acc;
