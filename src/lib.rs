@@ -126,3 +126,8 @@ pub mod heap {
         bytemuck::zeroed_box()
     }
 }
+
+/// The README's examples, compiled and run as doc tests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
