@@ -26,7 +26,7 @@
 //! MultiHead(X)       = Concat(head_1, …, head_H) W_Oᵀ + b_O,   d_k = DIM / HEADS
 //! ```
 //!
-//! [`reference`] spells these out line by line (with `std`); the forward passes compute the
+//! [`reference`](mod@reference) spells these out line by line (with `std`); the forward passes compute the
 //! same thing through the [`kernels`] layer and are tested against it.
 //!
 //! ## Example
@@ -60,7 +60,7 @@
 //!
 //! | feature | default | effect |
 //! |---|---|---|
-//! | `std` | yes | heap entry points (`*_boxed`), [`reference`], math from `std` |
+//! | `std` | yes | heap entry points (`*_boxed`), [`reference`](mod@reference), math from `std` |
 //! | `libm` | no | math from `libm`, for `#![no_std]` (`default-features = false, features = ["libm"]`) |
 //! | `force-scalar` | no | always use the portable scalar kernel |
 //!

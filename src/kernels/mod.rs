@@ -3,15 +3,15 @@
 //! Each kernel works on plain column-major slices (nalgebra's storage order), so the public
 //! types hand their storage straight through with no copies:
 //!
-//! - [`linear`]: `out = x · Wᵀ + b` for a whole sequence (the Q/K/V and output projections);
-//! - [`attention`]: fused streaming attention for one head: scores, online softmax and the
+//! - `linear`: `out = x · Wᵀ + b` for a whole sequence (the Q/K/V and output projections);
+//! - `attention`: fused streaming attention for one head: scores, online softmax and the
 //!   weighted sum of values in one pass over the keys, never holding more than a block of
 //!   scores, so no `SQ × SKV` matrix exists;
-//! - [`attention_with_weights`]: the same result plus the post-softmax weights, written into a
+//! - `attention_with_weights`: the same result plus the post-softmax weights, written into a
 //!   caller-provided `SQ × SKV` matrix (only when the caller asked for weights).
 //!
 //! Which implementation runs is decided in one place, [`selected`]. Today the portable
-//! [`scalar`] kernel is the only one; instruction-set kernels slot in beside it as further
+//! `scalar` kernel is the only one; instruction-set kernels slot in beside it as further
 //! [`Kernel`] variants with the same functions, chosen by [`detect`]. The `force-scalar`
 //! feature pins the scalar kernel so the whole test suite can run against it.
 
