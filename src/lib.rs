@@ -87,6 +87,7 @@ compile_error!(
 
 mod float;
 pub mod init;
+pub mod io;
 pub mod kernels;
 mod linear;
 mod mask;

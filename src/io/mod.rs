@@ -1,0 +1,471 @@
+//! Loading (and, with `safetensors`, saving) PyTorch `nn.MultiheadAttention` weights.
+//!
+//! PyTorch's parameter layout (SPEC.md rule 3): `in_proj_weight` `[3·DIM, DIM]` holds `W_q`,
+//! `W_k`, `W_v` stacked by rows; `in_proj_bias` `[3·DIM]`; `out_proj.weight` `[DIM, DIM]`;
+//! `out_proj.bias` `[DIM]`; all row-major. Modules built with separate projection weights store
+//! `q_proj_weight`, `k_proj_weight`, `v_proj_weight` (`[DIM, DIM]` each) instead of
+//! `in_proj_weight`. `bias=False` modules have no bias tensors.
+//!
+//! Two ways in:
+//! - [`MultiHead::from_pytorch`] / [`MultiHead::load_pytorch`] take plain slices in that layout:
+//!   no file format, no allocation, `#![no_std]`-friendly (weights baked into flash, received
+//!   over a wire, …).
+//! - With the `safetensors` feature, [`MultiHead::from_safetensors`] /
+//!   [`MultiHead::load_safetensors`] read a `state_dict` saved with
+//!   `safetensors.torch.save_file`, optionally under a name prefix, and
+//!   [`MultiHead::to_safetensors`] writes one back (the round trip is exact).
+//!
+//! Every check runs before anything is written: a failed load returns a [`LoadError`] and
+//! leaves the layer exactly as it was. Nothing panics on bad input.
+
+// `LoadError` keeps its names and messages inline so that loading needs no allocator (the
+// slice path runs under `#![no_std]` without `alloc`); a few hundred bytes on the error path is
+// the price, and it is paid only on failure.
+#![allow(clippy::result_large_err)]
+
+#[cfg(feature = "safetensors")]
+mod safetensors;
+#[cfg(feature = "safetensors")]
+pub use self::safetensors::NUM_HEADS_KEY;
+
+use core::fmt;
+
+use crate::{Float, MultiHead};
+
+/// A short piece of text kept inline (no allocation), truncated with `…` past its capacity:
+/// tensor names (with their prefix) and parser messages inside a [`LoadError`].
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Text {
+    bytes: [u8; Text::CAPACITY],
+    len: u8,
+    truncated: bool,
+}
+
+impl Text {
+    /// Bytes kept.
+    pub const CAPACITY: usize = 160;
+
+    /// Builds from pieces, concatenated.
+    #[must_use]
+    pub fn new(parts: &[&str]) -> Self {
+        let mut t = Text {
+            bytes: [0; Self::CAPACITY],
+            len: 0,
+            truncated: false,
+        };
+        for part in parts {
+            t.push(part);
+        }
+        t
+    }
+
+    fn push(&mut self, s: &str) {
+        for ch in s.chars() {
+            let mut buf = [0; 4];
+            let enc = ch.encode_utf8(&mut buf).as_bytes();
+            let at = usize::from(self.len);
+            if at + enc.len() > Self::CAPACITY {
+                self.truncated = true;
+                return;
+            }
+            self.bytes[at..at + enc.len()].copy_from_slice(enc);
+            self.len += enc.len() as u8;
+        }
+    }
+
+    /// The text (without the truncation mark).
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        // Only whole UTF-8 characters are ever pushed, so this never fails.
+        core::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or("")
+    }
+}
+
+impl fmt::Display for Text {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())?;
+        if self.truncated {
+            f.write_str("…")
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl fmt::Debug for Text {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
+}
+
+/// A tensor shape, displayed as PyTorch prints it: `[96, 32]`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Shape {
+    dims: [usize; Shape::MAX_RANK],
+    rank: usize,
+}
+
+impl Shape {
+    /// Dimensions kept; a longer shape keeps its first `MAX_RANK` and displays `…`.
+    pub const MAX_RANK: usize = 6;
+
+    /// A shape from its dimensions.
+    #[must_use]
+    pub fn new(dims: &[usize]) -> Self {
+        let mut s = Shape {
+            dims: [0; Self::MAX_RANK],
+            rank: dims.len(),
+        };
+        for (d, &x) in s.dims.iter_mut().zip(dims) {
+            *d = x;
+        }
+        s
+    }
+
+    /// The dimensions (at most [`Shape::MAX_RANK`]).
+    #[must_use]
+    pub fn dims(&self) -> &[usize] {
+        &self.dims[..self.rank.min(Self::MAX_RANK)]
+    }
+
+    /// The number of dimensions.
+    #[must_use]
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+}
+
+impl fmt::Display for Shape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[")?;
+        for (i, d) in self.dims().iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{d}")?;
+        }
+        if self.rank > Self::MAX_RANK {
+            f.write_str(", …")?;
+        }
+        f.write_str("]")
+    }
+}
+
+impl fmt::Debug for Shape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Why PyTorch weights could not be loaded. Each message names the tensor and says what was
+/// expected and what was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// A required tensor is absent.
+    MissingTensor {
+        /// Full tensor name (with prefix).
+        name: Text,
+        /// The shape it should have.
+        expected: Shape,
+    },
+    /// A tensor has the wrong shape, e.g. a `DIM` that does not match the file.
+    WrongShape {
+        /// Full tensor name (with prefix).
+        name: Text,
+        /// The shape `MultiHead<_, DIM, _>` needs.
+        expected: Shape,
+        /// The shape in the input.
+        found: Shape,
+        /// The layer's `DIM`.
+        dim: usize,
+    },
+    /// A slice has the wrong number of values.
+    WrongLength {
+        /// Tensor name.
+        name: Text,
+        /// Values needed (and the shape they form).
+        expected: Shape,
+        /// Values given.
+        found: usize,
+        /// The layer's `DIM`.
+        dim: usize,
+    },
+    /// A tensor's element type is not `F32` or `F64`.
+    WrongDtype {
+        /// Full tensor name (with prefix).
+        name: Text,
+        /// The dtype found, as safetensors names it (`BF16`, `I64`, …).
+        found: Text,
+    },
+    /// The file records a head count different from the layer's `HEADS`.
+    WrongHeads {
+        /// The layer's `HEADS`.
+        expected: usize,
+        /// The file's `num_heads` metadata.
+        found: usize,
+    },
+    /// A tensor for a feature this layer does not have (`bias_k`/`bias_v` of
+    /// `add_bias_kv=True`), or both the packed and the separate projection forms.
+    Unsupported {
+        /// Full tensor name (with prefix).
+        name: Text,
+        /// What it means.
+        reason: &'static str,
+    },
+    /// The bytes are not a valid safetensors file (truncated, bad header, bad offsets, …).
+    Malformed {
+        /// The parser's explanation.
+        reason: Text,
+    },
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LoadError::MissingTensor { name, expected } => {
+                write!(f, "missing tensor {name} (expected shape {expected})")
+            }
+            LoadError::WrongShape {
+                name,
+                expected,
+                found,
+                dim,
+            } => {
+                write!(
+                    f,
+                    "{name} has shape {found}, expected {expected} for DIM = {dim}"
+                )
+            }
+            LoadError::WrongLength {
+                name,
+                expected,
+                found,
+                dim,
+            } => {
+                let n: usize = expected.dims().iter().product();
+                write!(
+                    f,
+                    "{name} has {found} values, expected {n} ({expected}) for DIM = {dim}"
+                )
+            }
+            LoadError::WrongDtype { name, found } => {
+                write!(f, "{name} has dtype {found}, expected F32 or F64")
+            }
+            LoadError::WrongHeads { expected, found } => write!(
+                f,
+                "the file was saved with num_heads = {found}, but the layer has HEADS = {expected}"
+            ),
+            LoadError::Unsupported { name, reason } => write!(f, "{name}: {reason}"),
+            LoadError::Malformed { reason } => write!(f, "malformed safetensors data: {reason}"),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for LoadError {}
+
+/// Where the query, key and value projection weights come from.
+#[derive(Clone, Copy, Debug)]
+pub enum InProjWeight<'a, T> {
+    /// PyTorch's packed `in_proj_weight`, `[3·DIM, DIM]` row-major (`3·DIM·DIM` values).
+    Packed(&'a [T]),
+    /// Separate `q_proj_weight`, `k_proj_weight`, `v_proj_weight`, `[DIM, DIM]` row-major each.
+    Separate {
+        /// `q_proj_weight`.
+        q: &'a [T],
+        /// `k_proj_weight`.
+        k: &'a [T],
+        /// `v_proj_weight`.
+        v: &'a [T],
+    },
+}
+
+/// Borrowed `nn.MultiheadAttention` parameters in PyTorch's layout (row-major, `y = x Wᵀ + b`).
+#[derive(Clone, Copy, Debug)]
+pub struct PyTorchParams<'a, T> {
+    /// The query, key and value projection weights.
+    pub in_proj_weight: InProjWeight<'a, T>,
+    /// `in_proj_bias`, `3·DIM` values, or `None` for `bias=False`.
+    pub in_proj_bias: Option<&'a [T]>,
+    /// `out_proj.weight`, `DIM·DIM` values.
+    pub out_proj_weight: &'a [T],
+    /// `out_proj.bias`, `DIM` values, or `None` for `bias=False`.
+    pub out_proj_bias: Option<&'a [T]>,
+}
+
+/// A source of values that have been checked for length: native slices or little-endian
+/// bytes of `f32`/`f64` from a file.
+#[derive(Clone, Copy)]
+#[cfg_attr(not(feature = "safetensors"), allow(dead_code))]
+pub(crate) enum Values<'a, T> {
+    Native(&'a [T]),
+    F32Le(&'a [u8]),
+    F64Le(&'a [u8]),
+}
+
+impl<T: Float> Values<'_, T> {
+    fn len(&self) -> usize {
+        match self {
+            Values::Native(s) => s.len(),
+            Values::F32Le(b) => b.len() / 4,
+            Values::F64Le(b) => b.len() / 8,
+        }
+    }
+
+    /// Copies the values from `start` into `out` (the caller checked the length).
+    fn copy_to(&self, start: usize, out: &mut [T]) {
+        match self {
+            Values::Native(s) => out.copy_from_slice(&s[start..start + out.len()]),
+            Values::F32Le(b) => {
+                for (o, c) in out.iter_mut().zip(b[start * 4..].chunks_exact(4)) {
+                    *o = T::of(f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
+                }
+            }
+            Values::F64Le(b) => {
+                for (o, c) in out.iter_mut().zip(b[start * 8..].chunks_exact(8)) {
+                    *o = T::of(f64::from_le_bytes([
+                        c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7],
+                    ]));
+                }
+            }
+        }
+    }
+}
+
+/// Validated parameters, ready to copy: every length has been checked.
+pub(crate) struct Checked<'a, T> {
+    /// Either one packed source (`3·DIM·DIM`) or three separate ones (`DIM·DIM` each).
+    pub q: (Values<'a, T>, usize),
+    pub k: (Values<'a, T>, usize),
+    pub v: (Values<'a, T>, usize),
+    pub in_bias: Option<Values<'a, T>>,
+    pub out_w: Values<'a, T>,
+    pub out_b: Option<Values<'a, T>>,
+}
+
+impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
+    MultiHead<SEQ, DIM, HEADS, T>
+{
+    /// Builds a layer from PyTorch's parameters given as slices (no allocation, no file
+    /// format). Lengths are checked: `3·DIM·DIM` for a packed `in_proj_weight`, `DIM·DIM` for
+    /// each separate or output weight, `3·DIM` and `DIM` for the biases.
+    ///
+    /// # Errors
+    ///
+    /// [`LoadError::WrongLength`] naming the slice whose length is wrong.
+    ///
+    /// ```
+    /// use static_attention::MultiHead;
+    /// use static_attention::io::{InProjWeight, PyTorchParams};
+    ///
+    /// let in_w = [0.1f32; 3 * 4 * 4];
+    /// let out_w = [0.2f32; 4 * 4];
+    /// let params = PyTorchParams {
+    ///     in_proj_weight: InProjWeight::Packed(&in_w),
+    ///     in_proj_bias: None,
+    ///     out_proj_weight: &out_w,
+    ///     out_proj_bias: None,
+    /// };
+    /// let layer = MultiHead::<3, 4, 2>::from_pytorch(&params)?;
+    /// assert!(!layer.has_bias());
+    ///
+    /// let short = PyTorchParams { out_proj_weight: &out_w[..15], ..params };
+    /// let err = MultiHead::<3, 4, 2>::from_pytorch(&short).unwrap_err();
+    /// assert_eq!(err.to_string(), "out_proj.weight has 15 values, expected 16 ([4, 4]) for DIM = 4");
+    /// # Ok::<(), static_attention::io::LoadError>(())
+    /// ```
+    pub fn from_pytorch(params: &PyTorchParams<'_, T>) -> Result<Self, LoadError> {
+        let mut layer = Self::from_parts(
+            crate::Linear::zeros(),
+            crate::Linear::zeros(),
+            crate::Linear::zeros(),
+            crate::Linear::zeros(),
+        );
+        layer.load_pytorch(params)?;
+        Ok(layer)
+    }
+
+    /// Loads PyTorch's parameters from slices into this layer, in place (for a boxed or
+    /// `static mut`-free large layer). On error the layer is unchanged.
+    ///
+    /// # Errors
+    ///
+    /// [`LoadError::WrongLength`] naming the slice whose length is wrong.
+    pub fn load_pytorch(&mut self, params: &PyTorchParams<'_, T>) -> Result<(), LoadError> {
+        let dd = DIM * DIM;
+        let check = |name: &str, v: &[T], shape: &[usize]| -> Result<(), LoadError> {
+            let n: usize = shape.iter().product();
+            if v.len() == n {
+                Ok(())
+            } else {
+                Err(LoadError::WrongLength {
+                    name: Text::new(&[name]),
+                    expected: Shape::new(shape),
+                    found: v.len(),
+                    dim: DIM,
+                })
+            }
+        };
+        let (q, k, v) = match params.in_proj_weight {
+            InProjWeight::Packed(w) => {
+                check("in_proj_weight", w, &[3 * DIM, DIM])?;
+                let p = Values::Native(w);
+                ((p, 0), (p, dd), (p, 2 * dd))
+            }
+            InProjWeight::Separate { q, k, v } => {
+                check("q_proj_weight", q, &[DIM, DIM])?;
+                check("k_proj_weight", k, &[DIM, DIM])?;
+                check("v_proj_weight", v, &[DIM, DIM])?;
+                (
+                    (Values::Native(q), 0),
+                    (Values::Native(k), 0),
+                    (Values::Native(v), 0),
+                )
+            }
+        };
+        if let Some(b) = params.in_proj_bias {
+            check("in_proj_bias", b, &[3 * DIM])?;
+        }
+        check("out_proj.weight", params.out_proj_weight, &[DIM, DIM])?;
+        if let Some(b) = params.out_proj_bias {
+            check("out_proj.bias", b, &[DIM])?;
+        }
+        self.write_checked(&Checked {
+            q,
+            k,
+            v,
+            in_bias: params.in_proj_bias.map(Values::Native),
+            out_w: Values::Native(params.out_proj_weight),
+            out_b: params.out_proj_bias.map(Values::Native),
+        });
+        Ok(())
+    }
+
+    /// Copies validated parameters in; cannot fail.
+    pub(crate) fn write_checked(&mut self, c: &Checked<'_, T>) {
+        let dd = DIM * DIM;
+        debug_assert!(c.out_w.len() == dd);
+        let [q, k, v, out] = self.projections_mut();
+        for (i, (l, (src, start))) in [(q, c.q), (k, c.k), (v, c.v)].into_iter().enumerate() {
+            src.copy_to(start, l.weight_t_mut().as_mut_slice());
+            match c.in_bias {
+                Some(b) => {
+                    let mut bias = nalgebra::SVector::<T, DIM>::zeros();
+                    b.copy_to(i * DIM, bias.as_mut_slice());
+                    l.set_bias(Some(&bias));
+                }
+                None => l.set_bias(None),
+            }
+        }
+        c.out_w.copy_to(0, out.weight_t_mut().as_mut_slice());
+        match c.out_b {
+            Some(b) => {
+                let mut bias = nalgebra::SVector::<T, DIM>::zeros();
+                b.copy_to(0, bias.as_mut_slice());
+                out.set_bias(Some(&bias));
+            }
+            None => out.set_bias(None),
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! `state_dict` files in the safetensors format (what `safetensors.torch.save_file` writes).
+
+#![allow(clippy::result_large_err)] // see the note in `io/mod.rs`
+
+use std::format;
+use std::string::String;
+use std::vec::Vec;
+
+use safetensors::tensor::{Metadata, TensorView};
+use safetensors::{Dtype, SafeTensors};
+
+use super::{Checked, LoadError, Shape, Text, Values};
+use crate::{Float, MultiHead};
+
+/// Metadata key holding the head count (PyTorch does not store it in the `state_dict`; this
+/// crate writes it, and checks it when present).
+pub const NUM_HEADS_KEY: &str = "num_heads";
+
+/// Length of the little-endian `u64` header size at the start of a safetensors file.
+const HEADER_LEN_BYTES: usize = 8;
+
+fn malformed(reason: impl core::fmt::Display) -> LoadError {
+    LoadError::Malformed {
+        reason: Text::new(&[&format!("{reason}")]),
+    }
+}
+
+/// A parsed file: its header and the byte range of the tensor data.
+struct File<'a> {
+    meta: Metadata,
+    data: &'a [u8],
+}
+
+impl<'a> File<'a> {
+    fn parse(bytes: &'a [u8]) -> Result<Self, LoadError> {
+        let (header, meta) = SafeTensors::read_metadata(bytes).map_err(malformed)?;
+        let data = HEADER_LEN_BYTES
+            .checked_add(header)
+            .and_then(|start| bytes.get(start..))
+            .ok_or_else(|| malformed("header length exceeds the file"))?;
+        Ok(File { meta, data })
+    }
+
+    /// The tensor `prefix + name` if present, checked against `expected`.
+    fn tensor<T: Float>(
+        &self,
+        prefix: &str,
+        name: &str,
+        expected: &[usize],
+        dim: usize,
+    ) -> Result<Option<Values<'a, T>>, LoadError> {
+        let full = format!("{prefix}{name}");
+        let Some(info) = self.meta.info(&full) else {
+            return Ok(None);
+        };
+        let name = Text::new(&[&full]);
+        if info.shape != expected {
+            return Err(LoadError::WrongShape {
+                name,
+                expected: Shape::new(expected),
+                found: Shape::new(&info.shape),
+                dim,
+            });
+        }
+        let (start, end) = info.data_offsets;
+        let bytes = self
+            .data
+            .get(start..end)
+            .ok_or_else(|| malformed(format!("{full}: data offsets out of range")))?;
+        let n: usize = expected.iter().product();
+        let values = match info.dtype {
+            Dtype::F32 if bytes.len() == n * 4 => Values::F32Le(bytes),
+            Dtype::F64 if bytes.len() == n * 8 => Values::F64Le(bytes),
+            Dtype::F32 | Dtype::F64 => {
+                return Err(malformed(format!(
+                    "{full}: data length does not match its shape"
+                )));
+            }
+            other => {
+                return Err(LoadError::WrongDtype {
+                    name,
+                    found: Text::new(&[&format!("{other:?}")]),
+                });
+            }
+        };
+        Ok(Some(values))
+    }
+
+    fn required<T: Float>(
+        &self,
+        prefix: &str,
+        name: &str,
+        expected: &[usize],
+        dim: usize,
+    ) -> Result<Values<'a, T>, LoadError> {
+        self.tensor(prefix, name, expected, dim)?
+            .ok_or_else(|| LoadError::MissingTensor {
+                name: Text::new(&[prefix, name]),
+                expected: Shape::new(expected),
+            })
+    }
+
+    fn has(&self, prefix: &str, name: &str) -> bool {
+        self.meta.info(&format!("{prefix}{name}")).is_some()
+    }
+}
+
+impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
+    MultiHead<SEQ, DIM, HEADS, T>
+{
+    /// Reads an `nn.MultiheadAttention` `state_dict` from safetensors bytes. `prefix` is
+    /// prepended to every tensor name (`""` for a bare module, `"encoder.layers.0.self_attn."`
+    /// for a layer inside a bigger model). `F32` and `F64` tensors load into either scalar type.
+    ///
+    /// The layer is built on the stack; for large shapes use [`MultiHead::new_boxed`] and
+    /// [`MultiHead::load_safetensors`].
+    ///
+    /// # Errors
+    ///
+    /// A [`LoadError`] naming the tensor and what was expected and found: a missing tensor, a
+    /// wrong shape (a `DIM` that does not fit the file), a wrong dtype, a `num_heads` in the
+    /// file's metadata that differs from `HEADS`, `bias_k`/`bias_v` (unsupported), or bytes
+    /// that are not a valid safetensors file.
+    pub fn from_safetensors(bytes: &[u8], prefix: &str) -> Result<Self, LoadError> {
+        let mut layer = Self::from_parts(
+            crate::Linear::zeros(),
+            crate::Linear::zeros(),
+            crate::Linear::zeros(),
+            crate::Linear::zeros(),
+        );
+        layer.load_safetensors(bytes, prefix)?;
+        Ok(layer)
+    }
+
+    /// [`MultiHead::from_safetensors`] into an existing layer, in place. Everything is checked
+    /// before anything is written: on error the layer is unchanged.
+    ///
+    /// # Errors
+    ///
+    /// As [`MultiHead::from_safetensors`].
+    pub fn load_safetensors(&mut self, bytes: &[u8], prefix: &str) -> Result<(), LoadError> {
+        let file = File::parse(bytes)?;
+        if let Some(meta) = file.meta.metadata()
+            && let Some(heads) = meta.get(NUM_HEADS_KEY)
+        {
+            let found: usize = heads.trim().parse().map_err(|_| {
+                malformed(format!(
+                    "metadata {NUM_HEADS_KEY} = {heads:?} is not a number"
+                ))
+            })?;
+            if found != HEADS {
+                return Err(LoadError::WrongHeads {
+                    expected: HEADS,
+                    found,
+                });
+            }
+        }
+        for name in ["bias_k", "bias_v"] {
+            if file.has(prefix, name) {
+                return Err(LoadError::Unsupported {
+                    name: Text::new(&[prefix, name]),
+                    reason: "add_bias_kv=True is not supported by MultiHead",
+                });
+            }
+        }
+        let dd = DIM * DIM;
+        let packed = file.tensor::<T>(prefix, "in_proj_weight", &[3 * DIM, DIM], DIM)?;
+        let separate = ["q_proj_weight", "k_proj_weight", "v_proj_weight"];
+        let (q, k, v) = match packed {
+            Some(p) => {
+                if let Some(name) = separate.iter().find(|n| file.has(prefix, n)) {
+                    return Err(LoadError::Unsupported {
+                        name: Text::new(&[prefix, name]),
+                        reason: "both in_proj_weight and separate projection weights are present",
+                    });
+                }
+                ((p, 0), (p, dd), (p, 2 * dd))
+            }
+            None if separate.iter().any(|n| file.has(prefix, n)) => (
+                (file.required(prefix, separate[0], &[DIM, DIM], DIM)?, 0),
+                (file.required(prefix, separate[1], &[DIM, DIM], DIM)?, 0),
+                (file.required(prefix, separate[2], &[DIM, DIM], DIM)?, 0),
+            ),
+            None => {
+                return Err(LoadError::MissingTensor {
+                    name: Text::new(&[prefix, "in_proj_weight"]),
+                    expected: Shape::new(&[3 * DIM, DIM]),
+                });
+            }
+        };
+        let checked = Checked {
+            q,
+            k,
+            v,
+            in_bias: file.tensor(prefix, "in_proj_bias", &[3 * DIM], DIM)?,
+            out_w: file.required(prefix, "out_proj.weight", &[DIM, DIM], DIM)?,
+            out_b: file.tensor(prefix, "out_proj.bias", &[DIM], DIM)?,
+        };
+        self.write_checked(&checked);
+        Ok(())
+    }
+
+    /// Writes the layer as an `nn.MultiheadAttention` `state_dict` in safetensors format, in
+    /// the packed form (`in_proj_weight`, `in_proj_bias`, `out_proj.weight`, `out_proj.bias`),
+    /// with `prefix` before every name, in `T`'s dtype, and `num_heads` in the metadata. The
+    /// bytes are deterministic: the same layer always gives the same file.
+    /// `safetensors.torch.load_file` reads it back into PyTorch; loading it here gives the same
+    /// layer bit for bit.
+    ///
+    /// Bias tensors are written when the layer has them (if only some of q, k, v have a bias,
+    /// the others are written as zeros).
+    #[must_use]
+    pub fn to_safetensors(&self, prefix: &str) -> Vec<u8> {
+        let dtype = if T::BYTES == 4 {
+            Dtype::F32
+        } else {
+            Dtype::F64
+        };
+        let bytes = |parts: &[&[T]]| -> Vec<u8> {
+            parts
+                .iter()
+                .flat_map(|p| p.iter())
+                .flat_map(|&x| le_bytes(x))
+                .collect()
+        };
+        let (q, k, v, o) = (self.q_proj(), self.k_proj(), self.v_proj(), self.out_proj());
+        let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+        tensors.push((
+            "in_proj_weight".into(),
+            [3 * DIM, DIM].into(),
+            bytes(&[
+                q.weight_t().as_slice(),
+                k.weight_t().as_slice(),
+                v.weight_t().as_slice(),
+            ]),
+        ));
+        if q.has_bias() || k.has_bias() || v.has_bias() {
+            let b = |l: &crate::Linear<T, DIM, DIM>| l.bias_or_zero().as_slice().to_vec();
+            tensors.push((
+                "in_proj_bias".into(),
+                [3 * DIM].into(),
+                bytes(&[&b(q), &b(k), &b(v)]),
+            ));
+        }
+        tensors.push((
+            "out_proj.weight".into(),
+            [DIM, DIM].into(),
+            bytes(&[o.weight_t().as_slice()]),
+        ));
+        if o.has_bias() {
+            tensors.push((
+                "out_proj.bias".into(),
+                [DIM].into(),
+                bytes(&[o.bias_or_zero().as_slice()]),
+            ));
+        }
+        let views = tensors.iter().filter_map(|(name, shape, data)| {
+            // Shapes and lengths agree by construction, so the view always builds.
+            TensorView::new(dtype, shape.clone(), data)
+                .ok()
+                .map(|view| (format!("{prefix}{name}"), view))
+        });
+        // One metadata entry only: the header's metadata is a hash map, and with more than
+        // one key its order (and so the file's bytes) would vary from run to run.
+        let metadata = [(NUM_HEADS_KEY.into(), format!("{HEADS}"))]
+            .into_iter()
+            .collect();
+        // The header of four small tensors is far below the format's 100 MB limit, the only
+        // way serialising can fail.
+        safetensors::serialize(views, Some(metadata)).unwrap_or_default()
+    }
+}
+
+fn le_bytes<T: Float>(x: T) -> Vec<u8> {
+    if T::BYTES == 4 {
+        (x.to_f64() as f32).to_le_bytes().to_vec()
+    } else {
+        x.to_f64().to_le_bytes().to_vec()
+    }
+}
