@@ -16,7 +16,9 @@
 //!   weighted sum of values in one pass over the keys; no `SEQ × SEQ` matrix exists unless the
 //!   caller asks for the attention weights.
 //! - **PyTorch semantics.** Parameters, layout (`y = x Wᵀ + b`), scaling, masks and the
-//!   fully-masked-row rule follow `nn.MultiheadAttention` and `scaled_dot_product_attention`.
+//!   fully-masked-row rule follow `nn.MultiheadAttention` and `scaled_dot_product_attention`;
+//!   [`io`] loads and saves PyTorch `state_dict`s (safetensors, or plain slices with no
+//!   allocation), and the tests compare against outputs PyTorch produced.
 //!
 //! ## The math
 //!
@@ -61,6 +63,7 @@
 //! | feature | default | effect |
 //! |---|---|---|
 //! | `std` | yes | heap entry points (`*_boxed`), [`reference`](mod@reference), math from `std` |
+//! | `safetensors` | yes | [`MultiHead::from_safetensors`] and friends (implies `std`) |
 //! | `libm` | no | math from `libm`, for `#![no_std]` (`default-features = false, features = ["libm"]`) |
 //! | `force-scalar` | no | always use the portable scalar kernel |
 //!
