@@ -186,16 +186,23 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
         Self { q, k, v, out }
     }
 
+    /// A layer with all-zero weights and no biases, to load parameters into (for example with
+    /// [`MultiHead::load_pytorch`]).
+    #[must_use]
+    pub fn zeros() -> Self {
+        Self::from_parts(
+            Linear::zeros(),
+            Linear::zeros(),
+            Linear::zeros(),
+            Linear::zeros(),
+        )
+    }
+
     /// A layer initialised as PyTorch initialises `nn.MultiheadAttention(DIM, HEADS)` (see
     /// [`crate::init`]), with biases (all zero).
     #[must_use]
     pub fn new<R: Rng + ?Sized>(rng: &mut R) -> Self {
-        let mut layer = Self::from_parts(
-            Linear::zeros(),
-            Linear::zeros(),
-            Linear::zeros(),
-            Linear::zeros(),
-        );
+        let mut layer = Self::zeros();
         layer.reset_parameters(rng, true);
         layer
     }
@@ -203,12 +210,7 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
     /// Like [`MultiHead::new`] for `bias=False`: no bias terms at all.
     #[must_use]
     pub fn new_without_bias<R: Rng + ?Sized>(rng: &mut R) -> Self {
-        let mut layer = Self::from_parts(
-            Linear::zeros(),
-            Linear::zeros(),
-            Linear::zeros(),
-            Linear::zeros(),
-        );
+        let mut layer = Self::zeros();
         layer.reset_parameters(rng, false);
         layer
     }

@@ -376,12 +376,7 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
     /// # Ok::<(), static_attention::io::LoadError>(())
     /// ```
     pub fn from_pytorch(params: &PyTorchParams<'_, T>) -> Result<Self, LoadError> {
-        let mut layer = Self::from_parts(
-            crate::Linear::zeros(),
-            crate::Linear::zeros(),
-            crate::Linear::zeros(),
-            crate::Linear::zeros(),
-        );
+        let mut layer = Self::zeros();
         layer.load_pytorch(params)?;
         Ok(layer)
     }

@@ -122,12 +122,7 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
     /// file's metadata that differs from `HEADS`, `bias_k`/`bias_v` (unsupported), or bytes
     /// that are not a valid safetensors file.
     pub fn from_safetensors(bytes: &[u8], prefix: &str) -> Result<Self, LoadError> {
-        let mut layer = Self::from_parts(
-            crate::Linear::zeros(),
-            crate::Linear::zeros(),
-            crate::Linear::zeros(),
-            crate::Linear::zeros(),
-        );
+        let mut layer = Self::zeros();
         layer.load_safetensors(bytes, prefix)?;
         Ok(layer)
     }
