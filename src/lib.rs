@@ -71,8 +71,9 @@
 //!
 //! ## Memory
 //!
-//! [`MultiHead::forward`] needs [`MultiHead::SCRATCH_BYTES`]
-//! `= (3·SEQ·DIM + 8·(DIM + 2)) · size_of::<T>()` bytes of stack plus its `SEQ·DIM` output.
+//! [`MultiHead::forward`] needs [`MultiHead::SCRATCH_BYTES`] of stack (Q, K and V, `SEQ·DIM`
+//! scalars each, and `8·(DIM + 2)` scalars of kernel state, each part padded to a multiple of
+//! 64 bytes) plus its `SEQ·DIM` output.
 //! [`MultiHead::attend`] takes the [`Scratch`] and the output from the caller instead, and
 //! [`MultiHead::forward_boxed`] / [`MultiHead::new_boxed`] put everything on the heap
 //! (`SEQ = 1024, DIM = 512` runs in a 2 MiB thread).

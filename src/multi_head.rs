@@ -55,18 +55,25 @@ impl<T: Float, const SQ: usize, const SKV: usize, const HEADS: usize>
 /// Working memory for one [`MultiHead::attend`] call with `SQ` queries and `SKV` keys: the
 /// projected queries, keys and values and the streaming kernel's block state.
 ///
-/// Its size, [`Scratch::BYTES`], is `(SQ·DIM + 2·SKV·DIM + 8·(DIM + 2)) · size_of::<T>()`. Keep
+/// Its size, [`Scratch::BYTES`], is that of `SQ·DIM`, `SKV·DIM`, `SKV·DIM` and `8·(DIM + 2)`
+/// scalars, each part padded to a multiple of 64 bytes so it starts on a cache line. Keep
 /// one in a `static`, a struct or a `Box` and pass it to [`MultiHead::attend`] when the shape is
 /// too large for the stack.
 #[derive(Clone, Copy, Debug, bytemuck::Zeroable)]
 #[repr(C)]
 #[zeroable(bound = "T: crate::Float")]
 pub struct Scratch<T, const SQ: usize, const SKV: usize, const DIM: usize> {
-    q: SMatrix<T, SQ, DIM>,
-    k: SMatrix<T, SKV, DIM>,
-    v: SMatrix<T, SKV, DIM>,
-    work: Work<T, DIM>,
+    q: Aligned<SMatrix<T, SQ, DIM>>,
+    k: Aligned<SMatrix<T, SKV, DIM>>,
+    v: Aligned<SMatrix<T, SKV, DIM>>,
+    work: Aligned<Work<T, DIM>>,
 }
+
+/// A buffer starting on a 64-byte boundary (a cache line): the kernels' vector loads then
+/// never straddle two lines, wherever the [`Scratch`] itself lives (stack, heap or `static`).
+#[derive(Clone, Copy, Debug, bytemuck::Zeroable)]
+#[repr(C, align(64))]
+struct Aligned<M>(M);
 
 impl<T: Float, const SQ: usize, const SKV: usize, const DIM: usize> Scratch<T, SQ, SKV, DIM> {
     /// Size in bytes.
@@ -76,10 +83,10 @@ impl<T: Float, const SQ: usize, const SKV: usize, const DIM: usize> Scratch<T, S
     #[must_use]
     pub fn new() -> Self {
         Self {
-            q: SMatrix::zeros(),
-            k: SMatrix::zeros(),
-            v: SMatrix::zeros(),
-            work: Work::new(),
+            q: Aligned(SMatrix::zeros()),
+            k: Aligned(SMatrix::zeros()),
+            v: Aligned(SMatrix::zeros()),
+            work: Aligned(Work::new()),
         }
     }
 
@@ -393,9 +400,9 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
         let scale = default_scale::<T>(dk);
 
         // Q = query W_qᵀ + b_q, K = key W_kᵀ + b_k, V = value W_vᵀ + b_v.
-        self.q.forward_into(query, &mut scratch.q);
-        self.k.forward_into(key, &mut scratch.k);
-        self.v.forward_into(value, &mut scratch.v);
+        self.q.forward_into(query, &mut scratch.q.0);
+        self.k.forward_into(key, &mut scratch.k.0);
+        self.v.forward_into(value, &mut scratch.v.0);
 
         // head_h = Attention(Q_h, K_h, V_h), written into columns h·dk..(h+1)·dk of `out`
         // (column-major, so each head's block of columns is one contiguous slice).
@@ -406,9 +413,9 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
             dv: dk,
         };
         for h in 0..HEADS {
-            let q = &scratch.q.as_slice()[h * dk * SQ..(h + 1) * dk * SQ];
-            let k = &scratch.k.as_slice()[h * dk * SKV..(h + 1) * dk * SKV];
-            let v = &scratch.v.as_slice()[h * dk * SKV..(h + 1) * dk * SKV];
+            let q = &scratch.q.0.as_slice()[h * dk * SQ..(h + 1) * dk * SQ];
+            let k = &scratch.k.0.as_slice()[h * dk * SKV..(h + 1) * dk * SKV];
+            let v = &scratch.v.0.as_slice()[h * dk * SKV..(h + 1) * dk * SKV];
             let o = &mut out.as_mut_slice()[h * dk * SQ..(h + 1) * dk * SQ];
             match weights.as_deref_mut() {
                 Some(w) => kernels::attention_with_weights(
@@ -421,13 +428,13 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
                     o,
                     w.heads[h].as_mut_slice(),
                 ),
-                None => kernels::attention(q, k, v, dims, scale, mask, o, &mut scratch.work),
+                None => kernels::attention(q, k, v, dims, scale, mask, o, &mut scratch.work.0),
             }
         }
 
         // MultiHead = Concat(head_1..head_h) W_oᵀ + b_o; the Q buffer is free again and holds
         // the product before it is copied out.
-        self.out.forward_into(out, &mut scratch.q);
-        out.copy_from(&scratch.q);
+        self.out.forward_into(out, &mut scratch.q.0);
+        out.copy_from(&scratch.q.0);
     }
 }

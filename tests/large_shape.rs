@@ -62,3 +62,34 @@ fn seq_1024_dim_512_runs_on_a_2_mib_stack() {
         .join()
         .expect("the 2 MiB thread finished without overflowing its stack");
 }
+
+/// The documented size: Q, K, V and the kernel state, each padded to a multiple of 64 bytes.
+fn documented_scratch_bytes(sq: usize, skv: usize, dim: usize, scalar: usize) -> usize {
+    let pad = |bytes: usize| bytes.div_ceil(64) * 64;
+    pad(sq * dim * scalar) + 2 * pad(skv * dim * scalar) + pad(8 * (dim + 2) * scalar)
+}
+
+#[test]
+fn scratch_bytes_follow_the_documented_formula() {
+    assert_eq!(
+        MultiHead::<3, 4, 2>::SCRATCH_BYTES,
+        documented_scratch_bytes(3, 3, 4, 4)
+    );
+    assert_eq!(
+        MultiHead::<7, 12, 3>::SCRATCH_BYTES,
+        documented_scratch_bytes(7, 7, 12, 4)
+    );
+    assert_eq!(
+        MultiHead::<7, 12, 3, f64>::SCRATCH_BYTES,
+        documented_scratch_bytes(7, 7, 12, 8)
+    );
+    assert_eq!(
+        Layer::SCRATCH_BYTES,
+        documented_scratch_bytes(SEQ, SEQ, DIM, 4)
+    );
+    assert_eq!(
+        Scratch::<f32, 5, 9, 12>::BYTES,
+        documented_scratch_bytes(5, 9, 12, 4)
+    );
+    assert_eq!(Layer::SCRATCH_BYTES, 6_307_904);
+}
