@@ -15,7 +15,11 @@ fuzz_target!(|data: &[u8]| {
         if let Ok(layer) = MultiHead::<3, 4, 2>::from_safetensors(data, prefix) {
             let saved = layer.to_safetensors(prefix);
             let again = MultiHead::<3, 4, 2>::from_safetensors(&saved, prefix).expect("reload");
-            assert_eq!(again.to_safetensors(prefix), saved, "round trip changed the bytes");
+            assert_eq!(
+                again.to_safetensors(prefix),
+                saved,
+                "round trip changed the bytes"
+            );
             let x = SMatrix::<f32, 3, 4>::from_fn(|i, j| (i as f32 - j as f32) * 0.5);
             let _ = layer.forward(&x, &Mask::causal(Alignment::TopLeft));
         }
