@@ -11,9 +11,10 @@
 //! | [`Mask::key_is_padding`] | `[bool; SKV]` | key is padding, ignored by every query | MHA `key_padding_mask` |
 //! | [`Mask::additive`] | `SMatrix<T, SQ, SKV>` | (float) added to the scaled score | float `attn_mask` |
 //!
-//! Structural masks need no matrix: [`Mask::causal`] (with a named [`Alignment`]) and
-//! [`Mask::sliding_window`]. One structural mask, one matrix mask and a key-padding mask can be
-//! combined; a key is used only when every part allows it.
+//! Structural masks need no matrix: [`Mask::causal`] and [`Mask::sliding_window`], each with a
+//! named [`Alignment`]. A mask has three parts, one of each kind: a [`Pattern`], a
+//! [`MatrixMask`] and a key-padding vector. A key is used only when every part allows it. The
+//! `with_*` methods set one part, replacing what that part held.
 //!
 //! Rules (SPEC.md 5–7, 13):
 //! - Additive masks are applied after scaling: `s = scale · q·k + m`. An entry of `−∞` masks the
@@ -47,9 +48,9 @@ pub enum Pattern {
     Full,
     /// Causal: query `i` sees keys up to its own position under the given alignment.
     Causal(Alignment),
-    /// Sliding window of `window` keys including the query's own position: query `i` sees keys
-    /// `i − window < j ≤ i` (Mistral and Hugging Face convention; `window = 1` sees only itself,
-    /// `window = 0` sees nothing). Positions are aligned as given.
+    /// Sliding window of `window` keys including the query's own position `p`: keys
+    /// `p − window < j ≤ p` (Mistral and Hugging Face convention; `window = 1` sees only itself,
+    /// `window = 0` sees nothing), with `p` placed by the alignment as for [`Pattern::Causal`].
     SlidingWindow {
         /// Number of keys a query sees, its own position included.
         window: usize,
@@ -79,7 +80,7 @@ pub enum MatrixMask<'a, T, const SQ: usize, const SKV: usize> {
 /// use static_attention::{Alignment, Mask};
 ///
 /// let pad = [false, false, true]; // the third token is padding
-/// let mask = Mask::<f32, 3, 3>::causal(Alignment::TopLeft).and_key_is_padding(&pad);
+/// let mask = Mask::<f32, 3, 3>::causal(Alignment::TopLeft).with_key_is_padding(&pad);
 /// assert!(mask.allows(1, 0) && mask.allows(1, 1));
 /// assert!(!mask.allows(1, 2) && !mask.allows(2, 2));
 /// ```
@@ -155,63 +156,63 @@ impl<'a, T, const SQ: usize, const SKV: usize> Mask<'a, T, SQ, SKV> {
     /// Causal mask with the named alignment (see [`Alignment`]).
     #[must_use]
     pub const fn causal(alignment: Alignment) -> Self {
-        Self::none().and_pattern(Pattern::Causal(alignment))
+        Self::none().with_pattern(Pattern::Causal(alignment))
     }
 
-    /// Sliding-window causal mask: query `i` sees the `window` keys `i − window < j ≤ i`,
-    /// aligned bottom-right (the alignment of KV-cache decoding; identical to top-left when
-    /// `SQ == SKV`). Use [`Mask::and_pattern`] for a top-left window.
+    /// Sliding-window causal mask: each query sees the `window` keys ending at its own
+    /// position, `p − window < j ≤ p`, itself included (Mistral and Hugging Face convention;
+    /// `window = 1` sees only itself, `0` sees nothing). The query's position `p` on the key
+    /// axis is `i` for [`Alignment::TopLeft`] and `i + SKV − SQ` for
+    /// [`Alignment::BottomRight`] (KV-cache decoding); the two agree when `SQ == SKV`.
     #[must_use]
-    pub const fn sliding_window(window: usize) -> Self {
-        Self::none().and_pattern(Pattern::SlidingWindow {
-            window,
-            alignment: Alignment::BottomRight,
-        })
+    pub const fn sliding_window(window: usize, alignment: Alignment) -> Self {
+        Self::none().with_pattern(Pattern::SlidingWindow { window, alignment })
     }
 
     /// Boolean mask where `true` means the query **may attend** to the key (SDPA convention).
     #[must_use]
     pub const fn attend_where(allowed: &'a SMatrix<bool, SQ, SKV>) -> Self {
-        Self::none().and_matrix(MatrixMask::AttendWhereTrue(allowed))
+        Self::none().with_matrix(MatrixMask::AttendWhereTrue(allowed))
     }
 
     /// Boolean mask where `true` means the key is **masked out** (`nn.MultiheadAttention`
     /// convention).
     #[must_use]
     pub const fn block_where(blocked: &'a SMatrix<bool, SQ, SKV>) -> Self {
-        Self::none().and_matrix(MatrixMask::BlockWhereTrue(blocked))
+        Self::none().with_matrix(MatrixMask::BlockWhereTrue(blocked))
     }
 
     /// Additive float mask, added to the scaled scores; `−∞` (or NaN) masks a key out.
     #[must_use]
     pub const fn additive(bias: &'a SMatrix<T, SQ, SKV>) -> Self {
-        Self::none().and_matrix(MatrixMask::Additive(bias))
+        Self::none().with_matrix(MatrixMask::Additive(bias))
     }
 
     /// Key-padding mask: `true` marks a padding key that no query attends to
     /// (`key_padding_mask` of `nn.MultiheadAttention`).
     #[must_use]
     pub const fn key_is_padding(is_padding: &'a [bool; SKV]) -> Self {
-        Self::none().and_key_is_padding(is_padding)
+        Self::none().with_key_is_padding(is_padding)
     }
 
-    /// Replaces the structural pattern.
+    /// Replaces the structural pattern (a mask has one; this does not intersect two).
     #[must_use]
-    pub const fn and_pattern(mut self, pattern: Pattern) -> Self {
+    pub const fn with_pattern(mut self, pattern: Pattern) -> Self {
         self.pattern = pattern;
         self
     }
 
-    /// Replaces the matrix part.
+    /// Replaces the matrix part (a mask has at most one matrix).
     #[must_use]
-    pub const fn and_matrix(mut self, matrix: MatrixMask<'a, T, SQ, SKV>) -> Self {
+    pub const fn with_matrix(mut self, matrix: MatrixMask<'a, T, SQ, SKV>) -> Self {
         self.matrix = matrix;
         self
     }
 
-    /// Adds a key-padding vector (`true` = padding, ignored).
+    /// Sets the key-padding vector (`true` = padding, ignored), replacing any earlier one. It
+    /// combines with the pattern and the matrix: a key is used only if all three allow it.
     #[must_use]
-    pub const fn and_key_is_padding(mut self, is_padding: &'a [bool; SKV]) -> Self {
+    pub const fn with_key_is_padding(mut self, is_padding: &'a [bool; SKV]) -> Self {
         self.key_padding = Some(is_padding);
         self
     }
@@ -228,10 +229,14 @@ impl<'a, T, const SQ: usize, const SKV: usize> Mask<'a, T, SQ, SKV> {
         self.key_padding.is_some() || !matches!(self.matrix, MatrixMask::None)
     }
 
-    /// The half-open range `[lo, hi)` of keys the pattern lets query `i` see.
+    /// The half-open range `[lo, hi)` of keys the pattern lets query `i` see (before the
+    /// matrix and padding parts are applied). A query index `i >= SQ` gets the empty range.
     #[inline]
     #[must_use]
     pub const fn key_range(&self, i: usize) -> (usize, usize) {
+        if i >= SQ {
+            return (0, 0);
+        }
         // Position of query i on the key axis under each alignment, as a signed offset.
         const fn end(i: usize, alignment: Alignment, sq: usize, skv: usize) -> isize {
             match alignment {

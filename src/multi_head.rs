@@ -11,7 +11,7 @@ use crate::{Float, Linear, Mask, init, sdpa::default_scale};
 /// Row `i` of head `h` is the distribution query `i` of head `h` puts over the keys; it sums to
 /// 1, or is all zeros when every key was masked. [`AttentionWeights::average`] is PyTorch's
 /// `average_attn_weights=True` result.
-#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Zeroable)]
+#[derive(Clone, Debug, PartialEq, bytemuck::Zeroable)]
 #[repr(C)]
 #[zeroable(bound = "T: crate::Float")]
 pub struct AttentionWeights<T, const SQ: usize, const SKV: usize, const HEADS: usize> {
@@ -56,10 +56,13 @@ impl<T: Float, const SQ: usize, const SKV: usize, const HEADS: usize>
 /// projected queries, keys and values and the streaming kernel's block state.
 ///
 /// Its size, [`Scratch::BYTES`], is that of `SQ·DIM`, `SKV·DIM`, `SKV·DIM` and `8·(DIM + 2)`
-/// scalars, each part padded to a multiple of 64 bytes so it starts on a cache line. Keep
-/// one in a `static`, a struct or a `Box` and pass it to [`MultiHead::attend`] when the shape is
-/// too large for the stack.
-#[derive(Clone, Copy, Debug, bytemuck::Zeroable)]
+/// scalars, each part padded to a multiple of 64 bytes so it starts on a cache line. Keep one
+/// wherever suits the program (in a struct it owns, in a `Box` from [`Scratch::new_boxed`], or,
+/// since [`Scratch::new`] is a `const fn`, in a `static` behind the program's own mutex or
+/// singleton) and pass it to [`MultiHead::attend`]. Its contents between calls do not matter.
+///
+/// Deliberately not `Copy`: it can be megabytes.
+#[derive(Clone, Debug, bytemuck::Zeroable)]
 #[repr(C)]
 #[zeroable(bound = "T: crate::Float")]
 pub struct Scratch<T, const SQ: usize, const SKV: usize, const DIM: usize> {
@@ -71,7 +74,7 @@ pub struct Scratch<T, const SQ: usize, const SKV: usize, const DIM: usize> {
 
 /// A buffer starting on a 64-byte boundary (a cache line): the kernels' vector loads then
 /// never straddle two lines, wherever the [`Scratch`] itself lives (stack, heap or `static`).
-#[derive(Clone, Copy, Debug, bytemuck::Zeroable)]
+#[derive(Clone, Debug, bytemuck::Zeroable)]
 #[repr(C, align(64))]
 struct Aligned<M>(M);
 
@@ -79,13 +82,19 @@ impl<T: Float, const SQ: usize, const SKV: usize, const DIM: usize> Scratch<T, S
     /// Size in bytes.
     pub const BYTES: usize = core::mem::size_of::<Self>();
 
-    /// Zeroed scratch (on the stack: use [`Scratch::new_boxed`] for large shapes).
+    /// Zeroed scratch, as a `const fn` (on the stack, use [`Scratch::new_boxed`] for large
+    /// shapes).
     #[must_use]
-    pub fn new() -> Self {
+    pub const fn new() -> Self {
+        const fn zeros<T: Float, const R: usize, const C: usize>() -> Aligned<SMatrix<T, R, C>> {
+            Aligned(SMatrix::from_array_storage(nalgebra::ArrayStorage(
+                [[T::ZERO; R]; C],
+            )))
+        }
         Self {
-            q: Aligned(SMatrix::zeros()),
-            k: Aligned(SMatrix::zeros()),
-            v: Aligned(SMatrix::zeros()),
+            q: zeros(),
+            k: zeros(),
+            v: zeros(),
             work: Aligned(Work::new()),
         }
     }
@@ -120,6 +129,7 @@ impl<T: Float, const SQ: usize, const SKV: usize, const DIM: usize> Default
 ///   [`MultiHead::attend`] and [`MultiHead::cross_attention`] run any other lengths.
 /// - Build errors: `DIM` not divisible by `HEADS`, and `SEQ`, `DIM` or `HEADS` of zero, fail
 ///   `cargo build` with a message naming the problem.
+/// - Not `Copy` (a layer can be megabytes); `Clone` copies it explicitly.
 ///
 /// ```
 /// use nalgebra::SMatrix;
@@ -134,7 +144,7 @@ impl<T: Float, const SQ: usize, const SKV: usize, const DIM: usize> Default
 /// assert!((y - y2).amax() < 1e-6);
 /// assert_eq!(weights.head(1)[(0, 3)], 0.0); // token 0 cannot see token 3
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Zeroable)]
+#[derive(Clone, Debug, PartialEq, bytemuck::Zeroable)]
 #[repr(C)]
 #[zeroable(bound = "T: crate::Float")]
 pub struct MultiHead<const SEQ: usize, const DIM: usize, const HEADS: usize, T = f32> {
@@ -272,10 +282,11 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
         [&mut self.q, &mut self.k, &mut self.v, &mut self.out]
     }
 
-    /// Whether the layer has bias terms (PyTorch `bias=True`).
+    /// Whether the layer has bias terms (PyTorch `bias=True`): true if any of the four
+    /// projections has one. Layers loaded from PyTorch have all four or none.
     #[must_use]
     pub const fn has_bias(&self) -> bool {
-        self.q.has_bias()
+        self.q.has_bias() || self.k.has_bias() || self.v.has_bias() || self.out.has_bias()
     }
 
     /// Self-attention over `SEQ` tokens: `x` is `SEQ × DIM`, so is the result.

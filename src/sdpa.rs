@@ -16,7 +16,7 @@ pub fn default_scale<T: Float>(d: usize) -> T {
 /// Scaled dot-product attention: `softmax(Q Kᵀ · scale + mask) V`.
 ///
 /// Shapes: `q` is `SQ × D` (queries in rows), `k` is `SKV × D`, `v` is `SKV × DV`; the result
-/// is `SQ × DV`. `scale` is `1/√D` when `None` and used exactly as given otherwise. This is
+/// is `SQ × DV`. `D = 0` is a build error. `scale` is `1/√D` when `None` and used exactly as given otherwise. This is
 /// PyTorch's `scaled_dot_product_attention` for one head (its boolean mask is
 /// [`Mask::attend_where`]).
 ///
@@ -70,6 +70,12 @@ pub fn scaled_dot_product_attention_into<
     scale: Option<T>,
     out: &mut SMatrix<T, SQ, DV>,
 ) {
+    const {
+        assert!(
+            D > 0,
+            "D must be at least 1: queries and keys need at least one feature"
+        )
+    };
     let scale = scale.unwrap_or_else(|| default_scale(D));
     let mut work = Work::<T, DV>::new();
     let dims = Dims {
@@ -117,6 +123,12 @@ pub fn scaled_dot_product_attention_with_weights<
     mask: &Mask<'_, T, SQ, SKV>,
     scale: Option<T>,
 ) -> (SMatrix<T, SQ, DV>, SMatrix<T, SQ, SKV>) {
+    const {
+        assert!(
+            D > 0,
+            "D must be at least 1: queries and keys need at least one feature"
+        )
+    };
     let scale = scale.unwrap_or_else(|| default_scale(D));
     let mut out = SMatrix::<T, SQ, DV>::zeros();
     let mut weights = SMatrix::<T, SQ, SKV>::zeros();

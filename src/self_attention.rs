@@ -29,7 +29,7 @@ use crate::{
 /// }
 /// assert_eq!(y.shape(), (3, 4));
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Zeroable)]
+#[derive(Clone, Debug, PartialEq, bytemuck::Zeroable)]
 #[repr(C)]
 #[zeroable(bound = "T: crate::Float")]
 pub struct SelfAttention<const SEQ: usize, const DIM: usize, T = f32> {

@@ -46,29 +46,60 @@ fn causal_alignments_on_rectangles() {
 fn sliding_window_counts_the_query_itself() {
     // Window 2: query i sees i − 2 < j ≤ i, two keys including itself.
     assert_eq!(
-        visible(&Mask::<f32, 4, 4>::sliding_window(2)),
+        visible(&Mask::<f32, 4, 4>::sliding_window(
+            2,
+            Alignment::BottomRight
+        )),
         ["1...", "11..", ".11.", "..11"]
     );
     assert_eq!(
-        visible(&Mask::<f32, 3, 3>::sliding_window(1)),
+        visible(&Mask::<f32, 3, 3>::sliding_window(
+            1,
+            Alignment::BottomRight
+        )),
         ["1..", ".1.", "..1"]
     );
-    assert_eq!(visible(&Mask::<f32, 2, 2>::sliding_window(0)), ["..", ".."]);
+    assert_eq!(
+        visible(&Mask::<f32, 2, 2>::sliding_window(
+            0,
+            Alignment::BottomRight
+        )),
+        ["..", ".."]
+    );
     // A window wider than the sequence is plain causal.
     assert_eq!(
-        visible(&Mask::<f32, 3, 3>::sliding_window(usize::MAX)),
+        visible(&Mask::<f32, 3, 3>::sliding_window(
+            usize::MAX,
+            Alignment::BottomRight
+        )),
         visible(&Mask::<f32, 3, 3>::causal(Alignment::TopLeft))
     );
-    // Default alignment is bottom-right (KV-cache decoding); top-left on request.
+    // Rectangles: bottom-right places the last query on the last key (KV-cache decoding),
+    // top-left places query i on key i; the pattern form is the same mask.
     assert_eq!(
-        visible(&Mask::<f32, 2, 4>::sliding_window(2)),
+        visible(&Mask::<f32, 2, 4>::sliding_window(
+            2,
+            Alignment::BottomRight
+        )),
         [".11.", "..11"]
     );
-    let top_left = Mask::<f32, 2, 4>::none().and_pattern(Pattern::SlidingWindow {
+    let top_left = Mask::<f32, 2, 4>::none().with_pattern(Pattern::SlidingWindow {
         window: 2,
         alignment: Alignment::TopLeft,
     });
     assert_eq!(visible(&top_left), ["1...", "11.."]);
+    assert_eq!(
+        visible(&Mask::<f32, 2, 4>::sliding_window(2, Alignment::TopLeft)),
+        ["1...", "11.."]
+    );
+    // Out-of-range queries see nothing, whatever the index.
+    let m = Mask::<f32, 4, 4>::sliding_window(2, Alignment::BottomRight);
+    assert_eq!(m.key_range(4), (0, 0));
+    assert_eq!(m.key_range(usize::MAX), (0, 0));
+    assert_eq!(
+        Mask::<f32, 3, 3>::causal(Alignment::TopLeft).key_range(10),
+        (0, 0)
+    );
 }
 
 #[test]
@@ -92,8 +123,8 @@ fn parts_combine_with_and() {
     let blocked =
         SMatrix::<bool, 3, 3>::new(false, true, false, false, false, false, true, false, false);
     let mask = Mask::<f32, 3, 3>::block_where(&blocked)
-        .and_pattern(Pattern::Causal(Alignment::TopLeft))
-        .and_key_is_padding(&pad);
+        .with_pattern(Pattern::Causal(Alignment::TopLeft))
+        .with_key_is_padding(&pad);
     assert_eq!(visible(&mask), ["1..", "11.", ".1."]);
 }
 
@@ -131,7 +162,7 @@ fn all_masks_blocking_everything_give_zeros_not_nan() {
         Mask::key_is_padding(&all),
         Mask::additive(&neg_inf),
         Mask::attend_where(&none),
-        Mask::sliding_window(0),
+        Mask::sliding_window(0, Alignment::BottomRight),
     ];
     for mask in masks {
         let (out, w) = scaled_dot_product_attention_with_weights(&x, &x, &x, &mask, None);

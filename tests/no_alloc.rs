@@ -88,8 +88,8 @@ fn forward_passes_do_not_allocate() {
     let masks = [
         Mask::none(),
         Mask::causal(Alignment::TopLeft),
-        Mask::causal(Alignment::BottomRight).and_key_is_padding(&pad),
-        Mask::sliding_window(3),
+        Mask::causal(Alignment::BottomRight).with_key_is_padding(&pad),
+        Mask::sliding_window(3, Alignment::BottomRight),
         Mask::block_where(&blocked),
         Mask::attend_where(&blocked),
         Mask::additive(&bias),

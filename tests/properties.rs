@@ -309,16 +309,16 @@ impl<const SQ: usize, const SKV: usize> MaskData<SQ, SKV> {
     fn mask<T: TestFloat>(&self) -> Mask<'_, T, SQ, SKV> {
         let m = match (self.matrix, &self.pad) {
             (MatrixKind::None, Some(pad)) => {
-                return Mask::key_is_padding(pad).and_pattern(self.pattern);
+                return Mask::key_is_padding(pad).with_pattern(self.pattern);
             }
             (MatrixKind::None, None) => Mask::none(),
             (MatrixKind::AttendWhere, _) => Mask::attend_where(&self.allowed),
             (MatrixKind::BlockWhere, _) => Mask::block_where(&self.blocked),
             (MatrixKind::Additive, _) => Mask::additive(T::additive(self)),
         }
-        .and_pattern(self.pattern);
+        .with_pattern(self.pattern);
         match &self.pad {
-            Some(pad) => m.and_key_is_padding(pad),
+            Some(pad) => m.with_key_is_padding(pad),
             None => m,
         }
     }
@@ -692,8 +692,8 @@ fn sdpa_pattern_support<const SQ: usize, const SKV: usize, const D: usize, const
         Pattern::SlidingWindow {
             window,
             alignment: Alignment::BottomRight,
-        } => Mask::sliding_window(window),
-        p => Mask::none().and_pattern(p),
+        } => Mask::sliding_window(window, Alignment::BottomRight),
+        p => Mask::none().with_pattern(p),
     };
     prop_assert_eq!(mask.pattern(), pattern);
     let (out, w) = scaled_dot_product_attention_with_weights(q, k, v, &mask, None);
@@ -822,7 +822,7 @@ fn mha_causal_prefix<const S: usize, const D: usize, const H: usize>(
 ) -> TestResult {
     let mask = match window {
         None => Mask::causal(Alignment::TopLeft),
-        Some(window) => Mask::none().and_pattern(Pattern::SlidingWindow {
+        Some(window) => Mask::none().with_pattern(Pattern::SlidingWindow {
             window,
             alignment: Alignment::TopLeft,
         }),
@@ -860,7 +860,7 @@ fn mha_padding_tokens<const S: usize, const D: usize, const H: usize>(
 ) -> TestResult {
     let mut mask = Mask::key_is_padding(pad);
     if causal {
-        mask = mask.and_pattern(Pattern::Causal(Alignment::TopLeft));
+        mask = mask.with_pattern(Pattern::Causal(Alignment::TopLeft));
     }
     let x2 = SMatrix::<f32, S, D>::from_fn(|i, e| if pad[i] { bad } else { x[(i, e)] });
     let real = |i: usize| !pad[i];
@@ -1076,8 +1076,8 @@ fn mha_pattern_support<const S: usize, const D: usize, const H: usize>(
         Pattern::SlidingWindow {
             window,
             alignment: Alignment::BottomRight,
-        } => Mask::sliding_window(window),
-        p => Mask::none().and_pattern(p),
+        } => Mask::sliding_window(window, Alignment::BottomRight),
+        p => Mask::none().with_pattern(p),
     };
     let (_, w) = layer.forward_with_weights(x, &mask);
     for h in 0..H {
@@ -1370,7 +1370,7 @@ sdpa_suite!(sdpa_sq17_skv11_d5_dv7, 17, 11, 5, 7);
 type Visible<'a> = &'a dyn Fn(i64, i64) -> bool;
 
 /// Top-left: query i sees keys j ≤ i. Bottom-right: j ≤ i + 4 (the last query sees all 9
-/// keys). `Mask::sliding_window(W)` (bottom-right): i + 4 − W < j ≤ i + 4; a top-left window:
+/// keys). `Mask::sliding_window(W, Alignment::BottomRight)` (bottom-right): i + 4 − W < j ≤ i + 4; a top-left window:
 /// i − W < j ≤ i. Weights are positive on exactly those keys and exactly 0 elsewhere.
 fn rectangular_alignments(
     q: &SMatrix<f32, 5, 6>,
@@ -1396,12 +1396,12 @@ fn rectangular_alignments(
         ),
         (
             "sliding_window (bottom-right)",
-            Mask::sliding_window(window),
+            Mask::sliding_window(window, Alignment::BottomRight),
             &|i, j| i + 4 - w < j && j <= i + 4,
         ),
         (
             "sliding window top-left",
-            Mask::none().and_pattern(top_left_window),
+            Mask::none().with_pattern(top_left_window),
             &|i, j| i - w < j && j <= i,
         ),
     ];

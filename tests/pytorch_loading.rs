@@ -58,7 +58,7 @@ fn edited(edit: impl FnOnce(&mut Tensors, &mut HashMap<String, String>)) -> Vec<
 /// Loads `bytes` into a random layer and checks that a failure leaves it unchanged.
 fn load_err(bytes: &[u8], prefix: &str) -> LoadError {
     let mut layer = Seed::new(&mut SmallRng::seed_from_u64(1));
-    let before = layer;
+    let before = layer.clone();
     let err = layer
         .load_safetensors(bytes, prefix)
         .expect_err("load must fail");
@@ -70,7 +70,7 @@ fn load_err(bytes: &[u8], prefix: &str) -> LoadError {
 #[test]
 fn round_trip_is_exact() {
     let layer = Seed::from_safetensors(&fixture("seed_3x4x2"), "").unwrap();
-    let bytes = layer.to_safetensors("");
+    let bytes = layer.to_safetensors("").unwrap();
     assert_eq!(Seed::from_safetensors(&bytes, "").unwrap(), layer);
     // Saving the loaded layer reproduces PyTorch's tensors byte for byte.
     let (ours, meta) = open(&bytes);
@@ -88,7 +88,7 @@ fn round_trip_is_exact() {
     // f64, bias=False and a prefix round-trip too.
     let mut rng = SmallRng::seed_from_u64(9);
     let layer = MultiHead::<5, 12, 3, f64>::new_without_bias(&mut rng);
-    let bytes = layer.to_safetensors("model.attn.");
+    let bytes = layer.to_safetensors("model.attn.").unwrap();
     let back = MultiHead::<5, 12, 3, f64>::from_safetensors(&bytes, "model.attn.").unwrap();
     assert_eq!(back, layer);
     assert!(!back.has_bias());
@@ -156,7 +156,7 @@ fn the_slice_path_matches_the_file_path() {
     );
 
     // Wrong lengths are named, and a failed in-place load changes nothing.
-    let mut layer = from_file;
+    let mut layer = from_file.clone();
     let bad = PyTorchParams {
         in_proj_weight: InProjWeight::Separate { q, k: &k[..143], v },
         ..params
@@ -362,7 +362,7 @@ fn a_large_layer_loads_in_place_on_the_heap() {
     // new_boxed + load_safetensors: no stack copy of the parameters.
     let mut rng = SmallRng::seed_from_u64(3);
     let src = MultiHead::<8, 256, 8>::new_boxed(&mut rng);
-    let bytes = src.to_safetensors("");
+    let bytes = src.to_safetensors("").unwrap();
     let mut dst = MultiHead::<8, 256, 8>::new_boxed(&mut SmallRng::seed_from_u64(4));
     dst.load_safetensors(&bytes, "").unwrap();
     assert!(*dst == *src);
@@ -372,9 +372,60 @@ fn a_large_layer_loads_in_place_on_the_heap() {
 fn saving_is_deterministic() {
     // Found by the fuzzer: with several metadata keys the header order varied between runs.
     let layer = Seed::from_safetensors(&fixture("seed_3x4x2"), "").unwrap();
-    let first = layer.to_safetensors("p.");
+    let first = layer.to_safetensors("p.").unwrap();
     for _ in 0..20 {
         let again = Seed::from_safetensors(&first, "p.").unwrap();
-        assert_eq!(again.to_safetensors("p."), first);
+        assert_eq!(again.to_safetensors("p.").unwrap(), first);
     }
+}
+
+#[test]
+fn biases_come_in_pairs() {
+    // PyTorch's `bias` flag adds in_proj_bias and out_proj.bias together.
+    let bytes = edited(|t, _| {
+        t.remove("in_proj_bias");
+    });
+    assert_eq!(
+        load_err(&bytes, "").to_string(),
+        "missing tensor in_proj_bias (expected shape [12])"
+    );
+    let bytes = edited(|t, _| {
+        t.remove("out_proj.bias");
+    });
+    assert_eq!(
+        load_err(&bytes, "").to_string(),
+        "missing tensor out_proj.bias (expected shape [4])"
+    );
+    let w = [0.5f32; 48];
+    let ow = [0.5f32; 16];
+    let b = [0.1f32; 12];
+    let params = PyTorchParams {
+        in_proj_weight: InProjWeight::Packed(&w),
+        in_proj_bias: Some(&b),
+        out_proj_weight: &ow,
+        out_proj_bias: None,
+    };
+    assert_eq!(
+        Seed::from_pytorch(&params).unwrap_err().to_string(),
+        "missing tensor out_proj.bias (expected shape [4])"
+    );
+}
+
+#[test]
+fn a_mixed_bias_layer_saves_with_zero_biases() {
+    // from_parts can mix biased and unbiased projections, which PyTorch cannot express: the
+    // saved file has all biases, zeros for the missing ones.
+    let src = Seed::from_safetensors(&fixture("seed_3x4x2"), "").unwrap();
+    let mut k = *src.k_proj();
+    k.set_bias(None);
+    let mixed = Seed::from_parts(*src.q_proj(), k, *src.v_proj(), *src.out_proj());
+    assert!(mixed.has_bias());
+    let back = Seed::from_safetensors(&mixed.to_safetensors("").unwrap(), "").unwrap();
+    assert_eq!(back.k_proj().bias(), Some(&nalgebra::SVector::zeros()));
+    assert_eq!(back.q_proj(), mixed.q_proj());
+    let x = SMatrix::<f32, 3, 4>::from_fn(|i, j| (i + j) as f32 * 0.25);
+    assert_eq!(
+        back.forward(&x, &Mask::none()),
+        mixed.forward(&x, &Mask::none())
+    );
 }

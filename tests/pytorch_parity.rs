@@ -42,7 +42,7 @@ fn mha<T: Float, const SQ: usize, const SKV: usize, const DIM: usize, const HEAD
         mask = Mask::additive(m);
     }
     if let Some(p) = &padding {
-        mask = mask.and_key_is_padding(p);
+        mask = mask.with_key_is_padding(p);
     }
 
     let want = matrix::<T, SQ, DIM>(&bytes, "output.attn", None).unwrap();
@@ -110,7 +110,7 @@ fn mha<T: Float, const SQ: usize, const SKV: usize, const DIM: usize, const HEAD
         let mut causal_out = SMatrix::<T, SQ, DIM>::zeros();
         let causal = Mask::causal(Alignment::TopLeft);
         let causal = if let Some(p) = &padding {
-            causal.and_key_is_padding(p)
+            causal.with_key_is_padding(p)
         } else {
             causal
         };

@@ -13,10 +13,10 @@ fuzz_target!(|data: &[u8]| {
     // The seed files are DIM = 4, HEADS = 2; two prefixes and both scalar types.
     for prefix in ["", "encoder.layers.0.self_attn."] {
         if let Ok(layer) = MultiHead::<3, 4, 2>::from_safetensors(data, prefix) {
-            let saved = layer.to_safetensors(prefix);
+            let saved = layer.to_safetensors(prefix).unwrap();
             let again = MultiHead::<3, 4, 2>::from_safetensors(&saved, prefix).expect("reload");
             assert_eq!(
-                again.to_safetensors(prefix),
+                again.to_safetensors(prefix).unwrap(),
                 saved,
                 "round trip changed the bytes"
             );
@@ -30,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
         static_attention::Linear::from_rows([[3.0; 4]; 4], [0.5; 4]),
         static_attention::Linear::from_rows([[4.0; 4]; 4], [0.5; 4]),
     );
-    let before = layer;
+    let before = layer.clone();
     if let Err(e) = layer.load_safetensors(data, "") {
         assert!(layer == before, "failed load changed the layer");
         let _ = e.to_string();

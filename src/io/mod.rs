@@ -26,7 +26,7 @@
 #[cfg(feature = "safetensors")]
 mod safetensors;
 #[cfg(feature = "safetensors")]
-pub use self::safetensors::NUM_HEADS_KEY;
+pub use self::safetensors::{NUM_HEADS_KEY, SaveError};
 
 use core::fmt;
 
@@ -262,8 +262,28 @@ impl fmt::Display for LoadError {
     }
 }
 
-#[cfg(feature = "std")]
-impl std::error::Error for LoadError {}
+impl core::error::Error for LoadError {}
+
+/// `in_proj_bias` and `out_proj.bias` come together: PyTorch's `bias` flag adds both or
+/// neither, and a file (or a call) with only one of them is missing the other.
+fn check_bias_pair(
+    prefix: &str,
+    in_bias: bool,
+    out_bias: bool,
+    dim: usize,
+) -> Result<(), LoadError> {
+    match (in_bias, out_bias) {
+        (true, false) => Err(LoadError::MissingTensor {
+            name: Text::new(&[prefix, "out_proj.bias"]),
+            expected: Shape::new(&[dim]),
+        }),
+        (false, true) => Err(LoadError::MissingTensor {
+            name: Text::new(&[prefix, "in_proj_bias"]),
+            expected: Shape::new(&[3 * dim]),
+        }),
+        _ => Ok(()),
+    }
+}
 
 /// Where the query, key and value projection weights come from.
 #[derive(Clone, Copy, Debug)]
@@ -353,7 +373,9 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
     ///
     /// # Errors
     ///
-    /// [`LoadError::WrongLength`] naming the slice whose length is wrong.
+    /// [`LoadError::WrongLength`] naming the slice whose length is wrong;
+    /// [`LoadError::MissingTensor`] when only one of the two biases is given (PyTorch's `bias`
+    /// flag adds both or neither).
     ///
     /// ```
     /// use static_attention::MultiHead;
@@ -386,7 +408,7 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
     ///
     /// # Errors
     ///
-    /// [`LoadError::WrongLength`] naming the slice whose length is wrong.
+    /// As [`MultiHead::from_pytorch`].
     pub fn load_pytorch(&mut self, params: &PyTorchParams<'_, T>) -> Result<(), LoadError> {
         let dd = DIM * DIM;
         let check = |name: &str, v: &[T], shape: &[usize]| -> Result<(), LoadError> {
@@ -426,6 +448,12 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
         if let Some(b) = params.out_proj_bias {
             check("out_proj.bias", b, &[DIM])?;
         }
+        check_bias_pair(
+            "",
+            params.in_proj_bias.is_some(),
+            params.out_proj_bias.is_some(),
+            DIM,
+        )?;
         self.write_checked(&Checked {
             q,
             k,

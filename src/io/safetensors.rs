@@ -119,8 +119,9 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
     ///
     /// A [`LoadError`] naming the tensor and what was expected and found: a missing tensor, a
     /// wrong shape (a `DIM` that does not fit the file), a wrong dtype, a `num_heads` in the
-    /// file's metadata that differs from `HEADS`, `bias_k`/`bias_v` (unsupported), or bytes
-    /// that are not a valid safetensors file.
+    /// file's metadata that differs from `HEADS`, only one of `in_proj_bias` and
+    /// `out_proj.bias`, `bias_k`/`bias_v` (unsupported), or bytes that are not a valid
+    /// safetensors file.
     pub fn from_safetensors(bytes: &[u8], prefix: &str) -> Result<Self, LoadError> {
         let mut layer = Self::zeros();
         layer.load_safetensors(bytes, prefix)?;
@@ -191,6 +192,12 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
             out_w: file.required(prefix, "out_proj.weight", &[DIM, DIM], DIM)?,
             out_b: file.tensor(prefix, "out_proj.bias", &[DIM], DIM)?,
         };
+        super::check_bias_pair(
+            prefix,
+            checked.in_bias.is_some(),
+            checked.out_b.is_some(),
+            DIM,
+        )?;
         self.write_checked(&checked);
         Ok(())
     }
@@ -199,13 +206,18 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
     /// the packed form (`in_proj_weight`, `in_proj_bias`, `out_proj.weight`, `out_proj.bias`),
     /// with `prefix` before every name, in `T`'s dtype, and `num_heads` in the metadata. The
     /// bytes are deterministic: the same layer always gives the same file.
-    /// `safetensors.torch.load_file` reads it back into PyTorch; loading it here gives the same
-    /// layer bit for bit.
+    /// `safetensors.torch.load_file` reads it back into PyTorch.
     ///
-    /// Bias tensors are written when the layer has them (if only some of q, k, v have a bias,
-    /// the others are written as zeros).
-    #[must_use]
-    pub fn to_safetensors(&self, prefix: &str) -> Vec<u8> {
+    /// Loading the file here gives the same layer bit for bit (signalling NaNs come back quiet)
+    /// when its projections all have biases or none does, which is every layer PyTorch can
+    /// express. A layer built with [`MultiHead::from_parts`] from a mix is saved with biases,
+    /// zeros standing in for the missing ones.
+    ///
+    /// # Errors
+    ///
+    /// [`SaveError`] if the safetensors header would exceed the format's 100 MB limit (only
+    /// possible with an absurdly long `prefix`).
+    pub fn to_safetensors(&self, prefix: &str) -> Result<Vec<u8>, SaveError> {
         let dtype = if T::BYTES == 4 {
             Dtype::F32
         } else {
@@ -229,7 +241,7 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
                 v.weight_t().as_slice(),
             ]),
         ));
-        if q.has_bias() || k.has_bias() || v.has_bias() {
+        if self.has_bias() {
             let b = |l: &crate::Linear<T, DIM, DIM>| l.bias_or_zero().as_slice().to_vec();
             tensors.push((
                 "in_proj_bias".into(),
@@ -242,7 +254,7 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
             [DIM, DIM].into(),
             bytes(&[o.weight_t().as_slice()]),
         ));
-        if o.has_bias() {
+        if self.has_bias() {
             tensors.push((
                 "out_proj.bias".into(),
                 [DIM].into(),
@@ -260,11 +272,26 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
         let metadata = [(NUM_HEADS_KEY.into(), format!("{HEADS}"))]
             .into_iter()
             .collect();
-        // The header of four small tensors is far below the format's 100 MB limit, the only
-        // way serialising can fail.
-        safetensors::serialize(views, Some(metadata)).unwrap_or_default()
+        safetensors::serialize(views, Some(metadata)).map_err(|e| SaveError {
+            reason: Text::new(&[&format!("{e}")]),
+        })
     }
 }
+
+/// Why a layer could not be written as safetensors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SaveError {
+    /// The serialiser's explanation.
+    pub reason: Text,
+}
+
+impl core::fmt::Display for SaveError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "cannot write safetensors data: {}", self.reason)
+    }
+}
+
+impl core::error::Error for SaveError {}
 
 fn le_bytes<T: Float>(x: T) -> Vec<u8> {
     if T::BYTES == 4 {

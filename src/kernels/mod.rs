@@ -59,7 +59,7 @@ pub fn selected() -> Kernel {
 /// state and output accumulators. `D` is the largest head width it serves.
 #[derive(Clone, Copy, Debug, bytemuck::Zeroable)]
 #[repr(C)]
-pub struct Work<T, const D: usize> {
+pub(crate) struct Work<T, const D: usize> {
     /// Running output sums, `BLOCK_Q` rows per value column (column `e` at `e * BLOCK_Q`).
     pub(crate) acc: [[T; BLOCK_Q]; D],
     /// Running maximum score per row.
@@ -69,12 +69,9 @@ pub struct Work<T, const D: usize> {
 }
 
 impl<T: Float, const D: usize> Work<T, D> {
-    /// Size in bytes.
-    pub const BYTES: usize = core::mem::size_of::<Self>();
-
     /// Zeroed working memory.
     #[must_use]
-    pub fn new() -> Self {
+    pub(crate) const fn new() -> Self {
         Self {
             acc: [[T::ZERO; BLOCK_Q]; D],
             max: [T::ZERO; BLOCK_Q],

@@ -405,8 +405,8 @@ mod tests {
         [
             Mask::none(),
             Mask::causal(Alignment::TopLeft),
-            Mask::causal(Alignment::BottomRight).and_key_is_padding(pad),
-            Mask::sliding_window(3),
+            Mask::causal(Alignment::BottomRight).with_key_is_padding(pad),
+            Mask::sliding_window(3, Alignment::BottomRight),
         ]
     }
 
