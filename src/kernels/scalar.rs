@@ -168,16 +168,7 @@ pub(crate) fn attention<T: Float, const SQ: usize, const SKV: usize, const D: us
                     // −∞ − (−∞) when no key has been seen yet.
                     continue;
                 }
-                let m_old = work.max[r];
-                let m_new = m_old.max_(sr);
-                corr[r] = if m_old == T::NEG_INFINITY {
-                    T::ZERO
-                } else {
-                    (m_old - m_new).exp_()
-                };
-                p[r] = (sr - m_new).exp_();
-                work.sum[r] = work.sum[r] * corr[r] + p[r];
-                work.max[r] = m_new;
+                (corr[r], p[r]) = online_step(&mut work.max[r], &mut work.sum[r], sr);
             }
 
             for (e, acc) in work.acc.iter_mut().enumerate().take(dv) {
@@ -201,6 +192,30 @@ pub(crate) fn attention<T: Float, const SQ: usize, const SKV: usize, const D: us
         }
         i0 += nb;
     }
+}
+
+/// One online-softmax step for one query row: folds the finite-or-NaN score `s` into the
+/// running maximum `m` and denominator `l` (`m' = max(m, s)`, `l' = c·l + p`) and returns
+/// `(c, p)` with `c = e^(m − m')` and `p = e^(s − m')`, for the caller's `acc' = c·acc + p·v`.
+/// When the maximum does not move, `c` is exactly 1 and costs no `exp`; when no key has been
+/// seen yet (`m = −∞`), `c` is 0 without forming `−∞ − m'`. A NaN score leaves `m` alone and
+/// makes `p`, and so `l` and the output, NaN.
+#[inline(always)]
+fn online_step<T: Float>(m: &mut T, l: &mut T, s: T) -> (T, T) {
+    let m_old = *m;
+    let m_new = m_old.max_(s);
+    // `max_` never returns less than `m_old`, so "did not move" is equality.
+    let c = if m_new == m_old {
+        T::ONE
+    } else if m_old == T::NEG_INFINITY {
+        T::ZERO
+    } else {
+        (m_old - m_new).exp_()
+    };
+    let p = (s - m_new).exp_();
+    *l = *l * c + p;
+    *m = m_new;
+    (c, p)
 }
 
 /// The common case, written branch-free over a whole block so it vectorises: all `BLOCK_Q`
@@ -236,23 +251,11 @@ fn full_block_key<T: Float, const D: usize>(
     }
     let mut corr = [T::ONE; BLOCK_Q];
     let mut p = [T::ZERO; BLOCK_Q];
-    let mut rescale = false;
     for r in 0..BLOCK_Q {
-        let m_old = work.max[r];
-        let m_new = m_old.max_(s[r]);
-        if m_new > m_old {
-            corr[r] = if m_old == T::NEG_INFINITY {
-                T::ZERO
-            } else {
-                (m_old - m_new).exp_()
-            };
-            rescale = true;
-        }
-        p[r] = (s[r] - m_new).exp_();
-        work.sum[r] = work.sum[r] * corr[r] + p[r];
-        work.max[r] = m_new;
+        (corr[r], p[r]) = online_step(&mut work.max[r], &mut work.sum[r], s[r]);
     }
-    if rescale {
+    // Multiplying by c = 1 changes nothing, so the rescale is skipped when no maximum moved.
+    if corr != [T::ONE; BLOCK_Q] {
         for (e, acc) in work.acc.iter_mut().enumerate().take(dv) {
             let ve = v[j + e * skv];
             for r in 0..BLOCK_Q {
@@ -327,16 +330,20 @@ pub(crate) fn attention_with_weights<T: Float, const SQ: usize, const SKV: usize
         for j in 0..skv {
             weights[i + j * sq] *= inv;
         }
+        // out[i, :] = Σ_j w_ij v[j, :] over the keys the mask allows (one mask look-up per
+        // key); blocked keys are skipped so their values, even NaN, never enter, and every
+        // allowed key contributes, as in the streaming path.
         for e in 0..dv {
-            let mut acc = T::ZERO;
-            for j in lo..hi {
-                // Skip blocked keys so their values, even NaN, never enter; every key the
-                // mask allows contributes, as in the streaming path.
-                if !dense || mask.dense_entry(i, j).is_some() {
-                    acc += weights[i + j * sq] * v[j + e * skv];
-                }
+            out[i + e * sq] = T::ZERO;
+        }
+        for j in lo..hi {
+            if dense && mask.dense_entry(i, j).is_none() {
+                continue;
             }
-            out[i + e * sq] = acc;
+            let w = weights[i + j * sq];
+            for e in 0..dv {
+                out[i + e * sq] += w * v[j + e * skv];
+            }
         }
     }
 }
