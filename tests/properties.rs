@@ -567,6 +567,22 @@ fn sdpa_dead_keys<const SQ: usize, const SKV: usize, const D: usize, const DV: u
     identical("dead keys poisoned (streaming)", &stream2, &stream)
 }
 
+/// The additive mask of property 5: row `i` is the constant `c_i`, and `-inf` where `blocked`
+/// when `use_block`.
+fn row_shift<const R: usize, const C: usize>(
+    c: &[f32],
+    blocked: &SMatrix<bool, R, C>,
+    use_block: bool,
+) -> SMatrix<f32, R, C> {
+    SMatrix::from_fn(|i, j| {
+        if use_block && blocked[(i, j)] {
+            f32::NEG_INFINITY
+        } else {
+            c[i]
+        }
+    })
+}
+
 /// Property 5: An additive mask whose row `i` is the constant `c_i` (and `-inf` where `blocked`,
 /// when `use_block`) equals no mask (or `block_where(blocked)`).
 fn sdpa_row_shift<const SQ: usize, const SKV: usize, const D: usize, const DV: usize>(
@@ -577,13 +593,7 @@ fn sdpa_row_shift<const SQ: usize, const SKV: usize, const D: usize, const DV: u
     blocked: &SMatrix<bool, SQ, SKV>,
     use_block: bool,
 ) -> TestResult {
-    let add = SMatrix::<f32, SQ, SKV>::from_fn(|i, j| {
-        if use_block && blocked[(i, j)] {
-            f32::NEG_INFINITY
-        } else {
-            c[i]
-        }
-    });
+    let add = row_shift(c, blocked, use_block);
     let add64: SMatrix<f64, SQ, SKV> = add.cast();
     let (q64, k64, v64) = (q.cast::<f64>(), k.cast::<f64>(), v.cast::<f64>());
     let (base32, base64) = if use_block {
@@ -891,13 +901,7 @@ fn mha_row_shift<const S: usize, const D: usize, const H: usize>(
     blocked: &SMatrix<bool, S, S>,
     use_block: bool,
 ) -> TestResult {
-    let add = SMatrix::<f32, S, S>::from_fn(|i, j| {
-        if use_block && blocked[(i, j)] {
-            f32::NEG_INFINITY
-        } else {
-            c[i]
-        }
-    });
+    let add = row_shift(c, blocked, use_block);
     let add64: SMatrix<f64, S, S> = add.cast();
     let (base32, base64) = if use_block {
         (Mask::block_where(blocked), Mask::block_where(blocked))

@@ -67,6 +67,14 @@ fn load_err(bytes: &[u8], prefix: &str) -> LoadError {
     err
 }
 
+/// The message of loading the seed file with tensor `name` removed.
+fn error_without(name: &str) -> String {
+    let bytes = edited(|t, _| {
+        t.remove(name);
+    });
+    load_err(&bytes, "").to_string()
+}
+
 #[test]
 fn round_trip_is_exact() {
     let layer = Seed::from_safetensors(&fixture("seed_3x4x2"), "").unwrap();
@@ -179,19 +187,12 @@ fn the_slice_path_matches_the_file_path() {
 
 #[test]
 fn missing_tensor() {
-    let bytes = edited(|t, _| {
-        t.remove("out_proj.weight");
-    });
-    let err = load_err(&bytes, "");
     assert_eq!(
-        err.to_string(),
+        error_without("out_proj.weight"),
         "missing tensor out_proj.weight (expected shape [4, 4])"
     );
-    let bytes = edited(|t, _| {
-        t.remove("in_proj_weight");
-    });
     assert_eq!(
-        load_err(&bytes, "").to_string(),
+        error_without("in_proj_weight"),
         "missing tensor in_proj_weight (expected shape [12, 4])"
     );
 }
@@ -382,18 +383,12 @@ fn saving_is_deterministic() {
 #[test]
 fn biases_come_in_pairs() {
     // PyTorch's `bias` flag adds in_proj_bias and out_proj.bias together.
-    let bytes = edited(|t, _| {
-        t.remove("in_proj_bias");
-    });
     assert_eq!(
-        load_err(&bytes, "").to_string(),
+        error_without("in_proj_bias"),
         "missing tensor in_proj_bias (expected shape [12])"
     );
-    let bytes = edited(|t, _| {
-        t.remove("out_proj.bias");
-    });
     assert_eq!(
-        load_err(&bytes, "").to_string(),
+        error_without("out_proj.bias"),
         "missing tensor out_proj.bias (expected shape [4])"
     );
     let w = [0.5f32; 48];
