@@ -98,7 +98,7 @@ struct NaiveLayer {
 
 impl NaiveLayer {
     fn from_layer(layer: &Layer) -> Self {
-        let copy = |l: &static_attention::Linear<f32, DIM, DIM>| {
+        let copy = |l: &static_attention::Linear<DIM, DIM, f32>| {
             let w_t = to_dynamic(l.weight_t());
             let b = l.bias().map_or(vec![0.0; DIM], |b| b.as_slice().to_vec());
             (w_t, b)
@@ -200,7 +200,7 @@ fn multi_head_layer(c: &mut Criterion) {
     let naive = NaiveLayer::from_layer(&layer);
     let x = random::<SEQ, DIM>(&mut rng);
     let xd = to_dynamic(&x);
-    let mut scratch = Scratch::<f32, SEQ, SEQ, DIM>::new_boxed();
+    let mut scratch = Scratch::<SEQ, SEQ, DIM, f32>::new_boxed();
     let mut out = static_attention::heap::zeros::<f32, SEQ, DIM>();
 
     let mut group = c.benchmark_group("multi_head_layer");

@@ -188,7 +188,7 @@ fn print_matrix<const R: usize, const C: usize>(label: &str, m: &SMatrix<f32, R,
 }
 
 /// One head's weights as a table (left) and a heatmap (right), side by side.
-fn print_table_and_heatmap(w: &SMatrix<f32, N, N>, mask: &Mask<'_, f32, N, N>) {
+fn print_table_and_heatmap(w: &SMatrix<f32, N, N>, mask: &Mask<'_, N, N>) {
     let table = table_lines(w, mask);
     let heatmap = heatmap_lines(w, mask);
     for (t, h) in table.iter().zip(&heatmap) {
@@ -197,7 +197,7 @@ fn print_table_and_heatmap(w: &SMatrix<f32, N, N>, mask: &Mask<'_, f32, N, N>) {
 }
 
 /// The weights with 2 decimals: row = query token, column = key token, `·` = masked key.
-fn table_lines(w: &SMatrix<f32, N, N>, mask: &Mask<'_, f32, N, N>) -> Vec<String> {
+fn table_lines(w: &SMatrix<f32, N, N>, mask: &Mask<'_, N, N>) -> Vec<String> {
     let header: String = SENTENCE.iter().map(|k| format!("{k:>5}")).collect();
     let mut lines = vec![format!("{:>4} │{header}", "q\\k")];
     for (i, query) in SENTENCE.iter().enumerate() {
@@ -216,7 +216,7 @@ fn table_lines(w: &SMatrix<f32, N, N>, mask: &Mask<'_, f32, N, N>) -> Vec<String
 }
 
 /// The weights as shades, two characters per cell so cells look roughly square.
-fn heatmap_lines(w: &SMatrix<f32, N, N>, mask: &Mask<'_, f32, N, N>) -> Vec<String> {
+fn heatmap_lines(w: &SMatrix<f32, N, N>, mask: &Mask<'_, N, N>) -> Vec<String> {
     let header: String = SENTENCE
         .iter()
         .map(|k| format!("{:2}", first_char(k)))

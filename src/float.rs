@@ -27,6 +27,8 @@ pub trait Float:
     const ONE: Self;
     /// The machine epsilon of the type.
     const EPSILON: Self;
+    /// The largest finite value.
+    const MAX: Self;
     /// Size of one value in bytes.
     const BYTES: usize = core::mem::size_of::<Self>();
 
@@ -44,6 +46,20 @@ pub trait Float:
     fn is_nan_(self) -> bool {
         self != self
     }
+    /// Whether the value is finite (not NaN, not ±∞).
+    #[inline]
+    fn is_finite_(self) -> bool {
+        self.abs_() <= Self::MAX
+    }
+    /// |x|.
+    #[inline]
+    fn abs_(self) -> Self {
+        if self < Self::ZERO {
+            Self::ZERO - self
+        } else {
+            self
+        }
+    }
     /// Larger of two values; NaN in `self` propagates.
     #[inline]
     fn max_(self, other: Self) -> Self {
@@ -59,6 +75,7 @@ macro_rules! impl_float {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
             const EPSILON: Self = <$t>::EPSILON;
+            const MAX: Self = <$t>::MAX;
 
             #[inline]
             fn of(x: f64) -> Self {
@@ -110,4 +127,11 @@ pub(crate) mod math {
     }
     #[allow(unused_imports)]
     pub(crate) use imp::*;
+
+    /// `2^e` for `−1022 ≤ e ≤ 1023`, exactly (built from the exponent bits; no library call).
+    #[must_use]
+    pub(crate) fn powi2(e: i32) -> f64 {
+        debug_assert!((-1022..=1023).contains(&e));
+        f64::from_bits(((e + 1023) as u64) << 52)
+    }
 }

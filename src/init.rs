@@ -4,16 +4,34 @@
 //!   `U(−a, a)` with `a = √(6 / (fan_in + fan_out)) = √(6 / (DIM + 3·DIM))`.
 //! - The output projection weight is `U(−1/√DIM, 1/√DIM)` (PyTorch's `nn.Linear` default,
 //!   Kaiming-uniform with `a = √5`).
-//! - Every bias is zero.
+//! - Every bias is zero ([`Bias::Present`]) or absent ([`Bias::Absent`], PyTorch `bias=False`).
 //!
 //! Values are drawn from any [`rand::Rng`], row by row in PyTorch's layout (W_q, then W_k,
 //! W_v, W_o), so a seeded generator gives the same weights on every run and platform. The
 //! stream of numbers is not PyTorch's (its generator is different); the distributions are.
+//!
+//! The `from_seed(u64)` constructors ([`crate::MultiHead::from_seed`],
+//! [`crate::SelfAttention::from_seed`]) use [`SeedRng`], rand's `Xoshiro256PlusPlus`, which
+//! gives the same stream on every platform, so a caller needs no `rand` dependency of its own.
 
 use nalgebra::SMatrix;
 use rand::{Rng, RngExt};
 
 use crate::Float;
+
+/// The generator behind the `from_seed` constructors: rand's portable `Xoshiro256PlusPlus`,
+/// seeded with `SeedableRng::seed_from_u64`.
+pub type SeedRng = rand::rngs::Xoshiro256PlusPlus;
+
+/// Whether a layer has bias terms: PyTorch's `bias=True` (present, initialised to zero) or
+/// `bias=False` (absent).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Bias {
+    /// Every projection has a bias vector (initialised to zero by `reset_parameters`).
+    Present,
+    /// No projection has a bias (PyTorch `bias=False`).
+    Absent,
+}
 
 /// Xavier-uniform bound for the packed `[3·DIM, DIM]` in-projection.
 #[must_use]
@@ -36,5 +54,19 @@ pub(crate) fn fill_uniform<T: Float, R: Rng + ?Sized, const A: usize, const B: u
 ) {
     for x in w.as_mut_slice() {
         *x = T::of(rng.random_range(-bound..bound));
+    }
+}
+
+/// Re-draws `W_q`, `W_k`, `W_v` (Xavier-uniform over the packed in-projection of a `DIM`-wide
+/// layer) and sets their biases to zero or removes them.
+pub(crate) fn reset_in_projection<T: Float, R: Rng + ?Sized, const DIM: usize>(
+    projections: [&mut crate::Linear<DIM, DIM, T>; 3],
+    bias: Bias,
+    rng: &mut R,
+) {
+    let a = in_proj_bound(DIM);
+    for l in projections {
+        fill_uniform(l.weight_t_mut(), a, rng);
+        l.set_zero_bias(bias);
     }
 }

@@ -93,24 +93,35 @@ mod float;
 pub mod init;
 pub mod io;
 pub mod kernels;
+mod layer;
 mod linear;
-mod mask;
+pub mod mask;
 mod multi_head;
 #[cfg(feature = "std")]
 pub mod reference;
+mod scratch;
 mod sdpa;
 mod self_attention;
 
 pub use float::Float;
+pub use init::Bias;
 pub use linear::Linear;
-pub use mask::{Alignment, Mask, MatrixMask, Pattern};
-pub use multi_head::{AttentionWeights, MultiHead, Scratch};
-pub use nalgebra::{SMatrix, SVector};
+pub use mask::{Alignment, Mask, NoAdditive, Pattern};
+pub use multi_head::MultiHead;
+pub use scratch::{AttentionWeights, Scratch};
 pub use sdpa::{
     default_scale, scaled_dot_product_attention, scaled_dot_product_attention_into,
-    scaled_dot_product_attention_with_weights,
+    scaled_dot_product_attention_with_weights, scaled_dot_product_attention_with_weights_into,
 };
 pub use self_attention::SelfAttention;
+
+/// The nalgebra this API is built on (0.35): its `SMatrix` is the type of every input and
+/// output. Use these re-exports (or depend on the same version) so the types match.
+pub use nalgebra;
+pub use nalgebra::{SMatrix, SVector};
+/// The rand this API is built on (0.10): `new(&mut rng)` takes any `rand::Rng`. The
+/// `from_seed(u64)` constructors need no generator of your own.
+pub use rand;
 
 /// Heap helpers (with `std`): allocate large matrices directly on the heap, never passing
 /// them through the stack.

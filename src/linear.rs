@@ -6,6 +6,8 @@ use crate::{Float, kernels};
 
 /// A linear map from `IN` to `OUT` features, `y = x Wᵀ + b`, exactly as PyTorch's `nn.Linear`.
 ///
+/// `T` is the scalar type, `f32` unless named (`Linear<IN, OUT, f64>`).
+///
 /// `W` is `OUT × IN` (PyTorch's `weight`), `b` has `OUT` entries. The weight is stored as
 /// `Wᵀ` in an `SMatrix<T, IN, OUT>`: nalgebra is column-major, so this is byte for byte
 /// PyTorch's row-major `weight`, and [`Linear::from_rows`] is a `const fn` that keeps the
@@ -16,20 +18,20 @@ use crate::{Float, kernels};
 /// use static_attention::Linear;
 ///
 /// // W = [[1, 2], [3, 4], [5, 6]] (3 outputs, 2 inputs), b = [0, 0, 1]
-/// const L: Linear<f32, 2, 3> = Linear::from_rows([[1., 2.], [3., 4.], [5., 6.]], [0., 0., 1.]);
+/// const L: Linear<2, 3> = Linear::from_rows([[1., 2.], [3., 4.], [5., 6.]], [0., 0., 1.]);
 /// let x = SMatrix::<f32, 1, 2>::new(1.0, 1.0);
 /// assert_eq!(L.forward(&x), SMatrix::<f32, 1, 3>::new(3.0, 7.0, 12.0));
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, bytemuck::Zeroable)]
 #[repr(C)]
 #[zeroable(bound = "T: crate::Float")]
-pub struct Linear<T, const IN: usize, const OUT: usize> {
+pub struct Linear<const IN: usize, const OUT: usize, T = f32> {
     weight_t: SMatrix<T, IN, OUT>,
     bias: SVector<T, OUT>,
     has_bias: bool,
 }
 
-impl<T: Float, const IN: usize, const OUT: usize> Linear<T, IN, OUT> {
+impl<const IN: usize, const OUT: usize, T: Float> Linear<IN, OUT, T> {
     /// Builds the map from PyTorch's row-major `weight[OUT][IN]` and `bias[OUT]`.
     #[must_use]
     pub const fn from_rows(weight: [[T; IN]; OUT], bias: [T; OUT]) -> Self {
@@ -43,9 +45,21 @@ impl<T: Float, const IN: usize, const OUT: usize> Linear<T, IN, OUT> {
     /// Builds a map without bias (PyTorch `bias=False`) from row-major `weight[OUT][IN]`.
     #[must_use]
     pub const fn from_rows_without_bias(weight: [[T; IN]; OUT]) -> Self {
-        let mut l = Self::from_rows(weight, [T::ZERO; OUT]);
-        l.has_bias = false;
-        l
+        Self {
+            weight_t: SMatrix::from_array_storage(nalgebra::ArrayStorage(weight)),
+            bias: SMatrix::from_array_storage(nalgebra::ArrayStorage([[T::ZERO; OUT]])),
+            has_bias: false,
+        }
+    }
+
+    /// All-zero weights and no bias (a `const fn`; built in place, with no temporary copy).
+    #[must_use]
+    pub const fn zeros() -> Self {
+        Self {
+            weight_t: SMatrix::from_array_storage(nalgebra::ArrayStorage([[T::ZERO; IN]; OUT])),
+            bias: SMatrix::from_array_storage(nalgebra::ArrayStorage([[T::ZERO; OUT]])),
+            has_bias: false,
+        }
     }
 
     /// Builds the map from `W` (`OUT × IN`) and an optional bias.
@@ -56,12 +70,6 @@ impl<T: Float, const IN: usize, const OUT: usize> Linear<T, IN, OUT> {
             bias: bias.copied().unwrap_or_else(SVector::zeros),
             has_bias: bias.is_some(),
         }
-    }
-
-    /// All-zero weights and no bias.
-    #[must_use]
-    pub fn zeros() -> Self {
-        Self::from_rows_without_bias([[T::ZERO; IN]; OUT])
     }
 
     /// The weight `W` (`OUT × IN`), as PyTorch's `weight` (a transposed copy).
@@ -97,14 +105,25 @@ impl<T: Float, const IN: usize, const OUT: usize> Linear<T, IN, OUT> {
         self.bias = bias.copied().unwrap_or_else(SVector::zeros);
     }
 
+    /// Gives the map a zero bias ([`crate::Bias::Present`]) or removes it
+    /// ([`crate::Bias::Absent`]).
+    pub fn set_zero_bias(&mut self, bias: crate::Bias) {
+        self.has_bias = bias == crate::Bias::Present;
+        self.bias.fill(T::ZERO);
+    }
+
     /// Whether the map has a bias term.
     #[must_use]
     pub const fn has_bias(&self) -> bool {
         self.has_bias
     }
 
+    /// The bias storage, to copy a loaded bias into (the caller sets `has_bias`).
+    pub(crate) fn bias_mut_slice(&mut self) -> &mut [T] {
+        self.bias.as_mut_slice()
+    }
+
     /// The bias as stored (zeros when there is none).
-    #[cfg(feature = "std")]
     pub(crate) fn bias_or_zero(&self) -> &SVector<T, OUT> {
         &self.bias
     }
@@ -112,7 +131,7 @@ impl<T: Float, const IN: usize, const OUT: usize> Linear<T, IN, OUT> {
     /// `y = x Wᵀ + b` for `S` tokens in rows: `S × IN → S × OUT`.
     #[must_use]
     pub fn forward<const S: usize>(&self, x: &SMatrix<T, S, IN>) -> SMatrix<T, S, OUT> {
-        let mut y = SMatrix::<T, S, OUT>::zeros();
+        let mut y = crate::scratch::zero_matrix();
         self.forward_into(x, &mut y);
         y
     }

@@ -12,9 +12,24 @@
 //! | [`Mask::additive`] | `SMatrix<T, SQ, SKV>` | (float) added to the scaled score | float `attn_mask` |
 //!
 //! Structural masks need no matrix: [`Mask::causal`] and [`Mask::sliding_window`], each with a
-//! named [`Alignment`]. A mask has three parts, one of each kind: a [`Pattern`], a
-//! [`MatrixMask`] and a key-padding vector. A key is used only when every part allows it. The
-//! `with_*` methods set one part, replacing what that part held.
+//! named [`Alignment`].
+//!
+//! ## Parts combine
+//!
+//! A mask has five parts, each optional: a [`Pattern`], an attend-where matrix, a block-where
+//! matrix, a key-padding vector and an additive matrix. A key is used only when **every part
+//! present allows it**, and the additive part then adds its entry to the score. Each `with_*`
+//! method sets one part, replacing that part if it was already set; different parts never
+//! replace each other. So `Mask::attend_where(&b).with_additive(&a)` uses the keys `b` allows,
+//! with bias `a` (PyTorch adds a boolean `attn_mask` and a `key_padding_mask` the same way).
+//!
+//! ## The scalar type
+//!
+//! Only the additive part has a float type, so only it carries one: a boolean or structural
+//! mask is a `Mask<'a, SQ, SKV>` (its last parameter is [`NoAdditive`]) and works with `f32` and
+//! `f64` layers alike; [`Mask::with_additive`] turns it into a
+//! `Mask<'a, SQ, SKV, &'a SMatrix<T, SQ, SKV>>`. The kernels are compiled separately for the two
+//! cases, so a mask without an additive part costs no look-up at all.
 //!
 //! Rules (SPEC.md 5–7, 13):
 //! - Additive masks are applied after scaling: `s = scale · q·k + m`. An entry of `−∞` masks the
@@ -59,97 +74,108 @@ pub enum Pattern {
     },
 }
 
-/// The matrix part of a mask, with its meaning in the variant name.
-#[derive(Clone, Copy, Debug)]
-pub enum MatrixMask<'a, T, const SQ: usize, const SKV: usize> {
-    /// No matrix.
-    None,
-    /// `true` = the query may attend to the key (PyTorch SDPA boolean `attn_mask`).
-    AttendWhereTrue(&'a SMatrix<bool, SQ, SKV>),
-    /// `true` = the key is masked out (PyTorch `nn.MultiheadAttention` boolean `attn_mask`).
-    BlockWhereTrue(&'a SMatrix<bool, SQ, SKV>),
-    /// Added to the scaled score; `−∞` or NaN masks the key out.
-    Additive(&'a SMatrix<T, SQ, SKV>),
+/// The additive part of a mask that has none: the last type parameter of a boolean or
+/// structural [`Mask`]. It works with every scalar type and compiles to nothing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NoAdditive;
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::NoAdditive {}
+    impl<T, const SQ: usize, const SKV: usize> Sealed for &nalgebra::SMatrix<T, SQ, SKV> {}
 }
 
-/// A mask for `SQ` queries attending to `SKV` keys: a [`Pattern`], a [`MatrixMask`] and an
-/// optional key-padding vector, all of which must allow a key for it to be used.
+/// The additive part of a [`Mask`] for scalar type `T`: either [`NoAdditive`] or a borrowed
+/// `SMatrix<T, SQ, SKV>` added to the scaled scores. Sealed; the attention functions take any
+/// `Mask<'_, SQ, SKV, A>` with `A: Additive<T, SQ, SKV>`.
+pub trait Additive<T, const SQ: usize, const SKV: usize>: Copy + sealed::Sealed {
+    /// `false` for [`NoAdditive`], known at compile time so the kernels drop the look-up.
+    const PRESENT: bool;
+
+    /// The entry for query `i` and key `j` (in range): `Some(bias)`, or `None` when it masks the
+    /// key out (`−∞` or NaN).
+    fn entry(&self, i: usize, j: usize) -> Option<T>;
+
+    /// The matrix, column-major, when there is one.
+    fn matrix(&self) -> Option<&SMatrix<T, SQ, SKV>>;
+}
+
+impl<T: Float, const SQ: usize, const SKV: usize> Additive<T, SQ, SKV> for NoAdditive {
+    const PRESENT: bool = false;
+
+    #[inline(always)]
+    fn entry(&self, _: usize, _: usize) -> Option<T> {
+        Some(T::ZERO)
+    }
+
+    #[inline(always)]
+    fn matrix(&self) -> Option<&SMatrix<T, SQ, SKV>> {
+        None
+    }
+}
+
+impl<T: Float, const SQ: usize, const SKV: usize> Additive<T, SQ, SKV> for &SMatrix<T, SQ, SKV> {
+    const PRESENT: bool = true;
+
+    #[inline(always)]
+    fn entry(&self, i: usize, j: usize) -> Option<T> {
+        let a = self[(i, j)];
+        // NaN fails the comparison, so NaN and −∞ both mask the key.
+        (a > T::NEG_INFINITY).then_some(a)
+    }
+
+    #[inline(always)]
+    fn matrix(&self) -> Option<&SMatrix<T, SQ, SKV>> {
+        Some(self)
+    }
+}
+
+/// A mask for `SQ` queries attending to `SKV` keys: up to five parts (see the [module
+/// docs](self)), all of which must allow a key for it to be used.
+///
+/// `A` is the additive part: [`NoAdditive`] (the default) or `&SMatrix<T, SQ, SKV>`.
 ///
 /// ```
 /// use nalgebra::SMatrix;
 /// use static_attention::{Alignment, Mask};
 ///
 /// let pad = [false, false, true]; // the third token is padding
-/// let mask = Mask::<f32, 3, 3>::causal(Alignment::TopLeft).with_key_is_padding(&pad);
+/// let mask = Mask::<3, 3>::causal(Alignment::TopLeft).with_key_is_padding(&pad);
 /// assert!(mask.allows(1, 0) && mask.allows(1, 1));
 /// assert!(!mask.allows(1, 2) && !mask.allows(2, 2));
+///
+/// // Parts combine: a boolean matrix and an additive bias together.
+/// let allowed = SMatrix::<bool, 3, 3>::from_fn(|i, j| i != j);
+/// let bias = SMatrix::<f32, 3, 3>::repeat(0.5);
+/// let mask = Mask::attend_where(&allowed).with_additive(&bias);
+/// assert_eq!(mask.entry(0, 0), None); // the boolean part blocks it
+/// assert_eq!(mask.entry(0, 1), Some(0.5)); // allowed, with the bias
 /// ```
 #[derive(Clone, Copy, Debug)]
-pub struct Mask<'a, T, const SQ: usize, const SKV: usize> {
+pub struct Mask<'a, const SQ: usize, const SKV: usize, A = NoAdditive> {
     pattern: Pattern,
-    matrix: MatrixMask<'a, T, SQ, SKV>,
+    attend_where: Option<&'a SMatrix<bool, SQ, SKV>>,
+    block_where: Option<&'a SMatrix<bool, SQ, SKV>>,
     key_padding: Option<&'a [bool; SKV]>,
+    additive: A,
 }
 
-impl<T, const SQ: usize, const SKV: usize> Default for Mask<'_, T, SQ, SKV> {
+impl<const SQ: usize, const SKV: usize> Default for Mask<'_, SQ, SKV> {
     fn default() -> Self {
         Self::none()
     }
 }
 
-impl<'a, T: Float, const SQ: usize, const SKV: usize> Mask<'a, T, SQ, SKV> {
-    /// Whether query `i` may attend to key `j`, and the additive bias if so.
-    ///
-    /// Returns `None` for a masked key. Out-of-range positions are masked.
-    #[inline]
-    #[must_use]
-    pub fn entry(&self, i: usize, j: usize) -> Option<T> {
-        if i >= SQ || j >= SKV {
-            return None;
-        }
-        let (lo, hi) = self.key_range(i);
-        if j < lo || j >= hi {
-            return None;
-        }
-        self.dense_entry(i, j)
-    }
-
-    /// Whether query `i` may attend to key `j`.
-    #[inline]
-    #[must_use]
-    pub fn allows(&self, i: usize, j: usize) -> bool {
-        self.entry(i, j).is_some()
-    }
-
-    /// The entry for a key already known to be inside the pattern's range.
-    #[inline]
-    pub(crate) fn dense_entry(&self, i: usize, j: usize) -> Option<T> {
-        if let Some(pad) = self.key_padding
-            && pad[j]
-        {
-            return None;
-        }
-        match self.matrix {
-            MatrixMask::None => Some(T::ZERO),
-            MatrixMask::AttendWhereTrue(m) => m[(i, j)].then_some(T::ZERO),
-            MatrixMask::BlockWhereTrue(m) => (!m[(i, j)]).then_some(T::ZERO),
-            MatrixMask::Additive(m) => {
-                let a = m[(i, j)];
-                // NaN fails the comparison, so NaN and −∞ both mask the key.
-                (a > T::NEG_INFINITY).then_some(a)
-            }
-        }
-    }
-}
-
-impl<'a, T, const SQ: usize, const SKV: usize> Mask<'a, T, SQ, SKV> {
+impl<'a, const SQ: usize, const SKV: usize> Mask<'a, SQ, SKV> {
     /// No masking: every query sees every key.
     #[must_use]
     pub const fn none() -> Self {
         Self {
             pattern: Pattern::Full,
-            matrix: MatrixMask::None,
+            attend_where: None,
+            block_where: None,
             key_padding: None,
+            additive: NoAdditive,
         }
     }
 
@@ -172,20 +198,14 @@ impl<'a, T, const SQ: usize, const SKV: usize> Mask<'a, T, SQ, SKV> {
     /// Boolean mask where `true` means the query **may attend** to the key (SDPA convention).
     #[must_use]
     pub const fn attend_where(allowed: &'a SMatrix<bool, SQ, SKV>) -> Self {
-        Self::none().with_matrix(MatrixMask::AttendWhereTrue(allowed))
+        Self::none().with_attend_where(allowed)
     }
 
     /// Boolean mask where `true` means the key is **masked out** (`nn.MultiheadAttention`
     /// convention).
     #[must_use]
     pub const fn block_where(blocked: &'a SMatrix<bool, SQ, SKV>) -> Self {
-        Self::none().with_matrix(MatrixMask::BlockWhereTrue(blocked))
-    }
-
-    /// Additive float mask, added to the scaled scores; `−∞` (or NaN) masks a key out.
-    #[must_use]
-    pub const fn additive(bias: &'a SMatrix<T, SQ, SKV>) -> Self {
-        Self::none().with_matrix(MatrixMask::Additive(bias))
+        Self::none().with_block_where(blocked)
     }
 
     /// Key-padding mask: `true` marks a padding key that no query attends to
@@ -195,26 +215,72 @@ impl<'a, T, const SQ: usize, const SKV: usize> Mask<'a, T, SQ, SKV> {
         Self::none().with_key_is_padding(is_padding)
     }
 
-    /// Replaces the structural pattern (a mask has one; this does not intersect two).
+    /// Additive float mask, added to the scaled scores; `−∞` (or NaN) masks a key out.
+    #[must_use]
+    pub const fn additive<T>(
+        bias: &'a SMatrix<T, SQ, SKV>,
+    ) -> Mask<'a, SQ, SKV, &'a SMatrix<T, SQ, SKV>> {
+        Self::none().with_additive(bias)
+    }
+}
+
+impl<'a, const SQ: usize, const SKV: usize, A> Mask<'a, SQ, SKV, A> {
+    /// Sets the structural pattern, replacing an earlier one (a mask has one pattern; two
+    /// patterns are not intersected). The other parts are kept.
     #[must_use]
     pub const fn with_pattern(mut self, pattern: Pattern) -> Self {
         self.pattern = pattern;
         self
     }
 
-    /// Replaces the matrix part (a mask has at most one matrix).
+    /// Sets the attend-where matrix (`true` = may attend), replacing an earlier attend-where
+    /// matrix. It combines with every other part.
     #[must_use]
-    pub const fn with_matrix(mut self, matrix: MatrixMask<'a, T, SQ, SKV>) -> Self {
-        self.matrix = matrix;
+    pub const fn with_attend_where(mut self, allowed: &'a SMatrix<bool, SQ, SKV>) -> Self {
+        self.attend_where = Some(allowed);
         self
     }
 
-    /// Sets the key-padding vector (`true` = padding, ignored), replacing any earlier one. It
-    /// combines with the pattern and the matrix: a key is used only if all three allow it.
+    /// Sets the block-where matrix (`true` = masked out), replacing an earlier block-where
+    /// matrix. It combines with every other part.
+    #[must_use]
+    pub const fn with_block_where(mut self, blocked: &'a SMatrix<bool, SQ, SKV>) -> Self {
+        self.block_where = Some(blocked);
+        self
+    }
+
+    /// Sets the key-padding vector (`true` = padding, ignored), replacing an earlier one. It
+    /// combines with every other part.
     #[must_use]
     pub const fn with_key_is_padding(mut self, is_padding: &'a [bool; SKV]) -> Self {
         self.key_padding = Some(is_padding);
         self
+    }
+
+    /// Sets the additive matrix (added to the scaled scores; `−∞` or NaN masks the key),
+    /// replacing an earlier additive matrix. The boolean parts are kept and still apply.
+    #[must_use]
+    pub const fn with_additive<T>(
+        self,
+        bias: &'a SMatrix<T, SQ, SKV>,
+    ) -> Mask<'a, SQ, SKV, &'a SMatrix<T, SQ, SKV>>
+    where
+        A: Copy,
+    {
+        let Mask {
+            pattern,
+            attend_where,
+            block_where,
+            key_padding,
+            additive: _,
+        } = self;
+        Mask {
+            pattern,
+            attend_where,
+            block_where,
+            key_padding,
+            additive: bias,
+        }
     }
 
     /// The structural pattern.
@@ -223,10 +289,96 @@ impl<'a, T, const SQ: usize, const SKV: usize> Mask<'a, T, SQ, SKV> {
         self.pattern
     }
 
+    /// The attend-where matrix, if set.
+    #[must_use]
+    pub const fn attend_where_matrix(&self) -> Option<&'a SMatrix<bool, SQ, SKV>> {
+        self.attend_where
+    }
+
+    /// The block-where matrix, if set.
+    #[must_use]
+    pub const fn block_where_matrix(&self) -> Option<&'a SMatrix<bool, SQ, SKV>> {
+        self.block_where
+    }
+
+    /// The key-padding vector, if set.
+    #[must_use]
+    pub const fn key_padding(&self) -> Option<&'a [bool; SKV]> {
+        self.key_padding
+    }
+
+    /// The additive part.
+    #[must_use]
+    pub const fn additive_part(&self) -> &A {
+        &self.additive
+    }
+
+    /// Whether the boolean parts (matrices and padding) let query `i` use key `j`, which must
+    /// be in range.
+    #[inline(always)]
+    pub(crate) fn booleans_allow(&self, i: usize, j: usize) -> bool {
+        if let Some(pad) = self.key_padding
+            && pad[j]
+        {
+            return false;
+        }
+        if let Some(m) = self.attend_where
+            && !m[(i, j)]
+        {
+            return false;
+        }
+        if let Some(m) = self.block_where
+            && m[(i, j)]
+        {
+            return false;
+        }
+        true
+    }
+
     /// Whether some part of the mask must be looked up per (query, key) pair.
     #[inline]
-    pub(crate) const fn is_dense(&self) -> bool {
-        self.key_padding.is_some() || !matches!(self.matrix, MatrixMask::None)
+    pub(crate) fn is_dense<T>(&self) -> bool
+    where
+        A: Additive<T, SQ, SKV>,
+    {
+        A::PRESENT
+            || self.key_padding.is_some()
+            || self.attend_where.is_some()
+            || self.block_where.is_some()
+    }
+
+    /// The entry for a key already known to be inside the pattern's range: `None` if a
+    /// boolean part or the additive part masks it, otherwise the additive bias (0 without one).
+    #[inline(always)]
+    pub(crate) fn dense_entry<T>(&self, i: usize, j: usize) -> Option<T>
+    where
+        A: Additive<T, SQ, SKV>,
+    {
+        if self.booleans_allow(i, j) {
+            self.additive.entry(i, j)
+        } else {
+            None
+        }
+    }
+
+    /// Whether query `i` may attend to key `j`, and the additive bias if so (`0` without an
+    /// additive part). Returns `None` for a masked key; out-of-range positions are masked.
+    ///
+    /// For a mask without an additive part, name the scalar type: `mask.entry::<f32>(i, j)`.
+    #[inline]
+    #[must_use]
+    pub fn entry<T>(&self, i: usize, j: usize) -> Option<T>
+    where
+        A: Additive<T, SQ, SKV>,
+    {
+        if i >= SQ || j >= SKV {
+            return None;
+        }
+        let (lo, hi) = self.key_range(i);
+        if j < lo || j >= hi {
+            return None;
+        }
+        self.dense_entry(i, j)
     }
 
     /// The half-open range `[lo, hi)` of keys the pattern lets query `i` see (before the
@@ -237,6 +389,34 @@ impl<'a, T, const SQ: usize, const SKV: usize> Mask<'a, T, SQ, SKV> {
         if i >= SQ {
             return (0, 0);
         }
+        self.pattern.key_range(i, SQ, SKV)
+    }
+}
+
+impl<const SQ: usize, const SKV: usize> Mask<'_, SQ, SKV> {
+    /// Whether query `i` may attend to key `j` (a mask without an additive part).
+    #[inline]
+    #[must_use]
+    pub fn allows(&self, i: usize, j: usize) -> bool {
+        self.entry::<f64>(i, j).is_some()
+    }
+}
+
+impl<T: Float, const SQ: usize, const SKV: usize> Mask<'_, SQ, SKV, &SMatrix<T, SQ, SKV>> {
+    /// Whether query `i` may attend to key `j` (every part, the additive one included).
+    #[inline]
+    #[must_use]
+    pub fn allows(&self, i: usize, j: usize) -> bool {
+        self.entry::<T>(i, j).is_some()
+    }
+}
+
+impl Pattern {
+    /// The half-open range `[lo, hi)` of keys this pattern lets query `i` (`< sq`) see among
+    /// `skv` keys.
+    #[inline]
+    #[must_use]
+    pub const fn key_range(self, i: usize, sq: usize, skv: usize) -> (usize, usize) {
         // Position of query i on the key axis under each alignment, as a signed offset.
         const fn end(i: usize, alignment: Alignment, sq: usize, skv: usize) -> isize {
             match alignment {
@@ -253,18 +433,18 @@ impl<'a, T, const SQ: usize, const SKV: usize> Mask<'a, T, SQ, SKV> {
                 x as usize
             }
         }
-        match self.pattern {
-            Pattern::Full => (0, SKV),
-            Pattern::Causal(a) => (0, clamp(end(i, a, SQ, SKV) + 1, SKV)),
+        match self {
+            Pattern::Full => (0, skv),
+            Pattern::Causal(a) => (0, clamp(end(i, a, sq, skv) + 1, skv)),
             Pattern::SlidingWindow { window, alignment } => {
-                let last = end(i, alignment, SQ, SKV);
+                let last = end(i, alignment, sq, skv);
                 let w = if window > isize::MAX as usize {
                     isize::MAX
                 } else {
                     window as isize
                 };
-                let hi = clamp(last + 1, SKV);
-                let lo = clamp(last.saturating_sub(w).saturating_add(1), SKV);
+                let hi = clamp(last + 1, skv);
+                let lo = clamp(last.saturating_sub(w).saturating_add(1), skv);
                 if lo > hi { (hi, hi) } else { (lo, hi) }
             }
         }

@@ -15,6 +15,7 @@ use std::vec::Vec;
 
 use nalgebra::{DMatrix, SMatrix};
 
+use crate::mask::Additive;
 use crate::{Float, Mask, MultiHead, sdpa::default_scale};
 
 /// `softmax` over each row: `w_ij = e^(s_ij − max_j s_ij) / Σ_j e^(s_ij − max_j s_ij)`.
@@ -51,11 +52,18 @@ pub fn softmax_rows<T: Float>(scores: &DMatrix<T>) -> DMatrix<T> {
 /// `Attention(Q, K, V) = softmax(Q Kᵀ · scale + M) V`, returning the output (`SQ × DV`) and the
 /// weights (`SQ × SKV`). `scale` defaults to `1/√D`.
 #[must_use]
-pub fn attention<T: Float, const SQ: usize, const SKV: usize, const D: usize, const DV: usize>(
+pub fn attention<
+    const SQ: usize,
+    const SKV: usize,
+    const D: usize,
+    const DV: usize,
+    T: Float,
+    A: Additive<T, SQ, SKV>,
+>(
     q: &SMatrix<T, SQ, D>,
     k: &SMatrix<T, SKV, D>,
     v: &SMatrix<T, SKV, DV>,
-    mask: &Mask<'_, T, SQ, SKV>,
+    mask: &Mask<'_, SQ, SKV, A>,
     scale: Option<T>,
 ) -> (SMatrix<T, SQ, DV>, SMatrix<T, SQ, SKV>) {
     let scale = scale.unwrap_or_else(|| default_scale(D));
@@ -113,21 +121,22 @@ fn attention_dyn<T: Float>(
 /// (`SQ × DIM`) and each head's weights (`SQ × SKV`).
 #[must_use]
 pub fn multi_head<
-    T: Float,
     const SEQ: usize,
     const DIM: usize,
     const HEADS: usize,
     const SQ: usize,
     const SKV: usize,
+    T: Float,
+    A: Additive<T, SQ, SKV>,
 >(
     layer: &MultiHead<SEQ, DIM, HEADS, T>,
     query: &SMatrix<T, SQ, DIM>,
     key: &SMatrix<T, SKV, DIM>,
     value: &SMatrix<T, SKV, DIM>,
-    mask: &Mask<'_, T, SQ, SKV>,
+    mask: &Mask<'_, SQ, SKV, A>,
 ) -> (SMatrix<T, SQ, DIM>, Vec<SMatrix<T, SQ, SKV>>) {
     let d_k = DIM / HEADS;
-    let project = |x: &DMatrix<T>, l: &crate::Linear<T, DIM, DIM>| {
+    let project = |x: &DMatrix<T>, l: &crate::Linear<DIM, DIM, T>| {
         let w = DMatrix::from_column_slice(DIM, DIM, l.weight().as_slice());
         let b = DMatrix::from_column_slice(1, DIM, l.bias_or_zero().as_slice());
         let mut y = x * w.transpose();

@@ -4,6 +4,8 @@
 use nalgebra::SMatrix;
 
 use crate::kernels::{self, Dims, Work};
+use crate::mask::Additive;
+use crate::scratch::zero_matrix;
 use crate::{Float, Mask};
 
 /// The default softmax scale `1/√d` for keys of width `d`.
@@ -13,20 +15,29 @@ pub fn default_scale<T: Float>(d: usize) -> T {
     T::of(1.0 / crate::float::math::sqrt(d as f64))
 }
 
+/// Compile-time check of the key width.
+struct Width<const D: usize>;
+impl<const D: usize> Width<D> {
+    const OK: () = assert!(
+        D > 0,
+        "D must be at least 1: queries and keys need at least one feature"
+    );
+}
+
 /// Scaled dot-product attention: `softmax(Q Kᵀ · scale + mask) V`.
 ///
 /// Shapes: `q` is `SQ × D` (queries in rows), `k` is `SKV × D`, `v` is `SKV × DV`; the result
-/// is `SQ × DV`. `D = 0` is a build error. `scale` is `1/√D` when `None` and used exactly as given otherwise. This is
-/// PyTorch's `scaled_dot_product_attention` for one head (its boolean mask is
-/// [`Mask::attend_where`]).
+/// is `SQ × DV`. `D = 0` is a build error. `scale` is `1/√D` when `None` and used exactly as
+/// given otherwise. This is PyTorch's `scaled_dot_product_attention` for one head (its boolean
+/// mask is [`Mask::attend_where`]).
 ///
 /// The computation streams over the keys with an online softmax: no `SQ × SKV` matrix is
-/// built, and the stack it needs beyond the output is `8 · (DV + 2)` scalars. A query whose
-/// keys are all masked gets a zero row.
+/// built. The result is returned by value (see the [crate docs](crate#stack) for the stack
+/// this needs; [`scaled_dot_product_attention_into`] writes into a buffer you own). A query
+/// whose keys are all masked gets a zero row.
 ///
 /// ```
-/// use nalgebra::SMatrix;
-/// use static_attention::{Mask, scaled_dot_product_attention};
+/// use static_attention::{Mask, SMatrix, scaled_dot_product_attention};
 ///
 /// let q = SMatrix::<f32, 2, 2>::new(1.0, 0.0, 0.0, 1.0);
 /// let k = q;
@@ -37,45 +48,43 @@ pub fn default_scale<T: Float>(d: usize) -> T {
 /// ```
 #[must_use]
 pub fn scaled_dot_product_attention<
-    T: Float,
     const SQ: usize,
     const SKV: usize,
     const D: usize,
     const DV: usize,
+    T: Float,
+    A: Additive<T, SQ, SKV>,
 >(
     q: &SMatrix<T, SQ, D>,
     k: &SMatrix<T, SKV, D>,
     v: &SMatrix<T, SKV, DV>,
-    mask: &Mask<'_, T, SQ, SKV>,
+    mask: &Mask<'_, SQ, SKV, A>,
     scale: Option<T>,
 ) -> SMatrix<T, SQ, DV> {
-    let mut out = SMatrix::zeros();
+    let mut out = zero_matrix();
     scaled_dot_product_attention_into(q, k, v, mask, scale, &mut out);
     out
 }
 
 /// [`scaled_dot_product_attention`] writing into a caller-owned output (for example a boxed
-/// matrix too large for the stack).
+/// matrix too large for the stack). Beyond the output it needs `8 · (DV + 2)` scalars of
+/// stack for the kernel's block state.
 pub fn scaled_dot_product_attention_into<
-    T: Float,
     const SQ: usize,
     const SKV: usize,
     const D: usize,
     const DV: usize,
+    T: Float,
+    A: Additive<T, SQ, SKV>,
 >(
     q: &SMatrix<T, SQ, D>,
     k: &SMatrix<T, SKV, D>,
     v: &SMatrix<T, SKV, DV>,
-    mask: &Mask<'_, T, SQ, SKV>,
+    mask: &Mask<'_, SQ, SKV, A>,
     scale: Option<T>,
     out: &mut SMatrix<T, SQ, DV>,
 ) {
-    const {
-        assert!(
-            D > 0,
-            "D must be at least 1: queries and keys need at least one feature"
-        )
-    };
+    let () = Width::<D>::OK;
     let scale = scale.unwrap_or_else(|| default_scale(D));
     let mut work = Work::<T, DV>::new();
     let dims = Dims {
@@ -97,11 +106,11 @@ pub fn scaled_dot_product_attention_into<
 }
 
 /// [`scaled_dot_product_attention`] that also returns the post-softmax attention weights
-/// (`SQ × SKV`, each row sums to 1, or is all zeros for a fully masked query).
+/// (`SQ × SKV`, each row sums to 1, or is all zeros for a fully masked query), by value (see
+/// [`scaled_dot_product_attention_with_weights_into`] for large shapes).
 ///
 /// ```
-/// use nalgebra::SMatrix;
-/// use static_attention::{Alignment, Mask, scaled_dot_product_attention_with_weights};
+/// use static_attention::{Alignment, Mask, SMatrix, scaled_dot_product_attention_with_weights};
 ///
 /// let x = SMatrix::<f64, 3, 2>::new(1.0, 0.0, 0.0, 1.0, 1.0, 1.0);
 /// let mask = Mask::causal(Alignment::TopLeft);
@@ -111,27 +120,63 @@ pub fn scaled_dot_product_attention_into<
 /// ```
 #[must_use]
 pub fn scaled_dot_product_attention_with_weights<
-    T: Float,
     const SQ: usize,
     const SKV: usize,
     const D: usize,
     const DV: usize,
+    T: Float,
+    A: Additive<T, SQ, SKV>,
 >(
     q: &SMatrix<T, SQ, D>,
     k: &SMatrix<T, SKV, D>,
     v: &SMatrix<T, SKV, DV>,
-    mask: &Mask<'_, T, SQ, SKV>,
+    mask: &Mask<'_, SQ, SKV, A>,
     scale: Option<T>,
 ) -> (SMatrix<T, SQ, DV>, SMatrix<T, SQ, SKV>) {
-    const {
-        assert!(
-            D > 0,
-            "D must be at least 1: queries and keys need at least one feature"
-        )
-    };
+    let mut result = (zero_matrix(), zero_matrix());
+    scaled_dot_product_attention_with_weights_into(
+        q,
+        k,
+        v,
+        mask,
+        scale,
+        &mut result.0,
+        &mut result.1,
+    );
+    result
+}
+
+/// [`scaled_dot_product_attention_with_weights`] writing the output and the `SQ × SKV`
+/// weights into caller-owned buffers (nothing big on the stack).
+///
+/// ```
+/// use static_attention::{Mask, SMatrix, heap, scaled_dot_product_attention_with_weights_into};
+///
+/// // 512 × 512 weights (1 MiB) and the output live on the heap.
+/// let x = heap::zeros::<f32, 512, 64>();
+/// let mut out = heap::zeros::<f32, 512, 64>();
+/// let mut w = heap::zeros::<f32, 512, 512>();
+/// scaled_dot_product_attention_with_weights_into(&x, &x, &x, &Mask::none(), None, &mut out, &mut w);
+/// assert!((w[(3, 7)] - 1.0 / 512.0).abs() < 1e-7);
+/// ```
+pub fn scaled_dot_product_attention_with_weights_into<
+    const SQ: usize,
+    const SKV: usize,
+    const D: usize,
+    const DV: usize,
+    T: Float,
+    A: Additive<T, SQ, SKV>,
+>(
+    q: &SMatrix<T, SQ, D>,
+    k: &SMatrix<T, SKV, D>,
+    v: &SMatrix<T, SKV, DV>,
+    mask: &Mask<'_, SQ, SKV, A>,
+    scale: Option<T>,
+    out: &mut SMatrix<T, SQ, DV>,
+    weights: &mut SMatrix<T, SQ, SKV>,
+) {
+    let () = Width::<D>::OK;
     let scale = scale.unwrap_or_else(|| default_scale(D));
-    let mut out = SMatrix::<T, SQ, DV>::zeros();
-    let mut weights = SMatrix::<T, SQ, SKV>::zeros();
     let dims = Dims {
         sq: SQ,
         skv: SKV,
@@ -148,5 +193,4 @@ pub fn scaled_dot_product_attention_with_weights<
         out.as_mut_slice(),
         weights.as_mut_slice(),
     );
-    (out, weights)
 }

@@ -1,12 +1,12 @@
 //! Single-head self-attention: `Attention(X W_qᵀ + b_q, X W_kᵀ + b_k, X W_vᵀ + b_v)`.
 
 use nalgebra::SMatrix;
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 
-use crate::{
-    Float, Linear, Mask, init, scaled_dot_product_attention,
-    scaled_dot_product_attention_with_weights,
-};
+use crate::layer::{Projections, attend_heads};
+use crate::mask::Additive;
+use crate::scratch::zero_matrix;
+use crate::{Bias, Float, Linear, Mask, Scratch, init};
 
 /// One attention head over `SEQ` tokens of `DIM` features: three projections `DIM → DIM`
 /// (query, key, value, each `y = x Wᵀ + b`) and scaled dot-product attention with scale
@@ -14,14 +14,15 @@ use crate::{
 /// followed by its `out_proj`.
 ///
 /// Input and output are `SEQ × DIM`; weights, on request, are `SEQ × SEQ`. No `SEQ × SEQ`
-/// matrix is built otherwise. `SEQ` and `DIM` of zero are build errors.
+/// matrix is built otherwise. `SEQ` and `DIM` of zero are build errors. `T` is `f32` unless
+/// named. Like [`crate::MultiHead`], every entry point has a caller-owned (`*_into`,
+/// [`SelfAttention::attend`]) or heap (`*_boxed`) form, and [`crate::io`] loads its weights
+/// from PyTorch (`q_proj`, `k_proj`, `v_proj` `nn.Linear`s).
 ///
 /// ```
-/// use nalgebra::SMatrix;
-/// use rand::{SeedableRng, rngs::SmallRng};
-/// use static_attention::{Mask, SelfAttention};
+/// use static_attention::{Mask, SMatrix, SelfAttention};
 ///
-/// let head = SelfAttention::<3, 4>::new(&mut SmallRng::seed_from_u64(0));
+/// let head = SelfAttention::<3, 4>::from_seed(0);
 /// let x = SMatrix::<f32, 3, 4>::from_fn(|i, j| (i + j) as f32 / 4.0);
 /// let (y, w) = head.forward_with_weights(&x, &Mask::none());
 /// for i in 0..3 {
@@ -33,9 +34,9 @@ use crate::{
 #[repr(C)]
 #[zeroable(bound = "T: crate::Float")]
 pub struct SelfAttention<const SEQ: usize, const DIM: usize, T = f32> {
-    q: Linear<T, DIM, DIM>,
-    k: Linear<T, DIM, DIM>,
-    v: Linear<T, DIM, DIM>,
+    q: Linear<DIM, DIM, T>,
+    k: Linear<DIM, DIM, T>,
+    v: Linear<DIM, DIM, T>,
 }
 
 impl<const SEQ: usize, const DIM: usize, T: Float> SelfAttention<SEQ, DIM, T> {
@@ -50,83 +51,301 @@ impl<const SEQ: usize, const DIM: usize, T: Float> SelfAttention<SEQ, DIM, T> {
         );
     };
 
+    /// Bytes of working memory a forward pass over `SEQ` tokens needs ([`Scratch::BYTES`]).
+    pub const SCRATCH_BYTES: usize = Scratch::<SEQ, SEQ, DIM, T>::BYTES;
+
+    /// Bytes of the parameters (three weights and biases): `3·DIM·(DIM + 1)` scalars and three
+    /// flags, padded.
+    pub const PARAM_BYTES: usize = core::mem::size_of::<Self>();
+
+    /// Bytes of one `SEQ × DIM` input or output.
+    pub const OUTPUT_BYTES: usize = core::mem::size_of::<SMatrix<T, SEQ, DIM>>();
+
+    /// Bytes of the `SEQ × SEQ` attention weights.
+    pub const WEIGHTS_BYTES: usize = core::mem::size_of::<SMatrix<T, SEQ, SEQ>>();
+
     /// Builds the head from its query, key and value projections (a `const fn`).
     #[must_use]
     pub const fn from_parts(
-        q: Linear<T, DIM, DIM>,
-        k: Linear<T, DIM, DIM>,
-        v: Linear<T, DIM, DIM>,
+        q: Linear<DIM, DIM, T>,
+        k: Linear<DIM, DIM, T>,
+        v: Linear<DIM, DIM, T>,
     ) -> Self {
         let () = Self::SHAPE_OK;
         Self { q, k, v }
     }
 
+    /// A head with all-zero weights and no biases, to load parameters into (a `const fn`,
+    /// built in place).
+    #[must_use]
+    pub const fn zeros() -> Self {
+        let () = Self::SHAPE_OK;
+        Self {
+            q: Linear::zeros(),
+            k: Linear::zeros(),
+            v: Linear::zeros(),
+        }
+    }
+
+    /// [`SelfAttention::zeros`] allocated directly on the heap.
+    #[cfg(feature = "std")]
+    #[must_use]
+    pub fn zeros_boxed() -> std::boxed::Box<Self> {
+        let () = Self::SHAPE_OK;
+        bytemuck::zeroed_box()
+    }
+
     /// A head initialised like the in-projection of a one-head `nn.MultiheadAttention`
     /// (Xavier-uniform over the packed `[3·DIM, DIM]` weights, zero biases).
+    ///
+    /// Returned by value: about `2 · PARAM_BYTES` of stack. For large heads use
+    /// [`SelfAttention::new_boxed`], or [`SelfAttention::zeros`] and
+    /// [`SelfAttention::reset_parameters`] in a place you own.
     #[must_use]
     pub fn new<R: Rng + ?Sized>(rng: &mut R) -> Self {
-        let mut head = Self::from_parts(Linear::zeros(), Linear::zeros(), Linear::zeros());
-        let a = init::in_proj_bound(DIM);
-        let zero = nalgebra::SVector::zeros();
-        for l in [&mut head.q, &mut head.k, &mut head.v] {
-            init::fill_uniform(l.weight_t_mut(), a, rng);
-            l.set_bias(Some(&zero));
-        }
+        let mut head = Self::zeros();
+        head.reset_parameters(rng, Bias::Present);
         head
+    }
+
+    /// [`SelfAttention::new`] with the crate's portable seeded generator ([`init::SeedRng`]).
+    #[must_use]
+    pub fn from_seed(seed: u64) -> Self {
+        Self::new(&mut init::SeedRng::seed_from_u64(seed))
+    }
+
+    /// A randomly initialised head built directly on the heap.
+    #[cfg(feature = "std")]
+    #[must_use]
+    pub fn new_boxed<R: Rng + ?Sized>(rng: &mut R) -> std::boxed::Box<Self> {
+        let mut head = Self::zeros_boxed();
+        head.reset_parameters(rng, Bias::Present);
+        head
+    }
+
+    /// Re-draws the weights in place (see [`SelfAttention::new`]); `bias` says whether the
+    /// projections have (zero) biases.
+    pub fn reset_parameters<R: Rng + ?Sized>(&mut self, rng: &mut R, bias: Bias) {
+        init::reset_in_projection([&mut self.q, &mut self.k, &mut self.v], bias, rng);
     }
 
     /// The query projection.
     #[must_use]
-    pub const fn q_proj(&self) -> &Linear<T, DIM, DIM> {
+    pub const fn q_proj(&self) -> &Linear<DIM, DIM, T> {
         &self.q
     }
     /// The key projection.
     #[must_use]
-    pub const fn k_proj(&self) -> &Linear<T, DIM, DIM> {
+    pub const fn k_proj(&self) -> &Linear<DIM, DIM, T> {
         &self.k
     }
     /// The value projection.
     #[must_use]
-    pub const fn v_proj(&self) -> &Linear<T, DIM, DIM> {
+    pub const fn v_proj(&self) -> &Linear<DIM, DIM, T> {
         &self.v
     }
+    /// Mutable projections, in the order q, k, v.
+    pub fn projections_mut(&mut self) -> [&mut Linear<DIM, DIM, T>; 3] {
+        [&mut self.q, &mut self.k, &mut self.v]
+    }
 
-    /// Self-attention over `SEQ` tokens (`SEQ × DIM → SEQ × DIM`).
+    /// Self-attention over `SEQ` tokens (`SEQ × DIM → SEQ × DIM`), by value (see the [crate
+    /// docs](crate#stack) for the stack it needs).
     #[must_use]
-    pub fn forward(
+    pub fn forward<A: Additive<T, SEQ, SEQ>>(
         &self,
         x: &SMatrix<T, SEQ, DIM>,
-        mask: &Mask<'_, T, SEQ, SEQ>,
+        mask: &Mask<'_, SEQ, SEQ, A>,
     ) -> SMatrix<T, SEQ, DIM> {
-        self.cross_attention(x, x, mask)
+        let mut scratch = Scratch::new();
+        let mut out = zero_matrix();
+        self.attend(x, x, x, mask, &mut scratch, &mut out, None);
+        out
     }
 
-    /// Self-attention that also returns the `SEQ × SEQ` attention weights.
-    #[must_use]
-    pub fn forward_with_weights(
+    /// [`SelfAttention::forward`] into a caller-owned output with caller-owned scratch.
+    pub fn forward_into<A: Additive<T, SEQ, SEQ>>(
         &self,
         x: &SMatrix<T, SEQ, DIM>,
-        mask: &Mask<'_, T, SEQ, SEQ>,
-    ) -> (SMatrix<T, SEQ, DIM>, SMatrix<T, SEQ, SEQ>) {
-        let () = Self::SHAPE_OK;
-        let (q, k, v) = (self.q.forward(x), self.k.forward(x), self.v.forward(x));
-        scaled_dot_product_attention_with_weights(&q, &k, &v, mask, None)
+        mask: &Mask<'_, SEQ, SEQ, A>,
+        scratch: &mut Scratch<SEQ, SEQ, DIM, T>,
+        out: &mut SMatrix<T, SEQ, DIM>,
+    ) {
+        self.attend(x, x, x, mask, scratch, out, None);
     }
 
-    /// The `SEQ` tokens of `x` attend to the `SKV` tokens of `memory` (keys and values).
+    /// [`SelfAttention::forward`] with the scratch and the output on the heap.
+    #[cfg(feature = "std")]
     #[must_use]
-    pub fn cross_attention<const SKV: usize>(
+    pub fn forward_boxed<A: Additive<T, SEQ, SEQ>>(
+        &self,
+        x: &SMatrix<T, SEQ, DIM>,
+        mask: &Mask<'_, SEQ, SEQ, A>,
+    ) -> std::boxed::Box<SMatrix<T, SEQ, DIM>> {
+        let mut scratch = Scratch::<SEQ, SEQ, DIM, T>::new_boxed();
+        let mut out: std::boxed::Box<SMatrix<T, SEQ, DIM>> = bytemuck::zeroed_box();
+        self.attend(x, x, x, mask, &mut scratch, &mut out, None);
+        out
+    }
+
+    /// Self-attention that also returns the `SEQ × SEQ` attention weights, by value.
+    #[must_use]
+    pub fn forward_with_weights<A: Additive<T, SEQ, SEQ>>(
+        &self,
+        x: &SMatrix<T, SEQ, DIM>,
+        mask: &Mask<'_, SEQ, SEQ, A>,
+    ) -> (SMatrix<T, SEQ, DIM>, SMatrix<T, SEQ, SEQ>) {
+        let mut scratch = Scratch::new();
+        let mut result = (zero_matrix(), zero_matrix());
+        self.attend(
+            x,
+            x,
+            x,
+            mask,
+            &mut scratch,
+            &mut result.0,
+            Some(&mut result.1),
+        );
+        result
+    }
+
+    /// [`SelfAttention::forward_with_weights`] into caller-owned buffers.
+    pub fn forward_with_weights_into<A: Additive<T, SEQ, SEQ>>(
+        &self,
+        x: &SMatrix<T, SEQ, DIM>,
+        mask: &Mask<'_, SEQ, SEQ, A>,
+        scratch: &mut Scratch<SEQ, SEQ, DIM, T>,
+        out: &mut SMatrix<T, SEQ, DIM>,
+        weights: &mut SMatrix<T, SEQ, SEQ>,
+    ) {
+        self.attend(x, x, x, mask, scratch, out, Some(weights));
+    }
+
+    /// [`SelfAttention::forward_with_weights`] with the scratch, the output and the weights on
+    /// the heap.
+    #[cfg(feature = "std")]
+    #[must_use]
+    #[allow(clippy::type_complexity)]
+    pub fn forward_with_weights_boxed<A: Additive<T, SEQ, SEQ>>(
+        &self,
+        x: &SMatrix<T, SEQ, DIM>,
+        mask: &Mask<'_, SEQ, SEQ, A>,
+    ) -> (
+        std::boxed::Box<SMatrix<T, SEQ, DIM>>,
+        std::boxed::Box<SMatrix<T, SEQ, SEQ>>,
+    ) {
+        let mut scratch = Scratch::<SEQ, SEQ, DIM, T>::new_boxed();
+        let mut out: std::boxed::Box<SMatrix<T, SEQ, DIM>> = bytemuck::zeroed_box();
+        let mut weights: std::boxed::Box<SMatrix<T, SEQ, SEQ>> = bytemuck::zeroed_box();
+        self.attend(x, x, x, mask, &mut scratch, &mut out, Some(&mut weights));
+        (out, weights)
+    }
+
+    /// The `SEQ` tokens of `x` attend to the `SKV` tokens of `memory` (keys and values), by
+    /// value.
+    #[must_use]
+    pub fn cross_attention<const SKV: usize, A: Additive<T, SEQ, SKV>>(
         &self,
         x: &SMatrix<T, SEQ, DIM>,
         memory: &SMatrix<T, SKV, DIM>,
-        mask: &Mask<'_, T, SEQ, SKV>,
+        mask: &Mask<'_, SEQ, SKV, A>,
     ) -> SMatrix<T, SEQ, DIM> {
-        let () = Self::SHAPE_OK;
-        let (q, k, v) = (
-            self.q.forward(x),
-            self.k.forward(memory),
-            self.v.forward(memory),
+        let mut scratch = Scratch::new();
+        let mut out = zero_matrix();
+        self.attend(x, memory, memory, mask, &mut scratch, &mut out, None);
+        out
+    }
+
+    /// [`SelfAttention::cross_attention`] into a caller-owned output with caller-owned scratch.
+    pub fn cross_attention_into<const SKV: usize, A: Additive<T, SEQ, SKV>>(
+        &self,
+        x: &SMatrix<T, SEQ, DIM>,
+        memory: &SMatrix<T, SKV, DIM>,
+        mask: &Mask<'_, SEQ, SKV, A>,
+        scratch: &mut Scratch<SEQ, SKV, DIM, T>,
+        out: &mut SMatrix<T, SEQ, DIM>,
+    ) {
+        self.attend(x, memory, memory, mask, scratch, out, None);
+    }
+
+    /// [`SelfAttention::cross_attention`] that also returns the `SEQ × SKV` weights, by value.
+    #[must_use]
+    pub fn cross_attention_with_weights<const SKV: usize, A: Additive<T, SEQ, SKV>>(
+        &self,
+        x: &SMatrix<T, SEQ, DIM>,
+        memory: &SMatrix<T, SKV, DIM>,
+        mask: &Mask<'_, SEQ, SKV, A>,
+    ) -> (SMatrix<T, SEQ, DIM>, SMatrix<T, SEQ, SKV>) {
+        let mut scratch = Scratch::new();
+        let mut result = (zero_matrix(), zero_matrix());
+        self.attend(
+            x,
+            memory,
+            memory,
+            mask,
+            &mut scratch,
+            &mut result.0,
+            Some(&mut result.1),
         );
-        scaled_dot_product_attention(&q, &k, &v, mask, None)
+        result
+    }
+
+    /// [`SelfAttention::cross_attention_with_weights`] into caller-owned buffers.
+    pub fn cross_attention_with_weights_into<const SKV: usize, A: Additive<T, SEQ, SKV>>(
+        &self,
+        x: &SMatrix<T, SEQ, DIM>,
+        memory: &SMatrix<T, SKV, DIM>,
+        mask: &Mask<'_, SEQ, SKV, A>,
+        scratch: &mut Scratch<SEQ, SKV, DIM, T>,
+        out: &mut SMatrix<T, SEQ, DIM>,
+        weights: &mut SMatrix<T, SEQ, SKV>,
+    ) {
+        self.attend(x, memory, memory, mask, scratch, out, Some(weights));
+    }
+
+    /// The general entry point: `SQ` queries from `query` attend to `SKV` keys from `key` and
+    /// values from `value`, with caller-owned scratch, writing the `SQ × DIM` result into `out`
+    /// and, when given, the `SQ × SKV` weights into `weights`. Nothing is allocated and
+    /// nothing big is on the stack.
+    ///
+    /// ```
+    /// use static_attention::{Mask, SMatrix, Scratch, SelfAttention};
+    ///
+    /// let head = SelfAttention::<8, 4>::from_seed(3);
+    /// let q = SMatrix::<f32, 2, 4>::repeat(0.5);
+    /// let kv = SMatrix::<f32, 6, 4>::repeat(-0.25);
+    /// let mut scratch = Scratch::<2, 6, 4>::new();
+    /// let (mut out, mut w) = (SMatrix::zeros(), SMatrix::<f32, 2, 6>::zeros());
+    /// head.attend(&q, &kv, &kv, &Mask::none(), &mut scratch, &mut out, Some(&mut w));
+    /// assert!((w.row(0).sum() - 1.0).abs() < 1e-6);
+    /// ```
+    #[allow(clippy::too_many_arguments)]
+    pub fn attend<const SQ: usize, const SKV: usize, A: Additive<T, SQ, SKV>>(
+        &self,
+        query: &SMatrix<T, SQ, DIM>,
+        key: &SMatrix<T, SKV, DIM>,
+        value: &SMatrix<T, SKV, DIM>,
+        mask: &Mask<'_, SQ, SKV, A>,
+        scratch: &mut Scratch<SQ, SKV, DIM, T>,
+        out: &mut SMatrix<T, SQ, DIM>,
+        weights: Option<&mut SMatrix<T, SQ, SKV>>,
+    ) {
+        let () = Self::SHAPE_OK;
+        let proj = Projections {
+            q: &self.q,
+            k: &self.k,
+            v: &self.v,
+        };
+        attend_heads(
+            &proj,
+            query,
+            key,
+            value,
+            mask,
+            1,
+            scratch,
+            out,
+            weights.map(core::slice::from_mut),
+        );
     }
 }

@@ -27,7 +27,7 @@ fn seq_1024_dim_512_runs_on_a_2_mib_stack() {
             let y = layer.forward_boxed(&x, &mask);
 
             // Caller-owned scratch and output.
-            let mut scratch = Scratch::<f32, SEQ, SEQ, DIM>::new_boxed();
+            let mut scratch = Scratch::<SEQ, SEQ, DIM, f32>::new_boxed();
             let mut out = heap::zeros::<f32, SEQ, DIM>();
             layer.attend(&x, &x, &x, &mask, &mut scratch, &mut out, None);
             assert_eq!(*y, *out);
@@ -36,7 +36,7 @@ fn seq_1024_dim_512_runs_on_a_2_mib_stack() {
             // Spot-check rows against a small problem with the same weights: with a causal
             // mask, the first 8 output rows depend only on the first 8 tokens.
             let head = SMatrix::<f32, 8, DIM>::from_fn(|i, j| x[(i, j)]);
-            let mut small_scratch = Scratch::<f32, 8, 8, DIM>::new_boxed();
+            let mut small_scratch = Scratch::<8, 8, DIM, f32>::new_boxed();
             let mut small_out = heap::zeros::<f32, 8, DIM>();
             let small_mask = Mask::causal(Alignment::TopLeft);
             layer.attend(
@@ -55,7 +55,7 @@ fn seq_1024_dim_512_runs_on_a_2_mib_stack() {
             }
             assert_eq!(
                 Layer::SCRATCH_BYTES,
-                core::mem::size_of::<Scratch<f32, SEQ, SEQ, DIM>>()
+                core::mem::size_of::<Scratch<SEQ, SEQ, DIM, f32>>()
             );
         })
         .expect("spawn")
@@ -88,7 +88,7 @@ fn scratch_bytes_follow_the_documented_formula() {
         documented_scratch_bytes(SEQ, SEQ, DIM, 4)
     );
     assert_eq!(
-        Scratch::<f32, 5, 9, 12>::BYTES,
+        Scratch::<5, 9, 12, f32>::BYTES,
         documented_scratch_bytes(5, 9, 12, 4)
     );
     assert_eq!(Layer::SCRATCH_BYTES, 6_307_904);

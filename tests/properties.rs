@@ -203,49 +203,93 @@ fn layer_params() -> impl Strategy<Value = (u64, u8)> {
 // Masks: owned data, the library `Mask` built from it, and an independent model of SPEC.md
 // ------------------------------------------------------------------------------------------
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum MatrixKind {
-    None,
-    AttendWhere,
-    BlockWhere,
-    Additive,
+/// The additive part of a random mask: a finite bias where the key is allowed, and `-inf` or
+/// NaN (both mask the key) where `blocked`.
+#[derive(Clone, Debug)]
+struct AdditiveData<const SQ: usize, const SKV: usize> {
+    blocked: SMatrix<bool, SQ, SKV>,
+    add32: SMatrix<f32, SQ, SKV>,
+    add64: SMatrix<f64, SQ, SKV>,
 }
 
+impl<const SQ: usize, const SKV: usize> AdditiveData<SQ, SKV> {
+    fn new(
+        blocked: SMatrix<bool, SQ, SKV>,
+        bias: &SMatrix<f32, SQ, SKV>,
+        nan_entry: &SMatrix<bool, SQ, SKV>,
+    ) -> Self {
+        let add32 = SMatrix::from_fn(|i, j| match (blocked[(i, j)], nan_entry[(i, j)]) {
+            (false, _) => bias[(i, j)],
+            (true, false) => f32::NEG_INFINITY,
+            (true, true) => f32::NAN,
+        });
+        Self {
+            blocked,
+            add32,
+            add64: add32.cast(),
+        }
+    }
+}
+
+/// A random mask as plain data: every part optional, as in the library (a key is used only
+/// when every part present allows it).
 #[derive(Clone, Debug)]
 struct MaskData<const SQ: usize, const SKV: usize> {
     pattern: Pattern,
-    matrix: MatrixKind,
-    /// The matrix part in "masked out" form (`attend_where` gets its negation, `additive` gets
-    /// `-inf` or NaN here).
-    blocked: SMatrix<bool, SQ, SKV>,
-    allowed: SMatrix<bool, SQ, SKV>,
-    /// Finite additive bias of allowed entries.
-    bias: SMatrix<f32, SQ, SKV>,
-    /// For blocked additive entries: NaN instead of `-inf`.
-    nan_entry: SMatrix<bool, SQ, SKV>,
-    add32: SMatrix<f32, SQ, SKV>,
-    add64: SMatrix<f64, SQ, SKV>,
+    /// `true` = may attend.
+    attend: Option<SMatrix<bool, SQ, SKV>>,
+    /// `true` = masked out.
+    block: Option<SMatrix<bool, SQ, SKV>>,
+    additive: Option<AdditiveData<SQ, SKV>>,
     pad: Option<[bool; SKV]>,
+}
+
+/// The library mask built from [`MaskData`]: without or with an additive part (two types).
+enum AnyMask<'a, const SQ: usize, const SKV: usize, T> {
+    Plain(Mask<'a, SQ, SKV>),
+    Additive(Mask<'a, SQ, SKV, &'a SMatrix<T, SQ, SKV>>),
+}
+
+/// Runs `$body` with `$m` bound to the library mask of `$md` for scalar `$t`, whichever of the
+/// two mask types it is (the body is compiled for both).
+macro_rules! with_mask {
+    ($md:expr, $t:ty, |$m:ident| $body:expr) => {
+        match $md.mask::<$t>() {
+            AnyMask::Plain($m) => $body,
+            AnyMask::Additive($m) => $body,
+        }
+    };
+}
+
+/// [`with_mask!`] for the `f32` and `f64` masks of the same data at once.
+macro_rules! with_masks {
+    ($md:expr, |$m32:ident, $m64:ident| $body:expr) => {
+        match ($md.mask::<f32>(), $md.mask::<f64>()) {
+            (AnyMask::Plain($m32), AnyMask::Plain($m64)) => $body,
+            (AnyMask::Additive($m32), AnyMask::Additive($m64)) => $body,
+            _ => unreachable!("both masks come from the same data"),
+        }
+    };
 }
 
 /// Picks the additive matrix of the right scalar type.
 trait TestFloat: Float {
     fn additive<const SQ: usize, const SKV: usize>(
-        md: &MaskData<SQ, SKV>,
+        a: &AdditiveData<SQ, SKV>,
     ) -> &SMatrix<Self, SQ, SKV>;
 }
 impl TestFloat for f32 {
     fn additive<const SQ: usize, const SKV: usize>(
-        md: &MaskData<SQ, SKV>,
+        a: &AdditiveData<SQ, SKV>,
     ) -> &SMatrix<Self, SQ, SKV> {
-        &md.add32
+        &a.add32
     }
 }
 impl TestFloat for f64 {
     fn additive<const SQ: usize, const SKV: usize>(
-        md: &MaskData<SQ, SKV>,
+        a: &AdditiveData<SQ, SKV>,
     ) -> &SMatrix<Self, SQ, SKV> {
-        &md.add64
+        &a.add64
     }
 }
 
@@ -269,57 +313,44 @@ fn pattern_allows(pattern: Pattern, sq: usize, skv: usize, i: usize, j: usize) -
 }
 
 impl<const SQ: usize, const SKV: usize> MaskData<SQ, SKV> {
-    fn finish(&mut self) {
-        self.allowed = self.blocked.map(|b| !b);
-        self.add32 =
-            SMatrix::from_fn(
-                |i, j| match (self.blocked[(i, j)], self.nan_entry[(i, j)]) {
-                    (false, _) => self.bias[(i, j)],
-                    (true, false) => f32::NEG_INFINITY,
-                    (true, true) => f32::NAN,
-                },
-            );
-        self.add64 = self.add32.cast();
+    /// The block-where part, created empty if absent.
+    fn block_mut(&mut self) -> &mut SMatrix<bool, SQ, SKV> {
+        self.block.get_or_insert_with(|| SMatrix::repeat(false))
     }
 
     /// Masks every key of query `i`.
     fn block_row(&mut self, i: usize) {
         for j in 0..SKV {
-            self.blocked[(i, j)] = true;
+            self.block_mut()[(i, j)] = true;
         }
-        if self.matrix == MatrixKind::None {
-            self.matrix = MatrixKind::BlockWhere;
-        }
-        self.finish();
     }
 
     /// Masks key `j` for every query (as padding when there is a padding vector).
     fn block_key(&mut self, j: usize) {
-        for i in 0..SQ {
-            self.blocked[(i, j)] = true;
-        }
         match &mut self.pad {
             Some(p) => p[j] = true,
-            None if self.matrix == MatrixKind::None => self.matrix = MatrixKind::BlockWhere,
-            None => {}
+            None => {
+                for i in 0..SQ {
+                    self.block_mut()[(i, j)] = true;
+                }
+            }
         }
-        self.finish();
     }
 
-    fn mask<T: TestFloat>(&self) -> Mask<'_, T, SQ, SKV> {
-        let m = match (self.matrix, &self.pad) {
-            (MatrixKind::None, Some(pad)) => {
-                return Mask::key_is_padding(pad).with_pattern(self.pattern);
-            }
-            (MatrixKind::None, None) => Mask::none(),
-            (MatrixKind::AttendWhere, _) => Mask::attend_where(&self.allowed),
-            (MatrixKind::BlockWhere, _) => Mask::block_where(&self.blocked),
-            (MatrixKind::Additive, _) => Mask::additive(T::additive(self)),
+    fn mask<T: TestFloat>(&self) -> AnyMask<'_, SQ, SKV, T> {
+        let mut m = Mask::none().with_pattern(self.pattern);
+        if let Some(a) = &self.attend {
+            m = m.with_attend_where(a);
         }
-        .with_pattern(self.pattern);
-        match &self.pad {
-            Some(pad) => m.with_key_is_padding(pad),
-            None => m,
+        if let Some(b) = &self.block {
+            m = m.with_block_where(b);
+        }
+        if let Some(p) = &self.pad {
+            m = m.with_key_is_padding(p);
+        }
+        match &self.additive {
+            None => AnyMask::Plain(m),
+            Some(a) => AnyMask::Additive(m.with_additive(T::additive(a))),
         }
     }
 
@@ -327,7 +358,9 @@ impl<const SQ: usize, const SKV: usize> MaskData<SQ, SKV> {
     fn allows(&self, i: usize, j: usize) -> bool {
         pattern_allows(self.pattern, SQ, SKV, i, j)
             && !self.pad.as_ref().is_some_and(|p| p[j])
-            && (self.matrix == MatrixKind::None || !self.blocked[(i, j)])
+            && self.attend.as_ref().is_none_or(|a| a[(i, j)])
+            && !self.block.as_ref().is_some_and(|b| b[(i, j)])
+            && !self.additive.as_ref().is_some_and(|a| a.blocked[(i, j)])
     }
 
     fn row_is_empty(&self, i: usize) -> bool {
@@ -335,42 +368,44 @@ impl<const SQ: usize, const SKV: usize> MaskData<SQ, SKV> {
     }
 }
 
-/// A random mask. The matrix part blocks entries with a density of 10 %, 40 % or 80 % (so
-/// fully masked rows happen on their own for short key axes); sometimes a row and sometimes a
-/// key are forced to be fully masked.
+/// An `SQ × SKV` boolean matrix whose `true` entries have density 10 %, 40 % or 80 %.
+fn dense_bools<const SQ: usize, const SKV: usize>() -> impl Strategy<Value = SMatrix<bool, SQ, SKV>>
+{
+    prop_oneof![Just(0.1), Just(0.4), Just(0.8)]
+        .prop_flat_map(|p| vec(proptest::bool::weighted(p), SQ * SKV))
+        .prop_map(SMatrix::from_iterator)
+}
+
+/// A random mask. Each of the four non-structural parts is present with probability 35 %, so
+/// every combination occurs (a boolean matrix with an additive one included); a present
+/// matrix masks entries with a density of 10 %, 40 % or 80 % (so fully masked rows happen on
+/// their own for short key axes); sometimes a row and sometimes a key are forced to be fully
+/// masked.
 fn mask_data<const SQ: usize, const SKV: usize>() -> impl Strategy<Value = MaskData<SQ, SKV>> {
-    let kind = prop_oneof![
-        Just(MatrixKind::None),
-        Just(MatrixKind::AttendWhere),
-        Just(MatrixKind::BlockWhere),
-        Just(MatrixKind::Additive),
-    ];
-    let blocked = prop_oneof![Just(0.1), Just(0.4), Just(0.8)]
-        .prop_flat_map(|p| vec(proptest::bool::weighted(p), SQ * SKV));
-    (
-        pattern::<SKV>(),
-        kind,
-        blocked,
+    let additive = (
+        dense_bools::<SQ, SKV>(),
         mat::<SQ, SKV>(),
         bool_mat::<SQ, SKV>(0.5),
-        proptest::option::of(bool_array::<SKV>(0.3)),
+    )
+        .prop_map(|(blocked, bias, nan)| AdditiveData::new(blocked, &(bias * 1.5), &nan));
+    (
+        pattern::<SKV>(),
+        proptest::option::weighted(0.35, dense_bools::<SQ, SKV>().prop_map(|b| b.map(|x| !x))),
+        proptest::option::weighted(0.35, dense_bools::<SQ, SKV>()),
+        proptest::option::weighted(0.35, additive),
+        proptest::option::weighted(0.35, bool_array::<SKV>(0.3)),
         proptest::option::weighted(0.2, 0..SQ),
         proptest::option::weighted(0.2, 0..SKV),
     )
         .prop_map(
-            |(pattern, matrix, blocked, bias, nan_entry, pad, force_row, force_key)| {
+            |(pattern, attend, block, additive, pad, force_row, force_key)| {
                 let mut md = MaskData {
                     pattern,
-                    matrix,
-                    blocked: SMatrix::from_iterator(blocked),
-                    allowed: SMatrix::repeat(true),
-                    bias: bias * 1.5,
-                    nan_entry,
-                    add32: SMatrix::zeros(),
-                    add64: SMatrix::zeros(),
+                    attend,
+                    block,
+                    additive,
                     pad,
                 };
-                md.finish();
                 if let Some(i) = force_row {
                     md.block_row(i);
                 }
@@ -387,7 +422,7 @@ fn mask_data<const SQ: usize, const SKV: usize>() -> impl Strategy<Value = MaskD
 // ------------------------------------------------------------------------------------------
 
 /// A random `D → D` map with unit-scale outputs for unit-scale inputs and a non-zero bias.
-fn random_linear<const D: usize>(rng: &mut SmallRng) -> Linear<f32, D, D> {
+fn random_linear<const D: usize>(rng: &mut SmallRng) -> Linear<D, D, f32> {
     let a = (3.0 / D as f32).sqrt();
     let w = SMatrix::<f32, D, D>::from_fn(|_, _| rng.random_range(-a..a));
     let b = SVector::<f32, D>::from_fn(|_, _| rng.random_range(-0.5f32..0.5));
@@ -412,7 +447,7 @@ fn make_layer<const S: usize, const D: usize, const H: usize>(
     }
 }
 
-fn linear_f64<const D: usize>(l: &Linear<f32, D, D>) -> Linear<f64, D, D> {
+fn linear_f64<const D: usize>(l: &Linear<D, D, f32>) -> Linear<D, D, f64> {
     let w: SMatrix<f64, D, D> = l.weight().cast();
     let b = l.bias().map(|b| b.cast::<f64>());
     Linear::from_matrix(&w, b.as_ref())
@@ -453,22 +488,23 @@ fn sdpa_weights_are_distributions<
     v: &SMatrix<f32, SKV, DV>,
     md: &MaskData<SQ, SKV>,
 ) -> TestResult {
-    let mask = md.mask::<f32>();
-    let (out, w) = scaled_dot_product_attention_with_weights(q, k, v, &mask, None);
-    let stream = scaled_dot_product_attention(q, k, v, &mask, None);
-    check_distribution_rows("sdpa weights", &w, |i, j| md.allows(i, j))?;
-    for i in (0..SQ).filter(|&i| md.row_is_empty(i)) {
-        for e in 0..DV {
-            prop_assert!(
-                out[(i, e)] == 0.0 && stream[(i, e)] == 0.0,
-                "fully masked row {} has output {} (weights path) / {} (streaming)",
-                i,
-                out[(i, e)],
-                stream[(i, e)]
-            );
+    with_mask!(md, f32, |mask| {
+        let (out, w) = scaled_dot_product_attention_with_weights(q, k, v, &mask, None);
+        let stream = scaled_dot_product_attention(q, k, v, &mask, None);
+        check_distribution_rows("sdpa weights", &w, |i, j| md.allows(i, j))?;
+        for i in (0..SQ).filter(|&i| md.row_is_empty(i)) {
+            for e in 0..DV {
+                prop_assert!(
+                    out[(i, e)] == 0.0 && stream[(i, e)] == 0.0,
+                    "fully masked row {} has output {} (weights path) / {} (streaming)",
+                    i,
+                    out[(i, e)],
+                    stream[(i, e)]
+                );
+            }
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// Property 2: Permuting keys and values together leaves the output unchanged, permuting queries
@@ -517,28 +553,29 @@ fn sdpa_invisible_keys_per_row<
     row: usize,
     bad: f32,
 ) -> TestResult {
-    let mask = md.mask::<f32>();
-    let hidden = |j: usize| !md.allows(row, j);
-    let k2 = SMatrix::<f32, SKV, D>::from_fn(|j, d| if hidden(j) { bad } else { k[(j, d)] });
-    let v2 = SMatrix::<f32, SKV, DV>::from_fn(|j, e| if hidden(j) { bad } else { v[(j, e)] });
-    let only = |i: usize| i == row;
-    let (out, w) = scaled_dot_product_attention_with_weights(q, k, v, &mask, None);
-    let (out2, w2) = scaled_dot_product_attention_with_weights(q, &k2, &v2, &mask, None);
-    rows_identical(
-        "row with hidden keys poisoned (weights path)",
-        &out2,
-        &out,
-        only,
-    )?;
-    rows_identical("weights of that row", &w2, &w, only)?;
-    let stream = scaled_dot_product_attention(q, k, v, &mask, None);
-    let stream2 = scaled_dot_product_attention(q, &k2, &v2, &mask, None);
-    rows_identical(
-        "row with hidden keys poisoned (streaming)",
-        &stream2,
-        &stream,
-        only,
-    )
+    with_mask!(md, f32, |mask| {
+        let hidden = |j: usize| !md.allows(row, j);
+        let k2 = SMatrix::<f32, SKV, D>::from_fn(|j, d| if hidden(j) { bad } else { k[(j, d)] });
+        let v2 = SMatrix::<f32, SKV, DV>::from_fn(|j, e| if hidden(j) { bad } else { v[(j, e)] });
+        let only = |i: usize| i == row;
+        let (out, w) = scaled_dot_product_attention_with_weights(q, k, v, &mask, None);
+        let (out2, w2) = scaled_dot_product_attention_with_weights(q, &k2, &v2, &mask, None);
+        rows_identical(
+            "row with hidden keys poisoned (weights path)",
+            &out2,
+            &out,
+            only,
+        )?;
+        rows_identical("weights of that row", &w2, &w, only)?;
+        let stream = scaled_dot_product_attention(q, k, v, &mask, None);
+        let stream2 = scaled_dot_product_attention(q, &k2, &v2, &mask, None);
+        rows_identical(
+            "row with hidden keys poisoned (streaming)",
+            &stream2,
+            &stream,
+            only,
+        )
+    })
 }
 
 /// Property 4: Keys masked for every query (a padding key, a blocked column, a column of `-inf`/NaN
@@ -550,21 +587,22 @@ fn sdpa_dead_keys<const SQ: usize, const SKV: usize, const D: usize, const DV: u
     md: &MaskData<SQ, SKV>,
     bad: f32,
 ) -> TestResult {
-    let mask = md.mask::<f32>();
-    let dead = |j: usize| (0..SQ).all(|i| !md.allows(i, j));
-    prop_assert!(
-        (0..SKV).any(dead),
-        "the strategy should have forced a dead key"
-    );
-    let k2 = SMatrix::<f32, SKV, D>::from_fn(|j, d| if dead(j) { bad } else { k[(j, d)] });
-    let v2 = SMatrix::<f32, SKV, DV>::from_fn(|j, e| if dead(j) { bad } else { v[(j, e)] });
-    let (out, w) = scaled_dot_product_attention_with_weights(q, k, v, &mask, None);
-    let (out2, w2) = scaled_dot_product_attention_with_weights(q, &k2, &v2, &mask, None);
-    identical("dead keys poisoned (weights path)", &out2, &out)?;
-    identical("weights with dead keys poisoned", &w2, &w)?;
-    let stream = scaled_dot_product_attention(q, k, v, &mask, None);
-    let stream2 = scaled_dot_product_attention(q, &k2, &v2, &mask, None);
-    identical("dead keys poisoned (streaming)", &stream2, &stream)
+    with_mask!(md, f32, |mask| {
+        let dead = |j: usize| (0..SQ).all(|i| !md.allows(i, j));
+        prop_assert!(
+            (0..SKV).any(dead),
+            "the strategy should have forced a dead key"
+        );
+        let k2 = SMatrix::<f32, SKV, D>::from_fn(|j, d| if dead(j) { bad } else { k[(j, d)] });
+        let v2 = SMatrix::<f32, SKV, DV>::from_fn(|j, e| if dead(j) { bad } else { v[(j, e)] });
+        let (out, w) = scaled_dot_product_attention_with_weights(q, k, v, &mask, None);
+        let (out2, w2) = scaled_dot_product_attention_with_weights(q, &k2, &v2, &mask, None);
+        identical("dead keys poisoned (weights path)", &out2, &out)?;
+        identical("weights with dead keys poisoned", &w2, &w)?;
+        let stream = scaled_dot_product_attention(q, k, v, &mask, None);
+        let stream2 = scaled_dot_product_attention(q, &k2, &v2, &mask, None);
+        identical("dead keys poisoned (streaming)", &stream2, &stream)
+    })
 }
 
 /// The additive mask of property 5: row `i` is the constant `c_i`, and `-inf` where `blocked`
@@ -625,42 +663,43 @@ fn sdpa_convex_hull<const SQ: usize, const SKV: usize, const D: usize, const DV:
     v: &SMatrix<f32, SKV, DV>,
     md: &MaskData<SQ, SKV>,
 ) -> TestResult {
-    let mask = md.mask::<f32>();
-    let (out, w) = scaled_dot_product_attention_with_weights(q, k, v, &mask, None);
-    let stream = scaled_dot_product_attention(q, k, v, &mask, None);
-    let tol = 1e-6 * (1.0 + v.amax() as f64);
-    for i in 0..SQ {
-        let keys: Vec<usize> = (0..SKV).filter(|&j| md.allows(i, j)).collect();
-        for e in 0..DV {
-            if keys.is_empty() {
-                continue; // zero rows: checked by the distribution property
-            }
-            let lo = keys
-                .iter()
-                .map(|&j| v[(j, e)])
-                .fold(f32::INFINITY, f32::min) as f64;
-            let hi = keys
-                .iter()
-                .map(|&j| v[(j, e)])
-                .fold(f32::NEG_INFINITY, f32::max) as f64;
-            for (path, o) in [("weights path", out[(i, e)]), ("streaming", stream[(i, e)])] {
-                let o = o as f64;
-                prop_assert!(
-                    o >= lo - tol && o <= hi + tol,
-                    "{} output ({}, {}) = {} outside [{}, {}] of the allowed values",
-                    path,
-                    i,
-                    e,
-                    o,
-                    lo,
-                    hi
-                );
+    with_mask!(md, f32, |mask| {
+        let (out, w) = scaled_dot_product_attention_with_weights(q, k, v, &mask, None);
+        let stream = scaled_dot_product_attention(q, k, v, &mask, None);
+        let tol = 1e-6 * (1.0 + v.amax() as f64);
+        for i in 0..SQ {
+            let keys: Vec<usize> = (0..SKV).filter(|&j| md.allows(i, j)).collect();
+            for e in 0..DV {
+                if keys.is_empty() {
+                    continue; // zero rows: checked by the distribution property
+                }
+                let lo = keys
+                    .iter()
+                    .map(|&j| v[(j, e)])
+                    .fold(f32::INFINITY, f32::min) as f64;
+                let hi = keys
+                    .iter()
+                    .map(|&j| v[(j, e)])
+                    .fold(f32::NEG_INFINITY, f32::max) as f64;
+                for (path, o) in [("weights path", out[(i, e)]), ("streaming", stream[(i, e)])] {
+                    let o = o as f64;
+                    prop_assert!(
+                        o >= lo - tol && o <= hi + tol,
+                        "{} output ({}, {}) = {} outside [{}, {}] of the allowed values",
+                        path,
+                        i,
+                        e,
+                        o,
+                        lo,
+                        hi
+                    );
+                }
             }
         }
-    }
-    let wv = to64(&w) * to64(v);
-    close("weights-path output vs weights·V", &out, &wv, F32)?;
-    close("streaming output vs weights·V", &stream, &wv, F32)
+        let wv = to64(&w) * to64(v);
+        close("weights-path output vs weights·V", &out, &wv, F32)?;
+        close("streaming output vs weights·V", &stream, &wv, F32)
+    })
 }
 
 /// Properties 7 and 10: f32 (both paths) against the f64 reference from the same inputs; fast f64
@@ -671,22 +710,23 @@ fn sdpa_precision<const SQ: usize, const SKV: usize, const D: usize, const DV: u
     v: &SMatrix<f32, SKV, DV>,
     md: &MaskData<SQ, SKV>,
 ) -> TestResult {
-    let (m32, m64) = (md.mask::<f32>(), md.mask::<f64>());
-    let (q64, k64, v64) = (q.cast::<f64>(), k.cast::<f64>(), v.cast::<f64>());
-    let (r_out, r_w) = reference::attention(&q64, &k64, &v64, &m64, None);
+    with_masks!(md, |m32, m64| {
+        let (q64, k64, v64) = (q.cast::<f64>(), k.cast::<f64>(), v.cast::<f64>());
+        let (r_out, r_w) = reference::attention(&q64, &k64, &v64, &m64, None);
 
-    let (out32, w32) = scaled_dot_product_attention_with_weights(q, k, v, &m32, None);
-    let stream32 = scaled_dot_product_attention(q, k, v, &m32, None);
-    close("f32 weights path vs f64 reference", &out32, &r_out, F32)?;
-    close("f32 streaming vs f64 reference", &stream32, &r_out, F32)?;
-    close("f32 weights vs f64 reference", &w32, &r_w, F32)?;
-    close("f32 streaming vs weights path", &stream32, &out32, PATHS)?;
+        let (out32, w32) = scaled_dot_product_attention_with_weights(q, k, v, &m32, None);
+        let stream32 = scaled_dot_product_attention(q, k, v, &m32, None);
+        close("f32 weights path vs f64 reference", &out32, &r_out, F32)?;
+        close("f32 streaming vs f64 reference", &stream32, &r_out, F32)?;
+        close("f32 weights vs f64 reference", &w32, &r_w, F32)?;
+        close("f32 streaming vs weights path", &stream32, &out32, PATHS)?;
 
-    let (out64, w64) = scaled_dot_product_attention_with_weights(&q64, &k64, &v64, &m64, None);
-    let stream64 = scaled_dot_product_attention(&q64, &k64, &v64, &m64, None);
-    close("f64 weights path vs reference", &out64, &r_out, F64)?;
-    close("f64 streaming vs reference", &stream64, &r_out, F64)?;
-    close("f64 weights vs reference", &w64, &r_w, F64)
+        let (out64, w64) = scaled_dot_product_attention_with_weights(&q64, &k64, &v64, &m64, None);
+        let stream64 = scaled_dot_product_attention(&q64, &k64, &v64, &m64, None);
+        close("f64 weights path vs reference", &out64, &r_out, F64)?;
+        close("f64 streaming vs reference", &stream64, &r_out, F64)?;
+        close("f64 weights vs reference", &w64, &r_w, F64)
+    })
 }
 
 /// Property 11: Under a structural mask alone, weight `(i, j)` is positive exactly where SPEC.md's
@@ -752,28 +792,29 @@ fn mha_weights_are_distributions<const S: usize, const D: usize, const H: usize>
     x: &SMatrix<f32, S, D>,
     md: &MaskData<S, S>,
 ) -> TestResult {
-    let mask = md.mask::<f32>();
-    let (y, w) = layer.forward_with_weights(x, &mask);
-    let y_stream = layer.forward(x, &mask);
-    let allows = |i, j| md.allows(i, j);
-    for h in 0..H {
-        check_distribution_rows(&format!("head {h}"), w.head(h), allows)?;
-    }
-    check_distribution_rows("head average", &w.average(), allows)?;
-    let bias = out_bias(layer);
-    for i in (0..S).filter(|&i| md.row_is_empty(i)) {
-        for e in 0..D {
-            prop_assert!(
-                y[(i, e)] == bias[e] && y_stream[(i, e)] == bias[e],
-                "fully masked query {}: output {} / {} is not out_proj.bias {}",
-                i,
-                y[(i, e)],
-                y_stream[(i, e)],
-                bias[e]
-            );
+    with_mask!(md, f32, |mask| {
+        let (y, w) = layer.forward_with_weights(x, &mask);
+        let y_stream = layer.forward(x, &mask);
+        let allows = |i, j| md.allows(i, j);
+        for h in 0..H {
+            check_distribution_rows(&format!("head {h}"), w.head(h), allows)?;
         }
-    }
-    Ok(())
+        check_distribution_rows("head average", &w.average(), allows)?;
+        let bias = out_bias(layer);
+        for i in (0..S).filter(|&i| md.row_is_empty(i)) {
+            for e in 0..D {
+                prop_assert!(
+                    y[(i, e)] == bias[e] && y_stream[(i, e)] == bias[e],
+                    "fully masked query {}: output {} / {} is not out_proj.bias {}",
+                    i,
+                    y[(i, e)],
+                    y_stream[(i, e)],
+                    bias[e]
+                );
+            }
+        }
+        Ok(())
+    })
 }
 
 /// Property 2: forward(P x) = P forward(x) without a mask (or with a key-padding mask permuted
@@ -935,26 +976,28 @@ fn mha_weights_times_values<const S: usize, const D: usize, const H: usize>(
     x: &SMatrix<f32, S, D>,
     md: &MaskData<S, S>,
 ) -> TestResult {
-    let mask = md.mask::<f32>();
-    let (y, w) = layer.forward_with_weights(x, &mask);
-    let dk = D / H;
-    let vp = to64(&layer.v_proj().forward(x));
-    let mut concat = SMatrix::<f64, S, D>::zeros();
-    for h in 0..H {
-        let head = to64(w.head(h)) * vp.columns(h * dk, dk);
-        concat.columns_mut(h * dk, dk).copy_from(&head);
-    }
-    let wo = to64(&layer.out_proj().weight());
-    let bo = to64(&out_bias(layer));
-    let want =
-        SMatrix::<f64, S, D>::from_fn(|i, e| (concat.row(i) * wo.row(e).transpose())[0] + bo[e]);
-    close("output vs out_proj(concat(W_h V_h))", &y, &want, F32)?;
-    close(
-        "streaming vs out_proj(concat(W_h V_h))",
-        &layer.forward(x, &mask),
-        &want,
-        F32,
-    )
+    with_mask!(md, f32, |mask| {
+        let (y, w) = layer.forward_with_weights(x, &mask);
+        let dk = D / H;
+        let vp = to64(&layer.v_proj().forward(x));
+        let mut concat = SMatrix::<f64, S, D>::zeros();
+        for h in 0..H {
+            let head = to64(w.head(h)) * vp.columns(h * dk, dk);
+            concat.columns_mut(h * dk, dk).copy_from(&head);
+        }
+        let wo = to64(&layer.out_proj().weight());
+        let bo = to64(&out_bias(layer));
+        let want = SMatrix::<f64, S, D>::from_fn(|i, e| {
+            (concat.row(i) * wo.row(e).transpose())[0] + bo[e]
+        });
+        close("output vs out_proj(concat(W_h V_h))", &y, &want, F32)?;
+        close(
+            "streaming vs out_proj(concat(W_h V_h))",
+            &layer.forward(x, &mask),
+            &want,
+            F32,
+        )
+    })
 }
 
 /// Properties 7 and 10: f32 (both paths, and weights) against the f64 reference on the same inputs;
@@ -966,40 +1009,41 @@ fn mha_precision<const S: usize, const D: usize, const H: usize>(
     x: &SMatrix<f32, S, D>,
     md: &MaskData<S, S>,
 ) -> TestResult {
-    let (m32, m64) = (md.mask::<f32>(), md.mask::<f64>());
-    let l64 = layer_f64(layer);
-    let x64 = x.cast::<f64>();
-    let (r_out, r_w) = reference::multi_head(&l64, &x64, &x64, &x64, &m64);
+    with_masks!(md, |m32, m64| {
+        let l64 = layer_f64(layer);
+        let x64 = x.cast::<f64>();
+        let (r_out, r_w) = reference::multi_head(&l64, &x64, &x64, &x64, &m64);
 
-    let (yw, w) = layer.forward_with_weights(x, &m32);
-    let y = layer.forward(x, &m32);
-    close("f32 streaming vs f64 reference", &y, &r_out, F32)?;
-    close("f32 weights path vs f64 reference", &yw, &r_out, F32)?;
-    for (h, rw) in r_w.iter().enumerate() {
-        close(
-            &format!("f32 weights vs f64 reference, head {h}"),
-            w.head(h),
-            rw,
-            F32,
-        )?;
-    }
-    close("f32 streaming vs weights path", &y, &yw, PATHS)?;
-    let (r32, _) = reference::multi_head(layer, x, x, x, &m32);
-    close("f32 weights path vs f32 reference", &yw, &r32, (5e-6, 5e-6))?;
+        let (yw, w) = layer.forward_with_weights(x, &m32);
+        let y = layer.forward(x, &m32);
+        close("f32 streaming vs f64 reference", &y, &r_out, F32)?;
+        close("f32 weights path vs f64 reference", &yw, &r_out, F32)?;
+        for (h, rw) in r_w.iter().enumerate() {
+            close(
+                &format!("f32 weights vs f64 reference, head {h}"),
+                w.head(h),
+                rw,
+                F32,
+            )?;
+        }
+        close("f32 streaming vs weights path", &y, &yw, PATHS)?;
+        let (r32, _) = reference::multi_head(layer, x, x, x, &m32);
+        close("f32 weights path vs f32 reference", &yw, &r32, (5e-6, 5e-6))?;
 
-    let (yw64, w64) = l64.forward_with_weights(&x64, &m64);
-    let y64 = l64.forward(&x64, &m64);
-    close("f64 streaming vs reference", &y64, &r_out, F64)?;
-    close("f64 weights path vs reference", &yw64, &r_out, F64)?;
-    for (h, rw) in r_w.iter().enumerate() {
-        close(
-            &format!("f64 weights vs reference, head {h}"),
-            w64.head(h),
-            rw,
-            F64,
-        )?;
-    }
-    Ok(())
+        let (yw64, w64) = l64.forward_with_weights(&x64, &m64);
+        let y64 = l64.forward(&x64, &m64);
+        close("f64 streaming vs reference", &y64, &r_out, F64)?;
+        close("f64 weights path vs reference", &yw64, &r_out, F64)?;
+        for (h, rw) in r_w.iter().enumerate() {
+            close(
+                &format!("f64 weights vs reference, head {h}"),
+                w64.head(h),
+                rw,
+                F64,
+            )?;
+        }
+        Ok(())
+    })
 }
 
 /// Property 7 for cross-attention with a memory of another length `M`.
@@ -1009,22 +1053,23 @@ fn mha_cross_precision<const S: usize, const D: usize, const H: usize, const M: 
     memory: &SMatrix<f32, M, D>,
     md: &MaskData<S, M>,
 ) -> TestResult {
-    let (m32, m64) = (md.mask::<f32>(), md.mask::<f64>());
-    let l64 = layer_f64(layer);
-    let (x64, mem64) = (x.cast::<f64>(), memory.cast::<f64>());
-    let (r_out, r_w) = reference::multi_head(&l64, &x64, &mem64, &mem64, &m64);
-    let (yw, w) = layer.cross_attention_with_weights(x, memory, &m32);
-    let y = layer.cross_attention(x, memory, &m32);
-    close("f32 cross streaming vs f64 reference", &y, &r_out, F32)?;
-    close("f32 cross weights path vs f64 reference", &yw, &r_out, F32)?;
-    for (h, rw) in r_w.iter().enumerate() {
-        check_distribution_rows(&format!("cross head {h}"), w.head(h), |i, j| {
-            md.allows(i, j)
-        })?;
-        close(&format!("f32 cross weights, head {h}"), w.head(h), rw, F32)?;
-    }
-    let y64 = l64.cross_attention(&x64, &mem64, &m64);
-    close("f64 cross vs reference", &y64, &r_out, F64)
+    with_masks!(md, |m32, m64| {
+        let l64 = layer_f64(layer);
+        let (x64, mem64) = (x.cast::<f64>(), memory.cast::<f64>());
+        let (r_out, r_w) = reference::multi_head(&l64, &x64, &mem64, &mem64, &m64);
+        let (yw, w) = layer.cross_attention_with_weights(x, memory, &m32);
+        let y = layer.cross_attention(x, memory, &m32);
+        close("f32 cross streaming vs f64 reference", &y, &r_out, F32)?;
+        close("f32 cross weights path vs f64 reference", &yw, &r_out, F32)?;
+        for (h, rw) in r_w.iter().enumerate() {
+            check_distribution_rows(&format!("cross head {h}"), w.head(h), |i, j| {
+                md.allows(i, j)
+            })?;
+            close(&format!("f32 cross weights, head {h}"), w.head(h), rw, F32)?;
+        }
+        let y64 = l64.cross_attention(&x64, &mem64, &m64);
+        close("f64 cross vs reference", &y64, &r_out, F64)
+    })
 }
 
 /// Property 8: Cross-attention of a sequence with itself is self-attention, bit for bit, through
@@ -1035,38 +1080,39 @@ fn mha_cross_is_self<const S: usize, const D: usize, const H: usize>(
     other: &SMatrix<f32, S, D>,
     md: &MaskData<S, S>,
 ) -> TestResult {
-    let mask = md.mask::<f32>();
-    let y = layer.forward(x, &mask);
-    let (yw, w) = layer.forward_with_weights(x, &mask);
-    identical(
-        "cross_attention(x, x)",
-        &layer.cross_attention(x, x, &mask),
-        &y,
-    )?;
-    let (cy, cw) = layer.cross_attention_with_weights(x, x, &mask);
-    identical("cross_attention_with_weights(x, x)", &cy, &yw)?;
-    prop_assert_eq!(&cw, &w);
-    identical("forward_boxed", &*layer.forward_boxed(x, &mask), &y)?;
+    with_mask!(md, f32, |mask| {
+        let y = layer.forward(x, &mask);
+        let (yw, w) = layer.forward_with_weights(x, &mask);
+        identical(
+            "cross_attention(x, x)",
+            &layer.cross_attention(x, x, &mask),
+            &y,
+        )?;
+        let (cy, cw) = layer.cross_attention_with_weights(x, x, &mask);
+        identical("cross_attention_with_weights(x, x)", &cy, &yw)?;
+        prop_assert_eq!(&cw, &w);
+        identical("forward_boxed", &*layer.forward_boxed(x, &mask), &y)?;
 
-    // A scratch and output dirtied by another call first.
-    let mut scratch = Scratch::<f32, S, S, D>::new();
-    let mut out = SMatrix::<f32, S, D>::zeros();
-    let mut aw = AttentionWeights::<f32, S, S, H>::zeros();
-    layer.attend(
-        other,
-        other,
-        other,
-        &Mask::none(),
-        &mut scratch,
-        &mut out,
-        Some(&mut aw),
-    );
-    layer.attend(x, x, x, &mask, &mut scratch, &mut out, None);
-    identical("attend(x, x, x) with a reused scratch", &out, &y)?;
-    layer.attend(x, x, x, &mask, &mut scratch, &mut out, Some(&mut aw));
-    identical("attend(x, x, x) with weights", &out, &yw)?;
-    prop_assert_eq!(&aw, &w);
-    Ok(())
+        // A scratch and output dirtied by another call first.
+        let mut scratch = Scratch::<S, S, D, f32>::new();
+        let mut out = SMatrix::<f32, S, D>::zeros();
+        let mut aw = AttentionWeights::<S, S, H, f32>::zeros();
+        layer.attend(
+            other,
+            other,
+            other,
+            &Mask::none(),
+            &mut scratch,
+            &mut out,
+            Some(&mut aw),
+        );
+        layer.attend(x, x, x, &mask, &mut scratch, &mut out, None);
+        identical("attend(x, x, x) with a reused scratch", &out, &y)?;
+        layer.attend(x, x, x, &mask, &mut scratch, &mut out, Some(&mut aw));
+        identical("attend(x, x, x) with weights", &out, &yw)?;
+        prop_assert_eq!(&aw, &w);
+        Ok(())
+    })
 }
 
 /// Property 11 for layers: each head's weights are positive exactly where the pattern allows.
@@ -1107,30 +1153,31 @@ fn single_head_is_self_attention<const S: usize, const D: usize>(
     };
     let o = random_linear::<D>(rng);
     let mh = MultiHead::<S, D, 1>::from_parts(*sa.q_proj(), *sa.k_proj(), *sa.v_proj(), o);
-    let mask = md.mask::<f32>();
-    let want = mh.forward(x, &mask);
-    let got = o.forward(&sa.forward(x, &mask));
-    close(
-        "out_proj(SelfAttention) vs MultiHead<1>",
-        &got,
-        &want,
-        (1e-6, 1e-6),
-    )?;
-    let (sy, sw) = sa.forward_with_weights(x, &mask);
-    let (my, mw) = mh.forward_with_weights(x, &mask);
-    close("weights-path outputs", &o.forward(&sy), &my, (1e-6, 1e-6))?;
-    close(
-        "SelfAttention weights vs head 0",
-        &sw,
-        mw.head(0),
-        (1e-6, 0.0),
-    )?;
-    check_distribution_rows("SelfAttention weights", &sw, |i, j| md.allows(i, j))?;
-    identical(
-        "SelfAttention cross_attention(x, x) vs forward",
-        &sa.cross_attention(x, x, &mask),
-        &sa.forward(x, &mask),
-    )
+    with_mask!(md, f32, |mask| {
+        let want = mh.forward(x, &mask);
+        let got = o.forward(&sa.forward(x, &mask));
+        close(
+            "out_proj(SelfAttention) vs MultiHead<1>",
+            &got,
+            &want,
+            (1e-6, 1e-6),
+        )?;
+        let (sy, sw) = sa.forward_with_weights(x, &mask);
+        let (my, mw) = mh.forward_with_weights(x, &mask);
+        close("weights-path outputs", &o.forward(&sy), &my, (1e-6, 1e-6))?;
+        close(
+            "SelfAttention weights vs head 0",
+            &sw,
+            mw.head(0),
+            (1e-6, 0.0),
+        )?;
+        check_distribution_rows("SelfAttention weights", &sw, |i, j| md.allows(i, j))?;
+        identical(
+            "SelfAttention cross_attention(x, x) vs forward",
+            &sa.cross_attention(x, x, &mask),
+            &sa.forward(x, &mask),
+        )
+    })
 }
 
 // ------------------------------------------------------------------------------------------
@@ -1223,15 +1270,18 @@ macro_rules! sdpa_suite {
 
                 #[test]
                 fn mask_model_matches_library(md in mask_data::<SQ, SKV>()) {
-                    let m32 = md.mask::<f32>();
-                    for i in 0..SQ {
-                        for j in 0..SKV {
-                            prop_assert_eq!(m32.allows(i, j), md.allows(i, j), "({}, {})", i, j);
-                            if md.allows(i, j) && md.matrix == MatrixKind::Additive {
-                                prop_assert_eq!(m32.entry(i, j), Some(md.add32[(i, j)]));
+                    with_mask!(md, f32, |m32| {
+                        for i in 0..SQ {
+                            for j in 0..SKV {
+                                prop_assert_eq!(
+                                    m32.entry::<f32>(i, j).is_some(), md.allows(i, j), "({}, {})", i, j
+                                );
+                                if let (true, Some(a)) = (md.allows(i, j), &md.additive) {
+                                    prop_assert_eq!(m32.entry(i, j), Some(a.add32[(i, j)]));
+                                }
                             }
                         }
-                    }
+                    });
                 }
             }
         }
@@ -1387,7 +1437,7 @@ fn rectangular_alignments(
         window,
         alignment: Alignment::TopLeft,
     };
-    let cases: [(&str, Mask<'_, f32, 5, 9>, Visible<'_>); 4] = [
+    let cases: [(&str, Mask<'_, 5, 9>, Visible<'_>); 4] = [
         (
             "causal top-left",
             Mask::causal(Alignment::TopLeft),
@@ -1484,11 +1534,12 @@ proptest! {
             1 => k[(row, col)] = f32::NAN,
             _ => v[(row, col % 3)] = f32::NAN,
         }
-        let mask = md.mask::<f32>();
-        let (out, _) = scaled_dot_product_attention_with_weights(&q, &k, &v, &mask, None);
-        let stream = scaled_dot_product_attention(&q, &k, &v, &mask, None);
-        same_nan_pattern("streaming vs weights path", &stream, &out)?;
-    }
+        with_mask!(md, f32, |mask| {
+            let (out, _) = scaled_dot_product_attention_with_weights(&q, &k, &v, &mask, None);
+            let stream = scaled_dot_product_attention(&q, &k, &v, &mask, None);
+            same_nan_pattern("streaming vs weights path", &stream, &out)?;
+        })
+}
 
     /// The same for a layer: a NaN token (no mask) makes every output row NaN on both paths.
     #[test]

@@ -9,6 +9,7 @@ mod common;
 
 use common::{all_fixtures, bool_matrix, bool_vector, compare, fixture, matrix, metadata};
 use nalgebra::SMatrix;
+use static_attention::mask::Additive;
 use static_attention::{
     Alignment, AttentionWeights, Float, Mask, MultiHead, Scratch, scaled_dot_product_attention,
 };
@@ -36,35 +37,62 @@ fn mha<T: Float, const SQ: usize, const SKV: usize, const DIM: usize, const HEAD
     let padding = bool_vector::<SKV>(&bytes, "mask.key_padding");
     let mut mask = Mask::none();
     if let Some(m) = &blocked {
-        mask = Mask::block_where(m); // PyTorch MHA: true = masked out
-    }
-    if let Some(m) = &additive {
-        mask = Mask::additive(m);
+        mask = mask.with_block_where(m); // PyTorch MHA: true = masked out
     }
     if let Some(p) = &padding {
         mask = mask.with_key_is_padding(p);
     }
+    let inputs = (&query, &key, &value);
+    match &additive {
+        Some(a) => mha_check(
+            case,
+            &bytes,
+            &layer,
+            inputs,
+            &mask.with_additive(a),
+            &padding,
+        ),
+        None => mha_check(case, &bytes, &layer, inputs, &mask, &padding),
+    }
+}
 
-    let want = matrix::<T, SQ, DIM>(&bytes, "output.attn", None).unwrap();
-    let want_avg = matrix::<T, SQ, SKV>(&bytes, "output.weights_avg", None).unwrap();
-    let mut scratch = Scratch::<T, SQ, SKV, DIM>::new();
+/// The queries, keys and values of a case.
+type Inputs<'a, T, const SQ: usize, const SKV: usize, const DIM: usize> = (
+    &'a SMatrix<T, SQ, DIM>,
+    &'a SMatrix<T, SKV, DIM>,
+    &'a SMatrix<T, SKV, DIM>,
+);
+
+/// Runs a loaded `nn.MultiheadAttention` case with its mask and compares with PyTorch.
+fn mha_check<
+    T: Float,
+    A: Additive<T, SQ, SKV>,
+    const SQ: usize,
+    const SKV: usize,
+    const DIM: usize,
+    const HEADS: usize,
+>(
+    case: &str,
+    bytes: &[u8],
+    layer: &MultiHead<SQ, DIM, HEADS, T>,
+    (query, key, value): Inputs<'_, T, SQ, SKV, DIM>,
+    mask: &Mask<'_, SQ, SKV, A>,
+    padding: &Option<[bool; SKV]>,
+) {
+    let meta = metadata(bytes);
+    let (bytes, mask) = (bytes, mask);
+    let want = matrix::<T, SQ, DIM>(bytes, "output.attn", None).unwrap();
+    let want_avg = matrix::<T, SQ, SKV>(bytes, "output.weights_avg", None).unwrap();
+    let mut scratch = Scratch::<SQ, SKV, DIM, T>::new();
     let mut streamed = SMatrix::<T, SQ, DIM>::zeros();
-    layer.attend(
-        &query,
-        &key,
-        &value,
-        &mask,
-        &mut scratch,
-        &mut streamed,
-        None,
-    );
+    layer.attend(query, key, value, mask, &mut scratch, &mut streamed, None);
     let mut out = SMatrix::<T, SQ, DIM>::zeros();
-    let mut weights = AttentionWeights::<T, SQ, SKV, HEADS>::zeros();
+    let mut weights = AttentionWeights::<SQ, SKV, HEADS, T>::zeros();
     layer.attend(
-        &query,
-        &key,
-        &value,
-        &mask,
+        query,
+        key,
+        value,
+        mask,
         &mut scratch,
         &mut out,
         Some(&mut weights),
@@ -89,7 +117,7 @@ fn mha<T: Float, const SQ: usize, const SKV: usize, const DIM: usize, const HEAD
     let (e_avg, r_avg) = compare(&weights.average(), &zero_nan_rows(&want_avg), tol);
     let mut e_heads = (0.0f64, 0.0f64);
     for h in 0..HEADS {
-        let want_h = matrix::<T, SQ, SKV>(&bytes, "output.weights", Some(h)).unwrap();
+        let want_h = matrix::<T, SQ, SKV>(bytes, "output.weights", Some(h)).unwrap();
         let (e, r) = compare(weights.head(h), &zero_nan_rows(&want_h), tol);
         e_heads = (e_heads.0.max(e), e_heads.1.max(r));
     }
@@ -115,9 +143,9 @@ fn mha<T: Float, const SQ: usize, const SKV: usize, const DIM: usize, const HEAD
             causal
         };
         layer.attend(
-            &query,
-            &key,
-            &value,
+            query,
+            key,
+            value,
             &causal,
             &mut scratch,
             &mut causal_out,
@@ -162,11 +190,11 @@ fn sdpa<
     };
     let allowed = bool_matrix::<L, S>(&bytes, "mask.attend_bool");
     let additive = matrix::<T, L, S>(&bytes, "mask.attn_float", None);
-    let mask = match (meta["causal"].as_str(), &allowed, &additive) {
+    let plain = match (meta["causal"].as_str(), &allowed, &additive) {
         ("top_left", None, None) => Mask::causal(Alignment::TopLeft),
         ("bottom_right", Some(file_mask), None) => {
             // PyTorch got the bottom-right mask explicitly; the named alignment must match it.
-            let named = Mask::<T, L, S>::causal(Alignment::BottomRight);
+            let named = Mask::<L, S>::causal(Alignment::BottomRight);
             for i in 0..L {
                 for j in 0..S {
                     assert_eq!(named.allows(i, j), file_mask[(i, j)], "{case}: ({i}, {j})");
@@ -174,19 +202,42 @@ fn sdpa<
             }
             named
         }
-        ("none", None, Some(m)) => Mask::additive(m),
-        ("none", None, None) => Mask::none(),
+        ("none", None, _) => Mask::none(),
         other => panic!("{case}: unexpected mask combination {:?}", other.0),
     };
+    match &additive {
+        Some(m) => {
+            sdpa_check::<T, _, HQ, HKV, L, S, E, EV>(case, &bytes, &Mask::additive(m), scale)
+        }
+        None => sdpa_check::<T, _, HQ, HKV, L, S, E, EV>(case, &bytes, &plain, scale),
+    }
+}
+
+/// Runs an SDPA case head by head with its mask and compares with PyTorch.
+fn sdpa_check<
+    T: Float,
+    A: Additive<T, L, S>,
+    const HQ: usize,
+    const HKV: usize,
+    const L: usize,
+    const S: usize,
+    const E: usize,
+    const EV: usize,
+>(
+    case: &str,
+    bytes: &[u8],
+    mask: &Mask<'_, L, S, A>,
+    scale: Option<T>,
+) {
     let tol = tolerance::<T>();
     let mut worst = (0.0f64, 0.0f64);
     for h in 0..HQ {
         let kv = h / (HQ / HKV);
-        let q = matrix::<T, L, E>(&bytes, "q", Some(h)).unwrap();
-        let k = matrix::<T, S, E>(&bytes, "k", Some(kv)).unwrap();
-        let v = matrix::<T, S, EV>(&bytes, "v", Some(kv)).unwrap();
-        let want = matrix::<T, L, EV>(&bytes, "output.attn", Some(h)).unwrap();
-        let got = scaled_dot_product_attention(&q, &k, &v, &mask, scale);
+        let q = matrix::<T, L, E>(bytes, "q", Some(h)).unwrap();
+        let k = matrix::<T, S, E>(bytes, "k", Some(kv)).unwrap();
+        let v = matrix::<T, S, EV>(bytes, "v", Some(kv)).unwrap();
+        let want = matrix::<T, L, EV>(bytes, "output.attn", Some(h)).unwrap();
+        let got = scaled_dot_product_attention(&q, &k, &v, mask, scale);
         let (e, r) = compare(&got, &want, tol);
         worst = (worst.0.max(e), worst.1.max(r));
     }

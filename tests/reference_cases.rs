@@ -82,14 +82,14 @@ fn multi_head_two_heads_by_hand() {
     //   values [1, 3] → outputs σ(1) + 3(1 − σ(1)) and 2.
     // Head 1 (feature 1): row 0 = [0, 0] → [½, ½], row 1 = [0, 1] → [1 − σ(1), σ(1)];
     //   values [2, 4] → outputs 3 and 2(1 − σ(1)) + 4σ(1).
-    let id = Linear::<f64, 2, 2>::from_rows(I2, [0.0; 2]);
+    let id = Linear::<2, 2, f64>::from_rows(I2, [0.0; 2]);
     let layer = MultiHead::<2, 2, 2, f64>::from_parts(id, id, id, id);
     let (q, v) = two_by_two();
     let s = sigmoid(1.0);
     let expected =
         SMatrix::<f64, 2, 2>::new(s + 3.0 * (1.0 - s), 3.0, 2.0, 2.0 * (1.0 - s) + 4.0 * s);
 
-    let mut scratch = Scratch::<f64, 2, 2, 2>::new();
+    let mut scratch = Scratch::<2, 2, 2, f64>::new();
     let mut out = SMatrix::zeros();
     layer.attend(&q, &q, &v, &Mask::none(), &mut scratch, &mut out, None);
     close(&out, &expected);
@@ -114,7 +114,7 @@ fn fully_masked_row_gives_zeros_and_the_layer_gives_its_output_bias() {
     close(&w_ref, &w);
 
     // The layer then outputs out_proj.bias for that token, like PyTorch.
-    let id = Linear::<f64, 2, 2>::from_rows(I2, [0.0; 2]);
+    let id = Linear::<2, 2, f64>::from_rows(I2, [0.0; 2]);
     let out_proj = Linear::from_matrix(
         &SMatrix::identity(),
         Some(&SVector::<f64, 2>::new(0.25, -0.5)),

@@ -30,7 +30,7 @@ pub use self::safetensors::{NUM_HEADS_KEY, SaveError};
 
 use core::fmt;
 
-use crate::{Float, MultiHead};
+use crate::{Float, Linear, MultiHead, SelfAttention};
 
 /// A short piece of text kept inline (no allocation), truncated with `…` past its capacity:
 /// tensor names (with their prefix) and parser messages inside a [`LoadError`].
@@ -403,6 +403,21 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
         Ok(layer)
     }
 
+    /// [`MultiHead::from_pytorch`] building the layer directly on the heap (for layers whose
+    /// parameters do not fit on the stack).
+    ///
+    /// # Errors
+    ///
+    /// As [`MultiHead::from_pytorch`].
+    #[cfg(feature = "std")]
+    pub fn from_pytorch_boxed(
+        params: &PyTorchParams<'_, T>,
+    ) -> Result<std::boxed::Box<Self>, LoadError> {
+        let mut layer = Self::zeros_boxed();
+        layer.load_pytorch(params)?;
+        Ok(layer)
+    }
+
     /// Loads PyTorch's parameters from slices into this layer, in place (for a boxed or
     /// `static mut`-free large layer). On error the layer is unchanged.
     ///
@@ -489,6 +504,157 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
                 out.set_bias(Some(&bias));
             }
             None => out.set_bias(None),
+        }
+    }
+}
+
+/// Borrowed `nn.Linear` parameters in PyTorch's layout (`y = x Wᵀ + b`).
+#[derive(Clone, Copy, Debug)]
+pub struct LinearParams<'a, T> {
+    /// `weight`, `[OUT, IN]` row-major (`OUT·IN` values).
+    pub weight: &'a [T],
+    /// `bias`, `OUT` values, or `None` for `bias=False`.
+    pub bias: Option<&'a [T]>,
+}
+
+/// Borrowed parameters of a [`SelfAttention`] head: three `nn.Linear(DIM, DIM)` modules, named
+/// as Hugging Face names them (`q_proj`, `k_proj`, `v_proj`). Each may have a bias or not.
+#[derive(Clone, Copy, Debug)]
+pub struct SelfAttentionParams<'a, T> {
+    /// The query projection.
+    pub q_proj: LinearParams<'a, T>,
+    /// The key projection.
+    pub k_proj: LinearParams<'a, T>,
+    /// The value projection.
+    pub v_proj: LinearParams<'a, T>,
+}
+
+/// Checks that a slice has the values a shape needs.
+fn check_len<T>(name: &str, v: &[T], shape: &[usize], dim: usize) -> Result<(), LoadError> {
+    let n: usize = shape.iter().product();
+    if v.len() == n {
+        Ok(())
+    } else {
+        Err(LoadError::WrongLength {
+            name: Text::new(&[name]),
+            expected: Shape::new(shape),
+            found: v.len(),
+            dim,
+        })
+    }
+}
+
+/// An `nn.Linear`'s parameters whose lengths have been checked.
+#[derive(Clone, Copy)]
+pub(crate) struct CheckedLinear<'a, T> {
+    pub weight: Values<'a, T>,
+    pub bias: Option<Values<'a, T>>,
+}
+
+impl<'a, T: Float> CheckedLinear<'a, T> {
+    /// Checks `params` for a `din → dout` map; `name` is the module's name (`q_proj`), `dim`
+    /// the layer's `DIM` for the message.
+    fn from_params(
+        name: &str,
+        params: &LinearParams<'a, T>,
+        din: usize,
+        dout: usize,
+        dim: usize,
+    ) -> Result<Self, LoadError> {
+        check_len(
+            Text::new(&[name, ".weight"]).as_str(),
+            params.weight,
+            &[dout, din],
+            dim,
+        )?;
+        if let Some(b) = params.bias {
+            check_len(Text::new(&[name, ".bias"]).as_str(), b, &[dout], dim)?;
+        }
+        Ok(Self {
+            weight: Values::Native(params.weight),
+            bias: params.bias.map(Values::Native),
+        })
+    }
+
+    /// Copies the parameters into `l`; cannot fail.
+    pub(crate) fn write<const IN: usize, const OUT: usize>(&self, l: &mut Linear<IN, OUT, T>) {
+        debug_assert!(self.weight.len() == IN * OUT);
+        self.weight.copy_to(0, l.weight_t_mut().as_mut_slice());
+        l.set_zero_bias(match self.bias {
+            Some(_) => crate::Bias::Present,
+            None => crate::Bias::Absent,
+        });
+        if let Some(b) = self.bias {
+            b.copy_to(0, l.bias_mut_slice());
+        }
+    }
+}
+
+impl<const SEQ: usize, const DIM: usize, T: Float> SelfAttention<SEQ, DIM, T> {
+    /// Builds a head from the parameters of three PyTorch `nn.Linear(DIM, DIM)` modules given
+    /// as slices (no allocation, no file format). Each projection may have a bias or not.
+    ///
+    /// # Errors
+    ///
+    /// [`LoadError::WrongLength`] naming the slice whose length is wrong (`DIM·DIM` per weight,
+    /// `DIM` per bias).
+    ///
+    /// ```
+    /// use static_attention::SelfAttention;
+    /// use static_attention::io::{LinearParams, SelfAttentionParams};
+    ///
+    /// let w = [0.25f32; 4 * 4];
+    /// let b = [0.5f32; 4];
+    /// let params = SelfAttentionParams {
+    ///     q_proj: LinearParams { weight: &w, bias: Some(&b) },
+    ///     k_proj: LinearParams { weight: &w, bias: None },
+    ///     v_proj: LinearParams { weight: &w, bias: None },
+    /// };
+    /// let head = SelfAttention::<3, 4>::from_pytorch(&params)?;
+    /// assert_eq!(head.q_proj().bias().map(|b| b[0]), Some(0.5));
+    ///
+    /// let short = SelfAttentionParams { v_proj: LinearParams { weight: &w[..15], bias: None }, ..params };
+    /// let err = SelfAttention::<3, 4>::from_pytorch(&short).unwrap_err();
+    /// assert_eq!(err.to_string(), "v_proj.weight has 15 values, expected 16 ([4, 4]) for DIM = 4");
+    /// # Ok::<(), static_attention::io::LoadError>(())
+    /// ```
+    pub fn from_pytorch(params: &SelfAttentionParams<'_, T>) -> Result<Self, LoadError> {
+        let mut head = Self::zeros();
+        head.load_pytorch(params)?;
+        Ok(head)
+    }
+
+    /// [`SelfAttention::from_pytorch`] building the head directly on the heap.
+    ///
+    /// # Errors
+    ///
+    /// As [`SelfAttention::from_pytorch`].
+    #[cfg(feature = "std")]
+    pub fn from_pytorch_boxed(
+        params: &SelfAttentionParams<'_, T>,
+    ) -> Result<std::boxed::Box<Self>, LoadError> {
+        let mut head = Self::zeros_boxed();
+        head.load_pytorch(params)?;
+        Ok(head)
+    }
+
+    /// Loads the parameters into this head, in place. On error the head is unchanged.
+    ///
+    /// # Errors
+    ///
+    /// As [`SelfAttention::from_pytorch`].
+    pub fn load_pytorch(&mut self, params: &SelfAttentionParams<'_, T>) -> Result<(), LoadError> {
+        let q = CheckedLinear::from_params("q_proj", &params.q_proj, DIM, DIM, DIM)?;
+        let k = CheckedLinear::from_params("k_proj", &params.k_proj, DIM, DIM, DIM)?;
+        let v = CheckedLinear::from_params("v_proj", &params.v_proj, DIM, DIM, DIM)?;
+        self.write_checked(&[q, k, v]);
+        Ok(())
+    }
+
+    /// Copies validated q, k, v parameters in; cannot fail.
+    pub(crate) fn write_checked(&mut self, c: &[CheckedLinear<'_, T>; 3]) {
+        for (l, c) in self.projections_mut().into_iter().zip(c) {
+            c.write(l);
         }
     }
 }

@@ -9,8 +9,8 @@ use std::vec::Vec;
 use safetensors::tensor::{Metadata, TensorView};
 use safetensors::{Dtype, SafeTensors};
 
-use super::{Checked, LoadError, Shape, Text, Values};
-use crate::{Float, MultiHead};
+use super::{Checked, CheckedLinear, LoadError, Shape, Text, Values};
+use crate::{Float, MultiHead, SelfAttention};
 
 /// Metadata key holding the head count (PyTorch does not store it in the `state_dict`; this
 /// crate writes it, and checks it when present).
@@ -103,6 +103,55 @@ impl<'a> File<'a> {
     fn has(&self, prefix: &str, name: &str) -> bool {
         self.meta.info(&format!("{prefix}{name}")).is_some()
     }
+
+    /// An `nn.Linear(din, dout)` module named `module` (`prefix + module + ".weight"`, required,
+    /// and `".bias"`, optional).
+    pub(crate) fn linear<T: Float>(
+        &self,
+        prefix: &str,
+        module: &str,
+        din: usize,
+        dout: usize,
+        dim: usize,
+    ) -> Result<CheckedLinear<'a, T>, LoadError> {
+        let full = format!("{prefix}{module}");
+        Ok(CheckedLinear {
+            weight: self.required(&full, ".weight", &[dout, din], dim)?,
+            bias: self.tensor(&full, ".bias", &[dout], dim)?,
+        })
+    }
+}
+
+/// Serialises `(name, shape, values)` tensors with `prefix` before every name, in `T`'s dtype,
+/// with one metadata entry (more than one would make the bytes vary: the header's metadata
+/// is a hash map).
+fn serialize<T: Float>(
+    prefix: &str,
+    tensors: &[(&str, Vec<usize>, Vec<T>)],
+    metadata: Option<(&str, String)>,
+) -> Result<Vec<u8>, SaveError> {
+    let dtype = if T::BYTES == 4 {
+        Dtype::F32
+    } else {
+        Dtype::F64
+    };
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, _, v)| v.iter().flat_map(|&x| le_bytes(x)).collect())
+        .collect();
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .filter_map(|((name, shape, _), data)| {
+            // Shapes and lengths agree by construction, so the view always builds.
+            TensorView::new(dtype, shape.clone(), data)
+                .ok()
+                .map(|view| (format!("{prefix}{name}"), view))
+        });
+    let metadata = metadata.map(|(k, v)| [(k.to_owned(), v)].into_iter().collect());
+    safetensors::serialize(views, metadata).map_err(|e| SaveError {
+        reason: Text::new(&[&format!("{e}")]),
+    })
 }
 
 impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
@@ -112,8 +161,8 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
     /// prepended to every tensor name (`""` for a bare module, `"encoder.layers.0.self_attn."`
     /// for a layer inside a bigger model). `F32` and `F64` tensors load into either scalar type.
     ///
-    /// The layer is built on the stack; for large shapes use [`MultiHead::new_boxed`] and
-    /// [`MultiHead::load_safetensors`].
+    /// The layer is returned by value (about `2 · PARAM_BYTES` of stack); for large shapes
+    /// use [`MultiHead::from_safetensors_boxed`] or [`MultiHead::load_safetensors`].
     ///
     /// # Errors
     ///
@@ -124,6 +173,21 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
     /// safetensors file.
     pub fn from_safetensors(bytes: &[u8], prefix: &str) -> Result<Self, LoadError> {
         let mut layer = Self::zeros();
+        layer.load_safetensors(bytes, prefix)?;
+        Ok(layer)
+    }
+
+    /// [`MultiHead::from_safetensors`] building the layer directly on the heap, for layers
+    /// whose parameters do not fit on the stack.
+    ///
+    /// # Errors
+    ///
+    /// As [`MultiHead::from_safetensors`].
+    pub fn from_safetensors_boxed(
+        bytes: &[u8],
+        prefix: &str,
+    ) -> Result<std::boxed::Box<Self>, LoadError> {
+        let mut layer = Self::zeros_boxed();
         layer.load_safetensors(bytes, prefix)?;
         Ok(layer)
     }
@@ -218,63 +282,126 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
     /// [`SaveError`] if the safetensors header would exceed the format's 100 MB limit (only
     /// possible with an absurdly long `prefix`).
     pub fn to_safetensors(&self, prefix: &str) -> Result<Vec<u8>, SaveError> {
-        let dtype = if T::BYTES == 4 {
-            Dtype::F32
-        } else {
-            Dtype::F64
-        };
-        let bytes = |parts: &[&[T]]| -> Vec<u8> {
-            parts
-                .iter()
-                .flat_map(|p| p.iter())
-                .flat_map(|&x| le_bytes(x))
-                .collect()
-        };
         let (q, k, v, o) = (self.q_proj(), self.k_proj(), self.v_proj(), self.out_proj());
-        let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-        tensors.push((
-            "in_proj_weight".into(),
-            [3 * DIM, DIM].into(),
-            bytes(&[
+        let cat = |parts: &[&[T]]| -> Vec<T> { parts.concat() };
+        let mut tensors = std::vec![(
+            "in_proj_weight",
+            std::vec![3 * DIM, DIM],
+            cat(&[
                 q.weight_t().as_slice(),
                 k.weight_t().as_slice(),
                 v.weight_t().as_slice(),
             ]),
-        ));
+        )];
         if self.has_bias() {
-            let b = |l: &crate::Linear<T, DIM, DIM>| l.bias_or_zero().as_slice().to_vec();
             tensors.push((
-                "in_proj_bias".into(),
-                [3 * DIM].into(),
-                bytes(&[&b(q), &b(k), &b(v)]),
+                "in_proj_bias",
+                std::vec![3 * DIM],
+                cat(&[
+                    q.bias_or_zero().as_slice(),
+                    k.bias_or_zero().as_slice(),
+                    v.bias_or_zero().as_slice(),
+                ]),
             ));
         }
         tensors.push((
-            "out_proj.weight".into(),
-            [DIM, DIM].into(),
-            bytes(&[o.weight_t().as_slice()]),
+            "out_proj.weight",
+            std::vec![DIM, DIM],
+            o.weight_t().as_slice().to_vec(),
         ));
         if self.has_bias() {
             tensors.push((
-                "out_proj.bias".into(),
-                [DIM].into(),
-                bytes(&[o.bias_or_zero().as_slice()]),
+                "out_proj.bias",
+                std::vec![DIM],
+                o.bias_or_zero().as_slice().to_vec(),
             ));
         }
-        let views = tensors.iter().filter_map(|(name, shape, data)| {
-            // Shapes and lengths agree by construction, so the view always builds.
-            TensorView::new(dtype, shape.clone(), data)
-                .ok()
-                .map(|view| (format!("{prefix}{name}"), view))
-        });
-        // One metadata entry only: the header's metadata is a hash map, and with more than
-        // one key its order (and so the file's bytes) would vary from run to run.
-        let metadata = [(NUM_HEADS_KEY.into(), format!("{HEADS}"))]
-            .into_iter()
+        serialize(prefix, &tensors, Some((NUM_HEADS_KEY, format!("{HEADS}"))))
+    }
+}
+
+impl<const SEQ: usize, const DIM: usize, T: Float> SelfAttention<SEQ, DIM, T> {
+    /// Reads a head's `q_proj`, `k_proj` and `v_proj` `nn.Linear(DIM, DIM)` modules from
+    /// safetensors bytes (`prefix` + `q_proj.weight`, optional `q_proj.bias`, and so on; the
+    /// names Hugging Face attention modules use). `F32` and `F64` tensors load into either
+    /// scalar type; other tensors in the file are ignored.
+    ///
+    /// Returned by value (about `2 · PARAM_BYTES` of stack); see
+    /// [`SelfAttention::from_safetensors_boxed`] and [`SelfAttention::load_safetensors`].
+    ///
+    /// # Errors
+    ///
+    /// A [`LoadError`] naming the tensor: missing weight, wrong shape or dtype, or bytes that
+    /// are not a valid safetensors file.
+    pub fn from_safetensors(bytes: &[u8], prefix: &str) -> Result<Self, LoadError> {
+        let mut head = Self::zeros();
+        head.load_safetensors(bytes, prefix)?;
+        Ok(head)
+    }
+
+    /// [`SelfAttention::from_safetensors`] building the head directly on the heap.
+    ///
+    /// # Errors
+    ///
+    /// As [`SelfAttention::from_safetensors`].
+    pub fn from_safetensors_boxed(
+        bytes: &[u8],
+        prefix: &str,
+    ) -> Result<std::boxed::Box<Self>, LoadError> {
+        let mut head = Self::zeros_boxed();
+        head.load_safetensors(bytes, prefix)?;
+        Ok(head)
+    }
+
+    /// [`SelfAttention::from_safetensors`] into an existing head, in place. Everything is
+    /// checked before anything is written: on error the head is unchanged.
+    ///
+    /// # Errors
+    ///
+    /// As [`SelfAttention::from_safetensors`].
+    pub fn load_safetensors(&mut self, bytes: &[u8], prefix: &str) -> Result<(), LoadError> {
+        let file = File::parse(bytes)?;
+        let checked = [
+            file.linear(prefix, "q_proj", DIM, DIM, DIM)?,
+            file.linear(prefix, "k_proj", DIM, DIM, DIM)?,
+            file.linear(prefix, "v_proj", DIM, DIM, DIM)?,
+        ];
+        self.write_checked(&checked);
+        Ok(())
+    }
+
+    /// Writes the head as `q_proj`, `k_proj`, `v_proj` (`.weight`, and `.bias` for the
+    /// projections that have one), with `prefix` before every name, in `T`'s dtype.
+    /// [`SelfAttention::from_safetensors`] reads it back bit for bit.
+    ///
+    /// # Errors
+    ///
+    /// [`SaveError`] if the header would exceed the format's limit (an absurd `prefix`).
+    pub fn to_safetensors(&self, prefix: &str) -> Result<Vec<u8>, SaveError> {
+        let mut tensors = Vec::new();
+        for (name, l) in [
+            ("q_proj", self.q_proj()),
+            ("k_proj", self.k_proj()),
+            ("v_proj", self.v_proj()),
+        ] {
+            tensors.push((name, std::vec![DIM, DIM], l.weight_t().as_slice().to_vec()));
+            if let Some(b) = l.bias() {
+                tensors.push((name, std::vec![DIM], b.as_slice().to_vec()));
+            }
+        }
+        let names: Vec<String> = tensors
+            .iter()
+            .map(|(name, shape, _)| {
+                let part = if shape.len() == 2 { "weight" } else { "bias" };
+                format!("{name}.{part}")
+            })
             .collect();
-        safetensors::serialize(views, Some(metadata)).map_err(|e| SaveError {
-            reason: Text::new(&[&format!("{e}")]),
-        })
+        let tensors: Vec<(&str, Vec<usize>, Vec<T>)> = tensors
+            .into_iter()
+            .zip(&names)
+            .map(|((_, shape, v), name)| (name.as_str(), shape, v))
+            .collect();
+        serialize(prefix, &tensors, None)
     }
 }
 

@@ -18,7 +18,7 @@
 pub(crate) mod scalar;
 
 use crate::Float;
-use crate::mask::Mask;
+use crate::mask::{Additive, Mask};
 
 /// Rows of queries a kernel processes together (the width of the streaming block).
 pub(crate) const BLOCK_Q: usize = 8;
@@ -116,34 +116,68 @@ pub(crate) fn linear<T: Float>(
 /// Streaming attention for one head: `out[sq × dv] = softmax(scale·q·kᵀ + mask) · v`.
 #[inline]
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn attention<T: Float, const SQ: usize, const SKV: usize, const D: usize>(
+pub(crate) fn attention<T, A, const SQ: usize, const SKV: usize, const D: usize>(
     q: &[T],
     k: &[T],
     v: &[T],
     dims: Dims,
     scale: T,
-    mask: &Mask<'_, T, SQ, SKV>,
+    mask: &Mask<'_, SQ, SKV, A>,
     out: &mut [T],
     work: &mut Work<T, D>,
-) {
-    match selected() {
-        Kernel::Scalar => scalar::attention(q, k, v, dims, scale, mask, out, work),
+) where
+    T: Float,
+    A: Additive<T, SQ, SKV>,
+{
+    let kernel = selected();
+    let run = |vscale: T, out: &mut [T], work: &mut Work<T, D>| match kernel {
+        Kernel::Scalar => scalar::attention(q, k, v, dims, scale, mask, out, work, vscale),
+    };
+    run(T::ONE, out, work);
+    // The running sums Σ p·v are bounded by SKV · max|v| (every p ≤ 1), so they can overflow
+    // only when some value exceeds T::MAX / SKV. Then the pass is repeated with the values
+    // scaled by a power of two (exact), and the output scaled back after the division by the
+    // softmax denominator. Ordinary inputs pay one finiteness check of the output.
+    let n_out = dims.sq * dims.dv;
+    if out[..n_out].iter().all(|x| x.is_finite_()) {
+        return;
     }
+    if let Some(vscale) = overflow_rescale(&v[..dims.skv * dims.dv], dims.skv) {
+        run(vscale, out, work);
+    }
+}
+
+/// The power of two `2^−k` (`2^k > SKV`) that keeps `Σ p·v` finite, if some finite value is
+/// large enough for the unscaled sum to overflow; `None` otherwise (a non-finite output then
+/// comes from non-finite inputs and is what the rules ask for).
+fn overflow_rescale<T: Float>(v: &[T], skv: usize) -> Option<T> {
+    let limit = T::MAX.to_f64() / (skv as f64 + 1.0);
+    let big = v
+        .iter()
+        .any(|&x| x.is_finite_() && x.abs_().to_f64() > limit);
+    if !big {
+        return None;
+    }
+    let k = usize::BITS - skv.leading_zeros() + 1;
+    Some(T::of(crate::float::math::powi2(-(k as i32))))
 }
 
 /// Attention for one head that also writes the post-softmax weights (`sq × skv`, column-major).
 #[inline]
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn attention_with_weights<T: Float, const SQ: usize, const SKV: usize>(
+pub(crate) fn attention_with_weights<T, A, const SQ: usize, const SKV: usize>(
     q: &[T],
     k: &[T],
     v: &[T],
     dims: Dims,
     scale: T,
-    mask: &Mask<'_, T, SQ, SKV>,
+    mask: &Mask<'_, SQ, SKV, A>,
     out: &mut [T],
     weights: &mut [T],
-) {
+) where
+    T: Float,
+    A: Additive<T, SQ, SKV>,
+{
     match selected() {
         Kernel::Scalar => scalar::attention_with_weights(q, k, v, dims, scale, mask, out, weights),
     }

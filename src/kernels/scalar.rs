@@ -4,7 +4,7 @@
 
 use super::{BLOCK_Q, Dims, Work};
 use crate::Float;
-use crate::mask::Mask;
+use crate::mask::{Additive, Mask};
 
 /// `out[s × dout] = x[s × din] · Wᵀ + b` (column-major; `w_t[d + c·din] = W[c][d]`).
 pub(crate) fn linear<T: Float>(
@@ -73,25 +73,33 @@ pub(crate) fn linear<T: Float>(
 /// m' = max(m, s),  c = e^(m − m'),  p = e^(s − m'),  l' = c·l + p,  acc' = c·acc + p·v_j
 /// ```
 ///
-/// and at the end `out = acc / l`. A key the mask blocks is skipped for that row: it never
+/// and at the end `out = acc / l`. (With `vscale ≠ 1` every `p` entering `acc` is scaled by it,
+/// and the output by its inverse: see `kernels::attention`.) A key the mask blocks is skipped for that row: it never
 /// touches `m`, `l` or `acc`, so NaN values behind a mask cannot leak, and `−∞ − (−∞)` is never
 /// formed. A row that saw no key ends with `l = 0` and is written as zeros.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn attention<T: Float, const SQ: usize, const SKV: usize, const D: usize>(
+pub(crate) fn attention<T, A, const SQ: usize, const SKV: usize, const D: usize>(
     q: &[T],
     k: &[T],
     v: &[T],
     dims: Dims,
     scale: T,
-    mask: &Mask<'_, T, SQ, SKV>,
+    mask: &Mask<'_, SQ, SKV, A>,
     out: &mut [T],
     work: &mut Work<T, D>,
-) {
+    vscale: T,
+) where
+    T: Float,
+    A: Additive<T, SQ, SKV>,
+{
     let Dims { sq, skv, dk, dv } = dims;
     debug_assert!(sq == SQ && skv == SKV && dv <= D);
     debug_assert!(q.len() >= sq * dk && k.len() >= skv * dk && v.len() >= skv * dv);
     debug_assert!(out.len() >= sq * dv);
-    let dense = mask.is_dense();
+    let dense = mask.is_dense::<T>();
+    // `vscale` is 1, or a power of two that keeps the sums of huge values finite (see
+    // `kernels::attention`); either way its inverse is exact.
+    let inv_vscale = T::ONE / vscale;
 
     let mut i0 = 0;
     while i0 < sq {
@@ -119,7 +127,10 @@ pub(crate) fn attention<T: Float, const SQ: usize, const SKV: usize, const D: us
         }
 
         for j in lo..hi {
-            if j >= all_lo && j < all_hi && full_block_key(q, k, v, dims, i0, j, scale, work) {
+            if j >= all_lo
+                && j < all_hi
+                && full_block_key(q, k, v, dims, i0, j, scale, vscale, work)
+            {
                 continue;
             }
             // General path: which rows of the block use key j, and with what additive bias.
@@ -169,6 +180,7 @@ pub(crate) fn attention<T: Float, const SQ: usize, const SKV: usize, const D: us
                     continue;
                 }
                 (corr[r], p[r]) = online_step(&mut work.max[r], &mut work.sum[r], sr);
+                p[r] *= vscale;
             }
 
             for (e, acc) in work.acc.iter_mut().enumerate().take(dv) {
@@ -187,7 +199,11 @@ pub(crate) fn attention<T: Float, const SQ: usize, const SKV: usize, const D: us
                 let l = work.sum[r];
                 // l = 0 only when no key carried weight (fully masked row): zeros, not 0/0.
                 // A NaN l (a NaN score) propagates, as in PyTorch.
-                *or = if l == T::ZERO { T::ZERO } else { acc[r] / l };
+                *or = if l == T::ZERO {
+                    T::ZERO
+                } else {
+                    acc[r] / l * inv_vscale
+                };
             }
         }
         i0 += nb;
@@ -232,6 +248,7 @@ fn full_block_key<T: Float, const D: usize>(
     i0: usize,
     j: usize,
     scale: T,
+    vscale: T,
     work: &mut Work<T, D>,
 ) -> bool {
     let Dims { sq, skv, dk, dv } = dims;
@@ -253,6 +270,7 @@ fn full_block_key<T: Float, const D: usize>(
     let mut p = [T::ZERO; BLOCK_Q];
     for r in 0..BLOCK_Q {
         (corr[r], p[r]) = online_step(&mut work.max[r], &mut work.sum[r], s[r]);
+        p[r] *= vscale;
     }
     // Multiplying by c = 1 changes nothing, so the rescale is skipped when no maximum moved.
     if corr != [T::ONE; BLOCK_Q] {
@@ -277,20 +295,23 @@ fn full_block_key<T: Float, const D: usize>(
 /// scores go into the row of `weights` (masked keys get exactly 0), the row is normalised,
 /// and the output is the weighted sum over the keys the mask allows.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn attention_with_weights<T: Float, const SQ: usize, const SKV: usize>(
+pub(crate) fn attention_with_weights<T, A, const SQ: usize, const SKV: usize>(
     q: &[T],
     k: &[T],
     v: &[T],
     dims: Dims,
     scale: T,
-    mask: &Mask<'_, T, SQ, SKV>,
+    mask: &Mask<'_, SQ, SKV, A>,
     out: &mut [T],
     weights: &mut [T],
-) {
+) where
+    T: Float,
+    A: Additive<T, SQ, SKV>,
+{
     let Dims { sq, skv, dk, dv } = dims;
     debug_assert!(sq == SQ && skv == SKV);
     debug_assert!(weights.len() >= sq * skv && out.len() >= sq * dv);
-    let dense = mask.is_dense();
+    let dense = mask.is_dense::<T>();
     for i in 0..sq {
         let (lo, hi) = mask.key_range(i);
         let mut m = T::NEG_INFINITY;
@@ -373,10 +394,7 @@ mod tests {
             let k = matrix::<SKV, D>(seed + 1, scale);
             let v = matrix::<SKV, DV>(seed + 2, 1.0);
             let pad: [bool; SKV] = core::array::from_fn(|j| j % 3 == 1);
-            for (mask, mask32) in masks::<f64, SQ, SKV>(&pad)
-                .iter()
-                .zip(&masks::<f32, SQ, SKV>(&pad))
-            {
+            for mask in &masks::<SQ, SKV>(&pad) {
                 let (want, want_w) = reference::attention(&q, &k, &v, mask, None);
                 let got = crate::scaled_dot_product_attention(&q, &k, &v, mask, None);
                 let (got2, got_w) =
@@ -392,7 +410,7 @@ mod tests {
                 let (q32, k32, v32) = (q.cast::<f32>(), k.cast::<f32>(), v.cast::<f32>());
                 let (want, _) =
                     reference::attention(&q32.cast::<f64>(), &k32.cast(), &v32.cast(), mask, None);
-                let got = crate::scaled_dot_product_attention(&q32, &k32, &v32, mask32, None);
+                let got = crate::scaled_dot_product_attention(&q32, &k32, &v32, mask, None);
                 let logit = scale * scale * (D as f64).sqrt();
                 let atol = 1e-5 * (1.0 + logit / 4.0);
                 for (g, w) in got.iter().zip(want.iter()) {
@@ -406,9 +424,7 @@ mod tests {
         }
     }
 
-    fn masks<T: crate::Float, const SQ: usize, const SKV: usize>(
-        pad: &[bool; SKV],
-    ) -> [Mask<'_, T, SQ, SKV>; 4] {
+    fn masks<const SQ: usize, const SKV: usize>(pad: &[bool; SKV]) -> [Mask<'_, SQ, SKV>; 4] {
         [
             Mask::none(),
             Mask::causal(Alignment::TopLeft),

@@ -2,7 +2,7 @@ use nalgebra::SMatrix;
 use static_attention::{Linear, Mask, MultiHead, SelfAttention};
 
 const W: [[f32; 4]; 4] = [[0.5, 0.0, 0.0, 0.0], [0.0, 0.5, 0.0, 0.0], [0.0, 0.0, 0.5, 0.0], [0.0, 0.0, 0.0, 0.5]];
-const L: Linear<f32, 4, 4> = Linear::from_rows(W, [0.0; 4]);
+const L: Linear<4, 4> = Linear::from_rows(W, [0.0; 4]);
 static LAYER: MultiHead<3, 4, 2> = MultiHead::from_parts(L, L, L, L);
 
 fn main() {

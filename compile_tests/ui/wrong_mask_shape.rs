@@ -1,9 +1,8 @@
 use nalgebra::SMatrix;
-use rand::{SeedableRng, rngs::SmallRng};
 use static_attention::{Mask, MultiHead};
 
 fn main() {
-    let layer = MultiHead::<3, 4, 2>::new(&mut SmallRng::seed_from_u64(0));
+    let layer = MultiHead::<3, 4, 2>::from_seed(0);
     let x = SMatrix::<f32, 3, 4>::zeros();
     let blocked = SMatrix::<bool, 3, 4>::repeat(false);
     // A 3 × 4 mask for 3 × 3 self-attention.
