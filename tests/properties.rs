@@ -1555,3 +1555,124 @@ proptest! {
         prop_assert!(yw.iter().all(|v| v.is_nan()));
     }
 }
+
+// ------------------------------------------------------------------------------------------
+// Huge values: the streaming path stays finite wherever the weights path does
+// ------------------------------------------------------------------------------------------
+
+/// Values of magnitude up to the type's maximum: `±m · 10^e` with `m` in `[0.25, 1]`, `e` in
+/// `lo..=hi`, and one sign per column, so that the sums over keys overflow unless the
+/// streaming path guards them (clamped to `clamp`).
+fn huge<const R: usize, const C: usize>(
+    lo: i32,
+    hi: i32,
+    clamp: f64,
+) -> impl Strategy<Value = SMatrix<f64, R, C>> {
+    (vec((0.25f64..=1.0, lo..=hi), R * C), vec(any::<bool>(), C)).prop_map(move |(v, signs)| {
+        let mut m: SMatrix<f64, R, C> =
+            SMatrix::from_iterator(v.into_iter().map(|(m, e)| m * 10f64.powi(e)));
+        for (j, &negative) in signs.iter().enumerate() {
+            m.column_mut(j)
+                .apply(|x| *x = if negative { -*x } else { *x }.clamp(-clamp, clamp));
+        }
+        m
+    })
+}
+
+/// Both paths are finite in the same places, and agree within `2e-6 · max|v|` (f32) or
+/// `1e-12 · max|v|` (f64) where finite: the streaming sums `Σ p·v` must not overflow where the
+/// normalised weights path does not.
+fn huge_values_agree<T: Float, const R: usize, const C: usize>(
+    what: &str,
+    stream: &SMatrix<T, R, C>,
+    weights_path: &SMatrix<T, R, C>,
+    vmax: f64,
+) -> TestResult {
+    let rel = if T::BYTES == 4 { 2e-6 } else { 1e-12 };
+    for i in 0..R {
+        for j in 0..C {
+            let (s, w) = (stream[(i, j)].to_f64(), weights_path[(i, j)].to_f64());
+            prop_assert!(
+                s.is_finite() == w.is_finite(),
+                "{}: ({}, {}) is {} streaming but {} on the weights path",
+                what,
+                i,
+                j,
+                s,
+                w
+            );
+            prop_assert!(
+                !w.is_finite() || (s - w).abs() <= rel * vmax,
+                "{}: ({}, {}) {} vs {}",
+                what,
+                i,
+                j,
+                s,
+                w
+            );
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(CASES_SDPA))]
+
+    /// f32 values up to 3.4e38 (and f64 up to 1.8e308) under random masks: no overflow to ±∞
+    /// in the streaming path where the weights path is finite.
+    #[test]
+    fn huge_values_stay_finite_sdpa(
+        q in mat::<9, 4>(), k in mat::<13, 4>(), v in huge::<13, 3>(36, 38, f32::MAX.into()),
+        v64 in huge::<13, 3>(306, 308, f64::MAX), md in mask_data::<9, 13>(),
+    ) {
+        let v32 = v.map(|x| x as f32);
+        let vmax = v32.amax() as f64;
+        with_masks!(md, |m32, m64| {
+            let (w, _) = scaled_dot_product_attention_with_weights(&q, &k, &v32, &m32, None);
+            let s = scaled_dot_product_attention(&q, &k, &v32, &m32, None);
+            huge_values_agree("f32", &s, &w, vmax)?;
+            let (q64, k64) = (q.cast::<f64>(), k.cast::<f64>());
+            let (w, _) = scaled_dot_product_attention_with_weights(&q64, &k64, &v64, &m64, None);
+            let s = scaled_dot_product_attention(&q64, &k64, &v64, &m64, None);
+            huge_values_agree("f64", &s, &w, v64.amax())?;
+        });
+    }
+
+    /// The same through a layer (a `SelfAttention` head, whose output is the attention
+    /// output itself): small queries and keys, value tokens of magnitude up to 1e38, so
+    /// `V = value W_vᵀ` is huge (and mostly finite).
+    #[test]
+    fn huge_values_stay_finite_layer(
+        seed in any::<u64>(), x in mat::<7, 12>(), value in huge::<7, 12>(37, 38, 2e38),
+        md in mask_data::<7, 7>(),
+    ) {
+        let rng = &mut SmallRng::seed_from_u64(seed);
+        let head = SelfAttention::<7, 12>::from_parts(
+            random_linear(rng),
+            random_linear(rng),
+            random_linear(rng),
+        );
+        let value = value.map(|x| x as f32);
+        let vmax = to64(&head.v_proj().forward(&value)).amax();
+        let mut scratch = Scratch::<7, 7, 12>::new();
+        let (mut s, mut w) = (SMatrix::zeros(), SMatrix::zeros());
+        let mut weights = SMatrix::<f32, 7, 7>::zeros();
+        with_mask!(md, f32, |mask| {
+            head.attend(&x, &x, &value, &mask, &mut scratch, &mut s, None);
+            head.attend(&x, &x, &value, &mask, &mut scratch, &mut w, Some(&mut weights));
+            huge_values_agree("SelfAttention", &s, &w, vmax)?;
+        });
+    }
+}
+
+/// The case that overflowed before the streaming path rescaled its sums: q = 0.5 everywhere
+/// and eight values of 1e38 (their sum is 8e38 > f32::MAX).
+#[test]
+fn eight_values_of_1e38_give_1e38() {
+    let q = SMatrix::<f32, 8, 4>::repeat(0.5);
+    let v = SMatrix::<f32, 8, 4>::repeat(1e38);
+    let s = scaled_dot_product_attention(&q, &q, &v, &Mask::none(), None);
+    let (w, _) = scaled_dot_product_attention_with_weights(&q, &q, &v, &Mask::none(), None);
+    assert!(s.iter().all(|&x| x == 1e38), "streaming: {}", s[(0, 0)]);
+    assert!(w.iter().all(|&x| x == 1e38), "weights path: {}", w[(0, 0)]);
+}
