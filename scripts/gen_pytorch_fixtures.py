@@ -13,6 +13,12 @@ Each case is one safetensors file holding:
     (need_weights=True with average_attn_weights=True / False).
   - metadata: kind ("mha" or "sdpa"), the shapes, dtype, and the case's options.
 
+Single-head cases ("head_*", for static_attention::SelfAttention) hold a module with three
+nn.Linear(DIM, DIM) named q_proj, k_proj, v_proj (biases per the case), input.query [SQ, DIM],
+input.memory [SKV, DIM] (cross-attention; absent for self-attention), an optional
+mask.attend_bool [SQ, SKV], output.attn [SQ, DIM] (F.scaled_dot_product_attention) and
+output.weights [SQ, SKV] (softmax of the scaled scores).
+
 scaled_dot_product_attention cases ("sdpa_*") hold q [HQ, L, E], k [HKV, S, E], v [HKV, S, EV],
 an optional mask.attend_bool [L, S] (SDPA convention: True = may attend) or mask.attn_float,
 and output.attn [HQ, L, EV].
@@ -24,7 +30,12 @@ Rerun (CI never needs torch; the files are committed):
     /tmp/torchvenv/bin/python scripts/gen_pytorch_fixtures.py
 
 The script prints each case's file size and the total, and checks that PyTorch's two paths
-(need_weights=False / True) agree before writing anything.
+(need_weights=False / True) agree before writing anything. With case names as arguments it
+writes only those cases and leaves the other files alone (PyTorch's CPU kernels may round the
+last bit differently on another machine, so regenerating everything rewrites files that were
+fine):
+
+    /tmp/torchvenv/bin/python scripts/gen_pytorch_fixtures.py head_self_6x16
 """
 
 import json
@@ -191,7 +202,60 @@ def sdpa_case(name, hq, hkv, L, S, E, EV=None, *, causal=None, float_mask=False,
     write(name, tensors, meta)
 
 
+class Head(nn.Module):
+    """One attention head as people write it in PyTorch: q/k/v nn.Linear and SDPA."""
+
+    def __init__(self, dim, q_bias, kv_bias, dtype):
+        super().__init__()
+        self.q_proj = nn.Linear(dim, dim, bias=q_bias, dtype=dtype)
+        self.k_proj = nn.Linear(dim, dim, bias=kv_bias, dtype=dtype)
+        self.v_proj = nn.Linear(dim, dim, bias=kv_bias, dtype=dtype)
+
+    def forward(self, x, memory, attn_mask=None):
+        q, k, v = self.q_proj(x), self.k_proj(memory), self.v_proj(memory)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+        if attn_mask is not None:
+            scores = scores.masked_fill(~attn_mask, float("-inf"))
+        return out, torch.softmax(scores, dim=-1)
+
+
+def head_case(name, seq_q, dim, *, seq_kv=None, q_bias=True, kv_bias=True, causal=False,
+              dtype=torch.float32, prefix="", seed=0):
+    """One single-head case (SelfAttention): self-attention, or cross-attention to a memory."""
+    torch.manual_seed(seed)
+    head = Head(dim, q_bias, kv_bias, dtype).eval()
+    with torch.no_grad():
+        for lin in (head.q_proj, head.k_proj, head.v_proj):
+            if lin.bias is not None:
+                lin.bias.normal_(0.0, 0.1)
+    x = torch.randn(seq_q, dim, dtype=dtype)
+    tensors = {"input.query": x}
+    memory = x
+    if seq_kv is not None:
+        memory = torch.randn(seq_kv, dim, dtype=dtype)
+        tensors["input.memory"] = memory
+    mask = None
+    if causal:
+        mask = torch.ones(seq_q, memory.shape[0], dtype=torch.bool).tril()
+        tensors["mask.attend_bool"] = mask
+    with torch.no_grad():
+        out, weights = head(x, memory, mask)
+    for k, v in head.state_dict().items():
+        tensors[prefix + k] = v
+    tensors["output.attn"] = out
+    tensors["output.weights"] = weights
+    write(name, tensors, dict(kind="head", seq_q=seq_q, seq_kv=memory.shape[0], dim=dim,
+                              q_bias=q_bias, kv_bias=kv_bias, causal=causal, prefix=prefix,
+                              dtype=str(dtype).replace("torch.", ""), torch=torch.__version__))
+
+
+ONLY = set(sys.argv[1:])
+
+
 def write(name, tensors, meta):
+    if ONLY and name not in ONLY:
+        return
     path = os.path.join(OUT, name + ".safetensors")
     tensors = {k: v.detach().clone().contiguous() for k, v in tensors.items()}
     save_file(tensors, path, metadata={k: str(v) if not isinstance(v, bool) else json.dumps(v)
@@ -201,9 +265,10 @@ def write(name, tensors, meta):
 
 def main():
     os.makedirs(OUT, exist_ok=True)
-    for f in os.listdir(OUT):
-        if f.endswith(".safetensors"):
-            os.remove(os.path.join(OUT, f))
+    if not ONLY:
+        for f in os.listdir(OUT):
+            if f.endswith(".safetensors"):
+                os.remove(os.path.join(OUT, f))
     mha_case("seed_3x4x2", 3, 4, 2, seed=1)
     mha_case("odd_5x12x3", 5, 12, 3, seed=2)
     mha_case("single_token_1x8x2", 1, 8, 2, seed=3)
@@ -220,6 +285,9 @@ def main():
     mha_case("scaled_x30_6x16x4", 6, 16, 4, scale_inputs=30.0, seed=14)
     mha_case("prefixed_4x8x2", 4, 8, 2, prefix="encoder.layers.0.self_attn.", seed=15)
     mha_case("separate_proj_5x12x3", 5, 12, 3, separate=True, key_padding=True, seed=16)
+    head_case("head_self_6x16", 6, 16, causal=True, seed=17)
+    head_case("head_cross_4x7x8", 4, 8, seq_kv=7, kv_bias=False, prefix="encoder.attn.", seed=18)
+    head_case("head_f64_5x12", 5, 12, q_bias=False, kv_bias=False, dtype=torch.float64, seed=19)
     sdpa_case("sdpa_gqa_8q2kv", 8, 2, 6, 6, 8, seed=20)
     sdpa_case("sdpa_mqa_4q1kv_causal", 4, 1, 5, 5, 8, causal="top_left", seed=21)
     sdpa_case("sdpa_causal_top_left_4x7", 2, 2, 4, 7, 8, causal="top_left", seed=22)

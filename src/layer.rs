@@ -3,9 +3,9 @@
 
 use nalgebra::SMatrix;
 
-use crate::kernels::{self, Dims};
+use crate::kernels::{self, Dims, Work};
 use crate::mask::Additive;
-use crate::{Float, Linear, Mask, Scratch, sdpa::default_scale};
+use crate::{Float, Linear, Mask, sdpa::default_scale};
 
 /// The Q, K and V projections of a layer.
 pub(crate) struct Projections<'l, const DIM: usize, T> {
@@ -14,10 +14,41 @@ pub(crate) struct Projections<'l, const DIM: usize, T> {
     pub v: &'l Linear<DIM, DIM, T>,
 }
 
+/// Working memory as separate buffers: projected queries (`SQ·DIM`), keys and values
+/// (`SKV·DIM` each), column-major, and the kernel's block state. Borrowed from a
+/// [`crate::Scratch`] or from arrays a by-value entry point declares itself (which unoptimised
+/// builds keep without the temporary copies a struct value costs them).
+pub(crate) struct Buffers<'s, T, const DIM: usize> {
+    pub q: &'s mut [T],
+    pub k: &'s mut [T],
+    pub v: &'s mut [T],
+    pub work: &'s mut Work<T, DIM>,
+}
+
+/// Declares zeroed local working memory for `$sq` queries and `$skv` keys of `$dim` features
+/// and binds `$buf` to a [`Buffers`] over it. Each buffer is its own array variable, which
+/// every optimisation level (`opt-level = 0` included) builds in place.
+macro_rules! local_buffers {
+    ($buf:ident, $t:ty, $sq:expr, $skv:expr, $dim:expr) => {
+        let mut q = [[<$t as $crate::Float>::ZERO; $sq]; $dim];
+        let mut k = [[<$t as $crate::Float>::ZERO; $skv]; $dim];
+        let mut v = [[<$t as $crate::Float>::ZERO; $skv]; $dim];
+        let mut work = $crate::kernels::Work::<$t, $dim>::new();
+        let mut $buf = $crate::layer::Buffers {
+            q: q.as_flattened_mut(),
+            k: k.as_flattened_mut(),
+            v: v.as_flattened_mut(),
+            work: &mut work,
+        };
+    };
+}
+pub(crate) use local_buffers;
+
 /// `head_h = Attention(query W_hQᵀ + b, key W_hKᵀ + b, value W_hVᵀ + b)` for `heads` heads of
-/// `DIM / heads` features, written into columns `h·d..(h+1)·d` of `out` (column-major, so each
-/// head's block of columns is one contiguous slice). When `weights` is given (one matrix per
-/// head) the post-softmax weights are written there too; otherwise no `SQ × SKV` matrix exists.
+/// `DIM / heads` features, written into columns `h·d..(h+1)·d` of `out` (column-major
+/// `SQ × DIM`, so each head's block of columns is one contiguous slice). When `weights` is
+/// given (one matrix per head) the post-softmax weights are written there too; otherwise no
+/// `SQ × SKV` matrix exists.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attend_heads<const SQ: usize, const SKV: usize, const DIM: usize, T, A>(
     proj: &Projections<'_, DIM, T>,
@@ -26,8 +57,8 @@ pub(crate) fn attend_heads<const SQ: usize, const SKV: usize, const DIM: usize, 
     value: &SMatrix<T, SKV, DIM>,
     mask: &Mask<'_, SQ, SKV, A>,
     heads: usize,
-    scratch: &mut Scratch<SQ, SKV, DIM, T>,
-    out: &mut SMatrix<T, SQ, DIM>,
+    buf: &mut Buffers<'_, T, DIM>,
+    out: &mut [T],
     mut weights: Option<&mut [SMatrix<T, SQ, SKV>]>,
 ) where
     T: Float,
@@ -37,9 +68,9 @@ pub(crate) fn attend_heads<const SQ: usize, const SKV: usize, const DIM: usize, 
     let scale = default_scale::<T>(dk);
 
     // Q = query W_qᵀ + b_q, K = key W_kᵀ + b_k, V = value W_vᵀ + b_v.
-    proj.q.forward_into(query, &mut scratch.q.0);
-    proj.k.forward_into(key, &mut scratch.k.0);
-    proj.v.forward_into(value, &mut scratch.v.0);
+    proj.q.forward_slice(query.as_slice(), SQ, buf.q);
+    proj.k.forward_slice(key.as_slice(), SKV, buf.k);
+    proj.v.forward_slice(value.as_slice(), SKV, buf.v);
 
     let dims = Dims {
         sq: SQ,
@@ -48,15 +79,15 @@ pub(crate) fn attend_heads<const SQ: usize, const SKV: usize, const DIM: usize, 
         dv: dk,
     };
     for h in 0..heads {
-        let q = &scratch.q.0.as_slice()[h * dk * SQ..(h + 1) * dk * SQ];
-        let k = &scratch.k.0.as_slice()[h * dk * SKV..(h + 1) * dk * SKV];
-        let v = &scratch.v.0.as_slice()[h * dk * SKV..(h + 1) * dk * SKV];
-        let o = &mut out.as_mut_slice()[h * dk * SQ..(h + 1) * dk * SQ];
+        let q = &buf.q[h * dk * SQ..(h + 1) * dk * SQ];
+        let k = &buf.k[h * dk * SKV..(h + 1) * dk * SKV];
+        let v = &buf.v[h * dk * SKV..(h + 1) * dk * SKV];
+        let o = &mut out[h * dk * SQ..(h + 1) * dk * SQ];
         match weights.as_deref_mut() {
             Some(w) => {
                 kernels::attention_with_weights(q, k, v, dims, scale, mask, o, w[h].as_mut_slice())
             }
-            None => kernels::attention(q, k, v, dims, scale, mask, o, &mut scratch.work.0),
+            None => kernels::attention(q, k, v, dims, scale, mask, o, buf.work),
         }
     }
 }

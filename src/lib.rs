@@ -34,12 +34,10 @@
 //! ## Example
 //!
 //! ```
-//! use nalgebra::SMatrix;
-//! use rand::{SeedableRng, rngs::SmallRng};
-//! use static_attention::{Alignment, Mask, MultiHead};
+//! use static_attention::{Alignment, Mask, MultiHead, SMatrix};
 //!
 //! // 6 tokens of 16 features, 4 heads of 4 features; weights drawn as PyTorch draws them.
-//! let layer = MultiHead::<6, 16, 4>::new(&mut SmallRng::seed_from_u64(42));
+//! let layer = MultiHead::<6, 16, 4>::from_seed(42);
 //! let x = SMatrix::<f32, 6, 16>::from_fn(|t, f| ((t * 16 + f) as f32).cos());
 //! let (y, weights) = layer.forward_with_weights(&x, &Mask::causal(Alignment::TopLeft));
 //! assert_eq!(y.shape(), (6, 16));
@@ -48,12 +46,15 @@
 //!
 //! ## Conventions
 //!
+//! - Built on nalgebra 0.35 and rand 0.10, both re-exported ([`nalgebra`], [`rand`]); every
+//!   type puts its shapes first and its scalar last, `f32` unless named.
 //! - Tokens are rows: a sequence is `SMatrix<T, SEQ, DIM>` (PyTorch `(seq, dim)`).
 //! - `f32` is the main scalar; `f64` works through the whole API ([`Float`]).
 //! - Scale is `1/√d_k` by default; an explicit scale is used exactly.
 //! - Masks name their meaning ([`Mask`]): [`Mask::attend_where`] (`true` = may attend),
 //!   [`Mask::block_where`] (`true` = masked out), [`Mask::key_is_padding`], [`Mask::additive`],
-//!   [`Mask::causal`] with a named [`Alignment`], [`Mask::sliding_window`].
+//!   [`Mask::causal`] with a named [`Alignment`], [`Mask::sliding_window`]. Their parts
+//!   combine: a key is used only when every part allows it.
 //! - A query whose keys are all masked gets a zero attention output and a zero weight row (the
 //!   layer then outputs `out_proj.bias`, as PyTorch does); masked keys' values never reach the
 //!   output, even NaN ones. Non-finite values in *unmasked* inputs propagate as in PyTorch.
@@ -71,12 +72,58 @@
 //!
 //! ## Memory
 //!
-//! [`MultiHead::forward`] needs [`MultiHead::SCRATCH_BYTES`] of stack (Q, K and V, `SEQ·DIM`
-//! scalars each, and `8·(DIM + 2)` scalars of kernel state, each part padded to a multiple of
-//! 64 bytes) plus its `SEQ·DIM` output.
-//! [`MultiHead::attend`] takes the [`Scratch`] and the output from the caller instead, and
-//! [`MultiHead::forward_boxed`] / [`MultiHead::new_boxed`] put everything on the heap
-//! (`SEQ = 1024, DIM = 512` runs in a 2 MiB thread).
+//! Nothing allocates unless its name ends in `_boxed` (or it is a `to_safetensors`/loading
+//! convenience with `std`). Every big value has three homes to choose from:
+//!
+//! - **by value** (`forward`, `new`, `from_seed`, …): simple, and the stack must hold it (see
+//!   below);
+//! - **caller-owned** (`*_into`, `attend`, `load_*` into a layer you own): the call needs only
+//!   its own frames, whatever the shape; a [`Scratch`], the output and the
+//!   [`AttentionWeights`] can live in a `static`, a struct or a `Box`;
+//! - **heap** (`*_boxed`, [`heap::zeros`]): allocated zeroed directly on the heap, never
+//!   passing through the stack (`SEQ = 1024, DIM = 512, HEADS = 8` runs in a 2 MiB thread).
+//!
+//! ## Stack
+//!
+//! What a call needs, with its inputs elsewhere, is the big values it holds plus its own frames.
+//! `SCRATCH_BYTES`, `OUTPUT_BYTES`, `WEIGHTS_BYTES` and `PARAM_BYTES` are the constants of
+//! [`MultiHead`] and [`SelfAttention`] (and [`Scratch::BYTES`], [`AttentionWeights::BYTES`]);
+//! for [`scaled_dot_product_attention`], `OUT` is `SQ·DV` scalars and `W` is `SQ·SKV`. The
+//! `×2` terms are values built in the function and moved once into the caller's slot; the
+//! fallible constructors add the `Result` the caller unwraps.
+//!
+//! | entry point | holds (`opt-level ≥ 1`) |
+//! |---|---|
+//! | `forward`, `cross_attention` | `SCRATCH_BYTES + 2·OUTPUT_BYTES` |
+//! | `forward_with_weights`, `cross_attention_with_weights` | `SCRATCH_BYTES + 2·(OUTPUT_BYTES + WEIGHTS_BYTES)` |
+//! | `scaled_dot_product_attention` | `2·OUT` |
+//! | `scaled_dot_product_attention_with_weights` | `2·(OUT + W)` |
+//! | `Linear::forward` | `2·S·OUT` scalars |
+//! | `new`, `from_seed`, `new_without_bias` | `2·PARAM_BYTES` (`PARAM_BYTES` + one projection in release) |
+//! | `zeros` | `PARAM_BYTES` |
+//! | `from_pytorch`, `from_safetensors` (unwrapped) | `3·PARAM_BYTES` |
+//! | `Scratch::new`, `AttentionWeights::zeros` | `Scratch::BYTES`, `AttentionWeights::BYTES` |
+//! | `AttentionWeights::average` | `3·SQ·SKV` scalars |
+//! | `*_into`, `attend`, `*_boxed`, `load_*`, `to_safetensors` | nothing big |
+//!
+//! **Frames.** Add 16 KiB for the call's own frames and a thread's start-up (measured: 8 KiB,
+//! in release and in this crate's test profile, `opt-level = 1`).
+//!
+//! **Unoptimised builds** (`opt-level = 0`, cargo's default `dev` profile, so a plain
+//! `cargo test` of *your* crate) keep up to three more temporary copies of each value a
+//! function builds, because nothing removes them: budget `4 ×` the "holds" column plus 48 KiB.
+//! For example `MultiHead::<128, 256, 8>::forward` needs 656 KiB in release and 1180 KiB
+//! unoptimised, `forward_with_weights` 1680 KiB and 4116 KiB. Either call the caller-owned
+//! or heap forms there, or let cargo optimise this crate in your dev profile:
+//!
+//! ```toml
+//! [profile.dev.package.static-attention]
+//! opt-level = 1
+//! ```
+//!
+//! `tests/stack.rs` runs every entry point in a thread whose stack is exactly its figure plus
+//! 24 KiB, in release, in the test profile and unoptimised, and prints the measured needs:
+//! `cargo test --release --test stack -- --ignored --nocapture measure`.
 
 #![cfg_attr(not(feature = "std"), no_std)]
 #![deny(missing_docs)]

@@ -62,6 +62,19 @@ impl<const IN: usize, const OUT: usize, T: Float> Linear<IN, OUT, T> {
         }
     }
 
+    /// A map with weights drawn from `U(−bound, bound)` (in the storage order of PyTorch's
+    /// `weight`) and a zero or absent bias.
+    pub(crate) fn random<R: rand::Rng + ?Sized>(
+        rng: &mut R,
+        bound: f64,
+        bias: crate::Bias,
+    ) -> Self {
+        let mut l = Self::zeros();
+        crate::init::fill_uniform(&mut l.weight_t, bound, rng);
+        l.set_zero_bias(bias);
+        l
+    }
+
     /// Builds the map from `W` (`OUT × IN`) and an optional bias.
     #[must_use]
     pub fn from_matrix(weight: &SMatrix<T, OUT, IN>, bias: Option<&SVector<T, OUT>>) -> Self {
@@ -138,17 +151,22 @@ impl<const IN: usize, const OUT: usize, T: Float> Linear<IN, OUT, T> {
 
     /// `y = x Wᵀ + b` into a caller-owned output.
     pub fn forward_into<const S: usize>(&self, x: &SMatrix<T, S, IN>, y: &mut SMatrix<T, S, OUT>) {
-        if S == 0 {
+        self.forward_slice(x.as_slice(), S, y.as_mut_slice());
+    }
+
+    /// `y = x Wᵀ + b` for `s` tokens, `x` and `y` column-major (`s·IN` and `s·OUT` values).
+    pub(crate) fn forward_slice(&self, x: &[T], s: usize, y: &mut [T]) {
+        if s == 0 {
             return;
         }
         kernels::linear(
-            x.as_slice(),
-            S,
+            x,
+            s,
             IN,
             self.weight_t.as_slice(),
             OUT,
             self.bias.as_slice(),
-            y.as_mut_slice(),
+            y,
         );
     }
 }

@@ -3,7 +3,7 @@
 use nalgebra::SMatrix;
 use rand::{Rng, SeedableRng};
 
-use crate::layer::{Projections, attend_heads};
+use crate::layer::{Buffers, Projections, attend_heads, local_buffers};
 use crate::mask::Additive;
 use crate::scratch::zero_matrix;
 use crate::{AttentionWeights, Bias, Float, Linear, Mask, Scratch, init};
@@ -41,10 +41,10 @@ use crate::{AttentionWeights, Bias, Float, Linear, Mask, Scratch, init};
 #[repr(C)]
 #[zeroable(bound = "T: crate::Float")]
 pub struct MultiHead<const SEQ: usize, const DIM: usize, const HEADS: usize, T = f32> {
-    q: Linear<DIM, DIM, T>,
-    k: Linear<DIM, DIM, T>,
-    v: Linear<DIM, DIM, T>,
-    out: Linear<DIM, DIM, T>,
+    pub(crate) q: Linear<DIM, DIM, T>,
+    pub(crate) k: Linear<DIM, DIM, T>,
+    pub(crate) v: Linear<DIM, DIM, T>,
+    pub(crate) out: Linear<DIM, DIM, T>,
 }
 
 impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
@@ -106,14 +106,9 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
     /// A layer with all-zero weights and no biases, to load parameters into (a `const fn`,
     /// built in place: it needs [`MultiHead::PARAM_BYTES`] of stack and no more).
     #[must_use]
-    pub const fn zeros() -> Self {
+    pub fn zeros() -> Self {
         let () = Self::SHAPE_OK;
-        Self {
-            q: Linear::zeros(),
-            k: Linear::zeros(),
-            v: Linear::zeros(),
-            out: Linear::zeros(),
-        }
+        bytemuck::Zeroable::zeroed()
     }
 
     /// [`MultiHead::zeros`] allocated directly on the heap.
@@ -127,23 +122,33 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
     /// A layer initialised as PyTorch initialises `nn.MultiheadAttention(DIM, HEADS)` (see
     /// [`crate::init`]), with biases (all zero).
     ///
-    /// Returned by value: it needs about `2 · PARAM_BYTES` of stack (the layer is filled in
-    /// this function, then moved to the caller). For large layers use
-    /// [`MultiHead::new_boxed`], or [`MultiHead::zeros`] and [`MultiHead::reset_parameters`]
-    /// in a place you own (`PARAM_BYTES`).
+    /// Returned by value, each projection drawn straight into place: it needs
+    /// `PARAM_BYTES` plus one projection of stack (see the [crate docs](crate#stack)). For
+    /// large layers use [`MultiHead::new_boxed`], or [`MultiHead::zeros`] and
+    /// [`MultiHead::reset_parameters`] in a place you own.
     #[must_use]
     pub fn new<R: Rng + ?Sized>(rng: &mut R) -> Self {
-        let mut layer = Self::zeros();
-        layer.reset_parameters(rng, Bias::Present);
-        layer
+        Self::random(rng, Bias::Present)
     }
 
     /// Like [`MultiHead::new`] for `bias=False`: no bias terms at all.
     #[must_use]
     pub fn new_without_bias<R: Rng + ?Sized>(rng: &mut R) -> Self {
-        let mut layer = Self::zeros();
-        layer.reset_parameters(rng, Bias::Absent);
-        layer
+        Self::random(rng, Bias::Absent)
+    }
+
+    /// PyTorch's initialisation, built as one struct expression so that each projection is
+    /// drawn directly into the returned value (the draw order is q, k, v, out, as in
+    /// [`MultiHead::reset_parameters`]).
+    fn random<R: Rng + ?Sized>(rng: &mut R, bias: Bias) -> Self {
+        let () = Self::SHAPE_OK;
+        let a = init::in_proj_bound(DIM);
+        Self {
+            q: Linear::random(rng, a, bias),
+            k: Linear::random(rng, a, bias),
+            v: Linear::random(rng, a, bias),
+            out: Linear::random(rng, init::out_proj_bound(DIM), bias),
+        }
     }
 
     /// [`MultiHead::new`] with the crate's portable seeded generator ([`init::SeedRng`]): the
@@ -214,10 +219,10 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
         x: &SMatrix<T, SEQ, DIM>,
         mask: &Mask<'_, SEQ, SEQ, A>,
     ) -> SMatrix<T, SEQ, DIM> {
-        let mut scratch = Scratch::new();
-        let mut out = zero_matrix();
-        self.attend(x, x, x, mask, &mut scratch, &mut out, None);
-        out
+        local_buffers!(buf, T, SEQ, SEQ, DIM);
+        let mut out = [[T::ZERO; SEQ]; DIM];
+        self.attend_buffers(x, x, x, mask, &mut buf, out.as_flattened_mut(), None);
+        SMatrix::from_array_storage(nalgebra::ArrayStorage(out))
     }
 
     /// [`MultiHead::forward`] into a caller-owned output with caller-owned scratch (nothing big
@@ -257,17 +262,10 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
         x: &SMatrix<T, SEQ, DIM>,
         mask: &Mask<'_, SEQ, SEQ, A>,
     ) -> (SMatrix<T, SEQ, DIM>, AttentionWeights<SEQ, SEQ, HEADS, T>) {
-        let mut scratch = Scratch::new();
-        let mut result = (zero_matrix(), AttentionWeights::zeros());
-        self.attend(
-            x,
-            x,
-            x,
-            mask,
-            &mut scratch,
-            &mut result.0,
-            Some(&mut result.1),
-        );
+        local_buffers!(buf, T, SEQ, SEQ, DIM);
+        let mut result: (SMatrix<T, SEQ, DIM>, _) = (zero_matrix(), AttentionWeights::zeros());
+        let (out, weights) = (&mut result.0, &mut result.1);
+        self.attend_buffers(x, x, x, mask, &mut buf, out.as_mut_slice(), Some(weights));
         result
     }
 
@@ -313,10 +311,18 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
         memory: &SMatrix<T, SKV, DIM>,
         mask: &Mask<'_, SEQ, SKV, A>,
     ) -> SMatrix<T, SEQ, DIM> {
-        let mut scratch = Scratch::new();
-        let mut out = zero_matrix();
-        self.attend(x, memory, memory, mask, &mut scratch, &mut out, None);
-        out
+        local_buffers!(buf, T, SEQ, SKV, DIM);
+        let mut out = [[T::ZERO; SEQ]; DIM];
+        self.attend_buffers(
+            x,
+            memory,
+            memory,
+            mask,
+            &mut buf,
+            out.as_flattened_mut(),
+            None,
+        );
+        SMatrix::from_array_storage(nalgebra::ArrayStorage(out))
     }
 
     /// [`MultiHead::cross_attention`] into a caller-owned output with caller-owned scratch.
@@ -340,16 +346,17 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
         memory: &SMatrix<T, SKV, DIM>,
         mask: &Mask<'_, SEQ, SKV, A>,
     ) -> (SMatrix<T, SEQ, DIM>, AttentionWeights<SEQ, SKV, HEADS, T>) {
-        let mut scratch = Scratch::new();
-        let mut result = (zero_matrix(), AttentionWeights::zeros());
-        self.attend(
+        local_buffers!(buf, T, SEQ, SKV, DIM);
+        let mut result: (SMatrix<T, SEQ, DIM>, _) = (zero_matrix(), AttentionWeights::zeros());
+        let (out, weights) = (&mut result.0, &mut result.1);
+        self.attend_buffers(
             x,
             memory,
             memory,
             mask,
-            &mut scratch,
-            &mut result.0,
-            Some(&mut result.1),
+            &mut buf,
+            out.as_mut_slice(),
+            Some(weights),
         );
         result
     }
@@ -398,6 +405,31 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
         out: &mut SMatrix<T, SQ, DIM>,
         weights: Option<&mut AttentionWeights<SQ, SKV, HEADS, T>>,
     ) {
+        let mut buf = scratch.buffers();
+        self.attend_buffers(
+            query,
+            key,
+            value,
+            mask,
+            &mut buf,
+            out.as_mut_slice(),
+            weights,
+        );
+    }
+
+    /// [`MultiHead::attend`] over working memory given as separate buffers, writing the
+    /// column-major `SQ × DIM` result into `out`.
+    #[allow(clippy::too_many_arguments)]
+    fn attend_buffers<const SQ: usize, const SKV: usize, A: Additive<T, SQ, SKV>>(
+        &self,
+        query: &SMatrix<T, SQ, DIM>,
+        key: &SMatrix<T, SKV, DIM>,
+        value: &SMatrix<T, SKV, DIM>,
+        mask: &Mask<'_, SQ, SKV, A>,
+        buf: &mut Buffers<'_, T, DIM>,
+        out: &mut [T],
+        weights: Option<&mut AttentionWeights<SQ, SKV, HEADS, T>>,
+    ) {
         let () = Self::SHAPE_OK;
         let proj = Projections {
             q: &self.q,
@@ -411,13 +443,14 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
             value,
             mask,
             HEADS,
-            scratch,
+            buf,
             out,
             weights.map(|w| &mut w.heads[..]),
         );
         // MultiHead = Concat(head_1..head_h) W_oᵀ + b_o; the Q buffer is free again and holds
         // the product before it is copied out.
-        self.out.forward_into(out, &mut scratch.q.0);
-        out.copy_from(&scratch.q.0);
+        let n = SQ * DIM;
+        self.out.forward_slice(out, SQ, &mut buf.q[..n]);
+        out[..n].copy_from_slice(&buf.q[..n]);
     }
 }

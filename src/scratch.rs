@@ -119,10 +119,10 @@ impl<const SQ: usize, const SKV: usize, const HEADS: usize, T: Float> Default
 #[repr(C)]
 #[zeroable(bound = "T: crate::Float")]
 pub struct Scratch<const SQ: usize, const SKV: usize, const DIM: usize, T = f32> {
-    pub(crate) q: Aligned<SMatrix<T, SQ, DIM>>,
-    pub(crate) k: Aligned<SMatrix<T, SKV, DIM>>,
-    pub(crate) v: Aligned<SMatrix<T, SKV, DIM>>,
-    pub(crate) work: Aligned<Work<T, DIM>>,
+    q: Aligned<[[T; SQ]; DIM]>,
+    k: Aligned<[[T; SKV]; DIM]>,
+    v: Aligned<[[T; SKV]; DIM]>,
+    work: Aligned<Work<T, DIM>>,
 }
 
 /// A buffer starting on a 64-byte boundary (a cache line): the kernels' vector loads then
@@ -140,10 +140,20 @@ impl<const SQ: usize, const SKV: usize, const DIM: usize, T: Float> Scratch<SQ, 
     #[must_use]
     pub const fn new() -> Self {
         Self {
-            q: Aligned(zero_matrix()),
-            k: Aligned(zero_matrix()),
-            v: Aligned(zero_matrix()),
+            q: Aligned([[T::ZERO; SQ]; DIM]),
+            k: Aligned([[T::ZERO; SKV]; DIM]),
+            v: Aligned([[T::ZERO; SKV]; DIM]),
             work: Aligned(Work::new()),
+        }
+    }
+
+    /// The buffers, borrowed for one call.
+    pub(crate) fn buffers(&mut self) -> crate::layer::Buffers<'_, T, DIM> {
+        crate::layer::Buffers {
+            q: self.q.0.as_flattened_mut(),
+            k: self.k.0.as_flattened_mut(),
+            v: self.v.0.as_flattened_mut(),
+            work: &mut self.work.0,
         }
     }
 

@@ -3,7 +3,7 @@
 use nalgebra::SMatrix;
 use rand::{Rng, SeedableRng};
 
-use crate::layer::{Projections, attend_heads};
+use crate::layer::{Buffers, Projections, attend_heads, local_buffers};
 use crate::mask::Additive;
 use crate::scratch::zero_matrix;
 use crate::{Bias, Float, Linear, Mask, Scratch, init};
@@ -34,9 +34,9 @@ use crate::{Bias, Float, Linear, Mask, Scratch, init};
 #[repr(C)]
 #[zeroable(bound = "T: crate::Float")]
 pub struct SelfAttention<const SEQ: usize, const DIM: usize, T = f32> {
-    q: Linear<DIM, DIM, T>,
-    k: Linear<DIM, DIM, T>,
-    v: Linear<DIM, DIM, T>,
+    pub(crate) q: Linear<DIM, DIM, T>,
+    pub(crate) k: Linear<DIM, DIM, T>,
+    pub(crate) v: Linear<DIM, DIM, T>,
 }
 
 impl<const SEQ: usize, const DIM: usize, T: Float> SelfAttention<SEQ, DIM, T> {
@@ -78,13 +78,9 @@ impl<const SEQ: usize, const DIM: usize, T: Float> SelfAttention<SEQ, DIM, T> {
     /// A head with all-zero weights and no biases, to load parameters into (a `const fn`,
     /// built in place).
     #[must_use]
-    pub const fn zeros() -> Self {
+    pub fn zeros() -> Self {
         let () = Self::SHAPE_OK;
-        Self {
-            q: Linear::zeros(),
-            k: Linear::zeros(),
-            v: Linear::zeros(),
-        }
+        bytemuck::Zeroable::zeroed()
     }
 
     /// [`SelfAttention::zeros`] allocated directly on the heap.
@@ -98,14 +94,18 @@ impl<const SEQ: usize, const DIM: usize, T: Float> SelfAttention<SEQ, DIM, T> {
     /// A head initialised like the in-projection of a one-head `nn.MultiheadAttention`
     /// (Xavier-uniform over the packed `[3·DIM, DIM]` weights, zero biases).
     ///
-    /// Returned by value: about `2 · PARAM_BYTES` of stack. For large heads use
-    /// [`SelfAttention::new_boxed`], or [`SelfAttention::zeros`] and
-    /// [`SelfAttention::reset_parameters`] in a place you own.
+    /// Returned by value, each projection drawn straight into place (`PARAM_BYTES` plus one
+    /// projection of stack). For large heads use [`SelfAttention::new_boxed`], or
+    /// [`SelfAttention::zeros`] and [`SelfAttention::reset_parameters`] in a place you own.
     #[must_use]
     pub fn new<R: Rng + ?Sized>(rng: &mut R) -> Self {
-        let mut head = Self::zeros();
-        head.reset_parameters(rng, Bias::Present);
-        head
+        let () = Self::SHAPE_OK;
+        let a = init::in_proj_bound(DIM);
+        Self {
+            q: Linear::random(rng, a, Bias::Present),
+            k: Linear::random(rng, a, Bias::Present),
+            v: Linear::random(rng, a, Bias::Present),
+        }
     }
 
     /// [`SelfAttention::new`] with the crate's portable seeded generator ([`init::SeedRng`]).
@@ -157,10 +157,10 @@ impl<const SEQ: usize, const DIM: usize, T: Float> SelfAttention<SEQ, DIM, T> {
         x: &SMatrix<T, SEQ, DIM>,
         mask: &Mask<'_, SEQ, SEQ, A>,
     ) -> SMatrix<T, SEQ, DIM> {
-        let mut scratch = Scratch::new();
-        let mut out = zero_matrix();
-        self.attend(x, x, x, mask, &mut scratch, &mut out, None);
-        out
+        local_buffers!(buf, T, SEQ, SEQ, DIM);
+        let mut out = [[T::ZERO; SEQ]; DIM];
+        self.attend_buffers(x, x, x, mask, &mut buf, out.as_flattened_mut(), None);
+        SMatrix::from_array_storage(nalgebra::ArrayStorage(out))
     }
 
     /// [`SelfAttention::forward`] into a caller-owned output with caller-owned scratch.
@@ -195,17 +195,10 @@ impl<const SEQ: usize, const DIM: usize, T: Float> SelfAttention<SEQ, DIM, T> {
         x: &SMatrix<T, SEQ, DIM>,
         mask: &Mask<'_, SEQ, SEQ, A>,
     ) -> (SMatrix<T, SEQ, DIM>, SMatrix<T, SEQ, SEQ>) {
-        let mut scratch = Scratch::new();
-        let mut result = (zero_matrix(), zero_matrix());
-        self.attend(
-            x,
-            x,
-            x,
-            mask,
-            &mut scratch,
-            &mut result.0,
-            Some(&mut result.1),
-        );
+        local_buffers!(buf, T, SEQ, SEQ, DIM);
+        let mut result: (SMatrix<T, SEQ, DIM>, _) = (zero_matrix(), zero_matrix());
+        let (out, weights) = (&mut result.0, &mut result.1);
+        self.attend_buffers(x, x, x, mask, &mut buf, out.as_mut_slice(), Some(weights));
         result
     }
 
@@ -250,10 +243,18 @@ impl<const SEQ: usize, const DIM: usize, T: Float> SelfAttention<SEQ, DIM, T> {
         memory: &SMatrix<T, SKV, DIM>,
         mask: &Mask<'_, SEQ, SKV, A>,
     ) -> SMatrix<T, SEQ, DIM> {
-        let mut scratch = Scratch::new();
-        let mut out = zero_matrix();
-        self.attend(x, memory, memory, mask, &mut scratch, &mut out, None);
-        out
+        local_buffers!(buf, T, SEQ, SKV, DIM);
+        let mut out = [[T::ZERO; SEQ]; DIM];
+        self.attend_buffers(
+            x,
+            memory,
+            memory,
+            mask,
+            &mut buf,
+            out.as_flattened_mut(),
+            None,
+        );
+        SMatrix::from_array_storage(nalgebra::ArrayStorage(out))
     }
 
     /// [`SelfAttention::cross_attention`] into a caller-owned output with caller-owned scratch.
@@ -276,16 +277,17 @@ impl<const SEQ: usize, const DIM: usize, T: Float> SelfAttention<SEQ, DIM, T> {
         memory: &SMatrix<T, SKV, DIM>,
         mask: &Mask<'_, SEQ, SKV, A>,
     ) -> (SMatrix<T, SEQ, DIM>, SMatrix<T, SEQ, SKV>) {
-        let mut scratch = Scratch::new();
-        let mut result = (zero_matrix(), zero_matrix());
-        self.attend(
+        local_buffers!(buf, T, SEQ, SKV, DIM);
+        let mut result: (SMatrix<T, SEQ, DIM>, _) = (zero_matrix(), zero_matrix());
+        let (out, weights) = (&mut result.0, &mut result.1);
+        self.attend_buffers(
             x,
             memory,
             memory,
             mask,
-            &mut scratch,
-            &mut result.0,
-            Some(&mut result.1),
+            &mut buf,
+            out.as_mut_slice(),
+            Some(weights),
         );
         result
     }
@@ -330,6 +332,30 @@ impl<const SEQ: usize, const DIM: usize, T: Float> SelfAttention<SEQ, DIM, T> {
         out: &mut SMatrix<T, SQ, DIM>,
         weights: Option<&mut SMatrix<T, SQ, SKV>>,
     ) {
+        let mut buf = scratch.buffers();
+        self.attend_buffers(
+            query,
+            key,
+            value,
+            mask,
+            &mut buf,
+            out.as_mut_slice(),
+            weights,
+        );
+    }
+
+    /// [`SelfAttention::attend`] over working memory given as separate buffers.
+    #[allow(clippy::too_many_arguments)]
+    fn attend_buffers<const SQ: usize, const SKV: usize, A: Additive<T, SQ, SKV>>(
+        &self,
+        query: &SMatrix<T, SQ, DIM>,
+        key: &SMatrix<T, SKV, DIM>,
+        value: &SMatrix<T, SKV, DIM>,
+        mask: &Mask<'_, SQ, SKV, A>,
+        buf: &mut Buffers<'_, T, DIM>,
+        out: &mut [T],
+        weights: Option<&mut SMatrix<T, SQ, SKV>>,
+    ) {
         let () = Self::SHAPE_OK;
         let proj = Projections {
             q: &self.q,
@@ -343,7 +369,7 @@ impl<const SEQ: usize, const DIM: usize, T: Float> SelfAttention<SEQ, DIM, T> {
             value,
             mask,
             1,
-            scratch,
+            buf,
             out,
             weights.map(core::slice::from_mut),
         );

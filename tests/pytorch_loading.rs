@@ -11,7 +11,9 @@ use nalgebra::SMatrix;
 use rand::{SeedableRng, rngs::SmallRng};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
-use static_attention::io::{InProjWeight, LoadError, PyTorchParams};
+use static_attention::io::{
+    InProjWeight, LinearParams, LoadError, PyTorchParams, SelfAttentionParams,
+};
 use static_attention::{Mask, MultiHead};
 
 type Seed = MultiHead<3, 4, 2>;
@@ -422,5 +424,168 @@ fn a_mixed_bias_layer_saves_with_zero_biases() {
     assert_eq!(
         back.forward(&x, &Mask::none()),
         mixed.forward(&x, &Mask::none())
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// SelfAttention: three nn.Linear modules named q_proj, k_proj, v_proj
+// ------------------------------------------------------------------------------------------
+
+type Head = static_attention::SelfAttention<6, 16>;
+
+/// The single-head case's file, edited by `edit`.
+fn head_edited(edit: impl FnOnce(&mut Tensors)) -> Vec<u8> {
+    let (mut t, m) = open(&fixture("head_self_6x16"));
+    edit(&mut t);
+    save(&t, &m)
+}
+
+/// Loads `bytes` into a random head, checks that a failure leaves it unchanged, and returns
+/// the message.
+fn head_err(bytes: &[u8], prefix: &str) -> String {
+    let mut head = Head::from_seed(4);
+    let before = head.clone();
+    let err = head.load_safetensors(bytes, prefix).unwrap_err();
+    assert_eq!(head, before, "a failed load changed the head");
+    assert_eq!(Head::from_safetensors(bytes, prefix).unwrap_err(), err);
+    assert_eq!(
+        Head::from_safetensors_boxed(bytes, prefix).unwrap_err(),
+        err
+    );
+    err.to_string()
+}
+
+#[test]
+fn self_attention_round_trip_and_forms() {
+    let bytes = fixture("head_self_6x16");
+    let head = Head::from_safetensors(&bytes, "").unwrap();
+    let boxed = Head::from_safetensors_boxed(&bytes, "").unwrap();
+    assert_eq!(*boxed, head);
+    let again = Head::from_safetensors(&head.to_safetensors("").unwrap(), "").unwrap();
+    assert_eq!(again, head);
+    // A prefix, and a head where only the query projection has a bias.
+    let cross = fixture("head_cross_4x7x8");
+    let c =
+        static_attention::SelfAttention::<4, 8>::from_safetensors(&cross, "encoder.attn.").unwrap();
+    assert!(c.q_proj().has_bias() && !c.k_proj().has_bias() && !c.v_proj().has_bias());
+    let saved = c.to_safetensors("x.").unwrap();
+    let mut names: Vec<String> = SafeTensors::deserialize(&saved)
+        .unwrap()
+        .names()
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "x.k_proj.weight",
+            "x.q_proj.bias",
+            "x.q_proj.weight",
+            "x.v_proj.weight"
+        ]
+    );
+    // The slice path gives the same head as the file path.
+    let (t, _) = open(&bytes);
+    let floats = |name: &str| -> Vec<f32> {
+        t[name]
+            .2
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    };
+    let (qw, qb, kw, kb, vw, vb) = (
+        floats("q_proj.weight"),
+        floats("q_proj.bias"),
+        floats("k_proj.weight"),
+        floats("k_proj.bias"),
+        floats("v_proj.weight"),
+        floats("v_proj.bias"),
+    );
+    let params = SelfAttentionParams {
+        q_proj: LinearParams {
+            weight: &qw,
+            bias: Some(&qb),
+        },
+        k_proj: LinearParams {
+            weight: &kw,
+            bias: Some(&kb),
+        },
+        v_proj: LinearParams {
+            weight: &vw,
+            bias: Some(&vb),
+        },
+    };
+    assert_eq!(Head::from_pytorch(&params).unwrap(), head);
+    assert_eq!(*Head::from_pytorch_boxed(&params).unwrap(), head);
+}
+
+#[test]
+fn self_attention_bad_files() {
+    let missing = head_edited(|t| {
+        t.remove("k_proj.weight");
+    });
+    assert_eq!(
+        head_err(&missing, ""),
+        "missing tensor k_proj.weight (expected shape [16, 16])"
+    );
+    assert_eq!(
+        head_err(&fixture("head_self_6x16"), "model."),
+        "missing tensor model.q_proj.weight (expected shape [16, 16])"
+    );
+    let wrong_shape = head_edited(|t| {
+        let (_, shape, data) = t.get_mut("v_proj.bias").unwrap();
+        *shape = vec![8];
+        data.truncate(8 * 4);
+    });
+    assert_eq!(
+        head_err(&wrong_shape, ""),
+        "v_proj.bias has shape [8], expected [16] for DIM = 16"
+    );
+    let wrong_dtype = head_edited(|t| {
+        t.get_mut("q_proj.weight").unwrap().0 = Dtype::I32;
+    });
+    assert_eq!(
+        head_err(&wrong_dtype, ""),
+        "q_proj.weight has dtype I32, expected F32 or F64"
+    );
+    let truncated = &fixture("head_self_6x16")[..300];
+    assert!(head_err(truncated, "").starts_with("malformed safetensors data"));
+    // A slice of the wrong length names the module and the parameter.
+    let w = [0.0f32; 16 * 16];
+    let short = SelfAttentionParams {
+        q_proj: LinearParams {
+            weight: &w,
+            bias: None,
+        },
+        k_proj: LinearParams {
+            weight: &w,
+            bias: Some(&w[..15]),
+        },
+        v_proj: LinearParams {
+            weight: &w,
+            bias: None,
+        },
+    };
+    let mut head = Head::from_seed(9);
+    let before = head.clone();
+    assert_eq!(
+        head.load_pytorch(&short).unwrap_err().to_string(),
+        "k_proj.bias has 15 values, expected 16 ([16]) for DIM = 16"
+    );
+    assert_eq!(head, before);
+}
+
+#[test]
+fn multi_head_boxed_loaders_match() {
+    let bytes = fixture("seed_3x4x2");
+    let layer = Seed::from_safetensors(&bytes, "").unwrap();
+    assert_eq!(*Seed::from_safetensors_boxed(&bytes, "").unwrap(), layer);
+    let x = SMatrix::<f32, 3, 4>::repeat(0.5);
+    assert_eq!(
+        layer.forward(&x, &Mask::none()),
+        Seed::from_safetensors_boxed(&bytes, "")
+            .unwrap()
+            .forward(&x, &Mask::none())
     );
 }

@@ -11,7 +11,8 @@ use common::{all_fixtures, bool_matrix, bool_vector, compare, fixture, matrix, m
 use nalgebra::SMatrix;
 use static_attention::mask::Additive;
 use static_attention::{
-    Alignment, AttentionWeights, Float, Mask, MultiHead, Scratch, scaled_dot_product_attention,
+    Alignment, AttentionWeights, Float, Mask, MultiHead, Scratch, SelfAttention,
+    scaled_dot_product_attention,
 };
 
 fn tolerance<T: Float>() -> f64 {
@@ -169,6 +170,53 @@ fn mha_check<
     );
 }
 
+/// One single-head case: a PyTorch module of three `nn.Linear`s (`q_proj`, `k_proj`,
+/// `v_proj`) and SDPA, loaded as a `SelfAttention`; `SQ` queries against `SKV` memory tokens
+/// (the queries themselves for self-attention).
+fn head<T: Float, const SQ: usize, const SKV: usize, const DIM: usize>(case: &str) {
+    let bytes = fixture(case);
+    let meta = metadata(&bytes);
+    let prefix = meta.get("prefix").map_or("", String::as_str);
+    let head = SelfAttention::<SQ, DIM, T>::from_safetensors(&bytes, prefix)
+        .unwrap_or_else(|e| panic!("{case}: {e}"));
+    assert_eq!(head.q_proj().has_bias(), meta["q_bias"] == "true", "{case}");
+    assert_eq!(
+        head.k_proj().has_bias(),
+        meta["kv_bias"] == "true",
+        "{case}"
+    );
+    let query = matrix::<T, SQ, DIM>(&bytes, "input.query", None).unwrap();
+    let memory = matrix::<T, SKV, DIM>(&bytes, "input.memory", None)
+        .unwrap_or_else(|| SMatrix::from_fn(|i, j| query[(i % SQ, j)]));
+    let allowed = bool_matrix::<SQ, SKV>(&bytes, "mask.attend_bool");
+    let mask = match &allowed {
+        Some(m) => Mask::attend_where(m),
+        None => Mask::none(),
+    };
+    let want = matrix::<T, SQ, DIM>(&bytes, "output.attn", None).unwrap();
+    let want_w = matrix::<T, SQ, SKV>(&bytes, "output.weights", None).unwrap();
+    let (out, w) = head.cross_attention_with_weights(&query, &memory, &mask);
+    let streamed = head.cross_attention(&query, &memory, &mask);
+    let tol = tolerance::<T>();
+    let (e_out, r_out) = compare(&out, &want, tol);
+    let (e_stream, r_stream) = compare(&streamed, &want, tol);
+    let (e_w, r_w) = compare(&w, &want_w, tol);
+    if meta["causal"] == "true" {
+        // Self-attention with a causal mask: the named mask must give the same result.
+        let named = head.forward(&query, &Mask::causal(Alignment::TopLeft));
+        compare(&named, &want, tol);
+    }
+    println!(
+        "{case:28} {:>4} worst |Δ|: output {:.1e} (streaming {:.1e}), weights {:.1e}; \
+         worst/bound {:.2}",
+        if T::BYTES == 4 { "f32" } else { "f64" },
+        e_out,
+        e_stream,
+        e_w,
+        r_out.max(r_stream).max(r_w)
+    );
+}
+
 /// One `scaled_dot_product_attention` case: `HQ` query heads over `HKV` key/value heads
 /// (grouped-query attention when they differ: query head `h` uses kv head `h / (HQ / HKV)`).
 fn sdpa<
@@ -285,6 +333,10 @@ cases! {
     mha scaled_x30_6x16x4: f32; 6, 6, 16, 4;
     mha prefixed_4x8x2: f32; 4, 4, 8, 2;
     mha separate_proj_5x12x3: f32; 5, 5, 12, 3;
+    // SelfAttention (q_proj, k_proj, v_proj nn.Linear + SDPA): T; SQ, SKV, DIM
+    head head_self_6x16: f32; 6, 6, 16;
+    head head_cross_4x7x8: f32; 4, 7, 8;
+    head head_f64_5x12: f64; 5, 5, 12;
     // scaled_dot_product_attention: T; HQ, HKV, L, S, E, EV
     sdpa sdpa_gqa_8q2kv: f32; 8, 2, 6, 6, 8, 8;
     sdpa sdpa_mqa_4q1kv_causal: f32; 4, 1, 5, 5, 8, 8;

@@ -353,16 +353,8 @@ impl<T: Float> Values<'_, T> {
     }
 }
 
-/// Validated parameters, ready to copy: every length has been checked.
-pub(crate) struct Checked<'a, T> {
-    /// Either one packed source (`3·DIM·DIM`) or three separate ones (`DIM·DIM` each).
-    pub q: (Values<'a, T>, usize),
-    pub k: (Values<'a, T>, usize),
-    pub v: (Values<'a, T>, usize),
-    pub in_bias: Option<Values<'a, T>>,
-    pub out_w: Values<'a, T>,
-    pub out_b: Option<Values<'a, T>>,
-}
+/// Validated parameters of a [`MultiHead`], ready to copy: q, k, v and out.
+pub(crate) type Checked<'a, T> = [CheckedLinear<'a, T>; 4];
 
 impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
     MultiHead<SEQ, DIM, HEADS, T>
@@ -398,9 +390,8 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
     /// # Ok::<(), static_attention::io::LoadError>(())
     /// ```
     pub fn from_pytorch(params: &PyTorchParams<'_, T>) -> Result<Self, LoadError> {
-        let mut layer = Self::zeros();
-        layer.load_pytorch(params)?;
-        Ok(layer)
+        let checked = Self::check_pytorch(params)?;
+        Self::from_checked(&checked)
     }
 
     /// [`MultiHead::from_pytorch`] building the layer directly on the heap (for layers whose
@@ -413,8 +404,9 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
     pub fn from_pytorch_boxed(
         params: &PyTorchParams<'_, T>,
     ) -> Result<std::boxed::Box<Self>, LoadError> {
+        let checked = Self::check_pytorch(params)?;
         let mut layer = Self::zeros_boxed();
-        layer.load_pytorch(params)?;
+        layer.write_checked(&checked);
         Ok(layer)
     }
 
@@ -425,30 +417,24 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
     ///
     /// As [`MultiHead::from_pytorch`].
     pub fn load_pytorch(&mut self, params: &PyTorchParams<'_, T>) -> Result<(), LoadError> {
+        let checked = Self::check_pytorch(params)?;
+        self.write_checked(&checked);
+        Ok(())
+    }
+
+    /// Checks every length, without writing anything.
+    fn check_pytorch<'a>(params: &PyTorchParams<'a, T>) -> Result<Checked<'a, T>, LoadError> {
         let dd = DIM * DIM;
-        let check = |name: &str, v: &[T], shape: &[usize]| -> Result<(), LoadError> {
-            let n: usize = shape.iter().product();
-            if v.len() == n {
-                Ok(())
-            } else {
-                Err(LoadError::WrongLength {
-                    name: Text::new(&[name]),
-                    expected: Shape::new(shape),
-                    found: v.len(),
-                    dim: DIM,
-                })
-            }
-        };
         let (q, k, v) = match params.in_proj_weight {
             InProjWeight::Packed(w) => {
-                check("in_proj_weight", w, &[3 * DIM, DIM])?;
+                check_len("in_proj_weight", w, &[3 * DIM, DIM], DIM)?;
                 let p = Values::Native(w);
                 ((p, 0), (p, dd), (p, 2 * dd))
             }
             InProjWeight::Separate { q, k, v } => {
-                check("q_proj_weight", q, &[DIM, DIM])?;
-                check("k_proj_weight", k, &[DIM, DIM])?;
-                check("v_proj_weight", v, &[DIM, DIM])?;
+                check_len("q_proj_weight", q, &[DIM, DIM], DIM)?;
+                check_len("k_proj_weight", k, &[DIM, DIM], DIM)?;
+                check_len("v_proj_weight", v, &[DIM, DIM], DIM)?;
                 (
                     (Values::Native(q), 0),
                     (Values::Native(k), 0),
@@ -457,11 +443,11 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
             }
         };
         if let Some(b) = params.in_proj_bias {
-            check("in_proj_bias", b, &[3 * DIM])?;
+            check_len("in_proj_bias", b, &[3 * DIM], DIM)?;
         }
-        check("out_proj.weight", params.out_proj_weight, &[DIM, DIM])?;
+        check_len("out_proj.weight", params.out_proj_weight, &[DIM, DIM], DIM)?;
         if let Some(b) = params.out_proj_bias {
-            check("out_proj.bias", b, &[DIM])?;
+            check_len("out_proj.bias", b, &[DIM], DIM)?;
         }
         check_bias_pair(
             "",
@@ -469,41 +455,61 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
             params.out_proj_bias.is_some(),
             DIM,
         )?;
-        self.write_checked(&Checked {
-            q,
-            k,
-            v,
-            in_bias: params.in_proj_bias.map(Values::Native),
-            out_w: Values::Native(params.out_proj_weight),
-            out_b: params.out_proj_bias.map(Values::Native),
+        let in_bias = params.in_proj_bias.map(Values::Native);
+        Ok(Self::checked_from_parts(
+            [q, k, v],
+            in_bias,
+            Values::Native(params.out_proj_weight),
+            params.out_proj_bias.map(Values::Native),
+        ))
+    }
+
+    /// Assembles the four projections from PyTorch's packed or separate form: each of `qkv` is
+    /// a source and the offset of its `DIM·DIM` weights; the packed `in_bias` holds the three
+    /// biases one after the other.
+    pub(crate) fn checked_from_parts<'a>(
+        qkv: [(Values<'a, T>, usize); 3],
+        in_bias: Option<Values<'a, T>>,
+        out_w: Values<'a, T>,
+        out_b: Option<Values<'a, T>>,
+    ) -> Checked<'a, T> {
+        let [q, k, v] = qkv.map(|(weight, weight_start)| CheckedLinear {
+            weight,
+            weight_start,
+            bias: in_bias,
+            bias_start: 0,
         });
-        Ok(())
+        [
+            q,
+            CheckedLinear {
+                bias_start: DIM,
+                ..k
+            },
+            CheckedLinear {
+                bias_start: 2 * DIM,
+                ..v
+            },
+            CheckedLinear {
+                weight: out_w,
+                weight_start: 0,
+                bias: out_b,
+                bias_start: 0,
+            },
+        ]
+    }
+
+    /// Builds a layer from validated parameters. (Returning a `Result` of a big value costs a
+    /// copy whatever the body does: filling a zeroed layer in place is the cheapest form.)
+    pub(crate) fn from_checked(c: &Checked<'_, T>) -> Result<Self, LoadError> {
+        let mut layer = Self::zeros();
+        layer.write_checked(c);
+        Ok(layer)
     }
 
     /// Copies validated parameters in; cannot fail.
     pub(crate) fn write_checked(&mut self, c: &Checked<'_, T>) {
-        let dd = DIM * DIM;
-        debug_assert!(c.out_w.len() == dd);
-        let [q, k, v, out] = self.projections_mut();
-        for (i, (l, (src, start))) in [(q, c.q), (k, c.k), (v, c.v)].into_iter().enumerate() {
-            src.copy_to(start, l.weight_t_mut().as_mut_slice());
-            match c.in_bias {
-                Some(b) => {
-                    let mut bias = nalgebra::SVector::<T, DIM>::zeros();
-                    b.copy_to(i * DIM, bias.as_mut_slice());
-                    l.set_bias(Some(&bias));
-                }
-                None => l.set_bias(None),
-            }
-        }
-        c.out_w.copy_to(0, out.weight_t_mut().as_mut_slice());
-        match c.out_b {
-            Some(b) => {
-                let mut bias = nalgebra::SVector::<T, DIM>::zeros();
-                b.copy_to(0, bias.as_mut_slice());
-                out.set_bias(Some(&bias));
-            }
-            None => out.set_bias(None),
+        for (l, c) in self.projections_mut().into_iter().zip(c) {
+            c.write(l);
         }
     }
 }
@@ -547,8 +553,12 @@ fn check_len<T>(name: &str, v: &[T], shape: &[usize], dim: usize) -> Result<(), 
 /// An `nn.Linear`'s parameters whose lengths have been checked.
 #[derive(Clone, Copy)]
 pub(crate) struct CheckedLinear<'a, T> {
+    /// Source of the weights, starting at `weight_start`.
     pub weight: Values<'a, T>,
+    pub weight_start: usize,
+    /// Source of the bias, starting at `bias_start`.
     pub bias: Option<Values<'a, T>>,
+    pub bias_start: usize,
 }
 
 impl<'a, T: Float> CheckedLinear<'a, T> {
@@ -572,20 +582,23 @@ impl<'a, T: Float> CheckedLinear<'a, T> {
         }
         Ok(Self {
             weight: Values::Native(params.weight),
+            weight_start: 0,
             bias: params.bias.map(Values::Native),
+            bias_start: 0,
         })
     }
 
     /// Copies the parameters into `l`; cannot fail.
     pub(crate) fn write<const IN: usize, const OUT: usize>(&self, l: &mut Linear<IN, OUT, T>) {
-        debug_assert!(self.weight.len() == IN * OUT);
-        self.weight.copy_to(0, l.weight_t_mut().as_mut_slice());
+        debug_assert!(self.weight.len() >= self.weight_start + IN * OUT);
+        self.weight
+            .copy_to(self.weight_start, l.weight_t_mut().as_mut_slice());
         l.set_zero_bias(match self.bias {
             Some(_) => crate::Bias::Present,
             None => crate::Bias::Absent,
         });
         if let Some(b) = self.bias {
-            b.copy_to(0, l.bias_mut_slice());
+            b.copy_to(self.bias_start, l.bias_mut_slice());
         }
     }
 }
@@ -619,9 +632,8 @@ impl<const SEQ: usize, const DIM: usize, T: Float> SelfAttention<SEQ, DIM, T> {
     /// # Ok::<(), static_attention::io::LoadError>(())
     /// ```
     pub fn from_pytorch(params: &SelfAttentionParams<'_, T>) -> Result<Self, LoadError> {
-        let mut head = Self::zeros();
-        head.load_pytorch(params)?;
-        Ok(head)
+        let c = Self::check_pytorch(params)?;
+        Self::from_checked(&c)
     }
 
     /// [`SelfAttention::from_pytorch`] building the head directly on the heap.
@@ -633,8 +645,9 @@ impl<const SEQ: usize, const DIM: usize, T: Float> SelfAttention<SEQ, DIM, T> {
     pub fn from_pytorch_boxed(
         params: &SelfAttentionParams<'_, T>,
     ) -> Result<std::boxed::Box<Self>, LoadError> {
+        let c = Self::check_pytorch(params)?;
         let mut head = Self::zeros_boxed();
-        head.load_pytorch(params)?;
+        head.write_checked(&c);
         Ok(head)
     }
 
@@ -644,11 +657,26 @@ impl<const SEQ: usize, const DIM: usize, T: Float> SelfAttention<SEQ, DIM, T> {
     ///
     /// As [`SelfAttention::from_pytorch`].
     pub fn load_pytorch(&mut self, params: &SelfAttentionParams<'_, T>) -> Result<(), LoadError> {
-        let q = CheckedLinear::from_params("q_proj", &params.q_proj, DIM, DIM, DIM)?;
-        let k = CheckedLinear::from_params("k_proj", &params.k_proj, DIM, DIM, DIM)?;
-        let v = CheckedLinear::from_params("v_proj", &params.v_proj, DIM, DIM, DIM)?;
-        self.write_checked(&[q, k, v]);
+        let c = Self::check_pytorch(params)?;
+        self.write_checked(&c);
         Ok(())
+    }
+
+    fn check_pytorch<'a>(
+        params: &SelfAttentionParams<'a, T>,
+    ) -> Result<[CheckedLinear<'a, T>; 3], LoadError> {
+        Ok([
+            CheckedLinear::from_params("q_proj", &params.q_proj, DIM, DIM, DIM)?,
+            CheckedLinear::from_params("k_proj", &params.k_proj, DIM, DIM, DIM)?,
+            CheckedLinear::from_params("v_proj", &params.v_proj, DIM, DIM, DIM)?,
+        ])
+    }
+
+    /// Builds a head from validated parameters.
+    pub(crate) fn from_checked(c: &[CheckedLinear<'_, T>; 3]) -> Result<Self, LoadError> {
+        let mut head = Self::zeros();
+        head.write_checked(c);
+        Ok(head)
     }
 
     /// Copies validated q, k, v parameters in; cannot fail.

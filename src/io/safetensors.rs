@@ -117,7 +117,9 @@ impl<'a> File<'a> {
         let full = format!("{prefix}{module}");
         Ok(CheckedLinear {
             weight: self.required(&full, ".weight", &[dout, din], dim)?,
+            weight_start: 0,
             bias: self.tensor(&full, ".bias", &[dout], dim)?,
+            bias_start: 0,
         })
     }
 }
@@ -172,9 +174,9 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
     /// `out_proj.bias`, `bias_k`/`bias_v` (unsupported), or bytes that are not a valid
     /// safetensors file.
     pub fn from_safetensors(bytes: &[u8], prefix: &str) -> Result<Self, LoadError> {
-        let mut layer = Self::zeros();
-        layer.load_safetensors(bytes, prefix)?;
-        Ok(layer)
+        let file = File::parse(bytes)?;
+        let checked = Self::check_file(&file, prefix)?;
+        Self::from_checked(&checked)
     }
 
     /// [`MultiHead::from_safetensors`] building the layer directly on the heap, for layers
@@ -187,8 +189,10 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
         bytes: &[u8],
         prefix: &str,
     ) -> Result<std::boxed::Box<Self>, LoadError> {
+        let file = File::parse(bytes)?;
+        let checked = Self::check_file(&file, prefix)?;
         let mut layer = Self::zeros_boxed();
-        layer.load_safetensors(bytes, prefix)?;
+        layer.write_checked(&checked);
         Ok(layer)
     }
 
@@ -200,6 +204,13 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
     /// As [`MultiHead::from_safetensors`].
     pub fn load_safetensors(&mut self, bytes: &[u8], prefix: &str) -> Result<(), LoadError> {
         let file = File::parse(bytes)?;
+        let checked = Self::check_file(&file, prefix)?;
+        self.write_checked(&checked);
+        Ok(())
+    }
+
+    /// Finds and checks every tensor, without writing anything.
+    fn check_file<'a>(file: &File<'a>, prefix: &str) -> Result<Checked<'a, T>, LoadError> {
         if let Some(meta) = file.meta.metadata()
             && let Some(heads) = meta.get(NUM_HEADS_KEY)
         {
@@ -248,22 +259,11 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
                 });
             }
         };
-        let checked = Checked {
-            q,
-            k,
-            v,
-            in_bias: file.tensor(prefix, "in_proj_bias", &[3 * DIM], DIM)?,
-            out_w: file.required(prefix, "out_proj.weight", &[DIM, DIM], DIM)?,
-            out_b: file.tensor(prefix, "out_proj.bias", &[DIM], DIM)?,
-        };
-        super::check_bias_pair(
-            prefix,
-            checked.in_bias.is_some(),
-            checked.out_b.is_some(),
-            DIM,
-        )?;
-        self.write_checked(&checked);
-        Ok(())
+        let in_bias = file.tensor(prefix, "in_proj_bias", &[3 * DIM], DIM)?;
+        let out_w = file.required(prefix, "out_proj.weight", &[DIM, DIM], DIM)?;
+        let out_b = file.tensor(prefix, "out_proj.bias", &[DIM], DIM)?;
+        super::check_bias_pair(prefix, in_bias.is_some(), out_b.is_some(), DIM)?;
+        Ok(Self::checked_from_parts([q, k, v], in_bias, out_w, out_b))
     }
 
     /// Writes the layer as an `nn.MultiheadAttention` `state_dict` in safetensors format, in
@@ -334,9 +334,8 @@ impl<const SEQ: usize, const DIM: usize, T: Float> SelfAttention<SEQ, DIM, T> {
     /// A [`LoadError`] naming the tensor: missing weight, wrong shape or dtype, or bytes that
     /// are not a valid safetensors file.
     pub fn from_safetensors(bytes: &[u8], prefix: &str) -> Result<Self, LoadError> {
-        let mut head = Self::zeros();
-        head.load_safetensors(bytes, prefix)?;
-        Ok(head)
+        let file = File::parse(bytes)?;
+        Self::from_checked(&Self::check_file(&file, prefix)?)
     }
 
     /// [`SelfAttention::from_safetensors`] building the head directly on the heap.
@@ -348,8 +347,10 @@ impl<const SEQ: usize, const DIM: usize, T: Float> SelfAttention<SEQ, DIM, T> {
         bytes: &[u8],
         prefix: &str,
     ) -> Result<std::boxed::Box<Self>, LoadError> {
+        let file = File::parse(bytes)?;
+        let checked = Self::check_file(&file, prefix)?;
         let mut head = Self::zeros_boxed();
-        head.load_safetensors(bytes, prefix)?;
+        head.write_checked(&checked);
         Ok(head)
     }
 
@@ -361,13 +362,20 @@ impl<const SEQ: usize, const DIM: usize, T: Float> SelfAttention<SEQ, DIM, T> {
     /// As [`SelfAttention::from_safetensors`].
     pub fn load_safetensors(&mut self, bytes: &[u8], prefix: &str) -> Result<(), LoadError> {
         let file = File::parse(bytes)?;
-        let checked = [
+        let checked = Self::check_file(&file, prefix)?;
+        self.write_checked(&checked);
+        Ok(())
+    }
+
+    fn check_file<'a>(
+        file: &File<'a>,
+        prefix: &str,
+    ) -> Result<[CheckedLinear<'a, T>; 3], LoadError> {
+        Ok([
             file.linear(prefix, "q_proj", DIM, DIM, DIM)?,
             file.linear(prefix, "k_proj", DIM, DIM, DIM)?,
             file.linear(prefix, "v_proj", DIM, DIM, DIM)?,
-        ];
-        self.write_checked(&checked);
-        Ok(())
+        ])
     }
 
     /// Writes the head as `q_proj`, `k_proj`, `v_proj` (`.weight`, and `.bias` for the

@@ -1,0 +1,435 @@
+//! The stack each public entry point needs: documented, measured and tested.
+//!
+//! The crate docs (section "Stack") give every entry point's need as a formula in the types'
+//! size constants (`SCRATCH_BYTES`, `OUTPUT_BYTES`, `WEIGHTS_BYTES`, `PARAM_BYTES`, ...) plus a
+//! fixed allowance for the call's own frames. [`documented`] writes those formulas down once
+//! more, independently, and the tests hold the library to them:
+//!
+//! - `every_entry_point_fits_its_documented_stack` runs each entry point at
+//!   `MultiHead<128, 256, 8>` (and scaled dot-product attention at 512 × 512 × 64) in a thread
+//!   whose stack is exactly the documented figure plus [`MARGIN`]. A larger need overflows that
+//!   stack and aborts the test binary with "thread '<entry point>' has overflowed its stack".
+//!   CI runs it in the test profile (`opt-level = 1`), in release and at `opt-level = 0`.
+//! - `heap_paths_run_on_a_2_mib_stack` runs every heap or caller-owned entry point at
+//!   `SEQ = 1024, DIM = 512, HEADS = 8` (the input alone is 2 MiB) in a 2 MiB thread.
+//! - `measure` (ignored) finds each entry point's real need by bisection: it re-runs this test
+//!   binary with `probe` for each candidate size (an overflow kills only the child) and
+//!   prints the table the docs quote:
+//!   `cargo test --release --test stack -- --ignored --nocapture measure`
+//!   (`STACK_FILTER=forward` measures only the entry points whose name contains `forward`).
+
+use std::hint::black_box;
+use std::process::Command;
+
+use static_attention::io::{InProjWeight, LinearParams, PyTorchParams, SelfAttentionParams};
+use static_attention::{
+    Alignment, AttentionWeights, Mask, MultiHead, SMatrix, Scratch, SelfAttention, heap,
+    scaled_dot_product_attention, scaled_dot_product_attention_into,
+    scaled_dot_product_attention_with_weights, scaled_dot_product_attention_with_weights_into,
+};
+
+/// Allowance on top of every documented figure in the tests: thread start-up, the glibc TLS
+/// block carved from the thread's stack, and page rounding.
+const MARGIN: usize = 24 << 10;
+
+const SEQ: usize = 128;
+const DIM: usize = 256;
+const HEADS: usize = 8;
+/// Keys of the cross-attention memory.
+const MEM: usize = 96;
+/// Scaled dot-product attention shape: `SQ = SKV = 512`, `d = 64`.
+const S: usize = 512;
+const D: usize = 64;
+
+type Layer = MultiHead<SEQ, DIM, HEADS>;
+type Head = SelfAttention<SEQ, DIM>;
+
+const F32: usize = 4;
+
+/// Which formula an entry point's documented need follows (crate docs, "Stack").
+#[derive(Clone, Copy, Debug)]
+enum Need {
+    /// Only the call's own frames: [`frames`].
+    Frames,
+    /// `bytes` of values it holds, plus frames.
+    Holds(usize),
+}
+
+/// The fixed allowance for an entry point's own frames (loops, pointers, small arrays), in
+/// the profile this test was built with. See the crate docs.
+fn frames() -> usize {
+    if cfg!(debug_assertions) {
+        48 << 10
+    } else {
+        16 << 10
+    }
+}
+
+/// The documented need of an entry point that holds `held` bytes of big values at
+/// `opt-level ≥ 1`; at `opt-level = 0` (no optimisation at all) the compiler keeps up to
+/// three more temporary copies of each, so the crate documents `4·held` there.
+fn documented(need: Need) -> usize {
+    let held = match need {
+        Need::Frames => 0,
+        Need::Holds(bytes) => bytes,
+    };
+    let factor = if opt_level_zero() { 4 } else { 1 };
+    factor * held + frames()
+}
+
+/// Whether this binary was built without optimisation. Cargo does not tell a test its
+/// optimisation level, so CI says so when it builds one: `STACK_TEST_OPT_LEVEL_0=1 cargo test
+/// --profile dev --test stack` (the `dev` profile is `opt-level = 0`; `cargo test` itself uses
+/// the `test` profile, `opt-level = 1` in this crate).
+fn opt_level_zero() -> bool {
+    option_env!("STACK_TEST_OPT_LEVEL_0").is_some()
+}
+
+/// The inputs every entry point reads, built once on the heap (outside the measured thread).
+struct Inputs {
+    layer: Box<Layer>,
+    head: Box<Head>,
+    x: Box<SMatrix<f32, SEQ, DIM>>,
+    memory: Box<SMatrix<f32, MEM, DIM>>,
+    q: Box<SMatrix<f32, S, D>>,
+    mha_file: Vec<u8>,
+    head_file: Vec<u8>,
+    in_proj: Vec<f32>,
+    out_proj: Vec<f32>,
+    bias3: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+impl Inputs {
+    fn new() -> Self {
+        let layer = Layer::new_boxed(&mut static_attention::init::SeedRng::from_seed_u64(1));
+        let head = Head::new_boxed(&mut static_attention::init::SeedRng::from_seed_u64(2));
+        let mut x = heap::zeros::<f32, SEQ, DIM>();
+        x.iter_mut()
+            .enumerate()
+            .for_each(|(i, v)| *v = (i as f32 * 0.37).sin());
+        let mut memory = heap::zeros::<f32, MEM, DIM>();
+        memory
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, v)| *v = (i as f32 * 0.11).cos());
+        let mut q = heap::zeros::<f32, S, D>();
+        q.iter_mut()
+            .enumerate()
+            .for_each(|(i, v)| *v = (i as f32 * 0.07).sin());
+        Self {
+            mha_file: layer.to_safetensors("").unwrap(),
+            head_file: head.to_safetensors("").unwrap(),
+            in_proj: vec![0.01; 3 * DIM * DIM],
+            out_proj: vec![0.02; DIM * DIM],
+            bias3: vec![0.0; 3 * DIM],
+            bias: vec![0.0; DIM],
+            layer,
+            head,
+            x,
+            memory,
+            q,
+        }
+    }
+
+    fn pytorch(&self) -> PyTorchParams<'_, f32> {
+        PyTorchParams {
+            in_proj_weight: InProjWeight::Packed(&self.in_proj),
+            in_proj_bias: Some(&self.bias3),
+            out_proj_weight: &self.out_proj,
+            out_proj_bias: Some(&self.bias),
+        }
+    }
+
+    fn head_params(&self) -> SelfAttentionParams<'_, f32> {
+        let l = LinearParams {
+            weight: &self.out_proj,
+            bias: Some(&self.bias),
+        };
+        SelfAttentionParams {
+            q_proj: l,
+            k_proj: l,
+            v_proj: l,
+        }
+    }
+}
+
+/// A small extension so the test reads like user code.
+trait SeedU64 {
+    fn from_seed_u64(seed: u64) -> Self;
+}
+impl SeedU64 for static_attention::init::SeedRng {
+    fn from_seed_u64(seed: u64) -> Self {
+        use static_attention::rand::SeedableRng;
+        Self::seed_from_u64(seed)
+    }
+}
+
+/// One entry point: its name, its documented need, and a call of it.
+struct Entry {
+    name: &'static str,
+    need: Need,
+    run: fn(&Inputs),
+}
+
+macro_rules! entries {
+    ($($name:literal, $need:expr, |$i:ident| $body:expr;)+) => {
+        vec![$(Entry { name: $name, need: $need, run: |$i: &Inputs| { black_box($body); } }),+]
+    };
+}
+
+/// Sizes of the big values, from the crate's constants.
+const PARAM: usize = Layer::PARAM_BYTES;
+const HEAD_PARAM: usize = Head::PARAM_BYTES;
+const SCRATCH: usize = Layer::SCRATCH_BYTES;
+const CROSS_SCRATCH: usize = Scratch::<SEQ, MEM, DIM>::BYTES;
+const OUT: usize = Layer::OUTPUT_BYTES;
+const WEIGHTS: usize = Layer::WEIGHTS_BYTES;
+const CROSS_WEIGHTS: usize = AttentionWeights::<SEQ, MEM, HEADS>::BYTES;
+const HEAD_WEIGHTS: usize = Head::WEIGHTS_BYTES;
+const SDPA_OUT: usize = S * D * F32;
+const SDPA_WEIGHTS: usize = S * S * F32;
+
+fn entry_points() -> Vec<Entry> {
+    use Need::{Frames, Holds};
+    entries![
+        // Construction and loading.
+        "MultiHead::zeros", Holds(PARAM), |_i| Layer::zeros();
+        "MultiHead::from_seed", Holds(2 * PARAM), |_i| Layer::from_seed(3);
+        "MultiHead::new_boxed", Frames, |_i| Layer::new_boxed(&mut static_attention::init::SeedRng::from_seed_u64(3));
+        "MultiHead::zeros_boxed", Frames, |_i| Layer::zeros_boxed();
+        "MultiHead::from_pytorch", Holds(3 * PARAM), |i| Layer::from_pytorch(&i.pytorch()).unwrap();
+        "MultiHead::from_pytorch_boxed", Frames, |i| Layer::from_pytorch_boxed(&i.pytorch()).unwrap();
+        "MultiHead::from_safetensors", Holds(3 * PARAM), |i| Layer::from_safetensors(&i.mha_file, "").unwrap();
+        "MultiHead::from_safetensors_boxed", Frames, |i| Layer::from_safetensors_boxed(&i.mha_file, "").unwrap();
+        "MultiHead::load_safetensors", Frames, |i| {
+            let mut l = Layer::zeros_boxed();
+            l.load_safetensors(&i.mha_file, "").unwrap();
+            l
+        };
+        "MultiHead::to_safetensors", Frames, |i| i.layer.to_safetensors("").unwrap();
+        "SelfAttention::from_seed", Holds(2 * HEAD_PARAM), |_i| Head::from_seed(3);
+        "SelfAttention::new_boxed", Frames, |_i| Head::new_boxed(&mut static_attention::init::SeedRng::from_seed_u64(3));
+        "SelfAttention::from_pytorch", Holds(3 * HEAD_PARAM), |i| Head::from_pytorch(&i.head_params()).unwrap();
+        "SelfAttention::from_pytorch_boxed", Frames, |i| Head::from_pytorch_boxed(&i.head_params()).unwrap();
+        "SelfAttention::from_safetensors", Holds(3 * HEAD_PARAM), |i| Head::from_safetensors(&i.head_file, "").unwrap();
+        "SelfAttention::from_safetensors_boxed", Frames, |i| Head::from_safetensors_boxed(&i.head_file, "").unwrap();
+        "Scratch::new", Holds(SCRATCH), |_i| Scratch::<SEQ, SEQ, DIM>::new();
+        "Scratch::new_boxed", Frames, |_i| Scratch::<SEQ, SEQ, DIM>::new_boxed();
+        "AttentionWeights::zeros", Holds(WEIGHTS), |_i| AttentionWeights::<SEQ, SEQ, HEADS>::zeros();
+        "AttentionWeights::new_boxed", Frames, |_i| AttentionWeights::<SEQ, SEQ, HEADS>::new_boxed();
+        // MultiHead forward passes.
+        "MultiHead::forward", Holds(SCRATCH + 2 * OUT), |i| i.layer.forward(&i.x, &Mask::causal(Alignment::TopLeft));
+        "MultiHead::forward_into", Frames, |i| {
+            let (mut s, mut o) = (Scratch::new_boxed(), heap::zeros());
+            i.layer.forward_into(&i.x, &Mask::none(), &mut s, &mut o);
+        };
+        "MultiHead::forward_boxed", Frames, |i| i.layer.forward_boxed(&i.x, &Mask::none());
+        "MultiHead::forward_with_weights", Holds(SCRATCH + 2 * (OUT + WEIGHTS)), |i| i.layer.forward_with_weights(&i.x, &Mask::none());
+        "MultiHead::forward_with_weights_into", Frames, |i| {
+            let (mut s, mut o, mut w) = (Scratch::new_boxed(), heap::zeros(), AttentionWeights::new_boxed());
+            i.layer.forward_with_weights_into(&i.x, &Mask::none(), &mut s, &mut o, &mut w);
+        };
+        "MultiHead::forward_with_weights_boxed", Frames, |i| i.layer.forward_with_weights_boxed(&i.x, &Mask::none());
+        "MultiHead::cross_attention", Holds(CROSS_SCRATCH + 2 * OUT), |i| i.layer.cross_attention(&i.x, &i.memory, &Mask::none());
+        "MultiHead::cross_attention_into", Frames, |i| {
+            let (mut s, mut o) = (Scratch::new_boxed(), heap::zeros());
+            i.layer.cross_attention_into(&i.x, &i.memory, &Mask::none(), &mut s, &mut o);
+        };
+        "MultiHead::cross_attention_with_weights", Holds(CROSS_SCRATCH + 2 * (OUT + CROSS_WEIGHTS)), |i| i.layer.cross_attention_with_weights(&i.x, &i.memory, &Mask::none());
+        "MultiHead::cross_attention_with_weights_into", Frames, |i| {
+            let (mut s, mut o, mut w) = (Scratch::new_boxed(), heap::zeros(), AttentionWeights::new_boxed());
+            i.layer.cross_attention_with_weights_into(&i.x, &i.memory, &Mask::none(), &mut s, &mut o, &mut w);
+        };
+        "MultiHead::attend", Frames, |i| {
+            let (mut s, mut o, mut w) = (Scratch::new_boxed(), heap::zeros(), AttentionWeights::new_boxed());
+            i.layer.attend(&i.x, &i.memory, &i.memory, &Mask::none(), &mut s, &mut o, Some(&mut w));
+        };
+        // SelfAttention forward passes.
+        "SelfAttention::forward", Holds(SCRATCH + 2 * OUT), |i| i.head.forward(&i.x, &Mask::none());
+        "SelfAttention::forward_into", Frames, |i| {
+            let (mut s, mut o) = (Scratch::new_boxed(), heap::zeros());
+            i.head.forward_into(&i.x, &Mask::none(), &mut s, &mut o);
+        };
+        "SelfAttention::forward_boxed", Frames, |i| i.head.forward_boxed(&i.x, &Mask::none());
+        "SelfAttention::forward_with_weights", Holds(SCRATCH + 2 * (OUT + HEAD_WEIGHTS)), |i| i.head.forward_with_weights(&i.x, &Mask::none());
+        "SelfAttention::forward_with_weights_into", Frames, |i| {
+            let (mut s, mut o, mut w) = (Scratch::new_boxed(), heap::zeros(), heap::zeros());
+            i.head.forward_with_weights_into(&i.x, &Mask::none(), &mut s, &mut o, &mut w);
+        };
+        "SelfAttention::forward_with_weights_boxed", Frames, |i| i.head.forward_with_weights_boxed(&i.x, &Mask::none());
+        "SelfAttention::cross_attention", Holds(CROSS_SCRATCH + 2 * OUT), |i| i.head.cross_attention(&i.x, &i.memory, &Mask::none());
+        "SelfAttention::cross_attention_with_weights", Holds(CROSS_SCRATCH + 2 * (OUT + SEQ * MEM * F32)), |i| i.head.cross_attention_with_weights(&i.x, &i.memory, &Mask::none());
+        "SelfAttention::attend", Frames, |i| {
+            let (mut s, mut o, mut w) = (Scratch::new_boxed(), heap::zeros(), heap::zeros());
+            i.head.attend(&i.x, &i.memory, &i.memory, &Mask::none(), &mut s, &mut o, Some(&mut w));
+        };
+        // Scaled dot-product attention, 512 × 512 × 64.
+        "scaled_dot_product_attention", Holds(2 * SDPA_OUT), |i| scaled_dot_product_attention(&i.q, &i.q, &i.q, &Mask::none(), None);
+        "scaled_dot_product_attention_into", Frames, |i| {
+            let mut o = heap::zeros();
+            scaled_dot_product_attention_into(&i.q, &i.q, &i.q, &Mask::none(), None, &mut o);
+        };
+        "scaled_dot_product_attention_with_weights", Holds(2 * (SDPA_OUT + SDPA_WEIGHTS)), |i| scaled_dot_product_attention_with_weights(&i.q, &i.q, &i.q, &Mask::none(), None);
+        "scaled_dot_product_attention_with_weights_into", Frames, |i| {
+            let (mut o, mut w) = (heap::zeros(), heap::zeros());
+            scaled_dot_product_attention_with_weights_into(&i.q, &i.q, &i.q, &Mask::none(), None, &mut o, &mut w);
+        };
+        // Pieces.
+        "Linear::forward", Holds(2 * OUT), |i| i.layer.q_proj().forward(&i.x);
+        "Linear::forward_into", Frames, |i| {
+            let mut o = heap::zeros();
+            i.layer.q_proj().forward_into(&i.x, &mut o);
+        };
+        "AttentionWeights::average", Holds(3 * SEQ * SEQ * F32), |i| {
+            let w = AttentionWeights::<SEQ, SEQ, HEADS>::new_boxed();
+            let _ = i;
+            w.average()
+        };
+    ]
+}
+
+/// Runs `entry` in a thread with exactly `stack` bytes of stack.
+fn run_with_stack(entry: &Entry, inputs: &Inputs, stack: usize) {
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name(entry.name.into())
+            .stack_size(stack)
+            .spawn_scoped(scope, || (entry.run)(inputs))
+            .expect("spawn")
+            .join()
+            .expect("the entry point panicked");
+    });
+}
+
+#[test]
+fn every_entry_point_fits_its_documented_stack() {
+    let inputs = Inputs::new();
+    for entry in entry_points() {
+        // An overflow aborts the whole binary, naming the thread (the entry point).
+        run_with_stack(&entry, &inputs, documented(entry.need) + MARGIN);
+    }
+}
+
+/// Child side of `measure`: runs the entry point named in `STACK_PROBE` ("name=bytes") in a
+/// thread of that many bytes. Does nothing without the variable.
+#[test]
+#[ignore = "helper process of `measure`"]
+fn probe() {
+    let Ok(spec) = std::env::var("STACK_PROBE") else {
+        return;
+    };
+    let (name, bytes) = spec.split_once('=').expect("name=bytes");
+    let bytes: usize = bytes.parse().expect("bytes");
+    let entry = entry_points()
+        .into_iter()
+        .find(|e| e.name == name)
+        .expect("known entry point");
+    run_with_stack(&entry, &Inputs::new(), bytes);
+}
+
+/// Whether the entry point runs with `bytes` of stack, in a child process.
+fn fits(name: &str, bytes: usize) -> bool {
+    Command::new(std::env::current_exe().expect("test binary"))
+        .args(["probe", "--exact", "--ignored", "--test-threads=1"])
+        .env("STACK_PROBE", format!("{name}={bytes}"))
+        .output()
+        .expect("child")
+        .status
+        .success()
+}
+
+#[test]
+#[ignore = "measurement; prints the table the docs quote"]
+fn measure() {
+    const STEP: usize = 4 << 10;
+    println!("| entry point | measured KiB | documented KiB | documented − measured |");
+    println!("|---|---|---|---|");
+    let only = std::env::var("STACK_FILTER").unwrap_or_default();
+    for entry in entry_points()
+        .into_iter()
+        .filter(|e| e.name.contains(&only))
+    {
+        let (mut lo, mut hi) = (STEP, 64 << 20);
+        assert!(
+            fits(entry.name, hi),
+            "{} does not run in 64 MiB",
+            entry.name
+        );
+        while hi - lo > STEP {
+            let mid = (lo + hi) / 2 / STEP * STEP;
+            if fits(entry.name, mid) {
+                hi = mid;
+            } else {
+                lo = mid;
+            }
+        }
+        let doc = documented(entry.need);
+        println!(
+            "| `{}` | {} | {} | {:+} |",
+            entry.name,
+            hi >> 10,
+            doc >> 10,
+            (doc as isize - hi as isize) >> 10
+        );
+    }
+}
+
+/// Largest absolute difference (without building a difference matrix on the stack).
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// `SEQ = 1024, DIM = 512, HEADS = 8`: every heap or caller-owned entry point in a 2 MiB
+/// thread.
+#[test]
+fn heap_paths_run_on_a_2_mib_stack() {
+    const SEQ: usize = 1024;
+    const DIM: usize = 512;
+    const HEADS: usize = 8;
+    type Big = MultiHead<SEQ, DIM, HEADS>;
+    type BigHead = SelfAttention<SEQ, DIM>;
+    std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(|| {
+            let layer = Big::new_boxed(&mut static_attention::init::SeedRng::from_seed_u64(5));
+            let file = layer.to_safetensors("").expect("save");
+            let loaded = Big::from_safetensors_boxed(&file, "").expect("load");
+            assert_eq!(*loaded, *layer);
+            let mut x = heap::zeros::<f32, SEQ, DIM>();
+            x.iter_mut()
+                .enumerate()
+                .for_each(|(i, v)| *v = (i as f32 * 0.013).sin());
+            let mask = Mask::causal(Alignment::TopLeft);
+
+            let y = layer.forward_boxed(&x, &mask);
+            let (yw, w) = layer.forward_with_weights_boxed(&x, &mask);
+            assert!(max_diff(y.as_slice(), yw.as_slice()) < 2e-6);
+            assert!((w.head(7).row(1023).sum() - 1.0).abs() < 1e-4);
+
+            let mut scratch = Scratch::<SEQ, SEQ, DIM>::new_boxed();
+            let mut out = heap::zeros::<f32, SEQ, DIM>();
+            layer.forward_into(&x, &mask, &mut scratch, &mut out);
+            assert_eq!(*out, *y);
+
+            let head = BigHead::new_boxed(&mut static_attention::init::SeedRng::from_seed_u64(6));
+            let hy = head.forward_boxed(&x, &mask);
+            let (hyw, _) = head.forward_with_weights_boxed(&x, &mask);
+            assert!(max_diff(hy.as_slice(), hyw.as_slice()) < 2e-6);
+
+            // Scaled dot-product attention over 1024 × 1024 × 64 with its 4 MiB of weights.
+            let q = heap::zeros::<f32, SEQ, 64>();
+            let mut o = heap::zeros::<f32, SEQ, 64>();
+            let mut sw = heap::zeros::<f32, SEQ, SEQ>();
+            scaled_dot_product_attention_with_weights_into(
+                &q, &q, &q, &mask, None, &mut o, &mut sw,
+            );
+            assert!((sw.row(1023).sum() - 1.0).abs() < 1e-4);
+        })
+        .expect("spawn")
+        .join()
+        .expect("the 2 MiB thread finished without overflowing its stack");
+}
