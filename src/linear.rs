@@ -137,6 +137,7 @@ impl<const IN: usize, const OUT: usize, T: Float> Linear<IN, OUT, T> {
     }
 
     /// The bias as stored (zeros when there is none).
+    #[cfg(feature = "std")]
     pub(crate) fn bias_or_zero(&self) -> &SVector<T, OUT> {
         &self.bias
     }
