@@ -3,7 +3,7 @@
 
 use nalgebra::SMatrix;
 
-use crate::kernels::{self, Dims, Work};
+use crate::kernels::{self, Dims, LinearIo, MaskView, PANEL_ROWS, Work};
 use crate::mask::Additive;
 use crate::{Float, Linear, Mask, sdpa::default_scale};
 
@@ -23,6 +23,8 @@ pub(crate) struct Buffers<'s, T, const DIM: usize> {
     pub k: &'s mut [T],
     pub v: &'s mut [T],
     pub work: &'s mut Work<T, DIM>,
+    /// A row panel of `PANEL_ROWS × DIM` values for the projections.
+    pub pack: &'s mut [T],
 }
 
 /// Declares zeroed local working memory for `$sq` queries and `$skv` keys of `$dim` features
@@ -34,11 +36,13 @@ macro_rules! local_buffers {
         let mut k = [[<$t as $crate::Float>::ZERO; $skv]; $dim];
         let mut v = [[<$t as $crate::Float>::ZERO; $skv]; $dim];
         let mut work = $crate::kernels::Work::<$t, $dim>::new();
+        let mut pack = [[<$t as $crate::Float>::ZERO; $crate::kernels::PANEL_ROWS]; $dim];
         let mut $buf = $crate::layer::Buffers {
             q: q.as_flattened_mut(),
             k: k.as_flattened_mut(),
             v: v.as_flattened_mut(),
             work: &mut work,
+            pack: pack.as_flattened_mut(),
         };
     };
 }
@@ -50,12 +54,12 @@ pub(crate) use local_buffers;
 /// given (one matrix per head) the post-softmax weights are written there too; otherwise no
 /// `SQ × SKV` matrix exists.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn attend_heads<const SQ: usize, const SKV: usize, const DIM: usize, T, A>(
+pub(crate) fn attend_heads<'m, const SQ: usize, const SKV: usize, const DIM: usize, T, A>(
     proj: &Projections<'_, DIM, T>,
     query: &SMatrix<T, SQ, DIM>,
     key: &SMatrix<T, SKV, DIM>,
     value: &SMatrix<T, SKV, DIM>,
-    mask: &Mask<'_, SQ, SKV, A>,
+    mask: &'m Mask<'m, SQ, SKV, A>,
     heads: usize,
     buf: &mut Buffers<'_, T, DIM>,
     out: &mut [T],
@@ -68,9 +72,11 @@ pub(crate) fn attend_heads<const SQ: usize, const SKV: usize, const DIM: usize, 
     let scale = default_scale::<T>(dk);
 
     // Q = query W_qᵀ + b_q, K = key W_kᵀ + b_k, V = value W_vᵀ + b_v.
-    proj.q.forward_slice(query.as_slice(), SQ, buf.q);
-    proj.k.forward_slice(key.as_slice(), SKV, buf.k);
-    proj.v.forward_slice(value.as_slice(), SKV, buf.v);
+    proj.q.forward_slices(query.as_slice(), SQ, buf.q, buf.pack);
+    proj.k.forward_slices(key.as_slice(), SKV, buf.k, buf.pack);
+    proj.v.forward_slices(value.as_slice(), SKV, buf.v, buf.pack);
+    let mask = MaskView::of(mask);
+    let mask = &mask;
 
     let dims = Dims {
         sq: SQ,
@@ -87,7 +93,27 @@ pub(crate) fn attend_heads<const SQ: usize, const SKV: usize, const DIM: usize, 
             Some(w) => {
                 kernels::attention_with_weights(q, k, v, dims, scale, mask, o, w[h].as_mut_slice())
             }
-            None => kernels::attention(q, k, v, dims, scale, mask, o, buf.work),
+            None => kernels::attention(q, k, v, dims, scale, mask, o, buf.work.parts()),
         }
     }
+}
+
+/// `buf = buf · W_oᵀ + b_o` in place for `SQ` tokens (the output projection over the
+/// concatenated heads), a row panel at a time through `pack`.
+pub(crate) fn project_in_place<const DIM: usize, T: Float>(
+    out_proj: &Linear<DIM, DIM, T>,
+    buf: &mut [T],
+    sq: usize,
+    pack: &mut [T],
+) {
+    debug_assert!(pack.len() >= PANEL_ROWS * DIM);
+    kernels::linear(
+        LinearIo::InPlace(&mut buf[..sq * DIM]),
+        sq,
+        DIM,
+        out_proj.weight_t().as_slice(),
+        DIM,
+        out_proj.bias_slice(),
+        pack,
+    );
 }

@@ -4,6 +4,9 @@ use nalgebra::{SMatrix, SVector};
 
 use crate::{Float, kernels};
 
+/// Input features per panel of [`Linear::forward_into`]'s stack buffer.
+const PANEL_DEPTH: usize = 64;
+
 /// A linear map from `IN` to `OUT` features, `y = x Wᵀ + b`, exactly as PyTorch's `nn.Linear`.
 ///
 /// `T` is the scalar type, `f32` unless named (`Linear<IN, OUT, f64>`).
@@ -150,24 +153,32 @@ impl<const IN: usize, const OUT: usize, T: Float> Linear<IN, OUT, T> {
         y
     }
 
-    /// `y = x Wᵀ + b` into a caller-owned output.
+    /// `y = x Wᵀ + b` into a caller-owned output. Besides its frames it keeps a small panel
+    /// buffer on the stack (`16 × 64` scalars).
     pub fn forward_into<const S: usize>(&self, x: &SMatrix<T, S, IN>, y: &mut SMatrix<T, S, OUT>) {
-        self.forward_slice(x.as_slice(), S, y.as_mut_slice());
+        let mut pack = [[T::ZERO; kernels::PANEL_ROWS]; PANEL_DEPTH];
+        self.forward_slices(x.as_slice(), S, y.as_mut_slice(), pack.as_flattened_mut());
     }
 
-    /// `y = x Wᵀ + b` for `s` tokens, `x` and `y` column-major (`s·IN` and `s·OUT` values).
-    pub(crate) fn forward_slice(&self, x: &[T], s: usize, y: &mut [T]) {
+    /// `y = x Wᵀ + b` for `s` tokens, `x` and `y` column-major (`s·IN` and `s·OUT` values),
+    /// with `pack` as the kernel's panel buffer.
+    pub(crate) fn forward_slices(&self, x: &[T], s: usize, y: &mut [T], pack: &mut [T]) {
         if s == 0 {
             return;
         }
         kernels::linear(
-            x,
+            kernels::LinearIo::Out { x, out: y },
             s,
             IN,
             self.weight_t.as_slice(),
             OUT,
             self.bias.as_slice(),
-            y,
+            pack,
         );
+    }
+
+    /// The bias storage (zeros when there is none), for the kernels.
+    pub(crate) fn bias_slice(&self) -> &[T] {
+        self.bias.as_slice()
     }
 }

@@ -335,18 +335,6 @@ impl<'a, const SQ: usize, const SKV: usize, A> Mask<'a, SQ, SKV, A> {
         true
     }
 
-    /// Whether some part of the mask must be looked up per (query, key) pair.
-    #[inline]
-    pub(crate) fn is_dense<T>(&self) -> bool
-    where
-        A: Additive<T, SQ, SKV>,
-    {
-        A::PRESENT
-            || self.key_padding.is_some()
-            || self.attend_where.is_some()
-            || self.block_where.is_some()
-    }
-
     /// The entry for a key already known to be inside the pattern's range: `None` if a
     /// boolean part or the additive part masks it, otherwise the additive bias (0 without one).
     #[inline(always)]

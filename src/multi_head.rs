@@ -3,7 +3,7 @@
 use nalgebra::SMatrix;
 use rand::{Rng, SeedableRng};
 
-use crate::layer::{Buffers, Projections, attend_heads, local_buffers};
+use crate::layer::{Buffers, Projections, attend_heads, local_buffers, project_in_place};
 use crate::mask::Additive;
 use crate::scratch::zero_matrix;
 use crate::{AttentionWeights, Bias, Float, Linear, Mask, Scratch, init};
@@ -447,10 +447,8 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
             out,
             weights.map(|w| &mut w.heads[..]),
         );
-        // MultiHead = Concat(head_1..head_h) W_oᵀ + b_o; the Q buffer is free again and holds
-        // the product before it is copied out.
-        let n = SQ * DIM;
-        self.out.forward_slice(out, SQ, &mut buf.q[..n]);
-        out[..n].copy_from_slice(&buf.q[..n]);
+        // MultiHead = Concat(head_1..head_h) W_oᵀ + b_o, in place in `out` (a row panel at a
+        // time goes through the pack buffer).
+        project_in_place(&self.out, out, SQ, buf.pack);
     }
 }

@@ -8,7 +8,7 @@
 use nalgebra::SMatrix;
 
 use crate::Float;
-use crate::kernels::Work;
+use crate::kernels::{PANEL_ROWS, Work};
 
 /// A zero `R × C` matrix as a `const fn`, written so that it is built in place (nalgebra's
 /// `zeros()` goes through a temporary that doubles its stack use).
@@ -108,8 +108,10 @@ impl<const SQ: usize, const SKV: usize, const HEADS: usize, T: Float> Default
 /// [`crate::MultiHead::attend`] and [`crate::SelfAttention::attend`] (and the `*_into` entry
 /// points built on them).
 ///
-/// Its size, [`Scratch::BYTES`], is that of `SQ·DIM`, `SKV·DIM`, `SKV·DIM` and `8·(DIM + 2)`
-/// scalars, each part padded to a multiple of 64 bytes so it starts on a cache line. Keep one
+/// Its size, [`Scratch::BYTES`], is that of five parts, each padded to a multiple of 64 bytes
+/// so it starts on a cache line: Q (`SQ·DIM` scalars), K and V (`SKV·DIM` each), the attention
+/// kernel's block state (`16·DIM + 2048`: running sums for 16 queries, and a block of 64 keys'
+/// scores and masks) and a projection panel (`16·DIM`). Keep one
 /// wherever suits the program (in a struct it owns, in a `Box` from [`Scratch::new_boxed`], or,
 /// since [`Scratch::new`] is a `const fn`, in a `static` behind the program's own mutex or
 /// singleton). Its contents between calls do not matter.
@@ -123,6 +125,7 @@ pub struct Scratch<const SQ: usize, const SKV: usize, const DIM: usize, T = f32>
     k: Aligned<[[T; SKV]; DIM]>,
     v: Aligned<[[T; SKV]; DIM]>,
     work: Aligned<Work<T, DIM>>,
+    pack: Aligned<[[T; PANEL_ROWS]; DIM]>,
 }
 
 /// A buffer starting on a 64-byte boundary (a cache line): the kernels' vector loads then
@@ -144,6 +147,7 @@ impl<const SQ: usize, const SKV: usize, const DIM: usize, T: Float> Scratch<SQ, 
             k: Aligned([[T::ZERO; SKV]; DIM]),
             v: Aligned([[T::ZERO; SKV]; DIM]),
             work: Aligned(Work::new()),
+            pack: Aligned([[T::ZERO; PANEL_ROWS]; DIM]),
         }
     }
 
@@ -154,6 +158,7 @@ impl<const SQ: usize, const SKV: usize, const DIM: usize, T: Float> Scratch<SQ, 
             k: self.k.0.as_flattened_mut(),
             v: self.v.0.as_flattened_mut(),
             work: &mut self.work.0,
+            pack: self.pack.0.as_flattened_mut(),
         }
     }
 

@@ -3,7 +3,7 @@
 
 use nalgebra::SMatrix;
 
-use crate::kernels::{self, Dims, Work};
+use crate::kernels::{self, Dims, MaskView, Work};
 use crate::mask::Additive;
 use crate::scratch::zero_matrix;
 use crate::{Float, Mask};
@@ -67,7 +67,7 @@ pub fn scaled_dot_product_attention<
 }
 
 /// [`scaled_dot_product_attention`] writing into a caller-owned output (for example a boxed
-/// matrix too large for the stack). Beyond the output it needs `8 · (DV + 2)` scalars of
+/// matrix too large for the stack). Beyond the output it needs `16 · DV + 2048` scalars of
 /// stack for the kernel's block state.
 pub fn scaled_dot_product_attention_into<
     const SQ: usize,
@@ -99,9 +99,9 @@ pub fn scaled_dot_product_attention_into<
         v.as_slice(),
         dims,
         scale,
-        mask,
+        &MaskView::of(mask),
         out.as_mut_slice(),
-        &mut work,
+        work.parts(),
     );
 }
 
@@ -189,7 +189,7 @@ pub fn scaled_dot_product_attention_with_weights_into<
         v.as_slice(),
         dims,
         scale,
-        mask,
+        &MaskView::of(mask),
         out.as_mut_slice(),
         weights.as_mut_slice(),
     );

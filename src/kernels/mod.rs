@@ -3,25 +3,47 @@
 //! Each kernel works on plain column-major slices (nalgebra's storage order), so the public
 //! types hand their storage straight through with no copies:
 //!
-//! - `linear`: `out = x · Wᵀ + b` for a whole sequence (the Q/K/V and output projections);
+//! - `linear`: `out = x · Wᵀ + b` for a whole sequence (the Q/K/V and output projections),
+//!   also in place;
 //! - `attention`: fused streaming attention for one head: scores, online softmax and the
 //!   weighted sum of values in one pass over the keys, never holding more than a block of
 //!   scores, so no `SQ × SKV` matrix exists;
 //! - `attention_with_weights`: the same result plus the post-softmax weights, written into a
 //!   caller-provided `SQ × SKV` matrix (only when the caller asked for weights).
 //!
-//! Which implementation runs is decided in one place, [`selected`]. Today the portable
-//! `scalar` kernel is the only one; instruction-set kernels slot in beside it as further
-//! [`Kernel`] variants with the same functions, chosen by [`detect`]. The `force-scalar`
-//! feature pins the scalar kernel so the whole test suite can run against it.
+//! Two implementations sit behind them, chosen by [`Kernel`]:
+//!
+//! - `scalar.rs`, the portable reference: plain loops, the kernel every other one is tested
+//!   against, and the one `force-scalar` pins;
+//! - `vector.rs`, the SIMD kernels, written once over the `Simd` instruction-set trait
+//!   (`simd.rs`) and compiled for x86-64 AVX2 + FMA (`x86.rs`): 8 `f32` or 4 `f64` lanes.
+//!
+//! [`detect`] picks the best kernel the CPU runs, once per process (with `std`, through
+//! `is_x86_feature_detected!`; without, through `cfg!(target_feature)` or CPUID and XGETBV),
+//! and [`selected`] returns that choice; every entry point reads it once and runs its whole
+//! call on it. With `std`, [`with_kernel`] overrides the choice on one thread (the benchmarks
+//! compare kernels that way).
+//!
+//! Kernels are generic over the scalar type only, not over shapes: shapes arrive as
+//! `Dims` and masks as a `MaskView` of slices, so each kernel is compiled once per scalar
+//! type however many shapes a program uses.
 
 pub(crate) mod scalar;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod simd;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod vector;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86;
 
 use crate::Float;
-use crate::mask::{Additive, Mask};
+use crate::mask::{Additive, Mask, Pattern};
 
-/// Rows of queries a kernel processes together (the width of the streaming block).
-pub(crate) const BLOCK_Q: usize = 8;
+/// Queries a SIMD tile holds at most (two vectors of `f32`), and the row stride of the work
+/// buffers.
+pub(crate) const MQ_MAX: usize = 16;
+/// Keys per streaming block.
+pub(crate) const KB: usize = 64;
 
 /// An attention kernel implementation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -29,6 +51,9 @@ pub(crate) const BLOCK_Q: usize = 8;
 pub enum Kernel {
     /// Portable Rust loops; the reference every other kernel is tested against.
     Scalar,
+    /// x86-64 AVX2 + FMA: 8 `f32` or 4 `f64` lanes, register-blocked micro-kernels and a
+    /// vectorised `exp`.
+    Avx2Fma,
 }
 
 impl Kernel {
@@ -37,53 +62,132 @@ impl Kernel {
     pub const fn name(self) -> &'static str {
         match self {
             Kernel::Scalar => "scalar",
+            Kernel::Avx2Fma => "avx2+fma",
+        }
+    }
+
+    /// Whether this CPU (and build) can run the kernel.
+    #[must_use]
+    pub fn is_supported(self) -> bool {
+        match self {
+            Kernel::Scalar => true,
+            Kernel::Avx2Fma => avx2_token().is_some(),
         }
     }
 }
 
-/// The best kernel this build and CPU support. With `force-scalar` it is always
-/// [`Kernel::Scalar`].
-#[must_use]
-pub fn detect() -> Kernel {
-    Kernel::Scalar
+/// The AVX2 token, if this CPU has AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+fn avx2_token() -> Option<x86::Avx2> {
+    x86::Avx2::detect()
 }
 
-/// The kernel the forward passes use: [`detect`]'s choice.
+#[cfg(not(target_arch = "x86_64"))]
+fn avx2_token() -> Option<core::convert::Infallible> {
+    None
+}
+
+/// The best kernel this build and CPU support: [`Kernel::Avx2Fma`] on x86-64 with AVX2 and
+/// FMA, [`Kernel::Scalar`] otherwise. With the `force-scalar` feature it is always
+/// [`Kernel::Scalar`]. Each call runs the detection; [`selected`] caches it.
+#[must_use]
+pub fn detect() -> Kernel {
+    if cfg!(feature = "force-scalar") {
+        return Kernel::Scalar;
+    }
+    if Kernel::Avx2Fma.is_supported() {
+        Kernel::Avx2Fma
+    } else {
+        Kernel::Scalar
+    }
+}
+
+/// The kernel the forward passes use: [`detect`]'s choice, made once per process (or the
+/// thread's override, see [`with_kernel`]).
 #[inline]
 #[must_use]
 pub fn selected() -> Kernel {
-    detect()
+    #[cfg(feature = "std")]
+    if let Some(k) = OVERRIDE.with(core::cell::Cell::get) {
+        return k;
+    }
+    cached()
 }
 
-/// Per-call working memory of the streaming kernel: one block of queries' running softmax
-/// state and output accumulators. `D` is the largest head width it serves.
-#[derive(Clone, Copy, Debug, bytemuck::Zeroable)]
-#[repr(C)]
-pub(crate) struct Work<T, const D: usize> {
-    /// Running output sums, `BLOCK_Q` rows per value column (column `e` at `e * BLOCK_Q`).
-    pub(crate) acc: [[T; BLOCK_Q]; D],
-    /// Running maximum score per row.
-    pub(crate) max: [T; BLOCK_Q],
-    /// Running softmax denominator per row.
-    pub(crate) sum: [T; BLOCK_Q],
-}
-
-impl<T: Float, const D: usize> Work<T, D> {
-    /// Zeroed working memory.
-    #[must_use]
-    pub(crate) const fn new() -> Self {
-        Self {
-            acc: [[T::ZERO; BLOCK_Q]; D],
-            max: [T::ZERO; BLOCK_Q],
-            sum: [T::ZERO; BLOCK_Q],
+/// [`detect`], run once and remembered (an atomic byte: 0 = not yet detected).
+fn cached() -> Kernel {
+    use core::sync::atomic::{AtomicU8, Ordering};
+    static CHOICE: AtomicU8 = AtomicU8::new(0);
+    match CHOICE.load(Ordering::Relaxed) {
+        1 => Kernel::Scalar,
+        2 => Kernel::Avx2Fma,
+        _ => {
+            let k = detect();
+            CHOICE.store(
+                match k {
+                    Kernel::Scalar => 1,
+                    Kernel::Avx2Fma => 2,
+                },
+                Ordering::Relaxed,
+            );
+            k
         }
     }
 }
 
-impl<T: Float, const D: usize> Default for Work<T, D> {
-    fn default() -> Self {
-        Self::new()
+#[cfg(feature = "std")]
+std::thread_local! {
+    static OVERRIDE: core::cell::Cell<Option<Kernel>> = const { core::cell::Cell::new(None) };
+}
+
+/// Why [`with_kernel`] could not run a kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Unsupported(pub Kernel);
+
+impl core::fmt::Display for Unsupported {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "the {} kernel does not run on this CPU", self.0.name())
     }
+}
+
+impl core::error::Error for Unsupported {}
+
+/// Runs `f` with `kernel` in place of the detected one, on this thread only (with `std`).
+/// Benchmarks and tests use it to compare kernels; nothing else needs it.
+///
+/// ```
+/// use static_attention::kernels::{Kernel, selected, with_kernel};
+/// use static_attention::{Mask, MultiHead, SMatrix};
+///
+/// let layer = MultiHead::<8, 16, 2>::from_seed(1);
+/// let x = SMatrix::<f32, 8, 16>::repeat(0.25);
+/// let fast = layer.forward(&x, &Mask::none());
+/// let slow = with_kernel(Kernel::Scalar, || {
+///     assert_eq!(selected(), Kernel::Scalar);
+///     layer.forward(&x, &Mask::none())
+/// })?;
+/// assert!((fast - slow).amax() < 2e-6);
+/// # Ok::<(), static_attention::kernels::Unsupported>(())
+/// ```
+///
+/// # Errors
+///
+/// [`Unsupported`] if the CPU cannot run `kernel`; `f` is not called then.
+#[cfg(feature = "std")]
+pub fn with_kernel<R>(kernel: Kernel, f: impl FnOnce() -> R) -> Result<R, Unsupported> {
+    if !kernel.is_supported() {
+        return Err(Unsupported(kernel));
+    }
+    let previous = OVERRIDE.with(|o| o.replace(Some(kernel)));
+    // Restore the previous choice even if `f` panics.
+    struct Restore(Option<Kernel>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            OVERRIDE.with(|o| o.set(self.0));
+        }
+    }
+    let _restore = Restore(previous);
+    Ok(f())
 }
 
 /// Shape of one head's attention problem: `sq` queries of width `dk`, `skv` keys and values of
@@ -96,44 +200,272 @@ pub(crate) struct Dims {
     pub dv: usize,
 }
 
-/// `out[s × dout] = x[s × din] · Wᵀ + b`, all column-major; `w_t` is `Wᵀ` column-major, which is
-/// PyTorch's row-major `weight[dout][din]`.
-#[inline]
+/// A [`Mask`] lowered to slices for the kernels (column-major `sq × skv` matrices).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MaskView<'a, T> {
+    pub pattern: Pattern,
+    pub sq: usize,
+    pub skv: usize,
+    pub attend: Option<&'a [bool]>,
+    pub block: Option<&'a [bool]>,
+    pub pad: Option<&'a [bool]>,
+    pub additive: Option<&'a [T]>,
+}
+
+impl<'a, T: Float> MaskView<'a, T> {
+    /// The view of `mask`.
+    pub(crate) fn of<const SQ: usize, const SKV: usize, A: Additive<T, SQ, SKV>>(
+        mask: &'a Mask<'a, SQ, SKV, A>,
+    ) -> Self {
+        Self {
+            pattern: mask.pattern(),
+            sq: SQ,
+            skv: SKV,
+            attend: mask.attend_where_matrix().map(|m| m.as_slice()),
+            block: mask.block_where_matrix().map(|m| m.as_slice()),
+            pad: mask.key_padding().map(|p| &p[..]),
+            additive: mask.additive_part().matrix().map(|m| m.as_slice()),
+        }
+    }
+
+    /// The keys the pattern lets query `i` see, `[lo, hi)`.
+    #[inline]
+    pub(crate) fn key_range(&self, i: usize) -> (usize, usize) {
+        if i >= self.sq {
+            return (0, 0);
+        }
+        self.pattern.key_range(i, self.sq, self.skv)
+    }
+
+    /// Whether some part must be looked up per (query, key) pair.
+    #[inline]
+    pub(crate) fn is_dense(&self) -> bool {
+        self.attend.is_some() || self.block.is_some() || self.pad.is_some() || self.additive.is_some()
+    }
+
+    /// For a key inside the pattern's range: `None` if a matrix or padding part masks it,
+    /// otherwise its additive bias (0 without one).
+    #[inline]
+    pub(crate) fn dense_entry(&self, i: usize, j: usize) -> Option<T> {
+        let at = i + j * self.sq;
+        if self.pad.is_some_and(|p| p[j])
+            || self.attend.is_some_and(|m| !m[at])
+            || self.block.is_some_and(|m| m[at])
+        {
+            return None;
+        }
+        match self.additive {
+            None => Some(T::ZERO),
+            // NaN fails the comparison, so NaN and −∞ both mask the key.
+            Some(a) => (a[at] > T::NEG_INFINITY).then_some(a[at]),
+        }
+    }
+}
+
+/// The operands of `linear`: separate input and output, or one buffer transformed in place.
+pub(crate) enum LinearIo<'a, T> {
+    /// `out = x · Wᵀ + b`.
+    Out { x: &'a [T], out: &'a mut [T] },
+    /// `buf = buf · Wᵀ + b` (square `W`).
+    InPlace(&'a mut [T]),
+}
+
+/// Per-call working memory of the attention kernels: the running output sums of a query tile
+/// (`D` value columns × 16 lanes), and one block of scores and of key masks (`KB` × 16 each).
+/// `D` is the largest value width it serves.
+#[derive(Clone, Debug, bytemuck::Zeroable)]
+#[repr(C)]
+#[zeroable(bound = "T: crate::Float")]
+pub(crate) struct Work<T, const D: usize> {
+    pub(crate) acc: [[T; MQ_MAX]; D],
+    pub(crate) p: [[T; MQ_MAX]; KB],
+    pub(crate) allowed: [[T; MQ_MAX]; KB],
+}
+
+impl<T: Float, const D: usize> Work<T, D> {
+    /// Zeroed working memory.
+    #[must_use]
+    pub(crate) const fn new() -> Self {
+        Self {
+            acc: [[T::ZERO; MQ_MAX]; D],
+            p: [[T::ZERO; MQ_MAX]; KB],
+            allowed: [[T::ZERO; MQ_MAX]; KB],
+        }
+    }
+
+    /// The buffers, borrowed for one call.
+    pub(crate) fn parts(&mut self) -> WorkRef<'_, T> {
+        WorkRef {
+            acc: self.acc.as_flattened_mut(),
+            p: self.p.as_flattened_mut(),
+            allowed: self.allowed.as_flattened_mut(),
+        }
+    }
+}
+
+/// [`Work`] as slices.
+pub(crate) struct WorkRef<'a, T> {
+    /// Running output sums: `dv` rows of [`MQ_MAX`].
+    pub acc: &'a mut [T],
+    /// A block of scores: [`KB`] rows of [`MQ_MAX`].
+    pub p: &'a mut [T],
+    /// A block of key masks: [`KB`] rows of [`MQ_MAX`].
+    pub allowed: &'a mut [T],
+}
+
+impl<T> WorkRef<'_, T> {
+    /// A shorter-lived copy of the borrow.
+    pub(crate) fn reborrow(&mut self) -> WorkRef<'_, T> {
+        WorkRef {
+            acc: self.acc,
+            p: self.p,
+            allowed: self.allowed,
+        }
+    }
+}
+
+/// Rows of a GEMM row panel: the pack buffer of an in-place projection holds this many rows
+/// of every input feature.
+pub(crate) const PANEL_ROWS: usize = MQ_MAX;
+
+/// Reinterprets a slice of `T` as `f32` when `T` is `f32` (the crate's two scalars are sealed,
+/// so `size_of::<T>() == 4` means `f32`).
+macro_rules! as_elem {
+    ($e:ty, $x:expr) => {
+        bytemuck::cast_slice::<_, $e>($x)
+    };
+    (mut $e:ty, $x:expr) => {
+        bytemuck::cast_slice_mut::<_, $e>($x)
+    };
+}
+
+/// `out = x · Wᵀ + b` (or in place) for `s` tokens, column-major; `w_t` is `Wᵀ` column-major
+/// (PyTorch's row-major `weight[dout][din]`); `pack` is working memory (see `vector::linear`;
+/// in place it must hold [`PANEL_ROWS`] × `din` values).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn linear<T: Float>(
-    x: &[T],
+    io: LinearIo<'_, T>,
     s: usize,
     din: usize,
     w_t: &[T],
     dout: usize,
     bias: &[T],
-    out: &mut [T],
+    pack: &mut [T],
 ) {
     match selected() {
-        Kernel::Scalar => scalar::linear(x, s, din, w_t, dout, bias, out),
+        Kernel::Scalar => scalar::linear(io, s, din, w_t, dout, bias, pack),
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2Fma => {
+            let token = avx2_token().expect("the selected kernel runs on this CPU");
+            if T::BYTES == 4 {
+                let io = match io {
+                    LinearIo::Out { x, out } => LinearIo::Out {
+                        x: as_elem!(f32, x),
+                        out: as_elem!(mut f32, out),
+                    },
+                    LinearIo::InPlace(b) => LinearIo::InPlace(as_elem!(mut f32, b)),
+                };
+                let (w, b, p) = (as_elem!(f32, w_t), as_elem!(f32, bias), as_elem!(mut f32, pack));
+                // SAFETY: the token proves AVX2 and FMA, the only requirement of the
+                // `#[target_feature]` entry point.
+                unsafe { x86::linear_f32(token, io, s, din, w, dout, b, p) }
+            } else {
+                let io = match io {
+                    LinearIo::Out { x, out } => LinearIo::Out {
+                        x: as_elem!(f64, x),
+                        out: as_elem!(mut f64, out),
+                    },
+                    LinearIo::InPlace(b) => LinearIo::InPlace(as_elem!(mut f64, b)),
+                };
+                let (w, b, p) = (as_elem!(f64, w_t), as_elem!(f64, bias), as_elem!(mut f64, pack));
+                // SAFETY: as above.
+                unsafe { x86::linear_f64(token, io, s, din, w, dout, b, p) }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        Kernel::Avx2Fma => scalar::linear(io, s, din, w_t, dout, bias, pack),
+    }
+}
+
+/// The mask view with its additive part reinterpreted as `E` (see [`linear`]).
+fn mask_as<'a, T: Float, E: Float>(m: &MaskView<'a, T>) -> MaskView<'a, E> {
+    MaskView {
+        pattern: m.pattern,
+        sq: m.sq,
+        skv: m.skv,
+        attend: m.attend,
+        block: m.block,
+        pad: m.pad,
+        additive: m.additive.map(|a| bytemuck::cast_slice::<T, E>(a)),
     }
 }
 
 /// Streaming attention for one head: `out[sq × dv] = softmax(scale·q·kᵀ + mask) · v`.
-#[inline]
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn attention<T, A, const SQ: usize, const SKV: usize, const D: usize>(
+pub(crate) fn attention<T: Float>(
     q: &[T],
     k: &[T],
     v: &[T],
     dims: Dims,
     scale: T,
-    mask: &Mask<'_, SQ, SKV, A>,
+    mask: &MaskView<'_, T>,
     out: &mut [T],
-    work: &mut Work<T, D>,
-) where
-    T: Float,
-    A: Additive<T, SQ, SKV>,
-{
+    mut work: WorkRef<'_, T>,
+) {
     let kernel = selected();
-    let run = |vscale: T, out: &mut [T], work: &mut Work<T, D>| match kernel {
+    let run = |vscale: T, out: &mut [T], work: WorkRef<'_, T>| match kernel {
         Kernel::Scalar => scalar::attention(q, k, v, dims, scale, mask, out, work, vscale),
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2Fma => {
+            let token = avx2_token().expect("the selected kernel runs on this CPU");
+            if T::BYTES == 4 {
+                let work = WorkRef {
+                    acc: as_elem!(mut f32, work.acc),
+                    p: as_elem!(mut f32, work.p),
+                    allowed: as_elem!(mut f32, work.allowed),
+                };
+                // SAFETY: the token proves AVX2 and FMA.
+                unsafe {
+                    x86::attention_f32(
+                        token,
+                        as_elem!(f32, q),
+                        as_elem!(f32, k),
+                        as_elem!(f32, v),
+                        dims,
+                        scale.to_f64() as f32,
+                        &mask_as(mask),
+                        as_elem!(mut f32, out),
+                        work,
+                        vscale.to_f64() as f32,
+                    );
+                }
+            } else {
+                let work = WorkRef {
+                    acc: as_elem!(mut f64, work.acc),
+                    p: as_elem!(mut f64, work.p),
+                    allowed: as_elem!(mut f64, work.allowed),
+                };
+                // SAFETY: the token proves AVX2 and FMA.
+                unsafe {
+                    x86::attention_f64(
+                        token,
+                        as_elem!(f64, q),
+                        as_elem!(f64, k),
+                        as_elem!(f64, v),
+                        dims,
+                        scale.to_f64(),
+                        &mask_as(mask),
+                        as_elem!(mut f64, out),
+                        work,
+                        vscale.to_f64(),
+                    );
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        Kernel::Avx2Fma => scalar::attention(q, k, v, dims, scale, mask, out, work, vscale),
     };
-    run(T::ONE, out, work);
+    run(T::ONE, out, work.reborrow());
     // The running sums Σ p·v are bounded by SKV · max|v| (every p ≤ 1), so they can overflow
     // only when some value exceeds T::MAX / SKV. Then the pass is repeated with the values
     // scaled by a power of two (exact), and the output scaled back after the division by the
@@ -163,22 +495,76 @@ fn overflow_rescale<T: Float>(v: &[T], skv: usize) -> Option<T> {
 }
 
 /// Attention for one head that also writes the post-softmax weights (`sq × skv`, column-major).
-#[inline]
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn attention_with_weights<T, A, const SQ: usize, const SKV: usize>(
+pub(crate) fn attention_with_weights<T: Float>(
     q: &[T],
     k: &[T],
     v: &[T],
     dims: Dims,
     scale: T,
-    mask: &Mask<'_, SQ, SKV, A>,
+    mask: &MaskView<'_, T>,
     out: &mut [T],
     weights: &mut [T],
-) where
-    T: Float,
-    A: Additive<T, SQ, SKV>,
-{
+) {
     match selected() {
         Kernel::Scalar => scalar::attention_with_weights(q, k, v, dims, scale, mask, out, weights),
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2Fma => {
+            let token = avx2_token().expect("the selected kernel runs on this CPU");
+            if T::BYTES == 4 {
+                // SAFETY: the token proves AVX2 and FMA.
+                unsafe {
+                    x86::weights_f32(
+                        token,
+                        as_elem!(f32, q),
+                        as_elem!(f32, k),
+                        as_elem!(f32, v),
+                        dims,
+                        scale.to_f64() as f32,
+                        &mask_as(mask),
+                        as_elem!(mut f32, out),
+                        as_elem!(mut f32, weights),
+                    );
+                }
+            } else {
+                // SAFETY: the token proves AVX2 and FMA.
+                unsafe {
+                    x86::weights_f64(
+                        token,
+                        as_elem!(f64, q),
+                        as_elem!(f64, k),
+                        as_elem!(f64, v),
+                        dims,
+                        scale.to_f64(),
+                        &mask_as(mask),
+                        as_elem!(mut f64, out),
+                        as_elem!(mut f64, weights),
+                    );
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        Kernel::Avx2Fma => scalar::attention_with_weights(q, k, v, dims, scale, mask, out, weights),
+    }
+}
+
+/// `eˣ` over a slice with the selected kernel's `exp` (the scalar kernel uses the platform's
+/// `exp`). Exposed for tests and benchmarks of the vectorised `exp`.
+pub fn exp_in_place<T: Float>(xs: &mut [T]) {
+    match selected() {
+        Kernel::Scalar => xs.iter_mut().for_each(|x| *x = x.exp_()),
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2Fma => {
+            let token = avx2_token().expect("the selected kernel runs on this CPU");
+            if T::BYTES == 4 {
+                // SAFETY: the token proves AVX2 and FMA.
+                unsafe { x86::exp_f32(token, as_elem!(mut f32, xs)) }
+            } else {
+                // SAFETY: the token proves AVX2 and FMA.
+                unsafe { x86::exp_f64(token, as_elem!(mut f64, xs)) }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        Kernel::Avx2Fma => xs.iter_mut().for_each(|x| *x = x.exp_()),
     }
 }

@@ -2,12 +2,53 @@
 //! vectorise the innermost loops (over queries and over sequence positions). It is the
 //! reference the instruction-set kernels are tested against.
 
-use super::{BLOCK_Q, Dims, Work};
+use super::{Dims, LinearIo, MQ_MAX, MaskView, PANEL_ROWS, WorkRef};
 use crate::Float;
-use crate::mask::{Additive, Mask};
 
-/// `out[s × dout] = x[s × din] · Wᵀ + b` (column-major; `w_t[d + c·din] = W[c][d]`).
+/// Rows of queries the streaming kernel processes together.
+const BLOCK_Q: usize = 8;
+
+/// `out[s × dout] = x[s × din] · Wᵀ + b` (column-major; `w_t[d + c·din] = W[c][d]`), or the
+/// same in place, a panel of [`PANEL_ROWS`] rows at a time copied into `pack` first.
 pub(crate) fn linear<T: Float>(
+    io: LinearIo<'_, T>,
+    s: usize,
+    din: usize,
+    w_t: &[T],
+    dout: usize,
+    bias: &[T],
+    pack: &mut [T],
+) {
+    match io {
+        LinearIo::Out { x, out } => linear_out(x, s, din, w_t, dout, bias, out),
+        LinearIo::InPlace(buf) => {
+            assert!(din == dout && buf.len() >= s * din && pack.len() >= PANEL_ROWS * din);
+            let mut i0 = 0;
+            while i0 < s {
+                let rows = PANEL_ROWS.min(s - i0);
+                for d in 0..din {
+                    for r in 0..rows {
+                        pack[d * PANEL_ROWS + r] = buf[i0 + r + d * s];
+                    }
+                }
+                for c in 0..dout {
+                    let w = &w_t[c * din..(c + 1) * din];
+                    for r in 0..rows {
+                        let mut acc = bias[c];
+                        for (d, &wd) in w.iter().enumerate() {
+                            acc += pack[d * PANEL_ROWS + r] * wd;
+                        }
+                        buf[i0 + r + c * s] = acc;
+                    }
+                }
+                i0 += rows;
+            }
+        }
+    }
+}
+
+/// [`linear`] with separate input and output.
+fn linear_out<T: Float>(
     x: &[T],
     s: usize,
     din: usize,
@@ -16,8 +57,8 @@ pub(crate) fn linear<T: Float>(
     bias: &[T],
     out: &mut [T],
 ) {
-    debug_assert!(x.len() >= s * din && w_t.len() >= din * dout && bias.len() >= dout);
-    debug_assert!(out.len() >= s * dout);
+    assert!(x.len() >= s * din && w_t.len() >= din * dout && bias.len() >= dout);
+    assert!(out.len() >= s * dout);
     // Four output columns per pass, so each input column is read once per four outputs.
     let mut c = 0;
     while c + 4 <= dout {
@@ -78,25 +119,28 @@ pub(crate) fn linear<T: Float>(
 /// touches `m`, `l` or `acc`, so NaN values behind a mask cannot leak, and `−∞ − (−∞)` is never
 /// formed. A row that saw no key ends with `l = 0` and is written as zeros.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn attention<T, A, const SQ: usize, const SKV: usize, const D: usize>(
+pub(crate) fn attention<T: Float>(
     q: &[T],
     k: &[T],
     v: &[T],
     dims: Dims,
     scale: T,
-    mask: &Mask<'_, SQ, SKV, A>,
+    mask: &MaskView<'_, T>,
     out: &mut [T],
-    work: &mut Work<T, D>,
+    work: WorkRef<'_, T>,
     vscale: T,
-) where
-    T: Float,
-    A: Additive<T, SQ, SKV>,
-{
+) {
     let Dims { sq, skv, dk, dv } = dims;
-    debug_assert!(sq == SQ && skv == SKV && dv <= D);
-    debug_assert!(q.len() >= sq * dk && k.len() >= skv * dk && v.len() >= skv * dv);
-    debug_assert!(out.len() >= sq * dv);
-    let dense = mask.is_dense::<T>();
+    assert!(mask.sq == sq && mask.skv == skv && work.acc.len() >= dv * MQ_MAX);
+    assert!(q.len() >= sq * dk && k.len() >= skv * dk && v.len() >= skv * dv);
+    assert!(out.len() >= sq * dv);
+    let dense = mask.is_dense();
+    let mut state = State {
+        acc: work.acc,
+        max: [T::ZERO; BLOCK_Q],
+        sum: [T::ZERO; BLOCK_Q],
+    };
+    let work = &mut state;
     // `vscale` is 1, or a power of two that keeps the sums of huge values finite (see
     // `kernels::attention`); either way its inverse is exact.
     let inv_vscale = T::ONE / vscale;
@@ -122,8 +166,8 @@ pub(crate) fn attention<T, A, const SQ: usize, const SKV: usize, const D: usize>
         }
         work.max = [T::NEG_INFINITY; BLOCK_Q];
         work.sum = [T::ZERO; BLOCK_Q];
-        for col in work.acc.iter_mut().take(dv) {
-            *col = [T::ZERO; BLOCK_Q];
+        for col in work.acc.chunks_exact_mut(MQ_MAX).take(dv) {
+            col[..BLOCK_Q].fill(T::ZERO);
         }
 
         for j in lo..hi {
@@ -183,7 +227,7 @@ pub(crate) fn attention<T, A, const SQ: usize, const SKV: usize, const D: usize>
                 p[r] *= vscale;
             }
 
-            for (e, acc) in work.acc.iter_mut().enumerate().take(dv) {
+            for (e, acc) in work.acc.chunks_exact_mut(MQ_MAX).enumerate().take(dv) {
                 let ve = v[j + e * skv];
                 for r in 0..BLOCK_Q {
                     if used[r] {
@@ -193,7 +237,7 @@ pub(crate) fn attention<T, A, const SQ: usize, const SKV: usize, const D: usize>
             }
         }
 
-        for (e, acc) in work.acc.iter().enumerate().take(dv) {
+        for (e, acc) in work.acc.chunks_exact(MQ_MAX).enumerate().take(dv) {
             let o = &mut out[i0 + e * sq..i0 + e * sq + nb];
             for (r, or) in o.iter_mut().enumerate() {
                 let l = work.sum[r];
@@ -208,6 +252,14 @@ pub(crate) fn attention<T, A, const SQ: usize, const SKV: usize, const D: usize>
         }
         i0 += nb;
     }
+}
+
+/// The streaming kernel's state for one block of queries: output sums (one row of
+/// [`MQ_MAX`] per value column, the first [`BLOCK_Q`] used), running maxima and denominators.
+struct State<'a, T> {
+    acc: &'a mut [T],
+    max: [T; BLOCK_Q],
+    sum: [T; BLOCK_Q],
 }
 
 /// One online-softmax step for one query row: folds the finite-or-NaN score `s` into the
@@ -240,7 +292,7 @@ fn online_step<T: Float>(m: &mut T, l: &mut T, s: T) -> (T, T) {
 /// nothing, if a score is `−∞`, which the general path handles.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn full_block_key<T: Float, const D: usize>(
+fn full_block_key<T: Float>(
     q: &[T],
     k: &[T],
     v: &[T],
@@ -249,7 +301,7 @@ fn full_block_key<T: Float, const D: usize>(
     j: usize,
     scale: T,
     vscale: T,
-    work: &mut Work<T, D>,
+    work: &mut State<'_, T>,
 ) -> bool {
     let Dims { sq, skv, dk, dv } = dims;
     let mut s = [T::ZERO; BLOCK_Q];
@@ -274,14 +326,14 @@ fn full_block_key<T: Float, const D: usize>(
     }
     // Multiplying by c = 1 changes nothing, so the rescale is skipped when no maximum moved.
     if corr != [T::ONE; BLOCK_Q] {
-        for (e, acc) in work.acc.iter_mut().enumerate().take(dv) {
+        for (e, acc) in work.acc.chunks_exact_mut(MQ_MAX).enumerate().take(dv) {
             let ve = v[j + e * skv];
             for r in 0..BLOCK_Q {
                 acc[r] = acc[r] * corr[r] + p[r] * ve;
             }
         }
     } else {
-        for (e, acc) in work.acc.iter_mut().enumerate().take(dv) {
+        for (e, acc) in work.acc.chunks_exact_mut(MQ_MAX).enumerate().take(dv) {
             let ve = v[j + e * skv];
             for r in 0..BLOCK_Q {
                 acc[r] += p[r] * ve;
@@ -295,23 +347,21 @@ fn full_block_key<T: Float, const D: usize>(
 /// scores go into the row of `weights` (masked keys get exactly 0), the row is normalised,
 /// and the output is the weighted sum over the keys the mask allows.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn attention_with_weights<T, A, const SQ: usize, const SKV: usize>(
+pub(crate) fn attention_with_weights<T: Float>(
     q: &[T],
     k: &[T],
     v: &[T],
     dims: Dims,
     scale: T,
-    mask: &Mask<'_, SQ, SKV, A>,
+    mask: &MaskView<'_, T>,
     out: &mut [T],
     weights: &mut [T],
-) where
-    T: Float,
-    A: Additive<T, SQ, SKV>,
-{
+) {
     let Dims { sq, skv, dk, dv } = dims;
-    debug_assert!(sq == SQ && skv == SKV);
-    debug_assert!(weights.len() >= sq * skv && out.len() >= sq * dv);
-    let dense = mask.is_dense::<T>();
+    assert!(mask.sq == sq && mask.skv == skv);
+    assert!(weights.len() >= sq * skv && out.len() >= sq * dv);
+    assert!(q.len() >= sq * dk && k.len() >= skv * dk && v.len() >= skv * dv);
+    let dense = mask.is_dense();
     for i in 0..sq {
         let (lo, hi) = mask.key_range(i);
         let mut m = T::NEG_INFINITY;

@@ -1,0 +1,127 @@
+//! The vector instruction set the SIMD kernels are written against, and the constants of the
+//! vectorised `exp`.
+//!
+//! A [`Simd`] implementation is a zero-sized *token*: a value of it exists only when the CPU
+//! can run its instructions (see `kernels::detect`), so its arithmetic methods are safe to call.
+//! Memory access goes through raw pointers and is `unsafe`: the kernels check their slice
+//! bounds once, up front, and each `unsafe` block says which check covers it.
+//!
+//! The kernels (`kernels::vector`) are written once, generically over `Simd`, and compiled per
+//! instruction set inside `#[target_feature]` functions, so every method here is
+//! `#[inline(always)]` and becomes the instruction itself.
+
+use crate::Float;
+
+/// One instruction set for one element type: `LANES` elements per vector.
+pub(crate) trait Simd: Copy {
+    /// The element type (`f32` or `f64`).
+    type E: Float;
+    /// A vector of `LANES` elements.
+    type V: Copy;
+    /// A lane mask (the result of a comparison).
+    type M: Copy;
+    /// Elements per vector.
+    const LANES: usize;
+
+    /// Every lane `x`.
+    fn splat(self, x: Self::E) -> Self::V;
+    /// `a + b`.
+    fn add(self, a: Self::V, b: Self::V) -> Self::V;
+    /// `a − b`.
+    fn sub(self, a: Self::V, b: Self::V) -> Self::V;
+    /// `a · b`.
+    fn mul(self, a: Self::V, b: Self::V) -> Self::V;
+    /// `a / b`.
+    fn div(self, a: Self::V, b: Self::V) -> Self::V;
+    /// `a · b + c`, rounded once.
+    fn fma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// Lane-wise maximum; a NaN in `a` gives `b` (so a running maximum `max(x, m)` skips NaN).
+    fn max(self, a: Self::V, b: Self::V) -> Self::V;
+    /// `m ? a : b`, lane by lane.
+    fn select(self, m: Self::M, a: Self::V, b: Self::V) -> Self::V;
+    /// `a` where `m`, `+0` elsewhere (exactly zero even where `a` is NaN).
+    fn keep(self, a: Self::V, m: Self::M) -> Self::V;
+    /// `a < b` (false for NaN).
+    fn lt(self, a: Self::V, b: Self::V) -> Self::M;
+    /// `a ≥ b` (false for NaN).
+    fn ge(self, a: Self::V, b: Self::V) -> Self::M;
+    /// `a == b` (false for NaN).
+    fn eq(self, a: Self::V, b: Self::V) -> Self::M;
+    /// `a` and `b`.
+    fn and(self, a: Self::M, b: Self::M) -> Self::M;
+    /// `a` and not `b`.
+    fn and_not(self, a: Self::M, b: Self::M) -> Self::M;
+    /// `eˣ` lane by lane: relative error ≤ 2 ulp for `x` in `[ln(MIN_POSITIVE), 0]`, `+0` below
+    /// (`e^(−∞) = 0`), NaN for NaN. (Correct up to `x ≈ 88` for `f32`; softmax never needs
+    /// more than 0.)
+    fn exp(self, x: Self::V) -> Self::V;
+    /// The sum of the lanes.
+    fn reduce_add(self, v: Self::V) -> Self::E;
+
+    /// `LANES` elements from `p`.
+    ///
+    /// # Safety
+    /// `p .. p + LANES` must be readable.
+    unsafe fn load(self, p: *const Self::E) -> Self::V;
+    /// Stores `v` at `p`.
+    ///
+    /// # Safety
+    /// `p .. p + LANES` must be writable.
+    unsafe fn store(self, p: *mut Self::E, v: Self::V);
+    /// `*p` in every lane.
+    ///
+    /// # Safety
+    /// `p` must be readable.
+    unsafe fn broadcast(self, p: *const Self::E) -> Self::V;
+    /// The mask of `LANES` booleans from `p` (`true` sets the lane).
+    ///
+    /// # Safety
+    /// `p .. p + LANES` must be readable.
+    unsafe fn load_bools(self, p: *const bool) -> Self::M;
+}
+
+/// Coefficients of `eʳ ≈ 1 + r·(c1 + r·(c2 + … + r·c6))` on `|r| ≤ ln 2 / 2` for `f32`
+/// (Chebyshev fit of `(eʳ − 1)/r`, degree 5: approximation error 3.9e-9 relative, far below
+/// one f32 ulp, so the result's error is the arithmetic's rounding; the tests check every
+/// f32 in `[−87.3, 0]`). Bit patterns, so the constants are exactly the fitted f32 values.
+pub(crate) const EXP_F32: [f32; 6] = [
+    f32::from_bits(0x3f80_0000),
+    f32::from_bits(0x3f00_0000),
+    f32::from_bits(0x3e2a_aa3e),
+    f32::from_bits(0x3d2a_aa75),
+    f32::from_bits(0x3c09_1ec1),
+    f32::from_bits(0x3ab6_a18b),
+];
+
+/// Coefficients of `eʳ ≈ 1 + r·(d1 + … + r·d11)` on `|r| ≤ ln 2 / 2` for `f64` (Chebyshev fit,
+/// degree 10: error 6.3e-18 relative).
+pub(crate) const EXP_F64: [f64; 11] = [
+    f64::from_bits(0x3ff0_0000_0000_0000),
+    f64::from_bits(0x3fe0_0000_0000_0005),
+    f64::from_bits(0x3fc5_5555_5555_5557),
+    f64::from_bits(0x3fa5_5555_5555_20af),
+    f64::from_bits(0x3f81_1111_1111_00df),
+    f64::from_bits(0x3f56_c16c_17f4_3a58),
+    f64::from_bits(0x3f2a_01a0_1abe_62dd),
+    f64::from_bits(0x3efa_019a_66a7_5dd4),
+    f64::from_bits(0x3ec7_1de0_2375_656c),
+    f64::from_bits(0x3e92_8a2c_0a72_09fb),
+    f64::from_bits(0x3e5a_f4dd_d848_82fe),
+];
+
+/// `1 / ln 2`.
+pub(crate) const LOG2E_F32: f32 = f32::from_bits(0x3fb8_aa3b);
+/// `ln 2` split so that `n · LN2_HI` is exact for every exponent `n` (`f32`).
+pub(crate) const LN2_HI_F32: f32 = f32::from_bits(0x3f31_7200);
+/// `ln 2 − LN2_HI_F32`.
+pub(crate) const LN2_LO_F32: f32 = f32::from_bits(0x35bf_be8e);
+/// `ln(f32::MIN_POSITIVE)`: below it `exp` returns 0.
+pub(crate) const EXP_CUTOFF_F32: f32 = f32::from_bits(0xc2ae_ac50);
+/// `1 / ln 2`.
+pub(crate) const LOG2E_F64: f64 = f64::from_bits(0x3ff7_1547_652b_82fe);
+/// `ln 2` split for `f64` (fdlibm's values).
+pub(crate) const LN2_HI_F64: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);
+/// `ln 2 − LN2_HI_F64`.
+pub(crate) const LN2_LO_F64: f64 = f64::from_bits(0x3dea_39ef_3579_3c76);
+/// `ln(f64::MIN_POSITIVE)`.
+pub(crate) const EXP_CUTOFF_F64: f64 = f64::from_bits(0xc086_232b_dd7a_bcd2);

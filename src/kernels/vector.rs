@@ -1,0 +1,1135 @@
+//! The SIMD kernels, written once over [`Simd`] and compiled per instruction set.
+//!
+//! Layouts are the crate's: every matrix is column-major, tokens contiguous per feature.
+//!
+//! - [`linear`]: `C = A · B + bias` (`A` is `s × din`, `B = Wᵀ` is `din × dout`), a
+//!   register-blocked GEMM: micro-tiles of `2·LANES` tokens × 6 output features, 12 vector
+//!   accumulators, over `A` panels packed contiguously. It also runs in place (`C` over `A`,
+//!   for the output projection), which the packing makes safe.
+//! - [`attention`]: fused streaming attention for one head, queries in lanes. A tile of
+//!   `2·LANES` queries (or `LANES`) walks the keys in blocks of [`KB`]: the scores of the block
+//!   come from a `queries × 6 keys` micro-kernel, masking is vectorised per key, the online
+//!   softmax keeps a running maximum and denominator per lane, and `P·V` is a
+//!   `queries × 6 value columns` micro-kernel. Key blocks the causal or sliding-window pattern
+//!   hides from every query of the tile are never visited. Fewer queries than `LANES` (a
+//!   decode step) run the keys-in-lanes kernel [`rows`] instead.
+//! - [`attention_with_weights`]: the same tiles writing the scores into the caller's
+//!   `SQ × SKV` weights matrix, normalising them there, and multiplying them with `V`.
+//!
+//! Every function here is `#[inline(always)]`: the kernels must be compiled inside the
+//! `#[target_feature]` entry points of their instruction set (`x86.rs`), since a function
+//! of their own would be compiled without those instructions (and its intrinsics left as
+//! calls).
+//!
+//! A query tile that runs past the last query is moved back to end there (it overlaps the
+//! previous tile and recomputes a few rows with the same arithmetic), so no load ever leaves
+//! the caller's buffers and no lane is wasted on padding.
+//!
+//! The rules of SPEC.md hold as in the scalar kernel: a masked key is replaced by `−∞` before
+//! the softmax (so NaN in its key cannot leak) and is left out of `P·V` (masked products are
+//! zeroed, not multiplied by zero, when `V` holds non-finite values); a row with no key gets
+//! zeros; NaN scores of allowed keys propagate.
+
+#![allow(clippy::too_many_arguments, clippy::inline_always)]
+
+use super::simd::Simd;
+use super::{Dims, KB, LinearIo, MQ_MAX, MaskView, WorkRef};
+use crate::Float;
+
+/// Output features per GEMM and `P·V` micro-tile.
+const NR: usize = 6;
+/// Keys per `Q·Kᵀ` micro-tile.
+const NK: usize = 6;
+
+// ------------------------------------------------------------------------------------------
+// Linear: C = A · B + bias
+// ------------------------------------------------------------------------------------------
+
+/// `out[s × dout] = x[s × din] · w_t[din × dout] + bias`, or the same in place when `io` is
+/// [`LinearIo::InPlace`] (then `din == dout` and `pack` holds a whole row panel).
+///
+/// `pack` is working memory of at least `2·LANES` rows × 1 column; the panel depth `kc` is
+/// `pack.len() / (2·LANES)` (capped at `din`), and in place it must cover all of `din`.
+#[inline(always)]
+pub(crate) fn linear<S: Simd>(
+    s: S,
+    io: LinearIo<'_, S::E>,
+    sq: usize,
+    din: usize,
+    w_t: &[S::E],
+    dout: usize,
+    bias: &[S::E],
+    pack: &mut [S::E],
+) {
+    let mr = 2 * S::LANES;
+    assert!(w_t.len() >= din * dout && bias.len() >= dout, "weights too short");
+    let kc_max = (pack.len() / mr).min(din);
+    assert!(din == 0 || kc_max >= 1, "pack buffer too small");
+    let (a, c): (*const S::E, *mut S::E) = match io {
+        LinearIo::Out { x, out } => {
+            assert!(x.len() >= sq * din && out.len() >= sq * dout, "operands too short");
+            (x.as_ptr(), out.as_mut_ptr())
+        }
+        LinearIo::InPlace(buf) => {
+            assert!(din == dout && buf.len() >= sq * din, "in-place operand too short");
+            assert!(kc_max == din, "in place, the pack buffer must hold a whole row panel");
+            let p = buf.as_mut_ptr();
+            (p.cast_const(), p)
+        }
+    };
+    if din == 0 {
+        // No inputs: every output is its bias.
+        for j in 0..dout {
+            for i in 0..sq {
+                // SAFETY: `c` covers `sq × dout` (asserted above).
+                unsafe { *c.add(i + j * sq) = bias[j] };
+            }
+        }
+        return;
+    }
+    let pack = pack.as_mut_ptr();
+    let mut i0 = 0;
+    while i0 < sq {
+        let rows = mr.min(sq - i0);
+        let mut pc = 0;
+        while pc < din {
+            let kc = kc_max.min(din - pc);
+            // Pack A[i0 .. i0 + rows, pc .. pc + kc] as kc columns of `mr` rows (zero below
+            // `rows`). In place, the first chunk is the whole panel (`kc == din`), so it is
+            // packed before any of its rows is overwritten.
+            for p in 0..kc {
+                for r in 0..mr {
+                    let value = if r < rows {
+                        // SAFETY: row `i0 + r < sq`, column `pc + p < din`, inside `a`.
+                        unsafe { *a.add(i0 + r + (pc + p) * sq) }
+                    } else {
+                        S::E::ZERO
+                    };
+                    // SAFETY: `p·mr + r < kc·mr ≤ pack.len()`.
+                    unsafe { *pack.add(p * mr + r) = value };
+                }
+            }
+            let first = pc == 0;
+            let mut j0 = 0;
+            while j0 + NR <= dout {
+                // SAFETY (all tiles): rows `i0 .. i0 + rows` and columns `j0 .. j0 + NR` of `c`
+                // (`sq × dout`), `pack` holds `kc × mr`, and `w_t` rows `pc .. pc + kc` of
+                // columns `j0 ..` lie in `din × dout`.
+                unsafe { gemm_tile::<S, NR>(s, pack, kc, w_t, din, pc, bias, c, sq, i0, rows, j0, first) };
+                j0 += NR;
+            }
+            // SAFETY: as above, for the remaining `dout − j0 < NR` columns.
+            unsafe {
+                match dout - j0 {
+                    1 => gemm_tile::<S, 1>(s, pack, kc, w_t, din, pc, bias, c, sq, i0, rows, j0, first),
+                    2 => gemm_tile::<S, 2>(s, pack, kc, w_t, din, pc, bias, c, sq, i0, rows, j0, first),
+                    3 => gemm_tile::<S, 3>(s, pack, kc, w_t, din, pc, bias, c, sq, i0, rows, j0, first),
+                    4 => gemm_tile::<S, 4>(s, pack, kc, w_t, din, pc, bias, c, sq, i0, rows, j0, first),
+                    5 => gemm_tile::<S, 5>(s, pack, kc, w_t, din, pc, bias, c, sq, i0, rows, j0, first),
+                    _ => {}
+                }
+            }
+            pc += kc;
+        }
+        i0 += rows;
+    }
+}
+
+/// One `2·LANES × N` tile of `C`: `C[i0.., j0..] (+)= packed A · B[pc .. pc + kc, j0 ..]`,
+/// starting from the bias when `first`, from `C` otherwise. Only `rows` rows are stored.
+///
+/// # Safety
+/// `pack` holds `kc × 2·LANES` values; `w_t` holds `din × (j0 + N)` values with
+/// `pc + kc ≤ din`; `c` holds rows `i0 .. i0 + rows` of columns `j0 .. j0 + N` with leading
+/// dimension `ldc`, `rows ≤ 2·LANES`.
+#[inline(always)]
+unsafe fn gemm_tile<S: Simd, const N: usize>(
+    s: S,
+    pack: *const S::E,
+    kc: usize,
+    w_t: &[S::E],
+    din: usize,
+    pc: usize,
+    bias: &[S::E],
+    c: *mut S::E,
+    ldc: usize,
+    i0: usize,
+    rows: usize,
+    j0: usize,
+    first: bool,
+) {
+    let l = S::LANES;
+    let mr = 2 * l;
+    let full = rows == mr;
+    let mut acc0 = [s.splat(S::E::ZERO); N];
+    let mut acc1 = [s.splat(S::E::ZERO); N];
+    // SAFETY: every pointer below stays inside the regions of the function's contract.
+    unsafe {
+        if first {
+            for n in 0..N {
+                let b = s.splat(bias[j0 + n]);
+                acc0[n] = b;
+                acc1[n] = b;
+            }
+        } else if full {
+            for n in 0..N {
+                let col = c.add(i0 + (j0 + n) * ldc);
+                acc0[n] = s.load(col);
+                acc1[n] = s.load(col.add(l));
+            }
+        } else {
+            let mut tmp = [S::E::ZERO; 2 * MQ_MAX];
+            for n in 0..N {
+                let col = c.add(i0 + (j0 + n) * ldc);
+                for r in 0..rows {
+                    tmp[r] = *col.add(r);
+                }
+                acc0[n] = s.load(tmp.as_ptr());
+                acc1[n] = s.load(tmp.as_ptr().add(l));
+            }
+        }
+        let b = w_t.as_ptr().add(pc + j0 * din);
+        for p in 0..kc {
+            let a0 = s.load(pack.add(p * mr));
+            let a1 = s.load(pack.add(p * mr + l));
+            for n in 0..N {
+                let bn = s.broadcast(b.add(p + n * din));
+                acc0[n] = s.fma(a0, bn, acc0[n]);
+                acc1[n] = s.fma(a1, bn, acc1[n]);
+            }
+        }
+        if full {
+            for n in 0..N {
+                let col = c.add(i0 + (j0 + n) * ldc);
+                s.store(col, acc0[n]);
+                s.store(col.add(l), acc1[n]);
+            }
+        } else {
+            let mut tmp = [S::E::ZERO; 2 * MQ_MAX];
+            for n in 0..N {
+                s.store(tmp.as_mut_ptr(), acc0[n]);
+                s.store(tmp.as_mut_ptr().add(l), acc1[n]);
+                let col = c.add(i0 + (j0 + n) * ldc);
+                for r in 0..rows {
+                    *col.add(r) = tmp[r];
+                }
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Streaming attention, queries in lanes
+// ------------------------------------------------------------------------------------------
+
+/// Streaming attention for one head: `out[sq × dv] = softmax(scale·q·kᵀ + mask) · v`, with
+/// every `p` that enters the sums scaled by `vscale` and the output by its inverse (see
+/// `kernels::attention`).
+#[inline(always)]
+pub(crate) fn attention<S: Simd>(
+    s: S,
+    q: &[S::E],
+    k: &[S::E],
+    v: &[S::E],
+    dims: Dims,
+    scale: S::E,
+    mask: &MaskView<'_, S::E>,
+    out: &mut [S::E],
+    work: WorkRef<'_, S::E>,
+    vscale: S::E,
+) {
+    let Dims { sq, skv, dk, dv } = dims;
+    check_shapes::<S>(q, k, v, dims, mask);
+    assert!(out.len() >= sq * dv, "output too short");
+    assert!(work.acc.len() >= dv * MQ_MAX, "work buffer too short");
+    let l = S::LANES;
+    if sq >= 2 * l {
+        tiles::<S, 2>(s, q, k, v, dims, scale, mask, out, work, vscale);
+    } else if sq >= l {
+        tiles::<S, 1>(s, q, k, v, dims, scale, mask, out, work, vscale);
+    } else {
+        rows(s, q, k, v, dims, scale, mask, out, work, vscale);
+    }
+    let _ = (dk, skv);
+}
+
+/// The bounds every attention kernel relies on.
+#[inline(always)]
+fn check_shapes<S: Simd>(q: &[S::E], k: &[S::E], v: &[S::E], dims: Dims, mask: &MaskView<'_, S::E>) {
+    let Dims { sq, skv, dk, dv } = dims;
+    assert!(
+        q.len() >= sq * dk && k.len() >= skv * dk && v.len() >= skv * dv,
+        "operands too short"
+    );
+    assert!(mask.sq == sq && mask.skv == skv, "mask of another shape");
+    assert!(mask.attend.is_none_or(|m| m.len() >= sq * skv), "mask too short");
+    assert!(mask.block.is_none_or(|m| m.len() >= sq * skv), "mask too short");
+    assert!(mask.additive.is_none_or(|m| m.len() >= sq * skv), "mask too short");
+    assert!(mask.pad.is_none_or(|m| m.len() >= skv), "mask too short");
+    // Key positions are compared as floating-point numbers: exact below 2^24.
+    assert!(skv < 1 << 24, "more than 2^24 keys");
+}
+
+/// Query tiles of `NV` vectors (`NV·LANES` queries), the last one moved back to end at `sq`.
+#[inline(always)]
+fn tiles<S: Simd, const NV: usize>(
+    s: S,
+    q: &[S::E],
+    k: &[S::E],
+    v: &[S::E],
+    dims: Dims,
+    scale: S::E,
+    mask: &MaskView<'_, S::E>,
+    out: &mut [S::E],
+    mut work: WorkRef<'_, S::E>,
+    vscale: S::E,
+) {
+    let mq = NV * S::LANES;
+    let mut v_finite = None;
+    let mut i = 0;
+    while i < dims.sq {
+        let i0 = if i + mq > dims.sq { dims.sq - mq } else { i };
+        tile::<S, NV>(s, q, k, v, dims, scale, mask, out, &mut work, vscale, i0, &mut v_finite);
+        i += mq;
+    }
+}
+
+/// Per-lane key ranges of the tile starting at query `i0`: the vectors of the first and
+/// one-past-last visible key, the union `[lo_min, hi_max)` and the intersection
+/// `[lo_max, hi_min)` over the tile's queries.
+#[inline(always)]
+fn tile_ranges<S: Simd, const NV: usize>(
+    s: S,
+    mask: &MaskView<'_, S::E>,
+    i0: usize,
+) -> ([S::V; NV], [S::V; NV], (usize, usize), (usize, usize)) {
+    let mq = NV * S::LANES;
+    let mut lo = [S::E::ZERO; MQ_MAX];
+    let mut hi = [S::E::ZERO; MQ_MAX];
+    let (mut lo_min, mut hi_max) = (usize::MAX, 0);
+    let (mut lo_max, mut hi_min) = (0, usize::MAX);
+    for r in 0..mq {
+        let (a, b) = mask.key_range(i0 + r);
+        lo[r] = S::E::of(a as f64);
+        hi[r] = S::E::of(b as f64);
+        if a < b {
+            lo_min = lo_min.min(a);
+            hi_max = hi_max.max(b);
+        }
+        lo_max = lo_max.max(a);
+        hi_min = hi_min.min(b);
+    }
+    let mut lo_v = [s.splat(S::E::ZERO); NV];
+    let mut hi_v = [s.splat(S::E::ZERO); NV];
+    for n in 0..NV {
+        // SAFETY: `lo` and `hi` hold `MQ_MAX ≥ NV·LANES` values.
+        unsafe {
+            lo_v[n] = s.load(lo.as_ptr().add(n * S::LANES));
+            hi_v[n] = s.load(hi.as_ptr().add(n * S::LANES));
+        }
+    }
+    (lo_v, hi_v, (lo_min, hi_max), (lo_max, hi_min))
+}
+
+/// Which queries of a tile may use key `j` (all boolean parts and the additive part), and the
+/// additive bias (zero without one), as `NV` lane masks and vectors.
+///
+/// # Safety
+/// `i0 + NV·LANES ≤ sq` and `j < skv` (the mask's shape, checked by `check_shapes`).
+#[inline(always)]
+unsafe fn key_mask<S: Simd, const NV: usize>(
+    s: S,
+    mask: &MaskView<'_, S::E>,
+    lo_v: &[S::V; NV],
+    hi_v: &[S::V; NV],
+    i0: usize,
+    j: usize,
+) -> ([S::M; NV], [S::V; NV]) {
+    let l = S::LANES;
+    let jv = s.splat(S::E::of(j as f64));
+    let zero = s.splat(S::E::ZERO);
+    let mut allowed = [s.ge(zero, zero); NV];
+    let mut bias = [zero; NV];
+    let padded = mask.pad.is_some_and(|p| p[j]);
+    for n in 0..NV {
+        let mut m = s.and(s.ge(jv, lo_v[n]), s.lt(jv, hi_v[n]));
+        if padded {
+            m = s.and_not(m, m);
+        }
+        let at = i0 + n * l + j * mask.sq;
+        // SAFETY: lanes `i0 + n·l .. + l` of column `j` lie inside the `sq × skv` matrices.
+        unsafe {
+            if let Some(a) = mask.attend {
+                m = s.and(m, s.load_bools(a.as_ptr().add(at)));
+            }
+            if let Some(b) = mask.block {
+                m = s.and_not(m, s.load_bools(b.as_ptr().add(at)));
+            }
+            if let Some(add) = mask.additive {
+                let a = s.load(add.as_ptr().add(at));
+                // −∞ and NaN entries mask the key (NaN fails the comparison).
+                m = s.and(m, s.lt(s.splat(S::E::NEG_INFINITY), a));
+                bias[n] = a;
+            }
+        }
+        allowed[n] = m;
+    }
+    (allowed, bias)
+}
+
+/// One query tile of the streaming kernel (see the module docs).
+#[inline(always)]
+fn tile<S: Simd, const NV: usize>(
+    s: S,
+    q: &[S::E],
+    k: &[S::E],
+    v: &[S::E],
+    dims: Dims,
+    scale: S::E,
+    mask: &MaskView<'_, S::E>,
+    out: &mut [S::E],
+    work: &mut WorkRef<'_, S::E>,
+    vscale: S::E,
+    i0: usize,
+    v_finite: &mut Option<bool>,
+) {
+    let Dims { sq, skv, dk, dv } = dims;
+    let l = S::LANES;
+    let mq = NV * l;
+    let (lo_v, hi_v, (lo_min, hi_max), (lo_max, hi_min)) = tile_ranges::<S, NV>(s, mask, i0);
+    let dense = mask.is_dense();
+    let neg_inf = s.splat(S::E::NEG_INFINITY);
+    let zero = s.splat(S::E::ZERO);
+    let scale_v = s.splat(scale);
+    let vscale_v = s.splat(vscale);
+    let rescaled = vscale != S::E::ONE;
+    let mut m = [neg_inf; NV];
+    let mut lsum = [zero; NV];
+    work.acc[..dv * MQ_MAX].fill(S::E::ZERO);
+    let p_buf = work.p.as_mut_ptr();
+    let allowed_buf = work.allowed.as_mut_ptr();
+    assert!(work.p.len() >= KB * MQ_MAX && work.allowed.len() >= KB * MQ_MAX);
+
+    let mut j0 = lo_min;
+    while j0 < hi_max {
+        let nk = KB.min(hi_max - j0);
+        let full = !dense && j0 >= lo_max && j0 + nk <= hi_min;
+        // Scores of keys j0 .. j0 + nk into P (row kk at kk·mq).
+        // SAFETY: rows `i0 .. i0 + mq ≤ sq` of q (`sq × dk`), keys `j0 .. j0 + nk ≤ skv` of k
+        // (`skv × dk`), and `nk·mq ≤ KB·MQ_MAX` values of P.
+        unsafe { qk_block::<S, NV>(s, q.as_ptr().add(i0), sq, k.as_ptr().add(j0), skv, dk, nk, p_buf, mq) };
+
+        // Scale, mask, and the block's maximum per lane.
+        let mut bmax = [neg_inf; NV];
+        for kk in 0..nk {
+            // SAFETY: row `kk < nk ≤ KB` of P and of the allowed-mask buffer; the key mask reads
+            // lanes `i0 .. i0 + mq ≤ sq` of column `j0 + kk < skv`.
+            unsafe {
+                let row = p_buf.add(kk * mq);
+                if full {
+                    for n in 0..NV {
+                        let x = s.mul(s.load(row.add(n * l)), scale_v);
+                        s.store(row.add(n * l), x);
+                        bmax[n] = s.max(x, bmax[n]);
+                    }
+                } else {
+                    let (allowed, bias) = key_mask::<S, NV>(s, mask, &lo_v, &hi_v, i0, j0 + kk);
+                    for n in 0..NV {
+                        let x = s.fma(s.load(row.add(n * l)), scale_v, bias[n]);
+                        let x = s.select(allowed[n], x, neg_inf);
+                        s.store(row.add(n * l), x);
+                        s.store(allowed_buf.add(kk * mq + n * l), mask_bits(s, allowed[n]));
+                        bmax[n] = s.max(x, bmax[n]);
+                    }
+                }
+            }
+        }
+        // Online softmax: m' = max(m, block max); c = e^(m − m'); p = e^(s − m'); l' = c·l + Σp.
+        // Before any key is seen m' = −∞: subtract 0 instead, so that −∞ − (−∞) never forms.
+        let mut corr = [zero; NV];
+        let mut m_use = [zero; NV];
+        for n in 0..NV {
+            let m_new = s.max(bmax[n], m[n]);
+            m_use[n] = s.select(s.eq(m_new, neg_inf), zero, m_new);
+            corr[n] = s.exp(s.sub(m[n], m_use[n]));
+            m[n] = m_new;
+        }
+        let mut bsum = [zero; NV];
+        for kk in 0..nk {
+            // SAFETY: row `kk < nk` of P.
+            unsafe {
+                let row = p_buf.add(kk * mq);
+                for n in 0..NV {
+                    let p = s.exp(s.sub(s.load(row.add(n * l)), m_use[n]));
+                    bsum[n] = s.add(bsum[n], p);
+                    let p = if rescaled { s.mul(p, vscale_v) } else { p };
+                    s.store(row.add(n * l), p);
+                }
+            }
+        }
+        for n in 0..NV {
+            lsum[n] = s.fma(lsum[n], corr[n], bsum[n]);
+        }
+        // acc = c·acc + P·V over the block's keys. A masked key has p = 0, which is exact
+        // unless V holds inf or NaN: then masked products are zeroed instead.
+        let guarded = !full
+            && !*v_finite.get_or_insert_with(|| all_finite(s, &v[..skv * dv]));
+        // The stored masks: all bits set where allowed, +0 elsewhere.
+        let stored = |kk: usize| {
+            let mut ok = [s.eq(zero, zero); NV];
+            for (n, okn) in ok.iter_mut().enumerate() {
+                // SAFETY: row `kk < nk ≤ KB` of the mask buffer.
+                *okn = s.lt(unsafe { s.load(allowed_buf.add(kk * mq + n * l)) }, zero);
+            }
+            ok
+        };
+        // SAFETY: keys `j0 .. j0 + nk` of v (`skv × dv`), P holds `nk` rows of `mq`, and the
+        // accumulator `dv × MQ_MAX` (checked in `attention`).
+        unsafe {
+            pv_block::<S, NV, _>(
+                s,
+                p_buf,
+                mq,
+                v.as_ptr().add(j0),
+                skv,
+                nk,
+                dv,
+                work.acc.as_mut_ptr(),
+                MQ_MAX,
+                true,
+                corr,
+                guarded.then_some(&stored),
+            );
+        }
+        j0 += nk;
+    }
+    // out = acc / l (0 where no key carried weight; NaN where l is NaN), scaled back by
+    // 1/vscale.
+    let inv_vscale = s.splat(S::E::ONE / vscale);
+    let mut inv = [zero; NV];
+    let mut empty = [s.eq(zero, zero); NV];
+    for n in 0..NV {
+        inv[n] = s.div(inv_vscale, lsum[n]);
+        empty[n] = s.eq(lsum[n], zero);
+    }
+    let _ = (lo_max, hi_min);
+    for e in 0..dv {
+        // SAFETY: accumulator row `e < dv` and output rows `i0 .. i0 + mq ≤ sq` of column `e`.
+        unsafe {
+            let a = work.acc.as_ptr().add(e * MQ_MAX);
+            let o = out.as_mut_ptr().add(i0 + e * sq);
+            for n in 0..NV {
+                let x = s.mul(s.load(a.add(n * l)), inv[n]);
+                s.store(o.add(n * l), s.select(empty[n], zero, x));
+            }
+        }
+    }
+}
+
+/// A lane mask stored as a vector of elements (all bits set where the lane is set).
+#[inline(always)]
+fn mask_bits<S: Simd>(s: S, m: S::M) -> S::V {
+    let ones = s.splat(S::E::of(-1.0));
+    // `keep` clears the unset lanes; set lanes keep a nonzero pattern, which `keep` later
+    // treats as the mask it came from (comparison with zero restores it).
+    s.keep(ones, m)
+}
+
+/// Whether every value is finite (then `0 · v = 0` for every `v`).
+#[inline(always)]
+fn all_finite<S: Simd>(_s: S, v: &[S::E]) -> bool {
+    v.iter().all(|x| x.is_finite_())
+}
+
+/// Scores `P[kk·ldp + lane] = q[i0 + lane, :] · k[j0 + kk, :]` for `nk` keys.
+///
+/// # Safety
+/// `q` points at the tile's first query in a column-major matrix with leading dimension
+/// `ldq` and `dk` columns, holding `NV·LANES` rows from there; `k` points at the block's first
+/// key (leading dimension `ldk`, `dk` columns, `nk` rows from there); `p` holds `nk` rows of
+/// `ldp ≥ NV·LANES`.
+#[inline(always)]
+unsafe fn qk_block<S: Simd, const NV: usize>(
+    s: S,
+    q: *const S::E,
+    ldq: usize,
+    k: *const S::E,
+    ldk: usize,
+    dk: usize,
+    nk: usize,
+    p: *mut S::E,
+    ldp: usize,
+) {
+    let mut kk = 0;
+    // SAFETY: each call covers keys `kk .. kk + N ≤ nk`, inside the contract.
+    unsafe {
+        while kk + NK <= nk {
+            qk_tile::<S, NV, NK>(s, q, ldq, k.add(kk), ldk, dk, p.add(kk * ldp), ldp);
+            kk += NK;
+        }
+        match nk - kk {
+            1 => qk_tile::<S, NV, 1>(s, q, ldq, k.add(kk), ldk, dk, p.add(kk * ldp), ldp),
+            2 => qk_tile::<S, NV, 2>(s, q, ldq, k.add(kk), ldk, dk, p.add(kk * ldp), ldp),
+            3 => qk_tile::<S, NV, 3>(s, q, ldq, k.add(kk), ldk, dk, p.add(kk * ldp), ldp),
+            4 => qk_tile::<S, NV, 4>(s, q, ldq, k.add(kk), ldk, dk, p.add(kk * ldp), ldp),
+            5 => qk_tile::<S, NV, 5>(s, q, ldq, k.add(kk), ldk, dk, p.add(kk * ldp), ldp),
+            _ => {}
+        }
+    }
+}
+
+/// `NV·LANES` queries × `N` keys of scores, `NV·N` vector accumulators over the key width.
+///
+/// # Safety
+/// As [`qk_block`] with `N` keys.
+#[inline(always)]
+unsafe fn qk_tile<S: Simd, const NV: usize, const N: usize>(
+    s: S,
+    q: *const S::E,
+    ldq: usize,
+    k: *const S::E,
+    ldk: usize,
+    dk: usize,
+    p: *mut S::E,
+    ldp: usize,
+) {
+    let l = S::LANES;
+    let mut acc = [[s.splat(S::E::ZERO); N]; NV];
+    // SAFETY: query rows `0 .. NV·l` and key rows `0 .. N` of columns `0 .. dk`, and `N`
+    // rows of P, all inside the contract.
+    unsafe {
+        for d in 0..dk {
+            let qd = q.add(d * ldq);
+            let kd = k.add(d * ldk);
+            let mut qv = [s.splat(S::E::ZERO); NV];
+            for n in 0..NV {
+                qv[n] = s.load(qd.add(n * l));
+            }
+            for c in 0..N {
+                let kb = s.broadcast(kd.add(c));
+                for n in 0..NV {
+                    acc[n][c] = s.fma(qv[n], kb, acc[n][c]);
+                }
+            }
+        }
+        for c in 0..N {
+            for n in 0..NV {
+                s.store(p.add(c * ldp + n * l), acc[n][c]);
+            }
+        }
+    }
+}
+
+/// `acc[e] = corr · acc[e] + Σ_kk P[kk] · v[j0 + kk, e]` for every value column `e`, in
+/// tiles of `NV·LANES` queries × 6 columns. With `guard`, the sum moves only in the lanes
+/// `guard(kk)` allows (the same fused multiply-add otherwise, so the result is bit for bit
+/// the unguarded one wherever that is finite).
+///
+/// # Safety
+/// `p` holds `nk` rows of `ldp ≥ NV·LANES`; `v` points at the block's first key in a
+/// column-major matrix with leading dimension `ldv` and `dv` columns, `nk` rows from there;
+/// `acc` holds `dv` rows of `ld_acc ≥ NV·LANES`.
+#[inline(always)]
+unsafe fn pv_block<S: Simd, const NV: usize, G: Fn(usize) -> [S::M; NV]>(
+    s: S,
+    p: *const S::E,
+    ldp: usize,
+    v: *const S::E,
+    ldv: usize,
+    nk: usize,
+    dv: usize,
+    acc: *mut S::E,
+    ld_acc: usize,
+    load_acc: bool,
+    corr: [S::V; NV],
+    guard: Option<&G>,
+) {
+    let mut e = 0;
+    // SAFETY: each call covers value columns `e .. e + N ≤ dv`, inside the contract.
+    unsafe {
+        while e + NR <= dv {
+            pv_tile::<S, NV, NR, G>(s, p, ldp, v, ldv, nk, e, acc, ld_acc, load_acc, corr, guard);
+            e += NR;
+        }
+        match dv - e {
+            1 => pv_tile::<S, NV, 1, G>(s, p, ldp, v, ldv, nk, e, acc, ld_acc, load_acc, corr, guard),
+            2 => pv_tile::<S, NV, 2, G>(s, p, ldp, v, ldv, nk, e, acc, ld_acc, load_acc, corr, guard),
+            3 => pv_tile::<S, NV, 3, G>(s, p, ldp, v, ldv, nk, e, acc, ld_acc, load_acc, corr, guard),
+            4 => pv_tile::<S, NV, 4, G>(s, p, ldp, v, ldv, nk, e, acc, ld_acc, load_acc, corr, guard),
+            5 => pv_tile::<S, NV, 5, G>(s, p, ldp, v, ldv, nk, e, acc, ld_acc, load_acc, corr, guard),
+            _ => {}
+        }
+    }
+}
+
+/// One `NV·LANES × N` tile of [`pv_block`], value columns `e0 .. e0 + N`.
+///
+/// # Safety
+/// As [`pv_block`], with `e0 + N ≤ dv`.
+#[inline(always)]
+unsafe fn pv_tile<S: Simd, const NV: usize, const N: usize, G: Fn(usize) -> [S::M; NV]>(
+    s: S,
+    p: *const S::E,
+    ldp: usize,
+    v: *const S::E,
+    ldv: usize,
+    nk: usize,
+    e0: usize,
+    acc: *mut S::E,
+    ld_acc: usize,
+    load_acc: bool,
+    corr: [S::V; NV],
+    guard: Option<&G>,
+) {
+    let l = S::LANES;
+    let zero = s.splat(S::E::ZERO);
+    let mut a = [[zero; N]; NV];
+    // SAFETY: accumulator rows `e0 .. e0 + N`, P rows `0 .. nk` and value rows `0 .. nk` of
+    // columns `e0 .. e0 + N`, inside the contract.
+    unsafe {
+        if load_acc {
+            for c in 0..N {
+                for n in 0..NV {
+                    a[n][c] = s.mul(s.load(acc.add((e0 + c) * ld_acc + n * l)), corr[n]);
+                }
+            }
+        }
+        let vcol = v.add(e0 * ldv);
+        match guard {
+            None => {
+                for kk in 0..nk {
+                    let mut pv = [zero; NV];
+                    for n in 0..NV {
+                        pv[n] = s.load(p.add(kk * ldp + n * l));
+                    }
+                    for c in 0..N {
+                        let vb = s.broadcast(vcol.add(kk + c * ldv));
+                        for n in 0..NV {
+                            a[n][c] = s.fma(pv[n], vb, a[n][c]);
+                        }
+                    }
+                }
+            }
+            Some(guard) => {
+                for kk in 0..nk {
+                    let ok = guard(kk);
+                    let mut pv = [zero; NV];
+                    for n in 0..NV {
+                        pv[n] = s.load(p.add(kk * ldp + n * l));
+                    }
+                    for c in 0..N {
+                        let vb = s.broadcast(vcol.add(kk + c * ldv));
+                        for n in 0..NV {
+                            a[n][c] = s.select(ok[n], s.fma(pv[n], vb, a[n][c]), a[n][c]);
+                        }
+                    }
+                }
+            }
+        }
+        for c in 0..N {
+            for n in 0..NV {
+                s.store(acc.add((e0 + c) * ld_acc + n * l), a[n][c]);
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Few queries: keys in lanes
+// ------------------------------------------------------------------------------------------
+
+/// Streaming attention for fewer queries than `LANES` (a decode step): each query row walks
+/// its keys in blocks, with the keys in the vector lanes. The `P·V` sums are kept per lane and
+/// reduced at the end.
+#[inline(always)]
+fn rows<S: Simd>(
+    s: S,
+    q: &[S::E],
+    k: &[S::E],
+    v: &[S::E],
+    dims: Dims,
+    scale: S::E,
+    mask: &MaskView<'_, S::E>,
+    out: &mut [S::E],
+    work: WorkRef<'_, S::E>,
+    vscale: S::E,
+) {
+    let Dims { sq, skv, dk, dv } = dims;
+    let l = S::LANES;
+    let neg_inf = S::E::NEG_INFINITY;
+    let inv_vscale = S::E::ONE / vscale;
+    let dense = mask.is_dense();
+    // Work: per-lane sums `dv × LANES`, then one scalar sum per column for the keys of a block
+    // that do not fill a vector, then the block's probabilities.
+    let (lane_acc, rest) = work.acc.split_at_mut(dv * l);
+    let tail_acc = &mut rest[..dv];
+    let p = &mut work.p[..KB];
+    let ok = &mut work.allowed[..KB];
+    let mut v_finite = None;
+    for i in 0..sq {
+        let (lo, hi) = mask.key_range(i);
+        lane_acc.fill(S::E::ZERO);
+        tail_acc.fill(S::E::ZERO);
+        let (mut m, mut lsum) = (neg_inf, S::E::ZERO);
+        let mut j0 = lo;
+        while j0 < hi {
+            let nk = KB.min(hi - j0);
+            let nv = nk / l * l;
+            // Scores: four vectors of keys at a time share each broadcast query element.
+            // SAFETY: keys `j0 .. j0 + nv ≤ skv` of k (`skv × dk`), query `i < sq` of q,
+            // and `nv ≤ KB` values of p.
+            unsafe { dot_keys(s, q.as_ptr().add(i), sq, k.as_ptr().add(j0), skv, dk, nv, p.as_mut_ptr()) };
+            for (kk, pk) in p.iter_mut().enumerate().take(nk).skip(nv) {
+                let mut d_acc = S::E::ZERO;
+                for d in 0..dk {
+                    d_acc += q[i + d * sq] * k[j0 + kk + d * skv];
+                }
+                *pk = d_acc;
+            }
+            // Scale and mask, per key.
+            let mut bmax = neg_inf;
+            for (kk, pk) in p.iter_mut().enumerate().take(nk) {
+                let x = match if dense { mask.dense_entry(i, j0 + kk) } else { Some(S::E::ZERO) } {
+                    Some(bias) => *pk * scale + bias,
+                    None => neg_inf,
+                };
+                *pk = x;
+                bmax = bmax.max_(x);
+            }
+            let m_new = m.max_(bmax);
+            let m_use = if m_new == neg_inf { S::E::ZERO } else { m_new };
+            let corr = exp_scalar(s, m - m_use);
+            m = m_new;
+            let mut bsum = S::E::ZERO;
+            exp_shifted(s, &mut p[..nk], m_use, &mut bsum);
+            lsum = lsum * corr + bsum;
+            if vscale != S::E::ONE {
+                p[..nk].iter_mut().for_each(|x| *x *= vscale);
+            }
+            // P·V. A masked key has p = 0, exact unless V holds inf or NaN: then the sums move
+            // only for allowed keys (same arithmetic, so bit for bit the same result).
+            let guarded = dense && !*v_finite.get_or_insert_with(|| all_finite(s, &v[..skv * dv]));
+            if guarded {
+                for (kk, okk) in ok.iter_mut().enumerate().take(nk) {
+                    let allowed = mask.dense_entry(i, j0 + kk).is_some();
+                    *okk = if allowed { S::E::of(-1.0) } else { S::E::ZERO };
+                }
+            }
+            let corr_v = s.splat(corr);
+            let zero = s.splat(S::E::ZERO);
+            for e in 0..dv {
+                let col = &v[e * skv + j0..e * skv + j0 + nk];
+                // SAFETY: lane row `e < dv` of the per-lane sums; `nv ≤ nk` values of `col`,
+                // of `p` and of `ok`.
+                unsafe {
+                    let a = lane_acc.as_mut_ptr().add(e * l);
+                    let mut sum = s.mul(s.load(a), corr_v);
+                    let mut c = 0;
+                    while c < nv {
+                        let f = s.fma(s.load(p.as_ptr().add(c)), s.load(col.as_ptr().add(c)), sum);
+                        sum = if guarded {
+                            s.select(s.lt(s.load(ok.as_ptr().add(c)), zero), f, sum)
+                        } else {
+                            f
+                        };
+                        c += l;
+                    }
+                    s.store(a, sum);
+                }
+                let mut tail = tail_acc[e] * corr;
+                for kk in nv..nk {
+                    if guarded && ok[kk] == S::E::ZERO {
+                        continue;
+                    }
+                    tail += p[kk] * col[kk];
+                }
+                tail_acc[e] = tail;
+            }
+            j0 += nk;
+        }
+        for e in 0..dv {
+            // SAFETY: lane row `e < dv`.
+            let lanes = unsafe { s.load(lane_acc.as_ptr().add(e * l)) };
+            let total = s.reduce_add(lanes) + tail_acc[e];
+            out[i + e * sq] = if lsum == S::E::ZERO {
+                S::E::ZERO
+            } else {
+                total / lsum * inv_vscale
+            };
+        }
+    }
+}
+
+/// `p[kk] = q · k[kk]` for `nv` keys (a multiple of `LANES`), keys in lanes.
+///
+/// # Safety
+/// `q` points at one query of a column-major matrix with leading dimension `ldq` and `dk`
+/// columns; `k` at the first of `nv` keys (leading dimension `ldk`, `dk` columns); `p` holds
+/// `nv` values.
+#[inline(always)]
+unsafe fn dot_keys<S: Simd>(
+    s: S,
+    q: *const S::E,
+    ldq: usize,
+    k: *const S::E,
+    ldk: usize,
+    dk: usize,
+    nv: usize,
+    p: *mut S::E,
+) {
+    let l = S::LANES;
+    let zero = s.splat(S::E::ZERO);
+    let mut c = 0;
+    // SAFETY: key rows `c .. c + 4l ≤ nv` (or `c .. c + l`) of every column, query element
+    // `d < dk`, and `nv` values of p, inside the contract.
+    unsafe {
+        while c + 4 * l <= nv {
+            let mut a = [zero; 4];
+            for d in 0..dk {
+                let qd = s.broadcast(q.add(d * ldq));
+                let kd = k.add(c + d * ldk);
+                for (u, acc) in a.iter_mut().enumerate() {
+                    *acc = s.fma(qd, s.load(kd.add(u * l)), *acc);
+                }
+            }
+            for (u, acc) in a.iter().enumerate() {
+                s.store(p.add(c + u * l), *acc);
+            }
+            c += 4 * l;
+        }
+        while c < nv {
+            let mut acc = zero;
+            for d in 0..dk {
+                acc = s.fma(s.broadcast(q.add(d * ldq)), s.load(k.add(c + d * ldk)), acc);
+            }
+            s.store(p.add(c), acc);
+            c += l;
+        }
+    }
+}
+
+/// `e^x` of one value with the vector `exp` (so every kernel's `exp` is the same function).
+#[inline(always)]
+fn exp_scalar<S: Simd>(s: S, x: S::E) -> S::E {
+    let mut lanes = [S::E::ZERO; MQ_MAX];
+    // SAFETY: `lanes` holds `MQ_MAX ≥ LANES` values.
+    unsafe { s.store(lanes.as_mut_ptr(), s.exp(s.splat(x))) };
+    lanes[0]
+}
+
+/// `p = e^(p − shift)` over a slice, adding the results to `sum`.
+#[inline(always)]
+fn exp_shifted<S: Simd>(s: S, p: &mut [S::E], shift: S::E, sum: &mut S::E) {
+    let l = S::LANES;
+    let sh = s.splat(shift);
+    let mut acc = s.splat(S::E::ZERO);
+    let full = p.len() / l * l;
+    let mut c = 0;
+    while c < full {
+        // SAFETY: `c + l ≤ full ≤ p.len()`.
+        unsafe {
+            let x = s.exp(s.sub(s.load(p.as_ptr().add(c)), sh));
+            acc = s.add(acc, x);
+            s.store(p.as_mut_ptr().add(c), x);
+        }
+        c += l;
+    }
+    let mut total = s.reduce_add(acc);
+    for x in &mut p[full..] {
+        *x = exp_scalar(s, *x - shift);
+        total += *x;
+    }
+    *sum = total;
+}
+
+// ------------------------------------------------------------------------------------------
+// Attention that also writes the weights
+// ------------------------------------------------------------------------------------------
+
+/// Attention for one head that also writes the post-softmax weights into `weights`
+/// (`sq × skv`, column-major). Fewer queries than `LANES` go to the scalar kernel.
+#[inline(always)]
+pub(crate) fn attention_with_weights<S: Simd>(
+    s: S,
+    q: &[S::E],
+    k: &[S::E],
+    v: &[S::E],
+    dims: Dims,
+    scale: S::E,
+    mask: &MaskView<'_, S::E>,
+    out: &mut [S::E],
+    weights: &mut [S::E],
+) {
+    check_shapes::<S>(q, k, v, dims, mask);
+    let Dims { sq, skv, dv, .. } = dims;
+    assert!(out.len() >= sq * dv && weights.len() >= sq * skv, "outputs too short");
+    let l = S::LANES;
+    let mut v_finite = None;
+    if sq >= 2 * l {
+        weight_tiles::<S, 2>(s, q, k, v, dims, scale, mask, out, weights, &mut v_finite);
+    } else if sq >= l {
+        weight_tiles::<S, 1>(s, q, k, v, dims, scale, mask, out, weights, &mut v_finite);
+    } else {
+        super::scalar::attention_with_weights(q, k, v, dims, scale, mask, out, weights);
+    }
+}
+
+#[inline(always)]
+fn weight_tiles<S: Simd, const NV: usize>(
+    s: S,
+    q: &[S::E],
+    k: &[S::E],
+    v: &[S::E],
+    dims: Dims,
+    scale: S::E,
+    mask: &MaskView<'_, S::E>,
+    out: &mut [S::E],
+    weights: &mut [S::E],
+    v_finite: &mut Option<bool>,
+) {
+    let Dims { sq, skv, dk, dv } = dims;
+    let l = S::LANES;
+    let mq = NV * l;
+    let neg_inf = s.splat(S::E::NEG_INFINITY);
+    let zero = s.splat(S::E::ZERO);
+    let scale_v = s.splat(scale);
+    let w = weights.as_mut_ptr();
+    let mut i = 0;
+    while i < sq {
+        let i0 = if i + mq > sq { sq - mq } else { i };
+        i += mq;
+        let (lo_v, hi_v, (lo_min, hi_max), (lo_max, hi_min)) = tile_ranges::<S, NV>(s, mask, i0);
+        let dense = mask.is_dense();
+        let (lo_min, hi_max) = if lo_min < hi_max { (lo_min, hi_max) } else { (0, 0) };
+        // Keys no query of the tile sees get exact zeros.
+        for j in (0..lo_min).chain(hi_max..skv) {
+            for n in 0..NV {
+                // SAFETY: lanes `i0 .. i0 + mq ≤ sq` of column `j < skv` of the weights.
+                unsafe { s.store(w.add(i0 + n * l + j * sq), zero) };
+            }
+        }
+        // Scores, written straight into the weights' columns.
+        // SAFETY: query rows `i0 .. i0 + mq`, keys `lo_min .. hi_max ≤ skv`, and the weights'
+        // lanes `i0 .. i0 + mq` of those columns (leading dimension `sq`).
+        unsafe {
+            qk_block::<S, NV>(
+                s,
+                q.as_ptr().add(i0),
+                sq,
+                k.as_ptr().add(lo_min),
+                skv,
+                dk,
+                hi_max - lo_min,
+                w.add(i0 + lo_min * sq),
+                sq,
+            );
+        }
+        // Scale and mask; row maxima.
+        let mut m = [neg_inf; NV];
+        for j in lo_min..hi_max {
+            let full = !dense && j >= lo_max && j < hi_min;
+            // SAFETY: lanes `i0 .. i0 + mq` of column `j < skv`; the key mask reads the same
+            // lanes of the mask's matrices.
+            unsafe {
+                let col = w.add(i0 + j * sq);
+                if full {
+                    for n in 0..NV {
+                        let x = s.mul(s.load(col.add(n * l)), scale_v);
+                        s.store(col.add(n * l), x);
+                        m[n] = s.max(x, m[n]);
+                    }
+                } else {
+                    let (allowed, bias) = key_mask::<S, NV>(s, mask, &lo_v, &hi_v, i0, j);
+                    for n in 0..NV {
+                        let x = s.fma(s.load(col.add(n * l)), scale_v, bias[n]);
+                        let x = s.select(allowed[n], x, neg_inf);
+                        s.store(col.add(n * l), x);
+                        m[n] = s.max(x, m[n]);
+                    }
+                }
+            }
+        }
+        // p = e^(s − m), summed; then normalised in place (rows with no key stay 0).
+        let mut m_use = [zero; NV];
+        for n in 0..NV {
+            m_use[n] = s.select(s.eq(m[n], neg_inf), zero, m[n]);
+        }
+        let mut sum = [zero; NV];
+        for j in lo_min..hi_max {
+            // SAFETY: as above.
+            unsafe {
+                let col = w.add(i0 + j * sq);
+                for n in 0..NV {
+                    let p = s.exp(s.sub(s.load(col.add(n * l)), m_use[n]));
+                    sum[n] = s.add(sum[n], p);
+                    s.store(col.add(n * l), p);
+                }
+            }
+        }
+        let mut inv = [zero; NV];
+        for n in 0..NV {
+            let r = s.div(s.splat(S::E::ONE), sum[n]);
+            inv[n] = s.select(s.eq(sum[n], zero), zero, r);
+        }
+        for j in lo_min..hi_max {
+            // SAFETY: as above.
+            unsafe {
+                let col = w.add(i0 + j * sq);
+                for n in 0..NV {
+                    s.store(col.add(n * l), s.mul(s.load(col.add(n * l)), inv[n]));
+                }
+            }
+        }
+        // out = W · V over the keys the tile sees; masked weights are exactly 0, and masked
+        // products are zeroed when V holds non-finite values.
+        let guarded = (dense || lo_max > lo_min || hi_min < hi_max)
+            && !*v_finite.get_or_insert_with(|| all_finite(s, &v[..skv * dv]));
+        // The key masks, recomputed (key `lo_min + kk`).
+        // SAFETY: `i0 + mq ≤ sq` and `lo_min + kk < hi_max ≤ skv`.
+        let recomputed =
+            |kk: usize| unsafe { key_mask::<S, NV>(s, mask, &lo_v, &hi_v, i0, lo_min + kk) }.0;
+        // SAFETY: the weights' lanes `i0 .. i0 + mq` of columns `lo_min .. hi_max` (leading
+        // dimension `sq`), value rows `lo_min .. hi_max`, and output rows `i0 .. i0 + mq` of
+        // `dv` columns (leading dimension `sq`).
+        unsafe {
+            if hi_max > lo_min {
+                pv_block::<S, NV, _>(
+                    s,
+                    w.add(i0 + lo_min * sq).cast_const(),
+                    sq,
+                    v.as_ptr().add(lo_min),
+                    skv,
+                    hi_max - lo_min,
+                    dv,
+                    out.as_mut_ptr().add(i0),
+                    sq,
+                    false,
+                    [zero; NV],
+                    guarded.then_some(&recomputed),
+                );
+            } else {
+                for e in 0..dv {
+                    for n in 0..NV {
+                        s.store(out.as_mut_ptr().add(i0 + n * l + e * sq), zero);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `exp` over a slice (the tail through a padded vector).
+#[inline(always)]
+pub(crate) fn exp_slice<S: Simd>(s: S, xs: &mut [S::E]) {
+    let l = S::LANES;
+    let full = xs.len() / l * l;
+    let mut c = 0;
+    while c < full {
+        // SAFETY: `c + l ≤ full ≤ xs.len()`.
+        unsafe { s.store(xs.as_mut_ptr().add(c), s.exp(s.load(xs.as_ptr().add(c)))) };
+        c += l;
+    }
+    for x in &mut xs[full..] {
+        *x = exp_scalar(s, *x);
+    }
+}
