@@ -74,7 +74,8 @@ pub(crate) fn attend_heads<'m, const SQ: usize, const SKV: usize, const DIM: usi
     // Q = query W_qᵀ + b_q, K = key W_kᵀ + b_k, V = value W_vᵀ + b_v.
     proj.q.forward_slices(query.as_slice(), SQ, buf.q, buf.pack);
     proj.k.forward_slices(key.as_slice(), SKV, buf.k, buf.pack);
-    proj.v.forward_slices(value.as_slice(), SKV, buf.v, buf.pack);
+    proj.v
+        .forward_slices(value.as_slice(), SKV, buf.v, buf.pack);
     let mask = MaskView::of(mask);
     let mask = &mask;
 

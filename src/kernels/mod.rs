@@ -240,7 +240,10 @@ impl<'a, T: Float> MaskView<'a, T> {
     /// Whether some part must be looked up per (query, key) pair.
     #[inline]
     pub(crate) fn is_dense(&self) -> bool {
-        self.attend.is_some() || self.block.is_some() || self.pad.is_some() || self.additive.is_some()
+        self.attend.is_some()
+            || self.block.is_some()
+            || self.pad.is_some()
+            || self.additive.is_some()
     }
 
     /// For a key inside the pattern's range: `None` if a matrix or padding part masks it,
@@ -365,7 +368,11 @@ pub(crate) fn linear<T: Float>(
                     },
                     LinearIo::InPlace(b) => LinearIo::InPlace(as_elem!(mut f32, b)),
                 };
-                let (w, b, p) = (as_elem!(f32, w_t), as_elem!(f32, bias), as_elem!(mut f32, pack));
+                let (w, b, p) = (
+                    as_elem!(f32, w_t),
+                    as_elem!(f32, bias),
+                    as_elem!(mut f32, pack),
+                );
                 // SAFETY: the token proves AVX2 and FMA, the only requirement of the
                 // `#[target_feature]` entry point.
                 unsafe { x86::linear_f32(token, io, s, din, w, dout, b, p) }
@@ -377,7 +384,11 @@ pub(crate) fn linear<T: Float>(
                     },
                     LinearIo::InPlace(b) => LinearIo::InPlace(as_elem!(mut f64, b)),
                 };
-                let (w, b, p) = (as_elem!(f64, w_t), as_elem!(f64, bias), as_elem!(mut f64, pack));
+                let (w, b, p) = (
+                    as_elem!(f64, w_t),
+                    as_elem!(f64, bias),
+                    as_elem!(mut f64, pack),
+                );
                 // SAFETY: as above.
                 unsafe { x86::linear_f64(token, io, s, din, w, dout, b, p) }
             }
@@ -568,3 +579,6 @@ pub fn exp_in_place<T: Float>(xs: &mut [T]) {
         Kernel::Avx2Fma => xs.iter_mut().for_each(|x| *x = x.exp_()),
     }
 }
+
+#[cfg(all(test, feature = "std"))]
+mod tests;

@@ -30,7 +30,12 @@
 //! zeroed, not multiplied by zero, when `V` holds non-finite values); a row with no key gets
 //! zeros; NaN scores of allowed keys propagate.
 
-#![allow(clippy::too_many_arguments, clippy::inline_always)]
+#![allow(
+    clippy::too_many_arguments,
+    clippy::inline_always,
+    // Index loops over lanes, rows and columns read like the math they implement.
+    clippy::needless_range_loop
+)]
 
 use super::simd::Simd;
 use super::{Dims, KB, LinearIo, MQ_MAX, MaskView, WorkRef};
@@ -62,17 +67,29 @@ pub(crate) fn linear<S: Simd>(
     pack: &mut [S::E],
 ) {
     let mr = 2 * S::LANES;
-    assert!(w_t.len() >= din * dout && bias.len() >= dout, "weights too short");
+    assert!(
+        w_t.len() >= din * dout && bias.len() >= dout,
+        "weights too short"
+    );
     let kc_max = (pack.len() / mr).min(din);
     assert!(din == 0 || kc_max >= 1, "pack buffer too small");
     let (a, c): (*const S::E, *mut S::E) = match io {
         LinearIo::Out { x, out } => {
-            assert!(x.len() >= sq * din && out.len() >= sq * dout, "operands too short");
+            assert!(
+                x.len() >= sq * din && out.len() >= sq * dout,
+                "operands too short"
+            );
             (x.as_ptr(), out.as_mut_ptr())
         }
         LinearIo::InPlace(buf) => {
-            assert!(din == dout && buf.len() >= sq * din, "in-place operand too short");
-            assert!(kc_max == din, "in place, the pack buffer must hold a whole row panel");
+            assert!(
+                din == dout && buf.len() >= sq * din,
+                "in-place operand too short"
+            );
+            assert!(
+                kc_max == din,
+                "in place, the pack buffer must hold a whole row panel"
+            );
             let p = buf.as_mut_ptr();
             (p.cast_const(), p)
         }
@@ -112,20 +129,32 @@ pub(crate) fn linear<S: Simd>(
             let first = pc == 0;
             let mut j0 = 0;
             while j0 + NR <= dout {
-                // SAFETY (all tiles): rows `i0 .. i0 + rows` and columns `j0 .. j0 + NR` of `c`
+                // SAFETY: rows `i0 .. i0 + rows` and columns `j0 .. j0 + NR` of `c`
                 // (`sq × dout`), `pack` holds `kc × mr`, and `w_t` rows `pc .. pc + kc` of
                 // columns `j0 ..` lie in `din × dout`.
-                unsafe { gemm_tile::<S, NR>(s, pack, kc, w_t, din, pc, bias, c, sq, i0, rows, j0, first) };
+                unsafe {
+                    gemm_tile::<S, NR>(s, pack, kc, w_t, din, pc, bias, c, sq, i0, rows, j0, first)
+                };
                 j0 += NR;
             }
             // SAFETY: as above, for the remaining `dout − j0 < NR` columns.
             unsafe {
                 match dout - j0 {
-                    1 => gemm_tile::<S, 1>(s, pack, kc, w_t, din, pc, bias, c, sq, i0, rows, j0, first),
-                    2 => gemm_tile::<S, 2>(s, pack, kc, w_t, din, pc, bias, c, sq, i0, rows, j0, first),
-                    3 => gemm_tile::<S, 3>(s, pack, kc, w_t, din, pc, bias, c, sq, i0, rows, j0, first),
-                    4 => gemm_tile::<S, 4>(s, pack, kc, w_t, din, pc, bias, c, sq, i0, rows, j0, first),
-                    5 => gemm_tile::<S, 5>(s, pack, kc, w_t, din, pc, bias, c, sq, i0, rows, j0, first),
+                    1 => gemm_tile::<S, 1>(
+                        s, pack, kc, w_t, din, pc, bias, c, sq, i0, rows, j0, first,
+                    ),
+                    2 => gemm_tile::<S, 2>(
+                        s, pack, kc, w_t, din, pc, bias, c, sq, i0, rows, j0, first,
+                    ),
+                    3 => gemm_tile::<S, 3>(
+                        s, pack, kc, w_t, din, pc, bias, c, sq, i0, rows, j0, first,
+                    ),
+                    4 => gemm_tile::<S, 4>(
+                        s, pack, kc, w_t, din, pc, bias, c, sq, i0, rows, j0, first,
+                    ),
+                    5 => gemm_tile::<S, 5>(
+                        s, pack, kc, w_t, din, pc, bias, c, sq, i0, rows, j0, first,
+                    ),
                     _ => {}
                 }
             }
@@ -255,16 +284,31 @@ pub(crate) fn attention<S: Simd>(
 
 /// The bounds every attention kernel relies on.
 #[inline(always)]
-fn check_shapes<S: Simd>(q: &[S::E], k: &[S::E], v: &[S::E], dims: Dims, mask: &MaskView<'_, S::E>) {
+fn check_shapes<S: Simd>(
+    q: &[S::E],
+    k: &[S::E],
+    v: &[S::E],
+    dims: Dims,
+    mask: &MaskView<'_, S::E>,
+) {
     let Dims { sq, skv, dk, dv } = dims;
     assert!(
         q.len() >= sq * dk && k.len() >= skv * dk && v.len() >= skv * dv,
         "operands too short"
     );
     assert!(mask.sq == sq && mask.skv == skv, "mask of another shape");
-    assert!(mask.attend.is_none_or(|m| m.len() >= sq * skv), "mask too short");
-    assert!(mask.block.is_none_or(|m| m.len() >= sq * skv), "mask too short");
-    assert!(mask.additive.is_none_or(|m| m.len() >= sq * skv), "mask too short");
+    assert!(
+        mask.attend.is_none_or(|m| m.len() >= sq * skv),
+        "mask too short"
+    );
+    assert!(
+        mask.block.is_none_or(|m| m.len() >= sq * skv),
+        "mask too short"
+    );
+    assert!(
+        mask.additive.is_none_or(|m| m.len() >= sq * skv),
+        "mask too short"
+    );
     assert!(mask.pad.is_none_or(|m| m.len() >= skv), "mask too short");
     // Key positions are compared as floating-point numbers: exact below 2^24.
     assert!(skv < 1 << 24, "more than 2^24 keys");
@@ -289,20 +333,41 @@ fn tiles<S: Simd, const NV: usize>(
     let mut i = 0;
     while i < dims.sq {
         let i0 = if i + mq > dims.sq { dims.sq - mq } else { i };
-        tile::<S, NV>(s, q, k, v, dims, scale, mask, out, &mut work, vscale, i0, &mut v_finite);
+        tile::<S, NV>(
+            s,
+            q,
+            k,
+            v,
+            dims,
+            scale,
+            mask,
+            out,
+            &mut work,
+            vscale,
+            i0,
+            &mut v_finite,
+        );
         i += mq;
     }
 }
 
-/// Per-lane key ranges of the tile starting at query `i0`: the vectors of the first and
-/// one-past-last visible key, the union `[lo_min, hi_max)` and the intersection
-/// `[lo_max, hi_min)` over the tile's queries.
+/// The keys a query tile's pattern shows: per lane, the first and one-past-last visible key
+/// (as vectors), and over the tile, the union `[lo_min, hi_max)` and the intersection
+/// `[lo_max, hi_min)`.
+struct TileRanges<S: Simd, const NV: usize> {
+    lo: [S::V; NV],
+    hi: [S::V; NV],
+    union: (usize, usize),
+    common: (usize, usize),
+}
+
+/// [`TileRanges`] of the tile starting at query `i0`.
 #[inline(always)]
 fn tile_ranges<S: Simd, const NV: usize>(
     s: S,
     mask: &MaskView<'_, S::E>,
     i0: usize,
-) -> ([S::V; NV], [S::V; NV], (usize, usize), (usize, usize)) {
+) -> TileRanges<S, NV> {
     let mq = NV * S::LANES;
     let mut lo = [S::E::ZERO; MQ_MAX];
     let mut hi = [S::E::ZERO; MQ_MAX];
@@ -328,7 +393,12 @@ fn tile_ranges<S: Simd, const NV: usize>(
             hi_v[n] = s.load(hi.as_ptr().add(n * S::LANES));
         }
     }
-    (lo_v, hi_v, (lo_min, hi_max), (lo_max, hi_min))
+    TileRanges {
+        lo: lo_v,
+        hi: hi_v,
+        union: (lo_min, hi_max),
+        common: (lo_max, hi_min),
+    }
 }
 
 /// Which queries of a tile may use key `j` (all boolean parts and the additive part), and the
@@ -396,7 +466,12 @@ fn tile<S: Simd, const NV: usize>(
     let Dims { sq, skv, dk, dv } = dims;
     let l = S::LANES;
     let mq = NV * l;
-    let (lo_v, hi_v, (lo_min, hi_max), (lo_max, hi_min)) = tile_ranges::<S, NV>(s, mask, i0);
+    let TileRanges {
+        lo: lo_v,
+        hi: hi_v,
+        union: (lo_min, hi_max),
+        common: (lo_max, hi_min),
+    } = tile_ranges::<S, NV>(s, mask, i0);
     let dense = mask.is_dense();
     let neg_inf = s.splat(S::E::NEG_INFINITY);
     let zero = s.splat(S::E::ZERO);
@@ -417,7 +492,19 @@ fn tile<S: Simd, const NV: usize>(
         // Scores of keys j0 .. j0 + nk into P (row kk at kk·mq).
         // SAFETY: rows `i0 .. i0 + mq ≤ sq` of q (`sq × dk`), keys `j0 .. j0 + nk ≤ skv` of k
         // (`skv × dk`), and `nk·mq ≤ KB·MQ_MAX` values of P.
-        unsafe { qk_block::<S, NV>(s, q.as_ptr().add(i0), sq, k.as_ptr().add(j0), skv, dk, nk, p_buf, mq) };
+        unsafe {
+            qk_block::<S, NV>(
+                s,
+                q.as_ptr().add(i0),
+                sq,
+                k.as_ptr().add(j0),
+                skv,
+                dk,
+                nk,
+                p_buf,
+                mq,
+            )
+        };
 
         // Scale, mask, and the block's maximum per lane.
         let mut bmax = [neg_inf; NV];
@@ -472,8 +559,7 @@ fn tile<S: Simd, const NV: usize>(
         }
         // acc = c·acc + P·V over the block's keys. A masked key has p = 0, which is exact
         // unless V holds inf or NaN: then masked products are zeroed instead.
-        let guarded = !full
-            && !*v_finite.get_or_insert_with(|| all_finite(s, &v[..skv * dv]));
+        let guarded = !full && !*v_finite.get_or_insert_with(|| all_finite(s, &v[..skv * dv]));
         // The stored masks: all bits set where allowed, +0 elsewhere.
         let stored = |kk: usize| {
             let mut ok = [s.eq(zero, zero); NV];
@@ -652,11 +738,21 @@ unsafe fn pv_block<S: Simd, const NV: usize, G: Fn(usize) -> [S::M; NV]>(
             e += NR;
         }
         match dv - e {
-            1 => pv_tile::<S, NV, 1, G>(s, p, ldp, v, ldv, nk, e, acc, ld_acc, load_acc, corr, guard),
-            2 => pv_tile::<S, NV, 2, G>(s, p, ldp, v, ldv, nk, e, acc, ld_acc, load_acc, corr, guard),
-            3 => pv_tile::<S, NV, 3, G>(s, p, ldp, v, ldv, nk, e, acc, ld_acc, load_acc, corr, guard),
-            4 => pv_tile::<S, NV, 4, G>(s, p, ldp, v, ldv, nk, e, acc, ld_acc, load_acc, corr, guard),
-            5 => pv_tile::<S, NV, 5, G>(s, p, ldp, v, ldv, nk, e, acc, ld_acc, load_acc, corr, guard),
+            1 => {
+                pv_tile::<S, NV, 1, G>(s, p, ldp, v, ldv, nk, e, acc, ld_acc, load_acc, corr, guard)
+            }
+            2 => {
+                pv_tile::<S, NV, 2, G>(s, p, ldp, v, ldv, nk, e, acc, ld_acc, load_acc, corr, guard)
+            }
+            3 => {
+                pv_tile::<S, NV, 3, G>(s, p, ldp, v, ldv, nk, e, acc, ld_acc, load_acc, corr, guard)
+            }
+            4 => {
+                pv_tile::<S, NV, 4, G>(s, p, ldp, v, ldv, nk, e, acc, ld_acc, load_acc, corr, guard)
+            }
+            5 => {
+                pv_tile::<S, NV, 5, G>(s, p, ldp, v, ldv, nk, e, acc, ld_acc, load_acc, corr, guard)
+            }
             _ => {}
         }
     }
@@ -778,7 +874,18 @@ fn rows<S: Simd>(
             // Scores: four vectors of keys at a time share each broadcast query element.
             // SAFETY: keys `j0 .. j0 + nv ≤ skv` of k (`skv × dk`), query `i < sq` of q,
             // and `nv ≤ KB` values of p.
-            unsafe { dot_keys(s, q.as_ptr().add(i), sq, k.as_ptr().add(j0), skv, dk, nv, p.as_mut_ptr()) };
+            unsafe {
+                dot_keys(
+                    s,
+                    q.as_ptr().add(i),
+                    sq,
+                    k.as_ptr().add(j0),
+                    skv,
+                    dk,
+                    nv,
+                    p.as_mut_ptr(),
+                )
+            };
             for (kk, pk) in p.iter_mut().enumerate().take(nk).skip(nv) {
                 let mut d_acc = S::E::ZERO;
                 for d in 0..dk {
@@ -789,7 +896,11 @@ fn rows<S: Simd>(
             // Scale and mask, per key.
             let mut bmax = neg_inf;
             for (kk, pk) in p.iter_mut().enumerate().take(nk) {
-                let x = match if dense { mask.dense_entry(i, j0 + kk) } else { Some(S::E::ZERO) } {
+                let x = match if dense {
+                    mask.dense_entry(i, j0 + kk)
+                } else {
+                    Some(S::E::ZERO)
+                } {
                     Some(bias) => *pk * scale + bias,
                     None => neg_inf,
                 };
@@ -962,7 +1073,10 @@ pub(crate) fn attention_with_weights<S: Simd>(
 ) {
     check_shapes::<S>(q, k, v, dims, mask);
     let Dims { sq, skv, dv, .. } = dims;
-    assert!(out.len() >= sq * dv && weights.len() >= sq * skv, "outputs too short");
+    assert!(
+        out.len() >= sq * dv && weights.len() >= sq * skv,
+        "outputs too short"
+    );
     let l = S::LANES;
     let mut v_finite = None;
     if sq >= 2 * l {
@@ -998,9 +1112,18 @@ fn weight_tiles<S: Simd, const NV: usize>(
     while i < sq {
         let i0 = if i + mq > sq { sq - mq } else { i };
         i += mq;
-        let (lo_v, hi_v, (lo_min, hi_max), (lo_max, hi_min)) = tile_ranges::<S, NV>(s, mask, i0);
+        let TileRanges {
+            lo: lo_v,
+            hi: hi_v,
+            union: (lo_min, hi_max),
+            common: (lo_max, hi_min),
+        } = tile_ranges::<S, NV>(s, mask, i0);
         let dense = mask.is_dense();
-        let (lo_min, hi_max) = if lo_min < hi_max { (lo_min, hi_max) } else { (0, 0) };
+        let (lo_min, hi_max) = if lo_min < hi_max {
+            (lo_min, hi_max)
+        } else {
+            (0, 0)
+        };
         // Keys no query of the tile sees get exact zeros.
         for j in (0..lo_min).chain(hi_max..skv) {
             for n in 0..NV {

@@ -1,0 +1,499 @@
+//! Every kernel against the scalar kernel and the f64 oracle, through the dispatch layer with
+//! the kernel forced by `with_kernel`: odd sizes (the tails of every tile and block: query
+//! counts on both sides of 4, 8 and 16, key counts on both sides of 6 and of the 64-key
+//! block, widths on both sides of the 6-wide micro-tiles), every kind of mask part, input
+//! scales from 1e-3 to 30, `f32` and `f64`.
+//!
+//! Tolerances (SPEC.md): the f32 kernels agree with each other within `2e-6` at unit scale
+//! (the scale grows it in proportion to the logits), each is within SPEC's bound of an f64
+//! oracle run on the same f32 inputs, and the f64 kernels agree within `1e-12`.
+
+use std::vec::Vec;
+
+use super::{Dims, Kernel, LinearIo, MQ_MAX, MaskView, PANEL_ROWS, Work, with_kernel};
+use crate::Float;
+use crate::mask::{Alignment, Pattern};
+
+/// Kernels to compare with the scalar one on this machine.
+fn fast_kernels() -> Vec<Kernel> {
+    [Kernel::Avx2Fma]
+        .into_iter()
+        .filter(|k| k.is_supported())
+        .collect()
+}
+
+/// Deterministic values uniform in `[-scale, scale]`.
+fn values(seed: u64, n: usize, scale: f64) -> Vec<f64> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+fn cast<T: Float>(v: &[impl Float]) -> Vec<T> {
+    v.iter().map(|&x| T::of(x.to_f64())).collect()
+}
+
+/// A mask's parts as owned data, and its view.
+struct MaskData {
+    pattern: Pattern,
+    attend: Option<Vec<bool>>,
+    block: Option<Vec<bool>>,
+    pad: Option<Vec<bool>>,
+    additive: Option<Vec<f64>>,
+}
+
+impl MaskData {
+    fn view<'a, T: Float>(
+        &'a self,
+        sq: usize,
+        skv: usize,
+        add: &'a Option<Vec<T>>,
+    ) -> MaskView<'a, T> {
+        MaskView {
+            pattern: self.pattern,
+            sq,
+            skv,
+            attend: self.attend.as_deref(),
+            block: self.block.as_deref(),
+            pad: self.pad.as_deref(),
+            additive: add.as_deref(),
+        }
+    }
+}
+
+/// The masks every shape runs under: patterns of both alignments, each boolean part, an
+/// additive part with −∞ and NaN entries, and all parts at once.
+fn masks(sq: usize, skv: usize, seed: u64) -> Vec<MaskData> {
+    let n = sq * skv;
+    let coin = |salt: u64, p: f64| -> Vec<bool> {
+        values(seed ^ salt, n, 1.0)
+            .iter()
+            .map(|&x| x.abs() < p)
+            .collect()
+    };
+    let pad: Vec<bool> = (0..skv).map(|j| j % 5 == 3).collect();
+    let additive: Vec<f64> = values(seed ^ 9, n, 1.5)
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| match i % 11 {
+            3 => f64::NEG_INFINITY,
+            7 => f64::NAN,
+            _ => x,
+        })
+        .collect();
+    let plain = |pattern| MaskData {
+        pattern,
+        attend: None,
+        block: None,
+        pad: None,
+        additive: None,
+    };
+    vec![
+        plain(Pattern::Full),
+        plain(Pattern::Causal(Alignment::TopLeft)),
+        plain(Pattern::Causal(Alignment::BottomRight)),
+        plain(Pattern::SlidingWindow {
+            window: 5,
+            alignment: Alignment::BottomRight,
+        }),
+        plain(Pattern::SlidingWindow {
+            window: 70,
+            alignment: Alignment::TopLeft,
+        }),
+        MaskData {
+            pad: Some(pad.clone()),
+            ..plain(Pattern::Causal(Alignment::BottomRight))
+        },
+        MaskData {
+            attend: Some(coin(1, 0.7)),
+            ..plain(Pattern::Full)
+        },
+        MaskData {
+            block: Some(coin(2, 0.4)),
+            ..plain(Pattern::Full)
+        },
+        MaskData {
+            additive: Some(additive.clone()),
+            ..plain(Pattern::Full)
+        },
+        MaskData {
+            pattern: Pattern::Causal(Alignment::TopLeft),
+            attend: Some(coin(3, 0.8)),
+            block: Some(coin(4, 0.2)),
+            pad: Some(pad),
+            additive: Some(additive),
+        },
+    ]
+}
+
+/// Streaming and weights-path outputs of one kernel (and the weights).
+fn run<T: Float>(
+    kernel: Kernel,
+    inputs: (&[T], &[T], &[T]),
+    dims: Dims,
+    scale: T,
+    mask: &MaskView<'_, T>,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let (q, k, v) = inputs;
+    let mut out = std::vec![T::NAN; dims.sq * dims.dv];
+    let mut out_w = std::vec![T::NAN; dims.sq * dims.dv];
+    let mut w = std::vec![T::NAN; dims.sq * dims.skv];
+    with_kernel(kernel, || {
+        let mut work: std::boxed::Box<Work<T, 80>> = bytemuck::zeroed_box();
+        super::attention(q, k, v, dims, scale, mask, &mut out, work.parts());
+        super::attention_with_weights(q, k, v, dims, scale, mask, &mut out_w, &mut w);
+    })
+    .expect("kernel runs here");
+    (out, out_w, w)
+}
+
+fn max_abs_diff<T: Float, U: Float>(a: &[T], b: &[U]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            let (x, y) = (x.to_f64(), y.to_f64());
+            if x.is_nan() && y.is_nan() {
+                0.0
+            } else {
+                (x - y).abs()
+            }
+        })
+        .fold(
+            0.0,
+            |m, d| if d.is_nan() { f64::INFINITY } else { m.max(d) },
+        )
+}
+
+/// `got` within `atol + rtol·|want|` of `want`, entry by entry (NaN only against NaN).
+fn assert_close<T: Float, U: Float>(what: &str, got: &[T], want: &[U], atol: f64, rtol: f64) {
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let (g, w) = (g.to_f64(), w.to_f64());
+        if w.is_nan() || g.is_nan() {
+            assert!(
+                g.is_nan() && w.is_nan(),
+                "{what}: entry {i} is {g}, want {w}"
+            );
+            continue;
+        }
+        let tol = atol + rtol * w.abs();
+        assert!(
+            (g - w).abs() <= tol,
+            "{what}: entry {i} is {g}, want {w} (tolerance {tol:e})"
+        );
+    }
+}
+
+/// Shapes `(sq, skv, dk, dv)`: query counts around 4, 8 and 16 (f64 and f32 lane counts,
+/// and the overlapping last tile), key counts around 6 and 64, widths around 6.
+const SHAPES: [(usize, usize, usize, usize); 14] = [
+    (1, 1, 1, 1),
+    (1, 70, 8, 7),
+    (3, 9, 5, 3),
+    (4, 64, 12, 6),
+    (7, 65, 6, 13),
+    (8, 8, 16, 16),
+    (9, 11, 5, 7),
+    (15, 130, 7, 5),
+    (16, 16, 8, 8),
+    (17, 63, 3, 11),
+    (23, 6, 9, 12),
+    (33, 33, 16, 1),
+    (40, 129, 32, 32),
+    (70, 70, 64, 64),
+];
+
+#[test]
+fn attention_kernels_match_the_scalar_kernel_and_the_oracle() {
+    for kernel in fast_kernels() {
+        for (case, &(sq, skv, dk, dv)) in SHAPES.iter().enumerate() {
+            let dims = Dims { sq, skv, dk, dv };
+            let seed = case as u64 * 31 + 7;
+            for scale_in in [1e-3, 0.3, 1.0, 4.0, 30.0] {
+                let q = values(seed, sq * dk, scale_in);
+                let k = values(seed + 1, skv * dk, scale_in);
+                let v = values(seed + 2, skv * dv, 1.0);
+                let scale = 1.0 / (dk as f64).sqrt();
+                for (m, md) in masks(sq, skv, seed).iter().enumerate() {
+                    let what = format!(
+                        "{} {sq}×{skv}×{dk}×{dv} ×{scale_in} mask {m}",
+                        kernel.name()
+                    );
+                    // f32: the fast kernel against the scalar one and the f64 oracle.
+                    let (q32, k32, v32) = (cast::<f32>(&q), cast::<f32>(&k), cast::<f32>(&v));
+                    let add32 = md.additive.as_ref().map(|a| cast::<f32>(a));
+                    let mask32 = md.view(sq, skv, &add32);
+                    let ins = (&q32[..], &k32[..], &v32[..]);
+                    let fast = run(kernel, ins, dims, scale as f32, &mask32);
+                    let slow = run(Kernel::Scalar, ins, dims, scale as f32, &mask32);
+                    // The oracle: the scalar kernel in f64 on the same (f32-rounded) inputs.
+                    let (q64, k64, v64) = (cast::<f64>(&q32), cast::<f64>(&k32), cast::<f64>(&v32));
+                    let add64 = add32.as_ref().map(|a| cast::<f64>(a));
+                    let mask64 = md.view(sq, skv, &add64);
+                    let oracle = run(
+                        Kernel::Scalar,
+                        (&q64, &k64, &v64),
+                        dims,
+                        f64::from(scale as f32),
+                        &mask64,
+                    );
+                    // f32 rounding of a logit s moves e^s by about |s|·2⁻²⁴: widen with the logits.
+                    let logit = scale_in * scale_in * (dk as f64).sqrt();
+                    let widen = 1.0 + logit / 4.0;
+                    let paths = 2e-6 * widen;
+                    assert!(
+                        max_abs_diff(&fast.0, &slow.0) <= paths,
+                        "{what}: streaming vs scalar {:e}",
+                        max_abs_diff(&fast.0, &slow.0)
+                    );
+                    assert!(
+                        max_abs_diff(&fast.1, &slow.1) <= paths,
+                        "{what}: weights path vs scalar"
+                    );
+                    assert!(
+                        max_abs_diff(&fast.2, &slow.2) <= paths,
+                        "{what}: weights vs scalar"
+                    );
+                    assert!(
+                        max_abs_diff(&fast.0, &fast.1) <= paths,
+                        "{what}: streaming vs weights path"
+                    );
+                    assert_close(
+                        &format!("{what}: streaming vs oracle"),
+                        &fast.0,
+                        &oracle.0,
+                        1e-5 * widen,
+                        1e-5,
+                    );
+                    assert_close(
+                        &format!("{what}: weights path vs oracle"),
+                        &fast.1,
+                        &oracle.1,
+                        1e-5 * widen,
+                        1e-5,
+                    );
+                    assert_close(
+                        &format!("{what}: weights vs oracle"),
+                        &fast.2,
+                        &oracle.2,
+                        1e-5 * widen,
+                        1e-5,
+                    );
+                    // f64: fast and scalar agree to 1e-12.
+                    let fast64 = run(
+                        kernel,
+                        (&q64, &k64, &v64),
+                        dims,
+                        f64::from(scale as f32),
+                        &mask64,
+                    );
+                    let tol64 = 1e-12 * widen;
+                    assert!(
+                        max_abs_diff(&fast64.0, &oracle.0) <= tol64,
+                        "{what}: f64 streaming"
+                    );
+                    assert!(
+                        max_abs_diff(&fast64.1, &oracle.1) <= tol64,
+                        "{what}: f64 weights path"
+                    );
+                    assert!(
+                        max_abs_diff(&fast64.2, &oracle.2) <= tol64,
+                        "{what}: f64 weights"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn masked_non_finite_values_stay_out_bit_for_bit() {
+    // Keys masked for some queries hold NaN and ∞ in V: the rows of the other queries are
+    // bit for bit what they are with finite values there, on every kernel and path.
+    for kernel in fast_kernels() {
+        for &(sq, skv, dk, dv) in &[(3, 20, 4, 5), (9, 70, 8, 6), (33, 70, 16, 7)] {
+            let dims = Dims { sq, skv, dk, dv };
+            let q = cast::<f32>(&values(1, sq * dk, 1.0));
+            let k = cast::<f32>(&values(2, skv * dk, 1.0));
+            let v = cast::<f32>(&values(3, skv * dv, 1.0));
+            let pad: Vec<bool> = (0..skv).map(|j| j % 4 == 1).collect();
+            let md = MaskData {
+                pattern: Pattern::Causal(Alignment::BottomRight),
+                attend: None,
+                block: None,
+                pad: Some(pad.clone()),
+                additive: None,
+            };
+            let mask = md.view::<f32>(sq, skv, &None);
+            let mut poisoned = v.clone();
+            for j in (0..skv).filter(|&j| pad[j]) {
+                for e in 0..dv {
+                    poisoned[j + e * skv] = if e % 2 == 0 { f32::NAN } else { f32::INFINITY };
+                }
+            }
+            let clean = run(kernel, (&q, &k, &v), dims, 0.5, &mask);
+            let dirty = run(kernel, (&q, &k, &poisoned), dims, 0.5, &mask);
+            let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                bits(&clean.0),
+                bits(&dirty.0),
+                "{} streaming {sq}×{skv}",
+                kernel.name()
+            );
+            assert_eq!(
+                bits(&clean.1),
+                bits(&dirty.1),
+                "{} weights path {sq}×{skv}",
+                kernel.name()
+            );
+        }
+    }
+}
+
+#[test]
+fn linear_kernels_match_the_scalar_kernel() {
+    let shapes = [
+        (1, 1, 1),
+        (3, 5, 7),
+        (15, 64, 6),
+        (16, 13, 13),
+        (17, 130, 5),
+        (33, 7, 64),
+        (40, 96, 96),
+    ];
+    for kernel in fast_kernels() {
+        for (case, &(s, din, dout)) in shapes.iter().enumerate() {
+            for scale in [1e-3, 1.0, 1e3] {
+                let x = values(case as u64, s * din, scale);
+                let w = values(case as u64 + 1, din * dout, 1.0);
+                let b = values(case as u64 + 2, dout, 1.0);
+                // The exact product in f64, and a bound on f32 rounding: eps · din · Σ|x·w|.
+                let mut exact = std::vec![0.0; s * dout];
+                let mut size = std::vec![0.0; s * dout];
+                for c in 0..dout {
+                    for i in 0..s {
+                        let mut acc = b[c];
+                        let mut mag = b[c].abs();
+                        for d in 0..din {
+                            acc += x[i + d * s] * w[d + c * din];
+                            mag += (x[i + d * s] * w[d + c * din]).abs();
+                        }
+                        exact[i + c * s] = acc;
+                        size[i + c * s] = mag;
+                    }
+                }
+                for pack_cols in [1, 7, din] {
+                    let (x32, w32, b32) = (cast::<f32>(&x), cast::<f32>(&w), cast::<f32>(&b));
+                    let mut got = std::vec![f32::NAN; s * dout];
+                    let mut pack = std::vec![0.0f32; PANEL_ROWS * pack_cols];
+                    with_kernel(kernel, || {
+                        super::linear(
+                            LinearIo::Out {
+                                x: &x32,
+                                out: &mut got,
+                            },
+                            s,
+                            din,
+                            &w32,
+                            dout,
+                            &b32,
+                            &mut pack,
+                        );
+                    })
+                    .expect("runs");
+                    for (i, (&g, (&e, &m))) in got.iter().zip(exact.iter().zip(&size)).enumerate() {
+                        let tol = f64::from(f32::EPSILON) * (din as f64 + 2.0) * m;
+                        assert!(
+                            (f64::from(g) - e).abs() <= tol,
+                            "{} {s}×{din}→{dout} pack {pack_cols}: {i}",
+                            kernel.name()
+                        );
+                    }
+                    let mut got64 = std::vec![f64::NAN; s * dout];
+                    let mut pack64 = std::vec![0.0f64; PANEL_ROWS * pack_cols];
+                    with_kernel(kernel, || {
+                        super::linear(
+                            LinearIo::Out {
+                                x: &x,
+                                out: &mut got64,
+                            },
+                            s,
+                            din,
+                            &w,
+                            dout,
+                            &b,
+                            &mut pack64,
+                        );
+                    })
+                    .expect("runs");
+                    for (i, (&g, (&e, &m))) in got64.iter().zip(exact.iter().zip(&size)).enumerate()
+                    {
+                        let tol = f64::EPSILON * (din as f64 + 2.0) * m;
+                        assert!(
+                            (g - e).abs() <= tol,
+                            "{} f64 {s}×{din}→{dout}: {i}",
+                            kernel.name()
+                        );
+                    }
+                }
+                if din == dout {
+                    // In place: the same as out of place, bit for bit.
+                    for k in [Kernel::Scalar, kernel] {
+                        let x32 = cast::<f32>(&x);
+                        let w32 = cast::<f32>(&w);
+                        let b32 = cast::<f32>(&b);
+                        let mut out = std::vec![0.0f32; s * dout];
+                        let mut buf = x32.clone();
+                        let mut pack = std::vec![0.0f32; PANEL_ROWS * din];
+                        with_kernel(k, || {
+                            super::linear(
+                                LinearIo::Out {
+                                    x: &x32,
+                                    out: &mut out,
+                                },
+                                s,
+                                din,
+                                &w32,
+                                dout,
+                                &b32,
+                                &mut pack,
+                            );
+                            super::linear(
+                                LinearIo::InPlace(&mut buf),
+                                s,
+                                din,
+                                &w32,
+                                dout,
+                                &b32,
+                                &mut pack,
+                            );
+                        })
+                        .expect("runs");
+                        assert_eq!(out, buf, "{} in place {s}×{din}", k.name());
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_fast_kernel_is_selected_where_the_cpu_has_it() {
+    // CI runs on AVX2 + FMA: it must not silently fall back to the scalar kernel.
+    #[cfg(target_arch = "x86_64")]
+    {
+        let has = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+        if has && !cfg!(feature = "force-scalar") {
+            assert_eq!(super::selected(), Kernel::Avx2Fma);
+        }
+    }
+    if cfg!(feature = "force-scalar") {
+        assert_eq!(super::selected(), Kernel::Scalar);
+    }
+    let _ = MQ_MAX;
+}
