@@ -1,271 +1,203 @@
-//! Attention benchmarks: the library against a naive nalgebra implementation of the same math.
+//! Attention benchmarks: the selected (SIMD) kernel beside the portable scalar kernel, in one
+//! criterion group per workload so the ratio is read from one run.
 //!
-//! Run with `cargo bench --bench attention`. Every group sets a throughput of the operation's
-//! floating-point operations (one multiply-add = 2 FLOPs), so what criterion prints as
-//! "elem/s" reads as FLOP/s: `Gelem/s` = GFLOP/s. Peers share a group so their ratios come from
-//! one run, and before measuring each group asserts that the naive and library outputs agree
-//! within `1e-4`, so the comparison is apples to apples.
+//! Run with `cargo bench --bench attention` (pin it with `taskset -c 1` on a shared machine;
+//! `scripts/bench_peers.sh` does, and adds PyTorch and candle on the same shapes). Every group
+//! sets a throughput of the operation's floating-point operations (one multiply-add = 2
+//! FLOPs), so criterion's "elem/s" reads as FLOP/s (`Gelem/s` = GFLOP/s). Inputs are seeded.
+//! Before timing, each group checks that the two kernels agree (within 1e-4), so the
+//! comparison is apples to apples.
 //!
-//! - `sdpa_single_head`: `softmax(Q Kᵀ/√d) V` for one head, `SEQ = 128`, `d = 64`, f32;
-//!   `4·SEQ²·d` FLOPs (`Q Kᵀ` and the product with `V`, `2·SEQ²·d` each).
-//! - `multi_head_layer`: `MultiHead<128, 256, 8>` self-attention, f32, with no mask and with a
-//!   causal mask; `8·SEQ·DIM² + 4·SEQ²·DIM` FLOPs (four `DIM × DIM` projections plus the
-//!   attention of all heads).
+//! - `sdpa`: one head, `SEQ × d` with (SEQ, d) = (128, 64), (512, 64), (1024, 64), with and
+//!   without a causal mask: `4·SEQ²·d` FLOPs (causal counted dense).
+//! - `layer`: `MultiHead<SEQ, DIM, HEADS>` self-attention at (16, 64, 4), (128, 256, 8),
+//!   (512, 512, 8), through `forward_into` with a boxed scratch: `8·SEQ·DIM² + 4·SEQ²·DIM`;
+//!   with the `rayon` feature also `simd_2threads` for (512, 512, 8).
+//! - `layer_f64`: the (128, 256, 8) layer in f64.
+//! - `batch`: 32 sequences through `MultiHead<16, 64, 4>` (`forward_batch_into`).
+//! - `exp`: the softmax's `exp` over 4096 values (elements per second).
+//!
+//! Function names are `scalar` and `simd` (the kernel `kernels::selected()` picked), and
+//! parameters name the shape, e.g. `sdpa/simd/512x64_causal`.
 
 use std::hint::black_box;
 use std::time::Duration;
 
-use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
-use nalgebra::{DMatrix, Dim, Matrix, SMatrix, SVector, StorageMut};
-use rand::rngs::SmallRng;
-use rand::{RngExt, SeedableRng};
-use static_attention::{Alignment, Mask, MultiHead, Scratch, scaled_dot_product_attention};
+use criterion::{
+    BenchmarkGroup, BenchmarkId, Criterion, SamplingMode, Throughput, measurement::WallTime,
+};
+use static_attention::kernels::{self, Kernel, with_kernel};
+use static_attention::{
+    Alignment, Float, Mask, MultiHead, SMatrix, Scratch, heap, scaled_dot_product_attention_into,
+};
 
-/// Tokens in the sequence.
-const SEQ: usize = 128;
-/// Head width of the single-head benchmark.
-const D: usize = 64;
-/// Model width of the layer benchmark.
-const DIM: usize = 256;
-/// Heads of the layer benchmark.
-const HEADS: usize = 8;
-/// Features per head in the layer benchmark.
-const HEAD_DIM: usize = DIM / HEADS;
-/// Largest allowed absolute difference between the library and the naive outputs.
-const TOL: f32 = 1e-4;
-
-type Layer = MultiHead<SEQ, DIM, HEADS>;
-
-fn random<const R: usize, const C: usize>(rng: &mut SmallRng) -> SMatrix<f32, R, C> {
-    SMatrix::from_fn(|_, _| rng.random_range(-1.0f32..1.0))
-}
-
-fn to_dynamic<const R: usize, const C: usize>(m: &SMatrix<f32, R, C>) -> DMatrix<f32> {
-    DMatrix::from_column_slice(R, C, m.as_slice())
-}
-
-/// Largest absolute elementwise difference.
-fn max_abs_diff(a: &DMatrix<f32>, b: &DMatrix<f32>) -> f32 {
-    assert_eq!(a.shape(), b.shape());
-    (a - b).amax()
-}
-
-/// Softmax of every row, in place (rows with `-∞` entries give them weight 0).
-fn softmax_rows<R: Dim, C: Dim, S: StorageMut<f32, R, C>>(s: &mut Matrix<f32, R, C, S>) {
-    for mut row in s.row_iter_mut() {
-        let m = row.max();
-        row.apply(|x| *x = (*x - m).exp());
-        let sum = row.sum();
-        row /= sum;
+/// The kernels each group compares: the portable one, and the selected one if it differs.
+fn kernels() -> Vec<(&'static str, Kernel)> {
+    let mut ks = vec![("scalar", Kernel::Scalar)];
+    if kernels::selected() != Kernel::Scalar {
+        ks.push(("simd", kernels::selected()));
     }
+    ks
 }
 
-/// Blocks every key after the query (causal, top-left aligned) with `-∞`.
-fn mask_causal(s: &mut DMatrix<f32>) {
-    for j in 0..s.ncols() {
-        for i in 0..j.min(s.nrows()) {
-            s[(i, j)] = f32::NEG_INFINITY;
-        }
+/// A seeded matrix on the heap with entries uniform in [-1, 1].
+fn random<T: Float, const R: usize, const C: usize>(seed: u64) -> Box<SMatrix<T, R, C>> {
+    let mut m = heap::zeros::<T, R, C>();
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for x in m.iter_mut() {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        *x = T::of((s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0);
     }
+    m
 }
 
-/// Naive single-head attention on stack matrices (nalgebra's own static-size matmul).
-fn naive_sdpa_static(
-    q: &SMatrix<f32, SEQ, D>,
-    k: &SMatrix<f32, SEQ, D>,
-    v: &SMatrix<f32, SEQ, D>,
-) -> SMatrix<f32, SEQ, D> {
-    let scale = 1.0 / (D as f32).sqrt();
-    let mut s: SMatrix<f32, SEQ, SEQ> = q * k.transpose() * scale;
-    softmax_rows(&mut s);
-    s * v
-}
-
-/// Naive single-head attention on heap matrices (nalgebra's `DMatrix` product, which goes
-/// through `matrixmultiply`'s blocked GEMM).
-fn naive_sdpa_dynamic(q: &DMatrix<f32>, k: &DMatrix<f32>, v: &DMatrix<f32>) -> DMatrix<f32> {
-    let scale = 1.0 / (q.ncols() as f32).sqrt();
-    let mut s = q * k.transpose() * scale;
-    softmax_rows(&mut s);
-    s * v
-}
-
-/// A multi-head layer written out with `DMatrix`, holding copies of a library layer's weights.
-struct NaiveLayer {
-    /// `Wᵀ` (`DIM × DIM`) and bias of q, k, v, out.
-    proj: [(DMatrix<f32>, Vec<f32>); 4],
-}
-
-impl NaiveLayer {
-    fn from_layer(layer: &Layer) -> Self {
-        let copy = |l: &static_attention::Linear<DIM, DIM, f32>| {
-            let w_t = to_dynamic(l.weight_t());
-            let b = l.bias().map_or(vec![0.0; DIM], |b| b.as_slice().to_vec());
-            (w_t, b)
-        };
-        Self {
-            proj: [
-                copy(layer.q_proj()),
-                copy(layer.k_proj()),
-                copy(layer.v_proj()),
-                copy(layer.out_proj()),
-            ],
-        }
-    }
-
-    /// `x Wᵀ + b`.
-    fn project(x: &DMatrix<f32>, (w_t, b): &(DMatrix<f32>, Vec<f32>)) -> DMatrix<f32> {
-        let mut y = x * w_t;
-        for (mut col, &bj) in y.column_iter_mut().zip(b) {
-            col.add_scalar_mut(bj);
-        }
-        y
-    }
-
-    fn forward(&self, x: &DMatrix<f32>, causal: bool) -> DMatrix<f32> {
-        let [pq, pk, pv, po] = &self.proj;
-        let q = Self::project(x, pq);
-        let k = Self::project(x, pk);
-        let v = Self::project(x, pv);
-        let scale = 1.0 / (HEAD_DIM as f32).sqrt();
-        let mut concat = DMatrix::<f32>::zeros(x.nrows(), DIM);
-        for h in 0..HEADS {
-            let c0 = h * HEAD_DIM;
-            let mut s = q.columns(c0, HEAD_DIM) * k.columns(c0, HEAD_DIM).transpose() * scale;
-            if causal {
-                mask_causal(&mut s);
-            }
-            softmax_rows(&mut s);
-            concat
-                .columns_mut(c0, HEAD_DIM)
-                .copy_from(&(s * v.columns(c0, HEAD_DIM)));
-        }
-        Self::project(&concat, po)
-    }
-}
-
-fn sdpa_single_head(c: &mut Criterion) {
-    let mut rng = SmallRng::seed_from_u64(0x5d9a);
-    let q = random::<SEQ, D>(&mut rng);
-    let k = random::<SEQ, D>(&mut rng);
-    let v = random::<SEQ, D>(&mut rng);
-    let (qd, kd, vd) = (to_dynamic(&q), to_dynamic(&k), to_dynamic(&v));
-    let mask = Mask::none();
-
-    // Same result from all three before any timing.
-    let lib = to_dynamic(&scaled_dot_product_attention(&q, &k, &v, &mask, None));
-    let diff_static = max_abs_diff(&lib, &to_dynamic(&naive_sdpa_static(&q, &k, &v)));
-    let diff_dynamic = max_abs_diff(&lib, &naive_sdpa_dynamic(&qd, &kd, &vd));
-    assert!(
-        diff_static < TOL && diff_dynamic < TOL,
-        "sdpa: library and naive disagree (static {diff_static:e}, dynamic {diff_dynamic:e})"
-    );
-
-    let mut group = c.benchmark_group("sdpa_single_head");
+fn configure(group: &mut BenchmarkGroup<'_, WallTime>, flops: u64, slow: bool) {
     group
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .sample_size(30)
-        // FLOPs: criterion's "elem/s" is FLOP/s here.
-        .throughput(Throughput::Elements((4 * SEQ * SEQ * D) as u64));
-    group.bench_function("static_attention", |b| {
-        b.iter(|| {
-            scaled_dot_product_attention(
-                black_box(&q),
-                black_box(&k),
-                black_box(&v),
-                black_box(&mask),
-                None,
-            )
-        });
-    });
-    group.bench_function("naive_smatrix", |b| {
-        b.iter(|| naive_sdpa_static(black_box(&q), black_box(&k), black_box(&v)));
-    });
-    group.bench_function("naive_dmatrix", |b| {
-        b.iter(|| naive_sdpa_dynamic(black_box(&qd), black_box(&kd), black_box(&vd)));
-    });
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(if slow { 4 } else { 2 }))
+        .sample_size(if slow { 10 } else { 30 })
+        .throughput(Throughput::Elements(flops));
+    if slow {
+        group.sampling_mode(SamplingMode::Flat);
+    }
+}
+
+fn max_diff<T: Float, const R: usize, const C: usize>(
+    a: &SMatrix<T, R, C>,
+    b: &SMatrix<T, R, C>,
+) -> f64 {
+    a.iter()
+        .zip(b.iter())
+        .map(|(x, y)| (x.to_f64() - y.to_f64()).abs())
+        .fold(0.0, f64::max)
+}
+
+fn sdpa_case<const S: usize, const D: usize>(c: &mut Criterion) {
+    let (q, k, v) = (
+        random::<f32, S, D>(1),
+        random::<f32, S, D>(2),
+        random::<f32, S, D>(3),
+    );
+    let mut out = heap::zeros::<f32, S, D>();
+    let mut group = c.benchmark_group("sdpa");
+    configure(&mut group, (4 * S * S * D) as u64, S >= 512);
+    for causal in [false, true] {
+        let mask = if causal {
+            Mask::causal(Alignment::TopLeft)
+        } else {
+            Mask::none()
+        };
+        let param = format!("{S}x{D}{}", if causal { "_causal" } else { "" });
+        let mut outs = Vec::new();
+        for (_, kernel) in kernels() {
+            with_kernel(kernel, || {
+                scaled_dot_product_attention_into(&q, &k, &v, &mask, None, &mut out)
+            })
+            .expect("supported");
+            outs.push(out.clone());
+        }
+        assert!(
+            outs.iter().all(|o| max_diff(o, &outs[0]) < 1e-4),
+            "kernels disagree on sdpa {param}"
+        );
+        for (name, kernel) in kernels() {
+            group.bench_function(BenchmarkId::new(name, &param), |b| {
+                with_kernel(kernel, || {
+                    b.iter(|| {
+                        scaled_dot_product_attention_into(
+                            black_box(&*q),
+                            black_box(&*k),
+                            black_box(&*v),
+                            black_box(&mask),
+                            None,
+                            &mut out,
+                        )
+                    })
+                })
+                .expect("supported");
+            });
+        }
+    }
     group.finish();
 }
 
-fn multi_head_layer(c: &mut Criterion) {
-    let mut rng = SmallRng::seed_from_u64(0x3a7e);
-    // About 1 MiB of parameters: built directly on the heap.
-    let mut layer = Layer::new_boxed(&mut rng);
-    // PyTorch initialises biases to zero; give them values so the check below covers them.
-    for proj in layer.projections_mut() {
-        let b = SVector::<f32, DIM>::from_fn(|_, _| rng.random_range(-0.1f32..0.1));
-        proj.set_bias(Some(&b));
+fn layer_case<T: Float, const S: usize, const D: usize, const H: usize>(
+    c: &mut Criterion,
+    group_name: &str,
+) {
+    let layer = MultiHead::<S, D, H, T>::new_boxed(&mut seeded(7));
+    let x = random::<T, S, D>(8);
+    let mut scratch = Scratch::<S, S, D, T>::new_boxed();
+    let mut out = heap::zeros::<T, S, D>();
+    let mut group = c.benchmark_group(group_name);
+    configure(&mut group, (8 * S * D * D + 4 * S * S * D) as u64, S >= 512);
+    let param = format!("{S}x{D}x{H}");
+    let mut outs = Vec::new();
+    for (_, kernel) in kernels() {
+        with_kernel(kernel, || {
+            layer.forward_into(&x, &Mask::none(), &mut scratch, &mut out)
+        })
+        .expect("supported");
+        outs.push(out.clone());
     }
-    let naive = NaiveLayer::from_layer(&layer);
-    let x = random::<SEQ, DIM>(&mut rng);
-    let xd = to_dynamic(&x);
-    let mut scratch = Scratch::<SEQ, SEQ, DIM, f32>::new_boxed();
-    let mut out = static_attention::heap::zeros::<f32, SEQ, DIM>();
-
-    let mut group = c.benchmark_group("multi_head_layer");
-    group
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .sample_size(30)
-        // Several ms per iteration: equal iteration counts per sample keep the run short.
-        .sampling_mode(SamplingMode::Flat)
-        // FLOPs of the dense computation (criterion's "elem/s" is FLOP/s here). The causal
-        // variant is counted with the same dense formula although about half the scores are
-        // masked, so its GFLOP/s are "dense-equivalent".
-        .throughput(Throughput::Elements(
-            (8 * SEQ * DIM * DIM + 4 * SEQ * SEQ * DIM) as u64,
-        ));
-
-    for (name, mask, causal) in [
-        ("none", Mask::none(), false),
-        ("causal", Mask::causal(Alignment::TopLeft), true),
-    ] {
-        // Same result from all three entry points before any timing.
-        let reference = naive.forward(&xd, causal);
-        let forward = to_dynamic(&layer.forward(&x, &mask));
-        layer.attend(&x, &x, &x, &mask, &mut scratch, &mut out, None);
-        let attend = to_dynamic(&*out);
-        let (d_fwd, d_att) = (
-            max_abs_diff(&forward, &reference),
-            max_abs_diff(&attend, &reference),
-        );
-        assert!(
-            d_fwd < TOL && d_att < TOL,
-            "layer ({name}): library and naive disagree (forward {d_fwd:e}, attend {d_att:e})"
-        );
-
-        group.bench_function(BenchmarkId::new("forward", name), |b| {
-            b.iter(|| layer.forward(black_box(&x), black_box(&mask)));
+    assert!(
+        outs.iter().all(|o| max_diff(o, &outs[0]) < 1e-4),
+        "kernels disagree on {param}"
+    );
+    for (name, kernel) in kernels() {
+        group.bench_function(BenchmarkId::new(name, &param), |b| {
+            with_kernel(kernel, || {
+                b.iter(|| {
+                    layer.forward_into(
+                        black_box(&*x),
+                        black_box(&Mask::none()),
+                        &mut scratch,
+                        &mut out,
+                    )
+                })
+            })
+            .expect("supported");
         });
-        group.bench_function(BenchmarkId::new("attend_boxed", name), |b| {
-            b.iter(|| {
-                layer.attend(
-                    black_box(&x),
-                    black_box(&x),
-                    black_box(&x),
-                    black_box(&mask),
-                    &mut scratch,
-                    &mut out,
-                    None,
-                );
-                black_box(&*out);
-            });
-        });
-        group.bench_function(BenchmarkId::new("naive_dmatrix", name), |b| {
-            b.iter(|| naive.forward(black_box(&xd), causal));
+    }
+    group.finish();
+}
+
+fn seeded(seed: u64) -> static_attention::init::SeedRng {
+    use static_attention::rand::SeedableRng;
+    static_attention::init::SeedRng::seed_from_u64(seed)
+}
+
+fn exp_case(c: &mut Criterion) {
+    let xs: Vec<f32> = (0..4096).map(|i| -87.0 * i as f32 / 4096.0).collect();
+    let mut ys = xs.clone();
+    let mut group = c.benchmark_group("exp");
+    configure(&mut group, xs.len() as u64, false);
+    for (name, kernel) in kernels() {
+        group.bench_function(BenchmarkId::new(name, "4096"), |b| {
+            with_kernel(kernel, || {
+                b.iter(|| {
+                    ys.copy_from_slice(&xs);
+                    kernels::exp_in_place(black_box(&mut ys));
+                })
+            })
+            .expect("supported");
         });
     }
     group.finish();
 }
 
 fn main() {
-    eprintln!(
-        "static_attention kernel: {}",
-        static_attention::kernels::selected().name()
-    );
+    eprintln!("static_attention kernel: {}", kernels::selected().name());
     let mut c = Criterion::default().configure_from_args();
-    sdpa_single_head(&mut c);
-    multi_head_layer(&mut c);
+    sdpa_case::<128, 64>(&mut c);
+    sdpa_case::<512, 64>(&mut c);
+    sdpa_case::<1024, 64>(&mut c);
+    layer_case::<f32, 16, 64, 4>(&mut c, "layer");
+    layer_case::<f32, 128, 256, 8>(&mut c, "layer");
+    layer_case::<f32, 512, 512, 8>(&mut c, "layer");
+    layer_case::<f64, 128, 256, 8>(&mut c, "layer_f64");
+    exp_case(&mut c);
     c.final_summary();
 }
