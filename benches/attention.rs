@@ -14,7 +14,8 @@
 //!   (512, 512, 8), through `forward_into` with a boxed scratch: `8·SEQ·DIM² + 4·SEQ²·DIM`;
 //!   with the `rayon` feature also `simd_2threads` for (512, 512, 8).
 //! - `layer_f64`: the (128, 256, 8) layer in f64.
-//! - `batch`: 32 sequences through `MultiHead<16, 64, 4>` (`forward_batch_into`).
+//! - `batch`: 32 sequences through `MultiHead<16, 64, 4>` (`forward_batch_into`; with
+//!   `rayon`, also `forward_batch_par` as `simd_2threads`).
 //! - `exp`: the softmax's `exp` over 4096 values (elements per second).
 //!
 //! Function names are `scalar` and `simd` (the kernel `kernels::selected()` picked), and
@@ -164,6 +165,59 @@ fn layer_case<T: Float, const S: usize, const D: usize, const H: usize>(
     group.finish();
 }
 
+/// 32 sequences through `MultiHead<16, 64, 4>`: `forward_batch_into` with each kernel, and
+/// with the `rayon` feature `forward_batch_par` (function `simd_2threads`).
+fn batch_case(c: &mut Criterion) {
+    const S: usize = 16;
+    const D: usize = 64;
+    const H: usize = 4;
+    const B: usize = 32;
+    let layer = MultiHead::<S, D, H>::from_seed(9);
+    let xs: Vec<SMatrix<f32, S, D>> = (0..B as u64)
+        .map(|b| *random::<f32, S, D>(100 + b))
+        .collect();
+    let mut outs = vec![SMatrix::<f32, S, D>::zeros(); B];
+    let mut scratch = Scratch::<S, S, D>::new_boxed();
+    let mask = [Mask::none()];
+    let mut group = c.benchmark_group("batch");
+    configure(
+        &mut group,
+        (B * (8 * S * D * D + 4 * S * S * D)) as u64,
+        false,
+    );
+    for (name, kernel) in kernels() {
+        group.bench_function(BenchmarkId::new(name, "32x16x64x4"), |b| {
+            with_kernel(kernel, || {
+                b.iter(|| layer.forward_batch_into(black_box(&xs), &mask, &mut scratch, &mut outs))
+            })
+            .expect("supported");
+        });
+    }
+    #[cfg(feature = "rayon")]
+    group.bench_function(BenchmarkId::new("simd_2threads", "32x16x64x4"), |b| {
+        b.iter(|| layer.forward_batch_par(black_box(&xs), &mask, &mut outs))
+    });
+    group.finish();
+}
+
+/// `MultiHead<512, 512, 8>` over rayon's threads (`forward_par_into`), in the `layer` group.
+#[cfg(feature = "rayon")]
+fn threads_case(c: &mut Criterion) {
+    const S: usize = 512;
+    const D: usize = 512;
+    const H: usize = 8;
+    let layer = MultiHead::<S, D, H>::new_boxed(&mut seeded(7));
+    let x = random::<f32, S, D>(8);
+    let mut scratch = Scratch::<S, S, D>::new_boxed();
+    let mut out = heap::zeros::<f32, S, D>();
+    let mut group = c.benchmark_group("layer");
+    configure(&mut group, (8 * S * D * D + 4 * S * S * D) as u64, true);
+    group.bench_function(BenchmarkId::new("simd_2threads", "512x512x8"), |b| {
+        b.iter(|| layer.forward_par_into(black_box(&*x), &Mask::none(), &mut scratch, &mut out))
+    });
+    group.finish();
+}
+
 fn seeded(seed: u64) -> static_attention::init::SeedRng {
     use static_attention::rand::SeedableRng;
     static_attention::init::SeedRng::seed_from_u64(seed)
@@ -197,7 +251,10 @@ fn main() {
     layer_case::<f32, 16, 64, 4>(&mut c, "layer");
     layer_case::<f32, 128, 256, 8>(&mut c, "layer");
     layer_case::<f32, 512, 512, 8>(&mut c, "layer");
+    #[cfg(feature = "rayon")]
+    threads_case(&mut c);
     layer_case::<f64, 128, 256, 8>(&mut c, "layer_f64");
+    batch_case(&mut c);
     exp_case(&mut c);
     c.final_summary();
 }

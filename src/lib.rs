@@ -136,6 +136,7 @@ compile_error!(
      `libm`"
 );
 
+mod batch;
 mod float;
 pub mod init;
 pub mod io;
@@ -144,12 +145,15 @@ mod layer;
 mod linear;
 pub mod mask;
 mod multi_head;
+#[cfg(feature = "rayon")]
+mod parallel;
 #[cfg(feature = "std")]
 pub mod reference;
 mod scratch;
 mod sdpa;
 mod self_attention;
 
+pub use batch::BatchError;
 pub use float::Float;
 pub use init::Bias;
 pub use linear::Linear;

@@ -162,6 +162,16 @@ impl<const SQ: usize, const SKV: usize, const DIM: usize, T: Float> Scratch<SQ, 
         }
     }
 
+    /// The projected queries, keys and values, read-only.
+    #[cfg(feature = "rayon")]
+    pub(crate) fn qkv(&self) -> (&[T], &[T], &[T]) {
+        (
+            self.q.0.as_flattened(),
+            self.k.0.as_flattened(),
+            self.v.0.as_flattened(),
+        )
+    }
+
     /// Zeroed scratch allocated directly on the heap, never passing through the stack.
     #[cfg(feature = "std")]
     #[must_use]

@@ -200,12 +200,16 @@ pub(crate) struct Dims {
     pub dv: usize,
 }
 
-/// A [`Mask`] lowered to slices for the kernels (column-major `sq × skv` matrices).
+/// A [`Mask`] lowered to slices for the kernels (column-major `sq_total × skv` matrices), for
+/// the `sq` queries starting at `q_offset` (a block of a larger problem when `sq < sq_total`;
+/// the kernels index their queries from 0).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct MaskView<'a, T> {
     pub pattern: Pattern,
     pub sq: usize,
     pub skv: usize,
+    pub q_offset: usize,
+    pub sq_total: usize,
     pub attend: Option<&'a [bool]>,
     pub block: Option<&'a [bool]>,
     pub pad: Option<&'a [bool]>,
@@ -221,11 +225,30 @@ impl<'a, T: Float> MaskView<'a, T> {
             pattern: mask.pattern(),
             sq: SQ,
             skv: SKV,
+            q_offset: 0,
+            sq_total: SQ,
             attend: mask.attend_where_matrix().map(|m| m.as_slice()),
             block: mask.block_where_matrix().map(|m| m.as_slice()),
             pad: mask.key_padding().map(|p| &p[..]),
             additive: mask.additive_part().matrix().map(|m| m.as_slice()),
         }
+    }
+
+    /// The view of queries `start .. start + count` of this one.
+    #[cfg(feature = "rayon")]
+    pub(crate) fn rows(&self, start: usize, count: usize) -> Self {
+        debug_assert!(start + count <= self.sq);
+        Self {
+            sq: count,
+            q_offset: self.q_offset + start,
+            ..*self
+        }
+    }
+
+    /// Index of query `i`, key `j` in the mask's matrices.
+    #[inline(always)]
+    pub(crate) fn at(&self, i: usize, j: usize) -> usize {
+        self.q_offset + i + j * self.sq_total
     }
 
     /// The keys the pattern lets query `i` see, `[lo, hi)`.
@@ -234,7 +257,8 @@ impl<'a, T: Float> MaskView<'a, T> {
         if i >= self.sq {
             return (0, 0);
         }
-        self.pattern.key_range(i, self.sq, self.skv)
+        self.pattern
+            .key_range(self.q_offset + i, self.sq_total, self.skv)
     }
 
     /// Whether some part must be looked up per (query, key) pair.
@@ -250,7 +274,7 @@ impl<'a, T: Float> MaskView<'a, T> {
     /// otherwise its additive bias (0 without one).
     #[inline]
     pub(crate) fn dense_entry(&self, i: usize, j: usize) -> Option<T> {
-        let at = i + j * self.sq;
+        let at = self.at(i, j);
         if self.pad.is_some_and(|p| p[j])
             || self.attend.is_some_and(|m| !m[at])
             || self.block.is_some_and(|m| m[at])
@@ -404,6 +428,8 @@ fn mask_as<'a, T: Float, E: Float>(m: &MaskView<'a, T>) -> MaskView<'a, E> {
         pattern: m.pattern,
         sq: m.sq,
         skv: m.skv,
+        q_offset: m.q_offset,
+        sq_total: m.sq_total,
         attend: m.attend,
         block: m.block,
         pad: m.pad,

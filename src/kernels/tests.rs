@@ -59,6 +59,8 @@ impl MaskData {
             pattern: self.pattern,
             sq,
             skv,
+            q_offset: 0,
+            sq_total: sq,
             attend: self.attend.as_deref(),
             block: self.block.as_deref(),
             pad: self.pad.as_deref(),

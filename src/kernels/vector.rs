@@ -405,7 +405,8 @@ fn tile_ranges<S: Simd, const NV: usize>(
 /// additive bias (zero without one), as `NV` lane masks and vectors.
 ///
 /// # Safety
-/// `i0 + NV·LANES ≤ sq` and `j < skv` (the mask's shape, checked by `check_shapes`).
+/// `i0 + NV·LANES ≤ sq` and `j < skv` (the mask's shape, checked by `check_shapes`, which also
+/// checks that the query block lies inside the mask's matrices).
 #[inline(always)]
 unsafe fn key_mask<S: Simd, const NV: usize>(
     s: S,
@@ -426,7 +427,7 @@ unsafe fn key_mask<S: Simd, const NV: usize>(
         if padded {
             m = s.and_not(m, m);
         }
-        let at = i0 + n * l + j * mask.sq;
+        let at = mask.at(i0 + n * l, j);
         // SAFETY: lanes `i0 + n·l .. + l` of column `j` lie inside the `sq × skv` matrices.
         unsafe {
             if let Some(a) = mask.attend {

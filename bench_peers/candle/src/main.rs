@@ -16,13 +16,15 @@
 //!
 //! Threads: candle's matmuls (`gemm`) and `softmax_last_dim` (rayon) use as many threads as
 //! `RAYON_NUM_THREADS` says; the script sets it. `--threads N` only labels the output and is
-//! checked against what candle will actually use.
+//! checked against what candle will actually use. Timing runs inside `Device::with_context`,
+//! candle's own CPU thread pool.
 //!
 //! Output: JSON lines on stdout, one per workload:
 //! `{"peer":"candle","threads":1,"id":"sdpa/128x64","median_us":…,"min_us":…,"samples":30,"iters":…}`.
 //! Progress and the correctness report go to stderr.
 //!
-//! Usage: `bench-peers-candle --threads N [--quick]`.
+//! Usage: `bench-peers-candle --threads N [--quick] [--only SUBSTRING]` (`--only` keeps the
+//! workloads whose id contains `SUBSTRING`).
 
 use std::hint::black_box;
 use std::process::ExitCode;
@@ -376,7 +378,7 @@ impl CandleLayer {
 /// reference output it must match.
 struct Workload {
     id: String,
-    run: Box<dyn FnMut() -> Result<Tensor>>,
+    run: Box<dyn FnMut() -> Result<Tensor> + Send>,
     reference: Vec<f64>,
 }
 
@@ -444,6 +446,7 @@ fn workloads(dev: &Device) -> Result<Vec<Workload>> {
 
 fn run() -> std::result::Result<(), String> {
     let mut threads: Option<usize> = None;
+    let mut only: Option<String> = None;
     let mut plan = &Plan::FULL;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -456,9 +459,10 @@ fn run() -> std::result::Result<(), String> {
                 );
             }
             "--quick" => plan = &Plan::QUICK,
+            "--only" => only = Some(args.next().ok_or("--only needs a value")?),
             other => {
                 return Err(format!(
-                    "unknown argument {other:?} (usage: --threads N [--quick])"
+                    "unknown argument {other:?} (usage: --threads N [--quick] [--only SUBSTRING])"
                 ));
             }
         }
@@ -474,6 +478,9 @@ fn run() -> std::result::Result<(), String> {
 
     let dev = Device::Cpu;
     let mut all = workloads(&dev).map_err(|e| format!("building workloads: {e}"))?;
+    if let Some(only) = &only {
+        all.retain(|w| w.id.contains(only.as_str()));
+    }
 
     // Correctness first: a benchmark of wrong code is worthless.
     for w in &mut all {
@@ -493,7 +500,13 @@ fn run() -> std::result::Result<(), String> {
     }
 
     for w in &mut all {
-        let stats = measure(plan, &mut w.run).map_err(|e| format!("{}: {e}", w.id))?;
+        // The whole measurement runs inside candle's own CPU thread pool, as candle advises for
+        // a forward pass: its parallel sections (gemm, softmax) then run on warm workers
+        // instead of each waking the global rayon pool from outside (which costs ~10 µs a
+        // call, even with one thread).
+        let stats = dev
+            .with_context(|| measure(plan, &mut w.run))
+            .map_err(|e| format!("{}: {e}", w.id))?;
         let us = |d: Duration| d.as_secs_f64() * 1e6;
         eprintln!(
             "candle {threads}T {:<22} {:>12.2} µs",
