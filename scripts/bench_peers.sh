@@ -8,27 +8,31 @@
 #   --skip-ours     do not run cargo bench; read the criterion results already on disk
 #   --skip-torch    do not run PyTorch (no venv is created or needed)
 #   --skip-candle   do not build or run candle
-#   --quick         short runs for testing the script (criterion --quick, fewer peer samples)
-#   CRITERION_FILTER, and anything after --, go to `cargo bench --bench attention -- --noplot`
+#   --quick         short runs, for testing the script (criterion --quick, fewer peer samples)
+#   CRITERION_FILTER (a regex over criterion ids) and anything after -- go to
+#                   `cargo bench --bench attention -- --noplot`; the peers always run everything
 #
 # Environment:
-#   PEERS_VENV     Python venv with torch (default target/peers-venv; created, with
-#                  `pip install torch numpy` from PyPI, about 5 GiB, only when missing)
+#   PEERS_VENV     Python venv with torch (default target/peers-venv). Reused when torch
+#                  imports in it; otherwise created with `pip install torch numpy` from PyPI
+#                  (about 5 GiB, slow).
 #   CRITERION_DIR  where criterion's results are read (default target/criterion)
-#   BENCH_CPU      the core single-threaded runs are pinned to (default 1)
+#   BENCH_CPU      the core that single-threaded runs are pinned to (default 1)
 #
-# Workloads (f32, one sequence, inference only), with criterion ids group/function/parameter:
-#   sdpa/{scalar,simd}/{128,512,1024}x64[_causal]   one head, q k v S x d;  4*S^2*d FLOPs
-#   layer/{scalar,simd}/{16x64x4,128x256x8,512x512x8} nn.MultiheadAttention self-attention;
-#                                                   8*SEQ*DIM^2 + 4*SEQ^2*DIM FLOPs
-#   layer/simd_2threads/512x512x8                   the same with the `rayon` feature, 2 threads
-#   batch/{scalar,simd}/32x16x64x4                  32 sequences through the 16x64x4 layer
-# The peers: scripts/bench_torch.py and bench_peers/candle (each documents its port).
+# Workloads (f32, one sequence, inference only) and their criterion ids group/function/param:
+#   sdpa/{simd,scalar}/{128,512,1024}x64[_causal]       one head, q k v S x d; 4*S^2*d FLOPs
+#   layer/{simd,scalar}/{16x64x4,128x256x8,512x512x8}   nn.MultiheadAttention self-attention
+#                                                       (SEQxDIMxHEADS); 8*SEQ*DIM^2 +
+#                                                       4*SEQ^2*DIM FLOPs
+#   layer/simd_2threads/512x512x8                       the same, `rayon` feature, 2 threads
+#   batch/{simd,scalar}/32x16x64x4                      32 sequences through the 16x64x4 layer
+# The peers are scripts/bench_torch.py and bench_peers/candle; each documents its port.
 #
 # Single-threaded runs (criterion, torch 1T, candle 1T) are pinned with `taskset -c $BENCH_CPU`;
-# 2-thread runs are not pinned. The machine is shared: rerun when numbers look off.
+# 2-thread runs are not pinned. The machine may be shared: the script measures how busy it is
+# before each timed run, warns above 15%, and says so in the table's header.
 #
-# Output: the table on stdout and in target/bench_peers.md.
+# Output: the table on stdout (progress on stderr) and in target/bench_peers.md.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -40,9 +44,19 @@ BENCH_CPU="${BENCH_CPU:-1}"
 CANDLE_DIR="$REPO/bench_peers/candle"
 CANDLE_TARGET="$CANDLE_DIR/target"
 OUT_MD="$REPO/target/bench_peers.md"
+BUSY_WARN=15 # % of all CPUs busy before a timed run above which the numbers are suspect
 
+die() {
+    printf 'bench_peers.sh: error: %s\n' "$*" >&2
+    exit 1
+}
+step() { printf '\n== %s\n' "$*" >&2; }
+note() { printf '   %s\n' "$*" >&2; }
+
+# --- options ---------------------------------------------------------------------------------
 run_ours=1 run_torch=1 run_candle=1 quick=0
-criterion_args=()
+filter=""           # criterion's positional filter, if any
+criterion_extra=()  # everything after --
 while (($#)); do
     case "$1" in
         --skip-ours) run_ours=0 ;;
@@ -50,32 +64,38 @@ while (($#)); do
         --skip-candle) run_candle=0 ;;
         --quick) quick=1 ;;
         -h | --help)
+            # Print the header comment above `set -euo pipefail`.
             sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
             exit 0
             ;;
         --)
             shift
-            criterion_args+=("$@")
+            criterion_extra=("$@")
             break
             ;;
-        -*)
-            echo "bench_peers.sh: unknown option $1 (criterion options go after --; see --help)" >&2
-            exit 2
+        -*) die "unknown option $1 (criterion's own options go after --; see --help)" ;;
+        *)
+            [[ -z "$filter" ]] || die "one criterion filter only (got '$filter' and '$1')"
+            filter="$1"
             ;;
-        *) criterion_args+=("$1") ;;
     esac
     shift
 done
 
-step() { printf '\n== %s\n' "$*" >&2; }
-note() { printf '   %s\n' "$*" >&2; }
-die() {
-    printf 'bench_peers.sh: error: %s\n' "$*" >&2
-    exit 1
-}
+command -v python3 >/dev/null || die "python3 is needed (it assembles the table)"
+command -v taskset >/dev/null || die "taskset (util-linux) is needed to pin single-threaded runs"
+taskset -c "$BENCH_CPU" true 2>/dev/null || die "cannot pin to CPU $BENCH_CPU (set BENCH_CPU)"
 
-# Percentage of all CPUs busy over half a second, from /proc/stat (user+nice+system+irq+
-# softirq+steal against idle+iowait).
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
+PEERS_JSONL="$WORK/peers.jsonl" # every peer's JSON lines, in the order they ran
+: >"$PEERS_JSONL"
+peer_flags=()
+((quick)) && peer_flags+=(--quick)
+
+# --- background load -------------------------------------------------------------------------
+# Percentage of all CPUs busy over half a second, from the first line of /proc/stat
+# (user nice system idle iowait irq softirq steal ...): everything but idle and iowait.
 busy_pct() {
     local a b i total=0 idle
     read -r -a a </proc/stat
@@ -86,57 +106,43 @@ busy_pct() {
     if ((total > 0)); then echo $((100 * (total - idle) / total)); else echo 0; fi
 }
 
-# Called before each timed run: warns when other processes keep the machine busy (a 2-thread
-# run then loses whole scheduler ticks whenever one of its threads is preempted) and keeps the
-# worst figure for the table's header.
+# Called just before each timed run: warns when other processes keep the machine busy (a
+# 2-thread run then loses whole scheduler ticks whenever one of its threads is preempted) and
+# keeps the worst figure for the table's header.
 max_busy=-1 # -1: nothing was timed
 check_quiet() {
     local pct
     pct="$(busy_pct)"
     ((pct > max_busy)) && max_busy=$pct
     if ((pct > BUSY_WARN)); then
-        note "warning: ${pct}% of the CPUs were busy just before $1: numbers, 2-thread ones especially, will be unreliable"
+        note "warning: ${pct}% of the CPUs were busy just before $1:" \
+            "its numbers, 2-thread ones especially, will be unreliable"
     fi
     return 0
 }
-BUSY_WARN=15
-
-command -v python3 >/dev/null || die "python3 is needed (it assembles the table)"
-command -v taskset >/dev/null || die "taskset is needed (util-linux) to pin single-threaded runs"
-taskset -c "$BENCH_CPU" true 2>/dev/null || die "cannot pin to CPU $BENCH_CPU (set BENCH_CPU)"
-
-WORK="$(mktemp -d)"
-trap 'rm -rf "$WORK"' EXIT
-PEERS_JSONL="$WORK/peers.jsonl" # every peer's JSON lines, in the order they ran
-: >"$PEERS_JSONL"
-peer_flags=()
-((quick)) && peer_flags+=(--quick)
 
 # --- static-attention (criterion) ------------------------------------------------------------
 if ((run_ours)); then
     bench_flags=(--noplot)
     ((quick)) && bench_flags+=(--quick)
+    # Criterion's report goes to stderr, so that stdout carries only the table.
 
     step "static-attention: building the benchmark (both cores)"
     cargo bench --bench attention --no-run >&2 || die "building the benchmark failed"
 
     step "static-attention: cargo bench --bench attention, pinned to CPU $BENCH_CPU"
     check_quiet "criterion"
-    # (criterion's report goes to stderr, so that stdout carries only the table.)
-    taskset -c "$BENCH_CPU" cargo bench --bench attention -- "${bench_flags[@]}" "${criterion_args[@]}" >&2 ||
+    taskset -c "$BENCH_CPU" cargo bench --bench attention -- \
+        "${bench_flags[@]}" ${filter:+"$filter"} "${criterion_extra[@]}" >&2 ||
         die "cargo bench --bench attention failed"
 
-    # The 2-thread layer needs the `rayon` feature; skip it (cell shows "—") if the crate has
-    # no such feature or the caller's filter excludes it.
+    # The 2-thread layer needs the `rayon` feature and both cores: a run of its own, unpinned.
+    # Skipped (its cell shows "—") when the crate has no such feature or the filter excludes it.
     two_threads_id="layer/simd_2threads/512x512x8"
     has_rayon="$(cargo metadata --no-deps --format-version 1 | python3 -c '
 import json, sys
-pkgs = json.load(sys.stdin)["packages"]
-print(int(any(p["name"] == "static-attention" and "rayon" in p["features"] for p in pkgs)))')"
-    filter=""
-    for a in "${criterion_args[@]}"; do
-        [[ "$a" != -* ]] && { filter="$a"; break; }
-    done
+packages = json.load(sys.stdin)["packages"]
+print(int(any(p["name"] == "static-attention" and "rayon" in p["features"] for p in packages)))')"
     if [[ "$has_rayon" != 1 ]]; then
         note "no 'rayon' feature in Cargo.toml: skipping $two_threads_id"
     elif [[ -n "$filter" ]] && ! grep -qE -- "$filter" <<<"$two_threads_id"; then
@@ -146,17 +152,18 @@ print(int(any(p["name"] == "static-attention" and "rayon" in p["features"] for p
         cargo bench --bench attention --features rayon --no-run >&2 ||
             die "building the benchmark with --features rayon failed"
         check_quiet "criterion (2 threads)"
-        cargo bench --bench attention --features rayon -- "${bench_flags[@]}" layer/simd_2threads >&2 ||
+        cargo bench --bench attention --features rayon -- \
+            "${bench_flags[@]}" layer/simd_2threads "${criterion_extra[@]}" >&2 ||
             die "cargo bench --bench attention --features rayon failed"
     fi
 fi
 
 # --- candle ----------------------------------------------------------------------------------
-candle_version="not run"
+candle_version=""
 if ((run_candle)); then
     step "candle: building bench_peers/candle (release)"
-    cargo build --release --manifest-path "$CANDLE_DIR/Cargo.toml" --target-dir "$CANDLE_TARGET" >&2 ||
-        die "building bench_peers/candle failed"
+    cargo build --release --manifest-path "$CANDLE_DIR/Cargo.toml" \
+        --target-dir "$CANDLE_TARGET" >&2 || die "building bench_peers/candle failed"
     candle_bin="$CANDLE_TARGET/release/bench-peers-candle"
     [[ -x "$candle_bin" ]] || die "candle binary not found at $candle_bin"
     # The version Cargo resolved, from the peer crate's lock file.
@@ -165,11 +172,12 @@ if ((run_candle)); then
     [[ -n "$candle_version" ]] || die "candle-core not found in $CANDLE_DIR/Cargo.lock"
     note "candle-core $candle_version"
 
-    # candle's matmul (gemm) and softmax (rayon) take their thread count from
-    # RAYON_NUM_THREADS; the binary checks it agrees with --threads.
+    # candle's matmuls (gemm) and softmax (rayon) take their thread count from
+    # RAYON_NUM_THREADS; the binary checks that it agrees with --threads.
     step "candle: 1 thread, pinned to CPU $BENCH_CPU"
     check_quiet "candle 1 thread"
-    RAYON_NUM_THREADS=1 taskset -c "$BENCH_CPU" "$candle_bin" --threads 1 "${peer_flags[@]}" >>"$PEERS_JSONL" ||
+    RAYON_NUM_THREADS=1 taskset -c "$BENCH_CPU" \
+        "$candle_bin" --threads 1 "${peer_flags[@]}" >>"$PEERS_JSONL" ||
         die "candle 1-thread run failed"
     step "candle: 2 threads"
     check_quiet "candle 2 threads"
@@ -183,18 +191,20 @@ if ((run_torch)); then
     if [[ -x "$py" ]] && "$py" -c 'import torch' 2>/dev/null; then
         note "reusing the venv at $PEERS_VENV"
     else
-        step "PyTorch: setting up the venv at $PEERS_VENV (torch from PyPI is about 5 GiB: slow)"
+        step "PyTorch: installing torch into $PEERS_VENV (from PyPI, about 5 GiB: slow)"
         if [[ ! -x "$py" ]]; then
-            python3 -m venv "$PEERS_VENV" || die "python3 -m venv $PEERS_VENV failed (Debian: apt-get install python3-venv)"
+            python3 -m venv "$PEERS_VENV" ||
+                die "python3 -m venv $PEERS_VENV failed (on Debian: apt-get install python3-venv)"
         fi
-        "$py" -m pip install --upgrade pip >&2
+        "$py" -m pip install --upgrade pip >&2 || die "upgrading pip in $PEERS_VENV failed"
         "$py" -m pip install torch numpy >&2 || die "pip install torch numpy failed"
         "$py" -c 'import torch' || die "torch does not import in $PEERS_VENV"
     fi
 
     step "PyTorch: 1 thread, pinned to CPU $BENCH_CPU"
     check_quiet "PyTorch 1 thread"
-    taskset -c "$BENCH_CPU" "$py" scripts/bench_torch.py --threads 1 "${peer_flags[@]}" >>"$PEERS_JSONL" ||
+    taskset -c "$BENCH_CPU" \
+        "$py" scripts/bench_torch.py --threads 1 "${peer_flags[@]}" >>"$PEERS_JSONL" ||
         die "torch 1-thread run failed"
     step "PyTorch: 2 threads"
     check_quiet "PyTorch 2 threads"
@@ -204,131 +214,159 @@ fi
 
 # --- the table -------------------------------------------------------------------------------
 step "table"
-mkdir -p "$(dirname "$OUT_MD")"
-cpu_model="$(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -n1)"
-cpu_family="$(lscpu | sed -n 's/^CPU family:[[:space:]]*//p' | head -n1)"
-cpu_modelno="$(lscpu | sed -n 's/^Model:[[:space:]]*//p' | head -n1)"
-simd_flags="$(grep -m1 -o -w -E 'avx2|fma|avx512f' /proc/cpuinfo 2>/dev/null | sort -u | tr '\n' ' ' || true)"
-BP_MACHINE="${cpu_model:-unknown} (CPU family ${cpu_family:-?}, model ${cpu_modelno:-?}), $(nproc) CPUs, ${simd_flags% }"
+lscpu_field() { lscpu | sed -n "s/^$1:[[:space:]]*//p" | head -n1; }
+simd_flags="$(grep -m1 -o -w -E 'avx2|fma|avx512f' /proc/cpuinfo | sort -u | tr '\n' ' ' || true)"
+BP_MACHINE="$(lscpu_field 'Model name') (CPU family $(lscpu_field 'CPU family'),"
+BP_MACHINE+=" model $(lscpu_field 'Model')), $(nproc) CPUs, ${simd_flags% }"
 BP_DATE="$(date -u '+%Y-%m-%d %H:%M UTC')"
 BP_GIT="$(git rev-parse --short HEAD 2>/dev/null || echo '?')"
-git diff --quiet HEAD 2>/dev/null || BP_GIT+=", uncommitted changes"
-BP_CANDLE_VERSION="$candle_version" BP_QUICK="$quick" BP_RAN_OURS="$run_ours"
-BP_CRITERION_DIR="$CRITERION_DIR" BP_PEERS_JSONL="$PEERS_JSONL" BP_MAX_BUSY="$max_busy" BP_BUSY_WARN="$BUSY_WARN"
-export BP_MACHINE BP_DATE BP_GIT BP_CANDLE_VERSION BP_QUICK BP_RAN_OURS BP_CRITERION_DIR BP_PEERS_JSONL BP_MAX_BUSY BP_BUSY_WARN
+git diff --quiet HEAD 2>/dev/null || BP_GIT+=" with uncommitted changes"
+BP_CANDLE_VERSION="$candle_version"
+BP_QUICK="$quick"
+BP_RAN_OURS="$run_ours"
+BP_FILTER="$filter"
+BP_CRITERION_DIR="$CRITERION_DIR"
+BP_PEERS_JSONL="$PEERS_JSONL"
+BP_MAX_BUSY="$max_busy"
+BP_BUSY_WARN="$BUSY_WARN"
+export BP_MACHINE BP_DATE BP_GIT BP_CANDLE_VERSION BP_QUICK BP_RAN_OURS BP_FILTER \
+    BP_CRITERION_DIR BP_PEERS_JSONL BP_MAX_BUSY BP_BUSY_WARN
 
-python3 - >"$WORK/table.md" <<'PY'
+python3 - >"$WORK/table.md" <<'PY' || die "assembling the table failed"
 """Joins criterion's medians with the peers' JSON lines into one Markdown table."""
 import json
 import os
 from datetime import datetime, timezone
 
-DASH = "—"
 env = os.environ
-criterion_dir = env["BP_CRITERION_DIR"]
+DASH = "—"
+CRITERION_DIR = env["BP_CRITERION_DIR"]
+TWO_THREADS = "layer/512x512x8"  # the one workload the crate also benchmarks on 2 threads
 
-# (label, criterion group, parameter, FLOPs per call)
-def sdpa_flops(s, d): return 4 * s * s * d
-def layer_flops(seq, dim): return 8 * seq * dim * dim + 4 * seq * seq * dim
+
+def sdpa_flops(s, d):
+    return 4 * s * s * d
+
+
+def layer_flops(seq, dim):
+    return 8 * seq * dim * dim + 4 * seq * seq * dim
+
+
+# (row label, criterion group, criterion parameter, FLOPs per call); the peers' ids are
+# "group/parameter".
 ROWS = []
 for s, d in [(128, 64), (512, 64), (1024, 64)]:
-    for causal in (False, True):
-        suffix = "_causal" if causal else ""
-        ROWS.append((f"SDPA {s}x{d}" + (" causal" if causal else ""), "sdpa", f"{s}x{d}{suffix}", sdpa_flops(s, d)))
+    ROWS.append((f"SDPA {s}x{d}", "sdpa", f"{s}x{d}", sdpa_flops(s, d)))
+    ROWS.append((f"SDPA {s}x{d} causal", "sdpa", f"{s}x{d}_causal", sdpa_flops(s, d)))
 for seq, dim, heads in [(16, 64, 4), (128, 256, 8), (512, 512, 8)]:
-    ROWS.append((f"MHA layer {seq}x{dim}x{heads}", "layer", f"{seq}x{dim}x{heads}", layer_flops(seq, dim)))
+    ROWS.append((f"MHA layer {seq}x{dim}x{heads}", "layer", f"{seq}x{dim}x{heads}",
+                 layer_flops(seq, dim)))
 ROWS.append(("MHA batch 32 x (16x64x4)", "batch", "32x16x64x4", 32 * layer_flops(16, 64)))
 
-found_times = []
+criterion_mtimes = []
+
 
 def ours(group, function, param):
-    """criterion's median in µs, or None when the result file is missing or unreadable."""
-    path = os.path.join(criterion_dir, group, function, param, "new", "estimates.json")
+    """Criterion's median in µs, or None when its file is missing or unreadable."""
+    path = os.path.join(CRITERION_DIR, group, function, param, "new", "estimates.json")
     try:
         with open(path) as f:
             ns = json.load(f)["median"]["point_estimate"]
-    except (OSError, KeyError, ValueError):
+    except (OSError, KeyError, TypeError, ValueError):
         return None
-    found_times.append(os.path.getmtime(path))
+    criterion_mtimes.append(os.path.getmtime(path))
     return ns / 1e3
 
-# Peers: {(peer, threads, id): median µs}; meta lines carry versions.
+
+# The peers' results, {(peer, threads, id): median µs}, and their meta lines (versions).
 peers, meta = {}, {}
 with open(env["BP_PEERS_JSONL"]) as f:
-    for line in f:
-        line = line.strip()
-        if not line:
-            continue
+    for line in filter(None, map(str.strip, f)):
         rec = json.loads(line)
         if rec.get("meta"):
             meta[rec["peer"]] = rec
         else:
             peers[(rec["peer"], rec["threads"], rec["id"])] = rec["median_us"]
 
+
 def us(x):
     if x is None:
         return DASH
     return f"{x:.2f}" if x < 100 else f"{x:.1f}" if x < 10_000 else f"{x:.0f}"
 
+
 def ratio(peer, mine):
     return DASH if peer is None or mine is None else f"{peer / mine:.2f}"
+
 
 header = ["workload", "static-attention simd (µs)", "scalar (µs)", "simd 2T (µs)",
           "torch 1T (µs)", "torch 2T (µs)", "candle 1T (µs)", "candle 2T (µs)",
           "torch 1T / ours", "candle 1T / ours", "ours GFLOP/s"]
-lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-two_thread_notes = []
+table = ["| " + " | ".join(header) + " |",
+         "|---|" + "---:|" * (len(header) - 1)]
+footnotes = []
 for label, group, param, flops in ROWS:
     wid = f"{group}/{param}"
     simd, scalar = ours(group, "simd", param), ours(group, "scalar", param)
-    simd2 = ours(group, "simd_2threads", param) if wid == "layer/512x512x8" else None
+    simd_2t = ours(group, "simd_2threads", param) if wid == TWO_THREADS else None
     t1, t2 = peers.get(("torch", 1, wid)), peers.get(("torch", 2, wid))
     c1, c2 = peers.get(("candle", 1, wid)), peers.get(("candle", 2, wid))
     gflops = DASH if simd is None else f"{flops / (simd * 1e3):.1f}"
-    lines.append("| " + " | ".join([label, us(simd), us(scalar), us(simd2), us(t1), us(t2), us(c1), us(c2),
-                                    ratio(t1, simd), ratio(c1, simd), gflops]) + " |")
-    if wid == "layer/512x512x8":
-        two_thread_notes.append(
-            f"2 threads, {label}: torch 2T / ours 2T = {ratio(t2, simd2)}, candle 2T / ours 2T = {ratio(c2, simd2)}")
+    cells = [label, us(simd), us(scalar), us(simd_2t), us(t1), us(t2), us(c1), us(c2),
+             ratio(t1, simd), ratio(c1, simd), gflops]
+    table.append("| " + " | ".join(cells) + " |")
+    if wid == TWO_THREADS:
+        footnotes.append(f"2 threads, {label}: torch 2T / ours 2T = {ratio(t2, simd_2t)}, "
+                         f"candle 2T / ours 2T = {ratio(c2, simd_2t)}.")
 
-torch_meta = meta.get("torch")
-torch_version = (f"{torch_meta['version']} (CPU capability {torch_meta.get('cpu_capability', '?')})"
-                 if torch_meta else "not run")
+# Header lines.
 if env["BP_RAN_OURS"] == "1":
     ours_note = "criterion medians from this run"
-elif found_times:
-    newest = datetime.fromtimestamp(max(found_times), timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    ours_note = f"criterion medians already on disk (--skip-ours; newest written {newest})"
+    if env["BP_FILTER"]:
+        ours_note += f" (filter `{env['BP_FILTER']}`; other cells are earlier results)"
+elif criterion_mtimes:
+    newest = datetime.fromtimestamp(max(criterion_mtimes), timezone.utc)
+    ours_note = ("criterion medians already on disk (--skip-ours; newest written "
+                 f"{newest:%Y-%m-%d %H:%M UTC})")
 else:
     ours_note = "no criterion results found"
 
-def background_load(busy, warn):
-    if busy < 0:
-        return "- background load: not measured (nothing was timed in this run)"
-    line = f"- background load: at most {busy}% of the CPUs busy just before a timed run"
-    return line + (f" — **above {warn}%: rerun on a quiet machine**" if busy > warn else "")
+busy, busy_warn = int(env["BP_MAX_BUSY"]), int(env["BP_BUSY_WARN"])
+if busy < 0:
+    load = "not measured (nothing was timed in this run)"
+else:
+    load = f"at most {busy}% of the CPUs busy just before a timed run"
+    if busy > busy_warn:
+        load += f" — **above {busy_warn}%: rerun on a quiet machine**"
 
-out = [
+torch = meta.get("torch")
+torch_note = (f"{torch['version']} (CPU capability {torch.get('cpu_capability', '?')})"
+              if torch else "not run")
+candle_note = f"candle-core {env['BP_CANDLE_VERSION']}" if env["BP_CANDLE_VERSION"] else "not run"
+quick_note = " — **quick mode** (short runs, for testing only)" if env["BP_QUICK"] == "1" else ""
+
+print("\n".join([
     "# static-attention vs PyTorch and candle",
     "",
-    f"- date: {env['BP_DATE']}" + (" — **quick mode** (short runs, for testing only)" if env["BP_QUICK"] == "1" else ""),
+    f"- date: {env['BP_DATE']}{quick_note}",
     f"- machine: {env['BP_MACHINE']}",
-    f"- static-attention: git {env['BP_GIT']}; {ours_note} in `{criterion_dir}`",
-    background_load(int(env["BP_MAX_BUSY"]), int(env["BP_BUSY_WARN"])),
-    f"- torch: {torch_version}",
-    f"- candle: candle-core {env['BP_CANDLE_VERSION']}" if env["BP_CANDLE_VERSION"] != "not run" else "- candle: not run",
+    f"- static-attention: git {env['BP_GIT']}; {ours_note} in `{CRITERION_DIR}`",
+    f"- background load: {load}",
+    f"- torch: {torch_note}",
+    f"- candle: {candle_note}",
     "",
-    "Median time per call in µs (f32, inference only). 1T runs are pinned to one core with taskset; "
-    "2T runs use both cores. Ratios are peer / static-attention simd: above 1 means static-attention "
-    "is faster. GFLOP/s counts dense FLOPs (also for causal) over the simd time. "
-    "— marks a result that does not exist or was not run.",
+    "Median time per call in µs (f32, inference only). 1T runs are pinned to one core with "
+    "taskset; 2T runs use both cores. Ratios are peer / static-attention simd: above 1 means "
+    "static-attention is faster. GFLOP/s counts dense FLOPs (causal too) over the simd time. "
+    f"{DASH} marks a result that does not exist or was not run.",
     "",
-    *lines,
+    *table,
     "",
-    *[f"{n}." for n in two_thread_notes],
-]
-print("\n".join(out))
+    *footnotes,
+]))
 PY
+
+mkdir -p "$(dirname "$OUT_MD")"
 cp "$WORK/table.md" "$OUT_MD"
 cat "$OUT_MD"
 note "written to ${OUT_MD#"$REPO"/}"

@@ -43,6 +43,15 @@ extern "C" fn main(_argc: i32, _argv: *const *const u8) -> i32 {
     let (y2, w) = LAYER.forward_with_weights(&x, &Mask::causal(Alignment::TopLeft));
     // Exit 0 only if the pass produced finite output, both paths agree, and the weights are
     // causal probability rows.
+    // Which kernel the no_std detection (cfg!(target_feature), else CPUID + XGETBV) chose.
+    let name = static_attention::kernels::selected().name();
+    let mut line = [0u8; 32];
+    let text = b"kernel: ";
+    line[..text.len()].copy_from_slice(text);
+    line[text.len()..text.len() + name.len()].copy_from_slice(name.as_bytes());
+    line[text.len() + name.len()] = b'\n';
+    // SAFETY: writes `len` initialised bytes of `line` to standard output.
+    unsafe { write(1, line.as_ptr(), text.len() + name.len() + 1) };
     let finite = y.iter().all(|v| v.is_finite());
     let agree = (y - y2).amax() < 1e-5;
     let causal = w.head(0)[(0, 1)] == 0.0 && (w.head(1).row(2).sum() - 1.0).abs() < 1e-5;
@@ -57,7 +66,9 @@ fn panic(_: &PanicInfo) -> ! {
 // The C library provides the entry point (`_start` calls `main`) and `memset`/`memcpy`; no
 // Rust standard library is linked.
 #[link(name = "c")]
-unsafe extern "C" {}
+unsafe extern "C" {
+    fn write(fd: i32, buf: *const u8, count: usize) -> isize;
+}
 
 /// The precompiled `core` refers to the unwinding personality routine even though this binary
 /// aborts on panic (`panic = "abort"`); nothing ever calls it. Without `std`, a stable build

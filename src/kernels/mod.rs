@@ -357,6 +357,7 @@ pub(crate) const PANEL_ROWS: usize = MQ_MAX;
 
 /// Reinterprets a slice of `T` as `f32` when `T` is `f32` (the crate's two scalars are sealed,
 /// so `size_of::<T>() == 4` means `f32`).
+#[cfg(target_arch = "x86_64")]
 macro_rules! as_elem {
     ($e:ty, $x:expr) => {
         bytemuck::cast_slice::<_, $e>($x)
@@ -423,6 +424,7 @@ pub(crate) fn linear<T: Float>(
 }
 
 /// The mask view with its additive part reinterpreted as `E` (see [`linear`]).
+#[cfg(target_arch = "x86_64")]
 fn mask_as<'a, T: Float, E: Float>(m: &MaskView<'a, T>) -> MaskView<'a, E> {
     MaskView {
         pattern: m.pattern,
