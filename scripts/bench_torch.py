@@ -74,7 +74,9 @@ def workloads():
         q, k, v = (torch.randn(1, 1, s, d, generator=gen) for _ in range(3))
         for causal in (False, True):
             wid = f"sdpa/{s}x{d}" + ("_causal" if causal else "")
-            out.append((wid, lambda q=q, k=k, v=v, c=causal: F.scaled_dot_product_attention(q, k, v, is_causal=c)))
+            # (Default arguments bind this iteration's tensors and flag.)
+            out.append((wid, lambda q=q, k=k, v=v, c=causal:
+                        F.scaled_dot_product_attention(q, k, v, is_causal=c)))
 
     def layer(batch, seq, dim, heads):
         torch.manual_seed(0)  # nn.MultiheadAttention draws its init from the global generator
@@ -99,7 +101,8 @@ def main():
     torch.set_num_interop_threads(1)
     torch.set_num_threads(args.threads)
     if torch.get_num_threads() != args.threads:
-        sys.exit(f"bench_torch.py: asked for {args.threads} threads, torch uses {torch.get_num_threads()}")
+        sys.exit(f"bench_torch.py: asked for {args.threads} threads, "
+                 f"torch uses {torch.get_num_threads()}")
     plan = QUICK if args.quick else FULL
 
     meta = {
@@ -115,7 +118,8 @@ def main():
     with torch.inference_mode():
         for wid, fn in workloads():
             median, minimum, iters = measure(fn, **plan)
-            print(f"torch {args.threads}T {wid:<22} {median * 1e6:>12.2f} µs", file=sys.stderr, flush=True)
+            print(f"torch {args.threads}T {wid:<22} {median * 1e6:>12.2f} µs",
+                  file=sys.stderr, flush=True)
             row = {
                 "peer": "torch",
                 "threads": args.threads,

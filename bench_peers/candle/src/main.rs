@@ -480,6 +480,9 @@ fn run() -> std::result::Result<(), String> {
     let mut all = workloads(&dev).map_err(|e| format!("building workloads: {e}"))?;
     if let Some(only) = &only {
         all.retain(|w| w.id.contains(only.as_str()));
+        if all.is_empty() {
+            return Err(format!("no workload id contains {only:?}"));
+        }
     }
 
     // Correctness first: a benchmark of wrong code is worthless.
