@@ -18,8 +18,8 @@
 //!   `rayon`, also `forward_batch_par` as `simd_2threads`).
 //! - `exp`: the softmax's `exp` over 4096 values (elements per second).
 //!
-//! Function names are `scalar` and `simd` (the kernel `kernels::selected()` picked), and
-//! parameters name the shape, e.g. `sdpa/simd/512x64_causal`.
+//! Function names are `scalar`, `simd` (the kernel `kernels::selected()` picked) and, when
+//! that is AVX-512, `avx2` too; parameters name the shape, e.g. `sdpa/simd/512x64_causal`.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -32,11 +32,16 @@ use static_attention::{
     Alignment, Float, Mask, MultiHead, SMatrix, Scratch, heap, scaled_dot_product_attention_into,
 };
 
-/// The kernels each group compares: the portable one, and the selected one if it differs.
+/// The kernels each group compares: the portable one, the selected one (`simd`) if it
+/// differs, and AVX2 (`avx2`) when the selected one is AVX-512.
 fn kernels() -> Vec<(&'static str, Kernel)> {
     let mut ks = vec![("scalar", Kernel::Scalar)];
-    if kernels::selected() != Kernel::Scalar {
-        ks.push(("simd", kernels::selected()));
+    let selected = kernels::selected();
+    if selected != Kernel::Scalar {
+        ks.push(("simd", selected));
+    }
+    if selected == Kernel::Avx512 && Kernel::Avx2Fma.is_supported() {
+        ks.push(("avx2", Kernel::Avx2Fma));
     }
     ks
 }

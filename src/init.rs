@@ -45,15 +45,17 @@ pub fn out_proj_bound(dim: usize) -> f64 {
     1.0 / crate::float::math::sqrt(dim as f64)
 }
 
-/// Fills `w` (any shape) with `U(−bound, bound)` samples in row-major order of the PyTorch
-/// weight it stores (that is, the storage order of our transposed matrix).
-pub(crate) fn fill_uniform<T: Float, R: Rng + ?Sized, const A: usize, const B: usize>(
-    w: &mut SMatrix<T, A, B>,
+/// Fills the weight `w` (`OUT × IN`) with `U(−bound, bound)` samples in the row-major order
+/// of PyTorch's `weight` (row by row), so a seed gives the same weights whatever the storage.
+pub(crate) fn fill_uniform<T: Float, R: Rng + ?Sized, const OUT: usize, const IN: usize>(
+    w: &mut SMatrix<T, OUT, IN>,
     bound: f64,
     rng: &mut R,
 ) {
-    for x in w.as_mut_slice() {
-        *x = T::of(rng.random_range(-bound..bound));
+    for n in 0..OUT {
+        for p in 0..IN {
+            w[(n, p)] = T::of(rng.random_range(-bound..bound));
+        }
     }
 }
 
@@ -66,7 +68,7 @@ pub(crate) fn reset_in_projection<T: Float, R: Rng + ?Sized, const DIM: usize>(
 ) {
     let a = in_proj_bound(DIM);
     for l in projections {
-        fill_uniform(l.weight_t_mut(), a, rng);
+        fill_uniform(l.weight_mut(), a, rng);
         l.set_zero_bias(bias);
     }
 }

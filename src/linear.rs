@@ -1,4 +1,4 @@
-//! A dense projection `y = x Wᵀ + b`, stored in PyTorch's parameter layout.
+//! A dense projection `y = x Wᵀ + b` with PyTorch's parameters.
 
 use nalgebra::{SMatrix, SVector};
 
@@ -11,10 +11,12 @@ const PANEL_DEPTH: usize = 64;
 ///
 /// `T` is the scalar type, `f32` unless named (`Linear<IN, OUT, f64>`).
 ///
-/// `W` is `OUT × IN` (PyTorch's `weight`), `b` has `OUT` entries. The weight is stored as
-/// `Wᵀ` in an `SMatrix<T, IN, OUT>`: nalgebra is column-major, so this is byte for byte
-/// PyTorch's row-major `weight`, and [`Linear::from_rows`] is a `const fn` that keeps the
-/// array as given (a `static` layer keeps its weights in read-only memory).
+/// `W` is `OUT × IN` (PyTorch's `weight`), `b` has `OUT` entries. `W` is stored as an
+/// `SMatrix<T, OUT, IN>`, column-major: the `OUT` weights that read input feature `p` are
+/// contiguous, which is what the projection kernels stream through (PyTorch's row-major
+/// `weight` is its transpose in memory). [`Linear::from_rows`] is a `const fn` that takes
+/// PyTorch's row-major array and lays it out at compile time, so a `static` layer keeps its
+/// weights in read-only memory.
 ///
 /// ```
 /// use nalgebra::SMatrix;
@@ -29,17 +31,33 @@ const PANEL_DEPTH: usize = 64;
 #[repr(C)]
 #[zeroable(bound = "T: crate::Float")]
 pub struct Linear<const IN: usize, const OUT: usize, T = f32> {
-    weight_t: SMatrix<T, IN, OUT>,
+    weight: SMatrix<T, OUT, IN>,
     bias: SVector<T, OUT>,
     has_bias: bool,
 }
 
 impl<const IN: usize, const OUT: usize, T: Float> Linear<IN, OUT, T> {
-    /// Builds the map from PyTorch's row-major `weight[OUT][IN]` and `bias[OUT]`.
+    /// `W` in the stored layout (columns of `OUT`) from PyTorch's row-major `weight[OUT][IN]`.
+    const fn columns(weight: &[[T; IN]; OUT]) -> SMatrix<T, OUT, IN> {
+        let mut cols = [[T::ZERO; OUT]; IN];
+        let mut n = 0;
+        while n < OUT {
+            let mut p = 0;
+            while p < IN {
+                cols[p][n] = weight[n][p];
+                p += 1;
+            }
+            n += 1;
+        }
+        SMatrix::from_array_storage(nalgebra::ArrayStorage(cols))
+    }
+
+    /// Builds the map from PyTorch's row-major `weight[OUT][IN]` and `bias[OUT]` (a
+    /// `const fn`: evaluated at compile time for a `const` or `static`).
     #[must_use]
     pub const fn from_rows(weight: [[T; IN]; OUT], bias: [T; OUT]) -> Self {
         Self {
-            weight_t: SMatrix::from_array_storage(nalgebra::ArrayStorage(weight)),
+            weight: Self::columns(&weight),
             bias: SMatrix::from_array_storage(nalgebra::ArrayStorage([bias])),
             has_bias: true,
         }
@@ -49,7 +67,7 @@ impl<const IN: usize, const OUT: usize, T: Float> Linear<IN, OUT, T> {
     #[must_use]
     pub const fn from_rows_without_bias(weight: [[T; IN]; OUT]) -> Self {
         Self {
-            weight_t: SMatrix::from_array_storage(nalgebra::ArrayStorage(weight)),
+            weight: Self::columns(&weight),
             bias: SMatrix::from_array_storage(nalgebra::ArrayStorage([[T::ZERO; OUT]])),
             has_bias: false,
         }
@@ -59,7 +77,7 @@ impl<const IN: usize, const OUT: usize, T: Float> Linear<IN, OUT, T> {
     #[must_use]
     pub const fn zeros() -> Self {
         Self {
-            weight_t: SMatrix::from_array_storage(nalgebra::ArrayStorage([[T::ZERO; IN]; OUT])),
+            weight: SMatrix::from_array_storage(nalgebra::ArrayStorage([[T::ZERO; OUT]; IN])),
             bias: SMatrix::from_array_storage(nalgebra::ArrayStorage([[T::ZERO; OUT]])),
             has_bias: false,
         }
@@ -73,7 +91,7 @@ impl<const IN: usize, const OUT: usize, T: Float> Linear<IN, OUT, T> {
         bias: crate::Bias,
     ) -> Self {
         let mut l = Self::zeros();
-        crate::init::fill_uniform(&mut l.weight_t, bound, rng);
+        crate::init::fill_uniform(&mut l.weight, bound, rng);
         l.set_zero_bias(bias);
         l
     }
@@ -82,27 +100,21 @@ impl<const IN: usize, const OUT: usize, T: Float> Linear<IN, OUT, T> {
     #[must_use]
     pub fn from_matrix(weight: &SMatrix<T, OUT, IN>, bias: Option<&SVector<T, OUT>>) -> Self {
         Self {
-            weight_t: weight.transpose(),
+            weight: *weight,
             bias: bias.copied().unwrap_or_else(SVector::zeros),
             has_bias: bias.is_some(),
         }
     }
 
-    /// The weight `W` (`OUT × IN`), as PyTorch's `weight` (a transposed copy).
+    /// The weight `W` (`OUT × IN`), PyTorch's `weight`.
     #[must_use]
-    pub fn weight(&self) -> SMatrix<T, OUT, IN> {
-        self.weight_t.transpose()
+    pub const fn weight(&self) -> &SMatrix<T, OUT, IN> {
+        &self.weight
     }
 
-    /// `Wᵀ` as stored (`IN × OUT`): its column-major slice is PyTorch's row-major `weight`.
-    #[must_use]
-    pub const fn weight_t(&self) -> &SMatrix<T, IN, OUT> {
-        &self.weight_t
-    }
-
-    /// Mutable `Wᵀ` (see [`Linear::weight_t`]).
-    pub fn weight_t_mut(&mut self) -> &mut SMatrix<T, IN, OUT> {
-        &mut self.weight_t
+    /// Mutable `W` (`OUT × IN`).
+    pub fn weight_mut(&mut self) -> &mut SMatrix<T, OUT, IN> {
+        &mut self.weight
     }
 
     /// The bias, or `None` for a map built without one.
@@ -170,7 +182,8 @@ impl<const IN: usize, const OUT: usize, T: Float> Linear<IN, OUT, T> {
             kernels::LinearIo::Out { x, out: y },
             s,
             IN,
-            self.weight_t.as_slice(),
+            self.weight.as_slice(),
+            OUT,
             OUT,
             self.bias.as_slice(),
             pack,

@@ -16,8 +16,9 @@ use crate::kernels::{self, Dims, LinearIo, MaskView, PANEL_ROWS, Work};
 use crate::mask::Additive;
 use crate::{Float, Linear, Mask, MultiHead, Scratch, sdpa::default_scale};
 
-/// `out[:, j0 .. j0 + n] = x · W[j0 .. j0 + n]ᵀ + b[j0 .. j0 + n]` for `s` tokens: the output
-/// columns of one task (contiguous in column-major `out`).
+/// `out[:, j0 .. j0 + n] = x · W[j0 .. j0 + n, :]ᵀ + b[j0 .. j0 + n]` for `s` tokens: the
+/// output columns of one task (contiguous in column-major `out`; rows `j0 ..` of `W`, read
+/// with its leading dimension).
 fn project_columns<const DIM: usize, T: Float>(
     lin: &Linear<DIM, DIM, T>,
     x: &[T],
@@ -31,7 +32,8 @@ fn project_columns<const DIM: usize, T: Float>(
         LinearIo::Out { x, out: out_cols },
         s,
         DIM,
-        &lin.weight_t().as_slice()[j0 * DIM..(j0 + n) * DIM],
+        &lin.weight().as_slice()[j0..],
+        DIM,
         n,
         &lin.bias_slice()[j0..j0 + n],
         pack,

@@ -8,12 +8,20 @@
 
 use static_attention::kernels::{Kernel, exp_in_place, with_kernel};
 
-/// Runs `f` with the vector kernel, or reports that this CPU has none (the scalar kernel's
-/// `exp` is the platform's and needs no test here).
-fn on_vector_kernel(f: impl FnOnce()) {
-    match with_kernel(Kernel::Avx2Fma, f) {
-        Ok(()) => {}
-        Err(e) => eprintln!("skipped: {e}"),
+/// The vector kernels this CPU runs (the scalar kernel's `exp` is the platform's and needs
+/// no test here).
+fn vector_kernels() -> Vec<Kernel> {
+    [Kernel::Avx2Fma, Kernel::Avx512]
+        .into_iter()
+        .filter(|k| k.is_supported())
+        .collect()
+}
+
+/// Runs `f` with each vector kernel.
+fn on_vector_kernel(f: impl Fn()) {
+    for k in vector_kernels() {
+        eprintln!("kernel {}", k.name());
+        with_kernel(k, &f).expect("supported");
     }
 }
 

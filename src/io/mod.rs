@@ -591,8 +591,21 @@ impl<'a, T: Float> CheckedLinear<'a, T> {
     /// Copies the parameters into `l`; cannot fail.
     pub(crate) fn write<const IN: usize, const OUT: usize>(&self, l: &mut Linear<IN, OUT, T>) {
         debug_assert!(self.weight.len() >= self.weight_start + IN * OUT);
-        self.weight
-            .copy_to(self.weight_start, l.weight_t_mut().as_mut_slice());
+        // PyTorch's `weight[OUT][IN]` is row-major; the map stores `W` column-major.
+        let w = l.weight_mut();
+        let mut row = [T::ZERO; 64];
+        for n in 0..OUT {
+            let mut p0 = 0;
+            while p0 < IN {
+                let len = (IN - p0).min(row.len());
+                self.weight
+                    .copy_to(self.weight_start + n * IN + p0, &mut row[..len]);
+                for (p, &x) in row[..len].iter().enumerate() {
+                    w[(n, p0 + p)] = x;
+                }
+                p0 += len;
+            }
+        }
         l.set_zero_bias(match self.bias {
             Some(_) => crate::Bias::Present,
             None => crate::Bias::Absent,

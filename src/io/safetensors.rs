@@ -287,11 +287,7 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
         let mut tensors = std::vec![(
             "in_proj_weight",
             std::vec![3 * DIM, DIM],
-            cat(&[
-                q.weight_t().as_slice(),
-                k.weight_t().as_slice(),
-                v.weight_t().as_slice(),
-            ]),
+            cat(&[&row_major(q), &row_major(k), &row_major(v)]),
         )];
         if self.has_bias() {
             tensors.push((
@@ -307,7 +303,7 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
         tensors.push((
             "out_proj.weight",
             std::vec![DIM, DIM],
-            o.weight_t().as_slice().to_vec(),
+            row_major(o),
         ));
         if self.has_bias() {
             tensors.push((
@@ -392,7 +388,7 @@ impl<const SEQ: usize, const DIM: usize, T: Float> SelfAttention<SEQ, DIM, T> {
             ("k_proj", self.k_proj()),
             ("v_proj", self.v_proj()),
         ] {
-            tensors.push((name, std::vec![DIM, DIM], l.weight_t().as_slice().to_vec()));
+            tensors.push((name, std::vec![DIM, DIM], row_major(l)));
             if let Some(b) = l.bias() {
                 tensors.push((name, std::vec![DIM], b.as_slice().to_vec()));
             }
@@ -427,6 +423,14 @@ impl core::fmt::Display for SaveError {
 }
 
 impl core::error::Error for SaveError {}
+
+/// A map's weight in PyTorch's row-major order (`weight[OUT][IN]`).
+fn row_major<const IN: usize, const OUT: usize, T: Float>(l: &crate::Linear<IN, OUT, T>) -> Vec<T> {
+    let w = l.weight();
+    (0..OUT)
+        .flat_map(|n| (0..IN).map(move |p| w[(n, p)]))
+        .collect()
+}
 
 fn le_bytes<T: Float>(x: T) -> Vec<u8> {
     if T::BYTES == 4 {

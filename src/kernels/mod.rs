@@ -39,11 +39,17 @@ pub(crate) mod x86;
 use crate::Float;
 use crate::mask::{Additive, Mask, Pattern};
 
-/// Queries a SIMD tile holds at most (two vectors of `f32`), and the row stride of the work
-/// buffers.
-pub(crate) const MQ_MAX: usize = 16;
-/// Keys per streaming block.
-pub(crate) const KB: usize = 64;
+/// Queries a tile of the attention kernels holds at most, and rows of a projection panel:
+/// two vectors of `f32` of the widest instruction set the target can have (32 on x86-64, for
+/// AVX-512), or the scalar kernel's 8 where there is no vector kernel. The working memory of
+/// a call is sized by it (see [`crate::Scratch`]).
+pub const TILE_QUERIES: usize = if cfg!(target_arch = "x86_64") { 32 } else { 8 };
+/// Keys per block of the vector attention kernels (0 where there is none: the scalar kernel
+/// needs no block buffers).
+pub const KEY_BLOCK: usize = if cfg!(target_arch = "x86_64") { 64 } else { 0 };
+
+pub(crate) const MQ_MAX: usize = TILE_QUERIES;
+pub(crate) const KB: usize = KEY_BLOCK;
 
 /// An attention kernel implementation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -54,6 +60,9 @@ pub enum Kernel {
     /// x86-64 AVX2 + FMA: 8 `f32` or 4 `f64` lanes, register-blocked micro-kernels and a
     /// vectorised `exp`.
     Avx2Fma,
+    /// x86-64 AVX-512F: the same kernels on 16 `f32` or 8 `f64` lanes, with micro-tiles twice
+    /// as wide (32 vector registers).
+    Avx512,
 }
 
 impl Kernel {
@@ -63,6 +72,7 @@ impl Kernel {
         match self {
             Kernel::Scalar => "scalar",
             Kernel::Avx2Fma => "avx2+fma",
+            Kernel::Avx512 => "avx512",
         }
     }
 
@@ -71,35 +81,40 @@ impl Kernel {
     pub fn is_supported(self) -> bool {
         match self {
             Kernel::Scalar => true,
-            Kernel::Avx2Fma => avx2_token().is_some(),
+            Kernel::Avx2Fma => x86_supports(Kernel::Avx2Fma),
+            Kernel::Avx512 => x86_supports(Kernel::Avx512),
         }
     }
 }
 
-/// The AVX2 token, if this CPU has AVX2 and FMA.
+/// Whether this x86-64 CPU runs an x86 kernel.
 #[cfg(target_arch = "x86_64")]
-fn avx2_token() -> Option<x86::Avx2> {
-    x86::Avx2::detect()
+fn x86_supports(kernel: Kernel) -> bool {
+    match kernel {
+        Kernel::Avx2Fma => x86::Avx2::detect().is_some(),
+        Kernel::Avx512 => x86::Avx512::detect().is_some(),
+        Kernel::Scalar => true,
+    }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn avx2_token() -> Option<core::convert::Infallible> {
-    None
+fn x86_supports(_: Kernel) -> bool {
+    false
 }
 
-/// The best kernel this build and CPU support: [`Kernel::Avx2Fma`] on x86-64 with AVX2 and
-/// FMA, [`Kernel::Scalar`] otherwise. With the `force-scalar` feature it is always
-/// [`Kernel::Scalar`]. Each call runs the detection; [`selected`] caches it.
+/// The best kernel this build and CPU support: [`Kernel::Avx512`] on x86-64 with AVX-512F,
+/// else [`Kernel::Avx2Fma`] with AVX2 and FMA, else [`Kernel::Scalar`]. With the
+/// `force-scalar` feature it is always [`Kernel::Scalar`]. Each call runs the detection;
+/// [`selected`] caches it.
 #[must_use]
 pub fn detect() -> Kernel {
     if cfg!(feature = "force-scalar") {
         return Kernel::Scalar;
     }
-    if Kernel::Avx2Fma.is_supported() {
-        Kernel::Avx2Fma
-    } else {
-        Kernel::Scalar
-    }
+    [Kernel::Avx512, Kernel::Avx2Fma]
+        .into_iter()
+        .find(|k| k.is_supported())
+        .unwrap_or(Kernel::Scalar)
 }
 
 /// The kernel the forward passes use: [`detect`]'s choice, made once per process (or the
@@ -121,12 +136,14 @@ fn cached() -> Kernel {
     match CHOICE.load(Ordering::Relaxed) {
         1 => Kernel::Scalar,
         2 => Kernel::Avx2Fma,
+        3 => Kernel::Avx512,
         _ => {
             let k = detect();
             CHOICE.store(
                 match k {
                     Kernel::Scalar => 1,
                     Kernel::Avx2Fma => 2,
+                    Kernel::Avx512 => 3,
                 },
                 Ordering::Relaxed,
             );
@@ -355,87 +372,26 @@ impl<T> WorkRef<'_, T> {
 /// of every input feature.
 pub(crate) const PANEL_ROWS: usize = MQ_MAX;
 
-/// Reinterprets a slice of `T` as `f32` when `T` is `f32` (the crate's two scalars are sealed,
-/// so `size_of::<T>() == 4` means `f32`).
-#[cfg(target_arch = "x86_64")]
-macro_rules! as_elem {
-    ($e:ty, $x:expr) => {
-        bytemuck::cast_slice::<_, $e>($x)
-    };
-    (mut $e:ty, $x:expr) => {
-        bytemuck::cast_slice_mut::<_, $e>($x)
-    };
-}
-
-/// `out = x · Wᵀ + b` (or in place) for `s` tokens, column-major; `w_t` is `Wᵀ` column-major
-/// (PyTorch's row-major `weight[dout][din]`); `pack` is working memory (see `vector::linear`;
-/// in place it must hold [`PANEL_ROWS`] × `din` values).
+/// `out = x · Wᵀ + b` (or in place) for `s` tokens, column-major. `W` is `dout × din` with
+/// `W[n, p] = w[n + p·ldw]` (a column-major weight, or `dout` of its rows); `pack` is working
+/// memory (see `vector::linear`; in place it must hold [`PANEL_ROWS`] × `din` values).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn linear<T: Float>(
     io: LinearIo<'_, T>,
     s: usize,
     din: usize,
-    w_t: &[T],
+    w: &[T],
+    ldw: usize,
     dout: usize,
     bias: &[T],
     pack: &mut [T],
 ) {
     match selected() {
-        Kernel::Scalar => scalar::linear(io, s, din, w_t, dout, bias, pack),
+        Kernel::Scalar => scalar::linear(io, s, din, w, ldw, dout, bias, pack),
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2Fma => {
-            let token = avx2_token().expect("the selected kernel runs on this CPU");
-            if T::BYTES == 4 {
-                let io = match io {
-                    LinearIo::Out { x, out } => LinearIo::Out {
-                        x: as_elem!(f32, x),
-                        out: as_elem!(mut f32, out),
-                    },
-                    LinearIo::InPlace(b) => LinearIo::InPlace(as_elem!(mut f32, b)),
-                };
-                let (w, b, p) = (
-                    as_elem!(f32, w_t),
-                    as_elem!(f32, bias),
-                    as_elem!(mut f32, pack),
-                );
-                // SAFETY: the token proves AVX2 and FMA, the only requirement of the
-                // `#[target_feature]` entry point.
-                unsafe { x86::linear_f32(token, io, s, din, w, dout, b, p) }
-            } else {
-                let io = match io {
-                    LinearIo::Out { x, out } => LinearIo::Out {
-                        x: as_elem!(f64, x),
-                        out: as_elem!(mut f64, out),
-                    },
-                    LinearIo::InPlace(b) => LinearIo::InPlace(as_elem!(mut f64, b)),
-                };
-                let (w, b, p) = (
-                    as_elem!(f64, w_t),
-                    as_elem!(f64, bias),
-                    as_elem!(mut f64, pack),
-                );
-                // SAFETY: as above.
-                unsafe { x86::linear_f64(token, io, s, din, w, dout, b, p) }
-            }
-        }
+        k => x86::linear(k, io, s, din, w, ldw, dout, bias, pack),
         #[cfg(not(target_arch = "x86_64"))]
-        Kernel::Avx2Fma => scalar::linear(io, s, din, w_t, dout, bias, pack),
-    }
-}
-
-/// The mask view with its additive part reinterpreted as `E` (see [`linear`]).
-#[cfg(target_arch = "x86_64")]
-fn mask_as<'a, T: Float, E: Float>(m: &MaskView<'a, T>) -> MaskView<'a, E> {
-    MaskView {
-        pattern: m.pattern,
-        sq: m.sq,
-        skv: m.skv,
-        q_offset: m.q_offset,
-        sq_total: m.sq_total,
-        attend: m.attend,
-        block: m.block,
-        pad: m.pad,
-        additive: m.additive.map(|a| bytemuck::cast_slice::<T, E>(a)),
+        _ => scalar::linear(io, s, din, w, ldw, dout, bias, pack),
     }
 }
 
@@ -455,62 +411,15 @@ pub(crate) fn attention<T: Float>(
     let run = |vscale: T, out: &mut [T], work: WorkRef<'_, T>| match kernel {
         Kernel::Scalar => scalar::attention(q, k, v, dims, scale, mask, out, work, vscale),
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2Fma => {
-            let token = avx2_token().expect("the selected kernel runs on this CPU");
-            if T::BYTES == 4 {
-                let work = WorkRef {
-                    acc: as_elem!(mut f32, work.acc),
-                    p: as_elem!(mut f32, work.p),
-                    allowed: as_elem!(mut f32, work.allowed),
-                };
-                // SAFETY: the token proves AVX2 and FMA.
-                unsafe {
-                    x86::attention_f32(
-                        token,
-                        as_elem!(f32, q),
-                        as_elem!(f32, k),
-                        as_elem!(f32, v),
-                        dims,
-                        scale.to_f64() as f32,
-                        &mask_as(mask),
-                        as_elem!(mut f32, out),
-                        work,
-                        vscale.to_f64() as f32,
-                    );
-                }
-            } else {
-                let work = WorkRef {
-                    acc: as_elem!(mut f64, work.acc),
-                    p: as_elem!(mut f64, work.p),
-                    allowed: as_elem!(mut f64, work.allowed),
-                };
-                // SAFETY: the token proves AVX2 and FMA.
-                unsafe {
-                    x86::attention_f64(
-                        token,
-                        as_elem!(f64, q),
-                        as_elem!(f64, k),
-                        as_elem!(f64, v),
-                        dims,
-                        scale.to_f64(),
-                        &mask_as(mask),
-                        as_elem!(mut f64, out),
-                        work,
-                        vscale.to_f64(),
-                    );
-                }
-            }
-        }
+        kernel => x86::attention(kernel, q, k, v, dims, scale, mask, out, work, vscale),
         #[cfg(not(target_arch = "x86_64"))]
-        Kernel::Avx2Fma => scalar::attention(q, k, v, dims, scale, mask, out, work, vscale),
+        _ => scalar::attention(q, k, v, dims, scale, mask, out, work, vscale),
     };
-    run(T::ONE, out, work.reborrow());
     // The running sums Σ p·v are bounded by SKV · max|v| (every p ≤ 1), so they can overflow
     // only when some value exceeds T::MAX / SKV. Then the pass is repeated with the values
     // scaled by a power of two (exact), and the output scaled back after the division by the
-    // softmax denominator. Ordinary inputs pay one finiteness check of the output.
-    let n_out = dims.sq * dims.dv;
-    if out[..n_out].iter().all(|x| x.is_finite_()) {
+    // softmax denominator. Ordinary inputs pay the kernel's finiteness check of its output.
+    if run(T::ONE, out, work.reborrow()) {
         return;
     }
     if let Some(vscale) = overflow_rescale(&v[..dims.skv * dims.dv], dims.skv) {
@@ -548,42 +457,9 @@ pub(crate) fn attention_with_weights<T: Float>(
     match selected() {
         Kernel::Scalar => scalar::attention_with_weights(q, k, v, dims, scale, mask, out, weights),
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2Fma => {
-            let token = avx2_token().expect("the selected kernel runs on this CPU");
-            if T::BYTES == 4 {
-                // SAFETY: the token proves AVX2 and FMA.
-                unsafe {
-                    x86::weights_f32(
-                        token,
-                        as_elem!(f32, q),
-                        as_elem!(f32, k),
-                        as_elem!(f32, v),
-                        dims,
-                        scale.to_f64() as f32,
-                        &mask_as(mask),
-                        as_elem!(mut f32, out),
-                        as_elem!(mut f32, weights),
-                    );
-                }
-            } else {
-                // SAFETY: the token proves AVX2 and FMA.
-                unsafe {
-                    x86::weights_f64(
-                        token,
-                        as_elem!(f64, q),
-                        as_elem!(f64, k),
-                        as_elem!(f64, v),
-                        dims,
-                        scale.to_f64(),
-                        &mask_as(mask),
-                        as_elem!(mut f64, out),
-                        as_elem!(mut f64, weights),
-                    );
-                }
-            }
-        }
+        kernel => x86::attention_with_weights(kernel, q, k, v, dims, scale, mask, out, weights),
         #[cfg(not(target_arch = "x86_64"))]
-        Kernel::Avx2Fma => scalar::attention_with_weights(q, k, v, dims, scale, mask, out, weights),
+        _ => scalar::attention_with_weights(q, k, v, dims, scale, mask, out, weights),
     }
 }
 
@@ -593,18 +469,9 @@ pub fn exp_in_place<T: Float>(xs: &mut [T]) {
     match selected() {
         Kernel::Scalar => xs.iter_mut().for_each(|x| *x = x.exp_()),
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2Fma => {
-            let token = avx2_token().expect("the selected kernel runs on this CPU");
-            if T::BYTES == 4 {
-                // SAFETY: the token proves AVX2 and FMA.
-                unsafe { x86::exp_f32(token, as_elem!(mut f32, xs)) }
-            } else {
-                // SAFETY: the token proves AVX2 and FMA.
-                unsafe { x86::exp_f64(token, as_elem!(mut f64, xs)) }
-            }
-        }
+        kernel => x86::exp_in_place(kernel, xs),
         #[cfg(not(target_arch = "x86_64"))]
-        Kernel::Avx2Fma => xs.iter_mut().for_each(|x| *x = x.exp_()),
+        _ => xs.iter_mut().for_each(|x| *x = x.exp_()),
     }
 }
 

@@ -8,19 +8,22 @@ use crate::Float;
 /// Rows of queries the streaming kernel processes together.
 const BLOCK_Q: usize = 8;
 
-/// `out[s × dout] = x[s × din] · Wᵀ + b` (column-major; `w_t[d + c·din] = W[c][d]`), or the
+/// `out[s × dout] = x[s × din] · Wᵀ + b` (column-major; `W[c][d] = w[c + d·ldw]`), or the
 /// same in place, a panel of [`PANEL_ROWS`] rows at a time copied into `pack` first.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn linear<T: Float>(
     io: LinearIo<'_, T>,
     s: usize,
     din: usize,
-    w_t: &[T],
+    w: &[T],
+    ldw: usize,
     dout: usize,
     bias: &[T],
     pack: &mut [T],
 ) {
+    assert!(dout <= ldw && (din == 0 || w.len() >= (din - 1) * ldw + dout));
     match io {
-        LinearIo::Out { x, out } => linear_out(x, s, din, w_t, dout, bias, out),
+        LinearIo::Out { x, out } => linear_out(x, s, din, w, ldw, dout, bias, out),
         LinearIo::InPlace(buf) => {
             assert!(din == dout && buf.len() >= s * din && pack.len() >= PANEL_ROWS * din);
             let mut i0 = 0;
@@ -32,11 +35,10 @@ pub(crate) fn linear<T: Float>(
                     }
                 }
                 for c in 0..dout {
-                    let w = &w_t[c * din..(c + 1) * din];
                     for r in 0..rows {
                         let mut acc = bias[c];
-                        for (d, &wd) in w.iter().enumerate() {
-                            acc += pack[d * PANEL_ROWS + r] * wd;
+                        for d in 0..din {
+                            acc += pack[d * PANEL_ROWS + r] * w[c + d * ldw];
                         }
                         buf[i0 + r + c * s] = acc;
                     }
@@ -48,16 +50,18 @@ pub(crate) fn linear<T: Float>(
 }
 
 /// [`linear`] with separate input and output.
+#[allow(clippy::too_many_arguments)]
 fn linear_out<T: Float>(
     x: &[T],
     s: usize,
     din: usize,
-    w_t: &[T],
+    w: &[T],
+    ldw: usize,
     dout: usize,
     bias: &[T],
     out: &mut [T],
 ) {
-    assert!(x.len() >= s * din && w_t.len() >= din * dout && bias.len() >= dout);
+    assert!(x.len() >= s * din && bias.len() >= dout);
     assert!(out.len() >= s * dout);
     // Four output columns per pass, so each input column is read once per four outputs.
     let mut c = 0;
@@ -71,10 +75,10 @@ fn linear_out<T: Float>(
         c3.fill(bias[c + 3]);
         for d in 0..din {
             let w = [
-                w_t[d + c * din],
-                w_t[d + (c + 1) * din],
-                w_t[d + (c + 2) * din],
-                w_t[d + (c + 3) * din],
+                w[c + d * ldw],
+                w[c + 1 + d * ldw],
+                w[c + 2 + d * ldw],
+                w[c + 3 + d * ldw],
             ];
             let x_col = &x[d * s..(d + 1) * s];
             for ((((o0, o1), o2), o3), &xv) in c0
@@ -96,9 +100,9 @@ fn linear_out<T: Float>(
         let col = &mut out[c * s..(c + 1) * s];
         col.fill(bias[c]);
         for d in 0..din {
-            let w = w_t[d + c * din];
+            let wd = w[c + d * ldw];
             for (o, &xv) in col.iter_mut().zip(&x[d * s..(d + 1) * s]) {
-                *o += w * xv;
+                *o += wd * xv;
             }
         }
     }
@@ -129,9 +133,10 @@ pub(crate) fn attention<T: Float>(
     out: &mut [T],
     work: WorkRef<'_, T>,
     vscale: T,
-) {
+) -> bool {
     let Dims { sq, skv, dk, dv } = dims;
     assert!(mask.sq == sq && mask.skv == skv && work.acc.len() >= dv * MQ_MAX);
+    let mut finite = true;
     assert!(q.len() >= sq * dk && k.len() >= skv * dk && v.len() >= skv * dv);
     assert!(out.len() >= sq * dv);
     let dense = mask.is_dense();
@@ -248,10 +253,12 @@ pub(crate) fn attention<T: Float>(
                 } else {
                     acc[r] / l * inv_vscale
                 };
+                finite &= or.is_finite_();
             }
         }
         i0 += nb;
     }
+    finite
 }
 
 /// The streaming kernel's state for one block of queries: output sums (one row of

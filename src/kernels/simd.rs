@@ -22,6 +22,9 @@ pub(crate) trait Simd: Copy {
     type M: Copy;
     /// Elements per vector.
     const LANES: usize;
+    /// Width of the micro-tiles (output features, keys, value columns per tile of two query
+    /// vectors): 6 or 12, as the register file allows (`2 · TILE` accumulators).
+    const TILE: usize;
 
     /// Every lane `x`.
     fn splat(self, x: Self::E) -> Self::V;
@@ -51,6 +54,8 @@ pub(crate) trait Simd: Copy {
     fn and(self, a: Self::M, b: Self::M) -> Self::M;
     /// `a` and not `b`.
     fn and_not(self, a: Self::M, b: Self::M) -> Self::M;
+    /// Whether every lane is set.
+    fn all(self, m: Self::M) -> bool;
     /// `eˣ` lane by lane: relative error ≤ 2 ulp for `x` in `[ln(MIN_POSITIVE), 0]`, `+0` below
     /// (`e^(−∞) = 0`), NaN for NaN. (Correct up to `x ≈ 88` for `f32`; softmax never needs
     /// more than 0.)

@@ -16,7 +16,7 @@ use crate::mask::{Alignment, Pattern};
 
 /// Kernels to compare with the scalar one on this machine.
 fn fast_kernels() -> Vec<Kernel> {
-    [Kernel::Avx2Fma]
+    [Kernel::Avx2Fma, Kernel::Avx512]
         .into_iter()
         .filter(|k| k.is_supported())
         .collect()
@@ -372,7 +372,10 @@ fn linear_kernels_match_the_scalar_kernel() {
         for (case, &(s, din, dout)) in shapes.iter().enumerate() {
             for scale in [1e-3, 1.0, 1e3] {
                 let x = values(case as u64, s * din, scale);
-                let w = values(case as u64 + 1, din * dout, 1.0);
+                // W[c][d] = w[c + d·ldw], with a leading dimension past `dout` in some cases (the
+                // threaded projections read a block of rows that way).
+                let ldw = dout + case % 3;
+                let w = values(case as u64 + 1, din * ldw, 1.0);
                 let b = values(case as u64 + 2, dout, 1.0);
                 // The exact product in f64, and a bound on f32 rounding: eps · din · Σ|x·w|.
                 let mut exact = std::vec![0.0; s * dout];
@@ -382,8 +385,8 @@ fn linear_kernels_match_the_scalar_kernel() {
                         let mut acc = b[c];
                         let mut mag = b[c].abs();
                         for d in 0..din {
-                            acc += x[i + d * s] * w[d + c * din];
-                            mag += (x[i + d * s] * w[d + c * din]).abs();
+                            acc += x[i + d * s] * w[c + d * ldw];
+                            mag += (x[i + d * s] * w[c + d * ldw]).abs();
                         }
                         exact[i + c * s] = acc;
                         size[i + c * s] = mag;
@@ -402,6 +405,7 @@ fn linear_kernels_match_the_scalar_kernel() {
                             s,
                             din,
                             &w32,
+                            ldw,
                             dout,
                             &b32,
                             &mut pack,
@@ -427,6 +431,7 @@ fn linear_kernels_match_the_scalar_kernel() {
                             s,
                             din,
                             &w,
+                            ldw,
                             dout,
                             &b,
                             &mut pack64,
@@ -461,6 +466,7 @@ fn linear_kernels_match_the_scalar_kernel() {
                                 s,
                                 din,
                                 &w32,
+                                ldw,
                                 dout,
                                 &b32,
                                 &mut pack,
@@ -470,6 +476,7 @@ fn linear_kernels_match_the_scalar_kernel() {
                                 s,
                                 din,
                                 &w32,
+                                ldw,
                                 dout,
                                 &b32,
                                 &mut pack,
@@ -486,13 +493,20 @@ fn linear_kernels_match_the_scalar_kernel() {
 
 #[test]
 fn the_fast_kernel_is_selected_where_the_cpu_has_it() {
-    // CI runs on AVX2 + FMA: it must not silently fall back to the scalar kernel.
+    // CI runs on AVX2 + FMA (or AVX-512): it must not silently fall back to a slower kernel.
     #[cfg(target_arch = "x86_64")]
     {
-        let has = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
-        if has && !cfg!(feature = "force-scalar") {
-            assert_eq!(super::selected(), Kernel::Avx2Fma);
+        let avx2 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+        let avx512 = std::is_x86_feature_detected!("avx512f");
+        if !cfg!(feature = "force-scalar") {
+            if avx512 {
+                assert_eq!(super::selected(), Kernel::Avx512);
+            } else if avx2 {
+                assert_eq!(super::selected(), Kernel::Avx2Fma);
+            }
         }
+        assert_eq!(Kernel::Avx2Fma.is_supported(), avx2);
+        assert_eq!(Kernel::Avx512.is_supported(), avx512);
     }
     if cfg!(feature = "force-scalar") {
         assert_eq!(super::selected(), Kernel::Scalar);

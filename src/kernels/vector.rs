@@ -3,8 +3,8 @@
 //! Layouts are the crate's: every matrix is column-major, tokens contiguous per feature.
 //!
 //! - [`linear`]: `C = A · B + bias` (`A` is `s × din`, `B = Wᵀ` is `din × dout`), a
-//!   register-blocked GEMM: micro-tiles of `2·LANES` tokens × 6 output features, 12 vector
-//!   accumulators, over `A` panels packed contiguously. It also runs in place (`C` over `A`,
+//!   register-blocked GEMM: micro-tiles of `2·LANES` tokens × `TILE` output features (6 with
+//!   AVX2's 16 registers, 12 with AVX-512's 32: 12 or 24 vector accumulators), over `A` panels packed contiguously. It also runs in place (`C` over `A`,
 //!   for the output projection), which the packing makes safe.
 //! - [`attention`]: fused streaming attention for one head, queries in lanes. A tile of
 //!   `2·LANES` queries (or `LANES`) walks the keys in blocks of [`KB`]: the scores of the block
@@ -41,57 +41,150 @@ use super::simd::Simd;
 use super::{Dims, KB, LinearIo, MQ_MAX, MaskView, WorkRef};
 use crate::Float;
 
-/// Output features per GEMM and `P·V` micro-tile.
-const NR: usize = 6;
-/// Keys per `Q·Kᵀ` micro-tile.
-const NK: usize = 6;
+/// Calls `$body` with `$N` a constant equal to `$n`, one of the micro-tile widths
+/// [`widths`] produces (1 to 6, 8, 12 and 16): each arm is its own instantiation, and the
+/// match folds away when `$n` is known.
+macro_rules! by_width {
+    ($n:expr, |$N:ident| $body:expr) => {
+        match $n {
+            1 => {
+                const $N: usize = 1;
+                $body
+            }
+            2 => {
+                const $N: usize = 2;
+                $body
+            }
+            3 => {
+                const $N: usize = 3;
+                $body
+            }
+            4 => {
+                const $N: usize = 4;
+                $body
+            }
+            5 => {
+                const $N: usize = 5;
+                $body
+            }
+            6 => {
+                const $N: usize = 6;
+                $body
+            }
+            8 => {
+                const $N: usize = 8;
+                $body
+            }
+            12 => {
+                const $N: usize = 12;
+                $body
+            }
+            16 => {
+                const $N: usize = 16;
+                $body
+            }
+            _ => unreachable!("micro-tile widths are 1 to 6, 8, 12 and 16"),
+        }
+    };
+}
+
+/// Splits `n` columns (or keys) into micro-tiles of at most `tile` (6, 12 or 16): as many
+/// full tiles as fit, then at most one each of 12, 8 and 6 where they fit and are narrower
+/// than `tile`, then the rest (1 to 5), as `(start, width)`.
+#[inline(always)]
+fn widths(n: usize, tile: usize) -> impl Iterator<Item = (usize, usize)> {
+    let full = n / tile * tile;
+    let mut rest = n - full;
+    let mut take = |w: usize| {
+        if tile > w && rest >= w {
+            rest -= w;
+            w
+        } else {
+            0
+        }
+    };
+    let (w12, w8, w6) = (take(12), take(8), take(6));
+    let tail = rest;
+    (0..full / tile)
+        .map(move |i| (i * tile, tile))
+        .chain(
+            [w12, w8, w6, tail]
+                .into_iter()
+                .scan(full, |at, w| {
+                    let start = *at;
+                    *at += w;
+                    Some((start, w))
+                })
+                .filter(|&(_, w)| w > 0),
+        )
+}
 
 // ------------------------------------------------------------------------------------------
 // Linear: C = A · B + bias
 // ------------------------------------------------------------------------------------------
 
-/// `out[s × dout] = x[s × din] · w_t[din × dout] + bias`, or the same in place when `io` is
-/// [`LinearIo::InPlace`] (then `din == dout` and `pack` holds a whole row panel).
+/// `out[s × dout] = x[s × din] · Wᵀ + bias` with `W[n, p] = w[n + p·ldw]`, or the same in
+/// place when `io` is [`LinearIo::InPlace`] (then `din == dout` and `pack` holds a whole row
+/// panel). Reading `W` that way, the micro-kernel's broadcasts of one input feature's weights
+/// are consecutive values.
 ///
-/// `pack` is working memory of at least `2·LANES` rows × 1 column; the panel depth `kc` is
-/// `pack.len() / (2·LANES)` (capped at `din`), and in place it must cover all of `din`.
+/// Row panels are two vectors of tokens (one when there are fewer tokens than that), packed
+/// contiguously into `pack`, `kc = pack.len() / panel rows` input features at a time (capped
+/// at `din`); in place, the whole panel is packed before any of its rows is overwritten. A
+/// sequence that is exactly one panel is read where it is, with no packing.
 #[inline(always)]
 pub(crate) fn linear<S: Simd>(
     s: S,
     io: LinearIo<'_, S::E>,
     sq: usize,
     din: usize,
-    w_t: &[S::E],
+    w: &[S::E],
+    ldw: usize,
     dout: usize,
     bias: &[S::E],
     pack: &mut [S::E],
 ) {
-    let mr = 2 * S::LANES;
+    if sq >= 2 * S::LANES {
+        linear_panels::<S, 2>(s, io, sq, din, w, ldw, dout, bias, pack);
+    } else {
+        linear_panels::<S, 1>(s, io, sq, din, w, ldw, dout, bias, pack);
+    }
+}
+
+/// [`linear`] with row panels of `NV` vectors.
+#[inline(always)]
+fn linear_panels<S: Simd, const NV: usize>(
+    s: S,
+    io: LinearIo<'_, S::E>,
+    sq: usize,
+    din: usize,
+    w: &[S::E],
+    ldw: usize,
+    dout: usize,
+    bias: &[S::E],
+    pack: &mut [S::E],
+) {
+    let l = S::LANES;
+    let mr = NV * l;
+    // Output features per micro-tile (`NV · TILE` accumulators; wider tiles made LLVM spill
+    // accumulators to the stack).
+    let tile = S::TILE;
     assert!(
-        w_t.len() >= din * dout && bias.len() >= dout,
+        dout <= ldw && (din == 0 || w.len() >= (din - 1) * ldw + dout) && bias.len() >= dout,
         "weights too short"
     );
     let kc_max = (pack.len() / mr).min(din);
     assert!(din == 0 || kc_max >= 1, "pack buffer too small");
-    let (a, c): (*const S::E, *mut S::E) = match io {
+    let (a, c, in_place): (*const S::E, *mut S::E, bool) = match io {
         LinearIo::Out { x, out } => {
-            assert!(
-                x.len() >= sq * din && out.len() >= sq * dout,
-                "operands too short"
-            );
-            (x.as_ptr(), out.as_mut_ptr())
+            assert!(x.len() >= sq * din && out.len() >= sq * dout, "operands too short");
+            (x.as_ptr(), out.as_mut_ptr(), false)
         }
         LinearIo::InPlace(buf) => {
-            assert!(
-                din == dout && buf.len() >= sq * din,
-                "in-place operand too short"
-            );
-            assert!(
-                kc_max == din,
-                "in place, the pack buffer must hold a whole row panel"
-            );
+            assert!(din == dout && buf.len() >= sq * din, "in-place operand too short");
+            assert!(kc_max == din, "in place, the pack buffer must hold a whole row panel");
             let p = buf.as_mut_ptr();
-            (p.cast_const(), p)
+            (p.cast_const(), p, true)
         }
     };
     if din == 0 {
@@ -105,58 +198,30 @@ pub(crate) fn linear<S: Simd>(
         return;
     }
     let pack = pack.as_mut_ptr();
+    // One full panel, not in place: the matrix already is in packed order (column p at p·mr).
+    let direct = !in_place && sq == mr;
     let mut i0 = 0;
     while i0 < sq {
         let rows = mr.min(sq - i0);
         let mut pc = 0;
         while pc < din {
-            let kc = kc_max.min(din - pc);
-            // Pack A[i0 .. i0 + rows, pc .. pc + kc] as kc columns of `mr` rows (zero below
-            // `rows`). In place, the first chunk is the whole panel (`kc == din`), so it is
-            // packed before any of its rows is overwritten.
-            for p in 0..kc {
-                for r in 0..mr {
-                    let value = if r < rows {
-                        // SAFETY: row `i0 + r < sq`, column `pc + p < din`, inside `a`.
-                        unsafe { *a.add(i0 + r + (pc + p) * sq) }
-                    } else {
-                        S::E::ZERO
-                    };
-                    // SAFETY: `p·mr + r < kc·mr ≤ pack.len()`.
-                    unsafe { *pack.add(p * mr + r) = value };
-                }
-            }
+            let kc = if direct { din } else { kc_max.min(din - pc) };
+            let panel = if direct {
+                a
+            } else {
+                // SAFETY: rows `i0 .. i0 + rows ≤ sq` of columns `pc .. pc + kc ≤ din` of `a`
+                // (`sq × din`), and `kc · mr ≤ pack.len()` values of `pack`.
+                unsafe { pack_panel::<S, NV>(s, a, sq, i0, rows, pc, kc, pack) };
+                pack.cast_const()
+            };
             let first = pc == 0;
-            let mut j0 = 0;
-            while j0 + NR <= dout {
-                // SAFETY: rows `i0 .. i0 + rows` and columns `j0 .. j0 + NR` of `c`
-                // (`sq × dout`), `pack` holds `kc × mr`, and `w_t` rows `pc .. pc + kc` of
-                // columns `j0 ..` lie in `din × dout`.
-                unsafe {
-                    gemm_tile::<S, NR>(s, pack, kc, w_t, din, pc, bias, c, sq, i0, rows, j0, first)
-                };
-                j0 += NR;
-            }
-            // SAFETY: as above, for the remaining `dout − j0 < NR` columns.
-            unsafe {
-                match dout - j0 {
-                    1 => gemm_tile::<S, 1>(
-                        s, pack, kc, w_t, din, pc, bias, c, sq, i0, rows, j0, first,
-                    ),
-                    2 => gemm_tile::<S, 2>(
-                        s, pack, kc, w_t, din, pc, bias, c, sq, i0, rows, j0, first,
-                    ),
-                    3 => gemm_tile::<S, 3>(
-                        s, pack, kc, w_t, din, pc, bias, c, sq, i0, rows, j0, first,
-                    ),
-                    4 => gemm_tile::<S, 4>(
-                        s, pack, kc, w_t, din, pc, bias, c, sq, i0, rows, j0, first,
-                    ),
-                    5 => gemm_tile::<S, 5>(
-                        s, pack, kc, w_t, din, pc, bias, c, sq, i0, rows, j0, first,
-                    ),
-                    _ => {}
-                }
+            for (j0, width) in widths(dout, tile) {
+                // SAFETY: rows `i0 .. i0 + rows` and columns `j0 .. j0 + width ≤ dout` of `c`
+                // (`sq × dout`), the panel holds `kc × mr`, and `w` holds `W[j0 + n, pc + p]`
+                // for `n < width`, `p < kc` (asserted above).
+                by_width!(width, |N| unsafe {
+                    gemm_tile::<S, NV, N>(s, panel, kc, w, ldw, pc, bias, c, sq, i0, rows, j0, first)
+                });
             }
             pc += kc;
         }
@@ -164,20 +229,60 @@ pub(crate) fn linear<S: Simd>(
     }
 }
 
-/// One `2·LANES × N` tile of `C`: `C[i0.., j0..] (+)= packed A · B[pc .. pc + kc, j0 ..]`,
+/// Copies `A[i0 .. i0 + rows, pc .. pc + kc]` into `pack` as `kc` columns of `NV·LANES` rows,
+/// zero below `rows`.
+///
+/// # Safety
+/// `a` holds `sq × (pc + kc)` values column-major with `i0 + rows ≤ sq`, `rows ≤ NV·LANES`,
+/// and `pack` holds `kc · NV·LANES` values.
+#[inline(always)]
+unsafe fn pack_panel<S: Simd, const NV: usize>(
+    s: S,
+    a: *const S::E,
+    sq: usize,
+    i0: usize,
+    rows: usize,
+    pc: usize,
+    kc: usize,
+    pack: *mut S::E,
+) {
+    let l = S::LANES;
+    let mr = NV * l;
+    // SAFETY: every read is row `< i0 + rows ≤ sq` of a column `< pc + kc`, every write one
+    // of the `kc · mr` values of `pack`.
+    unsafe {
+        if rows == mr {
+            for p in 0..kc {
+                let col = a.add(i0 + (pc + p) * sq);
+                for n in 0..NV {
+                    s.store(pack.add(p * mr + n * l), s.load(col.add(n * l)));
+                }
+            }
+        } else {
+            for p in 0..kc {
+                let col = a.add(i0 + (pc + p) * sq);
+                for r in 0..mr {
+                    *pack.add(p * mr + r) = if r < rows { *col.add(r) } else { S::E::ZERO };
+                }
+            }
+        }
+    }
+}
+
+/// One `NV·LANES × N` tile of `C`: `C[i0.., j0..] (+)= packed A · W[j0 .., pc .. pc + kc]ᵀ`,
 /// starting from the bias when `first`, from `C` otherwise. Only `rows` rows are stored.
 ///
 /// # Safety
-/// `pack` holds `kc × 2·LANES` values; `w_t` holds `din × (j0 + N)` values with
-/// `pc + kc ≤ din`; `c` holds rows `i0 .. i0 + rows` of columns `j0 .. j0 + N` with leading
-/// dimension `ldc`, `rows ≤ 2·LANES`.
+/// `panel` holds `kc × NV·LANES` values; `w` holds `W[j0 + n, pc + p] = w[j0 + n + (pc + p)·ldw]`
+/// for `n < N`, `p < kc`; `c` holds rows `i0 .. i0 + rows` of columns `j0 .. j0 + N` with
+/// leading dimension `ldc`, `rows ≤ NV·LANES`.
 #[inline(always)]
-unsafe fn gemm_tile<S: Simd, const N: usize>(
+unsafe fn gemm_tile<S: Simd, const NV: usize, const N: usize>(
     s: S,
-    pack: *const S::E,
+    panel: *const S::E,
     kc: usize,
-    w_t: &[S::E],
-    din: usize,
+    w: &[S::E],
+    ldw: usize,
     pc: usize,
     bias: &[S::E],
     c: *mut S::E,
@@ -188,57 +293,62 @@ unsafe fn gemm_tile<S: Simd, const N: usize>(
     first: bool,
 ) {
     let l = S::LANES;
-    let mr = 2 * l;
+    let mr = NV * l;
     let full = rows == mr;
-    let mut acc0 = [s.splat(S::E::ZERO); N];
-    let mut acc1 = [s.splat(S::E::ZERO); N];
+    let mut acc = [[s.splat(S::E::ZERO); N]; NV];
     // SAFETY: every pointer below stays inside the regions of the function's contract.
     unsafe {
         if first {
             for n in 0..N {
                 let b = s.splat(bias[j0 + n]);
-                acc0[n] = b;
-                acc1[n] = b;
-            }
-        } else if full {
-            for n in 0..N {
-                let col = c.add(i0 + (j0 + n) * ldc);
-                acc0[n] = s.load(col);
-                acc1[n] = s.load(col.add(l));
-            }
-        } else {
-            let mut tmp = [S::E::ZERO; 2 * MQ_MAX];
-            for n in 0..N {
-                let col = c.add(i0 + (j0 + n) * ldc);
-                for r in 0..rows {
-                    tmp[r] = *col.add(r);
+                for v in 0..NV {
+                    acc[v][n] = b;
                 }
-                acc0[n] = s.load(tmp.as_ptr());
-                acc1[n] = s.load(tmp.as_ptr().add(l));
-            }
-        }
-        let b = w_t.as_ptr().add(pc + j0 * din);
-        for p in 0..kc {
-            let a0 = s.load(pack.add(p * mr));
-            let a1 = s.load(pack.add(p * mr + l));
-            for n in 0..N {
-                let bn = s.broadcast(b.add(p + n * din));
-                acc0[n] = s.fma(a0, bn, acc0[n]);
-                acc1[n] = s.fma(a1, bn, acc1[n]);
-            }
-        }
-        if full {
-            for n in 0..N {
-                let col = c.add(i0 + (j0 + n) * ldc);
-                s.store(col, acc0[n]);
-                s.store(col.add(l), acc1[n]);
             }
         } else {
-            let mut tmp = [S::E::ZERO; 2 * MQ_MAX];
+            let mut tmp = [S::E::ZERO; MQ_MAX];
             for n in 0..N {
-                s.store(tmp.as_mut_ptr(), acc0[n]);
-                s.store(tmp.as_mut_ptr().add(l), acc1[n]);
                 let col = c.add(i0 + (j0 + n) * ldc);
+                if full {
+                    for v in 0..NV {
+                        acc[v][n] = s.load(col.add(v * l));
+                    }
+                } else {
+                    for r in 0..rows {
+                        tmp[r] = *col.add(r);
+                    }
+                    for v in 0..NV {
+                        acc[v][n] = s.load(tmp.as_ptr().add(v * l));
+                    }
+                }
+            }
+        }
+        // The N weights of input feature p are consecutive: one pointer, constant offsets.
+        let mut b = w.as_ptr().add(j0 + pc * ldw);
+        for p in 0..kc {
+            let mut av = [s.splat(S::E::ZERO); NV];
+            for v in 0..NV {
+                av[v] = s.load(panel.add(p * mr + v * l));
+            }
+            for n in 0..N {
+                let bn = s.broadcast(b.add(n));
+                for v in 0..NV {
+                    acc[v][n] = s.fma(av[v], bn, acc[v][n]);
+                }
+            }
+            b = b.add(ldw);
+        }
+        let mut tmp = [S::E::ZERO; MQ_MAX];
+        for n in 0..N {
+            let col = c.add(i0 + (j0 + n) * ldc);
+            if full {
+                for v in 0..NV {
+                    s.store(col.add(v * l), acc[v][n]);
+                }
+            } else {
+                for v in 0..NV {
+                    s.store(tmp.as_mut_ptr().add(v * l), acc[v][n]);
+                }
                 for r in 0..rows {
                     *col.add(r) = tmp[r];
                 }
@@ -253,7 +363,7 @@ unsafe fn gemm_tile<S: Simd, const N: usize>(
 
 /// Streaming attention for one head: `out[sq × dv] = softmax(scale·q·kᵀ + mask) · v`, with
 /// every `p` that enters the sums scaled by `vscale` and the output by its inverse (see
-/// `kernels::attention`).
+/// `kernels::attention`). Returns whether every output is finite.
 #[inline(always)]
 pub(crate) fn attention<S: Simd>(
     s: S,
@@ -266,20 +376,20 @@ pub(crate) fn attention<S: Simd>(
     out: &mut [S::E],
     work: WorkRef<'_, S::E>,
     vscale: S::E,
-) {
+) -> bool {
     let Dims { sq, skv, dk, dv } = dims;
     check_shapes::<S>(q, k, v, dims, mask);
     assert!(out.len() >= sq * dv, "output too short");
     assert!(work.acc.len() >= dv * MQ_MAX, "work buffer too short");
     let l = S::LANES;
-    if sq >= 2 * l {
-        tiles::<S, 2>(s, q, k, v, dims, scale, mask, out, work, vscale);
-    } else if sq >= l {
-        tiles::<S, 1>(s, q, k, v, dims, scale, mask, out, work, vscale);
-    } else {
-        rows(s, q, k, v, dims, scale, mask, out, work, vscale);
-    }
     let _ = (dk, skv);
+    if sq >= 2 * l {
+        tiles::<S, 2>(s, q, k, v, dims, scale, mask, out, work, vscale)
+    } else if sq >= l {
+        tiles::<S, 1>(s, q, k, v, dims, scale, mask, out, work, vscale)
+    } else {
+        rows(s, q, k, v, dims, scale, mask, out, work, vscale)
+    }
 }
 
 /// The bounds every attention kernel relies on.
@@ -327,28 +437,18 @@ fn tiles<S: Simd, const NV: usize>(
     out: &mut [S::E],
     mut work: WorkRef<'_, S::E>,
     vscale: S::E,
-) {
+) -> bool {
     let mq = NV * S::LANES;
     let mut v_finite = None;
+    let mut finite = true;
     let mut i = 0;
     while i < dims.sq {
         let i0 = if i + mq > dims.sq { dims.sq - mq } else { i };
-        tile::<S, NV>(
-            s,
-            q,
-            k,
-            v,
-            dims,
-            scale,
-            mask,
-            out,
-            &mut work,
-            vscale,
-            i0,
-            &mut v_finite,
-        );
+        let w = &mut work;
+        finite &= tile::<S, NV>(s, q, k, v, dims, scale, mask, out, w, vscale, i0, &mut v_finite);
         i += mq;
     }
+    finite
 }
 
 /// The keys a query tile's pattern shows: per lane, the first and one-past-last visible key
@@ -369,6 +469,16 @@ fn tile_ranges<S: Simd, const NV: usize>(
     i0: usize,
 ) -> TileRanges<S, NV> {
     let mq = NV * S::LANES;
+    if let crate::mask::Pattern::Full = mask.pattern {
+        // Every lane sees every key.
+        let skv = mask.skv;
+        return TileRanges {
+            lo: [s.splat(S::E::ZERO); NV],
+            hi: [s.splat(S::E::of(skv as f64)); NV],
+            union: if skv > 0 { (0, skv) } else { (usize::MAX, 0) },
+            common: (0, skv),
+        };
+    }
     let mut lo = [S::E::ZERO; MQ_MAX];
     let mut hi = [S::E::ZERO; MQ_MAX];
     let (mut lo_min, mut hi_max) = (usize::MAX, 0);
@@ -463,7 +573,7 @@ fn tile<S: Simd, const NV: usize>(
     vscale: S::E,
     i0: usize,
     v_finite: &mut Option<bool>,
-) {
+) -> bool {
     let Dims { sq, skv, dk, dv } = dims;
     let l = S::LANES;
     let mq = NV * l;
@@ -481,7 +591,12 @@ fn tile<S: Simd, const NV: usize>(
     let rescaled = vscale != S::E::ONE;
     let mut m = [neg_inf; NV];
     let mut lsum = [zero; NV];
-    work.acc[..dv * MQ_MAX].fill(S::E::ZERO);
+    // The first block writes the accumulators, later ones add to them; a tile whose queries
+    // see no key never writes them, so they start at zero.
+    let mut first_block = true;
+    if lo_min >= hi_max {
+        work.acc[..dv * MQ_MAX].fill(S::E::ZERO);
+    }
     let p_buf = work.p.as_mut_ptr();
     let allowed_buf = work.allowed.as_mut_ptr();
     assert!(work.p.len() >= KB * MQ_MAX && work.allowed.len() >= KB * MQ_MAX);
@@ -583,11 +698,12 @@ fn tile<S: Simd, const NV: usize>(
                 dv,
                 work.acc.as_mut_ptr(),
                 MQ_MAX,
-                true,
+                !first_block,
                 corr,
                 guarded.then_some(&stored),
             );
         }
+        first_block = false;
         j0 += nk;
     }
     // out = acc / l (0 where no key carried weight; NaN where l is NaN), scaled back by
@@ -600,6 +716,8 @@ fn tile<S: Simd, const NV: usize>(
         empty[n] = s.eq(lsum[n], zero);
     }
     let _ = (lo_max, hi_min);
+    // Finite lanes have x − x = 0; inf and NaN give NaN.
+    let mut finite = s.eq(zero, zero);
     for e in 0..dv {
         // SAFETY: accumulator row `e < dv` and output rows `i0 .. i0 + mq ≤ sq` of column `e`.
         unsafe {
@@ -607,10 +725,13 @@ fn tile<S: Simd, const NV: usize>(
             let o = out.as_mut_ptr().add(i0 + e * sq);
             for n in 0..NV {
                 let x = s.mul(s.load(a.add(n * l)), inv[n]);
-                s.store(o.add(n * l), s.select(empty[n], zero, x));
+                let x = s.select(empty[n], zero, x);
+                finite = s.and(finite, s.eq(s.sub(x, x), zero));
+                s.store(o.add(n * l), x);
             }
         }
     }
+    s.all(finite)
 }
 
 /// A lane mask stored as a vector of elements (all bits set where the lane is set).
@@ -647,21 +768,11 @@ unsafe fn qk_block<S: Simd, const NV: usize>(
     p: *mut S::E,
     ldp: usize,
 ) {
-    let mut kk = 0;
-    // SAFETY: each call covers keys `kk .. kk + N ≤ nk`, inside the contract.
-    unsafe {
-        while kk + NK <= nk {
-            qk_tile::<S, NV, NK>(s, q, ldq, k.add(kk), ldk, dk, p.add(kk * ldp), ldp);
-            kk += NK;
-        }
-        match nk - kk {
-            1 => qk_tile::<S, NV, 1>(s, q, ldq, k.add(kk), ldk, dk, p.add(kk * ldp), ldp),
-            2 => qk_tile::<S, NV, 2>(s, q, ldq, k.add(kk), ldk, dk, p.add(kk * ldp), ldp),
-            3 => qk_tile::<S, NV, 3>(s, q, ldq, k.add(kk), ldk, dk, p.add(kk * ldp), ldp),
-            4 => qk_tile::<S, NV, 4>(s, q, ldq, k.add(kk), ldk, dk, p.add(kk * ldp), ldp),
-            5 => qk_tile::<S, NV, 5>(s, q, ldq, k.add(kk), ldk, dk, p.add(kk * ldp), ldp),
-            _ => {}
-        }
+    for (kk, width) in widths(nk, S::TILE) {
+        // SAFETY: keys `kk .. kk + width ≤ nk`, inside the contract.
+        by_width!(width, |N| unsafe {
+            qk_tile::<S, NV, N>(s, q, ldq, k.add(kk), ldk, dk, p.add(kk * ldp), ldp)
+        });
     }
 }
 
@@ -731,31 +842,11 @@ unsafe fn pv_block<S: Simd, const NV: usize, G: Fn(usize) -> [S::M; NV]>(
     corr: [S::V; NV],
     guard: Option<&G>,
 ) {
-    let mut e = 0;
-    // SAFETY: each call covers value columns `e .. e + N ≤ dv`, inside the contract.
-    unsafe {
-        while e + NR <= dv {
-            pv_tile::<S, NV, NR, G>(s, p, ldp, v, ldv, nk, e, acc, ld_acc, load_acc, corr, guard);
-            e += NR;
-        }
-        match dv - e {
-            1 => {
-                pv_tile::<S, NV, 1, G>(s, p, ldp, v, ldv, nk, e, acc, ld_acc, load_acc, corr, guard)
-            }
-            2 => {
-                pv_tile::<S, NV, 2, G>(s, p, ldp, v, ldv, nk, e, acc, ld_acc, load_acc, corr, guard)
-            }
-            3 => {
-                pv_tile::<S, NV, 3, G>(s, p, ldp, v, ldv, nk, e, acc, ld_acc, load_acc, corr, guard)
-            }
-            4 => {
-                pv_tile::<S, NV, 4, G>(s, p, ldp, v, ldv, nk, e, acc, ld_acc, load_acc, corr, guard)
-            }
-            5 => {
-                pv_tile::<S, NV, 5, G>(s, p, ldp, v, ldv, nk, e, acc, ld_acc, load_acc, corr, guard)
-            }
-            _ => {}
-        }
+    for (e, width) in widths(dv, S::TILE) {
+        // SAFETY: value columns `e .. e + width ≤ dv`, inside the contract.
+        by_width!(width, |N| unsafe {
+            pv_tile::<S, NV, N, G>(s, p, ldp, v, ldv, nk, e, acc, ld_acc, load_acc, corr, guard)
+        });
     }
 }
 
@@ -850,10 +941,11 @@ fn rows<S: Simd>(
     out: &mut [S::E],
     work: WorkRef<'_, S::E>,
     vscale: S::E,
-) {
+) -> bool {
     let Dims { sq, skv, dk, dv } = dims;
     let l = S::LANES;
     let neg_inf = S::E::NEG_INFINITY;
+    let mut finite = true;
     let inv_vscale = S::E::ONE / vscale;
     let dense = mask.is_dense();
     // Work: per-lane sums `dv × LANES`, then one scalar sum per column for the keys of a block
@@ -963,13 +1055,16 @@ fn rows<S: Simd>(
             // SAFETY: lane row `e < dv`.
             let lanes = unsafe { s.load(lane_acc.as_ptr().add(e * l)) };
             let total = s.reduce_add(lanes) + tail_acc[e];
-            out[i + e * sq] = if lsum == S::E::ZERO {
+            let x = if lsum == S::E::ZERO {
                 S::E::ZERO
             } else {
                 total / lsum * inv_vscale
             };
+            finite &= x.is_finite_();
+            out[i + e * sq] = x;
         }
     }
+    finite
 }
 
 /// `p[kk] = q · k[kk]` for `nv` keys (a multiple of `LANES`), keys in lanes.

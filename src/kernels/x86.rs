@@ -1,4 +1,5 @@
-//! The x86-64 AVX2 + FMA instruction set: 8 `f32` or 4 `f64` lanes per vector.
+//! The x86-64 instruction sets: AVX2 + FMA (8 `f32` or 4 `f64` lanes per vector, 16
+//! registers) and AVX-512F (16 `f32` or 8 `f64` lanes, 32 registers and mask registers).
 //!
 //! [`Avx2`] is the proof token: [`Avx2::detect`] returns one only when the CPU (and, for the
 //! YMM registers, the operating system) supports AVX2 and FMA. With `std` that is
@@ -10,6 +11,7 @@
 #![allow(clippy::inline_always)]
 
 use core::arch::x86_64::*;
+use core::sync::atomic::{AtomicU8, Ordering};
 
 use super::simd::{self, Simd};
 use super::vector;
@@ -20,9 +22,24 @@ use super::{Dims, LinearIo, MaskView, WorkRef};
 pub(crate) struct Avx2(());
 
 impl Avx2 {
-    /// The token, if AVX2 and FMA are available.
+    /// The token, if AVX2 and FMA are available (detected once, then remembered).
     pub(crate) fn detect() -> Option<Self> {
-        available().then_some(Avx2(()))
+        static SEEN: AtomicU8 = AtomicU8::new(0);
+        remembered(&SEEN, available).then_some(Avx2(()))
+    }
+}
+
+/// `probe()`, run once and remembered in `seen` (0 = not yet, 1 = no, 2 = yes): detection can
+/// be slow (CPUID traps to the hypervisor in a virtual machine) and dispatch asks often.
+fn remembered(seen: &AtomicU8, probe: fn() -> bool) -> bool {
+    match seen.load(Ordering::Relaxed) {
+        1 => false,
+        2 => true,
+        _ => {
+            let yes = probe();
+            seen.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
+            yes
+        }
     }
 }
 
@@ -69,6 +86,38 @@ unsafe fn xgetbv0() -> u64 {
     unsafe { _xgetbv(0) }
 }
 
+/// Proof that the CPU (and the OS, for the ZMM and mask registers) runs AVX-512F.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Avx512(());
+
+impl Avx512 {
+    /// The token, if AVX-512F is available (detected once, then remembered).
+    pub(crate) fn detect() -> Option<Self> {
+        static SEEN: AtomicU8 = AtomicU8::new(0);
+        remembered(&SEEN, available_512).then_some(Avx512(()))
+    }
+}
+
+#[cfg(feature = "std")]
+fn available_512() -> bool {
+    std::is_x86_feature_detected!("avx512f")
+}
+
+#[cfg(not(feature = "std"))]
+fn available_512() -> bool {
+    if cfg!(target_feature = "avx512f") {
+        return true;
+    }
+    // AVX-512F needs AVX-level support (checked by `available`), CPUID leaf 7 EBX bit 16, and
+    // the OS saving the opmask and ZMM state: XCR0 bits 5, 6 and 7.
+    if !available() {
+        return false;
+    }
+    // SAFETY: `available` checked OSXSAVE, so XGETBV exists.
+    let xcr0 = unsafe { xgetbv0() };
+    xcr0 & 0b1110_0000 == 0b1110_0000 && __cpuid_count(7, 0).ebx & (1 << 16) != 0
+}
+
 /// AVX2 + FMA with 8 `f32` lanes.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Avx2F32(pub(crate) Avx2);
@@ -87,6 +136,7 @@ impl Simd for Avx2F32 {
     type V = __m256;
     type M = __m256;
     const LANES: usize = 8;
+    const TILE: usize = 6;
 
     #[inline(always)]
     fn splat(self, x: f32) -> __m256 {
@@ -161,6 +211,11 @@ impl Simd for Avx2F32 {
         unsafe { _mm256_andnot_ps(b, a) }
     }
     #[inline(always)]
+    fn all(self, m: __m256) -> bool {
+        // SAFETY: AVX, proven by the token.
+        unsafe { _mm256_movemask_ps(m) == 0xff }
+    }
+    #[inline(always)]
     fn exp(self, x: __m256) -> __m256 {
         // eˣ = 2ⁿ · eʳ with n = round(x / ln 2) and r = x − n·ln 2 (|r| ≤ ln 2 / 2, computed in
         // two steps so that it is exact to f32 precision), eʳ = 1 + r·p(r), and the result
@@ -233,6 +288,7 @@ impl Simd for Avx2F64 {
     type V = __m256d;
     type M = __m256d;
     const LANES: usize = 4;
+    const TILE: usize = 6;
 
     #[inline(always)]
     fn splat(self, x: f64) -> __m256d {
@@ -305,6 +361,11 @@ impl Simd for Avx2F64 {
         unsafe { _mm256_andnot_pd(b, a) }
     }
     #[inline(always)]
+    fn all(self, m: __m256d) -> bool {
+        // SAFETY: AVX, proven by the token.
+        unsafe { _mm256_movemask_pd(m) == 0xf }
+    }
+    #[inline(always)]
     fn exp(self, x: __m256d) -> __m256d {
         // As for f32, with a degree-10 polynomial and the exponent built in 64-bit lanes.
         let c = simd::EXP_F64;
@@ -363,6 +424,288 @@ impl Simd for Avx2F64 {
     }
 }
 
+// The AVX-512 implementations: as above, with the `Avx512` token as the proof, 16 `f32` or 8
+// `f64` lanes, mask registers for comparisons, and micro-tiles of 12 (32 vector registers).
+
+/// AVX-512F with 16 `f32` lanes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Avx512F32(pub(crate) Avx512);
+
+/// AVX-512F with 8 `f64` lanes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Avx512F64(pub(crate) Avx512);
+
+impl Simd for Avx512F32 {
+    type E = f32;
+    type V = __m512;
+    type M = __mmask16;
+    const LANES: usize = 16;
+    const TILE: usize = 12;
+
+    #[inline(always)]
+    fn splat(self, x: f32) -> __m512 {
+        // SAFETY: AVX-512F, proven by the token.
+        unsafe { _mm512_set1_ps(x) }
+    }
+    #[inline(always)]
+    fn add(self, a: __m512, b: __m512) -> __m512 {
+        // SAFETY: AVX-512F, proven by the token.
+        unsafe { _mm512_add_ps(a, b) }
+    }
+    #[inline(always)]
+    fn sub(self, a: __m512, b: __m512) -> __m512 {
+        // SAFETY: AVX-512F, proven by the token.
+        unsafe { _mm512_sub_ps(a, b) }
+    }
+    #[inline(always)]
+    fn mul(self, a: __m512, b: __m512) -> __m512 {
+        // SAFETY: AVX-512F, proven by the token.
+        unsafe { _mm512_mul_ps(a, b) }
+    }
+    #[inline(always)]
+    fn div(self, a: __m512, b: __m512) -> __m512 {
+        // SAFETY: AVX-512F, proven by the token.
+        unsafe { _mm512_div_ps(a, b) }
+    }
+    #[inline(always)]
+    fn fma(self, a: __m512, b: __m512, c: __m512) -> __m512 {
+        // SAFETY: AVX-512F, proven by the token.
+        unsafe { _mm512_fmadd_ps(a, b, c) }
+    }
+    #[inline(always)]
+    fn max(self, a: __m512, b: __m512) -> __m512 {
+        // SAFETY: AVX-512F, proven by the token. (VMAXPS returns the second operand when either
+        // is NaN.)
+        unsafe { _mm512_max_ps(a, b) }
+    }
+    #[inline(always)]
+    fn select(self, m: __mmask16, a: __m512, b: __m512) -> __m512 {
+        // SAFETY: AVX-512F, proven by the token. The blend takes the second operand where the
+        // mask is set.
+        unsafe { _mm512_mask_blend_ps(m, b, a) }
+    }
+    #[inline(always)]
+    fn keep(self, a: __m512, m: __mmask16) -> __m512 {
+        // SAFETY: AVX-512F, proven by the token.
+        unsafe { _mm512_maskz_mov_ps(m, a) }
+    }
+    #[inline(always)]
+    fn lt(self, a: __m512, b: __m512) -> __mmask16 {
+        // SAFETY: AVX-512F, proven by the token.
+        unsafe { _mm512_cmp_ps_mask::<_CMP_LT_OQ>(a, b) }
+    }
+    #[inline(always)]
+    fn ge(self, a: __m512, b: __m512) -> __mmask16 {
+        // SAFETY: AVX-512F, proven by the token.
+        unsafe { _mm512_cmp_ps_mask::<_CMP_GE_OQ>(a, b) }
+    }
+    #[inline(always)]
+    fn eq(self, a: __m512, b: __m512) -> __mmask16 {
+        // SAFETY: AVX-512F, proven by the token.
+        unsafe { _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(a, b) }
+    }
+    #[inline(always)]
+    fn and(self, a: __mmask16, b: __mmask16) -> __mmask16 {
+        a & b
+    }
+    #[inline(always)]
+    fn and_not(self, a: __mmask16, b: __mmask16) -> __mmask16 {
+        a & !b
+    }
+    #[inline(always)]
+    fn all(self, m: __mmask16) -> bool {
+        m == 0xffff
+    }
+    #[inline(always)]
+    fn exp(self, x: __m512) -> __m512 {
+        // The AVX2 algorithm (see `Avx2F32::exp`) on 16 lanes.
+        let c = simd::EXP_F32;
+        // SAFETY: AVX-512F, proven by the token.
+        unsafe {
+            let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                _mm512_mul_ps(x, _mm512_set1_ps(simd::LOG2E_F32)),
+            );
+            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(simd::LN2_HI_F32), x);
+            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(simd::LN2_LO_F32), r);
+            let mut p = _mm512_set1_ps(c[5]);
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c[4]));
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c[3]));
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c[2]));
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c[1]));
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c[0]));
+            let bits = _mm512_slli_epi32::<23>(_mm512_add_epi32(
+                _mm512_cvtps_epi32(n),
+                _mm512_set1_epi32(127),
+            ));
+            let two_n = _mm512_castsi512_ps(bits);
+            let y = _mm512_fmadd_ps(_mm512_mul_ps(r, two_n), p, two_n);
+            let tiny = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_set1_ps(simd::EXP_CUTOFF_F32));
+            _mm512_mask_blend_ps(tiny, y, _mm512_setzero_ps())
+        }
+    }
+    #[inline(always)]
+    fn reduce_add(self, v: __m512) -> f32 {
+        // SAFETY: AVX-512F, proven by the token.
+        unsafe { _mm512_reduce_add_ps(v) }
+    }
+    #[inline(always)]
+    unsafe fn load(self, p: *const f32) -> __m512 {
+        // SAFETY: AVX-512F (token); the caller guarantees 16 readable floats at `p`.
+        unsafe { _mm512_loadu_ps(p) }
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32, v: __m512) {
+        // SAFETY: AVX-512F (token); the caller guarantees 16 writable floats at `p`.
+        unsafe { _mm512_storeu_ps(p, v) }
+    }
+    #[inline(always)]
+    unsafe fn broadcast(self, p: *const f32) -> __m512 {
+        // SAFETY: AVX-512F (token); the caller guarantees `p` is readable.
+        unsafe { _mm512_set1_ps(*p) }
+    }
+    #[inline(always)]
+    unsafe fn load_bools(self, p: *const bool) -> __mmask16 {
+        // SAFETY: AVX-512F (token); the caller guarantees 16 readable bytes at `p`. Booleans
+        // are 0 or 1, widened to 32-bit lanes and tested against themselves.
+        unsafe {
+            let wide = _mm512_cvtepu8_epi32(_mm_loadu_si128(p.cast()));
+            _mm512_test_epi32_mask(wide, wide)
+        }
+    }
+}
+
+impl Simd for Avx512F64 {
+    type E = f64;
+    type V = __m512d;
+    type M = __mmask8;
+    const LANES: usize = 8;
+    const TILE: usize = 12;
+
+    #[inline(always)]
+    fn splat(self, x: f64) -> __m512d {
+        // SAFETY: AVX-512F, proven by the token.
+        unsafe { _mm512_set1_pd(x) }
+    }
+    #[inline(always)]
+    fn add(self, a: __m512d, b: __m512d) -> __m512d {
+        // SAFETY: AVX-512F, proven by the token.
+        unsafe { _mm512_add_pd(a, b) }
+    }
+    #[inline(always)]
+    fn sub(self, a: __m512d, b: __m512d) -> __m512d {
+        // SAFETY: AVX-512F, proven by the token.
+        unsafe { _mm512_sub_pd(a, b) }
+    }
+    #[inline(always)]
+    fn mul(self, a: __m512d, b: __m512d) -> __m512d {
+        // SAFETY: AVX-512F, proven by the token.
+        unsafe { _mm512_mul_pd(a, b) }
+    }
+    #[inline(always)]
+    fn div(self, a: __m512d, b: __m512d) -> __m512d {
+        // SAFETY: AVX-512F, proven by the token.
+        unsafe { _mm512_div_pd(a, b) }
+    }
+    #[inline(always)]
+    fn fma(self, a: __m512d, b: __m512d, c: __m512d) -> __m512d {
+        // SAFETY: AVX-512F, proven by the token.
+        unsafe { _mm512_fmadd_pd(a, b, c) }
+    }
+    #[inline(always)]
+    fn max(self, a: __m512d, b: __m512d) -> __m512d {
+        // SAFETY: AVX-512F, proven by the token.
+        unsafe { _mm512_max_pd(a, b) }
+    }
+    #[inline(always)]
+    fn select(self, m: __mmask8, a: __m512d, b: __m512d) -> __m512d {
+        // SAFETY: AVX-512F, proven by the token.
+        unsafe { _mm512_mask_blend_pd(m, b, a) }
+    }
+    #[inline(always)]
+    fn keep(self, a: __m512d, m: __mmask8) -> __m512d {
+        // SAFETY: AVX-512F, proven by the token.
+        unsafe { _mm512_maskz_mov_pd(m, a) }
+    }
+    #[inline(always)]
+    fn lt(self, a: __m512d, b: __m512d) -> __mmask8 {
+        // SAFETY: AVX-512F, proven by the token.
+        unsafe { _mm512_cmp_pd_mask::<_CMP_LT_OQ>(a, b) }
+    }
+    #[inline(always)]
+    fn ge(self, a: __m512d, b: __m512d) -> __mmask8 {
+        // SAFETY: AVX-512F, proven by the token.
+        unsafe { _mm512_cmp_pd_mask::<_CMP_GE_OQ>(a, b) }
+    }
+    #[inline(always)]
+    fn eq(self, a: __m512d, b: __m512d) -> __mmask8 {
+        // SAFETY: AVX-512F, proven by the token.
+        unsafe { _mm512_cmp_pd_mask::<_CMP_EQ_OQ>(a, b) }
+    }
+    #[inline(always)]
+    fn and(self, a: __mmask8, b: __mmask8) -> __mmask8 {
+        a & b
+    }
+    #[inline(always)]
+    fn and_not(self, a: __mmask8, b: __mmask8) -> __mmask8 {
+        a & !b
+    }
+    #[inline(always)]
+    fn all(self, m: __mmask8) -> bool {
+        m == 0xff
+    }
+    #[inline(always)]
+    fn exp(self, x: __m512d) -> __m512d {
+        // The f64 algorithm of `Avx2F64::exp` on 8 lanes.
+        let c = simd::EXP_F64;
+        // SAFETY: AVX-512F, proven by the token.
+        unsafe {
+            let n = _mm512_roundscale_pd::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                _mm512_mul_pd(x, _mm512_set1_pd(simd::LOG2E_F64)),
+            );
+            let r = _mm512_fnmadd_pd(n, _mm512_set1_pd(simd::LN2_HI_F64), x);
+            let r = _mm512_fnmadd_pd(n, _mm512_set1_pd(simd::LN2_LO_F64), r);
+            let mut p = _mm512_set1_pd(c[10]);
+            for &ci in c[..10].iter().rev() {
+                p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(ci));
+            }
+            let ni = _mm512_cvtepi32_epi64(_mm512_cvtpd_epi32(n));
+            let bits = _mm512_slli_epi64::<52>(_mm512_add_epi64(ni, _mm512_set1_epi64(1023)));
+            let two_n = _mm512_castsi512_pd(bits);
+            let y = _mm512_fmadd_pd(_mm512_mul_pd(r, two_n), p, two_n);
+            let tiny = _mm512_cmp_pd_mask::<_CMP_LT_OQ>(x, _mm512_set1_pd(simd::EXP_CUTOFF_F64));
+            _mm512_mask_blend_pd(tiny, y, _mm512_setzero_pd())
+        }
+    }
+    #[inline(always)]
+    fn reduce_add(self, v: __m512d) -> f64 {
+        // SAFETY: AVX-512F, proven by the token.
+        unsafe { _mm512_reduce_add_pd(v) }
+    }
+    #[inline(always)]
+    unsafe fn load(self, p: *const f64) -> __m512d {
+        // SAFETY: AVX-512F (token); the caller guarantees 8 readable doubles at `p`.
+        unsafe { _mm512_loadu_pd(p) }
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f64, v: __m512d) {
+        // SAFETY: AVX-512F (token); the caller guarantees 8 writable doubles at `p`.
+        unsafe { _mm512_storeu_pd(p, v) }
+    }
+    #[inline(always)]
+    unsafe fn broadcast(self, p: *const f64) -> __m512d {
+        // SAFETY: AVX-512F (token); the caller guarantees `p` is readable.
+        unsafe { _mm512_set1_pd(*p) }
+    }
+    #[inline(always)]
+    unsafe fn load_bools(self, p: *const bool) -> __mmask8 {
+        // SAFETY: AVX-512F (token); the caller guarantees 8 readable bytes at `p`.
+        unsafe {
+            let wide = _mm512_cvtepu8_epi64(_mm_loadl_epi64(p.cast()));
+            _mm512_test_epi64_mask(wide, wide)
+        }
+    }
+}
+
 // ---- Kernel entry points: the generic kernels compiled with AVX2 and FMA enabled ----------
 //
 // Each is a safe `#[target_feature]` function taking the token; calling it needs `unsafe`
@@ -370,26 +713,27 @@ impl Simd for Avx2F64 {
 // arguments is the proof that the CPU has them.
 
 macro_rules! entry_points {
-    ($e:ty, $simd:ident, $linear:ident, $attention:ident, $weights:ident) => {
-        #[target_feature(enable = "avx2,fma")]
+    ($feature:literal, $token:ty, $e:ty, $simd:ident, $linear:ident, $attention:ident, $weights:ident) => {
+        #[target_feature(enable = $feature)]
         #[allow(clippy::too_many_arguments)]
         pub(crate) fn $linear(
-            token: Avx2,
+            token: $token,
             io: LinearIo<'_, $e>,
             s: usize,
             din: usize,
-            w_t: &[$e],
+            w: &[$e],
+            ldw: usize,
             dout: usize,
             bias: &[$e],
             pack: &mut [$e],
         ) {
-            vector::linear($simd(token), io, s, din, w_t, dout, bias, pack)
+            vector::linear($simd(token), io, s, din, w, ldw, dout, bias, pack)
         }
 
-        #[target_feature(enable = "avx2,fma")]
+        #[target_feature(enable = $feature)]
         #[allow(clippy::too_many_arguments)]
         pub(crate) fn $attention(
-            token: Avx2,
+            token: $token,
             q: &[$e],
             k: &[$e],
             v: &[$e],
@@ -399,14 +743,14 @@ macro_rules! entry_points {
             out: &mut [$e],
             work: WorkRef<'_, $e>,
             vscale: $e,
-        ) {
+        ) -> bool {
             vector::attention($simd(token), q, k, v, dims, scale, mask, out, work, vscale)
         }
 
-        #[target_feature(enable = "avx2,fma")]
+        #[target_feature(enable = $feature)]
         #[allow(clippy::too_many_arguments)]
         pub(crate) fn $weights(
-            token: Avx2,
+            token: $token,
             q: &[$e],
             k: &[$e],
             v: &[$e],
@@ -421,8 +765,42 @@ macro_rules! entry_points {
     };
 }
 
-entry_points!(f32, Avx2F32, linear_f32, attention_f32, weights_f32);
-entry_points!(f64, Avx2F64, linear_f64, attention_f64, weights_f64);
+entry_points!(
+    "avx2,fma",
+    Avx2,
+    f32,
+    Avx2F32,
+    linear_f32,
+    attention_f32,
+    weights_f32
+);
+entry_points!(
+    "avx2,fma",
+    Avx2,
+    f64,
+    Avx2F64,
+    linear_f64,
+    attention_f64,
+    weights_f64
+);
+entry_points!(
+    "avx512f",
+    Avx512,
+    f32,
+    Avx512F32,
+    linear512_f32,
+    attention512_f32,
+    weights512_f32
+);
+entry_points!(
+    "avx512f",
+    Avx512,
+    f64,
+    Avx512F64,
+    linear512_f64,
+    attention512_f64,
+    weights512_f64
+);
 
 /// `exp` over a slice with AVX2 (the benchmarks' and tests' view of the vector `exp`).
 #[target_feature(enable = "avx2,fma")]
@@ -434,4 +812,210 @@ pub(crate) fn exp_f32(token: Avx2, xs: &mut [f32]) {
 #[target_feature(enable = "avx2,fma")]
 pub(crate) fn exp_f64(token: Avx2, xs: &mut [f64]) {
     vector::exp_slice(Avx2F64(token), xs);
+}
+
+/// `exp` over a slice with AVX-512F.
+#[target_feature(enable = "avx512f")]
+pub(crate) fn exp512_f32(token: Avx512, xs: &mut [f32]) {
+    vector::exp_slice(Avx512F32(token), xs);
+}
+
+/// `exp` over a slice of `f64` with AVX-512F.
+#[target_feature(enable = "avx512f")]
+pub(crate) fn exp512_f64(token: Avx512, xs: &mut [f64]) {
+    vector::exp_slice(Avx512F64(token), xs);
+}
+
+// ---- Dispatch: the crate's generic scalar `T` to the entry point of the kernel and type ----
+//
+// The crate's two scalar types are sealed (`f32` and `f64`), so `T::BYTES == 4` means `f32`;
+// `bytemuck::cast_slice` reinterprets the slices (checking sizes and alignment, which hold).
+
+use super::Kernel;
+use crate::Float;
+
+macro_rules! cast {
+    ($e:ty, $x:expr) => {
+        bytemuck::cast_slice::<_, $e>($x)
+    };
+    (mut $e:ty, $x:expr) => {
+        bytemuck::cast_slice_mut::<_, $e>($x)
+    };
+}
+
+/// The mask view with its additive part reinterpreted as `E`.
+fn mask_as<'a, T: Float, E: Float>(m: &MaskView<'a, T>) -> MaskView<'a, E> {
+    MaskView {
+        additive: m.additive.map(|a| bytemuck::cast_slice::<T, E>(a)),
+        pattern: m.pattern,
+        sq: m.sq,
+        skv: m.skv,
+        q_offset: m.q_offset,
+        sq_total: m.sq_total,
+        attend: m.attend,
+        block: m.block,
+        pad: m.pad,
+    }
+}
+
+fn io_as<'a, T: Float, E: Float>(io: LinearIo<'a, T>) -> LinearIo<'a, E> {
+    match io {
+        LinearIo::Out { x, out } => LinearIo::Out {
+            x: cast!(E, x),
+            out: cast!(mut E, out),
+        },
+        LinearIo::InPlace(b) => LinearIo::InPlace(cast!(mut E, b)),
+    }
+}
+
+fn work_as<'a, T: Float, E: Float>(w: WorkRef<'a, T>) -> WorkRef<'a, E> {
+    WorkRef {
+        acc: cast!(mut E, w.acc),
+        p: cast!(mut E, w.p),
+        allowed: cast!(mut E, w.allowed),
+    }
+}
+
+/// The token of an x86 kernel the caller selected (so detected as supported).
+fn token<K>(detected: Option<K>) -> K {
+    detected.expect("the selected kernel runs on this CPU")
+}
+
+/// `kernels::linear` on an x86 kernel.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn linear<T: Float>(
+    kernel: Kernel,
+    io: LinearIo<'_, T>,
+    s: usize,
+    din: usize,
+    w: &[T],
+    ldw: usize,
+    dout: usize,
+    bias: &[T],
+    pack: &mut [T],
+) {
+    macro_rules! go {
+        ($f:ident, $tok:expr, $e:ty) => {
+            // SAFETY: the token proves the instruction set, the only requirement of the
+            // `#[target_feature]` entry point.
+            unsafe {
+                $f(
+                    $tok,
+                    io_as(io),
+                    s,
+                    din,
+                    cast!($e, w),
+                    ldw,
+                    dout,
+                    cast!($e, bias),
+                    cast!(mut $e, pack),
+                )
+            }
+        };
+    }
+    match (kernel, T::BYTES == 4) {
+        (Kernel::Avx512, true) => go!(linear512_f32, token(Avx512::detect()), f32),
+        (Kernel::Avx512, false) => go!(linear512_f64, token(Avx512::detect()), f64),
+        (_, true) => go!(linear_f32, token(Avx2::detect()), f32),
+        (_, false) => go!(linear_f64, token(Avx2::detect()), f64),
+    }
+}
+
+/// `kernels::attention` (one pass) on an x86 kernel; whether every output is finite.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attention<T: Float>(
+    kernel: Kernel,
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    dims: Dims,
+    scale: T,
+    mask: &MaskView<'_, T>,
+    out: &mut [T],
+    work: WorkRef<'_, T>,
+    vscale: T,
+) -> bool {
+    macro_rules! go {
+        ($f:ident, $tok:expr, $e:ty) => {
+            // SAFETY: the token proves the instruction set.
+            unsafe {
+                $f(
+                    $tok,
+                    cast!($e, q),
+                    cast!($e, k),
+                    cast!($e, v),
+                    dims,
+                    <$e>::of(scale.to_f64()),
+                    &mask_as(mask),
+                    cast!(mut $e, out),
+                    work_as(work),
+                    <$e>::of(vscale.to_f64()),
+                )
+            }
+        };
+    }
+    match (kernel, T::BYTES == 4) {
+        (Kernel::Avx512, true) => go!(attention512_f32, token(Avx512::detect()), f32),
+        (Kernel::Avx512, false) => go!(attention512_f64, token(Avx512::detect()), f64),
+        (_, true) => go!(attention_f32, token(Avx2::detect()), f32),
+        (_, false) => go!(attention_f64, token(Avx2::detect()), f64),
+    }
+}
+
+/// `kernels::attention_with_weights` on an x86 kernel.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attention_with_weights<T: Float>(
+    kernel: Kernel,
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    dims: Dims,
+    scale: T,
+    mask: &MaskView<'_, T>,
+    out: &mut [T],
+    weights: &mut [T],
+) {
+    macro_rules! go {
+        ($f:ident, $tok:expr, $e:ty) => {
+            // SAFETY: the token proves the instruction set.
+            unsafe {
+                $f(
+                    $tok,
+                    cast!($e, q),
+                    cast!($e, k),
+                    cast!($e, v),
+                    dims,
+                    <$e>::of(scale.to_f64()),
+                    &mask_as(mask),
+                    cast!(mut $e, out),
+                    cast!(mut $e, weights),
+                )
+            }
+        };
+    }
+    match (kernel, T::BYTES == 4) {
+        (Kernel::Avx512, true) => go!(weights512_f32, token(Avx512::detect()), f32),
+        (Kernel::Avx512, false) => go!(weights512_f64, token(Avx512::detect()), f64),
+        (_, true) => go!(weights_f32, token(Avx2::detect()), f32),
+        (_, false) => go!(weights_f64, token(Avx2::detect()), f64),
+    }
+}
+
+/// `kernels::exp_in_place` on an x86 kernel.
+pub(crate) fn exp_in_place<T: Float>(kernel: Kernel, xs: &mut [T]) {
+    // SAFETY (each arm): the token proves the instruction set.
+    match (kernel, T::BYTES == 4) {
+        // SAFETY: the token proves AVX-512F.
+        (Kernel::Avx512, true) => unsafe {
+            exp512_f32(token(Avx512::detect()), cast!(mut f32, xs))
+        },
+        // SAFETY: the token proves AVX-512F.
+        (Kernel::Avx512, false) => unsafe {
+            exp512_f64(token(Avx512::detect()), cast!(mut f64, xs))
+        },
+        // SAFETY: the token proves AVX2 and FMA.
+        (_, true) => unsafe { exp_f32(token(Avx2::detect()), cast!(mut f32, xs)) },
+        // SAFETY: the token proves AVX2 and FMA.
+        (_, false) => unsafe { exp_f64(token(Avx2::detect()), cast!(mut f64, xs)) },
+    }
 }
