@@ -14,7 +14,6 @@
 //! [`crate::SelfAttention::from_seed`]) use [`SeedRng`], rand's `Xoshiro256PlusPlus`, which
 //! gives the same stream on every platform, so a caller needs no `rand` dependency of its own.
 
-use nalgebra::SMatrix;
 use rand::{Rng, RngExt};
 
 use crate::Float;
@@ -45,16 +44,17 @@ pub fn out_proj_bound(dim: usize) -> f64 {
     1.0 / crate::float::math::sqrt(dim as f64)
 }
 
-/// Fills the weight `w` (`OUT × IN`) with `U(−bound, bound)` samples in the row-major order
-/// of PyTorch's `weight` (row by row), so a seed gives the same weights whatever the storage.
-pub(crate) fn fill_uniform<T: Float, R: Rng + ?Sized, const OUT: usize, const IN: usize>(
-    w: &mut SMatrix<T, OUT, IN>,
+/// Fills the weight of `l` (`OUT × IN`) with `U(−bound, bound)` samples in the row-major
+/// order of PyTorch's `weight` (row by row), so a seed gives the same weights whatever the
+/// storage.
+pub(crate) fn fill_uniform<T: Float, R: Rng + ?Sized, const IN: usize, const OUT: usize>(
+    l: &mut crate::Linear<IN, OUT, T>,
     bound: f64,
     rng: &mut R,
 ) {
     for n in 0..OUT {
         for p in 0..IN {
-            w[(n, p)] = T::of(rng.random_range(-bound..bound));
+            l.set_weight_at(n, p, T::of(rng.random_range(-bound..bound)));
         }
     }
 }
@@ -68,7 +68,7 @@ pub(crate) fn reset_in_projection<T: Float, R: Rng + ?Sized, const DIM: usize>(
 ) {
     let a = in_proj_bound(DIM);
     for l in projections {
-        fill_uniform(l.weight_mut(), a, rng);
+        fill_uniform(l, a, rng);
         l.set_zero_bias(bias);
     }
 }

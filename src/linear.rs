@@ -7,16 +7,32 @@ use crate::{Float, kernels};
 /// Input features per panel of [`Linear::forward_into`]'s stack buffer.
 const PANEL_DEPTH: usize = 64;
 
+/// Output features per tile of the stored weight layout (see [`Linear`]).
+pub(crate) const WEIGHT_TILE: usize = 12;
+
+/// Where `W[n, p]` lives in a `dout × din` weight stored in tiles (see [`Linear`]).
+#[inline(always)]
+#[must_use]
+pub(crate) const fn tiled_index(n: usize, p: usize, din: usize, dout: usize) -> usize {
+    let full = dout / WEIGHT_TILE * WEIGHT_TILE;
+    if n < full {
+        ((n / WEIGHT_TILE) * din + p) * WEIGHT_TILE + n % WEIGHT_TILE
+    } else {
+        full * din + p * (dout - full) + (n - full)
+    }
+}
+
 /// A linear map from `IN` to `OUT` features, `y = x Wᵀ + b`, exactly as PyTorch's `nn.Linear`.
 ///
 /// `T` is the scalar type, `f32` unless named (`Linear<IN, OUT, f64>`).
 ///
-/// `W` is `OUT × IN` (PyTorch's `weight`), `b` has `OUT` entries. `W` is stored as an
-/// `SMatrix<T, OUT, IN>`, column-major: the `OUT` weights that read input feature `p` are
-/// contiguous, which is what the projection kernels stream through (PyTorch's row-major
-/// `weight` is its transpose in memory). [`Linear::from_rows`] is a `const fn` that takes
-/// PyTorch's row-major array and lays it out at compile time, so a `static` layer keeps its
-/// weights in read-only memory.
+/// `W` is `OUT × IN` (PyTorch's `weight`), `b` has `OUT` entries. `W` is stored the way the
+/// projection kernels read it, packed once at construction instead of on every call: in tiles
+/// of 12 output features, each tile `IN` rows of 12 consecutive weights (the last tile holds the
+/// remaining `OUT mod 12` features the same way). The layout is internal: read and write `W`
+/// through [`Linear::weight`], [`Linear::weight_at`] and [`Linear::set_weight`].
+/// [`Linear::from_rows`] is a `const fn` that takes PyTorch's row-major array and packs it at
+/// compile time, so a `static` layer keeps its weights, packed, in read-only memory.
 ///
 /// ```
 /// use nalgebra::SMatrix;
@@ -26,30 +42,33 @@ const PANEL_DEPTH: usize = 64;
 /// const L: Linear<2, 3> = Linear::from_rows([[1., 2.], [3., 4.], [5., 6.]], [0., 0., 1.]);
 /// let x = SMatrix::<f32, 1, 2>::new(1.0, 1.0);
 /// assert_eq!(L.forward(&x), SMatrix::<f32, 1, 3>::new(3.0, 7.0, 12.0));
+/// assert_eq!(L.weight_at(2, 0), 5.0);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, bytemuck::Zeroable)]
 #[repr(C)]
 #[zeroable(bound = "T: crate::Float")]
 pub struct Linear<const IN: usize, const OUT: usize, T = f32> {
-    weight: SMatrix<T, OUT, IN>,
+    /// `W` in tiles (`IN · OUT` values; the nesting of the array is only its size).
+    weight: [[T; OUT]; IN],
     bias: SVector<T, OUT>,
     has_bias: bool,
 }
 
 impl<const IN: usize, const OUT: usize, T: Float> Linear<IN, OUT, T> {
-    /// `W` in the stored layout (columns of `OUT`) from PyTorch's row-major `weight[OUT][IN]`.
-    const fn columns(weight: &[[T; IN]; OUT]) -> SMatrix<T, OUT, IN> {
-        let mut cols = [[T::ZERO; OUT]; IN];
+    /// `W` in the stored layout from PyTorch's row-major `weight[OUT][IN]`.
+    const fn tiles(weight: &[[T; IN]; OUT]) -> [[T; OUT]; IN] {
+        let mut packed = [[T::ZERO; OUT]; IN];
         let mut n = 0;
         while n < OUT {
             let mut p = 0;
             while p < IN {
-                cols[p][n] = weight[n][p];
+                let at = tiled_index(n, p, IN, OUT);
+                packed[at / OUT][at % OUT] = weight[n][p];
                 p += 1;
             }
             n += 1;
         }
-        SMatrix::from_array_storage(nalgebra::ArrayStorage(cols))
+        packed
     }
 
     /// Builds the map from PyTorch's row-major `weight[OUT][IN]` and `bias[OUT]` (a
@@ -57,7 +76,7 @@ impl<const IN: usize, const OUT: usize, T: Float> Linear<IN, OUT, T> {
     #[must_use]
     pub const fn from_rows(weight: [[T; IN]; OUT], bias: [T; OUT]) -> Self {
         Self {
-            weight: Self::columns(&weight),
+            weight: Self::tiles(&weight),
             bias: SMatrix::from_array_storage(nalgebra::ArrayStorage([bias])),
             has_bias: true,
         }
@@ -67,7 +86,7 @@ impl<const IN: usize, const OUT: usize, T: Float> Linear<IN, OUT, T> {
     #[must_use]
     pub const fn from_rows_without_bias(weight: [[T; IN]; OUT]) -> Self {
         Self {
-            weight: Self::columns(&weight),
+            weight: Self::tiles(&weight),
             bias: SMatrix::from_array_storage(nalgebra::ArrayStorage([[T::ZERO; OUT]])),
             has_bias: false,
         }
@@ -77,13 +96,13 @@ impl<const IN: usize, const OUT: usize, T: Float> Linear<IN, OUT, T> {
     #[must_use]
     pub const fn zeros() -> Self {
         Self {
-            weight: SMatrix::from_array_storage(nalgebra::ArrayStorage([[T::ZERO; OUT]; IN])),
+            weight: [[T::ZERO; OUT]; IN],
             bias: SMatrix::from_array_storage(nalgebra::ArrayStorage([[T::ZERO; OUT]])),
             has_bias: false,
         }
     }
 
-    /// A map with weights drawn from `U(−bound, bound)` (in the storage order of PyTorch's
+    /// A map with weights drawn from `U(−bound, bound)` (in the row-major order of PyTorch's
     /// `weight`) and a zero or absent bias.
     pub(crate) fn random<R: rand::Rng + ?Sized>(
         rng: &mut R,
@@ -91,7 +110,7 @@ impl<const IN: usize, const OUT: usize, T: Float> Linear<IN, OUT, T> {
         bias: crate::Bias,
     ) -> Self {
         let mut l = Self::zeros();
-        crate::init::fill_uniform(&mut l.weight, bound, rng);
+        crate::init::fill_uniform(&mut l, bound, rng);
         l.set_zero_bias(bias);
         l
     }
@@ -99,24 +118,59 @@ impl<const IN: usize, const OUT: usize, T: Float> Linear<IN, OUT, T> {
     /// Builds the map from `W` (`OUT × IN`) and an optional bias.
     #[must_use]
     pub fn from_matrix(weight: &SMatrix<T, OUT, IN>, bias: Option<&SVector<T, OUT>>) -> Self {
-        Self {
-            weight: *weight,
-            bias: bias.copied().unwrap_or_else(SVector::zeros),
-            has_bias: bias.is_some(),
+        let mut l = Self::zeros();
+        l.set_weight(weight);
+        l.set_bias(bias);
+        l
+    }
+
+    /// The weight `W` (`OUT × IN`), PyTorch's `weight`, as a matrix (a copy: `OUT · IN`
+    /// scalars by value; see [`Linear::weight_into`] for large maps).
+    #[must_use]
+    pub fn weight(&self) -> SMatrix<T, OUT, IN> {
+        let mut w = crate::scratch::zero_matrix();
+        self.weight_into(&mut w);
+        w
+    }
+
+    /// Copies `W` into `w`.
+    pub fn weight_into(&self, w: &mut SMatrix<T, OUT, IN>) {
+        for p in 0..IN {
+            for n in 0..OUT {
+                w[(n, p)] = self.weight_at(n, p);
+            }
         }
     }
 
-    /// The weight `W` (`OUT × IN`), PyTorch's `weight`.
+    /// `W[n, p]`, the weight from input feature `p` to output feature `n`. Panics if `n ≥ OUT`
+    /// or `p ≥ IN`.
+    #[inline]
     #[must_use]
-    pub const fn weight(&self) -> &SMatrix<T, OUT, IN> {
-        &self.weight
+    pub fn weight_at(&self, n: usize, p: usize) -> T {
+        assert!(n < OUT && p < IN, "weight index out of range");
+        self.weight.as_flattened()[tiled_index(n, p, IN, OUT)]
     }
 
-    /// Mutable `W` (`OUT × IN`).
-    pub fn weight_mut(&mut self) -> &mut SMatrix<T, OUT, IN> {
-        &mut self.weight
+    /// Sets `W[n, p]`. Panics if `n ≥ OUT` or `p ≥ IN`.
+    #[inline]
+    pub fn set_weight_at(&mut self, n: usize, p: usize, value: T) {
+        assert!(n < OUT && p < IN, "weight index out of range");
+        self.weight.as_flattened_mut()[tiled_index(n, p, IN, OUT)] = value;
     }
 
+    /// Replaces `W` (`OUT × IN`).
+    pub fn set_weight(&mut self, w: &SMatrix<T, OUT, IN>) {
+        for p in 0..IN {
+            for n in 0..OUT {
+                self.set_weight_at(n, p, w[(n, p)]);
+            }
+        }
+    }
+
+    /// The stored weights, in the kernels' tile layout.
+    pub(crate) fn weight_tiles(&self) -> &[T] {
+        self.weight.as_flattened()
+    }
     /// The bias, or `None` for a map built without one.
     #[must_use]
     pub const fn bias(&self) -> Option<&SVector<T, OUT>> {
@@ -182,8 +236,7 @@ impl<const IN: usize, const OUT: usize, T: Float> Linear<IN, OUT, T> {
             kernels::LinearIo::Out { x, out: y },
             s,
             IN,
-            self.weight.as_slice(),
-            OUT,
+            self.weight_tiles(),
             OUT,
             self.bias.as_slice(),
             pack,

@@ -172,7 +172,7 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
     /// whether the layer has (zero) biases.
     pub fn reset_parameters<R: Rng + ?Sized>(&mut self, rng: &mut R, bias: Bias) {
         init::reset_in_projection([&mut self.q, &mut self.k, &mut self.v], bias, rng);
-        init::fill_uniform(self.out.weight_mut(), init::out_proj_bound(DIM), rng);
+        init::fill_uniform(&mut self.out, init::out_proj_bound(DIM), rng);
         self.out.set_zero_bias(bias);
     }
 

@@ -13,12 +13,14 @@ use rayon::prelude::*;
 
 use crate::batch::{BatchError, check, mask_of};
 use crate::kernels::{self, Dims, LinearIo, MaskView, PANEL_ROWS, Work};
+use crate::linear::WEIGHT_TILE;
 use crate::mask::Additive;
 use crate::{Float, Linear, Mask, MultiHead, Scratch, sdpa::default_scale};
 
 /// `out[:, j0 .. j0 + n] = x · W[j0 .. j0 + n, :]ᵀ + b[j0 .. j0 + n]` for `s` tokens: the
-/// output columns of one task (contiguous in column-major `out`; rows `j0 ..` of `W`, read
-/// with its leading dimension).
+/// output columns of one task (contiguous in column-major `out`). `j0` is a multiple of the
+/// weights' 12-feature tiles, so rows `j0 ..` of `W` are the stored values from `j0 · DIM`
+/// on, in the same layout.
 fn project_columns<const DIM: usize, T: Float>(
     lin: &Linear<DIM, DIM, T>,
     x: &[T],
@@ -32,19 +34,18 @@ fn project_columns<const DIM: usize, T: Float>(
         LinearIo::Out { x, out: out_cols },
         s,
         DIM,
-        &lin.weight().as_slice()[j0..],
-        DIM,
+        &lin.weight_tiles()[j0 * DIM..],
         n,
         &lin.bias_slice()[j0..j0 + n],
         pack,
     );
 }
 
-/// Columns per projection task: about `DIM / (2 · threads)`, a multiple of the 6-wide
-/// micro-tile.
+/// Columns per projection task: about `DIM / (2 · threads)`, a multiple of the weights'
+/// 12-feature tiles.
 fn column_chunk(dim: usize) -> usize {
     let tasks = 2 * rayon::current_num_threads().max(1);
-    dim.div_ceil(tasks).div_ceil(6).max(1) * 6
+    dim.div_ceil(tasks).div_ceil(WEIGHT_TILE).max(1) * WEIGHT_TILE
 }
 
 impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T> MultiHead<SEQ, DIM, HEADS, T>

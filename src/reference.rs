@@ -137,7 +137,7 @@ pub fn multi_head<
 ) -> (SMatrix<T, SQ, DIM>, Vec<SMatrix<T, SQ, SKV>>) {
     let d_k = DIM / HEADS;
     let project = |x: &DMatrix<T>, l: &crate::Linear<DIM, DIM, T>| {
-        let w = DMatrix::from_column_slice(DIM, DIM, l.weight().as_slice());
+        let w = DMatrix::from_fn(DIM, DIM, |n, p| l.weight_at(n, p));
         let b = DMatrix::from_column_slice(1, DIM, l.bias_or_zero().as_slice());
         let mut y = x * w.transpose();
         for mut row in y.row_iter_mut() {

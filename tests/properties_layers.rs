@@ -235,7 +235,7 @@ fn mha_weights_times_values<const S: usize, const D: usize, const H: usize>(
             let head = to64(w.head(h)) * vp.columns(h * dk, dk);
             concat.columns_mut(h * dk, dk).copy_from(&head);
         }
-        let wo = to64(layer.out_proj().weight());
+        let wo = to64(&layer.out_proj().weight());
         let bo = to64(&out_bias(layer));
         let want = SMatrix::<f64, S, D>::from_fn(|i, e| {
             (concat.row(i) * wo.row(e).transpose())[0] + bo[e]

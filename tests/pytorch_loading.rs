@@ -121,7 +121,7 @@ fn f32_and_f64_files_load_into_either_type() {
     let native = MultiHead::<5, 12, 3, f32>::from_safetensors(&f32_file, "").unwrap();
     assert_eq!(
         widened.q_proj().weight().cast::<f32>(),
-        *native.q_proj().weight(),
+        native.q_proj().weight(),
         "f32 → f64 is exact"
     );
 }

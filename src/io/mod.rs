@@ -591,8 +591,7 @@ impl<'a, T: Float> CheckedLinear<'a, T> {
     /// Copies the parameters into `l`; cannot fail.
     pub(crate) fn write<const IN: usize, const OUT: usize>(&self, l: &mut Linear<IN, OUT, T>) {
         debug_assert!(self.weight.len() >= self.weight_start + IN * OUT);
-        // PyTorch's `weight[OUT][IN]` is row-major; the map stores `W` column-major.
-        let w = l.weight_mut();
+        // PyTorch's `weight[OUT][IN]` is row-major; the map stores `W` in its own layout.
         let mut row = [T::ZERO; 64];
         for n in 0..OUT {
             let mut p0 = 0;
@@ -601,7 +600,7 @@ impl<'a, T: Float> CheckedLinear<'a, T> {
                 self.weight
                     .copy_to(self.weight_start + n * IN + p0, &mut row[..len]);
                 for (p, &x) in row[..len].iter().enumerate() {
-                    w[(n, p0 + p)] = x;
+                    l.set_weight_at(n, p0 + p, x);
                 }
                 p0 += len;
             }

@@ -300,11 +300,7 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
                 ]),
             ));
         }
-        tensors.push((
-            "out_proj.weight",
-            std::vec![DIM, DIM],
-            row_major(o),
-        ));
+        tensors.push(("out_proj.weight", std::vec![DIM, DIM], row_major(o)));
         if self.has_bias() {
             tensors.push((
                 "out_proj.bias",
@@ -426,9 +422,8 @@ impl core::error::Error for SaveError {}
 
 /// A map's weight in PyTorch's row-major order (`weight[OUT][IN]`).
 fn row_major<const IN: usize, const OUT: usize, T: Float>(l: &crate::Linear<IN, OUT, T>) -> Vec<T> {
-    let w = l.weight();
     (0..OUT)
-        .flat_map(|n| (0..IN).map(move |p| w[(n, p)]))
+        .flat_map(|n| (0..IN).map(move |p| l.weight_at(n, p)))
         .collect()
 }
 

@@ -372,26 +372,25 @@ impl<T> WorkRef<'_, T> {
 /// of every input feature.
 pub(crate) const PANEL_ROWS: usize = MQ_MAX;
 
-/// `out = x · Wᵀ + b` (or in place) for `s` tokens, column-major. `W` is `dout × din` with
-/// `W[n, p] = w[n + p·ldw]` (a column-major weight, or `dout` of its rows); `pack` is working
-/// memory (see `vector::linear`; in place it must hold [`PANEL_ROWS`] × `din` values).
-#[allow(clippy::too_many_arguments)]
+/// `out = x · Wᵀ + b` (or in place) for `s` tokens, column-major. `W` is `dout × din` in the
+/// tile layout of [`crate::Linear`] (`W[n, p] = w[tiled_index(n, p, din, dout)]`); `pack` is
+/// working memory (see `vector::linear`; in place it must hold [`PANEL_ROWS`] × `din`
+/// values).
 pub(crate) fn linear<T: Float>(
     io: LinearIo<'_, T>,
     s: usize,
     din: usize,
     w: &[T],
-    ldw: usize,
     dout: usize,
     bias: &[T],
     pack: &mut [T],
 ) {
     match selected() {
-        Kernel::Scalar => scalar::linear(io, s, din, w, ldw, dout, bias, pack),
+        Kernel::Scalar => scalar::linear(io, s, din, w, dout, bias, pack),
         #[cfg(target_arch = "x86_64")]
-        k => x86::linear(k, io, s, din, w, ldw, dout, bias, pack),
+        k => x86::linear(k, io, s, din, w, dout, bias, pack),
         #[cfg(not(target_arch = "x86_64"))]
-        _ => scalar::linear(io, s, din, w, ldw, dout, bias, pack),
+        _ => scalar::linear(io, s, din, w, dout, bias, pack),
     }
 }
 

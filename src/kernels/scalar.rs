@@ -4,26 +4,26 @@
 
 use super::{Dims, LinearIo, MQ_MAX, MaskView, PANEL_ROWS, WorkRef};
 use crate::Float;
+use crate::linear::tiled_index;
 
 /// Rows of queries the streaming kernel processes together.
 const BLOCK_Q: usize = 8;
 
-/// `out[s × dout] = x[s × din] · Wᵀ + b` (column-major; `W[c][d] = w[c + d·ldw]`), or the
-/// same in place, a panel of [`PANEL_ROWS`] rows at a time copied into `pack` first.
-#[allow(clippy::too_many_arguments)]
+/// `out[s × dout] = x[s × din] · Wᵀ + b` (column-major; `W` in the tile layout of
+/// [`crate::Linear`]), or the same in place, a panel of [`PANEL_ROWS`] rows at a time copied
+/// into `pack` first.
 pub(crate) fn linear<T: Float>(
     io: LinearIo<'_, T>,
     s: usize,
     din: usize,
     w: &[T],
-    ldw: usize,
     dout: usize,
     bias: &[T],
     pack: &mut [T],
 ) {
-    assert!(dout <= ldw && (din == 0 || w.len() >= (din - 1) * ldw + dout));
+    assert!(w.len() >= din * dout);
     match io {
-        LinearIo::Out { x, out } => linear_out(x, s, din, w, ldw, dout, bias, out),
+        LinearIo::Out { x, out } => linear_out(x, s, din, w, dout, bias, out),
         LinearIo::InPlace(buf) => {
             assert!(din == dout && buf.len() >= s * din && pack.len() >= PANEL_ROWS * din);
             let mut i0 = 0;
@@ -38,7 +38,7 @@ pub(crate) fn linear<T: Float>(
                     for r in 0..rows {
                         let mut acc = bias[c];
                         for d in 0..din {
-                            acc += pack[d * PANEL_ROWS + r] * w[c + d * ldw];
+                            acc += pack[d * PANEL_ROWS + r] * w[tiled_index(c, d, din, dout)];
                         }
                         buf[i0 + r + c * s] = acc;
                     }
@@ -50,13 +50,11 @@ pub(crate) fn linear<T: Float>(
 }
 
 /// [`linear`] with separate input and output.
-#[allow(clippy::too_many_arguments)]
 fn linear_out<T: Float>(
     x: &[T],
     s: usize,
     din: usize,
     w: &[T],
-    ldw: usize,
     dout: usize,
     bias: &[T],
     out: &mut [T],
@@ -75,10 +73,10 @@ fn linear_out<T: Float>(
         c3.fill(bias[c + 3]);
         for d in 0..din {
             let w = [
-                w[c + d * ldw],
-                w[c + 1 + d * ldw],
-                w[c + 2 + d * ldw],
-                w[c + 3 + d * ldw],
+                w[tiled_index(c, d, din, dout)],
+                w[tiled_index(c + 1, d, din, dout)],
+                w[tiled_index(c + 2, d, din, dout)],
+                w[tiled_index(c + 3, d, din, dout)],
             ];
             let x_col = &x[d * s..(d + 1) * s];
             for ((((o0, o1), o2), o3), &xv) in c0
@@ -100,7 +98,7 @@ fn linear_out<T: Float>(
         let col = &mut out[c * s..(c + 1) * s];
         col.fill(bias[c]);
         for d in 0..din {
-            let wd = w[c + d * ldw];
+            let wd = w[tiled_index(c, d, din, dout)];
             for (o, &xv) in col.iter_mut().zip(&x[d * s..(d + 1) * s]) {
                 *o += wd * xv;
             }

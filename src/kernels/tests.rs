@@ -372,10 +372,15 @@ fn linear_kernels_match_the_scalar_kernel() {
         for (case, &(s, din, dout)) in shapes.iter().enumerate() {
             for scale in [1e-3, 1.0, 1e3] {
                 let x = values(case as u64, s * din, scale);
-                // W[c][d] = w[c + d·ldw], with a leading dimension past `dout` in some cases (the
-                // threaded projections read a block of rows that way).
-                let ldw = dout + case % 3;
-                let w = values(case as u64 + 1, din * ldw, 1.0);
+                // W[c][d] (row-major), and the same in the tile layout the kernels read.
+                let w_rows = values(case as u64 + 1, din * dout, 1.0);
+                let wm = |c: usize, d: usize| w_rows[c * din + d];
+                let mut w = std::vec![0.0; din * dout];
+                for c in 0..dout {
+                    for d in 0..din {
+                        w[crate::linear::tiled_index(c, d, din, dout)] = wm(c, d);
+                    }
+                }
                 let b = values(case as u64 + 2, dout, 1.0);
                 // The exact product in f64, and a bound on f32 rounding: eps · din · Σ|x·w|.
                 let mut exact = std::vec![0.0; s * dout];
@@ -385,8 +390,8 @@ fn linear_kernels_match_the_scalar_kernel() {
                         let mut acc = b[c];
                         let mut mag = b[c].abs();
                         for d in 0..din {
-                            acc += x[i + d * s] * w[c + d * ldw];
-                            mag += (x[i + d * s] * w[c + d * ldw]).abs();
+                            acc += x[i + d * s] * wm(c, d);
+                            mag += (x[i + d * s] * wm(c, d)).abs();
                         }
                         exact[i + c * s] = acc;
                         size[i + c * s] = mag;
@@ -405,7 +410,6 @@ fn linear_kernels_match_the_scalar_kernel() {
                             s,
                             din,
                             &w32,
-                            ldw,
                             dout,
                             &b32,
                             &mut pack,
@@ -431,7 +435,6 @@ fn linear_kernels_match_the_scalar_kernel() {
                             s,
                             din,
                             &w,
-                            ldw,
                             dout,
                             &b,
                             &mut pack64,
@@ -466,7 +469,6 @@ fn linear_kernels_match_the_scalar_kernel() {
                                 s,
                                 din,
                                 &w32,
-                                ldw,
                                 dout,
                                 &b32,
                                 &mut pack,
@@ -476,7 +478,6 @@ fn linear_kernels_match_the_scalar_kernel() {
                                 s,
                                 din,
                                 &w32,
-                                ldw,
                                 dout,
                                 &b32,
                                 &mut pack,

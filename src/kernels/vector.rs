@@ -40,6 +40,7 @@
 use super::simd::Simd;
 use super::{Dims, KB, LinearIo, MQ_MAX, MaskView, WorkRef};
 use crate::Float;
+use crate::linear::WEIGHT_TILE;
 
 /// Calls `$body` with `$N` a constant equal to `$n`, one of the micro-tile widths
 /// [`widths`] produces (1 to 6, 8, 12 and 16): each arm is its own instantiation, and the
@@ -105,28 +106,27 @@ fn widths(n: usize, tile: usize) -> impl Iterator<Item = (usize, usize)> {
     };
     let (w12, w8, w6) = (take(12), take(8), take(6));
     let tail = rest;
-    (0..full / tile)
-        .map(move |i| (i * tile, tile))
-        .chain(
-            [w12, w8, w6, tail]
-                .into_iter()
-                .scan(full, |at, w| {
-                    let start = *at;
-                    *at += w;
-                    Some((start, w))
-                })
-                .filter(|&(_, w)| w > 0),
-        )
+    (0..full / tile).map(move |i| (i * tile, tile)).chain(
+        [w12, w8, w6, tail]
+            .into_iter()
+            .scan(full, |at, w| {
+                let start = *at;
+                *at += w;
+                Some((start, w))
+            })
+            .filter(|&(_, w)| w > 0),
+    )
 }
 
 // ------------------------------------------------------------------------------------------
 // Linear: C = A · B + bias
 // ------------------------------------------------------------------------------------------
 
-/// `out[s × dout] = x[s × din] · Wᵀ + bias` with `W[n, p] = w[n + p·ldw]`, or the same in
-/// place when `io` is [`LinearIo::InPlace`] (then `din == dout` and `pack` holds a whole row
-/// panel). Reading `W` that way, the micro-kernel's broadcasts of one input feature's weights
-/// are consecutive values.
+/// `out[s × dout] = x[s × din] · Wᵀ + bias` with `W` in the tile layout of
+/// [`crate::Linear`], or the same in place when `io` is [`LinearIo::InPlace`] (then
+/// `din == dout` and `pack` holds a whole row panel). In that layout a micro-tile's weights
+/// for one input feature are consecutive values, and its whole strip is contiguous: the
+/// broadcasts walk one pointer at constant offsets.
 ///
 /// Row panels are two vectors of tokens (one when there are fewer tokens than that), packed
 /// contiguously into `pack`, `kc = pack.len() / panel rows` input features at a time (capped
@@ -139,15 +139,14 @@ pub(crate) fn linear<S: Simd>(
     sq: usize,
     din: usize,
     w: &[S::E],
-    ldw: usize,
     dout: usize,
     bias: &[S::E],
     pack: &mut [S::E],
 ) {
     if sq >= 2 * S::LANES {
-        linear_panels::<S, 2>(s, io, sq, din, w, ldw, dout, bias, pack);
+        linear_panels::<S, 2>(s, io, sq, din, w, dout, bias, pack);
     } else {
-        linear_panels::<S, 1>(s, io, sq, din, w, ldw, dout, bias, pack);
+        linear_panels::<S, 1>(s, io, sq, din, w, dout, bias, pack);
     }
 }
 
@@ -159,7 +158,6 @@ fn linear_panels<S: Simd, const NV: usize>(
     sq: usize,
     din: usize,
     w: &[S::E],
-    ldw: usize,
     dout: usize,
     bias: &[S::E],
     pack: &mut [S::E],
@@ -170,19 +168,28 @@ fn linear_panels<S: Simd, const NV: usize>(
     // accumulators to the stack).
     let tile = S::TILE;
     assert!(
-        dout <= ldw && (din == 0 || w.len() >= (din - 1) * ldw + dout) && bias.len() >= dout,
+        w.len() >= din * dout && bias.len() >= dout,
         "weights too short"
     );
     let kc_max = (pack.len() / mr).min(din);
     assert!(din == 0 || kc_max >= 1, "pack buffer too small");
     let (a, c, in_place): (*const S::E, *mut S::E, bool) = match io {
         LinearIo::Out { x, out } => {
-            assert!(x.len() >= sq * din && out.len() >= sq * dout, "operands too short");
+            assert!(
+                x.len() >= sq * din && out.len() >= sq * dout,
+                "operands too short"
+            );
             (x.as_ptr(), out.as_mut_ptr(), false)
         }
         LinearIo::InPlace(buf) => {
-            assert!(din == dout && buf.len() >= sq * din, "in-place operand too short");
-            assert!(kc_max == din, "in place, the pack buffer must hold a whole row panel");
+            assert!(
+                din == dout && buf.len() >= sq * din,
+                "in-place operand too short"
+            );
+            assert!(
+                kc_max == din,
+                "in place, the pack buffer must hold a whole row panel"
+            );
             let p = buf.as_mut_ptr();
             (p.cast_const(), p, true)
         }
@@ -215,13 +222,39 @@ fn linear_panels<S: Simd, const NV: usize>(
                 pack.cast_const()
             };
             let first = pc == 0;
-            for (j0, width) in widths(dout, tile) {
-                // SAFETY: rows `i0 .. i0 + rows` and columns `j0 .. j0 + width ≤ dout` of `c`
-                // (`sq × dout`), the panel holds `kc × mr`, and `w` holds `W[j0 + n, pc + p]`
-                // for `n < width`, `p < kc` (asserted above).
-                by_width!(width, |N| unsafe {
-                    gemm_tile::<S, NV, N>(s, panel, kc, w, ldw, pc, bias, c, sq, i0, rows, j0, first)
-                });
+            // Storage tiles of the weights (12 output features, the last one `dout mod 12`),
+            // each split into micro-tiles.
+            let full = dout / WEIGHT_TILE * WEIGHT_TILE;
+            let mut t0 = 0;
+            while t0 < dout {
+                let (cols, stride, base) = if t0 < full {
+                    (WEIGHT_TILE, WEIGHT_TILE, t0 * din)
+                } else {
+                    (dout - full, dout - full, full * din)
+                };
+                for (c0, width) in widths(cols, tile) {
+                    // SAFETY: rows `i0 .. i0 + rows` and columns `t0 + c0 .. + width ≤ dout`
+                    // of `c` (`sq × dout`); the panel holds `kc × mr`; the strip starting at
+                    // `base + pc·stride + c0` holds `kc` rows of `stride ≥ c0 + width` values
+                    // inside `w` (`din · dout` values, asserted above).
+                    by_width!(width, |N| unsafe {
+                        gemm_tile::<S, NV, N>(
+                            s,
+                            panel,
+                            kc,
+                            w.as_ptr().add(base + pc * stride + c0),
+                            stride,
+                            bias,
+                            c,
+                            sq,
+                            i0,
+                            rows,
+                            t0 + c0,
+                            first,
+                        )
+                    });
+                }
+                t0 += cols;
             }
             pc += kc;
         }
@@ -269,21 +302,21 @@ unsafe fn pack_panel<S: Simd, const NV: usize>(
     }
 }
 
-/// One `NV·LANES × N` tile of `C`: `C[i0.., j0..] (+)= packed A · W[j0 .., pc .. pc + kc]ᵀ`,
-/// starting from the bias when `first`, from `C` otherwise. Only `rows` rows are stored.
+/// One `NV·LANES × N` tile of `C`: `C[i0.., j0..] (+)= packed A · Bᵀ` with the weights strip
+/// `b[p·stride + n] = W[j0 + n, pc + p]`, starting from the bias when `first`, from `C`
+/// otherwise. Only `rows` rows are stored.
 ///
 /// # Safety
-/// `panel` holds `kc × NV·LANES` values; `w` holds `W[j0 + n, pc + p] = w[j0 + n + (pc + p)·ldw]`
-/// for `n < N`, `p < kc`; `c` holds rows `i0 .. i0 + rows` of columns `j0 .. j0 + N` with
-/// leading dimension `ldc`, `rows ≤ NV·LANES`.
+/// `panel` holds `kc × NV·LANES` values; `b` holds `kc` rows of `stride ≥ N` values; `c`
+/// holds rows `i0 .. i0 + rows` of columns `j0 .. j0 + N` with leading dimension `ldc`,
+/// `rows ≤ NV·LANES`; `bias` holds `j0 + N` values.
 #[inline(always)]
 unsafe fn gemm_tile<S: Simd, const NV: usize, const N: usize>(
     s: S,
     panel: *const S::E,
     kc: usize,
-    w: &[S::E],
-    ldw: usize,
-    pc: usize,
+    b: *const S::E,
+    stride: usize,
     bias: &[S::E],
     c: *mut S::E,
     ldc: usize,
@@ -323,21 +356,7 @@ unsafe fn gemm_tile<S: Simd, const NV: usize, const N: usize>(
                 }
             }
         }
-        // The N weights of input feature p are consecutive: one pointer, constant offsets.
-        let mut b = w.as_ptr().add(j0 + pc * ldw);
-        for p in 0..kc {
-            let mut av = [s.splat(S::E::ZERO); NV];
-            for v in 0..NV {
-                av[v] = s.load(panel.add(p * mr + v * l));
-            }
-            for n in 0..N {
-                let bn = s.broadcast(b.add(n));
-                for v in 0..NV {
-                    acc[v][n] = s.fma(av[v], bn, acc[v][n]);
-                }
-            }
-            b = b.add(ldw);
-        }
+        acc = gemm_core::<S, NV, N>(s, panel, kc, b, stride, acc);
         let mut tmp = [S::E::ZERO; MQ_MAX];
         for n in 0..N {
             let col = c.add(i0 + (j0 + n) * ldc);
@@ -355,6 +374,56 @@ unsafe fn gemm_tile<S: Simd, const NV: usize, const N: usize>(
             }
         }
     }
+}
+
+/// The register-blocked loop of [`gemm_tile`]: `acc += A · Bᵀ` over `kc` input features,
+/// the accumulators passed in and out by value so that they live in registers (one row
+/// vector of `A` and one broadcast weight at a time besides them).
+///
+/// # Safety
+/// As [`gemm_tile`] for `panel` and `b`.
+#[inline(always)]
+unsafe fn gemm_core<S: Simd, const NV: usize, const N: usize>(
+    s: S,
+    panel: *const S::E,
+    kc: usize,
+    b: *const S::E,
+    stride: usize,
+    acc: [[S::V; N]; NV],
+) -> [[S::V; N]; NV] {
+    let l = S::LANES;
+    let mr = NV * l;
+    let zero = s.splat(S::E::ZERO);
+    // Two named rows (at most): plain arrays of vectors stay in registers.
+    let mut a0 = acc[0];
+    let mut a1 = if NV > 1 { acc[NV - 1] } else { [zero; N] };
+    // The N weights of input feature p are consecutive: one pointer, constant offsets.
+    let mut b = b;
+    // SAFETY: `kc` rows of the panel and of the weights strip, inside the caller's contract.
+    unsafe {
+        for p in 0..kc {
+            let x0 = s.load(panel.add(p * mr));
+            let x1 = if NV > 1 {
+                s.load(panel.add(p * mr + l))
+            } else {
+                zero
+            };
+            for n in 0..N {
+                let bn = s.broadcast(b.add(n));
+                a0[n] = s.fma(x0, bn, a0[n]);
+                if NV > 1 {
+                    a1[n] = s.fma(x1, bn, a1[n]);
+                }
+            }
+            b = b.add(stride);
+        }
+    }
+    let mut out = acc;
+    out[0] = a0;
+    if NV > 1 {
+        out[NV - 1] = a1;
+    }
+    out
 }
 
 // ------------------------------------------------------------------------------------------
@@ -445,7 +514,20 @@ fn tiles<S: Simd, const NV: usize>(
     while i < dims.sq {
         let i0 = if i + mq > dims.sq { dims.sq - mq } else { i };
         let w = &mut work;
-        finite &= tile::<S, NV>(s, q, k, v, dims, scale, mask, out, w, vscale, i0, &mut v_finite);
+        finite &= tile::<S, NV>(
+            s,
+            q,
+            k,
+            v,
+            dims,
+            scale,
+            mask,
+            out,
+            w,
+            vscale,
+            i0,
+            &mut v_finite,
+        );
         i += mq;
     }
     finite
@@ -792,27 +874,30 @@ unsafe fn qk_tile<S: Simd, const NV: usize, const N: usize>(
     ldp: usize,
 ) {
     let l = S::LANES;
-    let mut acc = [[s.splat(S::E::ZERO); N]; NV];
+    let zero = s.splat(S::E::ZERO);
+    // Two named rows of accumulators (at most), which stay in registers.
+    let mut a0 = [zero; N];
+    let mut a1 = [zero; N];
     // SAFETY: query rows `0 .. NV·l` and key rows `0 .. N` of columns `0 .. dk`, and `N`
     // rows of P, all inside the contract.
     unsafe {
         for d in 0..dk {
             let qd = q.add(d * ldq);
             let kd = k.add(d * ldk);
-            let mut qv = [s.splat(S::E::ZERO); NV];
-            for n in 0..NV {
-                qv[n] = s.load(qd.add(n * l));
-            }
+            let q0 = s.load(qd);
+            let q1 = if NV > 1 { s.load(qd.add(l)) } else { zero };
             for c in 0..N {
                 let kb = s.broadcast(kd.add(c));
-                for n in 0..NV {
-                    acc[n][c] = s.fma(qv[n], kb, acc[n][c]);
+                a0[c] = s.fma(q0, kb, a0[c]);
+                if NV > 1 {
+                    a1[c] = s.fma(q1, kb, a1[c]);
                 }
             }
         }
         for c in 0..N {
-            for n in 0..NV {
-                s.store(p.add(c * ldp + n * l), acc[n][c]);
+            s.store(p.add(c * ldp), a0[c]);
+            if NV > 1 {
+                s.store(p.add(c * ldp + l), a1[c]);
             }
         }
     }
@@ -871,14 +956,18 @@ unsafe fn pv_tile<S: Simd, const NV: usize, const N: usize, G: Fn(usize) -> [S::
 ) {
     let l = S::LANES;
     let zero = s.splat(S::E::ZERO);
-    let mut a = [[zero; N]; NV];
+    // Two named rows of accumulators (at most), which stay in registers.
+    let mut a0 = [zero; N];
+    let mut a1 = [zero; N];
     // SAFETY: accumulator rows `e0 .. e0 + N`, P rows `0 .. nk` and value rows `0 .. nk` of
     // columns `e0 .. e0 + N`, inside the contract.
     unsafe {
         if load_acc {
             for c in 0..N {
-                for n in 0..NV {
-                    a[n][c] = s.mul(s.load(acc.add((e0 + c) * ld_acc + n * l)), corr[n]);
+                let row = acc.add((e0 + c) * ld_acc);
+                a0[c] = s.mul(s.load(row), corr[0]);
+                if NV > 1 {
+                    a1[c] = s.mul(s.load(row.add(l)), corr[NV - 1]);
                 }
             }
         }
@@ -886,14 +975,17 @@ unsafe fn pv_tile<S: Simd, const NV: usize, const N: usize, G: Fn(usize) -> [S::
         match guard {
             None => {
                 for kk in 0..nk {
-                    let mut pv = [zero; NV];
-                    for n in 0..NV {
-                        pv[n] = s.load(p.add(kk * ldp + n * l));
-                    }
+                    let p0 = s.load(p.add(kk * ldp));
+                    let p1 = if NV > 1 {
+                        s.load(p.add(kk * ldp + l))
+                    } else {
+                        zero
+                    };
                     for c in 0..N {
                         let vb = s.broadcast(vcol.add(kk + c * ldv));
-                        for n in 0..NV {
-                            a[n][c] = s.fma(pv[n], vb, a[n][c]);
+                        a0[c] = s.fma(p0, vb, a0[c]);
+                        if NV > 1 {
+                            a1[c] = s.fma(p1, vb, a1[c]);
                         }
                     }
                 }
@@ -901,22 +993,27 @@ unsafe fn pv_tile<S: Simd, const NV: usize, const N: usize, G: Fn(usize) -> [S::
             Some(guard) => {
                 for kk in 0..nk {
                     let ok = guard(kk);
-                    let mut pv = [zero; NV];
-                    for n in 0..NV {
-                        pv[n] = s.load(p.add(kk * ldp + n * l));
-                    }
+                    let p0 = s.load(p.add(kk * ldp));
+                    let p1 = if NV > 1 {
+                        s.load(p.add(kk * ldp + l))
+                    } else {
+                        zero
+                    };
                     for c in 0..N {
                         let vb = s.broadcast(vcol.add(kk + c * ldv));
-                        for n in 0..NV {
-                            a[n][c] = s.select(ok[n], s.fma(pv[n], vb, a[n][c]), a[n][c]);
+                        a0[c] = s.select(ok[0], s.fma(p0, vb, a0[c]), a0[c]);
+                        if NV > 1 {
+                            a1[c] = s.select(ok[NV - 1], s.fma(p1, vb, a1[c]), a1[c]);
                         }
                     }
                 }
             }
         }
         for c in 0..N {
-            for n in 0..NV {
-                s.store(acc.add((e0 + c) * ld_acc + n * l), a[n][c]);
+            let row = acc.add((e0 + c) * ld_acc);
+            s.store(row, a0[c]);
+            if NV > 1 {
+                s.store(row.add(l), a1[c]);
             }
         }
     }

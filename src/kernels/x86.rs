@@ -722,12 +722,11 @@ macro_rules! entry_points {
             s: usize,
             din: usize,
             w: &[$e],
-            ldw: usize,
             dout: usize,
             bias: &[$e],
             pack: &mut [$e],
         ) {
-            vector::linear($simd(token), io, s, din, w, ldw, dout, bias, pack)
+            vector::linear($simd(token), io, s, din, w, dout, bias, pack)
         }
 
         #[target_feature(enable = $feature)]
@@ -889,7 +888,6 @@ pub(crate) fn linear<T: Float>(
     s: usize,
     din: usize,
     w: &[T],
-    ldw: usize,
     dout: usize,
     bias: &[T],
     pack: &mut [T],
@@ -905,7 +903,6 @@ pub(crate) fn linear<T: Float>(
                     s,
                     din,
                     cast!($e, w),
-                    ldw,
                     dout,
                     cast!($e, bias),
                     cast!(mut $e, pack),
