@@ -272,11 +272,13 @@ unsafe fn pack_panel<S: Simd, const NV: usize>(
                 }
             }
         } else {
+            // Whole-slice copies: element loops bounded by `rows` let LLVM precompute
+            // per-row masks for every panel, partial or not.
             for p in 0..kc {
                 let col = a.add(i0 + (pc + p) * sq);
-                for r in 0..mr {
-                    *pack.add(p * mr + r) = if r < rows { *col.add(r) } else { S::E::ZERO };
-                }
+                let dst = pack.add(p * mr);
+                core::ptr::copy_nonoverlapping(col, dst, rows);
+                core::slice::from_raw_parts_mut(dst.add(rows), mr - rows).fill(S::E::ZERO);
             }
         }
     }
@@ -327,9 +329,7 @@ unsafe fn gemm_tile<S: Simd, const NV: usize, const N: usize>(
                         acc[v][n] = s.load(col.add(v * l));
                     }
                 } else {
-                    for r in 0..rows {
-                        tmp[r] = *col.add(r);
-                    }
+                    core::ptr::copy_nonoverlapping(col, tmp.as_mut_ptr(), rows);
                     for v in 0..NV {
                         acc[v][n] = s.load(tmp.as_ptr().add(v * l));
                     }
@@ -348,9 +348,7 @@ unsafe fn gemm_tile<S: Simd, const NV: usize, const N: usize>(
                 for v in 0..NV {
                     s.store(tmp.as_mut_ptr().add(v * l), acc[v][n]);
                 }
-                for r in 0..rows {
-                    *col.add(r) = tmp[r];
-                }
+                core::ptr::copy_nonoverlapping(tmp.as_ptr(), col, rows);
             }
         }
     }
@@ -379,9 +377,26 @@ unsafe fn gemm_core<S: Simd, const NV: usize, const N: usize>(
     let mut a1 = if NV > 1 { acc[NV - 1] } else { [zero; N] };
     // The N weights of input feature p are consecutive: one pointer, constant offsets.
     let mut b = b;
+    // With one vector of rows and fewer than 8 columns, the accumulators are too few chains
+    // to cover the multiply-add latency: the odd input features go to a second set (the
+    // otherwise unused second row), added in at the end.
+    let split = NV == 1 && N < 8;
+    let mut p0 = 0;
     // SAFETY: `kc` rows of the panel and of the weights strip, inside the caller's contract.
     unsafe {
-        for p in 0..kc {
+        if split {
+            while p0 + 2 <= kc {
+                let x0 = s.load(panel.add(p0 * mr));
+                let x1 = s.load(panel.add((p0 + 1) * mr));
+                for n in 0..N {
+                    a0[n] = s.fma(x0, s.broadcast(b.add(n)), a0[n]);
+                    a1[n] = s.fma(x1, s.broadcast(b.add(stride + n)), a1[n]);
+                }
+                b = b.add(2 * stride);
+                p0 += 2;
+            }
+        }
+        for p in p0..kc {
             let x0 = s.load(panel.add(p * mr));
             let x1 = if NV > 1 {
                 s.load(panel.add(p * mr + l))
@@ -396,6 +411,11 @@ unsafe fn gemm_core<S: Simd, const NV: usize, const N: usize>(
                 }
             }
             b = b.add(stride);
+        }
+    }
+    if split {
+        for n in 0..N {
+            a0[n] = s.add(a0[n], a1[n]);
         }
     }
     let mut out = acc;
