@@ -67,8 +67,24 @@
 //! | `safetensors` | yes | [`MultiHead::from_safetensors`] and friends (implies `std`) |
 //! | `libm` | no | math from `libm`, for `#![no_std]` (`default-features = false, features = ["libm"]`) |
 //! | `force-scalar` | no | always use the portable scalar kernel |
+//! | `rayon` | no | threads (implies `std`): `forward_batch_par` over a batch, `forward_par_into` over one sequence's projections, heads and query blocks |
 //!
 //! One of `std` and `libm` must be enabled.
+//!
+//! ## Kernels
+//!
+//! Every forward pass runs through the [`kernels`] layer: a register-blocked GEMM for the
+//! projections, and a fused streaming attention (scores, a vectorised `exp`, online softmax
+//! and `P·V` over blocks of queries × keys, skipping key blocks the causal or sliding-window
+//! pattern hides). On x86-64 the best of AVX-512F, AVX2 + FMA and the portable scalar kernel
+//! is chosen once per process at run time, with `std` or without, so the default target needs
+//! no `-C target-cpu`; [`kernels::selected`] says which. The scalar kernel is the readable
+//! reference the others are tested against; `force-scalar` pins it, and
+//! [`kernels::with_kernel`] picks a kernel for one closure on one thread. Results agree across
+//! kernels to within rounding (2e-6 for unit-scale inputs).
+//!
+//! Many sequences go through [`MultiHead::forward_batch_into`] (one scratch, no allocation),
+//! and with the `rayon` feature over threads.
 //!
 //! ## Memory
 //!
@@ -96,7 +112,8 @@
 //! |---|---|
 //! | `forward`, `cross_attention` | `SCRATCH_BYTES + 2·OUTPUT_BYTES` |
 //! | `forward_with_weights`, `cross_attention_with_weights` | `SCRATCH_BYTES + 2·(OUTPUT_BYTES + WEIGHTS_BYTES)` |
-//! | `scaled_dot_product_attention` | `2·OUT` |
+//! | `scaled_dot_product_attention` | `2·OUT + WORK` |
+//! | `scaled_dot_product_attention_into` | `WORK`: `TILE_QUERIES·(DV + 2·KEY_BLOCK)` scalars ([`kernels::TILE_QUERIES`], [`kernels::KEY_BLOCK`]) |
 //! | `scaled_dot_product_attention_with_weights` | `2·(OUT + W)` |
 //! | `Linear::forward` | `2·S·OUT` scalars |
 //! | `new`, `from_seed`, `new_without_bias` | `2·PARAM_BYTES` (`PARAM_BYTES` + one projection in release) |
@@ -104,16 +121,18 @@
 //! | `from_pytorch`, `from_safetensors` (unwrapped) | `3·PARAM_BYTES` |
 //! | `Scratch::new`, `AttentionWeights::zeros` | `Scratch::BYTES`, `AttentionWeights::BYTES` |
 //! | `AttentionWeights::average` | `3·SQ·SKV` scalars |
-//! | `*_into`, `attend`, `*_boxed`, `load_*`, `to_safetensors` | nothing big |
+//! | other `*_into`, `attend`, `*_boxed`, `load_*`, `to_safetensors` | nothing big |
 //!
 //! **Frames.** Add 16 KiB for the call's own frames and a thread's start-up (measured: 8 KiB,
 //! in release and in this crate's test profile, `opt-level = 1`).
 //!
 //! **Unoptimised builds** (`opt-level = 0`, cargo's default `dev` profile, so a plain
 //! `cargo test` of *your* crate) keep up to three more temporary copies of each value a
-//! function builds, because nothing removes them: budget `4 ×` the "holds" column plus 48 KiB.
-//! For example `MultiHead::<128, 256, 8>::forward` needs 656 KiB in release and 1180 KiB
-//! unoptimised, `forward_with_weights` 1680 KiB and 4116 KiB. Either call the caller-owned
+//! function builds, because nothing removes them, and the SIMD kernels' frames grow to about
+//! 240 KiB (every inlined micro-tile keeps its own slots): budget `4 ×` the "holds" column
+//! plus 256 KiB.
+//! For example `MultiHead::<128, 256, 8>::forward` needs 732 KiB in release and 1484 KiB
+//! unoptimised, `forward_with_weights` 1756 KiB and 4188 KiB. Either call the caller-owned
 //! or heap forms there, or let cargo optimise this crate in your dev profile:
 //!
 //! ```toml

@@ -110,8 +110,10 @@ impl<const SQ: usize, const SKV: usize, const HEADS: usize, T: Float> Default
 ///
 /// Its size, [`Scratch::BYTES`], is that of five parts, each padded to a multiple of 64 bytes
 /// so it starts on a cache line: Q (`SQ·DIM` scalars), K and V (`SKV·DIM` each), the attention
-/// kernel's block state (`16·DIM + 2048`: running sums for 16 queries, and a block of 64 keys'
-/// scores and masks) and a projection panel (`16·DIM`). Keep one
+/// kernel's block state (`TQ·DIM + 2·KB·TQ`: running sums for a tile of `TQ` queries, and a
+/// block of `KB` keys' scores and masks) and a projection panel (`TQ·DIM`), where `TQ` is
+/// [`crate::kernels::TILE_QUERIES`] and `KB` is [`crate::kernels::KEY_BLOCK`] (32 and 64 on
+/// x86-64, so `32·DIM + 4096` and `32·DIM`; 8 and 0 elsewhere). Keep one
 /// wherever suits the program (in a struct it owns, in a `Box` from [`Scratch::new_boxed`], or,
 /// since [`Scratch::new`] is a `const fn`, in a `static` behind the program's own mutex or
 /// singleton). Its contents between calls do not matter.

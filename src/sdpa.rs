@@ -67,8 +67,10 @@ pub fn scaled_dot_product_attention<
 }
 
 /// [`scaled_dot_product_attention`] writing into a caller-owned output (for example a boxed
-/// matrix too large for the stack). Beyond the output it needs `16 · DV + 2048` scalars of
-/// stack for the kernel's block state.
+/// matrix too large for the stack). Beyond the output it needs
+/// `TILE_QUERIES · (DV + 2 · KEY_BLOCK)` scalars of stack for the kernel's block state
+/// ([`crate::kernels::TILE_QUERIES`], [`crate::kernels::KEY_BLOCK`]: `32 · DV + 4096` on
+/// x86-64, `8 · DV` elsewhere).
 pub fn scaled_dot_product_attention_into<
     const SQ: usize,
     const SKV: usize,

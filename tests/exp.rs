@@ -1,5 +1,6 @@
 //! The vectorised `exp` of the softmax, against `f64::exp` (correctly rounded to far below an
-//! f32 ulp), through `kernels::exp_in_place` with the AVX2 kernel when the CPU has it.
+//! f32 ulp), through `kernels::exp_in_place` with each vector kernel the CPU runs (AVX2 + FMA,
+//! AVX-512).
 //!
 //! - `every_f32_in_the_softmax_range` (ignored in the default run, about 1.1e9 values; CI runs
 //!   it in release: `cargo test --release --test exp -- --ignored`) checks every f32 in

@@ -97,6 +97,12 @@ fn scratch_bytes_follow_the_documented_formula() {
         Scratch::<5, 9, 12, f32>::BYTES,
         documented_scratch_bytes(5, 9, 12, 4)
     );
+    // The README's table (f32, x86-64).
     #[cfg(target_arch = "x86_64")]
-    assert_eq!(Layer::SCRATCH_BYTES, 6_438_912);
+    {
+        assert_eq!(MultiHead::<3, 4, 2>::SCRATCH_BYTES, 17_600);
+        assert_eq!(MultiHead::<16, 64, 4>::SCRATCH_BYTES, 45_056);
+        assert_eq!(MultiHead::<128, 256, 8>::SCRATCH_BYTES, 475_136);
+        assert_eq!(Layer::SCRATCH_BYTES, 6_438_912);
+    }
 }

@@ -16,7 +16,10 @@
 //! - `scalar.rs`, the portable reference: plain loops, the kernel every other one is tested
 //!   against, and the one `force-scalar` pins;
 //! - `vector.rs`, the SIMD kernels, written once over the `Simd` instruction-set trait
-//!   (`simd.rs`) and compiled for x86-64 AVX2 + FMA (`x86.rs`): 8 `f32` or 4 `f64` lanes.
+//!   (`simd.rs`) and compiled twice for x86-64 (`x86.rs`): AVX2 + FMA (8 `f32` or 4 `f64`
+//!   lanes, 16 registers, micro-tiles 6 wide) and AVX-512F (16 `f32` or 8 `f64` lanes, 32
+//!   registers, micro-tiles 12 wide). Each instruction set's functions are compiled with
+//!   `#[target_feature]`, so the default target (no `-C target-cpu`) gets them all.
 //!
 //! [`detect`] picks the best kernel the CPU runs, once per process (with `std`, through
 //! `is_x86_feature_detected!`; without, through `cfg!(target_feature)` or CPUID and XGETBV),
