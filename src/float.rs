@@ -120,10 +120,22 @@ pub(crate) mod math {
         pub fn sqrt(x: f64) -> f64 {
             x.sqrt()
         }
+        #[inline]
+        pub fn sin(x: f64) -> f64 {
+            x.sin()
+        }
+        #[inline]
+        pub fn cos(x: f64) -> f64 {
+            x.cos()
+        }
+        #[inline]
+        pub fn pow(x: f64, y: f64) -> f64 {
+            x.powf(y)
+        }
     }
     #[cfg(all(not(feature = "std"), feature = "libm"))]
     mod imp {
-        pub use libm::{exp, expf, sqrt, sqrtf};
+        pub use libm::{cos, exp, expf, pow, sin, sqrt, sqrtf};
     }
     #[allow(unused_imports)]
     pub(crate) use imp::*;

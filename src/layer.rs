@@ -76,16 +76,12 @@ pub(crate) fn attend_heads<'m, const SQ: usize, const SKV: usize, const DIM: usi
     proj.k.forward_slices(key.as_slice(), SKV, buf.k, buf.pack);
     proj.v
         .forward_slices(value.as_slice(), SKV, buf.v, buf.pack);
+    let alibi = mask.alibi();
     let mask = MaskView::of(mask);
-    let mask = &mask;
 
-    let dims = Dims {
-        sq: SQ,
-        skv: SKV,
-        dk,
-        dv: dk,
-    };
+    let dims = Dims::new(SQ, SKV, dk, dk);
     for h in 0..heads {
+        let mask = &mask.with_alibi_slope(alibi.map(|a| a.slope(h, heads)));
         let q = &buf.q[h * dk * SQ..(h + 1) * dk * SQ];
         let k = &buf.k[h * dk * SKV..(h + 1) * dk * SKV];
         let v = &buf.v[h * dk * SKV..(h + 1) * dk * SKV];

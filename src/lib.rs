@@ -156,6 +156,8 @@ compile_error!(
 );
 
 mod batch;
+mod cache;
+mod decoder;
 mod float;
 pub mod init;
 pub mod io;
@@ -166,6 +168,7 @@ pub mod mask;
 mod multi_head;
 #[cfg(feature = "rayon")]
 mod parallel;
+pub mod positions;
 #[cfg(feature = "std")]
 pub mod reference;
 mod scratch;
@@ -173,10 +176,12 @@ mod sdpa;
 mod self_attention;
 
 pub use batch::BatchError;
+pub use cache::{CacheError, KvCache};
+pub use decoder::{DecoderScratch, GroupedQuery};
 pub use float::Float;
 pub use init::Bias;
 pub use linear::Linear;
-pub use mask::{Alignment, Mask, NoAdditive, Pattern};
+pub use mask::{Alibi, Alignment, Mask, NoAdditive, Pattern};
 pub use multi_head::MultiHead;
 pub use scratch::{AttentionWeights, Scratch};
 pub use sdpa::{

@@ -158,6 +158,33 @@ pub struct Mask<'a, const SQ: usize, const SKV: usize, A = NoAdditive> {
     block_where: Option<&'a SMatrix<bool, SQ, SKV>>,
     key_padding: Option<&'a [bool; SKV]>,
     additive: A,
+    alibi: Option<Alibi>,
+}
+
+/// The ALiBi part of a [`Mask`] (Press et al. 2022): the bias `−m·(p − j)` added to the scaled
+/// score of query `i` at position `p = i + SKV − SQ` (queries aligned with the last keys, as in
+/// decoding; `p = i` when `SQ == SKV`) and key `j`. Only differences of positions within one
+/// row matter to the softmax, so with a causal pattern this is ALiBi exactly as trained.
+///
+/// The kernels compute it per score: no `SQ × SKV` matrix is built.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Alibi {
+    /// Head `h` of `H` uses the standard slope [`crate::positions::alibi_slope`]`(h, H)`, `H`
+    /// being the layer's (or the call's) head count; a single-head call uses `2^−8`.
+    PerHead,
+    /// Every head uses this slope.
+    Slope(f64),
+}
+
+impl Alibi {
+    /// The slope head `head` of `heads` uses.
+    #[must_use]
+    pub fn slope(self, head: usize, heads: usize) -> f64 {
+        match self {
+            Alibi::PerHead => crate::positions::alibi_slope(head, heads),
+            Alibi::Slope(m) => m,
+        }
+    }
 }
 
 impl<const SQ: usize, const SKV: usize> Default for Mask<'_, SQ, SKV> {
@@ -176,6 +203,7 @@ impl<'a, const SQ: usize, const SKV: usize> Mask<'a, SQ, SKV> {
             block_where: None,
             key_padding: None,
             additive: NoAdditive,
+            alibi: None,
         }
     }
 
@@ -273,6 +301,7 @@ impl<'a, const SQ: usize, const SKV: usize, A> Mask<'a, SQ, SKV, A> {
             block_where,
             key_padding,
             additive: _,
+            alibi,
         } = self;
         Mask {
             pattern,
@@ -280,7 +309,39 @@ impl<'a, const SQ: usize, const SKV: usize, A> Mask<'a, SQ, SKV, A> {
             block_where,
             key_padding,
             additive: bias,
+            alibi,
         }
+    }
+
+    /// Adds ALiBi with the standard per-head slopes ([`Alibi::PerHead`]), replacing an earlier
+    /// ALiBi part. It combines with every other part; use it with a causal pattern, as ALiBi
+    /// models do.
+    ///
+    /// ```
+    /// use static_attention::{Alignment, Mask, MultiHead, SMatrix};
+    ///
+    /// let layer = MultiHead::<5, 8, 2>::from_seed(3);
+    /// let x = SMatrix::<f32, 5, 8>::from_fn(|i, j| ((i + 2 * j) as f32).sin());
+    /// let y = layer.forward(&x, &Mask::causal(Alignment::TopLeft).with_alibi());
+    /// assert!(y.iter().all(|v| v.is_finite()));
+    /// ```
+    #[must_use]
+    pub const fn with_alibi(mut self) -> Self {
+        self.alibi = Some(Alibi::PerHead);
+        self
+    }
+
+    /// Adds ALiBi with one slope `m` for every head.
+    #[must_use]
+    pub const fn with_alibi_slope(mut self, m: f64) -> Self {
+        self.alibi = Some(Alibi::Slope(m));
+        self
+    }
+
+    /// The ALiBi part, if set.
+    #[must_use]
+    pub const fn alibi(&self) -> Option<Alibi> {
+        self.alibi
     }
 
     /// The structural pattern.
@@ -351,6 +412,7 @@ impl<'a, const SQ: usize, const SKV: usize, A> Mask<'a, SQ, SKV, A> {
 
     /// Whether query `i` may attend to key `j`, and the additive bias if so (`0` without an
     /// additive part). Returns `None` for a masked key; out-of-range positions are masked.
+    /// The ALiBi part depends on the head and is not included: see [`Mask::head_entry`].
     ///
     /// For a mask without an additive part, name the scalar type: `mask.entry::<f32>(i, j)`.
     #[inline]
@@ -367,6 +429,24 @@ impl<'a, const SQ: usize, const SKV: usize, A> Mask<'a, SQ, SKV, A> {
             return None;
         }
         self.dense_entry(i, j)
+    }
+
+    /// [`Mask::entry`] for head `head` of `heads`, the ALiBi bias included:
+    /// `additive + m·(j − p)` with `m` the head's slope rounded to `T` and `p = i + SKV − SQ`
+    /// (the bias the kernels add, bit for bit).
+    #[must_use]
+    pub fn head_entry<T: Float>(&self, i: usize, j: usize, head: usize, heads: usize) -> Option<T>
+    where
+        A: Additive<T, SQ, SKV>,
+    {
+        let bias = self.entry::<T>(i, j)?;
+        Some(match self.alibi {
+            None => bias,
+            Some(a) => {
+                let d = j as i64 - (i as i64 + SKV as i64 - SQ as i64);
+                bias + T::of(a.slope(head, heads)) * T::of(d as f64)
+            }
+        })
     }
 
     /// The half-open range `[lo, hi)` of keys the pattern lets query `i` see (before the

@@ -51,7 +51,7 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
     MultiHead<SEQ, DIM, HEADS, T>
 {
     /// Compile-time shape check, evaluated by every constructor and forward pass.
-    const SHAPE_OK: () = {
+    pub(crate) const SHAPE_OK: () = {
         assert!(
             SEQ > 0,
             "SEQ must be at least 1: an attention layer needs at least one token"

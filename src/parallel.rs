@@ -137,6 +137,7 @@ where
         let blocks = (2 * threads).div_ceil(HEADS).max(1);
         let rows = SEQ.div_ceil(blocks);
         let view = MaskView::of(mask);
+        let alibi = mask.alibi();
         let scale = default_scale::<T>(dk);
         let pieces: Vec<(usize, usize, Vec<T>)> = (0..HEADS)
             .flat_map(|h| (0..SEQ).step_by(rows).map(move |qa| (h, qa)))
@@ -152,12 +153,7 @@ where
                         q_block[d * n..(d + 1) * n].copy_from_slice(&col[qa..qa + n]);
                     }
                     let mut o = std::vec![T::ZERO; n * dk];
-                    let dims = Dims {
-                        sq: n,
-                        skv: SEQ,
-                        dk,
-                        dv: dk,
-                    };
+                    let dims = Dims::new(n, SEQ, dk, dk);
                     let head = h * dk * SEQ..(h + 1) * dk * SEQ;
                     kernels::attention(
                         &q_block,
@@ -165,7 +161,9 @@ where
                         &v[head],
                         dims,
                         scale,
-                        &view.rows(qa, n),
+                        &view
+                            .rows(qa, n)
+                            .with_alibi_slope(alibi.map(|a| a.slope(h, HEADS))),
                         &mut o,
                         work.parts(),
                     );

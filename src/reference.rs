@@ -50,7 +50,8 @@ pub fn softmax_rows<T: Float>(scores: &DMatrix<T>) -> DMatrix<T> {
 }
 
 /// `Attention(Q, K, V) = softmax(Q Kᵀ · scale + M) V`, returning the output (`SQ × DV`) and the
-/// weights (`SQ × SKV`). `scale` defaults to `1/√D`.
+/// weights (`SQ × SKV`). `scale` defaults to `1/√D`. `M` includes an ALiBi part as one head of
+/// one ([`Mask::head_entry`]).
 #[must_use]
 pub fn attention<
     const SQ: usize,
@@ -71,7 +72,7 @@ pub fn attention<
         &DMatrix::from_column_slice(SQ, D, q.as_slice()),
         &DMatrix::from_column_slice(SKV, D, k.as_slice()),
         &DMatrix::from_column_slice(SKV, DV, v.as_slice()),
-        |i, j| mask.entry(i, j),
+        |i, j| mask.head_entry(i, j, 0, 1),
         scale,
     );
     (
@@ -158,7 +159,7 @@ pub fn multi_head<
             &q.columns(cols.start, d_k).into_owned(),
             &k.columns(cols.start, d_k).into_owned(),
             &v.columns(cols.start, d_k).into_owned(),
-            |i, j| mask.entry(i, j),
+            |i, j| mask.head_entry(i, j, h, HEADS),
             default_scale(d_k),
         );
         concat.columns_mut(cols.start, d_k).copy_from(&head);

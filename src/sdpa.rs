@@ -89,12 +89,7 @@ pub fn scaled_dot_product_attention_into<
     let () = Width::<D>::OK;
     let scale = scale.unwrap_or_else(|| default_scale(D));
     let mut work = Work::<T, DV>::new();
-    let dims = Dims {
-        sq: SQ,
-        skv: SKV,
-        dk: D,
-        dv: DV,
-    };
+    let dims = Dims::new(SQ, SKV, D, DV);
     kernels::attention(
         q.as_slice(),
         k.as_slice(),
@@ -179,12 +174,7 @@ pub fn scaled_dot_product_attention_with_weights_into<
 ) {
     let () = Width::<D>::OK;
     let scale = scale.unwrap_or_else(|| default_scale(D));
-    let dims = Dims {
-        sq: SQ,
-        skv: SKV,
-        dk: D,
-        dv: DV,
-    };
+    let dims = Dims::new(SQ, SKV, D, DV);
     kernels::attention_with_weights(
         q.as_slice(),
         k.as_slice(),

@@ -211,13 +211,37 @@ pub fn with_kernel<R>(kernel: Kernel, f: impl FnOnce() -> R) -> Result<R, Unsupp
 }
 
 /// Shape of one head's attention problem: `sq` queries of width `dk`, `skv` keys and values of
-/// widths `dk` and `dv`.
+/// widths `dk` and `dv`. Keys and values are the first `skv` rows of column-major matrices
+/// with leading dimension `ldkv ≥ skv` (a KV cache's capacity; `skv` otherwise).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Dims {
     pub sq: usize,
     pub skv: usize,
     pub dk: usize,
     pub dv: usize,
+    pub ldkv: usize,
+}
+
+impl Dims {
+    /// Dense keys and values (`ldkv = skv`).
+    pub(crate) const fn new(sq: usize, skv: usize, dk: usize, dv: usize) -> Self {
+        Self {
+            sq,
+            skv,
+            dk,
+            dv,
+            ldkv: skv,
+        }
+    }
+
+    /// Scalars a key (`width = dk`) or value (`width = dv`) slice must hold.
+    pub(crate) const fn kv_len(&self, width: usize) -> usize {
+        if width == 0 {
+            0
+        } else {
+            (width - 1) * self.ldkv + self.skv
+        }
+    }
 }
 
 /// A [`Mask`] lowered to slices for the kernels (column-major `sq_total × skv` matrices), for
@@ -234,6 +258,30 @@ pub(crate) struct MaskView<'a, T> {
     pub block: Option<&'a [bool]>,
     pub pad: Option<&'a [bool]>,
     pub additive: Option<&'a [T]>,
+    pub alibi: Option<AlibiView<T>>,
+}
+
+/// ALiBi as the kernels apply it: `slope · (key position − query position)` added to the
+/// scaled score. Query `i` sits at `q_offset + i + skv − sq_total` (queries aligned with the
+/// last keys, as in decoding); key `j` at `j`, or, for a ring of keys whose oldest entry is at
+/// index `key_rotate`, at `(j − key_rotate) mod skv` (shifted by `skv` so it stays positive).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AlibiView<T> {
+    pub slope: T,
+    pub key_rotate: usize,
+}
+
+impl<T> AlibiView<T> {
+    /// The position of key `j` of `skv`.
+    #[inline(always)]
+    pub(crate) fn key_position(&self, j: usize, skv: usize) -> usize {
+        if self.key_rotate == 0 {
+            j
+        } else {
+            let p = j + skv - self.key_rotate;
+            if p >= skv { p - skv } else { p }
+        }
+    }
 }
 
 impl<'a, T: Float> MaskView<'a, T> {
@@ -251,6 +299,57 @@ impl<'a, T: Float> MaskView<'a, T> {
             block: mask.block_where_matrix().map(|m| m.as_slice()),
             pad: mask.key_padding().map(|p| &p[..]),
             additive: mask.additive_part().matrix().map(|m| m.as_slice()),
+            // One head of one; layers set each head's slope with `with_alibi_slope`.
+            alibi: mask.alibi().map(|a| AlibiView {
+                slope: T::of(a.slope(0, 1)),
+                key_rotate: 0,
+            }),
+        }
+    }
+
+    /// A view with only a structural pattern, for `sq` queries and `skv` keys.
+    pub(crate) fn structural(pattern: Pattern, sq: usize, skv: usize) -> Self {
+        Self {
+            pattern,
+            sq,
+            skv,
+            q_offset: 0,
+            sq_total: sq,
+            attend: None,
+            block: None,
+            pad: None,
+            additive: None,
+            alibi: None,
+        }
+    }
+
+    /// This view with ALiBi at `slope` (keys in order).
+    pub(crate) fn with_alibi_slope(self, slope: Option<f64>) -> Self {
+        Self {
+            alibi: slope.map(|m| AlibiView {
+                slope: T::of(m),
+                key_rotate: 0,
+            }),
+            ..self
+        }
+    }
+
+    /// The position of query `i` for ALiBi: aligned so the last query meets the last key
+    /// (`q_offset + i + skv − sq_total`), as an exact signed integer.
+    #[inline(always)]
+    pub(crate) fn query_position(&self, i: usize) -> i64 {
+        (self.q_offset + i) as i64 + self.skv as i64 - self.sq_total as i64
+    }
+
+    /// ALiBi's bias for query `i`, key `j` (0 without ALiBi).
+    #[inline]
+    pub(crate) fn alibi_bias(&self, i: usize, j: usize) -> T {
+        match self.alibi {
+            None => T::ZERO,
+            Some(a) => {
+                let d = a.key_position(j, self.skv) as i64 - self.query_position(i);
+                a.slope * T::of(d as f64)
+            }
         }
     }
 
@@ -288,6 +387,7 @@ impl<'a, T: Float> MaskView<'a, T> {
             || self.block.is_some()
             || self.pad.is_some()
             || self.additive.is_some()
+            || self.alibi.is_some()
     }
 
     /// For a key inside the pattern's range: `None` if a matrix or padding part masks it,
@@ -301,11 +401,16 @@ impl<'a, T: Float> MaskView<'a, T> {
         {
             return None;
         }
-        match self.additive {
-            None => Some(T::ZERO),
+        let bias = match self.additive {
+            None => T::ZERO,
             // NaN fails the comparison, so NaN and −∞ both mask the key.
-            Some(a) => (a[at] > T::NEG_INFINITY).then_some(a[at]),
-        }
+            Some(a) if a[at] > T::NEG_INFINITY => a[at],
+            Some(_) => return None,
+        };
+        Some(match self.alibi {
+            None => bias,
+            Some(_) => bias + self.alibi_bias(i, j),
+        })
     }
 }
 
@@ -424,7 +529,7 @@ pub(crate) fn attention<T: Float>(
     if run(T::ONE, out, work.reborrow()) {
         return;
     }
-    if let Some(vscale) = overflow_rescale(&v[..dims.skv * dims.dv], dims.skv) {
+    if let Some(vscale) = overflow_rescale(v, dims) {
         run(vscale, out, work);
     }
 }
@@ -432,11 +537,14 @@ pub(crate) fn attention<T: Float>(
 /// The power of two `2^−k` (`2^k > SKV`) that keeps `Σ p·v` finite, if some finite value is
 /// large enough for the unscaled sum to overflow; `None` otherwise (a non-finite output then
 /// comes from non-finite inputs and is what the rules ask for).
-fn overflow_rescale<T: Float>(v: &[T], skv: usize) -> Option<T> {
+fn overflow_rescale<T: Float>(v: &[T], dims: Dims) -> Option<T> {
+    let skv = dims.skv;
     let limit = T::MAX.to_f64() / (skv as f64 + 1.0);
-    let big = v
-        .iter()
-        .any(|&x| x.is_finite_() && x.abs_().to_f64() > limit);
+    let big = (0..dims.dv).any(|e| {
+        v[e * dims.ldkv..e * dims.ldkv + skv]
+            .iter()
+            .any(|&x| x.is_finite_() && x.abs_().to_f64() > limit)
+    });
     if !big {
         return None;
     }

@@ -132,10 +132,17 @@ pub(crate) fn attention<T: Float>(
     work: WorkRef<'_, T>,
     vscale: T,
 ) -> bool {
-    let Dims { sq, skv, dk, dv } = dims;
+    let Dims {
+        sq,
+        skv,
+        dk,
+        dv,
+        ldkv,
+    } = dims;
     assert!(mask.sq == sq && mask.skv == skv && work.acc.len() >= dv * MQ_MAX);
     let mut finite = true;
-    assert!(q.len() >= sq * dk && k.len() >= skv * dk && v.len() >= skv * dv);
+    assert!(q.len() >= sq * dk && k.len() >= dims.kv_len(dk) && v.len() >= dims.kv_len(dv));
+    assert!(ldkv >= skv);
     assert!(out.len() >= sq * dv);
     let dense = mask.is_dense();
     let mut state = State {
@@ -206,7 +213,7 @@ pub(crate) fn attention<T: Float>(
             // s[r] = q[i0 + r, :] · k[j, :]
             let mut s = [T::ZERO; BLOCK_Q];
             for d in 0..dk {
-                let kv = k[j + d * skv];
+                let kv = k[j + d * ldkv];
                 let q_col = &q[i0 + d * sq..i0 + d * sq + nb];
                 for (sr, &qv) in s.iter_mut().zip(q_col) {
                     *sr += qv * kv;
@@ -231,7 +238,7 @@ pub(crate) fn attention<T: Float>(
             }
 
             for (e, acc) in work.acc.chunks_exact_mut(MQ_MAX).enumerate().take(dv) {
-                let ve = v[j + e * skv];
+                let ve = v[j + e * ldkv];
                 for r in 0..BLOCK_Q {
                     if used[r] {
                         acc[r] = acc[r] * corr[r] + p[r] * ve;
@@ -308,10 +315,12 @@ fn full_block_key<T: Float>(
     vscale: T,
     work: &mut State<'_, T>,
 ) -> bool {
-    let Dims { sq, skv, dk, dv } = dims;
+    let Dims {
+        sq, dk, dv, ldkv, ..
+    } = dims;
     let mut s = [T::ZERO; BLOCK_Q];
     for d in 0..dk {
-        let kv = k[j + d * skv];
+        let kv = k[j + d * ldkv];
         let q_col = &q[i0 + d * sq..i0 + d * sq + BLOCK_Q];
         for r in 0..BLOCK_Q {
             s[r] += q_col[r] * kv;
@@ -332,14 +341,14 @@ fn full_block_key<T: Float>(
     // Multiplying by c = 1 changes nothing, so the rescale is skipped when no maximum moved.
     if corr != [T::ONE; BLOCK_Q] {
         for (e, acc) in work.acc.chunks_exact_mut(MQ_MAX).enumerate().take(dv) {
-            let ve = v[j + e * skv];
+            let ve = v[j + e * ldkv];
             for r in 0..BLOCK_Q {
                 acc[r] = acc[r] * corr[r] + p[r] * ve;
             }
         }
     } else {
         for (e, acc) in work.acc.chunks_exact_mut(MQ_MAX).enumerate().take(dv) {
-            let ve = v[j + e * skv];
+            let ve = v[j + e * ldkv];
             for r in 0..BLOCK_Q {
                 acc[r] += p[r] * ve;
             }
@@ -362,10 +371,17 @@ pub(crate) fn attention_with_weights<T: Float>(
     out: &mut [T],
     weights: &mut [T],
 ) {
-    let Dims { sq, skv, dk, dv } = dims;
+    let Dims {
+        sq,
+        skv,
+        dk,
+        dv,
+        ldkv,
+    } = dims;
     assert!(mask.sq == sq && mask.skv == skv);
     assert!(weights.len() >= sq * skv && out.len() >= sq * dv);
-    assert!(q.len() >= sq * dk && k.len() >= skv * dk && v.len() >= skv * dv);
+    assert!(q.len() >= sq * dk && k.len() >= dims.kv_len(dk) && v.len() >= dims.kv_len(dv));
+    assert!(ldkv >= skv);
     let dense = mask.is_dense();
     for i in 0..sq {
         let (lo, hi) = mask.key_range(i);
@@ -382,7 +398,7 @@ pub(crate) fn attention_with_weights<T: Float>(
                 Some(bias) => {
                     let mut dot = T::ZERO;
                     for d in 0..dk {
-                        dot += q[i + d * sq] * k[j + d * skv];
+                        dot += q[i + d * sq] * k[j + d * ldkv];
                     }
                     dot * scale + bias
                 }
@@ -418,7 +434,7 @@ pub(crate) fn attention_with_weights<T: Float>(
             }
             let w = weights[i + j * sq];
             for e in 0..dv {
-                out[i + e * sq] += w * v[j + e * skv];
+                out[i + e * sq] += w * v[j + e * ldkv];
             }
         }
     }

@@ -46,6 +46,8 @@ struct MaskData {
     block: Option<Vec<bool>>,
     pad: Option<Vec<bool>>,
     additive: Option<Vec<f64>>,
+    /// ALiBi: slope and key rotation.
+    alibi: Option<(f64, usize)>,
 }
 
 impl MaskData {
@@ -65,6 +67,10 @@ impl MaskData {
             block: self.block.as_deref(),
             pad: self.pad.as_deref(),
             additive: add.as_deref(),
+            alibi: self.alibi.map(|(slope, key_rotate)| super::AlibiView {
+                slope: T::of(slope),
+                key_rotate,
+            }),
         }
     }
 }
@@ -95,6 +101,7 @@ fn masks(sq: usize, skv: usize, seed: u64) -> Vec<MaskData> {
         block: None,
         pad: None,
         additive: None,
+        alibi: None,
     };
     vec![
         plain(Pattern::Full),
@@ -128,8 +135,28 @@ fn masks(sq: usize, skv: usize, seed: u64) -> Vec<MaskData> {
             pattern: Pattern::Causal(Alignment::TopLeft),
             attend: Some(coin(3, 0.8)),
             block: Some(coin(4, 0.2)),
+            pad: Some(pad.clone()),
+            additive: Some(additive.clone()),
+            alibi: None,
+        },
+        MaskData {
+            alibi: Some((0.25, 0)),
+            ..plain(Pattern::Causal(Alignment::BottomRight))
+        },
+        MaskData {
+            // A ring of keys whose oldest entry sits in the middle.
+            alibi: Some((0.0625, skv / 2)),
+            ..plain(Pattern::Full)
+        },
+        MaskData {
+            pattern: Pattern::SlidingWindow {
+                window: 9,
+                alignment: Alignment::TopLeft,
+            },
             pad: Some(pad),
             additive: Some(additive),
+            alibi: Some((core::f64::consts::FRAC_1_SQRT_2, 0)),
+            ..plain(Pattern::Full)
         },
     ]
 }
@@ -214,7 +241,7 @@ const SHAPES: [(usize, usize, usize, usize); 14] = [
 fn attention_kernels_match_the_scalar_kernel_and_the_oracle() {
     for kernel in fast_kernels() {
         for (case, &(sq, skv, dk, dv)) in SHAPES.iter().enumerate() {
-            let dims = Dims { sq, skv, dk, dv };
+            let dims = Dims::new(sq, skv, dk, dv);
             let seed = case as u64 * 31 + 7;
             for scale_in in [1e-3, 0.3, 1.0, 4.0, 30.0] {
                 let q = values(seed, sq * dk, scale_in);
@@ -319,7 +346,7 @@ fn masked_non_finite_values_stay_out_bit_for_bit() {
     // bit for bit what they are with finite values there, on every kernel and path.
     for kernel in fast_kernels() {
         for &(sq, skv, dk, dv) in &[(3, 20, 4, 5), (9, 70, 8, 6), (33, 70, 16, 7)] {
-            let dims = Dims { sq, skv, dk, dv };
+            let dims = Dims::new(sq, skv, dk, dv);
             let q = cast::<f32>(&values(1, sq * dk, 1.0));
             let k = cast::<f32>(&values(2, skv * dk, 1.0));
             let v = cast::<f32>(&values(3, skv * dv, 1.0));
@@ -330,6 +357,7 @@ fn masked_non_finite_values_stay_out_bit_for_bit() {
                 block: None,
                 pad: Some(pad.clone()),
                 additive: None,
+                alibi: None,
             };
             let mask = md.view::<f32>(sq, skv, &None);
             let mut poisoned = v.clone();
@@ -353,6 +381,54 @@ fn masked_non_finite_values_stay_out_bit_for_bit() {
                 "{} weights path {sq}×{skv}",
                 kernel.name()
             );
+        }
+    }
+}
+
+#[test]
+fn keys_and_values_read_through_a_stride() {
+    // A KV cache hands the kernels its first `skv` rows of a taller buffer: every kernel and
+    // path gives bit for bit the dense result, and never reads the rows below (NaN there).
+    let mut kernels = fast_kernels();
+    kernels.push(Kernel::Scalar);
+    for kernel in kernels {
+        for &(sq, skv, dk, dv) in &[
+            (1, 5, 4, 4),
+            (3, 70, 8, 6),
+            (17, 40, 16, 16),
+            (40, 129, 8, 8),
+        ] {
+            let ld = skv + 13;
+            let q = cast::<f32>(&values(1, sq * dk, 1.0));
+            let k = cast::<f32>(&values(2, skv * dk, 1.0));
+            let v = cast::<f32>(&values(3, skv * dv, 1.0));
+            let strided = |x: &[f32], width: usize| {
+                let mut t = std::vec![f32::NAN; ld * width];
+                for c in 0..width {
+                    t[c * ld..c * ld + skv].copy_from_slice(&x[c * skv..(c + 1) * skv]);
+                }
+                t
+            };
+            let (ks, vs) = (strided(&k, dk), strided(&v, dv));
+            for md in masks(sq, skv, 5) {
+                let add = md.additive.as_ref().map(|a| cast::<f32>(a));
+                let mask = md.view(sq, skv, &add);
+                let dense = run(kernel, (&q, &k, &v), Dims::new(sq, skv, dk, dv), 0.5, &mask);
+                let dims = Dims {
+                    ldkv: ld,
+                    ..Dims::new(sq, skv, dk, dv)
+                };
+                let got = run(kernel, (&q, &ks, &vs), dims, 0.5, &mask);
+                let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got.0), bits(&dense.0), "{} streaming", kernel.name());
+                assert_eq!(
+                    bits(&got.1),
+                    bits(&dense.1),
+                    "{} weights path",
+                    kernel.name()
+                );
+                assert_eq!(bits(&got.2), bits(&dense.2), "{} weights", kernel.name());
+            }
         }
     }
 }

@@ -446,12 +446,11 @@ pub(crate) fn attention<S: Simd>(
     work: WorkRef<'_, S::E>,
     vscale: S::E,
 ) -> bool {
-    let Dims { sq, skv, dk, dv } = dims;
+    let Dims { sq, dv, .. } = dims;
     check_shapes::<S>(q, k, v, dims, mask);
     assert!(out.len() >= sq * dv, "output too short");
     assert!(work.acc.len() >= dv * MQ_MAX, "work buffer too short");
     let l = S::LANES;
-    let _ = (dk, skv);
     if sq >= 2 * l {
         tiles::<S, 2>(s, q, k, v, dims, scale, mask, out, work, vscale)
     } else if sq >= l {
@@ -470,11 +469,12 @@ fn check_shapes<S: Simd>(
     dims: Dims,
     mask: &MaskView<'_, S::E>,
 ) {
-    let Dims { sq, skv, dk, dv } = dims;
+    let Dims { sq, skv, dk, .. } = dims;
     assert!(
-        q.len() >= sq * dk && k.len() >= skv * dk && v.len() >= skv * dv,
+        q.len() >= sq * dk && k.len() >= dims.kv_len(dk) && v.len() >= dims.kv_len(dims.dv),
         "operands too short"
     );
+    assert!(dims.ldkv >= skv, "key stride shorter than the keys");
     assert!(mask.sq == sq && mask.skv == skv, "mask of another shape");
     assert!(
         mask.attend.is_none_or(|m| m.len() >= sq * skv),
@@ -541,6 +541,30 @@ struct TileRanges<S: Simd, const NV: usize> {
     hi: [S::V; NV],
     union: (usize, usize),
     common: (usize, usize),
+    /// Per lane, the query's position for ALiBi (zero without ALiBi).
+    qpos: [S::V; NV],
+}
+
+/// Per lane of a tile starting at query `i0`, the query's position for ALiBi (see
+/// `MaskView::query_position`), as exact floating-point integers; zeros without ALiBi.
+#[inline(always)]
+fn lane_positions<S: Simd, const NV: usize>(
+    s: S,
+    mask: &MaskView<'_, S::E>,
+    i0: usize,
+) -> [S::V; NV] {
+    let mut qpos = [s.splat(S::E::ZERO); NV];
+    if mask.alibi.is_some() {
+        let mut buf = [S::E::ZERO; MQ_MAX];
+        for (r, x) in buf.iter_mut().enumerate().take(NV * S::LANES) {
+            *x = S::E::of(mask.query_position(i0 + r) as f64);
+        }
+        for (n, v) in qpos.iter_mut().enumerate() {
+            // SAFETY: `buf` holds `MQ_MAX ≥ NV·LANES` values.
+            *v = unsafe { s.load(buf.as_ptr().add(n * S::LANES)) };
+        }
+    }
+    qpos
 }
 
 /// [`TileRanges`] of the tile starting at query `i0`.
@@ -559,6 +583,7 @@ fn tile_ranges<S: Simd, const NV: usize>(
             hi: [s.splat(S::E::of(skv as f64)); NV],
             union: if skv > 0 { (0, skv) } else { (usize::MAX, 0) },
             common: (0, skv),
+            qpos: lane_positions::<S, NV>(s, mask, i0),
         };
     }
     let mut lo = [S::E::ZERO; MQ_MAX];
@@ -590,6 +615,7 @@ fn tile_ranges<S: Simd, const NV: usize>(
         hi: hi_v,
         union: (lo_min, hi_max),
         common: (lo_max, hi_min),
+        qpos: lane_positions::<S, NV>(s, mask, i0),
     }
 }
 
@@ -605,11 +631,19 @@ unsafe fn key_mask<S: Simd, const NV: usize>(
     mask: &MaskView<'_, S::E>,
     lo_v: &[S::V; NV],
     hi_v: &[S::V; NV],
+    qpos: &[S::V; NV],
     i0: usize,
     j: usize,
 ) -> ([S::M; NV], [S::V; NV]) {
     let l = S::LANES;
     let jv = s.splat(S::E::of(j as f64));
+    // ALiBi: slope · (key position − query position), added after the additive part.
+    let alibi = mask.alibi.map(|a| {
+        (
+            s.splat(a.slope),
+            s.splat(S::E::of(a.key_position(j, mask.skv) as f64)),
+        )
+    });
     let zero = s.splat(S::E::ZERO);
     let mut allowed = [s.ge(zero, zero); NV];
     let mut bias = [zero; NV];
@@ -635,6 +669,9 @@ unsafe fn key_mask<S: Simd, const NV: usize>(
                 bias[n] = a;
             }
         }
+        if let Some((slope, kpos)) = alibi {
+            bias[n] = s.add(bias[n], s.mul(slope, s.sub(kpos, qpos[n])));
+        }
         allowed[n] = m;
     }
     (allowed, bias)
@@ -656,7 +693,9 @@ fn tile<S: Simd, const NV: usize>(
     i0: usize,
     v_finite: &mut Option<bool>,
 ) -> bool {
-    let Dims { sq, skv, dk, dv } = dims;
+    let Dims {
+        sq, dk, dv, ldkv, ..
+    } = dims;
     let l = S::LANES;
     let mq = NV * l;
     let TileRanges {
@@ -664,6 +703,7 @@ fn tile<S: Simd, const NV: usize>(
         hi: hi_v,
         union: (lo_min, hi_max),
         common: (lo_max, hi_min),
+        qpos: qpos_v,
     } = tile_ranges::<S, NV>(s, mask, i0);
     let dense = mask.is_dense();
     let neg_inf = s.splat(S::E::NEG_INFINITY);
@@ -696,7 +736,7 @@ fn tile<S: Simd, const NV: usize>(
                 q.as_ptr().add(i0),
                 sq,
                 k.as_ptr().add(j0),
-                skv,
+                ldkv,
                 dk,
                 nk,
                 p_buf,
@@ -718,7 +758,8 @@ fn tile<S: Simd, const NV: usize>(
                         bmax[n] = s.max(x, bmax[n]);
                     }
                 } else {
-                    let (allowed, bias) = key_mask::<S, NV>(s, mask, &lo_v, &hi_v, i0, j0 + kk);
+                    let (allowed, bias) =
+                        key_mask::<S, NV>(s, mask, &lo_v, &hi_v, &qpos_v, i0, j0 + kk);
                     for n in 0..NV {
                         let x = s.fma(s.load(row.add(n * l)), scale_v, bias[n]);
                         let x = s.select(allowed[n], x, neg_inf);
@@ -757,7 +798,7 @@ fn tile<S: Simd, const NV: usize>(
         }
         // acc = c·acc + P·V over the block's keys. A masked key has p = 0, which is exact
         // unless V holds inf or NaN: then masked products are zeroed instead.
-        let guarded = !full && !*v_finite.get_or_insert_with(|| all_finite(s, &v[..skv * dv]));
+        let guarded = !full && !*v_finite.get_or_insert_with(|| all_finite(s, v, dims));
         // The stored masks: all bits set where allowed, +0 elsewhere.
         let stored = |kk: usize| {
             let mut ok = [s.eq(zero, zero); NV];
@@ -775,7 +816,7 @@ fn tile<S: Simd, const NV: usize>(
                 p_buf,
                 mq,
                 v.as_ptr().add(j0),
-                skv,
+                ldkv,
                 nk,
                 dv,
                 work.acc.as_mut_ptr(),
@@ -825,10 +866,15 @@ fn mask_bits<S: Simd>(s: S, m: S::M) -> S::V {
     s.keep(ones, m)
 }
 
-/// Whether every value is finite (then `0 · v = 0` for every `v`).
+/// Whether every value (the first `skv` rows of each of the `dv` columns) is finite (then
+/// `0 · v = 0` for every `v`).
 #[inline(always)]
-fn all_finite<S: Simd>(_s: S, v: &[S::E]) -> bool {
-    v.iter().all(|x| x.is_finite_())
+fn all_finite<S: Simd>(_s: S, v: &[S::E], dims: Dims) -> bool {
+    (0..dims.dv).all(|e| {
+        v[e * dims.ldkv..e * dims.ldkv + dims.skv]
+            .iter()
+            .all(|x| x.is_finite_())
+    })
 }
 
 /// Scores `P[kk·ldp + lane] = q[i0 + lane, :] · k[j0 + kk, :]` for `nk` keys.
@@ -1037,7 +1083,9 @@ fn rows<S: Simd>(
     work: WorkRef<'_, S::E>,
     vscale: S::E,
 ) -> bool {
-    let Dims { sq, skv, dk, dv } = dims;
+    let Dims {
+        sq, dk, dv, ldkv, ..
+    } = dims;
     let l = S::LANES;
     let neg_inf = S::E::NEG_INFINITY;
     let mut finite = true;
@@ -1060,7 +1108,7 @@ fn rows<S: Simd>(
             let nk = KB.min(hi - j0);
             let nv = nk / l * l;
             // Scores: four vectors of keys at a time share each broadcast query element.
-            // SAFETY: keys `j0 .. j0 + nv ≤ skv` of k (`skv × dk`), query `i < sq` of q,
+            // SAFETY: keys `j0 .. j0 + nv ≤ skv` of k (`skv × dk`, leading dimension `ldkv`), query `i < sq` of q,
             // and `nv ≤ KB` values of p.
             unsafe {
                 dot_keys(
@@ -1068,7 +1116,7 @@ fn rows<S: Simd>(
                     q.as_ptr().add(i),
                     sq,
                     k.as_ptr().add(j0),
-                    skv,
+                    ldkv,
                     dk,
                     nv,
                     p.as_mut_ptr(),
@@ -1077,7 +1125,7 @@ fn rows<S: Simd>(
             for (kk, pk) in p.iter_mut().enumerate().take(nk).skip(nv) {
                 let mut d_acc = S::E::ZERO;
                 for d in 0..dk {
-                    d_acc += q[i + d * sq] * k[j0 + kk + d * skv];
+                    d_acc += q[i + d * sq] * k[j0 + kk + d * ldkv];
                 }
                 *pk = d_acc;
             }
@@ -1107,7 +1155,7 @@ fn rows<S: Simd>(
             }
             // P·V. A masked key has p = 0, exact unless V holds inf or NaN: then the sums move
             // only for allowed keys (same arithmetic, so bit for bit the same result).
-            let guarded = dense && !*v_finite.get_or_insert_with(|| all_finite(s, &v[..skv * dv]));
+            let guarded = dense && !*v_finite.get_or_insert_with(|| all_finite(s, v, dims));
             if guarded {
                 for (kk, okk) in ok.iter_mut().enumerate().take(nk) {
                     let allowed = mask.dense_entry(i, j0 + kk).is_some();
@@ -1117,7 +1165,7 @@ fn rows<S: Simd>(
             let corr_v = s.splat(corr);
             let zero = s.splat(S::E::ZERO);
             for e in 0..dv {
-                let col = &v[e * skv + j0..e * skv + j0 + nk];
+                let col = &v[e * ldkv + j0..e * ldkv + j0 + nk];
                 // SAFETY: lane row `e < dv` of the per-lane sums; `nv ≤ nk` values of `col`,
                 // of `p` and of `ok`.
                 unsafe {
@@ -1292,7 +1340,13 @@ fn weight_tiles<S: Simd, const NV: usize>(
     weights: &mut [S::E],
     v_finite: &mut Option<bool>,
 ) {
-    let Dims { sq, skv, dk, dv } = dims;
+    let Dims {
+        sq,
+        skv,
+        dk,
+        dv,
+        ldkv,
+    } = dims;
     let l = S::LANES;
     let mq = NV * l;
     let neg_inf = s.splat(S::E::NEG_INFINITY);
@@ -1308,6 +1362,7 @@ fn weight_tiles<S: Simd, const NV: usize>(
             hi: hi_v,
             union: (lo_min, hi_max),
             common: (lo_max, hi_min),
+            qpos: qpos_v,
         } = tile_ranges::<S, NV>(s, mask, i0);
         let dense = mask.is_dense();
         let (lo_min, hi_max) = if lo_min < hi_max {
@@ -1331,7 +1386,7 @@ fn weight_tiles<S: Simd, const NV: usize>(
                 q.as_ptr().add(i0),
                 sq,
                 k.as_ptr().add(lo_min),
-                skv,
+                ldkv,
                 dk,
                 hi_max - lo_min,
                 w.add(i0 + lo_min * sq),
@@ -1353,7 +1408,7 @@ fn weight_tiles<S: Simd, const NV: usize>(
                         m[n] = s.max(x, m[n]);
                     }
                 } else {
-                    let (allowed, bias) = key_mask::<S, NV>(s, mask, &lo_v, &hi_v, i0, j);
+                    let (allowed, bias) = key_mask::<S, NV>(s, mask, &lo_v, &hi_v, &qpos_v, i0, j);
                     for n in 0..NV {
                         let x = s.fma(s.load(col.add(n * l)), scale_v, bias[n]);
                         let x = s.select(allowed[n], x, neg_inf);
@@ -1397,11 +1452,11 @@ fn weight_tiles<S: Simd, const NV: usize>(
         // out = W · V over the keys the tile sees; masked weights are exactly 0, and masked
         // products are zeroed when V holds non-finite values.
         let guarded = (dense || lo_max > lo_min || hi_min < hi_max)
-            && !*v_finite.get_or_insert_with(|| all_finite(s, &v[..skv * dv]));
+            && !*v_finite.get_or_insert_with(|| all_finite(s, v, dims));
         // The key masks, recomputed (key `lo_min + kk`).
         // SAFETY: `i0 + mq ≤ sq` and `lo_min + kk < hi_max ≤ skv`.
         let recomputed =
-            |kk: usize| unsafe { key_mask::<S, NV>(s, mask, &lo_v, &hi_v, i0, lo_min + kk) }.0;
+            |kk: usize| unsafe { key_mask::<S, NV>(s, mask, &lo_v, &hi_v, &qpos_v, i0, lo_min + kk) }.0;
         // SAFETY: the weights' lanes `i0 .. i0 + mq` of columns `lo_min .. hi_max` (leading
         // dimension `sq`), value rows `lo_min .. hi_max`, and output rows `i0 .. i0 + mq` of
         // `dv` columns (leading dimension `sq`).
@@ -1412,7 +1467,7 @@ fn weight_tiles<S: Simd, const NV: usize>(
                     w.add(i0 + lo_min * sq).cast_const(),
                     sq,
                     v.as_ptr().add(lo_min),
-                    skv,
+                    ldkv,
                     hi_max - lo_min,
                     dv,
                     out.as_mut_ptr().add(i0),

@@ -854,6 +854,10 @@ fn mask_as<'a, T: Float, E: Float>(m: &MaskView<'a, T>) -> MaskView<'a, E> {
         attend: m.attend,
         block: m.block,
         pad: m.pad,
+        alibi: m.alibi.map(|a| super::AlibiView {
+            slope: E::of(a.slope.to_f64()),
+            key_rotate: a.key_rotate,
+        }),
     }
 }
 
