@@ -185,7 +185,8 @@ pub use mask::{Alibi, Alignment, Mask, NoAdditive, Pattern};
 pub use multi_head::MultiHead;
 pub use scratch::{AttentionWeights, Scratch};
 pub use sdpa::{
-    default_scale, scaled_dot_product_attention, scaled_dot_product_attention_into,
+    default_scale, grouped_query_attention, grouped_query_attention_into,
+    scaled_dot_product_attention, scaled_dot_product_attention_into,
     scaled_dot_product_attention_with_weights, scaled_dot_product_attention_with_weights_into,
 };
 pub use self_attention::SelfAttention;

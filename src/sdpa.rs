@@ -186,3 +186,104 @@ pub fn scaled_dot_product_attention_with_weights_into<
         weights.as_mut_slice(),
     );
 }
+
+/// Compile-time check of the head counts of [`grouped_query_attention`].
+struct Groups<const HQ: usize, const HKV: usize>;
+impl<const HQ: usize, const HKV: usize> Groups<HQ, HKV> {
+    const OK: () = {
+        assert!(
+            HKV > 0,
+            "HKV must be at least 1: queries need key/value heads"
+        );
+        assert!(
+            HQ.is_multiple_of(HKV),
+            "HKV must divide HQ: each key/value head serves HQ / HKV query heads"
+        );
+    };
+}
+
+/// Scaled dot-product attention over many heads at once, with grouped-query heads: `HQ` query
+/// heads and `HKV` key/value heads, query head `h` attending with key/value head
+/// `h / (HQ / HKV)` (PyTorch's `scaled_dot_product_attention(..., enable_gqa=True)`).
+/// `HKV = HQ` is ordinary multi-head attention, `HKV = 1` multi-query attention; `HKV = 0` or
+/// an `HKV` that does not divide `HQ` is a build error.
+///
+/// Shapes: `q[h]` is `SQ × D`, `k[g]` is `SKV × D`, `v[g]` is `SKV × DV`, the result `HQ`
+/// matrices of `SQ × DV`; the mask applies to every head, an ALiBi part with head `h`'s slope
+/// of `HQ` ([`crate::Alibi`]). Returned by value; [`grouped_query_attention_into`] writes into
+/// buffers you own.
+///
+/// ```
+/// use static_attention::{Alignment, Mask, SMatrix, grouped_query_attention, scaled_dot_product_attention};
+///
+/// let q: [SMatrix<f32, 3, 4>; 4] = core::array::from_fn(|h| SMatrix::from_fn(|i, j| (h + i * j) as f32 * 0.1));
+/// let k: [SMatrix<f32, 5, 4>; 2] = core::array::from_fn(|g| SMatrix::from_fn(|i, j| (g + i + j) as f32 * 0.2));
+/// let v = k;
+/// let mask = Mask::causal(Alignment::BottomRight);
+/// let out = grouped_query_attention(&q, &k, &v, &mask, None);
+/// // Query head 3 reads kv head 1.
+/// let alone = scaled_dot_product_attention(&q[3], &k[1], &v[1], &mask, None);
+/// assert_eq!(out[3], alone);
+/// ```
+#[must_use]
+pub fn grouped_query_attention<
+    const SQ: usize,
+    const SKV: usize,
+    const D: usize,
+    const DV: usize,
+    const HQ: usize,
+    const HKV: usize,
+    T: Float,
+    A: Additive<T, SQ, SKV>,
+>(
+    q: &[SMatrix<T, SQ, D>; HQ],
+    k: &[SMatrix<T, SKV, D>; HKV],
+    v: &[SMatrix<T, SKV, DV>; HKV],
+    mask: &Mask<'_, SQ, SKV, A>,
+    scale: Option<T>,
+) -> [SMatrix<T, SQ, DV>; HQ] {
+    let mut out = [zero_matrix(); HQ];
+    grouped_query_attention_into(q, k, v, mask, scale, &mut out);
+    out
+}
+
+/// [`grouped_query_attention`] writing into caller-owned outputs; beyond them it needs the
+/// kernel's block state on the stack (as [`scaled_dot_product_attention_into`]).
+pub fn grouped_query_attention_into<
+    const SQ: usize,
+    const SKV: usize,
+    const D: usize,
+    const DV: usize,
+    const HQ: usize,
+    const HKV: usize,
+    T: Float,
+    A: Additive<T, SQ, SKV>,
+>(
+    q: &[SMatrix<T, SQ, D>; HQ],
+    k: &[SMatrix<T, SKV, D>; HKV],
+    v: &[SMatrix<T, SKV, DV>; HKV],
+    mask: &Mask<'_, SQ, SKV, A>,
+    scale: Option<T>,
+    out: &mut [SMatrix<T, SQ, DV>; HQ],
+) {
+    let () = Width::<D>::OK;
+    let () = Groups::<HQ, HKV>::OK;
+    let scale = scale.unwrap_or_else(|| default_scale(D));
+    let mut work = Work::<T, DV>::new();
+    let view = MaskView::of(mask);
+    let alibi = mask.alibi();
+    let dims = Dims::new(SQ, SKV, D, DV);
+    for (h, (qh, oh)) in q.iter().zip(out.iter_mut()).enumerate() {
+        let g = h / (HQ / HKV);
+        kernels::attention(
+            qh.as_slice(),
+            k[g].as_slice(),
+            v[g].as_slice(),
+            dims,
+            scale,
+            &view.with_alibi_slope(alibi.map(|a| a.slope(h, HQ))),
+            oh.as_mut_slice(),
+            work.parts(),
+        );
+    }
+}

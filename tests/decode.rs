@@ -89,12 +89,7 @@ macro_rules! decode_equals_full {
 fn as_grouped<T: Float, const H: usize>(
     m: &MultiHead<N, DIM, H, T>,
 ) -> GroupedQuery<DIM, H, H, DIM, DIM, T> {
-    GroupedQuery::from_parts(
-        *m.q_proj(),
-        *m.k_proj(),
-        *m.v_proj(),
-        *m.out_proj(),
-    )
+    GroupedQuery::from_parts(*m.q_proj(), *m.k_proj(), *m.v_proj(), *m.out_proj())
 }
 
 fn multi_head<T: Float>(seed: u64, bias: bool) -> MultiHead<N, DIM, 4, T> {

@@ -10,4 +10,24 @@ fn main() {
     let _ = LAYER.forward(&x, &Mask::none());
     let head = SelfAttention::<3, 4>::from_parts(L, L, L);
     let _ = head.forward(&x, &Mask::none());
+    decoder::grouped_shapes_build();
+}
+
+mod decoder {
+    use static_attention::positions::{NoPositions, Rope, RopeStyle};
+    use static_attention::{GroupedQuery, KvCache, SMatrix, grouped_query_attention};
+
+    static CACHE: KvCache<8, 4> = KvCache::new();
+
+    pub fn grouped_shapes_build() {
+        let layer = GroupedQuery::<8, 4, 2, 8, 4>::from_seed(1);
+        let rope = Rope::<2, 16>::new(10_000.0, RopeStyle::RotateHalf);
+        let mut cache = CACHE.clone();
+        let x = SMatrix::<f32, 3, 8>::zeros();
+        let _ = layer.decode(&x, &mut cache, &rope);
+        let _ = layer.decode(&x, &mut cache, &NoPositions);
+        let q = [SMatrix::<f32, 2, 4>::zeros(); 6];
+        let kv = [SMatrix::<f32, 3, 4>::zeros(); 3];
+        let _ = grouped_query_attention(&q, &kv, &kv, &static_attention::Mask::none(), None);
+    }
 }

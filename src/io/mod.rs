@@ -205,6 +205,18 @@ pub enum LoadError {
         /// The file's `num_heads` metadata.
         found: usize,
     },
+    /// A key or value projection with the wrong number of kv heads (a grouped-query layer
+    /// whose `KV_HEADS` does not match the file).
+    WrongKvHeads {
+        /// Full tensor name (with prefix).
+        name: Text,
+        /// The layer's `KV_HEADS`.
+        expected: usize,
+        /// The kv heads the tensor holds (its rows over `head_dim`).
+        found: usize,
+        /// The layer's `HEAD_DIM`.
+        head_dim: usize,
+    },
     /// A tensor for a feature this layer does not have (`bias_k`/`bias_v` of
     /// `add_bias_kv=True`), or both the packed and the separate projection forms.
     Unsupported {
@@ -255,6 +267,16 @@ impl fmt::Display for LoadError {
             LoadError::WrongHeads { expected, found } => write!(
                 f,
                 "the file was saved with num_heads = {found}, but the layer has HEADS = {expected}"
+            ),
+            LoadError::WrongKvHeads {
+                name,
+                expected,
+                found,
+                head_dim,
+            } => write!(
+                f,
+                "{name} holds {found} kv heads of HEAD_DIM = {head_dim}, but the layer has \
+                 KV_HEADS = {expected}"
             ),
             LoadError::Unsupported { name, reason } => write!(f, "{name}: {reason}"),
             LoadError::Malformed { reason } => write!(f, "malformed safetensors data: {reason}"),

@@ -10,7 +10,7 @@ use safetensors::tensor::{Metadata, TensorView};
 use safetensors::{Dtype, SafeTensors};
 
 use super::{Checked, CheckedLinear, LoadError, Shape, Text, Values};
-use crate::{Float, MultiHead, SelfAttention};
+use crate::{Float, GroupedQuery, MultiHead, SelfAttention};
 
 /// Metadata key holding the head count (PyTorch does not store it in the `state_dict`; this
 /// crate writes it, and checks it when present).
@@ -400,6 +400,173 @@ impl<const SEQ: usize, const DIM: usize, T: Float> SelfAttention<SEQ, DIM, T> {
             .into_iter()
             .zip(&names)
             .map(|((_, shape, v), name)| (name.as_str(), shape, v))
+            .collect();
+        serialize(prefix, &tensors, None)
+    }
+}
+
+impl<
+    const DIM: usize,
+    const HEADS: usize,
+    const KV_HEADS: usize,
+    const Q_DIM: usize,
+    const KV_DIM: usize,
+    T: Float,
+> GroupedQuery<DIM, HEADS, KV_HEADS, Q_DIM, KV_DIM, T>
+{
+    /// Reads a Hugging Face attention module (`LlamaAttention`, `MistralAttention`,
+    /// `Qwen2Attention`, …) from safetensors bytes: `prefix` + `q_proj.weight` `[Q_DIM, DIM]`,
+    /// `k_proj.weight` and `v_proj.weight` `[KV_DIM, DIM]`, `o_proj.weight` `[DIM, Q_DIM]`, each
+    /// with an optional `.bias`. `prefix` is `""` for a bare module or, say,
+    /// `"model.layers.0.self_attn."` for a whole model's file; other tensors are ignored. `F32`
+    /// and `F64` tensors load into either scalar type.
+    ///
+    /// ```
+    /// use static_attention::GroupedQuery;
+    ///
+    /// let layer = GroupedQuery::<16, 4, 2, 16, 8>::from_seed(1);
+    /// let bytes = layer.to_safetensors("model.layers.0.self_attn.")?;
+    /// let back = GroupedQuery::<16, 4, 2, 16, 8>::from_safetensors(&bytes, "model.layers.0.self_attn.")?;
+    /// assert_eq!(back, layer);
+    /// // The same file read as a layer with one kv head:
+    /// let err = GroupedQuery::<16, 4, 1, 16, 4>::from_safetensors(&bytes, "model.layers.0.self_attn.")
+    ///     .unwrap_err();
+    /// assert_eq!(
+    ///     err.to_string(),
+    ///     "model.layers.0.self_attn.k_proj.weight holds 2 kv heads of HEAD_DIM = 4, but the layer has KV_HEADS = 1"
+    /// );
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// A [`LoadError`] naming the tensor: a missing weight, a key or value projection with
+    /// another number of kv heads ([`LoadError::WrongKvHeads`]), another wrong shape or dtype,
+    /// or bytes that are not a valid safetensors file.
+    pub fn from_safetensors(bytes: &[u8], prefix: &str) -> Result<Self, LoadError> {
+        let file = File::parse(bytes)?;
+        let checked = Self::check_file(&file, prefix)?;
+        let mut layer = Self::zeros();
+        layer.write_checked(&checked);
+        Ok(layer)
+    }
+
+    /// [`GroupedQuery::from_safetensors`] building the layer directly on the heap.
+    ///
+    /// # Errors
+    ///
+    /// As [`GroupedQuery::from_safetensors`].
+    pub fn from_safetensors_boxed(
+        bytes: &[u8],
+        prefix: &str,
+    ) -> Result<std::boxed::Box<Self>, LoadError> {
+        let file = File::parse(bytes)?;
+        let checked = Self::check_file(&file, prefix)?;
+        let mut layer = Self::zeros_boxed();
+        layer.write_checked(&checked);
+        Ok(layer)
+    }
+
+    /// [`GroupedQuery::from_safetensors`] into an existing layer, in place. Everything is
+    /// checked before anything is written: on error the layer is unchanged.
+    ///
+    /// # Errors
+    ///
+    /// As [`GroupedQuery::from_safetensors`].
+    pub fn load_safetensors(&mut self, bytes: &[u8], prefix: &str) -> Result<(), LoadError> {
+        let file = File::parse(bytes)?;
+        let checked = Self::check_file(&file, prefix)?;
+        self.write_checked(&checked);
+        Ok(())
+    }
+
+    fn check_file<'a>(
+        file: &File<'a>,
+        prefix: &str,
+    ) -> Result<[CheckedLinear<'a, T>; 4], LoadError> {
+        let head_dim = Q_DIM / HEADS;
+        // A key or value projection of another kv-head count says so in words.
+        let kv = |module: &str| {
+            file.linear(prefix, module, DIM, KV_DIM, DIM)
+                .map_err(|e| match e {
+                    LoadError::WrongShape { name, found, .. }
+                        if found.rank() == 2
+                            && found.dims()[1] == DIM
+                            && found.dims()[0].is_multiple_of(head_dim)
+                            && name.as_str().ends_with(".weight") =>
+                    {
+                        LoadError::WrongKvHeads {
+                            name,
+                            expected: KV_HEADS,
+                            found: found.dims()[0] / head_dim,
+                            head_dim,
+                        }
+                    }
+                    e => e,
+                })
+        };
+        Ok([
+            file.linear(prefix, "q_proj", DIM, Q_DIM, DIM)?,
+            kv("k_proj")?,
+            kv("v_proj")?,
+            file.linear(prefix, "o_proj", Q_DIM, DIM, DIM)?,
+        ])
+    }
+
+    fn write_checked(&mut self, c: &[CheckedLinear<'_, T>; 4]) {
+        let (q, k, v, o) = self.projections_mut();
+        c[0].write(q);
+        c[1].write(k);
+        c[2].write(v);
+        c[3].write(o);
+    }
+
+    /// Writes the layer with Hugging Face's names (`q_proj.weight`, `k_proj.weight`,
+    /// `v_proj.weight`, `o_proj.weight`, and `.bias` for the projections that have one), with
+    /// `prefix` before every name, in `T`'s dtype: `load_state_dict` of the matching
+    /// `transformers` module reads it. [`GroupedQuery::from_safetensors`] reads it back bit
+    /// for bit.
+    ///
+    /// # Errors
+    ///
+    /// [`SaveError`] if the header would exceed the format's limit (an absurd `prefix`).
+    pub fn to_safetensors(&self, prefix: &str) -> Result<Vec<u8>, SaveError> {
+        let mut tensors: Vec<(String, Vec<usize>, Vec<T>)> = Vec::new();
+        let mut add = |name: &str, shape: Vec<usize>, w: Vec<T>, b: Option<&[T]>| {
+            let rows = shape[0];
+            tensors.push((format!("{name}.weight"), shape, w));
+            if let Some(b) = b {
+                tensors.push((format!("{name}.bias"), std::vec![rows], b.to_vec()));
+            }
+        };
+        let (q, k, v, o) = (self.q_proj(), self.k_proj(), self.v_proj(), self.o_proj());
+        add(
+            "q_proj",
+            std::vec![Q_DIM, DIM],
+            row_major(q),
+            q.bias().map(|b| b.as_slice()),
+        );
+        add(
+            "k_proj",
+            std::vec![KV_DIM, DIM],
+            row_major(k),
+            k.bias().map(|b| b.as_slice()),
+        );
+        add(
+            "v_proj",
+            std::vec![KV_DIM, DIM],
+            row_major(v),
+            v.bias().map(|b| b.as_slice()),
+        );
+        add(
+            "o_proj",
+            std::vec![DIM, Q_DIM],
+            row_major(o),
+            o.bias().map(|b| b.as_slice()),
+        );
+        let tensors: Vec<(&str, Vec<usize>, Vec<T>)> = tensors
+            .iter()
+            .map(|(n, s, v)| (n.as_str(), s.clone(), v.clone()))
             .collect();
         serialize(prefix, &tensors, None)
     }
