@@ -80,7 +80,7 @@ impl From<PositionError> for CacheError {
 /// assert_eq!((cache.len(), cache.position()), (5, 5));
 /// # Ok::<(), static_attention::CacheError>(())
 /// ```
-#[derive(Clone, Debug, bytemuck::Zeroable)]
+#[derive(Clone, Debug, PartialEq, bytemuck::Zeroable)]
 #[repr(C)]
 #[zeroable(bound = "T: crate::Float")]
 pub struct KvCache<const CAP: usize, const KV_DIM: usize, T = f32> {

@@ -132,7 +132,7 @@ pub struct Scratch<const SQ: usize, const SKV: usize, const DIM: usize, T = f32>
 
 /// A buffer starting on a 64-byte boundary (a cache line): the kernels' vector loads then
 /// never straddle two lines, wherever the [`Scratch`] itself lives (stack, heap or `static`).
-#[derive(Clone, Debug, bytemuck::Zeroable)]
+#[derive(Clone, Debug, PartialEq, bytemuck::Zeroable)]
 #[repr(C, align(64))]
 pub(crate) struct Aligned<M>(pub(crate) M);
 

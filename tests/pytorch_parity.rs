@@ -12,7 +12,7 @@ use nalgebra::SMatrix;
 use static_attention::mask::Additive;
 use static_attention::{
     Alignment, AttentionWeights, Float, Mask, MultiHead, Scratch, SelfAttention,
-    scaled_dot_product_attention,
+    grouped_query_attention, scaled_dot_product_attention,
 };
 
 fn tolerance<T: Float>() -> f64 {
@@ -279,15 +279,25 @@ fn sdpa_check<
 ) {
     let tol = tolerance::<T>();
     let mut worst = (0.0f64, 0.0f64);
-    for h in 0..HQ {
-        let kv = h / (HQ / HKV);
-        let q = matrix::<T, L, E>(bytes, "q", Some(h)).unwrap();
-        let k = matrix::<T, S, E>(bytes, "k", Some(kv)).unwrap();
-        let v = matrix::<T, S, EV>(bytes, "v", Some(kv)).unwrap();
+    // All heads in one call, grouped as PyTorch's `enable_gqa=True` groups them.
+    let q: [SMatrix<T, L, E>; HQ] = core::array::from_fn(|h| matrix(bytes, "q", Some(h)).unwrap());
+    let k: [SMatrix<T, S, E>; HKV] = core::array::from_fn(|g| matrix(bytes, "k", Some(g)).unwrap());
+    let v: [SMatrix<T, S, EV>; HKV] =
+        core::array::from_fn(|g| matrix(bytes, "v", Some(g)).unwrap());
+    let got = grouped_query_attention(&q, &k, &v, mask, scale);
+    for (h, got) in got.iter().enumerate() {
         let want = matrix::<T, L, EV>(bytes, "output.attn", Some(h)).unwrap();
-        let got = scaled_dot_product_attention(&q, &k, &v, mask, scale);
-        let (e, r) = compare(&got, &want, tol);
+        let (e, r) = compare(got, &want, tol);
         worst = (worst.0.max(e), worst.1.max(r));
+        // Head by head through the single-head function: the same numbers.
+        let one = scaled_dot_product_attention(
+            &q[h],
+            &k[h / (HQ / HKV)],
+            &v[h / (HQ / HKV)],
+            mask,
+            scale,
+        );
+        assert_eq!(&one, got, "{case}: head {h}");
     }
     println!(
         "{case:28} {:>4} worst |Δ|: output {:.1e}; worst/bound {:.2}",
