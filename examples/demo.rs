@@ -13,7 +13,7 @@
 use nalgebra::SMatrix;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
-use static_attention::{Alignment, Mask, MultiHead, SelfAttention};
+use static_attention::{Alignment, Mask, MultiHead, SelfAttention, positions};
 
 /// Seed for the toy input and every layer's weights.
 const SEED: u64 = 2017;
@@ -159,13 +159,11 @@ fn softmax_rows<const R: usize, const C: usize>(s: &SMatrix<f32, R, C>) -> SMatr
 /// the same one) plus the sinusoidal position encoding of §3.5:
 /// `PE(pos, 2i) = sin(pos / 10000^(2i/DIM))`, `PE(pos, 2i+1) = cos(pos / 10000^(2i/DIM))`.
 fn embed<const S: usize, const D: usize>(tokens: &[&str; S]) -> SMatrix<f32, S, D> {
-    let mut x = SMatrix::<f32, S, D>::zeros();
+    let mut x = positions::sinusoidal::<S, D, f32>();
     for (pos, word) in tokens.iter().enumerate() {
         let mut word_rng = SmallRng::seed_from_u64(fnv1a(word));
         for f in 0..D {
-            let angle = pos as f64 / 10000f64.powf((f - f % 2) as f64 / D as f64);
-            let pe = if f % 2 == 0 { angle.sin() } else { angle.cos() };
-            x[(pos, f)] = word_rng.random_range(-1.0..1.0) + pe as f32;
+            x[(pos, f)] += word_rng.random_range(-1.0..1.0);
         }
     }
     x

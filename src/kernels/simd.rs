@@ -68,6 +68,12 @@ pub(crate) trait Simd: Copy {
     /// # Safety
     /// `p .. p + LANES` must be readable.
     unsafe fn load(self, p: *const Self::E) -> Self::V;
+    /// The first `n ≤ LANES` elements from `p`, zero in the other lanes; nothing past
+    /// `p + n` is read (a masked load: no fault even at the end of memory).
+    ///
+    /// # Safety
+    /// `p .. p + n` must be readable and `n ≤ LANES`.
+    unsafe fn load_partial(self, p: *const Self::E, n: usize) -> Self::V;
     /// Stores `v` at `p`.
     ///
     /// # Safety

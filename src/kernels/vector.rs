@@ -123,11 +123,197 @@ pub(crate) fn linear<S: Simd>(
     bias: &[S::E],
     pack: &mut [S::E],
 ) {
-    if sq >= 2 * S::LANES {
+    if sq <= GEMV_TOKENS && din > 0 && pack.len() >= WEIGHT_TILE * din + S::LANES {
+        linear_gemv(s, io, sq, din, w, dout, bias, pack);
+    } else if sq >= 2 * S::LANES {
         linear_panels::<S, 2>(s, io, sq, din, w, dout, bias, pack);
     } else {
         linear_panels::<S, 1>(s, io, sq, din, w, dout, bias, pack);
     }
+}
+
+/// Token counts up to which [`linear`] runs token by token ([`linear_gemv`]) instead of in
+/// row panels, whose vectors would be mostly padding (decoding runs one token).
+pub(crate) const GEMV_TOKENS: usize = 2;
+
+/// [`linear`] one token at a time, for very few tokens: each strip of 12 output features is
+/// a contiguous `din × 12` block in the weights' tile layout, so its 12 sums are one long dot
+/// product with the token's inputs spread the same way (`xe[p·12 + c] = x[p]`, built once per
+/// token in `pack`). Vectors run along that memory; since a period of `3·LANES` values is a
+/// multiple of 12, lane `j` of accumulator `k` always serves column `(k·LANES + j) mod 12`.
+/// The last strip (`dout mod 12` columns) goes through plain loops. In place, a token's row is
+/// read into `xe` before any of its outputs is written.
+#[inline(always)]
+fn linear_gemv<S: Simd>(
+    s: S,
+    io: LinearIo<'_, S::E>,
+    sq: usize,
+    din: usize,
+    w: &[S::E],
+    dout: usize,
+    bias: &[S::E],
+    pack: &mut [S::E],
+) {
+    const T: usize = WEIGHT_TILE;
+    let l = S::LANES;
+    assert!(
+        w.len() >= din * dout && bias.len() >= dout,
+        "weights too short"
+    );
+    assert!(pack.len() >= T * din + l, "pack buffer too small");
+    let (a, c): (*const S::E, *mut S::E) = match io {
+        LinearIo::Out { x, out } => {
+            assert!(
+                x.len() >= sq * din && out.len() >= sq * dout,
+                "operands too short"
+            );
+            (x.as_ptr(), out.as_mut_ptr())
+        }
+        LinearIo::InPlace(buf) => {
+            assert!(
+                din == dout && buf.len() >= sq * din,
+                "in-place operand too short"
+            );
+            let p = buf.as_mut_ptr();
+            (p.cast_const(), p)
+        }
+    };
+    let xe = pack.as_mut_ptr();
+    let full = dout / T * T;
+    for t in 0..sq {
+        // SAFETY: reads input `p < din` of token `t < sq` (`a` holds `sq × din`); writes
+        // `xe[p·12 .. p·12 + ⌈12/L⌉·L] ⊂ [0, 12·din + L)`, inside `pack` (asserted).
+        unsafe {
+            for p in 0..din {
+                let xb = s.splat(*a.add(t + p * sq));
+                let mut k = 0;
+                while k < T {
+                    s.store(xe.add(p * T + k), xb);
+                    k += l;
+                }
+            }
+        }
+        let mut t0 = 0;
+        while t0 < full {
+            // SAFETY: strip `t0` is `din · 12` values at `t0 · din` inside `w`, and `xe` holds
+            // as many; the outputs are columns `t0 .. t0 + 12 ≤ dout` of token `t`.
+            unsafe {
+                let sums = gemv_strip(s, w.as_ptr().add(t0 * din), xe, din * T);
+                for (j, &v) in sums.iter().enumerate() {
+                    *c.add(t + (t0 + j) * sq) = v + bias[t0 + j];
+                }
+            }
+            t0 += T;
+        }
+        let tail = dout - full;
+        if tail == 0 {
+            continue;
+        }
+        // The last strip: `din × tail` values at `full · din`, row stride `tail`.
+        let base = full * din;
+        let mut sums = [S::E::ZERO; T];
+        if l % tail == 0 && pack.len() >= (T + tail) * din + 2 * l {
+            // Vectors along its memory against `xt[p·tail + j] = x[p]`: lane `j` always
+            // serves column `j mod tail` (every vector starts at a multiple of LANES).
+            // SAFETY: `xt` = `pack[12·din + L ..]` takes `tail·din + L` values (checked);
+            // reads of `xe[p·12]`, of the strip's `din·tail` values and of `xt` stay inside.
+            unsafe {
+                let xt = xe.add(T * din + l);
+                for p in 0..din {
+                    s.store(xt.add(p * tail), s.splat(*xe.add(p * T)));
+                }
+                let len = din * tail;
+                let strip = w.as_ptr().add(base);
+                let zero = s.splat(S::E::ZERO);
+                let mut acc = [zero; 4];
+                let mut i = 0;
+                while i + 4 * l <= len {
+                    for (k, a) in acc.iter_mut().enumerate() {
+                        let at = i + k * l;
+                        *a = s.fma(s.load(strip.add(at)), s.load(xt.add(at)), *a);
+                    }
+                    i += 4 * l;
+                }
+                while i + l <= len {
+                    acc[0] = s.fma(s.load(strip.add(i)), s.load(xt.add(i)), acc[0]);
+                    i += l;
+                }
+                let total = s.add(s.add(acc[0], acc[1]), s.add(acc[2], acc[3]));
+                let mut lanes = [S::E::ZERO; 16];
+                s.store(lanes.as_mut_ptr(), total);
+                for (j, &v) in lanes.iter().enumerate().take(l) {
+                    sums[j % tail] += v;
+                }
+                for j in i..len {
+                    sums[j % tail] += *strip.add(j) * *xt.add(j);
+                }
+            }
+        } else {
+            for (j, sum) in sums.iter_mut().enumerate().take(tail) {
+                // Eight partial sums, so the additions are not one long dependency chain.
+                let mut part = [S::E::ZERO; 8];
+                for p in 0..din {
+                    // SAFETY: `xe[p·12]` is input `p`.
+                    part[p % 8] += unsafe { *xe.add(p * T) } * w[base + p * tail + j];
+                }
+                *sum = part.iter().fold(S::E::ZERO, |a, &b| a + b);
+            }
+        }
+        for (j, &v) in sums.iter().enumerate().take(tail) {
+            // SAFETY: column `full + j < dout` of token `t`.
+            unsafe { *c.add(t + (full + j) * sq) = v + bias[full + j] };
+        }
+    }
+}
+
+/// The 12 column sums of `Σ_i strip[i] · xe[i]` over `len` values (`i mod 12` is the column).
+///
+/// # Safety
+/// `strip` and `xe` hold `len` values; `len` is a multiple of 12.
+#[inline(always)]
+unsafe fn gemv_strip<S: Simd>(
+    s: S,
+    strip: *const S::E,
+    xe: *const S::E,
+    len: usize,
+) -> [S::E; WEIGHT_TILE] {
+    let l = S::LANES;
+    let per = 3 * l;
+    let zero = s.splat(S::E::ZERO);
+    let mut acc = [zero; 6];
+    let mut i = 0;
+    // SAFETY: every vector read lies in `[0, len)` of both operands.
+    unsafe {
+        while i + 2 * per <= len {
+            for (k, a) in acc.iter_mut().enumerate() {
+                *a = s.fma(s.load(strip.add(i + k * l)), s.load(xe.add(i + k * l)), *a);
+            }
+            i += 2 * per;
+        }
+        for k in 0..3 {
+            acc[k] = s.add(acc[k], acc[k + 3]);
+        }
+        while i + per <= len {
+            for (k, a) in acc.iter_mut().enumerate().take(3) {
+                *a = s.fma(s.load(strip.add(i + k * l)), s.load(xe.add(i + k * l)), *a);
+            }
+            i += per;
+        }
+    }
+    let mut lanes = [S::E::ZERO; 48];
+    for (k, a) in acc.iter().enumerate().take(3) {
+        // SAFETY: `3·L ≤ 48` values.
+        unsafe { s.store(lanes.as_mut_ptr().add(k * l), *a) };
+    }
+    let mut sums = [S::E::ZERO; WEIGHT_TILE];
+    for (j, &v) in lanes.iter().enumerate().take(per) {
+        sums[j % WEIGHT_TILE] += v;
+    }
+    for j in i..len {
+        // SAFETY: `j < len`.
+        sums[j % WEIGHT_TILE] += unsafe { *strip.add(j) * *xe.add(j) };
+    }
+    sums
 }
 
 /// [`linear`] with row panels of `NV` vectors.
@@ -1091,25 +1277,37 @@ fn rows<S: Simd>(
     let mut finite = true;
     let inv_vscale = S::E::ONE / vscale;
     let dense = mask.is_dense();
-    // Work: per-lane sums `dv × LANES`, then one scalar sum per column for the keys of a block
-    // that do not fill a vector, then the block's probabilities.
-    let (lane_acc, rest) = work.acc.split_at_mut(dv * l);
-    let tail_acc = &mut rest[..dv];
+    // Work: per-lane sums `dv × LANES`, the block's probabilities and key masks. A block's
+    // keys are padded to whole vectors: the scores of the padding lanes are −∞ (so their
+    // probabilities are 0), and the values there are loaded as zeros (masked loads).
+    let lane_acc = &mut work.acc[..dv * l];
     let p = &mut work.p[..KB];
     let ok = &mut work.allowed[..KB];
     let mut v_finite = None;
+    let zero = s.splat(S::E::ZERO);
+    let ninf = s.splat(neg_inf);
+    let scale_v = s.splat(scale);
+    // Lane indices as elements, to mask the padding lanes of a block's last vector.
+    let lane = {
+        let mut t = [S::E::ZERO; MQ_MAX];
+        for (r, x) in t.iter_mut().enumerate() {
+            *x = S::E::of(r as f64);
+        }
+        // SAFETY: `t` holds `MQ_MAX ≥ LANES` values.
+        unsafe { s.load(t.as_ptr()) }
+    };
     for i in 0..sq {
         let (lo, hi) = mask.key_range(i);
         lane_acc.fill(S::E::ZERO);
-        tail_acc.fill(S::E::ZERO);
         let (mut m, mut lsum) = (neg_inf, S::E::ZERO);
         let mut j0 = lo;
         while j0 < hi {
             let nk = KB.min(hi - j0);
-            let nv = nk / l * l;
+            // Whole vectors: `KB` is a multiple of LANES, so `np ≤ KB`.
+            let np = nk.div_ceil(l) * l;
             // Scores: four vectors of keys at a time share each broadcast query element.
-            // SAFETY: keys `j0 .. j0 + nv ≤ skv` of k (`skv × dk`, leading dimension `ldkv`), query `i < sq` of q,
-            // and `nv ≤ KB` values of p.
+            // SAFETY: keys `j0 .. j0 + nk ≤ skv` of k (`skv × dk`, leading dimension
+            // `ldkv`), query `i < sq` of q, and `np ≤ KB` values of p.
             unsafe {
                 dot_keys(
                     s,
@@ -1118,62 +1316,82 @@ fn rows<S: Simd>(
                     k.as_ptr().add(j0),
                     ldkv,
                     dk,
-                    nv,
+                    nk,
                     p.as_mut_ptr(),
                 )
             };
-            for (kk, pk) in p.iter_mut().enumerate().take(nk).skip(nv) {
-                let mut d_acc = S::E::ZERO;
-                for d in 0..dk {
-                    d_acc += q[i + d * sq] * k[j0 + kk + d * ldkv];
+            // Scale and mask; the block's maximum.
+            let mut bmax_v = ninf;
+            if dense {
+                for (kk, pk) in p.iter_mut().enumerate().take(np) {
+                    *pk = if kk >= nk {
+                        neg_inf
+                    } else {
+                        match mask.dense_entry(i, j0 + kk) {
+                            Some(bias) => *pk * scale + bias,
+                            None => neg_inf,
+                        }
+                    };
                 }
-                *pk = d_acc;
+                let mut c = 0;
+                while c < np {
+                    // SAFETY: `c + l ≤ np ≤ KB`.
+                    bmax_v = s.max(unsafe { s.load(p.as_ptr().add(c)) }, bmax_v);
+                    c += l;
+                }
+            } else {
+                let mut c = 0;
+                while c < np {
+                    // SAFETY: `c + l ≤ np ≤ KB`.
+                    unsafe {
+                        let mut x = s.mul(s.load(p.as_ptr().add(c)), scale_v);
+                        if c + l > nk {
+                            let valid = s.lt(lane, s.splat(S::E::of((nk - c) as f64)));
+                            x = s.select(valid, x, ninf);
+                        }
+                        s.store(p.as_mut_ptr().add(c), x);
+                        bmax_v = s.max(x, bmax_v);
+                    }
+                    c += l;
+                }
             }
-            // Scale and mask, per key.
-            let mut bmax = neg_inf;
-            for (kk, pk) in p.iter_mut().enumerate().take(nk) {
-                let x = match if dense {
-                    mask.dense_entry(i, j0 + kk)
-                } else {
-                    Some(S::E::ZERO)
-                } {
-                    Some(bias) => *pk * scale + bias,
-                    None => neg_inf,
-                };
-                *pk = x;
-                bmax = bmax.max_(x);
-            }
+            let bmax = reduce_max(s, bmax_v);
             let m_new = m.max_(bmax);
             let m_use = if m_new == neg_inf { S::E::ZERO } else { m_new };
             let corr = exp_scalar(s, m - m_use);
             m = m_new;
             let mut bsum = S::E::ZERO;
-            exp_shifted(s, &mut p[..nk], m_use, &mut bsum);
+            exp_shifted(s, &mut p[..np], m_use, &mut bsum);
             lsum = lsum * corr + bsum;
             if vscale != S::E::ONE {
-                p[..nk].iter_mut().for_each(|x| *x *= vscale);
+                p[..np].iter_mut().for_each(|x| *x *= vscale);
             }
             // P·V. A masked key has p = 0, exact unless V holds inf or NaN: then the sums move
             // only for allowed keys (same arithmetic, so bit for bit the same result).
             let guarded = dense && !*v_finite.get_or_insert_with(|| all_finite(s, v, dims));
             if guarded {
-                for (kk, okk) in ok.iter_mut().enumerate().take(nk) {
-                    let allowed = mask.dense_entry(i, j0 + kk).is_some();
+                for (kk, okk) in ok.iter_mut().enumerate().take(np) {
+                    let allowed = kk < nk && mask.dense_entry(i, j0 + kk).is_some();
                     *okk = if allowed { S::E::of(-1.0) } else { S::E::ZERO };
                 }
             }
             let corr_v = s.splat(corr);
-            let zero = s.splat(S::E::ZERO);
             for e in 0..dv {
-                let col = &v[e * ldkv + j0..e * ldkv + j0 + nk];
-                // SAFETY: lane row `e < dv` of the per-lane sums; `nv ≤ nk` values of `col`,
+                // SAFETY: lane row `e < dv` of the per-lane sums; values `j0 .. j0 + nk` of
+                // column `e` (the last vector loads only those, zeros past them); `np` values
                 // of `p` and of `ok`.
                 unsafe {
+                    let col = v.as_ptr().add(e * ldkv + j0);
                     let a = lane_acc.as_mut_ptr().add(e * l);
                     let mut sum = s.mul(s.load(a), corr_v);
                     let mut c = 0;
-                    while c < nv {
-                        let f = s.fma(s.load(p.as_ptr().add(c)), s.load(col.as_ptr().add(c)), sum);
+                    while c < np {
+                        let vv = if c + l <= nk {
+                            s.load(col.add(c))
+                        } else {
+                            s.load_partial(col.add(c), nk - c)
+                        };
+                        let f = s.fma(s.load(p.as_ptr().add(c)), vv, sum);
                         sum = if guarded {
                             s.select(s.lt(s.load(ok.as_ptr().add(c)), zero), f, sum)
                         } else {
@@ -1183,21 +1401,13 @@ fn rows<S: Simd>(
                     }
                     s.store(a, sum);
                 }
-                let mut tail = tail_acc[e] * corr;
-                for kk in nv..nk {
-                    if guarded && ok[kk] == S::E::ZERO {
-                        continue;
-                    }
-                    tail += p[kk] * col[kk];
-                }
-                tail_acc[e] = tail;
             }
             j0 += nk;
         }
         for e in 0..dv {
             // SAFETY: lane row `e < dv`.
             let lanes = unsafe { s.load(lane_acc.as_ptr().add(e * l)) };
-            let total = s.reduce_add(lanes) + tail_acc[e];
+            let total = s.reduce_add(lanes);
             let x = if lsum == S::E::ZERO {
                 S::E::ZERO
             } else {
@@ -1210,13 +1420,26 @@ fn rows<S: Simd>(
     finite
 }
 
-/// `p[kk] = q · k[kk]` for `nv` keys (a multiple of `LANES`), keys in lanes.
+/// The largest lane (NaN lanes are passed over, as `max_` does).
+#[inline(always)]
+fn reduce_max<S: Simd>(s: S, v: S::V) -> S::E {
+    let mut lanes = [S::E::ZERO; MQ_MAX];
+    // SAFETY: `lanes` holds `MQ_MAX ≥ LANES` values.
+    unsafe { s.store(lanes.as_mut_ptr(), v) };
+    lanes[..S::LANES]
+        .iter()
+        .fold(S::E::NEG_INFINITY, |m, &x| m.max_(x))
+}
+
+/// `p[kk] = q · k[kk]` for `nk` keys, keys in lanes, the last vector padded with zeros (its
+/// keys past `nk` are never read).
 ///
 /// # Safety
-/// `q` points at one query of a column-major matrix with leading dimension `ldq` and `dk`
-/// columns; `k` at the first of `nv` keys (leading dimension `ldk`, `dk` columns); `p` holds
-/// `nv` values.
+/// `q` points at the query's first element (leading dimension `ldq`, `dk` columns); `k` at
+/// the first key of a column-major matrix with leading dimension `ldk` holding `nk` rows of
+/// `dk` columns from there; `p` holds `⌈nk / LANES⌉ · LANES` values.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn dot_keys<S: Simd>(
     s: S,
     q: *const S::E,
@@ -1224,16 +1447,16 @@ unsafe fn dot_keys<S: Simd>(
     k: *const S::E,
     ldk: usize,
     dk: usize,
-    nv: usize,
+    nk: usize,
     p: *mut S::E,
 ) {
     let l = S::LANES;
     let zero = s.splat(S::E::ZERO);
     let mut c = 0;
-    // SAFETY: key rows `c .. c + 4l ≤ nv` (or `c .. c + l`) of every column, query element
-    // `d < dk`, and `nv` values of p, inside the contract.
+    // SAFETY: key rows `c .. c + 4l ≤ nk` (or the `n` rows left) of every column, query
+    // element `d < dk`, and whole vectors of p, inside the contract.
     unsafe {
-        while c + 4 * l <= nv {
+        while c + 4 * l <= nk {
             let mut a = [zero; 4];
             for d in 0..dk {
                 let qd = s.broadcast(q.add(d * ldq));
@@ -1247,13 +1470,22 @@ unsafe fn dot_keys<S: Simd>(
             }
             c += 4 * l;
         }
-        while c < nv {
+        while c + l <= nk {
             let mut acc = zero;
             for d in 0..dk {
                 acc = s.fma(s.broadcast(q.add(d * ldq)), s.load(k.add(c + d * ldk)), acc);
             }
             s.store(p.add(c), acc);
             c += l;
+        }
+        if c < nk {
+            let n = nk - c;
+            let mut acc = zero;
+            for d in 0..dk {
+                let kd = s.load_partial(k.add(c + d * ldk), n);
+                acc = s.fma(s.broadcast(q.add(d * ldq)), kd, acc);
+            }
+            s.store(p.add(c), acc);
         }
     }
 }

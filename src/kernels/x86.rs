@@ -262,6 +262,17 @@ impl Simd for Avx2F32 {
         unsafe { _mm256_loadu_ps(p) }
     }
     #[inline(always)]
+    unsafe fn load_partial(self, p: *const f32, n: usize) -> __m256 {
+        debug_assert!(n <= 8);
+        // SAFETY: AVX2 (token). `vmaskmovps` reads only the lanes whose mask is set, the
+        // first `n`, which the caller guarantees readable; the others are zero.
+        unsafe {
+            let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), lanes);
+            _mm256_maskload_ps(p, mask)
+        }
+    }
+    #[inline(always)]
     unsafe fn store(self, p: *mut f32, v: __m256) {
         // SAFETY: AVX (token); the caller guarantees 8 writable floats at `p`.
         unsafe { _mm256_storeu_ps(p, v) }
@@ -402,6 +413,17 @@ impl Simd for Avx2F64 {
     unsafe fn load(self, p: *const f64) -> __m256d {
         // SAFETY: AVX (token); the caller guarantees 4 readable doubles at `p`.
         unsafe { _mm256_loadu_pd(p) }
+    }
+    #[inline(always)]
+    unsafe fn load_partial(self, p: *const f64, n: usize) -> __m256d {
+        debug_assert!(n <= 4);
+        // SAFETY: AVX2 (token). `vmaskmovpd` reads only the lanes whose mask is set, the
+        // first `n`, which the caller guarantees readable; the others are zero.
+        unsafe {
+            let lanes = _mm256_setr_epi64x(0, 1, 2, 3);
+            let mask = _mm256_cmpgt_epi64(_mm256_set1_epi64x(n as i64), lanes);
+            _mm256_maskload_pd(p, mask)
+        }
     }
     #[inline(always)]
     unsafe fn store(self, p: *mut f64, v: __m256d) {
@@ -554,6 +576,14 @@ impl Simd for Avx512F32 {
         unsafe { _mm512_loadu_ps(p) }
     }
     #[inline(always)]
+    unsafe fn load_partial(self, p: *const f32, n: usize) -> __m512 {
+        debug_assert!(n <= 16);
+        let mask = ((1u32 << n) - 1) as __mmask16;
+        // SAFETY: AVX-512F (token). A masked load reads only the first `n` lanes (no fault
+        // on the others), which the caller guarantees readable.
+        unsafe { _mm512_maskz_loadu_ps(mask, p) }
+    }
+    #[inline(always)]
     unsafe fn store(self, p: *mut f32, v: __m512) {
         // SAFETY: AVX-512F (token); the caller guarantees 16 writable floats at `p`.
         unsafe { _mm512_storeu_ps(p, v) }
@@ -685,6 +715,14 @@ impl Simd for Avx512F64 {
     unsafe fn load(self, p: *const f64) -> __m512d {
         // SAFETY: AVX-512F (token); the caller guarantees 8 readable doubles at `p`.
         unsafe { _mm512_loadu_pd(p) }
+    }
+    #[inline(always)]
+    unsafe fn load_partial(self, p: *const f64, n: usize) -> __m512d {
+        debug_assert!(n <= 8);
+        let mask = ((1u32 << n) - 1) as __mmask8;
+        // SAFETY: AVX-512F (token). A masked load reads only the first `n` lanes (no fault
+        // on the others), which the caller guarantees readable.
+        unsafe { _mm512_maskz_loadu_pd(mask, p) }
     }
     #[inline(always)]
     unsafe fn store(self, p: *mut f64, v: __m512d) {
