@@ -437,6 +437,12 @@ fn keys_and_values_read_through_a_stride() {
 fn linear_kernels_match_the_scalar_kernel() {
     let shapes = [
         (1, 1, 1),
+        // One or two tokens: the GEMV path (strips of 12, a vectorised or a plain last strip).
+        (1, 64, 64),
+        (1, 37, 29),
+        (2, 50, 100),
+        (1, 256, 8),
+        (2, 96, 24),
         (3, 5, 7),
         (15, 64, 6),
         (16, 13, 13),
