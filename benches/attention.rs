@@ -17,6 +17,11 @@
 //! - `batch`: 32 sequences through `MultiHead<16, 64, 4>` (`forward_batch_into`; with
 //!   `rayon`, also `forward_batch_par` as `simd_2threads`).
 //! - `exp`: the softmax's `exp` over 4096 values (elements per second).
+//! - `decode`: one decoding step (one token's projections and attention over the cache) at
+//!   cache lengths 128 and 1024, for `MultiHead<_, 512, 8>` (`mha_step`) and a grouped-query
+//!   layer with 8 query heads on 2 kv heads of 64 features (`gqa_step`), beside recomputing
+//!   the causal forward over the whole sequence (`*_recompute`); the selected kernel only.
+//!   FLOPs of a step: `2·DIM·(Q_DIM + 2·KV_DIM) + 2·Q_DIM·DIM + 4·LEN·Q_DIM`.
 //!
 //! Function names are `scalar`, `simd` (the kernel `kernels::selected()` picked) and, when
 //! that is AVX-512, `avx2` too; parameters name the shape, e.g. `sdpa/simd/512x64_causal`.
@@ -28,8 +33,10 @@ use criterion::{
     BenchmarkGroup, BenchmarkId, Criterion, SamplingMode, Throughput, measurement::WallTime,
 };
 use static_attention::kernels::{self, Kernel, with_kernel};
+use static_attention::positions::NoPositions;
 use static_attention::{
-    Alignment, Float, Mask, MultiHead, SMatrix, Scratch, heap, scaled_dot_product_attention_into,
+    Alignment, DecoderScratch, Float, GroupedQuery, KvCache, Mask, MultiHead, SMatrix, Scratch,
+    heap, scaled_dot_product_attention_into,
 };
 
 /// The kernels each group compares: the portable one, the selected one (`simd`) if it
@@ -247,6 +254,109 @@ fn exp_case(c: &mut Criterion) {
     group.finish();
 }
 
+/// Decoding at cache length `L` (`P = L − 1` positions prefilled, then one step), against the
+/// causal forward over all `L` tokens.
+fn decode_case<const L: usize, const P: usize>(c: &mut Criterion) {
+    const DIM: usize = 512;
+    const KV: usize = 128;
+    let mha = MultiHead::<L, DIM, 8>::new_boxed(&mut seeded(11));
+    let gqa = GroupedQuery::<DIM, 8, 2, DIM, KV>::from_seed(12);
+    let x = random::<f32, L, DIM>(13);
+    let mut prompt = heap::zeros::<f32, P, DIM>();
+    prompt.copy_from(&x.fixed_rows::<P>(0));
+    let token = x.fixed_rows::<1>(P).into_owned();
+    let mut y = SMatrix::<f32, 1, DIM>::zeros();
+    let mut step = DecoderScratch::<1, DIM, DIM>::new_boxed();
+    let mut step_gqa = DecoderScratch::<1, DIM, KV>::new_boxed();
+    // The prefilled caches, cloned before every timed step.
+    let mut mha_cache = KvCache::<L, DIM>::new_boxed();
+    let mut gqa_cache = KvCache::<L, KV>::new_boxed();
+    {
+        let mut sc = DecoderScratch::<P, DIM, DIM>::new_boxed();
+        let mut out = heap::zeros::<f32, P, DIM>();
+        mha.decode_into(&*prompt, &mut mha_cache, &NoPositions, &mut sc, &mut out)
+            .expect("fits");
+        let mut sc = DecoderScratch::<P, DIM, KV>::new_boxed();
+        gqa.decode_into(&*prompt, &mut gqa_cache, &NoPositions, &mut sc, &mut out)
+            .expect("fits");
+    }
+    // The step equals the last row of the full causal forward.
+    let causal = Mask::causal(Alignment::BottomRight);
+    let mut full = heap::zeros::<f32, L, DIM>();
+    let mut scratch = Scratch::<L, L, DIM>::new_boxed();
+    mha.forward_into(&x, &causal, &mut scratch, &mut full);
+    let mut cache = KvCache::<L, DIM>::new_boxed();
+    cache.copy_from(&mha_cache);
+    mha.decode_into(&token, &mut cache, &NoPositions, &mut step, &mut y)
+        .expect("fits");
+    let mut gcache = KvCache::<L, KV>::new_boxed();
+    assert!(max_diff(&y, &full.fixed_rows::<1>(P).into_owned()) < 1e-4);
+
+    let step_flops =
+        |q: usize, kv: usize| (2 * DIM * (q + 2 * kv) + 2 * q * DIM + 4 * L * q) as u64;
+    let param = format!("cache_{L}");
+    let mut group = c.benchmark_group("decode");
+    configure(&mut group, step_flops(DIM, DIM), false);
+    // Each timed step starts from the prefilled cache, restored (untimed) before it.
+    group.bench_function(BenchmarkId::new("mha_step", &param), |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                cache.copy_from(&mha_cache);
+                let t = std::time::Instant::now();
+                mha.decode_into(
+                    black_box(&token),
+                    &mut cache,
+                    &NoPositions,
+                    &mut step,
+                    &mut y,
+                )
+                .expect("fits");
+                total += t.elapsed();
+            }
+            total
+        })
+    });
+    configure(&mut group, step_flops(DIM, KV), false);
+    group.bench_function(BenchmarkId::new("gqa_step", &param), |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                gcache.copy_from(&gqa_cache);
+                let t = std::time::Instant::now();
+                gqa.decode_into(
+                    black_box(&token),
+                    &mut gcache,
+                    &NoPositions,
+                    &mut step_gqa,
+                    &mut y,
+                )
+                .expect("fits");
+                total += t.elapsed();
+            }
+            total
+        })
+    });
+    let dense = (8 * L * DIM * DIM + 4 * L * L * DIM) as u64;
+    configure(&mut group, dense, L > 256);
+    group.bench_function(BenchmarkId::new("mha_recompute", &param), |b| {
+        b.iter(|| mha.forward_into(black_box(&x), &causal, &mut scratch, &mut full))
+    });
+    let mut gsc = DecoderScratch::<L, DIM, KV>::new_boxed();
+    configure(
+        &mut group,
+        (2 * L * DIM * (DIM + 2 * KV) + 2 * L * DIM * DIM + 4 * L * L * DIM) as u64,
+        L > 256,
+    );
+    group.bench_function(BenchmarkId::new("gqa_recompute", &param), |b| {
+        b.iter(|| {
+            gqa.forward_into(black_box(&x), &causal, &NoPositions, &mut gsc, &mut full)
+                .expect("no table")
+        })
+    });
+    group.finish();
+}
+
 fn main() {
     eprintln!("static_attention kernel: {}", kernels::selected().name());
     let mut c = Criterion::default().configure_from_args();
@@ -261,5 +371,7 @@ fn main() {
     layer_case::<f64, 128, 256, 8>(&mut c, "layer_f64");
     batch_case(&mut c);
     exp_case(&mut c);
+    decode_case::<128, 127>(&mut c);
+    decode_case::<1024, 1023>(&mut c);
     c.final_summary();
 }

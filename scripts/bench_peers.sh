@@ -14,8 +14,9 @@
 #
 # Environment:
 #   PEERS_VENV     Python venv with torch (default target/peers-venv). Reused when torch
-#                  imports in it; otherwise created with `pip install torch numpy` from PyPI
-#                  (about 5 GiB, slow).
+#                  imports in it; otherwise created with `pip install torch numpy
+#                  transformers` from PyPI (about 5 GiB, slow). Without transformers the
+#                  decoding rows have no torch column.
 #   CRITERION_DIR  where criterion's results are read (default target/criterion)
 #   BENCH_CPU      the core that single-threaded runs are pinned to (default 1)
 #
@@ -26,6 +27,10 @@
 #                                                       4*SEQ^2*DIM FLOPs
 #   layer/simd_2threads/512x512x8                       the same, `rayon` feature, 2 threads
 #   batch/{simd,scalar}/32x16x64x4                      32 sequences through the 16x64x4 layer
+#   decode/{mha,gqa}_{step,recompute}/cache_{128,1024}  one decoding step at that cache length
+#                                                       (torch: transformers' LlamaAttention
+#                                                       with a DynamicCache), and ours
+#                                                       recomputing the causal forward
 # The peers are scripts/bench_torch.py and bench_peers/candle; each documents its port.
 #
 # Single-threaded runs (criterion, torch 1T, candle 1T) are pinned with `taskset -c $BENCH_CPU`;
@@ -197,7 +202,8 @@ if ((run_torch)); then
                 die "python3 -m venv $PEERS_VENV failed (on Debian: apt-get install python3-venv)"
         fi
         "$py" -m pip install --upgrade pip >&2 || die "upgrading pip in $PEERS_VENV failed"
-        "$py" -m pip install torch numpy >&2 || die "pip install torch numpy failed"
+        "$py" -m pip install torch numpy transformers >&2 ||
+            die "pip install torch numpy transformers failed"
         "$py" -c 'import torch' || die "torch does not import in $PEERS_VENV"
     fi
 
@@ -345,6 +351,20 @@ torch_note = (f"{torch['version']} (CPU capability {torch.get('cpu_capability', 
 candle_note = f"candle-core {env['BP_CANDLE_VERSION']}" if env["BP_CANDLE_VERSION"] else "not run"
 quick_note = " — **quick mode** (short runs, for testing only)" if env["BP_QUICK"] == "1" else ""
 
+# Decoding: one step at a cache length, ours against transformers' (1 thread) and against
+# recomputing the whole causal forward.
+decode = ["| decoding step | ours (µs) | recompute the causal forward (µs) | transformers 1T (µs) "
+          "| transformers / ours | recompute / step |",
+          "|---|---:|---:|---:|---:|---:|"]
+for layer, label in (("mha", "MHA 512x8"), ("gqa", "GQA 8q/2kv, d 64")):
+    for length in (128, 1024):
+        param = f"cache_{length}"
+        step = ours("decode", f"{layer}_step", param)
+        full = ours("decode", f"{layer}_recompute", param)
+        hf = peers.get(("torch", 1, f"decode/{layer}_step/{param}"))
+        decode.append(f"| {label}, cache {length} | {us(step)} | {us(full)} | {us(hf)} "
+                      f"| {ratio(hf, step)} | {ratio(full, step)} |")
+
 print("\n".join([
     "# static-attention vs PyTorch and candle",
     "",
@@ -363,6 +383,8 @@ print("\n".join([
     *table,
     "",
     *footnotes,
+    "",
+    *decode,
 ]))
 PY
 

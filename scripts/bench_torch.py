@@ -8,6 +8,13 @@ Workloads (f32, CPU, inference only; ids are criterion's "group/parameter"):
   layer/<SEQ>x<DIM>x<H>   nn.MultiheadAttention(DIM, H, batch_first=True).eval() called as
                           mha(x, x, x, need_weights=False) with x [1, SEQ, DIM].
   batch/32x16x64x4        the (16, 64, 4) layer on x [32, 16, 64].
+  decode/{mha,gqa}_step/cache_<L>
+                          one decoding step of transformers' LlamaAttention (hidden 512, 8
+                          heads of 64, 8 or 2 kv heads, RoPE, the "sdpa" attention) with a
+                          DynamicCache holding L - 1 positions: the token's projections, its
+                          rotation, the cache update and attention over L keys; the cache is
+                          cropped back to L - 1 after each step (inside the timing; a view).
+                          Only when transformers imports; otherwise these rows are skipped.
 
 Everything runs inside torch.inference_mode(). Threads: torch.set_num_interop_threads(1) once
 at start, torch.set_num_threads(--threads). Pinning the 1-thread run to one core is the
@@ -88,6 +95,41 @@ def workloads():
         out.append((f"layer/{seq}x{dim}x{heads}", layer(1, seq, dim, heads)))
     seq, dim, heads = BATCH_LAYER
     out.append((f"batch/{BATCH}x{seq}x{dim}x{heads}", layer(BATCH, seq, dim, heads)))
+    out.extend(decode_workloads(gen))
+    return out
+
+
+def decode_workloads(gen):
+    """transformers' decoding step at cache lengths 128 and 1024 (see the module docs)."""
+    try:
+        from transformers import DynamicCache, LlamaConfig
+        from transformers.models.llama.modeling_llama import LlamaAttention, LlamaRotaryEmbedding
+    except ImportError:
+        print("bench_torch.py: transformers is not installed: no decode rows", file=sys.stderr)
+        return []
+    out = []
+    for kv_heads, name in ((8, "mha_step"), (2, "gqa_step")):
+        for length in (128, 1024):
+            torch.manual_seed(0)
+            config = LlamaConfig(hidden_size=512, num_attention_heads=8,
+                                 num_key_value_heads=kv_heads, head_dim=64,
+                                 max_position_embeddings=2048, attn_implementation="sdpa")
+            attn = LlamaAttention(config, layer_idx=0).eval()
+            rope = LlamaRotaryEmbedding(config)
+            cache = DynamicCache(config=config)
+            x = torch.randn(1, length, 512, generator=gen)
+            with torch.inference_mode():
+                prefix = x[:, : length - 1]
+                attn(prefix, position_embeddings=rope(prefix, torch.arange(length - 1)[None]),
+                     attention_mask=None, cache=cache)
+                token = x[:, length - 1:]
+                cos_sin = rope(token, torch.tensor([[length - 1]]))
+
+            def step(attn=attn, token=token, cos_sin=cos_sin, cache=cache):
+                attn(token, position_embeddings=cos_sin, attention_mask=None, cache=cache)
+                cache.crop(-1)  # drop the token just added
+
+            out.append((f"decode/{name}/cache_{length}", step))
     return out
 
 

@@ -1,6 +1,6 @@
 //! A fixed-capacity key/value cache for decoding, one token (or one prompt) at a time.
 
-use nalgebra::SMatrix;
+use nalgebra::SMatrixView;
 
 use crate::Float;
 use crate::positions::PositionError;
@@ -84,8 +84,10 @@ impl From<PositionError> for CacheError {
 #[repr(C)]
 #[zeroable(bound = "T: crate::Float")]
 pub struct KvCache<const CAP: usize, const KV_DIM: usize, T = f32> {
-    k: Aligned<SMatrix<T, CAP, KV_DIM>>,
-    v: Aligned<SMatrix<T, CAP, KV_DIM>>,
+    /// Column-major `CAP × KV_DIM` (plain arrays: an unoptimised build then makes fewer
+    /// temporary copies of a cache built by value).
+    k: Aligned<[[T; CAP]; KV_DIM]>,
+    v: Aligned<[[T; CAP]; KV_DIM]>,
     /// Rows holding positions: `min(position, CAP)`.
     len: usize,
     /// Tokens appended since the last reset: the next token's position.
@@ -114,12 +116,8 @@ impl<const CAP: usize, const KV_DIM: usize, T: Float> KvCache<CAP, KV_DIM, T> {
     pub const fn new() -> Self {
         let () = Self::SHAPE_OK;
         Self {
-            k: Aligned(SMatrix::from_array_storage(nalgebra::ArrayStorage(
-                [[T::ZERO; CAP]; KV_DIM],
-            ))),
-            v: Aligned(SMatrix::from_array_storage(nalgebra::ArrayStorage(
-                [[T::ZERO; CAP]; KV_DIM],
-            ))),
+            k: Aligned([[T::ZERO; CAP]; KV_DIM]),
+            v: Aligned([[T::ZERO; CAP]; KV_DIM]),
             len: 0,
             position: 0,
             ring: false,
@@ -182,6 +180,17 @@ impl<const CAP: usize, const KV_DIM: usize, T: Float> KvCache<CAP, KV_DIM, T> {
         self.ring
     }
 
+    /// Makes this cache a copy of `other`, in place (a derived `clone` of a boxed cache
+    /// would build the copy on the stack first; this never does). Useful to fork a prefilled
+    /// prompt into several continuations.
+    pub fn copy_from(&mut self, other: &Self) {
+        self.k.0.copy_from_slice(&other.k.0);
+        self.v.0.copy_from_slice(&other.v.0);
+        self.len = other.len;
+        self.position = other.position;
+        self.ring = other.ring;
+    }
+
     /// Forgets every position (the next token is position 0); the storage is kept.
     pub fn reset(&mut self) {
         self.len = 0;
@@ -191,14 +200,14 @@ impl<const CAP: usize, const KV_DIM: usize, T: Float> KvCache<CAP, KV_DIM, T> {
     /// The stored keys: row `r` holds position `r` (or, in a ring, the position `p` with
     /// `p mod CAP = r`); rows at or past [`KvCache::len`] are unused.
     #[must_use]
-    pub const fn keys(&self) -> &SMatrix<T, CAP, KV_DIM> {
-        &self.k.0
+    pub fn keys(&self) -> SMatrixView<'_, T, CAP, KV_DIM> {
+        SMatrixView::from_slice(self.k.0.as_flattened())
     }
 
     /// The stored values, laid out as [`KvCache::keys`].
     #[must_use]
-    pub const fn values(&self) -> &SMatrix<T, CAP, KV_DIM> {
-        &self.v.0
+    pub fn values(&self) -> SMatrixView<'_, T, CAP, KV_DIM> {
+        SMatrixView::from_slice(self.v.0.as_flattened())
     }
 
     /// Whether `adding` more tokens fit.
@@ -219,7 +228,7 @@ impl<const CAP: usize, const KV_DIM: usize, T: Float> KvCache<CAP, KV_DIM, T> {
     pub(crate) fn push(&mut self, k: &[T], v: &[T], s: usize, t: usize) {
         let row = self.position % CAP;
         debug_assert!(self.ring || self.position < CAP);
-        let (kc, vc) = (self.k.0.as_mut_slice(), self.v.0.as_mut_slice());
+        let (kc, vc) = (self.k.0.as_flattened_mut(), self.v.0.as_flattened_mut());
         for c in 0..KV_DIM {
             kc[row + c * CAP] = k[t + c * s];
             vc[row + c * CAP] = v[t + c * s];
@@ -232,8 +241,8 @@ impl<const CAP: usize, const KV_DIM: usize, T: Float> KvCache<CAP, KV_DIM, T> {
     pub(crate) fn head(&self, g: usize, head_dim: usize) -> (&[T], &[T]) {
         let span = g * head_dim * CAP..(g + 1) * head_dim * CAP;
         (
-            &self.k.0.as_slice()[span.clone()],
-            &self.v.0.as_slice()[span],
+            &self.k.0.as_flattened()[span.clone()],
+            &self.v.0.as_flattened()[span],
         )
     }
 

@@ -390,6 +390,16 @@ impl<
         layer
     }
 
+    /// [`GroupedQuery::new`] built directly on the heap, for layers whose parameters do not
+    /// fit on the stack.
+    #[cfg(feature = "std")]
+    #[must_use]
+    pub fn new_boxed<R: Rng + ?Sized>(rng: &mut R, bias: Bias) -> std::boxed::Box<Self> {
+        let mut layer = Self::zeros_boxed();
+        layer.reset_parameters(rng, bias);
+        layer
+    }
+
     /// [`GroupedQuery::new`] without biases (Llama, Mistral) from a seed, with the crate's
     /// portable generator ([`init::SeedRng`]).
     #[must_use]

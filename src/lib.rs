@@ -119,9 +119,13 @@
 //! | `new`, `from_seed`, `new_without_bias` | `2·PARAM_BYTES` (`PARAM_BYTES` + one projection in release) |
 //! | `zeros` | `PARAM_BYTES` |
 //! | `from_pytorch`, `from_safetensors` (unwrapped) | `3·PARAM_BYTES` |
+//! | `grouped_query_attention` | `2·HQ·OUT + WORK` (`_into`: `WORK`) |
+//! | `MultiHead::decode`, `GroupedQuery::forward`, `GroupedQuery::decode` | `DecoderScratch::BYTES + 3·OUTPUT_BYTES` (the result passes through a `Result`) |
+//! | `GroupedQuery::from_seed` / `from_safetensors` (unwrapped) | `2·PARAM_BYTES` / `3·PARAM_BYTES` |
+//! | `KvCache::new`, `Rope::new` | `KvCache::BYTES`, `2·Rope::BYTES` |
 //! | `Scratch::new`, `AttentionWeights::zeros` | `Scratch::BYTES`, `AttentionWeights::BYTES` |
 //! | `AttentionWeights::average` | `3·SQ·SKV` scalars |
-//! | other `*_into`, `attend`, `*_boxed`, `load_*`, `to_safetensors` | nothing big |
+//! | other `*_into`, `attend`, `*_boxed`, `load_*`, `to_safetensors`, `decode_into` | nothing big |
 //!
 //! **Frames.** Add 16 KiB for the call's own frames and a thread's start-up (measured: 8 KiB,
 //! in release and in this crate's test profile, `opt-level = 1`).

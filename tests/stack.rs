@@ -23,8 +23,10 @@ use std::process::Command;
 
 use static_attention::io::{InProjWeight, LinearParams, PyTorchParams, SelfAttentionParams};
 use static_attention::kernels::{KEY_BLOCK, TILE_QUERIES};
+use static_attention::positions::{NoPositions, Rope, RopeStyle};
 use static_attention::{
-    Alignment, AttentionWeights, Mask, MultiHead, SMatrix, Scratch, SelfAttention, heap,
+    Alignment, AttentionWeights, DecoderScratch, GroupedQuery, KvCache, Mask, MultiHead, SMatrix,
+    Scratch, SelfAttention, grouped_query_attention, grouped_query_attention_into, heap,
     scaled_dot_product_attention, scaled_dot_product_attention_into,
     scaled_dot_product_attention_with_weights, scaled_dot_product_attention_with_weights_into,
 };
@@ -43,6 +45,11 @@ const S: usize = 512;
 const D: usize = 64;
 
 type Layer = MultiHead<SEQ, DIM, HEADS>;
+/// Key/value width of the grouped-query layer: 2 kv heads of 32.
+const KV: usize = 64;
+type Gqa = GroupedQuery<DIM, HEADS, 2, DIM, KV>;
+/// Cache capacity for the decoding entry points.
+const CAP: usize = 2 * SEQ;
 type Head = SelfAttention<SEQ, DIM>;
 
 const F32: usize = 4;
@@ -101,6 +108,13 @@ struct Inputs {
     out_proj: Vec<f32>,
     bias3: Vec<f32>,
     bias: Vec<f32>,
+    gqa: Box<Gqa>,
+    gqa_file: Vec<u8>,
+    rope: Box<Rope<32, SEQ>>,
+    heads_q: Box<[SMatrix<f32, SEQ, D>; 4]>,
+    heads_kv: Box<[SMatrix<f32, SEQ, D>; 2]>,
+    /// The outputs of `grouped_query_attention_into`, built outside the measured thread.
+    heads_out: std::sync::Mutex<Box<[SMatrix<f32, SEQ, D>; 4]>>,
 }
 
 impl Inputs {
@@ -120,7 +134,24 @@ impl Inputs {
         q.iter_mut()
             .enumerate()
             .for_each(|(i, v)| *v = (i as f32 * 0.07).sin());
+        let gqa = Gqa::new_boxed(
+            &mut static_attention::init::SeedRng::from_seed_u64(5),
+            static_attention::Bias::Absent,
+        );
+        let mut heads_q = Box::new([SMatrix::<f32, SEQ, D>::zeros(); 4]);
+        for (h, m) in heads_q.iter_mut().enumerate() {
+            m.iter_mut()
+                .enumerate()
+                .for_each(|(i, v)| *v = ((i + h) as f32 * 0.05).sin());
+        }
+        let heads_kv = Box::new([heads_q[0], heads_q[1]]);
         Self {
+            gqa_file: gqa.to_safetensors("").unwrap(),
+            gqa,
+            rope: Rope::new_boxed(10_000.0, RopeStyle::RotateHalf),
+            heads_q,
+            heads_kv,
+            heads_out: std::sync::Mutex::new(Box::new([SMatrix::zeros(); 4])),
             mha_file: layer.to_safetensors("").unwrap(),
             head_file: head.to_safetensors("").unwrap(),
             in_proj: vec![0.01; 3 * DIM * DIM],
@@ -192,6 +223,14 @@ const CROSS_WEIGHTS: usize = AttentionWeights::<SEQ, MEM, HEADS>::BYTES;
 const HEAD_WEIGHTS: usize = Head::WEIGHTS_BYTES;
 const SDPA_OUT: usize = S * D * F32;
 const SDPA_WEIGHTS: usize = S * S * F32;
+const DEC_SCRATCH: usize = DecoderScratch::<SEQ, DIM, DIM>::BYTES;
+const GQA_SCRATCH: usize = DecoderScratch::<SEQ, DIM, KV>::BYTES;
+const GQA_PARAM: usize = Gqa::PARAM_BYTES;
+/// A rotary table for heads of 32 and 4096 positions.
+const ROPE_POS: usize = 4096;
+const ROPE: usize = Rope::<32, ROPE_POS>::BYTES;
+/// 4 query heads of `SEQ × D`.
+const GQA_SDPA_OUT: usize = 4 * SEQ * D * F32;
 /// The streaming kernel's block state: `TILE_QUERIES · (D + 2 · KEY_BLOCK)` scalars.
 const SDPA_WORK: usize = TILE_QUERIES * (D + 2 * KEY_BLOCK) * F32;
 
@@ -285,6 +324,45 @@ fn entry_points() -> Vec<Entry> {
         "Linear::forward_into", Frames, |i| {
             let mut o = heap::zeros();
             i.layer.q_proj().forward_into(&i.x, &mut o);
+        };
+        // Decoder pieces: a SEQ-token prompt into a boxed cache.
+        "MultiHead::decode", Holds(DEC_SCRATCH + 3 * OUT), |i| {
+            let mut c = KvCache::<CAP, DIM>::new_boxed();
+            i.layer.decode(&i.x, &mut c, &NoPositions).expect("fits")
+        };
+        "MultiHead::decode_into", Frames, |i| {
+            let (mut c, mut s, mut o) = (KvCache::<CAP, DIM>::new_boxed(), DecoderScratch::new_boxed(), heap::zeros());
+            i.layer.decode_into(&i.x, &mut c, &NoPositions, &mut s, &mut o).expect("fits");
+        };
+        "GroupedQuery::forward", Holds(GQA_SCRATCH + 3 * OUT), |i| {
+            i.gqa.forward(&i.x, &Mask::causal(Alignment::TopLeft), &*i.rope).expect("fits")
+        };
+        "GroupedQuery::forward_into", Frames, |i| {
+            let (mut s, mut o) = (DecoderScratch::new_boxed(), heap::zeros());
+            i.gqa.forward_into(&i.x, &Mask::causal(Alignment::TopLeft), &*i.rope, &mut s, &mut o).expect("fits");
+        };
+        "GroupedQuery::decode", Holds(GQA_SCRATCH + 3 * OUT), |i| {
+            let mut c = KvCache::<CAP, KV>::new_boxed();
+            i.gqa.decode(&i.x, &mut c, &*i.rope).expect("fits")
+        };
+        "GroupedQuery::decode_into", Frames, |i| {
+            let (mut c, mut s, mut o) = (KvCache::<CAP, KV>::new_boxed(), DecoderScratch::new_boxed(), heap::zeros());
+            i.gqa.decode_into(&i.x, &mut c, &*i.rope, &mut s, &mut o).expect("fits");
+        };
+        "GroupedQuery::from_seed", Holds(2 * GQA_PARAM), |_i| Gqa::from_seed(3);
+        "GroupedQuery::new_boxed", Frames, |_i| Gqa::new_boxed(&mut static_attention::init::SeedRng::from_seed_u64(3), static_attention::Bias::Present);
+        "GroupedQuery::from_safetensors", Holds(3 * GQA_PARAM), |i| Gqa::from_safetensors(&i.gqa_file, "").expect("loads");
+        "GroupedQuery::from_safetensors_boxed", Frames, |i| Gqa::from_safetensors_boxed(&i.gqa_file, "").expect("loads");
+        "KvCache::new", Holds(KvCache::<CAP, DIM>::BYTES), |_i| KvCache::<CAP, DIM>::new();
+        "KvCache::new_boxed", Frames, |_i| KvCache::<CAP, DIM>::new_boxed();
+        "Rope::new", Holds(2 * ROPE), |_i| Rope::<32, ROPE_POS>::new(10_000.0, RopeStyle::RotateHalf);
+        "Rope::new_boxed", Frames, |_i| Rope::<32, ROPE_POS>::new_boxed(10_000.0, RopeStyle::RotateHalf);
+        "grouped_query_attention", Holds(2 * GQA_SDPA_OUT + SDPA_WORK), |i| {
+            grouped_query_attention(&*i.heads_q, &*i.heads_kv, &*i.heads_kv, &Mask::none(), None)
+        };
+        "grouped_query_attention_into", Holds(SDPA_WORK), |i| {
+            let mut o = i.heads_out.lock().unwrap();
+            grouped_query_attention_into(&*i.heads_q, &*i.heads_kv, &*i.heads_kv, &Mask::none(), None, &mut o);
         };
         "AttentionWeights::average", Holds(3 * SEQ * SEQ * F32), |i| {
             let w = AttentionWeights::<SEQ, SEQ, HEADS>::new_boxed();
