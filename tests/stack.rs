@@ -358,11 +358,11 @@ fn entry_points() -> Vec<Entry> {
         "Rope::new", Holds(2 * ROPE), |_i| Rope::<32, ROPE_POS>::new(10_000.0, RopeStyle::RotateHalf);
         "Rope::new_boxed", Frames, |_i| Rope::<32, ROPE_POS>::new_boxed(10_000.0, RopeStyle::RotateHalf);
         "grouped_query_attention", Holds(2 * GQA_SDPA_OUT + SDPA_WORK), |i| {
-            grouped_query_attention(&*i.heads_q, &*i.heads_kv, &*i.heads_kv, &Mask::none(), None)
+            grouped_query_attention(&i.heads_q, &i.heads_kv, &i.heads_kv, &Mask::none(), None)
         };
         "grouped_query_attention_into", Holds(SDPA_WORK), |i| {
             let mut o = i.heads_out.lock().unwrap();
-            grouped_query_attention_into(&*i.heads_q, &*i.heads_kv, &*i.heads_kv, &Mask::none(), None, &mut o);
+            grouped_query_attention_into(&i.heads_q, &i.heads_kv, &i.heads_kv, &Mask::none(), None, &mut o);
         };
         "AttentionWeights::average", Holds(3 * SEQ * SEQ * F32), |i| {
             let w = AttentionWeights::<SEQ, SEQ, HEADS>::new_boxed();
