@@ -1,13 +1,15 @@
 //! Proves the library builds and runs without `std` or `alloc`: a `#![no_std]` `#![no_main]`
 //! program, linked against the C runtime only for its entry point, runs a multi-head forward
-//! pass over `static` weights (kept in read-only memory) and reports through its exit code.
+//! pass over `static` weights (kept in read-only memory), decodes the same tokens through a KV
+//! cache, and reports through its exit code.
 
 #![no_std]
 #![no_main]
 
 use core::panic::PanicInfo;
 
-use static_attention::{Alignment, Linear, Mask, MultiHead, SMatrix};
+use static_attention::positions::NoPositions;
+use static_attention::{Alignment, KvCache, Linear, Mask, MultiHead, SMatrix};
 
 const SEQ: usize = 4;
 const DIM: usize = 8;
@@ -52,10 +54,25 @@ extern "C" fn main(_argc: i32, _argv: *const *const u8) -> i32 {
     line[text.len() + name.len()] = b'\n';
     // SAFETY: writes `len` initialised bytes of `line` to standard output.
     unsafe { write(1, line.as_ptr(), text.len() + name.len() + 1) };
+    // Decoding the same tokens one at a time through a cache on the stack gives the rows of
+    // the causal forward.
+    let mut cache = KvCache::<8, DIM>::new();
+    let mut decoded = true;
+    for t in 0..SEQ {
+        let token = x.fixed_rows::<1>(t).into_owned();
+        decoded &= match LAYER.decode(&token, &mut cache, &NoPositions) {
+            Ok(row) => (row - y.fixed_rows::<1>(t)).amax() < 1e-5,
+            Err(_) => false,
+        };
+    }
     let finite = y.iter().all(|v| v.is_finite());
     let agree = (y - y2).amax() < 1e-5;
     let causal = w.head(0)[(0, 1)] == 0.0 && (w.head(1).row(2).sum() - 1.0).abs() < 1e-5;
-    if finite && agree && causal { 0 } else { 1 }
+    if finite && agree && causal && decoded {
+        0
+    } else {
+        1
+    }
 }
 
 #[panic_handler]
