@@ -44,6 +44,32 @@
 //! assert!((weights.average().row(3).sum() - 1.0).abs() < 1e-6);
 //! ```
 //!
+//! ## Decoding
+//!
+//! [`GroupedQuery`] is the attention block of Llama, Mistral and Qwen2: `HEADS` query heads
+//! sharing `KV_HEADS` key/value heads (SPEC rule 9), loaded from Hugging Face names. It and
+//! [`MultiHead`] decode through a [`KvCache`]: [`GroupedQuery::decode`] appends a prompt or one
+//! token at the cache's next positions and attends over what it holds, which gives the rows
+//! of one causal forward over the whole sequence (rule 14). Positions come from
+//! [`positions`]: RoPE tables in both pairings (rule 11), ALiBi slopes (rule 12, also a
+//! [`Mask`] part computed in the kernels), the paper's sinusoidal encoding. A sliding window
+//! of `W` keys (rule 13: query `i` sees `i − W < j ≤ i`) is a [`Mask::sliding_window`] for a
+//! whole sequence and a [`KvCache::sliding_window`] ring of capacity `W` for decoding.
+//!
+//! ```
+//! use static_attention::positions::{Rope, RopeStyle};
+//! use static_attention::{GroupedQuery, KvCache, SMatrix};
+//!
+//! let layer = GroupedQuery::<32, 4, 1, 32, 8>::from_seed(3); // multi-query: one kv head
+//! let rope = Rope::<8, 64>::new(10_000.0, RopeStyle::RotateHalf);
+//! let mut cache = KvCache::<64, 8>::new();
+//! let prompt = SMatrix::<f32, 3, 32>::repeat(0.25);
+//! layer.decode(&prompt, &mut cache, &rope)?;
+//! let next = layer.decode(&SMatrix::<f32, 1, 32>::repeat(0.5), &mut cache, &rope)?;
+//! assert!(next.iter().all(|v| v.is_finite()) && cache.len() == 4);
+//! # Ok::<(), static_attention::CacheError>(())
+//! ```
+//!
 //! ## Conventions
 //!
 //! - Built on nalgebra 0.35 and rand 0.10, both re-exported ([`nalgebra`], [`rand`]); every
