@@ -1,6 +1,6 @@
 //! The vectorised `exp` of the softmax, against `f64::exp` (correctly rounded to far below an
 //! f32 ulp), through `kernels::exp_in_place` with each vector kernel the CPU runs (AVX2 + FMA,
-//! AVX-512).
+//! AVX-512, NEON).
 //!
 //! - `every_f32_in_the_softmax_range` (ignored in the default run, about 1.1e9 values; CI runs
 //!   it in release: `cargo test --release --test exp -- --ignored`) checks every f32 in
@@ -12,7 +12,7 @@ use static_attention::kernels::{Kernel, exp_in_place, with_kernel};
 /// The vector kernels this CPU runs (the scalar kernel's `exp` is the platform's and needs
 /// no test here).
 fn vector_kernels() -> Vec<Kernel> {
-    [Kernel::Avx2Fma, Kernel::Avx512]
+    [Kernel::Avx2Fma, Kernel::Avx512, Kernel::Neon]
         .into_iter()
         .filter(|k| k.is_supported())
         .collect()

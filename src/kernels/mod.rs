@@ -31,10 +31,12 @@
 //! `Dims` and masks as a `MaskView` of slices, so each kernel is compiled once per scalar
 //! type however many shapes a program uses.
 
+#[cfg(target_arch = "aarch64")]
+pub(crate) mod arm;
 pub(crate) mod scalar;
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub(crate) mod simd;
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub(crate) mod vector;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86;
@@ -49,7 +51,11 @@ use crate::mask::{Additive, Mask, Pattern};
 pub const TILE_QUERIES: usize = if cfg!(target_arch = "x86_64") { 32 } else { 8 };
 /// Keys per block of the vector attention kernels (0 where there is none: the scalar kernel
 /// needs no block buffers).
-pub const KEY_BLOCK: usize = if cfg!(target_arch = "x86_64") { 64 } else { 0 };
+pub const KEY_BLOCK: usize = if cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) {
+    64
+} else {
+    0
+};
 
 pub(crate) const MQ_MAX: usize = TILE_QUERIES;
 pub(crate) const KB: usize = KEY_BLOCK;
@@ -63,6 +69,9 @@ pub enum Kernel {
     /// x86-64 AVX2 + FMA: 8 `f32` or 4 `f64` lanes, register-blocked micro-kernels and a
     /// vectorised `exp`.
     Avx2Fma,
+    /// aarch64 NEON: the same kernels on 4 `f32` or 2 `f64` lanes, 12-wide micro-tiles (32
+    /// registers). Part of the aarch64 baseline, so always chosen there.
+    Neon,
     /// x86-64 AVX-512F: the same kernels on 16 `f32` or 8 `f64` lanes, with micro-tiles twice
     /// as wide (32 vector registers).
     Avx512,
@@ -76,6 +85,7 @@ impl Kernel {
             Kernel::Scalar => "scalar",
             Kernel::Avx2Fma => "avx2+fma",
             Kernel::Avx512 => "avx512",
+            Kernel::Neon => "neon",
         }
     }
 
@@ -86,6 +96,7 @@ impl Kernel {
             Kernel::Scalar => true,
             Kernel::Avx2Fma => x86_supports(Kernel::Avx2Fma),
             Kernel::Avx512 => x86_supports(Kernel::Avx512),
+            Kernel::Neon => cfg!(all(target_arch = "aarch64", target_feature = "neon")),
         }
     }
 }
@@ -97,6 +108,7 @@ fn x86_supports(kernel: Kernel) -> bool {
         Kernel::Avx2Fma => x86::Avx2::detect().is_some(),
         Kernel::Avx512 => x86::Avx512::detect().is_some(),
         Kernel::Scalar => true,
+        Kernel::Neon => false,
     }
 }
 
@@ -106,7 +118,8 @@ fn x86_supports(_: Kernel) -> bool {
 }
 
 /// The best kernel this build and CPU support: [`Kernel::Avx512`] on x86-64 with AVX-512F,
-/// else [`Kernel::Avx2Fma`] with AVX2 and FMA, else [`Kernel::Scalar`]. With the
+/// else [`Kernel::Avx2Fma`] with AVX2 and FMA; [`Kernel::Neon`] on aarch64; else
+/// [`Kernel::Scalar`]. With the
 /// `force-scalar` feature it is always [`Kernel::Scalar`]. Each call runs the detection;
 /// [`selected`] caches it.
 #[must_use]
@@ -114,7 +127,7 @@ pub fn detect() -> Kernel {
     if cfg!(feature = "force-scalar") {
         return Kernel::Scalar;
     }
-    [Kernel::Avx512, Kernel::Avx2Fma]
+    [Kernel::Avx512, Kernel::Avx2Fma, Kernel::Neon]
         .into_iter()
         .find(|k| k.is_supported())
         .unwrap_or(Kernel::Scalar)
@@ -140,6 +153,7 @@ fn cached() -> Kernel {
         1 => Kernel::Scalar,
         2 => Kernel::Avx2Fma,
         3 => Kernel::Avx512,
+        4 => Kernel::Neon,
         _ => {
             let k = detect();
             CHOICE.store(
@@ -147,6 +161,7 @@ fn cached() -> Kernel {
                     Kernel::Scalar => 1,
                     Kernel::Avx2Fma => 2,
                     Kernel::Avx512 => 3,
+                    Kernel::Neon => 4,
                 },
                 Ordering::Relaxed,
             );
@@ -495,9 +510,10 @@ pub(crate) fn linear<T: Float>(
 ) {
     match selected() {
         Kernel::Scalar => scalar::linear(io, s, din, w, dout, bias, pack),
+        #[cfg(target_arch = "aarch64")]
+        Kernel::Neon => arm::linear(io, s, din, w, dout, bias, pack),
         #[cfg(target_arch = "x86_64")]
-        k => x86::linear(k, io, s, din, w, dout, bias, pack),
-        #[cfg(not(target_arch = "x86_64"))]
+        k @ (Kernel::Avx2Fma | Kernel::Avx512) => x86::linear(k, io, s, din, w, dout, bias, pack),
         _ => scalar::linear(io, s, din, w, dout, bias, pack),
     }
 }
@@ -517,9 +533,12 @@ pub(crate) fn attention<T: Float>(
     let kernel = selected();
     let run = |vscale: T, out: &mut [T], work: WorkRef<'_, T>| match kernel {
         Kernel::Scalar => scalar::attention(q, k, v, dims, scale, mask, out, work, vscale),
+        #[cfg(target_arch = "aarch64")]
+        Kernel::Neon => arm::attention(q, k, v, dims, scale, mask, out, work, vscale),
         #[cfg(target_arch = "x86_64")]
-        kernel => x86::attention(kernel, q, k, v, dims, scale, mask, out, work, vscale),
-        #[cfg(not(target_arch = "x86_64"))]
+        kernel @ (Kernel::Avx2Fma | Kernel::Avx512) => {
+            x86::attention(kernel, q, k, v, dims, scale, mask, out, work, vscale)
+        }
         _ => scalar::attention(q, k, v, dims, scale, mask, out, work, vscale),
     };
     // The running sums Σ p·v are bounded by SKV · max|v| (every p ≤ 1), so they can overflow
@@ -566,9 +585,12 @@ pub(crate) fn attention_with_weights<T: Float>(
 ) {
     match selected() {
         Kernel::Scalar => scalar::attention_with_weights(q, k, v, dims, scale, mask, out, weights),
+        #[cfg(target_arch = "aarch64")]
+        Kernel::Neon => arm::attention_with_weights(q, k, v, dims, scale, mask, out, weights),
         #[cfg(target_arch = "x86_64")]
-        kernel => x86::attention_with_weights(kernel, q, k, v, dims, scale, mask, out, weights),
-        #[cfg(not(target_arch = "x86_64"))]
+        kernel @ (Kernel::Avx2Fma | Kernel::Avx512) => {
+            x86::attention_with_weights(kernel, q, k, v, dims, scale, mask, out, weights)
+        }
         _ => scalar::attention_with_weights(q, k, v, dims, scale, mask, out, weights),
     }
 }
@@ -578,9 +600,10 @@ pub(crate) fn attention_with_weights<T: Float>(
 pub fn exp_in_place<T: Float>(xs: &mut [T]) {
     match selected() {
         Kernel::Scalar => xs.iter_mut().for_each(|x| *x = x.exp_()),
+        #[cfg(target_arch = "aarch64")]
+        Kernel::Neon => arm::exp_in_place(xs),
         #[cfg(target_arch = "x86_64")]
-        kernel => x86::exp_in_place(kernel, xs),
-        #[cfg(not(target_arch = "x86_64"))]
+        kernel @ (Kernel::Avx2Fma | Kernel::Avx512) => x86::exp_in_place(kernel, xs),
         _ => xs.iter_mut().for_each(|x| *x = x.exp_()),
     }
 }

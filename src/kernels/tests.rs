@@ -16,7 +16,7 @@ use crate::mask::{Alignment, Pattern};
 
 /// Kernels to compare with the scalar one on this machine.
 fn fast_kernels() -> Vec<Kernel> {
-    [Kernel::Avx2Fma, Kernel::Avx512]
+    [Kernel::Avx2Fma, Kernel::Avx512, Kernel::Neon]
         .into_iter()
         .filter(|k| k.is_supported())
         .collect()
@@ -590,6 +590,13 @@ fn the_fast_kernel_is_selected_where_the_cpu_has_it() {
         }
         assert_eq!(Kernel::Avx2Fma.is_supported(), avx2);
         assert_eq!(Kernel::Avx512.is_supported(), avx512);
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        assert!(Kernel::Neon.is_supported());
+        if !cfg!(feature = "force-scalar") {
+            assert_eq!(super::selected(), Kernel::Neon);
+        }
     }
     if cfg!(feature = "force-scalar") {
         assert_eq!(super::selected(), Kernel::Scalar);

@@ -1,0 +1,510 @@
+//! aarch64 NEON (Advanced SIMD): 4 `f32` or 2 `f64` lanes per vector, 32 registers. NEON is
+//! part of the aarch64 baseline, so no detection is needed: the [`Neon`] token exists on every
+//! aarch64 build, and the generic kernels of `vector.rs` are compiled for it directly.
+
+#![allow(clippy::inline_always)]
+
+use core::arch::aarch64::*;
+
+use super::simd::{self, Simd};
+use super::vector;
+use super::{Dims, LinearIo, MaskView, WorkRef};
+use crate::Float;
+
+/// Proof that the CPU runs NEON: every aarch64 CPU does (the target's baseline).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Neon(());
+
+impl Neon {
+    /// The token (NEON is always there on aarch64).
+    pub(crate) fn detect() -> Option<Self> {
+        cfg!(target_feature = "neon").then_some(Neon(()))
+    }
+}
+
+/// NEON with 4 `f32` lanes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct NeonF32(pub(crate) Neon);
+
+/// NEON with 2 `f64` lanes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct NeonF64(pub(crate) Neon);
+
+// Every `unsafe` block in the two `impl`s below calls NEON intrinsics, which are sound to
+// execute exactly when the CPU has NEON: `self` holds a `Neon` token, which exists only on
+// targets whose baseline includes it. The loads and stores additionally rely on their own
+// `# Safety` contracts (the caller's pointers).
+
+impl Simd for NeonF32 {
+    type E = f32;
+    type V = float32x4_t;
+    type M = uint32x4_t;
+    const LANES: usize = 4;
+    const TILE: usize = 12;
+
+    #[inline(always)]
+    fn splat(self, x: f32) -> float32x4_t {
+        // SAFETY: NEON, proven by the token.
+        unsafe { vdupq_n_f32(x) }
+    }
+    #[inline(always)]
+    fn add(self, a: float32x4_t, b: float32x4_t) -> float32x4_t {
+        // SAFETY: NEON, proven by the token.
+        unsafe { vaddq_f32(a, b) }
+    }
+    #[inline(always)]
+    fn sub(self, a: float32x4_t, b: float32x4_t) -> float32x4_t {
+        // SAFETY: NEON, proven by the token.
+        unsafe { vsubq_f32(a, b) }
+    }
+    #[inline(always)]
+    fn mul(self, a: float32x4_t, b: float32x4_t) -> float32x4_t {
+        // SAFETY: NEON, proven by the token.
+        unsafe { vmulq_f32(a, b) }
+    }
+    #[inline(always)]
+    fn div(self, a: float32x4_t, b: float32x4_t) -> float32x4_t {
+        // SAFETY: NEON, proven by the token.
+        unsafe { vdivq_f32(a, b) }
+    }
+    #[inline(always)]
+    fn fma(self, a: float32x4_t, b: float32x4_t, c: float32x4_t) -> float32x4_t {
+        // SAFETY: NEON, proven by the token. `vfmaq_f32(c, a, b)` is `c + a·b`, one rounding.
+        unsafe { vfmaq_f32(c, a, b) }
+    }
+    #[inline(always)]
+    fn max(self, a: float32x4_t, b: float32x4_t) -> float32x4_t {
+        // SAFETY: NEON, proven by the token. `a > b ? a : b`, so a NaN in either gives `b`:
+        // the x86 MAXPS rule the kernels are written to.
+        unsafe { vbslq_f32(vcgtq_f32(a, b), a, b) }
+    }
+    #[inline(always)]
+    fn select(self, m: uint32x4_t, a: float32x4_t, b: float32x4_t) -> float32x4_t {
+        // SAFETY: NEON, proven by the token.
+        unsafe { vbslq_f32(m, a, b) }
+    }
+    #[inline(always)]
+    fn keep(self, a: float32x4_t, m: uint32x4_t) -> float32x4_t {
+        // SAFETY: NEON, proven by the token.
+        unsafe { vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(a), m)) }
+    }
+    #[inline(always)]
+    fn lt(self, a: float32x4_t, b: float32x4_t) -> uint32x4_t {
+        // SAFETY: NEON, proven by the token.
+        unsafe { vcltq_f32(a, b) }
+    }
+    #[inline(always)]
+    fn ge(self, a: float32x4_t, b: float32x4_t) -> uint32x4_t {
+        // SAFETY: NEON, proven by the token.
+        unsafe { vcgeq_f32(a, b) }
+    }
+    #[inline(always)]
+    fn eq(self, a: float32x4_t, b: float32x4_t) -> uint32x4_t {
+        // SAFETY: NEON, proven by the token.
+        unsafe { vceqq_f32(a, b) }
+    }
+    #[inline(always)]
+    fn and(self, a: uint32x4_t, b: uint32x4_t) -> uint32x4_t {
+        // SAFETY: NEON, proven by the token.
+        unsafe { vandq_u32(a, b) }
+    }
+    #[inline(always)]
+    fn and_not(self, a: uint32x4_t, b: uint32x4_t) -> uint32x4_t {
+        // SAFETY: NEON, proven by the token. BIC computes `a AND NOT b`.
+        unsafe { vbicq_u32(a, b) }
+    }
+    #[inline(always)]
+    fn all(self, m: uint32x4_t) -> bool {
+        // SAFETY: NEON, proven by the token.
+        unsafe { vminvq_u32(m) == u32::MAX }
+    }
+    #[inline(always)]
+    fn exp(self, x: float32x4_t) -> float32x4_t {
+        // The same algorithm and coefficients as the x86 kernels (see `x86.rs`): eˣ = 2ⁿ · eʳ,
+        // n = round(x / ln 2), r in two steps, eʳ = 1 + r·p(r), zero below the cutoff.
+        let c = simd::EXP_F32;
+        // SAFETY: NEON, proven by the token.
+        unsafe {
+            let n = vrndnq_f32(vmulq_f32(x, vdupq_n_f32(simd::LOG2E_F32)));
+            let r = vfmsq_f32(x, n, vdupq_n_f32(simd::LN2_HI_F32));
+            let r = vfmsq_f32(r, n, vdupq_n_f32(simd::LN2_LO_F32));
+            let mut p = vdupq_n_f32(c[5]);
+            p = vfmaq_f32(vdupq_n_f32(c[4]), p, r);
+            p = vfmaq_f32(vdupq_n_f32(c[3]), p, r);
+            p = vfmaq_f32(vdupq_n_f32(c[2]), p, r);
+            p = vfmaq_f32(vdupq_n_f32(c[1]), p, r);
+            p = vfmaq_f32(vdupq_n_f32(c[0]), p, r);
+            // 2ⁿ from its exponent bits; n ≥ −126 wherever the result is kept.
+            let bits = vshlq_n_s32::<23>(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127)));
+            let two_n = vreinterpretq_f32_s32(bits);
+            let y = vfmaq_f32(two_n, vmulq_f32(r, two_n), p);
+            let tiny = vcltq_f32(x, vdupq_n_f32(simd::EXP_CUTOFF_F32));
+            vbslq_f32(tiny, vdupq_n_f32(0.0), y)
+        }
+    }
+    #[inline(always)]
+    fn reduce_add(self, v: float32x4_t) -> f32 {
+        // SAFETY: NEON, proven by the token.
+        unsafe { vaddvq_f32(v) }
+    }
+    #[inline(always)]
+    unsafe fn load(self, p: *const f32) -> float32x4_t {
+        // SAFETY: NEON (token); the caller guarantees 4 readable floats at `p`.
+        unsafe { vld1q_f32(p) }
+    }
+    #[inline(always)]
+    unsafe fn load_partial(self, p: *const f32, n: usize) -> float32x4_t {
+        debug_assert!(n <= 4);
+        // NEON has no masked load: the `n` values go through a zeroed buffer.
+        let mut t = [0.0f32; 4];
+        // SAFETY: the caller guarantees `n ≤ 4` readable floats at `p`; `t` holds 4.
+        unsafe {
+            core::ptr::copy_nonoverlapping(p, t.as_mut_ptr(), n);
+            vld1q_f32(t.as_ptr())
+        }
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32, v: float32x4_t) {
+        // SAFETY: NEON (token); the caller guarantees 4 writable floats at `p`.
+        unsafe { vst1q_f32(p, v) }
+    }
+    #[inline(always)]
+    unsafe fn broadcast(self, p: *const f32) -> float32x4_t {
+        // SAFETY: NEON (token); the caller guarantees `p` is readable.
+        unsafe { vld1q_dup_f32(p) }
+    }
+    #[inline(always)]
+    unsafe fn load_bools(self, p: *const bool) -> uint32x4_t {
+        // SAFETY: the caller guarantees 4 readable booleans (0 or 1) at `p`; NEON (token).
+        unsafe {
+            let b = [
+                u32::from(*p),
+                u32::from(*p.add(1)),
+                u32::from(*p.add(2)),
+                u32::from(*p.add(3)),
+            ];
+            vcgtq_u32(vld1q_u32(b.as_ptr()), vdupq_n_u32(0))
+        }
+    }
+}
+
+impl Simd for NeonF64 {
+    type E = f64;
+    type V = float64x2_t;
+    type M = uint64x2_t;
+    const LANES: usize = 2;
+    const TILE: usize = 12;
+
+    #[inline(always)]
+    fn splat(self, x: f64) -> float64x2_t {
+        // SAFETY: NEON, proven by the token.
+        unsafe { vdupq_n_f64(x) }
+    }
+    #[inline(always)]
+    fn add(self, a: float64x2_t, b: float64x2_t) -> float64x2_t {
+        // SAFETY: NEON, proven by the token.
+        unsafe { vaddq_f64(a, b) }
+    }
+    #[inline(always)]
+    fn sub(self, a: float64x2_t, b: float64x2_t) -> float64x2_t {
+        // SAFETY: NEON, proven by the token.
+        unsafe { vsubq_f64(a, b) }
+    }
+    #[inline(always)]
+    fn mul(self, a: float64x2_t, b: float64x2_t) -> float64x2_t {
+        // SAFETY: NEON, proven by the token.
+        unsafe { vmulq_f64(a, b) }
+    }
+    #[inline(always)]
+    fn div(self, a: float64x2_t, b: float64x2_t) -> float64x2_t {
+        // SAFETY: NEON, proven by the token.
+        unsafe { vdivq_f64(a, b) }
+    }
+    #[inline(always)]
+    fn fma(self, a: float64x2_t, b: float64x2_t, c: float64x2_t) -> float64x2_t {
+        // SAFETY: NEON, proven by the token.
+        unsafe { vfmaq_f64(c, a, b) }
+    }
+    #[inline(always)]
+    fn max(self, a: float64x2_t, b: float64x2_t) -> float64x2_t {
+        // SAFETY: NEON, proven by the token. `a > b ? a : b` (see the f32 impl).
+        unsafe { vbslq_f64(vcgtq_f64(a, b), a, b) }
+    }
+    #[inline(always)]
+    fn select(self, m: uint64x2_t, a: float64x2_t, b: float64x2_t) -> float64x2_t {
+        // SAFETY: NEON, proven by the token.
+        unsafe { vbslq_f64(m, a, b) }
+    }
+    #[inline(always)]
+    fn keep(self, a: float64x2_t, m: uint64x2_t) -> float64x2_t {
+        // SAFETY: NEON, proven by the token.
+        unsafe { vreinterpretq_f64_u64(vandq_u64(vreinterpretq_u64_f64(a), m)) }
+    }
+    #[inline(always)]
+    fn lt(self, a: float64x2_t, b: float64x2_t) -> uint64x2_t {
+        // SAFETY: NEON, proven by the token.
+        unsafe { vcltq_f64(a, b) }
+    }
+    #[inline(always)]
+    fn ge(self, a: float64x2_t, b: float64x2_t) -> uint64x2_t {
+        // SAFETY: NEON, proven by the token.
+        unsafe { vcgeq_f64(a, b) }
+    }
+    #[inline(always)]
+    fn eq(self, a: float64x2_t, b: float64x2_t) -> uint64x2_t {
+        // SAFETY: NEON, proven by the token.
+        unsafe { vceqq_f64(a, b) }
+    }
+    #[inline(always)]
+    fn and(self, a: uint64x2_t, b: uint64x2_t) -> uint64x2_t {
+        // SAFETY: NEON, proven by the token.
+        unsafe { vandq_u64(a, b) }
+    }
+    #[inline(always)]
+    fn and_not(self, a: uint64x2_t, b: uint64x2_t) -> uint64x2_t {
+        // SAFETY: NEON, proven by the token.
+        unsafe { vbicq_u64(a, b) }
+    }
+    #[inline(always)]
+    fn all(self, m: uint64x2_t) -> bool {
+        // SAFETY: NEON, proven by the token.
+        unsafe { vgetq_lane_u64::<0>(m) == u64::MAX && vgetq_lane_u64::<1>(m) == u64::MAX }
+    }
+    #[inline(always)]
+    fn exp(self, x: float64x2_t) -> float64x2_t {
+        // As the x86 f64 kernels: 2ⁿ · eʳ with an 11-term polynomial.
+        let c = simd::EXP_F64;
+        // SAFETY: NEON, proven by the token.
+        unsafe {
+            let n = vrndnq_f64(vmulq_f64(x, vdupq_n_f64(simd::LOG2E_F64)));
+            let r = vfmsq_f64(x, n, vdupq_n_f64(simd::LN2_HI_F64));
+            let r = vfmsq_f64(r, n, vdupq_n_f64(simd::LN2_LO_F64));
+            let mut p = vdupq_n_f64(c[c.len() - 1]);
+            for &ci in c[..c.len() - 1].iter().rev() {
+                p = vfmaq_f64(vdupq_n_f64(ci), p, r);
+            }
+            let bits = vshlq_n_s64::<52>(vaddq_s64(vcvtq_s64_f64(n), vdupq_n_s64(1023)));
+            let two_n = vreinterpretq_f64_s64(bits);
+            let y = vfmaq_f64(two_n, vmulq_f64(r, two_n), p);
+            let tiny = vcltq_f64(x, vdupq_n_f64(simd::EXP_CUTOFF_F64));
+            vbslq_f64(tiny, vdupq_n_f64(0.0), y)
+        }
+    }
+    #[inline(always)]
+    fn reduce_add(self, v: float64x2_t) -> f64 {
+        // SAFETY: NEON, proven by the token.
+        unsafe { vaddvq_f64(v) }
+    }
+    #[inline(always)]
+    unsafe fn load(self, p: *const f64) -> float64x2_t {
+        // SAFETY: NEON (token); the caller guarantees 2 readable doubles at `p`.
+        unsafe { vld1q_f64(p) }
+    }
+    #[inline(always)]
+    unsafe fn load_partial(self, p: *const f64, n: usize) -> float64x2_t {
+        debug_assert!(n <= 2);
+        let mut t = [0.0f64; 2];
+        // SAFETY: the caller guarantees `n ≤ 2` readable doubles at `p`; `t` holds 2.
+        unsafe {
+            core::ptr::copy_nonoverlapping(p, t.as_mut_ptr(), n);
+            vld1q_f64(t.as_ptr())
+        }
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f64, v: float64x2_t) {
+        // SAFETY: NEON (token); the caller guarantees 2 writable doubles at `p`.
+        unsafe { vst1q_f64(p, v) }
+    }
+    #[inline(always)]
+    unsafe fn broadcast(self, p: *const f64) -> float64x2_t {
+        // SAFETY: NEON (token); the caller guarantees `p` is readable.
+        unsafe { vld1q_dup_f64(p) }
+    }
+    #[inline(always)]
+    unsafe fn load_bools(self, p: *const bool) -> uint64x2_t {
+        // SAFETY: the caller guarantees 2 readable booleans at `p`; NEON (token).
+        unsafe {
+            let b = [u64::from(*p), u64::from(*p.add(1))];
+            vcgtq_u64(vld1q_u64(b.as_ptr()), vdupq_n_u64(0))
+        }
+    }
+}
+
+/// The element type `T` is `f32` or `f64` (the only `Float`s); the kernels are compiled for
+/// each and chosen by size. Slices are reinterpreted with `bytemuck`, which checks the cast.
+macro_rules! cast {
+    ($e:ty, $x:expr) => {
+        bytemuck::cast_slice::<_, $e>($x)
+    };
+    (mut $e:ty, $x:expr) => {
+        bytemuck::cast_slice_mut::<_, $e>($x)
+    };
+}
+
+fn mask_as<'a, T: Float, E: Float>(m: &MaskView<'a, T>) -> MaskView<'a, E> {
+    MaskView {
+        additive: m.additive.map(|a| bytemuck::cast_slice::<T, E>(a)),
+        pattern: m.pattern,
+        sq: m.sq,
+        skv: m.skv,
+        q_offset: m.q_offset,
+        sq_total: m.sq_total,
+        attend: m.attend,
+        block: m.block,
+        pad: m.pad,
+        alibi: m.alibi.map(|a| super::AlibiView {
+            slope: E::of(a.slope.to_f64()),
+            key_rotate: a.key_rotate,
+        }),
+    }
+}
+
+fn io_as<'a, T: Float, E: Float>(io: LinearIo<'a, T>) -> LinearIo<'a, E> {
+    match io {
+        LinearIo::Out { x, out } => LinearIo::Out {
+            x: cast!(E, x),
+            out: cast!(mut E, out),
+        },
+        LinearIo::InPlace(b) => LinearIo::InPlace(cast!(mut E, b)),
+    }
+}
+
+fn work_as<'a, T: Float, E: Float>(w: WorkRef<'a, T>) -> WorkRef<'a, E> {
+    WorkRef {
+        acc: cast!(mut E, w.acc),
+        p: cast!(mut E, w.p),
+        allowed: cast!(mut E, w.allowed),
+    }
+}
+
+/// `linear` on NEON.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn linear<T: Float>(
+    io: LinearIo<'_, T>,
+    s: usize,
+    din: usize,
+    w: &[T],
+    dout: usize,
+    bias: &[T],
+    pack: &mut [T],
+) {
+    let token = Neon::detect().expect("NEON is the aarch64 baseline");
+    if T::BYTES == 4 {
+        let s32 = NeonF32(token);
+        vector::linear(
+            s32,
+            io_as(io),
+            s,
+            din,
+            cast!(f32, w),
+            dout,
+            cast!(f32, bias),
+            cast!(mut f32, pack),
+        );
+    } else {
+        let s64 = NeonF64(token);
+        vector::linear(
+            s64,
+            io_as(io),
+            s,
+            din,
+            cast!(f64, w),
+            dout,
+            cast!(f64, bias),
+            cast!(mut f64, pack),
+        );
+    }
+}
+
+/// `attention` on NEON; returns whether every output is finite.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attention<T: Float>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    dims: Dims,
+    scale: T,
+    mask: &MaskView<'_, T>,
+    out: &mut [T],
+    work: WorkRef<'_, T>,
+    vscale: T,
+) -> bool {
+    let token = Neon::detect().expect("NEON is the aarch64 baseline");
+    if T::BYTES == 4 {
+        vector::attention(
+            NeonF32(token),
+            cast!(f32, q),
+            cast!(f32, k),
+            cast!(f32, v),
+            dims,
+            scale.to_f64() as f32,
+            &mask_as(mask),
+            cast!(mut f32, out),
+            work_as(work),
+            vscale.to_f64() as f32,
+        )
+    } else {
+        vector::attention(
+            NeonF64(token),
+            cast!(f64, q),
+            cast!(f64, k),
+            cast!(f64, v),
+            dims,
+            scale.to_f64(),
+            &mask_as(mask),
+            cast!(mut f64, out),
+            work_as(work),
+            vscale.to_f64(),
+        )
+    }
+}
+
+/// `attention_with_weights` on NEON.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attention_with_weights<T: Float>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    dims: Dims,
+    scale: T,
+    mask: &MaskView<'_, T>,
+    out: &mut [T],
+    weights: &mut [T],
+) {
+    let token = Neon::detect().expect("NEON is the aarch64 baseline");
+    if T::BYTES == 4 {
+        vector::attention_with_weights(
+            NeonF32(token),
+            cast!(f32, q),
+            cast!(f32, k),
+            cast!(f32, v),
+            dims,
+            scale.to_f64() as f32,
+            &mask_as(mask),
+            cast!(mut f32, out),
+            cast!(mut f32, weights),
+        );
+    } else {
+        vector::attention_with_weights(
+            NeonF64(token),
+            cast!(f64, q),
+            cast!(f64, k),
+            cast!(f64, v),
+            dims,
+            scale.to_f64(),
+            &mask_as(mask),
+            cast!(mut f64, out),
+            cast!(mut f64, weights),
+        );
+    }
+}
+
+/// `eˣ` over a slice with the NEON `exp`.
+pub(crate) fn exp_in_place<T: Float>(xs: &mut [T]) {
+    let token = Neon::detect().expect("NEON is the aarch64 baseline");
+    if T::BYTES == 4 {
+        vector::exp_slice(NeonF32(token), cast!(mut f32, xs));
+    } else {
+        vector::exp_slice(NeonF64(token), cast!(mut f64, xs));
+    }
+}
