@@ -1,0 +1,121 @@
+//! Attention on a Cortex-M4F, no heap: a `MultiHead<16, 32, 4>` forward pass and a
+//! grouped-query layer decoding through a KV cache with RoPE, both layers `static` (weights in
+//! flash, built at compile time from `model.bin`). Results go out over semihosting, one value
+//! per line (`mha t f value`, `gqa t f value`), then a checksum, the stack high-water mark and
+//! the layers' sizes; the program exits 0 through semihosting.
+//!
+//! `cargo run --release` (from this directory) runs it under QEMU; `tests/firmware.rs` in the
+//! library checks the printed values against the same model computed on the host.
+
+#![no_std]
+#![no_main]
+
+mod model;
+
+use cortex_m_rt::entry;
+use cortex_m_semihosting::{debug, hprintln};
+use static_attention::positions::{Rope, RopeStyle};
+use static_attention::{Alignment, DecoderScratch, KvCache, Mask, MultiHead, SMatrix, Scratch};
+
+use model::{CAP, DIM, GQA, HEAD_DIM, KV_DIM, MAX_POS, MHA, PROMPT, SEQ, STEPS};
+
+#[entry]
+fn main() -> ! {
+    hprintln!("kernel {}", static_attention::kernels::selected().name());
+
+    // Forward pass: caller-owned scratch and output on the stack.
+    let x = model::input();
+    let mut scratch = Scratch::<SEQ, SEQ, DIM>::new();
+    let mut y = SMatrix::<f32, SEQ, DIM>::zeros();
+    MHA.forward_into(&x, &Mask::causal(Alignment::TopLeft), &mut scratch, &mut y);
+    let mut sum = 0.0f64;
+    let mut sum_sq = 0.0f64;
+    for t in 0..SEQ {
+        for f in 0..DIM {
+            let v = y[(t, f)];
+            hprintln!("mha {} {} {:?}", t, f, v);
+            sum += f64::from(v);
+            sum_sq += f64::from(v) * f64::from(v);
+        }
+    }
+
+    // Decoding: a prompt, then one token at a time, RoPE at the cache's positions.
+    let rope = Rope::<HEAD_DIM, MAX_POS>::new(10_000.0, RopeStyle::RotateHalf);
+    let mut cache = KvCache::<CAP, KV_DIM>::new();
+    let tokens = model::tokens();
+    let prompt = tokens.fixed_rows::<PROMPT>(0).into_owned();
+    let mut decoded = 0usize;
+    let mut emit = |first: usize, rows: &[f32], n: usize| {
+        for t in 0..n {
+            for f in 0..DIM {
+                let v = rows[t + f * n];
+                hprintln!("gqa {} {} {:?}", first + t, f, v);
+                sum += f64::from(v);
+                sum_sq += f64::from(v) * f64::from(v);
+            }
+        }
+    };
+    let mut pscratch = DecoderScratch::<PROMPT, DIM, KV_DIM>::new();
+    let mut pout = SMatrix::<f32, PROMPT, DIM>::zeros();
+    let ok = GQA
+        .decode_into(&prompt, &mut cache, &rope, &mut pscratch, &mut pout)
+        .is_ok();
+    emit(0, pout.as_slice(), PROMPT);
+    decoded += PROMPT;
+    let mut sscratch = DecoderScratch::<1, DIM, KV_DIM>::new();
+    let mut sout = SMatrix::<f32, 1, DIM>::zeros();
+    let mut steps_ok = ok;
+    for t in PROMPT..PROMPT + STEPS {
+        let token = tokens.fixed_rows::<1>(t).into_owned();
+        steps_ok &= GQA
+            .decode_into(&token, &mut cache, &rope, &mut sscratch, &mut sout)
+            .is_ok();
+        emit(t, sout.as_slice(), 1);
+        decoded += 1;
+    }
+
+    hprintln!(
+        "checksum {:?} {:?} over {} values",
+        sum,
+        sum_sq,
+        (SEQ + decoded) * DIM
+    );
+    let stack = cortex_m_stack::stack_size() as usize;
+    let untouched = cortex_m_stack::stack_painted() as usize;
+    hprintln!("stack high-water mark {} bytes", stack - untouched);
+    hprintln!(
+        "sizes MultiHead PARAM_BYTES {} SCRATCH_BYTES {} | GroupedQuery PARAM_BYTES {} | KvCache BYTES {} | DecoderScratch<1> BYTES {} | Rope BYTES {}",
+        MultiHead::<SEQ, DIM, { model::HEADS }>::PARAM_BYTES,
+        MultiHead::<SEQ, DIM, { model::HEADS }>::SCRATCH_BYTES,
+        static_attention::GroupedQuery::<DIM, { model::HEADS }, { model::KV_HEADS }, DIM, KV_DIM>::PARAM_BYTES,
+        KvCache::<CAP, KV_DIM>::BYTES,
+        DecoderScratch::<1, DIM, KV_DIM>::BYTES,
+        Rope::<HEAD_DIM, MAX_POS>::BYTES,
+    );
+    let ok = steps_ok && cache.len() == PROMPT + STEPS && sum.is_finite();
+    hprintln!(
+        "{}",
+        if ok {
+            "firmware: ok"
+        } else {
+            "firmware: FAILED"
+        }
+    );
+    debug::exit(if ok {
+        debug::EXIT_SUCCESS
+    } else {
+        debug::EXIT_FAILURE
+    });
+    loop {
+        cortex_m::asm::wfi();
+    }
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    hprintln!("panic: {}", info);
+    debug::exit(debug::EXIT_FAILURE);
+    loop {
+        cortex_m::asm::wfi();
+    }
+}

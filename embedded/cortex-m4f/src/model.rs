@@ -1,0 +1,114 @@
+//! The firmware's model, shared with the host test (`tests/firmware.rs` includes this file):
+//! two layers whose weights are decoded at compile time, by `const fn`, from the little-endian
+//! blob `model.bin`, and the fixed inputs they run on.
+//!
+//! Blob layout (`f32`, little-endian, PyTorch's row-major `weight[OUT][IN]`):
+//! 1. `MultiHead<16, 32, 4>`: for each of q, k, v, out: `weight` (32 × 32), then `bias` (32);
+//! 2. `GroupedQuery<32, 4, 2, 32, 16>` (Llama-style, no biases): `q_proj` (32 × 32), `k_proj`
+//!    (16 × 32), `v_proj` (16 × 32), `o_proj` (32 × 32).
+//!
+//! A blob of another length stops the build (the `const` assertion below).
+
+use static_attention::{GroupedQuery, Linear, MultiHead, SMatrix};
+
+/// Tokens of the forward pass.
+pub const SEQ: usize = 16;
+/// Model width.
+pub const DIM: usize = 32;
+/// Heads of both layers.
+pub const HEADS: usize = 4;
+/// Key/value heads of the grouped-query layer, and their width (2 × 8).
+pub const KV_HEADS: usize = 2;
+pub const KV_DIM: usize = 16;
+/// Features per head.
+pub const HEAD_DIM: usize = DIM / HEADS;
+/// The decoder's prompt and the tokens decoded after it; the cache holds them all.
+pub const PROMPT: usize = 8;
+pub const STEPS: usize = 4;
+pub const CAP: usize = 16;
+/// Positions of the rotary table.
+pub const MAX_POS: usize = 32;
+
+/// The weights, as bytes (only read at compile time: the decoded layers are what the firmware
+/// stores).
+const BLOB: &[u8] = include_bytes!("../model.bin");
+
+/// Scalars of the multi-head layer's part and of the whole blob.
+const MHA_SCALARS: usize = 4 * (DIM * DIM + DIM);
+const GQA_SCALARS: usize = 2 * DIM * DIM + 2 * KV_DIM * DIM;
+/// The blob's length in bytes.
+pub const BLOB_BYTES: usize = 4 * (MHA_SCALARS + GQA_SCALARS);
+
+const _: () = assert!(
+    BLOB.len() == BLOB_BYTES,
+    "model.bin has the wrong length for MultiHead<16, 32, 4> and GroupedQuery<32, 4, 2, 32, 16>"
+);
+
+/// The `f32` at scalar index `i` of the blob.
+const fn at(i: usize) -> f32 {
+    let o = 4 * i;
+    f32::from_bits(u32::from_le_bytes([
+        BLOB[o],
+        BLOB[o + 1],
+        BLOB[o + 2],
+        BLOB[o + 3],
+    ]))
+}
+
+/// `weight[OUT][IN]` starting at scalar `start`.
+const fn rows<const IN: usize, const OUT: usize>(start: usize) -> [[f32; IN]; OUT] {
+    let mut w = [[0.0; IN]; OUT];
+    let mut n = 0;
+    while n < OUT {
+        let mut p = 0;
+        while p < IN {
+            w[n][p] = at(start + n * IN + p);
+            p += 1;
+        }
+        n += 1;
+    }
+    w
+}
+
+/// A `DIM → DIM` map with its bias, starting at scalar `start`.
+const fn with_bias(start: usize) -> Linear<DIM, DIM> {
+    let mut b = [0.0; DIM];
+    let mut i = 0;
+    while i < DIM {
+        b[i] = at(start + DIM * DIM + i);
+        i += 1;
+    }
+    Linear::from_rows(rows::<DIM, DIM>(start), b)
+}
+
+const P: usize = DIM * DIM + DIM;
+
+/// The multi-head layer, its weights in flash.
+pub static MHA: MultiHead<SEQ, DIM, HEADS> = MultiHead::from_parts(
+    with_bias(0),
+    with_bias(P),
+    with_bias(2 * P),
+    with_bias(3 * P),
+);
+
+const G: usize = MHA_SCALARS;
+
+/// The grouped-query layer (4 query heads on 2 kv heads of 8), its weights in flash.
+pub static GQA: GroupedQuery<DIM, HEADS, KV_HEADS, DIM, KV_DIM> = GroupedQuery::from_parts(
+    Linear::from_rows_without_bias(rows::<DIM, DIM>(G)),
+    Linear::from_rows_without_bias(rows::<DIM, KV_DIM>(G + DIM * DIM)),
+    Linear::from_rows_without_bias(rows::<DIM, KV_DIM>(G + DIM * DIM + KV_DIM * DIM)),
+    Linear::from_rows_without_bias(rows::<DIM, DIM>(G + DIM * DIM + 2 * KV_DIM * DIM)),
+);
+
+/// The forward pass's input: token `t`, feature `f` (exact in `f32`, no math library).
+#[must_use]
+pub fn input() -> SMatrix<f32, SEQ, DIM> {
+    SMatrix::from_fn(|t, f| ((t * 7 + f * 13) % 29) as f32 / 14.0 - 1.0)
+}
+
+/// The decoder's tokens: the prompt, then the decoded ones.
+#[must_use]
+pub fn tokens() -> SMatrix<f32, CAP, DIM> {
+    SMatrix::from_fn(|t, f| ((t * 11 + f * 5) % 23) as f32 / 11.0 - 1.0)
+}
