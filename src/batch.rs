@@ -6,7 +6,7 @@ use core::fmt;
 use nalgebra::SMatrix;
 
 use crate::mask::Additive;
-use crate::{Float, Mask, MultiHead, Scratch, SelfAttention};
+use crate::{Float, Mask, MultiHead, Scratch, SelfAttention, Weight};
 
 /// Why a batched call did not run: the lengths of its slices do not fit together. A batch of
 /// `n` inputs needs `n` outputs and either one mask (shared) or `n` (one per sequence).
@@ -55,8 +55,8 @@ pub(crate) fn mask_of<T>(masks: &[T], b: usize) -> &T {
     }
 }
 
-impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
-    MultiHead<SEQ, DIM, HEADS, T>
+impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float, W: Weight<T>>
+    MultiHead<SEQ, DIM, HEADS, T, W>
 {
     /// Self-attention over a batch of sequences, `xs[b] → outs[b]`, one after the other
     /// through one caller-owned [`Scratch`]: nothing is allocated. `masks` holds one mask for
@@ -93,7 +93,7 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
     }
 }
 
-impl<const SEQ: usize, const DIM: usize, T: Float> SelfAttention<SEQ, DIM, T> {
+impl<const SEQ: usize, const DIM: usize, T: Float, W: Weight<T>> SelfAttention<SEQ, DIM, T, W> {
     /// Self-attention over a batch of sequences through one caller-owned [`Scratch`] (see
     /// [`MultiHead::forward_batch_into`]).
     ///

@@ -13,7 +13,7 @@ use crate::kernels::{self, Dims, MaskView, PANEL_ROWS, Work};
 use crate::mask::{Additive, Alignment, Pattern};
 use crate::positions::{PositionEncoding, PositionError};
 use crate::scratch::{Aligned, zero_matrix};
-use crate::{Bias, Float, Linear, Mask, MultiHead, init, sdpa::default_scale};
+use crate::{Bias, Float, Linear, Mask, MultiHead, Weight, init, sdpa::default_scale};
 
 /// Working memory of a decoder step over `S` tokens for a layer with `Q_DIM` query features
 /// and `KV_DIM` key/value features: the projected queries, keys, values and heads
@@ -71,16 +71,18 @@ impl<const S: usize, const Q_DIM: usize, const KV_DIM: usize, T: Float> Default
 }
 
 /// The four projections and head counts of a decoder layer, borrowed.
-struct Parts<'l, const DIM: usize, const QD: usize, const KVD: usize, T> {
-    q: &'l Linear<DIM, QD, T>,
-    k: &'l Linear<DIM, KVD, T>,
-    v: &'l Linear<DIM, KVD, T>,
-    o: &'l Linear<QD, DIM, T>,
+struct Parts<'l, const DIM: usize, const QD: usize, const KVD: usize, T, W> {
+    q: &'l Linear<DIM, QD, T, W>,
+    k: &'l Linear<DIM, KVD, T, W>,
+    v: &'l Linear<DIM, KVD, T, W>,
+    o: &'l Linear<QD, DIM, T, W>,
     heads: usize,
     kv_heads: usize,
 }
 
-impl<const DIM: usize, const QD: usize, const KVD: usize, T: Float> Parts<'_, DIM, QD, KVD, T> {
+impl<const DIM: usize, const QD: usize, const KVD: usize, T: Float, W: Weight<T>>
+    Parts<'_, DIM, QD, KVD, T, W>
+{
     fn head_dim(&self) -> usize {
         QD / self.heads
     }
@@ -281,7 +283,7 @@ impl<const DIM: usize, const QD: usize, const KVD: usize, T: Float> Parts<'_, DI
 /// ```
 #[derive(Clone, Debug, PartialEq, bytemuck::Zeroable)]
 #[repr(C)]
-#[zeroable(bound = "T: crate::Float")]
+#[zeroable(bound = "T: crate::Float, W: bytemuck::Zeroable")]
 pub struct GroupedQuery<
     const DIM: usize,
     const HEADS: usize,
@@ -289,11 +291,12 @@ pub struct GroupedQuery<
     const Q_DIM: usize,
     const KV_DIM: usize,
     T = f32,
+    W = T,
 > {
-    pub(crate) q: Linear<DIM, Q_DIM, T>,
-    pub(crate) k: Linear<DIM, KV_DIM, T>,
-    pub(crate) v: Linear<DIM, KV_DIM, T>,
-    pub(crate) o: Linear<Q_DIM, DIM, T>,
+    pub(crate) q: Linear<DIM, Q_DIM, T, W>,
+    pub(crate) k: Linear<DIM, KV_DIM, T, W>,
+    pub(crate) v: Linear<DIM, KV_DIM, T, W>,
+    pub(crate) o: Linear<Q_DIM, DIM, T, W>,
 }
 
 impl<
@@ -303,7 +306,8 @@ impl<
     const Q_DIM: usize,
     const KV_DIM: usize,
     T: Float,
-> GroupedQuery<DIM, HEADS, KV_HEADS, Q_DIM, KV_DIM, T>
+    W: Weight<T>,
+> GroupedQuery<DIM, HEADS, KV_HEADS, Q_DIM, KV_DIM, T, W>
 {
     /// Compile-time shape check, evaluated by every constructor and forward pass.
     const SHAPE_OK: () = {
@@ -351,10 +355,10 @@ impl<
     /// Builds a layer from its four projections (a `const fn`: `static` layers work).
     #[must_use]
     pub const fn from_parts(
-        q_proj: Linear<DIM, Q_DIM, T>,
-        k_proj: Linear<DIM, KV_DIM, T>,
-        v_proj: Linear<DIM, KV_DIM, T>,
-        o_proj: Linear<Q_DIM, DIM, T>,
+        q_proj: Linear<DIM, Q_DIM, T, W>,
+        k_proj: Linear<DIM, KV_DIM, T, W>,
+        v_proj: Linear<DIM, KV_DIM, T, W>,
+        o_proj: Linear<Q_DIM, DIM, T, W>,
     ) -> Self {
         let () = Self::SHAPE_OK;
         Self {
@@ -416,39 +420,54 @@ impl<
         nn_linear(&mut self.o, rng, Bias::Absent);
     }
 
+    /// The same layer with its weights stored as `W2`, each rounded to it (see
+    /// [`crate::weight`]): `to_weights::<bf16>()` halves the parameters' size. By value.
+    #[must_use]
+    pub fn to_weights<W2: Weight<T>>(
+        &self,
+    ) -> GroupedQuery<DIM, HEADS, KV_HEADS, Q_DIM, KV_DIM, T, W2> {
+        GroupedQuery {
+            q: self.q.to_weights(),
+            k: self.k.to_weights(),
+            v: self.v.to_weights(),
+            o: self.o.to_weights(),
+        }
+    }
+
     /// The query projection, `DIM → Q_DIM`.
     #[must_use]
-    pub const fn q_proj(&self) -> &Linear<DIM, Q_DIM, T> {
+    pub const fn q_proj(&self) -> &Linear<DIM, Q_DIM, T, W> {
         &self.q
     }
     /// The key projection, `DIM → KV_DIM`.
     #[must_use]
-    pub const fn k_proj(&self) -> &Linear<DIM, KV_DIM, T> {
+    pub const fn k_proj(&self) -> &Linear<DIM, KV_DIM, T, W> {
         &self.k
     }
     /// The value projection, `DIM → KV_DIM`.
     #[must_use]
-    pub const fn v_proj(&self) -> &Linear<DIM, KV_DIM, T> {
+    pub const fn v_proj(&self) -> &Linear<DIM, KV_DIM, T, W> {
         &self.v
     }
     /// The output projection, `Q_DIM → DIM`.
     #[must_use]
-    pub const fn o_proj(&self) -> &Linear<Q_DIM, DIM, T> {
+    pub const fn o_proj(&self) -> &Linear<Q_DIM, DIM, T, W> {
         &self.o
     }
     /// The four projections, mutable (q, k, v, o).
+    #[allow(clippy::type_complexity)]
     pub fn projections_mut(
         &mut self,
     ) -> (
-        &mut Linear<DIM, Q_DIM, T>,
-        &mut Linear<DIM, KV_DIM, T>,
-        &mut Linear<DIM, KV_DIM, T>,
-        &mut Linear<Q_DIM, DIM, T>,
+        &mut Linear<DIM, Q_DIM, T, W>,
+        &mut Linear<DIM, KV_DIM, T, W>,
+        &mut Linear<DIM, KV_DIM, T, W>,
+        &mut Linear<Q_DIM, DIM, T, W>,
     ) {
         (&mut self.q, &mut self.k, &mut self.v, &mut self.o)
     }
 
-    fn parts(&self) -> Parts<'_, DIM, Q_DIM, KV_DIM, T> {
+    fn parts(&self) -> Parts<'_, DIM, Q_DIM, KV_DIM, T, W> {
         let () = Self::SHAPE_OK;
         Parts {
             q: &self.q,
@@ -544,8 +563,8 @@ impl<
 }
 
 /// PyTorch's `nn.Linear` initialisation: weight and bias from `U(−1/√in, 1/√in)`.
-fn nn_linear<T: Float, R: Rng + ?Sized, const IN: usize, const OUT: usize>(
-    l: &mut Linear<IN, OUT, T>,
+fn nn_linear<T: Float, W: Weight<T>, R: Rng + ?Sized, const IN: usize, const OUT: usize>(
+    l: &mut Linear<IN, OUT, T, W>,
     rng: &mut R,
     bias: Bias,
 ) {
@@ -560,10 +579,10 @@ fn nn_linear<T: Float, R: Rng + ?Sized, const IN: usize, const OUT: usize>(
     }
 }
 
-impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
-    MultiHead<SEQ, DIM, HEADS, T>
+impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float, W: Weight<T>>
+    MultiHead<SEQ, DIM, HEADS, T, W>
 {
-    fn decoder_parts(&self) -> Parts<'_, DIM, DIM, DIM, T> {
+    fn decoder_parts(&self) -> Parts<'_, DIM, DIM, DIM, T, W> {
         Parts {
             q: &self.q,
             k: &self.k,

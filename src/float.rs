@@ -15,7 +15,14 @@ mod sealed {
 /// special values of softmax and math functions that work the same with `std` and with the
 /// `libm` feature under `#![no_std]`.
 pub trait Float:
-    RealField + Copy + Default + PartialOrd + bytemuck::Pod + core::fmt::Debug + sealed::Sealed
+    RealField
+    + Copy
+    + Default
+    + PartialOrd
+    + bytemuck::Pod
+    + core::fmt::Debug
+    + sealed::Sealed
+    + crate::Weight<Self>
 {
     /// Negative infinity: the score of a masked key.
     const NEG_INFINITY: Self;

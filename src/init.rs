@@ -47,8 +47,14 @@ pub fn out_proj_bound(dim: usize) -> f64 {
 /// Fills the weight of `l` (`OUT × IN`) with `U(−bound, bound)` samples in the row-major
 /// order of PyTorch's `weight` (row by row), so a seed gives the same weights whatever the
 /// storage.
-pub(crate) fn fill_uniform<T: Float, R: Rng + ?Sized, const IN: usize, const OUT: usize>(
-    l: &mut crate::Linear<IN, OUT, T>,
+pub(crate) fn fill_uniform<
+    T: Float,
+    W: crate::Weight<T>,
+    R: Rng + ?Sized,
+    const IN: usize,
+    const OUT: usize,
+>(
+    l: &mut crate::Linear<IN, OUT, T, W>,
     bound: f64,
     rng: &mut R,
 ) {
@@ -61,8 +67,13 @@ pub(crate) fn fill_uniform<T: Float, R: Rng + ?Sized, const IN: usize, const OUT
 
 /// Re-draws `W_q`, `W_k`, `W_v` (Xavier-uniform over the packed in-projection of a `DIM`-wide
 /// layer) and sets their biases to zero or removes them.
-pub(crate) fn reset_in_projection<T: Float, R: Rng + ?Sized, const DIM: usize>(
-    projections: [&mut crate::Linear<DIM, DIM, T>; 3],
+pub(crate) fn reset_in_projection<
+    T: Float,
+    W: crate::Weight<T>,
+    R: Rng + ?Sized,
+    const DIM: usize,
+>(
+    projections: [&mut crate::Linear<DIM, DIM, T, W>; 3],
     bias: Bias,
     rng: &mut R,
 ) {

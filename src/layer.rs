@@ -5,13 +5,13 @@ use nalgebra::SMatrix;
 
 use crate::kernels::{self, Dims, LinearIo, MaskView, PANEL_ROWS, Work};
 use crate::mask::Additive;
-use crate::{Float, Linear, Mask, sdpa::default_scale};
+use crate::{Float, Linear, Mask, Weight, WeightKind, sdpa::default_scale};
 
 /// The Q, K and V projections of a layer.
-pub(crate) struct Projections<'l, const DIM: usize, T> {
-    pub q: &'l Linear<DIM, DIM, T>,
-    pub k: &'l Linear<DIM, DIM, T>,
-    pub v: &'l Linear<DIM, DIM, T>,
+pub(crate) struct Projections<'l, const DIM: usize, T, W> {
+    pub q: &'l Linear<DIM, DIM, T, W>,
+    pub k: &'l Linear<DIM, DIM, T, W>,
+    pub v: &'l Linear<DIM, DIM, T, W>,
 }
 
 /// Working memory as separate buffers: projected queries (`SQ·DIM`), keys and values
@@ -54,8 +54,8 @@ pub(crate) use local_buffers;
 /// given (one matrix per head) the post-softmax weights are written there too; otherwise no
 /// `SQ × SKV` matrix exists.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn attend_heads<'m, const SQ: usize, const SKV: usize, const DIM: usize, T, A>(
-    proj: &Projections<'_, DIM, T>,
+pub(crate) fn attend_heads<'m, const SQ: usize, const SKV: usize, const DIM: usize, T, W, A>(
+    proj: &Projections<'_, DIM, T, W>,
     query: &SMatrix<T, SQ, DIM>,
     key: &SMatrix<T, SKV, DIM>,
     value: &SMatrix<T, SKV, DIM>,
@@ -66,6 +66,7 @@ pub(crate) fn attend_heads<'m, const SQ: usize, const SKV: usize, const DIM: usi
     mut weights: Option<&mut [SMatrix<T, SQ, SKV>]>,
 ) where
     T: Float,
+    W: Weight<T>,
     A: Additive<T, SQ, SKV>,
 {
     let dk = DIM / heads;
@@ -96,16 +97,28 @@ pub(crate) fn attend_heads<'m, const SQ: usize, const SKV: usize, const DIM: usi
 }
 
 /// `buf = buf · W_oᵀ + b_o` in place for `SQ` tokens (the output projection over the
-/// concatenated heads), a row panel at a time through `pack`.
-pub(crate) fn project_in_place<const DIM: usize, T: Float>(
-    out_proj: &Linear<DIM, DIM, T>,
+/// concatenated heads), a row panel at a time through `pack`. Half-precision weights are
+/// applied out of place instead: `spare` (the layer's Q buffer, free once the heads are done,
+/// `sq·DIM` values) takes a copy of the heads first.
+pub(crate) fn project_in_place<const DIM: usize, T: Float, W: Weight<T>>(
+    out_proj: &Linear<DIM, DIM, T, W>,
     buf: &mut [T],
     sq: usize,
     pack: &mut [T],
+    spare: &mut [T],
 ) {
     debug_assert!(pack.len() >= PANEL_ROWS * DIM);
+    let io = if W::KIND == WeightKind::Native || kernels::selected() == kernels::Kernel::Scalar {
+        LinearIo::InPlace(&mut buf[..sq * DIM])
+    } else {
+        spare[..sq * DIM].copy_from_slice(&buf[..sq * DIM]);
+        LinearIo::Out {
+            x: &spare[..sq * DIM],
+            out: &mut buf[..sq * DIM],
+        }
+    };
     kernels::linear(
-        LinearIo::InPlace(&mut buf[..sq * DIM]),
+        io,
         sq,
         DIM,
         out_proj.weight_tiles(),

@@ -204,11 +204,14 @@ pub mod reference;
 mod scratch;
 mod sdpa;
 mod self_attention;
+pub mod weight;
 
 pub use batch::BatchError;
 pub use cache::{CacheError, KvCache};
 pub use decoder::{DecoderScratch, GroupedQuery};
 pub use float::Float;
+/// Half-precision storage types for weights (from the `half` crate): see [`weight`].
+pub use half::{bf16, f16};
 pub use init::Bias;
 pub use linear::Linear;
 pub use mask::{Alibi, Alignment, Mask, NoAdditive, Pattern};
@@ -220,6 +223,7 @@ pub use sdpa::{
     scaled_dot_product_attention_with_weights, scaled_dot_product_attention_with_weights_into,
 };
 pub use self_attention::SelfAttention;
+pub use weight::{Weight, WeightKind};
 
 /// The nalgebra this API is built on (0.35): its `SMatrix` is the type of every input and
 /// output. Use these re-exports (or depend on the same version) so the types match.

@@ -2,7 +2,7 @@
 
 use nalgebra::{SMatrix, SVector};
 
-use crate::{Float, kernels};
+use crate::{Float, Weight, kernels};
 
 /// Input features per panel of [`Linear::forward_into`]'s stack buffer.
 const PANEL_DEPTH: usize = 64;
@@ -24,7 +24,9 @@ pub(crate) const fn tiled_index(n: usize, p: usize, din: usize, dout: usize) -> 
 
 /// A linear map from `IN` to `OUT` features, `y = x Wᵀ + b`, exactly as PyTorch's `nn.Linear`.
 ///
-/// `T` is the scalar type, `f32` unless named (`Linear<IN, OUT, f64>`).
+/// `T` is the scalar type, `f32` unless named (`Linear<IN, OUT, f64>`); `W` is how the
+/// weights are stored, `T` unless named (`Linear<IN, OUT, f32, f16>` keeps them in half
+/// precision and computes in `f32`: see [`crate::weight`]). The bias is stored in `T`.
 ///
 /// `W` is `OUT × IN` (PyTorch's `weight`), `b` has `OUT` entries. `W` is stored the way the
 /// projection kernels read it, packed once at construction instead of on every call: in tiles
@@ -46,18 +48,18 @@ pub(crate) const fn tiled_index(n: usize, p: usize, din: usize, dout: usize) -> 
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, bytemuck::Zeroable)]
 #[repr(C)]
-#[zeroable(bound = "T: crate::Float")]
-pub struct Linear<const IN: usize, const OUT: usize, T = f32> {
+#[zeroable(bound = "T: crate::Float, W: bytemuck::Zeroable")]
+pub struct Linear<const IN: usize, const OUT: usize, T = f32, W = T> {
     /// `W` in tiles (`IN · OUT` values; the nesting of the array is only its size).
-    weight: [[T; OUT]; IN],
+    weight: [[W; OUT]; IN],
     bias: SVector<T, OUT>,
     has_bias: bool,
 }
 
-impl<const IN: usize, const OUT: usize, T: Float> Linear<IN, OUT, T> {
+impl<const IN: usize, const OUT: usize, T: Float, W: Weight<T>> Linear<IN, OUT, T, W> {
     /// `W` in the stored layout from PyTorch's row-major `weight[OUT][IN]`.
-    const fn tiles(weight: &[[T; IN]; OUT]) -> [[T; OUT]; IN] {
-        let mut packed = [[T::ZERO; OUT]; IN];
+    const fn tiles(weight: &[[W; IN]; OUT]) -> [[W; OUT]; IN] {
+        let mut packed = [[W::ZERO_WEIGHT; OUT]; IN];
         let mut n = 0;
         while n < OUT {
             let mut p = 0;
@@ -74,7 +76,7 @@ impl<const IN: usize, const OUT: usize, T: Float> Linear<IN, OUT, T> {
     /// Builds the map from PyTorch's row-major `weight[OUT][IN]` and `bias[OUT]` (a
     /// `const fn`: evaluated at compile time for a `const` or `static`).
     #[must_use]
-    pub const fn from_rows(weight: [[T; IN]; OUT], bias: [T; OUT]) -> Self {
+    pub const fn from_rows(weight: [[W; IN]; OUT], bias: [T; OUT]) -> Self {
         Self {
             weight: Self::tiles(&weight),
             bias: SMatrix::from_array_storage(nalgebra::ArrayStorage([bias])),
@@ -84,7 +86,7 @@ impl<const IN: usize, const OUT: usize, T: Float> Linear<IN, OUT, T> {
 
     /// Builds a map without bias (PyTorch `bias=False`) from row-major `weight[OUT][IN]`.
     #[must_use]
-    pub const fn from_rows_without_bias(weight: [[T; IN]; OUT]) -> Self {
+    pub const fn from_rows_without_bias(weight: [[W; IN]; OUT]) -> Self {
         Self {
             weight: Self::tiles(&weight),
             bias: SMatrix::from_array_storage(nalgebra::ArrayStorage([[T::ZERO; OUT]])),
@@ -96,7 +98,7 @@ impl<const IN: usize, const OUT: usize, T: Float> Linear<IN, OUT, T> {
     #[must_use]
     pub const fn zeros() -> Self {
         Self {
-            weight: [[T::ZERO; OUT]; IN],
+            weight: [[W::ZERO_WEIGHT; OUT]; IN],
             bias: SMatrix::from_array_storage(nalgebra::ArrayStorage([[T::ZERO; OUT]])),
             has_bias: false,
         }
@@ -112,15 +114,6 @@ impl<const IN: usize, const OUT: usize, T: Float> Linear<IN, OUT, T> {
         let mut l = Self::zeros();
         crate::init::fill_uniform(&mut l, bound, rng);
         l.set_zero_bias(bias);
-        l
-    }
-
-    /// Builds the map from `W` (`OUT × IN`) and an optional bias.
-    #[must_use]
-    pub fn from_matrix(weight: &SMatrix<T, OUT, IN>, bias: Option<&SVector<T, OUT>>) -> Self {
-        let mut l = Self::zeros();
-        l.set_weight(weight);
-        l.set_bias(bias);
         l
     }
 
@@ -142,20 +135,37 @@ impl<const IN: usize, const OUT: usize, T: Float> Linear<IN, OUT, T> {
         }
     }
 
-    /// `W[n, p]`, the weight from input feature `p` to output feature `n`. Panics if `n ≥ OUT`
-    /// or `p ≥ IN`.
+    /// `W[n, p]`, the weight from input feature `p` to output feature `n` (widened to `T`).
+    /// Panics if `n ≥ OUT` or `p ≥ IN`.
     #[inline]
     #[must_use]
     pub fn weight_at(&self, n: usize, p: usize) -> T {
         assert!(n < OUT && p < IN, "weight index out of range");
-        self.weight.as_flattened()[tiled_index(n, p, IN, OUT)]
+        self.weight.as_flattened()[tiled_index(n, p, IN, OUT)].widen()
     }
 
-    /// Sets `W[n, p]`. Panics if `n ≥ OUT` or `p ≥ IN`.
+    /// Sets `W[n, p]` (rounded to the storage type `W`). Panics if `n ≥ OUT` or `p ≥ IN`.
     #[inline]
     pub fn set_weight_at(&mut self, n: usize, p: usize, value: T) {
         assert!(n < OUT && p < IN, "weight index out of range");
-        self.weight.as_flattened_mut()[tiled_index(n, p, IN, OUT)] = value;
+        self.weight.as_flattened_mut()[tiled_index(n, p, IN, OUT)] = W::narrow(value);
+    }
+
+    /// The same map with its weights stored as `W2` (each rounded to `W2`; the bias is kept).
+    #[must_use]
+    pub fn to_weights<W2: Weight<T>>(&self) -> Linear<IN, OUT, T, W2> {
+        let mut l = Linear::<IN, OUT, T, W2>::zeros();
+        for (d, s) in l
+            .weight
+            .as_flattened_mut()
+            .iter_mut()
+            .zip(self.weight.as_flattened())
+        {
+            *d = W2::narrow(s.widen());
+        }
+        l.bias = self.bias;
+        l.has_bias = self.has_bias;
+        l
     }
 
     /// Replaces `W` (`OUT × IN`).
@@ -168,7 +178,7 @@ impl<const IN: usize, const OUT: usize, T: Float> Linear<IN, OUT, T> {
     }
 
     /// The stored weights, in the kernels' tile layout.
-    pub(crate) fn weight_tiles(&self) -> &[T] {
+    pub(crate) fn weight_tiles(&self) -> &[W] {
         self.weight.as_flattened()
     }
     /// The bias, or `None` for a map built without one.
@@ -246,5 +256,17 @@ impl<const IN: usize, const OUT: usize, T: Float> Linear<IN, OUT, T> {
     /// The bias storage (zeros when there is none), for the kernels.
     pub(crate) fn bias_slice(&self) -> &[T] {
         self.bias.as_slice()
+    }
+}
+
+impl<const IN: usize, const OUT: usize, T: Float> Linear<IN, OUT, T> {
+    /// Builds the map from `W` (`OUT × IN`) and an optional bias, storing the weights in `T`
+    /// (for half-precision storage, follow with [`Linear::to_weights`]).
+    #[must_use]
+    pub fn from_matrix(weight: &SMatrix<T, OUT, IN>, bias: Option<&SVector<T, OUT>>) -> Self {
+        let mut l = Self::zeros();
+        l.set_weight(weight);
+        l.set_bias(bias);
+        l
     }
 }

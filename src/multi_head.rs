@@ -6,7 +6,7 @@ use rand::{Rng, SeedableRng};
 use crate::layer::{Buffers, Projections, attend_heads, local_buffers, project_in_place};
 use crate::mask::Additive;
 use crate::scratch::zero_matrix;
-use crate::{AttentionWeights, Bias, Float, Linear, Mask, Scratch, init};
+use crate::{AttentionWeights, Bias, Float, Linear, Mask, Scratch, Weight, init};
 
 /// Multi-head attention over sequences of `SEQ` tokens of `DIM` features with `HEADS` heads,
 /// with the parameters and semantics of PyTorch's `nn.MultiheadAttention` (`batch_first`,
@@ -39,16 +39,16 @@ use crate::{AttentionWeights, Bias, Float, Linear, Mask, Scratch, init};
 /// ```
 #[derive(Clone, Debug, PartialEq, bytemuck::Zeroable)]
 #[repr(C)]
-#[zeroable(bound = "T: crate::Float")]
-pub struct MultiHead<const SEQ: usize, const DIM: usize, const HEADS: usize, T = f32> {
-    pub(crate) q: Linear<DIM, DIM, T>,
-    pub(crate) k: Linear<DIM, DIM, T>,
-    pub(crate) v: Linear<DIM, DIM, T>,
-    pub(crate) out: Linear<DIM, DIM, T>,
+#[zeroable(bound = "T: crate::Float, W: bytemuck::Zeroable")]
+pub struct MultiHead<const SEQ: usize, const DIM: usize, const HEADS: usize, T = f32, W = T> {
+    pub(crate) q: Linear<DIM, DIM, T, W>,
+    pub(crate) k: Linear<DIM, DIM, T, W>,
+    pub(crate) v: Linear<DIM, DIM, T, W>,
+    pub(crate) out: Linear<DIM, DIM, T, W>,
 }
 
-impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
-    MultiHead<SEQ, DIM, HEADS, T>
+impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float, W: Weight<T>>
+    MultiHead<SEQ, DIM, HEADS, T, W>
 {
     /// Compile-time shape check, evaluated by every constructor and forward pass.
     pub(crate) const SHAPE_OK: () = {
@@ -94,10 +94,10 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
     /// works and keeps its weights in read-only memory).
     #[must_use]
     pub const fn from_parts(
-        q: Linear<DIM, DIM, T>,
-        k: Linear<DIM, DIM, T>,
-        v: Linear<DIM, DIM, T>,
-        out: Linear<DIM, DIM, T>,
+        q: Linear<DIM, DIM, T, W>,
+        k: Linear<DIM, DIM, T, W>,
+        v: Linear<DIM, DIM, T, W>,
+        out: Linear<DIM, DIM, T, W>,
     ) -> Self {
         let () = Self::SHAPE_OK;
         Self { q, k, v, out }
@@ -178,26 +178,38 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
 
     /// The query projection `W_q`, `b_q`.
     #[must_use]
-    pub const fn q_proj(&self) -> &Linear<DIM, DIM, T> {
+    pub const fn q_proj(&self) -> &Linear<DIM, DIM, T, W> {
         &self.q
     }
     /// The key projection `W_k`, `b_k`.
     #[must_use]
-    pub const fn k_proj(&self) -> &Linear<DIM, DIM, T> {
+    pub const fn k_proj(&self) -> &Linear<DIM, DIM, T, W> {
         &self.k
     }
     /// The value projection `W_v`, `b_v`.
     #[must_use]
-    pub const fn v_proj(&self) -> &Linear<DIM, DIM, T> {
+    pub const fn v_proj(&self) -> &Linear<DIM, DIM, T, W> {
         &self.v
     }
     /// The output projection `W_o`, `b_o`.
     #[must_use]
-    pub const fn out_proj(&self) -> &Linear<DIM, DIM, T> {
+    pub const fn out_proj(&self) -> &Linear<DIM, DIM, T, W> {
         &self.out
     }
+    /// The same layer with its weights stored as `W2`, each rounded to it (see
+    /// [`crate::weight`]): `to_weights::<f16>()` halves the parameters' size. By value.
+    #[must_use]
+    pub fn to_weights<W2: Weight<T>>(&self) -> MultiHead<SEQ, DIM, HEADS, T, W2> {
+        MultiHead {
+            q: self.q.to_weights(),
+            k: self.k.to_weights(),
+            v: self.v.to_weights(),
+            out: self.out.to_weights(),
+        }
+    }
+
     /// Mutable projections, in the order q, k, v, out.
-    pub fn projections_mut(&mut self) -> [&mut Linear<DIM, DIM, T>; 4] {
+    pub fn projections_mut(&mut self) -> [&mut Linear<DIM, DIM, T, W>; 4] {
         [&mut self.q, &mut self.k, &mut self.v, &mut self.out]
     }
 
@@ -449,6 +461,6 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
         );
         // MultiHead = Concat(head_1..head_h) W_oᵀ + b_o, in place in `out` (a row panel at a
         // time goes through the pack buffer).
-        project_in_place(&self.out, out, SQ, buf.pack);
+        project_in_place(&self.out, out, SQ, buf.pack, buf.q);
     }
 }

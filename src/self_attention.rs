@@ -6,7 +6,7 @@ use rand::{Rng, SeedableRng};
 use crate::layer::{Buffers, Projections, attend_heads, local_buffers};
 use crate::mask::Additive;
 use crate::scratch::zero_matrix;
-use crate::{Bias, Float, Linear, Mask, Scratch, init};
+use crate::{Bias, Float, Linear, Mask, Scratch, Weight, init};
 
 /// One attention head over `SEQ` tokens of `DIM` features: three projections `DIM → DIM`
 /// (query, key, value, each `y = x Wᵀ + b`) and scaled dot-product attention with scale
@@ -32,14 +32,14 @@ use crate::{Bias, Float, Linear, Mask, Scratch, init};
 /// ```
 #[derive(Clone, Debug, PartialEq, bytemuck::Zeroable)]
 #[repr(C)]
-#[zeroable(bound = "T: crate::Float")]
-pub struct SelfAttention<const SEQ: usize, const DIM: usize, T = f32> {
-    pub(crate) q: Linear<DIM, DIM, T>,
-    pub(crate) k: Linear<DIM, DIM, T>,
-    pub(crate) v: Linear<DIM, DIM, T>,
+#[zeroable(bound = "T: crate::Float, W: bytemuck::Zeroable")]
+pub struct SelfAttention<const SEQ: usize, const DIM: usize, T = f32, W = T> {
+    pub(crate) q: Linear<DIM, DIM, T, W>,
+    pub(crate) k: Linear<DIM, DIM, T, W>,
+    pub(crate) v: Linear<DIM, DIM, T, W>,
 }
 
-impl<const SEQ: usize, const DIM: usize, T: Float> SelfAttention<SEQ, DIM, T> {
+impl<const SEQ: usize, const DIM: usize, T: Float, W: Weight<T>> SelfAttention<SEQ, DIM, T, W> {
     const SHAPE_OK: () = {
         assert!(
             SEQ > 0,
@@ -67,9 +67,9 @@ impl<const SEQ: usize, const DIM: usize, T: Float> SelfAttention<SEQ, DIM, T> {
     /// Builds the head from its query, key and value projections (a `const fn`).
     #[must_use]
     pub const fn from_parts(
-        q: Linear<DIM, DIM, T>,
-        k: Linear<DIM, DIM, T>,
-        v: Linear<DIM, DIM, T>,
+        q: Linear<DIM, DIM, T, W>,
+        k: Linear<DIM, DIM, T, W>,
+        v: Linear<DIM, DIM, T, W>,
     ) -> Self {
         let () = Self::SHAPE_OK;
         Self { q, k, v }
@@ -129,23 +129,34 @@ impl<const SEQ: usize, const DIM: usize, T: Float> SelfAttention<SEQ, DIM, T> {
         init::reset_in_projection([&mut self.q, &mut self.k, &mut self.v], bias, rng);
     }
 
+    /// The same head with its weights stored as `W2`, each rounded to it (see
+    /// [`crate::weight`]). By value.
+    #[must_use]
+    pub fn to_weights<W2: Weight<T>>(&self) -> SelfAttention<SEQ, DIM, T, W2> {
+        SelfAttention {
+            q: self.q.to_weights(),
+            k: self.k.to_weights(),
+            v: self.v.to_weights(),
+        }
+    }
+
     /// The query projection.
     #[must_use]
-    pub const fn q_proj(&self) -> &Linear<DIM, DIM, T> {
+    pub const fn q_proj(&self) -> &Linear<DIM, DIM, T, W> {
         &self.q
     }
     /// The key projection.
     #[must_use]
-    pub const fn k_proj(&self) -> &Linear<DIM, DIM, T> {
+    pub const fn k_proj(&self) -> &Linear<DIM, DIM, T, W> {
         &self.k
     }
     /// The value projection.
     #[must_use]
-    pub const fn v_proj(&self) -> &Linear<DIM, DIM, T> {
+    pub const fn v_proj(&self) -> &Linear<DIM, DIM, T, W> {
         &self.v
     }
     /// Mutable projections, in the order q, k, v.
-    pub fn projections_mut(&mut self) -> [&mut Linear<DIM, DIM, T>; 3] {
+    pub fn projections_mut(&mut self) -> [&mut Linear<DIM, DIM, T, W>; 3] {
         [&mut self.q, &mut self.k, &mut self.v]
     }
 

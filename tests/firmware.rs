@@ -84,6 +84,8 @@ fn the_static_layers_hold_the_blob() {
     let (mha, gqa) = seeded();
     assert_eq!(model::MHA, mha);
     assert_eq!(model::GQA, gqa);
+    // The const rounding to f16 is the run-time one.
+    assert_eq!(model::MHA16, mha.to_weights::<static_attention::f16>());
 }
 
 /// The host's values of everything the firmware prints: `(layer, token, feature) → value`.
@@ -93,6 +95,12 @@ fn host_values() -> Vec<(&'static str, usize, usize, f32)> {
     for t in 0..SEQ {
         for f in 0..DIM {
             v.push(("mha", t, f, y[(t, f)]));
+        }
+    }
+    let y = model::MHA16.forward(&model::input(), &Mask::causal(Alignment::TopLeft));
+    for t in 0..SEQ {
+        for f in 0..DIM {
+            v.push(("mha16", t, f, y[(t, f)]));
         }
     }
     let rope = Rope::<HEAD_DIM, MAX_POS>::new(10_000.0, RopeStyle::RotateHalf);
@@ -129,7 +137,7 @@ fn the_firmware_matches_the_host() {
     let mut printed = std::collections::HashMap::new();
     for line in log.lines() {
         let parts: Vec<&str> = line.split_whitespace().collect();
-        if let ["mha" | "gqa", t, f, v] = parts[..] {
+        if let ["mha" | "mha16" | "gqa", t, f, v] = parts[..] {
             let key = (
                 parts[0].to_owned(),
                 t.parse::<usize>().unwrap(),

@@ -30,7 +30,7 @@ pub use self::safetensors::{NUM_HEADS_KEY, SaveError};
 
 use core::fmt;
 
-use crate::{Float, Linear, MultiHead, SelfAttention};
+use crate::{Float, Linear, MultiHead, SelfAttention, Weight};
 
 /// A short piece of text kept inline (no allocation), truncated with `…` past its capacity:
 /// tensor names (with their prefix) and parser messages inside a [`LoadError`].
@@ -191,12 +191,16 @@ pub enum LoadError {
         /// The layer's `DIM`.
         dim: usize,
     },
-    /// A tensor's element type is not `F32` or `F64`.
+    /// A tensor's element type is not one the layer stores: `F32` or `F64` for weights kept
+    /// in `f32`/`f64`, `F16` or `BF16` for half-precision weights (biases: `F32`, `F64` or
+    /// the weights' half type).
     WrongDtype {
         /// Full tensor name (with prefix).
         name: Text,
         /// The dtype found, as safetensors names it (`BF16`, `I64`, …).
         found: Text,
+        /// The dtypes the layer accepts there (`F32 or F64`, `F16`, …).
+        expected: &'static str,
     },
     /// The file records a head count different from the layer's `HEADS`.
     WrongHeads {
@@ -261,9 +265,11 @@ impl fmt::Display for LoadError {
                     "{name} has {found} values, expected {n} ({expected}) for DIM = {dim}"
                 )
             }
-            LoadError::WrongDtype { name, found } => {
-                write!(f, "{name} has dtype {found}, expected F32 or F64")
-            }
+            LoadError::WrongDtype {
+                name,
+                found,
+                expected,
+            } => write!(f, "{name} has dtype {found}, expected {expected}"),
             LoadError::WrongHeads { expected, found } => write!(
                 f,
                 "the file was saved with num_heads = {found}, but the layer has HEADS = {expected}"
@@ -344,6 +350,8 @@ pub(crate) enum Values<'a, T> {
     Native(&'a [T]),
     F32Le(&'a [u8]),
     F64Le(&'a [u8]),
+    F16Le(&'a [u8]),
+    Bf16Le(&'a [u8]),
 }
 
 impl<T: Float> Values<'_, T> {
@@ -352,6 +360,7 @@ impl<T: Float> Values<'_, T> {
             Values::Native(s) => s.len(),
             Values::F32Le(b) => b.len() / 4,
             Values::F64Le(b) => b.len() / 8,
+            Values::F16Le(b) | Values::Bf16Le(b) => b.len() / 2,
         }
     }
 
@@ -371,6 +380,19 @@ impl<T: Float> Values<'_, T> {
                     ]));
                 }
             }
+            // Half precision widens exactly to f32 (and so to T).
+            Values::F16Le(b) => {
+                for (o, c) in out.iter_mut().zip(b[start * 2..].chunks_exact(2)) {
+                    let h = half::f16::from_bits(u16::from_le_bytes([c[0], c[1]]));
+                    *o = T::of(f64::from(h.to_f32()));
+                }
+            }
+            Values::Bf16Le(b) => {
+                for (o, c) in out.iter_mut().zip(b[start * 2..].chunks_exact(2)) {
+                    let h = half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]]));
+                    *o = T::of(f64::from(h.to_f32()));
+                }
+            }
         }
     }
 }
@@ -378,8 +400,8 @@ impl<T: Float> Values<'_, T> {
 /// Validated parameters of a [`MultiHead`], ready to copy: q, k, v and out.
 pub(crate) type Checked<'a, T> = [CheckedLinear<'a, T>; 4];
 
-impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
-    MultiHead<SEQ, DIM, HEADS, T>
+impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float, W: Weight<T>>
+    MultiHead<SEQ, DIM, HEADS, T, W>
 {
     /// Builds a layer from PyTorch's parameters given as slices (no allocation, no file
     /// format). Lengths are checked: `3·DIM·DIM` for a packed `in_proj_weight`, `DIM·DIM` for
@@ -611,7 +633,10 @@ impl<'a, T: Float> CheckedLinear<'a, T> {
     }
 
     /// Copies the parameters into `l`; cannot fail.
-    pub(crate) fn write<const IN: usize, const OUT: usize>(&self, l: &mut Linear<IN, OUT, T>) {
+    pub(crate) fn write<const IN: usize, const OUT: usize, W: Weight<T>>(
+        &self,
+        l: &mut Linear<IN, OUT, T, W>,
+    ) {
         debug_assert!(self.weight.len() >= self.weight_start + IN * OUT);
         // PyTorch's `weight[OUT][IN]` is row-major; the map stores `W` in its own layout.
         let mut row = [T::ZERO; 64];
@@ -637,7 +662,7 @@ impl<'a, T: Float> CheckedLinear<'a, T> {
     }
 }
 
-impl<const SEQ: usize, const DIM: usize, T: Float> SelfAttention<SEQ, DIM, T> {
+impl<const SEQ: usize, const DIM: usize, T: Float, W: Weight<T>> SelfAttention<SEQ, DIM, T, W> {
     /// Builds a head from the parameters of three PyTorch `nn.Linear(DIM, DIM)` modules given
     /// as slices (no allocation, no file format). Each projection may have a bias or not.
     ///

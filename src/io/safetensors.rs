@@ -10,7 +10,7 @@ use safetensors::tensor::{Metadata, TensorView};
 use safetensors::{Dtype, SafeTensors};
 
 use super::{Checked, CheckedLinear, LoadError, Shape, Text, Values};
-use crate::{Float, GroupedQuery, MultiHead, SelfAttention};
+use crate::{Float, GroupedQuery, MultiHead, SelfAttention, Weight, WeightKind};
 
 /// Metadata key holding the head count (PyTorch does not store it in the `state_dict`; this
 /// crate writes it, and checks it when present).
@@ -41,13 +41,15 @@ impl<'a> File<'a> {
         Ok(File { meta, data })
     }
 
-    /// The tensor `prefix + name` if present, checked against `expected`.
+    /// The tensor `prefix + name` if present, checked against `expected` and against the
+    /// dtypes `accept` allows.
     fn tensor<T: Float>(
         &self,
         prefix: &str,
         name: &str,
         expected: &[usize],
         dim: usize,
+        accept: Accept,
     ) -> Result<Option<Values<'a, T>>, LoadError> {
         let full = format!("{prefix}{name}");
         let Some(info) = self.meta.info(&full) else {
@@ -68,21 +70,24 @@ impl<'a> File<'a> {
             .get(start..end)
             .ok_or_else(|| malformed(format!("{full}: data offsets out of range")))?;
         let n: usize = expected.iter().product();
-        let values = match info.dtype {
-            Dtype::F32 if bytes.len() == n * 4 => Values::F32Le(bytes),
-            Dtype::F64 if bytes.len() == n * 8 => Values::F64Le(bytes),
-            Dtype::F32 | Dtype::F64 => {
-                return Err(malformed(format!(
-                    "{full}: data length does not match its shape"
-                )));
-            }
+        let (values, width) = match info.dtype {
+            Dtype::F32 if accept.float => (Values::F32Le(bytes), 4),
+            Dtype::F64 if accept.float => (Values::F64Le(bytes), 8),
+            Dtype::F16 if accept.half == Some(WeightKind::F16) => (Values::F16Le(bytes), 2),
+            Dtype::BF16 if accept.half == Some(WeightKind::Bf16) => (Values::Bf16Le(bytes), 2),
             other => {
                 return Err(LoadError::WrongDtype {
                     name,
                     found: Text::new(&[&format!("{other:?}")]),
+                    expected: accept.names(),
                 });
             }
         };
+        if bytes.len() != n * width {
+            return Err(malformed(format!(
+                "{full}: data length does not match its shape"
+            )));
+        }
         Ok(Some(values))
     }
 
@@ -92,8 +97,9 @@ impl<'a> File<'a> {
         name: &str,
         expected: &[usize],
         dim: usize,
+        accept: Accept,
     ) -> Result<Values<'a, T>, LoadError> {
-        self.tensor(prefix, name, expected, dim)?
+        self.tensor(prefix, name, expected, dim, accept)?
             .ok_or_else(|| LoadError::MissingTensor {
                 name: Text::new(&[prefix, name]),
                 expected: Shape::new(expected),
@@ -113,51 +119,121 @@ impl<'a> File<'a> {
         din: usize,
         dout: usize,
         dim: usize,
+        kind: WeightKind,
     ) -> Result<CheckedLinear<'a, T>, LoadError> {
         let full = format!("{prefix}{module}");
         Ok(CheckedLinear {
-            weight: self.required(&full, ".weight", &[dout, din], dim)?,
+            weight: self.required(&full, ".weight", &[dout, din], dim, Accept::weights(kind))?,
             weight_start: 0,
-            bias: self.tensor(&full, ".bias", &[dout], dim)?,
+            bias: self.tensor(&full, ".bias", &[dout], dim, Accept::biases(kind))?,
             bias_start: 0,
         })
     }
 }
 
-/// Serialises `(name, shape, values)` tensors with `prefix` before every name, in `T`'s dtype,
-/// with one metadata entry (more than one would make the bytes vary: the header's metadata
-/// is a hash map).
-fn serialize<T: Float>(
+/// The dtypes a tensor may have: `F32`/`F64` (`float`) and the one half type (`half`).
+/// Weights must be in the layer's storage type (`F32`/`F64` for `f32`/`f64` storage, either
+/// converting exactly as before; `F16` or `BF16` for half storage); biases, which layers keep
+/// in `T`, may also be `F32`/`F64`.
+#[derive(Clone, Copy)]
+pub(crate) struct Accept {
+    float: bool,
+    half: Option<WeightKind>,
+}
+
+impl Accept {
+    fn weights(kind: WeightKind) -> Self {
+        match kind {
+            WeightKind::Native => Self {
+                float: true,
+                half: None,
+            },
+            half => Self {
+                float: false,
+                half: Some(half),
+            },
+        }
+    }
+
+    fn biases(kind: WeightKind) -> Self {
+        Self {
+            float: true,
+            half: (kind != WeightKind::Native).then_some(kind),
+        }
+    }
+
+    fn names(self) -> &'static str {
+        match (self.float, self.half) {
+            (true, None) => "F32 or F64",
+            (true, Some(WeightKind::F16)) => "F32, F64 or F16",
+            (true, Some(_)) => "F32, F64 or BF16",
+            (false, Some(WeightKind::F16)) => "F16 (the layer stores f16 weights)",
+            (false, _) => "BF16 (the layer stores bf16 weights)",
+        }
+    }
+}
+
+/// A tensor to write: its name (without the prefix), shape, dtype and little-endian bytes.
+struct Tensor {
+    name: String,
+    shape: Vec<usize>,
+    dtype: Dtype,
+    bytes: Vec<u8>,
+}
+
+/// Values in `T`'s dtype (`F32` or `F64`): biases, and the weights of layers storing `T`.
+fn floats<T: Float>(name: &str, shape: Vec<usize>, values: &[T]) -> Tensor {
+    Tensor {
+        name: name.into(),
+        shape,
+        dtype: if T::BYTES == 4 {
+            Dtype::F32
+        } else {
+            Dtype::F64
+        },
+        bytes: values.iter().flat_map(|&x| le_bytes(x)).collect(),
+    }
+}
+
+/// Weights in the storage type `W`'s dtype (each value already is a `W`, so exactly).
+fn weights<T: Float, W: Weight<T>>(name: &str, shape: Vec<usize>, values: &[T]) -> Tensor {
+    let half = |dtype: Dtype, bits: &dyn Fn(f32) -> u16| Tensor {
+        name: name.into(),
+        shape: shape.clone(),
+        dtype,
+        bytes: values
+            .iter()
+            .flat_map(|&x| bits(x.to_f64() as f32).to_le_bytes())
+            .collect(),
+    };
+    match W::KIND {
+        WeightKind::Native => floats(name, shape.clone(), values),
+        WeightKind::F16 => half(Dtype::F16, &|x| half::f16::from_f32(x).to_bits()),
+        WeightKind::Bf16 => half(Dtype::BF16, &|x| half::bf16::from_f32(x).to_bits()),
+    }
+}
+
+/// Serialises `tensors` with `prefix` before every name, with one metadata entry (more than
+/// one would make the bytes vary: the header's metadata is a hash map).
+fn serialize(
     prefix: &str,
-    tensors: &[(&str, Vec<usize>, Vec<T>)],
+    tensors: &[Tensor],
     metadata: Option<(&str, String)>,
 ) -> Result<Vec<u8>, SaveError> {
-    let dtype = if T::BYTES == 4 {
-        Dtype::F32
-    } else {
-        Dtype::F64
-    };
-    let bytes: Vec<Vec<u8>> = tensors
-        .iter()
-        .map(|(_, _, v)| v.iter().flat_map(|&x| le_bytes(x)).collect())
-        .collect();
-    let views = tensors
-        .iter()
-        .zip(&bytes)
-        .filter_map(|((name, shape, _), data)| {
-            // Shapes and lengths agree by construction, so the view always builds.
-            TensorView::new(dtype, shape.clone(), data)
-                .ok()
-                .map(|view| (format!("{prefix}{name}"), view))
-        });
+    let views = tensors.iter().filter_map(|t| {
+        // Shapes and lengths agree by construction, so the view always builds.
+        TensorView::new(t.dtype, t.shape.clone(), &t.bytes)
+            .ok()
+            .map(|view| (format!("{prefix}{}", t.name), view))
+    });
     let metadata = metadata.map(|(k, v)| [(k.to_owned(), v)].into_iter().collect());
     safetensors::serialize(views, metadata).map_err(|e| SaveError {
         reason: Text::new(&[&format!("{e}")]),
     })
 }
 
-impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
-    MultiHead<SEQ, DIM, HEADS, T>
+impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float, W: Weight<T>>
+    MultiHead<SEQ, DIM, HEADS, T, W>
 {
     /// Reads an `nn.MultiheadAttention` `state_dict` from safetensors bytes. `prefix` is
     /// prepended to every tensor name (`""` for a bare module, `"encoder.layers.0.self_attn."`
@@ -235,7 +311,8 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
             }
         }
         let dd = DIM * DIM;
-        let packed = file.tensor::<T>(prefix, "in_proj_weight", &[3 * DIM, DIM], DIM)?;
+        let (wa, ba) = (Accept::weights(W::KIND), Accept::biases(W::KIND));
+        let packed = file.tensor::<T>(prefix, "in_proj_weight", &[3 * DIM, DIM], DIM, wa)?;
         let separate = ["q_proj_weight", "k_proj_weight", "v_proj_weight"];
         let (q, k, v) = match packed {
             Some(p) => {
@@ -248,9 +325,9 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
                 ((p, 0), (p, dd), (p, 2 * dd))
             }
             None if separate.iter().any(|n| file.has(prefix, n)) => (
-                (file.required(prefix, separate[0], &[DIM, DIM], DIM)?, 0),
-                (file.required(prefix, separate[1], &[DIM, DIM], DIM)?, 0),
-                (file.required(prefix, separate[2], &[DIM, DIM], DIM)?, 0),
+                (file.required(prefix, separate[0], &[DIM, DIM], DIM, wa)?, 0),
+                (file.required(prefix, separate[1], &[DIM, DIM], DIM, wa)?, 0),
+                (file.required(prefix, separate[2], &[DIM, DIM], DIM, wa)?, 0),
             ),
             None => {
                 return Err(LoadError::MissingTensor {
@@ -259,9 +336,9 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
                 });
             }
         };
-        let in_bias = file.tensor(prefix, "in_proj_bias", &[3 * DIM], DIM)?;
-        let out_w = file.required(prefix, "out_proj.weight", &[DIM, DIM], DIM)?;
-        let out_b = file.tensor(prefix, "out_proj.bias", &[DIM], DIM)?;
+        let in_bias = file.tensor(prefix, "in_proj_bias", &[3 * DIM], DIM, ba)?;
+        let out_w = file.required(prefix, "out_proj.weight", &[DIM, DIM], DIM, wa)?;
+        let out_b = file.tensor(prefix, "out_proj.bias", &[DIM], DIM, ba)?;
         super::check_bias_pair(prefix, in_bias.is_some(), out_b.is_some(), DIM)?;
         Ok(Self::checked_from_parts([q, k, v], in_bias, out_w, out_b))
     }
@@ -284,35 +361,39 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float>
     pub fn to_safetensors(&self, prefix: &str) -> Result<Vec<u8>, SaveError> {
         let (q, k, v, o) = (self.q_proj(), self.k_proj(), self.v_proj(), self.out_proj());
         let cat = |parts: &[&[T]]| -> Vec<T> { parts.concat() };
-        let mut tensors = std::vec![(
+        let mut tensors = std::vec![weights::<T, W>(
             "in_proj_weight",
             std::vec![3 * DIM, DIM],
-            cat(&[&row_major(q), &row_major(k), &row_major(v)]),
+            &cat(&[&row_major(q), &row_major(k), &row_major(v)]),
         )];
         if self.has_bias() {
-            tensors.push((
+            tensors.push(floats(
                 "in_proj_bias",
                 std::vec![3 * DIM],
-                cat(&[
+                &cat(&[
                     q.bias_or_zero().as_slice(),
                     k.bias_or_zero().as_slice(),
                     v.bias_or_zero().as_slice(),
                 ]),
             ));
         }
-        tensors.push(("out_proj.weight", std::vec![DIM, DIM], row_major(o)));
+        tensors.push(weights::<T, W>(
+            "out_proj.weight",
+            std::vec![DIM, DIM],
+            &row_major(o),
+        ));
         if self.has_bias() {
-            tensors.push((
+            tensors.push(floats(
                 "out_proj.bias",
                 std::vec![DIM],
-                o.bias_or_zero().as_slice().to_vec(),
+                o.bias_or_zero().as_slice(),
             ));
         }
         serialize(prefix, &tensors, Some((NUM_HEADS_KEY, format!("{HEADS}"))))
     }
 }
 
-impl<const SEQ: usize, const DIM: usize, T: Float> SelfAttention<SEQ, DIM, T> {
+impl<const SEQ: usize, const DIM: usize, T: Float, W: Weight<T>> SelfAttention<SEQ, DIM, T, W> {
     /// Reads a head's `q_proj`, `k_proj` and `v_proj` `nn.Linear(DIM, DIM)` modules from
     /// safetensors bytes (`prefix` + `q_proj.weight`, optional `q_proj.bias`, and so on; the
     /// names Hugging Face attention modules use). `F32` and `F64` tensors load into either
@@ -364,9 +445,9 @@ impl<const SEQ: usize, const DIM: usize, T: Float> SelfAttention<SEQ, DIM, T> {
         prefix: &str,
     ) -> Result<[CheckedLinear<'a, T>; 3], LoadError> {
         Ok([
-            file.linear(prefix, "q_proj", DIM, DIM, DIM)?,
-            file.linear(prefix, "k_proj", DIM, DIM, DIM)?,
-            file.linear(prefix, "v_proj", DIM, DIM, DIM)?,
+            file.linear(prefix, "q_proj", DIM, DIM, DIM, W::KIND)?,
+            file.linear(prefix, "k_proj", DIM, DIM, DIM, W::KIND)?,
+            file.linear(prefix, "v_proj", DIM, DIM, DIM, W::KIND)?,
         ])
     }
 
@@ -384,23 +465,13 @@ impl<const SEQ: usize, const DIM: usize, T: Float> SelfAttention<SEQ, DIM, T> {
             ("k_proj", self.k_proj()),
             ("v_proj", self.v_proj()),
         ] {
-            tensors.push((name, std::vec![DIM, DIM], row_major(l)));
+            let w = format!("{name}.weight");
+            tensors.push(weights::<T, W>(&w, std::vec![DIM, DIM], &row_major(l)));
             if let Some(b) = l.bias() {
-                tensors.push((name, std::vec![DIM], b.as_slice().to_vec()));
+                let n = format!("{name}.bias");
+                tensors.push(floats(&n, std::vec![DIM], b.as_slice()));
             }
         }
-        let names: Vec<String> = tensors
-            .iter()
-            .map(|(name, shape, _)| {
-                let part = if shape.len() == 2 { "weight" } else { "bias" };
-                format!("{name}.{part}")
-            })
-            .collect();
-        let tensors: Vec<(&str, Vec<usize>, Vec<T>)> = tensors
-            .into_iter()
-            .zip(&names)
-            .map(|((_, shape, v), name)| (name.as_str(), shape, v))
-            .collect();
         serialize(prefix, &tensors, None)
     }
 }
@@ -412,7 +483,8 @@ impl<
     const Q_DIM: usize,
     const KV_DIM: usize,
     T: Float,
-> GroupedQuery<DIM, HEADS, KV_HEADS, Q_DIM, KV_DIM, T>
+    W: Weight<T>,
+> GroupedQuery<DIM, HEADS, KV_HEADS, Q_DIM, KV_DIM, T, W>
 {
     /// Reads a Hugging Face attention module (`LlamaAttention`, `MistralAttention`,
     /// `Qwen2Attention`, …) from safetensors bytes: `prefix` + `q_proj.weight` `[Q_DIM, DIM]`,
@@ -487,7 +559,7 @@ impl<
         let head_dim = Q_DIM / HEADS;
         // A key or value projection of another kv-head count says so in words.
         let kv = |module: &str| {
-            file.linear(prefix, module, DIM, KV_DIM, DIM)
+            file.linear(prefix, module, DIM, KV_DIM, DIM, W::KIND)
                 .map_err(|e| match e {
                     LoadError::WrongShape { name, found, .. }
                         if found.rank() == 2
@@ -506,10 +578,10 @@ impl<
                 })
         };
         Ok([
-            file.linear(prefix, "q_proj", DIM, Q_DIM, DIM)?,
+            file.linear(prefix, "q_proj", DIM, Q_DIM, DIM, W::KIND)?,
             kv("k_proj")?,
             kv("v_proj")?,
-            file.linear(prefix, "o_proj", Q_DIM, DIM, DIM)?,
+            file.linear(prefix, "o_proj", Q_DIM, DIM, DIM, W::KIND)?,
         ])
     }
 
@@ -531,12 +603,12 @@ impl<
     ///
     /// [`SaveError`] if the header would exceed the format's limit (an absurd `prefix`).
     pub fn to_safetensors(&self, prefix: &str) -> Result<Vec<u8>, SaveError> {
-        let mut tensors: Vec<(String, Vec<usize>, Vec<T>)> = Vec::new();
+        let mut tensors = Vec::new();
         let mut add = |name: &str, shape: Vec<usize>, w: Vec<T>, b: Option<&[T]>| {
             let rows = shape[0];
-            tensors.push((format!("{name}.weight"), shape, w));
+            tensors.push(weights::<T, W>(&format!("{name}.weight"), shape, &w));
             if let Some(b) = b {
-                tensors.push((format!("{name}.bias"), std::vec![rows], b.to_vec()));
+                tensors.push(floats(&format!("{name}.bias"), std::vec![rows], b));
             }
         };
         let (q, k, v, o) = (self.q_proj(), self.k_proj(), self.v_proj(), self.o_proj());
@@ -564,10 +636,6 @@ impl<
             row_major(o),
             o.bias().map(|b| b.as_slice()),
         );
-        let tensors: Vec<(&str, Vec<usize>, Vec<T>)> = tensors
-            .iter()
-            .map(|(n, s, v)| (n.as_str(), s.clone(), v.clone()))
-            .collect();
         serialize(prefix, &tensors, None)
     }
 }
@@ -588,7 +656,9 @@ impl core::fmt::Display for SaveError {
 impl core::error::Error for SaveError {}
 
 /// A map's weight in PyTorch's row-major order (`weight[OUT][IN]`).
-fn row_major<const IN: usize, const OUT: usize, T: Float>(l: &crate::Linear<IN, OUT, T>) -> Vec<T> {
+fn row_major<const IN: usize, const OUT: usize, T: Float, W: Weight<T>>(
+    l: &crate::Linear<IN, OUT, T, W>,
+) -> Vec<T> {
     (0..OUT)
         .flat_map(|n| (0..IN).map(move |p| l.weight_at(n, p)))
         .collect()

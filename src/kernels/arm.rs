@@ -365,6 +365,10 @@ fn io_as<'a, T: Float, E: Float>(io: LinearIo<'a, T>) -> LinearIo<'a, E> {
             x: cast!(E, x),
             out: cast!(mut E, out),
         },
+        LinearIo::Add { x, out } => LinearIo::Add {
+            x: cast!(E, x),
+            out: cast!(mut E, out),
+        },
         LinearIo::InPlace(b) => LinearIo::InPlace(cast!(mut E, b)),
     }
 }

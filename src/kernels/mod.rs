@@ -41,8 +41,8 @@ pub(crate) mod vector;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86;
 
-use crate::Float;
 use crate::mask::{Additive, Mask, Pattern};
+use crate::{Float, Weight, WeightKind};
 
 /// Queries a tile of the attention kernels holds at most, and rows of a projection panel:
 /// two vectors of `f32` of the widest instruction set the target can have (32 on x86-64, for
@@ -433,6 +433,9 @@ impl<'a, T: Float> MaskView<'a, T> {
 pub(crate) enum LinearIo<'a, T> {
     /// `out = x · Wᵀ + b`.
     Out { x: &'a [T], out: &'a mut [T] },
+    /// `out += x · Wᵀ`, the bias not added (the half-precision path adds chunks of input
+    /// features).
+    Add { x: &'a [T], out: &'a mut [T] },
     /// `buf = buf · Wᵀ + b` (square `W`).
     InPlace(&'a mut [T]),
 }
@@ -494,12 +497,56 @@ impl<T> WorkRef<'_, T> {
 /// Rows of a GEMM row panel: the pack buffer of an in-place projection holds this many rows
 /// of every input feature.
 pub(crate) const PANEL_ROWS: usize = MQ_MAX;
+/// `out = x · Wᵀ + b` for `s` tokens (see `LinearIo`), `W` in the tile layout of
+/// [`crate::Linear`] stored as `Wt`. Half-precision weights go to the scalar kernel as they are
+/// (it widens each as it reads it) and to the vector kernels a strip of 12 output features and
+/// at most [`HALF_CHUNK`] input features at a time, widened into a buffer first.
+pub(crate) fn linear<T: Float, Wt: Weight<T>>(
+    io: LinearIo<'_, T>,
+    s: usize,
+    din: usize,
+    w: &[Wt],
+    dout: usize,
+    bias: &[T],
+    pack: &mut [T],
+) {
+    let kernel = selected();
+    match (kernel, Wt::KIND) {
+        (Kernel::Scalar, _) => scalar::linear(io, s, din, w, dout, bias, pack),
+        (_, WeightKind::Native) => {
+            linear_native(
+                kernel,
+                io,
+                s,
+                din,
+                bytemuck::cast_slice(w),
+                dout,
+                bias,
+                pack,
+            );
+        }
+        (_, kind) => linear_half(
+            kernel,
+            kind,
+            io,
+            s,
+            din,
+            bytemuck::cast_slice(w),
+            dout,
+            bias,
+            pack,
+        ),
+    }
+}
 
-/// `out = x · Wᵀ + b` (or in place) for `s` tokens, column-major. `W` is `dout × din` in the
-/// tile layout of [`crate::Linear`] (`W[n, p] = w[tiled_index(n, p, din, dout)]`); `pack` is
-/// working memory (see `vector::linear`; in place it must hold [`PANEL_ROWS`] × `din`
-/// values).
-pub(crate) fn linear<T: Float>(
+/// Input features per widened chunk of a half-precision strip (a buffer of `12 ·` this many
+/// scalars on the stack).
+pub(crate) const HALF_CHUNK: usize = 256;
+
+/// `linear` on a vector kernel for weights in the compute type.
+#[allow(clippy::too_many_arguments)]
+fn linear_native<T: Float>(
+    kernel: Kernel,
     io: LinearIo<'_, T>,
     s: usize,
     din: usize,
@@ -508,13 +555,101 @@ pub(crate) fn linear<T: Float>(
     bias: &[T],
     pack: &mut [T],
 ) {
-    match selected() {
-        Kernel::Scalar => scalar::linear(io, s, din, w, dout, bias, pack),
+    match kernel {
         #[cfg(target_arch = "aarch64")]
         Kernel::Neon => arm::linear(io, s, din, w, dout, bias, pack),
         #[cfg(target_arch = "x86_64")]
         k @ (Kernel::Avx2Fma | Kernel::Avx512) => x86::linear(k, io, s, din, w, dout, bias, pack),
         _ => scalar::linear(io, s, din, w, dout, bias, pack),
+    }
+}
+
+/// `linear` on a vector kernel for half-precision weights (`T` is `f32`): each strip of 12
+/// output features (the tile layout keeps a strip's `din × 12` weights together) is widened
+/// [`HALF_CHUNK`] input features at a time and multiplied by the matching input columns, the
+/// first chunk writing the strip's outputs and the others adding to them. In place is not
+/// supported here (the layers give the input and output separately).
+#[allow(clippy::too_many_arguments)]
+fn linear_half<T: Float>(
+    kernel: Kernel,
+    kind: WeightKind,
+    io: LinearIo<'_, T>,
+    s: usize,
+    din: usize,
+    w: &[u16],
+    dout: usize,
+    bias: &[T],
+    pack: &mut [T],
+) {
+    const STRIP: usize = crate::linear::WEIGHT_TILE;
+    let LinearIo::Out { x, out } = io else {
+        unreachable!("half-precision weights are applied out of place")
+    };
+    assert!(w.len() >= din * dout && x.len() >= s * din && out.len() >= s * dout);
+    let mut buf = [T::ZERO; STRIP * HALF_CHUNK];
+    let zeros = [T::ZERO; STRIP];
+    let full = dout / STRIP * STRIP;
+    let mut t0 = 0;
+    while t0 < dout {
+        let (cols, base) = if t0 < full {
+            (STRIP, t0 * din)
+        } else {
+            (dout - full, full * din)
+        };
+        let out_strip = &mut out[t0 * s..(t0 + cols) * s];
+        let mut pc = 0;
+        while pc < din {
+            let kc = HALF_CHUNK.min(din - pc);
+            let n = kc * cols;
+            widen(
+                kind,
+                &w[base + pc * cols..base + pc * cols + n],
+                &mut buf[..n],
+            );
+            let x_chunk = &x[pc * s..(pc + kc) * s];
+            // A strip of `cols` features over `kc` inputs is itself in the tile layout.
+            let io = if pc == 0 {
+                LinearIo::Out {
+                    x: x_chunk,
+                    out: &mut *out_strip,
+                }
+            } else {
+                LinearIo::Add {
+                    x: x_chunk,
+                    out: &mut *out_strip,
+                }
+            };
+            let b = if pc == 0 {
+                &bias[t0..t0 + cols]
+            } else {
+                &zeros[..cols]
+            };
+            linear_native(kernel, io, s, kc, &buf[..n], cols, b, pack);
+            pc += kc;
+        }
+        t0 += cols;
+    }
+}
+
+/// Half-precision bits (`f16` or `bf16`) widened to `T = f32`: with F16C on x86-64 where the
+/// CPU has it, else value by value.
+fn widen<T: Float>(kind: WeightKind, src: &[u16], dst: &mut [T]) {
+    let dst: &mut [f32] = bytemuck::cast_slice_mut(dst);
+    match kind {
+        WeightKind::Bf16 => {
+            for (d, &b) in dst.iter_mut().zip(src) {
+                *d = f32::from_bits(u32::from(b) << 16);
+            }
+        }
+        _ => {
+            #[cfg(target_arch = "x86_64")]
+            if x86::widen_f16(src, dst) {
+                return;
+            }
+            for (d, &b) in dst.iter_mut().zip(src) {
+                *d = half::f16::from_bits(b).to_f32();
+            }
+        }
     }
 }
 

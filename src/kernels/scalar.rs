@@ -3,27 +3,30 @@
 //! reference the instruction-set kernels are tested against.
 
 use super::{Dims, LinearIo, MQ_MAX, MaskView, PANEL_ROWS, WorkRef};
-use crate::Float;
 use crate::linear::tiled_index;
+use crate::{Float, Weight};
 
 /// Rows of queries the streaming kernel processes together.
 const BLOCK_Q: usize = 8;
 
 /// `out[s × dout] = x[s × din] · Wᵀ + b` (column-major; `W` in the tile layout of
-/// [`crate::Linear`]), or the same in place, a panel of [`PANEL_ROWS`] rows at a time copied
+/// [`crate::Linear`], stored as `Wt` and widened as it is read), `out += x · Wᵀ` for
+/// [`LinearIo::Add`], or the same in place, a panel of [`PANEL_ROWS`] rows at a time copied
 /// into `pack` first.
-pub(crate) fn linear<T: Float>(
+pub(crate) fn linear<T: Float, Wt: Weight<T>>(
     io: LinearIo<'_, T>,
     s: usize,
     din: usize,
-    w: &[T],
+    w: &[Wt],
     dout: usize,
     bias: &[T],
     pack: &mut [T],
 ) {
     assert!(w.len() >= din * dout);
+    let wt = |c: usize, d: usize| w[tiled_index(c, d, din, dout)].widen();
     match io {
-        LinearIo::Out { x, out } => linear_out(x, s, din, w, dout, bias, out),
+        LinearIo::Out { x, out } => linear_out(x, s, din, &wt, dout, bias, out, false),
+        LinearIo::Add { x, out } => linear_out(x, s, din, &wt, dout, bias, out, true),
         LinearIo::InPlace(buf) => {
             assert!(din == dout && buf.len() >= s * din && pack.len() >= PANEL_ROWS * din);
             let mut i0 = 0;
@@ -38,7 +41,7 @@ pub(crate) fn linear<T: Float>(
                     for r in 0..rows {
                         let mut acc = bias[c];
                         for d in 0..din {
-                            acc += pack[d * PANEL_ROWS + r] * w[tiled_index(c, d, din, dout)];
+                            acc += pack[d * PANEL_ROWS + r] * wt(c, d);
                         }
                         buf[i0 + r + c * s] = acc;
                     }
@@ -49,35 +52,38 @@ pub(crate) fn linear<T: Float>(
     }
 }
 
-/// [`linear`] with separate input and output.
+/// [`linear`] with separate input and output (`add`: accumulate into `out`).
+#[allow(clippy::too_many_arguments)]
 fn linear_out<T: Float>(
     x: &[T],
     s: usize,
     din: usize,
-    w: &[T],
+    wt: &impl Fn(usize, usize) -> T,
     dout: usize,
     bias: &[T],
     out: &mut [T],
+    add: bool,
 ) {
     assert!(x.len() >= s * din && bias.len() >= dout);
     assert!(out.len() >= s * dout);
+    // `add` leaves the outputs as they are (no bias) and adds the products to them.
+    let start = |col: &mut [T], b: T| {
+        if !add {
+            col.fill(b);
+        }
+    };
     // Four output columns per pass, so each input column is read once per four outputs.
     let mut c = 0;
     while c + 4 <= dout {
         let (c0, rest) = out[c * s..(c + 4) * s].split_at_mut(s);
         let (c1, rest) = rest.split_at_mut(s);
         let (c2, c3) = rest.split_at_mut(s);
-        c0.fill(bias[c]);
-        c1.fill(bias[c + 1]);
-        c2.fill(bias[c + 2]);
-        c3.fill(bias[c + 3]);
+        start(c0, bias[c]);
+        start(c1, bias[c + 1]);
+        start(c2, bias[c + 2]);
+        start(c3, bias[c + 3]);
         for d in 0..din {
-            let w = [
-                w[tiled_index(c, d, din, dout)],
-                w[tiled_index(c + 1, d, din, dout)],
-                w[tiled_index(c + 2, d, din, dout)],
-                w[tiled_index(c + 3, d, din, dout)],
-            ];
+            let w = [wt(c, d), wt(c + 1, d), wt(c + 2, d), wt(c + 3, d)];
             let x_col = &x[d * s..(d + 1) * s];
             for ((((o0, o1), o2), o3), &xv) in c0
                 .iter_mut()
@@ -96,9 +102,9 @@ fn linear_out<T: Float>(
     }
     for c in c..dout {
         let col = &mut out[c * s..(c + 1) * s];
-        col.fill(bias[c]);
+        start(col, bias[c]);
         for d in 0..din {
-            let wd = w[tiled_index(c, d, din, dout)];
+            let wd = wt(c, d);
             for (o, &xv) in col.iter_mut().zip(&x[d * s..(d + 1) * s]) {
                 *o += wd * xv;
             }

@@ -161,8 +161,10 @@ fn linear_gemv<S: Simd>(
         "weights too short"
     );
     assert!(pack.len() >= T * din + l, "pack buffer too small");
+    // `Add` accumulates into the outputs instead of writing them.
+    let add = matches!(&io, LinearIo::Add { .. });
     let (a, c): (*const S::E, *mut S::E) = match io {
-        LinearIo::Out { x, out } => {
+        LinearIo::Out { x, out } | LinearIo::Add { x, out } => {
             assert!(
                 x.len() >= sq * din && out.len() >= sq * dout,
                 "operands too short"
@@ -200,7 +202,8 @@ fn linear_gemv<S: Simd>(
             unsafe {
                 let sums = gemv_strip(s, w.as_ptr().add(t0 * din), xe, din * T);
                 for (j, &v) in sums.iter().enumerate() {
-                    *c.add(t + (t0 + j) * sq) = v + bias[t0 + j];
+                    let o = c.add(t + (t0 + j) * sq);
+                    *o = if add { *o + v } else { v + bias[t0 + j] };
                 }
             }
             t0 += T;
@@ -261,7 +264,10 @@ fn linear_gemv<S: Simd>(
         }
         for (j, &v) in sums.iter().enumerate().take(tail) {
             // SAFETY: column `full + j < dout` of token `t`.
-            unsafe { *c.add(t + (full + j) * sq) = v + bias[full + j] };
+            unsafe {
+                let o = c.add(t + (full + j) * sq);
+                *o = if add { *o + v } else { v + bias[full + j] };
+            }
         }
     }
 }
@@ -339,8 +345,10 @@ fn linear_panels<S: Simd, const NV: usize>(
     );
     let kc_max = (pack.len() / mr).min(din);
     assert!(din == 0 || kc_max >= 1, "pack buffer too small");
+    // `Add` accumulates into the outputs: every input chunk then starts from them.
+    let add = matches!(&io, LinearIo::Add { .. });
     let (a, c, in_place): (*const S::E, *mut S::E, bool) = match io {
-        LinearIo::Out { x, out } => {
+        LinearIo::Out { x, out } | LinearIo::Add { x, out } => {
             assert!(
                 x.len() >= sq * din && out.len() >= sq * dout,
                 "operands too short"
@@ -361,6 +369,9 @@ fn linear_panels<S: Simd, const NV: usize>(
         }
     };
     if din == 0 {
+        if add {
+            return;
+        }
         // No inputs: every output is its bias.
         for j in 0..dout {
             for i in 0..sq {
@@ -387,7 +398,7 @@ fn linear_panels<S: Simd, const NV: usize>(
                 unsafe { pack_panel::<S, NV>(s, a, sq, i0, rows, pc, kc, pack) };
                 pack.cast_const()
             };
-            let first = pc == 0;
+            let first = pc == 0 && !add;
             // Storage tiles of the weights (12 output features, the last one `dout mod 12`),
             // each split into micro-tiles.
             let full = dout / WEIGHT_TILE * WEIGHT_TILE;

@@ -905,6 +905,10 @@ fn io_as<'a, T: Float, E: Float>(io: LinearIo<'a, T>) -> LinearIo<'a, E> {
             x: cast!(E, x),
             out: cast!(mut E, out),
         },
+        LinearIo::Add { x, out } => LinearIo::Add {
+            x: cast!(E, x),
+            out: cast!(mut E, out),
+        },
         LinearIo::InPlace(b) => LinearIo::InPlace(cast!(mut E, b)),
     }
 }
@@ -1056,5 +1060,52 @@ pub(crate) fn exp_in_place<T: Float>(kernel: Kernel, xs: &mut [T]) {
         (_, true) => unsafe { exp_f32(token(Avx2::detect()), cast!(mut f32, xs)) },
         // SAFETY: the token proves AVX2 and FMA.
         (_, false) => unsafe { exp_f64(token(Avx2::detect()), cast!(mut f64, xs)) },
+    }
+}
+
+/// Whether the CPU converts half precision with F16C (detected once, then remembered).
+fn f16c_available() -> bool {
+    static SEEN: AtomicU8 = AtomicU8::new(0);
+    remembered(&SEEN, || {
+        #[cfg(feature = "std")]
+        {
+            std::is_x86_feature_detected!("f16c") && std::is_x86_feature_detected!("avx")
+        }
+        #[cfg(not(feature = "std"))]
+        {
+            // CPUID.1:ECX bit 29 (F16C) with the AVX state the OS saves (checked by `available`).
+            cfg!(all(target_feature = "f16c", target_feature = "avx"))
+                || (available() && __cpuid(1).ecx & (1 << 29) != 0)
+        }
+    })
+}
+
+/// `f16` bits widened to `f32` with F16C, eight at a time; `false` (nothing written) where
+/// the CPU has no F16C.
+pub(crate) fn widen_f16(src: &[u16], dst: &mut [f32]) -> bool {
+    if !f16c_available() {
+        return false;
+    }
+    // SAFETY: F16C and AVX were detected just above.
+    unsafe { widen_f16_f16c(src, dst) };
+    true
+}
+
+/// # Safety
+/// The CPU must support F16C and AVX.
+#[target_feature(enable = "f16c,avx")]
+unsafe fn widen_f16_f16c(src: &[u16], dst: &mut [f32]) {
+    let n = src.len().min(dst.len());
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: elements `i .. i + 8 ≤ n` of both slices; F16C and AVX (the caller).
+        unsafe {
+            let h = _mm_loadu_si128(src.as_ptr().add(i).cast());
+            _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+        }
+        i += 8;
+    }
+    for j in i..n {
+        dst[j] = half::f16::from_bits(src[j]).to_f32();
     }
 }

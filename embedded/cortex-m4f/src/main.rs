@@ -1,8 +1,9 @@
 //! Attention on a Cortex-M4F, no heap: a `MultiHead<16, 32, 4>` forward pass and a
 //! grouped-query layer decoding through a KV cache with RoPE, both layers `static` (weights in
 //! flash, built at compile time from `model.bin`). Results go out over semihosting, one value
-//! per line (`mha t f value`, `gqa t f value`), then a checksum, the stack high-water mark and
-//! the layers' sizes; the program exits 0 through semihosting.
+//! per line (`mha t f value`, `mha16 …` for the copy with f16 weights, `gqa t f value`), then
+//! a checksum, the stack high-water mark and the layers' sizes; the program exits 0 through
+//! semihosting.
 //!
 //! `cargo run --release` (from this directory) runs it under QEMU; `tests/firmware.rs` in the
 //! library checks the printed values against the same model computed on the host.
@@ -17,7 +18,7 @@ use cortex_m_semihosting::{debug, hprintln};
 use static_attention::positions::{Rope, RopeStyle};
 use static_attention::{Alignment, DecoderScratch, KvCache, Mask, MultiHead, SMatrix, Scratch};
 
-use model::{CAP, DIM, GQA, HEAD_DIM, KV_DIM, MAX_POS, MHA, PROMPT, SEQ, STEPS};
+use model::{CAP, DIM, GQA, HEAD_DIM, KV_DIM, MAX_POS, MHA, MHA16, PROMPT, SEQ, STEPS};
 
 #[entry]
 fn main() -> ! {
@@ -34,6 +35,17 @@ fn main() -> ! {
         for f in 0..DIM {
             let v = y[(t, f)];
             hprintln!("mha {} {} {:?}", t, f, v);
+            sum += f64::from(v);
+            sum_sq += f64::from(v) * f64::from(v);
+        }
+    }
+
+    // The same forward pass with the f16-weight copy of the layer.
+    MHA16.forward_into(&x, &Mask::causal(Alignment::TopLeft), &mut scratch, &mut y);
+    for t in 0..SEQ {
+        for f in 0..DIM {
+            let v = y[(t, f)];
+            hprintln!("mha16 {} {} {:?}", t, f, v);
             sum += f64::from(v);
             sum_sq += f64::from(v) * f64::from(v);
         }
@@ -78,14 +90,15 @@ fn main() -> ! {
         "checksum {:?} {:?} over {} values",
         sum,
         sum_sq,
-        (SEQ + decoded) * DIM
+        (2 * SEQ + decoded) * DIM
     );
     let stack = cortex_m_stack::stack_size() as usize;
     let untouched = cortex_m_stack::stack_painted() as usize;
     hprintln!("stack high-water mark {} bytes", stack - untouched);
     hprintln!(
-        "sizes MultiHead PARAM_BYTES {} SCRATCH_BYTES {} | GroupedQuery PARAM_BYTES {} | KvCache BYTES {} | DecoderScratch<1> BYTES {} | Rope BYTES {}",
+        "sizes MultiHead PARAM_BYTES {} (f16 weights: {}) SCRATCH_BYTES {} | GroupedQuery PARAM_BYTES {} | KvCache BYTES {} | DecoderScratch<1> BYTES {} | Rope BYTES {}",
         MultiHead::<SEQ, DIM, { model::HEADS }>::PARAM_BYTES,
+        MultiHead::<SEQ, DIM, { model::HEADS }, f32, static_attention::f16>::PARAM_BYTES,
         MultiHead::<SEQ, DIM, { model::HEADS }>::SCRATCH_BYTES,
         static_attention::GroupedQuery::<DIM, { model::HEADS }, { model::KV_HEADS }, DIM, KV_DIM>::PARAM_BYTES,
         KvCache::<CAP, KV_DIM>::BYTES,

@@ -7,9 +7,12 @@
 //! 2. `GroupedQuery<32, 4, 2, 32, 16>` (Llama-style, no biases): `q_proj` (32 × 32), `k_proj`
 //!    (16 × 32), `v_proj` (16 × 32), `o_proj` (32 × 32).
 //!
+//! The multi-head layer is built twice: with `f32` weights (`MHA`) and with the same weights
+//! rounded to `f16` (`MHA16`, half the flash).
+//!
 //! A blob of another length stops the build (the `const` assertion below).
 
-use static_attention::{GroupedQuery, Linear, MultiHead, SMatrix};
+use static_attention::{GroupedQuery, Linear, MultiHead, SMatrix, f16};
 
 /// Tokens of the forward pass.
 pub const SEQ: usize = 16;
@@ -81,6 +84,24 @@ const fn with_bias(start: usize) -> Linear<DIM, DIM> {
     Linear::from_rows(rows::<DIM, DIM>(start), b)
 }
 
+/// The same map with its weights rounded to `f16` (the bias stays `f32`).
+const fn with_bias_f16(start: usize) -> Linear<DIM, DIM, f32, f16> {
+    let w = rows::<DIM, DIM>(start);
+    let mut h = [[f16::ZERO; DIM]; DIM];
+    let mut b = [0.0; DIM];
+    let mut n = 0;
+    while n < DIM {
+        let mut p = 0;
+        while p < DIM {
+            h[n][p] = f16::from_f32_const(w[n][p]);
+            p += 1;
+        }
+        b[n] = at(start + DIM * DIM + n);
+        n += 1;
+    }
+    Linear::from_rows(h, b)
+}
+
 const P: usize = DIM * DIM + DIM;
 
 /// The multi-head layer, its weights in flash.
@@ -89,6 +110,14 @@ pub static MHA: MultiHead<SEQ, DIM, HEADS> = MultiHead::from_parts(
     with_bias(P),
     with_bias(2 * P),
     with_bias(3 * P),
+);
+
+/// The multi-head layer again with half-precision weights: half the flash for the weights.
+pub static MHA16: MultiHead<SEQ, DIM, HEADS, f32, f16> = MultiHead::from_parts(
+    with_bias_f16(0),
+    with_bias_f16(P),
+    with_bias_f16(2 * P),
+    with_bias_f16(3 * P),
 );
 
 const G: usize = MHA_SCALARS;

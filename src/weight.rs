@@ -1,0 +1,117 @@
+//! How layers store their weights: in the compute type itself (`f32`, `f64`), or in half
+//! precision (`f16`, `bf16`, from the `half` crate) with `f32` arithmetic, which halves the
+//! flash a `static` layer takes on a microcontroller.
+//!
+//! [`crate::Linear`], [`crate::MultiHead`], [`crate::SelfAttention`] and
+//! [`crate::GroupedQuery`] take the storage type as their last parameter, `W`, which defaults
+//! to the compute type `T`: `MultiHead<16, 32, 4>` stores `f32`, `MultiHead<16, 32, 4, f32,
+//! f16>` stores `f16` and computes in `f32`. Biases stay in `T` (they are few). The kernels
+//! widen half-precision weights to `f32` as they read them (with F16C on x86-64, a shift for
+//! `bf16`); every product and sum is then the `f32` one, so a half-precision layer gives what
+//! an `f32` layer with the same (rounded) weights gives.
+//!
+//! ```
+//! use static_attention::{Alignment, Mask, MultiHead, SMatrix, f16};
+//!
+//! let full = MultiHead::<4, 8, 2>::from_seed(5);
+//! let half = full.to_weights::<f16>(); // every weight rounded to f16
+//! // 4 weights of 8 × 8 in 2 bytes instead of 4 (the biases stay f32).
+//! assert_eq!(MultiHead::<4, 8, 2>::PARAM_BYTES - MultiHead::<4, 8, 2, f32, f16>::PARAM_BYTES, 4 * 64 * 2);
+//! // The same as f32 weights holding the rounded values.
+//! let rounded = half.to_weights::<f32>();
+//! let x = SMatrix::<f32, 4, 8>::from_fn(|i, j| (i as f32 - j as f32) * 0.1);
+//! let mask = Mask::causal(Alignment::TopLeft);
+//! assert!((half.forward(&x, &mask) - rounded.forward(&x, &mask)).amax() < 1e-6);
+//! ```
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for f64 {}
+    impl Sealed for half::f16 {}
+    impl Sealed for half::bf16 {}
+}
+
+/// How the kernels read a weight type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WeightKind {
+    /// The compute type itself.
+    Native,
+    /// IEEE 754 binary16.
+    F16,
+    /// bfloat16 (the upper half of an `f32`).
+    Bf16,
+}
+
+/// A type weights of a layer computing in `T` can be stored in: `T` itself, or, for `T = f32`,
+/// [`half::f16`] and [`half::bf16`]. Sealed.
+pub trait Weight<T>:
+    Copy + PartialEq + core::fmt::Debug + bytemuck::Pod + sealed::Sealed + 'static
+{
+    /// Zero.
+    const ZERO_WEIGHT: Self;
+    /// How the kernels widen it.
+    const KIND: WeightKind;
+    /// The name safetensors gives its dtype (`F32`, `F64`, `F16`, `BF16`).
+    const DTYPE: &'static str;
+    /// The value in the compute type (exact).
+    fn widen(self) -> T;
+    /// `x` rounded to this type (to nearest, ties to even).
+    fn narrow(x: T) -> Self;
+}
+
+impl Weight<f32> for f32 {
+    const ZERO_WEIGHT: Self = 0.0;
+    const KIND: WeightKind = WeightKind::Native;
+    const DTYPE: &'static str = "F32";
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self
+    }
+    #[inline(always)]
+    fn narrow(x: f32) -> Self {
+        x
+    }
+}
+
+impl Weight<f64> for f64 {
+    const ZERO_WEIGHT: Self = 0.0;
+    const KIND: WeightKind = WeightKind::Native;
+    const DTYPE: &'static str = "F64";
+    #[inline(always)]
+    fn widen(self) -> f64 {
+        self
+    }
+    #[inline(always)]
+    fn narrow(x: f64) -> Self {
+        x
+    }
+}
+
+impl Weight<f32> for half::f16 {
+    const ZERO_WEIGHT: Self = half::f16::ZERO;
+    const KIND: WeightKind = WeightKind::F16;
+    const DTYPE: &'static str = "F16";
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+    #[inline(always)]
+    fn narrow(x: f32) -> Self {
+        half::f16::from_f32(x)
+    }
+}
+
+impl Weight<f32> for half::bf16 {
+    const ZERO_WEIGHT: Self = half::bf16::ZERO;
+    const KIND: WeightKind = WeightKind::Bf16;
+    const DTYPE: &'static str = "BF16";
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+    #[inline(always)]
+    fn narrow(x: f32) -> Self {
+        half::bf16::from_f32(x)
+    }
+}
