@@ -580,6 +580,8 @@ unsafe fn gemm_core<S: Simd, const NV: usize, const N: usize>(
     let split = NV == 1 && N < 8;
     let mut p0 = 0;
     // SAFETY: `kc` rows of the panel and of the weights strip, inside the caller's contract.
+    // After a strip's last row `b` steps past it (`wrapping_add`: never dereferenced there, and
+    // no in-bounds promise made, which Miri checks).
     unsafe {
         if split {
             while p0 + 2 <= kc {
@@ -589,7 +591,7 @@ unsafe fn gemm_core<S: Simd, const NV: usize, const N: usize>(
                     a0[n] = s.fma(x0, s.broadcast(b.add(n)), a0[n]);
                     a1[n] = s.fma(x1, s.broadcast(b.add(stride + n)), a1[n]);
                 }
-                b = b.add(2 * stride);
+                b = b.wrapping_add(2 * stride);
                 p0 += 2;
             }
         }
@@ -607,7 +609,7 @@ unsafe fn gemm_core<S: Simd, const NV: usize, const N: usize>(
                     a1[n] = s.fma(x1, bn, a1[n]);
                 }
             }
-            b = b.add(stride);
+            b = b.wrapping_add(stride);
         }
     }
     if split {
