@@ -104,13 +104,15 @@
 //! and `P·V` over blocks of queries × keys, skipping key blocks the causal or sliding-window
 //! pattern hides). On x86-64 the best of AVX-512F, AVX2 + FMA and the portable scalar kernel
 //! is chosen once per process at run time, with `std` or without, so the default target needs
-//! no `-C target-cpu`; [`kernels::selected`] says which. The scalar kernel is the readable
+//! no `-C target-cpu`; aarch64 gets NEON; other targets (a Cortex-M, say) the scalar kernel.
+//! [`kernels::selected`] says which. The scalar kernel is the readable
 //! reference the others are tested against; `force-scalar` pins it, and
 //! [`kernels::with_kernel`] picks a kernel for one closure on one thread. Results agree across
 //! kernels to within rounding (2e-6 for unit-scale inputs).
 //!
 //! Many sequences go through [`MultiHead::forward_batch_into`] (one scratch, no allocation),
-//! and with the `rayon` feature over threads.
+//! and with the `rayon` feature over threads. Weights can be stored in half precision
+//! ([`weight`]: `MultiHead<SEQ, DIM, HEADS, f32, f16>`), with `f32` arithmetic.
 //!
 //! ## Memory
 //!
