@@ -270,3 +270,74 @@ impl<const IN: usize, const OUT: usize, T: Float> Linear<IN, OUT, T> {
         l
     }
 }
+
+impl<const IN: usize, const OUT: usize> Linear<IN, OUT, f32> {
+    /// Builds the map from little-endian bytes: `OUT · IN` `f32` weights in PyTorch's
+    /// row-major order, then `OUT` `f32` biases (a `const fn`: a `static` layer can be decoded
+    /// at compile time from `include_bytes!`). A blob of another length stops the build when
+    /// evaluated in a `const` or `static`, and panics at run time otherwise.
+    ///
+    /// ```
+    /// use static_attention::Linear;
+    ///
+    /// const BLOB: [u8; 4 * (2 * 1 + 2)] = [
+    ///     0, 0, 128, 63, 0, 0, 0, 64, // weights 1.0, 2.0
+    ///     0, 0, 0, 0, 0, 0, 128, 191, // biases 0.0, -1.0
+    /// ];
+    /// static L: Linear<1, 2> = Linear::from_le_bytes(&BLOB);
+    /// assert_eq!((L.weight_at(1, 0), L.bias().unwrap()[1]), (2.0, -1.0));
+    /// ```
+    #[must_use]
+    pub const fn from_le_bytes(bytes: &[u8]) -> Self {
+        assert!(
+            bytes.len() == 4 * (IN * OUT + OUT),
+            "the blob must hold exactly OUT·IN f32 weights (row-major) and OUT f32 biases, little-endian"
+        );
+        let (w, b) = bytes.split_at(4 * IN * OUT);
+        Self::from_rows(le_rows::<IN, OUT>(w), le_array::<OUT>(b))
+    }
+
+    /// [`Linear::from_le_bytes`] for a map without bias: exactly `OUT · IN` `f32` weights.
+    #[must_use]
+    pub const fn from_le_bytes_without_bias(bytes: &[u8]) -> Self {
+        assert!(
+            bytes.len() == 4 * IN * OUT,
+            "the blob must hold exactly OUT·IN f32 weights (row-major), little-endian"
+        );
+        Self::from_rows_without_bias(le_rows::<IN, OUT>(bytes))
+    }
+}
+
+/// The `f32` at index `i` of little-endian bytes.
+const fn le_f32(bytes: &[u8], i: usize) -> f32 {
+    f32::from_bits(u32::from_le_bytes([
+        bytes[4 * i],
+        bytes[4 * i + 1],
+        bytes[4 * i + 2],
+        bytes[4 * i + 3],
+    ]))
+}
+
+const fn le_rows<const IN: usize, const OUT: usize>(bytes: &[u8]) -> [[f32; IN]; OUT] {
+    let mut w = [[0.0; IN]; OUT];
+    let mut n = 0;
+    while n < OUT {
+        let mut p = 0;
+        while p < IN {
+            w[n][p] = le_f32(bytes, n * IN + p);
+            p += 1;
+        }
+        n += 1;
+    }
+    w
+}
+
+const fn le_array<const N: usize>(bytes: &[u8]) -> [f32; N] {
+    let mut a = [0.0; N];
+    let mut i = 0;
+    while i < N {
+        a[i] = le_f32(bytes, i);
+        i += 1;
+    }
+    a
+}

@@ -73,15 +73,15 @@ const fn rows<const IN: usize, const OUT: usize>(start: usize) -> [[f32; IN]; OU
     w
 }
 
-/// A `DIM → DIM` map with its bias, starting at scalar `start`.
+/// `len` scalars of the blob from scalar `start`, as bytes.
+const fn part(start: usize, len: usize) -> &'static [u8] {
+    BLOB.split_at(4 * start).1.split_at(4 * len).0
+}
+
+/// A `DIM → DIM` map with its bias, starting at scalar `start` (the library's `const fn`
+/// decoder, which also checks the length).
 const fn with_bias(start: usize) -> Linear<DIM, DIM> {
-    let mut b = [0.0; DIM];
-    let mut i = 0;
-    while i < DIM {
-        b[i] = at(start + DIM * DIM + i);
-        i += 1;
-    }
-    Linear::from_rows(rows::<DIM, DIM>(start), b)
+    Linear::from_le_bytes(part(start, DIM * DIM + DIM))
 }
 
 /// The same map with its weights rounded to `f16` (the bias stays `f32`).
@@ -124,10 +124,10 @@ const G: usize = MHA_SCALARS;
 
 /// The grouped-query layer (4 query heads on 2 kv heads of 8), its weights in flash.
 pub static GQA: GroupedQuery<DIM, HEADS, KV_HEADS, DIM, KV_DIM> = GroupedQuery::from_parts(
-    Linear::from_rows_without_bias(rows::<DIM, DIM>(G)),
-    Linear::from_rows_without_bias(rows::<DIM, KV_DIM>(G + DIM * DIM)),
-    Linear::from_rows_without_bias(rows::<DIM, KV_DIM>(G + DIM * DIM + KV_DIM * DIM)),
-    Linear::from_rows_without_bias(rows::<DIM, DIM>(G + DIM * DIM + 2 * KV_DIM * DIM)),
+    Linear::from_le_bytes_without_bias(part(G, DIM * DIM)),
+    Linear::from_le_bytes_without_bias(part(G + DIM * DIM, KV_DIM * DIM)),
+    Linear::from_le_bytes_without_bias(part(G + DIM * DIM + KV_DIM * DIM, KV_DIM * DIM)),
+    Linear::from_le_bytes_without_bias(part(G + DIM * DIM + 2 * KV_DIM * DIM, DIM * DIM)),
 );
 
 /// The forward pass's input: token `t`, feature `f` (exact in `f32`, no math library).
