@@ -18,11 +18,12 @@ fn vector_kernels() -> Vec<Kernel> {
         .collect()
 }
 
-/// Runs `f` with each vector kernel.
-fn on_vector_kernel(f: impl Fn()) {
+/// Runs `f` with each vector kernel selected on this thread, passing it the kernel (so work
+/// it hands to other threads can select the same one).
+fn on_vector_kernel(f: impl Fn(Kernel)) {
     for k in vector_kernels() {
         eprintln!("kernel {}", k.name());
-        with_kernel(k, &f).expect("supported");
+        with_kernel(k, || f(k)).expect("supported");
     }
 }
 
@@ -67,7 +68,7 @@ fn softmax_range() -> core::ops::RangeInclusive<u32> {
 
 #[test]
 fn special_values() {
-    on_vector_kernel(|| {
+    on_vector_kernel(|_| {
         let mut xs = [
             f32::NEG_INFINITY,
             -1e30,
@@ -97,17 +98,17 @@ fn special_values() {
 
 #[test]
 fn sampled_f32_range_within_2_ulp() {
-    on_vector_kernel(|| {
+    on_vector_kernel(|k| {
         // Every 997th pattern: about 1.1 million values spread over the whole range.
         let (worst, at) = worst_over(softmax_range().step_by(997));
-        println!("worst {worst:.3} ulp at {at:e}");
+        println!("{}: worst {worst:.3} ulp at {at:e}", k.name());
         assert!(worst <= 2.0, "{worst} ulp at {at:e}");
     });
 }
 
 #[test]
 fn f64_within_2_ulp() {
-    on_vector_kernel(|| {
+    on_vector_kernel(|k| {
         let mut worst = 0.0f64;
         let n = 200_000;
         let xs: Vec<f64> = (0..n)
@@ -120,7 +121,10 @@ fn f64_within_2_ulp() {
             let ulp = f64::from_bits(exact.to_bits() + 1) - exact;
             worst = worst.max((y - exact).abs() / ulp);
         }
-        println!("f64 worst {worst:.3} ulp (against the platform's exp)");
+        println!(
+            "{}: f64 worst {worst:.3} ulp (against the platform's exp)",
+            k.name()
+        );
         assert!(worst <= 2.0, "{worst}");
     });
 }
@@ -129,15 +133,13 @@ fn f64_within_2_ulp() {
 #[test]
 #[ignore = "1.1e9 values: run in release, `cargo test --release --test exp -- --ignored`"]
 fn every_f32_in_the_softmax_range() {
-    on_vector_kernel(|| {
+    on_vector_kernel(|k| {
         let range = softmax_range();
         let (lo, hi) = (*range.start(), *range.end());
         let mid = lo + (hi - lo) / 2;
         let worst = std::thread::scope(|scope| {
             let halves = [(lo, mid), (mid + 1, hi)].map(|(a, b)| {
-                scope.spawn(move || {
-                    with_kernel(Kernel::Avx2Fma, || worst_over(a..=b)).expect("vector kernel")
-                })
+                scope.spawn(move || with_kernel(k, || worst_over(a..=b)).expect("vector kernel"))
             });
             halves.map(|h| h.join().expect("thread"))
         });
@@ -147,7 +149,8 @@ fn every_f32_in_the_softmax_range() {
             worst[1]
         };
         println!(
-            "every f32 in [−87.3, 0] ({} values): worst {e:.3} ulp at {at:e}",
+            "{}: every f32 in [−87.3, 0] ({} values): worst {e:.3} ulp at {at:e}",
+            k.name(),
             hi - lo + 1
         );
         assert!(e <= 2.0, "{e} ulp at {at:e}");
