@@ -5,11 +5,25 @@
 use nalgebra::SMatrix;
 use proptest::prelude::*;
 use rand::{RngExt, SeedableRng, rngs::SmallRng};
+use static_attention::kernels::{Kernel, with_kernel};
 use static_attention::positions::{Rope, RopeStyle, alibi_slope, alibi_slopes, sinusoidal_into};
 use static_attention::{
     Alibi, Alignment, Mask, MultiHead, grouped_query_attention, reference,
     scaled_dot_product_attention, scaled_dot_product_attention_with_weights,
 };
+
+/// The kernels this CPU runs (the ALiBi tests run on each).
+fn kernels() -> Vec<Kernel> {
+    [
+        Kernel::Scalar,
+        Kernel::Avx2Fma,
+        Kernel::Avx512,
+        Kernel::Neon,
+    ]
+    .into_iter()
+    .filter(|k| k.is_supported())
+    .collect()
+}
 
 #[test]
 fn sinusoidal_matches_the_paper() {
@@ -116,7 +130,8 @@ proptest! {
     }
 
     /// ALiBi in the streaming kernel, the weights path and the grouped entry point, f32 and
-    /// f64, against the reference (which adds the bias itself); with the other mask parts.
+    /// f64, against the reference (which adds the bias itself); with the other mask parts; on
+    /// every kernel.
     #[test]
     fn alibi_matches_the_reference(seed in any::<u64>(), slope in 0.01f64..2.0, per_head in any::<bool>()) {
         const SQ: usize = 7;
@@ -126,39 +141,48 @@ proptest! {
         let k = SMatrix::<f64, SKV, 8>::from_fn(|_, _| rng.random_range(-1.0..1.0));
         let v = SMatrix::<f64, SKV, 5>::from_fn(|_, _| rng.random_range(-1.0..1.0));
         let pad: [bool; SKV] = core::array::from_fn(|j| j == 4);
-        for base in [
-            Mask::<SQ, SKV>::causal(Alignment::BottomRight),
-            Mask::none().with_key_is_padding(&pad),
-            Mask::sliding_window(3, Alignment::BottomRight),
-        ] {
-            let mask = if per_head { base.with_alibi() } else { base.with_alibi_slope(slope) };
-            let (r_out, r_w) = reference::attention(&q, &k, &v, &mask, None);
-            let out64 = scaled_dot_product_attention(&q, &k, &v, &mask, None);
-            prop_assert!((out64 - r_out).amax() < 1e-12);
-            let (q32, k32, v32) = (q.cast::<f32>(), k.cast::<f32>(), v.cast::<f32>());
-            let (o32, w32) = scaled_dot_product_attention_with_weights(&q32, &k32, &v32, &mask, None);
-            let s32 = scaled_dot_product_attention(&q32, &k32, &v32, &mask, None);
-            let (r32, rw32) = reference::attention(&q32.cast::<f64>(), &k32.cast::<f64>(), &v32.cast::<f64>(), &mask, None);
-            prop_assert!((s32.cast::<f64>() - r32).amax() < 1e-5, "{:e}", (s32.cast::<f64>() - r32).amax());
-            prop_assert!((o32.cast::<f64>() - r32).amax() < 1e-5);
-            prop_assert!((w32.cast::<f64>() - rw32).amax() < 1e-5);
-            let _ = r_w;
-            // Grouped: 4 query heads on 2 kv heads, head h with its own slope.
-            let qs = [q, q * 0.5, -q, q * 2.0];
-            let out = grouped_query_attention(&qs, &[k, k * 0.7], &[v, v * 1.5], &mask, None);
-            for h in 0..4 {
-                let g = h / 2;
-                let (kh, vh) = ([k, k * 0.7][g], [v, v * 1.5][g]);
-                let slope_h = mask.alibi().unwrap().slope(h, 4);
-                let one = base.with_alibi_slope(slope_h);
-                let (want, _) = reference::attention(&qs[h], &kh, &vh, &one, None);
-                prop_assert!((out[h] - want).amax() < 1e-12, "head {}", h);
-            }
+        for kernel in kernels() {
+            let on = kernel.name();
+            with_kernel(kernel, || -> Result<(), TestCaseError> {
+                for base in [
+                    Mask::<SQ, SKV>::causal(Alignment::BottomRight),
+                    Mask::none().with_key_is_padding(&pad),
+                    Mask::sliding_window(3, Alignment::BottomRight),
+                ] {
+                    let mask = if per_head { base.with_alibi() } else { base.with_alibi_slope(slope) };
+                    let (r_out, r_w) = reference::attention(&q, &k, &v, &mask, None);
+                    let out64 = scaled_dot_product_attention(&q, &k, &v, &mask, None);
+                    prop_assert!((out64 - r_out).amax() < 1e-12, "{}", on);
+                    let (o64, w64) = scaled_dot_product_attention_with_weights(&q, &k, &v, &mask, None);
+                    prop_assert!((o64 - r_out).amax() < 1e-12, "{}: {:e}", on, (o64 - r_out).amax());
+                    prop_assert!((w64 - r_w).amax() < 1e-12, "{}: {:e}", on, (w64 - r_w).amax());
+                    let (q32, k32, v32) = (q.cast::<f32>(), k.cast::<f32>(), v.cast::<f32>());
+                    let (o32, w32) = scaled_dot_product_attention_with_weights(&q32, &k32, &v32, &mask, None);
+                    let s32 = scaled_dot_product_attention(&q32, &k32, &v32, &mask, None);
+                    let (r32, rw32) = reference::attention(&q32.cast::<f64>(), &k32.cast::<f64>(), &v32.cast::<f64>(), &mask, None);
+                    prop_assert!((s32.cast::<f64>() - r32).amax() < 1e-5, "{}: {:e}", on, (s32.cast::<f64>() - r32).amax());
+                    prop_assert!((o32.cast::<f64>() - r32).amax() < 1e-5, "{}", on);
+                    prop_assert!((w32.cast::<f64>() - rw32).amax() < 1e-5, "{}", on);
+                    // Grouped: 4 query heads on 2 kv heads, head h with its own slope.
+                    let qs = [q, q * 0.5, -q, q * 2.0];
+                    let out = grouped_query_attention(&qs, &[k, k * 0.7], &[v, v * 1.5], &mask, None);
+                    for h in 0..4 {
+                        let g = h / 2;
+                        let (kh, vh) = ([k, k * 0.7][g], [v, v * 1.5][g]);
+                        let slope_h = mask.alibi().unwrap().slope(h, 4);
+                        let one = base.with_alibi_slope(slope_h);
+                        let (want, _) = reference::attention(&qs[h], &kh, &vh, &one, None);
+                        prop_assert!((out[h] - want).amax() < 1e-12, "{}: head {}", on, h);
+                    }
+                }
+                Ok(())
+            })
+            .expect("supported")?;
         }
     }
 
     /// ALiBi in a layer: head h of H uses slope m_h(H), in the streaming and the weights
-    /// paths, against the reference.
+    /// paths, against the reference, on every kernel.
     #[test]
     fn alibi_in_multi_head_matches_the_reference(seed in any::<u64>()) {
         let layer = MultiHead::<6, 24, 6, f64>::new(&mut SmallRng::seed_from_u64(seed));
@@ -166,14 +190,21 @@ proptest! {
         let x = SMatrix::<f64, 6, 24>::from_fn(|_, _| rng.random_range(-1.0..1.0));
         let mask = Mask::causal(Alignment::TopLeft).with_alibi();
         let (want, want_w) = reference::multi_head(&layer, &x, &x, &x, &mask);
-        let (y, w) = layer.forward_with_weights(&x, &mask);
-        prop_assert!((layer.forward(&x, &mask) - want).amax() < 1e-12);
-        prop_assert!((y - want).amax() < 1e-12);
-        for (h, ww) in want_w.iter().enumerate() {
-            prop_assert!((w.head(h) - ww).amax() < 1e-12);
+        for kernel in kernels() {
+            let on = kernel.name();
+            with_kernel(kernel, || -> Result<(), TestCaseError> {
+                let (y, w) = layer.forward_with_weights(&x, &mask);
+                prop_assert!((layer.forward(&x, &mask) - want).amax() < 1e-12, "{}", on);
+                prop_assert!((y - want).amax() < 1e-12, "{}", on);
+                for (h, ww) in want_w.iter().enumerate() {
+                    prop_assert!((w.head(h) - ww).amax() < 1e-12, "{}: head {}", on, h);
+                }
+                // ALiBi changes the result (the slopes reach the kernel).
+                prop_assert!((layer.forward(&x, &Mask::causal(Alignment::TopLeft)) - want).amax() > 1e-6, "{}", on);
+                Ok(())
+            })
+            .expect("supported")?;
         }
-        // ALiBi changes the result (the slopes reach the kernel).
-        prop_assert!((layer.forward(&x, &Mask::causal(Alignment::TopLeft)) - want).amax() > 1e-6);
     }
 }
 
@@ -187,4 +218,31 @@ fn alibi_per_head_slopes_differ_from_one_slope() {
     let one = Mask::<1, 4>::none().with_alibi_slope(0.25);
     assert_eq!(one.head_entry::<f64>(0, 3, 0, 1), Some(0.0));
     assert_eq!(one.head_entry::<f64>(0, 0, 5, 9), Some(-0.75));
+    // Through the kernels: with per-head slopes, head h of 4 uses 2^(−2(h+1)); with one slope
+    // 2^−2 for every head, head 0 is unchanged and every other head's output differs.
+    let x = SMatrix::<f64, 6, 4>::from_fn(|i, j| ((i * 4 + j) as f64 * 0.37).sin());
+    let v = SMatrix::<f64, 6, 3>::from_fn(|i, j| (i * 3 + j) as f64 * 0.25 - 1.0);
+    let qs = [x, x * 0.5, -x, x * 2.0];
+    let causal = Mask::<6, 6>::causal(Alignment::TopLeft);
+    for kernel in kernels() {
+        with_kernel(kernel, || {
+            let per_head = grouped_query_attention(&qs, &[x], &[v], &causal.with_alibi(), None);
+            let shared =
+                grouped_query_attention(&qs, &[x], &[v], &causal.with_alibi_slope(0.25), None);
+            assert!(
+                (per_head[0] - shared[0]).amax() < 1e-12,
+                "{}: head 0 has slope 2^-2 either way",
+                kernel.name()
+            );
+            for h in 1..4 {
+                let diff = (per_head[h] - shared[h]).amax();
+                assert!(
+                    diff > 1e-3,
+                    "{}: head {h} differs by only {diff:e}",
+                    kernel.name()
+                );
+            }
+        })
+        .expect("supported");
+    }
 }
