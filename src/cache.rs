@@ -88,8 +88,6 @@ pub struct KvCache<const CAP: usize, const KV_DIM: usize, T = f32> {
     /// temporary copies of a cache built by value).
     k: Aligned<[[T; CAP]; KV_DIM]>,
     v: Aligned<[[T; CAP]; KV_DIM]>,
-    /// Rows holding positions: `min(position, CAP)`.
-    len: usize,
     /// Tokens appended since the last reset: the next token's position.
     position: usize,
     /// A ring keeping the last `CAP` positions.
@@ -118,7 +116,6 @@ impl<const CAP: usize, const KV_DIM: usize, T: Float> KvCache<CAP, KV_DIM, T> {
         Self {
             k: Aligned([[T::ZERO; CAP]; KV_DIM]),
             v: Aligned([[T::ZERO; CAP]; KV_DIM]),
-            len: 0,
             position: 0,
             ring: false,
         }
@@ -153,13 +150,17 @@ impl<const CAP: usize, const KV_DIM: usize, T: Float> KvCache<CAP, KV_DIM, T> {
     /// Positions held (at most `CAP`).
     #[must_use]
     pub const fn len(&self) -> usize {
-        self.len
+        if self.position < CAP {
+            self.position
+        } else {
+            CAP
+        }
     }
 
     /// Whether nothing has been appended since the last reset.
     #[must_use]
     pub const fn is_empty(&self) -> bool {
-        self.len == 0
+        self.position == 0
     }
 
     /// The position the next token takes: tokens appended since the last reset.
@@ -186,14 +187,12 @@ impl<const CAP: usize, const KV_DIM: usize, T: Float> KvCache<CAP, KV_DIM, T> {
     pub fn copy_from(&mut self, other: &Self) {
         self.k.0.copy_from_slice(&other.k.0);
         self.v.0.copy_from_slice(&other.v.0);
-        self.len = other.len;
         self.position = other.position;
         self.ring = other.ring;
     }
 
     /// Forgets every position (the next token is position 0); the storage is kept.
     pub fn reset(&mut self) {
-        self.len = 0;
         self.position = 0;
     }
 
@@ -212,12 +211,12 @@ impl<const CAP: usize, const KV_DIM: usize, T: Float> KvCache<CAP, KV_DIM, T> {
 
     /// Whether `adding` more tokens fit.
     pub(crate) fn check_room(&self, adding: usize) -> Result<(), CacheError> {
-        if self.ring || adding <= CAP - self.len {
+        if self.ring || adding <= CAP - self.len() {
             Ok(())
         } else {
             Err(CacheError::Full {
                 capacity: CAP,
-                len: self.len,
+                len: self.len(),
                 adding,
             })
         }
@@ -234,7 +233,6 @@ impl<const CAP: usize, const KV_DIM: usize, T: Float> KvCache<CAP, KV_DIM, T> {
             vc[row + c * CAP] = v[t + c * s];
         }
         self.position += 1;
-        self.len = (self.len + 1).min(CAP);
     }
 
     /// Kv head `g`'s keys and values (`head_dim` columns of `CAP`, leading dimension `CAP`).

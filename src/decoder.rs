@@ -123,30 +123,70 @@ impl<const DIM: usize, const QD: usize, const KVD: usize, T: Float, W: Weight<T>
         positions.check(0, S)?;
         self.project(x, positions, 0, sc);
         let hd = self.head_dim();
-        let alibi = positions.alibi().or(mask.alibi());
-        let view = MaskView::of(mask);
-        let dims = Dims::new(S, S, hd, hd);
+        let (k, v) = (sc.k.0.as_flattened(), sc.v.0.as_flattened());
+        self.attend_heads(
+            sc.q.0.as_flattened(),
+            |g| {
+                (
+                    &k[g * hd * S..(g + 1) * hd * S],
+                    &v[g * hd * S..(g + 1) * hd * S],
+                )
+            },
+            Dims::new(S, S, hd, hd),
+            &MaskView::of(mask),
+            positions.alibi().or(mask.alibi()),
+            sc.heads.0.as_flattened_mut(),
+            &mut sc.work.0,
+        );
+        self.project_out(sc, out);
+        Ok(())
+    }
+
+    /// Every query head `h` of `S` queries (rows `h·hd·S ..` of `q`) attending over the keys
+    /// and values of its kv head, `kv(g)`, into the same rows of `heads`.
+    #[allow(clippy::too_many_arguments)]
+    fn attend_heads<'k>(
+        &self,
+        q: &[T],
+        kv: impl Fn(usize) -> (&'k [T], &'k [T]),
+        dims: Dims,
+        view: &MaskView<'_, T>,
+        alibi: Option<crate::Alibi>,
+        heads: &mut [T],
+        work: &mut Work<T, QD>,
+    ) where
+        T: 'k,
+    {
+        let hd = self.head_dim();
+        let rows = hd * dims.sq;
+        let scale = default_scale::<T>(hd);
         for h in 0..self.heads {
-            let g = self.kv_head(h);
-            let mask = view.with_alibi_slope(alibi.map(|a| a.slope(h, self.heads)));
+            let (k, v) = kv(self.kv_head(h));
             kernels::attention(
-                &sc.q.0.as_flattened()[h * hd * S..(h + 1) * hd * S],
-                &sc.k.0.as_flattened()[g * hd * S..(g + 1) * hd * S],
-                &sc.v.0.as_flattened()[g * hd * S..(g + 1) * hd * S],
+                &q[h * rows..(h + 1) * rows],
+                k,
+                v,
                 dims,
-                default_scale::<T>(hd),
-                &mask,
-                &mut sc.heads.0.as_flattened_mut()[h * hd * S..(h + 1) * hd * S],
-                sc.work.0.parts(),
+                scale,
+                &view.with_alibi_slope(alibi.map(|a| a.slope(h, self.heads))),
+                &mut heads[h * rows..(h + 1) * rows],
+                work.parts(),
             );
         }
+    }
+
+    /// The output projection of the concatenated heads.
+    fn project_out<const S: usize>(
+        &self,
+        sc: &mut DecoderScratch<S, QD, KVD, T>,
+        out: &mut SMatrix<T, S, DIM>,
+    ) {
         self.o.forward_slices(
             sc.heads.0.as_flattened(),
             S,
             out.as_mut_slice(),
             sc.pack.0.as_flattened_mut(),
         );
-        Ok(())
     }
 
     /// Appends `S` tokens to `cache` and attends each to everything the cache holds up to its
@@ -174,45 +214,37 @@ impl<const DIM: usize, const QD: usize, const KVD: usize, T: Float, W: Weight<T>
                 cache.push(k_new, v_new, S, t);
             }
             let len = cache.len();
-            let view = MaskView::structural(Pattern::Causal(Alignment::BottomRight), S, len);
-            let dims = Dims {
-                ldkv: CAP,
-                ..Dims::new(S, len, hd, hd)
-            };
-            for h in 0..self.heads {
-                let (k, v) = cache.head(self.kv_head(h), hd);
-                kernels::attention(
-                    &sc.q.0.as_flattened()[h * hd * S..(h + 1) * hd * S],
-                    k,
-                    v,
-                    dims,
-                    scale,
-                    &view.with_alibi_slope(alibi.map(|a| a.slope(h, self.heads))),
-                    &mut sc.heads.0.as_flattened_mut()[h * hd * S..(h + 1) * hd * S],
-                    sc.work.0.parts(),
-                );
-            }
+            let cache = &*cache;
+            self.attend_heads(
+                sc.q.0.as_flattened(),
+                |g| cache.head(g, hd),
+                Dims {
+                    ldkv: CAP,
+                    ..Dims::new(S, len, hd, hd)
+                },
+                &MaskView::structural(Pattern::Causal(Alignment::BottomRight), S, len),
+                alibi,
+                sc.heads.0.as_flattened_mut(),
+                &mut sc.work.0,
+            );
         } else {
             // A ring: token by token, each query sees exactly what the ring holds once its
             // own key is in (the last CAP positions, itself included).
             for t in 0..S {
                 cache.push(k_new, v_new, S, t);
                 let len = cache.len();
-                let mut view = MaskView::structural(Pattern::Full, 1, len);
+                let view = MaskView::structural(Pattern::Full, 1, len);
                 let dims = Dims {
                     ldkv: CAP,
                     ..Dims::new(1, len, hd, hd)
                 };
-                let oldest = if len == CAP { cache.oldest_row() } else { 0 };
+                // ALiBi distances count from the oldest position, wherever the ring put it.
+                let oldest = cache.oldest_row();
                 let [tq, to] = &mut sc.token.0;
                 let q = sc.q.0.as_flattened();
                 for h in 0..self.heads {
                     for e in 0..hd {
                         tq[e] = q[t + (h * hd + e) * S];
-                    }
-                    view = view.with_alibi_slope(alibi.map(|a| a.slope(h, self.heads)));
-                    if let Some(a) = view.alibi.as_mut() {
-                        a.key_rotate = oldest;
                     }
                     let (k, v) = cache.head(self.kv_head(h), hd);
                     kernels::attention(
@@ -221,7 +253,7 @@ impl<const DIM: usize, const QD: usize, const KVD: usize, T: Float, W: Weight<T>
                         v,
                         dims,
                         scale,
-                        &view,
+                        &view.with_alibi(alibi.map(|a| a.slope(h, self.heads)), oldest),
                         &mut to[..hd],
                         sc.work.0.parts(),
                     );
@@ -232,12 +264,7 @@ impl<const DIM: usize, const QD: usize, const KVD: usize, T: Float, W: Weight<T>
                 }
             }
         }
-        self.o.forward_slices(
-            sc.heads.0.as_flattened(),
-            S,
-            out.as_mut_slice(),
-            sc.pack.0.as_flattened_mut(),
-        );
+        self.project_out(sc, out);
         Ok(())
     }
 }
@@ -388,7 +415,6 @@ impl<
     /// (with [`Bias::Present`]) biases from `U(−1/√in, 1/√in)`, drawn in the order q, k, v, o.
     #[must_use]
     pub fn new<R: Rng + ?Sized>(rng: &mut R, bias: Bias) -> Self {
-        let () = Self::SHAPE_OK;
         let mut layer = Self::zeros();
         layer.reset_parameters(rng, bias);
         layer

@@ -90,8 +90,8 @@ where
 
     /// [`MultiHead::forward_into`] with the work of one sequence spread over rayon's threads:
     /// the Q, K and V projections by output columns, the attention by heads and blocks of
-    /// queries, and the output projection by output columns. `scratch` holds Q, K and V; each
-    /// task's working memory and the concatenated heads are allocated. The result equals the
+    /// queries, and the output projection by output columns. `scratch` holds Q, K and V, and
+    /// then the concatenated heads in Q's place; each task's working memory is allocated. The result equals the
     /// single-threaded one within rounding (the same kernels; a query block's last tile may
     /// sit elsewhere, so within 2e-6 rather than bit for bit).
     ///
@@ -171,7 +171,8 @@ where
                 },
             )
             .collect();
-        let mut concat = std::vec![T::ZERO; SEQ * DIM];
+        // Every query of every head has been copied out of Q: its buffer takes the heads.
+        let concat = &mut scratch.buffers().q[..SEQ * DIM];
         for (h, qa, o) in pieces {
             let n = o.len() / dk;
             for d in 0..dk {
@@ -180,12 +181,14 @@ where
             }
         }
 
+        let concat: &[T] = concat;
+
         // Out projection by output columns.
         out.as_mut_slice()
             .par_chunks_mut(chunk * SEQ)
             .enumerate()
             .for_each_init(new_pack, |pack, (c, cols)| {
-                project_columns(&self.out, &concat, SEQ, c * chunk, cols, pack);
+                project_columns(&self.out, concat, SEQ, c * chunk, cols, pack);
             });
     }
 }

@@ -32,7 +32,7 @@ use crate::float::math;
 /// ```
 #[must_use]
 pub fn sinusoidal<const SEQ: usize, const DIM: usize, T: Float>() -> SMatrix<T, SEQ, DIM> {
-    let mut pe = SMatrix::from_element(T::ZERO);
+    let mut pe = crate::scratch::zero_matrix();
     sinusoidal_into(0, &mut pe);
     pe
 }

@@ -191,15 +191,25 @@ fn floats<T: Float>(name: &str, shape: Vec<usize>, values: &[T]) -> Tensor {
         } else {
             Dtype::F64
         },
-        bytes: values.iter().flat_map(|&x| le_bytes(x)).collect(),
+        bytes: if T::BYTES == 4 {
+            values
+                .iter()
+                .flat_map(|&x| (x.to_f64() as f32).to_le_bytes())
+                .collect()
+        } else {
+            values
+                .iter()
+                .flat_map(|&x| x.to_f64().to_le_bytes())
+                .collect()
+        },
     }
 }
 
 /// Weights in the storage type `W`'s dtype (each value already is a `W`, so exactly).
 fn weights<T: Float, W: Weight<T>>(name: &str, shape: Vec<usize>, values: &[T]) -> Tensor {
-    let half = |dtype: Dtype, bits: &dyn Fn(f32) -> u16| Tensor {
+    let half = |shape: Vec<usize>, dtype: Dtype, bits: &dyn Fn(f32) -> u16| Tensor {
         name: name.into(),
-        shape: shape.clone(),
+        shape,
         dtype,
         bytes: values
             .iter()
@@ -207,9 +217,9 @@ fn weights<T: Float, W: Weight<T>>(name: &str, shape: Vec<usize>, values: &[T]) 
             .collect(),
     };
     match W::KIND {
-        WeightKind::Native => floats(name, shape.clone(), values),
-        WeightKind::F16 => half(Dtype::F16, &|x| half::f16::from_f32(x).to_bits()),
-        WeightKind::Bf16 => half(Dtype::BF16, &|x| half::bf16::from_f32(x).to_bits()),
+        WeightKind::Native => floats(name, shape, values),
+        WeightKind::F16 => half(shape, Dtype::F16, &|x| half::f16::from_f32(x).to_bits()),
+        WeightKind::Bf16 => half(shape, Dtype::BF16, &|x| half::bf16::from_f32(x).to_bits()),
     }
 }
 
@@ -556,7 +566,7 @@ impl<
         file: &File<'a>,
         prefix: &str,
     ) -> Result<[CheckedLinear<'a, T>; 4], LoadError> {
-        let head_dim = Q_DIM / HEADS;
+        let head_dim = Self::HEAD_DIM;
         // A key or value projection of another kv-head count says so in words.
         let kv = |module: &str| {
             file.linear(prefix, module, DIM, KV_DIM, DIM, W::KIND)
@@ -662,12 +672,4 @@ fn row_major<const IN: usize, const OUT: usize, T: Float, W: Weight<T>>(
     (0..OUT)
         .flat_map(|n| (0..IN).map(move |p| l.weight_at(n, p)))
         .collect()
-}
-
-fn le_bytes<T: Float>(x: T) -> Vec<u8> {
-    if T::BYTES == 4 {
-        (x.to_f64() as f32).to_le_bytes().to_vec()
-    } else {
-        x.to_f64().to_le_bytes().to_vec()
-    }
 }

@@ -340,10 +340,16 @@ impl<'a, T: Float> MaskView<'a, T> {
 
     /// This view with ALiBi at `slope` (keys in order).
     pub(crate) fn with_alibi_slope(self, slope: Option<f64>) -> Self {
+        self.with_alibi(slope, 0)
+    }
+
+    /// This view with ALiBi at `slope`, the oldest key at index `key_rotate` (a ring; see
+    /// [`AlibiView::key_rotate`]).
+    pub(crate) fn with_alibi(self, slope: Option<f64>, key_rotate: usize) -> Self {
         Self {
             alibi: slope.map(|m| AlibiView {
                 slope: T::of(m),
-                key_rotate: 0,
+                key_rotate,
             }),
             ..self
         }
