@@ -24,32 +24,32 @@ use model::{CAP, DIM, GQA, HEAD_DIM, KV_DIM, MAX_POS, MHA, MHA16, PROMPT, SEQ, S
 fn main() -> ! {
     hprintln!("kernel {}", static_attention::kernels::selected().name());
 
+    // Every output goes out as `label token feature value` (the line `tests/firmware.rs`
+    // parses) and into the checksum. `rows` is an `n × DIM` matrix's column-major storage (as
+    // nalgebra keeps it), its first row token `first`.
+    let mut sum = 0.0f64;
+    let mut sum_sq = 0.0f64;
+    let mut emit = |label: &str, first: usize, rows: &[f32], n: usize| {
+        for t in 0..n {
+            for f in 0..DIM {
+                let v = rows[t + f * n];
+                hprintln!("{} {} {} {:?}", label, first + t, f, v);
+                sum += f64::from(v);
+                sum_sq += f64::from(v) * f64::from(v);
+            }
+        }
+    };
+
     // Forward pass: caller-owned scratch and output on the stack.
     let x = model::input();
     let mut scratch = Scratch::<SEQ, SEQ, DIM>::new();
     let mut y = SMatrix::<f32, SEQ, DIM>::zeros();
     MHA.forward_into(&x, &Mask::causal(Alignment::TopLeft), &mut scratch, &mut y);
-    let mut sum = 0.0f64;
-    let mut sum_sq = 0.0f64;
-    for t in 0..SEQ {
-        for f in 0..DIM {
-            let v = y[(t, f)];
-            hprintln!("mha {} {} {:?}", t, f, v);
-            sum += f64::from(v);
-            sum_sq += f64::from(v) * f64::from(v);
-        }
-    }
+    emit("mha", 0, y.as_slice(), SEQ);
 
     // The same forward pass with the f16-weight copy of the layer.
     MHA16.forward_into(&x, &Mask::causal(Alignment::TopLeft), &mut scratch, &mut y);
-    for t in 0..SEQ {
-        for f in 0..DIM {
-            let v = y[(t, f)];
-            hprintln!("mha16 {} {} {:?}", t, f, v);
-            sum += f64::from(v);
-            sum_sq += f64::from(v) * f64::from(v);
-        }
-    }
+    emit("mha16", 0, y.as_slice(), SEQ);
 
     // Decoding: a prompt, then one token at a time, RoPE at the cache's positions.
     let rope = Rope::<HEAD_DIM, MAX_POS>::new(10_000.0, RopeStyle::RotateHalf);
@@ -57,22 +57,12 @@ fn main() -> ! {
     let tokens = model::tokens();
     let prompt = tokens.fixed_rows::<PROMPT>(0).into_owned();
     let mut decoded = 0usize;
-    let mut emit = |first: usize, rows: &[f32], n: usize| {
-        for t in 0..n {
-            for f in 0..DIM {
-                let v = rows[t + f * n];
-                hprintln!("gqa {} {} {:?}", first + t, f, v);
-                sum += f64::from(v);
-                sum_sq += f64::from(v) * f64::from(v);
-            }
-        }
-    };
     let mut pscratch = DecoderScratch::<PROMPT, DIM, KV_DIM>::new();
     let mut pout = SMatrix::<f32, PROMPT, DIM>::zeros();
     let ok = GQA
         .decode_into(&prompt, &mut cache, &rope, &mut pscratch, &mut pout)
         .is_ok();
-    emit(0, pout.as_slice(), PROMPT);
+    emit("gqa", 0, pout.as_slice(), PROMPT);
     decoded += PROMPT;
     let mut sscratch = DecoderScratch::<1, DIM, KV_DIM>::new();
     let mut sout = SMatrix::<f32, 1, DIM>::zeros();
@@ -82,7 +72,7 @@ fn main() -> ! {
         steps_ok &= GQA
             .decode_into(&token, &mut cache, &rope, &mut sscratch, &mut sout)
             .is_ok();
-        emit(t, sout.as_slice(), 1);
+        emit("gqa", t, sout.as_slice(), 1);
         decoded += 1;
     }
 

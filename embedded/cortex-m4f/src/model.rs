@@ -36,8 +36,9 @@ pub const MAX_POS: usize = 32;
 /// stores).
 const BLOB: &[u8] = include_bytes!("../model.bin");
 
-/// Scalars of the multi-head layer's part and of the whole blob.
+/// Scalars of the multi-head layer's part of the blob (four weights with their biases).
 const MHA_SCALARS: usize = 4 * (DIM * DIM + DIM);
+/// Scalars of the grouped-query layer's part (its four weights, no biases).
 const GQA_SCALARS: usize = 2 * DIM * DIM + 2 * KV_DIM * DIM;
 /// The blob's length in bytes.
 pub const BLOB_BYTES: usize = 4 * (MHA_SCALARS + GQA_SCALARS);
