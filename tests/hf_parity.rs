@@ -9,17 +9,10 @@
 
 mod common;
 
-use common::{metadata, tensor};
+use common::{HF, all_fixtures, compare, fixture, metadata, tensor};
 use nalgebra::SMatrix;
 use static_attention::positions::{Rope, RopeStyle};
 use static_attention::{Float, GroupedQuery, KvCache};
-
-fn hf_fixture(name: &str) -> Vec<u8> {
-    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/hf")
-        .join(format!("{name}.safetensors"));
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
 
 /// Rows `first .. first + R` of a 2-D tensor.
 fn rows<T: Float, const R: usize, const C: usize>(
@@ -30,24 +23,6 @@ fn rows<T: Float, const R: usize, const C: usize>(
     let (v, shape) = tensor(bytes, name).unwrap_or_else(|| panic!("{name}"));
     assert_eq!(shape[1], C, "{name}");
     SMatrix::from_fn(|i, j| T::of(v[(first + i) * C + j]))
-}
-
-/// Worst |Δ| and worst ratio to SPEC's bound; panics past the bound.
-fn check<T: Float, const R: usize, const C: usize>(
-    what: &str,
-    got: &SMatrix<T, R, C>,
-    want: &SMatrix<T, R, C>,
-    tol: f64,
-) -> (f64, f64) {
-    let mut worst = (0f64, 0f64);
-    for (g, w) in got.iter().zip(want.iter()) {
-        let (g, w) = (g.to_f64(), w.to_f64());
-        let err = (g - w).abs();
-        let bound = tol + tol * w.abs();
-        assert!(err <= bound, "{what}: |{g} − {w}| = {err:e} > {bound:e}");
-        worst = (worst.0.max(err), worst.1.max(err / bound));
-    }
-    worst
 }
 
 #[allow(clippy::too_many_lines)]
@@ -64,7 +39,7 @@ fn case<
 >(
     name: &str,
 ) {
-    let bytes = hf_fixture(name);
+    let bytes = fixture(HF, name);
     let meta = metadata(&bytes);
     assert_eq!(meta["dim"], DIM.to_string());
     assert_eq!(meta["heads"], HEADS.to_string());
@@ -97,12 +72,12 @@ fn case<
     let prompt = rows::<T, P, DIM>(&bytes, "input.prompt", 0);
     let got = layer.decode(&prompt, &mut cache, &rope).expect("fits");
     let want = rows::<T, P, DIM>(&bytes, "output.prompt", 0);
-    let mut worst = check(&format!("{name} prompt"), &got, &want, tol);
+    let mut worst = compare(&format!("{name} prompt"), &got, &want, tol);
     for t in 0..steps {
         let x = rows::<T, 1, DIM>(&bytes, "input.step", t);
         let got = layer.decode(&x, &mut cache, &rope).expect("fits");
         let want = rows::<T, 1, DIM>(&bytes, "output.step", t);
-        let w = check(&format!("{name} step {t}"), &got, &want, tol);
+        let w = compare(&format!("{name} step {t}"), &got, &want, tol);
         worst = (worst.0.max(w.0), worst.1.max(w.1));
     }
 
@@ -181,17 +156,8 @@ fn llama_f64() {
 
 #[test]
 fn every_reference_file_has_a_test() {
-    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/hf");
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .filter_map(|e| {
-            let n = e.ok()?.file_name().into_string().ok()?;
-            n.strip_suffix(".safetensors").map(str::to_owned)
-        })
-        .collect();
-    names.sort();
     assert_eq!(
-        names,
+        all_fixtures(HF),
         [
             "llama_f64",
             "llama_gqa_8q2kv",

@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::fixture;
+use common::{PYTORCH, fixture};
 use nalgebra::SMatrix;
 use rand::{SeedableRng, rngs::SmallRng};
 use safetensors::tensor::TensorView;
@@ -52,7 +52,7 @@ fn save(tensors: &Tensors, meta: &HashMap<String, String>) -> Vec<u8> {
 
 /// The seed case's file, edited by `edit`.
 fn edited(edit: impl FnOnce(&mut Tensors, &mut HashMap<String, String>)) -> Vec<u8> {
-    let (mut t, mut m) = open(&fixture("seed_3x4x2"));
+    let (mut t, mut m) = open(&fixture(PYTORCH, "seed_3x4x2"));
     edit(&mut t, &mut m);
     save(&t, &m)
 }
@@ -79,12 +79,12 @@ fn error_without(name: &str) -> String {
 
 #[test]
 fn round_trip_is_exact() {
-    let layer = Seed::from_safetensors(&fixture("seed_3x4x2"), "").unwrap();
+    let layer = Seed::from_safetensors(&fixture(PYTORCH, "seed_3x4x2"), "").unwrap();
     let bytes = layer.to_safetensors("").unwrap();
     assert_eq!(Seed::from_safetensors(&bytes, "").unwrap(), layer);
     // Saving the loaded layer reproduces PyTorch's tensors byte for byte.
     let (ours, meta) = open(&bytes);
-    let (theirs, _) = open(&fixture("seed_3x4x2"));
+    let (theirs, _) = open(&fixture(PYTORCH, "seed_3x4x2"));
     for name in [
         "in_proj_weight",
         "in_proj_bias",
@@ -109,14 +109,14 @@ fn round_trip_is_exact() {
 fn f32_and_f64_files_load_into_either_type() {
     let x = SMatrix::<f64, 5, 12>::from_fn(|i, j| ((i * 12 + j) as f64 * 0.3).sin());
     // An f64 file into an f32 layer, and an f32 file into an f64 layer.
-    let f64_file = fixture("f64_5x12x3");
+    let f64_file = fixture(PYTORCH, "f64_5x12x3");
     let exact = MultiHead::<5, 12, 3, f64>::from_safetensors(&f64_file, "").unwrap();
     let rounded = MultiHead::<5, 12, 3, f32>::from_safetensors(&f64_file, "").unwrap();
     let y64 = exact.forward(&x, &Mask::none());
     let y32 = rounded.forward(&x.cast::<f32>(), &Mask::none());
     assert!((y32.cast::<f64>() - y64).amax() < 1e-5);
 
-    let f32_file = fixture("odd_5x12x3");
+    let f32_file = fixture(PYTORCH, "odd_5x12x3");
     let widened = MultiHead::<5, 12, 3, f64>::from_safetensors(&f32_file, "").unwrap();
     let native = MultiHead::<5, 12, 3, f32>::from_safetensors(&f32_file, "").unwrap();
     assert_eq!(
@@ -128,7 +128,7 @@ fn f32_and_f64_files_load_into_either_type() {
 
 #[test]
 fn the_slice_path_matches_the_file_path() {
-    let file = fixture("odd_5x12x3");
+    let file = fixture(PYTORCH, "odd_5x12x3");
     let from_file = MultiHead::<5, 12, 3>::from_safetensors(&file, "").unwrap();
     let f = |name: &str| -> Vec<f32> {
         common::tensor(&file, name)
@@ -201,7 +201,7 @@ fn missing_tensor() {
 
 #[test]
 fn wrong_prefix_reports_the_full_name() {
-    let bytes = fixture("prefixed_4x8x2");
+    let bytes = fixture(PYTORCH, "prefixed_4x8x2");
     let err = MultiHead::<4, 8, 2>::from_safetensors(&bytes, "").unwrap_err();
     assert_eq!(
         err.to_string(),
@@ -217,7 +217,8 @@ fn wrong_prefix_reports_the_full_name() {
 #[test]
 fn wrong_dim_is_a_shape_error() {
     // The seed file has DIM = 4; a layer with DIM = 8 (and the file's 2 heads) cannot take it.
-    let err = MultiHead::<3, 8, 2>::from_safetensors(&fixture("seed_3x4x2"), "").unwrap_err();
+    let err =
+        MultiHead::<3, 8, 2>::from_safetensors(&fixture(PYTORCH, "seed_3x4x2"), "").unwrap_err();
     assert_eq!(
         err.to_string(),
         "in_proj_weight has shape [12, 4], expected [24, 8] for DIM = 8"
@@ -236,7 +237,8 @@ fn wrong_dim_is_a_shape_error() {
 
 #[test]
 fn wrong_heads_is_reported() {
-    let err = MultiHead::<3, 4, 4>::from_safetensors(&fixture("seed_3x4x2"), "").unwrap_err();
+    let err =
+        MultiHead::<3, 4, 4>::from_safetensors(&fixture(PYTORCH, "seed_3x4x2"), "").unwrap_err();
     assert_eq!(
         err.to_string(),
         "the file was saved with num_heads = 2, but the layer has HEADS = 4"
@@ -296,7 +298,7 @@ fn unsupported_tensors() {
         "q_proj_weight: both in_proj_weight and separate projection weights are present"
     );
     // The separate form needs all three.
-    let bytes = fixture("separate_proj_5x12x3");
+    let bytes = fixture(PYTORCH, "separate_proj_5x12x3");
     let (mut t, m) = open(&bytes);
     t.remove("v_proj_weight");
     let err = MultiHead::<5, 12, 3>::from_safetensors(&save(&t, &m), "").unwrap_err();
@@ -308,7 +310,7 @@ fn unsupported_tensors() {
 
 #[test]
 fn malformed_bytes() {
-    let good = fixture("seed_3x4x2");
+    let good = fixture(PYTORCH, "seed_3x4x2");
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("empty", vec![]),
         ("truncated header length", good[..5].to_vec()),
@@ -350,7 +352,8 @@ fn malformed_bytes() {
 #[test]
 fn errors_are_std_errors_with_long_names_truncated() {
     let long = "x".repeat(300);
-    let err = MultiHead::<3, 4, 2>::from_safetensors(&fixture("seed_3x4x2"), &long).unwrap_err();
+    let err =
+        MultiHead::<3, 4, 2>::from_safetensors(&fixture(PYTORCH, "seed_3x4x2"), &long).unwrap_err();
     let text = err.to_string();
     assert!(
         text.starts_with("missing tensor xxxx") && text.contains('…'),
@@ -374,7 +377,7 @@ fn a_large_layer_loads_in_place_on_the_heap() {
 #[test]
 fn saving_is_deterministic() {
     // Found by the fuzzer: with several metadata keys the header order varied between runs.
-    let layer = Seed::from_safetensors(&fixture("seed_3x4x2"), "").unwrap();
+    let layer = Seed::from_safetensors(&fixture(PYTORCH, "seed_3x4x2"), "").unwrap();
     let first = layer.to_safetensors("p.").unwrap();
     for _ in 0..20 {
         let again = Seed::from_safetensors(&first, "p.").unwrap();
@@ -412,7 +415,7 @@ fn biases_come_in_pairs() {
 fn a_mixed_bias_layer_saves_with_zero_biases() {
     // from_parts can mix biased and unbiased projections, which PyTorch cannot express: the
     // saved file has all biases, zeros for the missing ones.
-    let src = Seed::from_safetensors(&fixture("seed_3x4x2"), "").unwrap();
+    let src = Seed::from_safetensors(&fixture(PYTORCH, "seed_3x4x2"), "").unwrap();
     let mut k = *src.k_proj();
     k.set_bias(None);
     let mixed = Seed::from_parts(*src.q_proj(), k, *src.v_proj(), *src.out_proj());
@@ -435,7 +438,7 @@ type Head = static_attention::SelfAttention<6, 16>;
 
 /// The single-head case's file, edited by `edit`.
 fn head_edited(edit: impl FnOnce(&mut Tensors)) -> Vec<u8> {
-    let (mut t, m) = open(&fixture("head_self_6x16"));
+    let (mut t, m) = open(&fixture(PYTORCH, "head_self_6x16"));
     edit(&mut t);
     save(&t, &m)
 }
@@ -457,14 +460,14 @@ fn head_err(bytes: &[u8], prefix: &str) -> String {
 
 #[test]
 fn self_attention_round_trip_and_forms() {
-    let bytes = fixture("head_self_6x16");
+    let bytes = fixture(PYTORCH, "head_self_6x16");
     let head = Head::from_safetensors(&bytes, "").unwrap();
     let boxed = Head::from_safetensors_boxed(&bytes, "").unwrap();
     assert_eq!(*boxed, head);
     let again = Head::from_safetensors(&head.to_safetensors("").unwrap(), "").unwrap();
     assert_eq!(again, head);
     // A prefix, and a head where only the query projection has a bias.
-    let cross = fixture("head_cross_4x7x8");
+    let cross = fixture(PYTORCH, "head_cross_4x7x8");
     let c =
         static_attention::SelfAttention::<4, 8>::from_safetensors(&cross, "encoder.attn.").unwrap();
     assert!(c.q_proj().has_bias() && !c.k_proj().has_bias() && !c.v_proj().has_bias());
@@ -530,7 +533,7 @@ fn self_attention_bad_files() {
         "missing tensor k_proj.weight (expected shape [16, 16])"
     );
     assert_eq!(
-        head_err(&fixture("head_self_6x16"), "model."),
+        head_err(&fixture(PYTORCH, "head_self_6x16"), "model."),
         "missing tensor model.q_proj.weight (expected shape [16, 16])"
     );
     let wrong_shape = head_edited(|t| {
@@ -549,7 +552,7 @@ fn self_attention_bad_files() {
         head_err(&wrong_dtype, ""),
         "q_proj.weight has dtype I32, expected F32 or F64"
     );
-    let truncated = &fixture("head_self_6x16")[..300];
+    let truncated = &fixture(PYTORCH, "head_self_6x16")[..300];
     assert!(head_err(truncated, "").starts_with("malformed safetensors data"));
     // A slice of the wrong length names the module and the parameter.
     let w = [0.0f32; 16 * 16];
@@ -578,7 +581,7 @@ fn self_attention_bad_files() {
 
 #[test]
 fn multi_head_boxed_loaders_match() {
-    let bytes = fixture("seed_3x4x2");
+    let bytes = fixture(PYTORCH, "seed_3x4x2");
     let layer = Seed::from_safetensors(&bytes, "").unwrap();
     assert_eq!(*Seed::from_safetensors_boxed(&bytes, "").unwrap(), layer);
     let x = SMatrix::<f32, 3, 4>::repeat(0.5);

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{all_fixtures, bool_matrix, bool_vector, compare, fixture, matrix, metadata};
+use common::{PYTORCH, all_fixtures, bool_matrix, bool_vector, compare, fixture, matrix, metadata};
 use nalgebra::SMatrix;
 use static_attention::mask::Additive;
 use static_attention::{
@@ -23,7 +23,7 @@ fn tolerance<T: Float>() -> f64 {
 fn mha<T: Float, const SQ: usize, const SKV: usize, const DIM: usize, const HEADS: usize>(
     case: &str,
 ) {
-    let bytes = fixture(case);
+    let bytes = fixture(PYTORCH, case);
     let meta = metadata(&bytes);
     let prefix = meta.get("prefix").map_or("", String::as_str);
     let layer = MultiHead::<SQ, DIM, HEADS, T>::from_safetensors(&bytes, prefix)
@@ -100,8 +100,8 @@ fn mha_check<
     );
 
     let tol = tolerance::<T>();
-    let (e_stream, r_stream) = compare(&streamed, &want, tol);
-    let (e_out, r_out) = compare(&out, &want, tol);
+    let (e_stream, r_stream) = compare(&format!("{case}: streamed output"), &streamed, &want, tol);
+    let (e_out, r_out) = compare(&format!("{case}: output"), &out, &want, tol);
 
     // Weights: PyTorch's need_weights path gives NaN rows where every key is masked; SPEC.md
     // rule 7 asks for zero rows there.
@@ -115,11 +115,21 @@ fn mha_check<
         }
         m
     };
-    let (e_avg, r_avg) = compare(&weights.average(), &zero_nan_rows(&want_avg), tol);
+    let (e_avg, r_avg) = compare(
+        &format!("{case}: weights_avg"),
+        &weights.average(),
+        &zero_nan_rows(&want_avg),
+        tol,
+    );
     let mut e_heads = (0.0f64, 0.0f64);
     for h in 0..HEADS {
         let want_h = matrix::<T, SQ, SKV>(bytes, "output.weights", Some(h)).unwrap();
-        let (e, r) = compare(weights.head(h), &zero_nan_rows(&want_h), tol);
+        let (e, r) = compare(
+            &format!("{case}: weights of head {h}"),
+            weights.head(h),
+            &zero_nan_rows(&want_h),
+            tol,
+        );
         e_heads = (e_heads.0.max(e), e_heads.1.max(r));
     }
     for &i in &nan_rows {
@@ -174,7 +184,7 @@ fn mha_check<
 /// `v_proj`) and SDPA, loaded as a `SelfAttention`; `SQ` queries against `SKV` memory tokens
 /// (the queries themselves for self-attention).
 fn head<T: Float, const SQ: usize, const SKV: usize, const DIM: usize>(case: &str) {
-    let bytes = fixture(case);
+    let bytes = fixture(PYTORCH, case);
     let meta = metadata(&bytes);
     let prefix = meta.get("prefix").map_or("", String::as_str);
     let head = SelfAttention::<SQ, DIM, T>::from_safetensors(&bytes, prefix)
@@ -198,13 +208,13 @@ fn head<T: Float, const SQ: usize, const SKV: usize, const DIM: usize>(case: &st
     let (out, w) = head.cross_attention_with_weights(&query, &memory, &mask);
     let streamed = head.cross_attention(&query, &memory, &mask);
     let tol = tolerance::<T>();
-    let (e_out, r_out) = compare(&out, &want, tol);
-    let (e_stream, r_stream) = compare(&streamed, &want, tol);
-    let (e_w, r_w) = compare(&w, &want_w, tol);
+    let (e_out, r_out) = compare(&format!("{case}: output"), &out, &want, tol);
+    let (e_stream, r_stream) = compare(&format!("{case}: streamed output"), &streamed, &want, tol);
+    let (e_w, r_w) = compare(&format!("{case}: weights"), &w, &want_w, tol);
     if meta["causal"] == "true" {
         // Self-attention with a causal mask: the named mask must give the same result.
         let named = head.forward(&query, &Mask::causal(Alignment::TopLeft));
-        compare(&named, &want, tol);
+        compare(&format!("{case}: Mask::causal output"), &named, &want, tol);
     }
     println!(
         "{case:28} {:>4} worst |Δ|: output {:.1e} (streaming {:.1e}), weights {:.1e}; \
@@ -230,7 +240,7 @@ fn sdpa<
 >(
     case: &str,
 ) {
-    let bytes = fixture(case);
+    let bytes = fixture(PYTORCH, case);
     let meta = metadata(&bytes);
     let scale = match meta["scale"].as_str() {
         "default" => None,
@@ -287,7 +297,7 @@ fn sdpa_check<
     let got = grouped_query_attention(&q, &k, &v, mask, scale);
     for (h, got) in got.iter().enumerate() {
         let want = matrix::<T, L, EV>(bytes, "output.attn", Some(h)).unwrap();
-        let (e, r) = compare(got, &want, tol);
+        let (e, r) = compare(&format!("{case}: head {h}"), got, &want, tol);
         worst = (worst.0.max(e), worst.1.max(r));
         // Head by head through the single-head function: the same numbers.
         let one = scaled_dot_product_attention(
@@ -320,7 +330,7 @@ macro_rules! cases {
         fn every_reference_file_has_a_test() {
             let mut tested = vec![$(stringify!($name)),+];
             tested.sort_unstable();
-            assert_eq!(all_fixtures(), tested);
+            assert_eq!(all_fixtures(PYTORCH), tested);
         }
     };
 }

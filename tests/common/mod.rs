@@ -1,4 +1,5 @@
-//! Reading the PyTorch reference files (tests/pytorch/*.safetensors) into nalgebra types.
+//! Reading the reference files (tests/pytorch/*.safetensors from PyTorch, tests/hf/*.safetensors
+//! from Hugging Face `transformers`) into nalgebra types, and comparing against them.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -8,19 +9,24 @@ use nalgebra::SMatrix;
 use safetensors::{Dtype, SafeTensors};
 use static_attention::Float;
 
-/// The bytes of a reference file.
-pub fn fixture(name: &str) -> Vec<u8> {
+/// The PyTorch reference files (scripts/gen_pytorch_fixtures.py), relative to the crate.
+pub const PYTORCH: &str = "tests/pytorch";
+/// The Hugging Face `transformers` reference files (scripts/gen_hf_fixtures.py).
+pub const HF: &str = "tests/hf";
+
+/// The bytes of reference file `name` in `dir` ([`PYTORCH`] or [`HF`]).
+pub fn fixture(dir: &str, name: &str) -> Vec<u8> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/pytorch")
+        .join(dir)
         .join(format!("{name}.safetensors"));
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// Every reference file's case name.
-pub fn all_fixtures() -> Vec<String> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/pytorch");
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .expect("tests/pytorch")
+/// Every reference file's case name in `dir`, sorted.
+pub fn all_fixtures(dir: &str) -> Vec<String> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(dir);
+    let mut names: Vec<String> = std::fs::read_dir(path)
+        .expect(dir)
         .filter_map(|e| {
             let name = e.ok()?.file_name().into_string().ok()?;
             name.strip_suffix(".safetensors").map(str::to_owned)
@@ -102,9 +108,11 @@ pub fn bool_vector<const N: usize>(bytes: &[u8], name: &str) -> Option<[bool; N]
 }
 
 /// Worst error over a pair of matrices against SPEC.md's bound `|Δ| ≤ atol + rtol·|ref|`,
-/// returned as (worst |Δ|, worst ratio to the bound). NaN in `want` must be matched by
-/// `expect_where_nan` (SPEC rule 7 values where PyTorch gives NaN).
+/// returned as (worst |Δ|, worst ratio to the bound); panics past the bound, naming `what`.
+/// A NaN on either side fails: where PyTorch gives NaN rows, callers first replace them with
+/// the zero rows SPEC rule 7 asks for.
 pub fn compare<T: Float, const R: usize, const C: usize>(
+    what: &str,
     got: &SMatrix<T, R, C>,
     want: &SMatrix<T, R, C>,
     tol: f64,
@@ -114,7 +122,10 @@ pub fn compare<T: Float, const R: usize, const C: usize>(
         let (g, w) = (g.to_f64(), w.to_f64());
         let err = (g - w).abs();
         let bound = tol + tol * w.abs();
-        assert!(err <= bound, "|{g} − {w}| = {err:e} exceeds {bound:e}");
+        assert!(
+            err <= bound,
+            "{what}: |{g} − {w}| = {err:e} exceeds {bound:e}"
+        );
         worst.0 = worst.0.max(err);
         worst.1 = worst.1.max(err / bound);
     }
