@@ -557,7 +557,9 @@ mha_suite!(mha_seq9_dim6_heads6, 9, 6, 6, 17);
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(CASES))]
 
-    /// The same for a layer: a NaN token (no mask) makes every output row NaN on both paths.
+    /// NaN propagation through a layer (properties_sdpa.rs checks it for the function,
+    /// `p10_paths_agree_on_nan_in_unmasked_inputs`): a NaN token (no mask) makes every output
+    /// row NaN on both paths.
     #[test]
     fn p10_layer_paths_agree_on_a_nan_token(
         (seed, kind) in layer_params(), x in mat::<7, 12>(), token in 0..7usize, col in 0..12usize,
@@ -575,8 +577,9 @@ proptest! {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(CASES))]
 
-    /// The same through a layer (a `SelfAttention` head, whose output is the attention
-    /// output itself): small queries and keys, value tokens of magnitude up to 1e38, so
+    /// Huge values through a layer, as `huge_values_stay_finite_sdpa` (properties_sdpa.rs)
+    /// checks them for the function: a `SelfAttention` head, whose output is the attention
+    /// output itself; small queries and keys, value tokens of magnitude up to 1e38, so
     /// `V = value W_vᵀ` is huge (and mostly finite).
     #[test]
     fn huge_values_stay_finite_layer(

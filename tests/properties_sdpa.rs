@@ -1,17 +1,21 @@
-//! Property tests of scaled dot-product attention: invariants checked on random
-//! inputs, random masks and random layers, over several const shapes (odd ones included, and shapes on both sides of the
-//! streaming kernel's query block of 8).
+//! Property tests of scaled dot-product attention (`scaled_dot_product_attention`, the
+//! streaming path, and `scaled_dot_product_attention_with_weights`, the weights path):
+//! invariants checked on random inputs and random masks, over several const shapes (odd ones
+//! included, and shapes on both sides of the streaming kernel's query block of 8). The layers'
+//! properties are in properties_layers.rs.
 //!
-//! Inputs are uniform in [-2, 2]. Layers come from a seed drawn by proptest: either PyTorch's
-//! initialisation (`MultiHead::new` / `new_without_bias`) or random `Linear`s with non-zero
-//! biases built with `MultiHead::from_parts`. Masks are random combinations of a structural
-//! pattern (full, causal, sliding window, both alignments), a matrix mask (`attend_where`,
-//! `block_where` or `additive` with `-inf`/NaN entries) and a key-padding vector. Which keys a
-//! mask allows is computed here independently from SPEC.md, not through `Mask::allows`.
+//! Inputs are uniform in [-2, 2] (values up to `f32::MAX` and `f64::MAX` in the overflow
+//! tests). Masks are random combinations of a structural pattern (full, causal, sliding
+//! window, both alignments), a matrix mask (`attend_where`, `block_where` or `additive` with
+//! `-inf`/NaN entries) and a key-padding vector. Which keys a mask allows is computed here
+//! independently from SPEC.md, not through `Mask::allows`.
 //!
 //! Tolerances (SPEC.md "Accuracy"): f32 against an f64 oracle `1e-5 + 1e-5·|ref|`, fast f64
-//! against `reference` `1e-12 + 1e-12·|ref|`, streaming against weights path `2e-6`. Properties
-//! that hold by construction (masking, causality, cross = self) are checked bit for bit.
+//! against `reference` `1e-12 + 1e-12·|ref|`, streaming against weights path `2e-6`;
+//! identities that reorder the arithmetic (permutations, shifted logits) `1e-10 + 1e-10·|ref|`
+//! in f64, shifted logits `3e-5 + 1e-5·|ref|` in f32. Properties that hold by construction
+//! (keys a query cannot see poisoned with NaN, ±∞ or huge values; zero weights outside the
+//! pattern; zero rows for fully masked queries) are checked bit for bit.
 
 #[macro_use]
 mod props;

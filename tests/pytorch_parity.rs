@@ -81,7 +81,6 @@ fn mha_check<
     padding: &Option<[bool; SKV]>,
 ) {
     let meta = metadata(bytes);
-    let (bytes, mask) = (bytes, mask);
     let want = matrix::<T, SQ, DIM>(bytes, "output.attn", None).unwrap();
     let want_avg = matrix::<T, SQ, SKV>(bytes, "output.weights_avg", None).unwrap();
     let mut scratch = Scratch::<SQ, SKV, DIM, T>::new();
