@@ -415,6 +415,7 @@ impl<
     /// (with [`Bias::Present`]) biases from `U(−1/√in, 1/√in)`, drawn in the order q, k, v, o.
     #[must_use]
     pub fn new<R: Rng + ?Sized>(rng: &mut R, bias: Bias) -> Self {
+        let () = Self::SHAPE_OK;
         let mut layer = Self::zeros();
         layer.reset_parameters(rng, bias);
         layer

@@ -155,12 +155,25 @@ impl Simd for NeonF32 {
     #[inline(always)]
     unsafe fn load_partial(self, p: *const f32, n: usize) -> float32x4_t {
         debug_assert!(n <= 4);
-        // NEON has no masked load: the `n` values go through a zeroed buffer.
-        let mut t = [0.0f32; 4];
-        // SAFETY: the caller guarantees `n ≤ 4` readable floats at `p`; `t` holds 4.
+        // NEON has no masked load: lane by lane into zeros (a copy of `n` values through a
+        // buffer would be a call to `memcpy` per load).
+        // SAFETY: NEON (token); the caller guarantees `n` readable floats at `p`, and lane `i`
+        // is read only when `i < n`.
         unsafe {
-            core::ptr::copy_nonoverlapping(p, t.as_mut_ptr(), n);
-            vld1q_f32(t.as_ptr())
+            if n >= 4 {
+                return vld1q_f32(p);
+            }
+            let mut v = vdupq_n_f32(0.0);
+            if n > 0 {
+                v = vld1q_lane_f32::<0>(p, v);
+            }
+            if n > 1 {
+                v = vld1q_lane_f32::<1>(p.add(1), v);
+            }
+            if n > 2 {
+                v = vld1q_lane_f32::<2>(p.add(2), v);
+            }
+            v
         }
     }
     #[inline(always)]
@@ -303,11 +316,14 @@ impl Simd for NeonF64 {
     #[inline(always)]
     unsafe fn load_partial(self, p: *const f64, n: usize) -> float64x2_t {
         debug_assert!(n <= 2);
-        let mut t = [0.0f64; 2];
-        // SAFETY: the caller guarantees `n ≤ 2` readable doubles at `p`; `t` holds 2.
+        // SAFETY: NEON (token); the caller guarantees `n` readable doubles at `p`, and lane
+        // `i` is read only when `i < n`.
         unsafe {
-            core::ptr::copy_nonoverlapping(p, t.as_mut_ptr(), n);
-            vld1q_f64(t.as_ptr())
+            match n {
+                0 => vdupq_n_f64(0.0),
+                1 => vld1q_lane_f64::<0>(p, vdupq_n_f64(0.0)),
+                _ => vld1q_f64(p),
+            }
         }
     }
     #[inline(always)]
@@ -330,56 +346,7 @@ impl Simd for NeonF64 {
     }
 }
 
-/// The element type `T` is `f32` or `f64` (the only `Float`s); the kernels are compiled for
-/// each and chosen by size. Slices are reinterpreted with `bytemuck`, which checks the cast.
-macro_rules! cast {
-    ($e:ty, $x:expr) => {
-        bytemuck::cast_slice::<_, $e>($x)
-    };
-    (mut $e:ty, $x:expr) => {
-        bytemuck::cast_slice_mut::<_, $e>($x)
-    };
-}
-
-fn mask_as<'a, T: Float, E: Float>(m: &MaskView<'a, T>) -> MaskView<'a, E> {
-    MaskView {
-        additive: m.additive.map(|a| bytemuck::cast_slice::<T, E>(a)),
-        pattern: m.pattern,
-        sq: m.sq,
-        skv: m.skv,
-        q_offset: m.q_offset,
-        sq_total: m.sq_total,
-        attend: m.attend,
-        block: m.block,
-        pad: m.pad,
-        alibi: m.alibi.map(|a| super::AlibiView {
-            slope: E::of(a.slope.to_f64()),
-            key_rotate: a.key_rotate,
-        }),
-    }
-}
-
-fn io_as<'a, T: Float, E: Float>(io: LinearIo<'a, T>) -> LinearIo<'a, E> {
-    match io {
-        LinearIo::Out { x, out } => LinearIo::Out {
-            x: cast!(E, x),
-            out: cast!(mut E, out),
-        },
-        LinearIo::Add { x, out } => LinearIo::Add {
-            x: cast!(E, x),
-            out: cast!(mut E, out),
-        },
-        LinearIo::InPlace(b) => LinearIo::InPlace(cast!(mut E, b)),
-    }
-}
-
-fn work_as<'a, T: Float, E: Float>(w: WorkRef<'a, T>) -> WorkRef<'a, E> {
-    WorkRef {
-        acc: cast!(mut E, w.acc),
-        p: cast!(mut E, w.p),
-        allowed: cast!(mut E, w.allowed),
-    }
-}
+use super::simd::{cast, io_as, mask_as, work_as};
 
 /// `linear` on NEON.
 #[allow(clippy::too_many_arguments)]
@@ -392,31 +359,25 @@ pub(crate) fn linear<T: Float>(
     bias: &[T],
     pack: &mut [T],
 ) {
+    macro_rules! go {
+        ($simd:expr, $e:ty) => {
+            vector::linear(
+                $simd,
+                io_as(io),
+                s,
+                din,
+                cast!($e, w),
+                dout,
+                cast!($e, bias),
+                cast!(mut $e, pack),
+            )
+        };
+    }
     let token = Neon::detect().expect("NEON is the aarch64 baseline");
     if T::BYTES == 4 {
-        let s32 = NeonF32(token);
-        vector::linear(
-            s32,
-            io_as(io),
-            s,
-            din,
-            cast!(f32, w),
-            dout,
-            cast!(f32, bias),
-            cast!(mut f32, pack),
-        );
+        go!(NeonF32(token), f32)
     } else {
-        let s64 = NeonF64(token);
-        vector::linear(
-            s64,
-            io_as(io),
-            s,
-            din,
-            cast!(f64, w),
-            dout,
-            cast!(f64, bias),
-            cast!(mut f64, pack),
-        );
+        go!(NeonF64(token), f64)
     }
 }
 
@@ -433,33 +394,27 @@ pub(crate) fn attention<T: Float>(
     work: WorkRef<'_, T>,
     vscale: T,
 ) -> bool {
+    macro_rules! go {
+        ($simd:expr, $e:ty) => {
+            vector::attention(
+                $simd,
+                cast!($e, q),
+                cast!($e, k),
+                cast!($e, v),
+                dims,
+                <$e>::of(scale.to_f64()),
+                &mask_as(mask),
+                cast!(mut $e, out),
+                work_as(work),
+                <$e>::of(vscale.to_f64()),
+            )
+        };
+    }
     let token = Neon::detect().expect("NEON is the aarch64 baseline");
     if T::BYTES == 4 {
-        vector::attention(
-            NeonF32(token),
-            cast!(f32, q),
-            cast!(f32, k),
-            cast!(f32, v),
-            dims,
-            scale.to_f64() as f32,
-            &mask_as(mask),
-            cast!(mut f32, out),
-            work_as(work),
-            vscale.to_f64() as f32,
-        )
+        go!(NeonF32(token), f32)
     } else {
-        vector::attention(
-            NeonF64(token),
-            cast!(f64, q),
-            cast!(f64, k),
-            cast!(f64, v),
-            dims,
-            scale.to_f64(),
-            &mask_as(mask),
-            cast!(mut f64, out),
-            work_as(work),
-            vscale.to_f64(),
-        )
+        go!(NeonF64(token), f64)
     }
 }
 
@@ -475,31 +430,26 @@ pub(crate) fn attention_with_weights<T: Float>(
     out: &mut [T],
     weights: &mut [T],
 ) {
+    macro_rules! go {
+        ($simd:expr, $e:ty) => {
+            vector::attention_with_weights(
+                $simd,
+                cast!($e, q),
+                cast!($e, k),
+                cast!($e, v),
+                dims,
+                <$e>::of(scale.to_f64()),
+                &mask_as(mask),
+                cast!(mut $e, out),
+                cast!(mut $e, weights),
+            )
+        };
+    }
     let token = Neon::detect().expect("NEON is the aarch64 baseline");
     if T::BYTES == 4 {
-        vector::attention_with_weights(
-            NeonF32(token),
-            cast!(f32, q),
-            cast!(f32, k),
-            cast!(f32, v),
-            dims,
-            scale.to_f64() as f32,
-            &mask_as(mask),
-            cast!(mut f32, out),
-            cast!(mut f32, weights),
-        );
+        go!(NeonF32(token), f32)
     } else {
-        vector::attention_with_weights(
-            NeonF64(token),
-            cast!(f64, q),
-            cast!(f64, k),
-            cast!(f64, v),
-            dims,
-            scale.to_f64(),
-            &mask_as(mask),
-            cast!(mut f64, out),
-            cast!(mut f64, weights),
-        );
+        go!(NeonF64(token), f64)
     }
 }
 

@@ -593,7 +593,6 @@ fn linear_half<T: Float>(
     };
     assert!(w.len() >= din * dout && x.len() >= s * din && out.len() >= s * dout);
     let mut buf = [T::ZERO; STRIP * HALF_CHUNK];
-    let zeros = [T::ZERO; STRIP];
     let full = dout / STRIP * STRIP;
     let mut t0 = 0;
     while t0 < dout {
@@ -625,11 +624,8 @@ fn linear_half<T: Float>(
                     out: &mut *out_strip,
                 }
             };
-            let b = if pc == 0 {
-                &bias[t0..t0 + cols]
-            } else {
-                &zeros[..cols]
-            };
+            // `Add` never reads the bias: it enters with the first chunk only.
+            let b = &bias[t0..t0 + cols];
             linear_native(kernel, io, s, kc, &buf[..n], cols, b, pack);
             pc += kc;
         }

@@ -82,7 +82,7 @@ pub(crate) trait Simd: Copy {
     /// `*p` in every lane.
     ///
     /// # Safety
-    /// `p` must be readable.
+    /// `p` must be valid for reads and aligned for `E` (a pointer into a slice of `E`).
     unsafe fn broadcast(self, p: *const Self::E) -> Self::V;
     /// The mask of `LANES` booleans from `p` (`true` sets the lane).
     ///
@@ -136,3 +136,64 @@ pub(crate) const LN2_HI_F64: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);
 pub(crate) const LN2_LO_F64: f64 = f64::from_bits(0x3dea_39ef_3579_3c76);
 /// `ln(f64::MIN_POSITIVE)`.
 pub(crate) const EXP_CUTOFF_F64: f64 = f64::from_bits(0xc086_232b_dd7a_bcd2);
+
+// ---- The crate's generic scalar `T` as the kernel's element type ---------------------------
+//
+// The crate's two scalar types are sealed (`f32` and `f64`), so `T::BYTES == 4` means `f32`;
+// `bytemuck` reinterprets the slices (checking sizes and alignment, which hold).
+
+/// A slice of `T` as a slice of the element type `$e` (`mut` for a mutable one).
+macro_rules! cast {
+    ($e:ty, $x:expr) => {
+        bytemuck::cast_slice::<_, $e>($x)
+    };
+    (mut $e:ty, $x:expr) => {
+        bytemuck::cast_slice_mut::<_, $e>($x)
+    };
+}
+pub(crate) use cast;
+
+use super::{AlibiView, LinearIo, MaskView, WorkRef};
+
+/// The mask view with its additive part and ALiBi slope as `E`.
+pub(crate) fn mask_as<'a, T: Float, E: Float>(m: &MaskView<'a, T>) -> MaskView<'a, E> {
+    MaskView {
+        additive: m.additive.map(|a| cast!(E, a)),
+        pattern: m.pattern,
+        sq: m.sq,
+        skv: m.skv,
+        q_offset: m.q_offset,
+        sq_total: m.sq_total,
+        attend: m.attend,
+        block: m.block,
+        pad: m.pad,
+        alibi: m.alibi.map(|a| AlibiView {
+            slope: E::of(a.slope.to_f64()),
+            key_rotate: a.key_rotate,
+        }),
+    }
+}
+
+/// The projection's operands as `E`.
+pub(crate) fn io_as<'a, T: Float, E: Float>(io: LinearIo<'a, T>) -> LinearIo<'a, E> {
+    match io {
+        LinearIo::Out { x, out } => LinearIo::Out {
+            x: cast!(E, x),
+            out: cast!(mut E, out),
+        },
+        LinearIo::Add { x, out } => LinearIo::Add {
+            x: cast!(E, x),
+            out: cast!(mut E, out),
+        },
+        LinearIo::InPlace(b) => LinearIo::InPlace(cast!(mut E, b)),
+    }
+}
+
+/// The attention kernel's block state as `E`.
+pub(crate) fn work_as<'a, T: Float, E: Float>(w: WorkRef<'a, T>) -> WorkRef<'a, E> {
+    WorkRef {
+        acc: cast!(mut E, w.acc),
+        p: cast!(mut E, w.p),
+        allowed: cast!(mut E, w.allowed),
+    }
+}

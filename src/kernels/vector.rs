@@ -675,16 +675,22 @@ fn check_shapes<S: Simd>(
     );
     assert!(dims.ldkv >= skv, "key stride shorter than the keys");
     assert!(mask.sq == sq && mask.skv == skv, "mask of another shape");
+    // The view's queries are rows `q_offset ..` of matrices of `sq_total` rows.
     assert!(
-        mask.attend.is_none_or(|m| m.len() >= sq * skv),
+        mask.q_offset + sq <= mask.sq_total,
+        "mask rows out of range"
+    );
+    let cells = mask.sq_total * skv;
+    assert!(
+        mask.attend.is_none_or(|m| m.len() >= cells),
         "mask too short"
     );
     assert!(
-        mask.block.is_none_or(|m| m.len() >= sq * skv),
+        mask.block.is_none_or(|m| m.len() >= cells),
         "mask too short"
     );
     assert!(
-        mask.additive.is_none_or(|m| m.len() >= sq * skv),
+        mask.additive.is_none_or(|m| m.len() >= cells),
         "mask too short"
     );
     assert!(mask.pad.is_none_or(|m| m.len() >= skv), "mask too short");
@@ -712,7 +718,6 @@ fn tiles<S: Simd, const NV: usize>(
     let mut i = 0;
     while i < dims.sq {
         let i0 = if i + mq > dims.sq { dims.sq - mq } else { i };
-        let w = &mut work;
         finite &= tile::<S, NV>(
             s,
             q,
@@ -722,7 +727,7 @@ fn tiles<S: Simd, const NV: usize>(
             scale,
             mask,
             out,
-            w,
+            &mut work,
             vscale,
             i0,
             &mut v_finite,
@@ -780,7 +785,7 @@ fn tile_ranges<S: Simd, const NV: usize>(
         return TileRanges {
             lo: [s.splat(S::E::ZERO); NV],
             hi: [s.splat(S::E::of(skv as f64)); NV],
-            union: if skv > 0 { (0, skv) } else { (usize::MAX, 0) },
+            union: (0, skv),
             common: (0, skv),
             qpos: lane_positions::<S, NV>(s, mask, i0),
         };
@@ -812,7 +817,12 @@ fn tile_ranges<S: Simd, const NV: usize>(
     TileRanges {
         lo: lo_v,
         hi: hi_v,
-        union: (lo_min, hi_max),
+        // No key seen by any lane: the empty range at 0.
+        union: if lo_min < hi_max {
+            (lo_min, hi_max)
+        } else {
+            (0, 0)
+        },
         common: (lo_max, hi_min),
         qpos: lane_positions::<S, NV>(s, mask, i0),
     }
@@ -997,7 +1007,7 @@ fn tile<S: Simd, const NV: usize>(
         }
         // acc = c·acc + P·V over the block's keys. A masked key has p = 0, which is exact
         // unless V holds inf or NaN: then masked products are zeroed instead.
-        let guarded = !full && !*v_finite.get_or_insert_with(|| all_finite(s, v, dims));
+        let guarded = !full && !*v_finite.get_or_insert_with(|| all_finite(v, dims));
         // The stored masks: all bits set where allowed, +0 elsewhere.
         let stored = |kk: usize| {
             let mut ok = [s.eq(zero, zero); NV];
@@ -1037,7 +1047,6 @@ fn tile<S: Simd, const NV: usize>(
         inv[n] = s.div(inv_vscale, lsum[n]);
         empty[n] = s.eq(lsum[n], zero);
     }
-    let _ = (lo_max, hi_min);
     // Finite lanes have x − x = 0; inf and NaN give NaN.
     let mut finite = s.eq(zero, zero);
     for e in 0..dv {
@@ -1068,7 +1077,7 @@ fn mask_bits<S: Simd>(s: S, m: S::M) -> S::V {
 /// Whether every value (the first `skv` rows of each of the `dv` columns) is finite (then
 /// `0 · v = 0` for every `v`).
 #[inline(always)]
-fn all_finite<S: Simd>(_s: S, v: &[S::E], dims: Dims) -> bool {
+fn all_finite<E: Float>(v: &[E], dims: Dims) -> bool {
     (0..dims.dv).all(|e| {
         v[e * dims.ldkv..e * dims.ldkv + dims.skv]
             .iter()
@@ -1373,15 +1382,14 @@ fn rows<S: Simd>(
             let m_use = if m_new == neg_inf { S::E::ZERO } else { m_new };
             let corr = exp_scalar(s, m - m_use);
             m = m_new;
-            let mut bsum = S::E::ZERO;
-            exp_shifted(s, &mut p[..np], m_use, &mut bsum);
+            let bsum = exp_shifted(s, &mut p[..np], m_use);
             lsum = lsum * corr + bsum;
             if vscale != S::E::ONE {
                 p[..np].iter_mut().for_each(|x| *x *= vscale);
             }
             // P·V. A masked key has p = 0, exact unless V holds inf or NaN: then the sums move
             // only for allowed keys (same arithmetic, so bit for bit the same result).
-            let guarded = dense && !*v_finite.get_or_insert_with(|| all_finite(s, v, dims));
+            let guarded = dense && !*v_finite.get_or_insert_with(|| all_finite(v, dims));
             if guarded {
                 for (kk, okk) in ok.iter_mut().enumerate().take(np) {
                     let allowed = kk < nk && mask.dense_entry(i, j0 + kk).is_some();
@@ -1512,9 +1520,9 @@ fn exp_scalar<S: Simd>(s: S, x: S::E) -> S::E {
     lanes[0]
 }
 
-/// `p = e^(p − shift)` over a slice, adding the results to `sum`.
+/// `p = e^(p − shift)` over a slice; returns `Σ p`.
 #[inline(always)]
-fn exp_shifted<S: Simd>(s: S, p: &mut [S::E], shift: S::E, sum: &mut S::E) {
+fn exp_shifted<S: Simd>(s: S, p: &mut [S::E], shift: S::E) -> S::E {
     let l = S::LANES;
     let sh = s.splat(shift);
     let mut acc = s.splat(S::E::ZERO);
@@ -1534,7 +1542,7 @@ fn exp_shifted<S: Simd>(s: S, p: &mut [S::E], shift: S::E, sum: &mut S::E) {
         *x = exp_scalar(s, *x - shift);
         total += *x;
     }
-    *sum = total;
+    total
 }
 
 // ------------------------------------------------------------------------------------------
@@ -1562,11 +1570,10 @@ pub(crate) fn attention_with_weights<S: Simd>(
         "outputs too short"
     );
     let l = S::LANES;
-    let mut v_finite = None;
     if sq >= 2 * l {
-        weight_tiles::<S, 2>(s, q, k, v, dims, scale, mask, out, weights, &mut v_finite);
+        weight_tiles::<S, 2>(s, q, k, v, dims, scale, mask, out, weights);
     } else if sq >= l {
-        weight_tiles::<S, 1>(s, q, k, v, dims, scale, mask, out, weights, &mut v_finite);
+        weight_tiles::<S, 1>(s, q, k, v, dims, scale, mask, out, weights);
     } else {
         super::scalar::attention_with_weights(q, k, v, dims, scale, mask, out, weights);
     }
@@ -1583,7 +1590,6 @@ fn weight_tiles<S: Simd, const NV: usize>(
     mask: &MaskView<'_, S::E>,
     out: &mut [S::E],
     weights: &mut [S::E],
-    v_finite: &mut Option<bool>,
 ) {
     let Dims {
         sq,
@@ -1596,6 +1602,9 @@ fn weight_tiles<S: Simd, const NV: usize>(
     let mq = NV * l;
     let neg_inf = s.splat(S::E::NEG_INFINITY);
     let zero = s.splat(S::E::ZERO);
+    let dense = mask.is_dense();
+    // Whether every value is finite, worked out once when first needed.
+    let mut v_finite = None;
     let scale_v = s.splat(scale);
     let w = weights.as_mut_ptr();
     let mut i = 0;
@@ -1609,12 +1618,6 @@ fn weight_tiles<S: Simd, const NV: usize>(
             common: (lo_max, hi_min),
             qpos: qpos_v,
         } = tile_ranges::<S, NV>(s, mask, i0);
-        let dense = mask.is_dense();
-        let (lo_min, hi_max) = if lo_min < hi_max {
-            (lo_min, hi_max)
-        } else {
-            (0, 0)
-        };
         // Keys no query of the tile sees get exact zeros.
         for j in (0..lo_min).chain(hi_max..skv) {
             for n in 0..NV {
@@ -1697,7 +1700,7 @@ fn weight_tiles<S: Simd, const NV: usize>(
         // out = W · V over the keys the tile sees; masked weights are exactly 0, and masked
         // products are zeroed when V holds non-finite values.
         let guarded = (dense || lo_max > lo_min || hi_min < hi_max)
-            && !*v_finite.get_or_insert_with(|| all_finite(s, v, dims));
+            && !*v_finite.get_or_insert_with(|| all_finite(v, dims));
         // The key masks, recomputed (key `lo_min + kk`).
         // SAFETY: `i0 + mq ≤ sq` and `lo_min + kk < hi_max ≤ skv`.
         let recomputed =

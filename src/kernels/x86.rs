@@ -113,7 +113,8 @@ fn available_512() -> bool {
     if !available() {
         return false;
     }
-    // SAFETY: `available` checked OSXSAVE, so XGETBV exists.
+    // SAFETY: XGETBV exists when OSXSAVE is set: `available` checked it from CPUID, or the
+    // build assumes AVX2 (`target_feature`), which needs the OS to have enabled XSAVE.
     let xcr0 = unsafe { xgetbv0() };
     xcr0 & 0b1110_0000 == 0b1110_0000 && __cpuid_count(7, 0).ebx & (1 << 16) != 0
 }
@@ -751,7 +752,7 @@ impl Simd for Avx512F64 {
 // arguments is the proof that the CPU has them.
 
 macro_rules! entry_points {
-    ($feature:literal, $token:ty, $e:ty, $simd:ident, $linear:ident, $attention:ident, $weights:ident) => {
+    ($feature:literal, $token:ty, $e:ty, $simd:ident, $linear:ident, $attention:ident, $weights:ident, $exp:ident) => {
         #[target_feature(enable = $feature)]
         #[allow(clippy::too_many_arguments)]
         pub(crate) fn $linear(
@@ -799,6 +800,12 @@ macro_rules! entry_points {
         ) {
             vector::attention_with_weights($simd(token), q, k, v, dims, scale, mask, out, weights)
         }
+
+        /// The vector `exp` over a slice (the benchmarks' and tests' view of it).
+        #[target_feature(enable = $feature)]
+        pub(crate) fn $exp(token: $token, xs: &mut [$e]) {
+            vector::exp_slice($simd(token), xs);
+        }
     };
 }
 
@@ -809,7 +816,8 @@ entry_points!(
     Avx2F32,
     linear_f32,
     attention_f32,
-    weights_f32
+    weights_f32,
+    exp_f32
 );
 entry_points!(
     "avx2,fma",
@@ -818,7 +826,8 @@ entry_points!(
     Avx2F64,
     linear_f64,
     attention_f64,
-    weights_f64
+    weights_f64,
+    exp_f64
 );
 entry_points!(
     "avx512f",
@@ -827,7 +836,8 @@ entry_points!(
     Avx512F32,
     linear512_f32,
     attention512_f32,
-    weights512_f32
+    weights512_f32,
+    exp512_f32
 );
 entry_points!(
     "avx512f",
@@ -836,90 +846,15 @@ entry_points!(
     Avx512F64,
     linear512_f64,
     attention512_f64,
-    weights512_f64
+    weights512_f64,
+    exp512_f64
 );
 
-/// `exp` over a slice with AVX2 (the benchmarks' and tests' view of the vector `exp`).
-#[target_feature(enable = "avx2,fma")]
-pub(crate) fn exp_f32(token: Avx2, xs: &mut [f32]) {
-    vector::exp_slice(Avx2F32(token), xs);
-}
-
-/// `exp` over a slice of `f64` with AVX2.
-#[target_feature(enable = "avx2,fma")]
-pub(crate) fn exp_f64(token: Avx2, xs: &mut [f64]) {
-    vector::exp_slice(Avx2F64(token), xs);
-}
-
-/// `exp` over a slice with AVX-512F.
-#[target_feature(enable = "avx512f")]
-pub(crate) fn exp512_f32(token: Avx512, xs: &mut [f32]) {
-    vector::exp_slice(Avx512F32(token), xs);
-}
-
-/// `exp` over a slice of `f64` with AVX-512F.
-#[target_feature(enable = "avx512f")]
-pub(crate) fn exp512_f64(token: Avx512, xs: &mut [f64]) {
-    vector::exp_slice(Avx512F64(token), xs);
-}
-
 // ---- Dispatch: the crate's generic scalar `T` to the entry point of the kernel and type ----
-//
-// The crate's two scalar types are sealed (`f32` and `f64`), so `T::BYTES == 4` means `f32`;
-// `bytemuck::cast_slice` reinterprets the slices (checking sizes and alignment, which hold).
 
 use super::Kernel;
+use super::simd::{cast, io_as, mask_as, work_as};
 use crate::Float;
-
-macro_rules! cast {
-    ($e:ty, $x:expr) => {
-        bytemuck::cast_slice::<_, $e>($x)
-    };
-    (mut $e:ty, $x:expr) => {
-        bytemuck::cast_slice_mut::<_, $e>($x)
-    };
-}
-
-/// The mask view with its additive part reinterpreted as `E`.
-fn mask_as<'a, T: Float, E: Float>(m: &MaskView<'a, T>) -> MaskView<'a, E> {
-    MaskView {
-        additive: m.additive.map(|a| bytemuck::cast_slice::<T, E>(a)),
-        pattern: m.pattern,
-        sq: m.sq,
-        skv: m.skv,
-        q_offset: m.q_offset,
-        sq_total: m.sq_total,
-        attend: m.attend,
-        block: m.block,
-        pad: m.pad,
-        alibi: m.alibi.map(|a| super::AlibiView {
-            slope: E::of(a.slope.to_f64()),
-            key_rotate: a.key_rotate,
-        }),
-    }
-}
-
-fn io_as<'a, T: Float, E: Float>(io: LinearIo<'a, T>) -> LinearIo<'a, E> {
-    match io {
-        LinearIo::Out { x, out } => LinearIo::Out {
-            x: cast!(E, x),
-            out: cast!(mut E, out),
-        },
-        LinearIo::Add { x, out } => LinearIo::Add {
-            x: cast!(E, x),
-            out: cast!(mut E, out),
-        },
-        LinearIo::InPlace(b) => LinearIo::InPlace(cast!(mut E, b)),
-    }
-}
-
-fn work_as<'a, T: Float, E: Float>(w: WorkRef<'a, T>) -> WorkRef<'a, E> {
-    WorkRef {
-        acc: cast!(mut E, w.acc),
-        p: cast!(mut E, w.p),
-        allowed: cast!(mut E, w.allowed),
-    }
-}
 
 /// The token of an x86 kernel the caller selected (so detected as supported).
 fn token<K>(detected: Option<K>) -> K {
