@@ -5,8 +5,10 @@
 //! `scripts/bench_peers.sh` does, and adds PyTorch and candle on the same shapes). Every group
 //! sets a throughput of the operation's floating-point operations (one multiply-add = 2
 //! FLOPs), so criterion's "elem/s" reads as FLOP/s (`Gelem/s` = GFLOP/s). Inputs are seeded.
-//! Before timing, each group checks that the two kernels agree (within 1e-4), so the
-//! comparison is apples to apples.
+//! Before timing, each group that compares kernels (`sdpa`, `layer`, `layer_f64`, `batch`,
+//! `exp`) checks that they agree (within 1e-4), so the comparison is apples to apples;
+//! `decode`, which runs the selected kernel only, checks that the MHA and the GQA step each
+//! equal the last row of their layer's full causal forward (within 1e-4).
 //!
 //! - `sdpa`: one head, `SEQ × d` with (SEQ, d) = (128, 64), (512, 64), (1024, 64), with and
 //!   without a causal mask: `4·SEQ²·d` FLOPs (causal counted dense).
@@ -191,6 +193,20 @@ fn batch_case(c: &mut Criterion) {
     let mut outs = vec![SMatrix::<f32, S, D>::zeros(); B];
     let mut scratch = Scratch::<S, S, D>::new_boxed();
     let mask = [Mask::none()];
+    let mut all = Vec::new();
+    for (_, kernel) in kernels() {
+        with_kernel(kernel, || {
+            layer.forward_batch_into(&xs, &mask, &mut scratch, &mut outs)
+        })
+        .expect("supported")
+        .expect("lengths fit");
+        all.push(outs.clone());
+    }
+    assert!(
+        all.iter()
+            .all(|o| o.iter().zip(&all[0]).all(|(a, b)| max_diff(a, b) < 1e-4)),
+        "kernels disagree on batch 32x16x64x4"
+    );
     let mut group = c.benchmark_group("batch");
     configure(
         &mut group,
@@ -238,6 +254,20 @@ fn seeded(seed: u64) -> static_attention::init::SeedRng {
 fn exp_case(c: &mut Criterion) {
     let xs: Vec<f32> = (0..4096).map(|i| -87.0 * i as f32 / 4096.0).collect();
     let mut ys = xs.clone();
+    let mut all = Vec::new();
+    for (_, kernel) in kernels() {
+        with_kernel(kernel, || {
+            ys.copy_from_slice(&xs);
+            kernels::exp_in_place(&mut ys);
+        })
+        .expect("supported");
+        all.push(ys.clone());
+    }
+    assert!(
+        all.iter()
+            .all(|o| o.iter().zip(&all[0]).all(|(a, b)| (a - b).abs() < 1e-4)),
+        "kernels disagree on exp"
+    );
     let mut group = c.benchmark_group("exp");
     configure(&mut group, xs.len() as u64, false);
     for (name, kernel) in kernels() {
@@ -280,7 +310,7 @@ fn decode_case<const L: usize, const P: usize>(c: &mut Criterion) {
         gqa.decode_into(&*prompt, &mut gqa_cache, &NoPositions, &mut sc, &mut out)
             .expect("fits");
     }
-    // The step equals the last row of the full causal forward.
+    // Each step equals the last row of its layer's full causal forward.
     let causal = Mask::causal(Alignment::BottomRight);
     let mut full = heap::zeros::<f32, L, DIM>();
     let mut scratch = Scratch::<L, L, DIM>::new_boxed();
@@ -289,8 +319,21 @@ fn decode_case<const L: usize, const P: usize>(c: &mut Criterion) {
     cache.copy_from(&mha_cache);
     mha.decode_into(&token, &mut cache, &NoPositions, &mut step, &mut y)
         .expect("fits");
+    assert!(
+        max_diff(&y, &full.fixed_rows::<1>(P).into_owned()) < 1e-4,
+        "mha step vs the full forward at cache_{L}"
+    );
+    let mut gsc = DecoderScratch::<L, DIM, KV>::new_boxed();
+    gqa.forward_into(&x, &causal, &NoPositions, &mut gsc, &mut full)
+        .expect("no table");
     let mut gcache = KvCache::<L, KV>::new_boxed();
-    assert!(max_diff(&y, &full.fixed_rows::<1>(P).into_owned()) < 1e-4);
+    gcache.copy_from(&gqa_cache);
+    gqa.decode_into(&token, &mut gcache, &NoPositions, &mut step_gqa, &mut y)
+        .expect("fits");
+    assert!(
+        max_diff(&y, &full.fixed_rows::<1>(P).into_owned()) < 1e-4,
+        "gqa step vs the full forward at cache_{L}"
+    );
 
     let step_flops =
         |q: usize, kv: usize| (2 * DIM * (q + 2 * kv) + 2 * q * DIM + 4 * L * q) as u64;
@@ -342,7 +385,6 @@ fn decode_case<const L: usize, const P: usize>(c: &mut Criterion) {
     group.bench_function(BenchmarkId::new("mha_recompute", &param), |b| {
         b.iter(|| mha.forward_into(black_box(&x), &causal, &mut scratch, &mut full))
     });
-    let mut gsc = DecoderScratch::<L, DIM, KV>::new_boxed();
     configure(
         &mut group,
         (2 * L * DIM * (DIM + 2 * KV) + 2 * L * DIM * DIM + 4 * L * L * DIM) as u64,
