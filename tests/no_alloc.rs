@@ -9,9 +9,11 @@ use rand::{RngExt, SeedableRng, rngs::SmallRng};
 use std::hint::black_box;
 
 use static_attention::mask::Additive;
+use static_attention::positions::{NoPositions, PositionEncoding, Rope, RopeStyle};
 use static_attention::{
-    Alignment, AttentionWeights, Linear, Mask, MultiHead, Scratch, SelfAttention,
-    scaled_dot_product_attention, scaled_dot_product_attention_into,
+    Alibi, Alignment, AttentionWeights, DecoderScratch, GroupedQuery, KvCache, Linear, Mask,
+    MultiHead, Scratch, SelfAttention, Weight, bf16, f16, grouped_query_attention,
+    grouped_query_attention_into, scaled_dot_product_attention, scaled_dot_product_attention_into,
     scaled_dot_product_attention_with_weights, scaled_dot_product_attention_with_weights_into,
 };
 
@@ -209,4 +211,186 @@ fn f64_forward_does_not_allocate() {
         std::hint::black_box(layer.forward_with_weights(&x, &Mask::none()));
     });
     assert_eq!(n, 0);
+}
+
+/// A grouped-query layer of the decoder tests' kind, small enough for Miri: 16 features, 4
+/// query heads of 4 features on 2 kv heads.
+type Gqa<W = f32> = GroupedQuery<16, 4, 2, 16, 8, f32, W>;
+
+/// The decoder entry points of a grouped-query layer with one position encoding: a whole
+/// prompt by value and into buffers, then a 5-token prefill and one decoding step through a
+/// cache, by value and into buffers.
+fn decoder_entry_points<W: Weight<f32>, P: PositionEncoding<f32>>(
+    layer: &Gqa<W>,
+    x: &SMatrix<f32, 6, 16>,
+    positions: &P,
+    cache: &mut KvCache<8, 8>,
+    bufs: &mut DecoderBuffers,
+) {
+    let causal = Mask::causal(Alignment::TopLeft);
+    black_box(layer.forward(x, &causal, positions).expect("fits"));
+    layer
+        .forward_into(x, &causal, positions, &mut bufs.full, &mut bufs.out)
+        .expect("fits");
+    let prompt = x.fixed_rows::<5>(0).into_owned();
+    let token = x.fixed_rows::<1>(5).into_owned();
+    cache.reset();
+    black_box(layer.decode(&prompt, cache, positions).expect("fits"));
+    black_box(layer.decode(&token, cache, positions).expect("fits"));
+    cache.reset();
+    layer
+        .decode_into(
+            &prompt,
+            cache,
+            positions,
+            &mut bufs.prompt,
+            &mut bufs.prompt_out,
+        )
+        .expect("fits");
+    layer
+        .decode_into(
+            &token,
+            cache,
+            positions,
+            &mut bufs.token,
+            &mut bufs.token_out,
+        )
+        .expect("fits");
+}
+
+/// Caller-owned buffers for [`decoder_entry_points`].
+struct DecoderBuffers {
+    full: DecoderScratch<6, 16, 8>,
+    prompt: DecoderScratch<5, 16, 8>,
+    token: DecoderScratch<1, 16, 8>,
+    out: SMatrix<f32, 6, 16>,
+    prompt_out: SMatrix<f32, 5, 16>,
+    token_out: SMatrix<f32, 1, 16>,
+}
+
+#[test]
+fn decoder_batch_and_half_weight_entry_points_do_not_allocate() {
+    let gqa: Gqa = Gqa::from_seed(31);
+    let gqa_bf16: Gqa<bf16> = gqa.to_weights();
+    let mha = MultiHead::<6, 16, 4>::from_seed(32);
+    let mha_f16: MultiHead<6, 16, 4, f32, f16> = mha.to_weights();
+    let head = SelfAttention::<6, 16>::from_seed(33);
+    let head_f16: SelfAttention<6, 16, f32, f16> = head.to_weights();
+    let rope = Rope::<4, 8>::new(10_000.0, RopeStyle::RotateHalf);
+    let x = SMatrix::<f32, 6, 16>::from_fn(|i, j| ((i * 16 + j) as f32 * 0.37).sin());
+    let xs = [x, -x, x * 0.5];
+    let pad = [false, true, false, false, false, false];
+    let masks = [
+        Mask::causal(Alignment::TopLeft),
+        Mask::none().with_key_is_padding(&pad),
+        Mask::sliding_window(2, Alignment::TopLeft),
+    ];
+    let q: [SMatrix<f32, 6, 4>; 4] = core::array::from_fn(|h| x.fixed_columns::<4>(4 * h).into());
+    let kv: [SMatrix<f32, 8, 4>; 2] =
+        core::array::from_fn(|g| SMatrix::from_fn(|i, j| ((i + g) as f32 - j as f32) * 0.1));
+    let mut bufs = DecoderBuffers {
+        full: DecoderScratch::new(),
+        prompt: DecoderScratch::new(),
+        token: DecoderScratch::new(),
+        out: SMatrix::zeros(),
+        prompt_out: SMatrix::zeros(),
+        token_out: SMatrix::zeros(),
+    };
+    let mut cache = KvCache::<8, 8>::new();
+    let mut mha_cache = KvCache::<8, 16>::new();
+    let mut mha_prompt = DecoderScratch::<5, 16, 16>::new();
+    let mut mha_token = DecoderScratch::<1, 16, 16>::new();
+    let mut scratch = Scratch::<6, 6, 16>::new();
+    let mut outs = [SMatrix::<f32, 6, 16>::zeros(); 3];
+    let mut heads_out = [SMatrix::<f32, 6, 4>::zeros(); 4];
+    let mut weights = AttentionWeights::<6, 6, 4>::zeros();
+    let mut rotated = SMatrix::<f32, 3, 4>::from_fn(|i, j| (i + j) as f32 * 0.25);
+
+    let (_, n) = allocations(|| {
+        // Grouped-query layers (f32 and bf16 weights) with each position encoding.
+        decoder_entry_points(&gqa, &x, &NoPositions, &mut cache, &mut bufs);
+        decoder_entry_points(&gqa, &x, &rope, &mut cache, &mut bufs);
+        decoder_entry_points(&gqa, &x, &Alibi::PerHead, &mut cache, &mut bufs);
+        decoder_entry_points(&gqa_bf16, &x, &rope, &mut cache, &mut bufs);
+        decoder_entry_points(&gqa_bf16, &x, &Alibi::Slope(0.5), &mut cache, &mut bufs);
+        // MultiHead decoding (f32 and f16 weights), by value and into buffers.
+        let prompt = x.fixed_rows::<5>(0).into_owned();
+        let token = x.fixed_rows::<1>(5).into_owned();
+        mha_cache.reset();
+        black_box(
+            mha.decode(&prompt, &mut mha_cache, &NoPositions)
+                .expect("fits"),
+        );
+        black_box(
+            mha.decode(&token, &mut mha_cache, &NoPositions)
+                .expect("fits"),
+        );
+        mha_cache.reset();
+        mha.decode_into(
+            &prompt,
+            &mut mha_cache,
+            &NoPositions,
+            &mut mha_prompt,
+            &mut bufs.prompt_out,
+        )
+        .expect("fits");
+        mha.decode_into(
+            &token,
+            &mut mha_cache,
+            &NoPositions,
+            &mut mha_token,
+            &mut bufs.token_out,
+        )
+        .expect("fits");
+        mha_cache.reset();
+        mha_f16
+            .decode_into(
+                &prompt,
+                &mut mha_cache,
+                &Alibi::PerHead,
+                &mut mha_prompt,
+                &mut bufs.prompt_out,
+            )
+            .expect("fits");
+        mha_f16
+            .decode_into(
+                &token,
+                &mut mha_cache,
+                &Alibi::PerHead,
+                &mut mha_token,
+                &mut bufs.token_out,
+            )
+            .expect("fits");
+        // Layers with f16 weights through the encoder entry points.
+        black_box(mha_f16.forward(&x, &masks[0]));
+        black_box(mha_f16.forward_with_weights(&x, &masks[1]));
+        mha_f16.forward_into(&x, &masks[2], &mut scratch, &mut outs[0]);
+        mha_f16.forward_with_weights_into(&x, &masks[0], &mut scratch, &mut outs[1], &mut weights);
+        black_box(head_f16.forward(&x, &masks[0]));
+        head_f16.forward_into(&x, &masks[1], &mut scratch, &mut outs[2]);
+        // Batches: one shared mask and one mask per sequence.
+        for layer_masks in [&masks[..1], &masks[..]] {
+            mha.forward_batch_into(&xs, layer_masks, &mut scratch, &mut outs)
+                .expect("lengths fit");
+            mha_f16
+                .forward_batch_into(&xs, layer_masks, &mut scratch, &mut outs)
+                .expect("lengths fit");
+            head.forward_batch_into(&xs, layer_masks, &mut scratch, &mut outs)
+                .expect("lengths fit");
+        }
+        // Grouped scaled dot-product attention, by value and into buffers, with ALiBi.
+        for mask in [
+            Mask::<6, 8>::causal(Alignment::BottomRight),
+            Mask::none().with_alibi(),
+        ] {
+            black_box(grouped_query_attention(&q, &kv, &kv, &mask, None));
+            grouped_query_attention_into(&q, &kv, &kv, &mask, Some(0.5), &mut heads_out);
+        }
+        // A rotary table on its own.
+        rope.rotate(&mut rotated, 5).expect("5..8 fit");
+    });
+    assert_eq!(
+        n, 0,
+        "decoder, batch and half-weight entry points allocated {n} times"
+    );
 }
