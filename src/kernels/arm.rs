@@ -6,7 +6,7 @@
 
 use core::arch::aarch64::*;
 
-use super::simd::{self, Simd};
+use super::simd::Simd;
 use super::vector;
 use super::{Dims, LinearIo, MaskView, WorkRef};
 use crate::Float;
@@ -119,27 +119,18 @@ impl Simd for NeonF32 {
         unsafe { vminvq_u32(m) == u32::MAX }
     }
     #[inline(always)]
-    fn exp(self, x: float32x4_t) -> float32x4_t {
-        // The same algorithm and coefficients as the x86 kernels (see `x86.rs`): eˣ = 2ⁿ · eʳ,
-        // n = round(x / ln 2), r in two steps, eʳ = 1 + r·p(r), zero below the cutoff.
-        let c = simd::EXP_F32;
+    fn round(self, v: float32x4_t) -> float32x4_t {
+        // SAFETY: NEON, proven by the token.
+        unsafe { vrndnq_f32(v) }
+    }
+    #[inline(always)]
+    fn pow2(self, n: float32x4_t) -> float32x4_t {
         // SAFETY: NEON, proven by the token.
         unsafe {
-            let n = vrndnq_f32(vmulq_f32(x, vdupq_n_f32(simd::LOG2E_F32)));
-            let r = vfmsq_f32(x, n, vdupq_n_f32(simd::LN2_HI_F32));
-            let r = vfmsq_f32(r, n, vdupq_n_f32(simd::LN2_LO_F32));
-            let mut p = vdupq_n_f32(c[5]);
-            p = vfmaq_f32(vdupq_n_f32(c[4]), p, r);
-            p = vfmaq_f32(vdupq_n_f32(c[3]), p, r);
-            p = vfmaq_f32(vdupq_n_f32(c[2]), p, r);
-            p = vfmaq_f32(vdupq_n_f32(c[1]), p, r);
-            p = vfmaq_f32(vdupq_n_f32(c[0]), p, r);
-            // 2ⁿ from its exponent bits; n ≥ −126 wherever the result is kept.
-            let bits = vshlq_n_s32::<23>(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127)));
-            let two_n = vreinterpretq_f32_s32(bits);
-            let y = vfmaq_f32(two_n, vmulq_f32(r, two_n), p);
-            let tiny = vcltq_f32(x, vdupq_n_f32(simd::EXP_CUTOFF_F32));
-            vbslq_f32(tiny, vdupq_n_f32(0.0), y)
+            vreinterpretq_f32_s32(vshlq_n_s32::<23>(vaddq_s32(
+                vcvtq_s32_f32(n),
+                vdupq_n_s32(127),
+            )))
         }
     }
     #[inline(always)]
@@ -284,23 +275,18 @@ impl Simd for NeonF64 {
         unsafe { vgetq_lane_u64::<0>(m) == u64::MAX && vgetq_lane_u64::<1>(m) == u64::MAX }
     }
     #[inline(always)]
-    fn exp(self, x: float64x2_t) -> float64x2_t {
-        // As the x86 f64 kernels: 2ⁿ · eʳ with an 11-term polynomial.
-        let c = simd::EXP_F64;
+    fn round(self, v: float64x2_t) -> float64x2_t {
+        // SAFETY: NEON, proven by the token.
+        unsafe { vrndnq_f64(v) }
+    }
+    #[inline(always)]
+    fn pow2(self, n: float64x2_t) -> float64x2_t {
         // SAFETY: NEON, proven by the token.
         unsafe {
-            let n = vrndnq_f64(vmulq_f64(x, vdupq_n_f64(simd::LOG2E_F64)));
-            let r = vfmsq_f64(x, n, vdupq_n_f64(simd::LN2_HI_F64));
-            let r = vfmsq_f64(r, n, vdupq_n_f64(simd::LN2_LO_F64));
-            let mut p = vdupq_n_f64(c[c.len() - 1]);
-            for &ci in c[..c.len() - 1].iter().rev() {
-                p = vfmaq_f64(vdupq_n_f64(ci), p, r);
-            }
-            let bits = vshlq_n_s64::<52>(vaddq_s64(vcvtq_s64_f64(n), vdupq_n_s64(1023)));
-            let two_n = vreinterpretq_f64_s64(bits);
-            let y = vfmaq_f64(two_n, vmulq_f64(r, two_n), p);
-            let tiny = vcltq_f64(x, vdupq_n_f64(simd::EXP_CUTOFF_F64));
-            vbslq_f64(tiny, vdupq_n_f64(0.0), y)
+            vreinterpretq_f64_s64(vshlq_n_s64::<52>(vaddq_s64(
+                vcvtq_s64_f64(n),
+                vdupq_n_s64(1023),
+            )))
         }
     }
     #[inline(always)]

@@ -15,7 +15,7 @@ use crate::Float;
 /// One instruction set for one element type: `LANES` elements per vector.
 pub(crate) trait Simd: Copy {
     /// The element type (`f32` or `f64`).
-    type E: Float;
+    type E: Float + ExpConstants;
     /// A vector of `LANES` elements.
     type V: Copy;
     /// A lane mask (the result of a comparison).
@@ -56,10 +56,38 @@ pub(crate) trait Simd: Copy {
     fn and_not(self, a: Self::M, b: Self::M) -> Self::M;
     /// Whether every lane is set.
     fn all(self, m: Self::M) -> bool;
+    /// Each lane rounded to the nearest integer (ties to even).
+    fn round(self, v: Self::V) -> Self::V;
+    /// `2ⁿ` for integral `n` in the normal exponent range, built from its exponent bits.
+    fn pow2(self, n: Self::V) -> Self::V;
     /// `eˣ` lane by lane: relative error ≤ 2 ulp for `x` in `[ln(MIN_POSITIVE), 0]`, `+0` below
     /// (`e^(−∞) = 0`), NaN for NaN. (Correct up to `x ≈ 88` for `f32`; softmax never needs
     /// more than 0.)
-    fn exp(self, x: Self::V) -> Self::V;
+    ///
+    /// `eˣ = 2ⁿ · eʳ` with `n = round(x / ln 2)` and `r = x − n·ln 2` (`|r| ≤ ln 2 / 2`,
+    /// computed in two steps so that it is exact to working precision), `eʳ = 1 + r·p(r)`
+    /// (Horner), and the result assembled as `2ⁿ + (r·2ⁿ)·p(r)` with a single rounding. Below
+    /// `ln(MIN_POSITIVE)` the result is 0 (this also covers −∞, for which the arithmetic gives
+    /// NaN); NaN stays NaN. Every instruction set runs this same sequence.
+    #[inline(always)]
+    fn exp(self, x: Self::V) -> Self::V {
+        let e = |c: Self::E| self.splat(c);
+        let c = <Self::E as ExpConstants>::POLY;
+        let n = self.round(self.mul(x, e(Self::E::LOG2E)));
+        // `fma(n, −c, x)` is `x − n·c` rounded once (the negation is exact).
+        let r = self.fma(n, e(-Self::E::LN2_HI), x);
+        let r = self.fma(n, e(-Self::E::LN2_LO), r);
+        let last = c.len() - 1;
+        let mut p = e(c[last]);
+        for &ci in c[..last].iter().rev() {
+            p = self.fma(p, r, e(ci));
+        }
+        // 2ⁿ; n is in the normal range wherever the result is kept.
+        let two_n = self.pow2(n);
+        let y = self.fma(self.mul(r, two_n), p, two_n);
+        let tiny = self.lt(x, e(Self::E::CUTOFF));
+        self.select(tiny, e(Self::E::ZERO), y)
+    }
     /// The sum of the lanes.
     fn reduce_add(self, v: Self::V) -> Self::E;
 
@@ -95,7 +123,7 @@ pub(crate) trait Simd: Copy {
 /// (Chebyshev fit of `(eʳ − 1)/r`, degree 5: approximation error 3.9e-9 relative, far below
 /// one f32 ulp, so the result's error is the arithmetic's rounding; the tests check every
 /// f32 in `[−87.3, 0]`). Bit patterns, so the constants are exactly the fitted f32 values.
-pub(crate) const EXP_F32: [f32; 6] = [
+const EXP_F32: [f32; 6] = [
     f32::from_bits(0x3f80_0000),
     f32::from_bits(0x3f00_0000),
     f32::from_bits(0x3e2a_aa3e),
@@ -106,7 +134,7 @@ pub(crate) const EXP_F32: [f32; 6] = [
 
 /// Coefficients of `eʳ ≈ 1 + r·(d1 + … + r·d11)` on `|r| ≤ ln 2 / 2` for `f64` (Chebyshev fit,
 /// degree 10: error 6.3e-18 relative).
-pub(crate) const EXP_F64: [f64; 11] = [
+const EXP_F64: [f64; 11] = [
     f64::from_bits(0x3ff0_0000_0000_0000),
     f64::from_bits(0x3fe0_0000_0000_0005),
     f64::from_bits(0x3fc5_5555_5555_5557),
@@ -121,21 +149,51 @@ pub(crate) const EXP_F64: [f64; 11] = [
 ];
 
 /// `1 / ln 2`.
-pub(crate) const LOG2E_F32: f32 = f32::from_bits(0x3fb8_aa3b);
+const LOG2E_F32: f32 = f32::from_bits(0x3fb8_aa3b);
 /// `ln 2` split so that `n · LN2_HI` is exact for every exponent `n` (`f32`).
-pub(crate) const LN2_HI_F32: f32 = f32::from_bits(0x3f31_7200);
+const LN2_HI_F32: f32 = f32::from_bits(0x3f31_7200);
 /// `ln 2 − LN2_HI_F32`.
-pub(crate) const LN2_LO_F32: f32 = f32::from_bits(0x35bf_be8e);
+const LN2_LO_F32: f32 = f32::from_bits(0x35bf_be8e);
 /// `ln(f32::MIN_POSITIVE)`: below it `exp` returns 0.
-pub(crate) const EXP_CUTOFF_F32: f32 = f32::from_bits(0xc2ae_ac50);
+const EXP_CUTOFF_F32: f32 = f32::from_bits(0xc2ae_ac50);
 /// `1 / ln 2`.
-pub(crate) const LOG2E_F64: f64 = f64::from_bits(0x3ff7_1547_652b_82fe);
+const LOG2E_F64: f64 = f64::from_bits(0x3ff7_1547_652b_82fe);
 /// `ln 2` split for `f64` (fdlibm's values).
-pub(crate) const LN2_HI_F64: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);
+const LN2_HI_F64: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);
 /// `ln 2 − LN2_HI_F64`.
-pub(crate) const LN2_LO_F64: f64 = f64::from_bits(0x3dea_39ef_3579_3c76);
+const LN2_LO_F64: f64 = f64::from_bits(0x3dea_39ef_3579_3c76);
 /// `ln(f64::MIN_POSITIVE)`.
-pub(crate) const EXP_CUTOFF_F64: f64 = f64::from_bits(0xc086_232b_dd7a_bcd2);
+const EXP_CUTOFF_F64: f64 = f64::from_bits(0xc086_232b_dd7a_bcd2);
+
+/// The constants of [`Simd::exp`] for one element type.
+pub(crate) trait ExpConstants: Sized + 'static {
+    /// `p(r)`'s coefficients, constant term first.
+    const POLY: &'static [Self];
+    /// `1 / ln 2`.
+    const LOG2E: Self;
+    /// `ln 2` split so that `n · LN2_HI` is exact.
+    const LN2_HI: Self;
+    /// `ln 2 − LN2_HI`.
+    const LN2_LO: Self;
+    /// `ln(MIN_POSITIVE)`: below it the result is 0.
+    const CUTOFF: Self;
+}
+
+impl ExpConstants for f32 {
+    const POLY: &'static [f32] = &EXP_F32;
+    const LOG2E: f32 = LOG2E_F32;
+    const LN2_HI: f32 = LN2_HI_F32;
+    const LN2_LO: f32 = LN2_LO_F32;
+    const CUTOFF: f32 = EXP_CUTOFF_F32;
+}
+
+impl ExpConstants for f64 {
+    const POLY: &'static [f64] = &EXP_F64;
+    const LOG2E: f64 = LOG2E_F64;
+    const LN2_HI: f64 = LN2_HI_F64;
+    const LN2_LO: f64 = LN2_LO_F64;
+    const CUTOFF: f64 = EXP_CUTOFF_F64;
+}
 
 // ---- The crate's generic scalar `T` as the kernel's element type ---------------------------
 //

@@ -13,7 +13,7 @@
 use core::arch::x86_64::*;
 use core::sync::atomic::{AtomicU8, Ordering};
 
-use super::simd::{self, Simd};
+use super::simd::Simd;
 use super::vector;
 use super::{Dims, LinearIo, MaskView, WorkRef};
 
@@ -217,34 +217,18 @@ impl Simd for Avx2F32 {
         unsafe { _mm256_movemask_ps(m) == 0xff }
     }
     #[inline(always)]
-    fn exp(self, x: __m256) -> __m256 {
-        // eˣ = 2ⁿ · eʳ with n = round(x / ln 2) and r = x − n·ln 2 (|r| ≤ ln 2 / 2, computed in
-        // two steps so that it is exact to f32 precision), eʳ = 1 + r·p(r), and the result
-        // assembled as 2ⁿ + (r·2ⁿ)·p(r) with a single rounding. Below ln(MIN_POSITIVE) the
-        // result is 0 (this also covers −∞, for which the arithmetic gives NaN); NaN stays NaN.
-        let c = simd::EXP_F32;
-        // SAFETY: AVX, AVX2 (integer shifts and adds) and FMA, proven by the token.
+    fn round(self, v: __m256) -> __m256 {
+        // SAFETY: AVX, proven by the token.
+        unsafe { _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v) }
+    }
+    #[inline(always)]
+    fn pow2(self, n: __m256) -> __m256 {
+        // SAFETY: AVX and AVX2 (integer shifts and adds), proven by the token.
         unsafe {
-            let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-                _mm256_mul_ps(x, _mm256_set1_ps(simd::LOG2E_F32)),
-            );
-            let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(simd::LN2_HI_F32), x);
-            let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(simd::LN2_LO_F32), r);
-            let mut p = _mm256_set1_ps(c[5]);
-            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c[4]));
-            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c[3]));
-            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c[2]));
-            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c[1]));
-            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c[0]));
-            // 2ⁿ from its exponent bits; n ≥ −126 wherever the result is kept.
-            let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+            _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
                 _mm256_cvtps_epi32(n),
                 _mm256_set1_epi32(127),
-            ));
-            let two_n = _mm256_castsi256_ps(bits);
-            let y = _mm256_fmadd_ps(_mm256_mul_ps(r, two_n), p, two_n);
-            let tiny = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(simd::EXP_CUTOFF_F32));
-            _mm256_blendv_ps(y, _mm256_setzero_ps(), tiny)
+            )))
         }
     }
     #[inline(always)]
@@ -378,27 +362,20 @@ impl Simd for Avx2F64 {
         unsafe { _mm256_movemask_pd(m) == 0xf }
     }
     #[inline(always)]
-    fn exp(self, x: __m256d) -> __m256d {
-        // As for f32, with a degree-10 polynomial and the exponent built in 64-bit lanes.
-        let c = simd::EXP_F64;
-        // SAFETY: AVX, AVX2 and FMA, proven by the token.
+    fn round(self, v: __m256d) -> __m256d {
+        // SAFETY: AVX, proven by the token.
+        unsafe { _mm256_round_pd::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v) }
+    }
+    #[inline(always)]
+    fn pow2(self, n: __m256d) -> __m256d {
+        // n is within ±1100 wherever the result is kept: 4 × i32, widened.
+        // SAFETY: AVX and AVX2 (integer conversions, shifts and adds), proven by the token.
         unsafe {
-            let n = _mm256_round_pd::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-                _mm256_mul_pd(x, _mm256_set1_pd(simd::LOG2E_F64)),
-            );
-            let r = _mm256_fnmadd_pd(n, _mm256_set1_pd(simd::LN2_HI_F64), x);
-            let r = _mm256_fnmadd_pd(n, _mm256_set1_pd(simd::LN2_LO_F64), r);
-            let mut p = _mm256_set1_pd(c[10]);
-            for &ci in c[..10].iter().rev() {
-                p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(ci));
-            }
-            // n is integral and within ±1100 wherever the result is kept: 4 × i32, widened.
             let ni = _mm256_cvtepi32_epi64(_mm256_cvtpd_epi32(n));
-            let bits = _mm256_slli_epi64::<52>(_mm256_add_epi64(ni, _mm256_set1_epi64x(1023)));
-            let two_n = _mm256_castsi256_pd(bits);
-            let y = _mm256_fmadd_pd(_mm256_mul_pd(r, two_n), p, two_n);
-            let tiny = _mm256_cmp_pd::<_CMP_LT_OQ>(x, _mm256_set1_pd(simd::EXP_CUTOFF_F64));
-            _mm256_blendv_pd(y, _mm256_setzero_pd(), tiny)
+            _mm256_castsi256_pd(_mm256_slli_epi64::<52>(_mm256_add_epi64(
+                ni,
+                _mm256_set1_epi64x(1023),
+            )))
         }
     }
     #[inline(always)]
@@ -540,30 +517,18 @@ impl Simd for Avx512F32 {
         m == 0xffff
     }
     #[inline(always)]
-    fn exp(self, x: __m512) -> __m512 {
-        // The AVX2 algorithm (see `Avx2F32::exp`) on 16 lanes.
-        let c = simd::EXP_F32;
+    fn round(self, v: __m512) -> __m512 {
+        // SAFETY: AVX-512F, proven by the token.
+        unsafe { _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v) }
+    }
+    #[inline(always)]
+    fn pow2(self, n: __m512) -> __m512 {
         // SAFETY: AVX-512F, proven by the token.
         unsafe {
-            let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-                _mm512_mul_ps(x, _mm512_set1_ps(simd::LOG2E_F32)),
-            );
-            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(simd::LN2_HI_F32), x);
-            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(simd::LN2_LO_F32), r);
-            let mut p = _mm512_set1_ps(c[5]);
-            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c[4]));
-            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c[3]));
-            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c[2]));
-            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c[1]));
-            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c[0]));
-            let bits = _mm512_slli_epi32::<23>(_mm512_add_epi32(
+            _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(
                 _mm512_cvtps_epi32(n),
                 _mm512_set1_epi32(127),
-            ));
-            let two_n = _mm512_castsi512_ps(bits);
-            let y = _mm512_fmadd_ps(_mm512_mul_ps(r, two_n), p, two_n);
-            let tiny = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_set1_ps(simd::EXP_CUTOFF_F32));
-            _mm512_mask_blend_ps(tiny, y, _mm512_setzero_ps())
+            )))
         }
     }
     #[inline(always)]
@@ -685,26 +650,20 @@ impl Simd for Avx512F64 {
         m == 0xff
     }
     #[inline(always)]
-    fn exp(self, x: __m512d) -> __m512d {
-        // The f64 algorithm of `Avx2F64::exp` on 8 lanes.
-        let c = simd::EXP_F64;
+    fn round(self, v: __m512d) -> __m512d {
+        // SAFETY: AVX-512F, proven by the token.
+        unsafe { _mm512_roundscale_pd::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v) }
+    }
+    #[inline(always)]
+    fn pow2(self, n: __m512d) -> __m512d {
+        // As `Avx2F64::pow2`: 8 × i32, widened.
         // SAFETY: AVX-512F, proven by the token.
         unsafe {
-            let n = _mm512_roundscale_pd::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-                _mm512_mul_pd(x, _mm512_set1_pd(simd::LOG2E_F64)),
-            );
-            let r = _mm512_fnmadd_pd(n, _mm512_set1_pd(simd::LN2_HI_F64), x);
-            let r = _mm512_fnmadd_pd(n, _mm512_set1_pd(simd::LN2_LO_F64), r);
-            let mut p = _mm512_set1_pd(c[10]);
-            for &ci in c[..10].iter().rev() {
-                p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(ci));
-            }
             let ni = _mm512_cvtepi32_epi64(_mm512_cvtpd_epi32(n));
-            let bits = _mm512_slli_epi64::<52>(_mm512_add_epi64(ni, _mm512_set1_epi64(1023)));
-            let two_n = _mm512_castsi512_pd(bits);
-            let y = _mm512_fmadd_pd(_mm512_mul_pd(r, two_n), p, two_n);
-            let tiny = _mm512_cmp_pd_mask::<_CMP_LT_OQ>(x, _mm512_set1_pd(simd::EXP_CUTOFF_F64));
-            _mm512_mask_blend_pd(tiny, y, _mm512_setzero_pd())
+            _mm512_castsi512_pd(_mm512_slli_epi64::<52>(_mm512_add_epi64(
+                ni,
+                _mm512_set1_epi64(1023),
+            )))
         }
     }
     #[inline(always)]
