@@ -8,9 +8,7 @@
 //! Before timing, each group that compares kernels (`sdpa`, `layer`, `layer_f64`, `batch`,
 //! `exp`) checks that they agree (within 1e-4), so the comparison is apples to apples;
 //! `decode`, which runs the selected kernel only, checks that the MHA and the GQA step each
-//! equal the last row of their layer's full causal forward (within 1e-4). A group's check
-//! runs just before its first benchmark that runs, so a group a filter leaves out costs only
-//! its setup.
+//! equal the last row of their layer's full causal forward (within 1e-4).
 //!
 //! - `sdpa`: one head, `SEQ × d` with (SEQ, d) = (128, 64), (512, 64), (1024, 64), with and
 //!   without a causal mask: `4·SEQ²·d` FLOPs (causal counted dense).
@@ -91,29 +89,6 @@ fn max_diff<T: Float, const R: usize, const C: usize>(
         .fold(0.0, f64::max)
 }
 
-/// Runs `run` once with each kernel and asserts that every result `agree`s with the first
-/// (the scalar kernel's).
-fn check_kernels<R>(what: &str, mut run: impl FnMut() -> R, agree: impl Fn(&R, &R) -> bool) {
-    let outs: Vec<R> = kernels()
-        .into_iter()
-        .map(|(_, kernel)| with_kernel(kernel, &mut run).expect("supported"))
-        .collect();
-    assert!(
-        outs.iter().all(|o| agree(o, &outs[0])),
-        "kernels disagree on {what}"
-    );
-}
-
-/// Runs `check` unless `done`, then sets `done`. Each benchmark calls it before timing, so a
-/// group's check runs once, before its first benchmark, and only if a filter lets one of
-/// them run (criterion calls no closure of a benchmark it filters out).
-fn once(done: &mut bool, check: impl FnOnce()) {
-    if !*done {
-        *done = true;
-        check();
-    }
-}
-
 fn sdpa_case<const S: usize, const D: usize>(c: &mut Criterion) {
     let (q, k, v) = (
         random::<f32, S, D>(1),
@@ -130,19 +105,20 @@ fn sdpa_case<const S: usize, const D: usize>(c: &mut Criterion) {
             Mask::none()
         };
         let param = format!("{S}x{D}{}", if causal { "_causal" } else { "" });
-        let mut checked = false;
+        let mut outs = Vec::new();
+        for (_, kernel) in kernels() {
+            with_kernel(kernel, || {
+                scaled_dot_product_attention_into(&q, &k, &v, &mask, None, &mut out)
+            })
+            .expect("supported");
+            outs.push(out.clone());
+        }
+        assert!(
+            outs.iter().all(|o| max_diff(o, &outs[0]) < 1e-4),
+            "kernels disagree on sdpa {param}"
+        );
         for (name, kernel) in kernels() {
             group.bench_function(BenchmarkId::new(name, &param), |b| {
-                once(&mut checked, || {
-                    check_kernels(
-                        &format!("sdpa {param}"),
-                        || {
-                            scaled_dot_product_attention_into(&q, &k, &v, &mask, None, &mut out);
-                            out.clone()
-                        },
-                        |o, first| max_diff(o, first) < 1e-4,
-                    );
-                });
                 with_kernel(kernel, || {
                     b.iter(|| {
                         scaled_dot_product_attention_into(
@@ -173,19 +149,20 @@ fn layer_case<T: Float, const S: usize, const D: usize, const H: usize>(
     let mut group = c.benchmark_group(group_name);
     configure(&mut group, (8 * S * D * D + 4 * S * S * D) as u64, S >= 512);
     let param = format!("{S}x{D}x{H}");
-    let mut checked = false;
+    let mut outs = Vec::new();
+    for (_, kernel) in kernels() {
+        with_kernel(kernel, || {
+            layer.forward_into(&x, &Mask::none(), &mut scratch, &mut out)
+        })
+        .expect("supported");
+        outs.push(out.clone());
+    }
+    assert!(
+        outs.iter().all(|o| max_diff(o, &outs[0]) < 1e-4),
+        "kernels disagree on {param}"
+    );
     for (name, kernel) in kernels() {
         group.bench_function(BenchmarkId::new(name, &param), |b| {
-            once(&mut checked, || {
-                check_kernels(
-                    &param,
-                    || {
-                        layer.forward_into(&x, &Mask::none(), &mut scratch, &mut out);
-                        out.clone()
-                    },
-                    |o, first| max_diff(o, first) < 1e-4,
-                );
-            });
             with_kernel(kernel, || {
                 b.iter(|| {
                     layer.forward_into(
@@ -216,27 +193,28 @@ fn batch_case(c: &mut Criterion) {
     let mut outs = vec![SMatrix::<f32, S, D>::zeros(); B];
     let mut scratch = Scratch::<S, S, D>::new_boxed();
     let mask = [Mask::none()];
+    let mut all = Vec::new();
+    for (_, kernel) in kernels() {
+        with_kernel(kernel, || {
+            layer.forward_batch_into(&xs, &mask, &mut scratch, &mut outs)
+        })
+        .expect("supported")
+        .expect("lengths fit");
+        all.push(outs.clone());
+    }
+    assert!(
+        all.iter()
+            .all(|o| o.iter().zip(&all[0]).all(|(a, b)| max_diff(a, b) < 1e-4)),
+        "kernels disagree on batch 32x16x64x4"
+    );
     let mut group = c.benchmark_group("batch");
     configure(
         &mut group,
         (B * (8 * S * D * D + 4 * S * S * D)) as u64,
         false,
     );
-    let mut checked = false;
     for (name, kernel) in kernels() {
         group.bench_function(BenchmarkId::new(name, "32x16x64x4"), |b| {
-            once(&mut checked, || {
-                check_kernels(
-                    "batch 32x16x64x4",
-                    || {
-                        layer
-                            .forward_batch_into(&xs, &mask, &mut scratch, &mut outs)
-                            .expect("lengths fit");
-                        outs.clone()
-                    },
-                    |o, first| o.iter().zip(first).all(|(a, b)| max_diff(a, b) < 1e-4),
-                );
-            });
             with_kernel(kernel, || {
                 b.iter(|| layer.forward_batch_into(black_box(&xs), &mask, &mut scratch, &mut outs))
             })
@@ -276,22 +254,24 @@ fn seeded(seed: u64) -> static_attention::init::SeedRng {
 fn exp_case(c: &mut Criterion) {
     let xs: Vec<f32> = (0..4096).map(|i| -87.0 * i as f32 / 4096.0).collect();
     let mut ys = xs.clone();
+    let mut all = Vec::new();
+    for (_, kernel) in kernels() {
+        with_kernel(kernel, || {
+            ys.copy_from_slice(&xs);
+            kernels::exp_in_place(&mut ys);
+        })
+        .expect("supported");
+        all.push(ys.clone());
+    }
+    assert!(
+        all.iter()
+            .all(|o| o.iter().zip(&all[0]).all(|(a, b)| (a - b).abs() < 1e-4)),
+        "kernels disagree on exp"
+    );
     let mut group = c.benchmark_group("exp");
     configure(&mut group, xs.len() as u64, false);
-    let mut checked = false;
     for (name, kernel) in kernels() {
         group.bench_function(BenchmarkId::new(name, "4096"), |b| {
-            once(&mut checked, || {
-                check_kernels(
-                    "exp",
-                    || {
-                        ys.copy_from_slice(&xs);
-                        kernels::exp_in_place(&mut ys);
-                        ys.clone()
-                    },
-                    |o, first| o.iter().zip(first).all(|(a, b)| (a - b).abs() < 1e-4),
-                );
-            });
             with_kernel(kernel, || {
                 b.iter(|| {
                     ys.copy_from_slice(&xs);
@@ -330,42 +310,30 @@ fn decode_case<const L: usize, const P: usize>(c: &mut Criterion) {
         gqa.decode_into(&*prompt, &mut gqa_cache, &NoPositions, &mut sc, &mut out)
             .expect("fits");
     }
+    // Each step equals the last row of its layer's full causal forward.
     let causal = Mask::causal(Alignment::BottomRight);
-    // Each step equals the last row of its layer's full causal forward (checked with buffers
-    // of its own, before the group's first benchmark that runs).
-    let check_steps = || {
-        let mut full = heap::zeros::<f32, L, DIM>();
-        let mut y = SMatrix::<f32, 1, DIM>::zeros();
-        let mut scratch = Scratch::<L, L, DIM>::new_boxed();
-        mha.forward_into(&x, &causal, &mut scratch, &mut full);
-        let mut cache = KvCache::<L, DIM>::new_boxed();
-        cache.copy_from(&mha_cache);
-        let mut step = DecoderScratch::<1, DIM, DIM>::new_boxed();
-        mha.decode_into(&token, &mut cache, &NoPositions, &mut step, &mut y)
-            .expect("fits");
-        assert!(
-            max_diff(&y, &full.fixed_rows::<1>(P).into_owned()) < 1e-4,
-            "mha step vs the full forward at cache_{L}"
-        );
-        let mut gsc = DecoderScratch::<L, DIM, KV>::new_boxed();
-        gqa.forward_into(&x, &causal, &NoPositions, &mut gsc, &mut full)
-            .expect("no table");
-        let mut gcache = KvCache::<L, KV>::new_boxed();
-        gcache.copy_from(&gqa_cache);
-        let mut step_gqa = DecoderScratch::<1, DIM, KV>::new_boxed();
-        gqa.decode_into(&token, &mut gcache, &NoPositions, &mut step_gqa, &mut y)
-            .expect("fits");
-        assert!(
-            max_diff(&y, &full.fixed_rows::<1>(P).into_owned()) < 1e-4,
-            "gqa step vs the full forward at cache_{L}"
-        );
-    };
-    let mut checked = false;
     let mut full = heap::zeros::<f32, L, DIM>();
     let mut scratch = Scratch::<L, L, DIM>::new_boxed();
+    mha.forward_into(&x, &causal, &mut scratch, &mut full);
     let mut cache = KvCache::<L, DIM>::new_boxed();
-    let mut gcache = KvCache::<L, KV>::new_boxed();
+    cache.copy_from(&mha_cache);
+    mha.decode_into(&token, &mut cache, &NoPositions, &mut step, &mut y)
+        .expect("fits");
+    assert!(
+        max_diff(&y, &full.fixed_rows::<1>(P).into_owned()) < 1e-4,
+        "mha step vs the full forward at cache_{L}"
+    );
     let mut gsc = DecoderScratch::<L, DIM, KV>::new_boxed();
+    gqa.forward_into(&x, &causal, &NoPositions, &mut gsc, &mut full)
+        .expect("no table");
+    let mut gcache = KvCache::<L, KV>::new_boxed();
+    gcache.copy_from(&gqa_cache);
+    gqa.decode_into(&token, &mut gcache, &NoPositions, &mut step_gqa, &mut y)
+        .expect("fits");
+    assert!(
+        max_diff(&y, &full.fixed_rows::<1>(P).into_owned()) < 1e-4,
+        "gqa step vs the full forward at cache_{L}"
+    );
 
     let step_flops =
         |q: usize, kv: usize| (2 * DIM * (q + 2 * kv) + 2 * q * DIM + 4 * L * q) as u64;
@@ -374,7 +342,6 @@ fn decode_case<const L: usize, const P: usize>(c: &mut Criterion) {
     configure(&mut group, step_flops(DIM, DIM), false);
     // Each timed step starts from the prefilled cache, restored (untimed) before it.
     group.bench_function(BenchmarkId::new("mha_step", &param), |b| {
-        once(&mut checked, check_steps);
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
@@ -395,7 +362,6 @@ fn decode_case<const L: usize, const P: usize>(c: &mut Criterion) {
     });
     configure(&mut group, step_flops(DIM, KV), false);
     group.bench_function(BenchmarkId::new("gqa_step", &param), |b| {
-        once(&mut checked, check_steps);
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
@@ -417,7 +383,6 @@ fn decode_case<const L: usize, const P: usize>(c: &mut Criterion) {
     let dense = (8 * L * DIM * DIM + 4 * L * L * DIM) as u64;
     configure(&mut group, dense, L > 256);
     group.bench_function(BenchmarkId::new("mha_recompute", &param), |b| {
-        once(&mut checked, check_steps);
         b.iter(|| mha.forward_into(black_box(&x), &causal, &mut scratch, &mut full))
     });
     configure(
@@ -426,7 +391,6 @@ fn decode_case<const L: usize, const P: usize>(c: &mut Criterion) {
         L > 256,
     );
     group.bench_function(BenchmarkId::new("gqa_recompute", &param), |b| {
-        once(&mut checked, check_steps);
         b.iter(|| {
             gqa.forward_into(black_box(&x), &causal, &NoPositions, &mut gsc, &mut full)
                 .expect("no table")
