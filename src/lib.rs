@@ -161,9 +161,9 @@
 //! **Unoptimised builds** (`opt-level = 0`, cargo's default `dev` profile, so a plain
 //! `cargo test` of *your* crate) keep up to three more temporary copies of each value a
 //! function builds, because nothing removes them, and the SIMD kernels' frames grow to about
-//! 240 KiB (every inlined micro-tile keeps its own slots): budget `4 ×` the "holds" column
-//! plus 256 KiB.
-//! For example `MultiHead::<128, 256, 8>::forward` needs 732 KiB in release and 1484 KiB
+//! 256 KiB (every inlined micro-tile keeps its own slots; measured: 264 KiB with the thread's
+//! start-up): budget `4 ×` the "holds" column plus 320 KiB.
+//! For example `MultiHead::<128, 256, 8>::forward` needs 732 KiB in release and 1496 KiB
 //! unoptimised, `forward_with_weights` 1756 KiB and 4188 KiB. Either call the caller-owned
 //! or heap forms there, or let cargo optimise this crate in your dev profile:
 //!
