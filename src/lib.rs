@@ -124,8 +124,9 @@
 //! - **caller-owned** (`*_into`, `attend`, `load_*` into a layer you own): the call needs only
 //!   its own frames, whatever the shape; a [`Scratch`], the output and the
 //!   [`AttentionWeights`] can live in a `static`, a struct or a `Box`;
-//! - **heap** (`*_boxed`, [`heap::zeros`]): allocated zeroed directly on the heap, never
-//!   passing through the stack (`SEQ = 1024, DIM = 512, HEADS = 8` runs in a 2 MiB thread).
+//! - **heap** (`*_boxed`, [`heap::zeros`], [`heap::zeros_array`]): allocated zeroed directly
+//!   on the heap, never passing through the stack (`SEQ = 1024, DIM = 512, HEADS = 8` runs in
+//!   a 2 MiB thread).
 //!
 //! ## Stack
 //!
@@ -251,6 +252,20 @@ pub mod heap {
     /// ```
     #[must_use]
     pub fn zeros<T: Float, const R: usize, const C: usize>() -> Box<SMatrix<T, R, C>> {
+        bytemuck::zeroed_box()
+    }
+
+    /// `N` zeroed `R × C` matrices allocated directly on the heap: the arrays of heads that
+    /// [`grouped_query_attention_into`](crate::grouped_query_attention_into) reads and writes.
+    ///
+    /// ```
+    /// // 8 query heads of 1024 × 64 (2 MiB), never on the stack.
+    /// let heads = static_attention::heap::zeros_array::<f32, 1024, 64, 8>();
+    /// assert_eq!(heads[7][(1023, 63)], 0.0);
+    /// ```
+    #[must_use]
+    pub fn zeros_array<T: Float, const R: usize, const C: usize, const N: usize>()
+    -> Box<[SMatrix<T, R, C>; N]> {
         bytemuck::zeroed_box()
     }
 }

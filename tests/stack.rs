@@ -10,8 +10,9 @@
 //!   whose stack is exactly the documented figure plus [`MARGIN`]. A larger need overflows that
 //!   stack and aborts the test binary with "thread '<entry point>' has overflowed its stack".
 //!   CI runs it in the test profile (`opt-level = 1`), in release and at `opt-level = 0`.
-//! - `heap_paths_run_on_a_2_mib_stack` runs every heap or caller-owned entry point at
-//!   `SEQ = 1024, DIM = 512, HEADS = 8` (the input alone is 2 MiB) in a 2 MiB thread.
+//! - `heap_paths_run_on_a_2_mib_stack` and `other_heap_paths_run_on_a_2_mib_stack` run every
+//!   heap or caller-owned entry point at `SEQ = 1024, DIM = 512, HEADS = 8` (the input alone is
+//!   2 MiB) in a 2 MiB thread.
 //! - `measure` (ignored) finds each entry point's real need by bisection: it re-runs this test
 //!   binary with `probe` for each candidate size (an overflow kills only the child) and
 //!   prints the table the docs quote:
@@ -511,6 +512,165 @@ fn heap_paths_run_on_a_2_mib_stack() {
                 &q, &q, &q, &mask, None, &mut o, &mut sw,
             );
             assert!((sw.row(1023).sum() - 1.0).abs() < 1e-4);
+        })
+        .expect("spawn")
+        .join()
+        .expect("the 2 MiB thread finished without overflowing its stack");
+}
+
+/// The remaining heap and caller-owned entry points at `SEQ = 1024, DIM = 512, HEADS = 8` in
+/// a 2 MiB thread: construction and loading in place (zeroed then `load_safetensors`, the
+/// PyTorch loaders, `SelfAttention`'s loader), cross-attention and `attend` (a 16-key memory
+/// keeps the work small under emulation), scaled dot-product attention without weights,
+/// grouped-query attention, `Linear::forward_into`, and the decoder pieces (boxed caches,
+/// scratch, rotary table and a grouped-query layer at the same width).
+#[test]
+fn other_heap_paths_run_on_a_2_mib_stack() {
+    const SEQ: usize = 1024;
+    const DIM: usize = 512;
+    const HEADS: usize = 8;
+    const MEM: usize = 16;
+    const D: usize = DIM / HEADS;
+    type Big = MultiHead<SEQ, DIM, HEADS>;
+    type BigHead = SelfAttention<SEQ, DIM>;
+    type BigGqa = GroupedQuery<DIM, HEADS, 2, DIM, { 2 * D }>;
+    std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(|| {
+            let layer = Big::new_boxed(&mut static_attention::init::SeedRng::from_seed_u64(7));
+            let mut loaded = Big::zeros_boxed();
+            loaded
+                .load_safetensors(&layer.to_safetensors("").expect("save"), "")
+                .expect("load");
+            assert_eq!(*loaded, *layer);
+
+            // The PyTorch loaders, from flat row-major arrays.
+            let (w3, b3) = (vec![0.01_f32; 3 * DIM * DIM], vec![0.5_f32; 3 * DIM]);
+            let (w, b) = (vec![0.02_f32; DIM * DIM], vec![0.25_f32; DIM]);
+            let torch = Big::from_pytorch_boxed(&PyTorchParams {
+                in_proj_weight: InProjWeight::Packed(&w3),
+                in_proj_bias: Some(&b3),
+                out_proj_weight: &w,
+                out_proj_bias: Some(&b),
+            })
+            .expect("PyTorch weights load");
+            // `weight()` would copy 1 MiB onto the stack; `weight_into` writes where it is told.
+            let mut wq = heap::zeros::<f32, DIM, DIM>();
+            torch.q_proj().weight_into(&mut wq);
+            assert!(wq.iter().all(|&v| v == 0.01));
+            let l = LinearParams {
+                weight: &w,
+                bias: Some(&b),
+            };
+            let head = BigHead::from_pytorch_boxed(&SelfAttentionParams {
+                q_proj: l,
+                k_proj: l,
+                v_proj: l,
+            })
+            .expect("PyTorch weights load");
+            let head_again =
+                BigHead::from_safetensors_boxed(&head.to_safetensors("").expect("save"), "")
+                    .expect("load");
+            assert_eq!(*head_again, *head);
+
+            let mut x = heap::zeros::<f32, SEQ, DIM>();
+            x.iter_mut()
+                .enumerate()
+                .for_each(|(i, v)| *v = (i as f32 * 0.017).sin());
+            let mut memory = heap::zeros::<f32, MEM, DIM>();
+            memory
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, v)| *v = (i as f32 * 0.029).cos());
+
+            // Cross-attention three ways: they must agree.
+            let mut scratch = Scratch::<SEQ, MEM, DIM>::new_boxed();
+            let mut out = heap::zeros::<f32, SEQ, DIM>();
+            layer.cross_attention_into(&x, &memory, &Mask::none(), &mut scratch, &mut out);
+            let mut out_w = heap::zeros::<f32, SEQ, DIM>();
+            let mut weights = AttentionWeights::<SEQ, MEM, HEADS>::new_boxed();
+            layer.cross_attention_with_weights_into(
+                &x,
+                &memory,
+                &Mask::none(),
+                &mut scratch,
+                &mut out_w,
+                &mut weights,
+            );
+            assert!(max_diff(out.as_slice(), out_w.as_slice()) < 2e-6);
+            assert!((weights.head(3).row(SEQ - 1).sum() - 1.0).abs() < 1e-4);
+            let mut out_a = heap::zeros::<f32, SEQ, DIM>();
+            layer.attend(
+                &x,
+                &memory,
+                &memory,
+                &Mask::none(),
+                &mut scratch,
+                &mut out_a,
+                None,
+            );
+            assert_eq!(*out_a, *out);
+
+            // One projection alone.
+            let mut q = heap::zeros::<f32, SEQ, DIM>();
+            layer.q_proj().forward_into(&x, &mut q);
+            assert!(q.iter().all(|v| v.is_finite()));
+
+            // Scaled dot-product attention without weights, and grouped-query attention whose
+            // first query head reads the first kv head: the two agree.
+            let mut heads_q = heap::zeros_array::<f32, SEQ, D, 2>();
+            for (h, m) in heads_q.iter_mut().enumerate() {
+                m.iter_mut()
+                    .enumerate()
+                    .for_each(|(i, v)| *v = ((i + 3 * h) as f32 * 0.031).sin());
+            }
+            let mut heads_kv = heap::zeros_array::<f32, SEQ, D, 1>();
+            heads_kv[0].copy_from(&heads_q[1]);
+            let mut sdpa = heap::zeros::<f32, SEQ, D>();
+            let causal = Mask::causal(Alignment::TopLeft);
+            scaled_dot_product_attention_into(
+                &heads_q[0],
+                &heads_kv[0],
+                &heads_kv[0],
+                &causal,
+                None,
+                &mut sdpa,
+            );
+            let mut heads_out = heap::zeros_array::<f32, SEQ, D, 2>();
+            grouped_query_attention_into(
+                &heads_q,
+                &heads_kv,
+                &heads_kv,
+                &causal,
+                None,
+                &mut heads_out,
+            );
+            assert_eq!(heads_out[0], *sdpa);
+
+            // Decoder pieces: one token into boxed caches.
+            let token = SMatrix::<f32, 1, DIM>::from_fn(|_, c| (c as f32 * 0.1).sin());
+            let mut cache = KvCache::<SEQ, DIM>::new_boxed();
+            let mut dec = DecoderScratch::<1, DIM, DIM>::new_boxed();
+            let mut y = SMatrix::<f32, 1, DIM>::zeros();
+            layer
+                .decode_into(&token, &mut cache, &NoPositions, &mut dec, &mut y)
+                .expect("an empty cache has room");
+            assert_eq!(cache.len(), 1);
+            assert!(y.iter().all(|v| v.is_finite()));
+
+            let gqa = BigGqa::new_boxed(
+                &mut static_attention::init::SeedRng::from_seed_u64(8),
+                static_attention::Bias::Absent,
+            );
+            let gqa = BigGqa::from_safetensors_boxed(&gqa.to_safetensors("").expect("save"), "")
+                .expect("load");
+            let rope = Rope::<D, SEQ>::new_boxed(10_000.0, RopeStyle::RotateHalf);
+            let mut gqa_cache = KvCache::<SEQ, { 2 * D }>::new_boxed();
+            let mut gqa_dec = DecoderScratch::<1, DIM, { 2 * D }>::new_boxed();
+            gqa.decode_into(&token, &mut gqa_cache, &*rope, &mut gqa_dec, &mut y)
+                .expect("an empty cache has room");
+            assert_eq!(gqa_cache.len(), 1);
+            assert!(y.iter().all(|v| v.is_finite()));
         })
         .expect("spawn")
         .join()
