@@ -11,11 +11,8 @@ use static_attention::kernels::{Kernel, exp_in_place, with_kernel};
 
 /// The vector kernels this CPU runs (the scalar kernel's `exp` is the platform's and needs
 /// no test here).
-fn vector_kernels() -> Vec<Kernel> {
-    [Kernel::Avx2Fma, Kernel::Avx512, Kernel::Neon]
-        .into_iter()
-        .filter(|k| k.is_supported())
-        .collect()
+fn vector_kernels() -> impl Iterator<Item = Kernel> {
+    Kernel::supported().filter(|&k| k != Kernel::Scalar)
 }
 
 /// Runs `f` with each vector kernel selected on this thread, passing it the kernel (so work

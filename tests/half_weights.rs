@@ -11,18 +11,6 @@ use static_attention::{
     bf16, f16,
 };
 
-fn kernels() -> Vec<Kernel> {
-    [
-        Kernel::Scalar,
-        Kernel::Avx2Fma,
-        Kernel::Avx512,
-        Kernel::Neon,
-    ]
-    .into_iter()
-    .filter(|k| k.is_supported())
-    .collect()
-}
-
 fn input<const S: usize, const D: usize>(seed: usize) -> SMatrix<f32, S, D> {
     SMatrix::from_fn(|i, j| ((((i + seed) * 31 + j * 17) % 37) as f32 / 18.0 - 1.0) * 0.8)
 }
@@ -57,7 +45,7 @@ fn check_linear<W: Weight<f32>, const S: usize, const IN: usize, const OUT: usiz
     let half: Linear<IN, OUT, f32, W> = full.to_weights();
     let rounded: Linear<IN, OUT> = half.to_weights();
     let x = input::<S, IN>(1);
-    for k in kernels() {
+    for k in Kernel::supported() {
         with_kernel(k, || {
             close(
                 &format!("{what} {S}×{IN}→{OUT} on {}", k.name()),
@@ -94,7 +82,7 @@ fn layers_with_half_weights_equal_their_rounded_f32_layers() {
     let head = SelfAttention::<20, 48>::from_seed(12);
     let x = input::<20, 48>(2);
     let mask = Mask::causal(Alignment::TopLeft);
-    for k in kernels() {
+    for k in Kernel::supported() {
         with_kernel(k, || {
             let h16 = mha.to_weights::<f16>();
             let r16 = h16.to_weights::<f32>();
@@ -136,7 +124,7 @@ fn decoding_with_half_weights() {
     let gqa = GroupedQuery::<32, 4, 2, 32, 16>::from_seed(13);
     let rope = Rope::<8, 32>::new(10_000.0, RopeStyle::RotateHalf);
     let x = input::<10, 32>(3);
-    for k in kernels() {
+    for k in Kernel::supported() {
         with_kernel(k, || {
             let h = gqa.to_weights::<bf16>();
             let r = h.to_weights::<f32>();

@@ -12,19 +12,6 @@ use static_attention::{
     scaled_dot_product_attention, scaled_dot_product_attention_with_weights,
 };
 
-/// The kernels this CPU runs (the ALiBi tests run on each).
-fn kernels() -> Vec<Kernel> {
-    [
-        Kernel::Scalar,
-        Kernel::Avx2Fma,
-        Kernel::Avx512,
-        Kernel::Neon,
-    ]
-    .into_iter()
-    .filter(|k| k.is_supported())
-    .collect()
-}
-
 #[test]
 fn sinusoidal_matches_the_paper() {
     let mut pe = SMatrix::<f64, 5, 7>::zeros();
@@ -141,7 +128,7 @@ proptest! {
         let k = SMatrix::<f64, SKV, 8>::from_fn(|_, _| rng.random_range(-1.0..1.0));
         let v = SMatrix::<f64, SKV, 5>::from_fn(|_, _| rng.random_range(-1.0..1.0));
         let pad: [bool; SKV] = core::array::from_fn(|j| j == 4);
-        for kernel in kernels() {
+        for kernel in Kernel::supported() {
             let on = kernel.name();
             with_kernel(kernel, || -> Result<(), TestCaseError> {
                 for base in [
@@ -190,7 +177,7 @@ proptest! {
         let x = SMatrix::<f64, 6, 24>::from_fn(|_, _| rng.random_range(-1.0..1.0));
         let mask = Mask::causal(Alignment::TopLeft).with_alibi();
         let (want, want_w) = reference::multi_head(&layer, &x, &x, &x, &mask);
-        for kernel in kernels() {
+        for kernel in Kernel::supported() {
             let on = kernel.name();
             with_kernel(kernel, || -> Result<(), TestCaseError> {
                 let (y, w) = layer.forward_with_weights(&x, &mask);
@@ -224,7 +211,7 @@ fn alibi_per_head_slopes_differ_from_one_slope() {
     let v = SMatrix::<f64, 6, 3>::from_fn(|i, j| (i * 3 + j) as f64 * 0.25 - 1.0);
     let qs = [x, x * 0.5, -x, x * 2.0];
     let causal = Mask::<6, 6>::causal(Alignment::TopLeft);
-    for kernel in kernels() {
+    for kernel in Kernel::supported() {
         with_kernel(kernel, || {
             let per_head = grouped_query_attention(&qs, &[x], &[v], &causal.with_alibi(), None);
             let shared =

@@ -89,6 +89,28 @@ impl Kernel {
         }
     }
 
+    /// Every kernel this crate has, whether or not this CPU runs it.
+    pub const ALL: [Kernel; 4] = [
+        Kernel::Scalar,
+        Kernel::Avx2Fma,
+        Kernel::Avx512,
+        Kernel::Neon,
+    ];
+
+    /// The kernels this CPU (and build) runs, [`Kernel::Scalar`] first: what to loop over to
+    /// compare them through [`with_kernel`].
+    ///
+    /// ```
+    /// use static_attention::kernels::Kernel;
+    ///
+    /// let mut here = Kernel::supported();
+    /// assert_eq!(here.next(), Some(Kernel::Scalar));
+    /// assert!(here.all(|k| k.is_supported()));
+    /// ```
+    pub fn supported() -> impl Iterator<Item = Kernel> {
+        Self::ALL.into_iter().filter(|k| k.is_supported())
+    }
+
     /// Whether this CPU (and build) can run the kernel.
     #[must_use]
     pub fn is_supported(self) -> bool {

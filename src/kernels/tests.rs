@@ -15,11 +15,8 @@ use crate::Float;
 use crate::mask::{Alignment, Pattern};
 
 /// Kernels to compare with the scalar one on this machine.
-fn fast_kernels() -> Vec<Kernel> {
-    [Kernel::Avx2Fma, Kernel::Avx512, Kernel::Neon]
-        .into_iter()
-        .filter(|k| k.is_supported())
-        .collect()
+fn fast_kernels() -> impl Iterator<Item = Kernel> {
+    Kernel::supported().filter(|&k| k != Kernel::Scalar)
 }
 
 /// Deterministic values uniform in `[-scale, scale]`.
@@ -421,9 +418,7 @@ fn masked_non_finite_values_stay_out_bit_for_bit() {
 fn keys_and_values_read_through_a_stride() {
     // A KV cache hands the kernels its first `skv` rows of a taller buffer: every kernel and
     // path gives bit for bit the dense result, and never reads the rows below (NaN there).
-    let mut kernels = fast_kernels();
-    kernels.push(Kernel::Scalar);
-    for kernel in kernels {
+    for kernel in Kernel::supported() {
         let shapes: &[(usize, usize, usize, usize)] = if cfg!(miri) {
             &[(1, 5, 4, 4), (17, 9, 4, 3)]
         } else {
