@@ -91,9 +91,9 @@ where
     /// [`MultiHead::forward_into`] with the work of one sequence spread over rayon's threads:
     /// the Q, K and V projections by output columns, the attention by heads and blocks of
     /// queries, and the output projection by output columns. `scratch` holds Q, K and V, and
-    /// then the concatenated heads in Q's place; each task's working memory is allocated. The result equals the
-    /// single-threaded one within rounding (the same kernels; a query block's last tile may
-    /// sit elsewhere, so within 2e-6 rather than bit for bit).
+    /// then the concatenated heads in Q's place; each task's working memory is allocated. The
+    /// result equals the single-threaded one within rounding (the same kernels; a query
+    /// block's last tile may sit elsewhere, so within 2e-6 rather than bit for bit).
     ///
     /// ```
     /// use static_attention::{Alignment, Mask, MultiHead, SMatrix, Scratch, heap};

@@ -96,6 +96,13 @@ fn opt_level_zero() -> bool {
     option_env!("STACK_TEST_OPT_LEVEL_0").is_some()
 }
 
+/// A heap matrix whose `i`-th value (column-major order) is `f(i)`.
+fn filled<const R: usize, const C: usize>(f: impl Fn(f32) -> f32) -> Box<SMatrix<f32, R, C>> {
+    let mut m = heap::zeros::<f32, R, C>();
+    m.iter_mut().enumerate().for_each(|(i, v)| *v = f(i as f32));
+    m
+}
+
 /// The inputs every entry point reads, built once on the heap (outside the measured thread).
 struct Inputs {
     layer: Box<Layer>,
@@ -122,19 +129,9 @@ impl Inputs {
     fn new() -> Self {
         let layer = Layer::new_boxed(&mut static_attention::init::SeedRng::from_seed_u64(1));
         let head = Head::new_boxed(&mut static_attention::init::SeedRng::from_seed_u64(2));
-        let mut x = heap::zeros::<f32, SEQ, DIM>();
-        x.iter_mut()
-            .enumerate()
-            .for_each(|(i, v)| *v = (i as f32 * 0.37).sin());
-        let mut memory = heap::zeros::<f32, MEM, DIM>();
-        memory
-            .iter_mut()
-            .enumerate()
-            .for_each(|(i, v)| *v = (i as f32 * 0.11).cos());
-        let mut q = heap::zeros::<f32, S, D>();
-        q.iter_mut()
-            .enumerate()
-            .for_each(|(i, v)| *v = (i as f32 * 0.07).sin());
+        let x = filled::<SEQ, DIM>(|i| (i * 0.37).sin());
+        let memory = filled::<MEM, DIM>(|i| (i * 0.11).cos());
+        let q = filled::<S, D>(|i| (i * 0.07).sin());
         let gqa = Gqa::new_boxed(
             &mut static_attention::init::SeedRng::from_seed_u64(5),
             static_attention::Bias::Absent,
@@ -483,10 +480,7 @@ fn heap_paths_run_on_a_2_mib_stack() {
             let file = layer.to_safetensors("").expect("save");
             let loaded = Big::from_safetensors_boxed(&file, "").expect("load");
             assert_eq!(*loaded, *layer);
-            let mut x = heap::zeros::<f32, SEQ, DIM>();
-            x.iter_mut()
-                .enumerate()
-                .for_each(|(i, v)| *v = (i as f32 * 0.013).sin());
+            let x = filled::<SEQ, DIM>(|i| (i * 0.013).sin());
             let mask = Mask::causal(Alignment::TopLeft);
 
             let y = layer.forward_boxed(&x, &mask);
@@ -573,15 +567,8 @@ fn other_heap_paths_run_on_a_2_mib_stack() {
                     .expect("load");
             assert_eq!(*head_again, *head);
 
-            let mut x = heap::zeros::<f32, SEQ, DIM>();
-            x.iter_mut()
-                .enumerate()
-                .for_each(|(i, v)| *v = (i as f32 * 0.017).sin());
-            let mut memory = heap::zeros::<f32, MEM, DIM>();
-            memory
-                .iter_mut()
-                .enumerate()
-                .for_each(|(i, v)| *v = (i as f32 * 0.029).cos());
+            let x = filled::<SEQ, DIM>(|i| (i * 0.017).sin());
+            let memory = filled::<MEM, DIM>(|i| (i * 0.029).cos());
 
             // Cross-attention three ways: they must agree.
             let mut scratch = Scratch::<SEQ, MEM, DIM>::new_boxed();
