@@ -62,8 +62,9 @@ impl From<PositionError> for CacheError {
 ///   row `p mod CAP`), for sliding-window attention with window `CAP` (Mistral's
 ///   `sliding_window`): each query sees itself and the `CAP − 1` positions before it. It
 ///   never fills.
-/// - No heap: the size is the compile-time constant [`KvCache::BYTES`]; the `_boxed`
-///   constructors build large caches on the heap.
+/// - No heap: the size is the compile-time constant [`KvCache::BYTES`]; for large caches,
+///   [`crate::heap::zeroed`] allocates one zeroed on the heap (an empty growing cache; see
+///   [`KvCache::reset_sliding_window`] for a ring).
 ///
 /// Build errors: `CAP = 0` or `KV_DIM = 0`.
 ///
@@ -130,23 +131,6 @@ impl<const CAP: usize, const KV_DIM: usize, T: Float> KvCache<CAP, KV_DIM, T> {
         c
     }
 
-    /// [`KvCache::new`] on the heap.
-    #[cfg(feature = "std")]
-    #[must_use]
-    pub fn new_boxed() -> std::boxed::Box<Self> {
-        let () = Self::SHAPE_OK;
-        bytemuck::zeroed_box()
-    }
-
-    /// [`KvCache::sliding_window`] on the heap.
-    #[cfg(feature = "std")]
-    #[must_use]
-    pub fn sliding_window_boxed() -> std::boxed::Box<Self> {
-        let mut c = Self::new_boxed();
-        c.ring = true;
-        c
-    }
-
     /// Positions held (at most `CAP`).
     #[must_use]
     pub const fn len(&self) -> usize {
@@ -191,9 +175,26 @@ impl<const CAP: usize, const KV_DIM: usize, T: Float> KvCache<CAP, KV_DIM, T> {
         self.ring = other.ring;
     }
 
-    /// Forgets every position (the next token is position 0); the storage is kept.
+    /// Forgets every position (the next token is position 0); the storage and the kind (a
+    /// growing cache or a ring) are kept.
     pub fn reset(&mut self) {
         self.position = 0;
+    }
+
+    /// Forgets every position and makes this cache a ring, as [`KvCache::sliding_window`]
+    /// builds one: the in-place form of that constructor, for a cache allocated with
+    /// [`crate::heap::zeroed`] (which gives an empty growing cache).
+    ///
+    /// ```
+    /// use static_attention::{KvCache, heap};
+    ///
+    /// let mut ring: Box<KvCache<4096, 256>> = heap::zeroed(); // 8 MiB, never on the stack
+    /// ring.reset_sliding_window();
+    /// assert!(ring.is_sliding_window() && ring.is_empty());
+    /// ```
+    pub fn reset_sliding_window(&mut self) {
+        self.position = 0;
+        self.ring = true;
     }
 
     /// The stored keys: row `r` holds position `r` (or, in a ring, the position `p` with
@@ -235,13 +236,10 @@ impl<const CAP: usize, const KV_DIM: usize, T: Float> KvCache<CAP, KV_DIM, T> {
         self.position += 1;
     }
 
-    /// Kv head `g`'s keys and values (`head_dim` columns of `CAP`, leading dimension `CAP`).
-    pub(crate) fn head(&self, g: usize, head_dim: usize) -> (&[T], &[T]) {
-        let span = g * head_dim * CAP..(g + 1) * head_dim * CAP;
-        (
-            &self.k.0.as_flattened()[span.clone()],
-            &self.v.0.as_flattened()[span],
-        )
+    /// Every kv head's keys and values (`CAP × KV_DIM` column-major: kv head `g` in columns
+    /// `g·HEAD_DIM ..`, leading dimension `CAP`).
+    pub(crate) fn storage(&self) -> (&[T], &[T]) {
+        (self.k.0.as_flattened(), self.v.0.as_flattened())
     }
 
     /// The row holding the oldest position (0 until a ring wraps).

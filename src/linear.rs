@@ -2,25 +2,12 @@
 
 use nalgebra::{SMatrix, SVector};
 
-use crate::{Float, Weight, kernels};
+use crate::kernels::layout::tiled_index;
+use crate::kernels::{self, LinearIo, Table};
+use crate::{Float, Weight};
 
 /// Input features per panel of [`Linear::forward_into`]'s stack buffer.
 const PANEL_DEPTH: usize = 64;
-
-/// Output features per tile of the stored weight layout (see [`Linear`]).
-pub(crate) const WEIGHT_TILE: usize = 12;
-
-/// Where `W[n, p]` lives in a `dout × din` weight stored in tiles (see [`Linear`]).
-#[inline(always)]
-#[must_use]
-pub(crate) const fn tiled_index(n: usize, p: usize, din: usize, dout: usize) -> usize {
-    let full = dout / WEIGHT_TILE * WEIGHT_TILE;
-    if n < full {
-        ((n / WEIGHT_TILE) * din + p) * WEIGHT_TILE + n % WEIGHT_TILE
-    } else {
-        full * din + p * (dout - full) + (n - full)
-    }
-}
 
 /// A linear map from `IN` to `OUT` features, `y = x Wᵀ + b`, exactly as PyTorch's `nn.Linear`.
 ///
@@ -121,7 +108,7 @@ impl<const IN: usize, const OUT: usize, T: Float, W: Weight<T>> Linear<IN, OUT, 
     /// scalars by value; see [`Linear::weight_into`] for large maps).
     #[must_use]
     pub fn weight(&self) -> SMatrix<T, OUT, IN> {
-        let mut w = crate::scratch::zero_matrix();
+        let mut w = crate::zero_matrix();
         self.weight_into(&mut w);
         w
     }
@@ -224,26 +211,33 @@ impl<const IN: usize, const OUT: usize, T: Float, W: Weight<T>> Linear<IN, OUT, 
     /// `y = x Wᵀ + b` for `S` tokens in rows: `S × IN → S × OUT`.
     #[must_use]
     pub fn forward<const S: usize>(&self, x: &SMatrix<T, S, IN>) -> SMatrix<T, S, OUT> {
-        let mut y = crate::scratch::zero_matrix();
+        let mut y = crate::zero_matrix();
         self.forward_into(x, &mut y);
         y
     }
 
     /// `y = x Wᵀ + b` into a caller-owned output. Besides its frames it keeps a small panel
-    /// buffer on the stack (`16 × 64` scalars).
+    /// buffer on the stack (`32 × 64` scalars).
     pub fn forward_into<const S: usize>(&self, x: &SMatrix<T, S, IN>, y: &mut SMatrix<T, S, OUT>) {
         let mut pack = [[T::ZERO; kernels::PANEL_ROWS]; PANEL_DEPTH];
-        self.forward_slices(x.as_slice(), S, y.as_mut_slice(), pack.as_flattened_mut());
+        let kt = kernels::current::<T>();
+        self.project(
+            kt,
+            x.as_slice(),
+            S,
+            y.as_mut_slice(),
+            pack.as_flattened_mut(),
+        );
     }
 
-    /// `y = x Wᵀ + b` for `s` tokens, `x` and `y` column-major (`s·IN` and `s·OUT` values),
-    /// with `pack` as the kernel's panel buffer.
-    pub(crate) fn forward_slices(&self, x: &[T], s: usize, y: &mut [T], pack: &mut [T]) {
+    /// `y = x Wᵀ + b` for `s` tokens with the kernels of `kt`, `x` and `y` column-major
+    /// (`s·IN` and `s·OUT` values), with `pack` as the kernel's panel buffer.
+    pub(crate) fn project(&self, kt: &Table<T>, x: &[T], s: usize, y: &mut [T], pack: &mut [T]) {
         if s == 0 {
             return;
         }
-        kernels::linear(
-            kernels::LinearIo::Out { x, out: y },
+        kt.linear(
+            LinearIo::Out { x, out: y },
             s,
             IN,
             self.weight_tiles(),
@@ -254,6 +248,7 @@ impl<const IN: usize, const OUT: usize, T: Float, W: Weight<T>> Linear<IN, OUT, 
     }
 
     /// The bias storage (zeros when there is none), for the kernels.
+    #[cfg(feature = "rayon")]
     pub(crate) fn bias_slice(&self) -> &[T] {
         self.bias.as_slice()
     }

@@ -31,7 +31,7 @@
 //! `Mask<'a, SQ, SKV, &'a SMatrix<T, SQ, SKV>>`. The kernels are compiled separately for the two
 //! cases, so a mask without an additive part costs no look-up at all.
 //!
-//! Rules (SPEC.md 5–7, 13):
+//! Rules (see [`crate::semantics`]):
 //! - Additive masks are applied after scaling: `s = scale · q·k + m`. An entry of `−∞` masks the
 //!   key out; so does a NaN entry (a documented choice: PyTorch would return NaN there). An
 //!   entry of `+∞` is not a mask: like any infinite score it makes its row NaN, as in PyTorch.
@@ -43,36 +43,10 @@
 use nalgebra::SMatrix;
 
 use crate::Float;
+use crate::kernels::MaskView;
 
-/// How a causal or sliding-window mask lines queries up with keys when the query length `SQ`
-/// and key length `SKV` differ. For `SQ == SKV` both give the usual lower-triangular mask.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Alignment {
-    /// Query `i` sees keys `j ≤ i` (PyTorch `is_causal=True`, `torch.tril(ones(L, S))`).
-    TopLeft,
-    /// Query `i` sees keys `j ≤ i + SKV − SQ`: the last query sees every key. This is the
-    /// FlashAttention convention and what KV-cache decoding needs (the new queries are the
-    /// newest positions).
-    BottomRight,
-}
-
-/// The structural part of a mask: a pattern computed from positions, needing no matrix.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Pattern {
-    /// Every key is visible.
-    Full,
-    /// Causal: query `i` sees keys up to its own position under the given alignment.
-    Causal(Alignment),
-    /// Sliding window of `window` keys including the query's own position `p`: keys
-    /// `p − window < j ≤ p` (Mistral and Hugging Face convention; `window = 1` sees only itself,
-    /// `window = 0` sees nothing), with `p` placed by the alignment as for [`Pattern::Causal`].
-    SlidingWindow {
-        /// Number of keys a query sees, its own position included.
-        window: usize,
-        /// How queries line up with keys.
-        alignment: Alignment,
-    },
-}
+pub use crate::kernels::pattern::{Alignment, Pattern};
+pub use crate::positions::Alibi;
 
 /// The additive part of a mask that has none: the last type parameter of a boolean or
 /// structural [`Mask`]. It works with every scalar type and compiles to nothing.
@@ -159,32 +133,6 @@ pub struct Mask<'a, const SQ: usize, const SKV: usize, A = NoAdditive> {
     key_padding: Option<&'a [bool; SKV]>,
     additive: A,
     alibi: Option<Alibi>,
-}
-
-/// The ALiBi part of a [`Mask`] (Press et al. 2022): the bias `−m·(p − j)` added to the scaled
-/// score of query `i` at position `p = i + SKV − SQ` (queries aligned with the last keys, as in
-/// decoding; `p = i` when `SQ == SKV`) and key `j`. Only differences of positions within one
-/// row matter to the softmax, so with a causal pattern this is ALiBi exactly as trained.
-///
-/// The kernels compute it per score: no `SQ × SKV` matrix is built.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Alibi {
-    /// Head `h` of `H` uses the standard slope [`crate::positions::alibi_slope`]`(h, H)`, `H`
-    /// being the layer's (or the call's) head count; a single-head call uses `2^−8`.
-    PerHead,
-    /// Every head uses this slope.
-    Slope(f64),
-}
-
-impl Alibi {
-    /// The slope head `head` of `heads` uses.
-    #[must_use]
-    pub fn slope(self, head: usize, heads: usize) -> f64 {
-        match self {
-            Alibi::PerHead => crate::positions::alibi_slope(head, heads),
-            Alibi::Slope(m) => m,
-        }
-    }
 }
 
 impl<const SQ: usize, const SKV: usize> Default for Mask<'_, SQ, SKV> {
@@ -459,6 +407,27 @@ impl<'a, const SQ: usize, const SKV: usize, A> Mask<'a, SQ, SKV, A> {
         }
         self.pattern.key_range(i, SQ, SKV)
     }
+
+    /// The mask lowered to slices for the kernels (ALiBi as one head of one: the layers set
+    /// each head's slope).
+    pub(crate) fn view<T: Float>(&self) -> MaskView<'_, T>
+    where
+        A: Additive<T, SQ, SKV>,
+    {
+        MaskView {
+            pattern: self.pattern,
+            sq: SQ,
+            skv: SKV,
+            q_offset: 0,
+            sq_total: SQ,
+            attend: self.attend_where.map(|m| m.as_slice()),
+            block: self.block_where.map(|m| m.as_slice()),
+            pad: self.key_padding.map(|p| &p[..]),
+            additive: self.additive.matrix().map(|m| m.as_slice()),
+            alibi: None,
+        }
+        .with_alibi(self.alibi.map(|a| a.slope(0, 1)), 0)
+    }
 }
 
 impl<const SQ: usize, const SKV: usize> Mask<'_, SQ, SKV> {
@@ -476,45 +445,5 @@ impl<T: Float, const SQ: usize, const SKV: usize> Mask<'_, SQ, SKV, &SMatrix<T, 
     #[must_use]
     pub fn allows(&self, i: usize, j: usize) -> bool {
         self.entry::<T>(i, j).is_some()
-    }
-}
-
-impl Pattern {
-    /// The half-open range `[lo, hi)` of keys this pattern lets query `i` (`< sq`) see among
-    /// `skv` keys.
-    #[inline]
-    #[must_use]
-    pub const fn key_range(self, i: usize, sq: usize, skv: usize) -> (usize, usize) {
-        // Position of query i on the key axis under each alignment, as a signed offset.
-        const fn end(i: usize, alignment: Alignment, sq: usize, skv: usize) -> isize {
-            match alignment {
-                Alignment::TopLeft => i as isize,
-                Alignment::BottomRight => i as isize + skv as isize - sq as isize,
-            }
-        }
-        const fn clamp(x: isize, n: usize) -> usize {
-            if x < 0 {
-                0
-            } else if x as usize > n {
-                n
-            } else {
-                x as usize
-            }
-        }
-        match self {
-            Pattern::Full => (0, skv),
-            Pattern::Causal(a) => (0, clamp(end(i, a, sq, skv) + 1, skv)),
-            Pattern::SlidingWindow { window, alignment } => {
-                let last = end(i, alignment, sq, skv);
-                let w = if window > isize::MAX as usize {
-                    isize::MAX
-                } else {
-                    window as isize
-                };
-                let hi = clamp(last + 1, skv);
-                let lo = clamp(last.saturating_sub(w).saturating_add(1), skv);
-                if lo > hi { (hi, hi) } else { (lo, hi) }
-            }
-        }
     }
 }

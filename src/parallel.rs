@@ -1,194 +1,203 @@
-//! Threads, with the `rayon` feature (std only): a batch spread over rayon's pool, and one
-//! sequence's projections, heads and query blocks spread over it. Each task gets its own
-//! working memory (allocated per worker thread); the results are those of the
-//! single-threaded calls (the same kernels on the same data, only the work is divided).
+//! Threads, with the `rayon` feature (std only): [`Parallel`] runs a layer's forward pass
+//! with its work spread over rayon's pool, one sequence or a batch. Every task runs the
+//! kernel of the calling thread (the one [`crate::kernels::selected`] names there, a
+//! [`crate::kernels::with_kernel`] override included) and has working memory of its own,
+//! allocated per call or per worker; the results are those of the single-threaded calls.
 //!
 //! The single-threaded entry points stay the default: nothing here runs unless called.
 
 use std::boxed::Box;
-use std::vec::Vec;
 
 use nalgebra::SMatrix;
 use rayon::prelude::*;
 
 use crate::batch::{BatchError, check, mask_of};
-use crate::kernels::{self, Dims, LinearIo, MaskView, PANEL_ROWS, Work};
-use crate::linear::WEIGHT_TILE;
 use crate::mask::Additive;
-use crate::{Float, Linear, Mask, MultiHead, Scratch, sdpa::default_scale};
+use crate::positions::{NoPositions, PositionEncoding, PositionError};
+use crate::{Float, GroupedQuery, Mask, MultiHead, Scratch, SelfAttention, Weight, kernels};
 
-/// `out[:, j0 .. j0 + n] = x · W[j0 .. j0 + n, :]ᵀ + b[j0 .. j0 + n]` for `s` tokens: the
-/// output columns of one task (contiguous in column-major `out`). `j0` is a multiple of the
-/// weights' 12-feature tiles, so rows `j0 ..` of `W` are the stored values from `j0 · DIM`
-/// on, in the same layout.
-fn project_columns<const DIM: usize, T: Float>(
-    lin: &Linear<DIM, DIM, T>,
-    x: &[T],
-    s: usize,
-    j0: usize,
-    out_cols: &mut [T],
-    pack: &mut [T],
-) {
-    let n = out_cols.len() / s;
-    kernels::linear(
-        LinearIo::Out { x, out: out_cols },
-        s,
-        DIM,
-        &lin.weight_tiles()[j0 * DIM..],
-        n,
-        &lin.bias_slice()[j0..j0 + n],
-        pack,
-    );
+/// A layer whose forward passes spread their work over rayon's threads (`rayon` feature):
+/// `Parallel(&layer).forward_into(…)` takes the arguments of the layer's own
+/// `forward_into`, and [`Parallel::forward_batch_into`] those of its `forward_batch_into`
+/// (without weights). Works for [`MultiHead`], [`SelfAttention`] and [`GroupedQuery`], any
+/// weight storage.
+///
+/// ```
+/// use static_attention::{Alignment, Mask, MultiHead, Parallel, SMatrix, Scratch, heap};
+///
+/// let layer = MultiHead::<512, 128, 8>::from_seed(1);
+/// let x: Box<SMatrix<f32, 512, 128>> = heap::zeroed();
+/// let mut scratch: Box<Scratch<512, 512, 128>> = heap::zeroed();
+/// let mut out: Box<SMatrix<f32, 512, 128>> = heap::zeroed();
+/// Parallel(&layer).forward_into(&x, &Mask::causal(Alignment::TopLeft), &mut scratch, &mut out);
+///
+/// let xs = vec![SMatrix::<f32, 16, 64>::repeat(0.25); 32];
+/// let mut outs = vec![SMatrix::zeros(); 32];
+/// let small = MultiHead::<16, 64, 4>::from_seed(2);
+/// Parallel(&small).forward_batch_into(&xs, &[Mask::none()], &mut outs)?;
+/// assert_eq!(outs[31], small.forward(&xs[31], &Mask::none()));
+/// # Ok::<(), static_attention::BatchError>(())
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct Parallel<'l, L>(pub &'l L);
+
+/// A batch over threads: each worker runs `one` on its sequences through a scratch of its own
+/// (allocated zeroed on the heap, once per worker); the outputs are those of the sequential
+/// call, bit for bit.
+fn batch<X, M, O, S, F>(xs: &[X], masks: &[M], outs: &mut [O], one: F) -> Result<(), BatchError>
+where
+    X: Sync,
+    M: Sync,
+    O: Send,
+    S: bytemuck::Zeroable + Send,
+    F: Fn(&X, &M, &mut S, &mut O) + Sync,
+{
+    check(xs.len(), outs.len(), masks.len(), None)?;
+    xs.par_iter()
+        .zip(outs.par_iter_mut())
+        .enumerate()
+        .for_each_init(
+            bytemuck::zeroed_box::<S>,
+            |scratch: &mut Box<S>, (b, (x, out))| {
+                one(x, mask_of(masks, b), scratch, out);
+            },
+        );
+    Ok(())
 }
 
-/// Columns per projection task: about `DIM / (2 · threads)`, a multiple of the weights'
-/// 12-feature tiles.
-fn column_chunk(dim: usize) -> usize {
-    let tasks = 2 * rayon::current_num_threads().max(1);
-    dim.div_ceil(tasks).div_ceil(WEIGHT_TILE).max(1) * WEIGHT_TILE
-}
-
-impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T> MultiHead<SEQ, DIM, HEADS, T>
+impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T, W>
+    Parallel<'_, MultiHead<SEQ, DIM, HEADS, T, W>>
 where
     T: Float + Send + Sync,
+    W: Weight<T> + Sync,
 {
-    /// [`MultiHead::forward_batch_into`] spread over rayon's threads, each with a scratch of its
-    /// own (allocated on the heap, one per worker). The outputs are those of the sequential
-    /// call, bit for bit.
-    ///
-    /// # Errors
-    ///
-    /// [`BatchError`] if the lengths do not fit; nothing is written then.
-    ///
-    /// ```
-    /// use static_attention::{Mask, MultiHead, SMatrix};
-    ///
-    /// let layer = MultiHead::<16, 64, 4>::from_seed(1);
-    /// let xs = vec![SMatrix::<f32, 16, 64>::repeat(0.25); 32];
-    /// let mut outs = vec![SMatrix::zeros(); 32];
-    /// layer.forward_batch_par(&xs, &[Mask::none()], &mut outs)?;
-    /// # Ok::<(), static_attention::BatchError>(())
-    /// ```
-    pub fn forward_batch_par<A: Additive<T, SEQ, SEQ> + Sync>(
-        &self,
-        xs: &[SMatrix<T, SEQ, DIM>],
-        masks: &[Mask<'_, SEQ, SEQ, A>],
-        outs: &mut [SMatrix<T, SEQ, DIM>],
-    ) -> Result<(), BatchError> {
-        check(xs.len(), outs.len(), masks.len())?;
-        xs.par_iter()
-            .zip(outs.par_iter_mut())
-            .enumerate()
-            .for_each_init(
-                Scratch::<SEQ, SEQ, DIM, T>::new_boxed,
-                |scratch, (b, (x, out))| {
-                    self.forward_into(x, mask_of(masks, b), scratch, out);
-                },
-            );
-        Ok(())
-    }
-
-    /// [`MultiHead::forward_into`] with the work of one sequence spread over rayon's threads:
-    /// the Q, K and V projections by output columns, the attention by heads and blocks of
-    /// queries, and the output projection by output columns. `scratch` holds Q, K and V, and
-    /// then the concatenated heads in Q's place; each task's working memory is allocated. The
-    /// result equals the single-threaded one within rounding (the same kernels; a query
-    /// block's last tile may sit elsewhere, so within 2e-6 rather than bit for bit).
-    ///
-    /// ```
-    /// use static_attention::{Alignment, Mask, MultiHead, SMatrix, Scratch, heap};
-    ///
-    /// let layer = MultiHead::<512, 128, 8>::new_boxed(&mut static_attention::init::SeedRng::from_seed([1; 32]));
-    /// let x = heap::zeros::<f32, 512, 128>();
-    /// let (mut scratch, mut out) = (Scratch::new_boxed(), heap::zeros());
-    /// layer.forward_par_into(&x, &Mask::causal(Alignment::TopLeft), &mut scratch, &mut out);
-    /// # use static_attention::rand::SeedableRng;
-    /// ```
-    pub fn forward_par_into<A: Additive<T, SEQ, SEQ> + Sync>(
+    /// [`MultiHead::forward_into`] with the work of one sequence spread over the threads: the
+    /// Q, K and V projections by output columns, the attention by heads and blocks of
+    /// queries, and the output projection by output columns. The result equals the
+    /// single-threaded one within rounding (the same kernels; a block's last rows may take
+    /// another path, so within 2e-6 rather than bit for bit).
+    pub fn forward_into<A: Additive<T, SEQ, SEQ> + Sync>(
         &self,
         x: &SMatrix<T, SEQ, DIM>,
         mask: &Mask<'_, SEQ, SEQ, A>,
         scratch: &mut Scratch<SEQ, SEQ, DIM, T>,
         out: &mut SMatrix<T, SEQ, DIM>,
     ) {
-        let dk = Self::HEAD_DIM;
-        let chunk = column_chunk(DIM);
-        let new_pack = || std::vec![T::ZERO; PANEL_ROWS * DIM];
-        let buf = scratch.buffers();
-        let (q, k, v) = (buf.q, buf.k, buf.v);
+        let kt = kernels::current::<T>();
+        let layer = self.0.layer();
+        let done = layer.forward_par(kt, x, mask, &NoPositions, scratch.buffers(), out);
+        debug_assert!(done.is_ok(), "no positions, no position error");
+    }
 
-        // Q, K and V by output columns.
-        let mut tasks: Vec<(&Linear<DIM, DIM, T>, usize, &mut [T])> = Vec::new();
-        for (lin, dest) in [(&self.q, q), (&self.k, k), (&self.v, v)] {
-            for (c, cols) in dest.chunks_mut(chunk * SEQ).enumerate() {
-                tasks.push((lin, c * chunk, cols));
-            }
-        }
-        tasks
-            .into_par_iter()
-            .for_each_init(new_pack, |pack, (lin, j0, cols)| {
-                project_columns(lin, x.as_slice(), SEQ, j0, cols, pack);
-            });
+    /// [`MultiHead::forward_batch_into`] (without weights) with the sequences spread over the
+    /// threads.
+    ///
+    /// # Errors
+    ///
+    /// [`BatchError`] if the lengths do not fit; nothing is written then.
+    pub fn forward_batch_into<A: Additive<T, SEQ, SEQ> + Sync>(
+        &self,
+        xs: &[SMatrix<T, SEQ, DIM>],
+        masks: &[Mask<'_, SEQ, SEQ, A>],
+        outs: &mut [SMatrix<T, SEQ, DIM>],
+    ) -> Result<(), BatchError> {
+        // The caller's kernel on every worker.
+        let kt = kernels::current::<T>();
+        let layer = self.0.layer();
+        batch(
+            xs,
+            masks,
+            outs,
+            |x, m, s: &mut Scratch<SEQ, SEQ, DIM, T>, o| {
+                let (buf, o) = (s.buffers(), o.as_mut_slice());
+                let done = layer.forward(kt, x, (x, x), m, &NoPositions, buf, o, None);
+                debug_assert!(done.is_ok(), "no positions, no position error");
+            },
+        )
+    }
+}
 
-        // Attention by (head, query block): each task copies its queries and writes its own
-        // output block; the blocks are then placed into the concatenated heads.
-        let (q, k, v) = scratch.qkv();
-        let threads = rayon::current_num_threads().max(1);
-        let blocks = (2 * threads).div_ceil(HEADS).max(1);
-        let rows = SEQ.div_ceil(blocks);
-        let view = MaskView::of(mask);
-        let alibi = mask.alibi();
-        let scale = default_scale::<T>(dk);
-        let pieces: Vec<(usize, usize, Vec<T>)> = (0..HEADS)
-            .flat_map(|h| (0..SEQ).step_by(rows).map(move |qa| (h, qa)))
-            .collect::<Vec<_>>()
-            .into_par_iter()
-            .map_init(
-                || -> Box<Work<T, DIM>> { bytemuck::zeroed_box() },
-                |work, (h, qa)| {
-                    let n = rows.min(SEQ - qa);
-                    let mut q_block = std::vec![T::ZERO; n * dk];
-                    for d in 0..dk {
-                        let col = &q[(h * dk + d) * SEQ..(h * dk + d + 1) * SEQ];
-                        q_block[d * n..(d + 1) * n].copy_from_slice(&col[qa..qa + n]);
-                    }
-                    let mut o = std::vec![T::ZERO; n * dk];
-                    let dims = Dims::new(n, SEQ, dk, dk);
-                    let head = h * dk * SEQ..(h + 1) * dk * SEQ;
-                    kernels::attention(
-                        &q_block,
-                        &k[head.clone()],
-                        &v[head],
-                        dims,
-                        scale,
-                        &view
-                            .rows(qa, n)
-                            .with_alibi_slope(alibi.map(|a| a.slope(h, HEADS))),
-                        &mut o,
-                        work.parts(),
-                    );
-                    (h, qa, o)
-                },
-            )
-            .collect();
-        // Every query of every head has been copied out of Q: its buffer takes the heads.
-        let concat = &mut scratch.buffers().q[..SEQ * DIM];
-        for (h, qa, o) in pieces {
-            let n = o.len() / dk;
-            for d in 0..dk {
-                let at = (h * dk + d) * SEQ + qa;
-                concat[at..at + n].copy_from_slice(&o[d * n..(d + 1) * n]);
-            }
-        }
+impl<const SEQ: usize, const DIM: usize, T, W> Parallel<'_, SelfAttention<SEQ, DIM, T, W>>
+where
+    T: Float + Send + Sync,
+    W: Weight<T> + Sync,
+{
+    /// [`SelfAttention::forward_into`] with the work spread over the threads (see
+    /// [`Parallel::forward_into`] for [`MultiHead`]).
+    pub fn forward_into<A: Additive<T, SEQ, SEQ> + Sync>(
+        &self,
+        x: &SMatrix<T, SEQ, DIM>,
+        mask: &Mask<'_, SEQ, SEQ, A>,
+        scratch: &mut Scratch<SEQ, SEQ, DIM, T>,
+        out: &mut SMatrix<T, SEQ, DIM>,
+    ) {
+        let kt = kernels::current::<T>();
+        let layer = self.0.layer();
+        let done = layer.forward_par(kt, x, mask, &NoPositions, scratch.buffers(), out);
+        debug_assert!(done.is_ok(), "no positions, no position error");
+    }
 
-        let concat: &[T] = concat;
+    /// [`SelfAttention::forward_batch_into`] (without weights) with the sequences spread over
+    /// the threads.
+    ///
+    /// # Errors
+    ///
+    /// [`BatchError`] if the lengths do not fit; nothing is written then.
+    pub fn forward_batch_into<A: Additive<T, SEQ, SEQ> + Sync>(
+        &self,
+        xs: &[SMatrix<T, SEQ, DIM>],
+        masks: &[Mask<'_, SEQ, SEQ, A>],
+        outs: &mut [SMatrix<T, SEQ, DIM>],
+    ) -> Result<(), BatchError> {
+        // The caller's kernel on every worker.
+        let kt = kernels::current::<T>();
+        let layer = self.0.layer();
+        batch(
+            xs,
+            masks,
+            outs,
+            |x, m, s: &mut Scratch<SEQ, SEQ, DIM, T>, o| {
+                let (buf, o) = (s.buffers(), o.as_mut_slice());
+                let done = layer.forward(kt, x, (x, x), m, &NoPositions, buf, o, None);
+                debug_assert!(done.is_ok(), "no positions, no position error");
+            },
+        )
+    }
+}
 
-        // Out projection by output columns.
-        out.as_mut_slice()
-            .par_chunks_mut(chunk * SEQ)
-            .enumerate()
-            .for_each_init(new_pack, |pack, (c, cols)| {
-                project_columns(&self.out, concat, SEQ, c * chunk, cols, pack);
-            });
+impl<
+    const DIM: usize,
+    const HEADS: usize,
+    const KV_HEADS: usize,
+    const Q_DIM: usize,
+    const KV_DIM: usize,
+    T,
+    W,
+> Parallel<'_, GroupedQuery<DIM, HEADS, KV_HEADS, Q_DIM, KV_DIM, T, W>>
+where
+    T: Float + Send + Sync,
+    W: Weight<T> + Sync,
+{
+    /// [`GroupedQuery::forward_into`] with the work spread over the threads (see
+    /// [`Parallel::forward_into`] for [`MultiHead`]).
+    ///
+    /// # Errors
+    /// [`PositionError`] if `SEQ` positions do not fit the rotary table; `out` is unchanged.
+    pub fn forward_into<const SEQ: usize, P, A>(
+        &self,
+        x: &SMatrix<T, SEQ, DIM>,
+        mask: &Mask<'_, SEQ, SEQ, A>,
+        positions: &P,
+        scratch: &mut Scratch<SEQ, SEQ, Q_DIM, T, KV_DIM>,
+        out: &mut SMatrix<T, SEQ, DIM>,
+    ) -> Result<(), PositionError>
+    where
+        P: PositionEncoding<T> + Sync,
+        A: Additive<T, SEQ, SEQ> + Sync,
+    {
+        const { GroupedQuery::<DIM, HEADS, KV_HEADS, Q_DIM, KV_DIM, T, W>::check_positions::<P>() };
+        let kt = kernels::current::<T>();
+        let layer = self.0.layer();
+        layer.forward_par(kt, x, mask, positions, scratch.buffers(), out)
     }
 }

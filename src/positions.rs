@@ -15,7 +15,7 @@
 use nalgebra::SMatrix;
 
 use crate::Float;
-use crate::float::math;
+use crate::math;
 
 /// The paper's sinusoidal position encoding for positions `0..SEQ`:
 /// `PE(pos, 2i) = sin(pos / 10000^(2i/DIM))`, `PE(pos, 2i+1) = cos(pos / 10000^(2i/DIM))`.
@@ -32,7 +32,7 @@ use crate::float::math;
 /// ```
 #[must_use]
 pub fn sinusoidal<const SEQ: usize, const DIM: usize, T: Float>() -> SMatrix<T, SEQ, DIM> {
-    let mut pe = crate::scratch::zero_matrix();
+    let mut pe = crate::zero_matrix();
     sinusoidal_into(0, &mut pe);
     pe
 }
@@ -57,8 +57,7 @@ pub fn sinusoidal_into<const SEQ: usize, const DIM: usize, T: Float>(
     }
 }
 
-/// ALiBi's slope for head `head` of `heads` (rule 12 of the spec, the ALiBi paper's
-/// `get_slopes`): for a power-of-two `heads = n`, `m_h = 2^(−8(h+1)/n)`; otherwise, with
+/// ALiBi's slope for head `head` of `heads` (the ALiBi paper's `get_slopes`): for a power-of-two `heads = n`, `m_h = 2^(−8(h+1)/n)`; otherwise, with
 /// `p = 2^⌊log2 n⌋`, the `p` slopes for `p` heads followed by every other slope
 /// (`2^(−4(2j+1)/p)`, `j = 0, 1, …`) of the sequence for `2p` heads.
 ///
@@ -83,6 +82,32 @@ pub fn alibi_slope(head: usize, heads: usize) -> f64 {
     } else {
         let j = head - p;
         math::pow(2.0, -4.0 * (2 * j + 1) as f64 / p as f64)
+    }
+}
+
+/// The ALiBi part of a [`crate::Mask`] (Press et al. 2022): the bias `−m·(p − j)` added to the scaled
+/// score of query `i` at position `p = i + SKV − SQ` (queries aligned with the last keys, as in
+/// decoding; `p = i` when `SQ == SKV`) and key `j`. Only differences of positions within one
+/// row matter to the softmax, so with a causal pattern this is ALiBi exactly as trained.
+///
+/// The kernels compute it per score: no `SQ × SKV` matrix is built.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Alibi {
+    /// Head `h` of `H` uses the standard slope [`alibi_slope`]`(h, H)`, `H`
+    /// being the layer's (or the call's) head count; a single-head call uses `2^−8`.
+    PerHead,
+    /// Every head uses this slope.
+    Slope(f64),
+}
+
+impl Alibi {
+    /// The slope head `head` of `heads` uses.
+    #[must_use]
+    pub fn slope(self, head: usize, heads: usize) -> f64 {
+        match self {
+            Alibi::PerHead => alibi_slope(head, heads),
+            Alibi::Slope(m) => m,
+        }
     }
 }
 
@@ -135,7 +160,7 @@ impl std::error::Error for PositionError {}
 ///
 /// The table holds `cos(p·θ_i)` and `sin(p·θ_i)` for every position (`MAX_POS · HEAD_DIM`
 /// scalars, [`Rope::BYTES`]), computed in `f64` when the `Rope` is built; build it once and
-/// share it between layers. For long tables use [`Rope::new_boxed`].
+/// share it between layers. For long tables build one in place with [`Rope::rebuild`].
 ///
 /// Build errors: an odd or zero `HEAD_DIM`, or `MAX_POS = 0`.
 ///
@@ -191,16 +216,23 @@ impl<const HEAD_DIM: usize, const MAX_POS: usize, T: Float> Rope<HEAD_DIM, MAX_P
         rope
     }
 
-    /// [`Rope::new`] built directly on the heap.
-    #[cfg(feature = "std")]
-    #[must_use]
-    pub fn new_boxed(base: f64, style: RopeStyle) -> std::boxed::Box<Self> {
+    /// Recomputes the table in place for `base` and `style`: the in-place form of
+    /// [`Rope::new`], for a table on the heap ([`crate::heap::zeroed`] allocates a zeroed one,
+    /// which rotates nothing until it is built) or in a `static`.
+    ///
+    /// ```
+    /// use static_attention::heap;
+    /// use static_attention::positions::{Rope, RopeStyle};
+    ///
+    /// let mut rope: Box<Rope<128, 32_768>> = heap::zeroed(); // 16 MiB, never on the stack
+    /// rope.rebuild(500_000.0, RopeStyle::RotateHalf);
+    /// assert_eq!(rope.cos_sin(0, 0), (1.0, 0.0));
+    /// ```
+    pub fn rebuild(&mut self, base: f64, style: RopeStyle) {
         let () = Self::SHAPE_OK;
-        let mut rope: std::boxed::Box<Self> = bytemuck::zeroed_box();
-        rope.base = base;
-        rope.rotate_half = style == RopeStyle::RotateHalf;
-        rope.fill();
-        rope
+        self.base = base;
+        self.rotate_half = style == RopeStyle::RotateHalf;
+        self.fill();
     }
 
     fn fill(&mut self) {
@@ -297,7 +329,7 @@ mod sealed {
 /// How a decoder layer encodes positions (the `positions` argument of
 /// [`crate::GroupedQuery`] and of the decoding entry points): [`NoPositions`], a [`Rope`]
 /// table (rotating queries and keys, HEAD_DIM checked at build time), or an
-/// [`Alibi`](crate::Alibi) (a bias in the kernel). Sealed.
+/// [`Alibi`] (a bias in the kernel). Sealed.
 pub trait PositionEncoding<T: Float>: sealed::Sealed {
     /// The head width it needs, 0 for any: a decoder layer whose heads have another width
     /// fails to build.
@@ -315,7 +347,7 @@ pub trait PositionEncoding<T: Float>: sealed::Sealed {
     fn rotate(&self, buf: &mut [T], s: usize, heads: usize, first: usize);
 
     /// The ALiBi part it adds to the scores, if any.
-    fn alibi(&self) -> Option<crate::Alibi>;
+    fn alibi(&self) -> Option<Alibi>;
 }
 
 /// No position information in the attention layer (the paper's layer: positions, if any, were
@@ -330,7 +362,7 @@ impl<T: Float> PositionEncoding<T> for NoPositions {
         Ok(())
     }
     fn rotate(&self, _: &mut [T], _: usize, _: usize, _: usize) {}
-    fn alibi(&self) -> Option<crate::Alibi> {
+    fn alibi(&self) -> Option<Alibi> {
         None
     }
 }
@@ -344,19 +376,19 @@ impl<const HD: usize, const MAX_POS: usize, T: Float> PositionEncoding<T> for Ro
     fn rotate(&self, buf: &mut [T], s: usize, heads: usize, first: usize) {
         self.rotate_heads(buf, s, heads, first);
     }
-    fn alibi(&self) -> Option<crate::Alibi> {
+    fn alibi(&self) -> Option<Alibi> {
         None
     }
 }
 
-impl sealed::Sealed for crate::Alibi {}
-impl<T: Float> PositionEncoding<T> for crate::Alibi {
+impl sealed::Sealed for Alibi {}
+impl<T: Float> PositionEncoding<T> for Alibi {
     const HEAD_DIM: usize = 0;
     fn check(&self, _: usize, _: usize) -> Result<(), PositionError> {
         Ok(())
     }
     fn rotate(&self, _: &mut [T], _: usize, _: usize, _: usize) {}
-    fn alibi(&self) -> Option<crate::Alibi> {
+    fn alibi(&self) -> Option<Alibi> {
         Some(*self)
     }
 }

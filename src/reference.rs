@@ -16,7 +16,7 @@ use std::vec::Vec;
 use nalgebra::{DMatrix, SMatrix};
 
 use crate::mask::Additive;
-use crate::{Float, Mask, MultiHead, sdpa::default_scale};
+use crate::{Float, Mask, MultiHead, default_scale};
 
 /// `softmax` over each row: `w_ij = e^(s_ij − max_j s_ij) / Σ_j e^(s_ij − max_j s_ij)`.
 ///

@@ -3,17 +3,10 @@
 
 use nalgebra::SMatrix;
 
-use crate::kernels::{self, Dims, MaskView, Work};
+use crate::heads::{Heads, Scores, attend_heads, default_scale};
+use crate::kernels::{self, Dims, QueryIo, Work, WorkRef};
 use crate::mask::Additive;
-use crate::scratch::zero_matrix;
-use crate::{Float, Mask};
-
-/// The default softmax scale `1/√d` for keys of width `d`.
-#[inline]
-#[must_use]
-pub fn default_scale<T: Float>(d: usize) -> T {
-    T::of(1.0 / crate::float::math::sqrt(d as f64))
-}
+use crate::{Float, Mask, zero_matrix};
 
 /// Compile-time check of the key width.
 struct Width<const D: usize>;
@@ -87,19 +80,43 @@ pub fn scaled_dot_product_attention_into<
     out: &mut SMatrix<T, SQ, DV>,
 ) {
     let () = Width::<D>::OK;
-    let scale = scale.unwrap_or_else(|| default_scale(D));
-    let mut work = Work::<T, DV>::new();
-    let dims = Dims::new(SQ, SKV, D, DV);
-    kernels::attention(
-        q.as_slice(),
-        k.as_slice(),
-        v.as_slice(),
-        dims,
-        scale,
-        &MaskView::of(mask),
-        out.as_mut_slice(),
-        work.parts(),
-    );
+    let one = Heads { count: 1, kv: 1 };
+    let io = QueryIo::Separate {
+        q: q.as_slice(),
+        out: out.as_mut_slice(),
+    };
+    let kv = (k.as_slice(), v.as_slice());
+    run::<SQ, SKV, DV, T, A>(io, kv, Dims::new(SQ, SKV, D, DV), one, mask, scale, None);
+}
+
+/// Attention for `heads` heads laid out one after the other (the flattened arrays of
+/// [`grouped_query_attention`], or one head) through the core's per-head loop, on the
+/// selected kernel; the scale is `1/√dk` unless given.
+fn run<const SQ: usize, const SKV: usize, const DV: usize, T: Float, A: Additive<T, SQ, SKV>>(
+    io: QueryIo<'_, T>,
+    kv: (&[T], &[T]),
+    dims: Dims,
+    heads: Heads,
+    mask: &Mask<'_, SQ, SKV, A>,
+    scale: Option<T>,
+    weights: Option<&mut [T]>,
+) {
+    let kt = kernels::current::<T>();
+    let view = mask.view();
+    let scores = Scores {
+        scale: scale.unwrap_or_else(|| default_scale(dims.dk)),
+        mask: &view,
+        alibi: mask.alibi(),
+        key_rotate: 0,
+    };
+    match weights {
+        // The weights path needs no block state.
+        Some(w) => attend_heads(kt, io, kv, dims, heads, &scores, WorkRef::empty(), Some(w)),
+        None => {
+            let mut work = Work::<T, DV>::new();
+            attend_heads(kt, io, kv, dims, heads, &scores, work.parts(), None);
+        }
+    }
 }
 
 /// [`scaled_dot_product_attention`] that also returns the post-softmax attention weights
@@ -173,44 +190,40 @@ pub fn scaled_dot_product_attention_with_weights_into<
     weights: &mut SMatrix<T, SQ, SKV>,
 ) {
     let () = Width::<D>::OK;
-    let scale = scale.unwrap_or_else(|| default_scale(D));
-    let dims = Dims::new(SQ, SKV, D, DV);
-    kernels::attention_with_weights(
-        q.as_slice(),
-        k.as_slice(),
-        v.as_slice(),
-        dims,
-        scale,
-        &MaskView::of(mask),
-        out.as_mut_slice(),
-        weights.as_mut_slice(),
-    );
+    let one = Heads { count: 1, kv: 1 };
+    let io = QueryIo::Separate {
+        q: q.as_slice(),
+        out: out.as_mut_slice(),
+    };
+    let kv = (k.as_slice(), v.as_slice());
+    let w = Some(weights.as_mut_slice());
+    run::<SQ, SKV, DV, T, A>(io, kv, Dims::new(SQ, SKV, D, DV), one, mask, scale, w);
 }
 
 /// Compile-time check of the head counts of [`grouped_query_attention`].
-struct Groups<const HQ: usize, const HKV: usize>;
-impl<const HQ: usize, const HKV: usize> Groups<HQ, HKV> {
+struct Groups<const HEADS: usize, const KV_HEADS: usize>;
+impl<const HEADS: usize, const KV_HEADS: usize> Groups<HEADS, KV_HEADS> {
     const OK: () = {
         assert!(
-            HKV > 0,
-            "HKV must be at least 1: queries need key/value heads"
+            KV_HEADS > 0,
+            "KV_HEADS must be at least 1: queries need key/value heads"
         );
         assert!(
-            HQ.is_multiple_of(HKV),
-            "HKV must divide HQ: each key/value head serves HQ / HKV query heads"
+            HEADS.is_multiple_of(KV_HEADS),
+            "KV_HEADS must divide HEADS: each key/value head serves HEADS / KV_HEADS query heads"
         );
     };
 }
 
-/// Scaled dot-product attention over many heads at once, with grouped-query heads: `HQ` query
-/// heads and `HKV` key/value heads, query head `h` attending with key/value head
-/// `h / (HQ / HKV)` (PyTorch's `scaled_dot_product_attention(..., enable_gqa=True)`).
-/// `HKV = HQ` is ordinary multi-head attention, `HKV = 1` multi-query attention; `HKV = 0` or
-/// an `HKV` that does not divide `HQ` is a build error.
+/// Scaled dot-product attention over many heads at once, with grouped-query heads: `HEADS`
+/// query heads and `KV_HEADS` key/value heads, query head `h` attending with key/value head
+/// `h / (HEADS / KV_HEADS)` (PyTorch's `scaled_dot_product_attention(..., enable_gqa=True)`).
+/// `KV_HEADS = HEADS` is ordinary multi-head attention, `KV_HEADS = 1` multi-query attention;
+/// `KV_HEADS = 0` or a `KV_HEADS` that does not divide `HEADS` is a build error.
 ///
-/// Shapes: `q[h]` is `SQ × D`, `k[g]` is `SKV × D`, `v[g]` is `SKV × DV`, the result `HQ`
+/// Shapes: `q[h]` is `SQ × D`, `k[g]` is `SKV × D`, `v[g]` is `SKV × DV`, the result `HEADS`
 /// matrices of `SQ × DV`; the mask applies to every head, an ALiBi part with head `h`'s slope
-/// of `HQ` ([`crate::Alibi`]). Returned by value; [`grouped_query_attention_into`] writes into
+/// of `HEADS` ([`crate::Alibi`]). Returned by value; [`grouped_query_attention_into`] writes into
 /// buffers you own.
 ///
 /// ```
@@ -231,18 +244,18 @@ pub fn grouped_query_attention<
     const SKV: usize,
     const D: usize,
     const DV: usize,
-    const HQ: usize,
-    const HKV: usize,
+    const HEADS: usize,
+    const KV_HEADS: usize,
     T: Float,
     A: Additive<T, SQ, SKV>,
 >(
-    q: &[SMatrix<T, SQ, D>; HQ],
-    k: &[SMatrix<T, SKV, D>; HKV],
-    v: &[SMatrix<T, SKV, DV>; HKV],
+    q: &[SMatrix<T, SQ, D>; HEADS],
+    k: &[SMatrix<T, SKV, D>; KV_HEADS],
+    v: &[SMatrix<T, SKV, DV>; KV_HEADS],
     mask: &Mask<'_, SQ, SKV, A>,
     scale: Option<T>,
-) -> [SMatrix<T, SQ, DV>; HQ] {
-    let mut out = [zero_matrix(); HQ];
+) -> [SMatrix<T, SQ, DV>; HEADS] {
+    let mut out = [zero_matrix(); HEADS];
     grouped_query_attention_into(q, k, v, mask, scale, &mut out);
     out
 }
@@ -255,36 +268,30 @@ pub fn grouped_query_attention_into<
     const SKV: usize,
     const D: usize,
     const DV: usize,
-    const HQ: usize,
-    const HKV: usize,
+    const HEADS: usize,
+    const KV_HEADS: usize,
     T: Float,
     A: Additive<T, SQ, SKV>,
 >(
-    q: &[SMatrix<T, SQ, D>; HQ],
-    k: &[SMatrix<T, SKV, D>; HKV],
-    v: &[SMatrix<T, SKV, DV>; HKV],
+    q: &[SMatrix<T, SQ, D>; HEADS],
+    k: &[SMatrix<T, SKV, D>; KV_HEADS],
+    v: &[SMatrix<T, SKV, DV>; KV_HEADS],
     mask: &Mask<'_, SQ, SKV, A>,
     scale: Option<T>,
-    out: &mut [SMatrix<T, SQ, DV>; HQ],
+    out: &mut [SMatrix<T, SQ, DV>; HEADS],
 ) {
     let () = Width::<D>::OK;
-    let () = Groups::<HQ, HKV>::OK;
-    let scale = scale.unwrap_or_else(|| default_scale(D));
-    let mut work = Work::<T, DV>::new();
-    let view = MaskView::of(mask);
-    let alibi = mask.alibi();
-    let dims = Dims::new(SQ, SKV, D, DV);
-    for (h, (qh, oh)) in q.iter().zip(out.iter_mut()).enumerate() {
-        let g = h / (HQ / HKV);
-        kernels::attention(
-            qh.as_slice(),
-            k[g].as_slice(),
-            v[g].as_slice(),
-            dims,
-            scale,
-            &view.with_alibi_slope(alibi.map(|a| a.slope(h, HQ))),
-            oh.as_mut_slice(),
-            work.parts(),
-        );
-    }
+    let () = Groups::<HEADS, KV_HEADS>::OK;
+    // The arrays of heads are contiguous: head `h` of a flattened array sits where the core's
+    // per-head loop looks for it.
+    let io = QueryIo::Separate {
+        q: bytemuck::cast_slice(&q[..]),
+        out: bytemuck::cast_slice_mut(&mut out[..]),
+    };
+    let kv = (bytemuck::cast_slice(&k[..]), bytemuck::cast_slice(&v[..]));
+    let heads = Heads {
+        count: HEADS,
+        kv: KV_HEADS,
+    };
+    run::<SQ, SKV, DV, T, A>(io, kv, Dims::new(SQ, SKV, D, DV), heads, mask, scale, None);
 }

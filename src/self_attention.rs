@@ -3,10 +3,13 @@
 use nalgebra::SMatrix;
 use rand::{Rng, SeedableRng};
 
-use crate::layer::{Buffers, Projections, attend_heads, local_buffers};
+use crate::batch::{BatchError, check, mask_of};
+use crate::heads::{Buffers, Heads, Layer, local_buffers};
 use crate::mask::Additive;
-use crate::scratch::zero_matrix;
-use crate::{Bias, Float, Linear, Mask, Scratch, Weight, init};
+use crate::positions::{NoPositions, PositionEncoding};
+use crate::{
+    Bias, CacheError, Float, KvCache, Linear, Mask, Scratch, Weight, init, kernels, zero_matrix,
+};
 
 /// One attention head over `SEQ` tokens of `DIM` features: three projections `DIM → DIM`
 /// (query, key, value, each `y = x Wᵀ + b`) and scaled dot-product attention with scale
@@ -15,9 +18,9 @@ use crate::{Bias, Float, Linear, Mask, Scratch, Weight, init};
 ///
 /// Input and output are `SEQ × DIM`; weights, on request, are `SEQ × SEQ`. No `SEQ × SEQ`
 /// matrix is built otherwise. `SEQ` and `DIM` of zero are build errors. `T` is `f32` unless
-/// named. Like [`crate::MultiHead`], every entry point has a caller-owned (`*_into`,
-/// [`SelfAttention::attend`]) or heap (`*_boxed`) form, and [`crate::io`] loads its weights
-/// from PyTorch (`q_proj`, `k_proj`, `v_proj` `nn.Linear`s).
+/// named. It has the same methods as [`crate::MultiHead`] (its attention weights are one
+/// matrix, not one per head) and runs the same core; [`crate::io`] loads its weights from
+/// PyTorch (`q_proj`, `k_proj`, `v_proj` `nn.Linear`s).
 ///
 /// ```
 /// use static_attention::{Mask, SMatrix, SelfAttention};
@@ -39,6 +42,7 @@ pub struct SelfAttention<const SEQ: usize, const DIM: usize, T = f32, W = T> {
     pub(crate) v: Linear<DIM, DIM, T, W>,
 }
 
+/// Build: constructors, conversion and the parameters.
 impl<const SEQ: usize, const DIM: usize, T: Float, W: Weight<T>> SelfAttention<SEQ, DIM, T, W> {
     const SHAPE_OK: () = {
         assert!(
@@ -64,6 +68,39 @@ impl<const SEQ: usize, const DIM: usize, T: Float, W: Weight<T>> SelfAttention<S
     /// Bytes of the `SEQ × SEQ` attention weights.
     pub const WEIGHTS_BYTES: usize = core::mem::size_of::<SMatrix<T, SEQ, SEQ>>();
 
+    /// A head initialised like the in-projection of a one-head `nn.MultiheadAttention`
+    /// (Xavier-uniform over the packed `[3·DIM, DIM]` weights), with zero biases
+    /// ([`Bias::Present`]) or none ([`Bias::Absent`]).
+    ///
+    /// Returned by value, each projection drawn straight into place (`PARAM_BYTES` plus one
+    /// projection of stack). For large heads allocate one with [`crate::heap::zeroed`] and
+    /// call [`SelfAttention::reset_parameters`].
+    #[must_use]
+    pub fn new<R: Rng + ?Sized>(rng: &mut R, bias: Bias) -> Self {
+        let () = Self::SHAPE_OK;
+        let a = init::in_proj_bound(DIM);
+        Self {
+            q: Linear::random(rng, a, bias),
+            k: Linear::random(rng, a, bias),
+            v: Linear::random(rng, a, bias),
+        }
+    }
+
+    /// [`SelfAttention::new`] with biases, from a seed, with the crate's portable generator
+    /// ([`init::SeedRng`]).
+    #[must_use]
+    pub fn from_seed(seed: u64) -> Self {
+        Self::new(&mut init::SeedRng::seed_from_u64(seed), Bias::Present)
+    }
+
+    /// A head with all-zero weights and no biases, to load parameters into (built in place:
+    /// [`SelfAttention::PARAM_BYTES`] of stack).
+    #[must_use]
+    pub fn zeros() -> Self {
+        let () = Self::SHAPE_OK;
+        bytemuck::Zeroable::zeroed()
+    }
+
     /// Builds the head from its query, key and value projections (a `const fn`).
     #[must_use]
     pub const fn from_parts(
@@ -75,57 +112,9 @@ impl<const SEQ: usize, const DIM: usize, T: Float, W: Weight<T>> SelfAttention<S
         Self { q, k, v }
     }
 
-    /// A head with all-zero weights and no biases, to load parameters into (a `const fn`,
-    /// built in place).
-    #[must_use]
-    pub fn zeros() -> Self {
-        let () = Self::SHAPE_OK;
-        bytemuck::Zeroable::zeroed()
-    }
-
-    /// [`SelfAttention::zeros`] allocated directly on the heap.
-    #[cfg(feature = "std")]
-    #[must_use]
-    pub fn zeros_boxed() -> std::boxed::Box<Self> {
-        let () = Self::SHAPE_OK;
-        bytemuck::zeroed_box()
-    }
-
-    /// A head initialised like the in-projection of a one-head `nn.MultiheadAttention`
-    /// (Xavier-uniform over the packed `[3·DIM, DIM]` weights, zero biases).
-    ///
-    /// Returned by value, each projection drawn straight into place (`PARAM_BYTES` plus one
-    /// projection of stack). For large heads use [`SelfAttention::new_boxed`], or
-    /// [`SelfAttention::zeros`] and [`SelfAttention::reset_parameters`] in a place you own.
-    #[must_use]
-    pub fn new<R: Rng + ?Sized>(rng: &mut R) -> Self {
-        let () = Self::SHAPE_OK;
-        let a = init::in_proj_bound(DIM);
-        Self {
-            q: Linear::random(rng, a, Bias::Present),
-            k: Linear::random(rng, a, Bias::Present),
-            v: Linear::random(rng, a, Bias::Present),
-        }
-    }
-
-    /// [`SelfAttention::new`] with the crate's portable seeded generator ([`init::SeedRng`]).
-    #[must_use]
-    pub fn from_seed(seed: u64) -> Self {
-        Self::new(&mut init::SeedRng::seed_from_u64(seed))
-    }
-
-    /// A randomly initialised head built directly on the heap.
-    #[cfg(feature = "std")]
-    #[must_use]
-    pub fn new_boxed<R: Rng + ?Sized>(rng: &mut R) -> std::boxed::Box<Self> {
-        let mut head = Self::zeros_boxed();
-        head.reset_parameters(rng, Bias::Present);
-        head
-    }
-
-    /// Re-draws the weights in place (see [`SelfAttention::new`]); `bias` says whether the
-    /// projections have (zero) biases.
+    /// Re-draws the weights in place as [`SelfAttention::new`] draws them.
     pub fn reset_parameters<R: Rng + ?Sized>(&mut self, rng: &mut R, bias: Bias) {
+        let () = Self::SHAPE_OK;
         init::reset_in_projection([&mut self.q, &mut self.k, &mut self.v], bias, rng);
     }
 
@@ -145,33 +134,58 @@ impl<const SEQ: usize, const DIM: usize, T: Float, W: Weight<T>> SelfAttention<S
     pub const fn q_proj(&self) -> &Linear<DIM, DIM, T, W> {
         &self.q
     }
+
     /// The key projection.
     #[must_use]
     pub const fn k_proj(&self) -> &Linear<DIM, DIM, T, W> {
         &self.k
     }
+
     /// The value projection.
     #[must_use]
     pub const fn v_proj(&self) -> &Linear<DIM, DIM, T, W> {
         &self.v
     }
-    /// Mutable projections, in the order q, k, v.
-    pub fn projections_mut(&mut self) -> [&mut Linear<DIM, DIM, T, W>; 3] {
-        [&mut self.q, &mut self.k, &mut self.v]
+
+    /// The head as the core runs it: one head, no output projection.
+    pub(crate) fn layer(&self) -> Layer<'_, DIM, DIM, DIM, T, W> {
+        let () = Self::SHAPE_OK;
+        Layer {
+            q: &self.q,
+            k: &self.k,
+            v: &self.v,
+            out: None,
+            heads: Heads { count: 1, kv: 1 },
+        }
     }
 
+    /// `SQ` queries attend to `SKV` keys and values on the selected kernel.
+    fn run<const SQ: usize, const SKV: usize, A: Additive<T, SQ, SKV>>(
+        &self,
+        query: &SMatrix<T, SQ, DIM>,
+        kv: (&SMatrix<T, SKV, DIM>, &SMatrix<T, SKV, DIM>),
+        mask: &Mask<'_, SQ, SKV, A>,
+        buf: Buffers<'_, T>,
+        out: &mut [T],
+        weights: Option<&mut [T]>,
+    ) {
+        let kt = kernels::current::<T>();
+        let done = (self.layer()).forward(kt, query, kv, mask, &NoPositions, buf, out, weights);
+        debug_assert!(done.is_ok(), "no positions, no position error");
+    }
+}
+
+/// Forward: self-attention, by value, into caller-owned buffers, and over a batch.
+impl<const SEQ: usize, const DIM: usize, T: Float, W: Weight<T>> SelfAttention<SEQ, DIM, T, W> {
     /// Self-attention over `SEQ` tokens (`SEQ × DIM → SEQ × DIM`), by value (see the [crate
-    /// docs](crate#stack) for the stack it needs).
+    /// docs](crate#memory) for the stack it needs).
     #[must_use]
     pub fn forward<A: Additive<T, SEQ, SEQ>>(
         &self,
         x: &SMatrix<T, SEQ, DIM>,
         mask: &Mask<'_, SEQ, SEQ, A>,
     ) -> SMatrix<T, SEQ, DIM> {
-        local_buffers!(buf, T, SEQ, SEQ, DIM);
-        let mut out = [[T::ZERO; SEQ]; DIM];
-        self.attend_buffers(x, x, x, mask, &mut buf, out.as_flattened_mut(), None);
-        SMatrix::from_array_storage(nalgebra::ArrayStorage(out))
+        self.cross_attention(x, x, mask)
     }
 
     /// [`SelfAttention::forward`] into a caller-owned output with caller-owned scratch.
@@ -182,23 +196,41 @@ impl<const SEQ: usize, const DIM: usize, T: Float, W: Weight<T>> SelfAttention<S
         scratch: &mut Scratch<SEQ, SEQ, DIM, T>,
         out: &mut SMatrix<T, SEQ, DIM>,
     ) {
-        self.attend(x, x, x, mask, scratch, out, None);
+        self.run(x, (x, x), mask, scratch.buffers(), out.as_mut_slice(), None);
     }
 
-    /// [`SelfAttention::forward`] with the scratch and the output on the heap.
-    #[cfg(feature = "std")]
-    #[must_use]
-    pub fn forward_boxed<A: Additive<T, SEQ, SEQ>>(
+    /// Self-attention over a batch of sequences through one caller-owned [`Scratch`], with
+    /// each sequence's `SEQ × SEQ` weights into `weights` when given (PyTorch's
+    /// `[batch, SEQ, SEQ]`); see [`crate::MultiHead::forward_batch_into`].
+    ///
+    /// # Errors
+    ///
+    /// [`BatchError`] if the lengths do not fit; nothing is written then.
+    pub fn forward_batch_into<A: Additive<T, SEQ, SEQ>>(
         &self,
-        x: &SMatrix<T, SEQ, DIM>,
-        mask: &Mask<'_, SEQ, SEQ, A>,
-    ) -> std::boxed::Box<SMatrix<T, SEQ, DIM>> {
-        let mut scratch = Scratch::<SEQ, SEQ, DIM, T>::new_boxed();
-        let mut out: std::boxed::Box<SMatrix<T, SEQ, DIM>> = bytemuck::zeroed_box();
-        self.attend(x, x, x, mask, &mut scratch, &mut out, None);
-        out
+        xs: &[SMatrix<T, SEQ, DIM>],
+        masks: &[Mask<'_, SEQ, SEQ, A>],
+        scratch: &mut Scratch<SEQ, SEQ, DIM, T>,
+        outs: &mut [SMatrix<T, SEQ, DIM>],
+        mut weights: Option<&mut [SMatrix<T, SEQ, SEQ>]>,
+    ) -> Result<(), BatchError> {
+        check(
+            xs.len(),
+            outs.len(),
+            masks.len(),
+            weights.as_deref().map(<[_]>::len),
+        )?;
+        for (b, (x, out)) in xs.iter().zip(outs.iter_mut()).enumerate() {
+            let w = weights.as_deref_mut().map(|w| w[b].as_mut_slice());
+            let mask = mask_of(masks, b);
+            self.run(x, (x, x), mask, scratch.buffers(), out.as_mut_slice(), w);
+        }
+        Ok(())
     }
+}
 
+/// Weights and cross-attention.
+impl<const SEQ: usize, const DIM: usize, T: Float, W: Weight<T>> SelfAttention<SEQ, DIM, T, W> {
     /// Self-attention that also returns the `SEQ × SEQ` attention weights, by value.
     #[must_use]
     pub fn forward_with_weights<A: Additive<T, SEQ, SEQ>>(
@@ -206,43 +238,7 @@ impl<const SEQ: usize, const DIM: usize, T: Float, W: Weight<T>> SelfAttention<S
         x: &SMatrix<T, SEQ, DIM>,
         mask: &Mask<'_, SEQ, SEQ, A>,
     ) -> (SMatrix<T, SEQ, DIM>, SMatrix<T, SEQ, SEQ>) {
-        local_buffers!(buf, T, SEQ, SEQ, DIM);
-        let mut result: (SMatrix<T, SEQ, DIM>, _) = (zero_matrix(), zero_matrix());
-        let (out, weights) = (&mut result.0, &mut result.1);
-        self.attend_buffers(x, x, x, mask, &mut buf, out.as_mut_slice(), Some(weights));
-        result
-    }
-
-    /// [`SelfAttention::forward_with_weights`] into caller-owned buffers.
-    pub fn forward_with_weights_into<A: Additive<T, SEQ, SEQ>>(
-        &self,
-        x: &SMatrix<T, SEQ, DIM>,
-        mask: &Mask<'_, SEQ, SEQ, A>,
-        scratch: &mut Scratch<SEQ, SEQ, DIM, T>,
-        out: &mut SMatrix<T, SEQ, DIM>,
-        weights: &mut SMatrix<T, SEQ, SEQ>,
-    ) {
-        self.attend(x, x, x, mask, scratch, out, Some(weights));
-    }
-
-    /// [`SelfAttention::forward_with_weights`] with the scratch, the output and the weights on
-    /// the heap.
-    #[cfg(feature = "std")]
-    #[must_use]
-    #[allow(clippy::type_complexity)]
-    pub fn forward_with_weights_boxed<A: Additive<T, SEQ, SEQ>>(
-        &self,
-        x: &SMatrix<T, SEQ, DIM>,
-        mask: &Mask<'_, SEQ, SEQ, A>,
-    ) -> (
-        std::boxed::Box<SMatrix<T, SEQ, DIM>>,
-        std::boxed::Box<SMatrix<T, SEQ, SEQ>>,
-    ) {
-        let mut scratch = Scratch::<SEQ, SEQ, DIM, T>::new_boxed();
-        let mut out: std::boxed::Box<SMatrix<T, SEQ, DIM>> = bytemuck::zeroed_box();
-        let mut weights: std::boxed::Box<SMatrix<T, SEQ, SEQ>> = bytemuck::zeroed_box();
-        self.attend(x, x, x, mask, &mut scratch, &mut out, Some(&mut weights));
-        (out, weights)
+        self.cross_attention_with_weights(x, x, mask)
     }
 
     /// The `SEQ` tokens of `x` attend to the `SKV` tokens of `memory` (keys and values), by
@@ -254,30 +250,11 @@ impl<const SEQ: usize, const DIM: usize, T: Float, W: Weight<T>> SelfAttention<S
         memory: &SMatrix<T, SKV, DIM>,
         mask: &Mask<'_, SEQ, SKV, A>,
     ) -> SMatrix<T, SEQ, DIM> {
-        local_buffers!(buf, T, SEQ, SKV, DIM);
+        let () = Self::SHAPE_OK;
+        local_buffers!(buf, T, SEQ, SKV, DIM, DIM);
         let mut out = [[T::ZERO; SEQ]; DIM];
-        self.attend_buffers(
-            x,
-            memory,
-            memory,
-            mask,
-            &mut buf,
-            out.as_flattened_mut(),
-            None,
-        );
+        self.run(x, (memory, memory), mask, buf, out.as_flattened_mut(), None);
         SMatrix::from_array_storage(nalgebra::ArrayStorage(out))
-    }
-
-    /// [`SelfAttention::cross_attention`] into a caller-owned output with caller-owned scratch.
-    pub fn cross_attention_into<const SKV: usize, A: Additive<T, SEQ, SKV>>(
-        &self,
-        x: &SMatrix<T, SEQ, DIM>,
-        memory: &SMatrix<T, SKV, DIM>,
-        mask: &Mask<'_, SEQ, SKV, A>,
-        scratch: &mut Scratch<SEQ, SKV, DIM, T>,
-        out: &mut SMatrix<T, SEQ, DIM>,
-    ) {
-        self.attend(x, memory, memory, mask, scratch, out, None);
     }
 
     /// [`SelfAttention::cross_attention`] that also returns the `SEQ × SKV` weights, by value.
@@ -288,38 +265,20 @@ impl<const SEQ: usize, const DIM: usize, T: Float, W: Weight<T>> SelfAttention<S
         memory: &SMatrix<T, SKV, DIM>,
         mask: &Mask<'_, SEQ, SKV, A>,
     ) -> (SMatrix<T, SEQ, DIM>, SMatrix<T, SEQ, SKV>) {
-        local_buffers!(buf, T, SEQ, SKV, DIM);
-        let mut result: (SMatrix<T, SEQ, DIM>, _) = (zero_matrix(), zero_matrix());
+        let () = Self::SHAPE_OK;
+        local_buffers!(buf, T, SEQ, SKV, DIM, DIM);
+        let mut result: (SMatrix<T, SEQ, DIM>, SMatrix<T, SEQ, SKV>) =
+            (zero_matrix(), zero_matrix());
         let (out, weights) = (&mut result.0, &mut result.1);
-        self.attend_buffers(
-            x,
-            memory,
-            memory,
-            mask,
-            &mut buf,
-            out.as_mut_slice(),
-            Some(weights),
-        );
+        let w = Some(weights.as_mut_slice());
+        self.run(x, (memory, memory), mask, buf, out.as_mut_slice(), w);
         result
     }
 
-    /// [`SelfAttention::cross_attention_with_weights`] into caller-owned buffers.
-    pub fn cross_attention_with_weights_into<const SKV: usize, A: Additive<T, SEQ, SKV>>(
-        &self,
-        x: &SMatrix<T, SEQ, DIM>,
-        memory: &SMatrix<T, SKV, DIM>,
-        mask: &Mask<'_, SEQ, SKV, A>,
-        scratch: &mut Scratch<SEQ, SKV, DIM, T>,
-        out: &mut SMatrix<T, SEQ, DIM>,
-        weights: &mut SMatrix<T, SEQ, SKV>,
-    ) {
-        self.attend(x, memory, memory, mask, scratch, out, Some(weights));
-    }
-
-    /// The general entry point: `SQ` queries from `query` attend to `SKV` keys from `key` and
-    /// values from `value`, with caller-owned scratch, writing the `SQ × DIM` result into `out`
-    /// and, when given, the `SQ × SKV` weights into `weights`. Nothing is allocated and
-    /// nothing big is on the stack.
+    /// The general caller-owned entry point: `SQ` queries from `query` attend to `SKV` keys
+    /// from `key` and values from `value`, writing the `SQ × DIM` result into `out` and, when
+    /// given, the `SQ × SKV` weights into `weights`. Nothing is allocated and nothing big is
+    /// on the stack.
     ///
     /// ```
     /// use static_attention::{Mask, SMatrix, Scratch, SelfAttention};
@@ -343,46 +302,64 @@ impl<const SEQ: usize, const DIM: usize, T: Float, W: Weight<T>> SelfAttention<S
         out: &mut SMatrix<T, SQ, DIM>,
         weights: Option<&mut SMatrix<T, SQ, SKV>>,
     ) {
-        let mut buf = scratch.buffers();
-        self.attend_buffers(
+        let w = weights.map(|w| w.as_mut_slice());
+        self.run(
             query,
-            key,
-            value,
+            (key, value),
             mask,
-            &mut buf,
+            scratch.buffers(),
             out.as_mut_slice(),
-            weights,
+            w,
+        );
+    }
+}
+
+/// Decode: token by token through a [`KvCache`].
+impl<const SEQ: usize, const DIM: usize, T: Float, W: Weight<T>> SelfAttention<SEQ, DIM, T, W> {
+    /// Checks at build time that a rotary table fits the head.
+    const fn check_positions<P: PositionEncoding<T>>() {
+        assert!(
+            P::HEAD_DIM == 0 || P::HEAD_DIM == DIM,
+            "the Rope table's HEAD_DIM must be the head's DIM"
         );
     }
 
-    /// [`SelfAttention::attend`] over working memory given as separate buffers.
-    #[allow(clippy::too_many_arguments)]
-    fn attend_buffers<const SQ: usize, const SKV: usize, A: Additive<T, SQ, SKV>>(
+    /// Appends `SQ` tokens to `cache` at its next positions and returns their outputs, each
+    /// token attending to every cached position up to its own (see
+    /// [`crate::MultiHead::decode`]). By value; see [`SelfAttention::decode_into`].
+    ///
+    /// # Errors
+    /// [`CacheError::Full`] if the tokens do not fit, [`CacheError::Position`] past a rotary
+    /// table; the cache is unchanged then.
+    pub fn decode<const SQ: usize, const CAP: usize, P: PositionEncoding<T>>(
         &self,
-        query: &SMatrix<T, SQ, DIM>,
-        key: &SMatrix<T, SKV, DIM>,
-        value: &SMatrix<T, SKV, DIM>,
-        mask: &Mask<'_, SQ, SKV, A>,
-        buf: &mut Buffers<'_, T, DIM>,
-        out: &mut [T],
-        weights: Option<&mut SMatrix<T, SQ, SKV>>,
-    ) {
-        let () = Self::SHAPE_OK;
-        let proj = Projections {
-            q: &self.q,
-            k: &self.k,
-            v: &self.v,
-        };
-        attend_heads(
-            &proj,
-            query,
-            key,
-            value,
-            mask,
-            1,
-            buf,
-            out,
-            weights.map(core::slice::from_mut),
-        );
+        x: &SMatrix<T, SQ, DIM>,
+        cache: &mut KvCache<CAP, DIM, T>,
+        positions: &P,
+    ) -> Result<SMatrix<T, SQ, DIM>, CacheError> {
+        const { Self::check_positions::<P>() };
+        local_buffers!(buf, T, SQ, SQ, DIM, DIM);
+        let mut out: SMatrix<T, SQ, DIM> = zero_matrix();
+        let kt = kernels::current::<T>();
+        (self.layer()).decode(kt, x, cache, positions, buf, out.as_mut_slice())?;
+        Ok(out)
+    }
+
+    /// [`SelfAttention::decode`] with caller-owned scratch and output.
+    ///
+    /// # Errors
+    /// As [`SelfAttention::decode`]; the cache and `out` are unchanged then.
+    pub fn decode_into<const SQ: usize, const CAP: usize, P: PositionEncoding<T>>(
+        &self,
+        x: &SMatrix<T, SQ, DIM>,
+        cache: &mut KvCache<CAP, DIM, T>,
+        positions: &P,
+        scratch: &mut Scratch<SQ, SQ, DIM, T>,
+        out: &mut SMatrix<T, SQ, DIM>,
+    ) -> Result<(), CacheError> {
+        const { Self::check_positions::<P>() };
+        let kt = kernels::current::<T>();
+        let buf = scratch.buffers();
+        (self.layer()).decode(kt, x, cache, positions, buf, out.as_mut_slice())
     }
 }

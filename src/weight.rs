@@ -24,12 +24,41 @@
 //! assert!((half.forward(&x, &mask) - rounded.forward(&x, &mask)).amax() < 1e-6);
 //! ```
 
-mod sealed {
-    pub trait Sealed {}
-    impl Sealed for f32 {}
-    impl Sealed for f64 {}
-    impl Sealed for half::f16 {}
-    impl Sealed for half::bf16 {}
+pub(crate) mod sealed {
+    /// Weights as the kernels read them: in the compute type itself, or as the bits of a
+    /// half-precision type (which [`Weight::KIND`] names).
+    pub enum Stored<'a, T> {
+        /// The compute type.
+        Native(&'a [T]),
+        /// `f16` or `bf16` bits.
+        Half(&'a [u16]),
+    }
+
+    /// How the kernels reach a weight type's values; implemented for the four storage types.
+    pub trait Storage<T>: Sized {
+        /// The weights as the kernels read them.
+        fn stored(w: &[Self]) -> Stored<'_, T>;
+    }
+    impl Storage<f32> for f32 {
+        fn stored(w: &[f32]) -> Stored<'_, f32> {
+            Stored::Native(w)
+        }
+    }
+    impl Storage<f64> for f64 {
+        fn stored(w: &[f64]) -> Stored<'_, f64> {
+            Stored::Native(w)
+        }
+    }
+    impl Storage<f32> for half::f16 {
+        fn stored(w: &[half::f16]) -> Stored<'_, f32> {
+            Stored::Half(bytemuck::cast_slice(w))
+        }
+    }
+    impl Storage<f32> for half::bf16 {
+        fn stored(w: &[half::bf16]) -> Stored<'_, f32> {
+            Stored::Half(bytemuck::cast_slice(w))
+        }
+    }
 }
 
 /// How the kernels read a weight type.
@@ -46,7 +75,7 @@ pub enum WeightKind {
 /// A type weights of a layer computing in `T` can be stored in: `T` itself, or, for `T = f32`,
 /// [`half::f16`] and [`half::bf16`]. Sealed.
 pub trait Weight<T>:
-    Copy + PartialEq + core::fmt::Debug + bytemuck::Pod + sealed::Sealed + 'static
+    Copy + PartialEq + core::fmt::Debug + bytemuck::Pod + sealed::Storage<T> + 'static
 {
     /// Zero.
     const ZERO_WEIGHT: Self;

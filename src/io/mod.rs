@@ -1,19 +1,20 @@
 //! Loading (and, with `safetensors`, saving) PyTorch `nn.MultiheadAttention` weights.
 //!
-//! PyTorch's parameter layout (SPEC.md rule 3): `in_proj_weight` `[3·DIM, DIM]` holds `W_q`,
+//! PyTorch's parameter layout: `in_proj_weight` `[3·DIM, DIM]` holds `W_q`,
 //! `W_k`, `W_v` stacked by rows; `in_proj_bias` `[3·DIM]`; `out_proj.weight` `[DIM, DIM]`;
 //! `out_proj.bias` `[DIM]`; all row-major. Modules built with separate projection weights store
 //! `q_proj_weight`, `k_proj_weight`, `v_proj_weight` (`[DIM, DIM]` each) instead of
 //! `in_proj_weight`. `bias=False` modules have no bias tensors.
 //!
 //! Two ways in:
-//! - [`MultiHead::from_pytorch`] / [`MultiHead::load_pytorch`] take plain slices in that layout:
-//!   no file format, no allocation, `#![no_std]`-friendly (weights baked into flash, received
-//!   over a wire, …).
-//! - With the `safetensors` feature, [`MultiHead::from_safetensors`] /
-//!   [`MultiHead::load_safetensors`] read a `state_dict` saved with
-//!   `safetensors.torch.save_file`, optionally under a name prefix, and
-//!   [`MultiHead::to_safetensors`] writes one back (the round trip is exact).
+//! - [`PyTorchParams`] (and [`SelfAttentionParams`]) borrow plain slices in that layout: no
+//!   file format, no allocation, `#![no_std]`-friendly (weights baked into flash, received
+//!   over a wire, …). `MultiHead::try_from(&params)` builds a layer by value,
+//!   [`PyTorchParams::load_into`] fills one in place (on the heap, or in a `static`).
+//! - With the `safetensors` feature, `from_safetensors` (by value) and `load_safetensors` (in
+//!   place) read a `state_dict` saved with `safetensors.torch.save_file`, optionally under a
+//!   name prefix, into a [`MultiHead`], a [`SelfAttention`] or a [`crate::GroupedQuery`], and
+//!   `to_safetensors` writes one back (the round trip is exact).
 //!
 //! Every check runs before anything is written: a failed load returns a [`LoadError`] and
 //! leaves the layer exactly as it was. Nothing panics on bad input.
@@ -400,12 +401,11 @@ impl<T: Float> Values<'_, T> {
 /// Validated parameters of a [`MultiHead`], ready to copy: q, k, v and out.
 pub(crate) type Checked<'a, T> = [CheckedLinear<'a, T>; 4];
 
-impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float, W: Weight<T>>
-    MultiHead<SEQ, DIM, HEADS, T, W>
-{
-    /// Builds a layer from PyTorch's parameters given as slices (no allocation, no file
-    /// format). Lengths are checked: `3·DIM·DIM` for a packed `in_proj_weight`, `DIM·DIM` for
-    /// each separate or output weight, `3·DIM` and `DIM` for the biases.
+impl<'a, T: Float> PyTorchParams<'a, T> {
+    /// Loads these parameters into `layer`, in place (for a layer on the heap or in a
+    /// `static`; `MultiHead::try_from(&params)` builds one by value). Lengths are checked:
+    /// `3·DIM·DIM` for a packed `in_proj_weight`, `DIM·DIM` for each separate or output
+    /// weight, `3·DIM` and `DIM` for the biases. On error the layer is unchanged.
     ///
     /// # Errors
     ///
@@ -425,47 +425,45 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float, W: Weight
     ///     out_proj_weight: &out_w,
     ///     out_proj_bias: None,
     /// };
-    /// let layer = MultiHead::<3, 4, 2>::from_pytorch(&params)?;
-    /// assert!(!layer.has_bias());
+    /// let layer = MultiHead::<3, 4, 2>::try_from(&params)?;
+    /// assert!(!layer.out_proj().has_bias());
+    ///
+    /// let mut in_place = MultiHead::<3, 4, 2>::zeros();
+    /// params.load_into(&mut in_place)?;
+    /// assert_eq!(in_place, layer);
     ///
     /// let short = PyTorchParams { out_proj_weight: &out_w[..15], ..params };
-    /// let err = MultiHead::<3, 4, 2>::from_pytorch(&short).unwrap_err();
+    /// let err = MultiHead::<3, 4, 2>::try_from(&short).unwrap_err();
     /// assert_eq!(err.to_string(), "out_proj.weight has 15 values, expected 16 ([4, 4]) for DIM = 4");
     /// # Ok::<(), static_attention::io::LoadError>(())
     /// ```
-    pub fn from_pytorch(params: &PyTorchParams<'_, T>) -> Result<Self, LoadError> {
+    pub fn load_into<const SEQ: usize, const DIM: usize, const HEADS: usize, W: Weight<T>>(
+        &self,
+        layer: &mut MultiHead<SEQ, DIM, HEADS, T, W>,
+    ) -> Result<(), LoadError> {
+        let checked = MultiHead::<SEQ, DIM, HEADS, T, W>::check_pytorch(self)?;
+        layer.write_checked(&checked);
+        Ok(())
+    }
+}
+
+impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float, W: Weight<T>>
+    TryFrom<&PyTorchParams<'_, T>> for MultiHead<SEQ, DIM, HEADS, T, W>
+{
+    type Error = LoadError;
+
+    /// Builds a layer from PyTorch's parameters given as slices (see
+    /// [`PyTorchParams::load_into`] for the checks), by value: about `2 · PARAM_BYTES` of
+    /// stack.
+    fn try_from(params: &PyTorchParams<'_, T>) -> Result<Self, LoadError> {
         let checked = Self::check_pytorch(params)?;
         Self::from_checked(&checked)
     }
+}
 
-    /// [`MultiHead::from_pytorch`] building the layer directly on the heap (for layers whose
-    /// parameters do not fit on the stack).
-    ///
-    /// # Errors
-    ///
-    /// As [`MultiHead::from_pytorch`].
-    #[cfg(feature = "std")]
-    pub fn from_pytorch_boxed(
-        params: &PyTorchParams<'_, T>,
-    ) -> Result<std::boxed::Box<Self>, LoadError> {
-        let checked = Self::check_pytorch(params)?;
-        let mut layer = Self::zeros_boxed();
-        layer.write_checked(&checked);
-        Ok(layer)
-    }
-
-    /// Loads PyTorch's parameters from slices into this layer, in place (for a boxed or
-    /// `static mut`-free large layer). On error the layer is unchanged.
-    ///
-    /// # Errors
-    ///
-    /// As [`MultiHead::from_pytorch`].
-    pub fn load_pytorch(&mut self, params: &PyTorchParams<'_, T>) -> Result<(), LoadError> {
-        let checked = Self::check_pytorch(params)?;
-        self.write_checked(&checked);
-        Ok(())
-    }
-
+impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float, W: Weight<T>>
+    MultiHead<SEQ, DIM, HEADS, T, W>
+{
     /// Checks every length, without writing anything.
     fn check_pytorch<'a>(params: &PyTorchParams<'a, T>) -> Result<Checked<'a, T>, LoadError> {
         let dd = DIM * DIM;
@@ -552,9 +550,10 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float, W: Weight
 
     /// Copies validated parameters in; cannot fail.
     pub(crate) fn write_checked(&mut self, c: &Checked<'_, T>) {
-        for (l, c) in self.projections_mut().into_iter().zip(c) {
-            c.write(l);
-        }
+        c[0].write(&mut self.q);
+        c[1].write(&mut self.k);
+        c[2].write(&mut self.v);
+        c[3].write(&mut self.out);
     }
 }
 
@@ -662,9 +661,9 @@ impl<'a, T: Float> CheckedLinear<'a, T> {
     }
 }
 
-impl<const SEQ: usize, const DIM: usize, T: Float, W: Weight<T>> SelfAttention<SEQ, DIM, T, W> {
-    /// Builds a head from the parameters of three PyTorch `nn.Linear(DIM, DIM)` modules given
-    /// as slices (no allocation, no file format). Each projection may have a bias or not.
+impl<'a, T: Float> SelfAttentionParams<'a, T> {
+    /// Loads these parameters into `head`, in place (`SelfAttention::try_from(&params)` builds
+    /// one by value). Each projection may have a bias or not. On error the head is unchanged.
     ///
     /// # Errors
     ///
@@ -682,45 +681,38 @@ impl<const SEQ: usize, const DIM: usize, T: Float, W: Weight<T>> SelfAttention<S
     ///     k_proj: LinearParams { weight: &w, bias: None },
     ///     v_proj: LinearParams { weight: &w, bias: None },
     /// };
-    /// let head = SelfAttention::<3, 4>::from_pytorch(&params)?;
+    /// let head = SelfAttention::<3, 4>::try_from(&params)?;
     /// assert_eq!(head.q_proj().bias().map(|b| b[0]), Some(0.5));
     ///
     /// let short = SelfAttentionParams { v_proj: LinearParams { weight: &w[..15], bias: None }, ..params };
-    /// let err = SelfAttention::<3, 4>::from_pytorch(&short).unwrap_err();
+    /// let err = SelfAttention::<3, 4>::try_from(&short).unwrap_err();
     /// assert_eq!(err.to_string(), "v_proj.weight has 15 values, expected 16 ([4, 4]) for DIM = 4");
     /// # Ok::<(), static_attention::io::LoadError>(())
     /// ```
-    pub fn from_pytorch(params: &SelfAttentionParams<'_, T>) -> Result<Self, LoadError> {
+    pub fn load_into<const SEQ: usize, const DIM: usize, W: Weight<T>>(
+        &self,
+        head: &mut SelfAttention<SEQ, DIM, T, W>,
+    ) -> Result<(), LoadError> {
+        let checked = SelfAttention::<SEQ, DIM, T, W>::check_pytorch(self)?;
+        head.write_checked(&checked);
+        Ok(())
+    }
+}
+
+impl<const SEQ: usize, const DIM: usize, T: Float, W: Weight<T>>
+    TryFrom<&SelfAttentionParams<'_, T>> for SelfAttention<SEQ, DIM, T, W>
+{
+    type Error = LoadError;
+
+    /// Builds a head from the parameters of three PyTorch `nn.Linear(DIM, DIM)` modules given
+    /// as slices (see [`SelfAttentionParams::load_into`]), by value.
+    fn try_from(params: &SelfAttentionParams<'_, T>) -> Result<Self, LoadError> {
         let c = Self::check_pytorch(params)?;
         Self::from_checked(&c)
     }
+}
 
-    /// [`SelfAttention::from_pytorch`] building the head directly on the heap.
-    ///
-    /// # Errors
-    ///
-    /// As [`SelfAttention::from_pytorch`].
-    #[cfg(feature = "std")]
-    pub fn from_pytorch_boxed(
-        params: &SelfAttentionParams<'_, T>,
-    ) -> Result<std::boxed::Box<Self>, LoadError> {
-        let c = Self::check_pytorch(params)?;
-        let mut head = Self::zeros_boxed();
-        head.write_checked(&c);
-        Ok(head)
-    }
-
-    /// Loads the parameters into this head, in place. On error the head is unchanged.
-    ///
-    /// # Errors
-    ///
-    /// As [`SelfAttention::from_pytorch`].
-    pub fn load_pytorch(&mut self, params: &SelfAttentionParams<'_, T>) -> Result<(), LoadError> {
-        let c = Self::check_pytorch(params)?;
-        self.write_checked(&c);
-        Ok(())
-    }
-
+impl<const SEQ: usize, const DIM: usize, T: Float, W: Weight<T>> SelfAttention<SEQ, DIM, T, W> {
     fn check_pytorch<'a>(
         params: &SelfAttentionParams<'a, T>,
     ) -> Result<[CheckedLinear<'a, T>; 3], LoadError> {
@@ -740,8 +732,8 @@ impl<const SEQ: usize, const DIM: usize, T: Float, W: Weight<T>> SelfAttention<S
 
     /// Copies validated q, k, v parameters in; cannot fail.
     pub(crate) fn write_checked(&mut self, c: &[CheckedLinear<'_, T>; 3]) {
-        for (l, c) in self.projections_mut().into_iter().zip(c) {
-            c.write(l);
-        }
+        c[0].write(&mut self.q);
+        c[1].write(&mut self.k);
+        c[2].write(&mut self.v);
     }
 }

@@ -250,7 +250,7 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float, W: Weight
     /// for a layer inside a bigger model). `F32` and `F64` tensors load into either scalar type.
     ///
     /// The layer is returned by value (about `2 · PARAM_BYTES` of stack); for large shapes
-    /// use [`MultiHead::from_safetensors_boxed`] or [`MultiHead::load_safetensors`].
+    /// load into a layer on the heap with [`MultiHead::load_safetensors`].
     ///
     /// # Errors
     ///
@@ -263,23 +263,6 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float, W: Weight
         let file = File::parse(bytes)?;
         let checked = Self::check_file(&file, prefix)?;
         Self::from_checked(&checked)
-    }
-
-    /// [`MultiHead::from_safetensors`] building the layer directly on the heap, for layers
-    /// whose parameters do not fit on the stack.
-    ///
-    /// # Errors
-    ///
-    /// As [`MultiHead::from_safetensors`].
-    pub fn from_safetensors_boxed(
-        bytes: &[u8],
-        prefix: &str,
-    ) -> Result<std::boxed::Box<Self>, LoadError> {
-        let file = File::parse(bytes)?;
-        let checked = Self::check_file(&file, prefix)?;
-        let mut layer = Self::zeros_boxed();
-        layer.write_checked(&checked);
-        Ok(layer)
     }
 
     /// [`MultiHead::from_safetensors`] into an existing layer, in place. Everything is checked
@@ -370,13 +353,14 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float, W: Weight
     /// possible with an absurdly long `prefix`).
     pub fn to_safetensors(&self, prefix: &str) -> Result<Vec<u8>, SaveError> {
         let (q, k, v, o) = (self.q_proj(), self.k_proj(), self.v_proj(), self.out_proj());
+        let has_bias = [q, k, v, o].iter().any(|l| l.has_bias());
         let cat = |parts: &[&[T]]| -> Vec<T> { parts.concat() };
         let mut tensors = std::vec![weights::<T, W>(
             "in_proj_weight",
             std::vec![3 * DIM, DIM],
             &cat(&[&row_major(q), &row_major(k), &row_major(v)]),
         )];
-        if self.has_bias() {
+        if has_bias {
             tensors.push(floats(
                 "in_proj_bias",
                 std::vec![3 * DIM],
@@ -392,7 +376,7 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float, W: Weight
             std::vec![DIM, DIM],
             &row_major(o),
         ));
-        if self.has_bias() {
+        if has_bias {
             tensors.push(floats(
                 "out_proj.bias",
                 std::vec![DIM],
@@ -410,7 +394,7 @@ impl<const SEQ: usize, const DIM: usize, T: Float, W: Weight<T>> SelfAttention<S
     /// scalar type; other tensors in the file are ignored.
     ///
     /// Returned by value (about `2 · PARAM_BYTES` of stack); see
-    /// [`SelfAttention::from_safetensors_boxed`] and [`SelfAttention::load_safetensors`].
+    /// [`SelfAttention::load_safetensors`] for a head on the heap.
     ///
     /// # Errors
     ///
@@ -419,22 +403,6 @@ impl<const SEQ: usize, const DIM: usize, T: Float, W: Weight<T>> SelfAttention<S
     pub fn from_safetensors(bytes: &[u8], prefix: &str) -> Result<Self, LoadError> {
         let file = File::parse(bytes)?;
         Self::from_checked(&Self::check_file(&file, prefix)?)
-    }
-
-    /// [`SelfAttention::from_safetensors`] building the head directly on the heap.
-    ///
-    /// # Errors
-    ///
-    /// As [`SelfAttention::from_safetensors`].
-    pub fn from_safetensors_boxed(
-        bytes: &[u8],
-        prefix: &str,
-    ) -> Result<std::boxed::Box<Self>, LoadError> {
-        let file = File::parse(bytes)?;
-        let checked = Self::check_file(&file, prefix)?;
-        let mut head = Self::zeros_boxed();
-        head.write_checked(&checked);
-        Ok(head)
     }
 
     /// [`SelfAttention::from_safetensors`] into an existing head, in place. Everything is
@@ -533,22 +501,6 @@ impl<
         Ok(layer)
     }
 
-    /// [`GroupedQuery::from_safetensors`] building the layer directly on the heap.
-    ///
-    /// # Errors
-    ///
-    /// As [`GroupedQuery::from_safetensors`].
-    pub fn from_safetensors_boxed(
-        bytes: &[u8],
-        prefix: &str,
-    ) -> Result<std::boxed::Box<Self>, LoadError> {
-        let file = File::parse(bytes)?;
-        let checked = Self::check_file(&file, prefix)?;
-        let mut layer = Self::zeros_boxed();
-        layer.write_checked(&checked);
-        Ok(layer)
-    }
-
     /// [`GroupedQuery::from_safetensors`] into an existing layer, in place. Everything is
     /// checked before anything is written: on error the layer is unchanged.
     ///
@@ -596,11 +548,10 @@ impl<
     }
 
     fn write_checked(&mut self, c: &[CheckedLinear<'_, T>; 4]) {
-        let (q, k, v, o) = self.projections_mut();
-        c[0].write(q);
-        c[1].write(k);
-        c[2].write(v);
-        c[3].write(o);
+        c[0].write(&mut self.q);
+        c[1].write(&mut self.k);
+        c[2].write(&mut self.v);
+        c[3].write(&mut self.o);
     }
 
     /// Writes the layer with Hugging Face's names (`q_proj.weight`, `k_proj.weight`,
@@ -621,7 +572,7 @@ impl<
                 tensors.push(floats(&format!("{name}.bias"), std::vec![rows], b));
             }
         };
-        let (q, k, v, o) = (self.q_proj(), self.k_proj(), self.v_proj(), self.o_proj());
+        let (q, k, v, o) = (self.q_proj(), self.k_proj(), self.v_proj(), self.out_proj());
         add(
             "q_proj",
             std::vec![Q_DIM, DIM],

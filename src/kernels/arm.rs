@@ -1,34 +1,41 @@
 //! aarch64 NEON (Advanced SIMD): 4 `f32` or 2 `f64` lanes per vector, 32 registers. NEON is
 //! part of the aarch64 baseline, so no detection is needed: the [`Neon`] token exists on every
-//! aarch64 build, and the generic kernels of `vector.rs` are compiled for it directly.
+//! aarch64 build, and the generic kernels of `vector/` are compiled for it directly.
 
 #![allow(clippy::inline_always)]
 
 use core::arch::aarch64::*;
 
-use super::simd::Simd;
-use super::vector;
-use super::{Dims, LinearIo, MaskView, WorkRef};
-use crate::Float;
+use super::args::{LinearIo, Problem, QueryIo, WorkRef};
+use super::simd::{Simd, one_intrinsic_each};
+use super::table::{Table, widen_f16_portable};
+use super::{Kernel, vector};
 
 /// Proof that the CPU runs NEON: every aarch64 CPU does (the target's baseline).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Neon(());
 
-impl Neon {
-    /// The token (NEON is always there on aarch64).
-    pub(crate) fn detect() -> Option<Self> {
-        cfg!(target_feature = "neon").then_some(Neon(()))
-    }
-}
-
 /// NEON with 4 `f32` lanes.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct NeonF32(pub(crate) Neon);
+pub(crate) struct NeonF32(Neon);
 
 /// NEON with 2 `f64` lanes.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct NeonF64(pub(crate) Neon);
+pub(crate) struct NeonF64(Neon);
+
+/// `c + a·b` in one rounding, with the arguments in `Simd::fma`'s order.
+#[inline(always)]
+unsafe fn fma_f32(a: float32x4_t, b: float32x4_t, c: float32x4_t) -> float32x4_t {
+    // SAFETY: NEON is the target's baseline.
+    unsafe { vfmaq_f32(c, a, b) }
+}
+
+/// `c + a·b` in one rounding, with the arguments in `Simd::fma`'s order.
+#[inline(always)]
+unsafe fn fma_f64(a: float64x2_t, b: float64x2_t, c: float64x2_t) -> float64x2_t {
+    // SAFETY: NEON is the target's baseline.
+    unsafe { vfmaq_f64(c, a, b) }
+}
 
 // Every `unsafe` block in the two `impl`s below calls NEON intrinsics, which are sound to
 // execute exactly when the CPU has NEON: `self` holds a `Neon` token, which exists only on
@@ -42,35 +49,13 @@ impl Simd for NeonF32 {
     const LANES: usize = 4;
     const TILE: usize = 12;
 
-    #[inline(always)]
-    fn splat(self, x: f32) -> float32x4_t {
-        // SAFETY: NEON, proven by the token.
-        unsafe { vdupq_n_f32(x) }
-    }
-    #[inline(always)]
-    fn add(self, a: float32x4_t, b: float32x4_t) -> float32x4_t {
-        // SAFETY: NEON, proven by the token.
-        unsafe { vaddq_f32(a, b) }
-    }
-    #[inline(always)]
-    fn sub(self, a: float32x4_t, b: float32x4_t) -> float32x4_t {
-        // SAFETY: NEON, proven by the token.
-        unsafe { vsubq_f32(a, b) }
-    }
-    #[inline(always)]
-    fn mul(self, a: float32x4_t, b: float32x4_t) -> float32x4_t {
-        // SAFETY: NEON, proven by the token.
-        unsafe { vmulq_f32(a, b) }
-    }
-    #[inline(always)]
-    fn div(self, a: float32x4_t, b: float32x4_t) -> float32x4_t {
-        // SAFETY: NEON, proven by the token.
-        unsafe { vdivq_f32(a, b) }
-    }
-    #[inline(always)]
-    fn fma(self, a: float32x4_t, b: float32x4_t, c: float32x4_t) -> float32x4_t {
-        // SAFETY: NEON, proven by the token. `vfmaq_f32(c, a, b)` is `c + a·b`, one rounding.
-        unsafe { vfmaq_f32(c, a, b) }
+    one_intrinsic_each! {
+        splat: vdupq_n_f32,
+        load: vld1q_f32,
+        store: vst1q_f32,
+        fma: fma_f32,
+        ops: [add: vaddq_f32, sub: vsubq_f32, mul: vmulq_f32, div: vdivq_f32],
+        cmps: [lt: vcltq_f32, ge: vcgeq_f32, eq: vceqq_f32],
     }
     #[inline(always)]
     fn max(self, a: float32x4_t, b: float32x4_t) -> float32x4_t {
@@ -87,21 +72,6 @@ impl Simd for NeonF32 {
     fn keep(self, a: float32x4_t, m: uint32x4_t) -> float32x4_t {
         // SAFETY: NEON, proven by the token.
         unsafe { vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(a), m)) }
-    }
-    #[inline(always)]
-    fn lt(self, a: float32x4_t, b: float32x4_t) -> uint32x4_t {
-        // SAFETY: NEON, proven by the token.
-        unsafe { vcltq_f32(a, b) }
-    }
-    #[inline(always)]
-    fn ge(self, a: float32x4_t, b: float32x4_t) -> uint32x4_t {
-        // SAFETY: NEON, proven by the token.
-        unsafe { vcgeq_f32(a, b) }
-    }
-    #[inline(always)]
-    fn eq(self, a: float32x4_t, b: float32x4_t) -> uint32x4_t {
-        // SAFETY: NEON, proven by the token.
-        unsafe { vceqq_f32(a, b) }
     }
     #[inline(always)]
     fn and(self, a: uint32x4_t, b: uint32x4_t) -> uint32x4_t {
@@ -139,11 +109,6 @@ impl Simd for NeonF32 {
         unsafe { vaddvq_f32(v) }
     }
     #[inline(always)]
-    unsafe fn load(self, p: *const f32) -> float32x4_t {
-        // SAFETY: NEON (token); the caller guarantees 4 readable floats at `p`.
-        unsafe { vld1q_f32(p) }
-    }
-    #[inline(always)]
     unsafe fn load_partial(self, p: *const f32, n: usize) -> float32x4_t {
         debug_assert!(n <= 4);
         // NEON has no masked load: lane by lane into zeros (a copy of `n` values through a
@@ -166,11 +131,6 @@ impl Simd for NeonF32 {
             }
             v
         }
-    }
-    #[inline(always)]
-    unsafe fn store(self, p: *mut f32, v: float32x4_t) {
-        // SAFETY: NEON (token); the caller guarantees 4 writable floats at `p`.
-        unsafe { vst1q_f32(p, v) }
     }
     #[inline(always)]
     unsafe fn broadcast(self, p: *const f32) -> float32x4_t {
@@ -199,35 +159,13 @@ impl Simd for NeonF64 {
     const LANES: usize = 2;
     const TILE: usize = 12;
 
-    #[inline(always)]
-    fn splat(self, x: f64) -> float64x2_t {
-        // SAFETY: NEON, proven by the token.
-        unsafe { vdupq_n_f64(x) }
-    }
-    #[inline(always)]
-    fn add(self, a: float64x2_t, b: float64x2_t) -> float64x2_t {
-        // SAFETY: NEON, proven by the token.
-        unsafe { vaddq_f64(a, b) }
-    }
-    #[inline(always)]
-    fn sub(self, a: float64x2_t, b: float64x2_t) -> float64x2_t {
-        // SAFETY: NEON, proven by the token.
-        unsafe { vsubq_f64(a, b) }
-    }
-    #[inline(always)]
-    fn mul(self, a: float64x2_t, b: float64x2_t) -> float64x2_t {
-        // SAFETY: NEON, proven by the token.
-        unsafe { vmulq_f64(a, b) }
-    }
-    #[inline(always)]
-    fn div(self, a: float64x2_t, b: float64x2_t) -> float64x2_t {
-        // SAFETY: NEON, proven by the token.
-        unsafe { vdivq_f64(a, b) }
-    }
-    #[inline(always)]
-    fn fma(self, a: float64x2_t, b: float64x2_t, c: float64x2_t) -> float64x2_t {
-        // SAFETY: NEON, proven by the token.
-        unsafe { vfmaq_f64(c, a, b) }
+    one_intrinsic_each! {
+        splat: vdupq_n_f64,
+        load: vld1q_f64,
+        store: vst1q_f64,
+        fma: fma_f64,
+        ops: [add: vaddq_f64, sub: vsubq_f64, mul: vmulq_f64, div: vdivq_f64],
+        cmps: [lt: vcltq_f64, ge: vcgeq_f64, eq: vceqq_f64],
     }
     #[inline(always)]
     fn max(self, a: float64x2_t, b: float64x2_t) -> float64x2_t {
@@ -243,21 +181,6 @@ impl Simd for NeonF64 {
     fn keep(self, a: float64x2_t, m: uint64x2_t) -> float64x2_t {
         // SAFETY: NEON, proven by the token.
         unsafe { vreinterpretq_f64_u64(vandq_u64(vreinterpretq_u64_f64(a), m)) }
-    }
-    #[inline(always)]
-    fn lt(self, a: float64x2_t, b: float64x2_t) -> uint64x2_t {
-        // SAFETY: NEON, proven by the token.
-        unsafe { vcltq_f64(a, b) }
-    }
-    #[inline(always)]
-    fn ge(self, a: float64x2_t, b: float64x2_t) -> uint64x2_t {
-        // SAFETY: NEON, proven by the token.
-        unsafe { vcgeq_f64(a, b) }
-    }
-    #[inline(always)]
-    fn eq(self, a: float64x2_t, b: float64x2_t) -> uint64x2_t {
-        // SAFETY: NEON, proven by the token.
-        unsafe { vceqq_f64(a, b) }
     }
     #[inline(always)]
     fn and(self, a: uint64x2_t, b: uint64x2_t) -> uint64x2_t {
@@ -295,11 +218,6 @@ impl Simd for NeonF64 {
         unsafe { vaddvq_f64(v) }
     }
     #[inline(always)]
-    unsafe fn load(self, p: *const f64) -> float64x2_t {
-        // SAFETY: NEON (token); the caller guarantees 2 readable doubles at `p`.
-        unsafe { vld1q_f64(p) }
-    }
-    #[inline(always)]
     unsafe fn load_partial(self, p: *const f64, n: usize) -> float64x2_t {
         debug_assert!(n <= 2);
         // SAFETY: NEON (token); the caller guarantees `n` readable doubles at `p`, and lane
@@ -311,11 +229,6 @@ impl Simd for NeonF64 {
                 _ => vld1q_f64(p),
             }
         }
-    }
-    #[inline(always)]
-    unsafe fn store(self, p: *mut f64, v: float64x2_t) {
-        // SAFETY: NEON (token); the caller guarantees 2 writable doubles at `p`.
-        unsafe { vst1q_f64(p, v) }
     }
     #[inline(always)]
     unsafe fn broadcast(self, p: *const f64) -> float64x2_t {
@@ -332,119 +245,67 @@ impl Simd for NeonF64 {
     }
 }
 
-use super::simd::{cast, io_as, mask_as, work_as};
+// ---- Kernel tables -------------------------------------------------------------------------
+//
+// NEON is the baseline: the generic kernels compile for it as plain functions.
 
-/// `linear` on NEON.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn linear<T: Float>(
-    io: LinearIo<'_, T>,
-    s: usize,
-    din: usize,
-    w: &[T],
-    dout: usize,
-    bias: &[T],
-    pack: &mut [T],
-) {
-    macro_rules! go {
-        ($simd:expr, $e:ty) => {
-            vector::linear(
-                $simd,
-                io_as(io),
-                s,
-                din,
-                cast!($e, w),
-                dout,
-                cast!($e, bias),
-                cast!(mut $e, pack),
-            )
-        };
-    }
-    let token = Neon::detect().expect("NEON is the aarch64 baseline");
-    if T::BYTES == 4 {
-        go!(NeonF32(token), f32)
-    } else {
-        go!(NeonF64(token), f64)
-    }
+/// One kernel table: the generic kernels compiled with the `Simd` implementation `$simd`.
+macro_rules! table {
+    ($module:ident, $e:ty, $simd:ident) => {
+        mod $module {
+            use super::*;
+
+            fn linear(
+                io: LinearIo<'_, $e>,
+                s: usize,
+                din: usize,
+                w: &[$e],
+                dout: usize,
+                bias: &[$e],
+                pack: &mut [$e],
+            ) {
+                vector::linear($simd(Neon(())), io, s, din, w, dout, bias, pack)
+            }
+
+            fn attention(io: QueryIo<'_, $e>, p: &Problem<'_, $e>, work: WorkRef<'_, $e>) {
+                vector::attention($simd(Neon(())), io, p, work)
+            }
+
+            fn weights(io: QueryIo<'_, $e>, p: &Problem<'_, $e>, weights: &mut [$e]) {
+                vector::attention_with_weights($simd(Neon(())), io, p, weights)
+            }
+
+            fn exp(xs: &mut [$e]) {
+                vector::exp_slice($simd(Neon(())), xs)
+            }
+
+            pub(super) static TABLE: Table<$e> = Table {
+                kernel: Kernel::Neon,
+                linear,
+                attention,
+                weights,
+                exp,
+                widen_f16: widen_f16_portable,
+            };
+        }
+    };
 }
 
-/// `attention` on NEON; returns whether every output is finite.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn attention<T: Float>(
-    q: &[T],
-    k: &[T],
-    v: &[T],
-    dims: Dims,
-    scale: T,
-    mask: &MaskView<'_, T>,
-    out: &mut [T],
-    work: WorkRef<'_, T>,
-    vscale: T,
-) -> bool {
-    macro_rules! go {
-        ($simd:expr, $e:ty) => {
-            vector::attention(
-                $simd,
-                cast!($e, q),
-                cast!($e, k),
-                cast!($e, v),
-                dims,
-                <$e>::of(scale.to_f64()),
-                &mask_as(mask),
-                cast!(mut $e, out),
-                work_as(work),
-                <$e>::of(vscale.to_f64()),
-            )
-        };
-    }
-    let token = Neon::detect().expect("NEON is the aarch64 baseline");
-    if T::BYTES == 4 {
-        go!(NeonF32(token), f32)
-    } else {
-        go!(NeonF64(token), f64)
-    }
+table!(neon_f32, f32, NeonF32);
+table!(neon_f64, f64, NeonF64);
+
+/// The `f32` NEON table.
+///
+/// # Safety
+/// None beyond the target's (NEON is the aarch64 baseline); `unsafe` like the x86 tables'.
+pub(crate) unsafe fn table_f32(_: Kernel) -> &'static Table<f32> {
+    &neon_f32::TABLE
 }
 
-/// `attention_with_weights` on NEON.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn attention_with_weights<T: Float>(
-    q: &[T],
-    k: &[T],
-    v: &[T],
-    dims: Dims,
-    scale: T,
-    mask: &MaskView<'_, T>,
-    out: &mut [T],
-    weights: &mut [T],
-) {
-    macro_rules! go {
-        ($simd:expr, $e:ty) => {
-            vector::attention_with_weights(
-                $simd,
-                cast!($e, q),
-                cast!($e, k),
-                cast!($e, v),
-                dims,
-                <$e>::of(scale.to_f64()),
-                &mask_as(mask),
-                cast!(mut $e, out),
-                cast!(mut $e, weights),
-            )
-        };
-    }
-    let token = Neon::detect().expect("NEON is the aarch64 baseline");
-    if T::BYTES == 4 {
-        go!(NeonF32(token), f32)
-    } else {
-        go!(NeonF64(token), f64)
-    }
-}
-
-/// `eˣ` over a slice with the NEON `exp`.
-pub(crate) fn exp_in_place<T: Float>(xs: &mut [T]) {
-    let token = Neon::detect().expect("NEON is the aarch64 baseline");
-    if T::BYTES == 4 {
-        vector::exp_slice(NeonF32(token), cast!(mut f32, xs));
-    } else {
-        vector::exp_slice(NeonF64(token), cast!(mut f64, xs));
-    }
+/// The `f64` NEON table.
+///
+/// # Safety
+/// As [`table_f32`].
+pub(crate) unsafe fn table_f64(_: Kernel) -> &'static Table<f64> {
+    &neon_f64::TABLE
 }

@@ -1,71 +1,57 @@
 //! The portable kernel: plain loops over column-major slices, written so the compiler can
 //! vectorise the innermost loops (over queries and over sequence positions). It is the
-//! reference the instruction-set kernels are tested against.
+//! reference the instruction-set kernels are tested against, and the place to read the online
+//! softmax (see [`attention`]) before the SIMD tiles of `vector/`.
 
-use super::{Dims, LinearIo, MQ_MAX, MaskView, PANEL_ROWS, WorkRef};
-use crate::linear::tiled_index;
-use crate::{Float, Weight};
+use core::marker::PhantomData;
+
+use super::args::{Dims, LinearIo, MQ_MAX, Problem, QueryIo, WorkRef};
+use super::layout::tiled_index;
+use super::table::{Table, widen_f16_portable};
+use super::{Float, Kernel, Lazy};
+use crate::Weight;
+
+/// The scalar kernel's table for scalar type `T`.
+pub(super) struct Tables<T>(PhantomData<T>);
+
+impl<T: Float> Tables<T> {
+    pub(super) const TABLE: Table<T> = Table {
+        kernel: Kernel::Scalar,
+        linear: linear::<T, T>,
+        attention: attention::<T>,
+        weights: attention_with_weights::<T>,
+        exp: exp_in_place::<T>,
+        widen_f16: widen_f16_portable::<T>,
+    };
+}
 
 /// Rows of queries the streaming kernel processes together.
 const BLOCK_Q: usize = 8;
 
+/// `eˣ` with the platform's `exp`.
+fn exp_in_place<T: Float>(xs: &mut [T]) {
+    xs.iter_mut().for_each(|x| *x = x.exp_());
+}
+
 /// `out[s × dout] = x[s × din] · Wᵀ + b` (column-major; `W` in the tile layout of
-/// [`crate::Linear`], stored as `Wt` and widened as it is read), `out += x · Wᵀ` for
-/// [`LinearIo::Add`], or the same in place, a panel of [`PANEL_ROWS`] rows at a time copied
-/// into `pack` first.
-pub(crate) fn linear<T: Float, Wt: Weight<T>>(
+/// [`crate::Linear`], stored as `Wt` and widened as it is read), or `out += x · Wᵀ` for
+/// [`LinearIo::Add`]. The pack buffer is not needed.
+pub(super) fn linear<T: Float, Wt: Weight<T>>(
     io: LinearIo<'_, T>,
     s: usize,
     din: usize,
     w: &[Wt],
     dout: usize,
     bias: &[T],
-    pack: &mut [T],
+    _pack: &mut [T],
 ) {
-    assert!(w.len() >= din * dout);
+    assert!(w.len() >= din * dout, "weights too short");
     let wt = |c: usize, d: usize| w[tiled_index(c, d, din, dout)].widen();
-    match io {
-        LinearIo::Out { x, out } => linear_out(x, s, din, &wt, dout, bias, out, false),
-        LinearIo::Add { x, out } => linear_out(x, s, din, &wt, dout, bias, out, true),
-        LinearIo::InPlace(buf) => {
-            assert!(din == dout && buf.len() >= s * din && pack.len() >= PANEL_ROWS * din);
-            let mut i0 = 0;
-            while i0 < s {
-                let rows = PANEL_ROWS.min(s - i0);
-                for d in 0..din {
-                    for r in 0..rows {
-                        pack[d * PANEL_ROWS + r] = buf[i0 + r + d * s];
-                    }
-                }
-                for c in 0..dout {
-                    for r in 0..rows {
-                        let mut acc = bias[c];
-                        for d in 0..din {
-                            acc += pack[d * PANEL_ROWS + r] * wt(c, d);
-                        }
-                        buf[i0 + r + c * s] = acc;
-                    }
-                }
-                i0 += rows;
-            }
-        }
-    }
-}
-
-/// [`linear`] with separate input and output (`add`: accumulate into `out`).
-#[allow(clippy::too_many_arguments)]
-fn linear_out<T: Float>(
-    x: &[T],
-    s: usize,
-    din: usize,
-    wt: &impl Fn(usize, usize) -> T,
-    dout: usize,
-    bias: &[T],
-    out: &mut [T],
-    add: bool,
-) {
-    assert!(x.len() >= s * din && bias.len() >= dout);
-    assert!(out.len() >= s * dout);
+    let (x, out, add) = match io {
+        LinearIo::Out { x, out } => (x, out, false),
+        LinearIo::Add { x, out } => (x, out, true),
+    };
+    assert!(x.len() >= s * din && bias.len() >= dout && out.len() >= s * dout);
     // `add` leaves the outputs as they are (no bias) and adds the products to them.
     let start = |col: &mut [T], b: T| {
         if !add {
@@ -122,154 +108,50 @@ fn linear_out<T: Float>(
 /// m' = max(m, s),  c = e^(m − m'),  p = e^(s − m'),  l' = c·l + p,  acc' = c·acc + p·v_j
 /// ```
 ///
-/// and at the end `out = acc / l`. (With `vscale ≠ 1` every `p` entering `acc` is scaled by it,
-/// and the output by its inverse: see `kernels::attention`.) A key the mask blocks is skipped for that row: it never
+/// and at the end `out = acc / l`. A key the mask blocks is skipped for that row: it never
 /// touches `m`, `l` or `acc`, so NaN values behind a mask cannot leak, and `−∞ − (−∞)` is never
 /// formed. A row that saw no key ends with `l = 0` and is written as zeros.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn attention<T: Float>(
-    q: &[T],
-    k: &[T],
-    v: &[T],
-    dims: Dims,
-    scale: T,
-    mask: &MaskView<'_, T>,
-    out: &mut [T],
+///
+/// A block's outputs are written only after its last key, so they may replace its queries
+/// ([`QueryIo::InPlace`]). If a block's outputs are not finite because huge values overflowed
+/// the sums, the block is redone with every `p` scaled by a power of two
+/// ([`super::overflow_rescale`]) and the outputs scaled back.
+pub(super) fn attention<T: Float>(
+    mut io: QueryIo<'_, T>,
+    p: &Problem<'_, T>,
     work: WorkRef<'_, T>,
-    vscale: T,
-) -> bool {
-    let Dims {
-        sq,
-        skv,
-        dk,
-        dv,
-        ldkv,
-    } = dims;
-    assert!(mask.sq == sq && mask.skv == skv && work.acc.len() >= dv * MQ_MAX);
-    let mut finite = true;
-    assert!(q.len() >= sq * dk && k.len() >= dims.kv_len(dk) && v.len() >= dims.kv_len(dv));
-    assert!(ldkv >= skv);
-    assert!(out.len() >= sq * dv);
-    let dense = mask.is_dense();
+) {
+    p.check(&io);
+    let Dims { sq, dv, ldq, .. } = p.dims;
+    assert!(work.acc.len() >= dv * MQ_MAX, "work buffer too short");
     let mut state = State {
         acc: work.acc,
         max: [T::ZERO; BLOCK_Q],
         sum: [T::ZERO; BLOCK_Q],
     };
-    let work = &mut state;
-    // `vscale` is 1, or a power of two that keeps the sums of huge values finite (see
-    // `kernels::attention`); either way its inverse is exact.
-    let inv_vscale = T::ONE / vscale;
-
+    let mut lazy = Lazy::new();
     let mut i0 = 0;
     while i0 < sq {
         let nb = BLOCK_Q.min(sq - i0);
-        let mut ranges = [(0usize, 0usize); BLOCK_Q];
-        // Union of the rows' key ranges, and the keys every row of a full block uses.
-        let (mut lo, mut hi) = (usize::MAX, 0);
-        let (mut all_lo, mut all_hi) = (0, usize::MAX);
-        for (r, range) in ranges.iter_mut().enumerate().take(nb) {
-            *range = mask.key_range(i0 + r);
-            all_lo = all_lo.max(range.0);
-            all_hi = all_hi.min(range.1);
-            if range.0 < range.1 {
-                lo = lo.min(range.0);
-                hi = hi.max(range.1);
-            }
+        block(io.queries(), p, i0, nb, T::ONE, &mut state);
+        let mut vscale = T::ONE;
+        if !state.outputs_finite(nb, dv)
+            && let Some(rescale) = lazy.rescale(p.v, p.dims)
+        {
+            vscale = rescale;
+            block(io.queries(), p, i0, nb, vscale, &mut state);
         }
-        if nb < BLOCK_Q || dense {
-            all_hi = 0;
-        }
-        work.max = [T::NEG_INFINITY; BLOCK_Q];
-        work.sum = [T::ZERO; BLOCK_Q];
-        for col in work.acc.chunks_exact_mut(MQ_MAX).take(dv) {
-            col[..BLOCK_Q].fill(T::ZERO);
-        }
-
-        for j in lo..hi {
-            if j >= all_lo
-                && j < all_hi
-                && full_block_key(q, k, v, dims, i0, j, scale, vscale, work)
-            {
-                continue;
-            }
-            // General path: which rows of the block use key j, and with what additive bias.
-            let mut used = [false; BLOCK_Q];
-            let mut bias = [T::ZERO; BLOCK_Q];
-            let mut any = false;
-            for r in 0..nb {
-                let (a, b) = ranges[r];
-                if j >= a && j < b {
-                    let entry = if dense {
-                        mask.dense_entry(i0 + r, j)
-                    } else {
-                        Some(T::ZERO)
-                    };
-                    if let Some(m) = entry {
-                        used[r] = true;
-                        bias[r] = m;
-                        any = true;
-                    }
-                }
-            }
-            if !any {
-                continue;
-            }
-
-            // s[r] = q[i0 + r, :] · k[j, :]
-            let mut s = [T::ZERO; BLOCK_Q];
-            for d in 0..dk {
-                let kv = k[j + d * ldkv];
-                let q_col = &q[i0 + d * sq..i0 + d * sq + nb];
-                for (sr, &qv) in s.iter_mut().zip(q_col) {
-                    *sr += qv * kv;
-                }
-            }
-
-            let mut corr = [T::ONE; BLOCK_Q];
-            let mut p = [T::ZERO; BLOCK_Q];
-            for r in 0..nb {
-                if !used[r] {
-                    continue;
-                }
-                let sr = s[r] * scale + bias[r];
-                if sr == T::NEG_INFINITY {
-                    // exp(−∞) = 0: an allowed key whose score overflowed to −∞ carries no
-                    // weight (p = 0, c = 1, as in the other paths); not forming m − m' avoids
-                    // −∞ − (−∞) when no key has been seen yet.
-                    continue;
-                }
-                (corr[r], p[r]) = online_step(&mut work.max[r], &mut work.sum[r], sr);
-                p[r] *= vscale;
-            }
-
-            for (e, acc) in work.acc.chunks_exact_mut(MQ_MAX).enumerate().take(dv) {
-                let ve = v[j + e * ldkv];
-                for r in 0..BLOCK_Q {
-                    if used[r] {
-                        acc[r] = acc[r] * corr[r] + p[r] * ve;
-                    }
-                }
-            }
-        }
-
-        for (e, acc) in work.acc.chunks_exact(MQ_MAX).enumerate().take(dv) {
-            let o = &mut out[i0 + e * sq..i0 + e * sq + nb];
+        // `vscale` is 1, or a power of two: either way its inverse is exact.
+        let inv_vscale = T::ONE / vscale;
+        let out = io.outputs();
+        for (e, acc) in state.acc.chunks_exact(MQ_MAX).enumerate().take(dv) {
+            let o = &mut out[i0 + e * ldq..i0 + e * ldq + nb];
             for (r, or) in o.iter_mut().enumerate() {
-                let l = work.sum[r];
-                // l = 0 only when no key carried weight (fully masked row): zeros, not 0/0.
-                // A NaN l (a NaN score) propagates, as in PyTorch.
-                *or = if l == T::ZERO {
-                    T::ZERO
-                } else {
-                    acc[r] / l * inv_vscale
-                };
-                finite &= or.is_finite_();
+                *or = state.output(acc[r], r) * inv_vscale;
             }
         }
         i0 += nb;
     }
-    finite
 }
 
 /// The streaming kernel's state for one block of queries: output sums (one row of
@@ -278,6 +160,127 @@ struct State<'a, T> {
     acc: &'a mut [T],
     max: [T; BLOCK_Q],
     sum: [T; BLOCK_Q],
+}
+
+impl<T: Float> State<'_, T> {
+    /// Row `r`'s output from its sum `acc`: `acc / l`, or 0 when no key carried weight
+    /// (`l = 0`: a fully masked row, zeros rather than 0/0). A NaN `l` (a NaN score)
+    /// propagates, as in PyTorch.
+    #[inline(always)]
+    fn output(&self, acc: T, r: usize) -> T {
+        let l = self.sum[r];
+        if l == T::ZERO { T::ZERO } else { acc / l }
+    }
+
+    /// Whether every output of the block's `nb` rows is finite.
+    fn outputs_finite(&self, nb: usize, dv: usize) -> bool {
+        self.acc
+            .chunks_exact(MQ_MAX)
+            .take(dv)
+            .all(|acc| (0..nb).all(|r| self.output(acc[r], r).is_finite_()))
+    }
+}
+
+/// Runs the keys over the block of `nb` queries from `i0`, leaving the sums in `state`; every
+/// `p` entering the output sums is scaled by `vscale`.
+fn block<T: Float>(
+    q: &[T],
+    p: &Problem<'_, T>,
+    i0: usize,
+    nb: usize,
+    vscale: T,
+    work: &mut State<'_, T>,
+) {
+    let Dims {
+        dk, dv, ldq, ldkv, ..
+    } = p.dims;
+    let (k, v, mask, scale) = (p.k, p.v, p.mask, p.scale);
+    let dense = mask.is_dense();
+    let mut ranges = [(0usize, 0usize); BLOCK_Q];
+    // Union of the rows' key ranges, and the keys every row of a full block uses.
+    let (mut lo, mut hi) = (usize::MAX, 0);
+    let (mut all_lo, mut all_hi) = (0, usize::MAX);
+    for (r, range) in ranges.iter_mut().enumerate().take(nb) {
+        *range = mask.key_range(i0 + r);
+        all_lo = all_lo.max(range.0);
+        all_hi = all_hi.min(range.1);
+        if range.0 < range.1 {
+            lo = lo.min(range.0);
+            hi = hi.max(range.1);
+        }
+    }
+    if nb < BLOCK_Q || dense {
+        all_hi = 0;
+    }
+    work.max = [T::NEG_INFINITY; BLOCK_Q];
+    work.sum = [T::ZERO; BLOCK_Q];
+    for col in work.acc.chunks_exact_mut(MQ_MAX).take(dv) {
+        col[..BLOCK_Q].fill(T::ZERO);
+    }
+
+    for j in lo..hi {
+        if j >= all_lo && j < all_hi && full_block_key(q, p, i0, j, scale, vscale, work) {
+            continue;
+        }
+        // General path: which rows of the block use key j, and with what additive bias.
+        let mut used = [false; BLOCK_Q];
+        let mut bias = [T::ZERO; BLOCK_Q];
+        let mut any = false;
+        for r in 0..nb {
+            let (a, b) = ranges[r];
+            if j >= a && j < b {
+                let entry = if dense {
+                    mask.dense_entry(i0 + r, j)
+                } else {
+                    Some(T::ZERO)
+                };
+                if let Some(m) = entry {
+                    used[r] = true;
+                    bias[r] = m;
+                    any = true;
+                }
+            }
+        }
+        if !any {
+            continue;
+        }
+
+        // s[r] = q[i0 + r, :] · k[j, :]
+        let mut s = [T::ZERO; BLOCK_Q];
+        for d in 0..dk {
+            let kv = k[j + d * ldkv];
+            let q_col = &q[i0 + d * ldq..i0 + d * ldq + nb];
+            for (sr, &qv) in s.iter_mut().zip(q_col) {
+                *sr += qv * kv;
+            }
+        }
+
+        let mut corr = [T::ONE; BLOCK_Q];
+        let mut p = [T::ZERO; BLOCK_Q];
+        for r in 0..nb {
+            if !used[r] {
+                continue;
+            }
+            let sr = s[r] * scale + bias[r];
+            if sr == T::NEG_INFINITY {
+                // exp(−∞) = 0: an allowed key whose score overflowed to −∞ carries no
+                // weight (p = 0, c = 1, as in the other paths); not forming m − m' avoids
+                // −∞ − (−∞) when no key has been seen yet.
+                continue;
+            }
+            (corr[r], p[r]) = online_step(&mut work.max[r], &mut work.sum[r], sr);
+            p[r] *= vscale;
+        }
+
+        for (e, acc) in work.acc.chunks_exact_mut(MQ_MAX).enumerate().take(dv) {
+            let ve = v[j + e * ldkv];
+            for r in 0..BLOCK_Q {
+                if used[r] {
+                    acc[r] = acc[r] * corr[r] + p[r] * ve;
+                }
+            }
+        }
+    }
 }
 
 /// One online-softmax step for one query row: folds the finite-or-NaN score `s` into the
@@ -309,12 +312,9 @@ fn online_step<T: Float>(m: &mut T, l: &mut T, s: T) -> (T, T) {
 /// row's maximum moved (most keys, after the first few). Returns `false`, having changed
 /// nothing, if a score is `−∞`, which the general path handles.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn full_block_key<T: Float>(
     q: &[T],
-    k: &[T],
-    v: &[T],
-    dims: Dims,
+    p: &Problem<'_, T>,
     i0: usize,
     j: usize,
     scale: T,
@@ -322,12 +322,12 @@ fn full_block_key<T: Float>(
     work: &mut State<'_, T>,
 ) -> bool {
     let Dims {
-        sq, dk, dv, ldkv, ..
-    } = dims;
+        dk, dv, ldq, ldkv, ..
+    } = p.dims;
     let mut s = [T::ZERO; BLOCK_Q];
     for d in 0..dk {
-        let kv = k[j + d * ldkv];
-        let q_col = &q[i0 + d * sq..i0 + d * sq + BLOCK_Q];
+        let kv = p.k[j + d * ldkv];
+        let q_col = &q[i0 + d * ldq..i0 + d * ldq + BLOCK_Q];
         for r in 0..BLOCK_Q {
             s[r] += q_col[r] * kv;
         }
@@ -339,24 +339,24 @@ fn full_block_key<T: Float>(
         return false;
     }
     let mut corr = [T::ONE; BLOCK_Q];
-    let mut p = [T::ZERO; BLOCK_Q];
+    let mut pr = [T::ZERO; BLOCK_Q];
     for r in 0..BLOCK_Q {
-        (corr[r], p[r]) = online_step(&mut work.max[r], &mut work.sum[r], s[r]);
-        p[r] *= vscale;
+        (corr[r], pr[r]) = online_step(&mut work.max[r], &mut work.sum[r], s[r]);
+        pr[r] *= vscale;
     }
     // Multiplying by c = 1 changes nothing, so the rescale is skipped when no maximum moved.
     if corr != [T::ONE; BLOCK_Q] {
         for (e, acc) in work.acc.chunks_exact_mut(MQ_MAX).enumerate().take(dv) {
-            let ve = v[j + e * ldkv];
+            let ve = p.v[j + e * ldkv];
             for r in 0..BLOCK_Q {
-                acc[r] = acc[r] * corr[r] + p[r] * ve;
+                acc[r] = acc[r] * corr[r] + pr[r] * ve;
             }
         }
     } else {
         for (e, acc) in work.acc.chunks_exact_mut(MQ_MAX).enumerate().take(dv) {
-            let ve = v[j + e * ldkv];
+            let ve = p.v[j + e * ldkv];
             for r in 0..BLOCK_Q {
-                acc[r] += p[r] * ve;
+                acc[r] += pr[r] * ve;
             }
         }
     }
@@ -364,33 +364,30 @@ fn full_block_key<T: Float>(
 }
 
 /// Attention for one head that also writes the post-softmax weights: per query row, the
-/// scores go into the row of `weights` (masked keys get exactly 0), the row is normalised,
-/// and the output is the weighted sum over the keys the mask allows.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn attention_with_weights<T: Float>(
-    q: &[T],
-    k: &[T],
-    v: &[T],
-    dims: Dims,
-    scale: T,
-    mask: &MaskView<'_, T>,
-    out: &mut [T],
+/// scores go into the row of `weights` (`sq × skv`, column-major with leading dimension
+/// `ldq`; masked keys get exactly 0),
+/// the row is normalised, and the output is the weighted sum over the keys the mask allows.
+/// A row's output is written after its query has been read, so it may replace it.
+pub(super) fn attention_with_weights<T: Float>(
+    mut io: QueryIo<'_, T>,
+    p: &Problem<'_, T>,
     weights: &mut [T],
 ) {
+    p.check(&io);
     let Dims {
         sq,
         skv,
         dk,
         dv,
+        ldq,
         ldkv,
-    } = dims;
-    assert!(mask.sq == sq && mask.skv == skv);
-    assert!(weights.len() >= sq * skv && out.len() >= sq * dv);
-    assert!(q.len() >= sq * dk && k.len() >= dims.kv_len(dk) && v.len() >= dims.kv_len(dv));
-    assert!(ldkv >= skv);
+    } = p.dims;
+    assert!(weights.len() >= p.dims.q_len(skv), "weights too short");
+    let (k, v, mask, scale) = (p.k, p.v, p.mask, p.scale);
     let dense = mask.is_dense();
     for i in 0..sq {
         let (lo, hi) = mask.key_range(i);
+        let q = io.queries();
         let mut m = T::NEG_INFINITY;
         for j in 0..skv {
             let entry = if j < lo || j >= hi {
@@ -404,19 +401,19 @@ pub(crate) fn attention_with_weights<T: Float>(
                 Some(bias) => {
                     let mut dot = T::ZERO;
                     for d in 0..dk {
-                        dot += q[i + d * sq] * k[j + d * ldkv];
+                        dot += q[i + d * ldq] * k[j + d * ldkv];
                     }
                     dot * scale + bias
                 }
                 None => T::NEG_INFINITY,
             };
             m = m.max_(s);
-            weights[i + j * sq] = s;
+            weights[i + j * ldq] = s;
         }
         // Normalise the row; a row with no finite score (all masked) becomes all zeros.
         let mut l = T::ZERO;
         for j in 0..skv {
-            let w = &mut weights[i + j * sq];
+            let w = &mut weights[i + j * ldq];
             *w = if *w == T::NEG_INFINITY {
                 T::ZERO
             } else {
@@ -426,122 +423,23 @@ pub(crate) fn attention_with_weights<T: Float>(
         }
         let inv = if l == T::ZERO { T::ZERO } else { T::ONE / l };
         for j in 0..skv {
-            weights[i + j * sq] *= inv;
+            weights[i + j * ldq] *= inv;
         }
         // out[i, :] = Σ_j w_ij v[j, :] over the keys the mask allows (one mask look-up per
         // key); blocked keys are skipped so their values, even NaN, never enter, and every
         // allowed key contributes, as in the streaming path.
+        let out = io.outputs();
         for e in 0..dv {
-            out[i + e * sq] = T::ZERO;
+            out[i + e * ldq] = T::ZERO;
         }
         for j in lo..hi {
             if dense && mask.dense_entry(i, j).is_none() {
                 continue;
             }
-            let w = weights[i + j * sq];
+            let w = weights[i + j * ldq];
             for e in 0..dv {
-                out[i + e * sq] += w * v[j + e * ldkv];
+                out[i + e * ldq] += w * v[j + e * ldkv];
             }
         }
-    }
-}
-
-#[cfg(all(test, feature = "std"))]
-mod tests {
-    //! The scalar kernel against the reference path, on odd sizes (block tails) and across
-    //! input scales from tiny to large logits.
-    use nalgebra::SMatrix;
-
-    use crate::{Alignment, Mask, reference};
-
-    /// A deterministic pseudo-random matrix in `[-scale, scale]`.
-    fn matrix<const R: usize, const C: usize>(seed: u64, scale: f64) -> SMatrix<f64, R, C> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        SMatrix::from_fn(|_, _| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * scale
-        })
-    }
-
-    fn check<const SQ: usize, const SKV: usize, const D: usize, const DV: usize>(seed: u64) {
-        // Under Miri (an interpreter) one scale; the shapes below are small already.
-        let scales: &[f64] = if cfg!(miri) {
-            &[1.0]
-        } else {
-            &[1e-3, 0.1, 1.0, 4.0, 30.0]
-        };
-        for &scale in scales {
-            let q = matrix::<SQ, D>(seed, scale);
-            let k = matrix::<SKV, D>(seed + 1, scale);
-            let v = matrix::<SKV, DV>(seed + 2, 1.0);
-            let pad: [bool; SKV] = core::array::from_fn(|j| j % 3 == 1);
-            for mask in &masks::<SQ, SKV>(&pad) {
-                let (want, want_w) = reference::attention(&q, &k, &v, mask, None);
-                let got = crate::scaled_dot_product_attention(&q, &k, &v, mask, None);
-                let (got2, got_w) =
-                    crate::scaled_dot_product_attention_with_weights(&q, &k, &v, mask, None);
-                let tol = 1e-12 * (1.0 + want.amax());
-                assert!((got - want).amax() <= tol, "streaming, scale {scale}");
-                assert!((got2 - want).amax() <= tol, "weights path, scale {scale}");
-                assert!((got_w - want_w).amax() <= 1e-12, "weights, scale {scale}");
-
-                // f32 kernel against the f64 reference on the same (f32-rounded) inputs, within
-                // SPEC.md's bound at unit scale, widened in proportion to the largest logit
-                // (f32 rounding of a logit s moves exp(s) by about |s|·2⁻²⁴).
-                let (q32, k32, v32) = (q.cast::<f32>(), k.cast::<f32>(), v.cast::<f32>());
-                let (want, _) =
-                    reference::attention(&q32.cast::<f64>(), &k32.cast(), &v32.cast(), mask, None);
-                let got = crate::scaled_dot_product_attention(&q32, &k32, &v32, mask, None);
-                let logit = scale * scale * (D as f64).sqrt();
-                let atol = 1e-5 * (1.0 + logit / 4.0);
-                for (g, w) in got.iter().zip(want.iter()) {
-                    let err = (f64::from(*g) - w).abs();
-                    assert!(
-                        err <= atol + 1e-5 * w.abs(),
-                        "f32 at scale {scale}: {g} vs {w}"
-                    );
-                }
-            }
-        }
-    }
-
-    fn masks<const SQ: usize, const SKV: usize>(pad: &[bool; SKV]) -> [Mask<'_, SQ, SKV>; 4] {
-        [
-            Mask::none(),
-            Mask::causal(Alignment::TopLeft),
-            Mask::causal(Alignment::BottomRight).with_key_is_padding(pad),
-            Mask::sliding_window(3, Alignment::BottomRight),
-        ]
-    }
-
-    #[test]
-    fn attention_matches_reference_on_odd_sizes_and_scales() {
-        check::<1, 1, 1, 1>(1);
-        check::<7, 7, 5, 3>(2);
-        check::<9, 13, 12, 7>(3);
-        check::<17, 5, 3, 11>(4);
-        if !cfg!(miri) {
-            check::<33, 33, 16, 16>(5);
-        }
-    }
-
-    #[test]
-    fn linear_matches_naive_on_odd_sizes() {
-        fn run<const S: usize, const I: usize, const O: usize>(seed: u64) {
-            for scale in [1e-3, 1.0, 1e3] {
-                let x = matrix::<S, I>(seed, scale);
-                let w = matrix::<O, I>(seed + 1, 1.0);
-                let b = matrix::<O, 1>(seed + 2, 1.0);
-                let l = crate::Linear::from_matrix(&w, Some(&b));
-                let want = x * w.transpose() + SMatrix::<f64, S, 1>::repeat(1.0) * b.transpose();
-                let got = l.forward(&x);
-                assert!((got - want).amax() <= 1e-12 * (1.0 + want.amax()));
-            }
-        }
-        run::<1, 1, 1>(1);
-        run::<7, 12, 5>(2);
-        run::<13, 3, 17>(3);
     }
 }

@@ -195,63 +195,58 @@ impl ExpConstants for f64 {
     const CUTOFF: f64 = EXP_CUTOFF_F64;
 }
 
-// ---- The crate's generic scalar `T` as the kernel's element type ---------------------------
-//
-// The crate's two scalar types are sealed (`f32` and `f64`), so `T::BYTES == 4` means `f32`;
-// `bytemuck` reinterprets the slices (checking sizes and alignment, which hold).
-
-/// A slice of `T` as a slice of the element type `$e` (`mut` for a mutable one).
-macro_rules! cast {
-    ($e:ty, $x:expr) => {
-        bytemuck::cast_slice::<_, $e>($x)
+/// The methods of a [`Simd`] implementation that are one intrinsic each, written once for
+/// every instruction set: `splat`, `load`, `store`, the lane-wise arithmetic and comparisons
+/// named in `ops` and `cmps`, and `fma` (`a · b + c`, the intrinsic's arguments in that order).
+///
+/// Every `unsafe` block calls one intrinsic of the implementation's instruction set, which is
+/// sound because `self` is the token proving the CPU runs it; `load` and `store` rely besides
+/// on their callers' `# Safety` contracts (`LANES` readable or writable elements at `p`).
+macro_rules! one_intrinsic_each {
+    (
+        splat: $splat:path,
+        load: $load:path,
+        store: $store:path,
+        fma: $fma:path,
+        ops: [$($op:ident: $f:path),* $(,)?],
+        cmps: [$($cmp:ident: $g:path),* $(,)?] $(,)?
+    ) => {
+        #[inline(always)]
+        fn splat(self, x: Self::E) -> Self::V {
+            // SAFETY: the token proves the instruction set (see the macro's docs).
+            unsafe { $splat(x) }
+        }
+        #[inline(always)]
+        fn fma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+            // SAFETY: the token proves the instruction set.
+            unsafe { $fma(a, b, c) }
+        }
+        $(
+            #[inline(always)]
+            fn $op(self, a: Self::V, b: Self::V) -> Self::V {
+                // SAFETY: the token proves the instruction set.
+                unsafe { $f(a, b) }
+            }
+        )*
+        $(
+            #[inline(always)]
+            fn $cmp(self, a: Self::V, b: Self::V) -> Self::M {
+                // SAFETY: the token proves the instruction set.
+                unsafe { $g(a, b) }
+            }
+        )*
+        #[inline(always)]
+        unsafe fn load(self, p: *const Self::E) -> Self::V {
+            // SAFETY: the token proves the instruction set; the caller guarantees `LANES`
+            // readable elements at `p`.
+            unsafe { $load(p) }
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut Self::E, v: Self::V) {
+            // SAFETY: the token proves the instruction set; the caller guarantees `LANES`
+            // writable elements at `p`.
+            unsafe { $store(p, v) }
+        }
     };
-    (mut $e:ty, $x:expr) => {
-        bytemuck::cast_slice_mut::<_, $e>($x)
-    };
 }
-pub(crate) use cast;
-
-use super::{AlibiView, LinearIo, MaskView, WorkRef};
-
-/// The mask view with its additive part and ALiBi slope as `E`.
-pub(crate) fn mask_as<'a, T: Float, E: Float>(m: &MaskView<'a, T>) -> MaskView<'a, E> {
-    MaskView {
-        additive: m.additive.map(|a| cast!(E, a)),
-        pattern: m.pattern,
-        sq: m.sq,
-        skv: m.skv,
-        q_offset: m.q_offset,
-        sq_total: m.sq_total,
-        attend: m.attend,
-        block: m.block,
-        pad: m.pad,
-        alibi: m.alibi.map(|a| AlibiView {
-            slope: E::of(a.slope.to_f64()),
-            key_rotate: a.key_rotate,
-        }),
-    }
-}
-
-/// The projection's operands as `E`.
-pub(crate) fn io_as<'a, T: Float, E: Float>(io: LinearIo<'a, T>) -> LinearIo<'a, E> {
-    match io {
-        LinearIo::Out { x, out } => LinearIo::Out {
-            x: cast!(E, x),
-            out: cast!(mut E, out),
-        },
-        LinearIo::Add { x, out } => LinearIo::Add {
-            x: cast!(E, x),
-            out: cast!(mut E, out),
-        },
-        LinearIo::InPlace(b) => LinearIo::InPlace(cast!(mut E, b)),
-    }
-}
-
-/// The attention kernel's block state as `E`.
-pub(crate) fn work_as<'a, T: Float, E: Float>(w: WorkRef<'a, T>) -> WorkRef<'a, E> {
-    WorkRef {
-        acc: cast!(mut E, w.acc),
-        p: cast!(mut E, w.p),
-        allowed: cast!(mut E, w.allowed),
-    }
-}
+pub(crate) use one_intrinsic_each;

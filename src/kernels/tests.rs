@@ -1,18 +1,23 @@
-//! Every kernel against the scalar kernel and the f64 oracle, through the dispatch layer with
-//! the kernel forced by `with_kernel`: odd sizes (the tails of every tile and block: query
+//! Every kernel against the scalar kernel and the f64 oracle, through each kernel's table:
+//! odd sizes (the tails of every tile and block: query
 //! counts on both sides of 4, 8 and 16, key counts on both sides of 6 and of the 64-key
 //! block, widths on both sides of the 6-wide micro-tiles), every kind of mask part, input
 //! scales from 1e-3 to 30, `f32` and `f64`.
 //!
-//! Tolerances (SPEC.md): the f32 kernels agree with each other within `2e-6` at unit scale
-//! (the scale grows it in proportion to the logits), each is within SPEC's bound of an f64
-//! oracle run on the same f32 inputs, and the f64 kernels agree within `1e-12`.
+//! Tolerances (see `crate::semantics`): the f32 kernels agree with each other within `2e-6` at
+//! unit scale (the scale grows it in proportion to the logits), each is within the crate's
+//! bound (`1e-5 + 1e-5·|ref|`) of an f64 oracle run on the same f32 inputs, and the f64
+//! kernels agree within `1e-12`. Outputs written over their queries (in place) and queries
+//! read through a stride are bit for bit the dense, separate results.
+//!
+//! `STATIC_ATTENTION_REQUIRE_KERNEL` (a kernel's `name()`, e.g. `avx2+fma`) makes
+//! `the_required_kernel_is_the_one_tested` fail unless that kernel runs here, so a CI machine
+//! cannot skip its fast kernel silently.
 
 use std::vec::Vec;
 
-use super::{Dims, Kernel, LinearIo, MQ_MAX, MaskView, PANEL_ROWS, Work, with_kernel};
-use crate::Float;
-use crate::mask::{Alignment, Pattern};
+use super::pattern::{Alignment, Pattern};
+use super::{Dims, Float, Kernel, LinearIo, MaskView, PANEL_ROWS, Problem, QueryIo, Work, table};
 
 /// Kernels to compare with the scalar one on this machine.
 fn fast_kernels() -> impl Iterator<Item = Kernel> {
@@ -64,10 +69,12 @@ impl MaskData {
             block: self.block.as_deref(),
             pad: self.pad.as_deref(),
             additive: add.as_deref(),
-            alibi: self.alibi.map(|(slope, key_rotate)| super::AlibiView {
-                slope: T::of(slope),
-                key_rotate,
-            }),
+            alibi: self
+                .alibi
+                .map(|(slope, key_rotate)| super::args::AlibiView {
+                    slope: T::of(slope),
+                    key_rotate,
+                }),
         }
     }
 }
@@ -158,7 +165,8 @@ fn masks(sq: usize, skv: usize, seed: u64) -> Vec<MaskData> {
     ]
 }
 
-/// Streaming and weights-path outputs of one kernel (and the weights).
+/// Streaming and weights-path outputs of one kernel (and the weights), the queries read
+/// from one buffer and the outputs written to another.
 fn run<T: Float>(
     kernel: Kernel,
     inputs: (&[T], &[T], &[T]),
@@ -167,15 +175,47 @@ fn run<T: Float>(
     mask: &MaskView<'_, T>,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
     let (q, k, v) = inputs;
+    let t = table::<T>(kernel);
+    assert_eq!(t.kernel(), kernel, "the kernel runs here");
+    let p = Problem {
+        k,
+        v,
+        dims,
+        scale,
+        mask,
+    };
     let mut out = std::vec![T::NAN; dims.sq * dims.dv];
     let mut out_w = std::vec![T::NAN; dims.sq * dims.dv];
     let mut w = std::vec![T::NAN; dims.sq * dims.skv];
-    with_kernel(kernel, || {
-        let mut work: std::boxed::Box<Work<T, 80>> = bytemuck::zeroed_box();
-        super::attention(q, k, v, dims, scale, mask, &mut out, work.parts());
-        super::attention_with_weights(q, k, v, dims, scale, mask, &mut out_w, &mut w);
-    })
-    .expect("kernel runs here");
+    let mut work: std::boxed::Box<Work<T, 80>> = bytemuck::zeroed_box();
+    t.attention(QueryIo::Separate { q, out: &mut out }, &p, work.parts());
+    t.attention_with_weights(QueryIo::Separate { q, out: &mut out_w }, &p, &mut w);
+    (out, out_w, w)
+}
+
+/// [`run`] with each output written over its query (`dk == dv`).
+fn run_in_place<T: Float>(
+    kernel: Kernel,
+    inputs: (&[T], &[T], &[T]),
+    dims: Dims,
+    scale: T,
+    mask: &MaskView<'_, T>,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let (q, k, v) = inputs;
+    let t = table::<T>(kernel);
+    let p = Problem {
+        k,
+        v,
+        dims,
+        scale,
+        mask,
+    };
+    let mut out = q.to_vec();
+    let mut out_w = q.to_vec();
+    let mut w = std::vec![T::NAN; dims.sq * dims.skv];
+    let mut work: std::boxed::Box<Work<T, 80>> = bytemuck::zeroed_box();
+    t.attention(QueryIo::InPlace(&mut out), &p, work.parts());
+    t.attention_with_weights(QueryIo::InPlace(&mut out_w), &p, &mut w);
     (out, out_w, w)
 }
 
@@ -501,7 +541,7 @@ fn linear_kernels_match_the_scalar_kernel() {
                 let mut w = std::vec![0.0; din * dout];
                 for c in 0..dout {
                     for d in 0..din {
-                        w[crate::linear::tiled_index(c, d, din, dout)] = wm(c, d);
+                        w[super::layout::tiled_index(c, d, din, dout)] = wm(c, d);
                     }
                 }
                 let b = values(case as u64 + 2, dout, 1.0);
@@ -524,21 +564,18 @@ fn linear_kernels_match_the_scalar_kernel() {
                     let (x32, w32, b32) = (cast::<f32>(&x), cast::<f32>(&w), cast::<f32>(&b));
                     let mut got = std::vec![f32::NAN; s * dout];
                     let mut pack = std::vec![0.0f32; PANEL_ROWS * pack_cols];
-                    with_kernel(kernel, || {
-                        super::linear(
-                            LinearIo::Out {
-                                x: &x32,
-                                out: &mut got,
-                            },
-                            s,
-                            din,
-                            &w32,
-                            dout,
-                            &b32,
-                            &mut pack,
-                        );
-                    })
-                    .expect("runs");
+                    table::<f32>(kernel).linear(
+                        LinearIo::Out {
+                            x: &x32,
+                            out: &mut got,
+                        },
+                        s,
+                        din,
+                        &w32,
+                        dout,
+                        &b32,
+                        &mut pack,
+                    );
                     for (i, (&g, (&e, &m))) in got.iter().zip(exact.iter().zip(&size)).enumerate() {
                         let tol = f64::from(f32::EPSILON) * (din as f64 + 2.0) * m;
                         assert!(
@@ -549,21 +586,18 @@ fn linear_kernels_match_the_scalar_kernel() {
                     }
                     let mut got64 = std::vec![f64::NAN; s * dout];
                     let mut pack64 = std::vec![0.0f64; PANEL_ROWS * pack_cols];
-                    with_kernel(kernel, || {
-                        super::linear(
-                            LinearIo::Out {
-                                x: &x,
-                                out: &mut got64,
-                            },
-                            s,
-                            din,
-                            &w,
-                            dout,
-                            &b,
-                            &mut pack64,
-                        );
-                    })
-                    .expect("runs");
+                    table::<f64>(kernel).linear(
+                        LinearIo::Out {
+                            x: &x,
+                            out: &mut got64,
+                        },
+                        s,
+                        din,
+                        &w,
+                        dout,
+                        &b,
+                        &mut pack64,
+                    );
                     for (i, (&g, (&e, &m))) in got64.iter().zip(exact.iter().zip(&size)).enumerate()
                     {
                         let tol = f64::EPSILON * (din as f64 + 2.0) * m;
@@ -572,42 +606,6 @@ fn linear_kernels_match_the_scalar_kernel() {
                             "{} f64 {s}×{din}→{dout}: {i}",
                             kernel.name()
                         );
-                    }
-                }
-                if din == dout {
-                    // In place: the same as out of place, bit for bit.
-                    for k in [Kernel::Scalar, kernel] {
-                        let x32 = cast::<f32>(&x);
-                        let w32 = cast::<f32>(&w);
-                        let b32 = cast::<f32>(&b);
-                        let mut out = std::vec![0.0f32; s * dout];
-                        let mut buf = x32.clone();
-                        let mut pack = std::vec![0.0f32; PANEL_ROWS * din];
-                        with_kernel(k, || {
-                            super::linear(
-                                LinearIo::Out {
-                                    x: &x32,
-                                    out: &mut out,
-                                },
-                                s,
-                                din,
-                                &w32,
-                                dout,
-                                &b32,
-                                &mut pack,
-                            );
-                            super::linear(
-                                LinearIo::InPlace(&mut buf),
-                                s,
-                                din,
-                                &w32,
-                                dout,
-                                &b32,
-                                &mut pack,
-                            );
-                        })
-                        .expect("runs");
-                        assert_eq!(out, buf, "{} in place {s}×{din}", k.name());
                     }
                 }
             }
@@ -620,8 +618,10 @@ fn the_fast_kernel_is_selected_where_the_cpu_has_it() {
     // CI runs on AVX2 + FMA (or AVX-512): it must not silently fall back to a slower kernel.
     #[cfg(target_arch = "x86_64")]
     {
-        let avx2 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
-        let avx512 = std::is_x86_feature_detected!("avx512f");
+        let avx2 = std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c");
+        let avx512 = avx2 && std::is_x86_feature_detected!("avx512f");
         if !cfg!(feature = "force-scalar") {
             if avx512 {
                 assert_eq!(super::selected(), Kernel::Avx512);
@@ -642,5 +642,140 @@ fn the_fast_kernel_is_selected_where_the_cpu_has_it() {
     if cfg!(feature = "force-scalar") {
         assert_eq!(super::selected(), Kernel::Scalar);
     }
-    let _ = MQ_MAX;
+}
+
+#[test]
+fn the_required_kernel_is_the_one_tested() {
+    // CI names the best kernel of its CPU; this fails if that kernel does not run here (so the
+    // tests above, which run every supported kernel, did not test it) or, unless
+    // `force-scalar` pins the scalar kernel, is not the one the library selects.
+    let Ok(name) = std::env::var("STATIC_ATTENTION_REQUIRE_KERNEL") else {
+        return;
+    };
+    let kernel = Kernel::ALL
+        .into_iter()
+        .find(|k| k.name() == name)
+        .unwrap_or_else(|| panic!("STATIC_ATTENTION_REQUIRE_KERNEL={name} names no kernel"));
+    assert!(
+        kernel.is_supported(),
+        "STATIC_ATTENTION_REQUIRE_KERNEL={name}, but that kernel does not run here"
+    );
+    assert!(fast_kernels().any(|k| k == kernel) || kernel == Kernel::Scalar);
+    if !cfg!(feature = "force-scalar") {
+        assert_eq!(super::selected(), kernel, "the selected kernel");
+    }
+}
+
+#[test]
+fn outputs_replace_their_queries_bit_for_bit() {
+    // In place (each head's outputs over its queries, as the layers run it): the same bits as
+    // separate buffers, on every kernel, every path and every kind of mask, at shapes with
+    // whole tiles, a half tile and single rows left over.
+    for kernel in Kernel::supported() {
+        let shapes: &[(usize, usize, usize)] = if cfg!(miri) {
+            &[(9, 11, 4)]
+        } else {
+            &[(1, 5, 4), (7, 9, 8), (16, 40, 8), (33, 70, 16), (45, 20, 6)]
+        };
+        for &(sq, skv, d) in shapes {
+            let dims = Dims::new(sq, skv, d, d);
+            let q = cast::<f32>(&values(11, sq * d, 1.0));
+            let k = cast::<f32>(&values(12, skv * d, 1.0));
+            let v = cast::<f32>(&values(13, skv * d, 1.0));
+            for (m, md) in some_masks(sq, skv, 3).iter().enumerate() {
+                let add = md.additive.as_ref().map(|a| cast::<f32>(a));
+                let mask = md.view(sq, skv, &add);
+                let separate = run(kernel, (&q, &k, &v), dims, 0.5, &mask);
+                let in_place = run_in_place(kernel, (&q, &k, &v), dims, 0.5, &mask);
+                let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                let what = format!("{} {sq}×{skv}×{d} mask {m}", kernel.name());
+                assert_eq!(bits(&in_place.0), bits(&separate.0), "{what}: streaming");
+                assert_eq!(bits(&in_place.1), bits(&separate.1), "{what}: weights path");
+                assert_eq!(bits(&in_place.2), bits(&separate.2), "{what}: weights");
+            }
+        }
+    }
+}
+
+#[test]
+fn queries_read_through_a_stride() {
+    // A decoding step through a ring reads one token of a longer sequence: queries and outputs
+    // with a leading dimension above `sq` give bit for bit the dense result and leave the rows
+    // between them untouched.
+    for kernel in Kernel::supported() {
+        let shapes: &[(usize, usize, usize)] = if cfg!(miri) {
+            &[(1, 5, 4), (9, 7, 3)]
+        } else {
+            &[(1, 5, 4), (1, 70, 8), (3, 9, 5), (17, 40, 16)]
+        };
+        for &(sq, skv, d) in shapes {
+            let ld = sq + 5;
+            let dims = Dims::new(sq, skv, d, d);
+            let q = cast::<f32>(&values(21, sq * d, 1.0));
+            let k = cast::<f32>(&values(22, skv * d, 1.0));
+            let v = cast::<f32>(&values(23, skv * d, 1.0));
+            let mut strided = std::vec![-7.0f32; ld * d];
+            for c in 0..d {
+                strided[c * ld..c * ld + sq].copy_from_slice(&q[c * sq..(c + 1) * sq]);
+            }
+            for md in some_masks(sq, skv, 4) {
+                let add = md.additive.as_ref().map(|a| cast::<f32>(a));
+                let mask = md.view(sq, skv, &add);
+                let dense = run(kernel, (&q, &k, &v), dims, 0.5, &mask);
+                let p = Problem {
+                    k: &k,
+                    v: &v,
+                    dims: Dims { ldq: ld, ..dims },
+                    scale: 0.5,
+                    mask: &mask,
+                };
+                let mut buf = strided.clone();
+                let mut work: std::boxed::Box<Work<f32, 80>> = bytemuck::zeroed_box();
+                table::<f32>(kernel).attention(QueryIo::InPlace(&mut buf), &p, work.parts());
+                for c in 0..d {
+                    for i in 0..ld {
+                        let got = buf[c * ld + i];
+                        let want = if i < sq { dense.0[c * sq + i] } else { -7.0 };
+                        assert_eq!(
+                            got.to_bits(),
+                            want.to_bits(),
+                            "{} {sq}×{skv}",
+                            kernel.name()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn huge_values_are_rescaled_not_overflowed() {
+    // Values near f32::MAX overflow Σ p·v unless the kernel rescales: every kernel gives the
+    // finite answer (the mean of the values here, all keys being equal).
+    for kernel in Kernel::supported() {
+        for &(sq, skv) in &[(1usize, 8usize), (5, 8), (16, 8), (33, 12)] {
+            let d = 2;
+            let dims = Dims::new(sq, skv, d, d);
+            let q = std::vec![0.0f32; sq * d];
+            let k = std::vec![0.0f32; skv * d];
+            let v: Vec<f32> = (0..skv * d)
+                .map(|i| f32::MAX * if i % 3 == 0 { 0.9 } else { 0.8 })
+                .collect();
+            let mask = MaskView::structural(Pattern::Full, sq, skv);
+            let (out, _, _) = run(kernel, (&q, &k, &v), dims, 1.0, &mask);
+            for e in 0..d {
+                let mean: f64 =
+                    (0..skv).map(|j| f64::from(v[j + e * skv])).sum::<f64>() / skv as f64;
+                for i in 0..sq {
+                    let got = f64::from(out[i + e * sq]);
+                    assert!(
+                        (got - mean).abs() <= 1e-5 * mean,
+                        "{} {sq}×{skv}: {got} vs {mean}",
+                        kernel.name()
+                    );
+                }
+            }
+        }
+    }
 }

@@ -1,12 +1,26 @@
 //! The scalar types the library computes in: `f32` (the main type) and `f64` (also the
-//! accuracy oracle in the tests).
+//! accuracy oracle in the tests). Each carries, hidden, its table of kernel functions per
+//! instruction set (see `kernels::Table`), so that the kernels are chosen by type with no
+//! casts between scalar types.
 
 use nalgebra::RealField;
 
-mod sealed {
-    pub trait Sealed {}
-    impl Sealed for f32 {}
-    impl Sealed for f64 {}
+use super::Kernel;
+use super::table::Table;
+use crate::math;
+
+pub(crate) mod sealed {
+    use super::{Kernel, Table};
+
+    /// What makes a scalar type one the kernels run on; implemented for `f32` and `f64` only.
+    pub trait Element: Sized + 'static {
+        /// The kernel table of `kernel` for this scalar type.
+        ///
+        /// # Safety
+        /// The CPU must run `kernel` (`kernel.is_supported()`): the table's functions use its
+        /// instructions.
+        unsafe fn table(kernel: Kernel) -> &'static Table<Self>;
+    }
 }
 
 /// A floating-point scalar the attention code runs on: implemented for `f32` and `f64` only.
@@ -21,7 +35,7 @@ pub trait Float:
     + PartialOrd
     + bytemuck::Pod
     + core::fmt::Debug
-    + sealed::Sealed
+    + sealed::Element
     + crate::Weight<Self>
 {
     /// Negative infinity: the score of a masked key.
@@ -75,7 +89,7 @@ pub trait Float:
 }
 
 macro_rules! impl_float {
-    ($t:ty, $exp:ident, $sqrt:ident) => {
+    ($t:ty, $exp:ident, $sqrt:ident, $tables:ident) => {
         impl Float for $t {
             const NEG_INFINITY: Self = <$t>::NEG_INFINITY;
             const NAN: Self = <$t>::NAN;
@@ -101,56 +115,22 @@ macro_rules! impl_float {
                 math::$sqrt(self)
             }
         }
+
+        impl sealed::Element for $t {
+            unsafe fn table(kernel: Kernel) -> &'static Table<Self> {
+                match kernel {
+                    // SAFETY: the caller guarantees the CPU runs `kernel`.
+                    #[cfg(target_arch = "x86_64")]
+                    Kernel::Avx2Fma | Kernel::Avx512 => unsafe { super::x86::$tables(kernel) },
+                    // SAFETY: as above (NEON is the aarch64 baseline in any case).
+                    #[cfg(target_arch = "aarch64")]
+                    Kernel::Neon => unsafe { super::arm::$tables(kernel) },
+                    _ => &super::scalar::Tables::<$t>::TABLE,
+                }
+            }
+        }
     };
 }
 
-impl_float!(f32, expf, sqrtf);
-impl_float!(f64, exp, sqrt);
-
-/// Math functions: the standard library's with `std`, `libm`'s without.
-pub(crate) mod math {
-    #[cfg(feature = "std")]
-    mod imp {
-        #[inline]
-        pub fn expf(x: f32) -> f32 {
-            x.exp()
-        }
-        #[inline]
-        pub fn exp(x: f64) -> f64 {
-            x.exp()
-        }
-        #[inline]
-        pub fn sqrtf(x: f32) -> f32 {
-            x.sqrt()
-        }
-        #[inline]
-        pub fn sqrt(x: f64) -> f64 {
-            x.sqrt()
-        }
-        #[inline]
-        pub fn sin(x: f64) -> f64 {
-            x.sin()
-        }
-        #[inline]
-        pub fn cos(x: f64) -> f64 {
-            x.cos()
-        }
-        #[inline]
-        pub fn pow(x: f64, y: f64) -> f64 {
-            x.powf(y)
-        }
-    }
-    #[cfg(all(not(feature = "std"), feature = "libm"))]
-    mod imp {
-        pub use libm::{cos, exp, expf, pow, sin, sqrt, sqrtf};
-    }
-    #[allow(unused_imports)]
-    pub(crate) use imp::*;
-
-    /// `2^e` for `−1022 ≤ e ≤ 1023`, exactly (built from the exponent bits; no library call).
-    #[must_use]
-    pub(crate) fn powi2(e: i32) -> f64 {
-        debug_assert!((-1022..=1023).contains(&e));
-        f64::from_bits(((e + 1023) as u64) << 52)
-    }
-}
+impl_float!(f32, expf, sqrtf, table_f32);
+impl_float!(f64, exp, sqrt, table_f64);

@@ -1,0 +1,467 @@
+//! Grouped-query attention with Llama-style projections and positions: the attention block of
+//! Llama, Mistral and Qwen2.
+
+use nalgebra::SMatrix;
+use rand::{Rng, RngExt, SeedableRng};
+
+use crate::heads::{Buffers, Heads, Layer, local_buffers};
+use crate::mask::Additive;
+use crate::positions::{PositionEncoding, PositionError};
+use crate::{
+    AttentionWeights, Bias, CacheError, Float, KvCache, Linear, Mask, Scratch, Weight, init,
+    kernels, zero_matrix,
+};
+
+/// Grouped-query attention with Llama-style projections (Hugging Face's `LlamaAttention`,
+/// `MistralAttention`, `Qwen2Attention`): `HEADS` query heads and `KV_HEADS` key/value heads of
+/// `HEAD_DIM = Q_DIM / HEADS` features, query head `h` reading kv head
+/// `h / (HEADS / KV_HEADS)` (PyTorch's `enable_gqa`).
+///
+/// - Parameters: `q_proj: DIM → Q_DIM`, `k_proj` and `v_proj: DIM → KV_DIM`,
+///   `o_proj: Q_DIM → DIM` ([`GroupedQuery::out_proj`]), each a [`Linear`] (`y = x Wᵀ + b`,
+///   biases optional: Qwen2 has q/k/v biases, Llama none). Stable Rust cannot write
+///   `HEADS · HEAD_DIM` in a type, so the widths are parameters of their own, checked at build
+///   time: `Q_DIM = HEADS · HEAD_DIM` and `KV_DIM = KV_HEADS · HEAD_DIM`.
+/// - `KV_HEADS = HEADS` is multi-head attention (then it equals [`crate::MultiHead`] with the
+///   same weights); `KV_HEADS = 1` is multi-query attention.
+/// - Positions ([`PositionEncoding`]): [`NoPositions`](crate::positions::NoPositions), a
+///   [`crate::positions::Rope`] table of width `HEAD_DIM` (another width fails the build), or
+///   [`crate::Alibi`]. Queries and keys are rotated at positions `0 ..` by the forward passes and
+///   at the cache's next positions by [`GroupedQuery::decode`].
+/// - Decoding: [`GroupedQuery::decode`] appends tokens to a [`KvCache`] of `KV_DIM` features and
+///   attends over it; a prompt of any length, then one token at a time, gives what one causal
+///   forward over the whole sequence gives.
+/// - Working memory of a caller-owned call: a `Scratch<SQ, SKV, Q_DIM, T, KV_DIM>`.
+/// - Build errors: `HEADS` or `KV_HEADS` zero, `KV_HEADS` not dividing `HEADS`, `HEADS` not
+///   dividing `Q_DIM`, or `KV_DIM ≠ KV_HEADS · HEAD_DIM`.
+///
+/// ```
+/// use static_attention::{GroupedQuery, KvCache, Mask, Alignment, SMatrix};
+/// use static_attention::positions::{Rope, RopeStyle};
+///
+/// // 64 features, 8 query heads and 2 kv heads of 8 features.
+/// type Layer = GroupedQuery<64, 8, 2, 64, 16>;
+/// let layer = Layer::from_seed(1);
+/// let rope = Rope::<8, 128>::new(10_000.0, RopeStyle::RotateHalf);
+/// let x = SMatrix::<f32, 6, 64>::from_fn(|i, j| ((i * 64 + j) as f32 * 0.01).cos());
+/// let full = layer.forward(&x, &Mask::causal(Alignment::TopLeft), &rope)?;
+///
+/// // The same through a cache: a 5-token prompt, then one token.
+/// let mut cache = KvCache::<32, 16>::new();
+/// let prompt = x.fixed_rows::<5>(0).into_owned();
+/// let _ = layer.decode(&prompt, &mut cache, &rope).unwrap();
+/// let last = layer.decode(&x.fixed_rows::<1>(5).into_owned(), &mut cache, &rope).unwrap();
+/// assert!((last - full.fixed_rows::<1>(5)).amax() < 1e-5);
+/// # Ok::<(), static_attention::positions::PositionError>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, bytemuck::Zeroable)]
+#[repr(C)]
+#[zeroable(bound = "T: crate::Float, W: bytemuck::Zeroable")]
+pub struct GroupedQuery<
+    const DIM: usize,
+    const HEADS: usize,
+    const KV_HEADS: usize,
+    const Q_DIM: usize,
+    const KV_DIM: usize,
+    T = f32,
+    W = T,
+> {
+    pub(crate) q: Linear<DIM, Q_DIM, T, W>,
+    pub(crate) k: Linear<DIM, KV_DIM, T, W>,
+    pub(crate) v: Linear<DIM, KV_DIM, T, W>,
+    pub(crate) o: Linear<Q_DIM, DIM, T, W>,
+}
+
+/// Build: constructors, conversion and the parameters.
+impl<
+    const DIM: usize,
+    const HEADS: usize,
+    const KV_HEADS: usize,
+    const Q_DIM: usize,
+    const KV_DIM: usize,
+    T: Float,
+    W: Weight<T>,
+> GroupedQuery<DIM, HEADS, KV_HEADS, Q_DIM, KV_DIM, T, W>
+{
+    /// Compile-time shape check, evaluated by every constructor and forward pass.
+    const SHAPE_OK: () = {
+        assert!(
+            DIM > 0,
+            "DIM must be at least 1: tokens need at least one feature"
+        );
+        assert!(
+            HEADS > 0,
+            "HEADS must be at least 1: attention needs at least one head"
+        );
+        assert!(
+            KV_HEADS > 0,
+            "KV_HEADS must be at least 1: queries need keys and values"
+        );
+        assert!(
+            HEADS.is_multiple_of(KV_HEADS),
+            "KV_HEADS must divide HEADS: each kv head serves HEADS / KV_HEADS query heads"
+        );
+        assert!(
+            Q_DIM > 0 && Q_DIM.is_multiple_of(HEADS),
+            "Q_DIM must be a positive multiple of HEADS: each head gets HEAD_DIM = Q_DIM / HEADS features"
+        );
+        assert!(
+            KV_DIM == KV_HEADS * (Q_DIM / HEADS),
+            "KV_DIM must be KV_HEADS * HEAD_DIM (HEAD_DIM = Q_DIM / HEADS)"
+        );
+    };
+
+    /// Features per head, `Q_DIM / HEADS`.
+    pub const HEAD_DIM: usize = match Q_DIM.checked_div(HEADS) {
+        Some(d) => d,
+        None => 0,
+    };
+
+    /// Query heads per kv head, `HEADS / KV_HEADS`.
+    pub const GROUP: usize = match HEADS.checked_div(KV_HEADS) {
+        Some(g) => g,
+        None => 0,
+    };
+
+    /// Bytes of the parameters.
+    pub const PARAM_BYTES: usize = core::mem::size_of::<Self>();
+
+    /// Each projection initialised as PyTorch's `nn.Linear` initialises itself: weights and
+    /// (with [`Bias::Present`]) the q, k and v biases from `U(−1/√in, 1/√in)`, drawn in the
+    /// order q, k, v, o. The output projection never has a bias (as in Llama, Mistral and
+    /// Qwen2).
+    #[must_use]
+    pub fn new<R: Rng + ?Sized>(rng: &mut R, bias: Bias) -> Self {
+        let mut layer = Self::zeros();
+        layer.reset_parameters(rng, bias);
+        layer
+    }
+
+    /// [`GroupedQuery::new`] without biases (Llama, Mistral) from a seed, with the crate's
+    /// portable generator ([`init::SeedRng`]).
+    #[must_use]
+    pub fn from_seed(seed: u64) -> Self {
+        Self::new(&mut init::SeedRng::seed_from_u64(seed), Bias::Absent)
+    }
+
+    /// All-zero weights and no biases, to load parameters into (built in place).
+    #[must_use]
+    pub fn zeros() -> Self {
+        let () = Self::SHAPE_OK;
+        bytemuck::Zeroable::zeroed()
+    }
+
+    /// Builds a layer from its four projections (a `const fn`: `static` layers work).
+    #[must_use]
+    pub const fn from_parts(
+        q_proj: Linear<DIM, Q_DIM, T, W>,
+        k_proj: Linear<DIM, KV_DIM, T, W>,
+        v_proj: Linear<DIM, KV_DIM, T, W>,
+        o_proj: Linear<Q_DIM, DIM, T, W>,
+    ) -> Self {
+        let () = Self::SHAPE_OK;
+        Self {
+            q: q_proj,
+            k: k_proj,
+            v: v_proj,
+            o: o_proj,
+        }
+    }
+
+    /// Re-draws every parameter in place as [`GroupedQuery::new`] draws them.
+    pub fn reset_parameters<R: Rng + ?Sized>(&mut self, rng: &mut R, bias: Bias) {
+        let () = Self::SHAPE_OK;
+        nn_linear(&mut self.q, rng, bias);
+        nn_linear(&mut self.k, rng, bias);
+        nn_linear(&mut self.v, rng, bias);
+        nn_linear(&mut self.o, rng, Bias::Absent);
+    }
+
+    /// The same layer with its weights stored as `W2`, each rounded to it (see
+    /// [`crate::weight`]): `to_weights::<bf16>()` halves the parameters' size. By value.
+    #[must_use]
+    pub fn to_weights<W2: Weight<T>>(
+        &self,
+    ) -> GroupedQuery<DIM, HEADS, KV_HEADS, Q_DIM, KV_DIM, T, W2> {
+        GroupedQuery {
+            q: self.q.to_weights(),
+            k: self.k.to_weights(),
+            v: self.v.to_weights(),
+            o: self.o.to_weights(),
+        }
+    }
+
+    /// The query projection, `DIM → Q_DIM`.
+    #[must_use]
+    pub const fn q_proj(&self) -> &Linear<DIM, Q_DIM, T, W> {
+        &self.q
+    }
+
+    /// The key projection, `DIM → KV_DIM`.
+    #[must_use]
+    pub const fn k_proj(&self) -> &Linear<DIM, KV_DIM, T, W> {
+        &self.k
+    }
+
+    /// The value projection, `DIM → KV_DIM`.
+    #[must_use]
+    pub const fn v_proj(&self) -> &Linear<DIM, KV_DIM, T, W> {
+        &self.v
+    }
+
+    /// The output projection, `Q_DIM → DIM` (Hugging Face's `o_proj`).
+    #[must_use]
+    pub const fn out_proj(&self) -> &Linear<Q_DIM, DIM, T, W> {
+        &self.o
+    }
+
+    /// The layer as the core runs it.
+    pub(crate) fn layer(&self) -> Layer<'_, DIM, Q_DIM, KV_DIM, T, W> {
+        let () = Self::SHAPE_OK;
+        Layer {
+            q: &self.q,
+            k: &self.k,
+            v: &self.v,
+            out: Some(&self.o),
+            heads: Heads {
+                count: HEADS,
+                kv: KV_HEADS,
+            },
+        }
+    }
+
+    /// Checks at build time that a rotary table fits the heads.
+    pub(crate) const fn check_positions<P: PositionEncoding<T>>() {
+        assert!(
+            P::HEAD_DIM == 0 || P::HEAD_DIM == Q_DIM / HEADS,
+            "the Rope table's HEAD_DIM must be the layer's Q_DIM / HEADS"
+        );
+    }
+
+    /// `SQ` queries attend to `SKV` keys and values at positions `0 ..` on the selected kernel.
+    #[allow(clippy::too_many_arguments)]
+    fn run<const SQ: usize, const SKV: usize, P, A>(
+        &self,
+        query: &SMatrix<T, SQ, DIM>,
+        kv: (&SMatrix<T, SKV, DIM>, &SMatrix<T, SKV, DIM>),
+        mask: &Mask<'_, SQ, SKV, A>,
+        positions: &P,
+        buf: Buffers<'_, T>,
+        out: &mut [T],
+        weights: Option<&mut [T]>,
+    ) -> Result<(), PositionError>
+    where
+        P: PositionEncoding<T>,
+        A: Additive<T, SQ, SKV>,
+    {
+        const { Self::check_positions::<P>() };
+        let kt = kernels::current::<T>();
+        (self.layer()).forward(kt, query, kv, mask, positions, buf, out, weights)
+    }
+}
+
+/// Forward: self-attention over a whole sequence at positions `0 ..`, by value or into
+/// caller-owned buffers.
+impl<
+    const DIM: usize,
+    const HEADS: usize,
+    const KV_HEADS: usize,
+    const Q_DIM: usize,
+    const KV_DIM: usize,
+    T: Float,
+    W: Weight<T>,
+> GroupedQuery<DIM, HEADS, KV_HEADS, Q_DIM, KV_DIM, T, W>
+{
+    /// Self-attention over `SEQ` tokens at positions `0 .. SEQ` (a whole prompt, no cache), by
+    /// value: the working memory and the result live on the stack. Use a causal mask for a
+    /// decoder.
+    ///
+    /// # Errors
+    /// [`PositionError`] if `SEQ` positions do not fit the rotary table.
+    pub fn forward<const SEQ: usize, P: PositionEncoding<T>, A: Additive<T, SEQ, SEQ>>(
+        &self,
+        x: &SMatrix<T, SEQ, DIM>,
+        mask: &Mask<'_, SEQ, SEQ, A>,
+        positions: &P,
+    ) -> Result<SMatrix<T, SEQ, DIM>, PositionError> {
+        local_buffers!(buf, T, SEQ, SEQ, Q_DIM, KV_DIM);
+        let mut out: SMatrix<T, SEQ, DIM> = zero_matrix();
+        self.run(x, (x, x), mask, positions, buf, out.as_mut_slice(), None)?;
+        Ok(out)
+    }
+
+    /// [`GroupedQuery::forward`] with caller-owned scratch and output.
+    ///
+    /// # Errors
+    /// [`PositionError`] if `SEQ` positions do not fit the rotary table; `out` is unchanged.
+    pub fn forward_into<const SEQ: usize, P: PositionEncoding<T>, A: Additive<T, SEQ, SEQ>>(
+        &self,
+        x: &SMatrix<T, SEQ, DIM>,
+        mask: &Mask<'_, SEQ, SEQ, A>,
+        positions: &P,
+        scratch: &mut Scratch<SEQ, SEQ, Q_DIM, T, KV_DIM>,
+        out: &mut SMatrix<T, SEQ, DIM>,
+    ) -> Result<(), PositionError> {
+        self.run(
+            x,
+            (x, x),
+            mask,
+            positions,
+            scratch.buffers(),
+            out.as_mut_slice(),
+            None,
+        )
+    }
+}
+
+/// Weights: the per-head attention weights on request, and the general caller-owned form.
+impl<
+    const DIM: usize,
+    const HEADS: usize,
+    const KV_HEADS: usize,
+    const Q_DIM: usize,
+    const KV_DIM: usize,
+    T: Float,
+    W: Weight<T>,
+> GroupedQuery<DIM, HEADS, KV_HEADS, Q_DIM, KV_DIM, T, W>
+{
+    /// [`GroupedQuery::forward`] that also returns each query head's post-softmax weights
+    /// (`HEADS × SEQ × SEQ`), by value.
+    ///
+    /// ```
+    /// use static_attention::{Alignment, GroupedQuery, Mask, SMatrix};
+    /// use static_attention::positions::NoPositions;
+    ///
+    /// let layer = GroupedQuery::<16, 4, 2, 16, 8>::from_seed(5);
+    /// let x = SMatrix::<f32, 3, 16>::from_fn(|i, j| (i as f32 - j as f32) * 0.1);
+    /// let (y, w) = layer.forward_with_weights(&x, &Mask::causal(Alignment::TopLeft), &NoPositions)?;
+    /// assert_eq!(y, layer.forward(&x, &Mask::causal(Alignment::TopLeft), &NoPositions)?);
+    /// assert_eq!(w.head(3)[(0, 0)], 1.0); // the first token sees only itself
+    /// # Ok::<(), static_attention::positions::PositionError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`PositionError`] if `SEQ` positions do not fit the rotary table.
+    #[allow(clippy::type_complexity)]
+    pub fn forward_with_weights<
+        const SEQ: usize,
+        P: PositionEncoding<T>,
+        A: Additive<T, SEQ, SEQ>,
+    >(
+        &self,
+        x: &SMatrix<T, SEQ, DIM>,
+        mask: &Mask<'_, SEQ, SEQ, A>,
+        positions: &P,
+    ) -> Result<(SMatrix<T, SEQ, DIM>, AttentionWeights<SEQ, SEQ, HEADS, T>), PositionError> {
+        local_buffers!(buf, T, SEQ, SEQ, Q_DIM, KV_DIM);
+        let mut result: (SMatrix<T, SEQ, DIM>, _) = (zero_matrix(), AttentionWeights::zeros());
+        let (out, weights) = (&mut result.0, &mut result.1);
+        let w = Some(weights.as_mut_slice());
+        self.run(x, (x, x), mask, positions, buf, out.as_mut_slice(), w)?;
+        Ok(result)
+    }
+
+    /// The general caller-owned entry point: `SQ` queries from `query` attend to `SKV` keys
+    /// from `key` and values from `value`, queries and keys rotated at positions `0 ..`,
+    /// writing the `SQ × DIM` result into `out` and, when given, each query head's weights.
+    ///
+    /// # Errors
+    /// [`PositionError`] if the positions do not fit the rotary table; nothing is written then.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attend<const SQ: usize, const SKV: usize, P, A>(
+        &self,
+        query: &SMatrix<T, SQ, DIM>,
+        key: &SMatrix<T, SKV, DIM>,
+        value: &SMatrix<T, SKV, DIM>,
+        mask: &Mask<'_, SQ, SKV, A>,
+        positions: &P,
+        scratch: &mut Scratch<SQ, SKV, Q_DIM, T, KV_DIM>,
+        out: &mut SMatrix<T, SQ, DIM>,
+        weights: Option<&mut AttentionWeights<SQ, SKV, HEADS, T>>,
+    ) -> Result<(), PositionError>
+    where
+        P: PositionEncoding<T>,
+        A: Additive<T, SQ, SKV>,
+    {
+        let w = weights.map(AttentionWeights::as_mut_slice);
+        let buf = scratch.buffers();
+        self.run(
+            query,
+            (key, value),
+            mask,
+            positions,
+            buf,
+            out.as_mut_slice(),
+            w,
+        )
+    }
+}
+
+/// Decode: token by token through a [`KvCache`].
+impl<
+    const DIM: usize,
+    const HEADS: usize,
+    const KV_HEADS: usize,
+    const Q_DIM: usize,
+    const KV_DIM: usize,
+    T: Float,
+    W: Weight<T>,
+> GroupedQuery<DIM, HEADS, KV_HEADS, Q_DIM, KV_DIM, T, W>
+{
+    /// Appends `SQ` tokens (a prompt, or one token) to `cache` at its next positions and
+    /// returns their outputs: each token attends to every cached position up to its own (the
+    /// last `CAP` of them with a [`KvCache::sliding_window`]). By value; see
+    /// [`GroupedQuery::decode_into`] for caller-owned scratch.
+    ///
+    /// # Errors
+    /// [`CacheError::Full`] if the tokens do not fit, [`CacheError::Position`] if their
+    /// positions are past the rotary table; the cache is unchanged then.
+    pub fn decode<const SQ: usize, const CAP: usize, P: PositionEncoding<T>>(
+        &self,
+        x: &SMatrix<T, SQ, DIM>,
+        cache: &mut KvCache<CAP, KV_DIM, T>,
+        positions: &P,
+    ) -> Result<SMatrix<T, SQ, DIM>, CacheError> {
+        const { Self::check_positions::<P>() };
+        local_buffers!(buf, T, SQ, SQ, Q_DIM, KV_DIM);
+        let mut out: SMatrix<T, SQ, DIM> = zero_matrix();
+        let kt = kernels::current::<T>();
+        (self.layer()).decode(kt, x, cache, positions, buf, out.as_mut_slice())?;
+        Ok(out)
+    }
+
+    /// [`GroupedQuery::decode`] with caller-owned scratch and output: nothing big on the stack.
+    ///
+    /// # Errors
+    /// As [`GroupedQuery::decode`]; the cache and `out` are unchanged then.
+    pub fn decode_into<const SQ: usize, const CAP: usize, P: PositionEncoding<T>>(
+        &self,
+        x: &SMatrix<T, SQ, DIM>,
+        cache: &mut KvCache<CAP, KV_DIM, T>,
+        positions: &P,
+        scratch: &mut Scratch<SQ, SQ, Q_DIM, T, KV_DIM>,
+        out: &mut SMatrix<T, SQ, DIM>,
+    ) -> Result<(), CacheError> {
+        const { Self::check_positions::<P>() };
+        let kt = kernels::current::<T>();
+        let buf = scratch.buffers();
+        (self.layer()).decode(kt, x, cache, positions, buf, out.as_mut_slice())
+    }
+}
+
+/// PyTorch's `nn.Linear` initialisation: weight and bias from `U(−1/√in, 1/√in)`.
+fn nn_linear<T: Float, W: Weight<T>, R: Rng + ?Sized, const IN: usize, const OUT: usize>(
+    l: &mut Linear<IN, OUT, T, W>,
+    rng: &mut R,
+    bias: Bias,
+) {
+    let bound = init::out_proj_bound(IN);
+    init::fill_uniform(l, bound, rng);
+    l.set_zero_bias(bias);
+    if bias == Bias::Present {
+        let b = l.bias_mut_slice();
+        for x in b.iter_mut() {
+            *x = T::of(rng.random_range(-bound..bound));
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! The vector `exp` ([`Simd::exp`]) over slices and single values, so that every use of `exp`
+//! in a kernel (the softmax's `p`, the online correction `c`, the benchmarks) is the same
+//! function.
+
+use super::super::args::MQ_MAX;
+use super::super::simd::Simd;
+use crate::Float;
+
+/// `exp` over a slice (the tail value by value through [`exp_scalar`]).
+#[inline(always)]
+pub(crate) fn exp_slice<S: Simd>(s: S, xs: &mut [S::E]) {
+    let l = S::LANES;
+    let full = xs.len() / l * l;
+    let mut c = 0;
+    while c < full {
+        // SAFETY: `c + l ≤ full ≤ xs.len()`.
+        unsafe { s.store(xs.as_mut_ptr().add(c), s.exp(s.load(xs.as_ptr().add(c)))) };
+        c += l;
+    }
+    for x in &mut xs[full..] {
+        *x = exp_scalar(s, *x);
+    }
+}
+
+/// `e^x` of one value with the vector `exp`.
+#[inline(always)]
+pub(crate) fn exp_scalar<S: Simd>(s: S, x: S::E) -> S::E {
+    let mut lanes = [S::E::ZERO; MQ_MAX];
+    // SAFETY: `lanes` holds `MQ_MAX ≥ LANES` values.
+    unsafe { s.store(lanes.as_mut_ptr(), s.exp(s.splat(x))) };
+    lanes[0]
+}
+
+/// `p = e^(p − shift)` over a slice; returns `Σ p`.
+#[inline(always)]
+pub(crate) fn exp_shifted<S: Simd>(s: S, p: &mut [S::E], shift: S::E) -> S::E {
+    let l = S::LANES;
+    let sh = s.splat(shift);
+    let mut acc = s.splat(S::E::ZERO);
+    let full = p.len() / l * l;
+    let mut c = 0;
+    while c < full {
+        // SAFETY: `c + l ≤ full ≤ p.len()`.
+        unsafe {
+            let x = s.exp(s.sub(s.load(p.as_ptr().add(c)), sh));
+            acc = s.add(acc, x);
+            s.store(p.as_mut_ptr().add(c), x);
+        }
+        c += l;
+    }
+    let mut total = s.reduce_add(acc);
+    for x in &mut p[full..] {
+        *x = exp_scalar(s, *x - shift);
+        total += *x;
+    }
+    total
+}

@@ -1,0 +1,517 @@
+//! The projections' GEMM: `C = A · B + bias` with `A` the `s × din` input and `B = Wᵀ` the
+//! weights in the tile layout of [`crate::Linear`] (`kernels/layout.rs`): micro-tiles of
+//! `2·LANES` tokens × `TILE` output features (6 with AVX2's 16 registers, 12 with AVX-512's and
+//! NEON's 32: 12 or 24 vector accumulators) over `A` panels packed contiguously, and a
+//! token-at-a-time path for one or two tokens (a decoding step).
+
+#![allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+
+use super::super::args::{LinearIo, MQ_MAX};
+use super::super::layout::WEIGHT_TILE;
+use super::super::simd::Simd;
+use crate::Float;
+
+/// `out[s × dout] = x[s × din] · Wᵀ + bias` with `W` in the tile layout of
+/// [`crate::Linear`] (or `out += x · Wᵀ` for [`LinearIo::Add`]). In that layout a
+/// micro-tile's weights for one input feature are consecutive values, and its whole strip is
+/// contiguous: the broadcasts walk one pointer at constant offsets.
+///
+/// Row panels are two vectors of tokens (one when there are fewer tokens than that), packed
+/// contiguously into `pack`, `kc = pack.len() / panel rows` input features at a time (capped
+/// at `din`). A sequence that is exactly one panel is read where it is, with no packing.
+#[inline(always)]
+pub(crate) fn linear<S: Simd>(
+    s: S,
+    io: LinearIo<'_, S::E>,
+    sq: usize,
+    din: usize,
+    w: &[S::E],
+    dout: usize,
+    bias: &[S::E],
+    pack: &mut [S::E],
+) {
+    if sq <= GEMV_TOKENS && din > 0 && pack.len() >= WEIGHT_TILE * din + S::LANES {
+        linear_gemv(s, io, sq, din, w, dout, bias, pack);
+    } else if sq >= 2 * S::LANES {
+        linear_panels::<S, 2>(s, io, sq, din, w, dout, bias, pack);
+    } else {
+        linear_panels::<S, 1>(s, io, sq, din, w, dout, bias, pack);
+    }
+}
+
+/// Token counts up to which [`linear`] runs token by token ([`linear_gemv`]) instead of in
+/// row panels, whose vectors would be mostly padding (decoding runs one token).
+pub(crate) const GEMV_TOKENS: usize = 2;
+
+/// [`linear`] one token at a time, for very few tokens: each strip of 12 output features is
+/// a contiguous `din × 12` block in the weights' tile layout, so its 12 sums are one long dot
+/// product with the token's inputs spread the same way (`xe[p·12 + c] = x[p]`, built once per
+/// token in `pack`). Vectors run along that memory; since a period of `3·LANES` values is a
+/// multiple of 12, lane `j` of accumulator `k` always serves column `(k·LANES + j) mod 12`.
+/// The last strip (`dout mod 12` columns) goes through plain loops.
+#[inline(always)]
+fn linear_gemv<S: Simd>(
+    s: S,
+    io: LinearIo<'_, S::E>,
+    sq: usize,
+    din: usize,
+    w: &[S::E],
+    dout: usize,
+    bias: &[S::E],
+    pack: &mut [S::E],
+) {
+    const T: usize = WEIGHT_TILE;
+    let l = S::LANES;
+    assert!(
+        w.len() >= din * dout && bias.len() >= dout,
+        "weights too short"
+    );
+    assert!(pack.len() >= T * din + l, "pack buffer too small");
+    // `Add` accumulates into the outputs instead of writing them.
+    let add = matches!(&io, LinearIo::Add { .. });
+    let (a, c): (*const S::E, *mut S::E) = match io {
+        LinearIo::Out { x, out } | LinearIo::Add { x, out } => {
+            assert!(
+                x.len() >= sq * din && out.len() >= sq * dout,
+                "operands too short"
+            );
+            (x.as_ptr(), out.as_mut_ptr())
+        }
+    };
+    let xe = pack.as_mut_ptr();
+    let full = dout / T * T;
+    for t in 0..sq {
+        // SAFETY: reads input `p < din` of token `t < sq` (`a` holds `sq × din`); writes
+        // `xe[p·12 .. p·12 + ⌈12/L⌉·L] ⊂ [0, 12·din + L)`, inside `pack` (asserted).
+        unsafe {
+            for p in 0..din {
+                let xb = s.splat(*a.add(t + p * sq));
+                let mut k = 0;
+                while k < T {
+                    s.store(xe.add(p * T + k), xb);
+                    k += l;
+                }
+            }
+        }
+        let mut t0 = 0;
+        while t0 < full {
+            // SAFETY: strip `t0` is `din · 12` values at `t0 · din` inside `w`, and `xe` holds
+            // as many; the outputs are columns `t0 .. t0 + 12 ≤ dout` of token `t`.
+            unsafe {
+                let sums = gemv_strip(s, w.as_ptr().add(t0 * din), xe, din * T);
+                for (j, &v) in sums.iter().enumerate() {
+                    let o = c.add(t + (t0 + j) * sq);
+                    *o = if add { *o + v } else { v + bias[t0 + j] };
+                }
+            }
+            t0 += T;
+        }
+        let tail = dout - full;
+        if tail == 0 {
+            continue;
+        }
+        // The last strip: `din × tail` values at `full · din`, row stride `tail`.
+        let base = full * din;
+        let mut sums = [S::E::ZERO; T];
+        if l % tail == 0 && pack.len() >= (T + tail) * din + 2 * l {
+            // Vectors along its memory against `xt[p·tail + j] = x[p]`: lane `j` always
+            // serves column `j mod tail` (every vector starts at a multiple of LANES).
+            // SAFETY: `xt` = `pack[12·din + L ..]` takes `tail·din + L` values (checked);
+            // reads of `xe[p·12]`, of the strip's `din·tail` values and of `xt` stay inside.
+            unsafe {
+                let xt = xe.add(T * din + l);
+                for p in 0..din {
+                    s.store(xt.add(p * tail), s.splat(*xe.add(p * T)));
+                }
+                let len = din * tail;
+                let strip = w.as_ptr().add(base);
+                let zero = s.splat(S::E::ZERO);
+                let mut acc = [zero; 4];
+                let mut i = 0;
+                while i + 4 * l <= len {
+                    for (k, a) in acc.iter_mut().enumerate() {
+                        let at = i + k * l;
+                        *a = s.fma(s.load(strip.add(at)), s.load(xt.add(at)), *a);
+                    }
+                    i += 4 * l;
+                }
+                while i + l <= len {
+                    acc[0] = s.fma(s.load(strip.add(i)), s.load(xt.add(i)), acc[0]);
+                    i += l;
+                }
+                let total = s.add(s.add(acc[0], acc[1]), s.add(acc[2], acc[3]));
+                let mut lanes = [S::E::ZERO; 16];
+                s.store(lanes.as_mut_ptr(), total);
+                for (j, &v) in lanes.iter().enumerate().take(l) {
+                    sums[j % tail] += v;
+                }
+                for j in i..len {
+                    sums[j % tail] += *strip.add(j) * *xt.add(j);
+                }
+            }
+        } else {
+            for (j, sum) in sums.iter_mut().enumerate().take(tail) {
+                // Eight partial sums, so the additions are not one long dependency chain.
+                let mut part = [S::E::ZERO; 8];
+                for p in 0..din {
+                    // SAFETY: `xe[p·12]` is input `p`.
+                    part[p % 8] += unsafe { *xe.add(p * T) } * w[base + p * tail + j];
+                }
+                *sum = part.iter().fold(S::E::ZERO, |a, &b| a + b);
+            }
+        }
+        for (j, &v) in sums.iter().enumerate().take(tail) {
+            // SAFETY: column `full + j < dout` of token `t`.
+            unsafe {
+                let o = c.add(t + (full + j) * sq);
+                *o = if add { *o + v } else { v + bias[full + j] };
+            }
+        }
+    }
+}
+
+/// The 12 column sums of `Σ_i strip[i] · xe[i]` over `len` values (`i mod 12` is the column).
+///
+/// # Safety
+/// `strip` and `xe` hold `len` values; `len` is a multiple of 12.
+#[inline(always)]
+unsafe fn gemv_strip<S: Simd>(
+    s: S,
+    strip: *const S::E,
+    xe: *const S::E,
+    len: usize,
+) -> [S::E; WEIGHT_TILE] {
+    let l = S::LANES;
+    let per = 3 * l;
+    let zero = s.splat(S::E::ZERO);
+    let mut acc = [zero; 6];
+    let mut i = 0;
+    // SAFETY: every vector read lies in `[0, len)` of both operands.
+    unsafe {
+        while i + 2 * per <= len {
+            for (k, a) in acc.iter_mut().enumerate() {
+                *a = s.fma(s.load(strip.add(i + k * l)), s.load(xe.add(i + k * l)), *a);
+            }
+            i += 2 * per;
+        }
+        for k in 0..3 {
+            acc[k] = s.add(acc[k], acc[k + 3]);
+        }
+        while i + per <= len {
+            for (k, a) in acc.iter_mut().enumerate().take(3) {
+                *a = s.fma(s.load(strip.add(i + k * l)), s.load(xe.add(i + k * l)), *a);
+            }
+            i += per;
+        }
+    }
+    let mut lanes = [S::E::ZERO; 48];
+    for (k, a) in acc.iter().enumerate().take(3) {
+        // SAFETY: `3·L ≤ 48` values.
+        unsafe { s.store(lanes.as_mut_ptr().add(k * l), *a) };
+    }
+    let mut sums = [S::E::ZERO; WEIGHT_TILE];
+    for (j, &v) in lanes.iter().enumerate().take(per) {
+        sums[j % WEIGHT_TILE] += v;
+    }
+    for j in i..len {
+        // SAFETY: `j < len`.
+        sums[j % WEIGHT_TILE] += unsafe { *strip.add(j) * *xe.add(j) };
+    }
+    sums
+}
+
+/// [`linear`] with row panels of `NV` vectors.
+#[inline(always)]
+fn linear_panels<S: Simd, const NV: usize>(
+    s: S,
+    io: LinearIo<'_, S::E>,
+    sq: usize,
+    din: usize,
+    w: &[S::E],
+    dout: usize,
+    bias: &[S::E],
+    pack: &mut [S::E],
+) {
+    let l = S::LANES;
+    let mr = NV * l;
+    // Output features per micro-tile (`NV · TILE` accumulators; wider tiles made LLVM spill
+    // accumulators to the stack).
+    let tile = S::TILE;
+    assert!(
+        w.len() >= din * dout && bias.len() >= dout,
+        "weights too short"
+    );
+    let kc_max = (pack.len() / mr).min(din);
+    assert!(din == 0 || kc_max >= 1, "pack buffer too small");
+    // `Add` accumulates into the outputs: every input chunk then starts from them.
+    let add = matches!(&io, LinearIo::Add { .. });
+    let (a, c): (*const S::E, *mut S::E) = match io {
+        LinearIo::Out { x, out } | LinearIo::Add { x, out } => {
+            assert!(
+                x.len() >= sq * din && out.len() >= sq * dout,
+                "operands too short"
+            );
+            (x.as_ptr(), out.as_mut_ptr())
+        }
+    };
+    if din == 0 {
+        if add {
+            return;
+        }
+        // No inputs: every output is its bias.
+        for j in 0..dout {
+            for i in 0..sq {
+                // SAFETY: `c` covers `sq × dout` (asserted above).
+                unsafe { *c.add(i + j * sq) = bias[j] };
+            }
+        }
+        return;
+    }
+    let pack = pack.as_mut_ptr();
+    // One full panel, not in place: the matrix already is in packed order (column p at p·mr).
+    // Read where it is only if its columns start on vector boundaries: a caller's matrix
+    // (alignment 4) may not, and then every load of the micro-kernel would straddle two cache
+    // lines (at 16 × 64 × 4 a misaligned input cost the layer up to 5 %; packing it once
+    // brings that down to 1–3 %).
+    let vector_bytes = l * core::mem::size_of::<S::E>();
+    let direct = sq == mr && (a as usize).is_multiple_of(vector_bytes);
+    let mut i0 = 0;
+    while i0 < sq {
+        let rows = mr.min(sq - i0);
+        let mut pc = 0;
+        while pc < din {
+            let kc = if direct { din } else { kc_max.min(din - pc) };
+            let panel = if direct {
+                a
+            } else {
+                // SAFETY: rows `i0 .. i0 + rows ≤ sq` of columns `pc .. pc + kc ≤ din` of `a`
+                // (`sq × din`), and `kc · mr ≤ pack.len()` values of `pack`.
+                unsafe { pack_panel::<S, NV>(s, a, sq, i0, rows, pc, kc, pack) };
+                pack.cast_const()
+            };
+            let first = pc == 0 && !add;
+            // Storage tiles of the weights (12 output features, the last one `dout mod 12`),
+            // each split into micro-tiles.
+            let full = dout / WEIGHT_TILE * WEIGHT_TILE;
+            let mut t0 = 0;
+            while t0 < dout {
+                let (cols, stride, base) = if t0 < full {
+                    (WEIGHT_TILE, WEIGHT_TILE, t0 * din)
+                } else {
+                    (dout - full, dout - full, full * din)
+                };
+                for_tiles!(cols, tile, |c0, N| {
+                    // SAFETY: rows `i0 .. i0 + rows` and columns `t0 + c0 .. + width ≤ dout`
+                    // of `c` (`sq × dout`); the panel holds `kc × mr`; the strip starting at
+                    // `base + pc·stride + c0` holds `kc` rows of `stride ≥ c0 + width` values
+                    // inside `w` (`din · dout` values, asserted above).
+                    unsafe {
+                        gemm_tile::<S, NV, N>(
+                            s,
+                            panel,
+                            kc,
+                            w.as_ptr().add(base + pc * stride + c0),
+                            stride,
+                            bias,
+                            c,
+                            sq,
+                            i0,
+                            rows,
+                            t0 + c0,
+                            first,
+                        )
+                    }
+                });
+                t0 += cols;
+            }
+            pc += kc;
+        }
+        i0 += rows;
+    }
+}
+
+/// Copies `A[i0 .. i0 + rows, pc .. pc + kc]` into `pack` as `kc` columns of `NV·LANES` rows,
+/// zero below `rows`.
+///
+/// # Safety
+/// `a` holds `sq × (pc + kc)` values column-major with `i0 + rows ≤ sq`, `rows ≤ NV·LANES`,
+/// and `pack` holds `kc · NV·LANES` values.
+#[inline(always)]
+unsafe fn pack_panel<S: Simd, const NV: usize>(
+    s: S,
+    a: *const S::E,
+    sq: usize,
+    i0: usize,
+    rows: usize,
+    pc: usize,
+    kc: usize,
+    pack: *mut S::E,
+) {
+    let l = S::LANES;
+    let mr = NV * l;
+    // SAFETY: every read is row `< i0 + rows ≤ sq` of a column `< pc + kc`, every write one
+    // of the `kc · mr` values of `pack`.
+    unsafe {
+        if rows == mr {
+            for p in 0..kc {
+                let col = a.add(i0 + (pc + p) * sq);
+                for n in 0..NV {
+                    s.store(pack.add(p * mr + n * l), s.load(col.add(n * l)));
+                }
+            }
+        } else {
+            // Whole-slice copies: element loops bounded by `rows` let LLVM precompute
+            // per-row masks for every panel, partial or not.
+            for p in 0..kc {
+                let col = a.add(i0 + (pc + p) * sq);
+                let dst = pack.add(p * mr);
+                core::ptr::copy_nonoverlapping(col, dst, rows);
+                core::slice::from_raw_parts_mut(dst.add(rows), mr - rows).fill(S::E::ZERO);
+            }
+        }
+    }
+}
+
+/// One `NV·LANES × N` tile of `C`: `C[i0.., j0..] (+)= packed A · Bᵀ` with the weights strip
+/// `b[p·stride + n] = W[j0 + n, pc + p]`, starting from the bias when `first`, from `C`
+/// otherwise. Only `rows` rows are stored.
+///
+/// # Safety
+/// `panel` holds `kc × NV·LANES` values; `b` holds `kc` rows of `stride ≥ N` values; `c`
+/// holds rows `i0 .. i0 + rows` of columns `j0 .. j0 + N` with leading dimension `ldc`,
+/// `rows ≤ NV·LANES`; `bias` holds `j0 + N` values.
+#[inline(always)]
+unsafe fn gemm_tile<S: Simd, const NV: usize, const N: usize>(
+    s: S,
+    panel: *const S::E,
+    kc: usize,
+    b: *const S::E,
+    stride: usize,
+    bias: &[S::E],
+    c: *mut S::E,
+    ldc: usize,
+    i0: usize,
+    rows: usize,
+    j0: usize,
+    first: bool,
+) {
+    let l = S::LANES;
+    let mr = NV * l;
+    let full = rows == mr;
+    let mut acc = [[s.splat(S::E::ZERO); N]; NV];
+    // SAFETY: every pointer below stays inside the regions of the function's contract.
+    unsafe {
+        if first {
+            for n in 0..N {
+                let b = s.splat(bias[j0 + n]);
+                for v in 0..NV {
+                    acc[v][n] = b;
+                }
+            }
+        } else {
+            let mut tmp = [S::E::ZERO; MQ_MAX];
+            for n in 0..N {
+                let col = c.add(i0 + (j0 + n) * ldc);
+                if full {
+                    for v in 0..NV {
+                        acc[v][n] = s.load(col.add(v * l));
+                    }
+                } else {
+                    core::ptr::copy_nonoverlapping(col, tmp.as_mut_ptr(), rows);
+                    for v in 0..NV {
+                        acc[v][n] = s.load(tmp.as_ptr().add(v * l));
+                    }
+                }
+            }
+        }
+        acc = gemm_core::<S, NV, N>(s, panel, kc, b, stride, acc);
+        let mut tmp = [S::E::ZERO; MQ_MAX];
+        for n in 0..N {
+            let col = c.add(i0 + (j0 + n) * ldc);
+            if full {
+                for v in 0..NV {
+                    s.store(col.add(v * l), acc[v][n]);
+                }
+            } else {
+                for v in 0..NV {
+                    s.store(tmp.as_mut_ptr().add(v * l), acc[v][n]);
+                }
+                core::ptr::copy_nonoverlapping(tmp.as_ptr(), col, rows);
+            }
+        }
+    }
+}
+
+/// The register-blocked loop of [`gemm_tile`]: `acc += A · Bᵀ` over `kc` input features,
+/// the accumulators passed in and out by value so that they live in registers (one row
+/// vector of `A` and one broadcast weight at a time besides them).
+///
+/// # Safety
+/// As [`gemm_tile`] for `panel` and `b`.
+#[inline(always)]
+unsafe fn gemm_core<S: Simd, const NV: usize, const N: usize>(
+    s: S,
+    panel: *const S::E,
+    kc: usize,
+    b: *const S::E,
+    stride: usize,
+    acc: [[S::V; N]; NV],
+) -> [[S::V; N]; NV] {
+    let l = S::LANES;
+    let mr = NV * l;
+    let zero = s.splat(S::E::ZERO);
+    // Two named rows (at most): plain arrays of vectors stay in registers.
+    let mut a0 = acc[0];
+    let mut a1 = if NV > 1 { acc[NV - 1] } else { [zero; N] };
+    // The N weights of input feature p are consecutive: one pointer, constant offsets.
+    let mut b = b;
+    // With one vector of rows and fewer than 8 columns, the accumulators are too few chains
+    // to cover the multiply-add latency: the odd input features go to a second set (the
+    // otherwise unused second row), added in at the end.
+    let split = NV == 1 && N < 8;
+    let mut p0 = 0;
+    // SAFETY: `kc` rows of the panel and of the weights strip, inside the caller's contract.
+    // After a strip's last row `b` steps past it (`wrapping_add`: never dereferenced there, and
+    // no in-bounds promise made, which Miri checks).
+    unsafe {
+        if split {
+            while p0 + 2 <= kc {
+                let x0 = s.load(panel.add(p0 * mr));
+                let x1 = s.load(panel.add((p0 + 1) * mr));
+                for n in 0..N {
+                    a0[n] = s.fma(x0, s.broadcast(b.add(n)), a0[n]);
+                    a1[n] = s.fma(x1, s.broadcast(b.add(stride + n)), a1[n]);
+                }
+                b = b.wrapping_add(2 * stride);
+                p0 += 2;
+            }
+        }
+        for p in p0..kc {
+            let x0 = s.load(panel.add(p * mr));
+            let x1 = if NV > 1 {
+                s.load(panel.add(p * mr + l))
+            } else {
+                zero
+            };
+            for n in 0..N {
+                let bn = s.broadcast(b.add(n));
+                a0[n] = s.fma(x0, bn, a0[n]);
+                if NV > 1 {
+                    a1[n] = s.fma(x1, bn, a1[n]);
+                }
+            }
+            b = b.wrapping_add(stride);
+        }
+    }
+    if split {
+        for n in 0..N {
+            a0[n] = s.add(a0[n], a1[n]);
+        }
+    }
+    let mut out = acc;
+    out[0] = a0;
+    if NV > 1 {
+        out[NV - 1] = a1;
+    }
+    out
+}
