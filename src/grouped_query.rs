@@ -335,7 +335,8 @@ impl<
     /// let layer = GroupedQuery::<16, 4, 2, 16, 8>::from_seed(5);
     /// let x = SMatrix::<f32, 3, 16>::from_fn(|i, j| (i as f32 - j as f32) * 0.1);
     /// let (y, w) = layer.forward_with_weights(&x, &Mask::causal(Alignment::TopLeft), &NoPositions)?;
-    /// assert_eq!(y, layer.forward(&x, &Mask::causal(Alignment::TopLeft), &NoPositions)?);
+    /// let streamed = layer.forward(&x, &Mask::causal(Alignment::TopLeft), &NoPositions)?;
+    /// assert!((y - streamed).amax() < 1e-6); // the same result, up to rounding
     /// assert_eq!(w.head(3)[(0, 0)], 1.0); // the first token sees only itself
     /// # Ok::<(), static_attention::positions::PositionError>(())
     /// ```

@@ -167,9 +167,9 @@ pub fn scaled_dot_product_attention_with_weights<
 /// use static_attention::{Mask, SMatrix, heap, scaled_dot_product_attention_with_weights_into};
 ///
 /// // 512 × 512 weights (1 MiB) and the output live on the heap.
-/// let x = heap::zeros::<f32, 512, 64>();
-/// let mut out = heap::zeros::<f32, 512, 64>();
-/// let mut w = heap::zeros::<f32, 512, 512>();
+/// let x: Box<SMatrix<f32, 512, 64>> = heap::zeroed();
+/// let mut out: Box<SMatrix<f32, 512, 64>> = heap::zeroed();
+/// let mut w: Box<SMatrix<f32, 512, 512>> = heap::zeroed();
 /// scaled_dot_product_attention_with_weights_into(&x, &x, &x, &Mask::none(), None, &mut out, &mut w);
 /// assert!((w[(3, 7)] - 1.0 / 512.0).abs() < 1e-7);
 /// ```

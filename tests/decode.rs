@@ -14,7 +14,7 @@ use proptest::test_runner::TestCaseError;
 use rand::{RngExt, SeedableRng, rngs::SmallRng};
 use static_attention::positions::{NoPositions, Rope, RopeStyle};
 use static_attention::{
-    Alibi, Alignment, Bias, Float, GroupedQuery, KvCache, Mask, MultiHead, SMatrix,
+    Alibi, Alignment, Bias, Float, GroupedQuery, KvCache, Linear, Mask, MultiHead, SMatrix,
 };
 
 /// Tokens in every sequence.
@@ -101,15 +101,23 @@ fn as_grouped<T: Float, const H: usize>(
 
 fn multi_head<T: Float>(seed: u64, bias: bool) -> MultiHead<N, DIM, 4, T> {
     let mut rng = SmallRng::seed_from_u64(seed);
-    let mut layer = MultiHead::<N, DIM, 4, T>::new(&mut rng);
-    if bias {
-        // Non-zero biases, so that they are exercised.
-        for l in layer.projections_mut() {
-            let b = nalgebra::SVector::<T, DIM>::from_fn(|_, _| T::of(rng.random_range(-0.3..0.3)));
-            l.set_bias(Some(&b));
-        }
+    let layer = MultiHead::<N, DIM, 4, T>::new(&mut rng, Bias::Present);
+    if !bias {
+        return layer;
     }
-    layer
+    // Non-zero biases, so that they are exercised.
+    let mut biased = |l: &Linear<DIM, DIM, T>| {
+        let mut l = *l;
+        let b = nalgebra::SVector::<T, DIM>::from_fn(|_, _| T::of(rng.random_range(-0.3..0.3)));
+        l.set_bias(Some(&b));
+        l
+    };
+    MultiHead::from_parts(
+        biased(layer.q_proj()),
+        biased(layer.k_proj()),
+        biased(layer.v_proj()),
+        biased(layer.out_proj()),
+    )
 }
 
 fn check_multi_head<T: Float>(seed: u64, bias: bool, scale: f64, tol: f64) -> TestResult {

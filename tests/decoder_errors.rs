@@ -1,12 +1,12 @@
 //! Bad runtime input to the decoder pieces gets a typed error with the numbers in its message,
-//! and leaves the cache, the layer and the output exactly as they were (SPEC.md, "Bad input",
-//! rule 14): a full cache, positions past the rotary table, weight files with missing names or
-//! another kv-head count.
+//! and leaves the cache, the layer and the output exactly as they were (the crate's
+//! `semantics`, "Bad input" and rule 13): a full cache, positions past the rotary table,
+//! weight files with missing names or another kv-head count.
 
 use static_attention::io::LoadError;
 use static_attention::positions::{NoPositions, PositionError, Rope, RopeStyle};
 use static_attention::{
-    Alignment, Bias, CacheError, DecoderScratch, GroupedQuery, KvCache, Mask, MultiHead, SMatrix,
+    Alignment, Bias, CacheError, GroupedQuery, KvCache, Mask, MultiHead, SMatrix, Scratch,
 };
 
 type Layer = GroupedQuery<16, 4, 2, 16, 8>;
@@ -23,7 +23,7 @@ fn a_full_cache_is_an_error_and_stays_as_it_was() {
         .decode(&tokens::<3>(0), &mut cache, &NoPositions)
         .expect("3 of 4");
     let before = cache.clone();
-    let mut scratch = DecoderScratch::new();
+    let mut scratch = Scratch::new();
     let mut out = SMatrix::<f32, 2, 16>::repeat(7.0);
     let err = layer
         .decode_into(
@@ -166,7 +166,7 @@ fn weight_files_with_missing_names_or_another_kv_head_count() {
     // Round trip, biases included.
     let back = Layer::from_safetensors(&bytes, prefix).expect("loads");
     assert_eq!(back, src);
-    assert!(back.q_proj().has_bias() && !back.o_proj().has_bias());
+    assert!(back.q_proj().has_bias() && !back.out_proj().has_bias());
 
     // Into a layer expecting 4 kv heads: typed, and the layer is untouched.
     let mut other = GroupedQuery::<16, 4, 4, 16, 16>::from_seed(9);

@@ -30,11 +30,19 @@ fn seeded() -> (
     GroupedQuery<DIM, HEADS, KV_HEADS, DIM, KV_DIM>,
 ) {
     let mut rng = SeedRng::seed_from_u64(2017);
-    let mut mha = MultiHead::<SEQ, DIM, HEADS>::new(&mut rng);
-    for l in mha.projections_mut() {
+    let mha = MultiHead::<SEQ, DIM, HEADS>::new(&mut rng, Bias::Present);
+    let mut biased = |l: &Linear<DIM, DIM>| {
+        let mut l = *l;
         let b = nalgebra::SVector::<f32, DIM>::from_fn(|_, _| rng.random_range(-0.1f32..0.1));
         l.set_bias(Some(&b));
-    }
+        l
+    };
+    let mha = MultiHead::from_parts(
+        biased(mha.q_proj()),
+        biased(mha.k_proj()),
+        biased(mha.v_proj()),
+        biased(mha.out_proj()),
+    );
     let gqa = GroupedQuery::new(&mut rng, Bias::Absent);
     (mha, gqa)
 }
@@ -59,7 +67,7 @@ fn seeded_blob() -> Vec<u8> {
     push_weights(&mut blob, gqa.q_proj());
     push_weights(&mut blob, gqa.k_proj());
     push_weights(&mut blob, gqa.v_proj());
-    push_weights(&mut blob, gqa.o_proj());
+    push_weights(&mut blob, gqa.out_proj());
     assert_eq!(blob.len(), model::BLOB_BYTES);
     blob
 }

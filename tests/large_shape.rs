@@ -3,7 +3,7 @@
 
 use nalgebra::SMatrix;
 use rand::{RngExt, SeedableRng, rngs::SmallRng};
-use static_attention::{Alignment, Mask, MultiHead, Scratch, heap};
+use static_attention::{Alignment, Bias, Mask, MultiHead, Scratch, heap};
 
 const SEQ: usize = 1024;
 const DIM: usize = 512;
@@ -16,19 +16,21 @@ fn seq_1024_dim_512_runs_on_a_2_mib_stack() {
         .stack_size(2 << 20)
         .spawn(|| {
             let mut rng = SmallRng::seed_from_u64(5);
-            let layer = Layer::new_boxed(&mut rng);
-            let mut x = heap::zeros::<f32, SEQ, DIM>();
+            let mut layer: Box<Layer> = heap::zeroed();
+            layer.reset_parameters(&mut rng, Bias::Present);
+            let mut x: Box<SMatrix<f32, SEQ, DIM>> = heap::zeroed();
             for v in x.iter_mut() {
                 *v = rng.random_range(-1.0..1.0);
             }
             let mask = Mask::causal(Alignment::TopLeft);
 
-            // Heap entry point.
-            let y = layer.forward_boxed(&x, &mask);
+            // Caller-owned scratch and output on the heap.
+            let mut scratch: Box<Scratch<SEQ, SEQ, DIM, f32>> = heap::zeroed();
+            let mut y: Box<SMatrix<f32, SEQ, DIM>> = heap::zeroed();
+            layer.forward_into(&x, &mask, &mut scratch, &mut y);
 
-            // Caller-owned scratch and output.
-            let mut scratch = Scratch::<SEQ, SEQ, DIM, f32>::new_boxed();
-            let mut out = heap::zeros::<f32, SEQ, DIM>();
+            // The general entry point, the same result.
+            let mut out: Box<SMatrix<f32, SEQ, DIM>> = heap::zeroed();
             layer.attend(&x, &x, &x, &mask, &mut scratch, &mut out, None);
             assert_eq!(*y, *out);
             assert!(y.iter().all(|v| v.is_finite()));
@@ -36,8 +38,8 @@ fn seq_1024_dim_512_runs_on_a_2_mib_stack() {
             // Spot-check rows against a small problem with the same weights: with a causal
             // mask, the first 8 output rows depend only on the first 8 tokens.
             let head = SMatrix::<f32, 8, DIM>::from_fn(|i, j| x[(i, j)]);
-            let mut small_scratch = Scratch::<8, 8, DIM, f32>::new_boxed();
-            let mut small_out = heap::zeros::<f32, 8, DIM>();
+            let mut small_scratch: Box<Scratch<8, 8, DIM, f32>> = heap::zeroed();
+            let mut small_out: Box<SMatrix<f32, 8, DIM>> = heap::zeroed();
             let small_mask = Mask::causal(Alignment::TopLeft);
             layer.attend(
                 &head,

@@ -11,8 +11,8 @@ use std::hint::black_box;
 use static_attention::mask::Additive;
 use static_attention::positions::{NoPositions, PositionEncoding, Rope, RopeStyle};
 use static_attention::{
-    Alibi, Alignment, AttentionWeights, DecoderScratch, GroupedQuery, KvCache, Linear, Mask,
-    MultiHead, Scratch, SelfAttention, Weight, bf16, f16, grouped_query_attention,
+    Alibi, Alignment, AttentionWeights, Bias, GroupedQuery, KvCache, Linear, Mask, MultiHead,
+    Scratch, SelfAttention, Weight, bf16, f16, grouped_query_attention,
     grouped_query_attention_into, scaled_dot_product_attention, scaled_dot_product_attention_into,
     scaled_dot_product_attention_with_weights, scaled_dot_product_attention_with_weights_into,
 };
@@ -98,28 +98,19 @@ fn every_entry_point<A: Additive<f32, 9, 9>, C: Additive<f32, 9, 5>>(
     black_box(layer.cross_attention(x, memory, cross_mask));
     black_box(layer.cross_attention_with_weights(x, memory, cross_mask));
     layer.forward_into(x, mask, &mut bufs.scratch, &mut bufs.out);
-    layer.forward_with_weights_into(x, mask, &mut bufs.scratch, &mut bufs.out, &mut bufs.w);
-    layer.cross_attention_into(
-        x,
-        memory,
-        cross_mask,
-        &mut bufs.cross_scratch,
-        &mut bufs.out,
-    );
-    layer.cross_attention_with_weights_into(
-        x,
-        memory,
-        cross_mask,
-        &mut bufs.cross_scratch,
-        &mut bufs.out,
-        &mut bufs.cross_w,
-    );
+    let w = Some(&mut bufs.w);
+    layer.attend(x, x, x, mask, &mut bufs.scratch, &mut bufs.out, w);
+    let (scratch, out) = (&mut bufs.cross_scratch, &mut bufs.out);
+    layer.attend(x, memory, memory, cross_mask, scratch, out, None);
+    let w = Some(&mut bufs.cross_w);
+    layer.attend(x, memory, memory, cross_mask, scratch, out, w);
     black_box(head.forward(x, mask));
     black_box(head.forward_with_weights(x, mask));
     black_box(head.cross_attention(x, memory, cross_mask));
     black_box(head.cross_attention_with_weights(x, memory, cross_mask));
     head.forward_into(x, mask, &mut bufs.scratch, &mut bufs.out);
-    head.forward_with_weights_into(x, mask, &mut bufs.scratch, &mut bufs.out, &mut bufs.w1);
+    let w = Some(&mut bufs.w1);
+    head.attend(x, x, x, mask, &mut bufs.scratch, &mut bufs.out, w);
     head.attend(
         x,
         memory,
@@ -162,8 +153,8 @@ struct Buffers {
 #[test]
 fn forward_passes_do_not_allocate() {
     let mut rng = SmallRng::seed_from_u64(11);
-    let layer = MultiHead::<9, 12, 3>::new(&mut rng);
-    let head = SelfAttention::<9, 12>::new(&mut rng);
+    let layer = MultiHead::<9, 12, 3>::new(&mut rng, Bias::Present);
+    let head = SelfAttention::<9, 12>::new(&mut rng, Bias::Present);
     let x: SMatrix<f32, 9, 12> = rand_matrix(&mut rng);
     let memory: SMatrix<f32, 5, 12> = rand_matrix(&mut rng);
     let pad = [false, true, false, false, true, false, false, false, false];
@@ -204,7 +195,7 @@ fn forward_passes_do_not_allocate() {
 #[test]
 fn f64_forward_does_not_allocate() {
     let mut rng = SmallRng::seed_from_u64(12);
-    let layer = MultiHead::<7, 12, 3, f64>::new(&mut rng);
+    let layer = MultiHead::<7, 12, 3, f64>::new(&mut rng, Bias::Present);
     let x = SMatrix::<f64, 7, 12>::from_fn(|i, j| (i * 12 + j) as f64 * 0.01);
     let (_, n) = allocations(|| {
         std::hint::black_box(layer.forward(&x, &Mask::causal(Alignment::TopLeft)));
@@ -229,8 +220,26 @@ fn decoder_entry_points<W: Weight<f32>, P: PositionEncoding<f32>>(
 ) {
     let causal = Mask::causal(Alignment::TopLeft);
     black_box(layer.forward(x, &causal, positions).expect("fits"));
+    black_box(
+        layer
+            .forward_with_weights(x, &causal, positions)
+            .expect("fits"),
+    );
     layer
         .forward_into(x, &causal, positions, &mut bufs.full, &mut bufs.out)
+        .expect("fits");
+    let w = Some(&mut bufs.weights);
+    layer
+        .attend(
+            x,
+            x,
+            x,
+            &causal,
+            positions,
+            &mut bufs.full,
+            &mut bufs.out,
+            w,
+        )
         .expect("fits");
     let prompt = x.fixed_rows::<5>(0).into_owned();
     let token = x.fixed_rows::<1>(5).into_owned();
@@ -260,9 +269,10 @@ fn decoder_entry_points<W: Weight<f32>, P: PositionEncoding<f32>>(
 
 /// Caller-owned buffers for [`decoder_entry_points`].
 struct DecoderBuffers {
-    full: DecoderScratch<6, 16, 8>,
-    prompt: DecoderScratch<5, 16, 8>,
-    token: DecoderScratch<1, 16, 8>,
+    full: Scratch<6, 6, 16, f32, 8>,
+    prompt: Scratch<5, 5, 16, f32, 8>,
+    token: Scratch<1, 1, 16, f32, 8>,
+    weights: AttentionWeights<6, 6, 4>,
     out: SMatrix<f32, 6, 16>,
     prompt_out: SMatrix<f32, 5, 16>,
     token_out: SMatrix<f32, 1, 16>,
@@ -289,17 +299,18 @@ fn decoder_batch_and_half_weight_entry_points_do_not_allocate() {
     let kv: [SMatrix<f32, 8, 4>; 2] =
         core::array::from_fn(|g| SMatrix::from_fn(|i, j| ((i + g) as f32 - j as f32) * 0.1));
     let mut bufs = DecoderBuffers {
-        full: DecoderScratch::new(),
-        prompt: DecoderScratch::new(),
-        token: DecoderScratch::new(),
+        full: Scratch::new(),
+        prompt: Scratch::new(),
+        token: Scratch::new(),
+        weights: AttentionWeights::zeros(),
         out: SMatrix::zeros(),
         prompt_out: SMatrix::zeros(),
         token_out: SMatrix::zeros(),
     };
     let mut cache = KvCache::<8, 8>::new();
     let mut mha_cache = KvCache::<8, 16>::new();
-    let mut mha_prompt = DecoderScratch::<5, 16, 16>::new();
-    let mut mha_token = DecoderScratch::<1, 16, 16>::new();
+    let mut mha_prompt = Scratch::<5, 5, 16>::new();
+    let mut mha_token = Scratch::<1, 1, 16>::new();
     let mut scratch = Scratch::<6, 6, 16>::new();
     let mut outs = [SMatrix::<f32, 6, 16>::zeros(); 3];
     let mut heads_out = [SMatrix::<f32, 6, 4>::zeros(); 4];
@@ -375,13 +386,8 @@ fn decoder_batch_and_half_weight_entry_points_do_not_allocate() {
         if all {
             black_box(mha_f16.forward(&x, &masks[0]));
             black_box(mha_f16.forward_with_weights(&x, &masks[1]));
-            mha_f16.forward_with_weights_into(
-                &x,
-                &masks[0],
-                &mut scratch,
-                &mut outs[1],
-                &mut weights,
-            );
+            let w = Some(&mut weights);
+            mha_f16.attend(&x, &x, &x, &masks[0], &mut scratch, &mut outs[1], w);
             black_box(head_f16.forward(&x, &masks[0]));
             head_f16.forward_into(&x, &masks[1], &mut scratch, &mut outs[2]);
         }
@@ -390,13 +396,25 @@ fn decoder_batch_and_half_weight_entry_points_do_not_allocate() {
             .into_iter()
             .take(if all { 2 } else { 1 })
         {
-            mha.forward_batch_into(&xs, layer_masks, &mut scratch, &mut outs)
+            mha.forward_batch_into(&xs, layer_masks, &mut scratch, &mut outs, None)
                 .expect("lengths fit");
             mha_f16
-                .forward_batch_into(&xs, layer_masks, &mut scratch, &mut outs)
+                .forward_batch_into(&xs, layer_masks, &mut scratch, &mut outs, None)
                 .expect("lengths fit");
-            head.forward_batch_into(&xs, layer_masks, &mut scratch, &mut outs)
+            head.forward_batch_into(&xs, layer_masks, &mut scratch, &mut outs, None)
                 .expect("lengths fit");
+            if all {
+                let mut per_sequence = [weights.clone(), weights.clone(), weights.clone()];
+                mha.forward_batch_into(
+                    &xs,
+                    layer_masks,
+                    &mut scratch,
+                    &mut outs,
+                    Some(&mut per_sequence),
+                )
+                .expect("lengths fit");
+                black_box(&per_sequence);
+            }
         }
         // Grouped scaled dot-product attention, by value and into buffers, with ALiBi.
         for mask in [

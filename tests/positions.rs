@@ -8,7 +8,7 @@ use rand::{RngExt, SeedableRng, rngs::SmallRng};
 use static_attention::kernels::{Kernel, with_kernel};
 use static_attention::positions::{Rope, RopeStyle, alibi_slope, alibi_slopes, sinusoidal_into};
 use static_attention::{
-    Alibi, Alignment, Mask, MultiHead, grouped_query_attention, reference,
+    Alibi, Alignment, Bias, Mask, MultiHead, grouped_query_attention, reference,
     scaled_dot_product_attention, scaled_dot_product_attention_with_weights,
 };
 
@@ -172,7 +172,7 @@ proptest! {
     /// paths, against the reference, on every kernel.
     #[test]
     fn alibi_in_multi_head_matches_the_reference(seed in any::<u64>()) {
-        let layer = MultiHead::<6, 24, 6, f64>::new(&mut SmallRng::seed_from_u64(seed));
+        let layer = MultiHead::<6, 24, 6, f64>::new(&mut SmallRng::seed_from_u64(seed), Bias::Present);
         let mut rng = SmallRng::seed_from_u64(seed ^ 5);
         let x = SMatrix::<f64, 6, 24>::from_fn(|_, _| rng.random_range(-1.0..1.0));
         let mask = Mask::causal(Alignment::TopLeft).with_alibi();

@@ -27,8 +27,9 @@ use proptest::prelude::*;
 use rand::{RngExt, SeedableRng, rngs::SmallRng};
 #[allow(unused_imports)]
 use static_attention::{
-    Alignment, AttentionWeights, Float, Linear, Mask, MultiHead, Pattern, Scratch, SelfAttention,
-    reference, scaled_dot_product_attention, scaled_dot_product_attention_with_weights,
+    Alignment, AttentionWeights, Bias, Float, Linear, Mask, MultiHead, Pattern, Scratch,
+    SelfAttention, heap, reference, scaled_dot_product_attention,
+    scaled_dot_product_attention_with_weights,
 };
 
 // ------------------------------------------------------------------------------------------
@@ -341,7 +342,9 @@ fn mha_cross_is_self<const S: usize, const D: usize, const H: usize>(
         let (cy, cw) = layer.cross_attention_with_weights(x, x, &mask);
         identical("cross_attention_with_weights(x, x)", &cy, &yw)?;
         prop_assert_eq!(&cw, &w);
-        identical("forward_boxed", &*layer.forward_boxed(x, &mask), &y)?;
+        let mut boxed: Box<SMatrix<f32, S, D>> = heap::zeroed();
+        layer.forward_into(x, &mask, &mut heap::zeroed(), &mut boxed);
+        identical("forward_into (heap buffers)", &*boxed, &y)?;
 
         // A scratch and output dirtied by another call first.
         let mut scratch = Scratch::<S, S, D, f32>::new();
@@ -397,7 +400,7 @@ fn single_head_is_self_attention<const S: usize, const D: usize>(
 ) -> TestResult {
     let rng = &mut SmallRng::seed_from_u64(seed);
     let sa = if from_new {
-        SelfAttention::<S, D>::new(rng)
+        SelfAttention::<S, D>::new(rng, Bias::Present)
     } else {
         SelfAttention::from_parts(random_linear(rng), random_linear(rng), random_linear(rng))
     };

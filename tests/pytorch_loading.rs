@@ -14,7 +14,7 @@ use safetensors::{Dtype, SafeTensors};
 use static_attention::io::{
     InProjWeight, LinearParams, LoadError, PyTorchParams, SelfAttentionParams,
 };
-use static_attention::{Mask, MultiHead};
+use static_attention::{Bias, Mask, MultiHead, heap};
 
 type Seed = MultiHead<3, 4, 2>;
 
@@ -59,7 +59,7 @@ fn edited(edit: impl FnOnce(&mut Tensors, &mut HashMap<String, String>)) -> Vec<
 
 /// Loads `bytes` into a random layer and checks that a failure leaves it unchanged.
 fn load_err(bytes: &[u8], prefix: &str) -> LoadError {
-    let mut layer = Seed::new(&mut SmallRng::seed_from_u64(1));
+    let mut layer = Seed::new(&mut SmallRng::seed_from_u64(1), Bias::Present);
     let before = layer.clone();
     let err = layer
         .load_safetensors(bytes, prefix)
@@ -97,11 +97,11 @@ fn round_trip_is_exact() {
 
     // f64, bias=False and a prefix round-trip too.
     let mut rng = SmallRng::seed_from_u64(9);
-    let layer = MultiHead::<5, 12, 3, f64>::new_without_bias(&mut rng);
+    let layer = MultiHead::<5, 12, 3, f64>::new(&mut rng, Bias::Absent);
     let bytes = layer.to_safetensors("model.attn.").unwrap();
     let back = MultiHead::<5, 12, 3, f64>::from_safetensors(&bytes, "model.attn.").unwrap();
     assert_eq!(back, layer);
-    assert!(!back.has_bias());
+    assert!(!back.q_proj().has_bias() && !back.out_proj().has_bias());
     assert!(!open(&bytes).0.contains_key("model.attn.in_proj_bias"));
 }
 
@@ -150,10 +150,10 @@ fn the_slice_path_matches_the_file_path() {
         out_proj_weight: &ow,
         out_proj_bias: Some(&ob),
     };
-    assert_eq!(
-        MultiHead::<5, 12, 3>::from_pytorch(&params).unwrap(),
-        from_file
-    );
+    assert_eq!(MultiHead::<5, 12, 3>::try_from(&params).unwrap(), from_file);
+    let mut in_place: Box<MultiHead<5, 12, 3>> = heap::zeroed();
+    params.load_into(&mut in_place).unwrap();
+    assert_eq!(*in_place, from_file);
 
     let (q, k, v) = (&w[..144], &w[144..288], &w[288..]);
     let separate = PyTorchParams {
@@ -161,7 +161,7 @@ fn the_slice_path_matches_the_file_path() {
         ..params
     };
     assert_eq!(
-        MultiHead::<5, 12, 3>::from_pytorch(&separate).unwrap(),
+        MultiHead::<5, 12, 3>::try_from(&separate).unwrap(),
         from_file
     );
 
@@ -171,7 +171,7 @@ fn the_slice_path_matches_the_file_path() {
         in_proj_weight: InProjWeight::Separate { q, k: &k[..143], v },
         ..params
     };
-    let err = layer.load_pytorch(&bad).unwrap_err();
+    let err = bad.load_into(&mut layer).unwrap_err();
     assert_eq!(
         err.to_string(),
         "k_proj_weight has 143 values, expected 144 ([12, 12]) for DIM = 12"
@@ -181,7 +181,7 @@ fn the_slice_path_matches_the_file_path() {
         ..params
     };
     assert_eq!(
-        layer.load_pytorch(&bad).unwrap_err().to_string(),
+        bad.load_into(&mut layer).unwrap_err().to_string(),
         "in_proj_bias has 12 values, expected 36 ([36]) for DIM = 12"
     );
     assert_eq!(layer, from_file);
@@ -365,11 +365,13 @@ fn errors_are_std_errors_with_long_names_truncated() {
 
 #[test]
 fn a_large_layer_loads_in_place_on_the_heap() {
-    // new_boxed + load_safetensors: no stack copy of the parameters.
-    let mut rng = SmallRng::seed_from_u64(3);
-    let src = MultiHead::<8, 256, 8>::new_boxed(&mut rng);
+    // heap::zeroed, reset_parameters and load_safetensors: no stack copy of the parameters.
+    let mut src: Box<MultiHead<8, 256, 8>> = heap::zeroed();
+    src.reset_parameters(&mut SmallRng::seed_from_u64(3), Bias::Present);
     let bytes = src.to_safetensors("").unwrap();
-    let mut dst = MultiHead::<8, 256, 8>::new_boxed(&mut SmallRng::seed_from_u64(4));
+    let mut dst: Box<MultiHead<8, 256, 8>> = heap::zeroed();
+    dst.reset_parameters(&mut SmallRng::seed_from_u64(4), Bias::Present);
+    assert!(*dst != *src);
     dst.load_safetensors(&bytes, "").unwrap();
     assert!(*dst == *src);
 }
@@ -406,7 +408,7 @@ fn biases_come_in_pairs() {
         out_proj_bias: None,
     };
     assert_eq!(
-        Seed::from_pytorch(&params).unwrap_err().to_string(),
+        Seed::try_from(&params).unwrap_err().to_string(),
         "missing tensor out_proj.bias (expected shape [4])"
     );
 }
@@ -419,7 +421,7 @@ fn a_mixed_bias_layer_saves_with_zero_biases() {
     let mut k = *src.k_proj();
     k.set_bias(None);
     let mixed = Seed::from_parts(*src.q_proj(), k, *src.v_proj(), *src.out_proj());
-    assert!(mixed.has_bias());
+    assert!(mixed.q_proj().has_bias() && !mixed.k_proj().has_bias());
     let back = Seed::from_safetensors(&mixed.to_safetensors("").unwrap(), "").unwrap();
     assert_eq!(back.k_proj().bias(), Some(&nalgebra::SVector::zeros()));
     assert_eq!(back.q_proj(), mixed.q_proj());
@@ -451,10 +453,8 @@ fn head_err(bytes: &[u8], prefix: &str) -> String {
     let err = head.load_safetensors(bytes, prefix).unwrap_err();
     assert_eq!(head, before, "a failed load changed the head");
     assert_eq!(Head::from_safetensors(bytes, prefix).unwrap_err(), err);
-    assert_eq!(
-        Head::from_safetensors_boxed(bytes, prefix).unwrap_err(),
-        err
-    );
+    let mut boxed: Box<Head> = heap::zeroed();
+    assert_eq!(boxed.load_safetensors(bytes, prefix).unwrap_err(), err);
     err.to_string()
 }
 
@@ -462,7 +462,8 @@ fn head_err(bytes: &[u8], prefix: &str) -> String {
 fn self_attention_round_trip_and_forms() {
     let bytes = fixture(PYTORCH, "head_self_6x16");
     let head = Head::from_safetensors(&bytes, "").unwrap();
-    let boxed = Head::from_safetensors_boxed(&bytes, "").unwrap();
+    let mut boxed: Box<Head> = heap::zeroed();
+    boxed.load_safetensors(&bytes, "").unwrap();
     assert_eq!(*boxed, head);
     let again = Head::from_safetensors(&head.to_safetensors("").unwrap(), "").unwrap();
     assert_eq!(again, head);
@@ -519,8 +520,10 @@ fn self_attention_round_trip_and_forms() {
             bias: Some(&vb),
         },
     };
-    assert_eq!(Head::from_pytorch(&params).unwrap(), head);
-    assert_eq!(*Head::from_pytorch_boxed(&params).unwrap(), head);
+    assert_eq!(Head::try_from(&params).unwrap(), head);
+    let mut boxed: Box<Head> = heap::zeroed();
+    params.load_into(&mut boxed).unwrap();
+    assert_eq!(*boxed, head);
 }
 
 #[test]
@@ -573,22 +576,22 @@ fn self_attention_bad_files() {
     let mut head = Head::from_seed(9);
     let before = head.clone();
     assert_eq!(
-        head.load_pytorch(&short).unwrap_err().to_string(),
+        short.load_into(&mut head).unwrap_err().to_string(),
         "k_proj.bias has 15 values, expected 16 ([16]) for DIM = 16"
     );
     assert_eq!(head, before);
 }
 
 #[test]
-fn multi_head_boxed_loaders_match() {
+fn multi_head_heap_loaders_match() {
     let bytes = fixture(PYTORCH, "seed_3x4x2");
     let layer = Seed::from_safetensors(&bytes, "").unwrap();
-    assert_eq!(*Seed::from_safetensors_boxed(&bytes, "").unwrap(), layer);
+    let mut boxed: Box<Seed> = heap::zeroed();
+    boxed.load_safetensors(&bytes, "").unwrap();
+    assert_eq!(*boxed, layer);
     let x = SMatrix::<f32, 3, 4>::repeat(0.5);
     assert_eq!(
         layer.forward(&x, &Mask::none()),
-        Seed::from_safetensors_boxed(&bytes, "")
-            .unwrap()
-            .forward(&x, &Mask::none())
+        boxed.forward(&x, &Mask::none())
     );
 }

@@ -1,7 +1,7 @@
 //! Golden tests against outputs PyTorch itself produced (tests/pytorch/, written by
 //! scripts/gen_pytorch_fixtures.py). Every case loads the module's `state_dict` through the
 //! public API, runs the same inputs and masks, and compares the attention output, the
-//! head-averaged weights and the per-head weights within SPEC.md's bound
+//! head-averaged weights and the per-head weights within the crate's bound
 //! (`|Δ| ≤ 1e-5 + 1e-5·|ref|` for f32, `1e-12` for f64). Each case prints its worst error:
 //! `cargo test --test pytorch_parity -- --nocapture`.
 
@@ -28,7 +28,15 @@ fn mha<T: Float, const SQ: usize, const SKV: usize, const DIM: usize, const HEAD
     let prefix = meta.get("prefix").map_or("", String::as_str);
     let layer = MultiHead::<SQ, DIM, HEADS, T>::from_safetensors(&bytes, prefix)
         .unwrap_or_else(|e| panic!("{case}: {e}"));
-    assert_eq!(layer.has_bias(), meta["bias"] == "true", "{case}: bias");
+    let has_bias = meta["bias"] == "true";
+    for l in [
+        layer.q_proj(),
+        layer.k_proj(),
+        layer.v_proj(),
+        layer.out_proj(),
+    ] {
+        assert_eq!(l.has_bias(), has_bias, "{case}: bias");
+    }
 
     let query = matrix::<T, SQ, DIM>(&bytes, "input.query", None).unwrap();
     let key = matrix::<T, SKV, DIM>(&bytes, "input.key", None).unwrap();
@@ -102,8 +110,8 @@ fn mha_check<
     let (e_stream, r_stream) = compare(&format!("{case}: streamed output"), &streamed, &want, tol);
     let (e_out, r_out) = compare(&format!("{case}: output"), &out, &want, tol);
 
-    // Weights: PyTorch's need_weights path gives NaN rows where every key is masked; SPEC.md
-    // rule 7 asks for zero rows there.
+    // Weights: PyTorch's need_weights path gives NaN rows where every key is masked; the crate
+    // gives zero rows there (`semantics`, rule 7).
     let nan_rows: Vec<usize> = (0..SQ)
         .filter(|&i| want_avg.row(i).iter().any(|w| w.to_f64().is_nan()))
         .collect();

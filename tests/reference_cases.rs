@@ -1,7 +1,12 @@
 //! Small cases computed by hand (checkable on paper), run through the reference path and the
-//! fast paths.
+//! fast paths; and every kernel against the reference on odd sizes (the tails of the scalar
+//! kernel's blocks and of the SIMD tiles) and across input scales from tiny to large logits.
 
+mod common;
+
+use common::seeded;
 use nalgebra::{SMatrix, SVector};
+use static_attention::kernels::{Kernel, with_kernel};
 use static_attention::{
     Alignment, Linear, Mask, MultiHead, Scratch, reference, scaled_dot_product_attention,
     scaled_dot_product_attention_with_weights,
@@ -156,4 +161,97 @@ fn reference_softmax_rows() {
         w.row(1).iter().copied().collect::<Vec<_>>(),
         vec![0.0, 0.0, 0.0]
     );
+}
+
+/// Streaming and weights paths of every kernel against the reference: `f64` within `1e-12`,
+/// `f32` (on the same `f32`-rounded inputs) within the crate's bound widened in proportion to
+/// the largest logit (`f32` rounding of a logit `s` moves `eˢ` by about `|s|·2⁻²⁴`).
+fn against_reference<const SQ: usize, const SKV: usize, const D: usize, const DV: usize>(
+    seed: u64,
+) {
+    // Under Miri (an interpreter) one scale; the shapes are small already.
+    let scales: &[f64] = if cfg!(miri) {
+        &[1.0]
+    } else {
+        &[1e-3, 0.1, 1.0, 4.0, 30.0]
+    };
+    let pad: [bool; SKV] = core::array::from_fn(|j| j % 3 == 1);
+    let masks: [Mask<'_, SQ, SKV>; 4] = [
+        Mask::none(),
+        Mask::causal(Alignment::TopLeft),
+        Mask::causal(Alignment::BottomRight).with_key_is_padding(&pad),
+        Mask::sliding_window(3, Alignment::BottomRight),
+    ];
+    for kernel in Kernel::supported() {
+        for &scale in scales {
+            let q = seeded::<SQ, D>(seed, scale);
+            let k = seeded::<SKV, D>(seed + 1, scale);
+            let v = seeded::<SKV, DV>(seed + 2, 1.0);
+            for (m, mask) in masks.iter().enumerate() {
+                let what = format!("{} {SQ}×{SKV}×{D}×{DV} ×{scale} mask {m}", kernel.name());
+                let (want, want_w) = reference::attention(&q, &k, &v, mask, None);
+                let (got, (got2, got_w)) = with_kernel(kernel, || {
+                    (
+                        scaled_dot_product_attention(&q, &k, &v, mask, None),
+                        scaled_dot_product_attention_with_weights(&q, &k, &v, mask, None),
+                    )
+                })
+                .unwrap();
+                let tol = 1e-12 * (1.0 + want.amax());
+                assert!((got - want).amax() <= tol, "{what}: streaming");
+                assert!((got2 - want).amax() <= tol, "{what}: weights path");
+                assert!((got_w - want_w).amax() <= 1e-12, "{what}: weights");
+
+                let (q32, k32, v32) = (q.cast::<f32>(), k.cast::<f32>(), v.cast::<f32>());
+                let (want, _) =
+                    reference::attention(&q32.cast::<f64>(), &k32.cast(), &v32.cast(), mask, None);
+                let got = with_kernel(kernel, || {
+                    scaled_dot_product_attention(&q32, &k32, &v32, mask, None)
+                })
+                .unwrap();
+                let logit = scale * scale * (D as f64).sqrt();
+                let atol = 1e-5 * (1.0 + logit / 4.0);
+                for (g, w) in got.iter().zip(want.iter()) {
+                    let err = (f64::from(*g) - w).abs();
+                    assert!(err <= atol + 1e-5 * w.abs(), "{what}: f32 {g} vs {w}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn every_kernel_matches_the_reference_on_odd_sizes_and_scales() {
+    against_reference::<1, 1, 1, 1>(1);
+    against_reference::<7, 7, 5, 3>(2);
+    against_reference::<9, 13, 12, 7>(3);
+    against_reference::<17, 5, 3, 11>(4);
+    if !cfg!(miri) {
+        against_reference::<33, 33, 16, 16>(5);
+        against_reference::<45, 70, 8, 8>(6);
+    }
+}
+
+#[test]
+fn linear_matches_the_naive_product_on_odd_sizes() {
+    fn run<const S: usize, const I: usize, const O: usize>(seed: u64) {
+        for kernel in Kernel::supported() {
+            for scale in [1e-3, 1.0, 1e3] {
+                let x = seeded::<S, I>(seed, scale);
+                let w = seeded::<O, I>(seed + 1, 1.0);
+                let b = seeded::<O, 1>(seed + 2, 1.0);
+                let l = Linear::from_matrix(&w, Some(&b));
+                let want = x * w.transpose() + SMatrix::<f64, S, 1>::repeat(1.0) * b.transpose();
+                let got = with_kernel(kernel, || l.forward(&x)).unwrap();
+                assert!(
+                    (got - want).amax() <= 1e-12 * (1.0 + want.amax()),
+                    "{} {S}×{I}→{O} ×{scale}",
+                    kernel.name()
+                );
+            }
+        }
+    }
+    run::<1, 1, 1>(1);
+    run::<7, 12, 5>(2);
+    run::<13, 3, 17>(3);
 }

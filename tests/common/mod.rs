@@ -1,5 +1,6 @@
-//! Reading the reference files (tests/pytorch/*.safetensors from PyTorch, tests/hf/*.safetensors
-//! from Hugging Face `transformers`) into nalgebra types, and comparing against them.
+//! What the integration tests share: reading the reference files (tests/pytorch/*.safetensors
+//! from PyTorch, tests/hf/*.safetensors from Hugging Face `transformers`) into nalgebra types,
+//! comparing against them, and building seeded inputs.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -107,10 +108,10 @@ pub fn bool_vector<const N: usize>(bytes: &[u8], name: &str) -> Option<[bool; N]
     Some(core::array::from_fn(|i| values[i] != 0.0))
 }
 
-/// Worst error over a pair of matrices against SPEC.md's bound `|Δ| ≤ atol + rtol·|ref|`,
-/// returned as (worst |Δ|, worst ratio to the bound); panics past the bound, naming `what`.
-/// A NaN on either side fails: where PyTorch gives NaN rows, callers first replace them with
-/// the zero rows SPEC rule 7 asks for.
+/// Worst error over a pair of matrices against the crate's bound `|Δ| ≤ atol + rtol·|ref|`
+/// (`atol = rtol = tol`), returned as (worst |Δ|, worst ratio to the bound); panics past the
+/// bound, naming `what`. A NaN on either side fails: where PyTorch gives NaN rows, callers
+/// first replace them with the zero rows the crate promises for fully masked queries.
 pub fn compare<T: Float, const R: usize, const C: usize>(
     what: &str,
     got: &SMatrix<T, R, C>,
@@ -130,4 +131,31 @@ pub fn compare<T: Float, const R: usize, const C: usize>(
         worst.1 = worst.1.max(err / bound);
     }
     worst
+}
+
+/// A matrix on the heap (never on the stack) whose `i`-th value in column-major order is
+/// `f(i)`.
+pub fn filled<const R: usize, const C: usize>(f: impl Fn(f32) -> f32) -> Box<SMatrix<f32, R, C>> {
+    let mut m: Box<SMatrix<f32, R, C>> = static_attention::heap::zeroed();
+    m.iter_mut().enumerate().for_each(|(i, v)| *v = f(i as f32));
+    m
+}
+
+/// Deterministic values uniform in `[-scale, scale]` (xorshift, so every platform draws the
+/// same).
+pub fn values(seed: u64, n: usize, scale: f64) -> Vec<f64> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+/// An `R × C` matrix of [`values`].
+pub fn seeded<const R: usize, const C: usize>(seed: u64, scale: f64) -> SMatrix<f64, R, C> {
+    SMatrix::from_column_slice(&values(seed, R * C, scale))
 }

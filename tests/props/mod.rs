@@ -9,8 +9,9 @@ use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use rand::{RngExt, SeedableRng, rngs::SmallRng};
 use static_attention::{
-    Alignment, AttentionWeights, Float, Linear, Mask, MultiHead, Pattern, Scratch, SelfAttention,
-    reference, scaled_dot_product_attention, scaled_dot_product_attention_with_weights,
+    Alignment, AttentionWeights, Bias, Float, Linear, Mask, MultiHead, Pattern, Scratch,
+    SelfAttention, reference, scaled_dot_product_attention,
+    scaled_dot_product_attention_with_weights,
 };
 
 /// Cases per property for layer tests (several matrix products per case).
@@ -426,8 +427,8 @@ pub fn make_layer<const S: usize, const D: usize, const H: usize>(
 ) -> MultiHead<S, D, H> {
     let rng = &mut SmallRng::seed_from_u64(seed);
     match kind % 4 {
-        0 => MultiHead::new(rng),
-        1 => MultiHead::new_without_bias(rng),
+        0 => MultiHead::new(rng, Bias::Present),
+        1 => MultiHead::new(rng, Bias::Absent),
         _ => MultiHead::from_parts(
             random_linear(rng),
             random_linear(rng),
