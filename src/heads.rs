@@ -33,7 +33,7 @@ use crate::{CacheError, Float, KvCache, Linear, Mask, Weight};
 #[inline]
 #[must_use]
 pub fn default_scale<T: Float>(d: usize) -> T {
-    T::of(1.0 / crate::math::sqrt(d as f64))
+    T::of(1.0 / crate::kernels::math::sqrt(d as f64))
 }
 
 /// How many query heads and how many key/value heads: query head `h` reads kv head
@@ -286,25 +286,37 @@ impl<const DIM: usize, const QD: usize, const KVD: usize, T: Float, W: Weight<T>
         let hd = self.head_dim();
         let scale = default_scale(hd);
         let alibi = positions.alibi();
-        if !cache.is_sliding_window() {
-            // All SQ tokens in, then every query sees the cache up to its own position
-            // (causal, aligned bottom-right: the new tokens are the newest positions).
-            for t in 0..SQ {
+        // A growing cache takes all SQ tokens, then every query sees the cache up to its own
+        // position (causal, aligned bottom-right: the new tokens are the newest positions). A
+        // ring goes token by token: each query sees exactly what the ring holds once its own
+        // key is in (the last CAP positions, itself included), reading its query through the
+        // buffer's stride.
+        let ring = cache.is_sliding_window();
+        let (steps, rows) = if ring { (SQ, 1) } else { (1, SQ) };
+        let pattern = if ring {
+            Pattern::Full
+        } else {
+            Pattern::Causal(Alignment::BottomRight)
+        };
+        for step in 0..steps {
+            for t in step * rows..(step + 1) * rows {
                 cache.push(buf.k, buf.v, SQ, t);
             }
             let len = cache.len();
-            let view = MaskView::structural(Pattern::Causal(Alignment::BottomRight), SQ, len);
+            let view = MaskView::structural(pattern, rows, len);
             let scores = Scores {
                 scale,
                 mask: &view,
                 alibi,
-                key_rotate: 0,
+                // ALiBi distances count from the oldest position, wherever a ring put it.
+                key_rotate: cache.oldest_row(),
             };
             let dims = Dims {
+                ldq: SQ,
                 ldkv: CAP,
-                ..Dims::new(SQ, len, hd, hd)
+                ..Dims::new(rows, len, hd, hd)
             };
-            let io = self.heads_io(&mut *buf.q, &mut *out);
+            let io = self.heads_io(&mut buf.q[step..], &mut out[step..]);
             let work = buf.work.reborrow();
             attend_heads(
                 kt,
@@ -316,39 +328,6 @@ impl<const DIM: usize, const QD: usize, const KVD: usize, T: Float, W: Weight<T>
                 work,
                 None,
             );
-        } else {
-            // A ring: token by token, each query sees exactly what the ring holds once its
-            // own key is in (the last CAP positions, itself included), read through the
-            // buffers' stride.
-            for t in 0..SQ {
-                cache.push(buf.k, buf.v, SQ, t);
-                let len = cache.len();
-                let view = MaskView::structural(Pattern::Full, 1, len);
-                let scores = Scores {
-                    scale,
-                    mask: &view,
-                    alibi,
-                    // ALiBi distances count from the oldest position, wherever the ring put it.
-                    key_rotate: cache.oldest_row(),
-                };
-                let dims = Dims {
-                    ldq: SQ,
-                    ldkv: CAP,
-                    ..Dims::new(1, len, hd, hd)
-                };
-                let io = self.heads_io(&mut buf.q[t..], &mut out[t..]);
-                let work = buf.work.reborrow();
-                attend_heads(
-                    kt,
-                    io,
-                    cache.storage(),
-                    dims,
-                    self.heads,
-                    &scores,
-                    work,
-                    None,
-                );
-            }
         }
         self.project_out(kt, buf.q, SQ, out, buf.pack);
         Ok(())

@@ -35,13 +35,13 @@ pub enum Bias {
 /// Xavier-uniform bound for the packed `[3·DIM, DIM]` in-projection.
 #[must_use]
 pub fn in_proj_bound(dim: usize) -> f64 {
-    crate::math::sqrt(6.0 / (4.0 * dim as f64))
+    crate::kernels::math::sqrt(6.0 / (4.0 * dim as f64))
 }
 
 /// Bound of the output projection's uniform weights, `1/√DIM`.
 #[must_use]
 pub fn out_proj_bound(dim: usize) -> f64 {
-    1.0 / crate::math::sqrt(dim as f64)
+    1.0 / crate::kernels::math::sqrt(dim as f64)
 }
 
 /// Fills the weight of `l` (`OUT × IN`) with `U(−bound, bound)` samples in the row-major

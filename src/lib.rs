@@ -73,8 +73,8 @@
 //!
 //! ([`GroupedQuery`] takes a `positions` argument besides, and has no by-value
 //! cross-attention: `attend` is its cross-attention.) Large values go on the heap through one
-//! helper, [`heap::zeroed`]; with the `rayon` feature, [`Parallel`] spreads a forward pass or
-//! a batch over threads.
+//! helper, [`heap::zeroed`]; with the `rayon` feature, [`Parallel`] spreads a [`MultiHead`] or
+//! [`GroupedQuery`] forward pass, or a batch, over threads.
 //!
 //! ## Decoding
 //!
@@ -214,7 +214,6 @@ compile_error!(
 
 // Bottom-up: the kernel layer (with the scalar and weight types it runs on) first, the core
 // built on it, the layer types on the core, loading last.
-mod math;
 pub mod weight;
 
 pub mod kernels;
@@ -284,61 +283,14 @@ pub(crate) const fn zero_matrix<T: Float, const R: usize, const C: usize>() -> S
 pub mod heap {
     use std::boxed::Box;
 
-    mod sealed {
-        pub trait Sealed: bytemuck::Zeroable {}
-    }
-
     /// A value that is valid all zeros, so it can be allocated zeroed: the layers (zero
     /// weights, no biases), [`crate::Scratch`], [`crate::AttentionWeights`], an empty
-    /// [`crate::KvCache`], a [`crate::positions::Rope`] to build in place, [`crate::Linear`],
-    /// matrices and arrays of them. Sealed.
-    pub trait Zeroed: sealed::Sealed {}
+    /// [`crate::KvCache`], a [`crate::positions::Rope`] to build in place
+    /// ([`crate::positions::Rope::rebuild`]), [`crate::Linear`], matrices of [`crate::Float`]s
+    /// and arrays of any of them. (Every type `bytemuck` knows to be zeroable is one.)
+    pub trait Zeroed: bytemuck::Zeroable {}
 
-    impl<X: sealed::Sealed> Zeroed for X {}
-
-    use crate::positions::Rope;
-    use crate::{
-        AttentionWeights, Float, GroupedQuery, KvCache, Linear, MultiHead, SMatrix, Scratch,
-        SelfAttention, Weight,
-    };
-    impl<T: Float, W: Weight<T>, const SEQ: usize, const DIM: usize, const HEADS: usize>
-        sealed::Sealed for MultiHead<SEQ, DIM, HEADS, T, W>
-    {
-    }
-    impl<T: Float, W: Weight<T>, const SEQ: usize, const DIM: usize> sealed::Sealed
-        for SelfAttention<SEQ, DIM, T, W>
-    {
-    }
-    impl<
-        T: Float,
-        W: Weight<T>,
-        const DIM: usize,
-        const HEADS: usize,
-        const KV_HEADS: usize,
-        const Q_DIM: usize,
-        const KV_DIM: usize,
-    > sealed::Sealed for GroupedQuery<DIM, HEADS, KV_HEADS, Q_DIM, KV_DIM, T, W>
-    {
-    }
-    impl<T: Float, W: Weight<T>, const IN: usize, const OUT: usize> sealed::Sealed
-        for Linear<IN, OUT, T, W>
-    {
-    }
-    impl<T: Float, const SQ: usize, const SKV: usize, const DIM: usize, const KV_DIM: usize>
-        sealed::Sealed for Scratch<SQ, SKV, DIM, T, KV_DIM>
-    {
-    }
-    impl<T: Float, const SQ: usize, const SKV: usize, const HEADS: usize> sealed::Sealed
-        for AttentionWeights<SQ, SKV, HEADS, T>
-    {
-    }
-    impl<T: Float, const CAP: usize, const KV_DIM: usize> sealed::Sealed for KvCache<CAP, KV_DIM, T> {}
-    impl<T: Float, const HEAD_DIM: usize, const MAX_POS: usize> sealed::Sealed
-        for Rope<HEAD_DIM, MAX_POS, T>
-    {
-    }
-    impl<T: Float, const R: usize, const C: usize> sealed::Sealed for SMatrix<T, R, C> {}
-    impl<X: sealed::Sealed, const N: usize> sealed::Sealed for [X; N] {}
+    impl<X: bytemuck::Zeroable> Zeroed for X {}
 
     /// A value of `X`, all zeros, allocated directly on the heap: it never passes through
     /// the stack, whatever its size. The crate's one heap helper: a large layer, scratch,

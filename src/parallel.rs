@@ -14,12 +14,13 @@ use rayon::prelude::*;
 use crate::batch::{BatchError, check, mask_of};
 use crate::mask::Additive;
 use crate::positions::{NoPositions, PositionEncoding, PositionError};
-use crate::{Float, GroupedQuery, Mask, MultiHead, Scratch, SelfAttention, Weight, kernels};
+use crate::{Float, GroupedQuery, Mask, MultiHead, Scratch, Weight, kernels};
 
 /// A layer whose forward passes spread their work over rayon's threads (`rayon` feature):
 /// `Parallel(&layer).forward_into(…)` takes the arguments of the layer's own
 /// `forward_into`, and [`Parallel::forward_batch_into`] those of its `forward_batch_into`
-/// (without weights). Works for [`MultiHead`], [`SelfAttention`] and [`GroupedQuery`], any
+/// (without weights). Works for [`MultiHead`] and [`GroupedQuery`] (a one-head
+/// [`crate::SelfAttention`] has only query blocks to spread: use `MultiHead<SEQ, DIM, 1>`), any
 /// weight storage.
 ///
 /// ```
@@ -91,54 +92,6 @@ where
 
     /// [`MultiHead::forward_batch_into`] (without weights) with the sequences spread over the
     /// threads.
-    ///
-    /// # Errors
-    ///
-    /// [`BatchError`] if the lengths do not fit; nothing is written then.
-    pub fn forward_batch_into<A: Additive<T, SEQ, SEQ> + Sync>(
-        &self,
-        xs: &[SMatrix<T, SEQ, DIM>],
-        masks: &[Mask<'_, SEQ, SEQ, A>],
-        outs: &mut [SMatrix<T, SEQ, DIM>],
-    ) -> Result<(), BatchError> {
-        // The caller's kernel on every worker.
-        let kt = kernels::current::<T>();
-        let layer = self.0.layer();
-        batch(
-            xs,
-            masks,
-            outs,
-            |x, m, s: &mut Scratch<SEQ, SEQ, DIM, T>, o| {
-                let (buf, o) = (s.buffers(), o.as_mut_slice());
-                let done = layer.forward(kt, x, (x, x), m, &NoPositions, buf, o, None);
-                debug_assert!(done.is_ok(), "no positions, no position error");
-            },
-        )
-    }
-}
-
-impl<const SEQ: usize, const DIM: usize, T, W> Parallel<'_, SelfAttention<SEQ, DIM, T, W>>
-where
-    T: Float + Send + Sync,
-    W: Weight<T> + Sync,
-{
-    /// [`SelfAttention::forward_into`] with the work spread over the threads (see
-    /// [`Parallel::forward_into`] for [`MultiHead`]).
-    pub fn forward_into<A: Additive<T, SEQ, SEQ> + Sync>(
-        &self,
-        x: &SMatrix<T, SEQ, DIM>,
-        mask: &Mask<'_, SEQ, SEQ, A>,
-        scratch: &mut Scratch<SEQ, SEQ, DIM, T>,
-        out: &mut SMatrix<T, SEQ, DIM>,
-    ) {
-        let kt = kernels::current::<T>();
-        let layer = self.0.layer();
-        let done = layer.forward_par(kt, x, mask, &NoPositions, scratch.buffers(), out);
-        debug_assert!(done.is_ok(), "no positions, no position error");
-    }
-
-    /// [`SelfAttention::forward_batch_into`] (without weights) with the sequences spread over
-    /// the threads.
     ///
     /// # Errors
     ///

@@ -15,7 +15,7 @@
 use nalgebra::SMatrix;
 
 use crate::Float;
-use crate::math;
+use crate::kernels::math;
 
 /// The paper's sinusoidal position encoding for positions `0..SEQ`:
 /// `PE(pos, 2i) = sin(pos / 10000^(2i/DIM))`, `PE(pos, 2i+1) = cos(pos / 10000^(2i/DIM))`.

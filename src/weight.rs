@@ -39,26 +39,6 @@ pub(crate) mod sealed {
         /// The weights as the kernels read them.
         fn stored(w: &[Self]) -> Stored<'_, T>;
     }
-    impl Storage<f32> for f32 {
-        fn stored(w: &[f32]) -> Stored<'_, f32> {
-            Stored::Native(w)
-        }
-    }
-    impl Storage<f64> for f64 {
-        fn stored(w: &[f64]) -> Stored<'_, f64> {
-            Stored::Native(w)
-        }
-    }
-    impl Storage<f32> for half::f16 {
-        fn stored(w: &[half::f16]) -> Stored<'_, f32> {
-            Stored::Half(bytemuck::cast_slice(w))
-        }
-    }
-    impl Storage<f32> for half::bf16 {
-        fn stored(w: &[half::bf16]) -> Stored<'_, f32> {
-            Stored::Half(bytemuck::cast_slice(w))
-        }
-    }
 }
 
 /// How the kernels read a weight type.
@@ -89,58 +69,39 @@ pub trait Weight<T>:
     fn narrow(x: T) -> Self;
 }
 
-impl Weight<f32> for f32 {
-    const ZERO_WEIGHT: Self = 0.0;
-    const KIND: WeightKind = WeightKind::Native;
-    const DTYPE: &'static str = "F32";
-    #[inline(always)]
-    fn widen(self) -> f32 {
-        self
-    }
-    #[inline(always)]
-    fn narrow(x: f32) -> Self {
-        x
-    }
+/// One storage type for one compute type: its constants, its conversions, and how the kernels
+/// read a slice of it.
+macro_rules! weight {
+    ($w:ty => $t:ty, $kind:ident, $dtype:literal, $zero:expr,
+     widen: |$a:ident| $widen:expr, narrow: |$b:ident| $narrow:expr, stored: $stored:expr) => {
+        impl Weight<$t> for $w {
+            const ZERO_WEIGHT: Self = $zero;
+            const KIND: WeightKind = WeightKind::$kind;
+            const DTYPE: &'static str = $dtype;
+            #[inline(always)]
+            fn widen(self) -> $t {
+                let $a = self;
+                $widen
+            }
+            #[inline(always)]
+            fn narrow($b: $t) -> Self {
+                $narrow
+            }
+        }
+
+        impl sealed::Storage<$t> for $w {
+            fn stored(w: &[Self]) -> sealed::Stored<'_, $t> {
+                $stored(w)
+            }
+        }
+    };
 }
 
-impl Weight<f64> for f64 {
-    const ZERO_WEIGHT: Self = 0.0;
-    const KIND: WeightKind = WeightKind::Native;
-    const DTYPE: &'static str = "F64";
-    #[inline(always)]
-    fn widen(self) -> f64 {
-        self
-    }
-    #[inline(always)]
-    fn narrow(x: f64) -> Self {
-        x
-    }
-}
-
-impl Weight<f32> for half::f16 {
-    const ZERO_WEIGHT: Self = half::f16::ZERO;
-    const KIND: WeightKind = WeightKind::F16;
-    const DTYPE: &'static str = "F16";
-    #[inline(always)]
-    fn widen(self) -> f32 {
-        self.to_f32()
-    }
-    #[inline(always)]
-    fn narrow(x: f32) -> Self {
-        half::f16::from_f32(x)
-    }
-}
-
-impl Weight<f32> for half::bf16 {
-    const ZERO_WEIGHT: Self = half::bf16::ZERO;
-    const KIND: WeightKind = WeightKind::Bf16;
-    const DTYPE: &'static str = "BF16";
-    #[inline(always)]
-    fn widen(self) -> f32 {
-        self.to_f32()
-    }
-    #[inline(always)]
-    fn narrow(x: f32) -> Self {
-        half::bf16::from_f32(x)
-    }
-}
+weight!(f32 => f32, Native, "F32", 0.0, widen: |x| x, narrow: |x| x, stored: sealed::Stored::Native);
+weight!(f64 => f64, Native, "F64", 0.0, widen: |x| x, narrow: |x| x, stored: sealed::Stored::Native);
+weight!(half::f16 => f32, F16, "F16", half::f16::ZERO,
+    widen: |x| x.to_f32(), narrow: |x| half::f16::from_f32(x),
+    stored: |w| sealed::Stored::Half(bytemuck::cast_slice(w)));
+weight!(half::bf16 => f32, Bf16, "BF16", half::bf16::ZERO,
+    widen: |x| x.to_f32(), narrow: |x| half::bf16::from_f32(x),
+    stored: |w| sealed::Stored::Half(bytemuck::cast_slice(w)));

@@ -456,8 +456,9 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float, W: Weight
     /// [`PyTorchParams::load_into`] for the checks), by value: about `2 · PARAM_BYTES` of
     /// stack.
     fn try_from(params: &PyTorchParams<'_, T>) -> Result<Self, LoadError> {
-        let checked = Self::check_pytorch(params)?;
-        Self::from_checked(&checked)
+        let mut layer = Self::zeros();
+        params.load_into(&mut layer)?;
+        Ok(layer)
     }
 }
 
@@ -538,14 +539,6 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float, W: Weight
                 bias_start: 0,
             },
         ]
-    }
-
-    /// Builds a layer from validated parameters. (Returning a `Result` of a big value costs a
-    /// copy whatever the body does: filling a zeroed layer in place is the cheapest form.)
-    pub(crate) fn from_checked(c: &Checked<'_, T>) -> Result<Self, LoadError> {
-        let mut layer = Self::zeros();
-        layer.write_checked(c);
-        Ok(layer)
     }
 
     /// Copies validated parameters in; cannot fail.
@@ -707,8 +700,9 @@ impl<const SEQ: usize, const DIM: usize, T: Float, W: Weight<T>>
     /// Builds a head from the parameters of three PyTorch `nn.Linear(DIM, DIM)` modules given
     /// as slices (see [`SelfAttentionParams::load_into`]), by value.
     fn try_from(params: &SelfAttentionParams<'_, T>) -> Result<Self, LoadError> {
-        let c = Self::check_pytorch(params)?;
-        Self::from_checked(&c)
+        let mut head = Self::zeros();
+        params.load_into(&mut head)?;
+        Ok(head)
     }
 }
 
@@ -721,13 +715,6 @@ impl<const SEQ: usize, const DIM: usize, T: Float, W: Weight<T>> SelfAttention<S
             CheckedLinear::from_params("k_proj", &params.k_proj, DIM, DIM, DIM)?,
             CheckedLinear::from_params("v_proj", &params.v_proj, DIM, DIM, DIM)?,
         ])
-    }
-
-    /// Builds a head from validated parameters.
-    pub(crate) fn from_checked(c: &[CheckedLinear<'_, T>; 3]) -> Result<Self, LoadError> {
-        let mut head = Self::zeros();
-        head.write_checked(c);
-        Ok(head)
     }
 
     /// Copies validated q, k, v parameters in; cannot fail.

@@ -173,6 +173,22 @@ impl Accept {
     }
 }
 
+/// Loads a layer in place from a file: parses it, finds and checks every tensor with `check`
+/// (nothing written yet), then copies them in with `write`, which cannot fail. On error the
+/// layer is unchanged.
+fn read_into<'a, L, C>(
+    layer: &mut L,
+    bytes: &'a [u8],
+    prefix: &str,
+    check: impl FnOnce(&File<'a>, &str) -> Result<C, LoadError>,
+    write: impl FnOnce(&mut L, &C),
+) -> Result<(), LoadError> {
+    let file = File::parse(bytes)?;
+    let checked = check(&file, prefix)?;
+    write(layer, &checked);
+    Ok(())
+}
+
 /// A tensor to write: its name (without the prefix), shape, dtype and little-endian bytes.
 struct Tensor {
     name: String,
@@ -260,9 +276,9 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float, W: Weight
     /// `out_proj.bias`, `bias_k`/`bias_v` (unsupported), or bytes that are not a valid
     /// safetensors file.
     pub fn from_safetensors(bytes: &[u8], prefix: &str) -> Result<Self, LoadError> {
-        let file = File::parse(bytes)?;
-        let checked = Self::check_file(&file, prefix)?;
-        Self::from_checked(&checked)
+        let mut layer = Self::zeros();
+        layer.load_safetensors(bytes, prefix)?;
+        Ok(layer)
     }
 
     /// [`MultiHead::from_safetensors`] into an existing layer, in place. Everything is checked
@@ -272,10 +288,7 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float, W: Weight
     ///
     /// As [`MultiHead::from_safetensors`].
     pub fn load_safetensors(&mut self, bytes: &[u8], prefix: &str) -> Result<(), LoadError> {
-        let file = File::parse(bytes)?;
-        let checked = Self::check_file(&file, prefix)?;
-        self.write_checked(&checked);
-        Ok(())
+        read_into(self, bytes, prefix, Self::check_file, Self::write_checked)
     }
 
     /// Finds and checks every tensor, without writing anything.
@@ -401,8 +414,9 @@ impl<const SEQ: usize, const DIM: usize, T: Float, W: Weight<T>> SelfAttention<S
     /// A [`LoadError`] naming the tensor: missing weight, wrong shape or dtype, or bytes that
     /// are not a valid safetensors file.
     pub fn from_safetensors(bytes: &[u8], prefix: &str) -> Result<Self, LoadError> {
-        let file = File::parse(bytes)?;
-        Self::from_checked(&Self::check_file(&file, prefix)?)
+        let mut head = Self::zeros();
+        head.load_safetensors(bytes, prefix)?;
+        Ok(head)
     }
 
     /// [`SelfAttention::from_safetensors`] into an existing head, in place. Everything is
@@ -412,10 +426,7 @@ impl<const SEQ: usize, const DIM: usize, T: Float, W: Weight<T>> SelfAttention<S
     ///
     /// As [`SelfAttention::from_safetensors`].
     pub fn load_safetensors(&mut self, bytes: &[u8], prefix: &str) -> Result<(), LoadError> {
-        let file = File::parse(bytes)?;
-        let checked = Self::check_file(&file, prefix)?;
-        self.write_checked(&checked);
-        Ok(())
+        read_into(self, bytes, prefix, Self::check_file, Self::write_checked)
     }
 
     fn check_file<'a>(
@@ -494,10 +505,8 @@ impl<
     /// another number of kv heads ([`LoadError::WrongKvHeads`]), another wrong shape or dtype,
     /// or bytes that are not a valid safetensors file.
     pub fn from_safetensors(bytes: &[u8], prefix: &str) -> Result<Self, LoadError> {
-        let file = File::parse(bytes)?;
-        let checked = Self::check_file(&file, prefix)?;
         let mut layer = Self::zeros();
-        layer.write_checked(&checked);
+        layer.load_safetensors(bytes, prefix)?;
         Ok(layer)
     }
 
@@ -508,10 +517,7 @@ impl<
     ///
     /// As [`GroupedQuery::from_safetensors`].
     pub fn load_safetensors(&mut self, bytes: &[u8], prefix: &str) -> Result<(), LoadError> {
-        let file = File::parse(bytes)?;
-        let checked = Self::check_file(&file, prefix)?;
-        self.write_checked(&checked);
-        Ok(())
+        read_into(self, bytes, prefix, Self::check_file, Self::write_checked)
     }
 
     fn check_file<'a>(

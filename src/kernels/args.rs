@@ -143,6 +143,31 @@ pub(crate) enum LinearIo<'a, T> {
     Add { x: &'a [T], out: &'a mut [T] },
 }
 
+impl<'a, T> LinearIo<'a, T> {
+    /// The input (`s × din`) and output (`s × dout`) after checking their lengths, and whether
+    /// the products are added to the outputs ([`LinearIo::Add`]) rather than written.
+    pub(crate) fn checked(self, s: usize, din: usize, dout: usize) -> (&'a [T], &'a mut [T], bool) {
+        let (x, out, add) = match self {
+            LinearIo::Out { x, out } => (x, out, false),
+            LinearIo::Add { x, out } => (x, out, true),
+        };
+        assert!(
+            x.len() >= s * din && out.len() >= s * dout,
+            "projection operands too short"
+        );
+        (x, out, add)
+    }
+}
+
+/// Checks that `w` holds a `dout × din` weight matrix (in the tile layout) and `bias` its
+/// `dout` biases.
+pub(crate) fn check_weights<W, T>(w: &[W], bias: &[T], din: usize, dout: usize) {
+    assert!(
+        w.len() >= din * dout && bias.len() >= dout,
+        "weights or biases too short"
+    );
+}
+
 /// One head's attention problem besides its queries: keys, values, shape, softmax scale and
 /// mask.
 #[derive(Clone, Copy)]

@@ -6,8 +6,8 @@
 use nalgebra::RealField;
 
 use super::Kernel;
+use super::math;
 use super::table::Table;
-use crate::math;
 
 pub(crate) mod sealed {
     use super::{Kernel, Table};

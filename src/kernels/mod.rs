@@ -38,6 +38,7 @@ mod args;
 mod arm;
 mod float;
 pub(crate) mod layout;
+pub(crate) mod math;
 pub(crate) mod pattern;
 mod scalar;
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
@@ -276,7 +277,7 @@ pub(crate) fn overflow_rescale<T: Float>(v: &[T], dims: Dims) -> Option<T> {
         return None;
     }
     let k = usize::BITS - skv.leading_zeros() + 1;
-    Some(T::of(crate::math::powi2(-(k as i32))))
+    Some(T::of(math::powi2(-(k as i32))))
 }
 
 /// What an attention call works out about its values only when it needs to, at most once:

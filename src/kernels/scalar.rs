@@ -5,7 +5,7 @@
 
 use core::marker::PhantomData;
 
-use super::args::{Dims, LinearIo, MQ_MAX, Problem, QueryIo, WorkRef};
+use super::args::{Dims, LinearIo, MQ_MAX, Problem, QueryIo, WorkRef, check_weights};
 use super::layout::tiled_index;
 use super::table::{Table, widen_f16_portable};
 use super::{Float, Kernel, Lazy};
@@ -45,13 +45,9 @@ pub(super) fn linear<T: Float, Wt: Weight<T>>(
     bias: &[T],
     _pack: &mut [T],
 ) {
-    assert!(w.len() >= din * dout, "weights too short");
+    check_weights(w, bias, din, dout);
     let wt = |c: usize, d: usize| w[tiled_index(c, d, din, dout)].widen();
-    let (x, out, add) = match io {
-        LinearIo::Out { x, out } => (x, out, false),
-        LinearIo::Add { x, out } => (x, out, true),
-    };
-    assert!(x.len() >= s * din && bias.len() >= dout && out.len() >= s * dout);
+    let (x, out, add) = io.checked(s, din, dout);
     // `add` leaves the outputs as they are (no bias) and adds the products to them.
     let start = |col: &mut [T], b: T| {
         if !add {

@@ -10,7 +10,7 @@
 //! instruction set inside `#[target_feature]` functions, so every method here is
 //! `#[inline(always)]` and becomes the instruction itself.
 
-use crate::Float;
+use super::Float;
 
 /// One instruction set for one element type: `LANES` elements per vector.
 pub(crate) trait Simd: Copy {

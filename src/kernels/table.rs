@@ -4,7 +4,7 @@
 //! the projections and the attention loop call through it with no further dispatch, and
 //! threads that share a call's work share its table (so they run the caller's kernel).
 
-use super::args::{LinearIo, Problem, QueryIo, WorkRef};
+use super::args::{LinearIo, Problem, QueryIo, WorkRef, check_weights};
 use super::{Float, Kernel, scalar};
 use crate::weight::sealed::Stored;
 use crate::weight::{Weight, WeightKind};
@@ -105,11 +105,8 @@ impl<T: Float> Table<T> {
         pack: &mut [T],
     ) {
         const STRIP: usize = super::layout::WEIGHT_TILE;
-        let (x, out, add) = match io {
-            LinearIo::Out { x, out } => (x, out, false),
-            LinearIo::Add { x, out } => (x, out, true),
-        };
-        assert!(w.len() >= din * dout && x.len() >= s * din && out.len() >= s * dout);
+        let (x, out, add) = io.checked(s, din, dout);
+        check_weights(w, bias, din, dout);
         let mut buf = [T::ZERO; STRIP * HALF_CHUNK];
         let full = dout / STRIP * STRIP;
         let mut t0 = 0;

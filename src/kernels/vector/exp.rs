@@ -2,9 +2,9 @@
 //! in a kernel (the softmax's `p`, the online correction `c`, the benchmarks) is the same
 //! function.
 
+use super::super::Float;
 use super::super::args::MQ_MAX;
 use super::super::simd::Simd;
-use crate::Float;
 
 /// `exp` over a slice (the tail value by value through [`exp_scalar`]).
 #[inline(always)]

@@ -6,10 +6,10 @@
 
 #![allow(clippy::too_many_arguments, clippy::needless_range_loop)]
 
-use super::super::args::{LinearIo, MQ_MAX};
+use super::super::Float;
+use super::super::args::{LinearIo, MQ_MAX, check_weights};
 use super::super::layout::WEIGHT_TILE;
 use super::super::simd::Simd;
-use crate::Float;
 
 /// `out[s × dout] = x[s × din] · Wᵀ + bias` with `W` in the tile layout of
 /// [`crate::Linear`] (or `out += x · Wᵀ` for [`LinearIo::Add`]). In that layout a
@@ -62,22 +62,11 @@ fn linear_gemv<S: Simd>(
 ) {
     const T: usize = WEIGHT_TILE;
     let l = S::LANES;
-    assert!(
-        w.len() >= din * dout && bias.len() >= dout,
-        "weights too short"
-    );
+    check_weights(w, bias, din, dout);
     assert!(pack.len() >= T * din + l, "pack buffer too small");
     // `Add` accumulates into the outputs instead of writing them.
-    let add = matches!(&io, LinearIo::Add { .. });
-    let (a, c): (*const S::E, *mut S::E) = match io {
-        LinearIo::Out { x, out } | LinearIo::Add { x, out } => {
-            assert!(
-                x.len() >= sq * din && out.len() >= sq * dout,
-                "operands too short"
-            );
-            (x.as_ptr(), out.as_mut_ptr())
-        }
-    };
+    let (x, out, add) = io.checked(sq, din, dout);
+    let (a, c) = (x.as_ptr(), out.as_mut_ptr());
     let xe = pack.as_mut_ptr();
     let full = dout / T * T;
     for t in 0..sq {
@@ -237,23 +226,12 @@ fn linear_panels<S: Simd, const NV: usize>(
     // Output features per micro-tile (`NV · TILE` accumulators; wider tiles made LLVM spill
     // accumulators to the stack).
     let tile = S::TILE;
-    assert!(
-        w.len() >= din * dout && bias.len() >= dout,
-        "weights too short"
-    );
+    check_weights(w, bias, din, dout);
     let kc_max = (pack.len() / mr).min(din);
     assert!(din == 0 || kc_max >= 1, "pack buffer too small");
     // `Add` accumulates into the outputs: every input chunk then starts from them.
-    let add = matches!(&io, LinearIo::Add { .. });
-    let (a, c): (*const S::E, *mut S::E) = match io {
-        LinearIo::Out { x, out } | LinearIo::Add { x, out } => {
-            assert!(
-                x.len() >= sq * din && out.len() >= sq * dout,
-                "operands too short"
-            );
-            (x.as_ptr(), out.as_mut_ptr())
-        }
-    };
+    let (x, out, add) = io.checked(sq, din, dout);
+    let (a, c) = (x.as_ptr(), out.as_mut_ptr());
     if din == 0 {
         if add {
             return;

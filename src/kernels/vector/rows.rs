@@ -1,11 +1,11 @@
 //! Attention for a few queries (a decoding step, or the rows left after the tiles), one query
 //! at a time with the keys in the vector lanes.
 
+use super::super::Float;
 use super::super::Lazy;
 use super::super::args::{Dims, KB, MQ_MAX, Problem, WorkRef};
 use super::super::simd::Simd;
 use super::exp::{exp_scalar, exp_shifted};
-use crate::Float;
 
 /// Streaming attention for the `n` queries from row `r0`, each walking its keys in blocks of
 /// [`KB`] with the keys in the vector lanes; the `P·V` sums are kept per lane and reduced at

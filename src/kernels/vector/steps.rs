@@ -2,10 +2,10 @@
 //! per-key masks, the score and `P·V` micro-kernels, and the two softmax steps every block of
 //! scores goes through (scale, mask and maximum; then `exp` and sum).
 
+use super::super::Float;
 use super::super::args::{MQ_MAX, MaskView};
 use super::super::pattern::Pattern;
 use super::super::simd::Simd;
-use crate::Float;
 
 /// The keys a query tile's pattern shows: per lane, the first and one-past-last visible key
 /// (as vectors), and over the tile, the union `[lo_min, hi_max)` and the intersection

@@ -1,6 +1,7 @@
 //! Attention for one head with the queries in the vector lanes: the streaming kernel
 //! ([`attention`]) and the one that also writes the weights ([`attention_with_weights`]).
 
+use super::super::Float;
 use super::super::args::{Dims, KB, MQ_MAX, Problem, QueryIo, WorkRef};
 use super::super::simd::Simd;
 use super::super::{Lazy, scalar};
@@ -8,7 +9,6 @@ use super::rows::rows;
 use super::steps::{
     TileRanges, exp_and_sum, key_mask, pv_block, qk_block, scale_and_mask, tile_ranges,
 };
-use crate::Float;
 
 /// Streaming attention for one head: `out[sq × dv] = softmax(scale·q·kᵀ + mask) · v`. Whole
 /// tiles of `2·LANES` queries, then one of `LANES` if that many remain, then the last rows
