@@ -62,6 +62,7 @@ pub(crate) struct Scores<'a, T> {
     pub key_rotate: usize,
 }
 
+#[allow(clippy::too_many_arguments)]
 /// One head: `kernels::attention` (or `attention_with_weights` into `weights`) for query head
 /// `h` of `heads`, with its ALiBi slope. `io` and `k`, `v` start at the head's own columns.
 #[inline]
@@ -94,6 +95,7 @@ fn attend_head<T: Float>(
 /// heads' queries (and outputs), head `h` at `h·dk·ldq` (`h·dv·ldq` for the outputs); `k` and
 /// `v` all kv heads, head `g` at `g·dk·ldkv` and `g·dv·ldkv`; `weights`, when given, one
 /// `ldq × skv` matrix per head. `dims` is one head's problem.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn attend_heads<T: Float>(
     kt: &Table<T>,
     mut io: QueryIo<'_, T>,

@@ -4,7 +4,7 @@
 use nalgebra::SMatrix;
 
 use crate::heads::{Heads, Scores, attend_heads, default_scale};
-use crate::kernels::{self, Dims, QueryIo, Work, WorkRef};
+use crate::kernels::{self, Dims, QueryIo, Table, Work, WorkRef};
 use crate::mask::Additive;
 use crate::{Float, Mask, zero_matrix};
 
@@ -112,11 +112,23 @@ fn run<const SQ: usize, const SKV: usize, const DV: usize, T: Float, A: Additive
     match weights {
         // The weights path needs no block state.
         Some(w) => attend_heads(kt, io, kv, dims, heads, &scores, WorkRef::empty(), Some(w)),
-        None => {
-            let mut work = Work::<T, DV>::new();
-            attend_heads(kt, io, kv, dims, heads, &scores, work.parts(), None);
-        }
+        None => streaming::<DV, T>(kt, io, kv, dims, heads, &scores),
     }
+}
+
+/// The streaming path of [`run`], with the kernel's block state on its own frame (never
+/// inlined, so the weights path's frame does not hold it).
+#[inline(never)]
+fn streaming<const DV: usize, T: Float>(
+    kt: &Table<T>,
+    io: QueryIo<'_, T>,
+    kv: (&[T], &[T]),
+    dims: Dims,
+    heads: Heads,
+    scores: &Scores<'_, T>,
+) {
+    let mut work = Work::<T, DV>::new();
+    attend_heads(kt, io, kv, dims, heads, scores, work.parts(), None);
 }
 
 /// [`scaled_dot_product_attention`] that also returns the post-softmax attention weights

@@ -12,7 +12,13 @@
 //!   CI runs it in the test profile (`opt-level = 1`), in release and at `opt-level = 0`.
 //! - `heap_paths_run_on_a_2_mib_stack` and `other_heap_paths_run_on_a_2_mib_stack` run every
 //!   heap or caller-owned entry point at `SEQ = 1024, DIM = 512, HEADS = 8` (the input alone is
-//!   2 MiB) in a 2 MiB thread.
+//!   2 MiB) in a 2 MiB thread: each big value comes from `heap::zeroed` and is filled in place,
+//!   and each result is checked.
+//! - `a_value_built_on_the_stack_overflows_2_mib` shows those two tests can fail: replacing a
+//!   heap allocation there with `Box::new(…)` of a value built by value (the 4 MiB layer of
+//!   `Box::new(MultiHead::<1024, 512, 8>::from_seed(5))` instead of `heap::zeroed()` and
+//!   `reset_parameters`) aborts the 2 MiB thread with "has overflowed its stack" (in a child
+//!   process, since the abort takes the whole process with it).
 //! - `measure` (ignored) finds each entry point's real need by bisection: it re-runs this test
 //!   binary with `probe` for each candidate size (an overflow kills only the child) and
 //!   prints the table the docs quote:
@@ -20,14 +26,16 @@
 //!   (`STACK_FILTER=forward` measures only the entry points whose name contains `forward`).
 
 use std::hint::black_box;
-use std::process::Command;
+use std::process::{Command, Output};
 
+use static_attention::init::SeedRng;
 use static_attention::io::{InProjWeight, LinearParams, PyTorchParams, SelfAttentionParams};
 use static_attention::kernels::{KEY_BLOCK, TILE_QUERIES};
 use static_attention::positions::{NoPositions, Rope, RopeStyle};
+use static_attention::rand::SeedableRng;
 use static_attention::{
-    Alignment, AttentionWeights, DecoderScratch, GroupedQuery, KvCache, Mask, MultiHead, SMatrix,
-    Scratch, SelfAttention, grouped_query_attention, grouped_query_attention_into, heap,
+    Alignment, AttentionWeights, Bias, GroupedQuery, KvCache, Mask, MultiHead, SMatrix, Scratch,
+    SelfAttention, grouped_query_attention, grouped_query_attention_into, heap,
     scaled_dot_product_attention, scaled_dot_product_attention_into,
     scaled_dot_product_attention_with_weights, scaled_dot_product_attention_with_weights_into,
 };
@@ -52,6 +60,8 @@ type Gqa = GroupedQuery<DIM, HEADS, 2, DIM, KV>;
 /// Cache capacity for the decoding entry points.
 const CAP: usize = 2 * SEQ;
 type Head = SelfAttention<SEQ, DIM>;
+/// One `SEQ × DIM` sequence, an input or an output.
+type Seq = SMatrix<f32, SEQ, DIM>;
 
 const F32: usize = 4;
 
@@ -96,9 +106,14 @@ fn opt_level_zero() -> bool {
     option_env!("STACK_TEST_OPT_LEVEL_0").is_some()
 }
 
+/// The crate's portable generator, seeded.
+fn rng(seed: u64) -> SeedRng {
+    SeedRng::seed_from_u64(seed)
+}
+
 /// A heap matrix whose `i`-th value (column-major order) is `f(i)`.
 fn filled<const R: usize, const C: usize>(f: impl Fn(f32) -> f32) -> Box<SMatrix<f32, R, C>> {
-    let mut m = heap::zeros::<f32, R, C>();
+    let mut m: Box<SMatrix<f32, R, C>> = heap::zeroed();
     m.iter_mut().enumerate().for_each(|(i, v)| *v = f(i as f32));
     m
 }
@@ -107,7 +122,9 @@ fn filled<const R: usize, const C: usize>(f: impl Fn(f32) -> f32) -> Box<SMatrix
 struct Inputs {
     layer: Box<Layer>,
     head: Box<Head>,
-    x: Box<SMatrix<f32, SEQ, DIM>>,
+    x: Box<Seq>,
+    /// Two sequences for the batch entry points.
+    batch: Box<[Seq; 2]>,
     memory: Box<SMatrix<f32, MEM, DIM>>,
     q: Box<SMatrix<f32, S, D>>,
     mha_file: Vec<u8>,
@@ -127,29 +144,33 @@ struct Inputs {
 
 impl Inputs {
     fn new() -> Self {
-        let layer = Layer::new_boxed(&mut static_attention::init::SeedRng::from_seed_u64(1));
-        let head = Head::new_boxed(&mut static_attention::init::SeedRng::from_seed_u64(2));
+        let mut layer: Box<Layer> = heap::zeroed();
+        layer.reset_parameters(&mut rng(1), Bias::Present);
+        let mut head: Box<Head> = heap::zeroed();
+        head.reset_parameters(&mut rng(2), Bias::Present);
+        let mut gqa: Box<Gqa> = heap::zeroed();
+        gqa.reset_parameters(&mut rng(5), Bias::Absent);
+        let mut rope: Box<Rope<32, SEQ>> = heap::zeroed();
+        rope.rebuild(10_000.0, RopeStyle::RotateHalf);
         let x = filled::<SEQ, DIM>(|i| (i * 0.37).sin());
-        let memory = filled::<MEM, DIM>(|i| (i * 0.11).cos());
-        let q = filled::<S, D>(|i| (i * 0.07).sin());
-        let gqa = Gqa::new_boxed(
-            &mut static_attention::init::SeedRng::from_seed_u64(5),
-            static_attention::Bias::Absent,
-        );
-        let mut heads_q = Box::new([SMatrix::<f32, SEQ, D>::zeros(); 4]);
+        let mut batch: Box<[Seq; 2]> = heap::zeroed();
+        batch[0].copy_from(&*x);
+        batch[1].copy_from(&*filled::<SEQ, DIM>(|i| (i * 0.23).cos()));
+        let mut heads_q: Box<[SMatrix<f32, SEQ, D>; 4]> = heap::zeroed();
         for (h, m) in heads_q.iter_mut().enumerate() {
             m.iter_mut()
                 .enumerate()
                 .for_each(|(i, v)| *v = ((i + h) as f32 * 0.05).sin());
         }
-        let heads_kv = Box::new([heads_q[0], heads_q[1]]);
+        let mut heads_kv: Box<[SMatrix<f32, SEQ, D>; 2]> = heap::zeroed();
+        heads_kv.copy_from_slice(&heads_q[..2]);
         Self {
             gqa_file: gqa.to_safetensors("").unwrap(),
             gqa,
-            rope: Rope::new_boxed(10_000.0, RopeStyle::RotateHalf),
+            rope,
             heads_q,
             heads_kv,
-            heads_out: std::sync::Mutex::new(Box::new([SMatrix::zeros(); 4])),
+            heads_out: std::sync::Mutex::new(heap::zeroed()),
             mha_file: layer.to_safetensors("").unwrap(),
             head_file: head.to_safetensors("").unwrap(),
             in_proj: vec![0.01; 3 * DIM * DIM],
@@ -159,8 +180,9 @@ impl Inputs {
             layer,
             head,
             x,
-            memory,
-            q,
+            batch,
+            memory: filled::<MEM, DIM>(|i| (i * 0.11).cos()),
+            q: filled::<S, D>(|i| (i * 0.07).sin()),
         }
     }
 
@@ -184,16 +206,10 @@ impl Inputs {
             v_proj: l,
         }
     }
-}
 
-/// A small extension so the test reads like user code.
-trait SeedU64 {
-    fn from_seed_u64(seed: u64) -> Self;
-}
-impl SeedU64 for static_attention::init::SeedRng {
-    fn from_seed_u64(seed: u64) -> Self {
-        use static_attention::rand::SeedableRng;
-        Self::seed_from_u64(seed)
+    /// One mask per sequence of [`Inputs::batch`].
+    fn batch_masks() -> [Mask<'static, SEQ, SEQ>; 2] {
+        [Mask::causal(Alignment::TopLeft), Mask::none()]
     }
 }
 
@@ -214,15 +230,21 @@ macro_rules! entries {
 const PARAM: usize = Layer::PARAM_BYTES;
 const HEAD_PARAM: usize = Head::PARAM_BYTES;
 const SCRATCH: usize = Layer::SCRATCH_BYTES;
+const HEAD_SCRATCH: usize = Head::SCRATCH_BYTES;
+/// The scratch of a cross-attention call: `SEQ` queries, `MEM` keys.
 const CROSS_SCRATCH: usize = Scratch::<SEQ, MEM, DIM>::BYTES;
 const OUT: usize = Layer::OUTPUT_BYTES;
+const HEAD_OUT: usize = Head::OUTPUT_BYTES;
 const WEIGHTS: usize = Layer::WEIGHTS_BYTES;
 const CROSS_WEIGHTS: usize = AttentionWeights::<SEQ, MEM, HEADS>::BYTES;
 const HEAD_WEIGHTS: usize = Head::WEIGHTS_BYTES;
+/// A head's cross-attention weights: one `SEQ × MEM` matrix.
+const HEAD_CROSS_WEIGHTS: usize = SEQ * MEM * F32;
 const SDPA_OUT: usize = S * D * F32;
 const SDPA_WEIGHTS: usize = S * S * F32;
-const DEC_SCRATCH: usize = DecoderScratch::<SEQ, DIM, DIM>::BYTES;
-const GQA_SCRATCH: usize = DecoderScratch::<SEQ, DIM, KV>::BYTES;
+/// A grouped-query call over `SEQ` tokens: `Scratch<SEQ, SEQ, Q_DIM, T, KV_DIM>`.
+const GQA_SCRATCH: usize = Scratch::<SEQ, SEQ, DIM, f32, KV>::BYTES;
+const GQA_WEIGHTS: usize = AttentionWeights::<SEQ, SEQ, HEADS>::BYTES;
 const GQA_PARAM: usize = Gqa::PARAM_BYTES;
 /// A rotary table for heads of 32 and 4096 positions.
 const ROPE_POS: usize = 4096;
@@ -235,126 +257,195 @@ const SDPA_WORK: usize = TILE_QUERIES * (D + 2 * KEY_BLOCK) * F32;
 fn entry_points() -> Vec<Entry> {
     use Need::{Frames, Holds};
     entries![
-        // Construction and loading.
+        // Construction and loading: by value, and their in-place forms into a layer from
+        // `heap::zeroed`.
         "MultiHead::zeros", Holds(PARAM), |_i| Layer::zeros();
+        "MultiHead::new", Holds(2 * PARAM), |_i| Layer::new(&mut rng(3), Bias::Absent);
         "MultiHead::from_seed", Holds(2 * PARAM), |_i| Layer::from_seed(3);
-        "MultiHead::new_boxed", Frames, |_i| Layer::new_boxed(&mut static_attention::init::SeedRng::from_seed_u64(3));
-        "MultiHead::zeros_boxed", Frames, |_i| Layer::zeros_boxed();
-        "MultiHead::from_pytorch", Holds(3 * PARAM), |i| Layer::from_pytorch(&i.pytorch()).unwrap();
-        "MultiHead::from_pytorch_boxed", Frames, |i| Layer::from_pytorch_boxed(&i.pytorch()).unwrap();
+        "heap::zeroed::<MultiHead>", Frames, |_i| heap::zeroed::<Layer>();
+        "MultiHead::reset_parameters", Frames, |_i| {
+            let mut l: Box<Layer> = heap::zeroed();
+            l.reset_parameters(&mut rng(3), Bias::Present);
+            l
+        };
+        "MultiHead::try_from(&PyTorchParams)", Holds(3 * PARAM), |i| Layer::try_from(&i.pytorch()).unwrap();
+        "PyTorchParams::load_into", Frames, |i| {
+            let mut l: Box<Layer> = heap::zeroed();
+            i.pytorch().load_into(&mut l).unwrap();
+            l
+        };
         "MultiHead::from_safetensors", Holds(3 * PARAM), |i| Layer::from_safetensors(&i.mha_file, "").unwrap();
-        "MultiHead::from_safetensors_boxed", Frames, |i| Layer::from_safetensors_boxed(&i.mha_file, "").unwrap();
         "MultiHead::load_safetensors", Frames, |i| {
-            let mut l = Layer::zeros_boxed();
+            let mut l: Box<Layer> = heap::zeroed();
             l.load_safetensors(&i.mha_file, "").unwrap();
             l
         };
         "MultiHead::to_safetensors", Frames, |i| i.layer.to_safetensors("").unwrap();
+        "SelfAttention::zeros", Holds(HEAD_PARAM), |_i| Head::zeros();
+        "SelfAttention::new", Holds(2 * HEAD_PARAM), |_i| Head::new(&mut rng(3), Bias::Absent);
         "SelfAttention::from_seed", Holds(2 * HEAD_PARAM), |_i| Head::from_seed(3);
-        "SelfAttention::new_boxed", Frames, |_i| Head::new_boxed(&mut static_attention::init::SeedRng::from_seed_u64(3));
-        "SelfAttention::from_pytorch", Holds(3 * HEAD_PARAM), |i| Head::from_pytorch(&i.head_params()).unwrap();
-        "SelfAttention::from_pytorch_boxed", Frames, |i| Head::from_pytorch_boxed(&i.head_params()).unwrap();
+        "SelfAttention::reset_parameters", Frames, |_i| {
+            let mut h: Box<Head> = heap::zeroed();
+            h.reset_parameters(&mut rng(3), Bias::Present);
+            h
+        };
+        "SelfAttention::try_from(&SelfAttentionParams)", Holds(3 * HEAD_PARAM), |i| Head::try_from(&i.head_params()).unwrap();
+        "SelfAttentionParams::load_into", Frames, |i| {
+            let mut h: Box<Head> = heap::zeroed();
+            i.head_params().load_into(&mut h).unwrap();
+            h
+        };
         "SelfAttention::from_safetensors", Holds(3 * HEAD_PARAM), |i| Head::from_safetensors(&i.head_file, "").unwrap();
-        "SelfAttention::from_safetensors_boxed", Frames, |i| Head::from_safetensors_boxed(&i.head_file, "").unwrap();
+        "SelfAttention::load_safetensors", Frames, |i| {
+            let mut h: Box<Head> = heap::zeroed();
+            h.load_safetensors(&i.head_file, "").unwrap();
+            h
+        };
         "Scratch::new", Holds(SCRATCH), |_i| Scratch::<SEQ, SEQ, DIM>::new();
-        "Scratch::new_boxed", Frames, |_i| Scratch::<SEQ, SEQ, DIM>::new_boxed();
+        "heap::zeroed::<Scratch>", Frames, |_i| heap::zeroed::<Scratch<SEQ, SEQ, DIM>>();
         "AttentionWeights::zeros", Holds(WEIGHTS), |_i| AttentionWeights::<SEQ, SEQ, HEADS>::zeros();
-        "AttentionWeights::new_boxed", Frames, |_i| AttentionWeights::<SEQ, SEQ, HEADS>::new_boxed();
-        // MultiHead forward passes.
+        "heap::zeroed::<AttentionWeights>", Frames, |_i| heap::zeroed::<AttentionWeights<SEQ, SEQ, HEADS>>();
+        // MultiHead forward passes. `attend` is the caller-owned form of every one of them:
+        // self-attention with weights, cross-attention without and with.
         "MultiHead::forward", Holds(SCRATCH + 2 * OUT), |i| i.layer.forward(&i.x, &Mask::causal(Alignment::TopLeft));
         "MultiHead::forward_into", Frames, |i| {
-            let (mut s, mut o) = (Scratch::new_boxed(), heap::zeros());
+            let (mut s, mut o): (Box<Scratch<SEQ, SEQ, DIM>>, Box<Seq>) = (heap::zeroed(), heap::zeroed());
             i.layer.forward_into(&i.x, &Mask::none(), &mut s, &mut o);
         };
-        "MultiHead::forward_boxed", Frames, |i| i.layer.forward_boxed(&i.x, &Mask::none());
         "MultiHead::forward_with_weights", Holds(SCRATCH + 2 * (OUT + WEIGHTS)), |i| i.layer.forward_with_weights(&i.x, &Mask::none());
-        "MultiHead::forward_with_weights_into", Frames, |i| {
-            let (mut s, mut o, mut w) = (Scratch::new_boxed(), heap::zeros(), AttentionWeights::new_boxed());
-            i.layer.forward_with_weights_into(&i.x, &Mask::none(), &mut s, &mut o, &mut w);
+        "MultiHead::attend(x, x, x, Some(w))", Frames, |i| {
+            let (mut s, mut o, mut w): (Box<Scratch<SEQ, SEQ, DIM>>, Box<Seq>, Box<AttentionWeights<SEQ, SEQ, HEADS>>) = (heap::zeroed(), heap::zeroed(), heap::zeroed());
+            i.layer.attend(&i.x, &i.x, &i.x, &Mask::none(), &mut s, &mut o, Some(&mut w));
         };
-        "MultiHead::forward_with_weights_boxed", Frames, |i| i.layer.forward_with_weights_boxed(&i.x, &Mask::none());
+        "MultiHead::forward_batch_into(…, None)", Frames, |i| {
+            let (mut s, mut o): (Box<Scratch<SEQ, SEQ, DIM>>, Box<[Seq; 2]>) = (heap::zeroed(), heap::zeroed());
+            i.layer.forward_batch_into(&i.batch[..], &Inputs::batch_masks(), &mut s, &mut o[..], None).unwrap();
+        };
+        "MultiHead::forward_batch_into(…, Some(w))", Frames, |i| {
+            let (mut s, mut o): (Box<Scratch<SEQ, SEQ, DIM>>, Box<[Seq; 2]>) = (heap::zeroed(), heap::zeroed());
+            let mut w: Box<[AttentionWeights<SEQ, SEQ, HEADS>; 2]> = heap::zeroed();
+            i.layer.forward_batch_into(&i.batch[..], &Inputs::batch_masks(), &mut s, &mut o[..], Some(&mut w[..])).unwrap();
+        };
         "MultiHead::cross_attention", Holds(CROSS_SCRATCH + 2 * OUT), |i| i.layer.cross_attention(&i.x, &i.memory, &Mask::none());
-        "MultiHead::cross_attention_into", Frames, |i| {
-            let (mut s, mut o) = (Scratch::new_boxed(), heap::zeros());
-            i.layer.cross_attention_into(&i.x, &i.memory, &Mask::none(), &mut s, &mut o);
-        };
         "MultiHead::cross_attention_with_weights", Holds(CROSS_SCRATCH + 2 * (OUT + CROSS_WEIGHTS)), |i| i.layer.cross_attention_with_weights(&i.x, &i.memory, &Mask::none());
-        "MultiHead::cross_attention_with_weights_into", Frames, |i| {
-            let (mut s, mut o, mut w) = (Scratch::new_boxed(), heap::zeros(), AttentionWeights::new_boxed());
-            i.layer.cross_attention_with_weights_into(&i.x, &i.memory, &Mask::none(), &mut s, &mut o, &mut w);
+        "MultiHead::attend(x, m, m, None)", Frames, |i| {
+            let (mut s, mut o): (Box<Scratch<SEQ, MEM, DIM>>, Box<Seq>) = (heap::zeroed(), heap::zeroed());
+            i.layer.attend(&i.x, &i.memory, &i.memory, &Mask::none(), &mut s, &mut o, None);
         };
-        "MultiHead::attend", Frames, |i| {
-            let (mut s, mut o, mut w) = (Scratch::new_boxed(), heap::zeros(), AttentionWeights::new_boxed());
+        "MultiHead::attend(x, m, m, Some(w))", Frames, |i| {
+            let (mut s, mut o, mut w): (Box<Scratch<SEQ, MEM, DIM>>, Box<Seq>, Box<AttentionWeights<SEQ, MEM, HEADS>>) = (heap::zeroed(), heap::zeroed(), heap::zeroed());
             i.layer.attend(&i.x, &i.memory, &i.memory, &Mask::none(), &mut s, &mut o, Some(&mut w));
         };
         // SelfAttention forward passes.
-        "SelfAttention::forward", Holds(SCRATCH + 2 * OUT), |i| i.head.forward(&i.x, &Mask::none());
+        "SelfAttention::forward", Holds(HEAD_SCRATCH + 2 * HEAD_OUT), |i| i.head.forward(&i.x, &Mask::none());
         "SelfAttention::forward_into", Frames, |i| {
-            let (mut s, mut o) = (Scratch::new_boxed(), heap::zeros());
+            let (mut s, mut o): (Box<Scratch<SEQ, SEQ, DIM>>, Box<Seq>) = (heap::zeroed(), heap::zeroed());
             i.head.forward_into(&i.x, &Mask::none(), &mut s, &mut o);
         };
-        "SelfAttention::forward_boxed", Frames, |i| i.head.forward_boxed(&i.x, &Mask::none());
-        "SelfAttention::forward_with_weights", Holds(SCRATCH + 2 * (OUT + HEAD_WEIGHTS)), |i| i.head.forward_with_weights(&i.x, &Mask::none());
-        "SelfAttention::forward_with_weights_into", Frames, |i| {
-            let (mut s, mut o, mut w) = (Scratch::new_boxed(), heap::zeros(), heap::zeros());
-            i.head.forward_with_weights_into(&i.x, &Mask::none(), &mut s, &mut o, &mut w);
+        "SelfAttention::forward_with_weights", Holds(HEAD_SCRATCH + 2 * (HEAD_OUT + HEAD_WEIGHTS)), |i| i.head.forward_with_weights(&i.x, &Mask::none());
+        "SelfAttention::attend(x, x, x, Some(w))", Frames, |i| {
+            let (mut s, mut o, mut w): (Box<Scratch<SEQ, SEQ, DIM>>, Box<Seq>, Box<SMatrix<f32, SEQ, SEQ>>) = (heap::zeroed(), heap::zeroed(), heap::zeroed());
+            i.head.attend(&i.x, &i.x, &i.x, &Mask::none(), &mut s, &mut o, Some(&mut w));
         };
-        "SelfAttention::forward_with_weights_boxed", Frames, |i| i.head.forward_with_weights_boxed(&i.x, &Mask::none());
-        "SelfAttention::cross_attention", Holds(CROSS_SCRATCH + 2 * OUT), |i| i.head.cross_attention(&i.x, &i.memory, &Mask::none());
-        "SelfAttention::cross_attention_with_weights", Holds(CROSS_SCRATCH + 2 * (OUT + SEQ * MEM * F32)), |i| i.head.cross_attention_with_weights(&i.x, &i.memory, &Mask::none());
-        "SelfAttention::attend", Frames, |i| {
-            let (mut s, mut o, mut w) = (Scratch::new_boxed(), heap::zeros(), heap::zeros());
+        "SelfAttention::forward_batch_into(…, Some(w))", Frames, |i| {
+            let (mut s, mut o): (Box<Scratch<SEQ, SEQ, DIM>>, Box<[Seq; 2]>) = (heap::zeroed(), heap::zeroed());
+            let mut w: Box<[SMatrix<f32, SEQ, SEQ>; 2]> = heap::zeroed();
+            i.head.forward_batch_into(&i.batch[..], &Inputs::batch_masks(), &mut s, &mut o[..], Some(&mut w[..])).unwrap();
+        };
+        "SelfAttention::cross_attention", Holds(CROSS_SCRATCH + 2 * HEAD_OUT), |i| i.head.cross_attention(&i.x, &i.memory, &Mask::none());
+        "SelfAttention::cross_attention_with_weights", Holds(CROSS_SCRATCH + 2 * (HEAD_OUT + HEAD_CROSS_WEIGHTS)), |i| i.head.cross_attention_with_weights(&i.x, &i.memory, &Mask::none());
+        "SelfAttention::attend(x, m, m, Some(w))", Frames, |i| {
+            let (mut s, mut o, mut w): (Box<Scratch<SEQ, MEM, DIM>>, Box<Seq>, Box<SMatrix<f32, SEQ, MEM>>) = (heap::zeroed(), heap::zeroed(), heap::zeroed());
             i.head.attend(&i.x, &i.memory, &i.memory, &Mask::none(), &mut s, &mut o, Some(&mut w));
         };
         // Scaled dot-product attention, 512 × 512 × 64.
         "scaled_dot_product_attention", Holds(2 * SDPA_OUT + SDPA_WORK), |i| scaled_dot_product_attention(&i.q, &i.q, &i.q, &Mask::none(), None);
         "scaled_dot_product_attention_into", Holds(SDPA_WORK), |i| {
-            let mut o = heap::zeros();
+            let mut o: Box<SMatrix<f32, S, D>> = heap::zeroed();
             scaled_dot_product_attention_into(&i.q, &i.q, &i.q, &Mask::none(), None, &mut o);
         };
         "scaled_dot_product_attention_with_weights", Holds(2 * (SDPA_OUT + SDPA_WEIGHTS)), |i| scaled_dot_product_attention_with_weights(&i.q, &i.q, &i.q, &Mask::none(), None);
         "scaled_dot_product_attention_with_weights_into", Frames, |i| {
-            let (mut o, mut w) = (heap::zeros(), heap::zeros());
+            let (mut o, mut w): (Box<SMatrix<f32, S, D>>, Box<SMatrix<f32, S, S>>) = (heap::zeroed(), heap::zeroed());
             scaled_dot_product_attention_with_weights_into(&i.q, &i.q, &i.q, &Mask::none(), None, &mut o, &mut w);
         };
         // Pieces.
         "Linear::forward", Holds(2 * OUT), |i| i.layer.q_proj().forward(&i.x);
         "Linear::forward_into", Frames, |i| {
-            let mut o = heap::zeros();
+            let mut o: Box<Seq> = heap::zeroed();
             i.layer.q_proj().forward_into(&i.x, &mut o);
         };
-        // Decoder pieces: a SEQ-token prompt into a boxed cache.
-        "MultiHead::decode", Holds(DEC_SCRATCH + 3 * OUT), |i| {
-            let mut c = KvCache::<CAP, DIM>::new_boxed();
+        // Decoding: a SEQ-token prompt into a cache from `heap::zeroed`, and the grouped-query
+        // layer's other passes.
+        "MultiHead::decode", Holds(SCRATCH + 3 * OUT), |i| {
+            let mut c: Box<KvCache<CAP, DIM>> = heap::zeroed();
             i.layer.decode(&i.x, &mut c, &NoPositions).expect("fits")
         };
         "MultiHead::decode_into", Frames, |i| {
-            let (mut c, mut s, mut o) = (KvCache::<CAP, DIM>::new_boxed(), DecoderScratch::new_boxed(), heap::zeros());
+            let (mut c, mut s, mut o): (Box<KvCache<CAP, DIM>>, Box<Scratch<SEQ, SEQ, DIM>>, Box<Seq>) = (heap::zeroed(), heap::zeroed(), heap::zeroed());
             i.layer.decode_into(&i.x, &mut c, &NoPositions, &mut s, &mut o).expect("fits");
+        };
+        "SelfAttention::decode", Holds(HEAD_SCRATCH + 3 * HEAD_OUT), |i| {
+            let mut c: Box<KvCache<CAP, DIM>> = heap::zeroed();
+            i.head.decode(&i.x, &mut c, &NoPositions).expect("fits")
+        };
+        "SelfAttention::decode_into", Frames, |i| {
+            let (mut c, mut s, mut o): (Box<KvCache<CAP, DIM>>, Box<Scratch<SEQ, SEQ, DIM>>, Box<Seq>) = (heap::zeroed(), heap::zeroed(), heap::zeroed());
+            i.head.decode_into(&i.x, &mut c, &NoPositions, &mut s, &mut o).expect("fits");
         };
         "GroupedQuery::forward", Holds(GQA_SCRATCH + 3 * OUT), |i| {
             i.gqa.forward(&i.x, &Mask::causal(Alignment::TopLeft), &*i.rope).expect("fits")
         };
         "GroupedQuery::forward_into", Frames, |i| {
-            let (mut s, mut o) = (DecoderScratch::new_boxed(), heap::zeros());
+            let (mut s, mut o): (Box<Scratch<SEQ, SEQ, DIM, f32, KV>>, Box<Seq>) = (heap::zeroed(), heap::zeroed());
             i.gqa.forward_into(&i.x, &Mask::causal(Alignment::TopLeft), &*i.rope, &mut s, &mut o).expect("fits");
         };
+        "GroupedQuery::forward_with_weights", Holds(GQA_SCRATCH + 3 * (OUT + GQA_WEIGHTS)), |i| {
+            i.gqa.forward_with_weights(&i.x, &Mask::causal(Alignment::TopLeft), &*i.rope).expect("fits")
+        };
+        "GroupedQuery::attend(x, x, x, Some(w))", Frames, |i| {
+            let (mut s, mut o, mut w): (Box<Scratch<SEQ, SEQ, DIM, f32, KV>>, Box<Seq>, Box<AttentionWeights<SEQ, SEQ, HEADS>>) = (heap::zeroed(), heap::zeroed(), heap::zeroed());
+            i.gqa.attend(&i.x, &i.x, &i.x, &Mask::causal(Alignment::TopLeft), &*i.rope, &mut s, &mut o, Some(&mut w)).expect("fits");
+        };
+        "GroupedQuery::attend(x, m, m, None)", Frames, |i| {
+            let (mut s, mut o): (Box<Scratch<SEQ, MEM, DIM, f32, KV>>, Box<Seq>) = (heap::zeroed(), heap::zeroed());
+            i.gqa.attend(&i.x, &i.memory, &i.memory, &Mask::none(), &*i.rope, &mut s, &mut o, None).expect("fits");
+        };
         "GroupedQuery::decode", Holds(GQA_SCRATCH + 3 * OUT), |i| {
-            let mut c = KvCache::<CAP, KV>::new_boxed();
+            let mut c: Box<KvCache<CAP, KV>> = heap::zeroed();
             i.gqa.decode(&i.x, &mut c, &*i.rope).expect("fits")
         };
         "GroupedQuery::decode_into", Frames, |i| {
-            let (mut c, mut s, mut o) = (KvCache::<CAP, KV>::new_boxed(), DecoderScratch::new_boxed(), heap::zeros());
+            let (mut c, mut s, mut o): (Box<KvCache<CAP, KV>>, Box<Scratch<SEQ, SEQ, DIM, f32, KV>>, Box<Seq>) = (heap::zeroed(), heap::zeroed(), heap::zeroed());
             i.gqa.decode_into(&i.x, &mut c, &*i.rope, &mut s, &mut o).expect("fits");
         };
+        "GroupedQuery::zeros", Holds(GQA_PARAM), |_i| Gqa::zeros();
+        "GroupedQuery::new", Holds(2 * GQA_PARAM), |_i| Gqa::new(&mut rng(3), Bias::Present);
         "GroupedQuery::from_seed", Holds(2 * GQA_PARAM), |_i| Gqa::from_seed(3);
-        "GroupedQuery::new_boxed", Frames, |_i| Gqa::new_boxed(&mut static_attention::init::SeedRng::from_seed_u64(3), static_attention::Bias::Present);
+        "GroupedQuery::reset_parameters", Frames, |_i| {
+            let mut l: Box<Gqa> = heap::zeroed();
+            l.reset_parameters(&mut rng(3), Bias::Present);
+            l
+        };
         "GroupedQuery::from_safetensors", Holds(3 * GQA_PARAM), |i| Gqa::from_safetensors(&i.gqa_file, "").expect("loads");
-        "GroupedQuery::from_safetensors_boxed", Frames, |i| Gqa::from_safetensors_boxed(&i.gqa_file, "").expect("loads");
+        "GroupedQuery::load_safetensors", Frames, |i| {
+            let mut l: Box<Gqa> = heap::zeroed();
+            l.load_safetensors(&i.gqa_file, "").expect("loads");
+            l
+        };
         "KvCache::new", Holds(KvCache::<CAP, DIM>::BYTES), |_i| KvCache::<CAP, DIM>::new();
-        "KvCache::new_boxed", Frames, |_i| KvCache::<CAP, DIM>::new_boxed();
+        "heap::zeroed::<KvCache>", Frames, |_i| heap::zeroed::<KvCache<CAP, DIM>>();
+        "KvCache::reset_sliding_window", Frames, |_i| {
+            let mut c: Box<KvCache<CAP, DIM>> = heap::zeroed();
+            c.reset_sliding_window();
+            c
+        };
         "Rope::new", Holds(2 * ROPE), |_i| Rope::<32, ROPE_POS>::new(10_000.0, RopeStyle::RotateHalf);
-        "Rope::new_boxed", Frames, |_i| Rope::<32, ROPE_POS>::new_boxed(10_000.0, RopeStyle::RotateHalf);
+        "Rope::rebuild", Frames, |_i| {
+            let mut r: Box<Rope<32, ROPE_POS>> = heap::zeroed();
+            r.rebuild(10_000.0, RopeStyle::RotateHalf);
+            r
+        };
         "grouped_query_attention", Holds(2 * GQA_SDPA_OUT + SDPA_WORK), |i| {
             grouped_query_attention(&i.heads_q, &i.heads_kv, &i.heads_kv, &Mask::none(), None)
         };
@@ -362,12 +453,28 @@ fn entry_points() -> Vec<Entry> {
             let mut o = i.heads_out.lock().unwrap();
             grouped_query_attention_into(&i.heads_q, &i.heads_kv, &i.heads_kv, &Mask::none(), None, &mut o);
         };
-        "AttentionWeights::average", Holds(3 * SEQ * SEQ * F32), |i| {
-            let w = AttentionWeights::<SEQ, SEQ, HEADS>::new_boxed();
-            let _ = i;
+        "AttentionWeights::average", Holds(3 * SEQ * SEQ * F32), |_i| {
+            let w: Box<AttentionWeights<SEQ, SEQ, HEADS>> = heap::zeroed();
             w.average()
         };
     ]
+}
+
+/// The name [`regression`] runs under in `probe`.
+const REGRESSION: &str = "regression: Box::new(MultiHead::<1024, 512, 8>::from_seed(5))";
+
+/// A heap path regressed to building its value on the stack: the first line of
+/// `heap_paths_run_on_a_2_mib_stack` with `Box::new` of the 4 MiB layer built by value in
+/// place of `heap::zeroed()` and `reset_parameters`. Not an entry point: only
+/// `a_value_built_on_the_stack_overflows_2_mib` runs it.
+fn regression() -> Entry {
+    Entry {
+        name: REGRESSION,
+        need: Need::Frames,
+        run: |_i| {
+            black_box(Box::new(MultiHead::<1024, 512, 8>::from_seed(5)));
+        },
+    }
 }
 
 /// Runs `entry` in a thread with exactly `stack` bytes of stack.
@@ -392,10 +499,11 @@ fn every_entry_point_fits_its_documented_stack() {
     }
 }
 
-/// Child side of `measure`: runs the entry point named in `STACK_PROBE` ("name=bytes") in a
-/// thread of that many bytes. Does nothing without the variable.
+/// Child side of `measure` and `a_value_built_on_the_stack_overflows_2_mib`: runs the entry
+/// point named in `STACK_PROBE` ("name=bytes") in a thread of that many bytes. Does nothing
+/// without the variable.
 #[test]
-#[ignore = "helper process of `measure`"]
+#[ignore = "helper process of `measure` and `a_value_built_on_the_stack_overflows_2_mib`"]
 fn probe() {
     let Ok(spec) = std::env::var("STACK_PROBE") else {
         return;
@@ -404,20 +512,24 @@ fn probe() {
     let bytes: usize = bytes.parse().expect("bytes");
     let entry = entry_points()
         .into_iter()
+        .chain([regression()])
         .find(|e| e.name == name)
         .expect("known entry point");
     run_with_stack(&entry, &Inputs::new(), bytes);
 }
 
-/// Whether the entry point runs with `bytes` of stack, in a child process.
-fn fits(name: &str, bytes: usize) -> bool {
+/// Runs the entry point `name` with `bytes` of stack in a child process.
+fn run_in_child(name: &str, bytes: usize) -> Output {
     Command::new(std::env::current_exe().expect("test binary"))
         .args(["probe", "--exact", "--ignored", "--test-threads=1"])
         .env("STACK_PROBE", format!("{name}={bytes}"))
         .output()
         .expect("child")
-        .status
-        .success()
+}
+
+/// Whether the entry point runs with `bytes` of stack, in a child process.
+fn fits(name: &str, bytes: usize) -> bool {
+    run_in_child(name, bytes).status.success()
 }
 
 #[test]
@@ -456,6 +568,21 @@ fn measure() {
     }
 }
 
+/// The 2 MiB tests below can fail: the [`regression`] of their first heap path overflows
+/// the same 2 MiB, and the child says so.
+#[test]
+fn a_value_built_on_the_stack_overflows_2_mib() {
+    let child = run_in_child(REGRESSION, 2 << 20);
+    let stderr = String::from_utf8_lossy(&child.stderr);
+    assert!(!child.status.success(), "the regression ran in 2 MiB");
+    // The message is "thread '<name>' (<id>) has overflowed its stack" (older Rust has no id).
+    assert!(
+        stderr.contains(&format!("thread '{REGRESSION}'"))
+            && stderr.contains("has overflowed its stack"),
+        "the child failed otherwise: {stderr}"
+    );
+}
+
 /// Largest absolute difference (without building a difference matrix on the stack).
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter()
@@ -464,8 +591,8 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-/// `SEQ = 1024, DIM = 512, HEADS = 8`: every heap or caller-owned entry point in a 2 MiB
-/// thread.
+/// `SEQ = 1024, DIM = 512, HEADS = 8`: every heap or caller-owned self-attention entry point
+/// in a 2 MiB thread, each value from `heap::zeroed` filled in place.
 #[test]
 fn heap_paths_run_on_a_2_mib_stack() {
     const SEQ: usize = 1024;
@@ -473,35 +600,62 @@ fn heap_paths_run_on_a_2_mib_stack() {
     const HEADS: usize = 8;
     type Big = MultiHead<SEQ, DIM, HEADS>;
     type BigHead = SelfAttention<SEQ, DIM>;
+    type Seq = SMatrix<f32, SEQ, DIM>;
     std::thread::Builder::new()
         .stack_size(2 << 20)
         .spawn(|| {
-            let layer = Big::new_boxed(&mut static_attention::init::SeedRng::from_seed_u64(5));
+            // A 4 MiB layer drawn in place, saved, and loaded in place into another.
+            let mut layer: Box<Big> = heap::zeroed();
+            layer.reset_parameters(&mut rng(5), Bias::Present);
             let file = layer.to_safetensors("").expect("save");
-            let loaded = Big::from_safetensors_boxed(&file, "").expect("load");
+            let mut loaded: Box<Big> = heap::zeroed();
+            loaded.load_safetensors(&file, "").expect("load");
             assert_eq!(*loaded, *layer);
             let x = filled::<SEQ, DIM>(|i| (i * 0.013).sin());
             let mask = Mask::causal(Alignment::TopLeft);
 
-            let y = layer.forward_boxed(&x, &mask);
-            let (yw, w) = layer.forward_with_weights_boxed(&x, &mask);
+            // Self-attention with a 6 MiB scratch, then with the 32 MiB of per-head weights
+            // through `attend`: the same result.
+            let mut scratch: Box<Scratch<SEQ, SEQ, DIM>> = heap::zeroed();
+            let mut y: Box<Seq> = heap::zeroed();
+            layer.forward_into(&x, &mask, &mut scratch, &mut y);
+            let mut yw: Box<Seq> = heap::zeroed();
+            let mut w: Box<AttentionWeights<SEQ, SEQ, HEADS>> = heap::zeroed();
+            layer.attend(&x, &x, &x, &mask, &mut scratch, &mut yw, Some(&mut w));
             assert!(max_diff(y.as_slice(), yw.as_slice()) < 2e-6);
             assert!((w.head(7).row(1023).sum() - 1.0).abs() < 1e-4);
 
-            let mut scratch = Scratch::<SEQ, SEQ, DIM>::new_boxed();
-            let mut out = heap::zeros::<f32, SEQ, DIM>();
-            layer.forward_into(&x, &mask, &mut scratch, &mut out);
-            assert_eq!(*out, *y);
+            // The batch API over that one sequence, weights included, gives what `attend` gave.
+            let mut yb: Box<Seq> = heap::zeroed();
+            let mut wb: Box<AttentionWeights<SEQ, SEQ, HEADS>> = heap::zeroed();
+            layer
+                .forward_batch_into(
+                    std::slice::from_ref(&*x),
+                    std::slice::from_ref(&mask),
+                    &mut scratch,
+                    std::slice::from_mut(&mut *yb),
+                    Some(std::slice::from_mut(&mut *wb)),
+                )
+                .expect("one input, one mask, one output, one set of weights");
+            assert_eq!(*yb, *yw);
+            // `assert!`, not `assert_eq!`: a failure would print 32 MiB of weights.
+            assert!(*wb == *w, "the batch's weights differ from attend's");
 
-            let head = BigHead::new_boxed(&mut static_attention::init::SeedRng::from_seed_u64(6));
-            let hy = head.forward_boxed(&x, &mask);
-            let (hyw, _) = head.forward_with_weights_boxed(&x, &mask);
+            // One head, the same two ways; its 4 MiB of weights sum to 1 per row.
+            let mut head: Box<BigHead> = heap::zeroed();
+            head.reset_parameters(&mut rng(6), Bias::Present);
+            let mut hy: Box<Seq> = heap::zeroed();
+            head.forward_into(&x, &mask, &mut scratch, &mut hy);
+            let mut hyw: Box<Seq> = heap::zeroed();
+            let mut hw: Box<SMatrix<f32, SEQ, SEQ>> = heap::zeroed();
+            head.attend(&x, &x, &x, &mask, &mut scratch, &mut hyw, Some(&mut hw));
             assert!(max_diff(hy.as_slice(), hyw.as_slice()) < 2e-6);
+            assert!((hw.row(1023).sum() - 1.0).abs() < 1e-4);
 
             // Scaled dot-product attention over 1024 × 1024 × 64 with its 4 MiB of weights.
-            let q = heap::zeros::<f32, SEQ, 64>();
-            let mut o = heap::zeros::<f32, SEQ, 64>();
-            let mut sw = heap::zeros::<f32, SEQ, SEQ>();
+            let q: Box<SMatrix<f32, SEQ, 64>> = heap::zeroed();
+            let mut o: Box<SMatrix<f32, SEQ, 64>> = heap::zeroed();
+            let mut sw: Box<SMatrix<f32, SEQ, SEQ>> = heap::zeroed();
             scaled_dot_product_attention_with_weights_into(
                 &q, &q, &q, &mask, None, &mut o, &mut sw,
             );
@@ -513,11 +667,12 @@ fn heap_paths_run_on_a_2_mib_stack() {
 }
 
 /// The remaining heap and caller-owned entry points at `SEQ = 1024, DIM = 512, HEADS = 8` in
-/// a 2 MiB thread: construction and loading in place (zeroed then `load_safetensors`, the
-/// PyTorch loaders, `SelfAttention`'s loader), cross-attention and `attend` (a 16-key memory
-/// keeps the work small under emulation), scaled dot-product attention without weights,
-/// grouped-query attention, `Linear::forward_into`, and the decoder pieces (boxed caches,
-/// scratch, rotary table and a grouped-query layer at the same width).
+/// a 2 MiB thread: loading in place (`load_safetensors`, both PyTorch loaders'
+/// `load_into`), cross-attention through `attend` (a 16-key memory keeps the work small under
+/// emulation), scaled dot-product attention without weights, grouped-query attention,
+/// `Linear::forward_into`, and decoding (caches, scratch and a rotary table from
+/// `heap::zeroed`, a sliding-window ring, and a grouped-query layer at the same width, its
+/// `attend` included).
 #[test]
 fn other_heap_paths_run_on_a_2_mib_stack() {
     const SEQ: usize = 1024;
@@ -525,72 +680,92 @@ fn other_heap_paths_run_on_a_2_mib_stack() {
     const HEADS: usize = 8;
     const MEM: usize = 16;
     const D: usize = DIM / HEADS;
+    const KV: usize = 2 * D;
     type Big = MultiHead<SEQ, DIM, HEADS>;
     type BigHead = SelfAttention<SEQ, DIM>;
-    type BigGqa = GroupedQuery<DIM, HEADS, 2, DIM, { 2 * D }>;
+    type BigGqa = GroupedQuery<DIM, HEADS, 2, DIM, KV>;
+    type Seq = SMatrix<f32, SEQ, DIM>;
     std::thread::Builder::new()
         .stack_size(2 << 20)
         .spawn(|| {
-            let layer = Big::new_boxed(&mut static_attention::init::SeedRng::from_seed_u64(7));
-            let mut loaded = Big::zeros_boxed();
+            let mut layer: Box<Big> = heap::zeroed();
+            layer.reset_parameters(&mut rng(7), Bias::Present);
+            let mut loaded: Box<Big> = heap::zeroed();
             loaded
                 .load_safetensors(&layer.to_safetensors("").expect("save"), "")
                 .expect("load");
             assert_eq!(*loaded, *layer);
 
-            // The PyTorch loaders, from flat row-major arrays.
+            // The PyTorch loaders, from flat row-major arrays, into layers from `heap::zeroed`.
             let (w3, b3) = (vec![0.01_f32; 3 * DIM * DIM], vec![0.5_f32; 3 * DIM]);
             let (w, b) = (vec![0.02_f32; DIM * DIM], vec![0.25_f32; DIM]);
-            let torch = Big::from_pytorch_boxed(&PyTorchParams {
+            let mut torch: Box<Big> = heap::zeroed();
+            PyTorchParams {
                 in_proj_weight: InProjWeight::Packed(&w3),
                 in_proj_bias: Some(&b3),
                 out_proj_weight: &w,
                 out_proj_bias: Some(&b),
-            })
+            }
+            .load_into(&mut torch)
             .expect("PyTorch weights load");
             // `weight()` would copy 1 MiB onto the stack; `weight_into` writes where it is told.
-            let mut wq = heap::zeros::<f32, DIM, DIM>();
+            let mut wq: Box<SMatrix<f32, DIM, DIM>> = heap::zeroed();
             torch.q_proj().weight_into(&mut wq);
             assert!(wq.iter().all(|&v| v == 0.01));
             let l = LinearParams {
                 weight: &w,
                 bias: Some(&b),
             };
-            let head = BigHead::from_pytorch_boxed(&SelfAttentionParams {
+            let mut head: Box<BigHead> = heap::zeroed();
+            SelfAttentionParams {
                 q_proj: l,
                 k_proj: l,
                 v_proj: l,
-            })
+            }
+            .load_into(&mut head)
             .expect("PyTorch weights load");
-            let head_again =
-                BigHead::from_safetensors_boxed(&head.to_safetensors("").expect("save"), "")
-                    .expect("load");
+            let mut head_again: Box<BigHead> = heap::zeroed();
+            head_again
+                .load_safetensors(&head.to_safetensors("").expect("save"), "")
+                .expect("load");
             assert_eq!(*head_again, *head);
 
             let x = filled::<SEQ, DIM>(|i| (i * 0.017).sin());
             let memory = filled::<MEM, DIM>(|i| (i * 0.029).cos());
 
-            // Cross-attention three ways: they must agree.
-            let mut scratch = Scratch::<SEQ, MEM, DIM>::new_boxed();
-            let mut out = heap::zeros::<f32, SEQ, DIM>();
-            layer.cross_attention_into(&x, &memory, &Mask::none(), &mut scratch, &mut out);
-            let mut out_w = heap::zeros::<f32, SEQ, DIM>();
-            let mut weights = AttentionWeights::<SEQ, MEM, HEADS>::new_boxed();
-            layer.cross_attention_with_weights_into(
-                &x,
-                &memory,
-                &Mask::none(),
-                &mut scratch,
-                &mut out_w,
-                &mut weights,
-            );
-            assert!(max_diff(out.as_slice(), out_w.as_slice()) < 2e-6);
-            assert!((weights.head(3).row(SEQ - 1).sum() - 1.0).abs() < 1e-4);
-            let mut out_a = heap::zeros::<f32, SEQ, DIM>();
+            // Cross-attention through `attend` three ways, which must agree: without the
+            // weights, with them, and with the values in a buffer of their own.
+            let mut scratch: Box<Scratch<SEQ, MEM, DIM>> = heap::zeroed();
+            let mut out: Box<Seq> = heap::zeroed();
             layer.attend(
                 &x,
                 &memory,
                 &memory,
+                &Mask::none(),
+                &mut scratch,
+                &mut out,
+                None,
+            );
+            let mut out_w: Box<Seq> = heap::zeroed();
+            let mut weights: Box<AttentionWeights<SEQ, MEM, HEADS>> = heap::zeroed();
+            layer.attend(
+                &x,
+                &memory,
+                &memory,
+                &Mask::none(),
+                &mut scratch,
+                &mut out_w,
+                Some(&mut weights),
+            );
+            assert!(max_diff(out.as_slice(), out_w.as_slice()) < 2e-6);
+            assert!((weights.head(3).row(SEQ - 1).sum() - 1.0).abs() < 1e-4);
+            let mut values: Box<SMatrix<f32, MEM, DIM>> = heap::zeroed();
+            values.copy_from(&*memory);
+            let mut out_a: Box<Seq> = heap::zeroed();
+            layer.attend(
+                &x,
+                &memory,
+                &values,
                 &Mask::none(),
                 &mut scratch,
                 &mut out_a,
@@ -599,21 +774,21 @@ fn other_heap_paths_run_on_a_2_mib_stack() {
             assert_eq!(*out_a, *out);
 
             // One projection alone.
-            let mut q = heap::zeros::<f32, SEQ, DIM>();
+            let mut q: Box<Seq> = heap::zeroed();
             layer.q_proj().forward_into(&x, &mut q);
             assert!(q.iter().all(|v| v.is_finite()));
 
             // Scaled dot-product attention without weights, and grouped-query attention whose
             // first query head reads the first kv head: the two agree.
-            let mut heads_q = heap::zeros_array::<f32, SEQ, D, 2>();
+            let mut heads_q: Box<[SMatrix<f32, SEQ, D>; 2]> = heap::zeroed();
             for (h, m) in heads_q.iter_mut().enumerate() {
                 m.iter_mut()
                     .enumerate()
                     .for_each(|(i, v)| *v = ((i + 3 * h) as f32 * 0.031).sin());
             }
-            let mut heads_kv = heap::zeros_array::<f32, SEQ, D, 1>();
+            let mut heads_kv: Box<[SMatrix<f32, SEQ, D>; 1]> = heap::zeroed();
             heads_kv[0].copy_from(&heads_q[1]);
-            let mut sdpa = heap::zeros::<f32, SEQ, D>();
+            let mut sdpa: Box<SMatrix<f32, SEQ, D>> = heap::zeroed();
             let causal = Mask::causal(Alignment::TopLeft);
             scaled_dot_product_attention_into(
                 &heads_q[0],
@@ -623,7 +798,7 @@ fn other_heap_paths_run_on_a_2_mib_stack() {
                 None,
                 &mut sdpa,
             );
-            let mut heads_out = heap::zeros_array::<f32, SEQ, D, 2>();
+            let mut heads_out: Box<[SMatrix<f32, SEQ, D>; 2]> = heap::zeroed();
             grouped_query_attention_into(
                 &heads_q,
                 &heads_kv,
@@ -634,30 +809,85 @@ fn other_heap_paths_run_on_a_2_mib_stack() {
             );
             assert_eq!(heads_out[0], *sdpa);
 
-            // Decoder pieces: one token into boxed caches.
+            // Decoding one token into empty caches. The first position sees only itself: the
+            // layer's output is what `attend` over that one token gives, the head's is the
+            // token's value.
             let token = SMatrix::<f32, 1, DIM>::from_fn(|_, c| (c as f32 * 0.1).sin());
-            let mut cache = KvCache::<SEQ, DIM>::new_boxed();
-            let mut dec = DecoderScratch::<1, DIM, DIM>::new_boxed();
+            let mut cache: Box<KvCache<SEQ, DIM>> = heap::zeroed();
+            let mut dec: Box<Scratch<1, 1, DIM>> = heap::zeroed();
             let mut y = SMatrix::<f32, 1, DIM>::zeros();
             layer
                 .decode_into(&token, &mut cache, &NoPositions, &mut dec, &mut y)
                 .expect("an empty cache has room");
             assert_eq!(cache.len(), 1);
             assert!(y.iter().all(|v| v.is_finite()));
-
-            let gqa = BigGqa::new_boxed(
-                &mut static_attention::init::SeedRng::from_seed_u64(8),
-                static_attention::Bias::Absent,
+            let mut alone = SMatrix::<f32, 1, DIM>::zeros();
+            layer.attend(
+                &token,
+                &token,
+                &token,
+                &Mask::none(),
+                &mut dec,
+                &mut alone,
+                None,
             );
-            let gqa = BigGqa::from_safetensors_boxed(&gqa.to_safetensors("").expect("save"), "")
-                .expect("load");
-            let rope = Rope::<D, SEQ>::new_boxed(10_000.0, RopeStyle::RotateHalf);
-            let mut gqa_cache = KvCache::<SEQ, { 2 * D }>::new_boxed();
-            let mut gqa_dec = DecoderScratch::<1, DIM, { 2 * D }>::new_boxed();
-            gqa.decode_into(&token, &mut gqa_cache, &*rope, &mut gqa_dec, &mut y)
+            assert!(max_diff(y.as_slice(), alone.as_slice()) < 1e-5);
+
+            let mut head_cache: Box<KvCache<SEQ, DIM>> = heap::zeroed();
+            head.decode_into(&token, &mut head_cache, &NoPositions, &mut dec, &mut y)
                 .expect("an empty cache has room");
-            assert_eq!(gqa_cache.len(), 1);
+            assert_eq!(head_cache.len(), 1);
+            head.v_proj().forward_into(&token, &mut alone);
+            assert!(max_diff(y.as_slice(), alone.as_slice()) < 1e-5);
+
+            // The grouped-query layer: drawn in place, saved and loaded in place, then one
+            // token into a sliding-window ring with a rotary table built in place.
+            let mut gqa: Box<BigGqa> = heap::zeroed();
+            gqa.reset_parameters(&mut rng(8), Bias::Absent);
+            let mut gqa_loaded: Box<BigGqa> = heap::zeroed();
+            gqa_loaded
+                .load_safetensors(&gqa.to_safetensors("").expect("save"), "")
+                .expect("load");
+            assert_eq!(*gqa_loaded, *gqa);
+            let mut rope: Box<Rope<D, SEQ>> = heap::zeroed();
+            rope.rebuild(10_000.0, RopeStyle::RotateHalf);
+            let mut ring: Box<KvCache<SEQ, KV>> = heap::zeroed();
+            ring.reset_sliding_window();
+            let mut gqa_dec: Box<Scratch<1, 1, DIM, f32, KV>> = heap::zeroed();
+            gqa_loaded
+                .decode_into(&token, &mut ring, &*rope, &mut gqa_dec, &mut y)
+                .expect("a ring always has room");
+            assert!(ring.is_sliding_window() && ring.len() == 1);
             assert!(y.iter().all(|v| v.is_finite()));
+            gqa.attend(
+                &token,
+                &token,
+                &token,
+                &Mask::none(),
+                &*rope,
+                &mut gqa_dec,
+                &mut alone,
+                None,
+            )
+            .expect("position 0 is in the table");
+            assert!(max_diff(y.as_slice(), alone.as_slice()) < 1e-5);
+
+            // Its cross-attention with per-head weights, rotated at positions 0 .. SEQ.
+            let mut gqa_scratch: Box<Scratch<SEQ, MEM, DIM, f32, KV>> = heap::zeroed();
+            let mut gqa_weights: Box<AttentionWeights<SEQ, MEM, HEADS>> = heap::zeroed();
+            gqa.attend(
+                &x,
+                &memory,
+                &memory,
+                &Mask::none(),
+                &*rope,
+                &mut gqa_scratch,
+                &mut out,
+                Some(&mut gqa_weights),
+            )
+            .expect("SEQ positions are in the table");
+            assert!(out.iter().all(|v| v.is_finite()));
+            assert!((gqa_weights.head(7).row(SEQ - 1).sum() - 1.0).abs() < 1e-4);
         })
         .expect("spawn")
         .join()

@@ -279,12 +279,17 @@ macro_rules! table {
                 vector::exp_slice($simd(Neon(())), xs)
             }
 
+            fn fma_loop(rounds: usize) -> (u64, $e) {
+                vector::fma_loop($simd(Neon(())), rounds)
+            }
+
             pub(super) static TABLE: Table<$e> = Table {
                 kernel: Kernel::Neon,
                 linear,
                 attention,
                 weights,
                 exp,
+                fma_loop,
                 widen_f16: widen_f16_portable,
             };
         }

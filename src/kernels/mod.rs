@@ -257,6 +257,20 @@ pub fn exp_in_place<T: Float>(xs: &mut [T]) {
     current::<T>().exp(xs);
 }
 
+/// `rounds` rounds of 12 independent fused multiply-adds on whole vectors of the selected
+/// kernel (`f32`): the loop a core's FMA peak is measured with (the benchmarks' `peak` group).
+/// Returns the floating-point operations done (two per lane per FMA) and a sum that depends on
+/// every one of them, so nothing can be optimised away.
+///
+/// ```
+/// let (flops, sum) = static_attention::kernels::fma_loop(1000);
+/// assert!(flops >= 1000 * 12 * 2 && sum.is_finite());
+/// ```
+#[must_use]
+pub fn fma_loop(rounds: usize) -> (u64, f32) {
+    current::<f32>().fma_loop(rounds)
+}
+
 /// The power of two `2^−k` (`2^k > SKV`) that keeps the attention sums `Σ p·v` finite, if
 /// some finite value is large enough for the unscaled sum to overflow; `None` otherwise (a
 /// non-finite output then comes from non-finite inputs and is what the rules ask for).

@@ -22,11 +22,28 @@ impl<T: Float> Tables<T> {
         weights: attention_with_weights::<T>,
         exp: exp_in_place::<T>,
         widen_f16: widen_f16_portable::<T>,
+        fma_loop: fma_loop::<T>,
     };
 }
 
 /// Rows of queries the streaming kernel processes together.
 const BLOCK_Q: usize = 8;
+
+/// The FMA-peak loop on scalars: 12 independent multiply-add chains (what the compiler makes
+/// of them is the compiler's; the vector kernels' loop is the one a peak is measured with).
+fn fma_loop<T: Float>(rounds: usize) -> (u64, T) {
+    let (a, b) = (T::of(0.999_999), T::of(1e-7));
+    let mut acc = [T::ONE; 12];
+    for _ in 0..rounds {
+        for x in &mut acc {
+            *x = *x * a + b;
+        }
+    }
+    (
+        (rounds * 12 * 2) as u64,
+        acc.iter().fold(T::ZERO, |t, &x| t + x),
+    )
+}
 
 /// `eˣ` with the platform's `exp`.
 fn exp_in_place<T: Float>(xs: &mut [T]) {

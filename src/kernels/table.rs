@@ -9,6 +9,9 @@ use super::{Float, Kernel, scalar};
 use crate::weight::sealed::Stored;
 use crate::weight::{Weight, WeightKind};
 
+/// A projection kernel: `(io, s, din, w, dout, bias, pack)`, see [`Table::linear`].
+type LinearFn<T> = unsafe fn(LinearIo<'_, T>, usize, usize, &[T], usize, &[T], &mut [T]);
+
 /// The kernel functions of one instruction set for one scalar type.
 ///
 /// The function pointers are `unsafe` because they may use instructions the CPU must have;
@@ -18,7 +21,7 @@ use crate::weight::{Weight, WeightKind};
 pub struct Table<T: 'static> {
     pub(super) kernel: Kernel,
     /// `out = x · Wᵀ + b` (or `+=`) with weights in `T`, in the tile layout.
-    pub(super) linear: unsafe fn(LinearIo<'_, T>, usize, usize, &[T], usize, &[T], &mut [T]),
+    pub(super) linear: LinearFn<T>,
     /// Streaming attention for one head.
     pub(super) attention: unsafe fn(QueryIo<'_, T>, &Problem<'_, T>, WorkRef<'_, T>),
     /// Attention for one head that also writes the post-softmax weights.
@@ -27,6 +30,8 @@ pub struct Table<T: 'static> {
     pub(super) exp: unsafe fn(&mut [T]),
     /// `f16` bits widened to `T`.
     pub(super) widen_f16: unsafe fn(&[u16], &mut [T]),
+    /// The FMA-peak loop: FLOPs done and a checksum.
+    pub(super) fma_loop: unsafe fn(usize) -> (u64, T),
 }
 
 impl<T: Float> Table<T> {
@@ -88,11 +93,20 @@ impl<T: Float> Table<T> {
         unsafe { (self.exp)(xs) }
     }
 
+    /// The FMA-peak loop on this kernel's vectors.
+    pub(crate) fn fma_loop(&self, rounds: usize) -> (u64, T) {
+        // SAFETY: the table's kernel runs on this CPU.
+        unsafe { (self.fma_loop)(rounds) }
+    }
+
     /// [`Table::linear`] for half-precision weights on a vector kernel: each strip of 12
     /// output features (the tile layout keeps a strip's `din × 12` weights together) is
     /// widened [`HALF_CHUNK`] input features at a time and multiplied by the matching input
     /// columns, the first chunk writing the strip's outputs and the others adding to them.
+    /// Never inlined: its widening buffer (`12 · HALF_CHUNK` scalars) must not join the
+    /// frames of the native path.
     #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
     fn linear_half(
         &self,
         kind: WeightKind,

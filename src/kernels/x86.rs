@@ -536,12 +536,18 @@ macro_rules! table {
                 vector::exp_slice($simd($token(())), xs)
             }
 
+            #[target_feature(enable = $feature)]
+            fn fma_loop(rounds: usize) -> (u64, $e) {
+                vector::fma_loop($simd($token(())), rounds)
+            }
+
             pub(super) static TABLE: Table<$e> = Table {
                 kernel: $kernel,
                 linear,
                 attention,
                 weights,
                 exp,
+                fma_loop,
                 widen_f16: $widen,
             };
         }

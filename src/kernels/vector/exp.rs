@@ -6,6 +6,28 @@ use super::super::Float;
 use super::super::args::MQ_MAX;
 use super::super::simd::Simd;
 
+/// `rounds` rounds of [`PEAK_CHAINS`] independent fused multiply-adds on whole vectors: the
+/// loop a core's FMA peak is measured with. Returns the floating-point operations done (two
+/// per lane per FMA) and the sum of the results, which depends on every one of them.
+#[inline(always)]
+pub(crate) fn fma_loop<S: Simd>(s: S, rounds: usize) -> (u64, S::E) {
+    let a = s.splat(S::E::of(0.999_999));
+    let b = s.splat(S::E::of(1e-7));
+    let mut acc = [s.splat(S::E::ONE); PEAK_CHAINS];
+    for _ in 0..rounds {
+        for x in &mut acc {
+            *x = s.fma(*x, a, b);
+        }
+    }
+    let total = acc.iter().fold(s.splat(S::E::ZERO), |t, &x| s.add(t, x));
+    let flops = (rounds * PEAK_CHAINS * S::LANES * 2) as u64;
+    (flops, s.reduce_add(total))
+}
+
+/// Independent accumulator chains of [`fma_loop`]: enough to keep two FMA units busy through
+/// a latency of up to six cycles.
+pub(crate) const PEAK_CHAINS: usize = 12;
+
 /// `exp` over a slice (the tail value by value through [`exp_scalar`]).
 #[inline(always)]
 pub(crate) fn exp_slice<S: Simd>(s: S, xs: &mut [S::E]) {

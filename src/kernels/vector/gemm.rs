@@ -10,6 +10,7 @@ use super::super::Float;
 use super::super::args::{LinearIo, MQ_MAX, check_weights};
 use super::super::layout::WEIGHT_TILE;
 use super::super::simd::Simd;
+use super::steps::for_tiles;
 
 /// `out[s × dout] = x[s × din] · Wᵀ + bias` with `W` in the tile layout of
 /// [`crate::Linear`] (or `out += x · Wᵀ` for [`LinearIo::Add`]). In that layout a
@@ -211,6 +212,11 @@ unsafe fn gemv_strip<S: Simd>(
 
 /// [`linear`] with row panels of `NV` vectors.
 #[inline(always)]
+#[allow(
+    clippy::undocumented_unsafe_blocks,
+    reason = "the micro-tile call inside `for_tiles!` has its SAFETY comment; clippy does not \
+              see comments through a macro defined in another file"
+)]
 fn linear_panels<S: Simd, const NV: usize>(
     s: S,
     io: LinearIo<'_, S::E>,

@@ -38,69 +38,14 @@
     clippy::needless_range_loop
 )]
 
-/// Runs `$body` once per micro-tile of `$n` columns (or keys), with `$at` the tile's first
-/// column and `$N` a constant equal to its width: full tiles of `$tile` (6 or 12, a constant
-/// per kernel, so the outer match folds away), then with 12 one tile each of 8 and 6 where
-/// they fit, then the rest (1 to 5). Every width is its own instantiation, and the loops are
-/// plain counted loops (an iterator of `(start, width)` pairs with a match per item cost
-/// the AVX2 attention kernel 18 %).
-macro_rules! for_tiles {
-    ($n:expr, $tile:expr, |$at:ident, $N:ident| $body:expr) => {{
-        let n: usize = $n;
-        let mut $at = 0usize;
-        macro_rules! one {
-            ($w:literal) => {{
-                {
-                    const $N: usize = $w;
-                    $body;
-                }
-                $at += $w;
-            }};
-        }
-        macro_rules! last {
-            ($w:literal) => {{
-                const $N: usize = $w;
-                $body;
-            }};
-        }
-        match $tile {
-            6 => {
-                while $at + 6 <= n {
-                    one!(6);
-                }
-            }
-            12 => {
-                while $at + 12 <= n {
-                    one!(12);
-                }
-                if n - $at >= 8 {
-                    one!(8);
-                }
-                if n - $at >= 6 {
-                    one!(6);
-                }
-            }
-            _ => unreachable!("micro-tiles are 6 or 12 wide"),
-        }
-        match n - $at {
-            0 => {}
-            1 => last!(1),
-            2 => last!(2),
-            3 => last!(3),
-            4 => last!(4),
-            5 => last!(5),
-            _ => unreachable!("at most 5 columns remain"),
-        }
-    }};
-}
+mod steps;
 
 mod exp;
 mod gemm;
 mod rows;
-mod steps;
 mod tiles;
 
-pub(crate) use exp::exp_slice;
+pub(crate) use exp::{exp_slice, fma_loop};
 pub(crate) use gemm::linear;
 pub(crate) use tiles::{attention, attention_with_weights};
 

@@ -315,10 +315,12 @@ fn weight_tile<S: Simd, const NV: usize>(
         }
     }
     let keys = hi_max - lo_min;
-    // SAFETY (this block and the two below): query rows `i0 .. i0 + mq`, keys `lo_min ..
-    // hi_max ≤ skv`, and the weights' lanes `i0 .. i0 + mq` of those columns (leading
-    // dimension `ldq`); the key masks read the same lanes of the mask's matrices.
+    // SAFETY: column `lo_min ≤ skv` of the weights' lanes `i0 .. i0 + mq` (leading dimension
+    // `ldq`; checked in `attention_with_weights`).
     let cols = unsafe { w.add(i0 + lo_min * ldq) };
+    // SAFETY: query rows `i0 .. i0 + mq`, keys `lo_min .. hi_max ≤ skv`, and the weights'
+    // lanes `i0 .. i0 + mq` of those columns (leading dimension `ldq`); the key masks read the
+    // same lanes of the mask's matrices (the blocks below rely on the same bounds).
     unsafe {
         qk_block::<S, NV>(
             s,
