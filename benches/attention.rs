@@ -17,7 +17,7 @@
 //!   with the `rayon` feature also `simd_2threads` for (512, 512, 8).
 //! - `layer_f64`: the (128, 256, 8) layer in f64.
 //! - `batch`: 32 sequences through `MultiHead<16, 64, 4>` (`forward_batch_into`; with
-//!   `rayon`, also `forward_batch_par` as `simd_2threads`).
+//!   `rayon`, also `Parallel(&layer).forward_batch_into` as `simd_2threads`).
 //! - `exp`: the softmax's `exp` over 4096 values (elements per second).
 //! - `decode`: one decoding step (one token's projections and attention over the cache) at
 //!   cache lengths 128 and 1024, for `MultiHead<_, 512, 8>` (`mha_step`) and a grouped-query
@@ -34,11 +34,13 @@ use std::time::Duration;
 use criterion::{
     BenchmarkGroup, BenchmarkId, Criterion, SamplingMode, Throughput, measurement::WallTime,
 };
+#[cfg(feature = "rayon")]
+use static_attention::Parallel;
 use static_attention::kernels::{self, Kernel, with_kernel};
 use static_attention::positions::NoPositions;
 use static_attention::{
-    Alignment, DecoderScratch, Float, GroupedQuery, KvCache, Mask, MultiHead, SMatrix, Scratch,
-    heap, scaled_dot_product_attention_into,
+    Alignment, Bias, Float, GroupedQuery, KvCache, Mask, MultiHead, SMatrix, Scratch, heap,
+    scaled_dot_product_attention_into,
 };
 
 /// The kernels each group compares: the portable one, the selected one (`simd`) if it
@@ -57,7 +59,7 @@ fn kernels() -> Vec<(&'static str, Kernel)> {
 
 /// A seeded matrix on the heap with entries uniform in [-1, 1].
 fn random<T: Float, const R: usize, const C: usize>(seed: u64) -> Box<SMatrix<T, R, C>> {
-    let mut m = heap::zeros::<T, R, C>();
+    let mut m: Box<SMatrix<T, R, C>> = heap::zeroed();
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     for x in m.iter_mut() {
         s ^= s << 13;
@@ -95,7 +97,7 @@ fn sdpa_case<const S: usize, const D: usize>(c: &mut Criterion) {
         random::<f32, S, D>(2),
         random::<f32, S, D>(3),
     );
-    let mut out = heap::zeros::<f32, S, D>();
+    let mut out: Box<SMatrix<f32, S, D>> = heap::zeroed();
     let mut group = c.benchmark_group("sdpa");
     configure(&mut group, (4 * S * S * D) as u64, S >= 512);
     for causal in [false, true] {
@@ -142,10 +144,10 @@ fn layer_case<T: Float, const S: usize, const D: usize, const H: usize>(
     c: &mut Criterion,
     group_name: &str,
 ) {
-    let layer = MultiHead::<S, D, H, T>::new_boxed(&mut seeded(7));
+    let layer = seeded_layer::<T, S, D, H>(7);
     let x = random::<T, S, D>(8);
-    let mut scratch = Scratch::<S, S, D, T>::new_boxed();
-    let mut out = heap::zeros::<T, S, D>();
+    let mut scratch: Box<Scratch<S, S, D, T>> = heap::zeroed();
+    let mut out: Box<SMatrix<T, S, D>> = heap::zeroed();
     let mut group = c.benchmark_group(group_name);
     configure(&mut group, (8 * S * D * D + 4 * S * S * D) as u64, S >= 512);
     let param = format!("{S}x{D}x{H}");
@@ -180,7 +182,7 @@ fn layer_case<T: Float, const S: usize, const D: usize, const H: usize>(
 }
 
 /// 32 sequences through `MultiHead<16, 64, 4>`: `forward_batch_into` with each kernel, and
-/// with the `rayon` feature `forward_batch_par` (function `simd_2threads`).
+/// with the `rayon` feature `Parallel(&layer).forward_batch_into` (function `simd_2threads`).
 fn batch_case(c: &mut Criterion) {
     const S: usize = 16;
     const D: usize = 64;
@@ -191,14 +193,14 @@ fn batch_case(c: &mut Criterion) {
         .map(|b| *random::<f32, S, D>(100 + b))
         .collect();
     let mut outs = vec![SMatrix::<f32, S, D>::zeros(); B];
-    let mut scratch = Scratch::<S, S, D>::new_boxed();
+    let mut scratch: Box<Scratch<S, S, D>> = heap::zeroed();
     let mask = [Mask::none()];
     // One closure runs both the check and the timed loop: a second call site of
     // `forward_batch_into` in this function changed how it was inlined here and cost the
     // timed loop 5 %.
     let run = |scratch: &mut Scratch<S, S, D>, outs: &mut [SMatrix<f32, S, D>]| {
         layer
-            .forward_batch_into(black_box(&xs), &mask, scratch, outs)
+            .forward_batch_into(black_box(&xs), &mask, scratch, outs, None)
             .expect("lengths fit");
     };
     let mut all = Vec::new();
@@ -224,25 +226,32 @@ fn batch_case(c: &mut Criterion) {
     }
     #[cfg(feature = "rayon")]
     group.bench_function(BenchmarkId::new("simd_2threads", "32x16x64x4"), |b| {
-        b.iter(|| layer.forward_batch_par(black_box(&xs), &mask, &mut outs))
+        b.iter(|| {
+            Parallel(&layer)
+                .forward_batch_into(black_box(&xs), &mask, &mut outs)
+                .expect("lengths fit")
+        })
     });
     group.finish();
 }
 
-/// `MultiHead<512, 512, 8>` over rayon's threads (`forward_par_into`), in the `layer` group.
+/// `MultiHead<512, 512, 8>` over rayon's threads (`Parallel(&layer).forward_into`), in the
+/// `layer` group.
 #[cfg(feature = "rayon")]
 fn threads_case(c: &mut Criterion) {
     const S: usize = 512;
     const D: usize = 512;
     const H: usize = 8;
-    let layer = MultiHead::<S, D, H>::new_boxed(&mut seeded(7));
+    let layer = seeded_layer::<f32, S, D, H>(7);
     let x = random::<f32, S, D>(8);
-    let mut scratch = Scratch::<S, S, D>::new_boxed();
-    let mut out = heap::zeros::<f32, S, D>();
+    let mut scratch: Box<Scratch<S, S, D>> = heap::zeroed();
+    let mut out: Box<SMatrix<f32, S, D>> = heap::zeroed();
     let mut group = c.benchmark_group("layer");
     configure(&mut group, (8 * S * D * D + 4 * S * S * D) as u64, true);
     group.bench_function(BenchmarkId::new("simd_2threads", "512x512x8"), |b| {
-        b.iter(|| layer.forward_par_into(black_box(&*x), &Mask::none(), &mut scratch, &mut out))
+        b.iter(|| {
+            Parallel(&*layer).forward_into(black_box(&*x), &Mask::none(), &mut scratch, &mut out)
+        })
     });
     group.finish();
 }
@@ -250,6 +259,15 @@ fn threads_case(c: &mut Criterion) {
 fn seeded(seed: u64) -> static_attention::init::SeedRng {
     use static_attention::rand::SeedableRng;
     static_attention::init::SeedRng::seed_from_u64(seed)
+}
+
+/// A layer on the heap with PyTorch's initialisation (biases present), drawn from `seed`.
+fn seeded_layer<T: Float, const S: usize, const D: usize, const H: usize>(
+    seed: u64,
+) -> Box<MultiHead<S, D, H, T>> {
+    let mut layer: Box<MultiHead<S, D, H, T>> = heap::zeroed();
+    layer.reset_parameters(&mut seeded(seed), Bias::Present);
+    layer
 }
 
 fn exp_case(c: &mut Criterion) {
@@ -285,33 +303,33 @@ fn exp_case(c: &mut Criterion) {
 fn decode_case<const L: usize, const P: usize>(c: &mut Criterion) {
     const DIM: usize = 512;
     const KV: usize = 128;
-    let mha = MultiHead::<L, DIM, 8>::new_boxed(&mut seeded(11));
+    let mha = seeded_layer::<f32, L, DIM, 8>(11);
     let gqa = GroupedQuery::<DIM, 8, 2, DIM, KV>::from_seed(12);
     let x = random::<f32, L, DIM>(13);
-    let mut prompt = heap::zeros::<f32, P, DIM>();
+    let mut prompt: Box<SMatrix<f32, P, DIM>> = heap::zeroed();
     prompt.copy_from(&x.fixed_rows::<P>(0));
     let token = x.fixed_rows::<1>(P).into_owned();
     let mut y = SMatrix::<f32, 1, DIM>::zeros();
-    let mut step = DecoderScratch::<1, DIM, DIM>::new_boxed();
-    let mut step_gqa = DecoderScratch::<1, DIM, KV>::new_boxed();
+    let mut step: Box<Scratch<1, 1, DIM>> = heap::zeroed();
+    let mut step_gqa: Box<Scratch<1, 1, DIM, f32, KV>> = heap::zeroed();
     // The prefilled caches, cloned before every timed step.
-    let mut mha_cache = KvCache::<L, DIM>::new_boxed();
-    let mut gqa_cache = KvCache::<L, KV>::new_boxed();
+    let mut mha_cache: Box<KvCache<L, DIM>> = heap::zeroed();
+    let mut gqa_cache: Box<KvCache<L, KV>> = heap::zeroed();
     {
-        let mut sc = DecoderScratch::<P, DIM, DIM>::new_boxed();
-        let mut out = heap::zeros::<f32, P, DIM>();
+        let mut sc: Box<Scratch<P, P, DIM>> = heap::zeroed();
+        let mut out: Box<SMatrix<f32, P, DIM>> = heap::zeroed();
         mha.decode_into(&*prompt, &mut mha_cache, &NoPositions, &mut sc, &mut out)
             .expect("fits");
-        let mut sc = DecoderScratch::<P, DIM, KV>::new_boxed();
+        let mut sc: Box<Scratch<P, P, DIM, f32, KV>> = heap::zeroed();
         gqa.decode_into(&*prompt, &mut gqa_cache, &NoPositions, &mut sc, &mut out)
             .expect("fits");
     }
     // Each step equals the last row of its layer's full causal forward.
     let causal = Mask::causal(Alignment::BottomRight);
-    let mut full = heap::zeros::<f32, L, DIM>();
-    let mut scratch = Scratch::<L, L, DIM>::new_boxed();
+    let mut full: Box<SMatrix<f32, L, DIM>> = heap::zeroed();
+    let mut scratch: Box<Scratch<L, L, DIM>> = heap::zeroed();
     mha.forward_into(&x, &causal, &mut scratch, &mut full);
-    let mut cache = KvCache::<L, DIM>::new_boxed();
+    let mut cache: Box<KvCache<L, DIM>> = heap::zeroed();
     cache.copy_from(&mha_cache);
     mha.decode_into(&token, &mut cache, &NoPositions, &mut step, &mut y)
         .expect("fits");
@@ -319,10 +337,10 @@ fn decode_case<const L: usize, const P: usize>(c: &mut Criterion) {
         max_diff(&y, &full.fixed_rows::<1>(P).into_owned()) < 1e-4,
         "mha step vs the full forward at cache_{L}"
     );
-    let mut gsc = DecoderScratch::<L, DIM, KV>::new_boxed();
+    let mut gsc: Box<Scratch<L, L, DIM, f32, KV>> = heap::zeroed();
     gqa.forward_into(&x, &causal, &NoPositions, &mut gsc, &mut full)
         .expect("no table");
-    let mut gcache = KvCache::<L, KV>::new_boxed();
+    let mut gcache: Box<KvCache<L, KV>> = heap::zeroed();
     gcache.copy_from(&gqa_cache);
     gqa.decode_into(&token, &mut gcache, &NoPositions, &mut step_gqa, &mut y)
         .expect("fits");

@@ -6,7 +6,7 @@
 //! same layer and inputs widened to f64 through `reference::multi_head`. Beside the library
 //! stands a naive f32 computation (the same `reference` code run in f32), so the table shows
 //! what any f32 implementation loses. Errors are reported as the worst
-//! `|Δ| / (1e-5 + 1e-5·|ref|)`, SPEC.md's bound (≤ 1 means within it), together with the
+//! `|Δ| / (1e-5 + 1e-5·|ref|)`, the bound of docs/SEMANTICS.md (≤ 1 means within it), with the
 //! largest logit `|q·k|/√d` seen.
 
 use static_attention::{Mask, MultiHead, SMatrix, reference};

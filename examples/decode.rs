@@ -15,7 +15,7 @@
 use std::time::Instant;
 
 use static_attention::positions::{Rope, RopeStyle};
-use static_attention::{Alignment, DecoderScratch, GroupedQuery, KvCache, Mask, SMatrix, heap};
+use static_attention::{Alignment, GroupedQuery, KvCache, Mask, SMatrix, Scratch, heap};
 
 /// Model width, heads, kv heads, query and key/value widths: Llama's shape, scaled down.
 const DIM: usize = 256;
@@ -34,7 +34,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(path) => {
             let prefix = args.get(1).map_or("", String::as_str);
             println!("layer: {path} (prefix {prefix:?})");
-            Layer::from_safetensors_boxed(&std::fs::read(path)?, prefix)?
+            let mut layer: Box<Layer> = heap::zeroed();
+            layer.load_safetensors(&std::fs::read(path)?, prefix)?;
+            layer
         }
         None => {
             println!("layer: drawn from seed 7 (nn.Linear's initialisation, no biases)");
@@ -47,25 +49,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Layer::HEAD_DIM,
         static_attention::kernels::selected().name()
     );
-    let rope = Rope::<32, WINDOW>::new_boxed(10_000.0, RopeStyle::RotateHalf);
+    let mut rope: Box<Rope<32, WINDOW>> = heap::zeroed();
+    rope.rebuild(10_000.0, RopeStyle::RotateHalf);
 
     // The whole sequence: a prompt and the tokens "generated" after it (here, fixed
     // pseudo-random embeddings: the layer is one attention block, not a language model).
-    let mut x = heap::zeros::<f32, WINDOW, DIM>();
+    let mut x: Box<SMatrix<f32, WINDOW, DIM>> = heap::zeroed();
     for (i, v) in x.iter_mut().enumerate() {
         *v = ((i as f32 * 0.618).sin() * 43_758.547).fract() - 0.5;
     }
 
     // Reference: the causal forward over the whole window, once. Row t is what token t must
     // get, whatever comes after it.
-    let mut full_scratch = DecoderScratch::<WINDOW, DIM, KV_DIM>::new_boxed();
-    let mut full = heap::zeros::<f32, WINDOW, DIM>();
+    let mut full_scratch: Box<Scratch<WINDOW, WINDOW, DIM, f32, KV_DIM>> = heap::zeroed();
+    let mut full: Box<SMatrix<f32, WINDOW, DIM>> = heap::zeroed();
     let causal = Mask::causal(Alignment::BottomRight);
     layer.forward_into(&x, &causal, &*rope, &mut full_scratch, &mut full)?;
 
     // Prefill: the prompt in one call.
-    let mut cache = KvCache::<WINDOW, KV_DIM>::new_boxed();
-    let mut prompt_scratch = DecoderScratch::<PROMPT, DIM, KV_DIM>::new_boxed();
+    let mut cache: Box<KvCache<WINDOW, KV_DIM>> = heap::zeroed();
+    let mut prompt_scratch: Box<Scratch<PROMPT, PROMPT, DIM, f32, KV_DIM>> = heap::zeroed();
     let mut prompt_out = SMatrix::<f32, PROMPT, DIM>::zeros();
     let prompt = x.fixed_rows::<PROMPT>(0).into_owned();
     let t0 = Instant::now();
@@ -85,7 +88,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     // Decode: one token at a time, each checked against the full forward.
-    let mut step_scratch = DecoderScratch::<1, DIM, KV_DIM>::new_boxed();
+    let mut step_scratch: Box<Scratch<1, 1, DIM, f32, KV_DIM>> = heap::zeroed();
     let mut y = SMatrix::<f32, 1, DIM>::zeros();
     let mut with_cache = Vec::new();
     for t in PROMPT..WINDOW {

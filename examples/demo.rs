@@ -5,15 +5,19 @@
 //!
 //! 1. What queries, keys and values are.
 //! 2. One head, `SelfAttention<3, 4>`: input, output and the 3 × 3 attention weights, checked
-//!    against the formula computed by hand.
-//! 3. Two heads, `MultiHead<3, 4, 2>`: output and one 3 × 3 weight matrix per head.
+//!    against the formula computed by hand; then the same input as a batch of one sequence,
+//!    with the shapes PyTorch would give.
+//! 3. Two heads, `MultiHead<3, 4, 2>`: output and one 3 × 3 weight matrix per head, and again
+//!    the shapes of a batch of one.
 //! 4. A sentence through `MultiHead<7, 16, 2>`, with and without a causal mask, each head's
 //!    weights shown as a table and as a heatmap.
 
 use nalgebra::SMatrix;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
-use static_attention::{Alignment, Mask, MultiHead, SelfAttention, positions};
+use static_attention::{
+    Alignment, AttentionWeights, Bias, Mask, MultiHead, Scratch, SelfAttention, positions,
+};
 
 /// Seed for the toy input and every layer's weights.
 const SEED: u64 = 2017;
@@ -54,7 +58,7 @@ fn explain_qkv() {
 /// exactly `softmax(Q Kᵀ / √d_k) V` with `d_k = DIM`.
 fn single_head(x: &SMatrix<f32, 3, 4>, rng: &mut SmallRng) {
     println!("== 2. One head: SelfAttention<3, 4>, d_k = 4, scale 1/√4 ==");
-    let head = SelfAttention::<3, 4>::new(rng);
+    let head = SelfAttention::<3, 4>::new(rng, Bias::Present);
     let (out, weights) = head.forward_with_weights(x, &Mask::none());
 
     print_matrix("input X", x);
@@ -72,6 +76,30 @@ fn single_head(x: &SMatrix<f32, 3, 4>, rng: &mut SmallRng) {
         (by_hand - weights).amax(),
         (by_hand * v - out).amax()
     );
+
+    // PyTorch works on batches: `(batch, seq, dim)` with `batch_first=True`. The batch API
+    // takes a slice of sequences and gives a slice of outputs and of weights, one per sequence.
+    let xs = [*x];
+    let mut outs = [SMatrix::zeros(); 1];
+    let mut batch_weights = [SMatrix::zeros(); 1];
+    head.forward_batch_into(
+        &xs,
+        &[Mask::none()],
+        &mut Scratch::new(),
+        &mut outs,
+        Some(&mut batch_weights),
+    )
+    .expect("one input, one output, one weights matrix");
+    assert_eq!((outs[0], batch_weights[0]), (out, weights));
+    print_batch_shapes(
+        [
+            batch_shape(&xs),
+            batch_shape(&outs),
+            batch_shape(&batch_weights),
+        ],
+        "batch, queries, keys",
+        "nn.MultiheadAttention(4, 1, batch_first=True) with need_weights=True",
+    );
     println!();
 }
 
@@ -81,7 +109,7 @@ fn single_head(x: &SMatrix<f32, 3, 4>, rng: &mut SmallRng) {
 fn multi_head(x: &SMatrix<f32, 3, 4>, rng: &mut SmallRng) {
     let d_k = MultiHead::<3, 4, 2>::HEAD_DIM;
     println!("== 3. Two heads: MultiHead<3, 4, 2>, d_k = 4 / 2 = {d_k}, scale 1/√{d_k} ==");
-    let layer = MultiHead::<3, 4, 2>::new(rng);
+    let layer = MultiHead::<3, 4, 2>::new(rng, Bias::Present);
     let (out, weights) = layer.forward_with_weights(x, &Mask::none());
 
     print_matrix("output = Concat(head_0, head_1) W_O", &out);
@@ -89,6 +117,35 @@ fn multi_head(x: &SMatrix<f32, 3, 4>, rng: &mut SmallRng) {
     for (h, w) in weights.heads().iter().enumerate() {
         print_matrix(&format!("  head {h}"), w);
     }
+
+    // The same input as a batch of one: the weights keep one matrix per head.
+    let xs = [*x];
+    let mut outs = [SMatrix::zeros(); 1];
+    let mut batch_weights = [AttentionWeights::zeros()];
+    layer
+        .forward_batch_into(
+            &xs,
+            &[Mask::none()],
+            &mut Scratch::new(),
+            &mut outs,
+            Some(&mut batch_weights),
+        )
+        .expect("one input, one output, one set of weights");
+    assert_eq!(outs[0], out);
+    assert_eq!(batch_weights[0], weights);
+    print_batch_shapes(
+        [
+            batch_shape(&xs),
+            batch_shape(&outs),
+            heads_shape(&batch_weights),
+        ],
+        "batch, heads, queries, keys",
+        "nn.MultiheadAttention(4, 2, batch_first=True) with need_weights=True, \
+         average_attn_weights=False",
+    );
+    println!(
+        "(PyTorch's default, average_attn_weights=True, is the mean over heads: weights.average())"
+    );
     println!();
 }
 
@@ -101,7 +158,7 @@ fn sentence(rng: &mut SmallRng) {
     );
     println!("X = embedding(word) + PE(position), {N} × {DIM}; the layer is untrained, so its");
     println!("attention is close to uniform; training is what makes heads sharp and specific.");
-    let layer = MultiHead::<N, DIM, HEADS>::new(rng);
+    let layer = MultiHead::<N, DIM, HEADS>::new(rng, Bias::Present);
     let x = embed(&SENTENCE);
 
     let causal = Mask::causal(Alignment::TopLeft);
@@ -183,6 +240,29 @@ fn print_matrix<const R: usize, const C: usize>(label: &str, m: &SMatrix<f32, R,
         let cells: Vec<String> = row.iter().map(|v| format!("{v:7.3}")).collect();
         println!("  [{} ]", cells.join(""));
     }
+}
+
+/// Prints the shapes of a batch's input, output and weights, and the PyTorch module and
+/// options whose results have the same shapes.
+fn print_batch_shapes([input, output, weights]: [String; 3], weight_axes: &str, pytorch: &str) {
+    println!("as a batch of one sequence (forward_batch_into): the same numbers, PyTorch's shapes");
+    println!("  input   {input:12} (batch, tokens, features)");
+    println!("  output  {output:12} (batch, queries, features)");
+    println!("  weights {weights:12} ({weight_axes})");
+    println!("these match {pytorch}");
+}
+
+/// The shape of a batch of `R × C` matrices in PyTorch's notation, `[batch, R, C]`: the
+/// batch's length and the matrices' dimensions, which are part of their type.
+fn batch_shape<const R: usize, const C: usize>(batch: &[SMatrix<f32, R, C>]) -> String {
+    format!("[{}, {R}, {C}]", batch.len())
+}
+
+/// The shape of a batch of per-head attention weights, `[batch, heads, queries, keys]`.
+fn heads_shape<const SQ: usize, const SKV: usize, const H: usize>(
+    batch: &[AttentionWeights<SQ, SKV, H>],
+) -> String {
+    format!("[{}, {H}, {SQ}, {SKV}]", batch.len())
 }
 
 /// One head's weights as a table (left) and a heatmap (right), side by side.

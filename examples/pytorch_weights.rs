@@ -55,7 +55,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     println!("loaded {path}");
     println!(
         "  MultiHead<{SEQ}, {DIM}, {HEADS}>, biases: {}",
-        layer.has_bias()
+        layer.q_proj().has_bias()
     );
 
     // The input and PyTorch's output, stored next to the weights.

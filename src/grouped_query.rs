@@ -254,7 +254,6 @@ impl<
         P: PositionEncoding<T>,
         A: Additive<T, SQ, SKV>,
     {
-        const { Self::check_positions::<P>() };
         let kt = kernels::current::<T>();
         (self.layer()).forward(kt, query, kv, mask, positions, buf, out, weights)
     }
@@ -284,6 +283,7 @@ impl<
         mask: &Mask<'_, SEQ, SEQ, A>,
         positions: &P,
     ) -> Result<SMatrix<T, SEQ, DIM>, PositionError> {
+        const { Self::check_positions::<P>() };
         local_buffers!(buf, T, SEQ, SEQ, Q_DIM, KV_DIM);
         let mut out: SMatrix<T, SEQ, DIM> = zero_matrix();
         self.run(x, (x, x), mask, positions, buf, out.as_mut_slice(), None)?;
@@ -302,6 +302,7 @@ impl<
         scratch: &mut Scratch<SEQ, SEQ, Q_DIM, T, KV_DIM>,
         out: &mut SMatrix<T, SEQ, DIM>,
     ) -> Result<(), PositionError> {
+        const { Self::check_positions::<P>() };
         self.run(
             x,
             (x, x),
@@ -354,6 +355,7 @@ impl<
         mask: &Mask<'_, SEQ, SEQ, A>,
         positions: &P,
     ) -> Result<(SMatrix<T, SEQ, DIM>, AttentionWeights<SEQ, SEQ, HEADS, T>), PositionError> {
+        const { Self::check_positions::<P>() };
         local_buffers!(buf, T, SEQ, SEQ, Q_DIM, KV_DIM);
         let mut result: (SMatrix<T, SEQ, DIM>, _) = (zero_matrix(), AttentionWeights::zeros());
         let (out, weights) = (&mut result.0, &mut result.1);
@@ -384,6 +386,7 @@ impl<
         P: PositionEncoding<T>,
         A: Additive<T, SQ, SKV>,
     {
+        const { Self::check_positions::<P>() };
         let w = weights.map(AttentionWeights::as_mut_slice);
         let buf = scratch.buffers();
         self.run(

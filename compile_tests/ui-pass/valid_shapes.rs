@@ -15,7 +15,7 @@ fn main() {
 
 mod decoder {
     use static_attention::positions::{NoPositions, Rope, RopeStyle};
-    use static_attention::{GroupedQuery, KvCache, SMatrix, grouped_query_attention};
+    use static_attention::{GroupedQuery, KvCache, SMatrix, Scratch, grouped_query_attention};
 
     static CACHE: KvCache<8, 4> = KvCache::new();
 
@@ -26,6 +26,11 @@ mod decoder {
         let x = SMatrix::<f32, 3, 8>::zeros();
         let _ = layer.decode(&x, &mut cache, &rope);
         let _ = layer.decode(&x, &mut cache, &NoPositions);
+        // Caller-owned: one scratch type, with the query width and the key/value width.
+        let mut scratch = Scratch::<1, 1, 8, f32, 4>::new();
+        let mut out = SMatrix::<f32, 1, 8>::zeros();
+        let token = SMatrix::<f32, 1, 8>::zeros();
+        let _ = layer.decode_into(&token, &mut cache, &rope, &mut scratch, &mut out);
         let q = [SMatrix::<f32, 2, 4>::zeros(); 6];
         let kv = [SMatrix::<f32, 3, 4>::zeros(); 3];
         let _ = grouped_query_attention(&q, &kv, &kv, &static_attention::Mask::none(), None);

@@ -16,7 +16,7 @@ mod model;
 use cortex_m_rt::entry;
 use cortex_m_semihosting::{debug, hprintln};
 use static_attention::positions::{Rope, RopeStyle};
-use static_attention::{Alignment, DecoderScratch, KvCache, Mask, MultiHead, SMatrix, Scratch};
+use static_attention::{Alignment, KvCache, Mask, MultiHead, SMatrix, Scratch};
 
 use model::{CAP, DIM, GQA, HEAD_DIM, KV_DIM, MAX_POS, MHA, MHA16, PROMPT, SEQ, STEPS};
 
@@ -57,14 +57,14 @@ fn main() -> ! {
     let tokens = model::tokens();
     let prompt = tokens.fixed_rows::<PROMPT>(0).into_owned();
     let mut decoded = 0usize;
-    let mut pscratch = DecoderScratch::<PROMPT, DIM, KV_DIM>::new();
+    let mut pscratch = Scratch::<PROMPT, PROMPT, DIM, f32, KV_DIM>::new();
     let mut pout = SMatrix::<f32, PROMPT, DIM>::zeros();
     let ok = GQA
         .decode_into(&prompt, &mut cache, &rope, &mut pscratch, &mut pout)
         .is_ok();
     emit("gqa", 0, pout.as_slice(), PROMPT);
     decoded += PROMPT;
-    let mut sscratch = DecoderScratch::<1, DIM, KV_DIM>::new();
+    let mut sscratch = Scratch::<1, 1, DIM, f32, KV_DIM>::new();
     let mut sout = SMatrix::<f32, 1, DIM>::zeros();
     let mut steps_ok = ok;
     for t in PROMPT..PROMPT + STEPS {
@@ -86,13 +86,13 @@ fn main() -> ! {
     let untouched = cortex_m_stack::stack_painted() as usize;
     hprintln!("stack high-water mark {} bytes", stack - untouched);
     hprintln!(
-        "sizes MultiHead PARAM_BYTES {} (f16 weights: {}) SCRATCH_BYTES {} | GroupedQuery PARAM_BYTES {} | KvCache BYTES {} | DecoderScratch<1> BYTES {} | Rope BYTES {}",
+        "sizes MultiHead PARAM_BYTES {} (f16 weights: {}) SCRATCH_BYTES {} | GroupedQuery PARAM_BYTES {} | KvCache BYTES {} | decoding Scratch<1, 1, DIM, f32, KV_DIM> BYTES {} | Rope BYTES {}",
         MultiHead::<SEQ, DIM, { model::HEADS }>::PARAM_BYTES,
         MultiHead::<SEQ, DIM, { model::HEADS }, f32, static_attention::f16>::PARAM_BYTES,
         MultiHead::<SEQ, DIM, { model::HEADS }>::SCRATCH_BYTES,
         static_attention::GroupedQuery::<DIM, { model::HEADS }, { model::KV_HEADS }, DIM, KV_DIM>::PARAM_BYTES,
         KvCache::<CAP, KV_DIM>::BYTES,
-        DecoderScratch::<1, DIM, KV_DIM>::BYTES,
+        Scratch::<1, 1, DIM, f32, KV_DIM>::BYTES,
         Rope::<HEAD_DIM, MAX_POS>::BYTES,
     );
     let ok = steps_ok && cache.len() == PROMPT + STEPS && sum.is_finite();
