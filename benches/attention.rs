@@ -18,6 +18,8 @@
 //! - `layer_f64`: the (128, 256, 8) layer in f64.
 //! - `batch`: 32 sequences through `MultiHead<16, 64, 4>` (`forward_batch_into`; with
 //!   `rayon`, also `Parallel(&layer).forward_batch_into` as `simd_2threads`).
+//! - `peak`: the core's FMA-loop peak per kernel (`kernels::fma_loop`), the ceiling of the
+//!   GFLOP/s the other groups reach.
 //! - `exp`: the softmax's `exp` over 4096 values (elements per second).
 //! - `decode`: one decoding step (one token's projections and attention over the cache) at
 //!   cache lengths 128 and 1024, for `MultiHead<_, 512, 8>` (`mha_step`) and a grouped-query
@@ -298,6 +300,25 @@ fn exp_case(c: &mut Criterion) {
     group.finish();
 }
 
+/// The FMA-loop peak of this core on each kernel (`kernels::fma_loop`: 12 independent chains
+/// of fused multiply-adds on whole vectors, 2 FLOPs per lane each): the ceiling the other
+/// groups' GFLOP/s are read against.
+fn peak_case(c: &mut Criterion) {
+    const ROUNDS: usize = 100_000;
+    let mut group = c.benchmark_group("peak");
+    let (flops, _) = kernels::fma_loop(1);
+    configure(&mut group, flops * ROUNDS as u64, false);
+    for (name, kernel) in kernels() {
+        let (flops, _) = with_kernel(kernel, || kernels::fma_loop(1)).expect("supported");
+        group.throughput(Throughput::Elements(flops * ROUNDS as u64));
+        group.bench_function(BenchmarkId::new(name, "fma"), |b| {
+            with_kernel(kernel, || b.iter(|| kernels::fma_loop(black_box(ROUNDS))))
+                .expect("supported");
+        });
+    }
+    group.finish();
+}
+
 /// Decoding at cache length `L` (`P = L − 1` positions prefilled, then one step), against the
 /// causal forward over all `L` tokens.
 fn decode_case<const L: usize, const P: usize>(c: &mut Criterion) {
@@ -416,6 +437,7 @@ fn decode_case<const L: usize, const P: usize>(c: &mut Criterion) {
 fn main() {
     eprintln!("static_attention kernel: {}", kernels::selected().name());
     let mut c = Criterion::default().configure_from_args();
+    peak_case(&mut c);
     sdpa_case::<128, 64>(&mut c);
     sdpa_case::<512, 64>(&mut c);
     sdpa_case::<1024, 64>(&mut c);
