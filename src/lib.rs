@@ -73,7 +73,7 @@
 //!
 //! ([`GroupedQuery`] takes a `positions` argument besides, and has no by-value
 //! cross-attention: `attend` is its cross-attention.) Large values go on the heap through one
-//! helper, [`heap::zeroed`]; with the `rayon` feature, [`Parallel`] spreads a [`MultiHead`] or
+//! helper, [`heap::zeroed`]; with the `rayon` feature, `Parallel` spreads a [`MultiHead`] or
 //! [`GroupedQuery`] forward pass, or a batch, over threads.
 //!
 //! ## Decoding
@@ -120,7 +120,7 @@
 //! | `safetensors` | yes | `from_safetensors`, `load_safetensors`, `to_safetensors` (implies `std`) |
 //! | `libm` | no | math from `libm`, for `#![no_std]` (`default-features = false, features = ["libm"]`) |
 //! | `force-scalar` | no | always use the portable scalar kernel |
-//! | `rayon` | no | threads (implies `std`): [`Parallel`] over one sequence's projections, heads and query blocks, or over a batch |
+//! | `rayon` | no | threads (implies `std`): `Parallel` over one sequence's projections, heads and query blocks, or over a batch |
 //!
 //! One of `std` and `libm` must be enabled.
 //!
@@ -139,7 +139,7 @@
 //!
 //! ## Memory
 //!
-//! Nothing allocates but [`heap::zeroed`], [`Parallel`]'s calls and the safetensors
+//! Nothing allocates but [`heap::zeroed`], `Parallel`'s calls and the safetensors
 //! conveniences. Every big value has three homes to choose from:
 //!
 //! - **by value** (`forward`, `new`, `from_seed`, …): simple, and the stack must hold it (see
