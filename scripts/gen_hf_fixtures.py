@@ -23,9 +23,9 @@ output.*; transformers' own output is kept as hf_output.*.
 
 Rerun (CI never needs it; the files are committed):
 
-    python3 -m venv /tmp/hfvenv
-    /tmp/hfvenv/bin/pip install torch transformers safetensors
-    /tmp/hfvenv/bin/python scripts/gen_hf_fixtures.py [case ...]
+    python3 -m venv target/hf-venv
+    target/hf-venv/bin/pip install torch transformers safetensors
+    target/hf-venv/bin/python scripts/gen_hf_fixtures.py [case ...]
 
 With case names as arguments it writes only those files.
 """

@@ -25,9 +25,9 @@ and output.attn [HQ, L, EV].
 
 Rerun (CI never needs torch; the files are committed):
 
-    python3 -m venv /tmp/torchvenv
-    /tmp/torchvenv/bin/pip install torch safetensors numpy
-    /tmp/torchvenv/bin/python scripts/gen_pytorch_fixtures.py
+    python3 -m venv target/torch-venv
+    target/torch-venv/bin/pip install torch safetensors numpy
+    target/torch-venv/bin/python scripts/gen_pytorch_fixtures.py
 
 The script prints each case's file size and the total, and checks that PyTorch's two paths
 (need_weights=False / True) agree before writing anything. With case names as arguments it
@@ -35,7 +35,7 @@ writes only those cases and leaves the other files alone (PyTorch's CPU kernels 
 last bit differently on another machine, so regenerating everything rewrites files that were
 fine):
 
-    /tmp/torchvenv/bin/python scripts/gen_pytorch_fixtures.py head_self_6x16
+    target/torch-venv/bin/python scripts/gen_pytorch_fixtures.py head_self_6x16
 """
 
 import json
@@ -130,7 +130,7 @@ def mha_case(name, seq_q, dim, heads, *, seq_kv=None, dtype=torch.float32, bias=
         elif fully_masked_row:
             # The module's native fast path (eval, query is key is value, need_weights=False)
             # returns NaN for a fully masked row (torch 2.15); its SDPA-based path returns
-            # out_proj.bias there, which is SPEC.md rule 7. Record the SDPA path.
+            # out_proj.bias there, which is docs/SEMANTICS.md rule 7. Record the SDPA path.
             q_, k_, v_ = (t.transpose(0, 1) for t in (query, key, value))
             out, _ = F.multi_head_attention_forward(
                 q_, k_, v_, dim, heads, mha.in_proj_weight, mha.in_proj_bias, None, None, False,
@@ -159,7 +159,7 @@ def mha_case(name, seq_q, dim, heads, *, seq_kv=None, dtype=torch.float32, bias=
     tensors["input.value"] = value[0]
     tensors["output.attn"] = out[0]
     # For a fully masked row, PyTorch's need_weights path returns NaN weights (softmax over an
-    # all −∞ row); SPEC.md rule 7 asks for zeros there, and the tests check exactly that.
+    # all −∞ row); docs/SEMANTICS.md rule 7 asks for zeros there, and the tests check exactly that.
     tensors["output.weights_avg"] = w_avg[0]
     tensors["output.weights"] = w_heads[0]
     meta.update(kind="mha", seq_q=seq_q, seq_kv=seq_kv, dim=dim, heads=heads,

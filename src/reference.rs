@@ -20,8 +20,8 @@ use crate::{Float, Mask, MultiHead, default_scale};
 
 /// `softmax` over each row: `w_ij = e^(s_ij − max_j s_ij) / Σ_j e^(s_ij − max_j s_ij)`.
 ///
-/// Entries of `−∞` (masked keys) get weight 0; a row of only `−∞` becomes all zeros (SPEC
-/// rule 7) instead of the `0/0 = NaN` the formula would give.
+/// Entries of `−∞` (masked keys) get weight 0; a row of only `−∞` becomes all zeros (rule 7 of
+/// [`crate::semantics`]) instead of the `0/0 = NaN` the formula would give.
 #[must_use]
 pub fn softmax_rows<T: Float>(scores: &DMatrix<T>) -> DMatrix<T> {
     let mut w = scores.clone();

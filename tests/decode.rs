@@ -1,5 +1,5 @@
-//! Decoding through a KV cache equals one causal forward over the whole sequence (SPEC.md rule
-//! 14): a prompt of `P` tokens, then the rest one token at a time, gives the rows of the
+//! Decoding through a KV cache equals one causal forward over the whole sequence (docs/SEMANTICS.md rule
+//! 13): a prompt of `P` tokens, then the rest one token at a time, gives the rows of the
 //! bottom-right causal forward, within 1e-5 in f32 and 1e-12 in f64. For `MultiHead` and for
 //! grouped-query layers (8 query heads on 2 kv heads, and multi-query), with and without RoPE
 //! (both pairings), with ALiBi, with and without a sliding window (a ring cache against the

@@ -7,7 +7,7 @@
 //! - `the_static_layers_hold_the_blob`: the compile-time decoding gives those weights bit for
 //!   bit;
 //! - `the_firmware_matches_the_host` (ignored unless CI hands it the firmware's output in
-//!   `FIRMWARE_LOG`): every value the firmware printed under QEMU within SPEC.md's f32
+//!   `FIRMWARE_LOG`): every value the firmware printed under QEMU within docs/SEMANTICS.md's f32
 //!   tolerance of the host's.
 
 #[path = "../embedded/cortex-m4f/src/model.rs"]

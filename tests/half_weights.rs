@@ -15,7 +15,7 @@ fn input<const S: usize, const D: usize>(seed: usize) -> SMatrix<f32, S, D> {
     SMatrix::from_fn(|i, j| ((((i + seed) * 31 + j * 17) % 37) as f32 / 18.0 - 1.0) * 0.8)
 }
 
-/// `|a − b| ≤ 1e-5 + 1e-5·|b|` everywhere (SPEC.md's f32 bound; in practice the two agree to
+/// `|a − b| ≤ 1e-5 + 1e-5·|b|` everywhere (docs/SEMANTICS.md's f32 bound; in practice the two agree to
 /// the last bits: the arithmetic is the same).
 fn close<const R: usize, const C: usize>(
     what: &str,

@@ -4,7 +4,7 @@
 //! (q/k/v biases, weights under a model prefix), each loaded from the module's safetensors
 //! `state_dict`, run on a prompt and then token by token through a `KvCache`, and compared
 //! with the module's outputs and with what its `DynamicCache` holds at the end (keys after
-//! RoPE). Tolerance (SPEC.md): `1e-5 + 1e-5·|ref|` in f32; `1e-12` in f64, against a float64
+//! RoPE). Tolerance (docs/SEMANTICS.md): `1e-5 + 1e-5·|ref|` in f32; `1e-12` in f64, against a float64
 //! reference (transformers itself computes rotary tables and the softmax in float32).
 
 mod common;

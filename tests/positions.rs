@@ -1,4 +1,4 @@
-//! Positions (SPEC.md rules 11 and 12, and the paper's sinusoidal encoding): RoPE tables and
+//! Positions (docs/SEMANTICS.md rules 11 and 12, and the paper's sinusoidal encoding): RoPE tables and
 //! rotations against their formulas, ALiBi slopes against the rule, and ALiBi inside the
 //! kernels (every path, every kernel through the public API) against the reference.
 

@@ -7,9 +7,9 @@
 //! biases built with `MultiHead::from_parts`. Masks are random combinations of a structural
 //! pattern (full, causal, sliding window, both alignments), a matrix mask (`attend_where`,
 //! `block_where` or `additive` with `-inf`/NaN entries) and a key-padding vector. Which keys a
-//! mask allows is computed here independently from SPEC.md, not through `Mask::allows`.
+//! mask allows is computed here independently from docs/SEMANTICS.md, not through `Mask::allows`.
 //!
-//! Tolerances (SPEC.md "Accuracy"): f32 against an f64 oracle `1e-5 + 1e-5·|ref|`, fast f64
+//! Tolerances (docs/SEMANTICS.md "Accuracy"): f32 against an f64 oracle `1e-5 + 1e-5·|ref|`, fast f64
 //! against `reference` `1e-12 + 1e-12·|ref|`, streaming against weights path `2e-6`. Properties
 //! that hold by construction (masking, causality, cross = self) are checked bit for bit.
 

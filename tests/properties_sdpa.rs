@@ -8,9 +8,9 @@
 //! tests). Masks are random combinations of a structural pattern (full, causal, sliding
 //! window, both alignments), a matrix mask (`attend_where`, `block_where` or `additive` with
 //! `-inf`/NaN entries) and a key-padding vector. Which keys a mask allows is computed here
-//! independently from SPEC.md, not through `Mask::allows`.
+//! independently from docs/SEMANTICS.md, not through `Mask::allows`.
 //!
-//! Tolerances (SPEC.md "Accuracy"): f32 against an f64 oracle `1e-5 + 1e-5·|ref|`, fast f64
+//! Tolerances (docs/SEMANTICS.md "Accuracy"): f32 against an f64 oracle `1e-5 + 1e-5·|ref|`, fast f64
 //! against `reference` `1e-12 + 1e-12·|ref|`, streaming against weights path `2e-6`;
 //! identities that reorder the arithmetic (permutations, shifted logits) `1e-10 + 1e-10·|ref|`
 //! in f64, shifted logits `3e-5 + 1e-5·|ref|` in f32. Properties that hold by construction
@@ -277,7 +277,7 @@ fn sdpa_precision<const SQ: usize, const SKV: usize, const D: usize, const DV: u
     })
 }
 
-/// Property 11: Under a structural mask alone, weight `(i, j)` is positive exactly where SPEC.md's
+/// Property 11: Under a structural mask alone, weight `(i, j)` is positive exactly where docs/SEMANTICS.md's
 /// pattern allows the key and exactly 0 elsewhere.
 fn sdpa_pattern_support<const SQ: usize, const SKV: usize, const D: usize, const DV: usize>(
     q: &SMatrix<f32, SQ, D>,
@@ -503,7 +503,7 @@ fn unmasked_nan_propagates() {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(CASES_SDPA))]
 
-    /// SPEC.md: results do not depend on the path, and NaN in an *unmasked* input propagates
+    /// docs/SEMANTICS.md: results do not depend on the path, and NaN in an *unmasked* input propagates
     /// (as in PyTorch). One NaN is put in Q, K or V under a random mask; the streaming path
     /// must be NaN exactly where the weights path is.
     /// (Regression: the streaming kernel once wrote a row whose softmax sum was NaN as zeros.)

@@ -1,5 +1,5 @@
 //! What the property tests share: tolerances, comparisons, strategies, random masks with an
-//! independent model of SPEC.md, and random layers. Included by `properties_sdpa.rs` and
+//! independent model of docs/SEMANTICS.md, and random layers. Included by `properties_sdpa.rs` and
 //! `properties_layers.rs` (two test binaries, so the two halves compile in parallel).
 #![allow(dead_code, unused_macros, unused_imports)]
 
@@ -21,13 +21,13 @@ pub const CASES_SDPA: u32 = 128;
 
 pub type TestResult = Result<(), TestCaseError>;
 
-/// f32 against an f64 oracle from the same inputs (SPEC.md): `1e-5 + 1e-5·|ref|`.
+/// f32 against an f64 oracle from the same inputs (docs/SEMANTICS.md): `1e-5 + 1e-5·|ref|`.
 pub const F32: (f64, f64) = (1e-5, 1e-5);
-/// Fast f64 against `reference` (SPEC.md): `1e-12 + 1e-12·|ref|`.
+/// Fast f64 against `reference` (docs/SEMANTICS.md): `1e-12 + 1e-12·|ref|`.
 pub const F64: (f64, f64) = (1e-12, 1e-12);
 /// f64 identities that reorder the arithmetic (permutations, shifted logits).
 pub const F64_LOOSE: (f64, f64) = (1e-10, 1e-10);
-/// Streaming path against weights path in f32 (SPEC.md: no path dependence beyond 2e-6).
+/// Streaming path against weights path in f32 (docs/SEMANTICS.md: no path dependence beyond 2e-6).
 pub const PATHS: (f64, f64) = (2e-6, 0.0);
 
 // ------------------------------------------------------------------------------------------
@@ -191,7 +191,7 @@ pub fn layer_params() -> impl Strategy<Value = (u64, u8)> {
 }
 
 // ------------------------------------------------------------------------------------------
-// Masks: owned data, the library `Mask` built from it, and an independent model of SPEC.md
+// Masks: owned data, the library `Mask` built from it, and an independent model of docs/SEMANTICS.md
 // ------------------------------------------------------------------------------------------
 
 /// The additive part of a random mask: a finite bias where the key is allowed, and `-inf` or
@@ -284,7 +284,7 @@ impl TestFloat for f64 {
     }
 }
 
-/// SPEC.md 6 and 13, written independently of the library: the position of query `i` on the
+/// docs/SEMANTICS.md rules 6 and 9, written independently of the library: the position of query `i` on the
 /// key axis is `i` (top-left) or `i + SKV − SQ` (bottom-right); causal sees `j ≤ pos`, a window
 /// of `W` sees `pos − W < j ≤ pos`.
 pub fn pattern_allows(pattern: Pattern, sq: usize, skv: usize, i: usize, j: usize) -> bool {
@@ -345,7 +345,7 @@ impl<const SQ: usize, const SKV: usize> MaskData<SQ, SKV> {
         }
     }
 
-    /// Whether query `i` may use key `j`, from SPEC.md (not from `Mask::allows`).
+    /// Whether query `i` may use key `j`, from docs/SEMANTICS.md (not from `Mask::allows`).
     pub fn allows(&self, i: usize, j: usize) -> bool {
         pattern_allows(self.pattern, SQ, SKV, i, j)
             && !self.pad.as_ref().is_some_and(|p| p[j])
