@@ -187,10 +187,10 @@
 //!
 //! **Unoptimised builds** (`opt-level = 0`, cargo's default `dev` profile, so a plain
 //! `cargo test` of *your* crate) keep up to three more temporary copies of each value a
-//! function builds, because nothing removes them, and the SIMD kernels' frames grow to about
-//! 256 KiB (every inlined micro-tile keeps its own slots): budget `4 ×` the "holds" column
-//! plus 320 KiB. Either call the caller-owned or heap forms there, or let cargo optimise this
-//! crate in your dev profile:
+//! function builds, because nothing removes them, and the SIMD kernels' frames grow (every
+//! inlined micro-tile keeps its own slots: the attention kernel's frame is 252 KiB with AVX2
+//! and 504 KiB with AVX-512): budget `4 ×` the "holds" column plus 640 KiB. Either call the
+//! caller-owned or heap forms there, or let cargo optimise this crate in your dev profile:
 //!
 //! ```toml
 //! [profile.dev.package.static-attention]

@@ -75,12 +75,12 @@ enum Need {
 }
 
 /// The fixed allowance for an entry point's own frames (loops, pointers, small arrays), in
-/// the profile this test was built with: 16 KiB at `opt-level ≥ 1`, 320 KiB at `opt-level =
-/// 0`, where the SIMD kernels' inlined micro-tiles each keep their own stack slots. See the
-/// crate docs.
+/// the profile this test was built with: 16 KiB at `opt-level ≥ 1`, 640 KiB at `opt-level =
+/// 0`, where the SIMD kernels' inlined micro-tiles each keep their own stack slots (the
+/// AVX-512 attention kernel's frame alone is 504 KiB there). See the crate docs.
 fn frames() -> usize {
     if opt_level_zero() {
-        320 << 10
+        640 << 10
     } else {
         16 << 10
     }
