@@ -62,6 +62,19 @@ pub(crate) struct Scores<'a, T> {
     pub key_rotate: usize,
 }
 
+impl<'a, T: Float> Scores<'a, T> {
+    /// The scores of a whole sequence's heads of width `head_dim` (no cache): scale
+    /// `1/√head_dim`, ALiBi distances from key 0.
+    pub fn whole(head_dim: usize, mask: &'a MaskView<'a, T>, alibi: Option<Alibi>) -> Self {
+        Self {
+            scale: default_scale(head_dim),
+            mask,
+            alibi,
+            key_rotate: 0,
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 /// One head: `kernels::attention` (or `attention_with_weights` into `weights`) for query head
 /// `h` of `heads`, with its ALiBi slope. `io` and `k`, `v` start at the head's own columns.
@@ -250,12 +263,7 @@ impl<const DIM: usize, const QD: usize, const KVD: usize, T: Float, W: Weight<T>
         self.project(kt, (query.as_slice(), SQ), inputs, positions, 0, &mut buf);
         let hd = self.head_dim();
         let view = mask.view();
-        let scores = Scores {
-            scale: default_scale(hd),
-            mask: &view,
-            alibi: positions.alibi().or(mask.alibi()),
-            key_rotate: 0,
-        };
+        let scores = Scores::whole(hd, &view, positions.alibi().or(mask.alibi()));
         let kv = (&*buf.k, &*buf.v);
         let io = self.heads_io(&mut *buf.q, &mut *out);
         let dims = Dims::new(SQ, SKV, hd, hd);
@@ -438,12 +446,7 @@ mod parallel {
             let blocks = (2 * threads).div_ceil(self.heads.count).max(1);
             let rows = SEQ.div_ceil(blocks);
             let view = mask.view();
-            let scores = Scores {
-                scale: default_scale(hd),
-                mask: &view,
-                alibi: positions.alibi().or(mask.alibi()),
-                key_rotate: 0,
-            };
+            let scores = Scores::whole(hd, &view, positions.alibi().or(mask.alibi()));
             let (q, k, v) = (&*buf.q, &*buf.k, &*buf.v);
             let heads = self.heads;
             let pieces: Vec<(usize, usize, Vec<T>)> = (0..heads.count)

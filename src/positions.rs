@@ -335,19 +335,26 @@ pub trait PositionEncoding<T: Float>: sealed::Sealed {
     /// fails to build.
     const HEAD_DIM: usize;
 
-    /// Whether tokens `first .. first + count` can be encoded.
+    /// Whether tokens `first .. first + count` can be encoded: always, unless a table ends.
     ///
     /// # Errors
     /// [`PositionError`] past the end of a [`Rope`] table.
-    fn check(&self, first: usize, count: usize) -> Result<(), PositionError>;
+    fn check(&self, first: usize, count: usize) -> Result<(), PositionError> {
+        let _ = (first, count);
+        Ok(())
+    }
 
     /// Rotates queries or keys in place: a column-major `s × (heads · HEAD_DIM)` buffer,
-    /// token `t` at position `first + t` (checked).
+    /// token `t` at position `first + t` (checked). Nothing, unless it rotates.
     #[doc(hidden)]
-    fn rotate(&self, buf: &mut [T], s: usize, heads: usize, first: usize);
+    fn rotate(&self, buf: &mut [T], s: usize, heads: usize, first: usize) {
+        let _ = (buf, s, heads, first);
+    }
 
-    /// The ALiBi part it adds to the scores, if any.
-    fn alibi(&self) -> Option<Alibi>;
+    /// The ALiBi part it adds to the scores, if any (none unless it is ALiBi).
+    fn alibi(&self) -> Option<Alibi> {
+        None
+    }
 }
 
 /// No position information in the attention layer (the paper's layer: positions, if any, were
@@ -358,13 +365,6 @@ pub struct NoPositions;
 impl sealed::Sealed for NoPositions {}
 impl<T: Float> PositionEncoding<T> for NoPositions {
     const HEAD_DIM: usize = 0;
-    fn check(&self, _: usize, _: usize) -> Result<(), PositionError> {
-        Ok(())
-    }
-    fn rotate(&self, _: &mut [T], _: usize, _: usize, _: usize) {}
-    fn alibi(&self) -> Option<Alibi> {
-        None
-    }
 }
 
 impl<const HEAD_DIM: usize, const MAX_POS: usize, T> sealed::Sealed for Rope<HEAD_DIM, MAX_POS, T> {}
@@ -376,18 +376,11 @@ impl<const HD: usize, const MAX_POS: usize, T: Float> PositionEncoding<T> for Ro
     fn rotate(&self, buf: &mut [T], s: usize, heads: usize, first: usize) {
         self.rotate_heads(buf, s, heads, first);
     }
-    fn alibi(&self) -> Option<Alibi> {
-        None
-    }
 }
 
 impl sealed::Sealed for Alibi {}
 impl<T: Float> PositionEncoding<T> for Alibi {
     const HEAD_DIM: usize = 0;
-    fn check(&self, _: usize, _: usize) -> Result<(), PositionError> {
-        Ok(())
-    }
-    fn rotate(&self, _: &mut [T], _: usize, _: usize, _: usize) {}
     fn alibi(&self) -> Option<Alibi> {
         Some(*self)
     }
