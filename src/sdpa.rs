@@ -289,7 +289,8 @@ pub fn grouped_query_attention<
 
 /// [`grouped_query_attention`] writing into caller-owned outputs; beyond them it needs the
 /// kernel's block state on the stack (as [`scaled_dot_product_attention_into`]). With `std`,
-/// `heap::zeros_array` allocates arrays of heads on the heap.
+/// [`crate::heap::zeroed`] allocates an array of heads on the heap
+/// (`Box<[SMatrix<f32, SQ, DV>; HEADS]>`).
 pub fn grouped_query_attention_into<
     const SQ: usize,
     const SKV: usize,

@@ -1,13 +1,14 @@
 //! Property tests of the layers (`MultiHead`, `SelfAttention`): invariants checked on random
-//! inputs, random masks and random layers, over several const shapes (odd ones included, and shapes on both sides of the
-//! streaming kernel's query block of 8).
+//! inputs, random masks and random layers, over several const shapes (odd ones included, and
+//! shapes on both sides of the streaming kernel's query block of 8).
 //!
 //! Inputs are uniform in [-2, 2]. Layers come from a seed drawn by proptest: either PyTorch's
-//! initialisation (`MultiHead::new` / `new_without_bias`) or random `Linear`s with non-zero
-//! biases built with `MultiHead::from_parts`. Masks are random combinations of a structural
-//! pattern (full, causal, sliding window, both alignments), a matrix mask (`attend_where`,
-//! `block_where` or `additive` with `-inf`/NaN entries) and a key-padding vector. Which keys a
-//! mask allows is computed here independently from docs/SEMANTICS.md, not through `Mask::allows`.
+//! initialisation (`MultiHead::new` with `Bias::Present` or `Bias::Absent`) or random `Linear`s
+//! with non-zero biases built with `MultiHead::from_parts`. Masks are random combinations of a
+//! structural pattern (full, causal, sliding window, both alignments), a matrix mask
+//! (`attend_where`, `block_where` or `additive` with `-inf`/NaN entries) and a key-padding vector.
+//! Which keys a mask allows is computed here independently from docs/SEMANTICS.md, not through
+//! `Mask::allows`.
 //!
 //! Tolerances (docs/SEMANTICS.md "Accuracy"): f32 against an f64 oracle `1e-5 + 1e-5·|ref|`, fast f64
 //! against `reference` `1e-12 + 1e-12·|ref|`, streaming against weights path `2e-6`. Properties
@@ -324,7 +325,8 @@ fn mha_cross_precision<const S: usize, const D: usize, const H: usize, const M: 
 }
 
 /// Property 8: Cross-attention of a sequence with itself is self-attention, bit for bit, through
-/// every entry point (`cross_attention`, `attend` with a reused scratch, `forward_boxed`).
+/// every entry point (`cross_attention`, `attend` with a reused scratch, `forward_into` on
+/// heap buffers).
 fn mha_cross_is_self<const S: usize, const D: usize, const H: usize>(
     layer: &MultiHead<S, D, H>,
     x: &SMatrix<f32, S, D>,
