@@ -197,30 +197,37 @@ impl ExpConstants for f64 {
 
 /// The methods of a [`Simd`] implementation that are one intrinsic each, written once for
 /// every instruction set: `splat`, `load`, `store`, the lane-wise arithmetic and comparisons
-/// named in `ops` and `cmps`, and `fma` (`a · b + c`, the intrinsic's arguments in that order).
+/// named in `ops` and `cmps`, and `fma` when its intrinsic takes `a · b + c` in that order;
+/// then, as `name: |args| body`, those whose intrinsic takes its operands in another order or
+/// needs more than the operands (`fma`, `max`, `select`, `keep`, `and`, `and_not`, `all`,
+/// `round`, `reduce_add`, `broadcast`: the arguments in the trait's order).
 ///
-/// Every `unsafe` block calls one intrinsic of the implementation's instruction set, which is
-/// sound because `self` is the token proving the CPU runs it; `load` and `store` rely besides
-/// on their callers' `# Safety` contracts (`LANES` readable or writable elements at `p`).
+/// Every `unsafe` block calls intrinsics of the implementation's instruction set, which is
+/// sound because `self` is the token proving the CPU runs it; `load`, `store` and `broadcast`
+/// rely besides on their callers' `# Safety` contracts (`LANES` readable or writable elements
+/// at `p`, or one readable element).
 macro_rules! one_intrinsic_each {
     (
         splat: $splat:path,
         load: $load:path,
         store: $store:path,
-        fma: $fma:path,
+        $(fma: $fma:path,)?
         ops: [$($op:ident: $f:path),* $(,)?],
-        cmps: [$($cmp:ident: $g:path),* $(,)?] $(,)?
+        cmps: [$($cmp:ident: $g:path),* $(,)?],
+        $($method:ident: |$($arg:ident),*| $body:expr),* $(,)?
     ) => {
         #[inline(always)]
         fn splat(self, x: Self::E) -> Self::V {
             // SAFETY: the token proves the instruction set (see the macro's docs).
             unsafe { $splat(x) }
         }
-        #[inline(always)]
-        fn fma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V {
-            // SAFETY: the token proves the instruction set.
-            unsafe { $fma(a, b, c) }
-        }
+        $(
+            #[inline(always)]
+            fn fma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+                // SAFETY: the token proves the instruction set.
+                unsafe { $fma(a, b, c) }
+            }
+        )?
         $(
             #[inline(always)]
             fn $op(self, a: Self::V, b: Self::V) -> Self::V {
@@ -246,6 +253,64 @@ macro_rules! one_intrinsic_each {
             // SAFETY: the token proves the instruction set; the caller guarantees `LANES`
             // writable elements at `p`.
             unsafe { $store(p, v) }
+        }
+        $($crate::kernels::simd::one_intrinsic_each!(@$method [$($arg),*] $body);)*
+    };
+    // The signatures of the methods written as `name: |args| body`.
+    (@fma [$a:ident, $b:ident, $c:ident] $body:expr) => {
+        $crate::kernels::simd::one_intrinsic_each!(
+            @fn fma($a: Self::V, $b: Self::V, $c: Self::V) -> Self::V = $body
+        );
+    };
+    (@max [$a:ident, $b:ident] $body:expr) => {
+        $crate::kernels::simd::one_intrinsic_each!(
+            @fn max($a: Self::V, $b: Self::V) -> Self::V = $body
+        );
+    };
+    (@select [$m:ident, $a:ident, $b:ident] $body:expr) => {
+        $crate::kernels::simd::one_intrinsic_each!(
+            @fn select($m: Self::M, $a: Self::V, $b: Self::V) -> Self::V = $body
+        );
+    };
+    (@keep [$a:ident, $m:ident] $body:expr) => {
+        $crate::kernels::simd::one_intrinsic_each!(
+            @fn keep($a: Self::V, $m: Self::M) -> Self::V = $body
+        );
+    };
+    (@and [$a:ident, $b:ident] $body:expr) => {
+        $crate::kernels::simd::one_intrinsic_each!(
+            @fn and($a: Self::M, $b: Self::M) -> Self::M = $body
+        );
+    };
+    (@and_not [$a:ident, $b:ident] $body:expr) => {
+        $crate::kernels::simd::one_intrinsic_each!(
+            @fn and_not($a: Self::M, $b: Self::M) -> Self::M = $body
+        );
+    };
+    (@all [$m:ident] $body:expr) => {
+        $crate::kernels::simd::one_intrinsic_each!(@fn all($m: Self::M) -> bool = $body);
+    };
+    (@round [$v:ident] $body:expr) => {
+        $crate::kernels::simd::one_intrinsic_each!(@fn round($v: Self::V) -> Self::V = $body);
+    };
+    (@reduce_add [$v:ident] $body:expr) => {
+        $crate::kernels::simd::one_intrinsic_each!(
+            @fn reduce_add($v: Self::V) -> Self::E = $body
+        );
+    };
+    (@broadcast [$p:ident] $body:expr) => {
+        #[inline(always)]
+        unsafe fn broadcast(self, $p: *const Self::E) -> Self::V {
+            // SAFETY: the token proves the instruction set; the caller guarantees `p` is
+            // readable.
+            unsafe { $body }
+        }
+    };
+    (@fn $name:ident($($p:ident: $t:ty),*) -> $r:ty = $body:expr) => {
+        #[inline(always)]
+        fn $name(self, $($p: $t),*) -> $r {
+            // SAFETY: the token proves the instruction set.
+            unsafe { $body }
         }
     };
 }

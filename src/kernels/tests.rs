@@ -165,6 +165,12 @@ fn masks(sq: usize, skv: usize, seed: u64) -> Vec<MaskData> {
     ]
 }
 
+/// What [`run`] returns: the streaming outputs, the weights path's outputs, and the weights.
+type Outputs<T> = [Vec<T>; 3];
+
+/// The names of [`Outputs`]' parts, for the messages.
+const PATHS: [&str; 3] = ["streaming", "weights path", "weights"];
+
 /// Streaming and weights-path outputs of one kernel (and the weights), the queries read
 /// from one buffer and the outputs written to another.
 fn run<T: Float>(
@@ -173,7 +179,19 @@ fn run<T: Float>(
     dims: Dims,
     scale: T,
     mask: &MaskView<'_, T>,
-) -> (Vec<T>, Vec<T>, Vec<T>) {
+) -> Outputs<T> {
+    run_io(kernel, inputs, dims, scale, mask, false)
+}
+
+/// [`run`], or with `in_place` each output written over its query (`dk == dv`).
+fn run_io<T: Float>(
+    kernel: Kernel,
+    inputs: (&[T], &[T], &[T]),
+    dims: Dims,
+    scale: T,
+    mask: &MaskView<'_, T>,
+    in_place: bool,
+) -> Outputs<T> {
     let (q, k, v) = inputs;
     let t = table::<T>(kernel);
     assert_eq!(t.kernel(), kernel, "the kernel runs here");
@@ -184,39 +202,43 @@ fn run<T: Float>(
         scale,
         mask,
     };
-    let mut out = std::vec![T::NAN; dims.sq * dims.dv];
-    let mut out_w = std::vec![T::NAN; dims.sq * dims.dv];
+    let start = if in_place {
+        q.to_vec()
+    } else {
+        std::vec![T::NAN; dims.sq * dims.dv]
+    };
+    let (mut out, mut out_w) = (start.clone(), start);
     let mut w = std::vec![T::NAN; dims.sq * dims.skv];
     let mut work: std::boxed::Box<Work<T, 80>> = bytemuck::zeroed_box();
-    t.attention(QueryIo::Separate { q, out: &mut out }, &p, work.parts());
-    t.attention_with_weights(QueryIo::Separate { q, out: &mut out_w }, &p, &mut w);
-    (out, out_w, w)
+    if in_place {
+        t.attention(QueryIo::InPlace(&mut out), &p, work.parts());
+        t.attention_with_weights(QueryIo::InPlace(&mut out_w), &p, &mut w);
+    } else {
+        t.attention(QueryIo::Separate { q, out: &mut out }, &p, work.parts());
+        t.attention_with_weights(QueryIo::Separate { q, out: &mut out_w }, &p, &mut w);
+    }
+    [out, out_w, w]
 }
 
-/// [`run`] with each output written over its query (`dk == dv`).
-fn run_in_place<T: Float>(
-    kernel: Kernel,
-    inputs: (&[T], &[T], &[T]),
-    dims: Dims,
-    scale: T,
-    mask: &MaskView<'_, T>,
-) -> (Vec<T>, Vec<T>, Vec<T>) {
-    let (q, k, v) = inputs;
-    let t = table::<T>(kernel);
-    let p = Problem {
-        k,
-        v,
-        dims,
-        scale,
-        mask,
-    };
-    let mut out = q.to_vec();
-    let mut out_w = q.to_vec();
-    let mut w = std::vec![T::NAN; dims.sq * dims.skv];
-    let mut work: std::boxed::Box<Work<T, 80>> = bytemuck::zeroed_box();
-    t.attention(QueryIo::InPlace(&mut out), &p, work.parts());
-    t.attention_with_weights(QueryIo::InPlace(&mut out_w), &p, &mut w);
-    (out, out_w, w)
+/// Queries, keys and values (`sq × dk`, `skv × dk`, `skv × dv`) in `f32`, uniform in
+/// `[−1, 1]`, from seeds `seed`, `seed + 1` and `seed + 2`.
+fn qkv_f32(seed: u64, sq: usize, skv: usize, dk: usize, dv: usize) -> [Vec<f32>; 3] {
+    [
+        cast(&values(seed, sq * dk, 1.0)),
+        cast(&values(seed + 1, skv * dk, 1.0)),
+        cast(&values(seed + 2, skv * dv, 1.0)),
+    ]
+}
+
+fn bits(x: &[f32]) -> Vec<u32> {
+    x.iter().map(|v| v.to_bits()).collect()
+}
+
+/// Each of `got` bit for bit its part of `want` (the parts named by [`PATHS`]).
+fn assert_same_bits(what: &str, got: &[Vec<f32>], want: &[Vec<f32>]) {
+    for ((path, g), w) in PATHS.iter().zip(got).zip(want) {
+        assert_eq!(bits(g), bits(w), "{what}: {path}");
+    }
 }
 
 fn max_abs_diff<T: Float, U: Float>(a: &[T], b: &[U]) -> f64 {
@@ -339,44 +361,18 @@ fn attention_kernels_match_the_scalar_kernel_and_the_oracle() {
                     let logit = scale_in * scale_in * (dk as f64).sqrt();
                     let widen = 1.0 + logit / 4.0;
                     let paths = 2e-6 * widen;
+                    for (path, (f, sl)) in PATHS.iter().zip(fast.iter().zip(&slow)) {
+                        let diff = max_abs_diff(f, sl);
+                        assert!(diff <= paths, "{what}: {path} vs scalar {diff:e}");
+                    }
                     assert!(
-                        max_abs_diff(&fast.0, &slow.0) <= paths,
-                        "{what}: streaming vs scalar {:e}",
-                        max_abs_diff(&fast.0, &slow.0)
-                    );
-                    assert!(
-                        max_abs_diff(&fast.1, &slow.1) <= paths,
-                        "{what}: weights path vs scalar"
-                    );
-                    assert!(
-                        max_abs_diff(&fast.2, &slow.2) <= paths,
-                        "{what}: weights vs scalar"
-                    );
-                    assert!(
-                        max_abs_diff(&fast.0, &fast.1) <= paths,
+                        max_abs_diff(&fast[0], &fast[1]) <= paths,
                         "{what}: streaming vs weights path"
                     );
-                    assert_close(
-                        &format!("{what}: streaming vs oracle"),
-                        &fast.0,
-                        &oracle.0,
-                        1e-5 * widen,
-                        1e-5,
-                    );
-                    assert_close(
-                        &format!("{what}: weights path vs oracle"),
-                        &fast.1,
-                        &oracle.1,
-                        1e-5 * widen,
-                        1e-5,
-                    );
-                    assert_close(
-                        &format!("{what}: weights vs oracle"),
-                        &fast.2,
-                        &oracle.2,
-                        1e-5 * widen,
-                        1e-5,
-                    );
+                    for (path, (f, o)) in PATHS.iter().zip(fast.iter().zip(&oracle)) {
+                        let what = format!("{what}: {path} vs oracle");
+                        assert_close(&what, f, o, 1e-5 * widen, 1e-5);
+                    }
                     // f64: fast and scalar agree to 1e-12.
                     let fast64 = run(
                         kernel,
@@ -386,18 +382,9 @@ fn attention_kernels_match_the_scalar_kernel_and_the_oracle() {
                         &mask64,
                     );
                     let tol64 = 1e-12 * widen;
-                    assert!(
-                        max_abs_diff(&fast64.0, &oracle.0) <= tol64,
-                        "{what}: f64 streaming"
-                    );
-                    assert!(
-                        max_abs_diff(&fast64.1, &oracle.1) <= tol64,
-                        "{what}: f64 weights path"
-                    );
-                    assert!(
-                        max_abs_diff(&fast64.2, &oracle.2) <= tol64,
-                        "{what}: f64 weights"
-                    );
+                    for (path, (f, o)) in PATHS.iter().zip(fast64.iter().zip(&oracle)) {
+                        assert!(max_abs_diff(f, o) <= tol64, "{what}: f64 {path}");
+                    }
                 }
             }
         }
@@ -416,9 +403,7 @@ fn masked_non_finite_values_stay_out_bit_for_bit() {
         };
         for &(sq, skv, dk, dv) in shapes {
             let dims = Dims::new(sq, skv, dk, dv);
-            let q = cast::<f32>(&values(1, sq * dk, 1.0));
-            let k = cast::<f32>(&values(2, skv * dk, 1.0));
-            let v = cast::<f32>(&values(3, skv * dv, 1.0));
+            let [q, k, v] = qkv_f32(1, sq, skv, dk, dv);
             let pad: Vec<bool> = (0..skv).map(|j| j % 4 == 1).collect();
             let md = MaskData {
                 pattern: Pattern::Causal(Alignment::BottomRight),
@@ -437,19 +422,9 @@ fn masked_non_finite_values_stay_out_bit_for_bit() {
             }
             let clean = run(kernel, (&q, &k, &v), dims, 0.5, &mask);
             let dirty = run(kernel, (&q, &k, &poisoned), dims, 0.5, &mask);
-            let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-            assert_eq!(
-                bits(&clean.0),
-                bits(&dirty.0),
-                "{} streaming {sq}×{skv}",
-                kernel.name()
-            );
-            assert_eq!(
-                bits(&clean.1),
-                bits(&dirty.1),
-                "{} weights path {sq}×{skv}",
-                kernel.name()
-            );
+            // Both paths' outputs.
+            let what = format!("{} {sq}×{skv}", kernel.name());
+            assert_same_bits(&what, &dirty[..2], &clean[..2]);
         }
     }
 }
@@ -471,9 +446,7 @@ fn keys_and_values_read_through_a_stride() {
         };
         for &(sq, skv, dk, dv) in shapes {
             let ld = skv + 13;
-            let q = cast::<f32>(&values(1, sq * dk, 1.0));
-            let k = cast::<f32>(&values(2, skv * dk, 1.0));
-            let v = cast::<f32>(&values(3, skv * dv, 1.0));
+            let [q, k, v] = qkv_f32(1, sq, skv, dk, dv);
             let strided = |x: &[f32], width: usize| {
                 let mut t = std::vec![f32::NAN; ld * width];
                 for c in 0..width {
@@ -491,15 +464,7 @@ fn keys_and_values_read_through_a_stride() {
                     ..Dims::new(sq, skv, dk, dv)
                 };
                 let got = run(kernel, (&q, &ks, &vs), dims, 0.5, &mask);
-                let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&got.0), bits(&dense.0), "{} streaming", kernel.name());
-                assert_eq!(
-                    bits(&got.1),
-                    bits(&dense.1),
-                    "{} weights path",
-                    kernel.name()
-                );
-                assert_eq!(bits(&got.2), bits(&dense.2), "{} weights", kernel.name());
+                assert_same_bits(kernel.name(), &got, &dense);
             }
         }
     }
@@ -561,55 +526,50 @@ fn linear_kernels_match_the_scalar_kernel() {
                     }
                 }
                 for pack_cols in [1, 7, din] {
-                    let (x32, w32, b32) = (cast::<f32>(&x), cast::<f32>(&w), cast::<f32>(&b));
-                    let mut got = std::vec![f32::NAN; s * dout];
-                    let mut pack = std::vec![0.0f32; PANEL_ROWS * pack_cols];
-                    table::<f32>(kernel).linear(
-                        LinearIo::Out {
-                            x: &x32,
-                            out: &mut got,
-                        },
-                        s,
-                        din,
-                        &w32,
-                        dout,
-                        &b32,
-                        &mut pack,
+                    let what = format!("{} {s}×{din}→{dout} pack {pack_cols}", kernel.name());
+                    let (ins, shape, want) = (
+                        (&x[..], &w[..], &b[..]),
+                        (s, din, dout),
+                        (&exact[..], &size[..]),
                     );
-                    for (i, (&g, (&e, &m))) in got.iter().zip(exact.iter().zip(&size)).enumerate() {
-                        let tol = f64::from(f32::EPSILON) * (din as f64 + 2.0) * m;
-                        assert!(
-                            (f64::from(g) - e).abs() <= tol,
-                            "{} {s}×{din}→{dout} pack {pack_cols}: {i}",
-                            kernel.name()
-                        );
-                    }
-                    let mut got64 = std::vec![f64::NAN; s * dout];
-                    let mut pack64 = std::vec![0.0f64; PANEL_ROWS * pack_cols];
-                    table::<f64>(kernel).linear(
-                        LinearIo::Out {
-                            x: &x,
-                            out: &mut got64,
-                        },
-                        s,
-                        din,
-                        &w,
-                        dout,
-                        &b,
-                        &mut pack64,
-                    );
-                    for (i, (&g, (&e, &m))) in got64.iter().zip(exact.iter().zip(&size)).enumerate()
-                    {
-                        let tol = f64::EPSILON * (din as f64 + 2.0) * m;
-                        assert!(
-                            (g - e).abs() <= tol,
-                            "{} f64 {s}×{din}→{dout}: {i}",
-                            kernel.name()
-                        );
-                    }
+                    check_linear::<f32>(kernel, ins, shape, pack_cols, want, &what);
+                    check_linear::<f64>(kernel, ins, shape, pack_cols, want, &what);
                 }
             }
         }
+    }
+}
+
+/// The projection of `s` tokens `x` by weights `w` (`dout × din`, tile layout) and bias `b`
+/// in `T` through `kernel`'s table, packed `pack_cols` input features at a time: each output
+/// within `T::EPSILON · (din + 2) · size` of `exact` (`size` bounds the terms' magnitudes).
+fn check_linear<T: Float>(
+    kernel: Kernel,
+    (x, w, b): (&[f64], &[f64], &[f64]),
+    (s, din, dout): (usize, usize, usize),
+    pack_cols: usize,
+    (exact, size): (&[f64], &[f64]),
+    what: &str,
+) {
+    let (x, w, b) = (cast::<T>(x), cast::<T>(w), cast::<T>(b));
+    let mut got = std::vec![T::NAN; s * dout];
+    let mut pack = std::vec![T::ZERO; PANEL_ROWS * pack_cols];
+    table::<T>(kernel).linear(
+        LinearIo::Out {
+            x: &x,
+            out: &mut got,
+        },
+        s,
+        din,
+        &w,
+        dout,
+        &b,
+        &mut pack,
+    );
+    for (i, (&g, (&e, &m))) in got.iter().zip(exact.iter().zip(size)).enumerate() {
+        let tol = T::EPSILON.to_f64() * (din as f64 + 2.0) * m;
+        let ty = core::any::type_name::<T>();
+        assert!((g.to_f64() - e).abs() <= tol, "{what} {ty}: {i}");
     }
 }
 
@@ -679,19 +639,14 @@ fn outputs_replace_their_queries_bit_for_bit() {
         };
         for &(sq, skv, d) in shapes {
             let dims = Dims::new(sq, skv, d, d);
-            let q = cast::<f32>(&values(11, sq * d, 1.0));
-            let k = cast::<f32>(&values(12, skv * d, 1.0));
-            let v = cast::<f32>(&values(13, skv * d, 1.0));
+            let [q, k, v] = qkv_f32(11, sq, skv, d, d);
             for (m, md) in some_masks(sq, skv, 3).iter().enumerate() {
                 let add = md.additive.as_ref().map(|a| cast::<f32>(a));
                 let mask = md.view(sq, skv, &add);
                 let separate = run(kernel, (&q, &k, &v), dims, 0.5, &mask);
-                let in_place = run_in_place(kernel, (&q, &k, &v), dims, 0.5, &mask);
-                let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                let in_place = run_io(kernel, (&q, &k, &v), dims, 0.5, &mask, true);
                 let what = format!("{} {sq}×{skv}×{d} mask {m}", kernel.name());
-                assert_eq!(bits(&in_place.0), bits(&separate.0), "{what}: streaming");
-                assert_eq!(bits(&in_place.1), bits(&separate.1), "{what}: weights path");
-                assert_eq!(bits(&in_place.2), bits(&separate.2), "{what}: weights");
+                assert_same_bits(&what, &in_place, &separate);
             }
         }
     }
@@ -711,9 +666,7 @@ fn queries_read_through_a_stride() {
         for &(sq, skv, d) in shapes {
             let ld = sq + 5;
             let dims = Dims::new(sq, skv, d, d);
-            let q = cast::<f32>(&values(21, sq * d, 1.0));
-            let k = cast::<f32>(&values(22, skv * d, 1.0));
-            let v = cast::<f32>(&values(23, skv * d, 1.0));
+            let [q, k, v] = qkv_f32(21, sq, skv, d, d);
             let mut strided = std::vec![-7.0f32; ld * d];
             for c in 0..d {
                 strided[c * ld..c * ld + sq].copy_from_slice(&q[c * sq..(c + 1) * sq]);
@@ -735,7 +688,7 @@ fn queries_read_through_a_stride() {
                 for c in 0..d {
                     for i in 0..ld {
                         let got = buf[c * ld + i];
-                        let want = if i < sq { dense.0[c * sq + i] } else { -7.0 };
+                        let want = if i < sq { dense[0][c * sq + i] } else { -7.0 };
                         assert_eq!(
                             got.to_bits(),
                             want.to_bits(),
@@ -763,7 +716,7 @@ fn huge_values_are_rescaled_not_overflowed() {
                 .map(|i| f32::MAX * if i % 3 == 0 { 0.9 } else { 0.8 })
                 .collect();
             let mask = MaskView::structural(Pattern::Full, sq, skv);
-            let (out, _, _) = run(kernel, (&q, &k, &v), dims, 1.0, &mask);
+            let [out, _, _] = run(kernel, (&q, &k, &v), dims, 1.0, &mask);
             for e in 0..d {
                 let mean: f64 =
                     (0..skv).map(|j| f64::from(v[j + e * skv])).sum::<f64>() / skv as f64;

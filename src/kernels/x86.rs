@@ -15,7 +15,6 @@
 use core::arch::x86_64::*;
 use core::sync::atomic::{AtomicU8, Ordering};
 
-use super::args::{LinearIo, Problem, QueryIo, WorkRef};
 use super::simd::{Simd, one_intrinsic_each};
 use super::table::{Table, widen_f16_portable};
 use super::{Kernel, vector};
@@ -145,10 +144,28 @@ pub(crate) struct Avx512F32(Avx512);
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Avx512F64(Avx512);
 
-// Every `unsafe` block in the four `impl`s below calls intrinsics of the implementation's
-// instruction set, which are sound to execute exactly when the CPU supports it: `self` holds
-// the token, which exists only where it does. The loads and stores additionally rely on
-// their own `# Safety` contracts (the caller's pointers).
+// Every `unsafe` block in the four `impl`s below (and in `one_intrinsic_each!`) calls
+// intrinsics of the implementation's instruction set, which are sound to execute exactly when
+// the CPU supports it: `self` holds the token, which exists only where it does. The loads and
+// stores additionally rely on their own `# Safety` contracts (the caller's pointers).
+
+/// `and`, `and_not` and `all` of the AVX-512 implementations: plain logic on the mask's bits.
+macro_rules! mask_bit_logic {
+    () => {
+        #[inline(always)]
+        fn and(self, a: Self::M, b: Self::M) -> Self::M {
+            a & b
+        }
+        #[inline(always)]
+        fn and_not(self, a: Self::M, b: Self::M) -> Self::M {
+            a & !b
+        }
+        #[inline(always)]
+        fn all(self, m: Self::M) -> bool {
+            m == <Self::M>::MAX
+        }
+    };
+}
 
 impl Simd for Avx2F32 {
     type E = f32;
@@ -167,27 +184,13 @@ impl Simd for Avx2F32 {
             max: _mm256_max_ps, keep: _mm256_and_ps, and: _mm256_and_ps],
         cmps: [lt: _mm256_cmp_ps::<_CMP_LT_OQ>, ge: _mm256_cmp_ps::<_CMP_GE_OQ>,
             eq: _mm256_cmp_ps::<_CMP_EQ_OQ>],
-    }
-    #[inline(always)]
-    fn select(self, m: __m256, a: __m256, b: __m256) -> __m256 {
-        // SAFETY: AVX, proven by the token. BLENDVPS takes the second operand where the mask
-        // is set.
-        unsafe { _mm256_blendv_ps(b, a, m) }
-    }
-    #[inline(always)]
-    fn and_not(self, a: __m256, b: __m256) -> __m256 {
-        // SAFETY: AVX, proven by the token. ANDNPS computes (not first) and second.
-        unsafe { _mm256_andnot_ps(b, a) }
-    }
-    #[inline(always)]
-    fn all(self, m: __m256) -> bool {
-        // SAFETY: AVX, proven by the token.
-        unsafe { _mm256_movemask_ps(m) == 0xff }
-    }
-    #[inline(always)]
-    fn round(self, v: __m256) -> __m256 {
-        // SAFETY: AVX, proven by the token.
-        unsafe { _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v) }
+        // BLENDVPS takes the second operand where the mask is set.
+        select: |m, a, b| _mm256_blendv_ps(b, a, m),
+        // ANDNPS computes (not first) and second.
+        and_not: |a, b| _mm256_andnot_ps(b, a),
+        all: |m| _mm256_movemask_ps(m) == 0xff,
+        round: |v| _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v),
+        broadcast: |p| _mm256_broadcast_ss(&*p),
     }
     #[inline(always)]
     fn pow2(self, n: __m256) -> __m256 {
@@ -221,11 +224,6 @@ impl Simd for Avx2F32 {
         }
     }
     #[inline(always)]
-    unsafe fn broadcast(self, p: *const f32) -> __m256 {
-        // SAFETY: AVX (token); the caller guarantees `p` is readable.
-        unsafe { _mm256_broadcast_ss(&*p) }
-    }
-    #[inline(always)]
     unsafe fn load_bools(self, p: *const bool) -> __m256 {
         // SAFETY: AVX2 (token); the caller guarantees 8 readable bytes at `p`. Booleans are 0
         // or 1, widened to 32-bit lanes and compared with 0.
@@ -253,26 +251,11 @@ impl Simd for Avx2F64 {
             max: _mm256_max_pd, keep: _mm256_and_pd, and: _mm256_and_pd],
         cmps: [lt: _mm256_cmp_pd::<_CMP_LT_OQ>, ge: _mm256_cmp_pd::<_CMP_GE_OQ>,
             eq: _mm256_cmp_pd::<_CMP_EQ_OQ>],
-    }
-    #[inline(always)]
-    fn select(self, m: __m256d, a: __m256d, b: __m256d) -> __m256d {
-        // SAFETY: AVX, proven by the token.
-        unsafe { _mm256_blendv_pd(b, a, m) }
-    }
-    #[inline(always)]
-    fn and_not(self, a: __m256d, b: __m256d) -> __m256d {
-        // SAFETY: AVX, proven by the token.
-        unsafe { _mm256_andnot_pd(b, a) }
-    }
-    #[inline(always)]
-    fn all(self, m: __m256d) -> bool {
-        // SAFETY: AVX, proven by the token.
-        unsafe { _mm256_movemask_pd(m) == 0xf }
-    }
-    #[inline(always)]
-    fn round(self, v: __m256d) -> __m256d {
-        // SAFETY: AVX, proven by the token.
-        unsafe { _mm256_round_pd::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v) }
+        select: |m, a, b| _mm256_blendv_pd(b, a, m),
+        and_not: |a, b| _mm256_andnot_pd(b, a),
+        all: |m| _mm256_movemask_pd(m) == 0xf,
+        round: |v| _mm256_round_pd::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v),
+        broadcast: |p| _mm256_broadcast_sd(&*p),
     }
     #[inline(always)]
     fn pow2(self, n: __m256d) -> __m256d {
@@ -307,11 +290,6 @@ impl Simd for Avx2F64 {
         }
     }
     #[inline(always)]
-    unsafe fn broadcast(self, p: *const f64) -> __m256d {
-        // SAFETY: AVX (token); the caller guarantees `p` is readable.
-        unsafe { _mm256_broadcast_sd(&*p) }
-    }
-    #[inline(always)]
     unsafe fn load_bools(self, p: *const bool) -> __m256d {
         // SAFETY: AVX2 (token); the caller guarantees 4 readable bytes at `p`.
         unsafe {
@@ -342,35 +320,14 @@ impl Simd for Avx512F32 {
             max: _mm512_max_ps],
         cmps: [lt: _mm512_cmp_ps_mask::<_CMP_LT_OQ>, ge: _mm512_cmp_ps_mask::<_CMP_GE_OQ>,
             eq: _mm512_cmp_ps_mask::<_CMP_EQ_OQ>],
+        // The blend takes the second operand where the mask is set.
+        select: |m, a, b| _mm512_mask_blend_ps(m, b, a),
+        keep: |a, m| _mm512_maskz_mov_ps(m, a),
+        round: |v| _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v),
+        reduce_add: |v| _mm512_reduce_add_ps(v),
+        broadcast: |p| _mm512_set1_ps(*p),
     }
-    #[inline(always)]
-    fn select(self, m: __mmask16, a: __m512, b: __m512) -> __m512 {
-        // SAFETY: AVX-512F, proven by the token. The blend takes the second operand where the
-        // mask is set.
-        unsafe { _mm512_mask_blend_ps(m, b, a) }
-    }
-    #[inline(always)]
-    fn keep(self, a: __m512, m: __mmask16) -> __m512 {
-        // SAFETY: AVX-512F, proven by the token.
-        unsafe { _mm512_maskz_mov_ps(m, a) }
-    }
-    #[inline(always)]
-    fn and(self, a: __mmask16, b: __mmask16) -> __mmask16 {
-        a & b
-    }
-    #[inline(always)]
-    fn and_not(self, a: __mmask16, b: __mmask16) -> __mmask16 {
-        a & !b
-    }
-    #[inline(always)]
-    fn all(self, m: __mmask16) -> bool {
-        m == 0xffff
-    }
-    #[inline(always)]
-    fn round(self, v: __m512) -> __m512 {
-        // SAFETY: AVX-512F, proven by the token.
-        unsafe { _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v) }
-    }
+    mask_bit_logic!();
     #[inline(always)]
     fn pow2(self, n: __m512) -> __m512 {
         // SAFETY: AVX-512F, proven by the token.
@@ -382,22 +339,12 @@ impl Simd for Avx512F32 {
         }
     }
     #[inline(always)]
-    fn reduce_add(self, v: __m512) -> f32 {
-        // SAFETY: AVX-512F, proven by the token.
-        unsafe { _mm512_reduce_add_ps(v) }
-    }
-    #[inline(always)]
     unsafe fn load_partial(self, p: *const f32, n: usize) -> __m512 {
         debug_assert!(n <= 16);
         let mask = ((1u32 << n) - 1) as __mmask16;
         // SAFETY: AVX-512F (token). A masked load reads only the first `n` lanes (no fault
         // on the others), which the caller guarantees readable.
         unsafe { _mm512_maskz_loadu_ps(mask, p) }
-    }
-    #[inline(always)]
-    unsafe fn broadcast(self, p: *const f32) -> __m512 {
-        // SAFETY: AVX-512F (token); the caller guarantees `p` is readable.
-        unsafe { _mm512_set1_ps(*p) }
     }
     #[inline(always)]
     unsafe fn load_bools(self, p: *const bool) -> __mmask16 {
@@ -426,34 +373,13 @@ impl Simd for Avx512F64 {
             max: _mm512_max_pd],
         cmps: [lt: _mm512_cmp_pd_mask::<_CMP_LT_OQ>, ge: _mm512_cmp_pd_mask::<_CMP_GE_OQ>,
             eq: _mm512_cmp_pd_mask::<_CMP_EQ_OQ>],
+        select: |m, a, b| _mm512_mask_blend_pd(m, b, a),
+        keep: |a, m| _mm512_maskz_mov_pd(m, a),
+        round: |v| _mm512_roundscale_pd::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v),
+        reduce_add: |v| _mm512_reduce_add_pd(v),
+        broadcast: |p| _mm512_set1_pd(*p),
     }
-    #[inline(always)]
-    fn select(self, m: __mmask8, a: __m512d, b: __m512d) -> __m512d {
-        // SAFETY: AVX-512F, proven by the token.
-        unsafe { _mm512_mask_blend_pd(m, b, a) }
-    }
-    #[inline(always)]
-    fn keep(self, a: __m512d, m: __mmask8) -> __m512d {
-        // SAFETY: AVX-512F, proven by the token.
-        unsafe { _mm512_maskz_mov_pd(m, a) }
-    }
-    #[inline(always)]
-    fn and(self, a: __mmask8, b: __mmask8) -> __mmask8 {
-        a & b
-    }
-    #[inline(always)]
-    fn and_not(self, a: __mmask8, b: __mmask8) -> __mmask8 {
-        a & !b
-    }
-    #[inline(always)]
-    fn all(self, m: __mmask8) -> bool {
-        m == 0xff
-    }
-    #[inline(always)]
-    fn round(self, v: __m512d) -> __m512d {
-        // SAFETY: AVX-512F, proven by the token.
-        unsafe { _mm512_roundscale_pd::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v) }
-    }
+    mask_bit_logic!();
     #[inline(always)]
     fn pow2(self, n: __m512d) -> __m512d {
         // As `Avx2F64::pow2`: 8 × i32, widened.
@@ -467,22 +393,12 @@ impl Simd for Avx512F64 {
         }
     }
     #[inline(always)]
-    fn reduce_add(self, v: __m512d) -> f64 {
-        // SAFETY: AVX-512F, proven by the token.
-        unsafe { _mm512_reduce_add_pd(v) }
-    }
-    #[inline(always)]
     unsafe fn load_partial(self, p: *const f64, n: usize) -> __m512d {
         debug_assert!(n <= 8);
         let mask = ((1u32 << n) - 1) as __mmask8;
         // SAFETY: AVX-512F (token). A masked load reads only the first `n` lanes (no fault
         // on the others), which the caller guarantees readable.
         unsafe { _mm512_maskz_loadu_pd(mask, p) }
-    }
-    #[inline(always)]
-    unsafe fn broadcast(self, p: *const f64) -> __m512d {
-        // SAFETY: AVX-512F (token); the caller guarantees `p` is readable.
-        unsafe { _mm512_set1_pd(*p) }
     }
     #[inline(always)]
     unsafe fn load_bools(self, p: *const bool) -> __mmask8 {
@@ -496,96 +412,28 @@ impl Simd for Avx512F64 {
 
 // ---- Kernel entry points and tables -------------------------------------------------------
 //
-// Each table's functions are the generic kernels compiled with its instruction set enabled.
-// They are safe `#[target_feature]` functions: calling one needs `unsafe` (the caller must
-// know the CPU runs the features), which is what the table's function pointers say, and
-// inside one the features are there, so it may make the token that proves them.
+// Each table's functions are the generic kernels compiled with its instruction set enabled
+// (`vector::table!`). They are safe `#[target_feature]` functions: calling one needs `unsafe`
+// (the caller must know the CPU runs the features), which is what the table's function
+// pointers say, and inside one the features are there, so it may make the token that proves
+// them.
 
-/// One kernel table: the generic kernels compiled for `$feature` with the `Simd`
-/// implementation `$simd` (built from its token), in a module of its own.
-macro_rules! table {
-    ($module:ident, $feature:literal, $e:ty, $simd:ident($token:ident), $kernel:expr, $widen:path) => {
-        mod $module {
-            use super::*;
-
-            #[target_feature(enable = $feature)]
-            fn linear(
-                io: LinearIo<'_, $e>,
-                s: usize,
-                din: usize,
-                w: &[$e],
-                dout: usize,
-                bias: &[$e],
-                pack: &mut [$e],
-            ) {
-                vector::linear($simd($token(())), io, s, din, w, dout, bias, pack)
-            }
-
-            #[target_feature(enable = $feature)]
-            fn attention(io: QueryIo<'_, $e>, p: &Problem<'_, $e>, work: WorkRef<'_, $e>) {
-                vector::attention($simd($token(())), io, p, work)
-            }
-
-            #[target_feature(enable = $feature)]
-            fn weights(io: QueryIo<'_, $e>, p: &Problem<'_, $e>, weights: &mut [$e]) {
-                vector::attention_with_weights($simd($token(())), io, p, weights)
-            }
-
-            #[target_feature(enable = $feature)]
-            fn exp(xs: &mut [$e]) {
-                vector::exp_slice($simd($token(())), xs)
-            }
-
-            #[target_feature(enable = $feature)]
-            fn fma_loop(rounds: usize) -> (u64, $e) {
-                vector::fma_loop($simd($token(())), rounds)
-            }
-
-            pub(super) static TABLE: Table<$e> = Table {
-                kernel: $kernel,
-                linear,
-                attention,
-                weights,
-                exp,
-                fma_loop,
-                widen_f16: $widen,
-            };
-        }
-    };
+vector::table! {
+    #[target_feature(enable = "avx2,fma")]
+    mod avx2_f32: f32 = Avx2F32(Avx2(())), Kernel::Avx2Fma, widen_f16_f16c
 }
-
-table!(
-    avx2_f32,
-    "avx2,fma",
-    f32,
-    Avx2F32(Avx2),
-    Kernel::Avx2Fma,
-    widen_f16_f16c
-);
-table!(
-    avx2_f64,
-    "avx2,fma",
-    f64,
-    Avx2F64(Avx2),
-    Kernel::Avx2Fma,
-    widen_f16_portable
-);
-table!(
-    avx512_f32,
-    "avx512f",
-    f32,
-    Avx512F32(Avx512),
-    Kernel::Avx512,
-    widen_f16_f16c
-);
-table!(
-    avx512_f64,
-    "avx512f",
-    f64,
-    Avx512F64(Avx512),
-    Kernel::Avx512,
-    widen_f16_portable
-);
+vector::table! {
+    #[target_feature(enable = "avx2,fma")]
+    mod avx2_f64: f64 = Avx2F64(Avx2(())), Kernel::Avx2Fma, widen_f16_portable
+}
+vector::table! {
+    #[target_feature(enable = "avx512f")]
+    mod avx512_f32: f32 = Avx512F32(Avx512(())), Kernel::Avx512, widen_f16_f16c
+}
+vector::table! {
+    #[target_feature(enable = "avx512f")]
+    mod avx512_f64: f64 = Avx512F64(Avx512(())), Kernel::Avx512, widen_f16_portable
+}
 
 /// The `f32` table of an x86 kernel.
 ///

@@ -49,6 +49,70 @@ pub(crate) use exp::{exp_slice, fma_loop};
 pub(crate) use gemm::linear;
 pub(crate) use tiles::{attention, attention_with_weights};
 
+/// One kernel table, `$module::TABLE`: the kernels above compiled for one instruction set, in
+/// a module of its own. Each entry is a function that makes the `Simd` implementation (`$simd`,
+/// an expression building it from its token) and runs the generic kernel, so the kernel is
+/// inlined into it; `$attr` (the instruction set's `#[target_feature]`, none where it is the
+/// target's baseline) is put on each of them. `$widen` widens half-precision weights.
+///
+/// The expansion's `use super::*` brings the names `$simd` and `$widen` use into scope.
+macro_rules! table {
+    (
+        $(#[$attr:meta])*
+        mod $module:ident: $e:ty = $simd:expr, $kernel:expr, $widen:path $(,)?
+    ) => {
+        mod $module {
+            use super::*;
+            use $crate::kernels::args::{LinearIo, Problem, QueryIo, WorkRef};
+            use $crate::kernels::{Table, vector};
+
+            $(#[$attr])*
+            fn linear(
+                io: LinearIo<'_, $e>,
+                s: usize,
+                din: usize,
+                w: &[$e],
+                dout: usize,
+                bias: &[$e],
+                pack: &mut [$e],
+            ) {
+                vector::linear($simd, io, s, din, w, dout, bias, pack)
+            }
+
+            $(#[$attr])*
+            fn attention(io: QueryIo<'_, $e>, p: &Problem<'_, $e>, work: WorkRef<'_, $e>) {
+                vector::attention($simd, io, p, work)
+            }
+
+            $(#[$attr])*
+            fn weights(io: QueryIo<'_, $e>, p: &Problem<'_, $e>, weights: &mut [$e]) {
+                vector::attention_with_weights($simd, io, p, weights)
+            }
+
+            $(#[$attr])*
+            fn exp(xs: &mut [$e]) {
+                vector::exp_slice($simd, xs)
+            }
+
+            $(#[$attr])*
+            fn fma_loop(rounds: usize) -> (u64, $e) {
+                vector::fma_loop($simd, rounds)
+            }
+
+            pub(super) static TABLE: Table<$e> = Table {
+                kernel: $kernel,
+                linear,
+                attention,
+                weights,
+                exp,
+                fma_loop,
+                widen_f16: $widen,
+            };
+        }
+    };
+}
+pub(crate) use table;
+
 #[allow(unused_imports)] // for the docs' links
 use super::args::KB;
 #[allow(unused_imports)]
