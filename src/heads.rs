@@ -355,7 +355,7 @@ mod parallel {
 
     use rayon::prelude::*;
 
-    use super::{Buffers, Layer, Scores, attend_head, default_scale};
+    use super::{Buffers, Layer, Scores, attend_head};
     use crate::kernels::layout::WEIGHT_TILE;
     use crate::kernels::{Dims, LinearIo, PANEL_ROWS, QueryIo, Table, Work};
     use crate::mask::Additive;
