@@ -2,14 +2,14 @@
 //! Llama, Mistral and Qwen2.
 
 use nalgebra::SMatrix;
-use rand::{Rng, RngExt, SeedableRng};
+use rand::{Rng, RngExt};
 
-use crate::heads::{Buffers, Heads, Layer, local_buffers};
+use crate::heads::{Layer, local_buffers};
+use crate::layer_api::{build_api, decode_api, rules};
 use crate::mask::Additive;
 use crate::positions::{PositionEncoding, PositionError};
 use crate::{
-    AttentionWeights, Bias, CacheError, Float, KvCache, Linear, Mask, Scratch, Weight, init,
-    kernels, zero_matrix,
+    AttentionWeights, Bias, Float, Linear, Mask, Scratch, Weight, init, kernels, zero_matrix,
 };
 
 /// Grouped-query attention with Llama-style projections (Hugging Face's `LlamaAttention`,
@@ -28,7 +28,7 @@ use crate::{
 ///   [`crate::positions::Rope`] table of width `HEAD_DIM` (another width fails the build), or
 ///   [`crate::Alibi`]. Queries and keys are rotated at positions `0 ..` by the forward passes and
 ///   at the cache's next positions by [`GroupedQuery::decode`].
-/// - Decoding: [`GroupedQuery::decode`] appends tokens to a [`KvCache`] of `KV_DIM` features and
+/// - Decoding: [`GroupedQuery::decode`] appends tokens to a [`KvCache`](crate::KvCache) of `KV_DIM` features and
 ///   attends over it; a prompt of any length, then one token at a time, gives what one causal
 ///   forward over the whole sequence gives.
 /// - Working memory of a caller-owned call: a `Scratch<SQ, SKV, Q_DIM, T, KV_DIM>`.
@@ -72,7 +72,31 @@ pub struct GroupedQuery<
     pub(crate) o: Linear<Q_DIM, DIM, T, W>,
 }
 
-/// Build: constructors, conversion and the parameters.
+build_api! {
+    impl[const DIM: usize, const HEADS: usize, const KV_HEADS: usize, const Q_DIM: usize,
+        const KV_DIM: usize, T: Float, W: Weight<T>]
+        GroupedQuery<DIM, HEADS, KV_HEADS, Q_DIM, KV_DIM, T, W>,
+    new: {
+        /// Each projection initialised as PyTorch's `nn.Linear` initialises itself: weights
+        /// and (with [`Bias::Present`]) the q, k and v biases from `U(−1/√in, 1/√in)`, drawn
+        /// in the order q, k, v, o. The output projection never has a bias (as in Llama,
+        /// Mistral and Qwen2).
+    },
+    from_seed: Absent "without biases (Llama, Mistral)",
+    to_weights: GroupedQuery<DIM, HEADS, KV_HEADS, Q_DIM, KV_DIM, T, W2>,
+    projections: {
+        /// The query projection, `DIM → Q_DIM`.
+        q_proj: q: Linear<DIM, Q_DIM, T, W>,
+        /// The key projection, `DIM → KV_DIM`.
+        k_proj: k: Linear<DIM, KV_DIM, T, W>,
+        /// The value projection, `DIM → KV_DIM`.
+        v_proj: v: Linear<DIM, KV_DIM, T, W>,
+        /// The output projection, `Q_DIM → DIM` (Hugging Face's `o_proj`).
+        out_proj: o: Linear<Q_DIM, DIM, T, W>,
+    },
+}
+
+/// Parameters: the shape constants, and re-drawing them in place.
 impl<
     const DIM: usize,
     const HEADS: usize,
@@ -85,14 +109,8 @@ impl<
 {
     /// Compile-time shape check, evaluated by every constructor and forward pass.
     const SHAPE_OK: () = {
-        assert!(
-            DIM > 0,
-            "DIM must be at least 1: tokens need at least one feature"
-        );
-        assert!(
-            HEADS > 0,
-            "HEADS must be at least 1: attention needs at least one head"
-        );
+        rules::features(DIM);
+        rules::heads(HEADS);
         assert!(
             KV_HEADS > 0,
             "KV_HEADS must be at least 1: queries need keys and values"
@@ -126,48 +144,6 @@ impl<
     /// Bytes of the parameters.
     pub const PARAM_BYTES: usize = core::mem::size_of::<Self>();
 
-    /// Each projection initialised as PyTorch's `nn.Linear` initialises itself: weights and
-    /// (with [`Bias::Present`]) the q, k and v biases from `U(−1/√in, 1/√in)`, drawn in the
-    /// order q, k, v, o. The output projection never has a bias (as in Llama, Mistral and
-    /// Qwen2).
-    #[must_use]
-    pub fn new<R: Rng + ?Sized>(rng: &mut R, bias: Bias) -> Self {
-        let mut layer = Self::zeros();
-        layer.reset_parameters(rng, bias);
-        layer
-    }
-
-    /// [`GroupedQuery::new`] without biases (Llama, Mistral) from a seed, with the crate's
-    /// portable generator ([`init::SeedRng`]).
-    #[must_use]
-    pub fn from_seed(seed: u64) -> Self {
-        Self::new(&mut init::SeedRng::seed_from_u64(seed), Bias::Absent)
-    }
-
-    /// All-zero weights and no biases, to load parameters into (built in place).
-    #[must_use]
-    pub fn zeros() -> Self {
-        let () = Self::SHAPE_OK;
-        bytemuck::Zeroable::zeroed()
-    }
-
-    /// Builds a layer from its four projections (a `const fn`: `static` layers work).
-    #[must_use]
-    pub const fn from_parts(
-        q_proj: Linear<DIM, Q_DIM, T, W>,
-        k_proj: Linear<DIM, KV_DIM, T, W>,
-        v_proj: Linear<DIM, KV_DIM, T, W>,
-        o_proj: Linear<Q_DIM, DIM, T, W>,
-    ) -> Self {
-        let () = Self::SHAPE_OK;
-        Self {
-            q: q_proj,
-            k: k_proj,
-            v: v_proj,
-            o: o_proj,
-        }
-    }
-
     /// Re-draws every parameter in place as [`GroupedQuery::new`] draws them.
     pub fn reset_parameters<R: Rng + ?Sized>(&mut self, rng: &mut R, bias: Bias) {
         let () = Self::SHAPE_OK;
@@ -177,57 +153,15 @@ impl<
         nn_linear(&mut self.o, rng, Bias::Absent);
     }
 
-    /// The same layer with its weights stored as `W2`, each rounded to it (see
-    /// [`crate::weight`]): `to_weights::<bf16>()` halves the parameters' size. By value.
-    #[must_use]
-    pub fn to_weights<W2: Weight<T>>(
-        &self,
-    ) -> GroupedQuery<DIM, HEADS, KV_HEADS, Q_DIM, KV_DIM, T, W2> {
-        GroupedQuery {
-            q: self.q.to_weights(),
-            k: self.k.to_weights(),
-            v: self.v.to_weights(),
-            o: self.o.to_weights(),
-        }
-    }
-
-    /// The query projection, `DIM → Q_DIM`.
-    #[must_use]
-    pub const fn q_proj(&self) -> &Linear<DIM, Q_DIM, T, W> {
-        &self.q
-    }
-
-    /// The key projection, `DIM → KV_DIM`.
-    #[must_use]
-    pub const fn k_proj(&self) -> &Linear<DIM, KV_DIM, T, W> {
-        &self.k
-    }
-
-    /// The value projection, `DIM → KV_DIM`.
-    #[must_use]
-    pub const fn v_proj(&self) -> &Linear<DIM, KV_DIM, T, W> {
-        &self.v
-    }
-
-    /// The output projection, `Q_DIM → DIM` (Hugging Face's `o_proj`).
-    #[must_use]
-    pub const fn out_proj(&self) -> &Linear<Q_DIM, DIM, T, W> {
-        &self.o
-    }
-
     /// The layer as the core runs it.
     pub(crate) fn layer(&self) -> Layer<'_, DIM, Q_DIM, KV_DIM, T, W> {
         let () = Self::SHAPE_OK;
-        Layer {
-            q: &self.q,
-            k: &self.k,
-            v: &self.v,
-            out: Some(&self.o),
-            heads: Heads {
-                count: HEADS,
-                kv: KV_HEADS,
-            },
-        }
+        Layer::new(
+            &self.q,
+            (&self.k, &self.v),
+            Some(&self.o),
+            (HEADS, KV_HEADS),
+        )
     }
 
     /// Checks at build time that a rotary table fits the heads.
@@ -236,26 +170,6 @@ impl<
             P::HEAD_DIM == 0 || P::HEAD_DIM == Q_DIM / HEADS,
             "the Rope table's HEAD_DIM must be the layer's Q_DIM / HEADS"
         );
-    }
-
-    /// `SQ` queries attend to `SKV` keys and values at positions `0 ..` on the selected kernel.
-    #[allow(clippy::too_many_arguments)]
-    fn run<const SQ: usize, const SKV: usize, P, A>(
-        &self,
-        query: &SMatrix<T, SQ, DIM>,
-        kv: (&SMatrix<T, SKV, DIM>, &SMatrix<T, SKV, DIM>),
-        mask: &Mask<'_, SQ, SKV, A>,
-        positions: &P,
-        buf: Buffers<'_, T>,
-        out: &mut [T],
-        weights: Option<&mut [T]>,
-    ) -> Result<(), PositionError>
-    where
-        P: PositionEncoding<T>,
-        A: Additive<T, SQ, SKV>,
-    {
-        let kt = kernels::current::<T>();
-        (self.layer()).forward(kt, query, kv, mask, positions, buf, out, weights)
     }
 }
 
@@ -286,7 +200,17 @@ impl<
         const { Self::check_positions::<P>() };
         local_buffers!(buf, T, SEQ, SEQ, Q_DIM, KV_DIM);
         let mut out: SMatrix<T, SEQ, DIM> = zero_matrix();
-        self.run(x, (x, x), mask, positions, buf, out.as_mut_slice(), None)?;
+        let kt = kernels::current::<T>();
+        (self.layer()).forward(
+            kt,
+            x,
+            (x, x),
+            mask,
+            positions,
+            buf,
+            out.as_mut_slice(),
+            None,
+        )?;
         Ok(out)
     }
 
@@ -302,16 +226,7 @@ impl<
         scratch: &mut Scratch<SEQ, SEQ, Q_DIM, T, KV_DIM>,
         out: &mut SMatrix<T, SEQ, DIM>,
     ) -> Result<(), PositionError> {
-        const { Self::check_positions::<P>() };
-        self.run(
-            x,
-            (x, x),
-            mask,
-            positions,
-            scratch.buffers(),
-            out.as_mut_slice(),
-            None,
-        )
+        self.attend(x, x, x, mask, positions, scratch, out, None)
     }
 }
 
@@ -360,7 +275,8 @@ impl<
         let mut result: (SMatrix<T, SEQ, DIM>, _) = (zero_matrix(), AttentionWeights::zeros());
         let (out, weights) = (&mut result.0, &mut result.1);
         let w = Some(weights.as_mut_slice());
-        self.run(x, (x, x), mask, positions, buf, out.as_mut_slice(), w)?;
+        let kt = kernels::current::<T>();
+        (self.layer()).forward(kt, x, (x, x), mask, positions, buf, out.as_mut_slice(), w)?;
         Ok(result)
     }
 
@@ -388,69 +304,25 @@ impl<
     {
         const { Self::check_positions::<P>() };
         let w = weights.map(AttentionWeights::as_mut_slice);
-        let buf = scratch.buffers();
-        self.run(
-            query,
-            (key, value),
-            mask,
-            positions,
-            buf,
+        let (kt, buf, out) = (
+            kernels::current::<T>(),
+            scratch.buffers(),
             out.as_mut_slice(),
-            w,
-        )
+        );
+        (self.layer()).forward(kt, query, (key, value), mask, positions, buf, out, w)
     }
 }
 
-/// Decode: token by token through a [`KvCache`].
-impl<
-    const DIM: usize,
-    const HEADS: usize,
-    const KV_HEADS: usize,
-    const Q_DIM: usize,
-    const KV_DIM: usize,
-    T: Float,
-    W: Weight<T>,
-> GroupedQuery<DIM, HEADS, KV_HEADS, Q_DIM, KV_DIM, T, W>
-{
-    /// Appends `SQ` tokens (a prompt, or one token) to `cache` at its next positions and
-    /// returns their outputs: each token attends to every cached position up to its own (the
-    /// last `CAP` of them with a [`KvCache::sliding_window`]). By value; see
-    /// [`GroupedQuery::decode_into`] for caller-owned scratch.
-    ///
-    /// # Errors
-    /// [`CacheError::Full`] if the tokens do not fit, [`CacheError::Position`] if their
-    /// positions are past the rotary table; the cache is unchanged then.
-    pub fn decode<const SQ: usize, const CAP: usize, P: PositionEncoding<T>>(
-        &self,
-        x: &SMatrix<T, SQ, DIM>,
-        cache: &mut KvCache<CAP, KV_DIM, T>,
-        positions: &P,
-    ) -> Result<SMatrix<T, SQ, DIM>, CacheError> {
-        const { Self::check_positions::<P>() };
-        local_buffers!(buf, T, SQ, SQ, Q_DIM, KV_DIM);
-        let mut out: SMatrix<T, SQ, DIM> = zero_matrix();
-        let kt = kernels::current::<T>();
-        (self.layer()).decode(kt, x, cache, positions, buf, out.as_mut_slice())?;
-        Ok(out)
-    }
-
-    /// [`GroupedQuery::decode`] with caller-owned scratch and output: nothing big on the stack.
-    ///
-    /// # Errors
-    /// As [`GroupedQuery::decode`]; the cache and `out` are unchanged then.
-    pub fn decode_into<const SQ: usize, const CAP: usize, P: PositionEncoding<T>>(
-        &self,
-        x: &SMatrix<T, SQ, DIM>,
-        cache: &mut KvCache<CAP, KV_DIM, T>,
-        positions: &P,
-        scratch: &mut Scratch<SQ, SQ, Q_DIM, T, KV_DIM>,
-        out: &mut SMatrix<T, SQ, DIM>,
-    ) -> Result<(), CacheError> {
-        const { Self::check_positions::<P>() };
-        let kt = kernels::current::<T>();
-        let buf = scratch.buffers();
-        (self.layer()).decode(kt, x, cache, positions, buf, out.as_mut_slice())
-    }
+decode_api! {
+    impl[const DIM: usize, const HEADS: usize, const KV_HEADS: usize, const Q_DIM: usize,
+        const KV_DIM: usize, T: Float, W: Weight<T>]
+        GroupedQuery<DIM, HEADS, KV_HEADS, Q_DIM, KV_DIM, T, W>,
+    q_dim: Q_DIM,
+    kv_dim: KV_DIM,
+    decode: {
+        ///
+        /// Queries and keys are rotated at the cache's positions (see the type's docs).
+    },
 }
 
 /// PyTorch's `nn.Linear` initialisation: weight and bias from `U(−1/√in, 1/√in)`.

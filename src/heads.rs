@@ -119,25 +119,21 @@ pub(crate) fn attend_heads<T: Float>(
     mut work: WorkRef<'_, T>,
     mut weights: Option<&mut [T]>,
 ) {
-    let Dims {
-        skv,
-        dk,
-        dv,
-        ldq,
-        ldkv,
-        ..
-    } = dims;
+    // The distance from one head to the next in each array.
+    let (q_step, out_step) = (dims.dk * dims.ldq, dims.dv * dims.ldq);
+    let (k_step, v_step) = (dims.dk * dims.ldkv, dims.dv * dims.ldkv);
+    let weights_step = dims.ldq * dims.skv;
     for h in 0..heads.count {
         let g = heads.kv_head(h);
         let head_io = match &mut io {
-            QueryIo::InPlace(buf) => QueryIo::InPlace(&mut buf[h * dk * ldq..]),
+            QueryIo::InPlace(buf) => QueryIo::InPlace(&mut buf[h * q_step..]),
             QueryIo::Separate { q, out } => QueryIo::Separate {
-                q: &q[h * dk * ldq..],
-                out: &mut out[h * dv * ldq..],
+                q: &q[h * q_step..],
+                out: &mut out[h * out_step..],
             },
         };
-        let kv = (&k[g * dk * ldkv..], &v[g * dv * ldkv..]);
-        let w = weights.as_deref_mut().map(|w| &mut w[h * ldq * skv..]);
+        let kv = (&k[g * k_step..], &v[g * v_step..]);
+        let w = weights.as_deref_mut().map(|w| &mut w[h * weights_step..]);
         attend_head(
             kt,
             head_io,
@@ -192,9 +188,27 @@ pub(crate) struct Layer<'l, const DIM: usize, const QD: usize, const KVD: usize,
     pub heads: Heads,
 }
 
-impl<const DIM: usize, const QD: usize, const KVD: usize, T: Float, W: Weight<T>>
-    Layer<'_, DIM, QD, KVD, T, W>
+impl<'l, const DIM: usize, const QD: usize, const KVD: usize, T: Float, W: Weight<T>>
+    Layer<'l, DIM, QD, KVD, T, W>
 {
+    /// A layer of `count` query heads over `kv` key/value heads: its query, key and value
+    /// projections, and its output projection if it has one.
+    pub(crate) fn new(
+        q: &'l Linear<DIM, QD, T, W>,
+        (k, v): (&'l Linear<DIM, KVD, T, W>, &'l Linear<DIM, KVD, T, W>),
+        out: Option<&'l Linear<QD, DIM, T, W>>,
+        (count, kv): (usize, usize),
+    ) -> Self {
+        let heads = Heads { count, kv };
+        Self {
+            q,
+            k,
+            v,
+            out,
+            heads,
+        }
+    }
+
     /// Features per head.
     fn head_dim(&self) -> usize {
         QD / self.heads.count

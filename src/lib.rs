@@ -225,6 +225,7 @@ pub mod positions;
 mod scratch;
 
 mod heads;
+mod layer_api;
 
 mod batch;
 mod grouped_query;

@@ -189,6 +189,38 @@ fn read_into<'a, L, C>(
     Ok(())
 }
 
+/// The loading pair every layer type has, over the type's own `check_file` (finds and checks
+/// every tensor, writing nothing) and `write_checked` (copies them in, cannot fail):
+/// `from_safetensors`, by value, with the docs given, and `load_safetensors`, in place.
+macro_rules! loaders {
+    (
+        impl[$($generics:tt)*] $Layer:ident<$($param:ident),*>,
+        from_safetensors: {$(#[$from:meta])*} $(,)?
+    ) => {
+        /// Loading: from safetensors bytes, by value or in place.
+        impl<$($generics)*> $Layer<$($param),*> {
+            $(#[$from])*
+            pub fn from_safetensors(bytes: &[u8], prefix: &str) -> Result<Self, LoadError> {
+                let mut layer = Self::zeros();
+                layer.load_safetensors(bytes, prefix)?;
+                Ok(layer)
+            }
+
+            #[doc = concat!("[`", stringify!($Layer), "::from_safetensors`] into an existing \
+                layer, in place. Everything is checked before anything is written: on error \
+                the layer is unchanged.\n\n# Errors\n\nAs [`", stringify!($Layer),
+                "::from_safetensors`].")]
+            pub fn load_safetensors(
+                &mut self,
+                bytes: &[u8],
+                prefix: &str,
+            ) -> Result<(), LoadError> {
+                read_into(self, bytes, prefix, Self::check_file, Self::write_checked)
+            }
+        }
+    };
+}
+
 /// A tensor to write: its name (without the prefix), shape, dtype and little-endian bytes.
 struct Tensor {
     name: String,
@@ -258,39 +290,32 @@ fn serialize(
     })
 }
 
+loaders! {
+    impl[const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float, W: Weight<T>]
+        MultiHead<SEQ, DIM, HEADS, T, W>,
+    from_safetensors: {
+        /// Reads an `nn.MultiheadAttention` `state_dict` from safetensors bytes. `prefix` is
+        /// prepended to every tensor name (`""` for a bare module, `"encoder.layers.0.self_attn."`
+        /// for a layer inside a bigger model). `F32` and `F64` tensors load into either scalar
+        /// type.
+        ///
+        /// The layer is returned by value (about `2 · PARAM_BYTES` of stack); for large shapes load
+        /// into a layer on the heap with [`MultiHead::load_safetensors`].
+        ///
+        /// # Errors
+        ///
+        /// A [`LoadError`] naming the tensor and what was expected and found: a missing tensor, a
+        /// wrong shape (a `DIM` that does not fit the file), a wrong dtype, a `num_heads` in the
+        /// file's metadata that differs from `HEADS`, only one of `in_proj_bias` and
+        /// `out_proj.bias`, `bias_k`/`bias_v` (unsupported), or bytes that are not a valid
+        /// safetensors file.
+    },
+}
+
+/// Saving: the layer as safetensors bytes (and the checks loading runs).
 impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float, W: Weight<T>>
     MultiHead<SEQ, DIM, HEADS, T, W>
 {
-    /// Reads an `nn.MultiheadAttention` `state_dict` from safetensors bytes. `prefix` is
-    /// prepended to every tensor name (`""` for a bare module, `"encoder.layers.0.self_attn."`
-    /// for a layer inside a bigger model). `F32` and `F64` tensors load into either scalar type.
-    ///
-    /// The layer is returned by value (about `2 · PARAM_BYTES` of stack); for large shapes
-    /// load into a layer on the heap with [`MultiHead::load_safetensors`].
-    ///
-    /// # Errors
-    ///
-    /// A [`LoadError`] naming the tensor and what was expected and found: a missing tensor, a
-    /// wrong shape (a `DIM` that does not fit the file), a wrong dtype, a `num_heads` in the
-    /// file's metadata that differs from `HEADS`, only one of `in_proj_bias` and
-    /// `out_proj.bias`, `bias_k`/`bias_v` (unsupported), or bytes that are not a valid
-    /// safetensors file.
-    pub fn from_safetensors(bytes: &[u8], prefix: &str) -> Result<Self, LoadError> {
-        let mut layer = Self::zeros();
-        layer.load_safetensors(bytes, prefix)?;
-        Ok(layer)
-    }
-
-    /// [`MultiHead::from_safetensors`] into an existing layer, in place. Everything is checked
-    /// before anything is written: on error the layer is unchanged.
-    ///
-    /// # Errors
-    ///
-    /// As [`MultiHead::from_safetensors`].
-    pub fn load_safetensors(&mut self, bytes: &[u8], prefix: &str) -> Result<(), LoadError> {
-        read_into(self, bytes, prefix, Self::check_file, Self::write_checked)
-    }
-
     /// Finds and checks every tensor, without writing anything.
     fn check_file<'a>(file: &File<'a>, prefix: &str) -> Result<Checked<'a, T>, LoadError> {
         if let Some(meta) = file.meta.metadata()
@@ -400,35 +425,26 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float, W: Weight
     }
 }
 
+loaders! {
+    impl[const SEQ: usize, const DIM: usize, T: Float, W: Weight<T>] SelfAttention<SEQ, DIM, T, W>,
+    from_safetensors: {
+        /// Reads a head's `q_proj`, `k_proj` and `v_proj` `nn.Linear(DIM, DIM)` modules from
+        /// safetensors bytes (`prefix` + `q_proj.weight`, optional `q_proj.bias`, and so on; the
+        /// names Hugging Face attention modules use). `F32` and `F64` tensors load into either
+        /// scalar type; other tensors in the file are ignored.
+        ///
+        /// Returned by value (about `2 · PARAM_BYTES` of stack); see
+        /// [`SelfAttention::load_safetensors`] for a head on the heap.
+        ///
+        /// # Errors
+        ///
+        /// A [`LoadError`] naming the tensor: missing weight, wrong shape or dtype, or bytes that
+        /// are not a valid safetensors file.
+    },
+}
+
+/// Saving: the layer as safetensors bytes (and the checks loading runs).
 impl<const SEQ: usize, const DIM: usize, T: Float, W: Weight<T>> SelfAttention<SEQ, DIM, T, W> {
-    /// Reads a head's `q_proj`, `k_proj` and `v_proj` `nn.Linear(DIM, DIM)` modules from
-    /// safetensors bytes (`prefix` + `q_proj.weight`, optional `q_proj.bias`, and so on; the
-    /// names Hugging Face attention modules use). `F32` and `F64` tensors load into either
-    /// scalar type; other tensors in the file are ignored.
-    ///
-    /// Returned by value (about `2 · PARAM_BYTES` of stack); see
-    /// [`SelfAttention::load_safetensors`] for a head on the heap.
-    ///
-    /// # Errors
-    ///
-    /// A [`LoadError`] naming the tensor: missing weight, wrong shape or dtype, or bytes that
-    /// are not a valid safetensors file.
-    pub fn from_safetensors(bytes: &[u8], prefix: &str) -> Result<Self, LoadError> {
-        let mut head = Self::zeros();
-        head.load_safetensors(bytes, prefix)?;
-        Ok(head)
-    }
-
-    /// [`SelfAttention::from_safetensors`] into an existing head, in place. Everything is
-    /// checked before anything is written: on error the head is unchanged.
-    ///
-    /// # Errors
-    ///
-    /// As [`SelfAttention::from_safetensors`].
-    pub fn load_safetensors(&mut self, bytes: &[u8], prefix: &str) -> Result<(), LoadError> {
-        read_into(self, bytes, prefix, Self::check_file, Self::write_checked)
-    }
-
     fn check_file<'a>(
         file: &File<'a>,
         prefix: &str,
@@ -450,21 +466,54 @@ impl<const SEQ: usize, const DIM: usize, T: Float, W: Weight<T>> SelfAttention<S
     pub fn to_safetensors(&self, prefix: &str) -> Result<Vec<u8>, SaveError> {
         let mut tensors = Vec::new();
         for (name, l) in [
-            ("q_proj", self.q_proj()),
-            ("k_proj", self.k_proj()),
-            ("v_proj", self.v_proj()),
+            ("q_proj", &self.q),
+            ("k_proj", &self.k),
+            ("v_proj", &self.v),
         ] {
-            let w = format!("{name}.weight");
-            tensors.push(weights::<T, W>(&w, std::vec![DIM, DIM], &row_major(l)));
-            if let Some(b) = l.bias() {
-                let n = format!("{name}.bias");
-                tensors.push(floats(&n, std::vec![DIM], b.as_slice()));
-            }
+            push_linear(&mut tensors, name, l);
         }
         serialize(prefix, &tensors, None)
     }
 }
 
+loaders! {
+    impl[const DIM: usize, const HEADS: usize, const KV_HEADS: usize, const Q_DIM: usize,
+        const KV_DIM: usize, T: Float, W: Weight<T>]
+        GroupedQuery<DIM, HEADS, KV_HEADS, Q_DIM, KV_DIM, T, W>,
+    from_safetensors: {
+        /// Reads a Hugging Face attention module (`LlamaAttention`, `MistralAttention`,
+        /// `Qwen2Attention`, …) from safetensors bytes: `prefix` + `q_proj.weight` `[Q_DIM, DIM]`,
+        /// `k_proj.weight` and `v_proj.weight` `[KV_DIM, DIM]`, `o_proj.weight` `[DIM, Q_DIM]`,
+        /// each with an optional `.bias`. `prefix` is `""` for a bare module or, say,
+        /// `"model.layers.0.self_attn."` for a whole model's file; other tensors are ignored. `F32`
+        /// and `F64` tensors load into either scalar type.
+        ///
+        /// ```
+        /// use static_attention::GroupedQuery;
+        ///
+        /// let layer = GroupedQuery::<16, 4, 2, 16, 8>::from_seed(1);
+        /// let bytes = layer.to_safetensors("model.layers.0.self_attn.")?;
+        /// let back = GroupedQuery::<16, 4, 2, 16, 8>::from_safetensors(&bytes, "model.layers.0.self_attn.")?;
+        /// assert_eq!(back, layer);
+        /// // The same file read as a layer with one kv head:
+        /// let err = GroupedQuery::<16, 4, 1, 16, 4>::from_safetensors(&bytes, "model.layers.0.self_attn.")
+        ///     .unwrap_err();
+        /// assert_eq!(
+        ///     err.to_string(),
+        ///     "model.layers.0.self_attn.k_proj.weight holds 2 kv heads of HEAD_DIM = 4, but the layer has KV_HEADS = 1"
+        /// );
+        /// # Ok::<(), Box<dyn std::error::Error>>(())
+        /// ```
+        ///
+        /// # Errors
+        ///
+        /// A [`LoadError`] naming the tensor: a missing weight, a key or value projection with
+        /// another number of kv heads ([`LoadError::WrongKvHeads`]), another wrong shape or dtype,
+        /// or bytes that are not a valid safetensors file.
+    },
+}
+
+/// Saving: the layer as safetensors bytes (and the checks loading runs).
 impl<
     const DIM: usize,
     const HEADS: usize,
@@ -475,51 +524,6 @@ impl<
     W: Weight<T>,
 > GroupedQuery<DIM, HEADS, KV_HEADS, Q_DIM, KV_DIM, T, W>
 {
-    /// Reads a Hugging Face attention module (`LlamaAttention`, `MistralAttention`,
-    /// `Qwen2Attention`, …) from safetensors bytes: `prefix` + `q_proj.weight` `[Q_DIM, DIM]`,
-    /// `k_proj.weight` and `v_proj.weight` `[KV_DIM, DIM]`, `o_proj.weight` `[DIM, Q_DIM]`, each
-    /// with an optional `.bias`. `prefix` is `""` for a bare module or, say,
-    /// `"model.layers.0.self_attn."` for a whole model's file; other tensors are ignored. `F32`
-    /// and `F64` tensors load into either scalar type.
-    ///
-    /// ```
-    /// use static_attention::GroupedQuery;
-    ///
-    /// let layer = GroupedQuery::<16, 4, 2, 16, 8>::from_seed(1);
-    /// let bytes = layer.to_safetensors("model.layers.0.self_attn.")?;
-    /// let back = GroupedQuery::<16, 4, 2, 16, 8>::from_safetensors(&bytes, "model.layers.0.self_attn.")?;
-    /// assert_eq!(back, layer);
-    /// // The same file read as a layer with one kv head:
-    /// let err = GroupedQuery::<16, 4, 1, 16, 4>::from_safetensors(&bytes, "model.layers.0.self_attn.")
-    ///     .unwrap_err();
-    /// assert_eq!(
-    ///     err.to_string(),
-    ///     "model.layers.0.self_attn.k_proj.weight holds 2 kv heads of HEAD_DIM = 4, but the layer has KV_HEADS = 1"
-    /// );
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    ///
-    /// # Errors
-    ///
-    /// A [`LoadError`] naming the tensor: a missing weight, a key or value projection with
-    /// another number of kv heads ([`LoadError::WrongKvHeads`]), another wrong shape or dtype,
-    /// or bytes that are not a valid safetensors file.
-    pub fn from_safetensors(bytes: &[u8], prefix: &str) -> Result<Self, LoadError> {
-        let mut layer = Self::zeros();
-        layer.load_safetensors(bytes, prefix)?;
-        Ok(layer)
-    }
-
-    /// [`GroupedQuery::from_safetensors`] into an existing layer, in place. Everything is
-    /// checked before anything is written: on error the layer is unchanged.
-    ///
-    /// # Errors
-    ///
-    /// As [`GroupedQuery::from_safetensors`].
-    pub fn load_safetensors(&mut self, bytes: &[u8], prefix: &str) -> Result<(), LoadError> {
-        read_into(self, bytes, prefix, Self::check_file, Self::write_checked)
-    }
-
     fn check_file<'a>(
         file: &File<'a>,
         prefix: &str,
@@ -571,38 +575,10 @@ impl<
     /// [`SaveError`] if the header would exceed the format's limit (an absurd `prefix`).
     pub fn to_safetensors(&self, prefix: &str) -> Result<Vec<u8>, SaveError> {
         let mut tensors = Vec::new();
-        let mut add = |name: &str, shape: Vec<usize>, w: Vec<T>, b: Option<&[T]>| {
-            let rows = shape[0];
-            tensors.push(weights::<T, W>(&format!("{name}.weight"), shape, &w));
-            if let Some(b) = b {
-                tensors.push(floats(&format!("{name}.bias"), std::vec![rows], b));
-            }
-        };
-        let (q, k, v, o) = (self.q_proj(), self.k_proj(), self.v_proj(), self.out_proj());
-        add(
-            "q_proj",
-            std::vec![Q_DIM, DIM],
-            row_major(q),
-            q.bias().map(|b| b.as_slice()),
-        );
-        add(
-            "k_proj",
-            std::vec![KV_DIM, DIM],
-            row_major(k),
-            k.bias().map(|b| b.as_slice()),
-        );
-        add(
-            "v_proj",
-            std::vec![KV_DIM, DIM],
-            row_major(v),
-            v.bias().map(|b| b.as_slice()),
-        );
-        add(
-            "o_proj",
-            std::vec![DIM, Q_DIM],
-            row_major(o),
-            o.bias().map(|b| b.as_slice()),
-        );
+        push_linear(&mut tensors, "q_proj", self.q_proj());
+        push_linear(&mut tensors, "k_proj", self.k_proj());
+        push_linear(&mut tensors, "v_proj", self.v_proj());
+        push_linear(&mut tensors, "o_proj", self.out_proj());
         serialize(prefix, &tensors, None)
     }
 }
@@ -621,6 +597,28 @@ impl core::fmt::Display for SaveError {
 }
 
 impl core::error::Error for SaveError {}
+
+/// Appends an `nn.Linear`'s tensors: `name.weight` (`[OUT, IN]`, in the storage type's dtype)
+/// and, if the map has a bias, `name.bias` (`[OUT]`, in `T`'s dtype).
+fn push_linear<const IN: usize, const OUT: usize, T: Float, W: Weight<T>>(
+    tensors: &mut Vec<Tensor>,
+    name: &str,
+    l: &crate::Linear<IN, OUT, T, W>,
+) {
+    let weight = row_major(l);
+    tensors.push(weights::<T, W>(
+        &format!("{name}.weight"),
+        std::vec![OUT, IN],
+        &weight,
+    ));
+    if let Some(b) = l.bias() {
+        tensors.push(floats(
+            &format!("{name}.bias"),
+            std::vec![OUT],
+            b.as_slice(),
+        ));
+    }
+}
 
 /// A map's weight in PyTorch's row-major order (`weight[OUT][IN]`).
 fn row_major<const IN: usize, const OUT: usize, T: Float, W: Weight<T>>(
