@@ -325,6 +325,45 @@ decode_api! {
     },
 }
 
+/// Threads (`rayon` feature): the forward passes with their work spread over rayon's pool.
+#[cfg(feature = "rayon")]
+impl<
+    const DIM: usize,
+    const HEADS: usize,
+    const KV_HEADS: usize,
+    const Q_DIM: usize,
+    const KV_DIM: usize,
+    T,
+    W,
+> crate::Parallel<'_, GroupedQuery<DIM, HEADS, KV_HEADS, Q_DIM, KV_DIM, T, W>>
+where
+    T: Float + Send + Sync,
+    W: Weight<T> + Sync,
+{
+    /// [`GroupedQuery::forward_into`] with the work spread over the threads (see
+    /// [`Parallel::forward_into`](crate::Parallel#method.forward_into) for [`crate::MultiHead`]).
+    ///
+    /// # Errors
+    /// [`PositionError`] if `SEQ` positions do not fit the rotary table; `out` is unchanged.
+    pub fn forward_into<const SEQ: usize, P, A>(
+        &self,
+        x: &SMatrix<T, SEQ, DIM>,
+        mask: &Mask<'_, SEQ, SEQ, A>,
+        positions: &P,
+        scratch: &mut Scratch<SEQ, SEQ, Q_DIM, T, KV_DIM>,
+        out: &mut SMatrix<T, SEQ, DIM>,
+    ) -> Result<(), PositionError>
+    where
+        P: PositionEncoding<T> + Sync,
+        A: Additive<T, SEQ, SEQ> + Sync,
+    {
+        const { GroupedQuery::<DIM, HEADS, KV_HEADS, Q_DIM, KV_DIM, T, W>::check_positions::<P>() };
+        let kt = kernels::current::<T>();
+        let layer = self.0.layer();
+        layer.forward_par(kt, x, mask, positions, scratch.buffers(), out)
+    }
+}
+
 /// PyTorch's `nn.Linear` initialisation: weight and bias from `U(−1/√in, 1/√in)`.
 fn nn_linear<T: Float, W: Weight<T>, R: Rng + ?Sized, const IN: usize, const OUT: usize>(
     l: &mut Linear<IN, OUT, T, W>,

@@ -242,3 +242,73 @@ decode_api! {
         /// ```
     },
 }
+
+/// Threads (`rayon` feature): the forward passes with their work spread over rayon's pool.
+#[cfg(feature = "rayon")]
+impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T, W>
+    crate::Parallel<'_, MultiHead<SEQ, DIM, HEADS, T, W>>
+where
+    T: Float + Send + Sync,
+    W: Weight<T> + Sync,
+{
+    /// [`MultiHead::forward_into`] with the work of one sequence spread over the threads: the
+    /// Q, K and V projections by output columns, the attention by heads and blocks of
+    /// queries, and the output projection by output columns. The result equals the
+    /// single-threaded one within rounding (the same kernels; a block's last rows may take
+    /// another path, so within 2e-6 rather than bit for bit).
+    pub fn forward_into<A: crate::mask::Additive<T, SEQ, SEQ> + Sync>(
+        &self,
+        x: &SMatrix<T, SEQ, DIM>,
+        mask: &crate::Mask<'_, SEQ, SEQ, A>,
+        scratch: &mut Scratch<SEQ, SEQ, DIM, T>,
+        out: &mut SMatrix<T, SEQ, DIM>,
+    ) {
+        let kt = crate::kernels::current::<T>();
+        let layer = self.0.layer();
+        let done = layer.forward_par(
+            kt,
+            x,
+            mask,
+            &crate::positions::NoPositions,
+            scratch.buffers(),
+            out,
+        );
+        debug_assert!(done.is_ok(), "no positions, no position error");
+    }
+
+    /// [`MultiHead::forward_batch_into`] (without weights) with the sequences spread over the
+    /// threads.
+    ///
+    /// # Errors
+    ///
+    /// [`BatchError`](crate::BatchError) if the lengths do not fit; nothing is written then.
+    pub fn forward_batch_into<A: crate::mask::Additive<T, SEQ, SEQ> + Sync>(
+        &self,
+        xs: &[SMatrix<T, SEQ, DIM>],
+        masks: &[crate::Mask<'_, SEQ, SEQ, A>],
+        outs: &mut [SMatrix<T, SEQ, DIM>],
+    ) -> Result<(), crate::BatchError> {
+        // The caller's kernel on every worker.
+        let kt = crate::kernels::current::<T>();
+        let layer = self.0.layer();
+        crate::parallel::batch(
+            xs,
+            masks,
+            outs,
+            |x, m, s: &mut Scratch<SEQ, SEQ, DIM, T>, o| {
+                let (buf, o) = (s.buffers(), o.as_mut_slice());
+                let done = layer.forward(
+                    kt,
+                    x,
+                    (x, x),
+                    m,
+                    &crate::positions::NoPositions,
+                    buf,
+                    o,
+                    None,
+                );
+                debug_assert!(done.is_ok(), "no positions, no position error");
+            },
+        )
+    }
+}
