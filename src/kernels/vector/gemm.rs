@@ -10,7 +10,7 @@ use super::super::Float;
 use super::super::args::{LinearIo, MQ_MAX, check_weights};
 use super::super::layout::WEIGHT_TILE;
 use super::super::simd::Simd;
-use super::steps::for_tiles;
+use super::steps::{for_tiles, tile_rows};
 
 /// `out[s × dout] = x[s × din] · Wᵀ + bias` with `W` in the tile layout of
 /// [`crate::Linear`] (or `out += x · Wᵀ` for [`LinearIo::Add`]). In that layout a
@@ -471,12 +471,7 @@ unsafe fn gemm_core<S: Simd, const NV: usize, const N: usize>(
             }
         }
         for p in p0..kc {
-            let x0 = s.load(panel.add(p * mr));
-            let x1 = if NV > 1 {
-                s.load(panel.add(p * mr + l))
-            } else {
-                zero
-            };
+            let (x0, x1) = tile_rows::<S, NV>(s, panel, p * mr);
             for n in 0..N {
                 let bn = s.broadcast(b.add(n));
                 a0[n] = s.fma(x0, bn, a0[n]);

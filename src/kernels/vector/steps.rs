@@ -222,6 +222,29 @@ pub(super) fn mask_bits<S: Simd>(s: S, m: S::M) -> S::V {
     s.keep(ones, m)
 }
 
+/// The one or two row vectors of a tile of `NV` vectors at `p + at`: `p[at .. at + L]`, and
+/// `p[at + L .. at + 2L]` when `NV = 2` (zero, and not read, when `NV = 1`).
+///
+/// # Safety
+/// `p + at .. p + at + NV·LANES` must be readable.
+#[inline(always)]
+pub(super) unsafe fn tile_rows<S: Simd, const NV: usize>(
+    s: S,
+    p: *const S::E,
+    at: usize,
+) -> (S::V, S::V) {
+    // SAFETY: `NV·LANES` readable values at `p + at` (the caller's contract).
+    unsafe {
+        let r0 = s.load(p.add(at));
+        let r1 = if NV > 1 {
+            s.load(p.add(at + S::LANES))
+        } else {
+            s.splat(S::E::ZERO)
+        };
+        (r0, r1)
+    }
+}
+
 /// Scores `P[kk·ldp + lane] = q[i0 + lane, :] · k[j0 + kk, :]` for `nk` keys.
 ///
 /// # Safety
@@ -364,12 +387,7 @@ unsafe fn pv_tile<S: Simd, const NV: usize, const N: usize, G: Fn(usize) -> [S::
         match guard {
             None => {
                 for kk in 0..nk {
-                    let p0 = s.load(p.add(kk * ldp));
-                    let p1 = if NV > 1 {
-                        s.load(p.add(kk * ldp + l))
-                    } else {
-                        zero
-                    };
+                    let (p0, p1) = tile_rows::<S, NV>(s, p, kk * ldp);
                     for c in 0..N {
                         let vb = s.broadcast(vcol.add(kk + c * ldv));
                         a0[c] = s.fma(p0, vb, a0[c]);
@@ -382,12 +400,7 @@ unsafe fn pv_tile<S: Simd, const NV: usize, const N: usize, G: Fn(usize) -> [S::
             Some(guard) => {
                 for kk in 0..nk {
                     let ok = guard(kk);
-                    let p0 = s.load(p.add(kk * ldp));
-                    let p1 = if NV > 1 {
-                        s.load(p.add(kk * ldp + l))
-                    } else {
-                        zero
-                    };
+                    let (p0, p1) = tile_rows::<S, NV>(s, p, kk * ldp);
                     for c in 0..N {
                         let vb = s.broadcast(vcol.add(kk + c * ldv));
                         a0[c] = s.select(ok[0], s.fma(p0, vb, a0[c]), a0[c]);
