@@ -3,7 +3,7 @@
 //! scores goes through (scale, mask and maximum; then `exp` and sum).
 
 use super::super::Float;
-use super::super::args::{MQ_MAX, MaskView};
+use super::super::args::{Dims, MQ_MAX, MaskView, Problem};
 use super::super::pattern::Pattern;
 use super::super::simd::Simd;
 
@@ -245,53 +245,77 @@ pub(super) unsafe fn tile_rows<S: Simd, const NV: usize>(
     }
 }
 
-/// Scores `P[kk·ldp + lane] = q[i0 + lane, :] · k[j0 + kk, :]` for `nk` keys.
+/// The operands of scores `q · kᵀ`: the queries from a tile's first, `dk` columns with
+/// leading dimension `ldq`, and the keys of the problem (leading dimension `ldk`).
+#[derive(Clone, Copy)]
+pub(super) struct Scores<E> {
+    q: *const E,
+    ldq: usize,
+    k: *const E,
+    ldk: usize,
+    dk: usize,
+}
+
+impl<E> Scores<E> {
+    /// The queries from `q` (leading dimension `p.dims.ldq`) against the keys of `p`.
+    #[inline(always)]
+    pub(super) fn new(q: *const E, p: &Problem<'_, E>) -> Self {
+        let Dims { dk, ldq, ldkv, .. } = p.dims;
+        Scores {
+            q,
+            ldq,
+            k: p.k.as_ptr(),
+            ldk: ldkv,
+            dk,
+        }
+    }
+}
+
+/// Scores `out[kk·ldo + lane] = q[lane, :] · k[j0 + kk, :]` for the `nk` keys from `j0`.
 ///
 /// # Safety
-/// `q` points at the tile's first query in a column-major matrix with leading dimension
-/// `ldq` and `dk` columns, holding `NV·LANES` rows from there; `k` points at the block's first
-/// key (leading dimension `ldk`, `dk` columns, `nk` rows from there); `p` holds `nk` rows of
-/// `ldp ≥ NV·LANES`.
+/// `ops.q` holds `NV·LANES` rows of its `dk` columns; `j0 + nk ≤ skv` (the keys' length,
+/// checked by `Problem::check`); `out` holds `nk` rows of `ldo ≥ NV·LANES`.
 #[inline(always)]
 pub(super) unsafe fn qk_block<S: Simd, const NV: usize>(
     s: S,
-    q: *const S::E,
-    ldq: usize,
-    k: *const S::E,
-    ldk: usize,
-    dk: usize,
+    ops: Scores<S::E>,
+    j0: usize,
     nk: usize,
-    p: *mut S::E,
-    ldp: usize,
+    out: *mut S::E,
+    ldo: usize,
 ) {
+    // SAFETY: key `j0 ≤ skv`.
+    let k = unsafe { ops.k.add(j0) };
     for_tiles!(nk, S::TILE, |kk, N| {
         // SAFETY: keys `kk .. kk + N ≤ nk`, inside the contract.
-        unsafe { qk_tile::<S, NV, N>(s, q, ldq, k.add(kk), ldk, dk, p.add(kk * ldp), ldp) }
+        unsafe { qk_tile::<S, NV, N>(s, ops, k.add(kk), out.add(kk * ldo), ldo) }
     });
 }
 
-/// `NV·LANES` queries × `N` keys of scores, `NV·N` vector accumulators over the key width.
+/// `NV·LANES` queries × the `N` keys from `k` of scores, `NV·N` vector accumulators over the
+/// key width.
 ///
 /// # Safety
-/// As [`qk_block`] with `N` keys.
+/// As [`qk_block`] with `N` keys from `k`.
 #[inline(always)]
 unsafe fn qk_tile<S: Simd, const NV: usize, const N: usize>(
     s: S,
-    q: *const S::E,
-    ldq: usize,
+    ops: Scores<S::E>,
     k: *const S::E,
-    ldk: usize,
-    dk: usize,
-    p: *mut S::E,
-    ldp: usize,
+    out: *mut S::E,
+    ldo: usize,
 ) {
+    let Scores {
+        q, ldq, ldk, dk, ..
+    } = ops;
     let l = S::LANES;
     let zero = s.splat(S::E::ZERO);
     // Two named rows of accumulators (at most), which stay in registers.
     let mut a0 = [zero; N];
     let mut a1 = [zero; N];
     // SAFETY: query rows `0 .. NV·l` and key rows `0 .. N` of columns `0 .. dk`, and `N`
-    // rows of P, all inside the contract.
+    // rows of `out`, all inside the contract.
     unsafe {
         for d in 0..dk {
             let qd = q.add(d * ldq);
@@ -307,43 +331,58 @@ unsafe fn qk_tile<S: Simd, const NV: usize, const N: usize>(
             }
         }
         for c in 0..N {
-            s.store(p.add(c * ldp), a0[c]);
+            s.store(out.add(c * ldo), a0[c]);
             if NV > 1 {
-                s.store(p.add(c * ldp + l), a1[c]);
+                s.store(out.add(c * ldo + l), a1[c]);
             }
         }
     }
 }
 
-/// `acc[e] = corr · acc[e] + Σ_kk P[kk] · v[j0 + kk, e]` for every value column `e`, in
-/// tiles of `NV·LANES` queries × 6 columns. With `guard`, the sum moves only in the lanes
-/// `guard(kk)` allows (the same fused multiply-add otherwise, so the result is bit for bit
-/// the unguarded one wherever that is finite).
+/// The operands of [`pv_block`] over one block of `nk` keys.
+pub(super) struct PvBlock<'g, S: Simd, const NV: usize, G> {
+    /// The probabilities: `nk` rows of `ldp ≥ NV·LANES` (one per key).
+    pub p: *const S::E,
+    pub ldp: usize,
+    /// The block's first value, in a column-major matrix with leading dimension `ldv` and `dv`
+    /// columns; `nk` rows from there.
+    pub v: *const S::E,
+    pub ldv: usize,
+    pub nk: usize,
+    /// The accumulators: `dv` rows of `ld_acc ≥ NV·LANES`.
+    pub acc: *mut S::E,
+    pub ld_acc: usize,
+    /// `Some(corr)`: the accumulators are read and scaled by `corr` first; `None`: they are
+    /// written, as if they held zeros.
+    pub corr: Option<[S::V; NV]>,
+    /// With a guard, the sums move only in the lanes `guard(kk)` allows (the same fused
+    /// multiply-add otherwise, so the result is bit for bit the unguarded one wherever that is
+    /// finite).
+    pub guard: Option<&'g G>,
+}
+
+// Copied into every tile (a derive would ask for `G: Copy`; only `&G` is held).
+impl<S: Simd, const NV: usize, G> Clone for PvBlock<'_, S, NV, G> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<S: Simd, const NV: usize, G> Copy for PvBlock<'_, S, NV, G> {}
+
+/// `acc[e] = corr · acc[e] + Σ_kk P[kk] · v[kk, e]` for every value column `e < dv`, in tiles
+/// of `NV·LANES` queries × `TILE` columns (see [`PvBlock`]).
 ///
 /// # Safety
-/// `p` holds `nk` rows of `ldp ≥ NV·LANES`; `v` points at the block's first key in a
-/// column-major matrix with leading dimension `ldv` and `dv` columns, `nk` rows from there;
-/// `acc` holds `dv` rows of `ld_acc ≥ NV·LANES`.
+/// The pointers of `b` hold what its fields' docs say.
 #[inline(always)]
 pub(super) unsafe fn pv_block<S: Simd, const NV: usize, G: Fn(usize) -> [S::M; NV]>(
     s: S,
-    p: *const S::E,
-    ldp: usize,
-    v: *const S::E,
-    ldv: usize,
-    nk: usize,
+    b: PvBlock<'_, S, NV, G>,
     dv: usize,
-    acc: *mut S::E,
-    ld_acc: usize,
-    load_acc: bool,
-    corr: [S::V; NV],
-    guard: Option<&G>,
 ) {
     for_tiles!(dv, S::TILE, |e, N| {
         // SAFETY: value columns `e .. e + N ≤ dv`, inside the contract.
-        unsafe {
-            pv_tile::<S, NV, N, G>(s, p, ldp, v, ldv, nk, e, acc, ld_acc, load_acc, corr, guard)
-        }
+        unsafe { pv_tile::<S, NV, N, G>(s, b, e) }
     });
 }
 
@@ -354,18 +393,20 @@ pub(super) unsafe fn pv_block<S: Simd, const NV: usize, G: Fn(usize) -> [S::M; N
 #[inline(always)]
 unsafe fn pv_tile<S: Simd, const NV: usize, const N: usize, G: Fn(usize) -> [S::M; NV]>(
     s: S,
-    p: *const S::E,
-    ldp: usize,
-    v: *const S::E,
-    ldv: usize,
-    nk: usize,
+    b: PvBlock<'_, S, NV, G>,
     e0: usize,
-    acc: *mut S::E,
-    ld_acc: usize,
-    load_acc: bool,
-    corr: [S::V; NV],
-    guard: Option<&G>,
 ) {
+    let PvBlock {
+        p,
+        ldp,
+        v,
+        ldv,
+        nk,
+        acc,
+        ld_acc,
+        corr,
+        guard,
+    } = b;
     let l = S::LANES;
     let zero = s.splat(S::E::ZERO);
     // Two named rows of accumulators (at most), which stay in registers.
@@ -374,7 +415,7 @@ unsafe fn pv_tile<S: Simd, const NV: usize, const N: usize, G: Fn(usize) -> [S::
     // SAFETY: accumulator rows `e0 .. e0 + N`, P rows `0 .. nk` and value rows `0 .. nk` of
     // columns `e0 .. e0 + N`, inside the contract.
     unsafe {
-        if load_acc {
+        if let Some(corr) = corr {
             for c in 0..N {
                 let row = acc.add((e0 + c) * ld_acc);
                 a0[c] = s.mul(s.load(row), corr[0]);

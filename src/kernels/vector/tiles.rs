@@ -7,7 +7,8 @@ use super::super::simd::Simd;
 use super::super::{Lazy, scalar};
 use super::rows::rows;
 use super::steps::{
-    TileRanges, exp_and_sum, key_mask, pv_block, qk_block, scale_and_mask, tile_ranges,
+    PvBlock, Scores, TileRanges, exp_and_sum, key_mask, pv_block, qk_block, scale_and_mask,
+    tile_ranges,
 };
 
 /// Streaming attention for one head: `out[sq × dv] = softmax(scale·q·kᵀ + mask) · v`. Whole
@@ -96,13 +97,13 @@ fn tile_pass<S: Simd, const NV: usize>(
     i0: usize,
     vscale: S::E,
 ) -> bool {
-    let Dims {
-        dk, dv, ldq, ldkv, ..
-    } = p.dims;
-    let (k, v, mask) = (p.k, p.v, p.mask);
+    let Dims { dv, ldkv, .. } = p.dims;
+    let (v, mask) = (p.v, p.mask);
     let l = S::LANES;
     let mq = NV * l;
     assert!(i0 + mq <= p.dims.sq, "tile past the last query");
+    // SAFETY: rows `i0 .. i0 + mq ≤ sq` of q (`dk` columns, leading dimension `ldq`).
+    let scores = Scores::new(unsafe { q.add(i0) }, p);
     let ranges: TileRanges<S, NV> = tile_ranges::<S, NV>(s, mask, i0);
     let (lo_min, hi_max) = ranges.union;
     let (lo_max, hi_min) = ranges.common;
@@ -125,22 +126,9 @@ fn tile_pass<S: Simd, const NV: usize>(
     while j0 < hi_max {
         let nk = KB.min(hi_max - j0);
         let full = !dense && j0 >= lo_max && j0 + nk <= hi_min;
-        // SAFETY: rows `i0 .. i0 + mq ≤ sq` of q (`dk` columns, leading dimension `ldq`),
-        // keys `j0 .. j0 + nk ≤ skv` of k (leading dimension `ldkv`), and `nk·mq ≤ KB·MQ_MAX`
+        // SAFETY: the tile's `mq` queries, keys `j0 .. j0 + nk ≤ skv`, and `nk·mq ≤ KB·MQ_MAX`
         // values of P (lengths checked in `attention`).
-        unsafe {
-            qk_block::<S, NV>(
-                s,
-                q.add(i0),
-                ldq,
-                k.as_ptr().add(j0),
-                ldkv,
-                dk,
-                nk,
-                p_buf,
-                mq,
-            )
-        };
+        unsafe { qk_block::<S, NV>(s, scores, j0, nk, p_buf, mq) };
         // SAFETY: `nk ≤ KB` rows of `mq` values in P and in the mask buffer; the key masks
         // read lanes `i0 .. i0 + mq ≤ sq` of columns `j0 .. j0 + nk ≤ skv`.
         let bmax = unsafe {
@@ -183,24 +171,21 @@ fn tile_pass<S: Simd, const NV: usize>(
             }
             ok
         };
-        // SAFETY: keys `j0 .. j0 + nk` of v (`dv` columns, leading dimension `ldkv`), P holds
-        // `nk` rows of `mq`, and the accumulator `dv × MQ_MAX` (checked in `attention`).
-        unsafe {
-            pv_block::<S, NV, _>(
-                s,
-                p_buf,
-                mq,
-                v.as_ptr().add(j0),
-                ldkv,
-                nk,
-                dv,
-                work.acc.as_mut_ptr(),
-                MQ_MAX,
-                !first_block,
-                corr,
-                guarded.then_some(&stored),
-            );
-        }
+        let block = PvBlock {
+            p: p_buf,
+            ldp: mq,
+            // SAFETY: key `j0 ≤ skv` of v.
+            v: unsafe { v.as_ptr().add(j0) },
+            ldv: ldkv,
+            nk,
+            acc: work.acc.as_mut_ptr(),
+            ld_acc: MQ_MAX,
+            corr: (!first_block).then_some(corr),
+            guard: guarded.then_some(&stored),
+        };
+        // SAFETY: keys `j0 .. j0 + nk ≤ skv` of v (`dv` columns, leading dimension `ldkv`), P
+        // holds `nk` rows of `mq`, and the accumulator `dv × MQ_MAX` (checked in `attention`).
+        unsafe { pv_block::<S, NV, _>(s, block, dv) };
         first_block = false;
         j0 += nk;
     }
@@ -289,17 +274,14 @@ fn weight_tile<S: Simd, const NV: usize>(
     i0: usize,
 ) {
     let Dims {
-        skv,
-        dk,
-        dv,
-        ldq,
-        ldkv,
-        ..
+        skv, dv, ldq, ldkv, ..
     } = p.dims;
-    let (k, v, mask) = (p.k, p.v, p.mask);
+    let (v, mask) = (p.v, p.mask);
     let l = S::LANES;
     let mq = NV * l;
     assert!(i0 + mq <= p.dims.sq, "tile past the last query");
+    // SAFETY: rows `i0 .. i0 + mq ≤ sq` of q (`dk` columns, leading dimension `ldq`).
+    let scores = Scores::new(unsafe { q.add(i0) }, p);
     let zero = s.splat(S::E::ZERO);
     let neg_inf = s.splat(S::E::NEG_INFINITY);
     let dense = mask.is_dense();
@@ -318,22 +300,10 @@ fn weight_tile<S: Simd, const NV: usize>(
     // SAFETY: column `lo_min ≤ skv` of the weights' lanes `i0 .. i0 + mq` (leading dimension
     // `ldq`; checked in `attention_with_weights`).
     let cols = unsafe { w.add(i0 + lo_min * ldq) };
-    // SAFETY: query rows `i0 .. i0 + mq`, keys `lo_min .. hi_max ≤ skv`, and the weights'
-    // lanes `i0 .. i0 + mq` of those columns (leading dimension `ldq`); the key masks read the
-    // same lanes of the mask's matrices (the blocks below rely on the same bounds).
-    unsafe {
-        qk_block::<S, NV>(
-            s,
-            q.add(i0),
-            ldq,
-            k.as_ptr().add(lo_min),
-            ldkv,
-            dk,
-            keys,
-            cols,
-            ldq,
-        )
-    };
+    // SAFETY: the tile's queries, keys `lo_min .. hi_max ≤ skv`, and the weights' lanes
+    // `i0 .. i0 + mq` of those columns (leading dimension `ldq`); the key masks read the same
+    // lanes of the mask's matrices (the blocks below rely on the same bounds).
+    unsafe { qk_block::<S, NV>(s, scores, lo_min, keys, cols, ldq) };
     let full = |kk: usize| !dense && lo_min + kk >= lo_max && lo_min + kk < hi_min;
     // SAFETY: as above.
     let m = unsafe {
@@ -385,20 +355,18 @@ fn weight_tile<S: Simd, const NV: usize>(
     // above, so its outputs may replace them.
     unsafe {
         if keys > 0 {
-            pv_block::<S, NV, _>(
-                s,
-                cols.cast_const(),
-                ldq,
-                v.as_ptr().add(lo_min),
-                ldkv,
-                keys,
-                dv,
-                out.add(i0),
-                ldq,
-                false,
-                [zero; NV],
-                guarded.then_some(&recomputed),
-            );
+            let block = PvBlock {
+                p: cols.cast_const(),
+                ldp: ldq,
+                v: v.as_ptr().add(lo_min),
+                ldv: ldkv,
+                nk: keys,
+                acc: out.add(i0),
+                ld_acc: ldq,
+                corr: None,
+                guard: guarded.then_some(&recomputed),
+            };
+            pv_block::<S, NV, _>(s, block, dv);
         } else {
             for e in 0..dv {
                 for n in 0..NV {
