@@ -245,15 +245,15 @@ pub(super) unsafe fn tile_rows<S: Simd, const NV: usize>(
     }
 }
 
-/// The operands of scores `q · kᵀ`: the queries from a tile's first, `dk` columns with
-/// leading dimension `ldq`, and the keys of the problem (leading dimension `ldk`).
+/// The operands of scores `q · kᵀ`: the queries from a tile's (or a row's) first, `dk`
+/// columns with leading dimension `ldq`, and the keys of the problem (leading dimension `ldk`).
 #[derive(Clone, Copy)]
 pub(super) struct Scores<E> {
-    q: *const E,
-    ldq: usize,
-    k: *const E,
-    ldk: usize,
-    dk: usize,
+    pub q: *const E,
+    pub ldq: usize,
+    pub k: *const E,
+    pub ldk: usize,
+    pub dk: usize,
 }
 
 impl<E> Scores<E> {
@@ -339,50 +339,35 @@ unsafe fn qk_tile<S: Simd, const NV: usize, const N: usize>(
     }
 }
 
-/// The operands of [`pv_block`] over one block of `nk` keys.
-pub(super) struct PvBlock<'g, S: Simd, const NV: usize, G> {
-    /// The probabilities: `nk` rows of `ldp ≥ NV·LANES` (one per key).
-    pub p: *const S::E,
-    pub ldp: usize,
-    /// The block's first value, in a column-major matrix with leading dimension `ldv` and `dv`
-    /// columns; `nk` rows from there.
-    pub v: *const S::E,
-    pub ldv: usize,
-    pub nk: usize,
-    /// The accumulators: `dv` rows of `ld_acc ≥ NV·LANES`.
-    pub acc: *mut S::E,
-    pub ld_acc: usize,
-    /// `Some(corr)`: the accumulators are read and scaled by `corr` first; `None`: they are
-    /// written, as if they held zeros.
-    pub corr: Option<[S::V; NV]>,
-    /// With a guard, the sums move only in the lanes `guard(kk)` allows (the same fused
-    /// multiply-add otherwise, so the result is bit for bit the unguarded one wherever that is
-    /// finite).
-    pub guard: Option<&'g G>,
-}
-
-// Copied into every tile (a derive would ask for `G: Copy`; only `&G` is held).
-impl<S: Simd, const NV: usize, G> Clone for PvBlock<'_, S, NV, G> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<S: Simd, const NV: usize, G> Copy for PvBlock<'_, S, NV, G> {}
-
-/// `acc[e] = corr · acc[e] + Σ_kk P[kk] · v[kk, e]` for every value column `e < dv`, in tiles
-/// of `NV·LANES` queries × `TILE` columns (see [`PvBlock`]).
+/// `acc[e] = corr · acc[e] + Σ_kk P[kk] · v[j0 + kk, e]` for every value column `e`, in
+/// tiles of `NV·LANES` queries × `TILE` columns. With `guard`, the sum moves only in the lanes
+/// `guard(kk)` allows (the same fused multiply-add otherwise, so the result is bit for bit
+/// the unguarded one wherever that is finite).
 ///
 /// # Safety
-/// The pointers of `b` hold what its fields' docs say.
+/// `p` holds `nk` rows of `ldp ≥ NV·LANES`; `v` points at the block's first key in a
+/// column-major matrix with leading dimension `ldv` and `dv` columns, `nk` rows from there;
+/// `acc` holds `dv` rows of `ld_acc ≥ NV·LANES`.
 #[inline(always)]
 pub(super) unsafe fn pv_block<S: Simd, const NV: usize, G: Fn(usize) -> [S::M; NV]>(
     s: S,
-    b: PvBlock<'_, S, NV, G>,
+    p: *const S::E,
+    ldp: usize,
+    v: *const S::E,
+    ldv: usize,
+    nk: usize,
     dv: usize,
+    acc: *mut S::E,
+    ld_acc: usize,
+    load_acc: bool,
+    corr: [S::V; NV],
+    guard: Option<&G>,
 ) {
     for_tiles!(dv, S::TILE, |e, N| {
         // SAFETY: value columns `e .. e + N ≤ dv`, inside the contract.
-        unsafe { pv_tile::<S, NV, N, G>(s, b, e) }
+        unsafe {
+            pv_tile::<S, NV, N, G>(s, p, ldp, v, ldv, nk, e, acc, ld_acc, load_acc, corr, guard)
+        }
     });
 }
 
@@ -393,20 +378,18 @@ pub(super) unsafe fn pv_block<S: Simd, const NV: usize, G: Fn(usize) -> [S::M; N
 #[inline(always)]
 unsafe fn pv_tile<S: Simd, const NV: usize, const N: usize, G: Fn(usize) -> [S::M; NV]>(
     s: S,
-    b: PvBlock<'_, S, NV, G>,
+    p: *const S::E,
+    ldp: usize,
+    v: *const S::E,
+    ldv: usize,
+    nk: usize,
     e0: usize,
+    acc: *mut S::E,
+    ld_acc: usize,
+    load_acc: bool,
+    corr: [S::V; NV],
+    guard: Option<&G>,
 ) {
-    let PvBlock {
-        p,
-        ldp,
-        v,
-        ldv,
-        nk,
-        acc,
-        ld_acc,
-        corr,
-        guard,
-    } = b;
     let l = S::LANES;
     let zero = s.splat(S::E::ZERO);
     // Two named rows of accumulators (at most), which stay in registers.
@@ -415,7 +398,7 @@ unsafe fn pv_tile<S: Simd, const NV: usize, const N: usize, G: Fn(usize) -> [S::
     // SAFETY: accumulator rows `e0 .. e0 + N`, P rows `0 .. nk` and value rows `0 .. nk` of
     // columns `e0 .. e0 + N`, inside the contract.
     unsafe {
-        if let Some(corr) = corr {
+        if load_acc {
             for c in 0..N {
                 let row = acc.add((e0 + c) * ld_acc);
                 a0[c] = s.mul(s.load(row), corr[0]);

@@ -7,8 +7,7 @@ use super::super::simd::Simd;
 use super::super::{Lazy, scalar};
 use super::rows::rows;
 use super::steps::{
-    PvBlock, Scores, TileRanges, exp_and_sum, key_mask, pv_block, qk_block, scale_and_mask,
-    tile_ranges,
+    Scores, TileRanges, exp_and_sum, key_mask, pv_block, qk_block, scale_and_mask, tile_ranges,
 };
 
 /// Streaming attention for one head: `out[sq × dv] = softmax(scale·q·kᵀ + mask) · v`. Whole
@@ -171,21 +170,24 @@ fn tile_pass<S: Simd, const NV: usize>(
             }
             ok
         };
-        let block = PvBlock {
-            p: p_buf,
-            ldp: mq,
-            // SAFETY: key `j0 ≤ skv` of v.
-            v: unsafe { v.as_ptr().add(j0) },
-            ldv: ldkv,
-            nk,
-            acc: work.acc.as_mut_ptr(),
-            ld_acc: MQ_MAX,
-            corr: (!first_block).then_some(corr),
-            guard: guarded.then_some(&stored),
-        };
-        // SAFETY: keys `j0 .. j0 + nk ≤ skv` of v (`dv` columns, leading dimension `ldkv`), P
-        // holds `nk` rows of `mq`, and the accumulator `dv × MQ_MAX` (checked in `attention`).
-        unsafe { pv_block::<S, NV, _>(s, block, dv) };
+        // SAFETY: keys `j0 .. j0 + nk` of v (`dv` columns, leading dimension `ldkv`), P holds
+        // `nk` rows of `mq`, and the accumulator `dv × MQ_MAX` (checked in `attention`).
+        unsafe {
+            pv_block::<S, NV, _>(
+                s,
+                p_buf,
+                mq,
+                v.as_ptr().add(j0),
+                ldkv,
+                nk,
+                dv,
+                work.acc.as_mut_ptr(),
+                MQ_MAX,
+                !first_block,
+                corr,
+                guarded.then_some(&stored),
+            );
+        }
         first_block = false;
         j0 += nk;
     }
@@ -355,18 +357,20 @@ fn weight_tile<S: Simd, const NV: usize>(
     // above, so its outputs may replace them.
     unsafe {
         if keys > 0 {
-            let block = PvBlock {
-                p: cols.cast_const(),
-                ldp: ldq,
-                v: v.as_ptr().add(lo_min),
-                ldv: ldkv,
-                nk: keys,
-                acc: out.add(i0),
-                ld_acc: ldq,
-                corr: None,
-                guard: guarded.then_some(&recomputed),
-            };
-            pv_block::<S, NV, _>(s, block, dv);
+            pv_block::<S, NV, _>(
+                s,
+                cols.cast_const(),
+                ldq,
+                v.as_ptr().add(lo_min),
+                ldkv,
+                keys,
+                dv,
+                out.add(i0),
+                ldq,
+                false,
+                [zero; NV],
+                guarded.then_some(&recomputed),
+            );
         } else {
             for e in 0..dv {
                 for n in 0..NV {
