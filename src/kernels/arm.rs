@@ -6,7 +6,7 @@
 
 use core::arch::aarch64::*;
 
-use super::simd::{Simd, one_intrinsic_each};
+use super::simd::simd_impls;
 use super::table::{Table, widen_f16_portable};
 use super::{Kernel, vector};
 
@@ -22,142 +22,97 @@ pub(crate) struct NeonF32(Neon);
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct NeonF64(Neon);
 
-// Every `unsafe` block in the two `impl`s below (and in `one_intrinsic_each!`) calls NEON
-// intrinsics, which are sound to execute exactly when the CPU has NEON: `self` holds a `Neon`
-// token, which exists only on targets whose baseline includes it. The loads and stores
-// additionally rely on their own `# Safety` contracts (the caller's pointers).
+// The two `Simd` implementations, by `simd_impls!` from one table (f32 and f64 columns).
+// Every `unsafe` block it makes calls NEON intrinsics, which are sound to execute exactly when
+// the CPU has NEON: `self` holds a `Neon` token, which exists only on targets whose baseline
+// includes it. The loads and stores additionally rely on their own `# Safety` contracts (the
+// caller's pointers).
 
-impl Simd for NeonF32 {
-    type E = f32;
-    type V = float32x4_t;
-    type M = uint32x4_t;
-    const LANES: usize = 4;
-    const TILE: usize = 12;
-
-    one_intrinsic_each! {
-        splat: vdupq_n_f32,
-        load: vld1q_f32,
-        store: vst1q_f32,
-        ops: [add: vaddq_f32, sub: vsubq_f32, mul: vmulq_f32, div: vdivq_f32],
-        cmps: [lt: vcltq_f32, ge: vcgeq_f32, eq: vceqq_f32],
-        fma: |a, b, c| vfmaq_f32(c, a, b),
-        // `a > b ? a : b`, so a NaN in either gives `b`: the x86 MAXPS rule the kernels are
-        // written to.
-        max: |a, b| vbslq_f32(vcgtq_f32(a, b), a, b),
-        select: |m, a, b| vbslq_f32(m, a, b),
-        keep: |a, m| vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(a), m)),
-        and: |a, b| vandq_u32(a, b),
-        // BIC computes `a AND NOT b`.
-        and_not: |a, b| vbicq_u32(a, b),
-        all: |m| vminvq_u32(m) == u32::MAX,
-        round: |v| vrndnq_f32(v),
-        reduce_add: |v| vaddvq_f32(v),
-        broadcast: |p| vld1q_dup_f32(p),
-    }
-    #[inline(always)]
-    fn pow2(self, n: float32x4_t) -> float32x4_t {
-        // SAFETY: NEON, proven by the token.
-        unsafe {
-            vreinterpretq_f32_s32(vshlq_n_s32::<23>(vaddq_s32(
-                vcvtq_s32_f32(n),
-                vdupq_n_s32(127),
-            )))
-        }
-    }
-    #[inline(always)]
-    unsafe fn load_partial(self, p: *const f32, n: usize) -> float32x4_t {
+simd_impls! {
+    impl Simd for NeonF32, NeonF64;
+    type E = f32, f64;
+    type V = float32x4_t, float64x2_t;
+    type M = uint32x4_t, uint64x2_t;
+    const LANES = 4, 2;
+    const TILE = 12, 12;
+    splat(x): vdupq_n_f32, vdupq_n_f64;
+    add(a, b): vaddq_f32, vaddq_f64;
+    sub(a, b): vsubq_f32, vsubq_f64;
+    mul(a, b): vmulq_f32, vmulq_f64;
+    div(a, b): vdivq_f32, vdivq_f64;
+    fma(a, b, c): { vfmaq_f32(c, a, b) }, { vfmaq_f64(c, a, b) };
+    // `a > b ? a : b`, so a NaN in either gives `b`: the x86 MAXPS rule the kernels are
+    // written to.
+    max(a, b): { vbslq_f32(vcgtq_f32(a, b), a, b) }, { vbslq_f64(vcgtq_f64(a, b), a, b) };
+    select(m, a, b): vbslq_f32, vbslq_f64;
+    keep(a, m): {
+        vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(a), m))
+    }, {
+        vreinterpretq_f64_u64(vandq_u64(vreinterpretq_u64_f64(a), m))
+    };
+    lt(a, b): vcltq_f32, vcltq_f64;
+    ge(a, b): vcgeq_f32, vcgeq_f64;
+    eq(a, b): vceqq_f32, vceqq_f64;
+    and(a, b): vandq_u32, vandq_u64;
+    // BIC computes `a AND NOT b`.
+    and_not(a, b): vbicq_u32, vbicq_u64;
+    all(m): {
+        vminvq_u32(m) == u32::MAX
+    }, {
+        vgetq_lane_u64::<0>(m) == u64::MAX && vgetq_lane_u64::<1>(m) == u64::MAX
+    };
+    round(v): vrndnq_f32, vrndnq_f64;
+    // 2ⁿ: the biased exponent `e = n + bias` shifted into place.
+    pow2(n): {
+        let e = vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127));
+        vreinterpretq_f32_s32(vshlq_n_s32::<23>(e))
+    }, {
+        let e = vaddq_s64(vcvtq_s64_f64(n), vdupq_n_s64(1023));
+        vreinterpretq_f64_s64(vshlq_n_s64::<52>(e))
+    };
+    reduce_add(v): vaddvq_f32, vaddvq_f64;
+    load(p): vld1q_f32, vld1q_f64;
+    // NEON has no masked load: lane by lane into zeros (a copy of `n` values through a buffer
+    // would be a call to `memcpy` per load); lane `i` is read only when `i < n`.
+    load_partial(p, n): {
         debug_assert!(n <= 4);
-        // NEON has no masked load: lane by lane into zeros (a copy of `n` values through a
-        // buffer would be a call to `memcpy` per load).
-        // SAFETY: NEON (token); the caller guarantees `n` readable floats at `p`, and lane `i`
-        // is read only when `i < n`.
-        unsafe {
-            if n >= 4 {
-                return vld1q_f32(p);
-            }
-            let mut v = vdupq_n_f32(0.0);
-            if n > 0 {
-                v = vld1q_lane_f32::<0>(p, v);
-            }
-            if n > 1 {
-                v = vld1q_lane_f32::<1>(p.add(1), v);
-            }
-            if n > 2 {
-                v = vld1q_lane_f32::<2>(p.add(2), v);
-            }
-            v
+        if n >= 4 {
+            return vld1q_f32(p);
         }
-    }
-    #[inline(always)]
-    unsafe fn load_bools(self, p: *const bool) -> uint32x4_t {
-        // SAFETY: the caller guarantees 4 readable booleans (0 or 1) at `p`; NEON (token).
-        unsafe {
-            let b = [
-                u32::from(*p),
-                u32::from(*p.add(1)),
-                u32::from(*p.add(2)),
-                u32::from(*p.add(3)),
-            ];
-            vcgtq_u32(vld1q_u32(b.as_ptr()), vdupq_n_u32(0))
+        let mut v = vdupq_n_f32(0.0);
+        if n > 0 {
+            v = vld1q_lane_f32::<0>(p, v);
         }
-    }
-}
-
-impl Simd for NeonF64 {
-    type E = f64;
-    type V = float64x2_t;
-    type M = uint64x2_t;
-    const LANES: usize = 2;
-    const TILE: usize = 12;
-
-    one_intrinsic_each! {
-        splat: vdupq_n_f64,
-        load: vld1q_f64,
-        store: vst1q_f64,
-        ops: [add: vaddq_f64, sub: vsubq_f64, mul: vmulq_f64, div: vdivq_f64],
-        cmps: [lt: vcltq_f64, ge: vcgeq_f64, eq: vceqq_f64],
-        fma: |a, b, c| vfmaq_f64(c, a, b),
-        max: |a, b| vbslq_f64(vcgtq_f64(a, b), a, b),
-        select: |m, a, b| vbslq_f64(m, a, b),
-        keep: |a, m| vreinterpretq_f64_u64(vandq_u64(vreinterpretq_u64_f64(a), m)),
-        and: |a, b| vandq_u64(a, b),
-        and_not: |a, b| vbicq_u64(a, b),
-        all: |m| vgetq_lane_u64::<0>(m) == u64::MAX && vgetq_lane_u64::<1>(m) == u64::MAX,
-        round: |v| vrndnq_f64(v),
-        reduce_add: |v| vaddvq_f64(v),
-        broadcast: |p| vld1q_dup_f64(p),
-    }
-    #[inline(always)]
-    fn pow2(self, n: float64x2_t) -> float64x2_t {
-        // SAFETY: NEON, proven by the token.
-        unsafe {
-            vreinterpretq_f64_s64(vshlq_n_s64::<52>(vaddq_s64(
-                vcvtq_s64_f64(n),
-                vdupq_n_s64(1023),
-            )))
+        if n > 1 {
+            v = vld1q_lane_f32::<1>(p.add(1), v);
         }
-    }
-    #[inline(always)]
-    unsafe fn load_partial(self, p: *const f64, n: usize) -> float64x2_t {
+        if n > 2 {
+            v = vld1q_lane_f32::<2>(p.add(2), v);
+        }
+        v
+    }, {
         debug_assert!(n <= 2);
-        // SAFETY: NEON (token); the caller guarantees `n` readable doubles at `p`, and lane
-        // `i` is read only when `i < n`.
-        unsafe {
-            match n {
-                0 => vdupq_n_f64(0.0),
-                1 => vld1q_lane_f64::<0>(p, vdupq_n_f64(0.0)),
-                _ => vld1q_f64(p),
-            }
+        match n {
+            0 => vdupq_n_f64(0.0),
+            1 => vld1q_lane_f64::<0>(p, vdupq_n_f64(0.0)),
+            _ => vld1q_f64(p),
         }
-    }
-    #[inline(always)]
-    unsafe fn load_bools(self, p: *const bool) -> uint64x2_t {
-        // SAFETY: the caller guarantees 2 readable booleans at `p`; NEON (token).
-        unsafe {
-            let b = [u64::from(*p), u64::from(*p.add(1))];
-            vcgtq_u64(vld1q_u64(b.as_ptr()), vdupq_n_u64(0))
-        }
-    }
+    };
+    store(p, v): vst1q_f32, vst1q_f64;
+    broadcast(p): vld1q_dup_f32, vld1q_dup_f64;
+    // Booleans (0 or 1) widened to the lanes and compared with 0.
+    load_bools(p): {
+        let b = [
+            u32::from(*p),
+            u32::from(*p.add(1)),
+            u32::from(*p.add(2)),
+            u32::from(*p.add(3)),
+        ];
+        vcgtq_u32(vld1q_u32(b.as_ptr()), vdupq_n_u32(0))
+    }, {
+        let b = [u64::from(*p), u64::from(*p.add(1))];
+        vcgtq_u64(vld1q_u64(b.as_ptr()), vdupq_n_u64(0))
+    };
 }
 
 // ---- Kernel tables -------------------------------------------------------------------------
@@ -166,10 +121,8 @@ impl Simd for NeonF64 {
 // (`vector::table!` with no `#[target_feature]`).
 
 vector::table! {
-    mod neon_f32: f32 = NeonF32(Neon(())), Kernel::Neon, widen_f16_portable
-}
-vector::table! {
-    mod neon_f64: f64 = NeonF64(Neon(())), Kernel::Neon, widen_f16_portable
+    mod neon_f32: f32 = NeonF32(Neon(())), Kernel::Neon, widen_f16_portable;
+    mod neon_f64: f64 = NeonF64(Neon(())), Kernel::Neon, widen_f16_portable;
 }
 
 /// The `f32` NEON table.

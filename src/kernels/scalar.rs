@@ -146,13 +146,20 @@ pub(super) fn attention<T: Float>(
     let mut i0 = 0;
     while i0 < sq {
         let nb = BLOCK_Q.min(sq - i0);
-        block(io.queries(), p, i0, nb, T::ONE, &mut state);
+        let rows = |q, vscale| Rows {
+            q,
+            p,
+            i0,
+            nb,
+            vscale,
+        };
+        block(rows(io.queries(), T::ONE), &mut state);
         let mut vscale = T::ONE;
         if !state.outputs_finite(nb, dv)
             && let Some(rescale) = lazy.rescale(p.v, p.dims)
         {
             vscale = rescale;
-            block(io.queries(), p, i0, nb, vscale, &mut state);
+            block(rows(io.queries(), vscale), &mut state);
         }
         // `vscale` is 1, or a power of two: either way its inverse is exact.
         let inv_vscale = T::ONE / vscale;
@@ -194,16 +201,26 @@ impl<T: Float> State<'_, T> {
     }
 }
 
-/// Runs the keys over the block of `nb` queries from `i0`, leaving the sums in `state`; every
-/// `p` entering the output sums is scaled by `vscale`.
-fn block<T: Float>(
-    q: &[T],
-    p: &Problem<'_, T>,
+/// One block of query rows of the streaming kernel: the `nb ≤ BLOCK_Q` rows of `q` from `i0`
+/// against the keys of `p`, every `p` entering the output sums scaled by `vscale`.
+#[derive(Clone, Copy)]
+struct Rows<'a, 'p, T> {
+    q: &'a [T],
+    p: &'a Problem<'p, T>,
     i0: usize,
     nb: usize,
     vscale: T,
-    work: &mut State<'_, T>,
-) {
+}
+
+/// Runs the keys over a block of rows, leaving the sums in `work`.
+fn block<T: Float>(rows: Rows<'_, '_, T>, work: &mut State<'_, T>) {
+    let Rows {
+        q,
+        p,
+        i0,
+        nb,
+        vscale,
+    } = rows;
     let Dims {
         dk, dv, ldq, ldkv, ..
     } = p.dims;
@@ -232,7 +249,7 @@ fn block<T: Float>(
     }
 
     for j in lo..hi {
-        if j >= all_lo && j < all_hi && full_block_key(q, p, i0, j, scale, vscale, work) {
+        if j >= all_lo && j < all_hi && full_block_key(rows, j, work) {
             continue;
         }
         // General path: which rows of the block use key j, and with what additive bias.
@@ -321,22 +338,18 @@ fn online_step<T: Float>(m: &mut T, l: &mut T, s: T) -> (T, T) {
 }
 
 /// The common case, written branch-free over a whole block so it vectorises: all `BLOCK_Q`
-/// rows use key `j` with no additive bias. The rescaling of the running sums is skipped when no
-/// row's maximum moved (most keys, after the first few). Returns `false`, having changed
-/// nothing, if a score is `−∞`, which the general path handles.
+/// rows (`rows.nb = BLOCK_Q`) use key `j` with no additive bias. The rescaling of the running
+/// sums is skipped when no row's maximum moved (most keys, after the first few). Returns
+/// `false`, having changed nothing, if a score is `−∞`, which the general path handles.
 #[inline(always)]
-fn full_block_key<T: Float>(
-    q: &[T],
-    p: &Problem<'_, T>,
-    i0: usize,
-    j: usize,
-    scale: T,
-    vscale: T,
-    work: &mut State<'_, T>,
-) -> bool {
+fn full_block_key<T: Float>(rows: Rows<'_, '_, T>, j: usize, work: &mut State<'_, T>) -> bool {
+    let Rows {
+        q, p, i0, vscale, ..
+    } = rows;
     let Dims {
         dk, dv, ldq, ldkv, ..
     } = p.dims;
+    let scale = p.scale;
     let mut s = [T::ZERO; BLOCK_Q];
     for d in 0..dk {
         let kv = p.k[j + d * ldkv];

@@ -195,123 +195,120 @@ impl ExpConstants for f64 {
     const CUTOFF: f64 = EXP_CUTOFF_F64;
 }
 
-/// The methods of a [`Simd`] implementation that are one intrinsic each, written once for
-/// every instruction set: `splat`, `load`, `store`, the lane-wise arithmetic and comparisons
-/// named in `ops` and `cmps`, and `fma` when its intrinsic takes `a · b + c` in that order;
-/// then, as `name: |args| body`, those whose intrinsic takes its operands in another order or
-/// needs more than the operands (`fma`, `max`, `select`, `keep`, `and`, `and_not`, `all`,
-/// `round`, `reduce_add`, `broadcast`: the arguments in the trait's order).
+/// The [`Simd`] implementations of one instruction set, one per column of a table: the
+/// implementing types, their associated types and constants, then one row per method in the
+/// trait's order, `name(args): cell, cell, …;`. A cell is either the intrinsic that takes the
+/// row's arguments in that order (`add(a, b): _mm256_add_ps, …` calls `_mm256_add_ps(a, b)`),
+/// or a `{ block }` over the row's arguments. The signatures, attributes and `SAFETY`
+/// comments are written once, here.
 ///
-/// Every `unsafe` block calls intrinsics of the implementation's instruction set, which is
-/// sound because `self` is the token proving the CPU runs it; `load`, `store` and `broadcast`
-/// rely besides on their callers' `# Safety` contracts (`LANES` readable or writable elements
-/// at `p`, or one readable element).
-macro_rules! one_intrinsic_each {
+/// Every generated `unsafe` block runs the cell, which calls intrinsics of the column's
+/// instruction set: sound because `self` is the token proving the CPU runs it. The memory
+/// methods (`load`, `load_partial`, `store`, `broadcast`, `load_bools`) rely besides on their
+/// callers' `# Safety` contracts in [`Simd`].
+macro_rules! simd_impls {
     (
-        splat: $splat:path,
-        load: $load:path,
-        store: $store:path,
-        $(fma: $fma:path,)?
-        ops: [$($op:ident: $f:path),* $(,)?],
-        cmps: [$($cmp:ident: $g:path),* $(,)?],
-        $($method:ident: |$($arg:ident),*| $body:expr),* $(,)?
-    ) => {
+        impl Simd for $($T:ty),+;
+        type E = $($E:ty),+;
+        type V = $($V:ty),+;
+        type M = $($M:ty),+;
+        const LANES = $($lanes:expr),+;
+        const TILE = $($tile:expr),+;
+        splat $splat_a:tt: $($splat:tt),+;
+        add $add_a:tt: $($add:tt),+;
+        sub $sub_a:tt: $($sub:tt),+;
+        mul $mul_a:tt: $($mul:tt),+;
+        div $div_a:tt: $($div:tt),+;
+        fma $fma_a:tt: $($fma:tt),+;
+        max $max_a:tt: $($max:tt),+;
+        select $select_a:tt: $($select:tt),+;
+        keep $keep_a:tt: $($keep:tt),+;
+        lt $lt_a:tt: $($lt:tt),+;
+        ge $ge_a:tt: $($ge:tt),+;
+        eq $eq_a:tt: $($eq:tt),+;
+        and $and_a:tt: $($and:tt),+;
+        and_not $and_not_a:tt: $($and_not:tt),+;
+        all $all_a:tt: $($all:tt),+;
+        round $round_a:tt: $($round:tt),+;
+        pow2 $pow2_a:tt: $($pow2:tt),+;
+        reduce_add $reduce_add_a:tt: $($reduce_add:tt),+;
+        load $load_a:tt: $($load:tt),+;
+        load_partial $load_partial_a:tt: $($load_partial:tt),+;
+        store $store_a:tt: $($store:tt),+;
+        broadcast $broadcast_a:tt: $($broadcast:tt),+;
+        load_bools $load_bools_a:tt: $($load_bools:tt),+;
+    ) => {$(
+        impl $crate::kernels::simd::Simd for $T {
+            type E = $E;
+            type V = $V;
+            type M = $M;
+            const LANES: usize = $lanes;
+            const TILE: usize = $tile;
+
+            $crate::kernels::simd::simd_impls!(@fn splat $splat_a (Self::E) -> Self::V = $splat);
+            $crate::kernels::simd::simd_impls!(@fn add $add_a (Self::V, Self::V) -> Self::V = $add);
+            $crate::kernels::simd::simd_impls!(@fn sub $sub_a (Self::V, Self::V) -> Self::V = $sub);
+            $crate::kernels::simd::simd_impls!(@fn mul $mul_a (Self::V, Self::V) -> Self::V = $mul);
+            $crate::kernels::simd::simd_impls!(@fn div $div_a (Self::V, Self::V) -> Self::V = $div);
+            $crate::kernels::simd::simd_impls!(
+                @fn fma $fma_a (Self::V, Self::V, Self::V) -> Self::V = $fma
+            );
+            $crate::kernels::simd::simd_impls!(@fn max $max_a (Self::V, Self::V) -> Self::V = $max);
+            $crate::kernels::simd::simd_impls!(
+                @fn select $select_a (Self::M, Self::V, Self::V) -> Self::V = $select
+            );
+            $crate::kernels::simd::simd_impls!(
+                @fn keep $keep_a (Self::V, Self::M) -> Self::V = $keep
+            );
+            $crate::kernels::simd::simd_impls!(@fn lt $lt_a (Self::V, Self::V) -> Self::M = $lt);
+            $crate::kernels::simd::simd_impls!(@fn ge $ge_a (Self::V, Self::V) -> Self::M = $ge);
+            $crate::kernels::simd::simd_impls!(@fn eq $eq_a (Self::V, Self::V) -> Self::M = $eq);
+            $crate::kernels::simd::simd_impls!(@fn and $and_a (Self::M, Self::M) -> Self::M = $and);
+            $crate::kernels::simd::simd_impls!(
+                @fn and_not $and_not_a (Self::M, Self::M) -> Self::M = $and_not
+            );
+            $crate::kernels::simd::simd_impls!(@fn all $all_a (Self::M) -> bool = $all);
+            $crate::kernels::simd::simd_impls!(@fn round $round_a (Self::V) -> Self::V = $round);
+            $crate::kernels::simd::simd_impls!(@fn pow2 $pow2_a (Self::V) -> Self::V = $pow2);
+            $crate::kernels::simd::simd_impls!(
+                @fn reduce_add $reduce_add_a (Self::V) -> Self::E = $reduce_add
+            );
+            $crate::kernels::simd::simd_impls!(
+                @unsafe load $load_a (*const Self::E) -> Self::V = $load
+            );
+            $crate::kernels::simd::simd_impls!(
+                @unsafe load_partial $load_partial_a (*const Self::E, usize) -> Self::V
+                    = $load_partial
+            );
+            $crate::kernels::simd::simd_impls!(
+                @unsafe store $store_a (*mut Self::E, Self::V) = $store
+            );
+            $crate::kernels::simd::simd_impls!(
+                @unsafe broadcast $broadcast_a (*const Self::E) -> Self::V = $broadcast
+            );
+            $crate::kernels::simd::simd_impls!(
+                @unsafe load_bools $load_bools_a (*const bool) -> Self::M = $load_bools
+            );
+        }
+    )+};
+    (@fn $name:ident ($($arg:ident),*) ($($t:ty),*) -> $r:ty = $cell:tt) => {
         #[inline(always)]
-        fn splat(self, x: Self::E) -> Self::V {
+        // A cell may be plain arithmetic (the AVX-512 mask logic), with nothing unsafe.
+        #[allow(unused_unsafe)]
+        fn $name(self, $($arg: $t),*) -> $r {
             // SAFETY: the token proves the instruction set (see the macro's docs).
-            unsafe { $splat(x) }
+            unsafe { $crate::kernels::simd::simd_impls!(@call $cell ($($arg),*)) }
         }
-        $(
-            #[inline(always)]
-            fn fma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V {
-                // SAFETY: the token proves the instruction set.
-                unsafe { $fma(a, b, c) }
-            }
-        )?
-        $(
-            #[inline(always)]
-            fn $op(self, a: Self::V, b: Self::V) -> Self::V {
-                // SAFETY: the token proves the instruction set.
-                unsafe { $f(a, b) }
-            }
-        )*
-        $(
-            #[inline(always)]
-            fn $cmp(self, a: Self::V, b: Self::V) -> Self::M {
-                // SAFETY: the token proves the instruction set.
-                unsafe { $g(a, b) }
-            }
-        )*
+    };
+    (@unsafe $name:ident ($($arg:ident),*) ($($t:ty),*) $(-> $r:ty)? = $cell:tt) => {
         #[inline(always)]
-        unsafe fn load(self, p: *const Self::E) -> Self::V {
-            // SAFETY: the token proves the instruction set; the caller guarantees `LANES`
-            // readable elements at `p`.
-            unsafe { $load(p) }
-        }
-        #[inline(always)]
-        unsafe fn store(self, p: *mut Self::E, v: Self::V) {
-            // SAFETY: the token proves the instruction set; the caller guarantees `LANES`
-            // writable elements at `p`.
-            unsafe { $store(p, v) }
-        }
-        $($crate::kernels::simd::one_intrinsic_each!(@$method [$($arg),*] $body);)*
-    };
-    // The signatures of the methods written as `name: |args| body`.
-    (@fma [$a:ident, $b:ident, $c:ident] $body:expr) => {
-        $crate::kernels::simd::one_intrinsic_each!(
-            @fn fma($a: Self::V, $b: Self::V, $c: Self::V) -> Self::V = $body
-        );
-    };
-    (@max [$a:ident, $b:ident] $body:expr) => {
-        $crate::kernels::simd::one_intrinsic_each!(
-            @fn max($a: Self::V, $b: Self::V) -> Self::V = $body
-        );
-    };
-    (@select [$m:ident, $a:ident, $b:ident] $body:expr) => {
-        $crate::kernels::simd::one_intrinsic_each!(
-            @fn select($m: Self::M, $a: Self::V, $b: Self::V) -> Self::V = $body
-        );
-    };
-    (@keep [$a:ident, $m:ident] $body:expr) => {
-        $crate::kernels::simd::one_intrinsic_each!(
-            @fn keep($a: Self::V, $m: Self::M) -> Self::V = $body
-        );
-    };
-    (@and [$a:ident, $b:ident] $body:expr) => {
-        $crate::kernels::simd::one_intrinsic_each!(
-            @fn and($a: Self::M, $b: Self::M) -> Self::M = $body
-        );
-    };
-    (@and_not [$a:ident, $b:ident] $body:expr) => {
-        $crate::kernels::simd::one_intrinsic_each!(
-            @fn and_not($a: Self::M, $b: Self::M) -> Self::M = $body
-        );
-    };
-    (@all [$m:ident] $body:expr) => {
-        $crate::kernels::simd::one_intrinsic_each!(@fn all($m: Self::M) -> bool = $body);
-    };
-    (@round [$v:ident] $body:expr) => {
-        $crate::kernels::simd::one_intrinsic_each!(@fn round($v: Self::V) -> Self::V = $body);
-    };
-    (@reduce_add [$v:ident] $body:expr) => {
-        $crate::kernels::simd::one_intrinsic_each!(
-            @fn reduce_add($v: Self::V) -> Self::E = $body
-        );
-    };
-    (@broadcast [$p:ident] $body:expr) => {
-        #[inline(always)]
-        unsafe fn broadcast(self, $p: *const Self::E) -> Self::V {
-            // SAFETY: the token proves the instruction set; the caller guarantees `p` is
-            // readable.
-            unsafe { $body }
+        unsafe fn $name(self, $($arg: $t),*) $(-> $r)? {
+            // SAFETY: the token proves the instruction set; the caller keeps the method's
+            // `# Safety` contract for the pointer.
+            unsafe { $crate::kernels::simd::simd_impls!(@call $cell ($($arg),*)) }
         }
     };
-    (@fn $name:ident($($p:ident: $t:ty),*) -> $r:ty = $body:expr) => {
-        #[inline(always)]
-        fn $name(self, $($p: $t),*) -> $r {
-            // SAFETY: the token proves the instruction set.
-            unsafe { $body }
-        }
-    };
+    (@call { $($body:tt)* } $args:tt) => { { $($body)* } };
+    (@call $f:ident ($($arg:ident),*)) => { $f($($arg),*) };
 }
-pub(crate) use one_intrinsic_each;
+pub(crate) use simd_impls;

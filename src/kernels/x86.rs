@@ -5,17 +5,17 @@
 //! [`Avx2`] and [`Avx512`] are proof tokens: a value exists only where the CPU runs the
 //! instruction set ([`avx2_available`], [`avx512_available`]: with `std` through
 //! `is_x86_feature_detected!`; without, `cfg!(target_feature)` when the build already assumes
-//! it, otherwise CPUID and XGETBV directly). The [`Simd`] implementations hold one, so their
-//! arithmetic is safe; the kernel entry points at the bottom are the `#[target_feature]`
-//! functions the generic kernels of `vector/` are compiled into, one table per instruction
-//! set and scalar type.
+//! it, otherwise CPUID and XGETBV directly). The [`Simd`](super::simd::Simd) implementations
+//! hold one, so their arithmetic is safe; the kernel entry points at the bottom are the
+//! `#[target_feature]` functions the generic kernels of `vector/` are compiled into, one table
+//! per instruction set and scalar type.
 
 #![allow(clippy::inline_always)]
 
 use core::arch::x86_64::*;
 use core::sync::atomic::{AtomicU8, Ordering};
 
-use super::simd::{Simd, one_intrinsic_each};
+use super::simd::simd_impls;
 use super::table::{Table, widen_f16_portable};
 use super::{Kernel, vector};
 
@@ -144,270 +144,116 @@ pub(crate) struct Avx512F32(Avx512);
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Avx512F64(Avx512);
 
-// Every `unsafe` block in the four `impl`s below (and in `one_intrinsic_each!`) calls
-// intrinsics of the implementation's instruction set, which are sound to execute exactly when
-// the CPU supports it: `self` holds the token, which exists only where it does. The loads and
-// stores additionally rely on their own `# Safety` contracts (the caller's pointers).
+// The four `Simd` implementations, by `simd_impls!` from one table: AVX2 f32 and f64, then
+// AVX-512 f32 and f64, whose comparisons give mask registers (their logic is plain bit logic)
+// and whose micro-tiles are 12 wide (32 vector registers). Every `unsafe` block it makes calls
+// intrinsics of the column's instruction set, which are sound to execute exactly when the CPU
+// supports it: `self` holds the token, which exists only where it does. The loads and stores
+// additionally rely on their own `# Safety` contracts (the caller's pointers).
 
-/// `and`, `and_not` and `all` of the AVX-512 implementations: plain logic on the mask's bits.
-macro_rules! mask_bit_logic {
-    () => {
-        #[inline(always)]
-        fn and(self, a: Self::M, b: Self::M) -> Self::M {
-            a & b
-        }
-        #[inline(always)]
-        fn and_not(self, a: Self::M, b: Self::M) -> Self::M {
-            a & !b
-        }
-        #[inline(always)]
-        fn all(self, m: Self::M) -> bool {
-            m == <Self::M>::MAX
-        }
+/// Round to nearest, ties to even, without raising exceptions.
+const ROUND: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+
+simd_impls! {
+    impl Simd for Avx2F32, Avx2F64, Avx512F32, Avx512F64;
+    type E = f32, f64, f32, f64;
+    type V = __m256, __m256d, __m512, __m512d;
+    type M = __m256, __m256d, __mmask16, __mmask8;
+    const LANES = 8, 4, 16, 8;
+    const TILE = 6, 6, 12, 12;
+    splat(x): _mm256_set1_ps, _mm256_set1_pd, _mm512_set1_ps, _mm512_set1_pd;
+    add(a, b): _mm256_add_ps, _mm256_add_pd, _mm512_add_ps, _mm512_add_pd;
+    sub(a, b): _mm256_sub_ps, _mm256_sub_pd, _mm512_sub_ps, _mm512_sub_pd;
+    mul(a, b): _mm256_mul_ps, _mm256_mul_pd, _mm512_mul_ps, _mm512_mul_pd;
+    div(a, b): _mm256_div_ps, _mm256_div_pd, _mm512_div_ps, _mm512_div_pd;
+    fma(a, b, c): _mm256_fmadd_ps, _mm256_fmadd_pd, _mm512_fmadd_ps, _mm512_fmadd_pd;
+    // VMAXPS/PD return the second operand when either is NaN.
+    max(a, b): _mm256_max_ps, _mm256_max_pd, _mm512_max_ps, _mm512_max_pd;
+    // Both blends take their second operand where the mask is set.
+    select(m, a, b): { _mm256_blendv_ps(b, a, m) }, { _mm256_blendv_pd(b, a, m) },
+        { _mm512_mask_blend_ps(m, b, a) }, { _mm512_mask_blend_pd(m, b, a) };
+    keep(a, m): _mm256_and_ps, _mm256_and_pd,
+        { _mm512_maskz_mov_ps(m, a) }, { _mm512_maskz_mov_pd(m, a) };
+    lt(a, b): { _mm256_cmp_ps::<_CMP_LT_OQ>(a, b) }, { _mm256_cmp_pd::<_CMP_LT_OQ>(a, b) },
+        { _mm512_cmp_ps_mask::<_CMP_LT_OQ>(a, b) }, { _mm512_cmp_pd_mask::<_CMP_LT_OQ>(a, b) };
+    ge(a, b): { _mm256_cmp_ps::<_CMP_GE_OQ>(a, b) }, { _mm256_cmp_pd::<_CMP_GE_OQ>(a, b) },
+        { _mm512_cmp_ps_mask::<_CMP_GE_OQ>(a, b) }, { _mm512_cmp_pd_mask::<_CMP_GE_OQ>(a, b) };
+    eq(a, b): { _mm256_cmp_ps::<_CMP_EQ_OQ>(a, b) }, { _mm256_cmp_pd::<_CMP_EQ_OQ>(a, b) },
+        { _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(a, b) }, { _mm512_cmp_pd_mask::<_CMP_EQ_OQ>(a, b) };
+    and(a, b): _mm256_and_ps, _mm256_and_pd, { a & b }, { a & b };
+    // ANDNPS/PD compute (not first) and second.
+    and_not(a, b): { _mm256_andnot_ps(b, a) }, { _mm256_andnot_pd(b, a) }, { a & !b }, { a & !b };
+    all(m): { _mm256_movemask_ps(m) == 0xff }, { _mm256_movemask_pd(m) == 0xf },
+        { m == __mmask16::MAX }, { m == __mmask8::MAX };
+    round(v): { _mm256_round_ps::<ROUND>(v) }, { _mm256_round_pd::<ROUND>(v) },
+        { _mm512_roundscale_ps::<ROUND>(v) }, { _mm512_roundscale_pd::<ROUND>(v) };
+    // 2ⁿ: the biased exponent `e = n + bias` shifted into place; f64 converts n to i32 (it is
+    // within ±1100 wherever the result is kept) and widens it.
+    pow2(n): {
+        let e = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
+        _mm256_castsi256_ps(_mm256_slli_epi32::<23>(e))
+    }, {
+        let ni = _mm256_cvtepi32_epi64(_mm256_cvtpd_epi32(n));
+        let e = _mm256_add_epi64(ni, _mm256_set1_epi64x(1023));
+        _mm256_castsi256_pd(_mm256_slli_epi64::<52>(e))
+    }, {
+        let e = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
+        _mm512_castsi512_ps(_mm512_slli_epi32::<23>(e))
+    }, {
+        let ni = _mm512_cvtepi32_epi64(_mm512_cvtpd_epi32(n));
+        let e = _mm512_add_epi64(ni, _mm512_set1_epi64(1023));
+        _mm512_castsi512_pd(_mm512_slli_epi64::<52>(e))
     };
-}
-
-impl Simd for Avx2F32 {
-    type E = f32;
-    type V = __m256;
-    type M = __m256;
-    const LANES: usize = 8;
-    const TILE: usize = 6;
-
-    one_intrinsic_each! {
-        splat: _mm256_set1_ps,
-        load: _mm256_loadu_ps,
-        store: _mm256_storeu_ps,
-        fma: _mm256_fmadd_ps,
-        // VMAXPS returns the second operand when either is NaN.
-        ops: [add: _mm256_add_ps, sub: _mm256_sub_ps, mul: _mm256_mul_ps, div: _mm256_div_ps,
-            max: _mm256_max_ps, keep: _mm256_and_ps, and: _mm256_and_ps],
-        cmps: [lt: _mm256_cmp_ps::<_CMP_LT_OQ>, ge: _mm256_cmp_ps::<_CMP_GE_OQ>,
-            eq: _mm256_cmp_ps::<_CMP_EQ_OQ>],
-        // BLENDVPS takes the second operand where the mask is set.
-        select: |m, a, b| _mm256_blendv_ps(b, a, m),
-        // ANDNPS computes (not first) and second.
-        and_not: |a, b| _mm256_andnot_ps(b, a),
-        all: |m| _mm256_movemask_ps(m) == 0xff,
-        round: |v| _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v),
-        broadcast: |p| _mm256_broadcast_ss(&*p),
-    }
-    #[inline(always)]
-    fn pow2(self, n: __m256) -> __m256 {
-        // SAFETY: AVX and AVX2 (integer shifts and adds), proven by the token.
-        unsafe {
-            _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
-                _mm256_cvtps_epi32(n),
-                _mm256_set1_epi32(127),
-            )))
-        }
-    }
-    #[inline(always)]
-    fn reduce_add(self, v: __m256) -> f32 {
-        // SAFETY: AVX, proven by the token.
-        unsafe {
-            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-            let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-            _mm_cvtss_f32(s)
-        }
-    }
-    #[inline(always)]
-    unsafe fn load_partial(self, p: *const f32, n: usize) -> __m256 {
+    reduce_add(v): {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }, {
+        let s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd::<1>(v));
+        let s = _mm_add_sd(s, _mm_unpackhi_pd(s, s));
+        _mm_cvtsd_f64(s)
+    }, _mm512_reduce_add_ps, _mm512_reduce_add_pd;
+    load(p): _mm256_loadu_ps, _mm256_loadu_pd, _mm512_loadu_ps, _mm512_loadu_pd;
+    // Masked loads: only the lanes whose mask is set, the first `n`, are read (no fault on the
+    // others), and the others are zero.
+    load_partial(p, n): {
         debug_assert!(n <= 8);
-        // SAFETY: AVX2 (token). `vmaskmovps` reads only the lanes whose mask is set, the
-        // first `n`, which the caller guarantees readable; the others are zero.
-        unsafe {
-            let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-            let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), lanes);
-            _mm256_maskload_ps(p, mask)
-        }
-    }
-    #[inline(always)]
-    unsafe fn load_bools(self, p: *const bool) -> __m256 {
-        // SAFETY: AVX2 (token); the caller guarantees 8 readable bytes at `p`. Booleans are 0
-        // or 1, widened to 32-bit lanes and compared with 0.
-        unsafe {
-            let bytes = _mm_loadl_epi64(p.cast());
-            let wide = _mm256_cvtepu8_epi32(bytes);
-            _mm256_castsi256_ps(_mm256_cmpgt_epi32(wide, _mm256_setzero_si256()))
-        }
-    }
-}
-
-impl Simd for Avx2F64 {
-    type E = f64;
-    type V = __m256d;
-    type M = __m256d;
-    const LANES: usize = 4;
-    const TILE: usize = 6;
-
-    one_intrinsic_each! {
-        splat: _mm256_set1_pd,
-        load: _mm256_loadu_pd,
-        store: _mm256_storeu_pd,
-        fma: _mm256_fmadd_pd,
-        ops: [add: _mm256_add_pd, sub: _mm256_sub_pd, mul: _mm256_mul_pd, div: _mm256_div_pd,
-            max: _mm256_max_pd, keep: _mm256_and_pd, and: _mm256_and_pd],
-        cmps: [lt: _mm256_cmp_pd::<_CMP_LT_OQ>, ge: _mm256_cmp_pd::<_CMP_GE_OQ>,
-            eq: _mm256_cmp_pd::<_CMP_EQ_OQ>],
-        select: |m, a, b| _mm256_blendv_pd(b, a, m),
-        and_not: |a, b| _mm256_andnot_pd(b, a),
-        all: |m| _mm256_movemask_pd(m) == 0xf,
-        round: |v| _mm256_round_pd::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v),
-        broadcast: |p| _mm256_broadcast_sd(&*p),
-    }
-    #[inline(always)]
-    fn pow2(self, n: __m256d) -> __m256d {
-        // n is within ±1100 wherever the result is kept: 4 × i32, widened.
-        // SAFETY: AVX and AVX2 (integer conversions, shifts and adds), proven by the token.
-        unsafe {
-            let ni = _mm256_cvtepi32_epi64(_mm256_cvtpd_epi32(n));
-            _mm256_castsi256_pd(_mm256_slli_epi64::<52>(_mm256_add_epi64(
-                ni,
-                _mm256_set1_epi64x(1023),
-            )))
-        }
-    }
-    #[inline(always)]
-    fn reduce_add(self, v: __m256d) -> f64 {
-        // SAFETY: AVX, proven by the token.
-        unsafe {
-            let s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd::<1>(v));
-            let s = _mm_add_sd(s, _mm_unpackhi_pd(s, s));
-            _mm_cvtsd_f64(s)
-        }
-    }
-    #[inline(always)]
-    unsafe fn load_partial(self, p: *const f64, n: usize) -> __m256d {
+        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), lanes);
+        _mm256_maskload_ps(p, mask)
+    }, {
         debug_assert!(n <= 4);
-        // SAFETY: AVX2 (token). `vmaskmovpd` reads only the lanes whose mask is set, the
-        // first `n`, which the caller guarantees readable; the others are zero.
-        unsafe {
-            let lanes = _mm256_setr_epi64x(0, 1, 2, 3);
-            let mask = _mm256_cmpgt_epi64(_mm256_set1_epi64x(n as i64), lanes);
-            _mm256_maskload_pd(p, mask)
-        }
-    }
-    #[inline(always)]
-    unsafe fn load_bools(self, p: *const bool) -> __m256d {
-        // SAFETY: AVX2 (token); the caller guarantees 4 readable bytes at `p`.
-        unsafe {
-            let bytes = _mm_cvtsi32_si128(p.cast::<i32>().read_unaligned());
-            let wide = _mm256_cvtepu8_epi64(bytes);
-            _mm256_castsi256_pd(_mm256_cmpgt_epi64(wide, _mm256_setzero_si256()))
-        }
-    }
-}
-
-// The AVX-512 implementations: as above, with mask registers for comparisons and micro-tiles
-// of 12 (32 vector registers).
-
-impl Simd for Avx512F32 {
-    type E = f32;
-    type V = __m512;
-    type M = __mmask16;
-    const LANES: usize = 16;
-    const TILE: usize = 12;
-
-    one_intrinsic_each! {
-        splat: _mm512_set1_ps,
-        load: _mm512_loadu_ps,
-        store: _mm512_storeu_ps,
-        fma: _mm512_fmadd_ps,
-        // VMAXPS returns the second operand when either is NaN.
-        ops: [add: _mm512_add_ps, sub: _mm512_sub_ps, mul: _mm512_mul_ps, div: _mm512_div_ps,
-            max: _mm512_max_ps],
-        cmps: [lt: _mm512_cmp_ps_mask::<_CMP_LT_OQ>, ge: _mm512_cmp_ps_mask::<_CMP_GE_OQ>,
-            eq: _mm512_cmp_ps_mask::<_CMP_EQ_OQ>],
-        // The blend takes the second operand where the mask is set.
-        select: |m, a, b| _mm512_mask_blend_ps(m, b, a),
-        keep: |a, m| _mm512_maskz_mov_ps(m, a),
-        round: |v| _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v),
-        reduce_add: |v| _mm512_reduce_add_ps(v),
-        broadcast: |p| _mm512_set1_ps(*p),
-    }
-    mask_bit_logic!();
-    #[inline(always)]
-    fn pow2(self, n: __m512) -> __m512 {
-        // SAFETY: AVX-512F, proven by the token.
-        unsafe {
-            _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(
-                _mm512_cvtps_epi32(n),
-                _mm512_set1_epi32(127),
-            )))
-        }
-    }
-    #[inline(always)]
-    unsafe fn load_partial(self, p: *const f32, n: usize) -> __m512 {
+        let lanes = _mm256_setr_epi64x(0, 1, 2, 3);
+        let mask = _mm256_cmpgt_epi64(_mm256_set1_epi64x(n as i64), lanes);
+        _mm256_maskload_pd(p, mask)
+    }, {
         debug_assert!(n <= 16);
-        let mask = ((1u32 << n) - 1) as __mmask16;
-        // SAFETY: AVX-512F (token). A masked load reads only the first `n` lanes (no fault
-        // on the others), which the caller guarantees readable.
-        unsafe { _mm512_maskz_loadu_ps(mask, p) }
-    }
-    #[inline(always)]
-    unsafe fn load_bools(self, p: *const bool) -> __mmask16 {
-        // SAFETY: AVX-512F (token); the caller guarantees 16 readable bytes at `p`. Booleans
-        // are 0 or 1, widened to 32-bit lanes and tested against themselves.
-        unsafe {
-            let wide = _mm512_cvtepu8_epi32(_mm_loadu_si128(p.cast()));
-            _mm512_test_epi32_mask(wide, wide)
-        }
-    }
-}
-
-impl Simd for Avx512F64 {
-    type E = f64;
-    type V = __m512d;
-    type M = __mmask8;
-    const LANES: usize = 8;
-    const TILE: usize = 12;
-
-    one_intrinsic_each! {
-        splat: _mm512_set1_pd,
-        load: _mm512_loadu_pd,
-        store: _mm512_storeu_pd,
-        fma: _mm512_fmadd_pd,
-        ops: [add: _mm512_add_pd, sub: _mm512_sub_pd, mul: _mm512_mul_pd, div: _mm512_div_pd,
-            max: _mm512_max_pd],
-        cmps: [lt: _mm512_cmp_pd_mask::<_CMP_LT_OQ>, ge: _mm512_cmp_pd_mask::<_CMP_GE_OQ>,
-            eq: _mm512_cmp_pd_mask::<_CMP_EQ_OQ>],
-        select: |m, a, b| _mm512_mask_blend_pd(m, b, a),
-        keep: |a, m| _mm512_maskz_mov_pd(m, a),
-        round: |v| _mm512_roundscale_pd::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v),
-        reduce_add: |v| _mm512_reduce_add_pd(v),
-        broadcast: |p| _mm512_set1_pd(*p),
-    }
-    mask_bit_logic!();
-    #[inline(always)]
-    fn pow2(self, n: __m512d) -> __m512d {
-        // As `Avx2F64::pow2`: 8 × i32, widened.
-        // SAFETY: AVX-512F, proven by the token.
-        unsafe {
-            let ni = _mm512_cvtepi32_epi64(_mm512_cvtpd_epi32(n));
-            _mm512_castsi512_pd(_mm512_slli_epi64::<52>(_mm512_add_epi64(
-                ni,
-                _mm512_set1_epi64(1023),
-            )))
-        }
-    }
-    #[inline(always)]
-    unsafe fn load_partial(self, p: *const f64, n: usize) -> __m512d {
+        _mm512_maskz_loadu_ps(((1u32 << n) - 1) as __mmask16, p)
+    }, {
         debug_assert!(n <= 8);
-        let mask = ((1u32 << n) - 1) as __mmask8;
-        // SAFETY: AVX-512F (token). A masked load reads only the first `n` lanes (no fault
-        // on the others), which the caller guarantees readable.
-        unsafe { _mm512_maskz_loadu_pd(mask, p) }
-    }
-    #[inline(always)]
-    unsafe fn load_bools(self, p: *const bool) -> __mmask8 {
-        // SAFETY: AVX-512F (token); the caller guarantees 8 readable bytes at `p`.
-        unsafe {
-            let wide = _mm512_cvtepu8_epi64(_mm_loadl_epi64(p.cast()));
-            _mm512_test_epi64_mask(wide, wide)
-        }
-    }
+        _mm512_maskz_loadu_pd(((1u32 << n) - 1) as __mmask8, p)
+    };
+    store(p, v): _mm256_storeu_ps, _mm256_storeu_pd, _mm512_storeu_ps, _mm512_storeu_pd;
+    broadcast(p): { _mm256_broadcast_ss(&*p) }, { _mm256_broadcast_sd(&*p) },
+        { _mm512_set1_ps(*p) }, { _mm512_set1_pd(*p) };
+    // Booleans are 0 or 1: `LANES` bytes widened to the lanes, then compared with 0 (AVX2) or
+    // tested against themselves (AVX-512).
+    load_bools(p): {
+        let bytes = _mm_loadl_epi64(p.cast());
+        let wide = _mm256_cvtepu8_epi32(bytes);
+        _mm256_castsi256_ps(_mm256_cmpgt_epi32(wide, _mm256_setzero_si256()))
+    }, {
+        let bytes = _mm_cvtsi32_si128(p.cast::<i32>().read_unaligned());
+        let wide = _mm256_cvtepu8_epi64(bytes);
+        _mm256_castsi256_pd(_mm256_cmpgt_epi64(wide, _mm256_setzero_si256()))
+    }, {
+        let wide = _mm512_cvtepu8_epi32(_mm_loadu_si128(p.cast()));
+        _mm512_test_epi32_mask(wide, wide)
+    }, {
+        let wide = _mm512_cvtepu8_epi64(_mm_loadl_epi64(p.cast()));
+        _mm512_test_epi64_mask(wide, wide)
+    };
 }
 
 // ---- Kernel entry points and tables -------------------------------------------------------
@@ -420,19 +266,13 @@ impl Simd for Avx512F64 {
 
 vector::table! {
     #[target_feature(enable = "avx2,fma")]
-    mod avx2_f32: f32 = Avx2F32(Avx2(())), Kernel::Avx2Fma, widen_f16_f16c
-}
-vector::table! {
-    #[target_feature(enable = "avx2,fma")]
-    mod avx2_f64: f64 = Avx2F64(Avx2(())), Kernel::Avx2Fma, widen_f16_portable
+    mod avx2_f32: f32 = Avx2F32(Avx2(())), Kernel::Avx2Fma, widen_f16_f16c;
+    mod avx2_f64: f64 = Avx2F64(Avx2(())), Kernel::Avx2Fma, widen_f16_portable;
 }
 vector::table! {
     #[target_feature(enable = "avx512f")]
-    mod avx512_f32: f32 = Avx512F32(Avx512(())), Kernel::Avx512, widen_f16_f16c
-}
-vector::table! {
-    #[target_feature(enable = "avx512f")]
-    mod avx512_f64: f64 = Avx512F64(Avx512(())), Kernel::Avx512, widen_f16_portable
+    mod avx512_f32: f32 = Avx512F32(Avx512(())), Kernel::Avx512, widen_f16_f16c;
+    mod avx512_f64: f64 = Avx512F64(Avx512(())), Kernel::Avx512, widen_f16_portable;
 }
 
 /// The `f32` table of an x86 kernel.

@@ -10,7 +10,7 @@ use super::super::Float;
 use super::super::args::{LinearIo, MQ_MAX, check_weights};
 use super::super::layout::WEIGHT_TILE;
 use super::super::simd::Simd;
-use super::steps::for_tiles;
+use super::steps::{for_tiles, tile_rows};
 
 /// `out[s × dout] = x[s × din] · Wᵀ + bias` with `W` in the tile layout of
 /// [`crate::Linear`] (or `out += x · Wᵀ` for [`LinearIo::Add`]). In that layout a
@@ -31,13 +31,24 @@ pub(crate) fn linear<S: Simd>(
     bias: &[S::E],
     pack: &mut [S::E],
 ) {
+    let lw = Weights { w, bias, din, dout };
     if sq <= GEMV_TOKENS && din > 0 && pack.len() >= WEIGHT_TILE * din + S::LANES {
-        linear_gemv(s, io, sq, din, w, dout, bias, pack);
+        linear_gemv(s, io, sq, lw, pack);
     } else if sq >= 2 * S::LANES {
-        linear_panels::<S, 2>(s, io, sq, din, w, dout, bias, pack);
+        linear_panels::<S, 2>(s, io, sq, lw, pack);
     } else {
-        linear_panels::<S, 1>(s, io, sq, din, w, dout, bias, pack);
+        linear_panels::<S, 1>(s, io, sq, lw, pack);
     }
+}
+
+/// A projection's weights: `W` (`dout × din`, in the tile layout of [`crate::Linear`]) and its
+/// `dout` biases, as [`linear`] hands them to its two paths.
+#[derive(Clone, Copy)]
+struct Weights<'a, E> {
+    w: &'a [E],
+    bias: &'a [E],
+    din: usize,
+    dout: usize,
 }
 
 /// Token counts up to which [`linear`] runs token by token ([`linear_gemv`]) instead of in
@@ -55,14 +66,12 @@ fn linear_gemv<S: Simd>(
     s: S,
     io: LinearIo<'_, S::E>,
     sq: usize,
-    din: usize,
-    w: &[S::E],
-    dout: usize,
-    bias: &[S::E],
+    lw: Weights<'_, S::E>,
     pack: &mut [S::E],
 ) {
     const T: usize = WEIGHT_TILE;
     let l = S::LANES;
+    let Weights { w, bias, din, dout } = lw;
     check_weights(w, bias, din, dout);
     assert!(pack.len() >= T * din + l, "pack buffer too small");
     // `Add` accumulates into the outputs instead of writing them.
@@ -221,10 +230,7 @@ fn linear_panels<S: Simd, const NV: usize>(
     s: S,
     io: LinearIo<'_, S::E>,
     sq: usize,
-    din: usize,
-    w: &[S::E],
-    dout: usize,
-    bias: &[S::E],
+    lw: Weights<'_, S::E>,
     pack: &mut [S::E],
 ) {
     let l = S::LANES;
@@ -232,6 +238,7 @@ fn linear_panels<S: Simd, const NV: usize>(
     // Output features per micro-tile (`NV · TILE` accumulators; wider tiles made LLVM spill
     // accumulators to the stack).
     let tile = S::TILE;
+    let Weights { w, bias, din, dout } = lw;
     check_weights(w, bias, din, dout);
     let kc_max = (pack.len() / mr).min(din);
     assert!(din == 0 || kc_max >= 1, "pack buffer too small");
@@ -290,20 +297,13 @@ fn linear_panels<S: Simd, const NV: usize>(
                     // `base + pc·stride + c0` holds `kc` rows of `stride ≥ c0 + width` values
                     // inside `w` (`din · dout` values, asserted above).
                     unsafe {
-                        gemm_tile::<S, NV, N>(
-                            s,
-                            panel,
+                        let ab = Product {
+                            a: panel,
                             kc,
-                            w.as_ptr().add(base + pc * stride + c0),
+                            b: w.as_ptr().add(base + pc * stride + c0),
                             stride,
-                            bias,
-                            c,
-                            sq,
-                            i0,
-                            rows,
-                            t0 + c0,
-                            first,
-                        )
+                        };
+                        gemm_tile::<S, NV, N>(s, ab, bias, c, sq, i0, rows, t0 + c0, first)
                     }
                 });
                 t0 += cols;
@@ -356,21 +356,28 @@ unsafe fn pack_panel<S: Simd, const NV: usize>(
     }
 }
 
-/// One `NV·LANES × N` tile of `C`: `C[i0.., j0..] (+)= packed A · Bᵀ` with the weights strip
-/// `b[p·stride + n] = W[j0 + n, pc + p]`, starting from the bias when `first`, from `C`
-/// otherwise. Only `rows` rows are stored.
+/// The operands of `A · Bᵀ` over `kc` input features: the packed panel `a` (`kc` columns of
+/// `NV·LANES` rows) and the weights strip `b`, `b[p·stride + n] = W[j0 + n, pc + p]` (`kc` rows
+/// of `stride` values).
+#[derive(Clone, Copy)]
+struct Product<E> {
+    a: *const E,
+    kc: usize,
+    b: *const E,
+    stride: usize,
+}
+
+/// One `NV·LANES × N` tile of `C`: `C[i0.., j0..] (+)= A · Bᵀ` (see [`Product`]), starting
+/// from the bias when `first`, from `C` otherwise. Only `rows` rows are stored.
 ///
 /// # Safety
-/// `panel` holds `kc × NV·LANES` values; `b` holds `kc` rows of `stride ≥ N` values; `c`
+/// `ab.a` holds `kc × NV·LANES` values; `ab.b` holds `kc` rows of `stride ≥ N` values; `c`
 /// holds rows `i0 .. i0 + rows` of columns `j0 .. j0 + N` with leading dimension `ldc`,
 /// `rows ≤ NV·LANES`; `bias` holds `j0 + N` values.
 #[inline(always)]
 unsafe fn gemm_tile<S: Simd, const NV: usize, const N: usize>(
     s: S,
-    panel: *const S::E,
-    kc: usize,
-    b: *const S::E,
-    stride: usize,
+    ab: Product<S::E>,
     bias: &[S::E],
     c: *mut S::E,
     ldc: usize,
@@ -408,7 +415,7 @@ unsafe fn gemm_tile<S: Simd, const NV: usize, const N: usize>(
                 }
             }
         }
-        acc = gemm_core::<S, NV, N>(s, panel, kc, b, stride, acc);
+        acc = gemm_core::<S, NV, N>(s, ab, acc);
         let mut tmp = [S::E::ZERO; MQ_MAX];
         for n in 0..N {
             let col = c.add(i0 + (j0 + n) * ldc);
@@ -431,16 +438,19 @@ unsafe fn gemm_tile<S: Simd, const NV: usize, const N: usize>(
 /// vector of `A` and one broadcast weight at a time besides them).
 ///
 /// # Safety
-/// As [`gemm_tile`] for `panel` and `b`.
+/// As [`gemm_tile`] for `ab`.
 #[inline(always)]
 unsafe fn gemm_core<S: Simd, const NV: usize, const N: usize>(
     s: S,
-    panel: *const S::E,
-    kc: usize,
-    b: *const S::E,
-    stride: usize,
+    ab: Product<S::E>,
     acc: [[S::V; N]; NV],
 ) -> [[S::V; N]; NV] {
+    let Product {
+        a: panel,
+        kc,
+        b,
+        stride,
+    } = ab;
     let l = S::LANES;
     let mr = NV * l;
     let zero = s.splat(S::E::ZERO);
@@ -471,12 +481,7 @@ unsafe fn gemm_core<S: Simd, const NV: usize, const N: usize>(
             }
         }
         for p in p0..kc {
-            let x0 = s.load(panel.add(p * mr));
-            let x1 = if NV > 1 {
-                s.load(panel.add(p * mr + l))
-            } else {
-                zero
-            };
+            let (x0, x1) = tile_rows::<S, NV>(s, panel, p * mr);
             for n in 0..N {
                 let bn = s.broadcast(b.add(n));
                 a0[n] = s.fma(x0, bn, a0[n]);

@@ -49,17 +49,21 @@ pub(crate) use exp::{exp_slice, fma_loop};
 pub(crate) use gemm::linear;
 pub(crate) use tiles::{attention, attention_with_weights};
 
-/// One kernel table, `$module::TABLE`: the kernels above compiled for one instruction set, in
-/// a module of its own. Each entry is a function that makes the `Simd` implementation (`$simd`,
-/// an expression building it from its token) and runs the generic kernel, so the kernel is
-/// inlined into it; `$attr` (the instruction set's `#[target_feature]`, none where it is the
-/// target's baseline) is put on each of them. `$widen` widens half-precision weights.
+/// The kernel tables of one instruction set, one `$module::TABLE` per line `mod $module: …;`
+/// (one per scalar type): the kernels above compiled for it, in a module of its own. Each entry
+/// is a function that makes the `Simd` implementation (`$simd`, an expression building it from
+/// its token) and runs the generic kernel, so the kernel is inlined into it; `$attr` (the
+/// instruction set's `#[target_feature]`, none where it is the target's baseline) is put on
+/// each of them. `$widen` widens half-precision weights.
 ///
 /// The expansion's `use super::*` brings the names `$simd` and `$widen` use into scope.
 macro_rules! table {
+    // No table left.
+    ($(#[$attr:meta])*) => {};
     (
         $(#[$attr:meta])*
-        mod $module:ident: $e:ty = $simd:expr, $kernel:expr, $widen:path $(,)?
+        mod $module:ident: $e:ty = $simd:expr, $kernel:expr, $widen:path;
+        $($rest:tt)*
     ) => {
         mod $module {
             use super::*;
@@ -109,6 +113,8 @@ macro_rules! table {
                 widen_f16: $widen,
             };
         }
+
+        $crate::kernels::vector::table! { $(#[$attr])* $($rest)* }
     };
 }
 pub(crate) use table;

@@ -6,6 +6,7 @@ use super::super::Lazy;
 use super::super::args::{Dims, KB, MQ_MAX, Problem, WorkRef};
 use super::super::simd::Simd;
 use super::exp::{exp_scalar, exp_shifted};
+use super::steps::Scores;
 
 /// Streaming attention for the `n` queries from row `r0`, each walking its keys in blocks of
 /// [`KB`] with the keys in the vector lanes; the `P·V` sums are kept per lane and reduced at
@@ -68,10 +69,10 @@ fn row<S: Simd>(
     i: usize,
     vscale: S::E,
 ) -> S::E {
-    let Dims {
-        dk, dv, ldq, ldkv, ..
-    } = p.dims;
-    let (k, v, mask, scale) = (p.k, p.v, p.mask, p.scale);
+    let Dims { dv, ldkv, .. } = p.dims;
+    let (v, mask, scale) = (p.v, p.mask, p.scale);
+    // SAFETY: query `i < sq` of q (leading dimension `ldq`).
+    let scores = Scores::new(unsafe { q.add(i) }, p);
     let l = S::LANES;
     let neg_inf = S::E::NEG_INFINITY;
     let dense = mask.is_dense();
@@ -102,20 +103,8 @@ fn row<S: Simd>(
         // Whole vectors: `KB` is a multiple of LANES, so `np ≤ KB`.
         let np = nk.div_ceil(l) * l;
         // Scores: four vectors of keys at a time share each broadcast query element.
-        // SAFETY: keys `j0 .. j0 + nk ≤ skv` of k (`dk` columns, leading dimension `ldkv`),
-        // query `i < sq` of q (leading dimension `ldq`), and `np ≤ KB` values of p.
-        unsafe {
-            dot_keys(
-                s,
-                q.add(i),
-                ldq,
-                k.as_ptr().add(j0),
-                ldkv,
-                dk,
-                nk,
-                pb.as_mut_ptr(),
-            )
-        };
+        // SAFETY: keys `j0 .. j0 + nk ≤ skv`, and `np ≤ KB` values of p.
+        unsafe { dot_keys(s, scores, j0, nk, pb.as_mut_ptr()) };
         // Scale and mask; the block's maximum.
         let mut bmax_v = ninf;
         if dense {
@@ -213,25 +202,19 @@ fn reduce_max<S: Simd>(s: S, v: S::V) -> S::E {
         .fold(S::E::NEG_INFINITY, |m, &x| m.max_(x))
 }
 
-/// `p[kk] = q · k[kk]` for `nk` keys, keys in lanes, the last vector padded with zeros (its
-/// keys past `nk` are never read).
+/// `p[kk] = q · k[j0 + kk]` for `nk` keys from `j0`, keys in lanes, the last vector padded
+/// with zeros (its keys past `nk` are never read).
 ///
 /// # Safety
-/// `q` points at the query's first element (leading dimension `ldq`, `dk` columns); `k` at
-/// the first key of a column-major matrix with leading dimension `ldk` holding `nk` rows of
-/// `dk` columns from there; `p` holds `⌈nk / LANES⌉ · LANES` values.
+/// `ops.q` points at the query's first element; `j0 + nk ≤ skv` (the keys' length, checked by
+/// `Problem::check`); `p` holds `⌈nk / LANES⌉ · LANES` values.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn dot_keys<S: Simd>(
-    s: S,
-    q: *const S::E,
-    ldq: usize,
-    k: *const S::E,
-    ldk: usize,
-    dk: usize,
-    nk: usize,
-    p: *mut S::E,
-) {
+unsafe fn dot_keys<S: Simd>(s: S, ops: Scores<S::E>, j0: usize, nk: usize, p: *mut S::E) {
+    let Scores {
+        q, ldq, ldk, dk, ..
+    } = ops;
+    // SAFETY: key `j0 ≤ skv`.
+    let k = unsafe { ops.k.add(j0) };
     let l = S::LANES;
     let zero = s.splat(S::E::ZERO);
     let mut c = 0;

@@ -3,7 +3,7 @@
 //! scores goes through (scale, mask and maximum; then `exp` and sum).
 
 use super::super::Float;
-use super::super::args::{MQ_MAX, MaskView};
+use super::super::args::{Dims, MQ_MAX, MaskView, Problem};
 use super::super::pattern::Pattern;
 use super::super::simd::Simd;
 
@@ -222,53 +222,100 @@ pub(super) fn mask_bits<S: Simd>(s: S, m: S::M) -> S::V {
     s.keep(ones, m)
 }
 
-/// Scores `P[kk·ldp + lane] = q[i0 + lane, :] · k[j0 + kk, :]` for `nk` keys.
+/// The one or two row vectors of a tile of `NV` vectors at `p + at`: `p[at .. at + L]`, and
+/// `p[at + L .. at + 2L]` when `NV = 2` (zero, and not read, when `NV = 1`).
 ///
 /// # Safety
-/// `q` points at the tile's first query in a column-major matrix with leading dimension
-/// `ldq` and `dk` columns, holding `NV·LANES` rows from there; `k` points at the block's first
-/// key (leading dimension `ldk`, `dk` columns, `nk` rows from there); `p` holds `nk` rows of
-/// `ldp ≥ NV·LANES`.
+/// `p + at .. p + at + NV·LANES` must be readable.
+#[inline(always)]
+pub(super) unsafe fn tile_rows<S: Simd, const NV: usize>(
+    s: S,
+    p: *const S::E,
+    at: usize,
+) -> (S::V, S::V) {
+    // SAFETY: `NV·LANES` readable values at `p + at` (the caller's contract).
+    unsafe {
+        let r0 = s.load(p.add(at));
+        let r1 = if NV > 1 {
+            s.load(p.add(at + S::LANES))
+        } else {
+            s.splat(S::E::ZERO)
+        };
+        (r0, r1)
+    }
+}
+
+/// The operands of scores `q · kᵀ`: the queries from a tile's (or a row's) first, `dk`
+/// columns with leading dimension `ldq`, and the keys of the problem (leading dimension `ldk`).
+#[derive(Clone, Copy)]
+pub(super) struct Scores<E> {
+    pub q: *const E,
+    pub ldq: usize,
+    pub k: *const E,
+    pub ldk: usize,
+    pub dk: usize,
+}
+
+impl<E> Scores<E> {
+    /// The queries from `q` (leading dimension `p.dims.ldq`) against the keys of `p`.
+    #[inline(always)]
+    pub(super) fn new(q: *const E, p: &Problem<'_, E>) -> Self {
+        let Dims { dk, ldq, ldkv, .. } = p.dims;
+        Scores {
+            q,
+            ldq,
+            k: p.k.as_ptr(),
+            ldk: ldkv,
+            dk,
+        }
+    }
+}
+
+/// Scores `out[kk·ldo + lane] = q[lane, :] · k[j0 + kk, :]` for the `nk` keys from `j0`.
+///
+/// # Safety
+/// `ops.q` holds `NV·LANES` rows of its `dk` columns; `j0 + nk ≤ skv` (the keys' length,
+/// checked by `Problem::check`); `out` holds `nk` rows of `ldo ≥ NV·LANES`.
 #[inline(always)]
 pub(super) unsafe fn qk_block<S: Simd, const NV: usize>(
     s: S,
-    q: *const S::E,
-    ldq: usize,
-    k: *const S::E,
-    ldk: usize,
-    dk: usize,
+    ops: Scores<S::E>,
+    j0: usize,
     nk: usize,
-    p: *mut S::E,
-    ldp: usize,
+    out: *mut S::E,
+    ldo: usize,
 ) {
+    // SAFETY: key `j0 ≤ skv`.
+    let k = unsafe { ops.k.add(j0) };
     for_tiles!(nk, S::TILE, |kk, N| {
         // SAFETY: keys `kk .. kk + N ≤ nk`, inside the contract.
-        unsafe { qk_tile::<S, NV, N>(s, q, ldq, k.add(kk), ldk, dk, p.add(kk * ldp), ldp) }
+        unsafe { qk_tile::<S, NV, N>(s, ops, k.add(kk), out.add(kk * ldo), ldo) }
     });
 }
 
-/// `NV·LANES` queries × `N` keys of scores, `NV·N` vector accumulators over the key width.
+/// `NV·LANES` queries × the `N` keys from `k` of scores, `NV·N` vector accumulators over the
+/// key width.
 ///
 /// # Safety
-/// As [`qk_block`] with `N` keys.
+/// As [`qk_block`] with `N` keys from `k`.
 #[inline(always)]
 unsafe fn qk_tile<S: Simd, const NV: usize, const N: usize>(
     s: S,
-    q: *const S::E,
-    ldq: usize,
+    ops: Scores<S::E>,
     k: *const S::E,
-    ldk: usize,
-    dk: usize,
-    p: *mut S::E,
-    ldp: usize,
+    out: *mut S::E,
+    ldo: usize,
 ) {
+    let Scores {
+        q, ldq, ldk, dk, ..
+    } = ops;
     let l = S::LANES;
     let zero = s.splat(S::E::ZERO);
     // Two named rows of accumulators (at most), which stay in registers.
     let mut a0 = [zero; N];
     let mut a1 = [zero; N];
     // SAFETY: query rows `0 .. NV·l` and key rows `0 .. N` of columns `0 .. dk`, and `N`
-    // rows of P, all inside the contract.
+    // rows of `out`, all inside the contract.
     unsafe {
         for d in 0..dk {
             let qd = q.add(d * ldq);
@@ -284,16 +331,16 @@ unsafe fn qk_tile<S: Simd, const NV: usize, const N: usize>(
             }
         }
         for c in 0..N {
-            s.store(p.add(c * ldp), a0[c]);
+            s.store(out.add(c * ldo), a0[c]);
             if NV > 1 {
-                s.store(p.add(c * ldp + l), a1[c]);
+                s.store(out.add(c * ldo + l), a1[c]);
             }
         }
     }
 }
 
 /// `acc[e] = corr · acc[e] + Σ_kk P[kk] · v[j0 + kk, e]` for every value column `e`, in
-/// tiles of `NV·LANES` queries × 6 columns. With `guard`, the sum moves only in the lanes
+/// tiles of `NV·LANES` queries × `TILE` columns. With `guard`, the sum moves only in the lanes
 /// `guard(kk)` allows (the same fused multiply-add otherwise, so the result is bit for bit
 /// the unguarded one wherever that is finite).
 ///
@@ -364,12 +411,7 @@ unsafe fn pv_tile<S: Simd, const NV: usize, const N: usize, G: Fn(usize) -> [S::
         match guard {
             None => {
                 for kk in 0..nk {
-                    let p0 = s.load(p.add(kk * ldp));
-                    let p1 = if NV > 1 {
-                        s.load(p.add(kk * ldp + l))
-                    } else {
-                        zero
-                    };
+                    let (p0, p1) = tile_rows::<S, NV>(s, p, kk * ldp);
                     for c in 0..N {
                         let vb = s.broadcast(vcol.add(kk + c * ldv));
                         a0[c] = s.fma(p0, vb, a0[c]);
@@ -382,12 +424,7 @@ unsafe fn pv_tile<S: Simd, const NV: usize, const N: usize, G: Fn(usize) -> [S::
             Some(guard) => {
                 for kk in 0..nk {
                     let ok = guard(kk);
-                    let p0 = s.load(p.add(kk * ldp));
-                    let p1 = if NV > 1 {
-                        s.load(p.add(kk * ldp + l))
-                    } else {
-                        zero
-                    };
+                    let (p0, p1) = tile_rows::<S, NV>(s, p, kk * ldp);
                     for c in 0..N {
                         let vb = s.broadcast(vcol.add(kk + c * ldv));
                         a0[c] = s.select(ok[0], s.fma(p0, vb, a0[c]), a0[c]);

@@ -7,7 +7,7 @@ use super::super::simd::Simd;
 use super::super::{Lazy, scalar};
 use super::rows::rows;
 use super::steps::{
-    TileRanges, exp_and_sum, key_mask, pv_block, qk_block, scale_and_mask, tile_ranges,
+    Scores, TileRanges, exp_and_sum, key_mask, pv_block, qk_block, scale_and_mask, tile_ranges,
 };
 
 /// Streaming attention for one head: `out[sq × dv] = softmax(scale·q·kᵀ + mask) · v`. Whole
@@ -96,13 +96,13 @@ fn tile_pass<S: Simd, const NV: usize>(
     i0: usize,
     vscale: S::E,
 ) -> bool {
-    let Dims {
-        dk, dv, ldq, ldkv, ..
-    } = p.dims;
-    let (k, v, mask) = (p.k, p.v, p.mask);
+    let Dims { dv, ldkv, .. } = p.dims;
+    let (v, mask) = (p.v, p.mask);
     let l = S::LANES;
     let mq = NV * l;
     assert!(i0 + mq <= p.dims.sq, "tile past the last query");
+    // SAFETY: rows `i0 .. i0 + mq ≤ sq` of q (`dk` columns, leading dimension `ldq`).
+    let scores = Scores::new(unsafe { q.add(i0) }, p);
     let ranges: TileRanges<S, NV> = tile_ranges::<S, NV>(s, mask, i0);
     let (lo_min, hi_max) = ranges.union;
     let (lo_max, hi_min) = ranges.common;
@@ -125,22 +125,9 @@ fn tile_pass<S: Simd, const NV: usize>(
     while j0 < hi_max {
         let nk = KB.min(hi_max - j0);
         let full = !dense && j0 >= lo_max && j0 + nk <= hi_min;
-        // SAFETY: rows `i0 .. i0 + mq ≤ sq` of q (`dk` columns, leading dimension `ldq`),
-        // keys `j0 .. j0 + nk ≤ skv` of k (leading dimension `ldkv`), and `nk·mq ≤ KB·MQ_MAX`
+        // SAFETY: the tile's `mq` queries, keys `j0 .. j0 + nk ≤ skv`, and `nk·mq ≤ KB·MQ_MAX`
         // values of P (lengths checked in `attention`).
-        unsafe {
-            qk_block::<S, NV>(
-                s,
-                q.add(i0),
-                ldq,
-                k.as_ptr().add(j0),
-                ldkv,
-                dk,
-                nk,
-                p_buf,
-                mq,
-            )
-        };
+        unsafe { qk_block::<S, NV>(s, scores, j0, nk, p_buf, mq) };
         // SAFETY: `nk ≤ KB` rows of `mq` values in P and in the mask buffer; the key masks
         // read lanes `i0 .. i0 + mq ≤ sq` of columns `j0 .. j0 + nk ≤ skv`.
         let bmax = unsafe {
@@ -289,17 +276,14 @@ fn weight_tile<S: Simd, const NV: usize>(
     i0: usize,
 ) {
     let Dims {
-        skv,
-        dk,
-        dv,
-        ldq,
-        ldkv,
-        ..
+        skv, dv, ldq, ldkv, ..
     } = p.dims;
-    let (k, v, mask) = (p.k, p.v, p.mask);
+    let (v, mask) = (p.v, p.mask);
     let l = S::LANES;
     let mq = NV * l;
     assert!(i0 + mq <= p.dims.sq, "tile past the last query");
+    // SAFETY: rows `i0 .. i0 + mq ≤ sq` of q (`dk` columns, leading dimension `ldq`).
+    let scores = Scores::new(unsafe { q.add(i0) }, p);
     let zero = s.splat(S::E::ZERO);
     let neg_inf = s.splat(S::E::NEG_INFINITY);
     let dense = mask.is_dense();
@@ -318,22 +302,10 @@ fn weight_tile<S: Simd, const NV: usize>(
     // SAFETY: column `lo_min ≤ skv` of the weights' lanes `i0 .. i0 + mq` (leading dimension
     // `ldq`; checked in `attention_with_weights`).
     let cols = unsafe { w.add(i0 + lo_min * ldq) };
-    // SAFETY: query rows `i0 .. i0 + mq`, keys `lo_min .. hi_max ≤ skv`, and the weights'
-    // lanes `i0 .. i0 + mq` of those columns (leading dimension `ldq`); the key masks read the
-    // same lanes of the mask's matrices (the blocks below rely on the same bounds).
-    unsafe {
-        qk_block::<S, NV>(
-            s,
-            q.add(i0),
-            ldq,
-            k.as_ptr().add(lo_min),
-            ldkv,
-            dk,
-            keys,
-            cols,
-            ldq,
-        )
-    };
+    // SAFETY: the tile's queries, keys `lo_min .. hi_max ≤ skv`, and the weights' lanes
+    // `i0 .. i0 + mq` of those columns (leading dimension `ldq`); the key masks read the same
+    // lanes of the mask's matrices (the blocks below rely on the same bounds).
+    unsafe { qk_block::<S, NV>(s, scores, lo_min, keys, cols, ldq) };
     let full = |kk: usize| !dense && lo_min + kk >= lo_max && lo_min + kk < hi_min;
     // SAFETY: as above.
     let m = unsafe {
