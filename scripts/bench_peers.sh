@@ -147,7 +147,7 @@ if ((run_ours)); then
     has_rayon="$(cargo metadata --no-deps --format-version 1 | python3 -c '
 import json, sys
 packages = json.load(sys.stdin)["packages"]
-print(int(any(p["name"] == "static-attention" and "rayon" in p["features"] for p in packages)))')"
+print(int(any(p["name"] == "static-attention-benches" and "rayon" in p["features"] for p in packages)))')"
     if [[ "$has_rayon" != 1 ]]; then
         note "no 'rayon' feature in Cargo.toml: skipping $two_threads_id"
     elif [[ -n "$filter" ]] && ! grep -qE -- "$filter" <<<"$two_threads_id"; then
