@@ -76,7 +76,7 @@ build_api! {
     impl[const DIM: usize, const HEADS: usize, const KV_HEADS: usize, const Q_DIM: usize,
         const KV_DIM: usize, T: Float, W: Weight<T>]
         GroupedQuery<DIM, HEADS, KV_HEADS, Q_DIM, KV_DIM, T, W>,
-    new: {
+    new: |rng, bias| {
         /// Each projection initialised as PyTorch's `nn.Linear` initialises itself: weights
         /// and (with [`Bias::Present`]) the q, k and v biases from `U(−1/√in, 1/√in)`, drawn
         /// in the order q, k, v, o. The output projection never has a bias (as in Llama,
@@ -86,13 +86,13 @@ build_api! {
     to_weights: GroupedQuery<DIM, HEADS, KV_HEADS, Q_DIM, KV_DIM, T, W2>,
     projections: {
         /// The query projection, `DIM → Q_DIM`.
-        q_proj: q: Linear<DIM, Q_DIM, T, W>,
+        q_proj: q: Linear<DIM, Q_DIM, T, W> = drawn(rng, bias),
         /// The key projection, `DIM → KV_DIM`.
-        k_proj: k: Linear<DIM, KV_DIM, T, W>,
+        k_proj: k: Linear<DIM, KV_DIM, T, W> = drawn(rng, bias),
         /// The value projection, `DIM → KV_DIM`.
-        v_proj: v: Linear<DIM, KV_DIM, T, W>,
+        v_proj: v: Linear<DIM, KV_DIM, T, W> = drawn(rng, bias),
         /// The output projection, `Q_DIM → DIM` (Hugging Face's `o_proj`).
-        out_proj: o: Linear<Q_DIM, DIM, T, W>,
+        out_proj: o: Linear<Q_DIM, DIM, T, W> = drawn(rng, Bias::Absent),
     },
 }
 
@@ -362,6 +362,16 @@ where
         let layer = self.0.layer();
         layer.forward_par(kt, x, mask, positions, scratch.buffers(), out)
     }
+}
+
+/// A projection drawn as [`nn_linear`] draws it, by value.
+fn drawn<T: Float, W: Weight<T>, R: Rng + ?Sized, const IN: usize, const OUT: usize>(
+    rng: &mut R,
+    bias: Bias,
+) -> Linear<IN, OUT, T, W> {
+    let mut l = Linear::zeros();
+    nn_linear(&mut l, rng, bias);
+    l
 }
 
 /// PyTorch's `nn.Linear` initialisation: weight and bias from `U(−1/√in, 1/√in)`.

@@ -6,37 +6,38 @@
 //! cross-attention methods (a one-head layer's weights are one matrix, not one per head). The
 //! macros here write those methods for each type from one text, so the grid of entry points
 //! has no holes and one name means one thing everywhere; each method is a few lines over the
-//! type's own parts (`reset_parameters`, `SHAPE_OK`) or over the core
+//! type's own parts (`SHAPE_OK`, how each projection is drawn) or over the core
 //! ([`crate::heads::Layer`]). A type's own doc comments given to a macro (its examples) follow
 //! the shared text of the method they are given for.
 //!
 //! The macros name the invoking type's generic parameters (`SEQ`, `DIM`, `T`) as they are
 //! spelled in every layer type.
 
-/// The constructors of a layer type: `new` (with the type's own docs, drawing through its
-/// `reset_parameters`), `from_seed`, `zeros`, `from_parts`, `to_weights` and one accessor per
-/// projection. `projections` lists them in the struct's field order as
-/// `accessor: field: type` with the accessor's docs before it; `to_weights` names the type
-/// with `W2` weights.
+/// The constructors of a layer type: `new` (with the type's own docs), `from_seed`, `zeros`,
+/// `from_parts`, `to_weights` and one accessor per projection. `projections` lists them in the
+/// struct's field order as `accessor: field: type = draw` with the accessor's docs before it,
+/// `draw` being how `new(rng, bias)` draws the projection (the names given after `new:`);
+/// `to_weights` names the type with `W2` weights.
 macro_rules! build_api {
     (
         impl[$($generics:tt)*] $Layer:ident<$($param:ident),*>,
-        new: {$(#[$new:meta])*},
+        new: |$rng:ident, $bias:ident| {$(#[$new:meta])*},
         from_seed: $seed_bias:ident $seed_bias_words:literal,
         to_weights: $Converted:ty,
         projections: {$(
             $(#[$doc:meta])*
-            $accessor:ident: $field:ident: $Proj:ty
+            $accessor:ident: $field:ident: $Proj:ty = $draw:expr
         ),* $(,)?} $(,)?
     ) => {
         /// Build: constructors, conversion and the projections.
         impl<$($generics)*> $Layer<$($param),*> {
             $(#[$new])*
             #[must_use]
-            pub fn new<R: $crate::rand::Rng + ?Sized>(rng: &mut R, bias: $crate::Bias) -> Self {
-                let mut layer = Self::zeros();
-                layer.reset_parameters(rng, bias);
-                layer
+            pub fn new<R: $crate::rand::Rng + ?Sized>($rng: &mut R, $bias: $crate::Bias) -> Self {
+                let () = Self::SHAPE_OK;
+                // Each projection drawn straight into place, in field order (the order
+                // `reset_parameters` draws them in).
+                Self { $($field: $draw),* }
             }
 
             #[doc = concat!("[`", stringify!($Layer), "::new`] ", $seed_bias_words, ", from a \

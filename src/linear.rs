@@ -91,6 +91,19 @@ impl<const IN: usize, const OUT: usize, T: Float, W: Weight<T>> Linear<IN, OUT, 
         }
     }
 
+    /// A map with weights drawn from `U(−bound, bound)` (in the row-major order of PyTorch's
+    /// `weight`) and a zero or absent bias.
+    pub(crate) fn random<R: rand::Rng + ?Sized>(
+        rng: &mut R,
+        bound: f64,
+        bias: crate::Bias,
+    ) -> Self {
+        let mut l = Self::zeros();
+        crate::init::fill_uniform(&mut l, bound, rng);
+        l.set_zero_bias(bias);
+        l
+    }
+
     /// The weight `W` (`OUT × IN`), PyTorch's `weight`, as a matrix (a copy: `OUT · IN`
     /// scalars by value; see [`Linear::weight_into`] for large maps).
     #[must_use]

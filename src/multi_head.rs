@@ -63,26 +63,28 @@ pub struct MultiHead<const SEQ: usize, const DIM: usize, const HEADS: usize, T =
 build_api! {
     impl[const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float, W: Weight<T>]
         MultiHead<SEQ, DIM, HEADS, T, W>,
-    new: {
+    new: |rng, bias| {
         /// A layer initialised as PyTorch initialises `nn.MultiheadAttention(DIM, HEADS,
         /// bias=…)` (see [`crate::init`]): Xavier-uniform in-projection, `U(±1/√DIM)` output
         /// projection, and with [`Bias::Present`] zero biases ([`Bias::Absent`]: none at all).
         ///
-        /// Returned by value, drawn in place: it needs [`MultiHead::PARAM_BYTES`] of stack
-        /// (see the [crate docs](crate#memory)). For large layers allocate one with
-        /// [`crate::heap::zeroed`] and call [`MultiHead::reset_parameters`].
+        /// Returned by value, each projection drawn straight into place: it needs
+        /// `PARAM_BYTES` plus one projection of stack (see the [crate docs](crate#memory)). For
+        /// large layers allocate one with [`crate::heap::zeroed`] and call
+        /// [`MultiHead::reset_parameters`].
     },
     from_seed: Present "with biases",
     to_weights: MultiHead<SEQ, DIM, HEADS, T, W2>,
     projections: {
         /// The query projection `W_q`, `b_q`.
-        q_proj: q: Linear<DIM, DIM, T, W>,
+        q_proj: q: Linear<DIM, DIM, T, W> = Linear::random(rng, init::in_proj_bound(DIM), bias),
         /// The key projection `W_k`, `b_k`.
-        k_proj: k: Linear<DIM, DIM, T, W>,
+        k_proj: k: Linear<DIM, DIM, T, W> = Linear::random(rng, init::in_proj_bound(DIM), bias),
         /// The value projection `W_v`, `b_v`.
-        v_proj: v: Linear<DIM, DIM, T, W>,
+        v_proj: v: Linear<DIM, DIM, T, W> = Linear::random(rng, init::in_proj_bound(DIM), bias),
         /// The output projection `W_o`, `b_o`.
-        out_proj: out: Linear<DIM, DIM, T, W>,
+        out_proj: out: Linear<DIM, DIM, T, W> =
+            Linear::random(rng, init::out_proj_bound(DIM), bias),
     },
 }
 

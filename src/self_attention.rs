@@ -41,24 +41,24 @@ pub struct SelfAttention<const SEQ: usize, const DIM: usize, T = f32, W = T> {
 
 build_api! {
     impl[const SEQ: usize, const DIM: usize, T: Float, W: Weight<T>] SelfAttention<SEQ, DIM, T, W>,
-    new: {
+    new: |rng, bias| {
         /// A head initialised like the in-projection of a one-head `nn.MultiheadAttention`
         /// (Xavier-uniform over the packed `[3·DIM, DIM]` weights), with zero biases
         /// ([`Bias::Present`]) or none ([`Bias::Absent`]).
         ///
-        /// Returned by value, drawn in place ([`SelfAttention::PARAM_BYTES`] of stack). For
-        /// large heads allocate one with [`crate::heap::zeroed`] and call
-        /// [`SelfAttention::reset_parameters`].
+        /// Returned by value, each projection drawn straight into place (`PARAM_BYTES` plus one
+        /// projection of stack). For large heads allocate one with [`crate::heap::zeroed`] and
+        /// call [`SelfAttention::reset_parameters`].
     },
     from_seed: Present "with biases",
     to_weights: SelfAttention<SEQ, DIM, T, W2>,
     projections: {
         /// The query projection.
-        q_proj: q: Linear<DIM, DIM, T, W>,
+        q_proj: q: Linear<DIM, DIM, T, W> = Linear::random(rng, init::in_proj_bound(DIM), bias),
         /// The key projection.
-        k_proj: k: Linear<DIM, DIM, T, W>,
+        k_proj: k: Linear<DIM, DIM, T, W> = Linear::random(rng, init::in_proj_bound(DIM), bias),
         /// The value projection.
-        v_proj: v: Linear<DIM, DIM, T, W>,
+        v_proj: v: Linear<DIM, DIM, T, W> = Linear::random(rng, init::in_proj_bound(DIM), bias),
     },
 }
 
