@@ -156,12 +156,7 @@ impl<
     /// The layer as the core runs it.
     pub(crate) fn layer(&self) -> Layer<'_, DIM, Q_DIM, KV_DIM, T, W> {
         let () = Self::SHAPE_OK;
-        Layer::new(
-            &self.q,
-            (&self.k, &self.v),
-            Some(&self.o),
-            (HEADS, KV_HEADS),
-        )
+        Layer::new(&self.q, &self.k, &self.v, Some(&self.o), (HEADS, KV_HEADS))
     }
 
     /// Checks at build time that a rotary table fits the heads.
@@ -304,11 +299,8 @@ impl<
     {
         const { Self::check_positions::<P>() };
         let w = weights.map(AttentionWeights::as_mut_slice);
-        let (kt, buf, out) = (
-            kernels::current::<T>(),
-            scratch.buffers(),
-            out.as_mut_slice(),
-        );
+        let (kt, buf) = (kernels::current::<T>(), scratch.buffers());
+        let out = out.as_mut_slice();
         (self.layer()).forward(kt, query, (key, value), mask, positions, buf, out, w)
     }
 }

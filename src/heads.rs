@@ -195,7 +195,8 @@ impl<'l, const DIM: usize, const QD: usize, const KVD: usize, T: Float, W: Weigh
     /// projections, and its output projection if it has one.
     pub(crate) fn new(
         q: &'l Linear<DIM, QD, T, W>,
-        (k, v): (&'l Linear<DIM, KVD, T, W>, &'l Linear<DIM, KVD, T, W>),
+        k: &'l Linear<DIM, KVD, T, W>,
+        v: &'l Linear<DIM, KVD, T, W>,
         out: Option<&'l Linear<QD, DIM, T, W>>,
         (count, kv): (usize, usize),
     ) -> Self {

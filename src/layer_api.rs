@@ -206,9 +206,9 @@ macro_rules! self_attention_api {
             ) -> $crate::SMatrix<T, SEQ, DIM> {
                 let () = Self::SHAPE_OK;
                 $crate::heads::local_buffers!(buf, T, SEQ, SKV, DIM, DIM);
-                let mut out = [[<T as $crate::Float>::ZERO; SEQ]; DIM];
-                self.run(x, (memory, memory), mask, buf, out.as_flattened_mut(), None);
-                $crate::SMatrix::from_array_storage($crate::nalgebra::ArrayStorage(out))
+                let mut out: $crate::SMatrix<T, SEQ, DIM> = $crate::zero_matrix();
+                self.run(x, (memory, memory), mask, buf, out.as_mut_slice(), None);
+                out
             }
 
             #[doc = concat!("[`", stringify!($Layer), "::cross_attention`] that also returns \

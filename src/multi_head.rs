@@ -148,7 +148,7 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float, W: Weight
     /// The layer as the core runs it.
     pub(crate) fn layer(&self) -> Layer<'_, DIM, DIM, DIM, T, W> {
         let () = Self::SHAPE_OK;
-        Layer::new(&self.q, (&self.k, &self.v), Some(&self.out), (HEADS, HEADS))
+        Layer::new(&self.q, &self.k, &self.v, Some(&self.out), (HEADS, HEADS))
     }
 
     /// Checks at build time that a rotary table fits the heads.

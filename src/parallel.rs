@@ -16,7 +16,7 @@ use crate::batch::{BatchError, check, mask_of};
 /// A layer whose forward passes spread their work over rayon's threads (`rayon` feature):
 /// `Parallel(&layer).forward_into(…)` takes the arguments of the layer's own
 /// `forward_into`, and [`Parallel::forward_batch_into`] those of its `forward_batch_into`
-/// (without weights). Works for [`MultiHead`](crate::MultiHead) and [`GroupedQuery`](crate::GroupedQuery) (a one-head
+/// (without weights). Works for [`crate::MultiHead`] and [`crate::GroupedQuery`] (a one-head
 /// [`crate::SelfAttention`] has only query blocks to spread: use `MultiHead<SEQ, DIM, 1>`), any
 /// weight storage.
 ///

@@ -80,25 +80,35 @@ pub fn scaled_dot_product_attention_into<
     out: &mut SMatrix<T, SQ, DV>,
 ) {
     let () = Width::<D>::OK;
-    let (io, kv, one) = one_head(
-        q.as_slice(),
-        (k.as_slice(), v.as_slice()),
-        out.as_mut_slice(),
-    );
-    run::<SQ, SKV, DV, T, A>(io, kv, Dims::new(SQ, SKV, D, DV), one, mask, scale, None);
+    one_head(q, k, v, mask, scale, out, None);
 }
 
-/// One head: `q` and `out` as the queries' input and output, `k` and `v` as they are.
-fn one_head<'a, T>(
-    q: &'a [T],
-    (k, v): (&'a [T], &'a [T]),
-    out: &'a mut [T],
-) -> (QueryIo<'a, T>, (&'a [T], &'a [T]), Heads) {
-    (
-        QueryIo::Separate { q, out },
-        (k, v),
-        Heads { count: 1, kv: 1 },
-    )
+/// One head, `q`, `k`, `v` as they are, into `out` (and the weights when given); the
+/// callers check `D`.
+#[allow(clippy::too_many_arguments)]
+fn one_head<
+    const SQ: usize,
+    const SKV: usize,
+    const D: usize,
+    const DV: usize,
+    T: Float,
+    A: Additive<T, SQ, SKV>,
+>(
+    q: &SMatrix<T, SQ, D>,
+    k: &SMatrix<T, SKV, D>,
+    v: &SMatrix<T, SKV, DV>,
+    mask: &Mask<'_, SQ, SKV, A>,
+    scale: Option<T>,
+    out: &mut SMatrix<T, SQ, DV>,
+    weights: Option<&mut [T]>,
+) {
+    let one = Heads { count: 1, kv: 1 };
+    let io = QueryIo::Separate {
+        q: q.as_slice(),
+        out: out.as_mut_slice(),
+    };
+    let kv = (k.as_slice(), v.as_slice());
+    run::<SQ, SKV, DV, T, A>(io, kv, Dims::new(SQ, SKV, D, DV), one, mask, scale, weights);
 }
 
 /// Attention for `heads` heads laid out one after the other (the flattened arrays of
@@ -214,13 +224,7 @@ pub fn scaled_dot_product_attention_with_weights_into<
     weights: &mut SMatrix<T, SQ, SKV>,
 ) {
     let () = Width::<D>::OK;
-    let (io, kv, one) = one_head(
-        q.as_slice(),
-        (k.as_slice(), v.as_slice()),
-        out.as_mut_slice(),
-    );
-    let w = Some(weights.as_mut_slice());
-    run::<SQ, SKV, DV, T, A>(io, kv, Dims::new(SQ, SKV, D, DV), one, mask, scale, w);
+    one_head(q, k, v, mask, scale, out, Some(weights.as_mut_slice()));
 }
 
 /// Compile-time check of the head counts of [`grouped_query_attention`].

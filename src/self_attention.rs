@@ -91,7 +91,7 @@ impl<const SEQ: usize, const DIM: usize, T: Float, W: Weight<T>> SelfAttention<S
     /// The head as the core runs it: one head, no output projection.
     pub(crate) fn layer(&self) -> Layer<'_, DIM, DIM, DIM, T, W> {
         let () = Self::SHAPE_OK;
-        Layer::new(&self.q, (&self.k, &self.v), None, (1, 1))
+        Layer::new(&self.q, &self.k, &self.v, None, (1, 1))
     }
 
     /// Checks at build time that a rotary table fits the head.

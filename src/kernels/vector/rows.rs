@@ -6,7 +6,7 @@ use super::super::Lazy;
 use super::super::args::{Dims, KB, MQ_MAX, Problem, WorkRef};
 use super::super::simd::Simd;
 use super::exp::{exp_scalar, exp_shifted};
-use super::steps::Scores;
+use super::steps::QueryKeys;
 
 /// Streaming attention for the `n` queries from row `r0`, each walking its keys in blocks of
 /// [`KB`] with the keys in the vector lanes; the `P·V` sums are kept per lane and reduced at
@@ -72,7 +72,7 @@ fn row<S: Simd>(
     let Dims { dv, ldkv, .. } = p.dims;
     let (v, mask, scale) = (p.v, p.mask, p.scale);
     // SAFETY: query `i < sq` of q (leading dimension `ldq`).
-    let scores = Scores::new(unsafe { q.add(i) }, p);
+    let operands = QueryKeys::new(unsafe { q.add(i) }, p);
     let l = S::LANES;
     let neg_inf = S::E::NEG_INFINITY;
     let dense = mask.is_dense();
@@ -102,9 +102,9 @@ fn row<S: Simd>(
         let nk = KB.min(hi - j0);
         // Whole vectors: `KB` is a multiple of LANES, so `np ≤ KB`.
         let np = nk.div_ceil(l) * l;
-        // Scores: four vectors of keys at a time share each broadcast query element.
+        // QueryKeys: four vectors of keys at a time share each broadcast query element.
         // SAFETY: keys `j0 .. j0 + nk ≤ skv`, and `np ≤ KB` values of p.
-        unsafe { dot_keys(s, scores, j0, nk, pb.as_mut_ptr()) };
+        unsafe { dot_keys(s, operands, j0, nk, pb.as_mut_ptr()) };
         // Scale and mask; the block's maximum.
         let mut bmax_v = ninf;
         if dense {
@@ -209,8 +209,8 @@ fn reduce_max<S: Simd>(s: S, v: S::V) -> S::E {
 /// `ops.q` points at the query's first element; `j0 + nk ≤ skv` (the keys' length, checked by
 /// `Problem::check`); `p` holds `⌈nk / LANES⌉ · LANES` values.
 #[inline(always)]
-unsafe fn dot_keys<S: Simd>(s: S, ops: Scores<S::E>, j0: usize, nk: usize, p: *mut S::E) {
-    let Scores {
+unsafe fn dot_keys<S: Simd>(s: S, ops: QueryKeys<S::E>, j0: usize, nk: usize, p: *mut S::E) {
+    let QueryKeys {
         q, ldq, ldk, dk, ..
     } = ops;
     // SAFETY: key `j0 ≤ skv`.

@@ -248,7 +248,7 @@ pub(super) unsafe fn tile_rows<S: Simd, const NV: usize>(
 /// The operands of scores `q · kᵀ`: the queries from a tile's (or a row's) first, `dk`
 /// columns with leading dimension `ldq`, and the keys of the problem (leading dimension `ldk`).
 #[derive(Clone, Copy)]
-pub(super) struct Scores<E> {
+pub(super) struct QueryKeys<E> {
     pub q: *const E,
     pub ldq: usize,
     pub k: *const E,
@@ -256,12 +256,12 @@ pub(super) struct Scores<E> {
     pub dk: usize,
 }
 
-impl<E> Scores<E> {
+impl<E> QueryKeys<E> {
     /// The queries from `q` (leading dimension `p.dims.ldq`) against the keys of `p`.
     #[inline(always)]
     pub(super) fn new(q: *const E, p: &Problem<'_, E>) -> Self {
         let Dims { dk, ldq, ldkv, .. } = p.dims;
-        Scores {
+        QueryKeys {
             q,
             ldq,
             k: p.k.as_ptr(),
@@ -271,7 +271,7 @@ impl<E> Scores<E> {
     }
 }
 
-/// Scores `out[kk·ldo + lane] = q[lane, :] · k[j0 + kk, :]` for the `nk` keys from `j0`.
+/// QueryKeys `out[kk·ldo + lane] = q[lane, :] · k[j0 + kk, :]` for the `nk` keys from `j0`.
 ///
 /// # Safety
 /// `ops.q` holds `NV·LANES` rows of its `dk` columns; `j0 + nk ≤ skv` (the keys' length,
@@ -279,7 +279,7 @@ impl<E> Scores<E> {
 #[inline(always)]
 pub(super) unsafe fn qk_block<S: Simd, const NV: usize>(
     s: S,
-    ops: Scores<S::E>,
+    ops: QueryKeys<S::E>,
     j0: usize,
     nk: usize,
     out: *mut S::E,
@@ -301,12 +301,12 @@ pub(super) unsafe fn qk_block<S: Simd, const NV: usize>(
 #[inline(always)]
 unsafe fn qk_tile<S: Simd, const NV: usize, const N: usize>(
     s: S,
-    ops: Scores<S::E>,
+    ops: QueryKeys<S::E>,
     k: *const S::E,
     out: *mut S::E,
     ldo: usize,
 ) {
-    let Scores {
+    let QueryKeys {
         q, ldq, ldk, dk, ..
     } = ops;
     let l = S::LANES;

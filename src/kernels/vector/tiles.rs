@@ -7,7 +7,7 @@ use super::super::simd::Simd;
 use super::super::{Lazy, scalar};
 use super::rows::rows;
 use super::steps::{
-    Scores, TileRanges, exp_and_sum, key_mask, pv_block, qk_block, scale_and_mask, tile_ranges,
+    QueryKeys, TileRanges, exp_and_sum, key_mask, pv_block, qk_block, scale_and_mask, tile_ranges,
 };
 
 /// Streaming attention for one head: `out[sq × dv] = softmax(scale·q·kᵀ + mask) · v`. Whole
@@ -102,7 +102,7 @@ fn tile_pass<S: Simd, const NV: usize>(
     let mq = NV * l;
     assert!(i0 + mq <= p.dims.sq, "tile past the last query");
     // SAFETY: rows `i0 .. i0 + mq ≤ sq` of q (`dk` columns, leading dimension `ldq`).
-    let scores = Scores::new(unsafe { q.add(i0) }, p);
+    let operands = QueryKeys::new(unsafe { q.add(i0) }, p);
     let ranges: TileRanges<S, NV> = tile_ranges::<S, NV>(s, mask, i0);
     let (lo_min, hi_max) = ranges.union;
     let (lo_max, hi_min) = ranges.common;
@@ -127,7 +127,7 @@ fn tile_pass<S: Simd, const NV: usize>(
         let full = !dense && j0 >= lo_max && j0 + nk <= hi_min;
         // SAFETY: the tile's `mq` queries, keys `j0 .. j0 + nk ≤ skv`, and `nk·mq ≤ KB·MQ_MAX`
         // values of P (lengths checked in `attention`).
-        unsafe { qk_block::<S, NV>(s, scores, j0, nk, p_buf, mq) };
+        unsafe { qk_block::<S, NV>(s, operands, j0, nk, p_buf, mq) };
         // SAFETY: `nk ≤ KB` rows of `mq` values in P and in the mask buffer; the key masks
         // read lanes `i0 .. i0 + mq ≤ sq` of columns `j0 .. j0 + nk ≤ skv`.
         let bmax = unsafe {
@@ -283,7 +283,7 @@ fn weight_tile<S: Simd, const NV: usize>(
     let mq = NV * l;
     assert!(i0 + mq <= p.dims.sq, "tile past the last query");
     // SAFETY: rows `i0 .. i0 + mq ≤ sq` of q (`dk` columns, leading dimension `ldq`).
-    let scores = Scores::new(unsafe { q.add(i0) }, p);
+    let operands = QueryKeys::new(unsafe { q.add(i0) }, p);
     let zero = s.splat(S::E::ZERO);
     let neg_inf = s.splat(S::E::NEG_INFINITY);
     let dense = mask.is_dense();
@@ -305,7 +305,7 @@ fn weight_tile<S: Simd, const NV: usize>(
     // SAFETY: the tile's queries, keys `lo_min .. hi_max ≤ skv`, and the weights' lanes
     // `i0 .. i0 + mq` of those columns (leading dimension `ldq`); the key masks read the same
     // lanes of the mask's matrices (the blocks below rely on the same bounds).
-    unsafe { qk_block::<S, NV>(s, scores, lo_min, keys, cols, ldq) };
+    unsafe { qk_block::<S, NV>(s, operands, lo_min, keys, cols, ldq) };
     let full = |kk: usize| !dense && lo_min + kk >= lo_max && lo_min + kk < hi_min;
     // SAFETY: as above.
     let m = unsafe {
