@@ -97,6 +97,8 @@ fn attend_head<T: Float>(
         dims,
         scale: scores.scale,
         mask: &mask,
+        softcap: None,
+        sink: None,
     };
     match weights {
         Some(w) => kt.attention_with_weights(io, &p, w),

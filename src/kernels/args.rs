@@ -168,8 +168,14 @@ pub(crate) fn check_weights<W, T>(w: &[W], bias: &[T], din: usize, dout: usize) 
     );
 }
 
-/// One head's attention problem besides its queries: keys, values, shape, softmax scale and
-/// mask.
+/// One head's attention problem besides its queries: keys, values, shape, softmax scale,
+/// mask, and the two logit variants of today's models.
+///
+/// A score is `z = scale · q·k`, then, with `softcap = Some(c)`, `z = c · tanh(z / c)`
+/// (Gemma 2's soft-capping), then the mask's bias and ALiBi are added. With `sink = Some(s)`,
+/// the logit `s` joins every row's softmax denominator (gpt-oss's attention sinks) and carries
+/// no value: row `i`'s weights are `exp(z_ij − m) / (exp(s − m) + Σ_j exp(z_ij − m))`, so they
+/// sum to less than 1.
 #[derive(Clone, Copy)]
 pub(crate) struct Problem<'a, T> {
     pub k: &'a [T],
@@ -177,6 +183,11 @@ pub(crate) struct Problem<'a, T> {
     pub dims: Dims,
     pub scale: T,
     pub mask: &'a MaskView<'a, T>,
+    // Read by the kernels once they implement the variants (issue 15).
+    #[allow(dead_code)]
+    pub softcap: Option<T>,
+    #[allow(dead_code)]
+    pub sink: Option<T>,
 }
 
 impl<T: Float> Problem<'_, T> {

@@ -201,6 +201,8 @@ fn run_io<T: Float>(
         dims,
         scale,
         mask,
+        softcap: None,
+        sink: None,
     };
     let start = if in_place {
         q.to_vec()
@@ -681,6 +683,8 @@ fn queries_read_through_a_stride() {
                     dims: Dims { ldq: ld, ..dims },
                     scale: 0.5,
                     mask: &mask,
+                    softcap: None,
+                    sink: None,
                 };
                 let mut buf = strided.clone();
                 let mut work: std::boxed::Box<Work<f32, 80>> = bytemuck::zeroed_box();
