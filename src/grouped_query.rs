@@ -8,6 +8,7 @@ use crate::heads::{Layer, local_buffers};
 use crate::layer_api::{build_api, decode_api, rules};
 use crate::mask::Additive;
 use crate::positions::{PositionEncoding, PositionError};
+use crate::variant::{Extras, Variant, VariantError};
 use crate::{
     AttentionWeights, Bias, Float, Linear, Mask, Scratch, Weight, init, kernels, zero_matrix,
 };
@@ -70,6 +71,8 @@ pub struct GroupedQuery<
     pub(crate) k: Linear<DIM, KV_DIM, T, W>,
     pub(crate) v: Linear<DIM, KV_DIM, T, W>,
     pub(crate) o: Linear<Q_DIM, DIM, T, W>,
+    /// The variant and its parameters (QK-norm weights, sinks).
+    pub(crate) extra: Extras<HEADS, Q_DIM, KV_DIM, T>,
 }
 
 build_api! {
@@ -94,6 +97,7 @@ build_api! {
         /// The output projection, `Q_DIM → DIM` (Hugging Face's `o_proj`).
         out_proj: o: Linear<Q_DIM, DIM, T, W> = drawn(rng, Bias::Absent),
     },
+    extra: extra = Extras::plain(),
 }
 
 /// Parameters: the shape constants, and re-drawing them in place.
@@ -144,19 +148,141 @@ impl<
     /// Bytes of the parameters.
     pub const PARAM_BYTES: usize = core::mem::size_of::<Self>();
 
-    /// Re-draws every parameter in place as [`GroupedQuery::new`] draws them.
+    /// Re-draws every projection in place as [`GroupedQuery::new`] draws them; the QK-norm
+    /// weights become 1 and the sinks 0 (PyTorch's initial values), the variant is kept.
     pub fn reset_parameters<R: Rng + ?Sized>(&mut self, rng: &mut R, bias: Bias) {
         let () = Self::SHAPE_OK;
         nn_linear(&mut self.q, rng, bias);
         nn_linear(&mut self.k, rng, bias);
         nn_linear(&mut self.v, rng, bias);
         nn_linear(&mut self.o, rng, Bias::Absent);
+        let plain = Extras::plain();
+        self.extra.q_norm = plain.q_norm;
+        self.extra.k_norm = plain.k_norm;
+        self.extra.sinks = plain.sinks;
     }
 
     /// The layer as the core runs it.
     pub(crate) fn layer(&self) -> Layer<'_, DIM, Q_DIM, KV_DIM, T, W> {
         let () = Self::SHAPE_OK;
-        Layer::new(&self.q, &self.k, &self.v, Some(&self.o), (HEADS, KV_HEADS))
+        let layer = Layer::new(&self.q, &self.k, &self.v, Some(&self.o), (HEADS, KV_HEADS));
+        layer.with_tweaks(self.extra.tweaks(Self::HEAD_DIM))
+    }
+}
+
+/// Variant: how this layer's attention departs from the paper's (QK-norm, scale, soft-cap,
+/// sinks, sliding window; see [`crate::variant`]) and the parameters it brings.
+impl<
+    const DIM: usize,
+    const HEADS: usize,
+    const KV_HEADS: usize,
+    const Q_DIM: usize,
+    const KV_DIM: usize,
+    T: Float,
+    W: Weight<T>,
+> GroupedQuery<DIM, HEADS, KV_HEADS, Q_DIM, KV_DIM, T, W>
+{
+    /// The variant this layer runs ([`Variant::PLAIN`] unless set).
+    #[must_use]
+    pub fn variant(&self) -> Variant {
+        self.extra.variant()
+    }
+
+    /// Makes this layer run `variant`; its parameters ([`GroupedQuery::qk_norm_weights`],
+    /// [`GroupedQuery::sinks`]) are kept. Every forward and decode path runs it: the norms
+    /// after the projections, the scale, soft-cap and sinks inside the attention kernel, and
+    /// the window narrowing a causal mask (a [`Mask::none`] stays full) and a growing
+    /// [`KvCache`](crate::KvCache) (a ring must have the window as its capacity).
+    ///
+    /// ```
+    /// use static_attention::{Alignment, GroupedQuery, Mask, SMatrix};
+    /// use static_attention::positions::NoPositions;
+    /// use static_attention::variant::{QkNorm, Variant};
+    ///
+    /// let mut layer = GroupedQuery::<16, 4, 2, 16, 8>::from_seed(3);
+    /// layer.set_variant(
+    ///     Variant::PLAIN.with_qk_norm(QkNorm::PerHead { eps: 1e-6 }).with_softcap(5.0).with_sinks(),
+    /// )?;
+    /// layer.sinks_mut().copy_from_slice(&[0.5, -1.0, 2.0, 0.0]);
+    /// let x = SMatrix::<f32, 3, 16>::from_fn(|i, j| (i as f32 - j as f32) * 0.1);
+    /// let (_, w) = layer.forward_with_weights(&x, &Mask::causal(Alignment::TopLeft), &NoPositions)?;
+    /// // The first token sees only itself, and the sink takes a share of its weight.
+    /// let sum: f32 = (0..3).map(|j| w.head(0)[(0, j)]).sum();
+    /// assert!(sum < 1.0 && sum > 0.0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`VariantError`] naming the field ([`Variant::check`]); the layer is unchanged then.
+    pub fn set_variant(&mut self, variant: Variant) -> Result<(), VariantError> {
+        variant.check()?;
+        self.extra.set(&variant);
+        Ok(())
+    }
+
+    /// Checks a model configuration against this type: `hidden_size = DIM`,
+    /// `num_attention_heads = HEADS`, `num_key_value_heads = KV_HEADS` and
+    /// `head_dim = Q_DIM / HEADS`.
+    ///
+    /// ```
+    /// use static_attention::config::{ConfigError, LayerConfig};
+    /// use static_attention::GroupedQuery;
+    ///
+    /// let json = r#"{"hidden_size": 16, "num_attention_heads": 8, "num_key_value_heads": 2}"#;
+    /// let config = LayerConfig::from_json(json, 0)?;
+    /// let err = GroupedQuery::<16, 4, 2, 16, 8>::check_config(&config).unwrap_err();
+    /// assert_eq!(err, ConfigError::Shape { field: "num_attention_heads", config: 8, layer: 4 });
+    /// # Ok::<(), ConfigError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`ConfigError::Shape`](crate::config::ConfigError::Shape) naming the first field that
+    /// disagrees.
+    #[cfg(feature = "config")]
+    pub fn check_config(
+        config: &crate::config::LayerConfig,
+    ) -> Result<(), crate::config::ConfigError> {
+        for (field, config, layer) in [
+            ("hidden_size", config.hidden_size, DIM),
+            ("num_attention_heads", config.heads, HEADS),
+            ("num_key_value_heads", config.kv_heads, KV_HEADS),
+            ("head_dim", config.head_dim, Self::HEAD_DIM),
+        ] {
+            if config != layer {
+                return Err(crate::config::ConfigError::Shape {
+                    field,
+                    config,
+                    layer,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The QK-norm weights: `q_norm.weight` and `k_norm.weight`. With
+    /// [`QkNorm::PerHead`](crate::variant::QkNorm::PerHead) the first `HEAD_DIM` of each are
+    /// used; with [`QkNorm::Full`](crate::variant::QkNorm::Full), all. 1 after
+    /// [`GroupedQuery::new`], 0 after [`GroupedQuery::zeros`].
+    #[must_use]
+    pub const fn qk_norm_weights(&self) -> (&[T; Q_DIM], &[T; KV_DIM]) {
+        (&self.extra.q_norm, &self.extra.k_norm)
+    }
+
+    /// [`GroupedQuery::qk_norm_weights`], to write.
+    pub const fn qk_norm_weights_mut(&mut self) -> (&mut [T; Q_DIM], &mut [T; KV_DIM]) {
+        (&mut self.extra.q_norm, &mut self.extra.k_norm)
+    }
+
+    /// Each query head's sink logit (`sinks`), used when the variant has
+    /// [`Variant::sinks`]; 0 after [`GroupedQuery::new`].
+    #[must_use]
+    pub const fn sinks(&self) -> &[T; HEADS] {
+        &self.extra.sinks
+    }
+
+    /// [`GroupedQuery::sinks`], to write.
+    pub const fn sinks_mut(&mut self) -> &mut [T; HEADS] {
+        &mut self.extra.sinks
     }
 
     /// Checks at build time that a rotary table fits the heads.
@@ -311,6 +437,7 @@ decode_api! {
         GroupedQuery<DIM, HEADS, KV_HEADS, Q_DIM, KV_DIM, T, W>,
     q_dim: Q_DIM,
     kv_dim: KV_DIM,
+    heads: HEADS,
     decode: {
         ///
         /// Queries and keys are rotated at the cache's positions (see the type's docs).

@@ -23,6 +23,7 @@ use crate::kernels::{
 };
 use crate::mask::{Additive, Alibi};
 use crate::positions::{PositionEncoding, PositionError};
+use crate::variant::Tweaks;
 use crate::{CacheError, Float, KvCache, Linear, Mask, Weight};
 
 /// The default softmax scale `1/√d` for keys of width `d`.
@@ -52,26 +53,56 @@ impl Heads {
     }
 }
 
-/// Attention's position-dependent inputs to one call: the mask (lowered), the ALiBi part and,
-/// for a ring of keys, the index of the oldest key.
+/// How one call turns dot products into logits: the scale, the mask (lowered), the ALiBi
+/// part and, for a ring of keys, the index of the oldest key; the soft-cap and each query
+/// head's sink logit, if the layer has them.
 #[derive(Clone, Copy)]
 pub(crate) struct Scores<'a, T> {
     pub scale: T,
     pub mask: &'a MaskView<'a, T>,
     pub alibi: Option<Alibi>,
     pub key_rotate: usize,
+    pub softcap: Option<T>,
+    pub sinks: Option<&'a [T]>,
 }
 
 impl<'a, T: Float> Scores<'a, T> {
-    /// The scores of a whole sequence's heads of width `head_dim` (no cache): scale
-    /// `1/√head_dim`, ALiBi distances from key 0.
-    pub fn whole(head_dim: usize, mask: &'a MaskView<'a, T>, alibi: Option<Alibi>) -> Self {
+    /// The scores of heads of width `head_dim` under `tweaks` (scale `1/√head_dim` unless
+    /// they set one), ALiBi distances from key 0.
+    pub fn new(
+        head_dim: usize,
+        mask: &'a MaskView<'a, T>,
+        alibi: Option<Alibi>,
+        tweaks: &Tweaks<'a, T>,
+    ) -> Self {
         Self {
-            scale: default_scale(head_dim),
+            scale: tweaks.scale.unwrap_or_else(|| default_scale(head_dim)),
             mask,
             alibi,
             key_rotate: 0,
+            softcap: tweaks.softcap,
+            sinks: tweaks.sinks,
         }
+    }
+}
+
+/// `pattern` narrowed to a sliding window of `window` keys, if the layer has one: a causal
+/// pattern becomes that window, a window the narrower of the two; a full pattern (no causal
+/// order) is kept.
+fn windowed(pattern: Pattern, window: Option<usize>) -> Pattern {
+    match (pattern, window) {
+        (Pattern::Causal(alignment), Some(window)) => Pattern::SlidingWindow { window, alignment },
+        (
+            Pattern::SlidingWindow {
+                window: w,
+                alignment,
+            },
+            Some(window),
+        ) => Pattern::SlidingWindow {
+            window: w.min(window),
+            alignment,
+        },
+        (p, _) => p,
     }
 }
 
@@ -97,8 +128,8 @@ fn attend_head<T: Float>(
         dims,
         scale: scores.scale,
         mask: &mask,
-        softcap: None,
-        sink: None,
+        softcap: scores.softcap,
+        sink: scores.sinks.map(|s| s[h]),
     };
     match weights {
         Some(w) => kt.attention_with_weights(io, &p, w),
@@ -109,7 +140,8 @@ fn attend_head<T: Float>(
 /// The per-head loop: every query head of `heads` attending over its kv head. `io` holds all
 /// heads' queries (and outputs), head `h` at `h·dk·ldq` (`h·dv·ldq` for the outputs); `k` and
 /// `v` all kv heads, head `g` at `g·dk·ldkv` and `g·dv·ldkv`; `weights`, when given, one
-/// `ldq × skv` matrix per head. `dims` is one head's problem.
+/// column-major matrix of leading dimension `ldq` per head, `step` scalars apart (at least
+/// `ldq · skv`). `dims` is one head's problem.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attend_heads<T: Float>(
     kt: &Table<T>,
@@ -119,12 +151,11 @@ pub(crate) fn attend_heads<T: Float>(
     heads: Heads,
     scores: &Scores<'_, T>,
     mut work: WorkRef<'_, T>,
-    mut weights: Option<&mut [T]>,
+    mut weights: Option<(&mut [T], usize)>,
 ) {
     // The distance from one head to the next in each array.
     let (q_step, out_step) = (dims.dk * dims.ldq, dims.dv * dims.ldq);
     let (k_step, v_step) = (dims.dk * dims.ldkv, dims.dv * dims.ldkv);
-    let weights_step = dims.ldq * dims.skv;
     for h in 0..heads.count {
         let g = heads.kv_head(h);
         let head_io = match &mut io {
@@ -135,7 +166,7 @@ pub(crate) fn attend_heads<T: Float>(
             },
         };
         let kv = (&k[g * k_step..], &v[g * v_step..]);
-        let w = weights.as_deref_mut().map(|w| &mut w[h * weights_step..]);
+        let w = weights.as_mut().map(|(w, step)| &mut w[h * *step..]);
         attend_head(
             kt,
             head_io,
@@ -188,6 +219,7 @@ pub(crate) struct Layer<'l, const DIM: usize, const QD: usize, const KVD: usize,
     pub v: &'l Linear<DIM, KVD, T, W>,
     pub out: Option<&'l Linear<QD, DIM, T, W>>,
     pub heads: Heads,
+    pub tweaks: Tweaks<'l, T>,
 }
 
 impl<'l, const DIM: usize, const QD: usize, const KVD: usize, T: Float, W: Weight<T>>
@@ -209,7 +241,32 @@ impl<'l, const DIM: usize, const QD: usize, const KVD: usize, T: Float, W: Weigh
             v,
             out,
             heads,
+            tweaks: Tweaks::PLAIN,
         }
+    }
+
+    /// This layer running the variant `tweaks`.
+    pub(crate) fn with_tweaks(self, tweaks: Tweaks<'l, T>) -> Self {
+        Self { tweaks, ..self }
+    }
+
+    /// QK-norm, then the rotary embedding, on projected queries (`sq` tokens) and keys
+    /// (`skv` tokens) at positions `first ..`.
+    fn prepare<P: PositionEncoding<T>>(
+        &self,
+        (q, sq): (&mut [T], usize),
+        (k, skv): (&mut [T], usize),
+        positions: &P,
+        first: usize,
+    ) {
+        if let Some(n) = self.tweaks.q_norm {
+            n.apply(q, sq, QD);
+        }
+        if let Some(n) = self.tweaks.k_norm {
+            n.apply(k, skv, KVD);
+        }
+        positions.rotate(q, sq, self.heads.count, first);
+        positions.rotate(k, skv, self.heads.kv, first);
     }
 
     /// Features per head.
@@ -218,7 +275,7 @@ impl<'l, const DIM: usize, const QD: usize, const KVD: usize, T: Float, W: Weigh
     }
 
     /// `sq` query tokens and `skv` key/value tokens projected into the buffers, queries and
-    /// keys rotated for positions `first ..`.
+    /// keys normalised (with QK-norm) and rotated for positions `first ..`.
     #[allow(clippy::too_many_arguments)]
     fn project<P: PositionEncoding<T>>(
         &self,
@@ -232,8 +289,7 @@ impl<'l, const DIM: usize, const QD: usize, const KVD: usize, T: Float, W: Weigh
         self.q.project(kt, query, sq, buf.q, buf.pack);
         self.k.project(kt, key, skv, buf.k, buf.pack);
         self.v.project(kt, value, skv, buf.v, buf.pack);
-        positions.rotate(buf.q, sq, self.heads.count, first);
-        positions.rotate(buf.k, skv, self.heads.kv, first);
+        self.prepare((buf.q, sq), (buf.k, skv), positions, first);
     }
 
     /// Where the heads go: over their queries when an output projection follows, into `out`
@@ -279,23 +335,30 @@ impl<'l, const DIM: usize, const QD: usize, const KVD: usize, T: Float, W: Weigh
         let inputs = (key.as_slice(), value.as_slice(), SKV);
         self.project(kt, (query.as_slice(), SQ), inputs, positions, 0, &mut buf);
         let hd = self.head_dim();
-        let view = mask.view();
-        let scores = Scores::whole(hd, &view, positions.alibi().or(mask.alibi()));
+        let mut view = mask.view();
+        view.pattern = windowed(view.pattern, self.tweaks.window);
+        let alibi = positions.alibi().or(mask.alibi());
+        let scores = Scores::new(hd, &view, alibi, &self.tweaks);
         let kv = (&*buf.k, &*buf.v);
         let io = self.heads_io(&mut *buf.q, &mut *out);
         let dims = Dims::new(SQ, SKV, hd, hd);
+        let weights = weights.map(|w| (w, SQ * SKV));
         attend_heads(kt, io, kv, dims, self.heads, &scores, buf.work, weights);
         self.project_out(kt, buf.q, SQ, out, buf.pack);
         Ok(())
     }
 
     /// Appends `SQ` tokens to `cache` at its next positions and attends each to everything the
-    /// cache holds up to its own position; the `SQ × DIM` result into `out`. Checks
-    /// everything before changing anything.
+    /// cache holds up to its own position (within the layer's window, if it has one); the
+    /// `SQ × DIM` result into `out` and, when given, each head's weights into `weights`
+    /// (`heads` matrices of `SQ × CAP`, column `r` for the cache's row `r` as the token saw
+    /// it; rows it did not attend to get 0). Checks everything before changing anything.
     ///
     /// # Errors
     /// [`CacheError::Full`] if the tokens do not fit, [`CacheError::Position`] past the rotary
-    /// table; the cache and `out` are unchanged then.
+    /// table, [`CacheError::Window`] for a ring whose capacity is not the layer's window; the
+    /// cache and `out` are unchanged then.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn decode<const SQ: usize, const CAP: usize, P: PositionEncoding<T>>(
         &self,
         kt: &Table<T>,
@@ -304,26 +367,38 @@ impl<'l, const DIM: usize, const QD: usize, const KVD: usize, T: Float, W: Weigh
         positions: &P,
         mut buf: Buffers<'_, T>,
         out: &mut [T],
+        mut weights: Option<&mut [T]>,
     ) -> Result<(), CacheError> {
+        let ring = cache.is_sliding_window();
+        if let Some(window) = self.tweaks.window
+            && ring
+            && window != CAP
+        {
+            return Err(CacheError::Window {
+                window,
+                capacity: CAP,
+            });
+        }
         cache.check_room(SQ)?;
         let first = cache.position();
         positions.check(first, SQ)?;
         let x = x.as_slice();
         self.project(kt, (x, SQ), (x, x, SQ), positions, first, &mut buf);
         let hd = self.head_dim();
-        let scale = default_scale(hd);
         let alibi = positions.alibi();
+        if let Some(w) = weights.as_deref_mut() {
+            w.fill(T::ZERO);
+        }
         // A growing cache takes all SQ tokens, then every query sees the cache up to its own
         // position (causal, aligned bottom-right: the new tokens are the newest positions). A
         // ring goes token by token: each query sees exactly what the ring holds once its own
         // key is in (the last CAP positions, itself included), reading its query through the
         // buffer's stride.
-        let ring = cache.is_sliding_window();
         let (steps, rows) = if ring { (SQ, 1) } else { (1, SQ) };
         let pattern = if ring {
             Pattern::Full
         } else {
-            Pattern::Causal(Alignment::BottomRight)
+            windowed(Pattern::Causal(Alignment::BottomRight), self.tweaks.window)
         };
         for step in 0..steps {
             for t in step * rows..(step + 1) * rows {
@@ -332,11 +407,9 @@ impl<'l, const DIM: usize, const QD: usize, const KVD: usize, T: Float, W: Weigh
             let len = cache.len();
             let view = MaskView::structural(pattern, rows, len);
             let scores = Scores {
-                scale,
-                mask: &view,
-                alibi,
                 // ALiBi distances count from the oldest position, wherever a ring put it.
                 key_rotate: cache.oldest_row(),
+                ..Scores::new(hd, &view, alibi, &self.tweaks)
             };
             let dims = Dims {
                 ldq: SQ,
@@ -345,16 +418,8 @@ impl<'l, const DIM: usize, const QD: usize, const KVD: usize, T: Float, W: Weigh
             };
             let io = self.heads_io(&mut buf.q[step..], &mut out[step..]);
             let work = buf.work.reborrow();
-            attend_heads(
-                kt,
-                io,
-                cache.storage(),
-                dims,
-                self.heads,
-                &scores,
-                work,
-                None,
-            );
+            let w = weights.as_deref_mut().map(|w| (&mut w[step..], SQ * CAP));
+            attend_heads(kt, io, cache.storage(), dims, self.heads, &scores, work, w);
         }
         self.project_out(kt, buf.q, SQ, out, buf.pack);
         Ok(())
@@ -453,8 +518,7 @@ mod parallel {
                     1 => project_columns(kt, self.k, x, SEQ, j0, cols, pack),
                     _ => project_columns(kt, self.v, x, SEQ, j0, cols, pack),
                 });
-            positions.rotate(buf.q, SEQ, self.heads.count, 0);
-            positions.rotate(buf.k, SEQ, self.heads.kv, 0);
+            self.prepare((&mut *buf.q, SEQ), (&mut *buf.k, SEQ), positions, 0);
 
             // Attention by (head, query block): each task copies its queries and writes its
             // own output block; the blocks are then placed into the concatenated heads.
@@ -462,8 +526,10 @@ mod parallel {
             let threads = rayon::current_num_threads().max(1);
             let blocks = (2 * threads).div_ceil(self.heads.count).max(1);
             let rows = SEQ.div_ceil(blocks);
-            let view = mask.view();
-            let scores = Scores::whole(hd, &view, positions.alibi().or(mask.alibi()));
+            let mut view = mask.view();
+            view.pattern = super::windowed(view.pattern, self.tweaks.window);
+            let alibi = positions.alibi().or(mask.alibi());
+            let scores = Scores::new(hd, &view, alibi, &self.tweaks);
             let (q, k, v) = (&*buf.q, &*buf.k, &*buf.v);
             let heads = self.heads;
             let pieces: Vec<(usize, usize, Vec<T>)> = (0..heads.count)

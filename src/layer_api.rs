@@ -17,7 +17,8 @@
 /// `from_parts`, `to_weights` and one accessor per projection. `projections` lists them in the
 /// struct's field order as `accessor: field: type = draw` with the accessor's docs before it,
 /// `draw` being how `new(rng, bias)` draws the projection (the names given after `new:`);
-/// `to_weights` names the type with `W2` weights.
+/// `to_weights` names the type with `W2` weights. `extra: field = value` names a field that is
+/// not a projection (kept by `to_weights`) and its value in `new` and `from_parts`.
 macro_rules! build_api {
     (
         impl[$($generics:tt)*] $Layer:ident<$($param:ident),*>,
@@ -27,7 +28,8 @@ macro_rules! build_api {
         projections: {$(
             $(#[$doc:meta])*
             $accessor:ident: $field:ident: $Proj:ty = $draw:expr
-        ),* $(,)?} $(,)?
+        ),* $(,)?}
+        $(, extra: $efield:ident = $edefault:expr)? $(,)?
     ) => {
         /// Build: constructors, conversion and the projections.
         impl<$($generics)*> $Layer<$($param),*> {
@@ -37,7 +39,7 @@ macro_rules! build_api {
                 let () = Self::SHAPE_OK;
                 // Each projection drawn straight into place, in field order (the order
                 // `reset_parameters` draws them in).
-                Self { $($field: $draw),* }
+                Self { $($field: $draw,)* $($efield: $edefault)? }
             }
 
             #[doc = concat!("[`", stringify!($Layer), "::new`] ", $seed_bias_words, ", from a \
@@ -65,14 +67,14 @@ macro_rules! build_api {
             #[must_use]
             pub const fn from_parts($($field: $Proj),*) -> Self {
                 let () = Self::SHAPE_OK;
-                Self { $($field),* }
+                Self { $($field,)* $($efield: $edefault)? }
             }
 
             /// The same layer with its weights stored as `W2`, each rounded to it (see
             /// [`crate::weight`]): `to_weights::<f16>()` halves the parameters' size. By value.
             #[must_use]
             pub fn to_weights<W2: $crate::Weight<T>>(&self) -> $Converted {
-                $Layer { $($field: self.$field.to_weights()),* }
+                $Layer { $($field: self.$field.to_weights(),)* $($efield: self.$efield.clone())? }
             }
 
             $(
@@ -281,6 +283,7 @@ macro_rules! decode_api {
         impl[$($generics:tt)*] $Layer:ident<$($param:ident),*>,
         q_dim: $q_dim:ident,
         kv_dim: $kv_dim:ident,
+        heads: $heads:tt,
         decode: {$(#[$decode:meta])*} $(,)?
     ) => {
         /// Decode: token by token through a [`KvCache`](crate::KvCache).
@@ -309,7 +312,7 @@ macro_rules! decode_api {
                 $crate::heads::local_buffers!(buf, T, SQ, SQ, $q_dim, $kv_dim);
                 let mut out: $crate::SMatrix<T, SQ, DIM> = $crate::zero_matrix();
                 let kt = $crate::kernels::current::<T>();
-                (self.layer()).decode(kt, x, cache, positions, buf, out.as_mut_slice())?;
+                (self.layer()).decode(kt, x, cache, positions, buf, out.as_mut_slice(), None)?;
                 Ok(out)
             }
 
@@ -330,7 +333,44 @@ macro_rules! decode_api {
                 const { Self::check_positions::<P>() };
                 let kt = $crate::kernels::current::<T>();
                 let buf = scratch.buffers();
-                (self.layer()).decode(kt, x, cache, positions, buf, out.as_mut_slice())
+                (self.layer()).decode(kt, x, cache, positions, buf, out.as_mut_slice(), None)
+            }
+
+            #[doc = concat!("[`", stringify!($Layer), "::decode`] that also returns each \
+                query head's attention weights: one `SQ × CAP` matrix per head, column `r` \
+                for the cache's row `r` ([`KvCache::keys`](crate::KvCache::keys) says which \
+                position a row holds) as the token saw it, 0 for rows it did not attend to. \
+                With a [`KvCache::sliding_window`](crate::KvCache::sliding_window) ring and \
+                `SQ > 1`, a later token of the same call may overwrite a row an earlier one \
+                attended to. By value.\n\n# Errors\n\nAs [`", stringify!($Layer),
+                "::decode`]; the cache is unchanged then.")]
+            #[allow(clippy::type_complexity)]
+            pub fn decode_with_weights<const SQ: usize, const CAP: usize, P>(
+                &self,
+                x: &$crate::SMatrix<T, SQ, DIM>,
+                cache: &mut $crate::KvCache<CAP, $kv_dim, T>,
+                positions: &P,
+            ) -> Result<
+                (
+                    $crate::SMatrix<T, SQ, DIM>,
+                    $crate::AttentionWeights<SQ, CAP, $heads, T>,
+                ),
+                $crate::CacheError,
+            >
+            where
+                P: $crate::positions::PositionEncoding<T>,
+            {
+                const { Self::check_positions::<P>() };
+                $crate::heads::local_buffers!(buf, T, SQ, SQ, $q_dim, $kv_dim);
+                let mut result: (
+                    $crate::SMatrix<T, SQ, DIM>,
+                    $crate::AttentionWeights<SQ, CAP, $heads, T>,
+                ) = bytemuck::Zeroable::zeroed();
+                let (out, weights) = (&mut result.0, &mut result.1);
+                let w = Some(weights.as_mut_slice());
+                let kt = $crate::kernels::current::<T>();
+                (self.layer()).decode(kt, x, cache, positions, buf, out.as_mut_slice(), w)?;
+                Ok(result)
             }
         }
     };

@@ -223,6 +223,7 @@ pub mod init;
 pub mod mask;
 pub mod positions;
 mod scratch;
+pub mod variant;
 
 mod heads;
 mod layer_api;
@@ -236,13 +237,15 @@ mod parallel;
 mod sdpa;
 mod self_attention;
 
+#[cfg(feature = "config")]
+pub mod config;
 pub mod io;
 #[cfg(feature = "std")]
 pub mod reference;
 pub mod semantics;
 
 pub use batch::BatchError;
-pub use cache::{CacheError, KvCache};
+pub use cache::{CacheError, KvCache, LayoutError};
 pub use grouped_query::GroupedQuery;
 /// Half-precision storage types for weights (from the `half` crate): see [`weight`].
 pub use half::{bf16, f16};

@@ -223,6 +223,7 @@ decode_api! {
         MultiHead<SEQ, DIM, HEADS, T, W>,
     q_dim: DIM,
     kv_dim: DIM,
+    heads: HEADS,
     decode: {
         ///
         /// `positions` is usually [`NoPositions`](crate::positions::NoPositions)

@@ -130,10 +130,15 @@ fn run<const SQ: usize, const SKV: usize, const DV: usize, T: Float, A: Additive
         mask: &view,
         alibi: mask.alibi(),
         key_rotate: 0,
+        softcap: None,
+        sinks: None,
     };
     match weights {
         // The weights path needs no block state.
-        Some(w) => attend_heads(kt, io, kv, dims, heads, &scores, WorkRef::empty(), Some(w)),
+        Some(w) => {
+            let w = Some((w, dims.ldq * dims.skv));
+            attend_heads(kt, io, kv, dims, heads, &scores, WorkRef::empty(), w);
+        }
         None => streaming::<DV, T>(kt, io, kv, dims, heads, &scores),
     }
 }

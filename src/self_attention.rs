@@ -130,6 +130,7 @@ decode_api! {
     impl[const SEQ: usize, const DIM: usize, T: Float, W: Weight<T>] SelfAttention<SEQ, DIM, T, W>,
     q_dim: DIM,
     kv_dim: DIM,
+    heads: 1,
     decode: {
         ///
         /// `positions` is usually [`crate::positions::NoPositions`]; a

@@ -183,8 +183,10 @@ fn weight_files_with_missing_names_or_another_kv_head_count() {
     ));
     assert_eq!(
         err.to_string(),
-        "model.layers.3.self_attn.k_proj.weight holds 2 kv heads of HEAD_DIM = 4, but the layer \
-         has KV_HEADS = 4"
+        "model.layers.3.self_attn.k_proj.weight has 8 rows (the file's kv heads times their \
+         width: 2 kv heads if they are 4 wide like the layer's, or as many heads of another \
+         width as the file's head count says), but the layer needs KV_HEADS · HEAD_DIM = 4 · 4 \
+         = 16 rows"
     );
     assert_eq!(other, before);
 

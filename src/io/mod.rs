@@ -210,17 +210,22 @@ pub enum LoadError {
         /// The file's `num_heads` metadata.
         found: usize,
     },
-    /// A key or value projection with the wrong number of kv heads (a grouped-query layer
-    /// whose `KV_HEADS` does not match the file).
+    /// A key or value projection with another number of rows than the layer's
+    /// `KV_HEADS · HEAD_DIM` (a grouped-query layer whose `KV_HEADS`, or `HEAD_DIM`, is not
+    /// the file's). The rows are the file's kv heads times their width: a file without a
+    /// configuration cannot say which, so both readings are given.
     WrongKvHeads {
         /// Full tensor name (with prefix).
         name: Text,
         /// The layer's `KV_HEADS`.
         expected: usize,
-        /// The kv heads the tensor holds (its rows over `head_dim`).
+        /// The kv heads the tensor holds if they are `head_dim` wide (its rows over
+        /// `head_dim`, rounded down).
         found: usize,
         /// The layer's `HEAD_DIM`.
         head_dim: usize,
+        /// The tensor's rows: the file's `KV_HEADS · HEAD_DIM`.
+        rows: usize,
     },
     /// A tensor for a feature this layer does not have (`bias_k`/`bias_v` of
     /// `add_bias_kv=True`), or both the packed and the separate projection forms.
@@ -235,6 +240,10 @@ pub enum LoadError {
         /// The parser's explanation.
         reason: Text,
     },
+    /// The configuration given to `GroupedQuery::load_pretrained` does not describe this
+    /// layer (another shape, or an invalid variant).
+    #[cfg(feature = "config")]
+    Config(crate::config::ConfigError),
 }
 
 impl fmt::Display for LoadError {
@@ -280,13 +289,19 @@ impl fmt::Display for LoadError {
                 expected,
                 found,
                 head_dim,
+                rows,
             } => write!(
                 f,
-                "{name} holds {found} kv heads of HEAD_DIM = {head_dim}, but the layer has \
-                 KV_HEADS = {expected}"
+                "{name} has {rows} rows (the file's kv heads times their width: {found} kv \
+                 heads if they are {head_dim} wide like the layer's, or as many heads of \
+                 another width as the file's head count says), but the layer needs KV_HEADS · \
+                 HEAD_DIM = {expected} · {head_dim} = {} rows",
+                expected * head_dim
             ),
             LoadError::Unsupported { name, reason } => write!(f, "{name}: {reason}"),
             LoadError::Malformed { reason } => write!(f, "malformed safetensors data: {reason}"),
+            #[cfg(feature = "config")]
+            LoadError::Config(e) => e.fmt(f),
         }
     }
 }
@@ -366,7 +381,7 @@ impl<T: Float> Values<'_, T> {
     }
 
     /// Copies the values from `start` into `out` (the caller checked the length).
-    fn copy_to(&self, start: usize, out: &mut [T]) {
+    pub(crate) fn copy_to(&self, start: usize, out: &mut [T]) {
         match self {
             Values::Native(s) => out.copy_from_slice(&s[start..start + out.len()]),
             Values::F32Le(b) => {

@@ -4,6 +4,7 @@
 
 use std::format;
 use std::string::String;
+use std::vec;
 use std::vec::Vec;
 
 use safetensors::tensor::{Metadata, TensorView};
@@ -173,22 +174,6 @@ impl Accept {
     }
 }
 
-/// Loads a layer in place from a file: parses it, finds and checks every tensor with `check`
-/// (nothing written yet), then copies them in with `write`, which cannot fail. On error the
-/// layer is unchanged.
-fn read_into<'a, L, C>(
-    layer: &mut L,
-    bytes: &'a [u8],
-    prefix: &str,
-    check: impl FnOnce(&File<'a>, &str) -> Result<C, LoadError>,
-    write: impl FnOnce(&mut L, &C),
-) -> Result<(), LoadError> {
-    let file = File::parse(bytes)?;
-    let checked = check(&file, prefix)?;
-    write(layer, &checked);
-    Ok(())
-}
-
 /// The loading pair every layer type has, over the type's own `check_file` (finds and checks
 /// every tensor, writing nothing) and `write_checked` (copies them in, cannot fail):
 /// `from_safetensors`, by value, with the docs given, and `load_safetensors`, in place.
@@ -215,7 +200,10 @@ macro_rules! loaders {
                 bytes: &[u8],
                 prefix: &str,
             ) -> Result<(), LoadError> {
-                read_into(self, bytes, prefix, Self::check_file, Self::write_checked)
+                let file = File::parse(bytes)?;
+                let checked = self.check_file(&file, prefix)?;
+                self.write_checked(&checked);
+                Ok(())
             }
         }
     };
@@ -317,7 +305,7 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float, W: Weight
     MultiHead<SEQ, DIM, HEADS, T, W>
 {
     /// Finds and checks every tensor, without writing anything.
-    fn check_file<'a>(file: &File<'a>, prefix: &str) -> Result<Checked<'a, T>, LoadError> {
+    fn check_file<'a>(&self, file: &File<'a>, prefix: &str) -> Result<Checked<'a, T>, LoadError> {
         if let Some(meta) = file.meta.metadata()
             && let Some(heads) = meta.get(NUM_HEADS_KEY)
         {
@@ -446,6 +434,7 @@ loaders! {
 /// Saving: the layer as safetensors bytes (and the checks loading runs).
 impl<const SEQ: usize, const DIM: usize, T: Float, W: Weight<T>> SelfAttention<SEQ, DIM, T, W> {
     fn check_file<'a>(
+        &self,
         file: &File<'a>,
         prefix: &str,
     ) -> Result<[CheckedLinear<'a, T>; 3], LoadError> {
@@ -525,10 +514,165 @@ impl<
 > GroupedQuery<DIM, HEADS, KV_HEADS, Q_DIM, KV_DIM, T, W>
 {
     fn check_file<'a>(
+        &self,
         file: &File<'a>,
         prefix: &str,
-    ) -> Result<[CheckedLinear<'a, T>; 4], LoadError> {
-        let head_dim = Self::HEAD_DIM;
+    ) -> Result<CheckedGroupedQuery<'a, T>, LoadError> {
+        check_grouped::<DIM, HEADS, KV_HEADS, Q_DIM, KV_DIM, T, W>(self.variant(), file, prefix)
+    }
+
+    fn write_checked(&mut self, c: &CheckedGroupedQuery<'_, T>) {
+        c.linears[0].write(&mut self.q);
+        c.linears[1].write(&mut self.k);
+        c.linears[2].write(&mut self.v);
+        c.linears[3].write(&mut self.o);
+        let (qn, kn) = self.qk_norm_weights_mut();
+        let plain = crate::variant::Extras::<HEADS, Q_DIM, KV_DIM, T>::plain();
+        *qn = plain.q_norm;
+        *kn = plain.k_norm;
+        if let Some(v) = &c.q_norm {
+            v.copy_to(0, &mut qn[..v.len()]);
+        }
+        if let Some(v) = &c.k_norm {
+            v.copy_to(0, &mut kn[..v.len()]);
+        }
+        let sinks = self.sinks_mut();
+        *sinks = plain.sinks;
+        if let Some(v) = &c.sinks {
+            v.copy_to(0, sinks);
+        }
+    }
+
+    /// Loads a whole layer as `config` describes it (from a model's `config.json`, see
+    /// [`crate::config::LayerConfig`]): checks the configuration's shape against this type
+    /// ([`GroupedQuery::check_config`]), reads the projections (with the biases the
+    /// configuration says exist, all required: a file without them is an error, and so is a
+    /// bias the configuration does not have), the QK-norm weights (`q_norm.weight`,
+    /// `k_norm.weight`) and sinks (`sinks`) the variant needs, and makes the layer run the
+    /// configuration's [`Variant`](crate::variant::Variant). Everything is checked before
+    /// anything is written: on error the layer is unchanged. The rotary table is the
+    /// caller's, built from `config.rope`.
+    ///
+    /// ```
+    /// use static_attention::config::LayerConfig;
+    /// use static_attention::variant::Variant;
+    /// use static_attention::GroupedQuery;
+    ///
+    /// type Layer = GroupedQuery<16, 4, 2, 16, 8>;
+    /// let json = r#"{"model_type": "gpt_oss", "hidden_size": 16, "num_attention_heads": 4,
+    ///     "num_key_value_heads": 2, "head_dim": 4, "attention_bias": true,
+    ///     "sliding_window": 8, "layer_types": ["sliding_attention", "full_attention"]}"#;
+    /// let config = LayerConfig::from_json(json, 0)?;
+    /// let mut saved = Layer::new(&mut static_attention::init::SeedRng::default(),
+    ///     static_attention::Bias::Present);
+    /// saved.set_variant(Variant::PLAIN.with_sinks())?;
+    /// saved.sinks_mut().copy_from_slice(&[0.1, 0.2, 0.3, 0.4]);
+    /// let bytes = saved.to_safetensors("")?;
+    ///
+    /// let mut layer = Layer::zeros();
+    /// // gpt-oss has an o_proj bias, this file has none: an error, and nothing changed.
+    /// assert!(layer.load_pretrained(&config, &bytes, "").is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`LoadError::Config`] if the configuration's shape is not this type's or its variant
+    /// is invalid; otherwise as [`GroupedQuery::load_safetensors`], a missing bias, norm or
+    /// sink being a [`LoadError::MissingTensor`] and an unexpected one a
+    /// [`LoadError::Unsupported`].
+    #[cfg(feature = "config")]
+    pub fn load_pretrained(
+        &mut self,
+        config: &crate::config::LayerConfig,
+        bytes: &[u8],
+        prefix: &str,
+    ) -> Result<(), LoadError> {
+        self.check_config(config).map_err(LoadError::Config)?;
+        let variant = config.variant;
+        variant.check().map_err(|e| {
+            LoadError::Config(crate::config::ConfigError::Invalid {
+                field: "variant",
+                reason: Text::new(&[&format!("{e}")]),
+            })
+        })?;
+        let file = File::parse(bytes)?;
+        let checked =
+            check_grouped::<DIM, HEADS, KV_HEADS, Q_DIM, KV_DIM, T, W>(variant, &file, prefix)?;
+        let full = |module: &str| format!("{prefix}{module}.bias");
+        for (module, present, expected) in [
+            ("q_proj", checked.linears[0].bias.is_some(), config.qkv_bias),
+            ("k_proj", checked.linears[1].bias.is_some(), config.qkv_bias),
+            ("v_proj", checked.linears[2].bias.is_some(), config.qkv_bias),
+            ("o_proj", checked.linears[3].bias.is_some(), config.o_bias),
+        ] {
+            let len = if module == "q_proj" {
+                Q_DIM
+            } else if module == "o_proj" {
+                DIM
+            } else {
+                KV_DIM
+            };
+            if expected && !present {
+                return Err(LoadError::MissingTensor {
+                    name: Text::new(&[&full(module)]),
+                    expected: Shape::new(&[len]),
+                });
+            }
+            if present && !expected {
+                return Err(LoadError::Unsupported {
+                    name: Text::new(&[&full(module)]),
+                    reason: "the configuration says this projection has no bias",
+                });
+            }
+        }
+        self.write_checked(&checked);
+        self.extra.set(&variant);
+        Ok(())
+    }
+}
+
+/// A grouped-query layer's tensors, found and checked.
+struct CheckedGroupedQuery<'a, T> {
+    linears: [CheckedLinear<'a, T>; 4],
+    q_norm: Option<Values<'a, T>>,
+    k_norm: Option<Values<'a, T>>,
+    sinks: Option<Values<'a, T>>,
+}
+
+/// Finds and checks a grouped-query layer's tensors for `variant`: the projections, and the
+/// QK-norm weights and sinks it needs (required) or does not (absent).
+fn check_grouped<
+    'a,
+    const DIM: usize,
+    const HEADS: usize,
+    const KV_HEADS: usize,
+    const Q_DIM: usize,
+    const KV_DIM: usize,
+    T: Float,
+    W: Weight<T>,
+>(
+    variant: crate::variant::Variant,
+    file: &File<'a>,
+    prefix: &str,
+) -> Result<CheckedGroupedQuery<'a, T>, LoadError> {
+    use crate::variant::QkNorm;
+    if let Some(meta) = file.meta.metadata()
+        && let Some(heads) = meta.get(NUM_HEADS_KEY)
+    {
+        let found: usize = heads.trim().parse().map_err(|_| {
+            malformed(format!(
+                "metadata {NUM_HEADS_KEY} = {heads:?} is not a number"
+            ))
+        })?;
+        if found != HEADS {
+            return Err(LoadError::WrongHeads {
+                expected: HEADS,
+                found,
+            });
+        }
+    }
+    {
+        let head_dim = Q_DIM / HEADS;
         // A key or value projection of another kv-head count says so in words.
         let kv = |module: &str| {
             file.linear(prefix, module, DIM, KV_DIM, DIM, W::KIND)
@@ -536,7 +680,6 @@ impl<
                     LoadError::WrongShape { name, found, .. }
                         if found.rank() == 2
                             && found.dims()[1] == DIM
-                            && found.dims()[0].is_multiple_of(head_dim)
                             && name.as_str().ends_with(".weight") =>
                     {
                         LoadError::WrongKvHeads {
@@ -544,26 +687,57 @@ impl<
                             expected: KV_HEADS,
                             found: found.dims()[0] / head_dim,
                             head_dim,
+                            rows: found.dims()[0],
                         }
                     }
                     e => e,
                 })
         };
-        Ok([
+        let linears = [
             file.linear(prefix, "q_proj", DIM, Q_DIM, DIM, W::KIND)?,
             kv("k_proj")?,
             kv("v_proj")?,
             file.linear(prefix, "o_proj", Q_DIM, DIM, DIM, W::KIND)?,
-        ])
+        ];
+        let (qw, kw) = match variant.qk_norm {
+            QkNorm::None => (0, 0),
+            QkNorm::PerHead { .. } => (head_dim, head_dim),
+            QkNorm::Full { .. } => (Q_DIM, KV_DIM),
+        };
+        let params = Accept::biases(WeightKind::Native);
+        let part = |name: &'static str, len: usize| -> Result<_, LoadError> {
+            if len == 0 {
+                if file.has(prefix, name) {
+                    return Err(LoadError::Unsupported {
+                        name: Text::new(&[prefix, name]),
+                        reason: "the layer's variant does not use this tensor (set it with \
+                                 set_variant, or load with a config)",
+                    });
+                }
+                return Ok(None);
+            }
+            file.required(prefix, name, &[len], DIM, params).map(Some)
+        };
+        Ok(CheckedGroupedQuery {
+            linears,
+            q_norm: part("q_norm.weight", qw)?,
+            k_norm: part("k_norm.weight", kw)?,
+            sinks: part("sinks", if variant.sinks { HEADS } else { 0 })?,
+        })
     }
+}
 
-    fn write_checked(&mut self, c: &[CheckedLinear<'_, T>; 4]) {
-        c[0].write(&mut self.q);
-        c[1].write(&mut self.k);
-        c[2].write(&mut self.v);
-        c[3].write(&mut self.o);
-    }
-
+/// Saving: the layer as safetensors bytes.
+impl<
+    const DIM: usize,
+    const HEADS: usize,
+    const KV_HEADS: usize,
+    const Q_DIM: usize,
+    const KV_DIM: usize,
+    T: Float,
+    W: Weight<T>,
+> GroupedQuery<DIM, HEADS, KV_HEADS, Q_DIM, KV_DIM, T, W>
+{
     /// Writes the layer with Hugging Face's names (`q_proj.weight`, `k_proj.weight`,
     /// `v_proj.weight`, `o_proj.weight`, and `.bias` for the projections that have one), with
     /// `prefix` before every name, in `T`'s dtype: `load_state_dict` of the matching
@@ -579,7 +753,21 @@ impl<
         push_linear(&mut tensors, "k_proj", self.k_proj());
         push_linear(&mut tensors, "v_proj", self.v_proj());
         push_linear(&mut tensors, "o_proj", self.out_proj());
-        serialize(prefix, &tensors, None)
+        let variant = self.variant();
+        let (qn, kn) = self.qk_norm_weights();
+        let widths = match variant.qk_norm {
+            crate::variant::QkNorm::None => None,
+            crate::variant::QkNorm::PerHead { .. } => Some((Self::HEAD_DIM, Self::HEAD_DIM)),
+            crate::variant::QkNorm::Full { .. } => Some((Q_DIM, KV_DIM)),
+        };
+        if let Some((qw, kw)) = widths {
+            tensors.push(floats("q_norm.weight", vec![qw], &qn[..qw]));
+            tensors.push(floats("k_norm.weight", vec![kw], &kn[..kw]));
+        }
+        if variant.sinks {
+            tensors.push(floats("sinks", vec![HEADS], self.sinks()));
+        }
+        serialize(prefix, &tensors, Some((NUM_HEADS_KEY, format!("{HEADS}"))))
     }
 }
 
