@@ -14,7 +14,7 @@
 
 use std::time::Instant;
 
-use static_attention::positions::{Rope, RopeStyle};
+use static_attention::positions::{Rope, RopeConfig, RopeStyle};
 use static_attention::{Alignment, GroupedQuery, KvCache, Mask, SMatrix, Scratch, heap};
 
 /// Model width, heads, kv heads, query and key/value widths: Llama's shape, scaled down.
@@ -50,7 +50,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         static_attention::kernels::selected().name()
     );
     let mut rope: Box<Rope<32, WINDOW>> = heap::zeroed();
-    rope.rebuild(10_000.0, RopeStyle::RotateHalf);
+    rope.rebuild(&RopeConfig::new(10_000.0, RopeStyle::RotateHalf))?;
 
     // The whole sequence: a prompt and the tokens "generated" after it (here, fixed
     // pseudo-random embeddings: the layer is one attention block, not a language model).

@@ -43,7 +43,7 @@ use crate::{
 /// // 64 features, 8 query heads and 2 kv heads of 8 features.
 /// type Layer = GroupedQuery<64, 8, 2, 64, 16>;
 /// let layer = Layer::from_seed(1);
-/// let rope = Rope::<8, 128>::new(10_000.0, RopeStyle::RotateHalf);
+/// let rope = Rope::<8, 128>::new(10_000.0, RopeStyle::RotateHalf).unwrap();
 /// let x = SMatrix::<f32, 6, 64>::from_fn(|i, j| ((i * 64 + j) as f32 * 0.01).cos());
 /// let full = layer.forward(&x, &Mask::causal(Alignment::TopLeft), &rope)?;
 ///

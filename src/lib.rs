@@ -92,7 +92,7 @@
 //! use static_attention::{GroupedQuery, KvCache, SMatrix};
 //!
 //! let layer = GroupedQuery::<32, 4, 1, 32, 8>::from_seed(3); // multi-query: one kv head
-//! let rope = Rope::<8, 64>::new(10_000.0, RopeStyle::RotateHalf);
+//! let rope = Rope::<8, 64>::new(10_000.0, RopeStyle::RotateHalf).expect("a valid base");
 //! let mut cache = KvCache::<64, 8>::new();
 //! let prompt = SMatrix::<f32, 3, 32>::repeat(0.25);
 //! layer.decode(&prompt, &mut cache, &rope)?;

@@ -175,8 +175,8 @@ fn check_multi_head<T: Float>(seed: u64, bias: bool, scale: f64, tol: f64) -> Te
         .expect("no table");
     let full_m = layer.forward(&x, &Mask::causal(Alignment::BottomRight));
     close_rows("GroupedQuery<H, H> vs MultiHead", &full_g, &full_m, 0, tol)?;
-    let rope = Rope::<8, 64, T>::new(10_000.0, RopeStyle::RotateHalf);
-    let gj = Rope::<8, 64, T>::new(500_000.0, RopeStyle::Interleaved);
+    let rope = Rope::<8, 64, T>::new(10_000.0, RopeStyle::RotateHalf).expect("a valid base");
+    let gj = Rope::<8, 64, T>::new(500_000.0, RopeStyle::Interleaved).expect("a valid base");
     let w = Some(W);
     decode_equals_full!(
         g,
@@ -229,9 +229,9 @@ fn check_grouped<T: Float>(seed: u64, bias: bool, scale: f64, tol: f64) -> TestR
     let gqa = Gqa::<T>::new(&mut rng, bias);
     let mqa = Mqa::<T>::new(&mut rng, bias);
     let x = sequence::<T>(seed ^ 2, scale);
-    let half4 = Rope::<4, 32, T>::new(10_000.0, RopeStyle::RotateHalf);
-    let inter4 = Rope::<4, 32, T>::new(1_000_000.0, RopeStyle::Interleaved);
-    let half8 = Rope::<8, 16, T>::new(10_000.0, RopeStyle::RotateHalf);
+    let half4 = Rope::<4, 32, T>::new(10_000.0, RopeStyle::RotateHalf).expect("a valid base");
+    let inter4 = Rope::<4, 32, T>::new(1_000_000.0, RopeStyle::Interleaved).expect("a valid base");
+    let half8 = Rope::<8, 16, T>::new(10_000.0, RopeStyle::RotateHalf).expect("a valid base");
     let w = Some(W);
     decode_equals_full!(gqa, x, &NoPositions, None, 12, 8, 1, tol, "GQA");
     decode_equals_full!(gqa, x, &NoPositions, w, 5, 8, 3, tol, "GQA window");

@@ -114,7 +114,7 @@ fn a_sliding_window_never_fills() {
 #[test]
 fn positions_past_the_rotary_table_are_an_error() {
     let layer = Layer::from_seed(5);
-    let rope = Rope::<4, 6>::new(10_000.0, RopeStyle::RotateHalf);
+    let rope = Rope::<4, 6>::new(10_000.0, RopeStyle::RotateHalf).expect("a valid base");
     let mut cache = KvCache::<16, 8>::new();
     layer
         .decode(&tokens::<4>(0), &mut cache, &rope)

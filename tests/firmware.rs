@@ -111,7 +111,8 @@ fn host_values() -> Vec<(&'static str, usize, usize, f32)> {
             v.push(("mha16", t, f, y[(t, f)]));
         }
     }
-    let rope = Rope::<HEAD_DIM, MAX_POS>::new(10_000.0, RopeStyle::RotateHalf);
+    let rope =
+        Rope::<HEAD_DIM, MAX_POS>::new(10_000.0, RopeStyle::RotateHalf).expect("a valid base");
     let mut cache = KvCache::<CAP, KV_DIM>::new();
     let tokens = model::tokens();
     let p = model::GQA

@@ -122,7 +122,7 @@ fn layers_with_half_weights_equal_their_rounded_f32_layers() {
 #[test]
 fn decoding_with_half_weights() {
     let gqa = GroupedQuery::<32, 4, 2, 32, 16>::from_seed(13);
-    let rope = Rope::<8, 32>::new(10_000.0, RopeStyle::RotateHalf);
+    let rope = Rope::<8, 32>::new(10_000.0, RopeStyle::RotateHalf).expect("a valid base");
     let x = input::<10, 32>(3);
     for k in Kernel::supported() {
         with_kernel(k, || {

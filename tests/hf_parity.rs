@@ -60,7 +60,7 @@ fn case<
         &meta["prefix"],
     )
     .expect("loads the module's state_dict");
-    let rope = Rope::<HEAD_DIM, 64, T>::new(theta, RopeStyle::RotateHalf);
+    let rope = Rope::<HEAD_DIM, 64, T>::new(theta, RopeStyle::RotateHalf).expect("a valid base");
     let mut cache = match window {
         None => KvCache::<CAP, KV_DIM, T>::new(),
         Some(w) => {

@@ -286,7 +286,7 @@ fn decoder_batch_and_half_weight_entry_points_do_not_allocate() {
     let mha_f16: MultiHead<6, 16, 4, f32, f16> = mha.to_weights();
     let head = SelfAttention::<6, 16>::from_seed(33);
     let head_f16: SelfAttention<6, 16, f32, f16> = head.to_weights();
-    let rope = Rope::<4, 8>::new(10_000.0, RopeStyle::RotateHalf);
+    let rope = Rope::<4, 8>::new(10_000.0, RopeStyle::RotateHalf).expect("a valid base");
     let x = SMatrix::<f32, 6, 16>::from_fn(|i, j| ((i * 16 + j) as f32 * 0.37).sin());
     let xs = [x, -x, x * 0.5];
     let pad = [false, true, false, false, false, false];

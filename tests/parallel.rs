@@ -212,7 +212,7 @@ mod threads {
         let (mut a, mut b) = (SMatrix::zeros(), SMatrix::zeros());
         // Grouped-query heads with RoPE.
         let gqa = GroupedQuery::<32, 8, 2, 32, 8>::from_seed(3);
-        let rope = Rope::<4, 64>::new(10_000.0, RopeStyle::RotateHalf);
+        let rope = Rope::<4, 64>::new(10_000.0, RopeStyle::RotateHalf).expect("a valid base");
         let mut scratch = Scratch::new();
         gqa.forward_into(&x, &mask, &rope, &mut scratch, &mut a)
             .unwrap();
@@ -221,7 +221,7 @@ mod threads {
             .unwrap();
         assert!(max_diff(&a, &b) <= 2e-6);
         // Past the rotary table: the same typed error, nothing written.
-        let short = Rope::<4, 40>::new(10_000.0, RopeStyle::RotateHalf);
+        let short = Rope::<4, 40>::new(10_000.0, RopeStyle::RotateHalf).expect("a valid base");
         b.fill(3.0);
         let err = Parallel(&gqa)
             .forward_into(&x, &mask, &short, &mut scratch, &mut b)

@@ -6,7 +6,10 @@ use nalgebra::SMatrix;
 use proptest::prelude::*;
 use rand::{RngExt, SeedableRng, rngs::SmallRng};
 use static_attention::kernels::{Kernel, with_kernel};
-use static_attention::positions::{Rope, RopeStyle, alibi_slope, alibi_slopes, sinusoidal_into};
+use static_attention::positions::{
+    Rope, RopeConfig, RopeError, RopePrecision, RopeScaling, RopeStyle, alibi_slope, alibi_slopes,
+    sinusoidal_into,
+};
 use static_attention::{
     Alibi, Alignment, Bias, Mask, MultiHead, grouped_query_attention, reference,
     scaled_dot_product_attention, scaled_dot_product_attention_with_weights,
@@ -67,7 +70,7 @@ fn rope_tables_and_rotations_match_their_formulas() {
     const D: usize = 8;
     for style in [RopeStyle::RotateHalf, RopeStyle::Interleaved] {
         for base in [10_000.0, 500_000.0, 1_000_000.0] {
-            let rope = Rope::<D, 40, f64>::new(base, style);
+            let rope = Rope::<D, 40, f64>::new(base, style).expect("valid");
             let x = SMatrix::<f64, 3, D>::from_fn(|i, j| ((i * D + j) as f64 * 0.7).sin());
             let mut y = x;
             rope.rotate(&mut y, 37).expect("37..40 fit");
@@ -99,7 +102,7 @@ proptest! {
         half in any::<bool>(),
     ) {
         let style = if half { RopeStyle::RotateHalf } else { RopeStyle::Interleaved };
-        let rope = Rope::<16, 64, f64>::new(10_000.0, style);
+        let rope = Rope::<16, 64, f64>::new(10_000.0, style).unwrap();
         let mut rng = SmallRng::seed_from_u64(seed);
         let q0 = SMatrix::<f64, 1, 16>::from_fn(|_, _| rng.random_range(-1.0..1.0));
         let k0 = SMatrix::<f64, 1, 16>::from_fn(|_, _| rng.random_range(-1.0..1.0));
@@ -232,4 +235,550 @@ fn alibi_per_head_slopes_differ_from_one_slope() {
         })
         .expect("supported");
     }
+}
+
+/// transformers' float32 tables (scripts/gen_rope_reference.py).
+#[allow(clippy::unreadable_literal)]
+mod hf_reference {
+    include!("data/rope_hf_reference.rs");
+}
+
+/// The distance between two `f32`s in units in the last place (0 for equal values, +0 = −0).
+fn ulps(a: f32, b: f32) -> i64 {
+    let ordered = |x: f32| {
+        let i = x.to_bits() as i32;
+        i64::from(if i < 0 { i32::MIN - i } else { i })
+    };
+    (ordered(a) - ordered(b)).abs()
+}
+
+/// The worst distance, in `f32` ulps, between the table `config` builds for heads of `HD`
+/// features and transformers' cos/sin (`W` = rotary width numbers per row), at every listed
+/// position and pair; checks that pairs past the rotary width have no entry.
+fn worst_ulps<const HD: usize, const W: usize>(
+    config: &RopeConfig,
+    reference: &[[u32; W]; 16],
+) -> i64 {
+    let rope = Rope::<HD, 41, f32>::from_config(config).expect("valid");
+    assert_eq!(rope.rotary_dim(), W);
+    let mut worst = 0;
+    for (k, &p) in hf_reference::POSITIONS.iter().enumerate() {
+        for i in 0..W / 2 {
+            let (c, s) = rope.cos_sin(p, i).expect("in the table");
+            let (hc, hs) = (
+                f32::from_bits(reference[k][i]),
+                f32::from_bits(reference[k][W / 2 + i]),
+            );
+            worst = worst.max(ulps(c, hc)).max(ulps(s, hs));
+        }
+        assert_eq!(rope.cos_sin(p, W / 2), None);
+    }
+    worst
+}
+
+/// The cases of scripts/gen_rope_reference.py: (name, worst ulps of the `HuggingFace` table,
+/// worst ulps of the `Exact` one).
+fn hf_cases() -> Vec<(&'static str, i64, i64)> {
+    use hf_reference as r;
+    let half = |base| RopeConfig::new(base, RopeStyle::RotateHalf);
+    let both = |name, f: &dyn Fn(&RopeConfig) -> i64, c: RopeConfig| {
+        (
+            name,
+            f(&c.with_precision(RopePrecision::HuggingFace)),
+            f(&c.with_precision(RopePrecision::Exact)),
+        )
+    };
+    vec![
+        both(
+            "default",
+            &|c| worst_ulps::<16, 16>(c, &r::DEFAULT),
+            half(10_000.0),
+        ),
+        both(
+            "default 500k",
+            &|c| worst_ulps::<32, 32>(c, &r::DEFAULT_500K),
+            half(500_000.0),
+        ),
+        both(
+            "linear",
+            &|c| worst_ulps::<16, 16>(c, &r::LINEAR),
+            half(10_000.0).with_scaling(RopeScaling::linear(2.5)),
+        ),
+        both(
+            "linear, partial",
+            &|c| worst_ulps::<32, 16>(c, &r::LINEAR_PARTIAL),
+            half(10_000.0)
+                .with_scaling(RopeScaling::linear(4.0))
+                .with_rotary_dim(16),
+        ),
+        both(
+            "dynamic",
+            &|c| worst_ulps::<16, 16>(c, &r::DYNAMIC),
+            half(10_000.0).with_scaling(RopeScaling::dynamic(2.0, 16)),
+        ),
+        both(
+            "dynamic 3",
+            &|c| worst_ulps::<32, 32>(c, &r::DYNAMIC_3),
+            half(500_000.0).with_scaling(RopeScaling::dynamic(3.0, 20)),
+        ),
+        both(
+            "llama3",
+            &|c| worst_ulps::<32, 32>(c, &r::LLAMA3),
+            half(500_000.0).with_scaling(RopeScaling::llama3(8.0, 1.0, 4.0, 32)),
+        ),
+        both(
+            "yarn",
+            &|c| worst_ulps::<32, 32>(c, &r::YARN),
+            half(10_000.0).with_scaling(RopeScaling::yarn(4.0, 32)),
+        ),
+        both(
+            "yarn, mscale, partial",
+            &|c| worst_ulps::<32, 16>(c, &r::YARN_MSCALE),
+            half(10_000.0)
+                .with_scaling(RopeScaling::Yarn {
+                    factor: 3.0,
+                    original_max_position_embeddings: 16,
+                    beta_fast: 16.0,
+                    beta_slow: 2.0,
+                    mscale: 1.0,
+                    mscale_all_dim: 0.707,
+                    attention_factor: None,
+                    truncate: false,
+                })
+                .with_rotary_dim(16),
+        ),
+        both(
+            "yarn, attention factor",
+            &|c| worst_ulps::<16, 16>(c, &r::YARN_ATTENTION),
+            half(10_000.0).with_scaling(match RopeScaling::yarn(2.0, 32) {
+                RopeScaling::Yarn {
+                    factor,
+                    original_max_position_embeddings,
+                    beta_fast,
+                    beta_slow,
+                    mscale,
+                    mscale_all_dim,
+                    truncate,
+                    ..
+                } => RopeScaling::Yarn {
+                    factor,
+                    original_max_position_embeddings,
+                    beta_fast,
+                    beta_slow,
+                    mscale,
+                    mscale_all_dim,
+                    attention_factor: Some(0.9),
+                    truncate,
+                },
+                _ => unreachable!(),
+            }),
+        ),
+        both(
+            "partial",
+            &|c| worst_ulps::<32, 8>(c, &r::PARTIAL),
+            half(10_000.0).with_rotary_dim(8),
+        ),
+    ]
+}
+
+#[test]
+fn hugging_face_tables_match_transformers() {
+    for (name, hf, exact) in hf_cases() {
+        println!("{name}: HuggingFace {hf} ulp, Exact {exact} ulp");
+        assert!(hf <= 2, "{name}: {hf} ulps from transformers");
+    }
+}
+
+/// `θ'_i` of each scaling, written out from its documented formula (f64).
+fn scaled_theta(config: &RopeConfig, width: usize, i: usize, p: usize) -> f64 {
+    let d = width as f64;
+    let theta = config.base.powf(-((2 * i) as f64) / d);
+    match config.scaling {
+        RopeScaling::Linear { factor } => theta / factor,
+        RopeScaling::Dynamic {
+            factor,
+            original_max_position_embeddings: l,
+        } => {
+            let n = (p + 1).max(l) as f64;
+            let base = config.base * (factor * n / l as f64 - (factor - 1.0)).powf(d / (d - 2.0));
+            base.powf(-((2 * i) as f64) / d)
+        }
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor: lo,
+            high_freq_factor: hi,
+            original_max_position_embeddings: l,
+        } => {
+            let wavelength = std::f64::consts::TAU / theta;
+            let l = l as f64;
+            if wavelength < l / hi {
+                theta
+            } else if wavelength > l / lo {
+                theta / factor
+            } else {
+                let s = (l / wavelength - lo) / (hi - lo);
+                (1.0 - s) * theta / factor + s * theta
+            }
+        }
+        RopeScaling::Yarn {
+            factor,
+            original_max_position_embeddings: l,
+            beta_fast,
+            beta_slow,
+            truncate,
+            ..
+        } => {
+            let c = |beta: f64| {
+                d * (l as f64 / (beta * std::f64::consts::TAU)).ln() / (2.0 * config.base.ln())
+            };
+            let (mut lo, mut hi) = (c(beta_fast), c(beta_slow));
+            if truncate {
+                (lo, hi) = (lo.floor(), hi.ceil());
+            }
+            let lo = lo.max(0.0);
+            let mut hi = hi.min(d - 1.0);
+            if lo == hi {
+                hi += 0.001;
+            }
+            let r = ((i as f64 - lo) / (hi - lo)).clamp(0.0, 1.0);
+            theta / factor * r + theta * (1.0 - r)
+        }
+        _ => theta,
+    }
+}
+
+#[test]
+fn scaled_exact_tables_match_their_formulas() {
+    let half = RopeConfig::new(10_000.0, RopeStyle::RotateHalf);
+    let yarn = |mscale, mscale_all_dim, attention_factor, truncate| RopeScaling::Yarn {
+        factor: 3.0,
+        original_max_position_embeddings: 16,
+        beta_fast: 16.0,
+        beta_slow: 2.0,
+        mscale,
+        mscale_all_dim,
+        attention_factor,
+        truncate,
+    };
+    let m = |k: f64| 0.1 * k * 3f64.ln() + 1.0;
+    let cases = [
+        (half, 1.0),
+        (half.with_scaling(RopeScaling::linear(2.5)), 1.0),
+        (half.with_scaling(RopeScaling::dynamic(2.0, 16)), 1.0),
+        (
+            RopeConfig::new(500_000.0, RopeStyle::Interleaved)
+                .with_scaling(RopeScaling::llama3(8.0, 1.0, 4.0, 32)),
+            1.0,
+        ),
+        (
+            half.with_scaling(RopeScaling::yarn(4.0, 32)),
+            0.1 * 4f64.ln() + 1.0,
+        ),
+        (half.with_scaling(yarn(0.0, 0.0, None, false)), m(1.0)),
+        (half.with_scaling(yarn(1.0, 0.0, None, true)), m(1.0)),
+        (
+            half.with_scaling(yarn(1.0, 0.707, None, true)),
+            m(1.0) / m(0.707),
+        ),
+        (half.with_scaling(yarn(1.0, 0.707, Some(0.9), true)), 0.9),
+        (
+            half.with_scaling(yarn(0.0, 0.0, None, true))
+                .with_rotary_dim(8),
+            m(1.0),
+        ),
+        (
+            half.with_scaling(RopeScaling::dynamic(3.0, 20))
+                .with_rotary_dim(12),
+            1.0,
+        ),
+    ];
+    for (config, attention) in cases {
+        assert!(
+            (config.scaling.attention_factor() - attention).abs() < 1e-15,
+            "{config:?}"
+        );
+        let rope = Rope::<16, 48, f64>::from_config(&config).expect("valid");
+        let width = rope.rotary_dim();
+        for p in 0..48 {
+            for i in 0..width / 2 {
+                let angle = p as f64 * scaled_theta(&config, width, i, p);
+                let (c, s) = rope.cos_sin(p, i).expect("in the table");
+                assert!(
+                    (c - angle.cos() * attention).abs() < 1e-12,
+                    "{config:?} {p} {i}"
+                );
+                assert!(
+                    (s - angle.sin() * attention).abs() < 1e-12,
+                    "{config:?} {p} {i}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn dynamic_rows_use_the_length_decoded_so_far() {
+    let plain = Rope::<8, 40, f64>::new(10_000.0, RopeStyle::RotateHalf).expect("valid");
+    let config = RopeConfig::new(10_000.0, RopeStyle::RotateHalf)
+        .with_scaling(RopeScaling::dynamic(2.0, 16));
+    let dynamic = Rope::<8, 40, f64>::from_config(&config).expect("valid");
+    // Positions 0..16 (sequences up to L = 16 tokens): unscaled.
+    for p in 0..16 {
+        for i in 0..4 {
+            assert_eq!(dynamic.cos_sin(p, i), plain.cos_sin(p, i), "{p} {i}");
+        }
+    }
+    // Position 16 is the 17th token: base' = base·(2·17/16 − 1)^(8/6).
+    let base = 10_000.0 * (2.0 * 17.0 / 16.0 - 1.0f64).powf(8.0 / 6.0);
+    let theta = base.powf(-2.0 / 8.0);
+    let (c, s) = dynamic.cos_sin(16, 1).expect("in the table");
+    assert!((c - (16.0 * theta).cos()).abs() < 1e-14 && (s - (16.0 * theta).sin()).abs() < 1e-14);
+    assert_ne!(dynamic.cos_sin(16, 1), plain.cos_sin(16, 1));
+    // Pair 0 has θ = 1 whatever the base.
+    assert_eq!(dynamic.cos_sin(30, 0), plain.cos_sin(30, 0));
+}
+
+#[test]
+fn partial_rotary_rotates_the_leading_features_only() {
+    const D: usize = 12;
+    const R: usize = 8;
+    let x = SMatrix::<f64, 3, D>::from_fn(|i, j| ((i * D + j) as f64 * 0.41).cos());
+    for style in [RopeStyle::RotateHalf, RopeStyle::Interleaved] {
+        let config = RopeConfig::new(10_000.0, style).with_rotary_dim(R);
+        let rope = Rope::<D, 32, f64>::from_config(&config).expect("valid");
+        assert_eq!((rope.rotary_dim(), rope.config()), (R, config));
+        let mut y = x;
+        rope.rotate(&mut y, 20).expect("20..23 fit");
+        for t in 0..3 {
+            let p = (20 + t) as f64;
+            for i in 0..R / 2 {
+                // Frequencies over the rotary width, not the head width.
+                let theta = 10_000f64.powf(-((2 * i) as f64) / R as f64);
+                let (c, s) = ((p * theta).cos(), (p * theta).sin());
+                let (ia, ib) = match style {
+                    RopeStyle::RotateHalf => (i, i + R / 2),
+                    RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                };
+                let (a, b) = (x[(t, ia)], x[(t, ib)]);
+                assert!((y[(t, ia)] - (a * c - b * s)).abs() < 1e-12, "{style:?}");
+                assert!((y[(t, ib)] - (b * c + a * s)).abs() < 1e-12, "{style:?}");
+            }
+            for j in R..D {
+                assert_eq!(
+                    y[(t, j)],
+                    x[(t, j)],
+                    "{style:?}: feature {j} passes through"
+                );
+            }
+        }
+    }
+    // The full width is the default and `Some(HEAD_DIM)` builds the same table.
+    let full = RopeConfig::new(10_000.0, RopeStyle::RotateHalf);
+    let a = Rope::<D, 8, f64>::from_config(&full).expect("valid");
+    let b = Rope::<D, 8, f64>::from_config(&full.with_rotary_dim(D)).expect("valid");
+    assert_eq!(a.cos_sin(7, 5), b.cos_sin(7, 5));
+    assert_eq!(b.config().rotary_dim, Some(D));
+}
+
+#[test]
+fn cos_sin_is_none_past_the_table_or_the_pairs() {
+    let rope = Rope::<8, 10>::new(10_000.0, RopeStyle::Interleaved).expect("valid");
+    assert_eq!(rope.cos_sin(0, 0), Some((1.0, 0.0)));
+    assert!(rope.cos_sin(9, 3).is_some());
+    assert_eq!(rope.cos_sin(10, 0), None);
+    assert_eq!(rope.cos_sin(0, 4), None);
+    assert_eq!(rope.cos_sin(usize::MAX, usize::MAX), None);
+}
+
+#[test]
+fn configs_round_trip_and_a_zeroed_rope_is_documented() {
+    let half = RopeConfig::new(1_000_000.0, RopeStyle::RotateHalf);
+    let configs = [
+        half,
+        half.with_precision(RopePrecision::HuggingFace),
+        half.with_scaling(RopeScaling::linear(2.0))
+            .with_rotary_dim(6),
+        half.with_scaling(RopeScaling::dynamic(4.0, 8)),
+        half.with_scaling(RopeScaling::llama3(8.0, 1.0, 4.0, 8192)),
+        half.with_scaling(RopeScaling::yarn(16.0, 4096)),
+        half.with_scaling(RopeScaling::Yarn {
+            factor: 40.0,
+            original_max_position_embeddings: 4096,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+            mscale: 1.0,
+            mscale_all_dim: 1.0,
+            attention_factor: Some(1.25),
+            truncate: false,
+        }),
+    ];
+    let mut rope: Box<Rope<8, 16>> = static_attention::heap::zeroed();
+    // Zeroed: base 0, interleaved, unscaled, every pair cos = sin = 0.
+    assert_eq!(rope.config(), RopeConfig::new(0.0, RopeStyle::Interleaved));
+    assert_eq!(rope.cos_sin(3, 3), Some((0.0, 0.0)));
+    let mut x = SMatrix::<f32, 2, 8>::repeat(1.0);
+    rope.rotate(&mut x, 0).expect("fits");
+    assert_eq!(x, SMatrix::<f32, 2, 8>::zeros());
+    for config in configs {
+        rope.rebuild(&config).expect("valid");
+        assert_eq!(rope.config(), config);
+        assert_eq!(rope.base(), config.base);
+        assert_eq!(rope.style(), config.style);
+        let by_value = Rope::<8, 16>::from_config(&config).expect("valid");
+        assert_eq!(by_value, *rope);
+    }
+}
+
+#[test]
+fn bad_configs_are_typed_errors() {
+    let half = RopeConfig::new(10_000.0, RopeStyle::RotateHalf);
+    let scaling = |field: &'static str, value: f64| (field, value);
+    let yarn = RopeScaling::yarn(4.0, 32);
+    let with_yarn = |f: &dyn Fn(&mut [f64; 4], &mut Option<f64>)| {
+        let RopeScaling::Yarn {
+            factor,
+            original_max_position_embeddings,
+            beta_fast,
+            beta_slow,
+            mscale,
+            mscale_all_dim,
+            mut attention_factor,
+            truncate,
+        } = yarn
+        else {
+            unreachable!()
+        };
+        let mut v = [beta_fast, beta_slow, mscale, mscale_all_dim];
+        f(&mut v, &mut attention_factor);
+        half.with_scaling(RopeScaling::Yarn {
+            factor,
+            original_max_position_embeddings,
+            beta_fast: v[0],
+            beta_slow: v[1],
+            mscale: v[2],
+            mscale_all_dim: v[3],
+            attention_factor,
+            truncate,
+        })
+    };
+    // Bases.
+    for base in [0.0, -1.0, f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        let err = Rope::<8, 4>::new(base, RopeStyle::RotateHalf).unwrap_err();
+        assert!(matches!(err, RopeError::Base { base: b } if b.to_bits() == base.to_bits()));
+    }
+    assert_eq!(
+        Rope::<8, 4>::from_config(&RopeConfig::new(1.0, RopeStyle::RotateHalf).with_scaling(yarn)),
+        Err(RopeError::Base { base: 1.0 })
+    );
+    assert!(Rope::<8, 4>::new(1.0, RopeStyle::RotateHalf).is_ok());
+    // Rotary widths.
+    for width in [0, 1, 3, 7, 10, 12] {
+        assert_eq!(
+            Rope::<8, 4>::from_config(&half.with_rotary_dim(width)),
+            Err(RopeError::RotaryDim {
+                rotary_dim: width,
+                head_dim: 8
+            })
+        );
+    }
+    assert_eq!(
+        Rope::<8, 4>::from_config(
+            &half
+                .with_scaling(RopeScaling::dynamic(2.0, 4))
+                .with_rotary_dim(2)
+        ),
+        Err(RopeError::RotaryDim {
+            rotary_dim: 2,
+            head_dim: 8
+        })
+    );
+    assert_eq!(
+        Rope::<2, 4>::from_config(&half.with_scaling(RopeScaling::dynamic(2.0, 4))),
+        Err(RopeError::RotaryDim {
+            rotary_dim: 2,
+            head_dim: 2
+        })
+    );
+    // Scaling fields: (config, field, value).
+    let mut cases = Vec::new();
+    for bad in [0.0, -2.0, f64::NAN, f64::INFINITY] {
+        cases.push((
+            half.with_scaling(RopeScaling::linear(bad)),
+            scaling("factor", bad),
+        ));
+        cases.push((
+            half.with_scaling(RopeScaling::dynamic(bad, 8)),
+            scaling("factor", bad),
+        ));
+        cases.push((
+            half.with_scaling(RopeScaling::llama3(bad, 1.0, 4.0, 8)),
+            scaling("factor", bad),
+        ));
+        cases.push((
+            half.with_scaling(RopeScaling::llama3(8.0, bad, 4.0, 8)),
+            scaling("low_freq_factor", bad),
+        ));
+        cases.push((
+            half.with_scaling(RopeScaling::yarn(bad, 8)),
+            scaling("factor", bad),
+        ));
+        cases.push((with_yarn(&|v, _| v[1] = bad), scaling("beta_slow", bad)));
+        cases.push((
+            with_yarn(&|_, a| *a = Some(bad)),
+            scaling("attention_factor", bad),
+        ));
+    }
+    for bad in [-0.5, f64::NAN, f64::INFINITY] {
+        cases.push((with_yarn(&|v, _| v[2] = bad), scaling("mscale", bad)));
+        cases.push((
+            with_yarn(&|v, _| v[3] = bad),
+            scaling("mscale_all_dim", bad),
+        ));
+    }
+    for high in [1.0, 0.5, f64::NAN, f64::INFINITY] {
+        cases.push((
+            half.with_scaling(RopeScaling::llama3(8.0, 1.0, high, 8)),
+            scaling("high_freq_factor", high),
+        ));
+    }
+    for fast in [1.0, 0.5, f64::NAN] {
+        cases.push((with_yarn(&|v, _| v[0] = fast), scaling("beta_fast", fast)));
+    }
+    let context = scaling("original_max_position_embeddings", 0.0);
+    cases.push((half.with_scaling(RopeScaling::dynamic(2.0, 0)), context));
+    cases.push((
+        half.with_scaling(RopeScaling::llama3(8.0, 1.0, 4.0, 0)),
+        context,
+    ));
+    cases.push((half.with_scaling(RopeScaling::yarn(4.0, 0)), context));
+    for (config, (field, value)) in cases {
+        let err = Rope::<8, 4>::from_config(&config).unwrap_err();
+        match err {
+            RopeError::Scaling {
+                field: f,
+                value: v,
+                rule,
+            } => {
+                assert_eq!(f, field, "{config:?}");
+                assert_eq!(v.to_bits(), value.to_bits(), "{config:?}");
+                let text = err.to_string();
+                assert!(text.contains(field) && text.contains(rule), "{text}");
+            }
+            other => panic!("{config:?}: {other:?}"),
+        }
+        // In place: the table and its configuration are unchanged.
+        let mut rope = Rope::<8, 4>::new(500_000.0, RopeStyle::Interleaved).expect("valid");
+        let before = rope.clone();
+        let again = rope.rebuild(&config).unwrap_err();
+        assert_eq!(format!("{again:?}"), format!("{err:?}"));
+        assert_eq!(rope, before);
+    }
+    // The errors are std errors with messages.
+    let err: Box<dyn std::error::Error> = Box::new(RopeError::Base { base: -1.0 });
+    assert!(err.to_string().contains("-1"));
+    let width = RopeError::RotaryDim {
+        rotary_dim: 3,
+        head_dim: 8,
+    };
+    assert!(width.to_string().contains("rotary width 3"));
 }

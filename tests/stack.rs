@@ -31,7 +31,7 @@ use std::process::{Command, Output};
 use static_attention::init::SeedRng;
 use static_attention::io::{InProjWeight, LinearParams, PyTorchParams, SelfAttentionParams};
 use static_attention::kernels::{KEY_BLOCK, TILE_QUERIES};
-use static_attention::positions::{NoPositions, Rope, RopeStyle};
+use static_attention::positions::{NoPositions, Rope, RopeConfig, RopeStyle};
 use static_attention::rand::SeedableRng;
 use static_attention::{
     Alignment, AttentionWeights, Bias, GroupedQuery, KvCache, Mask, MultiHead, SMatrix, Scratch,
@@ -151,7 +151,8 @@ impl Inputs {
         let mut gqa: Box<Gqa> = heap::zeroed();
         gqa.reset_parameters(&mut rng(5), Bias::Absent);
         let mut rope: Box<Rope<32, SEQ>> = heap::zeroed();
-        rope.rebuild(10_000.0, RopeStyle::RotateHalf);
+        rope.rebuild(&RopeConfig::new(10_000.0, RopeStyle::RotateHalf))
+            .expect("a valid base");
         let x = filled::<SEQ, DIM>(|i| (i * 0.37).sin());
         let mut batch: Box<[Seq; 2]> = heap::zeroed();
         batch[0].copy_from(&*x);
@@ -440,10 +441,10 @@ fn entry_points() -> Vec<Entry> {
             c.reset_sliding_window();
             c
         };
-        "Rope::new", Holds(2 * ROPE), |_i| Rope::<32, ROPE_POS>::new(10_000.0, RopeStyle::RotateHalf);
+        "Rope::new", Holds(2 * ROPE), |_i| Rope::<32, ROPE_POS>::new(10_000.0, RopeStyle::RotateHalf).expect("a valid base");
         "Rope::rebuild", Frames, |_i| {
             let mut r: Box<Rope<32, ROPE_POS>> = heap::zeroed();
-            r.rebuild(10_000.0, RopeStyle::RotateHalf);
+            r.rebuild(&RopeConfig::new(10_000.0, RopeStyle::RotateHalf)).expect("a valid base");
             r
         };
         "grouped_query_attention", Holds(2 * GQA_SDPA_OUT + SDPA_WORK), |i| {
@@ -850,7 +851,8 @@ fn other_heap_paths_run_on_a_2_mib_stack() {
                 .expect("load");
             assert_eq!(*gqa_loaded, *gqa);
             let mut rope: Box<Rope<D, SEQ>> = heap::zeroed();
-            rope.rebuild(10_000.0, RopeStyle::RotateHalf);
+            rope.rebuild(&RopeConfig::new(10_000.0, RopeStyle::RotateHalf))
+                .expect("a valid base");
             let mut ring: Box<KvCache<SEQ, KV>> = heap::zeroed();
             ring.reset_sliding_window();
             let mut gqa_dec: Box<Scratch<1, 1, DIM, f32, KV>> = heap::zeroed();

@@ -21,7 +21,7 @@ mod decoder {
 
     pub fn grouped_shapes_build() {
         let layer = GroupedQuery::<8, 4, 2, 8, 4>::from_seed(1);
-        let rope = Rope::<2, 16>::new(10_000.0, RopeStyle::RotateHalf);
+        let rope = Rope::<2, 16>::new(10_000.0, RopeStyle::RotateHalf).expect("a valid base");
         let mut cache = CACHE.clone();
         let x = SMatrix::<f32, 3, 8>::zeros();
         let _ = layer.decode(&x, &mut cache, &rope);

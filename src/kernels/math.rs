@@ -45,3 +45,25 @@ pub(crate) fn powi2(e: i32) -> f64 {
     debug_assert!((-1022..=1023).contains(&e));
     f64::from_bits(((e + 1023) as u64) << 52)
 }
+
+// RoPE scaling (positions.rs): natural logarithm, floor and ceiling, from std or libm.
+#[cfg(feature = "std")]
+mod rope_imp {
+    #[inline]
+    pub fn ln(x: f64) -> f64 {
+        x.ln()
+    }
+    #[inline]
+    pub fn floor(x: f64) -> f64 {
+        x.floor()
+    }
+    #[inline]
+    pub fn ceil(x: f64) -> f64 {
+        x.ceil()
+    }
+}
+#[cfg(all(not(feature = "std"), feature = "libm"))]
+mod rope_imp {
+    pub use libm::{ceil, floor, log as ln};
+}
+pub(crate) use rope_imp::{ceil, floor, ln};
