@@ -18,16 +18,20 @@
 //! its own with [`crate::GroupedQuery::check_config`] (a [`ConfigError::Shape`] names the
 //! field) and loads its weights with [`crate::GroupedQuery::load_pretrained`].
 
+// The errors carry their text inline (`Text`, no allocation), like `LoadError`: a few hundred
+// bytes on the error path only.
+#![allow(clippy::result_large_err)]
+
 use std::string::{String, ToString};
 
 use serde_json::{Map, Value};
 
 use crate::io::Text;
-use crate::positions::{RopeConfig, RopeScaling, RopeStyle};
+use crate::positions::{RopeConfig, RopeError, RopeScaling, RopeStyle};
 use crate::variant::{QkNorm, Variant};
 
 /// Why a `config.json` could not describe the layer. Each names the field.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ConfigError {
     /// The text is not JSON, or not a JSON object.
@@ -220,13 +224,11 @@ impl LayerConfig {
                 }
             }
             Family::GptOss => variant.sinks = true,
-            Family::StableLm => {
-                if opt_bool(c, "qk_layernorm")? == Some(true) {
-                    return Err(ConfigError::Unsupported {
-                        field: "qk_layernorm",
-                        value: Text::new(&["true"]),
-                    });
-                }
+            Family::StableLm if opt_bool(c, "qk_layernorm")? == Some(true) => {
+                return Err(ConfigError::Unsupported {
+                    field: "qk_layernorm",
+                    value: Text::new(&["true"]),
+                });
             }
             _ => {}
         }
@@ -343,6 +345,17 @@ fn rope(c: &Map<String, Value>, head_dim: usize) -> Result<Option<RopeConfig>, C
     if let Some(s) = scaling {
         rope = rope.with_scaling(scaling_of(s, c)?);
     }
+    rope.check(head_dim).map_err(|e| {
+        let field = match e {
+            RopeError::Base { .. } => "rope_theta",
+            RopeError::Scaling { field, .. } => field,
+            RopeError::RotaryDim { .. } => "partial_rotary_factor",
+        };
+        ConfigError::Invalid {
+            field,
+            reason: Text::new(&[&e.to_string()]),
+        }
+    })?;
     Ok(Some(rope))
 }
 
@@ -362,12 +375,15 @@ fn scaling_of(s: &Map<String, Value>, c: &Map<String, Value>) -> Result<RopeScal
     let need = |name: &'static str| -> Result<f64, ConfigError> {
         f(name)?.ok_or(ConfigError::Missing { field: name })
     };
-    // `original_max_position_embeddings` sits in the scaling object, or (older configs) at
-    // the top level as `max_position_embeddings`.
+    // Hugging Face's fallbacks: `original_max_position_embeddings` in the scaling object, else
+    // at the top level, else `max_position_embeddings`.
     let original = || -> Result<usize, ConfigError> {
         match s.get("original_max_position_embeddings") {
-            Some(v) => as_usize(v, "original_max_position_embeddings"),
-            None => usize_field(c, "max_position_embeddings"),
+            Some(v) => as_usize(v, "rope_scaling.original_max_position_embeddings"),
+            None => match opt_usize(c, "original_max_position_embeddings")? {
+                Some(o) => Ok(o),
+                None => usize_field(c, "max_position_embeddings"),
+            },
         }
     };
     Ok(match kind {
@@ -375,9 +391,10 @@ fn scaling_of(s: &Map<String, Value>, c: &Map<String, Value>) -> Result<RopeScal
         "linear" => RopeScaling::Linear {
             factor: need("factor")?,
         },
+        // Hugging Face's dynamic scaling always counts from `max_position_embeddings`.
         "dynamic" => RopeScaling::Dynamic {
             factor: need("factor")?,
-            original_max_position_embeddings: original()?,
+            original_max_position_embeddings: usize_field(c, "max_position_embeddings")?,
         },
         "llama3" => RopeScaling::Llama3 {
             factor: need("factor")?,
@@ -386,7 +403,13 @@ fn scaling_of(s: &Map<String, Value>, c: &Map<String, Value>) -> Result<RopeScal
             original_max_position_embeddings: original()?,
         },
         "yarn" => {
-            let mut y = RopeScaling::yarn(need("factor")?, original()?);
+            let original = original()?;
+            // Without a factor (DeepSeek-V3), the ratio of the two context lengths.
+            let factor = match f("factor")? {
+                Some(x) => x,
+                None => usize_field(c, "max_position_embeddings")? as f64 / original as f64,
+            };
+            let mut y = RopeScaling::yarn(factor, original);
             if let RopeScaling::Yarn {
                 beta_fast,
                 beta_slow,

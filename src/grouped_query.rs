@@ -239,6 +239,7 @@ impl<
     /// [`ConfigError::Shape`](crate::config::ConfigError::Shape) naming the first field that
     /// disagrees.
     #[cfg(feature = "config")]
+    #[allow(clippy::result_large_err)] // an inline text, on the error path only
     pub fn check_config(
         config: &crate::config::LayerConfig,
     ) -> Result<(), crate::config::ConfigError> {

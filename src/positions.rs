@@ -411,6 +411,15 @@ impl RopeConfig {
     pub const fn with_precision(self, precision: RopePrecision) -> Self {
         Self { precision, ..self }
     }
+
+    /// Checks that a [`Rope`] with heads of `head_dim` features can be built from this
+    /// configuration (what [`Rope::from_config`] checks first).
+    ///
+    /// # Errors
+    /// The [`RopeError`] [`Rope::from_config`] would give.
+    pub fn check(&self, head_dim: usize) -> Result<(), RopeError> {
+        validate(self, head_dim).map(|_| ())
+    }
 }
 
 /// A [`RopeConfig`] a [`Rope`] cannot be built from.

@@ -33,7 +33,7 @@ type Gqa<T> = GroupedQuery<DIM, 8, 2, DIM, 8, T>;
 type TestResult = Result<(), TestCaseError>;
 
 fn rope<T: Float>() -> Rope<4, 32, T> {
-    Rope::new(10_000.0, RopeStyle::RotateHalf)
+    Rope::new(10_000.0, RopeStyle::RotateHalf).expect("a valid base")
 }
 
 fn sequence<T: Float>(seed: u64, scale: f64) -> SMatrix<T, N, DIM> {

@@ -587,7 +587,7 @@ impl<
         bytes: &[u8],
         prefix: &str,
     ) -> Result<(), LoadError> {
-        self.check_config(config).map_err(LoadError::Config)?;
+        Self::check_config(config).map_err(LoadError::Config)?;
         let variant = config.variant;
         variant.check().map_err(|e| {
             LoadError::Config(crate::config::ConfigError::Invalid {

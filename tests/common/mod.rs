@@ -62,6 +62,10 @@ pub fn tensor(bytes: &[u8], name: &str) -> Option<(Vec<f64>, Vec<usize>)> {
             .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
             .collect(),
         Dtype::BOOL | Dtype::U8 => data.iter().map(|&b| f64::from(b)).collect(),
+        Dtype::I64 => data
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64)
+            .collect(),
         other => panic!("{name}: unexpected dtype {other:?}"),
     };
     Some((values, view.shape().to_vec()))
