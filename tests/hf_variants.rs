@@ -154,7 +154,7 @@ fn case<
                 steps[(i - P, j)]
             }
         });
-        let y = layer.forward(&x, &causal, &*rope).expect("fits");
+        let y = layer.forward(&x, &Mask::causal(Alignment::TopLeft), &*rope).expect("fits");
         let want_steps = rows::<T, S, DIM>(&bytes, &format!("{out}.step"), 0);
         let want = SMatrix::<T, L, DIM>::from_fn(|i, j| {
             if i < P {
