@@ -866,7 +866,8 @@ impl<const HEAD_DIM: usize, const MAX_POS: usize, T: Float> Rope<HEAD_DIM, MAX_P
     /// # Errors
     /// [`RopeError::Base`] unless `base` is finite and positive.
     pub fn new(base: f64, style: RopeStyle) -> Result<Self, RopeError> {
-        Self::from_config(&RopeConfig::new(base, style))
+        let () = Self::SHAPE_OK;
+        Self::build(&RopeConfig::new(base, style))
     }
 
     /// The table `config` describes, by value (`MAX_POS · HEAD_DIM` scalars on the stack; for
@@ -894,9 +895,14 @@ impl<const HEAD_DIM: usize, const MAX_POS: usize, T: Float> Rope<HEAD_DIM, MAX_P
     /// ```
     pub fn from_config(config: &RopeConfig) -> Result<Self, RopeError> {
         let () = Self::SHAPE_OK;
+        Self::build(config)
+    }
+
+    /// [`Rope::from_config`] (the shape already checked).
+    fn build(config: &RopeConfig) -> Result<Self, RopeError> {
         validate(config, HEAD_DIM)?;
         let mut rope = <Self as bytemuck::Zeroable>::zeroed();
-        rope.rebuild(config)?;
+        rope.set(config)?;
         Ok(rope)
     }
 
@@ -918,6 +924,11 @@ impl<const HEAD_DIM: usize, const MAX_POS: usize, T: Float> Rope<HEAD_DIM, MAX_P
     /// ```
     pub fn rebuild(&mut self, config: &RopeConfig) -> Result<(), RopeError> {
         let () = Self::SHAPE_OK;
+        self.set(config)
+    }
+
+    /// [`Rope::rebuild`] (the shape already checked).
+    fn set(&mut self, config: &RopeConfig) -> Result<(), RopeError> {
         let width = validate(config, HEAD_DIM)?;
         self.store(config);
         self.fill(Frequencies::new(*config, width));
