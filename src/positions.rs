@@ -3,14 +3,19 @@
 //! - [`sinusoidal`]: `PE(pos, 2i) = sin(pos / 10000^(2i/DIM))`, `PE(pos, 2i+1) = cos(…)`, added
 //!   to token embeddings before the first layer (Vaswani et al. 2017).
 //! - [`Rope`]: rotary embeddings applied to queries and keys per head,
-//!   `θ_i = base^(−2i/HEAD_DIM)` for `i < HEAD_DIM/2`, in both pairings
-//!   ([`RopeStyle::Interleaved`], GPT-J; [`RopeStyle::RotateHalf`], GPT-NeoX and Hugging Face
-//!   Llama). The cos/sin table is built once, for `MAX_POS` positions, with no `std`.
+//!   `θ_i = base^(−2i/d)` for `i < d/2` over the rotary width `d` (`HEAD_DIM`, or fewer
+//!   leading features with partial rotary), in both pairings ([`RopeStyle::Interleaved`],
+//!   GPT-J; [`RopeStyle::RotateHalf`], GPT-NeoX and Hugging Face Llama). A [`RopeConfig`]
+//!   adds Hugging Face's frequency scalings ([`RopeScaling`]: linear, dynamic NTK, Llama 3.1,
+//!   YaRN with its attention factor) and the arithmetic of the table ([`RopePrecision`]:
+//!   exact `f64`, or transformers' `float32` steps). The cos/sin table is built once, for
+//!   `MAX_POS` positions, with no `std` and no heap; a bad configuration is a [`RopeError`].
 //! - [`alibi_slope`]: ALiBi's per-head slope `m_h` (Press et al. 2022), for any head count.
 //!   The bias `−m_h·(i − j)` itself is a mask part ([`crate::Mask::with_alibi`]) computed
 //!   inside the attention kernel, with no `SQ × SKV` buffer.
 //!
-//! Angles and slopes are computed in `f64` and rounded once to `T`.
+//! Angles and slopes are computed in `f64` and rounded once to `T` (a [`Rope`] with
+//! [`RopePrecision::HuggingFace`] follows transformers' `float32` arithmetic instead).
 
 use nalgebra::SMatrix;
 
@@ -875,7 +880,8 @@ impl<const HEAD_DIM: usize, const MAX_POS: usize, T: Float> Rope<HEAD_DIM, MAX_P
     /// # Errors
     /// [`RopeError::Base`] unless `base` is finite and positive.
     pub fn new(base: f64, style: RopeStyle) -> Result<Self, RopeError> {
-        Self::from_config(&RopeConfig::new(base, style))
+        let () = Self::SHAPE_OK;
+        Self::build(&RopeConfig::new(base, style))
     }
 
     /// The table `config` describes, by value (`MAX_POS · HEAD_DIM` scalars on the stack; for
@@ -903,9 +909,14 @@ impl<const HEAD_DIM: usize, const MAX_POS: usize, T: Float> Rope<HEAD_DIM, MAX_P
     /// ```
     pub fn from_config(config: &RopeConfig) -> Result<Self, RopeError> {
         let () = Self::SHAPE_OK;
+        Self::build(config)
+    }
+
+    /// [`Rope::from_config`] (the shape already checked).
+    fn build(config: &RopeConfig) -> Result<Self, RopeError> {
         validate(config, HEAD_DIM)?;
         let mut rope = <Self as bytemuck::Zeroable>::zeroed();
-        rope.rebuild(config)?;
+        rope.set(config)?;
         Ok(rope)
     }
 
@@ -927,6 +938,11 @@ impl<const HEAD_DIM: usize, const MAX_POS: usize, T: Float> Rope<HEAD_DIM, MAX_P
     /// ```
     pub fn rebuild(&mut self, config: &RopeConfig) -> Result<(), RopeError> {
         let () = Self::SHAPE_OK;
+        self.set(config)
+    }
+
+    /// [`Rope::rebuild`] (the shape already checked).
+    fn set(&mut self, config: &RopeConfig) -> Result<(), RopeError> {
         let width = validate(config, HEAD_DIM)?;
         self.store(config);
         self.fill(Frequencies::new(*config, width));
@@ -1232,5 +1248,97 @@ impl<T: Float> PositionEncoding<T> for Alibi {
     const HEAD_DIM: usize = 0;
     fn alibi(&self) -> Option<Alibi> {
         Some(*self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yarn_correction_range_follows_hf() {
+        // d = 32, base 10 000, L = 32, β = 32 and 1: c(β) = 32·ln(32/(2πβ)) / (2·ln 10 000).
+        let c = |beta: f64| {
+            32.0 * (32.0 / (beta * 2.0 * core::f64::consts::PI)).ln() / (2.0 * 10_000f64.ln())
+        };
+        assert_eq!(
+            yarn_range(10_000.0, 32, 32, 32.0, 1.0, true),
+            (0.0, c(1.0).ceil())
+        );
+        assert_eq!(
+            yarn_range(10_000.0, 32, 32, 32.0, 1.0, false),
+            (0.0, c(1.0))
+        );
+        // A long context: both ends inside, truncated outwards.
+        let (lo, hi) = yarn_range(10_000.0, 64, 4096, 32.0, 1.0, true);
+        let c = |beta: f64| {
+            64.0 * (4096.0 / (beta * 2.0 * core::f64::consts::PI)).ln() / (2.0 * 10_000f64.ln())
+        };
+        assert_eq!((lo, hi), (c(32.0).floor(), c(1.0).ceil()));
+        // Clamped to d − 1, and an empty range widened by 0.001.
+        assert_eq!(yarn_range(10.0, 8, 1 << 20, 2.0, 1.0, true).1, 7.0);
+        let (lo, hi) = yarn_range(10_000.0, 8, 1, 32.0, 1.0, true);
+        assert_eq!((lo, hi), (0.0, 0.001));
+    }
+
+    #[test]
+    fn yarn_attention_factor_follows_hf() {
+        assert_eq!(yarn_mscale(1.0, 5.0), 1.0);
+        assert_eq!(yarn_mscale(0.5, 5.0), 1.0);
+        assert!((yarn_mscale(8.0, 1.0) - (0.1 * 8f64.ln() + 1.0)).abs() < 1e-15);
+        let deepseek = RopeScaling::Yarn {
+            factor: 40.0,
+            original_max_position_embeddings: 4096,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+            mscale: 1.0,
+            mscale_all_dim: 1.0,
+            attention_factor: None,
+            truncate: true,
+        };
+        assert_eq!(deepseek.attention_factor(), 1.0);
+        assert_eq!(RopeScaling::linear(4.0).attention_factor(), 1.0);
+    }
+
+    #[test]
+    fn hugging_face_frequencies_are_f32_steps() {
+        let config = RopeConfig::new(10_000.0, RopeStyle::RotateHalf)
+            .with_precision(RopePrecision::HuggingFace);
+        let freqs = Frequencies::new(config, 8);
+        for i in 0..4 {
+            let e = (2 * i) as f32 / 8.0;
+            let want = 1.0 / (pow_f32(10_000.0, e));
+            assert_eq!(freqs.inv_freq(i, 0), f64::from(want));
+        }
+        // The float32 values differ from the exact ones by rounding only.
+        let exact = Frequencies::new(config.with_precision(RopePrecision::Exact), 8);
+        for i in 0..4 {
+            let (a, b) = (freqs.inv_freq(i, 0), exact.inv_freq(i, 0));
+            assert!((a - b).abs() <= b * 1e-7, "{i}: {a} {b}");
+        }
+    }
+
+    /// `x^y` rounded to `f32`, through `f64` like [`powf`].
+    fn pow_f32(x: f32, y: f32) -> f32 {
+        math::pow(f64::from(x), f64::from(y)) as f32
+    }
+
+    #[test]
+    fn validation_reports_the_width_first() {
+        let bad = RopeConfig::new(f64::NAN, RopeStyle::RotateHalf).with_rotary_dim(3);
+        assert_eq!(
+            validate(&bad, 8),
+            Err(RopeError::RotaryDim {
+                rotary_dim: 3,
+                head_dim: 8
+            })
+        );
+        assert_eq!(
+            validate(&bad.with_rotary_dim(6), 8).map_err(|_| ()),
+            Err(())
+        );
+        let ok = RopeConfig::new(10.0, RopeStyle::Interleaved);
+        assert_eq!(validate(&ok, 8), Ok(8));
+        assert_eq!(validate(&ok.with_rotary_dim(4), 8), Ok(4));
     }
 }

@@ -612,6 +612,8 @@ fn configs_round_trip_and_a_zeroed_rope_is_documented() {
             truncate: false,
         }),
     ];
+    // The table, then the configuration (80 bytes).
+    assert_eq!(Rope::<8, 32>::BYTES, 8 * 32 * 4 + 80);
     let mut rope: Box<Rope<8, 16>> = static_attention::heap::zeroed();
     // Zeroed: base 0, interleaved, unscaled, every pair cos = sin = 0.
     assert_eq!(rope.config(), RopeConfig::new(0.0, RopeStyle::Interleaved));
