@@ -45,3 +45,19 @@ pub(crate) fn powi2(e: i32) -> f64 {
     debug_assert!((-1022..=1023).contains(&e));
     f64::from_bits(((e + 1023) as u64) << 52)
 }
+
+/// `tanh`, for the soft-capping of attention scores (`c · tanh(z / c)`): the standard
+/// library's with `std`, `libm`'s without.
+#[cfg(feature = "std")]
+#[inline]
+pub(crate) fn tanhf(x: f32) -> f32 {
+    x.tanh()
+}
+/// See [`tanhf`].
+#[cfg(feature = "std")]
+#[inline]
+pub(crate) fn tanh(x: f64) -> f64 {
+    x.tanh()
+}
+#[cfg(all(not(feature = "std"), feature = "libm"))]
+pub(crate) use libm::{tanh, tanhf};

@@ -45,7 +45,7 @@ mod gemm;
 mod rows;
 mod tiles;
 
-pub(crate) use exp::{exp_slice, fma_loop};
+pub(crate) use exp::{exp_slice, fma_loop, tanh_slice};
 pub(crate) use gemm::linear;
 pub(crate) use tiles::{attention, attention_with_weights};
 
@@ -99,6 +99,11 @@ macro_rules! table {
             }
 
             $(#[$attr])*
+            fn tanh(xs: &mut [$e]) {
+                vector::tanh_slice($simd, xs)
+            }
+
+            $(#[$attr])*
             fn fma_loop(rounds: usize) -> (u64, $e) {
                 vector::fma_loop($simd, rounds)
             }
@@ -109,6 +114,7 @@ macro_rules! table {
                 attention,
                 weights,
                 exp,
+                tanh,
                 fma_loop,
                 widen_f16: $widen,
             };

@@ -6,7 +6,7 @@ use super::super::Lazy;
 use super::super::args::{Dims, KB, MQ_MAX, Problem, WorkRef};
 use super::super::simd::Simd;
 use super::exp::{exp_scalar, exp_shifted};
-use super::steps::QueryKeys;
+use super::steps::{QueryKeys, soft_cap};
 
 /// Streaming attention for the `n` queries from row `r0`, each walking its keys in blocks of
 /// [`KB`] with the keys in the vector lanes; the `P·V` sums are kept per lane and reduced at
@@ -58,7 +58,9 @@ pub(super) fn rows<S: Simd>(
 }
 
 /// The keys of query `i`, leaving its per-lane sums in `work.acc` (`dv` rows of `LANES`);
-/// every `p` entering them is scaled by `vscale`. Returns the softmax denominator.
+/// every `p` entering them is scaled by `vscale`. Returns the softmax denominator. A sink
+/// logit `s` starts it at `m = s`, `l = 1`; a soft-cap caps each block of scores in a pass of
+/// its own before the mask (one test per block).
 #[inline(always)]
 fn row<S: Simd>(
     s: S,
@@ -70,7 +72,13 @@ fn row<S: Simd>(
     vscale: S::E,
 ) -> S::E {
     let Dims { dv, ldkv, .. } = p.dims;
-    let (v, mask, scale) = (p.v, p.mask, p.scale);
+    let (v, mask) = (p.v, p.mask);
+    // Capped scores are scaled by the cap's pass.
+    let scale = if p.softcap.is_some() {
+        S::E::ONE
+    } else {
+        p.scale
+    };
     // SAFETY: query `i < sq` of q (leading dimension `ldq`).
     let operands = QueryKeys::new(unsafe { q.add(i) }, p);
     let l = S::LANES;
@@ -96,7 +104,10 @@ fn row<S: Simd>(
     };
     let (lo, hi) = mask.key_range(i);
     lane_acc.fill(S::E::ZERO);
-    let (mut m, mut lsum) = (neg_inf, S::E::ZERO);
+    let (mut m, mut lsum) = match p.sink_logit() {
+        Some(sink) => (sink, S::E::ONE),
+        None => (neg_inf, S::E::ZERO),
+    };
     let mut j0 = lo;
     while j0 < hi {
         let nk = KB.min(hi - j0);
@@ -105,6 +116,11 @@ fn row<S: Simd>(
         // QueryKeys: four vectors of keys at a time share each broadcast query element.
         // SAFETY: keys `j0 .. j0 + nk ≤ skv`, and `np ≤ KB` values of p.
         unsafe { dot_keys(s, operands, j0, nk, pb.as_mut_ptr()) };
+        if let Some(cap) = p.softcap {
+            // SAFETY: `np / l` whole vectors of p (`np ≤ KB`); the padding lanes hold zeros,
+            // capped to zeros and masked below.
+            unsafe { soft_cap::<S, 1>(s, pb.as_mut_ptr(), l, np / l, p.scale, cap) };
+        }
         // Scale and mask; the block's maximum.
         let mut bmax_v = ninf;
         if dense {
