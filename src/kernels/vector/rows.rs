@@ -33,7 +33,7 @@ pub(super) fn rows<S: Simd>(
     );
     for i in r0..r0 + n {
         let mut vscale = S::E::ONE;
-        let mut lsum = row(s, q, p, work.reborrow(), lazy, i, vscale);
+        let mut lsum = row_any(s, q, p, work.reborrow(), lazy, i, vscale);
         let output = |lanes: &[S::E], lsum: S::E, vscale: S::E, e: usize| {
             // SAFETY: lane row `e < dv` of the per-lane sums (`dv · l` values, checked above).
             let total = s.reduce_add(unsafe { s.load(lanes.as_ptr().add(e * l)) });
@@ -46,7 +46,7 @@ pub(super) fn rows<S: Simd>(
         let finite = (0..dv).all(|e| output(work.acc, lsum, vscale, e).is_finite_());
         if !finite && let Some(rescale) = lazy.rescale(p.v, p.dims) {
             vscale = rescale;
-            lsum = row(s, q, p, work.reborrow(), lazy, i, vscale);
+            lsum = row_any(s, q, p, work.reborrow(), lazy, i, vscale);
         }
         for e in 0..dv {
             let x = output(work.acc, lsum, vscale, e);
@@ -57,12 +57,32 @@ pub(super) fn rows<S: Simd>(
     }
 }
 
+/// [`row`], in its own instantiation for a capped problem, so that the plain one has no cap
+/// code (a direct call either way: a function pointer would not be inlined into the
+/// instruction set's entry point).
+#[inline(always)]
+fn row_any<S: Simd>(
+    s: S,
+    q: *const S::E,
+    p: &Problem<'_, S::E>,
+    work: WorkRef<'_, S::E>,
+    lazy: &mut Lazy<S::E>,
+    i: usize,
+    vscale: S::E,
+) -> S::E {
+    if p.softcap.is_some() {
+        row::<S, true>(s, q, p, work, lazy, i, vscale)
+    } else {
+        row::<S, false>(s, q, p, work, lazy, i, vscale)
+    }
+}
+
 /// The keys of query `i`, leaving its per-lane sums in `work.acc` (`dv` rows of `LANES`);
 /// every `p` entering them is scaled by `vscale`. Returns the softmax denominator. A sink
-/// logit `s` starts it at `m = s`, `l = 1`; a soft-cap caps each block of scores in a pass of
-/// its own before the mask (one test per block).
+/// logit `s` starts it at `m = s`, `l = 1`; with `CAP` (a soft-capped problem) each block of
+/// scores is capped in a pass of its own before the mask.
 #[inline(always)]
-fn row<S: Simd>(
+fn row<S: Simd, const CAP: bool>(
     s: S,
     q: *const S::E,
     p: &Problem<'_, S::E>,
@@ -74,10 +94,9 @@ fn row<S: Simd>(
     let Dims { dv, ldkv, .. } = p.dims;
     let (v, mask) = (p.v, p.mask);
     // Capped scores are scaled by the cap's pass.
-    let scale = if p.softcap.is_some() {
-        S::E::ONE
-    } else {
-        p.scale
+    let (scale, cap) = match p.softcap {
+        Some(c) if CAP => (S::E::ONE, c),
+        _ => (p.scale, S::E::ONE),
     };
     // SAFETY: query `i < sq` of q (leading dimension `ldq`).
     let operands = QueryKeys::new(unsafe { q.add(i) }, p);
@@ -116,7 +135,7 @@ fn row<S: Simd>(
         // QueryKeys: four vectors of keys at a time share each broadcast query element.
         // SAFETY: keys `j0 .. j0 + nk ≤ skv`, and `np ≤ KB` values of p.
         unsafe { dot_keys(s, operands, j0, nk, pb.as_mut_ptr()) };
-        if let Some(cap) = p.softcap {
+        if CAP {
             // SAFETY: `np / l` whole vectors of p (`np ≤ KB`); the padding lanes hold zeros,
             // capped to zeros and masked below.
             unsafe { soft_cap::<S, 1>(s, pb.as_mut_ptr(), l, np / l, p.scale, cap) };
