@@ -176,6 +176,17 @@ pub(crate) fn check_weights<W, T>(w: &[W], bias: &[T], din: usize, dout: usize) 
 /// the logit `s` joins every row's softmax denominator (gpt-oss's attention sinks) and carries
 /// no value: row `i`'s weights are `exp(z_ij − m) / (exp(s − m) + Σ_j exp(z_ij − m))`, so they
 /// sum to less than 1.
+///
+/// The rules of the variants, in every kernel and path:
+///
+/// - `c` must be positive and finite ([`Problem::check`] asserts it). The cap is applied
+///   before the mask, so a masked key is still `−∞` (never `−c`) and its NaN still never
+///   leaks; an allowed key's `±∞` score becomes `±c` and a NaN score stays NaN.
+/// - `m` is the maximum over the row's allowed scores and `s`. A row whose keys are all masked
+///   gets zero outputs and zero weights, with a sink as without one.
+/// - A sink of `−∞` is no sink (`exp(−∞) = 0`), exactly. A NaN or `+∞` sink leaves the
+///   denominator undefined (`∞ − ∞`): every output and every weight of the call is NaN, as
+///   PyTorch's softmax over the concatenated sink column gives.
 #[derive(Clone, Copy)]
 pub(crate) struct Problem<'a, T> {
     pub k: &'a [T],
@@ -183,10 +194,7 @@ pub(crate) struct Problem<'a, T> {
     pub dims: Dims,
     pub scale: T,
     pub mask: &'a MaskView<'a, T>,
-    // Read by the kernels once they implement the variants (issue 15).
-    #[allow(dead_code)]
     pub softcap: Option<T>,
-    #[allow(dead_code)]
     pub sink: Option<T>,
 }
 
@@ -219,6 +227,41 @@ impl<T: Float> Problem<'_, T> {
         );
         // Key positions are compared as floating-point numbers: exact below 2^24.
         assert!(skv < 1 << 24, "more than 2^24 keys");
+        assert!(
+            self.softcap.is_none_or(|c| c > T::ZERO && c.is_finite_()),
+            "soft-cap not positive and finite"
+        );
+    }
+
+    /// The sink logit every row's softmax starts from (running maximum `s`, denominator 1):
+    /// `None` without a sink and for a sink of `−∞`, which adds nothing.
+    #[inline]
+    pub(crate) fn sink_logit(&self) -> Option<T> {
+        self.sink.filter(|&s| s != T::NEG_INFINITY)
+    }
+
+    /// Whether the sink is NaN or `+∞`, which leaves every row's denominator undefined.
+    #[inline]
+    pub(crate) fn sink_undefined(&self) -> bool {
+        self.sink.is_some_and(|s| s.is_nan_() || s > T::MAX)
+    }
+
+    /// What a call with an undefined sink ([`Problem::sink_undefined`]) writes: NaN in every
+    /// output (`sq × dv`) and, when given, every weight (`sq × skv`), both with leading
+    /// dimension `ldq`. Lengths as [`Problem::check`] checked them.
+    pub(crate) fn write_undefined(&self, io: &mut QueryIo<'_, T>, weights: Option<&mut [T]>) {
+        let Dims {
+            sq, skv, dv, ldq, ..
+        } = self.dims;
+        let out = io.outputs();
+        for e in 0..dv {
+            out[e * ldq..e * ldq + sq].fill(T::NAN);
+        }
+        if let Some(w) = weights {
+            for j in 0..skv {
+                w[j * ldq..j * ldq + sq].fill(T::NAN);
+            }
+        }
     }
 }
 

@@ -20,6 +20,10 @@ pub(crate) mod sealed {
         /// The CPU must run `kernel` (`kernel.is_supported()`): the table's functions use its
         /// instructions.
         unsafe fn table(kernel: Kernel) -> &'static Table<Self>;
+
+        /// `tanh(x)` with the platform's `tanh` (the scalar kernel's soft-capping). Here
+        /// rather than on `Float` so that the public trait does not grow.
+        fn tanh_(self) -> Self;
     }
 }
 
@@ -89,7 +93,7 @@ pub trait Float:
 }
 
 macro_rules! impl_float {
-    ($t:ty, $exp:ident, $sqrt:ident, $tables:ident) => {
+    ($t:ty, $exp:ident, $sqrt:ident, $tanh:ident, $tables:ident) => {
         impl Float for $t {
             const NEG_INFINITY: Self = <$t>::NEG_INFINITY;
             const NAN: Self = <$t>::NAN;
@@ -128,9 +132,14 @@ macro_rules! impl_float {
                     _ => &super::scalar::Tables::<$t>::TABLE,
                 }
             }
+
+            #[inline]
+            fn tanh_(self) -> Self {
+                math::$tanh(self)
+            }
         }
     };
 }
 
-impl_float!(f32, expf, sqrtf, table_f32);
-impl_float!(f64, exp, sqrt, table_f64);
+impl_float!(f32, expf, sqrtf, tanhf, table_f32);
+impl_float!(f64, exp, sqrt, tanh, table_f64);

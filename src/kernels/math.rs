@@ -67,3 +67,19 @@ mod rope_imp {
     pub use libm::{ceil, floor, log as ln};
 }
 pub(crate) use rope_imp::{ceil, floor, ln};
+
+/// `tanh`, for the soft-capping of attention scores (`c · tanh(z / c)`): the standard
+/// library's with `std`, `libm`'s without.
+#[cfg(feature = "std")]
+#[inline]
+pub(crate) fn tanhf(x: f32) -> f32 {
+    x.tanh()
+}
+/// See [`tanhf`].
+#[cfg(feature = "std")]
+#[inline]
+pub(crate) fn tanh(x: f64) -> f64 {
+    x.tanh()
+}
+#[cfg(all(not(feature = "std"), feature = "libm"))]
+pub(crate) use libm::{tanh, tanhf};

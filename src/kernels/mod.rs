@@ -11,6 +11,24 @@
 //! - `attention_with_weights`: the same result plus the post-softmax weights, written into a
 //!   caller-provided `SQ × SKV` matrix (only when the caller asked for weights).
 //!
+//! Both attention kernels take two logit variants with the problem (`Problem`), in every path:
+//!
+//! - **soft-capping** (Gemma 2): with a cap `c > 0`, a score `z = scale · q·k` becomes
+//!   `c · tanh(z / c)` before the mask's additive bias and ALiBi are added; a masked key
+//!   stays `−∞`, so its NaN still never leaks;
+//! - **attention sinks** (gpt-oss): a sink logit `s` joins every row's softmax denominator and
+//!   carries no value, so row `i`'s weights are `e^(z_ij − m) / (e^(s − m) + Σ_j e^(z_ij − m))`
+//!   (`m` the maximum over the row's scores and `s`) and sum to `1 − e^(s − m)/denominator`.
+//!   The online softmax starts each row at `m = s`, `l = 1` instead of `m = −∞`, `l = 0`. A row
+//!   whose keys are all masked still gets zero outputs and zero weights; a sink of `−∞` is no
+//!   sink; a NaN or `+∞` sink makes every output and weight of the call NaN.
+//!
+//! Neither costs the plain problem anything in its inner loops: the sink only sets the
+//! starting state, and the cap is a pass of its own over each block of scores (each key, in
+//! the scalar kernel), taken only when a cap is set, after which the scaling step multiplies
+//! by 1. The vector kernels cap with a vectorised `tanh` (`Simd::tanh`, relative error below
+//! 2e-7 for `f32` and 5e-16 for `f64`), the scalar kernel with the platform's.
+//!
 //! Two implementations sit behind them, chosen by [`Kernel`]:
 //!
 //! - `scalar.rs`, the portable reference: plain loops, the kernel every other one is tested

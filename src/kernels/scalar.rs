@@ -21,6 +21,7 @@ impl<T: Float> Tables<T> {
         attention: attention::<T>,
         weights: attention_with_weights::<T>,
         exp: exp_in_place::<T>,
+        tanh: tanh_in_place::<T>,
         widen_f16: widen_f16_portable::<T>,
         fma_loop: fma_loop::<T>,
     };
@@ -48,6 +49,11 @@ fn fma_loop<T: Float>(rounds: usize) -> (u64, T) {
 /// `eˣ` with the platform's `exp`.
 fn exp_in_place<T: Float>(xs: &mut [T]) {
     xs.iter_mut().for_each(|x| *x = x.exp_());
+}
+
+/// `tanh(x)` with the platform's `tanh`.
+fn tanh_in_place<T: Float>(xs: &mut [T]) {
+    xs.iter_mut().for_each(|x| *x = x.tanh_());
 }
 
 /// `out[s × dout] = x[s × din] · Wᵀ + b` (column-major; `W` in the tile layout of
@@ -121,7 +127,11 @@ pub(super) fn linear<T: Float, Wt: Weight<T>>(
 /// m' = max(m, s),  c = e^(m − m'),  p = e^(s − m'),  l' = c·l + p,  acc' = c·acc + p·v_j
 /// ```
 ///
-/// and at the end `out = acc / l`. A key the mask blocks is skipped for that row: it never
+/// and at the end `out = acc / l`. Each row starts at `m = −∞`, `l = 0`, or with a sink logit
+/// `s` at `m = s`, `l = 1` (the sink's `e^(s − m)`, which the recurrence then rescales like
+/// any other term, and which adds nothing to `acc`). With a soft-cap `c`, a key's scores are
+/// capped (`c · tanh(z / c)`) as soon as they are computed, before the mask's bias is added:
+/// one test per key, never per score. A key the mask blocks is skipped for that row: it never
 /// touches `m`, `l` or `acc`, so NaN values behind a mask cannot leak, and `−∞ − (−∞)` is never
 /// formed. A row that saw no key ends with `l = 0` and is written as zeros.
 ///
@@ -135,6 +145,10 @@ pub(super) fn attention<T: Float>(
     work: WorkRef<'_, T>,
 ) {
     p.check(&io);
+    if p.sink_undefined() {
+        p.write_undefined(&mut io, None);
+        return;
+    }
     let Dims { sq, dv, ldq, .. } = p.dims;
     assert!(work.acc.len() >= dv * MQ_MAX, "work buffer too short");
     let mut state = State {
@@ -184,7 +198,8 @@ struct State<'a, T> {
 
 impl<T: Float> State<'_, T> {
     /// Row `r`'s output from its sum `acc`: `acc / l`, or 0 when no key carried weight
-    /// (`l = 0`: a fully masked row, zeros rather than 0/0). A NaN `l` (a NaN score)
+    /// (`l = 0`: a fully masked row, zeros rather than 0/0; with a sink, `l ≥ e^0` and
+    /// `acc = 0` there). A NaN `l` (a NaN score)
     /// propagates, as in PyTorch.
     #[inline(always)]
     fn output(&self, acc: T, r: usize) -> T {
@@ -224,7 +239,10 @@ fn block<T: Float>(rows: Rows<'_, '_, T>, work: &mut State<'_, T>) {
     let Dims {
         dk, dv, ldq, ldkv, ..
     } = p.dims;
-    let (k, v, mask, scale) = (p.k, p.v, p.mask, p.scale);
+    let (k, v, mask) = (p.k, p.v, p.mask);
+    // With a soft-cap the scores are scaled (and capped) before the bias is added, and the
+    // product with 1 below is exact.
+    let scale = if p.softcap.is_some() { T::ONE } else { p.scale };
     let dense = mask.is_dense();
     let mut ranges = [(0usize, 0usize); BLOCK_Q];
     // Union of the rows' key ranges, and the keys every row of a full block uses.
@@ -242,8 +260,13 @@ fn block<T: Float>(rows: Rows<'_, '_, T>, work: &mut State<'_, T>) {
     if nb < BLOCK_Q || dense {
         all_hi = 0;
     }
-    work.max = [T::NEG_INFINITY; BLOCK_Q];
-    work.sum = [T::ZERO; BLOCK_Q];
+    // Every row starts with the sink alone (`m = s`, `l = e^(s − s)`), or with nothing.
+    let (m0, l0) = match p.sink_logit() {
+        Some(sink) => (sink, T::ONE),
+        None => (T::NEG_INFINITY, T::ZERO),
+    };
+    work.max = [m0; BLOCK_Q];
+    work.sum = [l0; BLOCK_Q];
     for col in work.acc.chunks_exact_mut(MQ_MAX).take(dv) {
         col[..BLOCK_Q].fill(T::ZERO);
     }
@@ -282,6 +305,11 @@ fn block<T: Float>(rows: Rows<'_, '_, T>, work: &mut State<'_, T>) {
             let q_col = &q[i0 + d * ldq..i0 + d * ldq + nb];
             for (sr, &qv) in s.iter_mut().zip(q_col) {
                 *sr += qv * kv;
+            }
+        }
+        if let Some(c) = p.softcap {
+            for sr in &mut s[..nb] {
+                *sr = soft_cap(*sr * p.scale, c);
             }
         }
 
@@ -358,8 +386,9 @@ fn full_block_key<T: Float>(rows: Rows<'_, '_, T>, j: usize, work: &mut State<'_
             s[r] += q_col[r] * kv;
         }
     }
-    for sr in &mut s {
-        *sr *= scale;
+    match p.softcap {
+        None => s.iter_mut().for_each(|sr| *sr *= scale),
+        Some(c) => s.iter_mut().for_each(|sr| *sr = soft_cap(*sr * scale, c)),
     }
     if s.contains(&T::NEG_INFINITY) {
         return false;
@@ -391,8 +420,10 @@ fn full_block_key<T: Float>(rows: Rows<'_, '_, T>, j: usize, work: &mut State<'_
 
 /// Attention for one head that also writes the post-softmax weights: per query row, the
 /// scores go into the row of `weights` (`sq × skv`, column-major with leading dimension
-/// `ldq`; masked keys get exactly 0),
-/// the row is normalised, and the output is the weighted sum over the keys the mask allows.
+/// `ldq`; masked keys get exactly 0), soft-capped if asked (the row's loop is compiled once
+/// per case, so the plain one never tests for the cap),
+/// the row is normalised (its denominator including the sink's `e^(s − m)`, `m` the maximum
+/// of the scores and `s`), and the output is the weighted sum over the keys the mask allows.
 /// A row's output is written after its query has been read, so it may replace it.
 pub(super) fn attention_with_weights<T: Float>(
     mut io: QueryIo<'_, T>,
@@ -400,44 +431,39 @@ pub(super) fn attention_with_weights<T: Float>(
     weights: &mut [T],
 ) {
     p.check(&io);
+    assert!(
+        weights.len() >= p.dims.q_len(p.dims.skv),
+        "weights too short"
+    );
+    if p.sink_undefined() {
+        p.write_undefined(&mut io, Some(weights));
+        return;
+    }
     let Dims {
         sq,
         skv,
-        dk,
         dv,
         ldq,
         ldkv,
+        ..
     } = p.dims;
-    assert!(weights.len() >= p.dims.q_len(skv), "weights too short");
-    let (k, v, mask, scale) = (p.k, p.v, p.mask, p.scale);
+    let (v, mask) = (p.v, p.mask);
     let dense = mask.is_dense();
+    let sink = p.sink_logit();
     for i in 0..sq {
         let (lo, hi) = mask.key_range(i);
         let q = io.queries();
-        let mut m = T::NEG_INFINITY;
-        for j in 0..skv {
-            let entry = if j < lo || j >= hi {
-                None
-            } else if dense {
-                mask.dense_entry(i, j)
-            } else {
-                Some(T::ZERO)
-            };
-            let s = match entry {
-                Some(bias) => {
-                    let mut dot = T::ZERO;
-                    for d in 0..dk {
-                        dot += q[i + d * ldq] * k[j + d * ldkv];
-                    }
-                    dot * scale + bias
-                }
-                None => T::NEG_INFINITY,
-            };
-            m = m.max_(s);
-            weights[i + j * ldq] = s;
-        }
-        // Normalise the row; a row with no finite score (all masked) becomes all zeros.
-        let mut l = T::ZERO;
+        let m0 = sink.unwrap_or(T::NEG_INFINITY);
+        let m = match p.softcap {
+            None => row_scores(q, p, i, weights, m0, |z| z),
+            Some(c) => row_scores(q, p, i, weights, m0, |z| soft_cap(z, c)),
+        };
+        // Normalise the row; a row with no finite score (all masked) becomes all zeros (with
+        // a sink, `m = s` there and the denominator is 1).
+        let mut l = match sink {
+            Some(s) => (s - m).exp_(),
+            None => T::ZERO,
+        };
         for j in 0..skv {
             let w = &mut weights[i + j * ldq];
             *w = if *w == T::NEG_INFINITY {
@@ -468,4 +494,53 @@ pub(super) fn attention_with_weights<T: Float>(
             }
         }
     }
+}
+
+/// Row `i`'s scores into its row of `weights` (leading dimension `ldq`): `cap(scale · q·k)`
+/// plus the key's bias where the mask allows the key, `−∞` elsewhere. Returns the maximum of
+/// `m0` and the scores.
+#[inline(always)]
+fn row_scores<T: Float>(
+    q: &[T],
+    p: &Problem<'_, T>,
+    i: usize,
+    weights: &mut [T],
+    m0: T,
+    cap: impl Fn(T) -> T,
+) -> T {
+    let Dims {
+        skv, dk, ldq, ldkv, ..
+    } = p.dims;
+    let (k, mask) = (p.k, p.mask);
+    let dense = mask.is_dense();
+    let (lo, hi) = mask.key_range(i);
+    let mut m = m0;
+    for j in 0..skv {
+        let entry = if j < lo || j >= hi {
+            None
+        } else if dense {
+            mask.dense_entry(i, j)
+        } else {
+            Some(T::ZERO)
+        };
+        let s = match entry {
+            Some(bias) => {
+                let mut dot = T::ZERO;
+                for d in 0..dk {
+                    dot += q[i + d * ldq] * k[j + d * ldkv];
+                }
+                cap(dot * p.scale) + bias
+            }
+            None => T::NEG_INFINITY,
+        };
+        m = m.max_(s);
+        weights[i + j * ldq] = s;
+    }
+    m
+}
+
+/// The soft-capped score `c · tanh(z / c)` (see [`Problem`]).
+#[inline(always)]
+pub(super) fn soft_cap<T: Float>(z: T, c: T) -> T {
+    c * (z / c).tanh_()
 }

@@ -28,6 +28,9 @@ pub struct Table<T: 'static> {
     pub(super) weights: unsafe fn(QueryIo<'_, T>, &Problem<'_, T>, &mut [T]),
     /// `eˣ` in place.
     pub(super) exp: unsafe fn(&mut [T]),
+    /// `tanh(x)` in place (the soft-cap's; only the tests call it on its own).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(super) tanh: unsafe fn(&mut [T]),
     /// `f16` bits widened to `T`.
     pub(super) widen_f16: unsafe fn(&[u16], &mut [T]),
     /// The FMA-peak loop: FLOPs done and a checksum.
@@ -91,6 +94,14 @@ impl<T: Float> Table<T> {
     pub(crate) fn exp(&self, xs: &mut [T]) {
         // SAFETY: the table's kernel runs on this CPU.
         unsafe { (self.exp)(xs) }
+    }
+
+    /// `tanh(x)` over a slice with this kernel's `tanh` (the scalar kernel uses the
+    /// platform's), as the soft-cap applies it.
+    #[cfg(test)]
+    pub(crate) fn tanh(&self, xs: &mut [T]) {
+        // SAFETY: the table's kernel runs on this CPU.
+        unsafe { (self.tanh)(xs) }
     }
 
     /// The FMA-peak loop on this kernel's vectors.

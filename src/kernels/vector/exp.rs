@@ -44,6 +44,30 @@ pub(crate) fn exp_slice<S: Simd>(s: S, xs: &mut [S::E]) {
     }
 }
 
+/// [`Simd::tanh`] over a slice (the tail through one vector padded with zeros), as the
+/// soft-cap pass applies it: what the tests measure its accuracy through.
+#[inline(always)]
+pub(crate) fn tanh_slice<S: Simd>(s: S, xs: &mut [S::E]) {
+    let l = S::LANES;
+    let full = xs.len() / l * l;
+    let mut c = 0;
+    while c < full {
+        // SAFETY: `c + l ≤ full ≤ xs.len()`.
+        unsafe { s.store(xs.as_mut_ptr().add(c), s.tanh(s.load(xs.as_ptr().add(c)))) };
+        c += l;
+    }
+    let rest = xs.len() - full;
+    if rest > 0 {
+        let mut lanes = [S::E::ZERO; MQ_MAX];
+        // SAFETY: `rest < l` values from `full`, and `lanes` holds `MQ_MAX ≥ LANES` values.
+        unsafe {
+            let x = s.load_partial(xs.as_ptr().add(full), rest);
+            s.store(lanes.as_mut_ptr(), s.tanh(x));
+        }
+        xs[full..].copy_from_slice(&lanes[..rest]);
+    }
+}
+
 /// `e^x` of one value with the vector `exp`.
 #[inline(always)]
 pub(crate) fn exp_scalar<S: Simd>(s: S, x: S::E) -> S::E {

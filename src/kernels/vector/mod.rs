@@ -15,7 +15,17 @@
 //!   scale-mask-maximum and exp-and-sum steps of the softmax.
 //! - `rows.rs`: fewer queries than `LANES` (a decode step, or the last rows after the
 //!   tiles): each query row walks its keys in blocks with the keys in the vector lanes.
-//! - `exp.rs`: the vector `exp` over slices and single values.
+//! - `exp.rs`: the vector `exp` over slices and single values, and `tanh` over slices (what
+//!   the tests measure [`Simd::tanh`] through).
+//!
+//! The logit variants (see `Problem`): with a soft-cap, each block of scores (each key block
+//! of a streaming tile or of a row, all of a weights tile's keys) goes through the
+//! `soft_cap` pass of `steps.rs` (`c · tanh(scale·x / c)` with [`Simd::tanh`]) right after
+//! its micro-kernel, and the scale-and-mask step then scales by 1 (exact), so the bias is
+//! added to the capped score. With a sink, each lane's online softmax starts at `m = s`,
+//! `l = 1` (the weights tiles take `s` into their maximum and add `e^(s − m)` to the sum).
+//! Neither adds work to the plain path's loops: one test per block, outside them. A NaN or
+//! `+∞` sink writes NaN everywhere before any tile runs.
 //!
 //! Every function here is `#[inline(always)]`: the kernels must be compiled inside the
 //! `#[target_feature]` entry points of their instruction set (`x86.rs`, `arm.rs`), since a
@@ -45,7 +55,7 @@ mod gemm;
 mod rows;
 mod tiles;
 
-pub(crate) use exp::{exp_slice, fma_loop};
+pub(crate) use exp::{exp_slice, fma_loop, tanh_slice};
 pub(crate) use gemm::linear;
 pub(crate) use tiles::{attention, attention_with_weights};
 
@@ -99,6 +109,11 @@ macro_rules! table {
             }
 
             $(#[$attr])*
+            fn tanh(xs: &mut [$e]) {
+                vector::tanh_slice($simd, xs)
+            }
+
+            $(#[$attr])*
             fn fma_loop(rounds: usize) -> (u64, $e) {
                 vector::fma_loop($simd, rounds)
             }
@@ -109,6 +124,7 @@ macro_rules! table {
                 attention,
                 weights,
                 exp,
+                tanh,
                 fma_loop,
                 widen_f16: $widen,
             };

@@ -6,7 +6,7 @@ use super::super::Lazy;
 use super::super::args::{Dims, KB, MQ_MAX, Problem, WorkRef};
 use super::super::simd::Simd;
 use super::exp::{exp_scalar, exp_shifted};
-use super::steps::QueryKeys;
+use super::steps::{QueryKeys, soft_cap};
 
 /// Streaming attention for the `n` queries from row `r0`, each walking its keys in blocks of
 /// [`KB`] with the keys in the vector lanes; the `P·V` sums are kept per lane and reduced at
@@ -33,7 +33,7 @@ pub(super) fn rows<S: Simd>(
     );
     for i in r0..r0 + n {
         let mut vscale = S::E::ONE;
-        let mut lsum = row(s, q, p, work.reborrow(), lazy, i, vscale);
+        let mut lsum = row_any(s, q, p, work.reborrow(), lazy, i, vscale);
         let output = |lanes: &[S::E], lsum: S::E, vscale: S::E, e: usize| {
             // SAFETY: lane row `e < dv` of the per-lane sums (`dv · l` values, checked above).
             let total = s.reduce_add(unsafe { s.load(lanes.as_ptr().add(e * l)) });
@@ -46,7 +46,7 @@ pub(super) fn rows<S: Simd>(
         let finite = (0..dv).all(|e| output(work.acc, lsum, vscale, e).is_finite_());
         if !finite && let Some(rescale) = lazy.rescale(p.v, p.dims) {
             vscale = rescale;
-            lsum = row(s, q, p, work.reborrow(), lazy, i, vscale);
+            lsum = row_any(s, q, p, work.reborrow(), lazy, i, vscale);
         }
         for e in 0..dv {
             let x = output(work.acc, lsum, vscale, e);
@@ -57,10 +57,32 @@ pub(super) fn rows<S: Simd>(
     }
 }
 
-/// The keys of query `i`, leaving its per-lane sums in `work.acc` (`dv` rows of `LANES`);
-/// every `p` entering them is scaled by `vscale`. Returns the softmax denominator.
+/// [`row`], in its own instantiation for a capped problem, so that the plain one has no cap
+/// code (a direct call either way: a function pointer would not be inlined into the
+/// instruction set's entry point).
 #[inline(always)]
-fn row<S: Simd>(
+fn row_any<S: Simd>(
+    s: S,
+    q: *const S::E,
+    p: &Problem<'_, S::E>,
+    work: WorkRef<'_, S::E>,
+    lazy: &mut Lazy<S::E>,
+    i: usize,
+    vscale: S::E,
+) -> S::E {
+    if p.softcap.is_some() {
+        row::<S, true>(s, q, p, work, lazy, i, vscale)
+    } else {
+        row::<S, false>(s, q, p, work, lazy, i, vscale)
+    }
+}
+
+/// The keys of query `i`, leaving its per-lane sums in `work.acc` (`dv` rows of `LANES`);
+/// every `p` entering them is scaled by `vscale`. Returns the softmax denominator. A sink
+/// logit `s` starts it at `m = s`, `l = 1`; with `CAP` (a soft-capped problem) each block of
+/// scores is capped in a pass of its own before the mask.
+#[inline(always)]
+fn row<S: Simd, const CAP: bool>(
     s: S,
     q: *const S::E,
     p: &Problem<'_, S::E>,
@@ -70,7 +92,12 @@ fn row<S: Simd>(
     vscale: S::E,
 ) -> S::E {
     let Dims { dv, ldkv, .. } = p.dims;
-    let (v, mask, scale) = (p.v, p.mask, p.scale);
+    let (v, mask) = (p.v, p.mask);
+    // Capped scores are scaled by the cap's pass.
+    let (scale, cap) = match p.softcap {
+        Some(c) if CAP => (S::E::ONE, c),
+        _ => (p.scale, S::E::ONE),
+    };
     // SAFETY: query `i < sq` of q (leading dimension `ldq`).
     let operands = QueryKeys::new(unsafe { q.add(i) }, p);
     let l = S::LANES;
@@ -96,7 +123,10 @@ fn row<S: Simd>(
     };
     let (lo, hi) = mask.key_range(i);
     lane_acc.fill(S::E::ZERO);
-    let (mut m, mut lsum) = (neg_inf, S::E::ZERO);
+    let (mut m, mut lsum) = match p.sink_logit() {
+        Some(sink) => (sink, S::E::ONE),
+        None => (neg_inf, S::E::ZERO),
+    };
     let mut j0 = lo;
     while j0 < hi {
         let nk = KB.min(hi - j0);
@@ -105,6 +135,11 @@ fn row<S: Simd>(
         // QueryKeys: four vectors of keys at a time share each broadcast query element.
         // SAFETY: keys `j0 .. j0 + nk ≤ skv`, and `np ≤ KB` values of p.
         unsafe { dot_keys(s, operands, j0, nk, pb.as_mut_ptr()) };
+        if CAP {
+            // SAFETY: `np / l` whole vectors of p (`np ≤ KB`); the padding lanes hold zeros,
+            // capped to zeros and masked below.
+            unsafe { soft_cap::<S, 1>(s, pb.as_mut_ptr(), l, np / l, p.scale, cap) };
+        }
         // Scale and mask; the block's maximum.
         let mut bmax_v = ninf;
         if dense {

@@ -1,6 +1,7 @@
 //! What the streaming tiles and the weights tiles share: the keys a tile's pattern shows, the
-//! per-key masks, the score and `P·V` micro-kernels, and the two softmax steps every block of
-//! scores goes through (scale, mask and maximum; then `exp` and sum).
+//! per-key masks, the score and `P·V` micro-kernels, the soft-cap pass of capped problems, and
+//! the two softmax steps every block of scores goes through (scale, mask and maximum; then
+//! `exp` and sum).
 
 use super::super::Float;
 use super::super::args::{Dims, MQ_MAX, MaskView, Problem};
@@ -501,6 +502,39 @@ pub(super) unsafe fn scale_and_mask<S: Simd, const NV: usize>(
         }
     }
     m
+}
+
+/// Soft-caps `rows` rows of raw scores `q·k` in place (row `kk` at `scores + kk·ld`, `NV`
+/// vectors): `x = c · tanh(scale·x / c)` with [`Simd::tanh`]. The callers run it once per
+/// block of scores, and only for a capped problem, then [`scale_and_mask`] with a scale of 1
+/// (exact), so the cap sits between the scale and the mask's bias and the plain path never
+/// meets it.
+///
+/// # Safety
+/// `scores` holds `rows` rows of `ld ≥ NV·LANES` values.
+#[inline(always)]
+pub(super) unsafe fn soft_cap<S: Simd, const NV: usize>(
+    s: S,
+    scores: *mut S::E,
+    ld: usize,
+    rows: usize,
+    scale: S::E,
+    cap: S::E,
+) {
+    let l = S::LANES;
+    let scale_v = s.splat(scale);
+    let cap_v = s.splat(cap);
+    for kk in 0..rows {
+        // SAFETY: row `kk < rows` of the scores.
+        unsafe {
+            let row = scores.add(kk * ld);
+            for n in 0..NV {
+                let z = s.mul(s.load(row.add(n * l)), scale_v);
+                let x = s.mul(cap_v, s.tanh(s.div(z, cap_v)));
+                s.store(row.add(n * l), x);
+            }
+        }
+    }
 }
 
 /// `p = e^(x − shift)` over `rows` rows of scores in place (row `kk` at `scores + kk·ld`,

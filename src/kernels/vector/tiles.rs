@@ -7,7 +7,8 @@ use super::super::simd::Simd;
 use super::super::{Lazy, scalar};
 use super::rows::rows;
 use super::steps::{
-    QueryKeys, TileRanges, exp_and_sum, key_mask, pv_block, qk_block, scale_and_mask, tile_ranges,
+    QueryKeys, TileRanges, exp_and_sum, key_mask, pv_block, qk_block, scale_and_mask, soft_cap,
+    tile_ranges,
 };
 
 /// Streaming attention for one head: `out[sq × dv] = softmax(scale·q·kᵀ + mask) · v`. Whole
@@ -21,6 +22,10 @@ pub(crate) fn attention<S: Simd>(
     mut work: WorkRef<'_, S::E>,
 ) {
     p.check(&io);
+    if p.sink_undefined() {
+        p.write_undefined(&mut io, None);
+        return;
+    }
     let Dims { sq, dv, .. } = p.dims;
     assert!(
         work.acc.len() >= dv * MQ_MAX
@@ -85,7 +90,9 @@ fn tile<S: Simd, const NV: usize>(
 ///
 /// The online softmax: `m' = max(m, block max)`, `c = e^(m − m')`, `p = e^(s − m')`,
 /// `l' = c·l + Σp`, `acc' = c·acc + P·V`. Before any key is seen `m' = −∞`: 0 is subtracted
-/// instead, so that `−∞ − (−∞)` never forms.
+/// instead, so that `−∞ − (−∞)` never forms. With a sink logit `s` every lane starts at
+/// `m = s`, `l = 1`; with a soft-cap each block's scores are capped by [`soft_cap`] before
+/// they are masked (one test per block).
 #[inline(always)]
 fn tile_pass<S: Simd, const NV: usize>(
     s: S,
@@ -110,8 +117,18 @@ fn tile_pass<S: Simd, const NV: usize>(
     let neg_inf = s.splat(S::E::NEG_INFINITY);
     let zero = s.splat(S::E::ZERO);
     let rescaled = (vscale != S::E::ONE).then(|| s.splat(vscale));
-    let mut m = [neg_inf; NV];
-    let mut lsum = [zero; NV];
+    // Capped scores arrive at `scale_and_mask` already scaled.
+    let scale = if p.softcap.is_some() {
+        S::E::ONE
+    } else {
+        p.scale
+    };
+    let (m0, l0) = match p.sink_logit() {
+        Some(sink) => (s.splat(sink), s.splat(S::E::ONE)),
+        None => (neg_inf, zero),
+    };
+    let mut m = [m0; NV];
+    let mut lsum = [l0; NV];
     // The first block writes the accumulators, later ones add to them; a tile whose queries
     // see no key never writes them, so they start at zero.
     let mut first_block = true;
@@ -128,6 +145,10 @@ fn tile_pass<S: Simd, const NV: usize>(
         // SAFETY: the tile's `mq` queries, keys `j0 .. j0 + nk ≤ skv`, and `nk·mq ≤ KB·MQ_MAX`
         // values of P (lengths checked in `attention`).
         unsafe { qk_block::<S, NV>(s, operands, j0, nk, p_buf, mq) };
+        if let Some(cap) = p.softcap {
+            // SAFETY: `nk ≤ KB` rows of `mq` values in P.
+            unsafe { soft_cap::<S, NV>(s, p_buf, mq, nk, p.scale, cap) };
+        }
         // SAFETY: `nk ≤ KB` rows of `mq` values in P and in the mask buffer; the key masks
         // read lanes `i0 .. i0 + mq ≤ sq` of columns `j0 .. j0 + nk ≤ skv`.
         let bmax = unsafe {
@@ -136,7 +157,7 @@ fn tile_pass<S: Simd, const NV: usize>(
                 mask,
                 &ranges,
                 i0,
-                p.scale,
+                scale,
                 p_buf,
                 mq,
                 j0,
@@ -230,6 +251,10 @@ pub(crate) fn attention_with_weights<S: Simd>(
     p.check(&io);
     let Dims { sq, skv, .. } = p.dims;
     assert!(weights.len() >= p.dims.q_len(skv), "weights too short");
+    if p.sink_undefined() {
+        p.write_undefined(&mut io, Some(weights));
+        return;
+    }
     let (q, out) = io.pointers();
     let l = S::LANES;
     let mut lazy = Lazy::new();
@@ -264,7 +289,8 @@ pub(crate) fn attention_with_weights<S: Simd>(
 }
 
 /// One tile of [`attention_with_weights`]: the scores straight into the weights' columns,
-/// scaled and masked, `e^(s − m)` summed and normalised in place, then `W · V`.
+/// scaled (and soft-capped, in a pass of its own) and masked, `e^(s − m)` summed (with the
+/// sink's `e^(s − m)`, `m` then also covering the sink) and normalised in place, then `W · V`.
 #[inline(always)]
 fn weight_tile<S: Simd, const NV: usize>(
     s: S,
@@ -306,20 +332,39 @@ fn weight_tile<S: Simd, const NV: usize>(
     // `i0 .. i0 + mq` of those columns (leading dimension `ldq`); the key masks read the same
     // lanes of the mask's matrices (the blocks below rely on the same bounds).
     unsafe { qk_block::<S, NV>(s, operands, lo_min, keys, cols, ldq) };
+    let scale = match p.softcap {
+        Some(cap) => {
+            // SAFETY: as above.
+            unsafe { soft_cap::<S, NV>(s, cols, ldq, keys, p.scale, cap) };
+            S::E::ONE
+        }
+        None => p.scale,
+    };
     let full = |kk: usize| !dense && lo_min + kk >= lo_max && lo_min + kk < hi_min;
     // SAFETY: as above.
-    let m = unsafe {
+    let mut m = unsafe {
         scale_and_mask::<S, NV>(
-            s, mask, &ranges, i0, p.scale, cols, ldq, lo_min, keys, full, None,
+            s, mask, &ranges, i0, scale, cols, ldq, lo_min, keys, full, None,
         )
     };
+    let sink = p.sink_logit().map(|x| s.splat(x));
+    if let Some(sink) = sink {
+        for mn in &mut m {
+            *mn = s.max(*mn, sink);
+        }
+    }
     // p = e^(s − m), summed; then normalised in place (rows with no key stay 0).
     let mut m_use = [zero; NV];
     for n in 0..NV {
         m_use[n] = s.select(s.eq(m[n], neg_inf), zero, m[n]);
     }
     // SAFETY: as above.
-    let sum = unsafe { exp_and_sum::<S, NV>(s, cols, ldq, keys, &m_use, None) };
+    let mut sum = unsafe { exp_and_sum::<S, NV>(s, cols, ldq, keys, &m_use, None) };
+    if let Some(sink) = sink {
+        for n in 0..NV {
+            sum[n] = s.add(sum[n], s.exp(s.sub(sink, m_use[n])));
+        }
+    }
     let mut inv = [zero; NV];
     for n in 0..NV {
         let r = s.div(s.splat(S::E::ONE), sum[n]);
