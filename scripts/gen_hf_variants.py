@@ -65,6 +65,7 @@ those files.
 import json
 import math
 import os
+import struct
 import sys
 
 import torch
@@ -443,7 +444,7 @@ def case(name):
     }
     os.makedirs(OUT, exist_ok=True)
     path = os.path.join(OUT, f"{name}.safetensors")
-    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, path, metadata=meta)
+    save_sorted({k: v.detach().contiguous() for k, v in tensors.items()}, path, meta)
     extra = ""
     if family == "gemma2":
         extra = f", |scaled scores| up to {top:.2f} before the cap of {config.attn_logit_softcapping}"
@@ -454,9 +455,25 @@ def case(name):
           f"cache positions {cache_pos[0]}..{cache_pos[-1]}, ref64 vs hf {measured}{extra}")
 
 
+def save_sorted(tensors, path, meta):
+    """save_file, then the header's metadata put in key order: safetensors writes it from a hash
+    map, in a different order each run, and a rerun should reproduce the files byte for byte.
+    The header keeps its length (same JSON, reordered), so the data offsets stand."""
+    save_file(tensors, path, metadata=meta)
+    with open(path, "r+b") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, separators=(",", ":")).encode()
+        assert len(text) <= n, "header grew"
+        f.seek(8)
+        f.write(text + b" " * (n - len(text)))
+
+
 if __name__ == "__main__":
     names = sys.argv[1:] or list(CASES)
     for n in names:
         case(n)
-    total = sum(os.path.getsize(os.path.join(OUT, f)) for f in os.listdir(OUT))
+    total = sum(os.path.getsize(os.path.join(OUT, f)) for f in os.listdir(OUT)
+                if f.endswith(".safetensors"))
     print(f"total {total} bytes in {OUT}")
