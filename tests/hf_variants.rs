@@ -154,7 +154,9 @@ fn case<
                 steps[(i - P, j)]
             }
         });
-        let y = layer.forward(&x, &Mask::causal(Alignment::TopLeft), &*rope).expect("fits");
+        let y = layer
+            .forward(&x, &Mask::causal(Alignment::TopLeft), &*rope)
+            .expect("fits");
         let want_steps = rows::<T, S, DIM>(&bytes, &format!("{out}.step"), 0);
         let want = SMatrix::<T, L, DIM>::from_fn(|i, j| {
             if i < P {
@@ -292,3 +294,34 @@ fn ring<
         w => panic!("{name}: no ring of {w} here"),
     }
 }
+
+/// One case in f32 (against the module) and f64 (against the re-derivation).
+macro_rules! family {
+    ($test:ident, $file:literal, $dim:literal, $q:literal, $kv:literal, $hd:literal, $s:literal) => {
+        #[test]
+        fn $test() {
+            case::<f32, $dim, 4, 2, $q, $kv, $hd, 6, $s, { 6 + $s }>($file);
+            case::<f64, $dim, 4, 2, $q, $kv, $hd, 6, $s, { 6 + $s }>($file);
+        }
+    };
+}
+
+family!(llama_3_1_rope_scaling, "llama31", 64, 64, 32, 16, 6);
+family!(linear_rope_scaling, "llama_linear", 32, 32, 16, 8, 6);
+family!(dynamic_ntk_rope_scaling, "llama_dynamic", 64, 64, 32, 16, 8);
+family!(yarn_rope_scaling, "yarn", 64, 64, 32, 16, 6);
+family!(qwen3_per_head_qk_norm, "qwen3", 48, 64, 32, 16, 6);
+family!(olmo2_full_width_qk_norm, "olmo2", 64, 64, 32, 16, 6);
+family!(gemma2_sliding_layer, "gemma2_sliding", 32, 64, 32, 16, 6);
+family!(gemma2_global_layer, "gemma2_global", 32, 64, 32, 16, 6);
+family!(gpt_oss_sliding_layer, "gpt_oss_sliding", 32, 64, 32, 16, 6);
+family!(gpt_oss_full_layer, "gpt_oss_full", 32, 64, 32, 16, 6);
+family!(
+    stablelm_partial_rotary,
+    "stablelm_partial",
+    64,
+    64,
+    32,
+    16,
+    6
+);
