@@ -489,7 +489,10 @@ loaders! {
         ///     .unwrap_err();
         /// assert_eq!(
         ///     err.to_string(),
-        ///     "model.layers.0.self_attn.k_proj.weight holds 2 kv heads of HEAD_DIM = 4, but the layer has KV_HEADS = 1"
+        ///     "model.layers.0.self_attn.k_proj.weight has 8 rows (the file's kv heads times their \
+        ///      width: 2 kv heads if they are 4 wide like the layer's, or as many heads of \
+        ///      another width as the file's head count says), but the layer needs KV_HEADS · \
+        ///      HEAD_DIM = 1 · 4 = 4 rows"
         /// );
         /// # Ok::<(), Box<dyn std::error::Error>>(())
         /// ```
@@ -563,8 +566,9 @@ impl<
     ///     "num_key_value_heads": 2, "head_dim": 4, "attention_bias": true,
     ///     "sliding_window": 8, "layer_types": ["sliding_attention", "full_attention"]}"#;
     /// let config = LayerConfig::from_json(json, 0)?;
-    /// let mut saved = Layer::new(&mut static_attention::init::SeedRng::default(),
-    ///     static_attention::Bias::Present);
+    /// use static_attention::rand::SeedableRng;
+    /// let mut rng = static_attention::init::SeedRng::seed_from_u64(1);
+    /// let mut saved = Layer::new(&mut rng, static_attention::Bias::Present);
     /// saved.set_variant(Variant::PLAIN.with_sinks())?;
     /// saved.sinks_mut().copy_from_slice(&[0.1, 0.2, 0.3, 0.4]);
     /// let bytes = saved.to_safetensors("")?;
