@@ -52,7 +52,8 @@ fn main() -> ! {
     emit("mha16", 0, y.as_slice(), SEQ);
 
     // Decoding: a prompt, then one token at a time, RoPE at the cache's positions.
-    let rope = Rope::<HEAD_DIM, MAX_POS>::new(10_000.0, RopeStyle::RotateHalf).expect("a valid base");
+    let rope =
+        Rope::<HEAD_DIM, MAX_POS>::new(10_000.0, RopeStyle::RotateHalf).expect("a valid base");
     let mut cache = KvCache::<CAP, KV_DIM>::new();
     let tokens = model::tokens();
     let prompt = tokens.fixed_rows::<PROMPT>(0).into_owned();
