@@ -16,6 +16,8 @@
 
 use std::vec::Vec;
 
+use super::args::MQ_MAX;
+use super::layout::WEIGHT_TILE;
 use super::pattern::{Alignment, Pattern};
 use super::{Dims, Float, Kernel, LinearIo, MaskView, PANEL_ROWS, Problem, QueryIo, Work, table};
 
@@ -574,15 +576,19 @@ fn linear_kernels_match_the_scalar_kernel() {
                         size[i + c * s] = mag;
                     }
                 }
-                for pack_cols in [1, 7, din] {
-                    let what = format!("{} {s}×{din}→{dout} pack {pack_cols}", kernel.name());
+                // Packs of 1, 7 and every input feature per panel, and one large enough for
+                // the GEMV path and its vectorised last strip on every lane count (with 12
+                // panel rows on NEON, `PANEL_ROWS · din` is not).
+                let gemv = 2 * WEIGHT_TILE * din + 2 * MQ_MAX;
+                for pack_len in [PANEL_ROWS, 7 * PANEL_ROWS, din * PANEL_ROWS, gemv] {
+                    let what = format!("{} {s}×{din}→{dout} pack {pack_len}", kernel.name());
                     let (ins, shape, want) = (
                         (&x[..], &w[..], &b[..]),
                         (s, din, dout),
                         (&exact[..], &size[..]),
                     );
-                    check_linear::<f32>(kernel, ins, shape, pack_cols, want, &what);
-                    check_linear::<f64>(kernel, ins, shape, pack_cols, want, &what);
+                    check_linear::<f32>(kernel, ins, shape, pack_len, want, &what);
+                    check_linear::<f64>(kernel, ins, shape, pack_len, want, &what);
                 }
             }
         }
@@ -590,19 +596,19 @@ fn linear_kernels_match_the_scalar_kernel() {
 }
 
 /// The projection of `s` tokens `x` by weights `w` (`dout × din`, tile layout) and bias `b`
-/// in `T` through `kernel`'s table, packed `pack_cols` input features at a time: each output
+/// in `T` through `kernel`'s table with a pack buffer of `pack_len` values: each output
 /// within `T::EPSILON · (din + 2) · size` of `exact` (`size` bounds the terms' magnitudes).
 fn check_linear<T: Float>(
     kernel: Kernel,
     (x, w, b): (&[f64], &[f64], &[f64]),
     (s, din, dout): (usize, usize, usize),
-    pack_cols: usize,
+    pack_len: usize,
     (exact, size): (&[f64], &[f64]),
     what: &str,
 ) {
     let (x, w, b) = (cast::<T>(x), cast::<T>(w), cast::<T>(b));
     let mut got = std::vec![T::NAN; s * dout];
-    let mut pack = std::vec![T::ZERO; PANEL_ROWS * pack_cols];
+    let mut pack = std::vec![T::ZERO; pack_len];
     table::<T>(kernel).linear(
         LinearIo::Out {
             x: &x,

@@ -58,8 +58,8 @@ pub(crate) const GEMV_TOKENS: usize = 2;
 /// [`linear`] one token at a time, for very few tokens: each strip of 12 output features is
 /// a contiguous `din × 12` block in the weights' tile layout, so its 12 sums are one long dot
 /// product with the token's inputs spread the same way (`xe[p·12 + c] = x[p]`, built once per
-/// token in `pack`). Vectors run along that memory; since a period of `3·LANES` values is a
-/// multiple of 12, lane `j` of accumulator `k` always serves column `(k·LANES + j) mod 12`.
+/// token in `pack`). Vectors run along that memory, each lane serving one column throughout
+/// ([`gemv_strip`]).
 /// The last strip (`dout mod 12` columns) goes through plain loops.
 #[inline(always)]
 fn linear_gemv<S: Simd>(
@@ -171,6 +171,12 @@ fn linear_gemv<S: Simd>(
 
 /// The 12 column sums of `Σ_i strip[i] · xe[i]` over `len` values (`i mod 12` is the column).
 ///
+/// Six accumulators advance `6·LANES` values a step, a multiple of 12 for every even lane
+/// count, so lane `j` of accumulator `k` always serves column `(k·LANES + j) mod 12`. Where
+/// `3·LANES` is itself a multiple of 12 (4 lanes and more) the upper three fold into the lower
+/// three and a three-accumulator step takes the rest; with 2 lanes (NEON `f64`) they cannot
+/// fold (accumulators `k` and `k + 3` serve different columns) and all six are reduced.
+///
 /// # Safety
 /// `strip` and `xe` hold `len` values; `len` is a multiple of 12.
 #[inline(always)]
@@ -182,6 +188,8 @@ unsafe fn gemv_strip<S: Simd>(
 ) -> [S::E; WEIGHT_TILE] {
     let l = S::LANES;
     let per = 3 * l;
+    debug_assert!((2 * per) % WEIGHT_TILE == 0, "an odd lane count");
+    let fold = per % WEIGHT_TILE == 0;
     let zero = s.splat(S::E::ZERO);
     let mut acc = [zero; 6];
     let mut i = 0;
@@ -193,23 +201,28 @@ unsafe fn gemv_strip<S: Simd>(
             }
             i += 2 * per;
         }
-        for k in 0..3 {
-            acc[k] = s.add(acc[k], acc[k + 3]);
-        }
-        while i + per <= len {
-            for (k, a) in acc.iter_mut().enumerate().take(3) {
-                *a = s.fma(s.load(strip.add(i + k * l)), s.load(xe.add(i + k * l)), *a);
+        if fold {
+            for k in 0..3 {
+                acc[k] = s.add(acc[k], acc[k + 3]);
             }
-            i += per;
+            while i + per <= len {
+                for (k, a) in acc.iter_mut().enumerate().take(3) {
+                    *a = s.fma(s.load(strip.add(i + k * l)), s.load(xe.add(i + k * l)), *a);
+                }
+                i += per;
+            }
         }
     }
+    let used = if fold { per } else { 2 * per };
+    // At most 48 values: `3·LANES ≤ 48` when folding, `6·LANES ≤ 12` when not (2 lanes).
+    debug_assert!(used <= 48);
     let mut lanes = [S::E::ZERO; 48];
-    for (k, a) in acc.iter().enumerate().take(3) {
-        // SAFETY: `3·L ≤ 48` values.
+    for (k, a) in acc.iter().enumerate().take(used / l) {
+        // SAFETY: `used ≤ 48` values (above).
         unsafe { s.store(lanes.as_mut_ptr().add(k * l), *a) };
     }
     let mut sums = [S::E::ZERO; WEIGHT_TILE];
-    for (j, &v) in lanes.iter().enumerate().take(per) {
+    for (j, &v) in lanes.iter().enumerate().take(used) {
         sums[j % WEIGHT_TILE] += v;
     }
     for j in i..len {
