@@ -26,6 +26,12 @@
 //!   layer with 8 query heads on 2 kv heads of 64 features (`gqa_step`), beside recomputing
 //!   the causal forward over the whole sequence (`*_recompute`); the selected kernel only.
 //!   FLOPs of a step: `2·DIM·(Q_DIM + 2·KV_DIM) + 2·Q_DIM·DIM + 4·LEN·Q_DIM`.
+//! - `variant`: the attention variants of today's models on that grouped-query layer, beside
+//!   the plain layer: `plain`, `softcap` (Gemma 2's cap of 50), `sinks` (gpt-oss), both
+//!   (`softcap_sinks`), and `qk_norm` (Qwen3's per-head RMSNorm); a causal prefill of 512
+//!   tokens (`prefill_512`, FLOPs as `gqa_recompute`) and one decoding step at cache length
+//!   1024 (`step_1024`, FLOPs as `gqa_step`); the selected kernel only. Each variant's prefill
+//!   is checked against its decode step first (within 1e-4).
 //!
 //! Function names are `scalar`, `simd` (the kernel `kernels::selected()` picked) and, when
 //! that is AVX-512, `avx2` too; parameters name the shape, e.g. `sdpa/simd/512x64_causal`.
@@ -40,6 +46,7 @@ use criterion::{
 use static_attention::Parallel;
 use static_attention::kernels::{self, Kernel, with_kernel};
 use static_attention::positions::NoPositions;
+use static_attention::variant::{QkNorm, Variant};
 use static_attention::{
     Alignment, Bias, Float, GroupedQuery, KvCache, Mask, MultiHead, SMatrix, Scratch, heap,
     scaled_dot_product_attention_into,
@@ -434,6 +441,129 @@ fn decode_case<const L: usize, const P: usize>(c: &mut Criterion) {
     group.finish();
 }
 
+/// The variants of today's models on the decode group's grouped-query layer: a causal prefill
+/// of `P` tokens and one step at cache length `L`, each beside the plain layer.
+fn variant_case<const P: usize, const L: usize, const LM1: usize>(c: &mut Criterion) {
+    const DIM: usize = 512;
+    const KV: usize = 128;
+    type Layer = GroupedQuery<DIM, 8, 2, DIM, KV>;
+    let variants = [
+        ("plain", Variant::PLAIN),
+        ("softcap", Variant::PLAIN.with_softcap(50.0)),
+        ("sinks", Variant::PLAIN.with_sinks()),
+        (
+            "softcap_sinks",
+            Variant::PLAIN.with_softcap(50.0).with_sinks(),
+        ),
+        (
+            "qk_norm",
+            Variant::PLAIN.with_qk_norm(QkNorm::PerHead { eps: 1e-6 }),
+        ),
+    ];
+    let layers: Vec<(&str, Box<Layer>)> = variants
+        .iter()
+        .map(|&(name, v)| {
+            // The same weights for every variant (on the heap: 2.6 MB each).
+            let mut layer: Box<Layer> = heap::zeroed();
+            layer.reset_parameters(&mut seeded(12), Bias::Absent);
+            layer.set_variant(v).expect("a valid variant");
+            // Sink logits around the scores' size, so the sink takes a real share.
+            for (h, s) in layer.sinks_mut().iter_mut().enumerate() {
+                *s = 0.25 * h as f32 - 1.0;
+            }
+            (name, layer)
+        })
+        .collect();
+    let x = random::<f32, L, DIM>(13);
+    let mut prompt: Box<SMatrix<f32, P, DIM>> = heap::zeroed();
+    prompt.copy_from(&x.fixed_rows::<P>(0));
+    let mut before: Box<SMatrix<f32, LM1, DIM>> = heap::zeroed();
+    before.copy_from(&x.fixed_rows::<LM1>(0));
+    let token = x.fixed_rows::<1>(LM1).into_owned();
+    let causal = Mask::causal(Alignment::TopLeft);
+    let mut prefill: Box<Scratch<P, P, DIM, f32, KV>> = heap::zeroed();
+    let mut out: Box<SMatrix<f32, P, DIM>> = heap::zeroed();
+    let mut step: Box<Scratch<1, 1, DIM, f32, KV>> = heap::zeroed();
+    let mut y = SMatrix::<f32, 1, DIM>::zeros();
+
+    let mut group = c.benchmark_group("variant");
+    let prefill_flops = (2 * P * DIM * (DIM + 2 * KV) + 2 * P * DIM * DIM + 4 * P * P * DIM) as u64;
+    configure(&mut group, prefill_flops, true);
+    for (name, layer) in &layers {
+        group.bench_function(BenchmarkId::new(*name, format!("prefill_{P}")), |b| {
+            b.iter(|| {
+                layer
+                    .forward_into(
+                        black_box(&prompt),
+                        &causal,
+                        &NoPositions,
+                        &mut prefill,
+                        &mut out,
+                    )
+                    .expect("no table")
+            })
+        });
+    }
+    configure(
+        &mut group,
+        (2 * DIM * (DIM + 2 * KV) + 2 * DIM * DIM + 4 * L * DIM) as u64,
+        false,
+    );
+    for (name, layer) in &layers {
+        // The prefilled cache (`L − 1` positions), restored (untimed) before each step.
+        let mut filled: Box<KvCache<L, KV>> = heap::zeroed();
+        {
+            let mut sc: Box<Scratch<LM1, LM1, DIM, f32, KV>> = heap::zeroed();
+            let mut o: Box<SMatrix<f32, LM1, DIM>> = heap::zeroed();
+            layer
+                .decode_into(&*before, &mut filled, &NoPositions, &mut sc, &mut o)
+                .expect("fits");
+        }
+        // The step equals the last row of the layer's causal forward over all L tokens.
+        let mut cache: Box<KvCache<L, KV>> = heap::zeroed();
+        cache.copy_from(&filled);
+        layer
+            .decode_into(&token, &mut cache, &NoPositions, &mut step, &mut y)
+            .expect("fits");
+        let mut full: Box<SMatrix<f32, L, DIM>> = heap::zeroed();
+        let mut sc: Box<Scratch<L, L, DIM, f32, KV>> = heap::zeroed();
+        layer
+            .forward_into(
+                &x,
+                &Mask::causal(Alignment::TopLeft),
+                &NoPositions,
+                &mut sc,
+                &mut full,
+            )
+            .expect("no table");
+        assert!(
+            max_diff(&y, &full.fixed_rows::<1>(LM1).into_owned()) < 1e-4,
+            "{name}: step vs the full forward"
+        );
+        group.bench_function(BenchmarkId::new(*name, format!("step_{L}")), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    cache.copy_from(&filled);
+                    let t = std::time::Instant::now();
+                    layer
+                        .decode_into(
+                            black_box(&token),
+                            &mut cache,
+                            &NoPositions,
+                            &mut step,
+                            &mut y,
+                        )
+                        .expect("fits");
+                    total += t.elapsed();
+                }
+                total
+            })
+        });
+    }
+    group.finish();
+}
+
 fn main() {
     eprintln!("static_attention kernel: {}", kernels::selected().name());
     let mut c = Criterion::default().configure_from_args();
@@ -451,5 +581,6 @@ fn main() {
     exp_case(&mut c);
     decode_case::<128, 127>(&mut c);
     decode_case::<1024, 1023>(&mut c);
+    variant_case::<512, 1024, 1023>(&mut c);
     c.final_summary();
 }
