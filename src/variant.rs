@@ -283,25 +283,45 @@ pub(crate) struct Norm<'a, T> {
 impl<T: Float> Norm<'_, T> {
     /// Normalises a column-major `s × cols` buffer in place: each token's features in groups
     /// of `width` columns (`cols` a multiple of it).
+    ///
+    /// Tokens go in blocks of [`NORM_BLOCK`], each column of a block read contiguously (a
+    /// column-major buffer puts a token's features `s` apart); every token's sum of squares
+    /// still adds its features in order, so the result does not depend on the blocking.
     pub(crate) fn apply(&self, buf: &mut [T], s: usize, cols: usize) {
         let w = self.width;
+        let weight = &self.weight[..w];
+        let mut acc = [T::ZERO; NORM_BLOCK];
         for g in 0..cols / w {
             let group = &mut buf[g * w * s..(g + 1) * w * s];
-            for t in 0..s {
-                let mut sq = T::ZERO;
+            let mut t0 = 0;
+            while t0 < s {
+                let n = NORM_BLOCK.min(s - t0);
+                let acc = &mut acc[..n];
+                acc.fill(T::ZERO);
                 for c in 0..w {
-                    let x = group[t + c * s];
-                    sq += x * x;
+                    let col = &group[c * s + t0..c * s + t0 + n];
+                    for (a, &x) in acc.iter_mut().zip(col) {
+                        *a += x * x;
+                    }
                 }
-                let inv = T::ONE / (sq / T::of(w as f64) + self.eps).sqrt_();
-                for c in 0..w {
-                    let x = &mut group[t + c * s];
-                    *x = *x * inv * self.weight[c];
+                // Each token's `1 / √(mean square + eps)`, in place of its sum.
+                for a in acc.iter_mut() {
+                    *a = T::ONE / (*a / T::of(w as f64) + self.eps).sqrt_();
                 }
+                for (c, &wc) in weight.iter().enumerate() {
+                    let col = &mut group[c * s + t0..c * s + t0 + n];
+                    for (x, &inv) in col.iter_mut().zip(acc.iter()) {
+                        *x = *x * inv * wc;
+                    }
+                }
+                t0 += n;
             }
         }
     }
 }
+
+/// Tokens per block of [`Norm::apply`].
+const NORM_BLOCK: usize = 32;
 
 /// A layer's variant, borrowed for one call: what the core does besides the paper's
 /// attention. [`Tweaks::PLAIN`] does nothing.
