@@ -40,7 +40,8 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{
-    BenchmarkGroup, BenchmarkId, Criterion, SamplingMode, Throughput, measurement::WallTime,
+    Bencher, BenchmarkGroup, BenchmarkId, Criterion, SamplingMode, Throughput,
+    measurement::WallTime,
 };
 #[cfg(feature = "rayon")]
 use static_attention::Parallel;
@@ -326,6 +327,38 @@ fn peak_case(c: &mut Criterion) {
     group.finish();
 }
 
+/// FLOPs of a grouped-query layer's causal forward over `seq` tokens (dense count):
+/// projections `2·seq·DIM·(Q_DIM + 2·KV_DIM) + 2·seq·Q_DIM·DIM`, attention `4·seq²·Q_DIM`.
+fn gqa_forward_flops(seq: usize, dim: usize, q: usize, kv: usize) -> u64 {
+    (2 * seq * dim * (q + 2 * kv) + 2 * seq * q * dim + 4 * seq * seq * q) as u64
+}
+
+/// FLOPs of one decoding step at cache length `len`:
+/// `2·DIM·(Q_DIM + 2·KV_DIM) + 2·Q_DIM·DIM + 4·len·Q_DIM`.
+fn step_flops(len: usize, dim: usize, q: usize, kv: usize) -> u64 {
+    (2 * dim * (q + 2 * kv) + 2 * q * dim + 4 * len * q) as u64
+}
+
+/// Times `step` alone on `cache`, which is restored (untimed) from `filled`, the prefilled
+/// cache, before each call.
+fn time_steps<const CAP: usize, const KVD: usize>(
+    b: &mut Bencher<'_>,
+    cache: &mut KvCache<CAP, KVD>,
+    filled: &KvCache<CAP, KVD>,
+    mut step: impl FnMut(&mut KvCache<CAP, KVD>),
+) {
+    b.iter_custom(|iters| {
+        let mut total = Duration::ZERO;
+        for _ in 0..iters {
+            cache.copy_from(filled);
+            let t = std::time::Instant::now();
+            step(cache);
+            total += t.elapsed();
+        }
+        total
+    });
+}
+
 /// Decoding at cache length `L` (`P = L − 1` positions prefilled, then one step), against the
 /// causal forward over all `L` tokens.
 fn decode_case<const L: usize, const P: usize>(c: &mut Criterion) {
@@ -377,61 +410,35 @@ fn decode_case<const L: usize, const P: usize>(c: &mut Criterion) {
         "gqa step vs the full forward at cache_{L}"
     );
 
-    let step_flops =
-        |q: usize, kv: usize| (2 * DIM * (q + 2 * kv) + 2 * q * DIM + 4 * L * q) as u64;
     let param = format!("cache_{L}");
     let mut group = c.benchmark_group("decode");
-    configure(&mut group, step_flops(DIM, DIM), false);
+    configure(&mut group, step_flops(L, DIM, DIM, DIM), false);
     // Each timed step starts from the prefilled cache, restored (untimed) before it.
     group.bench_function(BenchmarkId::new("mha_step", &param), |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                cache.copy_from(&mha_cache);
-                let t = std::time::Instant::now();
-                mha.decode_into(
-                    black_box(&token),
-                    &mut cache,
-                    &NoPositions,
-                    &mut step,
-                    &mut y,
-                )
+        time_steps(b, &mut cache, &mha_cache, |cache| {
+            mha.decode_into(black_box(&token), cache, &NoPositions, &mut step, &mut y)
                 .expect("fits");
-                total += t.elapsed();
-            }
-            total
-        })
+        });
     });
-    configure(&mut group, step_flops(DIM, KV), false);
+    configure(&mut group, step_flops(L, DIM, DIM, KV), false);
     group.bench_function(BenchmarkId::new("gqa_step", &param), |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                gcache.copy_from(&gqa_cache);
-                let t = std::time::Instant::now();
-                gqa.decode_into(
-                    black_box(&token),
-                    &mut gcache,
-                    &NoPositions,
-                    &mut step_gqa,
-                    &mut y,
-                )
-                .expect("fits");
-                total += t.elapsed();
-            }
-            total
-        })
+        time_steps(b, &mut gcache, &gqa_cache, |cache| {
+            gqa.decode_into(
+                black_box(&token),
+                cache,
+                &NoPositions,
+                &mut step_gqa,
+                &mut y,
+            )
+            .expect("fits");
+        });
     });
     let dense = (8 * L * DIM * DIM + 4 * L * L * DIM) as u64;
     configure(&mut group, dense, L > 256);
     group.bench_function(BenchmarkId::new("mha_recompute", &param), |b| {
         b.iter(|| mha.forward_into(black_box(&x), &causal, &mut scratch, &mut full))
     });
-    configure(
-        &mut group,
-        (2 * L * DIM * (DIM + 2 * KV) + 2 * L * DIM * DIM + 4 * L * L * DIM) as u64,
-        L > 256,
-    );
+    configure(&mut group, gqa_forward_flops(L, DIM, DIM, KV), L > 256);
     group.bench_function(BenchmarkId::new("gqa_recompute", &param), |b| {
         b.iter(|| {
             gqa.forward_into(black_box(&x), &causal, &NoPositions, &mut gsc, &mut full)
@@ -487,8 +494,7 @@ fn variant_case<const P: usize, const L: usize, const LM1: usize>(c: &mut Criter
     let mut y = SMatrix::<f32, 1, DIM>::zeros();
 
     let mut group = c.benchmark_group("variant");
-    let prefill_flops = (2 * P * DIM * (DIM + 2 * KV) + 2 * P * DIM * DIM + 4 * P * P * DIM) as u64;
-    configure(&mut group, prefill_flops, true);
+    configure(&mut group, gqa_forward_flops(P, DIM, DIM, KV), true);
     for (name, layer) in &layers {
         group.bench_function(BenchmarkId::new(*name, format!("prefill_{P}")), |b| {
             b.iter(|| {
@@ -504,61 +510,45 @@ fn variant_case<const P: usize, const L: usize, const LM1: usize>(c: &mut Criter
             })
         });
     }
-    configure(
-        &mut group,
-        (2 * DIM * (DIM + 2 * KV) + 2 * DIM * DIM + 4 * L * DIM) as u64,
-        false,
-    );
+    configure(&mut group, step_flops(L, DIM, DIM, KV), false);
+    // Untimed working memory: the prefill of `L − 1` tokens and the full forward over `L`.
+    let mut before_sc: Box<Scratch<LM1, LM1, DIM, f32, KV>> = heap::zeroed();
+    let mut before_out: Box<SMatrix<f32, LM1, DIM>> = heap::zeroed();
+    let mut full_sc: Box<Scratch<L, L, DIM, f32, KV>> = heap::zeroed();
+    let mut full: Box<SMatrix<f32, L, DIM>> = heap::zeroed();
+    let full_causal = Mask::causal(Alignment::TopLeft);
+    let mut filled: Box<KvCache<L, KV>> = heap::zeroed();
+    let mut cache: Box<KvCache<L, KV>> = heap::zeroed();
     for (name, layer) in &layers {
         // The prefilled cache (`L − 1` positions), restored (untimed) before each step.
-        let mut filled: Box<KvCache<L, KV>> = heap::zeroed();
-        {
-            let mut sc: Box<Scratch<LM1, LM1, DIM, f32, KV>> = heap::zeroed();
-            let mut o: Box<SMatrix<f32, LM1, DIM>> = heap::zeroed();
-            layer
-                .decode_into(&*before, &mut filled, &NoPositions, &mut sc, &mut o)
-                .expect("fits");
-        }
+        filled.reset();
+        layer
+            .decode_into(
+                &*before,
+                &mut filled,
+                &NoPositions,
+                &mut before_sc,
+                &mut before_out,
+            )
+            .expect("fits");
         // The step equals the last row of the layer's causal forward over all L tokens.
-        let mut cache: Box<KvCache<L, KV>> = heap::zeroed();
         cache.copy_from(&filled);
         layer
             .decode_into(&token, &mut cache, &NoPositions, &mut step, &mut y)
             .expect("fits");
-        let mut full: Box<SMatrix<f32, L, DIM>> = heap::zeroed();
-        let mut sc: Box<Scratch<L, L, DIM, f32, KV>> = heap::zeroed();
         layer
-            .forward_into(
-                &x,
-                &Mask::causal(Alignment::TopLeft),
-                &NoPositions,
-                &mut sc,
-                &mut full,
-            )
+            .forward_into(&x, &full_causal, &NoPositions, &mut full_sc, &mut full)
             .expect("no table");
         assert!(
             max_diff(&y, &full.fixed_rows::<1>(LM1).into_owned()) < 1e-4,
             "{name}: step vs the full forward"
         );
         group.bench_function(BenchmarkId::new(*name, format!("step_{L}")), |b| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    cache.copy_from(&filled);
-                    let t = std::time::Instant::now();
-                    layer
-                        .decode_into(
-                            black_box(&token),
-                            &mut cache,
-                            &NoPositions,
-                            &mut step,
-                            &mut y,
-                        )
-                        .expect("fits");
-                    total += t.elapsed();
-                }
-                total
-            })
+            time_steps(b, &mut cache, &filled, |cache| {
+                layer
+                    .decode_into(black_box(&token), cache, &NoPositions, &mut step, &mut y)
+                    .expect("fits");
+            });
         });
     }
     group.finish();

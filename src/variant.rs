@@ -290,6 +290,7 @@ impl<T: Float> Norm<'_, T> {
     pub(crate) fn apply(&self, buf: &mut [T], s: usize, cols: usize) {
         let w = self.width;
         let weight = &self.weight[..w];
+        let width = T::of(w as f64);
         let mut acc = [T::ZERO; NORM_BLOCK];
         for g in 0..cols / w {
             let group = &mut buf[g * w * s..(g + 1) * w * s];
@@ -306,7 +307,7 @@ impl<T: Float> Norm<'_, T> {
                 }
                 // Each token's `1 / √(mean square + eps)`, in place of its sum.
                 for a in acc.iter_mut() {
-                    *a = T::ONE / (*a / T::of(w as f64) + self.eps).sqrt_();
+                    *a = T::ONE / (*a / width + self.eps).sqrt_();
                 }
                 for (c, &wc) in weight.iter().enumerate() {
                     let col = &mut group[c * s + t0..c * s + t0 + n];
