@@ -19,7 +19,9 @@
 //! - `batch`: 32 sequences through `MultiHead<16, 64, 4>` (`forward_batch_into`; with
 //!   `rayon`, also `Parallel(&layer).forward_batch_into` as `simd_2threads`).
 //! - `peak`: the core's FMA-loop peak per kernel (`kernels::fma_loop`), the ceiling of the
-//!   GFLOP/s the other groups reach.
+//!   GFLOP/s the other groups reach, and, where the selected kernel has `bf16` dot products,
+//!   their peak (`simd/bf16_dot`, `kernels::bf16_dot_loop`), the ceiling of the `half` group's
+//!   `bf16` rows.
 //! - `exp`: the softmax's `exp` over 4096 values (elements per second).
 //! - `decode`: one decoding step (one token's projections and attention over the cache) at
 //!   cache lengths 128 and 1024, for `MultiHead<_, 512, 8>` (`mha_step`) and a grouped-query
@@ -32,6 +34,13 @@
 //!   tokens (`prefill_512`, FLOPs as `gqa_recompute`) and one decoding step at cache length
 //!   1024 (`step_1024`, FLOPs as `gqa_step`); the selected kernel only. Each variant's prefill
 //!   is checked against its decode step first (within 1e-4).
+//!
+//! - `half`: the (128, 256, 8) and (512, 512, 8) layers with `f32` weights (`f32`), `bf16`
+//!   weights on the selected kernel (`bf16`: `bf16` products where the kernel has them),
+//!   `bf16` weights widened to `f32` (`bf16_widened`, the best kernel without `bf16`
+//!   products; only where the selected one has them), and `f16` weights (`f16`); FLOPs as
+//!   `layer`. Each is checked against the `f32` layer on the same rounded weights first
+//!   (within `2⁻⁷·max|y|`).
 //!
 //! Function names are `scalar`, `simd` (the kernel `kernels::selected()` picked) and, when
 //! that is AVX-512, `avx2` too; parameters name the shape, e.g. `sdpa/simd/512x64_causal`.
@@ -49,8 +58,8 @@ use static_attention::kernels::{self, Kernel, with_kernel};
 use static_attention::positions::NoPositions;
 use static_attention::variant::{QkNorm, Variant};
 use static_attention::{
-    Alignment, Bias, Float, GroupedQuery, KvCache, Mask, MultiHead, SMatrix, Scratch, heap,
-    scaled_dot_product_attention_into,
+    Alignment, Bias, Float, GroupedQuery, KvCache, Mask, MultiHead, SMatrix, Scratch, bf16, f16,
+    heap, scaled_dot_product_attention_into,
 };
 
 /// The kernels each group compares: the portable one, the selected one (`simd`) if it
@@ -61,7 +70,7 @@ fn kernels() -> Vec<(&'static str, Kernel)> {
     if selected != Kernel::Scalar {
         ks.push(("simd", selected));
     }
-    if selected == Kernel::Avx512 && Kernel::Avx2Fma.is_supported() {
+    if matches!(selected, Kernel::Avx512 | Kernel::Avx512Bf16) && Kernel::Avx2Fma.is_supported() {
         ks.push(("avx2", Kernel::Avx2Fma));
     }
     ks
@@ -324,6 +333,57 @@ fn peak_case(c: &mut Criterion) {
                 .expect("supported");
         });
     }
+    if let Some((flops, _)) = kernels::bf16_dot_loop(1) {
+        group.throughput(Throughput::Elements(flops * ROUNDS as u64));
+        group.bench_function(BenchmarkId::new("simd", "bf16_dot"), |b| {
+            b.iter(|| kernels::bf16_dot_loop(black_box(ROUNDS)));
+        });
+    }
+    group.finish();
+}
+
+/// `MultiHead<S, D, H>` with `f32`, `bf16` and `f16` weights on the selected kernel, and
+/// `bf16` widened on the best kernel without `bf16` products (see the module docs).
+fn half_case<const S: usize, const D: usize, const H: usize>(c: &mut Criterion) {
+    let full = seeded_layer::<f32, S, D, H>(7);
+    let b16: Box<MultiHead<S, D, H, f32, bf16>> = Box::new(full.to_weights());
+    let h16: Box<MultiHead<S, D, H, f32, f16>> = Box::new(full.to_weights());
+    let rounded: Box<MultiHead<S, D, H>> = Box::new(b16.to_weights());
+    let x = random::<f32, S, D>(8);
+    let mut scratch: Box<Scratch<S, S, D>> = heap::zeroed();
+    let mut out: Box<SMatrix<f32, S, D>> = heap::zeroed();
+    let mut want: Box<SMatrix<f32, S, D>> = heap::zeroed();
+    let none = Mask::none();
+    let selected = kernels::selected();
+    let widened = (selected == Kernel::Avx512Bf16).then_some(Kernel::Avx512);
+    rounded.forward_into(&x, &none, &mut scratch, &mut want);
+    let tol = 2f64.powi(-7) * f64::from(want.amax());
+    b16.forward_into(&x, &none, &mut scratch, &mut out);
+    assert!(max_diff(&out, &want) <= tol, "bf16 layer vs f32");
+    if let Some(k) = widened {
+        with_kernel(k, || b16.forward_into(&x, &none, &mut scratch, &mut out)).expect("runs");
+        assert!(max_diff(&out, &want) < 1e-4, "widened bf16 layer vs f32");
+    }
+    let mut group = c.benchmark_group("half");
+    configure(&mut group, (8 * S * D * D + 4 * S * S * D) as u64, S >= 512);
+    let param = format!("{S}x{D}x{H}");
+    group.bench_function(BenchmarkId::new("f32", &param), |b| {
+        b.iter(|| full.forward_into(black_box(&*x), &none, &mut scratch, &mut out));
+    });
+    group.bench_function(BenchmarkId::new("bf16", &param), |b| {
+        b.iter(|| b16.forward_into(black_box(&*x), &none, &mut scratch, &mut out));
+    });
+    if let Some(k) = widened {
+        group.bench_function(BenchmarkId::new("bf16_widened", &param), |b| {
+            with_kernel(k, || {
+                b.iter(|| b16.forward_into(black_box(&*x), &none, &mut scratch, &mut out));
+            })
+            .expect("runs");
+        });
+    }
+    group.bench_function(BenchmarkId::new("f16", &param), |b| {
+        b.iter(|| h16.forward_into(black_box(&*x), &none, &mut scratch, &mut out));
+    });
     group.finish();
 }
 
@@ -567,6 +627,8 @@ fn main() {
     #[cfg(feature = "rayon")]
     threads_case(&mut c);
     layer_case::<f64, 128, 256, 8>(&mut c, "layer_f64");
+    half_case::<128, 256, 8>(&mut c);
+    half_case::<512, 512, 8>(&mut c);
     batch_case(&mut c);
     exp_case(&mut c);
     decode_case::<128, 127>(&mut c);

@@ -8,6 +8,10 @@ Workloads (f32, CPU, inference only; ids are criterion's "group/parameter"):
   layer/<SEQ>x<DIM>x<H>   nn.MultiheadAttention(DIM, H, batch_first=True).eval() called as
                           mha(x, x, x, need_weights=False) with x [1, SEQ, DIM].
   batch/32x16x64x4        the (16, 64, 4) layer on x [32, 16, 64].
+  half/<SEQ>x<DIM>x<H>    the layer in bfloat16 (mha.to(torch.bfloat16), x in bfloat16: every
+                          product and result in bf16, oneDNN's AVX512-BF16 kernels where the
+                          CPU has them), for the (128, 256, 8) and (512, 512, 8) layers.
+  half/sdpa_<S>x<d>       F.scaled_dot_product_attention in bfloat16, S x d = 512 x 64.
   decode/{mha,gqa}_step/cache_<L>
                           one decoding step of transformers' LlamaAttention (hidden 512, 8
                           heads of 64, 8 or 2 kv heads, RoPE, the "sdpa" attention) with a
@@ -41,6 +45,7 @@ import torch.nn.functional as F
 
 SDPA_SHAPES = [(128, 64), (512, 64), (1024, 64)]
 LAYER_SHAPES = [(16, 64, 4), (128, 256, 8), (512, 512, 8)]
+HALF_SHAPES = [(128, 256, 8), (512, 512, 8)]
 BATCH = 32
 BATCH_LAYER = (16, 64, 4)
 
@@ -95,6 +100,18 @@ def workloads():
         out.append((f"layer/{seq}x{dim}x{heads}", layer(1, seq, dim, heads)))
     seq, dim, heads = BATCH_LAYER
     out.append((f"batch/{BATCH}x{seq}x{dim}x{heads}", layer(BATCH, seq, dim, heads)))
+
+    def layer_bf16(seq, dim, heads):
+        torch.manual_seed(0)
+        mha = torch.nn.MultiheadAttention(dim, heads, batch_first=True).eval()
+        mha = mha.to(torch.bfloat16)
+        x = torch.randn(1, seq, dim, generator=gen).to(torch.bfloat16)
+        return lambda: mha(x, x, x, need_weights=False)
+
+    for seq, dim, heads in HALF_SHAPES:
+        out.append((f"half/{seq}x{dim}x{heads}", layer_bf16(seq, dim, heads)))
+    q, k, v = (torch.randn(1, 1, 512, 64, generator=gen).to(torch.bfloat16) for _ in range(3))
+    out.append(("half/sdpa_512x64", lambda: F.scaled_dot_product_attention(q, k, v)))
     out.extend(decode_workloads(gen))
     return out
 
@@ -137,6 +154,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, required=True, help="torch.set_num_threads(N)")
     ap.add_argument("--quick", action="store_true", help="shorter warm-up, fewer samples")
+    ap.add_argument("--only", default="", metavar="PREFIX",
+                    help="run only the workloads whose id starts with PREFIX (e.g. half/)")
     args = ap.parse_args()
 
     # Inter-op parallelism must be fixed before any parallel work starts; intra-op is ours.
@@ -159,6 +178,8 @@ def main():
 
     with torch.inference_mode():
         for wid, fn in workloads():
+            if not wid.startswith(args.only):
+                continue
             median, minimum, iters = measure(fn, **plan)
             print(f"torch {args.threads}T {wid:<22} {median * 1e6:>12.2f} µs",
                   file=sys.stderr, flush=True)

@@ -2,7 +2,7 @@
 
 use nalgebra::{SMatrix, SVector};
 
-use crate::kernels::layout::tiled_index;
+use crate::kernels::layout::weight_index;
 use crate::kernels::{self, LinearIo, Table};
 use crate::{Float, Weight};
 
@@ -51,7 +51,7 @@ impl<const IN: usize, const OUT: usize, T: Float, W: Weight<T>> Linear<IN, OUT, 
         while n < OUT {
             let mut p = 0;
             while p < IN {
-                let at = tiled_index(n, p, IN, OUT);
+                let at = weight_index(W::KIND, n, p, IN, OUT);
                 packed[at / OUT][at % OUT] = weight[n][p];
                 p += 1;
             }
@@ -128,27 +128,25 @@ impl<const IN: usize, const OUT: usize, T: Float, W: Weight<T>> Linear<IN, OUT, 
     #[must_use]
     pub fn weight_at(&self, n: usize, p: usize) -> T {
         assert!(n < OUT && p < IN, "weight index out of range");
-        self.weight.as_flattened()[tiled_index(n, p, IN, OUT)].widen()
+        self.weight.as_flattened()[weight_index(W::KIND, n, p, IN, OUT)].widen()
     }
 
     /// Sets `W[n, p]` (rounded to the storage type `W`). Panics if `n ≥ OUT` or `p ≥ IN`.
     #[inline]
     pub fn set_weight_at(&mut self, n: usize, p: usize, value: T) {
         assert!(n < OUT && p < IN, "weight index out of range");
-        self.weight.as_flattened_mut()[tiled_index(n, p, IN, OUT)] = W::narrow(value);
+        self.weight.as_flattened_mut()[weight_index(W::KIND, n, p, IN, OUT)] = W::narrow(value);
     }
 
     /// The same map with its weights stored as `W2` (each rounded to `W2`; the bias is kept).
     #[must_use]
     pub fn to_weights<W2: Weight<T>>(&self) -> Linear<IN, OUT, T, W2> {
         let mut l = Linear::<IN, OUT, T, W2>::zeros();
-        for (d, s) in l
-            .weight
-            .as_flattened_mut()
-            .iter_mut()
-            .zip(self.weight.as_flattened())
-        {
-            *d = W2::narrow(s.widen());
+        // The two storage types may lay the weights out differently (`bf16` pairs rows).
+        for p in 0..IN {
+            for n in 0..OUT {
+                l.set_weight_at(n, p, self.weight_at(n, p));
+            }
         }
         l.bias = self.bias;
         l.has_bias = self.has_bias;

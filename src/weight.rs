@@ -5,10 +5,43 @@
 //! [`crate::Linear`], [`crate::MultiHead`], [`crate::SelfAttention`] and
 //! [`crate::GroupedQuery`] take the storage type as their last parameter, `W`, which defaults
 //! to the compute type `T`: `MultiHead<16, 32, 4>` stores `f32`, `MultiHead<16, 32, 4, f32,
-//! f16>` stores `f16` and computes in `f32`. Biases stay in `T` (they are few). The kernels
-//! widen half-precision weights to `f32` as they read them (with F16C on x86-64, a shift for
-//! `bf16`); every product and sum is then the `f32` one, so a half-precision layer gives what
-//! an `f32` layer with the same (rounded) weights gives.
+//! f16>` stores `f16` and computes in `f32`. Biases stay in `T` (they are few).
+//!
+//! **Widened (every kernel but one, and every decoding step).** The kernels widen
+//! half-precision weights to `f32` as they read them (with F16C on x86-64, a shift for `bf16`);
+//! every product and sum is then the `f32` one, so a half-precision layer gives what an `f32`
+//! layer with the same (rounded) weights gives.
+//!
+//! **`bf16` products ([`Kernel::Avx512Bf16`](crate::kernels::Kernel::Avx512Bf16)).** Where
+//! the CPU has AVX512-BF16, the selected kernel multiplies `bf16` weights in `bf16` products
+//! (`vdpbf16ps`) for projections of more than two tokens, at twice the `f32` rate: each
+//! projection's inputs are rounded to `bf16` (to nearest, ties to even), each product of two
+//! `bf16` values is exact in `f32`, and the sums are `f32` sums. The attention between the
+//! projections (scores, softmax, the weighted sum of values) stays `f32`. For a projection
+//! `y = x·Wᵀ + b` with `din` inputs, against the `f32` map with the same weights, every output
+//! keeps this contract (property-tested on every kernel, `tests/half_weights.rs`):
+//!
+//! ```text
+//! |ŷ − y| ≤ (u + 2·(1 + u)·γ(din + 1)) · (Σ_p |x_p·w_p| + |b|) + η
+//! u = 2⁻⁸ (bf16's unit roundoff),  γ(n) = n·2⁻²⁴ / (1 − n·2⁻²⁴),
+//! η = 2⁻¹²⁶ · (din + 1) · (1 + max|w|)
+//! ```
+//!
+//! `u` is the rounding of the inputs; `γ` the two paths' `f32` sums; `η` the instruction's
+//! flushing of `bf16` inputs and `f32` sums below `2⁻¹²⁶` to zero. NaN and infinities
+//! propagate as in `f32`; an input beyond `bf16`'s largest finite value (about `3.39·10³⁸`)
+//! becomes an infinity. Through a whole layer the rounding of the layer's input and of the
+//! attention's output add up: on the tested and benchmarked layers (`MultiHead` up to
+//! `<512, 512, 8>`, `GroupedQuery`) every output is within `2⁻⁷ · max|y|` of the `f32`
+//! layer's (measured worst: `0.67 · 2⁻⁸ · max|y|`), and the tests hold them to that. Decoding
+//! steps of one or two tokens widen instead (reading each weight once per token, a product in
+//! `bf16` would not be faster). To run a `bf16` layer exactly as its `f32` twin on such a CPU,
+//! pick [`Kernel::Avx512`](crate::kernels::Kernel::Avx512) with
+//! [`with_kernel`](crate::kernels::with_kernel).
+//!
+//! `bf16` weights are stored with their input rows paired (the pairs a `bf16` dot product
+//! multiplies), a layout of the kernels' own: read and write weights through
+//! [`crate::Linear::weight_at`] and its siblings, never by position.
 //!
 //! ```
 //! use static_attention::{Alignment, Mask, MultiHead, SMatrix, f16};
@@ -22,6 +55,12 @@
 //! let x = SMatrix::<f32, 4, 8>::from_fn(|i, j| (i as f32 - j as f32) * 0.1);
 //! let mask = Mask::causal(Alignment::TopLeft);
 //! assert!((half.forward(&x, &mask) - rounded.forward(&x, &mask)).amax() < 1e-6);
+//!
+//! // bf16 weights: the same on every kernel that widens; within 2⁻⁷·max|y| where the
+//! // kernel multiplies in bf16.
+//! let b = full.to_weights::<static_attention::bf16>();
+//! let y = b.to_weights::<f32>().forward(&x, &mask);
+//! assert!((b.forward(&x, &mask) - y).amax() <= 2f32.powi(-7) * y.amax());
 //! ```
 
 pub(crate) mod sealed {

@@ -1,14 +1,22 @@
-//! Half-precision weights (`f16`, `bf16`) with `f32` arithmetic: every layer and entry point
-//! against the same layer with `f32` weights holding the same rounded values, on every kernel
-//! this CPU runs (the vector kernels widen strips of weights, the scalar kernel each weight),
-//! on shapes with more input features than one widened chunk and with partial strips; their
-//! size; and their safetensors files (`F16`/`BF16` tensors, typed errors for the others).
+//! Half-precision weights (`f16`, `bf16`): every layer and entry point against the same layer
+//! with `f32` weights holding the same rounded values, on every kernel this CPU runs (the
+//! vector kernels widen blocks of weights, the scalar kernel each weight), on shapes with more
+//! input features than one widened chunk and with partial strips; their size; and their
+//! safetensors files (`F16`/`BF16` tensors, typed errors for the others).
+//!
+//! Widened weights give the `f32` layer's results (the arithmetic is the same). Where a kernel
+//! multiplies `bf16` weights in `bf16` products ([`Kernel::Avx512Bf16`], more than two
+//! tokens), the inputs of each projection are rounded to `bf16`: a projection is then held to
+//! the contract of `static_attention::Weight` (every output within `(u + 2(1 + u)·γ(IN + 1))·M
+//! + η` of the `f32` map's, `u = 2⁻⁸`, `M = Σ|x·w| + |b|`), and a layer to the documented
+//! `2⁻⁷ · max|y|`.
 
+use proptest::prelude::{ProptestConfig, proptest};
 use static_attention::kernels::{Kernel, with_kernel};
 use static_attention::positions::{Rope, RopeStyle};
 use static_attention::{
     Alignment, GroupedQuery, KvCache, Linear, Mask, MultiHead, SMatrix, SelfAttention, Weight,
-    bf16, f16,
+    WeightKind, bf16, f16,
 };
 
 fn input<const S: usize, const D: usize>(seed: usize) -> SMatrix<f32, S, D> {
@@ -40,6 +48,60 @@ fn linear<const IN: usize, const OUT: usize>(seed: u64) -> Linear<IN, OUT> {
     Linear::from_matrix(&w, Some(&b))
 }
 
+/// Whether `k` multiplies `bf16` weights in `bf16` products for `s` tokens.
+fn bf16_products(k: Kernel, s: usize) -> bool {
+    k == Kernel::Avx512Bf16 && s > 2
+}
+
+/// The contract of a projection with `bf16` products against the `f32` map on the same
+/// weights: `|ŷ − y| ≤ (u + 2(1 + u)·γ(IN + 1))·M + η` per output, `M = Σ_p |x_p·w_p| + |b|`,
+/// `η = 2⁻¹²⁶·(IN + 1)·(1 + max|w|)`. Returns the worst ratio of error to bound.
+fn within_contract<const S: usize, const IN: usize, const OUT: usize>(
+    what: &str,
+    map: &Linear<IN, OUT>,
+    x: &SMatrix<f32, S, IN>,
+    got: &SMatrix<f32, S, OUT>,
+    want: &SMatrix<f32, S, OUT>,
+) -> f64 {
+    let u = 2f64.powi(-8);
+    let n = IN as f64 + 1.0;
+    let gamma = n * 2f64.powi(-24) / (1.0 - n * 2f64.powi(-24));
+    let w = map.weight();
+    let wmax = w.iter().fold(0f64, |m, &v| m.max(f64::from(v).abs()));
+    let eta = 2f64.powi(-126) * n * (1.0 + wmax);
+    let bias = map.bias().copied().unwrap_or_else(nalgebra::SVector::zeros);
+    let mut worst = 0f64;
+    for i in 0..S {
+        for o in 0..OUT {
+            let mag = (0..IN)
+                .map(|p| (f64::from(x[(i, p)]) * f64::from(w[(o, p)])).abs())
+                .sum::<f64>()
+                + f64::from(bias[o]).abs();
+            let bound = (u + 2.0 * (1.0 + u) * gamma) * mag + eta;
+            let err = (f64::from(got[(i, o)]) - f64::from(want[(i, o)])).abs();
+            assert!(
+                err <= bound,
+                "{what}: token {i} feature {o}: |{} − {}| = {err:e} > {bound:e}",
+                got[(i, o)],
+                want[(i, o)]
+            );
+            worst = worst.max(err / bound);
+        }
+    }
+    worst
+}
+
+/// A layer with `bf16` products against its `f32` twin: `|ŷ − y| ≤ 2⁻⁷ · max|y|`.
+fn close_bf16<const R: usize, const C: usize>(
+    what: &str,
+    a: &SMatrix<f32, R, C>,
+    b: &SMatrix<f32, R, C>,
+) {
+    let tol = 2f32.powi(-7) * b.amax();
+    let err = (a - b).amax();
+    assert!(err <= tol, "{what}: max |diff| {err:e} > {tol:e}");
+}
+
 fn check_linear<W: Weight<f32>, const S: usize, const IN: usize, const OUT: usize>(what: &str) {
     let full = linear::<IN, OUT>(3);
     let half: Linear<IN, OUT, f32, W> = full.to_weights();
@@ -47,11 +109,13 @@ fn check_linear<W: Weight<f32>, const S: usize, const IN: usize, const OUT: usiz
     let x = input::<S, IN>(1);
     for k in Kernel::supported() {
         with_kernel(k, || {
-            close(
-                &format!("{what} {S}×{IN}→{OUT} on {}", k.name()),
-                &half.forward(&x),
-                &rounded.forward(&x),
-            );
+            let what = format!("{what} {S}×{IN}→{OUT} on {}", k.name());
+            let (got, want) = (half.forward(&x), rounded.forward(&x));
+            if W::KIND == WeightKind::Bf16 && bf16_products(k, S) {
+                within_contract(&what, &rounded, &x, &got, &want);
+            } else {
+                close(&what, &got, &want);
+            }
         })
         .expect("supported");
     }
@@ -60,13 +124,70 @@ fn check_linear<W: Weight<f32>, const S: usize, const IN: usize, const OUT: usiz
 #[test]
 fn linear_maps_with_half_weights_equal_their_rounded_f32_maps() {
     // One and two tokens (the vector kernels' GEMV), a panel and more; more input features
-    // than one widened chunk (256); output widths with partial strips.
+    // than one widened chunk (128); output widths with partial strips and blocks of 48; odd
+    // input counts (an unpaired last row of `bf16` weights).
     check_linear::<f16, 1, 300, 40>("f16");
     check_linear::<f16, 2, 64, 29>("f16");
     check_linear::<f16, 17, 300, 13>("f16");
     check_linear::<f16, 40, 96, 100>("f16");
     check_linear::<bf16, 1, 300, 40>("bf16");
+    check_linear::<bf16, 2, 37, 13>("bf16");
+    check_linear::<bf16, 3, 7, 5>("bf16");
+    check_linear::<bf16, 17, 301, 13>("bf16");
     check_linear::<bf16, 33, 260, 25>("bf16");
+    check_linear::<bf16, 40, 96, 100>("bf16");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// The projection contract on random maps and inputs over many scales, on every kernel.
+    #[test]
+    fn bf16_projections_keep_the_contract_on_every_kernel(
+        w in proptest::collection::vec(-1.0f32..1.0, 23 * 37),
+        x in proptest::collection::vec(-1.0f32..1.0, 9 * 37),
+        b in proptest::collection::vec(-1.0f32..1.0, 23),
+        wexp in -20i32..20,
+        xexp in -30i32..30,
+    ) {
+        let wm = SMatrix::<f32, 23, 37>::from_fn(|n, p| w[n * 37 + p] * 2f32.powi(wexp));
+        let bias = nalgebra::SVector::<f32, 23>::from_fn(|n, _| b[n]);
+        let map: Linear<37, 23, f32, bf16> = Linear::<37, 23>::from_matrix(&wm, Some(&bias)).to_weights();
+        let rounded: Linear<37, 23> = map.to_weights();
+        let xs = SMatrix::<f32, 9, 37>::from_fn(|i, p| x[i * 37 + p] * 2f32.powi(xexp));
+        for k in Kernel::supported() {
+            with_kernel(k, || {
+                let (got, want) = (map.forward(&xs), rounded.forward(&xs));
+                within_contract(&format!("bf16 on {}", k.name()), &rounded, &xs, &got, &want);
+            })
+            .expect("supported");
+        }
+    }
+}
+
+/// Where the CPU has `bf16` dot products, a `bf16` layer uses them: its inputs are rounded to
+/// `bf16` (`1 + 2⁻¹⁰` becomes 1), which the widening path never does. Elsewhere the input
+/// is kept. (A kernel selection that silently lost the `bf16` kernel fails here.)
+#[test]
+fn bf16_layers_use_bf16_products_where_the_cpu_has_them() {
+    let map = Linear::<1, 1, f32, bf16>::from_rows([[bf16::ONE]], [0.0]);
+    let x = SMatrix::<f32, 4, 1>::repeat(1.0 + 2f32.powi(-10));
+    let y = map.forward(&x);
+    let bf16_here = static_attention::kernels::selected() == Kernel::Avx512Bf16;
+    let want = if bf16_here { 1.0 } else { 1.0 + 2f32.powi(-10) };
+    assert!(
+        y.iter().all(|&v| v == want),
+        "{y} (bf16 products here: {bf16_here})"
+    );
+    // One or two tokens take the widening path everywhere.
+    let one = map.forward(&SMatrix::<f32, 1, 1>::repeat(1.0 + 2f32.powi(-10)));
+    assert_eq!(one[0], 1.0 + 2f32.powi(-10));
+    if std::env::var("STATIC_ATTENTION_REQUIRE_KERNEL").as_deref() == Ok("avx512+bf16") {
+        assert!(
+            bf16_here,
+            "the avx512+bf16 kernel is required but not selected"
+        );
+    }
 }
 
 #[test]
@@ -97,13 +218,18 @@ fn layers_with_half_weights_equal_their_rounded_f32_layers() {
             close("MultiHead f16 weights", w.head(2), rw.head(2));
             let hb = mha.to_weights::<bf16>();
             let rb = hb.to_weights::<f32>();
-            close(
+            let close_b = if bf16_products(k, 20) {
+                close_bf16::<20, 48>
+            } else {
+                close::<20, 48>
+            };
+            close_b(
                 "MultiHead bf16",
                 &hb.forward(&x, &mask),
                 &rb.forward(&x, &mask),
             );
             let memory = input::<7, 48>(5);
-            close(
+            close_b(
                 "MultiHead bf16 cross-attention",
                 &hb.cross_attention(&x, &memory, &Mask::none()),
                 &rb.cross_attention(&x, &memory, &Mask::none()),
@@ -129,21 +255,38 @@ fn decoding_with_half_weights() {
             let h = gqa.to_weights::<bf16>();
             let r = h.to_weights::<f32>();
             let mask = Mask::causal(Alignment::TopLeft);
-            close(
+            let close_b = if bf16_products(k, 10) {
+                close_bf16::<10, 32>
+            } else {
+                close::<10, 32>
+            };
+            close_b(
                 "GroupedQuery bf16 forward",
                 &h.forward(&x, &mask, &rope).unwrap(),
                 &r.forward(&x, &mask, &rope).unwrap(),
             );
             let (mut ch, mut cr) = (KvCache::<16, 16>::new(), KvCache::<16, 16>::new());
             let p = x.fixed_rows::<6>(0).into_owned();
-            close(
+            let close_p = if bf16_products(k, 6) {
+                close_bf16::<6, 32>
+            } else {
+                close::<6, 32>
+            };
+            close_p(
                 "prefill",
                 &h.decode(&p, &mut ch, &rope).unwrap(),
                 &r.decode(&p, &mut cr, &rope).unwrap(),
             );
             for t in 6..10 {
                 let tok = x.fixed_rows::<1>(t).into_owned();
-                close(
+                // The cache holds the prefill's keys and values, made with `bf16` products where
+                // the kernel has them; the step itself widens.
+                let close_t = if bf16_products(k, 6) {
+                    close_bf16::<1, 32>
+                } else {
+                    close::<1, 32>
+                };
+                close_t(
                     "decode step",
                     &h.decode(&tok, &mut ch, &rope).unwrap(),
                     &r.decode(&tok, &mut cr, &rope).unwrap(),

@@ -125,7 +125,9 @@ macro_rules! impl_float {
                 match kernel {
                     // SAFETY: the caller guarantees the CPU runs `kernel`.
                     #[cfg(target_arch = "x86_64")]
-                    Kernel::Avx2Fma | Kernel::Avx512 => unsafe { super::x86::$tables(kernel) },
+                    Kernel::Avx2Fma | Kernel::Avx512 | Kernel::Avx512Bf16 => unsafe {
+                        super::x86::$tables(kernel)
+                    },
                     // SAFETY: as above (NEON is the aarch64 baseline in any case).
                     #[cfg(target_arch = "aarch64")]
                     Kernel::Neon => unsafe { super::arm::$tables(kernel) },

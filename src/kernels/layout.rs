@@ -6,11 +6,19 @@
 //! remaining `dout mod 12` features the same way with rows of that width. A micro-kernel's
 //! weights for one input feature are then consecutive values, and a whole strip is one
 //! contiguous block of `din · 12` values. The layout is packed once, when the map is built.
+//!
+//! `bf16` weights pair their rows: rows `2q` and `2q + 1` of a tile are stored interleaved,
+//! `W[n, 2q]` then `W[n, 2q + 1]` for each of the tile's features in turn (an odd last row
+//! stays as it is). Each pair is then one 32-bit word, what a `bf16` dot-product instruction
+//! (`vdpbf16ps`, `BFDOT`) multiplies with a pair of inputs; a tile still occupies the same
+//! `din · 12` values, so strips stay contiguous and the same size.
+
+use crate::weight::WeightKind;
 
 /// Output features per tile of the stored weight layout.
 pub(crate) const WEIGHT_TILE: usize = 12;
 
-/// Where `W[n, p]` lives in a `dout × din` weight stored in tiles.
+/// Where `W[n, p]` lives in a `dout × din` weight stored in tiles (rows not paired).
 #[inline(always)]
 #[must_use]
 pub(crate) const fn tiled_index(n: usize, p: usize, din: usize, dout: usize) -> usize {
@@ -19,5 +27,43 @@ pub(crate) const fn tiled_index(n: usize, p: usize, din: usize, dout: usize) -> 
         ((n / WEIGHT_TILE) * din + p) * WEIGHT_TILE + n % WEIGHT_TILE
     } else {
         full * din + p * (dout - full) + (n - full)
+    }
+}
+
+/// Where `W[n, p]` lives in a `dout × din` weight stored in tiles with paired rows.
+#[inline(always)]
+#[must_use]
+pub(crate) const fn paired_index(n: usize, p: usize, din: usize, dout: usize) -> usize {
+    let full = dout / WEIGHT_TILE * WEIGHT_TILE;
+    let (base, width, j) = if n < full {
+        (
+            (n / WEIGHT_TILE) * WEIGHT_TILE * din,
+            WEIGHT_TILE,
+            n % WEIGHT_TILE,
+        )
+    } else {
+        (full * din, dout - full, n - full)
+    };
+    if p < din / 2 * 2 {
+        base + (p - p % 2) * width + 2 * j + p % 2
+    } else {
+        base + p * width + j
+    }
+}
+
+/// Where `W[n, p]` lives for weights stored as `kind`: paired rows for `bf16`, plain tiles
+/// otherwise.
+#[inline(always)]
+#[must_use]
+pub(crate) const fn weight_index(
+    kind: WeightKind,
+    n: usize,
+    p: usize,
+    din: usize,
+    dout: usize,
+) -> usize {
+    match kind {
+        WeightKind::Bf16 => paired_index(n, p, din, dout),
+        WeightKind::Native | WeightKind::F16 => tiled_index(n, p, din, dout),
     }
 }

@@ -37,7 +37,10 @@
 //!   (`simd.rs`) and compiled per instruction set: on x86-64 (`x86.rs`) AVX2 + FMA (8 `f32` or
 //!   4 `f64` lanes, 16 registers, micro-tiles 6 wide) and AVX-512F (16 `f32` or 8 `f64` lanes,
 //!   32 registers, micro-tiles 12 wide), each compiled with `#[target_feature]` so the default
-//!   target (no `-C target-cpu`) gets them all; on aarch64 (`arm.rs`) NEON.
+//!   target (no `-C target-cpu`) gets them all; on aarch64 (`arm.rs`) NEON;
+//! - `bf16.rs`, the projections of `bf16` weights in `bf16` products with AVX512-BF16
+//!   (`vdpbf16ps`), the one entry by which [`Kernel::Avx512Bf16`]'s table differs from
+//!   AVX-512's (see [`crate::Weight`] for its accuracy).
 //!
 //! **Dispatch happens once per call.** Each instruction set has one table of functions per
 //! scalar type (`Table`); an entry point asks for the table of the [`selected`] kernel once
@@ -54,6 +57,8 @@
 mod args;
 #[cfg(target_arch = "aarch64")]
 mod arm;
+#[cfg(target_arch = "x86_64")]
+mod bf16;
 mod float;
 pub(crate) mod layout;
 pub(crate) mod math;
@@ -87,26 +92,33 @@ pub enum Kernel {
     /// x86-64 AVX-512F (with AVX2, FMA and F16C): the same kernels on 16 `f32` or 8 `f64`
     /// lanes, with micro-tiles twice as wide (32 vector registers).
     Avx512,
+    /// x86-64 AVX-512F with AVX512-BF16 and AVX512-BW: [`Kernel::Avx512`], except that layers
+    /// with `bf16` weights compute their projections in `bf16` products (`vdpbf16ps`, summed
+    /// in `f32`) at twice the `f32` rate, their inputs rounded to `bf16` (see
+    /// [`crate::Weight`] for the accuracy this gives). Everything else is [`Kernel::Avx512`]'s.
+    Avx512Bf16,
 }
 
 impl Kernel {
     /// A short name for reports and benchmarks, and what `STATIC_ATTENTION_REQUIRE_KERNEL`
-    /// names in the crate's tests: `scalar`, `avx2+fma`, `avx512`, `neon`.
+    /// names in the crate's tests: `scalar`, `avx2+fma`, `avx512`, `avx512+bf16`, `neon`.
     #[must_use]
     pub const fn name(self) -> &'static str {
         match self {
             Kernel::Scalar => "scalar",
             Kernel::Avx2Fma => "avx2+fma",
             Kernel::Avx512 => "avx512",
+            Kernel::Avx512Bf16 => "avx512+bf16",
             Kernel::Neon => "neon",
         }
     }
 
     /// Every kernel this crate has, whether or not this CPU runs it.
-    pub const ALL: [Kernel; 4] = [
+    pub const ALL: [Kernel; 5] = [
         Kernel::Scalar,
         Kernel::Avx2Fma,
         Kernel::Avx512,
+        Kernel::Avx512Bf16,
         Kernel::Neon,
     ];
 
@@ -133,15 +145,18 @@ impl Kernel {
             Kernel::Avx2Fma => x86::avx2_available(),
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512 => x86::avx512_available(),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Bf16 => x86::avx512_bf16_available(),
             Kernel::Neon => cfg!(all(target_arch = "aarch64", target_feature = "neon")),
             #[cfg(not(target_arch = "x86_64"))]
-            Kernel::Avx2Fma | Kernel::Avx512 => false,
+            Kernel::Avx2Fma | Kernel::Avx512 | Kernel::Avx512Bf16 => false,
         }
     }
 }
 
-/// The best kernel this build and CPU support: [`Kernel::Avx512`] on x86-64 with AVX-512F,
-/// else [`Kernel::Avx2Fma`] with AVX2 and FMA; [`Kernel::Neon`] on aarch64; else
+/// The best kernel this build and CPU support: [`Kernel::Avx512Bf16`] on x86-64 with
+/// AVX-512F, AVX512-BF16 and AVX512-BW, else [`Kernel::Avx512`] with AVX-512F, else
+/// [`Kernel::Avx2Fma`] with AVX2 and FMA; [`Kernel::Neon`] on aarch64; else
 /// [`Kernel::Scalar`]. With the `force-scalar` feature it is always [`Kernel::Scalar`]. Each
 /// call runs the detection; [`selected`] caches it.
 #[must_use]
@@ -149,10 +164,15 @@ pub fn detect() -> Kernel {
     if cfg!(feature = "force-scalar") {
         return Kernel::Scalar;
     }
-    [Kernel::Avx512, Kernel::Avx2Fma, Kernel::Neon]
-        .into_iter()
-        .find(|k| k.is_supported())
-        .unwrap_or(Kernel::Scalar)
+    [
+        Kernel::Avx512Bf16,
+        Kernel::Avx512,
+        Kernel::Avx2Fma,
+        Kernel::Neon,
+    ]
+    .into_iter()
+    .find(|k| k.is_supported())
+    .unwrap_or(Kernel::Scalar)
 }
 
 /// The kernel the forward passes use: [`detect`]'s choice, made once per process, or the
@@ -176,6 +196,7 @@ fn cached() -> Kernel {
         2 => Kernel::Avx2Fma,
         3 => Kernel::Avx512,
         4 => Kernel::Neon,
+        5 => Kernel::Avx512Bf16,
         _ => {
             let k = detect();
             CHOICE.store(
@@ -184,6 +205,7 @@ fn cached() -> Kernel {
                     Kernel::Avx2Fma => 2,
                     Kernel::Avx512 => 3,
                     Kernel::Neon => 4,
+                    Kernel::Avx512Bf16 => 5,
                 },
                 Ordering::Relaxed,
             );
@@ -287,6 +309,34 @@ pub fn exp_in_place<T: Float>(xs: &mut [T]) {
 #[must_use]
 pub fn fma_loop(rounds: usize) -> (u64, f32) {
     current::<f32>().fma_loop(rounds)
+}
+
+/// `rounds` rounds of 12 independent `bf16` dot-product instructions on whole vectors of the
+/// selected kernel (`vdpbf16ps` on [`Kernel::Avx512Bf16`]: 16 lanes, each adding two products
+/// of `bf16` pairs to an `f32`): the loop a core's `bf16` peak is measured with (the
+/// benchmarks' `peak` group), beside [`fma_loop`]. Returns the floating-point operations done
+/// (two per product) and a sum that depends on every one of them; `None` where the selected
+/// kernel has no `bf16` dot product.
+///
+/// ```
+/// use static_attention::kernels::{Kernel, bf16_dot_loop, selected};
+///
+/// match bf16_dot_loop(1000) {
+///     Some((flops, sum)) => assert!(flops >= 1000 * 12 * 64 && sum.is_finite()),
+///     None => assert_ne!(selected(), Kernel::Avx512Bf16),
+/// }
+/// ```
+#[must_use]
+pub fn bf16_dot_loop(rounds: usize) -> Option<(u64, f32)> {
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = rounds;
+    match selected() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `selected` names only kernels the CPU runs, and this one has AVX512-BF16,
+        // AVX512-BW and AVX-512F, the loop's features.
+        Kernel::Avx512Bf16 => Some(unsafe { bf16::dot_loop(rounds) }),
+        _ => None,
+    }
 }
 
 /// The power of two `2^−k` (`2^k > SKV`) that keeps the attention sums `Σ p·v` finite, if

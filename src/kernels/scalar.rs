@@ -6,7 +6,7 @@
 use core::marker::PhantomData;
 
 use super::args::{Dims, LinearIo, MQ_MAX, Problem, QueryIo, WorkRef, check_weights};
-use super::layout::tiled_index;
+use super::layout::weight_index;
 use super::table::{Table, widen_f16_portable};
 use super::{Float, Kernel, Lazy};
 use crate::Weight;
@@ -23,6 +23,7 @@ impl<T: Float> Tables<T> {
         exp: exp_in_place::<T>,
         tanh: tanh_in_place::<T>,
         widen_f16: widen_f16_portable::<T>,
+        linear_bf16: None,
         fma_loop: fma_loop::<T>,
     };
 }
@@ -69,7 +70,7 @@ pub(super) fn linear<T: Float, Wt: Weight<T>>(
     _pack: &mut [T],
 ) {
     check_weights(w, bias, din, dout);
-    let wt = |c: usize, d: usize| w[tiled_index(c, d, din, dout)].widen();
+    let wt = |c: usize, d: usize| w[weight_index(Wt::KIND, c, d, din, dout)].widen();
     let (x, out, add) = io.checked(s, din, dout);
     // `add` leaves the outputs as they are (no bias) and adds the products to them.
     let start = |col: &mut [T], b: T| {

@@ -628,6 +628,132 @@ fn check_linear<T: Float>(
     }
 }
 
+/// `bf16` weights on every kernel, against the accuracy contract of `crate::Weight`: with
+/// `M = Σ_p |x_p·w_p| + |b|` (or `+ |out|` when adding), every output is within
+/// `(u + (1 + u)·γ(din + 1))·M + η` of the exact `Σ x_p·w_p + b` (`u = 2⁻⁸`, `γ(n) = n·2⁻²⁴ /
+/// (1 − n·2⁻²⁴)`, `η = 2⁻¹²⁶·(din + 1)·(1 + max|w|)`). Where the kernel multiplies in `bf16`
+/// (more than two tokens on [`Kernel::Avx512Bf16`]), each output is also within `γ(din + 1)·M̂
+/// + η` of the exact sum over the inputs rounded to `bf16` (`M̂` over those), which shows the
+/// rounding is to nearest and nothing else is lost; elsewhere within the `f32` bound of the
+/// projection test above. Odd sizes and odd input counts (an unpaired last row), every
+/// storage-tile width, chunks of inputs split by small packs, the `Add` form, and input
+/// scales from `1e-36` (products below `f32`'s normal range) to `1e3`.
+#[test]
+fn bf16_projections_on_every_kernel_keep_the_contract() {
+    use half::bf16;
+    let shapes: &[(usize, usize, usize)] = if cfg!(miri) {
+        &[(3, 5, 13)]
+    } else {
+        &[
+            (3, 1, 1),
+            (3, 2, 12),
+            (4, 7, 13),
+            (15, 64, 29),
+            (16, 33, 24),
+            (17, 130, 5),
+            (31, 3, 40),
+            (32, 65, 11),
+            (33, 96, 36),
+            (70, 257, 25),
+            (1, 300, 40),
+            (2, 19, 7),
+        ]
+    };
+    let u = 2f64.powi(-8);
+    let gamma = |n: usize| n as f64 * 2f64.powi(-24) / (1.0 - n as f64 * 2f64.powi(-24));
+    let mut worst = 0f64;
+    for kernel in Kernel::supported() {
+        for (case, &(s, din, dout)) in shapes.iter().enumerate() {
+            let scales: &[f64] = if cfg!(miri) {
+                &[1.0]
+            } else {
+                &[1e-36, 1e-3, 1.0, 1e3]
+            };
+            for &scale in scales {
+                let x = cast::<f32>(&values(case as u64 + 40, s * din, scale));
+                let w_rows: Vec<bf16> = values(case as u64 + 41, din * dout, 1.0)
+                    .iter()
+                    .map(|&v| bf16::from_f64(v))
+                    .collect();
+                let wm = |c: usize, d: usize| w_rows[c * din + d].to_f64();
+                let mut w = std::vec![bf16::ZERO; din * dout];
+                for c in 0..dout {
+                    for d in 0..din {
+                        let at =
+                            super::layout::weight_index(crate::WeightKind::Bf16, c, d, din, dout);
+                        w[at] = w_rows[c * din + d];
+                    }
+                }
+                let b = cast::<f32>(&values(case as u64 + 42, dout, scale));
+                let start = cast::<f32>(&values(case as u64 + 43, s * dout, scale));
+                let rounded = |v: f32| f64::from(bf16::from_f32(v).to_f32());
+                let by_bf16 = kernel == Kernel::Avx512Bf16 && s > 2;
+                let eta = 2f64.powi(-126) * (din as f64 + 1.0) * 2.0;
+                for pack_len in [PANEL_ROWS, 7 * PANEL_ROWS, din * PANEL_ROWS + PANEL_ROWS] {
+                    for add in [false, true] {
+                        let mut got = if add {
+                            start.clone()
+                        } else {
+                            std::vec![f32::NAN; s * dout]
+                        };
+                        let mut pack = std::vec![0f32; pack_len];
+                        let io = if add {
+                            LinearIo::Add {
+                                x: &x,
+                                out: &mut got,
+                            }
+                        } else {
+                            LinearIo::Out {
+                                x: &x,
+                                out: &mut got,
+                            }
+                        };
+                        table::<f32>(kernel).linear(io, s, din, &w, dout, &b, &mut pack);
+                        for c in 0..dout {
+                            for i in 0..s {
+                                let first = if add { start[i + c * s] } else { b[c] };
+                                let (mut exact, mut mag) =
+                                    (f64::from(first), f64::from(first).abs());
+                                let (mut exact_r, mut mag_r) = (exact, mag);
+                                for d in 0..din {
+                                    let xv = x[i + d * s];
+                                    exact += f64::from(xv) * wm(c, d);
+                                    mag += (f64::from(xv) * wm(c, d)).abs();
+                                    exact_r += rounded(xv) * wm(c, d);
+                                    mag_r += (rounded(xv) * wm(c, d)).abs();
+                                }
+                                let g = f64::from(got[i + c * s]);
+                                let what = format!(
+                                    "{} {s}×{din}→{dout} scale {scale} pack {pack_len} add {add}: \
+                                     token {i} feature {c}",
+                                    kernel.name()
+                                );
+                                let bound = (u + (1.0 + u) * gamma(din + 1)) * mag + eta;
+                                assert!((g - exact).abs() <= bound, "{what}: {g} vs {exact}");
+                                worst = worst.max((g - exact).abs() / bound);
+                                if by_bf16 {
+                                    let tight = gamma(din + 1) * mag_r + eta;
+                                    assert!(
+                                        (g - exact_r).abs() <= tight,
+                                        "{what}: {g} vs {exact_r} (bf16 inputs)"
+                                    );
+                                } else {
+                                    let tight = f64::from(f32::EPSILON) * (din as f64 + 2.0) * mag;
+                                    assert!(
+                                        (g - exact).abs() <= tight,
+                                        "{what}: {g} vs {exact} (f32)"
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    std::println!("bf16 projections: worst error / contract bound = {worst:.3}");
+}
+
 #[test]
 fn the_fast_kernel_is_selected_where_the_cpu_has_it() {
     // CI runs on AVX2 + FMA (or AVX-512): it must not silently fall back to a slower kernel.
@@ -637,8 +763,15 @@ fn the_fast_kernel_is_selected_where_the_cpu_has_it() {
             && std::is_x86_feature_detected!("fma")
             && std::is_x86_feature_detected!("f16c");
         let avx512 = avx2 && std::is_x86_feature_detected!("avx512f");
+        let bf16 = avx512
+            && std::is_x86_feature_detected!("avx512bf16")
+            && std::is_x86_feature_detected!("avx512bw");
         if !cfg!(feature = "force-scalar") {
-            if avx512 {
+            if bf16 {
+                // Where the CPU has `bf16` dot products, layers with `bf16` weights use them.
+                assert_eq!(super::selected(), Kernel::Avx512Bf16);
+                assert!(super::current::<f32>().linear_bf16.is_some());
+            } else if avx512 {
                 assert_eq!(super::selected(), Kernel::Avx512);
             } else if avx2 {
                 assert_eq!(super::selected(), Kernel::Avx2Fma);
@@ -646,6 +779,7 @@ fn the_fast_kernel_is_selected_where_the_cpu_has_it() {
         }
         assert_eq!(Kernel::Avx2Fma.is_supported(), avx2);
         assert_eq!(Kernel::Avx512.is_supported(), avx512);
+        assert_eq!(Kernel::Avx512Bf16.is_supported(), bf16);
     }
     #[cfg(target_arch = "aarch64")]
     {

@@ -17,7 +17,7 @@ use core::sync::atomic::{AtomicU8, Ordering};
 
 use super::simd::simd_impls;
 use super::table::{Table, widen_f16_portable};
-use super::{Kernel, vector};
+use super::{Kernel, bf16, vector};
 
 /// Proof that the CPU runs AVX2, FMA and F16C (zero-sized; made only where they are known to
 /// run).
@@ -41,6 +41,14 @@ pub(crate) fn avx2_available() -> bool {
 pub(crate) fn avx512_available() -> bool {
     static SEEN: AtomicU8 = AtomicU8::new(0);
     remembered(&SEEN, || probe_avx512() && avx2_available())
+}
+
+/// Whether the CPU runs AVX512-BF16 and AVX512-BW besides everything [`avx512_available`]
+/// asks for (detected once, then remembered): the `bf16` projections of
+/// [`Kernel::Avx512Bf16`].
+pub(crate) fn avx512_bf16_available() -> bool {
+    static SEEN: AtomicU8 = AtomicU8::new(0);
+    remembered(&SEEN, || probe_avx512_bf16() && avx512_available())
 }
 
 /// `probe()`, run once and remembered in `seen` (0 = not yet, 1 = no, 2 = yes): detection can
@@ -67,6 +75,26 @@ fn probe_avx2() -> bool {
 #[cfg(feature = "std")]
 fn probe_avx512() -> bool {
     std::is_x86_feature_detected!("avx512f")
+}
+
+#[cfg(feature = "std")]
+fn probe_avx512_bf16() -> bool {
+    std::is_x86_feature_detected!("avx512bf16") && std::is_x86_feature_detected!("avx512bw")
+}
+
+#[cfg(not(feature = "std"))]
+fn probe_avx512_bf16() -> bool {
+    if cfg!(all(
+        target_feature = "avx512bf16",
+        target_feature = "avx512bw"
+    )) {
+        return true;
+    }
+    // Asked only after AVX-512F was found (so CPUID leaf 7 exists): AVX512-BW is leaf 7,
+    // sub-leaf 0, EBX bit 30; AVX512-BF16 is sub-leaf 1, EAX bit 5 (sub-leaf 1 exists when
+    // sub-leaf 0's EAX, the highest sub-leaf, is at least 1).
+    let leaf7 = __cpuid_count(7, 0);
+    leaf7.ebx & (1 << 30) != 0 && leaf7.eax >= 1 && __cpuid_count(7, 1).eax & (1 << 5) != 0
 }
 
 #[cfg(not(feature = "std"))]
@@ -275,12 +303,27 @@ vector::table! {
     mod avx512_f64: f64 = Avx512F64(Avx512(())), Kernel::Avx512, widen_f16_portable;
 }
 
+/// [`Kernel::Avx512Bf16`]'s `f32` table: AVX-512's, with the `bf16` projections.
+static AVX512_BF16_F32: Table<f32> = Table {
+    kernel: Kernel::Avx512Bf16,
+    linear_bf16: Some(bf16::linear),
+    ..avx512_f32::TABLE
+};
+
+/// [`Kernel::Avx512Bf16`]'s `f64` table: AVX-512's (`bf16` weights compute in `f32` only).
+static AVX512_BF16_F64: Table<f64> = Table {
+    kernel: Kernel::Avx512Bf16,
+    ..avx512_f64::TABLE
+};
+
 /// The `f32` table of an x86 kernel.
 ///
 /// # Safety
-/// The CPU must run `kernel` ([`Kernel::Avx2Fma`] or [`Kernel::Avx512`]).
+/// The CPU must run `kernel` ([`Kernel::Avx2Fma`], [`Kernel::Avx512`] or
+/// [`Kernel::Avx512Bf16`]).
 pub(crate) unsafe fn table_f32(kernel: Kernel) -> &'static Table<f32> {
     match kernel {
+        Kernel::Avx512Bf16 => &AVX512_BF16_F32,
         Kernel::Avx512 => &avx512_f32::TABLE,
         _ => &avx2_f32::TABLE,
     }
@@ -289,9 +332,11 @@ pub(crate) unsafe fn table_f32(kernel: Kernel) -> &'static Table<f32> {
 /// The `f64` table of an x86 kernel.
 ///
 /// # Safety
-/// The CPU must run `kernel` ([`Kernel::Avx2Fma`] or [`Kernel::Avx512`]).
+/// The CPU must run `kernel` ([`Kernel::Avx2Fma`], [`Kernel::Avx512`] or
+/// [`Kernel::Avx512Bf16`]).
 pub(crate) unsafe fn table_f64(kernel: Kernel) -> &'static Table<f64> {
     match kernel {
+        Kernel::Avx512Bf16 => &AVX512_BF16_F64,
         Kernel::Avx512 => &avx512_f64::TABLE,
         _ => &avx2_f64::TABLE,
     }

@@ -127,6 +127,7 @@ macro_rules! table {
                 tanh,
                 fma_loop,
                 widen_f16: $widen,
+                linear_bf16: None,
             };
         }
 

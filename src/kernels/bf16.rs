@@ -1,0 +1,342 @@
+//! Projections with `bf16` weights in `bf16` products: x86-64 AVX512-BF16 (`vdpbf16ps`), the
+//! projection kernel of [`Kernel::Avx512Bf16`](super::Kernel::Avx512Bf16).
+//!
+//! `vdpbf16ps` multiplies 16 pairs of `bf16` values by 16 pairs and adds each pair's two
+//! products to an `f32` lane: twice the multiply-adds of an `f32` FMA in one instruction. The
+//! weights are stored with their rows paired (`kernels/layout.rs`), so the pair of input
+//! features `2q, 2q + 1` of an output feature is one 32-bit word, broadcast to every lane. The
+//! inputs are packed a panel of tokens at a time as pairs too, rounded from `f32` to `bf16`
+//! (to nearest, ties to even) as they are packed. The micro-kernel is the `f32` GEMM's:
+//! `2 × 16` tokens by 12 output features, 24 accumulators, one broadcast weight pair at a time.
+//!
+//! What this changes against the `f32` path on the same weights (the accuracy contract, stated
+//! in the docs of [`crate::Weight`]): each input is rounded to `bf16` (a relative error of at
+//! most `2⁻⁸`); products are exact in `f32` and summed in `f32` as before; the instruction
+//! reads `bf16` inputs below `2⁻¹²⁶` in magnitude as zero and flushes `f32` sums below `2⁻¹²⁶`
+//! to zero. NaN and infinities propagate as in `f32`; an input beyond `bf16`'s largest finite
+//! value (3.39 · 10³⁸) becomes an infinity.
+
+#![allow(
+    clippy::too_many_arguments,
+    // Index loops over lanes, rows and columns read like the math they implement.
+    clippy::needless_range_loop
+)]
+
+use core::arch::x86_64::*;
+
+use super::args::{LinearIo, check_weights};
+use super::layout::WEIGHT_TILE;
+
+/// `f32` lanes of a vector.
+const L: usize = 16;
+
+/// Word `i` of the `vpermw` that interleaves the `bf16` of two columns of 16 tokens (even
+/// column in words 0..16, odd column in 16..32) into 16 pairs: `[e0, o0, e1, o1, …]`.
+static INTERLEAVE: [u16; 32] = {
+    let mut idx = [0u16; 32];
+    let mut i = 0;
+    while i < 16 {
+        idx[2 * i] = i as u16;
+        idx[2 * i + 1] = 16 + i as u16;
+        i += 1;
+    }
+    idx
+};
+
+/// `out[s × dout] = x[s × din] · Wᵀ + b` (or `out += x · Wᵀ`) with `W` (`dout × din`) stored
+/// as `bf16` in the paired tile layout, every product a `bf16` one summed in `f32`. `pack`
+/// holds the packed panels (`32` 32-bit words per pair of input features, so a `pack` of
+/// `32 · k` values takes `2k` input features at a time).
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+pub(super) fn linear(
+    io: LinearIo<'_, f32>,
+    s: usize,
+    din: usize,
+    w: &[u16],
+    dout: usize,
+    bias: &[f32],
+    pack: &mut [f32],
+) {
+    check_weights(w, bias, din, dout);
+    let (x, out, add) = io.checked(s, din, dout);
+    if din == 0 {
+        if !add {
+            for j in 0..dout {
+                out[j * s..(j + 1) * s].fill(bias[j]);
+            }
+        }
+        return;
+    }
+    let pack: &mut [u32] = bytemuck::cast_slice_mut(pack);
+    let args = Gemm {
+        x: x.as_ptr(),
+        s,
+        din,
+        w: w.as_ptr(),
+        dout,
+        bias,
+        out: out.as_mut_ptr(),
+        add,
+    };
+    if s >= 2 * L {
+        panels::<2>(args, pack);
+    } else {
+        panels::<1>(args, pack);
+    }
+}
+
+/// The checked operands of [`linear`].
+#[derive(Clone, Copy)]
+struct Gemm<'a> {
+    /// `s × din`, column-major.
+    x: *const f32,
+    s: usize,
+    din: usize,
+    /// `dout × din` `bf16` bits in the paired tile layout.
+    w: *const u16,
+    dout: usize,
+    bias: &'a [f32],
+    /// `s × dout`, column-major.
+    out: *mut f32,
+    add: bool,
+}
+
+/// The projection in panels of `NV · 16` tokens and chunks of input features (as many pairs
+/// as `pack` holds columns of the panel), every storage tile of the weights (12 features,
+/// the last `dout mod 12`) multiplied with each packed panel.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+fn panels<const NV: usize>(g: Gemm<'_>, pack: &mut [u32]) {
+    let mr = NV * L;
+    let kq_max = pack.len() / mr;
+    assert!(kq_max >= 1, "pack buffer too small");
+    let full = g.dout / WEIGHT_TILE * WEIGHT_TILE;
+    let mut i0 = 0;
+    while i0 < g.s {
+        let rows = mr.min(g.s - i0);
+        let mut pc = 0;
+        while pc < g.din {
+            // An even number of inputs per chunk, so that no chunk splits a pair (the last
+            // chunk may hold one input more than its pairs, when `din` is odd).
+            let kc = (2 * kq_max).min(g.din - pc);
+            let kq = kc / 2;
+            let single = kc % 2 == 1;
+            // SAFETY: rows `i0 .. i0 + rows ≤ s` of columns `pc .. pc + kc ≤ din` of `x`, and
+            // `⌈kc/2⌉ ≤ kq_max` panel columns of `pack` (`kq_max · mr ≤ pack.len()`).
+            unsafe { pack_panel::<NV>(g.x, g.s, i0, rows, pc, kc, pack.as_mut_ptr()) };
+            let first = pc == 0 && !g.add;
+            let mut t0 = 0;
+            while t0 < g.dout {
+                let width = if t0 < full {
+                    WEIGHT_TILE
+                } else {
+                    g.dout - full
+                };
+                // Rows `pc ..` of the tile starting at feature `t0` (`din · width` values at
+                // `t0 · din`; `pc` is even, so the chunk starts on a pair).
+                let tile = Tile {
+                    a: pack.as_ptr(),
+                    kq,
+                    single,
+                    // SAFETY: `t0 · din + pc · width < din · dout`, inside `w`.
+                    b: unsafe { g.w.add(t0 * g.din + pc * width) },
+                    width,
+                    i0,
+                    rows,
+                    j0: t0,
+                    first,
+                };
+                // SAFETY: the tile's operands lie inside `pack`, `w`, `bias` and `out` (see
+                // `Tile`); `rows ≤ mr`.
+                unsafe { strip::<NV>(g, tile) };
+                t0 += width;
+            }
+            pc += kc;
+        }
+        i0 += rows;
+    }
+}
+
+/// One storage tile's share of a panel: packed inputs `a` (`kq` pair columns of `NV · 16`
+/// words, then one column of single inputs if `single`) and weights `b` (`kq` rows of
+/// `2 · width` `bf16`, then one row of `width` if `single`), for output features
+/// `j0 .. j0 + width` of tokens `i0 .. i0 + rows`.
+#[derive(Clone, Copy)]
+struct Tile {
+    a: *const u32,
+    kq: usize,
+    single: bool,
+    b: *const u16,
+    width: usize,
+    i0: usize,
+    rows: usize,
+    j0: usize,
+    first: bool,
+}
+
+/// A storage tile as micro-tiles: 12 features at once, a narrower last tile at its width.
+///
+/// # Safety
+/// As [`Tile`] describes, inside the operands of `g`.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn strip<const NV: usize>(g: Gemm<'_>, t: Tile) {
+    // SAFETY: the caller's contract, passed on.
+    unsafe {
+        match t.width {
+            12 => micro::<NV, 12>(g, t),
+            11 => micro::<NV, 11>(g, t),
+            10 => micro::<NV, 10>(g, t),
+            9 => micro::<NV, 9>(g, t),
+            8 => micro::<NV, 8>(g, t),
+            7 => micro::<NV, 7>(g, t),
+            6 => micro::<NV, 6>(g, t),
+            5 => micro::<NV, 5>(g, t),
+            4 => micro::<NV, 4>(g, t),
+            3 => micro::<NV, 3>(g, t),
+            2 => micro::<NV, 2>(g, t),
+            1 => micro::<NV, 1>(g, t),
+            _ => unreachable!("a storage tile is 1 to 12 features wide"),
+        }
+    }
+}
+
+/// Two vectors of `bf16` pairs as the instruction's operand type.
+#[inline(always)]
+fn bh(v: __m512i) -> __m512bh {
+    // SAFETY: both are 64 bytes of plain bits.
+    unsafe { core::mem::transmute::<__m512i, __m512bh>(v) }
+}
+
+/// The `NV·16 × N` micro-tile: `C (+)= A · Bᵀ` with `N = width` accumulators per row vector.
+///
+/// # Safety
+/// As [`Tile`] describes, with `N == t.width`.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn micro<const NV: usize, const N: usize>(g: Gemm<'_>, t: Tile) {
+    let mr = NV * L;
+    let ldc = g.s;
+    let mut acc = [[_mm512_setzero_ps(); N]; NV];
+    let masks: [__mmask16; NV] =
+        core::array::from_fn(|v| row_mask(t.rows.saturating_sub(v * L).min(L)));
+    // SAFETY: every read and write below is inside the operands the caller vouches for: the
+    // outputs are rows `i0 .. i0 + rows` (the masks select exactly those; a masked-off lane
+    // is never touched, and pointers past the rows are formed with `wrapping_add`) of columns
+    // `j0 .. j0 + N`; the panel and weight rows as `Tile` says.
+    unsafe {
+        for n in 0..N {
+            let col = g.out.add(t.i0 + (t.j0 + n) * ldc);
+            for v in 0..NV {
+                acc[v][n] = if t.first {
+                    _mm512_set1_ps(g.bias[t.j0 + n])
+                } else {
+                    _mm512_maskz_loadu_ps(masks[v], col.wrapping_add(v * L))
+                };
+            }
+        }
+        let row = 2 * t.width;
+        for q in 0..t.kq {
+            let a = t.a.add(q * mr);
+            let b = t.b.add(q * row);
+            let x: [__m512i; NV] =
+                core::array::from_fn(|v| _mm512_loadu_si512(a.add(v * L).cast()));
+            for n in 0..N {
+                let pair = _mm512_set1_epi32(b.add(2 * n).cast::<i32>().read_unaligned());
+                for v in 0..NV {
+                    acc[v][n] = _mm512_dpbf16_ps(acc[v][n], bh(x[v]), bh(pair));
+                }
+            }
+        }
+        if t.single {
+            let a = t.a.add(t.kq * mr);
+            let b = t.b.add(t.kq * row);
+            let x: [__m512i; NV] =
+                core::array::from_fn(|v| _mm512_loadu_si512(a.add(v * L).cast()));
+            for n in 0..N {
+                let one = _mm512_set1_epi32(i32::from(*b.add(n)));
+                for v in 0..NV {
+                    acc[v][n] = _mm512_dpbf16_ps(acc[v][n], bh(x[v]), bh(one));
+                }
+            }
+        }
+        for n in 0..N {
+            let col = g.out.add(t.i0 + (t.j0 + n) * ldc);
+            for v in 0..NV {
+                _mm512_mask_storeu_ps(col.wrapping_add(v * L), masks[v], acc[v][n]);
+            }
+        }
+    }
+}
+
+/// The mask of the first `n ≤ 16` lanes.
+#[inline(always)]
+fn row_mask(n: usize) -> __mmask16 {
+    ((1u32 << n) - 1) as __mmask16
+}
+
+/// Packs rows `i0 .. i0 + rows` of input columns `pc .. pc + kc` of `x` (`s` rows,
+/// column-major) as `⌈kc/2⌉` columns of `NV·16` words: word `i` of column `q` holds the
+/// `bf16` of `x[i0 + i, pc + 2q]` in its low half and of `x[i0 + i, pc + 2q + 1]` in its high
+/// half (zero past `kc` and below `rows`).
+///
+/// # Safety
+/// `x` holds `s × (pc + kc)` values with `i0 + rows ≤ s`, `rows ≤ NV·16`; `pack` holds
+/// `⌈kc/2⌉ · NV·16` words.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn pack_panel<const NV: usize>(
+    x: *const f32,
+    s: usize,
+    i0: usize,
+    rows: usize,
+    pc: usize,
+    kc: usize,
+    pack: *mut u32,
+) {
+    let mr = NV * L;
+    let masks: [__mmask16; NV] =
+        core::array::from_fn(|v| row_mask(rows.saturating_sub(v * L).min(L)));
+    // SAFETY: reads are rows `i0 .. i0 + rows` (masked) of columns `< pc + kc`; writes are
+    // the `⌈kc/2⌉ · mr` words of `pack`.
+    unsafe {
+        let order = _mm512_loadu_si512(INTERLEAVE.as_ptr().cast());
+        let mut q = 0;
+        while 2 * q < kc {
+            let even = x.add(i0 + (pc + 2 * q) * s);
+            let has_odd = 2 * q + 1 < kc;
+            for v in 0..NV {
+                let e = _mm512_maskz_loadu_ps(masks[v], even.wrapping_add(v * L));
+                let o = if has_odd {
+                    _mm512_maskz_loadu_ps(masks[v], even.wrapping_add(s + v * L))
+                } else {
+                    _mm512_setzero_ps()
+                };
+                // Words 0..16: bf16(e), 16..32: bf16(o); then interleaved into pairs.
+                let both = core::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(o, e));
+                let pairs = _mm512_permutexvar_epi16(order, both);
+                _mm512_storeu_si512(pack.add(q * mr + v * L).cast(), pairs);
+            }
+            q += 1;
+        }
+    }
+}
+
+/// `rounds` rounds of 12 independent `vdpbf16ps` on whole vectors: the loop the core's `bf16`
+/// dot-product peak is measured with. Each instruction is 16 lanes × 2 products × 2 FLOPs.
+/// Returns the FLOPs done and a sum that depends on every one of them.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+pub(super) fn dot_loop(rounds: usize) -> (u64, f32) {
+    // Pairs of 1.0 (`0x3F80`) and of 2⁻²⁰ (`0x35 80`), hidden from the optimiser.
+    let ones = bh(_mm512_set1_epi32(core::hint::black_box(0x3F80_3F80)));
+    let tiny = bh(_mm512_set1_epi32(core::hint::black_box(0x3580_3580)));
+    let mut acc = [_mm512_setzero_ps(); 12];
+    for _ in 0..rounds {
+        for a in &mut acc {
+            *a = _mm512_dpbf16_ps(*a, ones, tiny);
+        }
+    }
+    let total = acc
+        .iter()
+        .fold(_mm512_setzero_ps(), |s, &a| _mm512_add_ps(s, a));
+    (
+        rounds as u64 * 12 * L as u64 * 4,
+        _mm512_reduce_add_ps(total),
+    )
+}
