@@ -12,18 +12,21 @@
 //! every product and sum is then the `f32` one, so a half-precision layer gives what an `f32`
 //! layer with the same (rounded) weights gives.
 //!
-//! **`bf16` products ([`Kernel::Avx512Bf16`](crate::kernels::Kernel::Avx512Bf16)).** Where
-//! the CPU has AVX512-BF16, the selected kernel multiplies `bf16` weights in `bf16` products
-//! (`vdpbf16ps`) for projections of more than two tokens, at twice the `f32` rate: each
-//! projection's inputs are rounded to `bf16` (to nearest, ties to even), each product of two
-//! `bf16` values is exact in `f32`, and the sums are `f32` sums. The attention between the
+//! **`bf16` products ([`Kernel::Avx512Bf16`](crate::kernels::Kernel::Avx512Bf16),
+//! [`Kernel::NeonBf16`](crate::kernels::Kernel::NeonBf16)).** Where the CPU has AVX512-BF16
+//! or Arm's BF16 extension, the selected kernel multiplies `bf16` weights in `bf16` products
+//! (`vdpbf16ps`, `BFDOT`) for projections of more than two tokens, at twice the `f32` rate:
+//! each projection's inputs are rounded to `bf16` (to nearest, ties to even), each product of
+//! two `bf16` values is exact in `f32`, and the sums are `f32` sums (rounded to nearest on
+//! x86-64; `BFDOT` rounds to odd, an error below one `f32` ulp, which the `2⁻²³` below
+//! allows for). The attention between the
 //! projections (scores, softmax, the weighted sum of values) stays `f32`. For a projection
 //! `y = x·Wᵀ + b` with `din` inputs, against the `f32` map with the same weights, every output
 //! keeps this contract (property-tested on every kernel, `tests/half_weights.rs`):
 //!
 //! ```text
 //! |ŷ − y| ≤ (u + 2·(1 + u)·γ(din + 1)) · (Σ_p |x_p·w_p| + |b|) + η
-//! u = 2⁻⁸ (bf16's unit roundoff),  γ(n) = n·2⁻²⁴ / (1 − n·2⁻²⁴),
+//! u = 2⁻⁸ (bf16's unit roundoff),  γ(n) = n·2⁻²³ / (1 − n·2⁻²³),
 //! η = 2⁻¹²⁶ · (din + 1) · (1 + max|w|)
 //! ```
 //!
@@ -36,7 +39,8 @@
 //! layer's (measured worst: `0.67 · 2⁻⁸ · max|y|`), and the tests hold them to that. Decoding
 //! steps of one or two tokens widen instead (reading each weight once per token, a product in
 //! `bf16` would not be faster). To run a `bf16` layer exactly as its `f32` twin on such a CPU,
-//! pick [`Kernel::Avx512`](crate::kernels::Kernel::Avx512) with
+//! pick [`Kernel::Avx512`](crate::kernels::Kernel::Avx512) (or
+//! [`Kernel::Neon`](crate::kernels::Kernel::Neon)) with
 //! [`with_kernel`](crate::kernels::with_kernel).
 //!
 //! `bf16` weights are stored with their input rows paired (the pairs a `bf16` dot product

@@ -5,11 +5,11 @@
 //! safetensors files (`F16`/`BF16` tensors, typed errors for the others).
 //!
 //! Widened weights give the `f32` layer's results (the arithmetic is the same). Where a kernel
-//! multiplies `bf16` weights in `bf16` products ([`Kernel::Avx512Bf16`], more than two
-//! tokens), the inputs of each projection are rounded to `bf16`: a projection is then held to
-//! the contract of `static_attention::Weight` (every output within `(u + 2(1 + u)·γ(IN + 1))·M
-//! + η` of the `f32` map's, `u = 2⁻⁸`, `M = Σ|x·w| + |b|`), and a layer to the documented
-//! `2⁻⁷ · max|y|`.
+//! multiplies `bf16` weights in `bf16` products ([`Kernel::Avx512Bf16`],
+//! [`Kernel::NeonBf16`], more than two tokens), the inputs of each projection are rounded to
+//! `bf16`: a projection is then held to the contract of `static_attention::Weight` (every
+//! output within `(u + 2(1 + u)·γ(IN + 1))·M + η` of the `f32` map's, `u = 2⁻⁸`,
+//! `M = Σ|x·w| + |b|`), and a layer to the documented `2⁻⁷ · max|y|`.
 
 use proptest::prelude::{ProptestConfig, proptest};
 use static_attention::kernels::{Kernel, with_kernel};
@@ -50,7 +50,7 @@ fn linear<const IN: usize, const OUT: usize>(seed: u64) -> Linear<IN, OUT> {
 
 /// Whether `k` multiplies `bf16` weights in `bf16` products for `s` tokens.
 fn bf16_products(k: Kernel, s: usize) -> bool {
-    k == Kernel::Avx512Bf16 && s > 2
+    matches!(k, Kernel::Avx512Bf16 | Kernel::NeonBf16) && s > 2
 }
 
 /// The contract of a projection with `bf16` products against the `f32` map on the same
@@ -65,7 +65,8 @@ fn within_contract<const S: usize, const IN: usize, const OUT: usize>(
 ) -> f64 {
     let u = 2f64.powi(-8);
     let n = IN as f64 + 1.0;
-    let gamma = n * 2f64.powi(-24) / (1.0 - n * 2f64.powi(-24));
+    // Unit 2⁻²³: Arm's `BFDOT` rounds its sums to odd (below one ulp).
+    let gamma = n * 2f64.powi(-23) / (1.0 - n * 2f64.powi(-23));
     let w = map.weight();
     let wmax = w.iter().fold(0f64, |m, &v| m.max(f64::from(v).abs()));
     let eta = 2f64.powi(-126) * n * (1.0 + wmax);
@@ -173,7 +174,7 @@ fn bf16_layers_use_bf16_products_where_the_cpu_has_them() {
     let map = Linear::<1, 1, f32, bf16>::from_rows([[bf16::ONE]], [0.0]);
     let x = SMatrix::<f32, 4, 1>::repeat(1.0 + 2f32.powi(-10));
     let y = map.forward(&x);
-    let bf16_here = static_attention::kernels::selected() == Kernel::Avx512Bf16;
+    let bf16_here = bf16_products(static_attention::kernels::selected(), 4);
     let want = if bf16_here { 1.0 } else { 1.0 + 2f32.powi(-10) };
     assert!(
         y.iter().all(|&v| v == want),

@@ -8,7 +8,20 @@ use core::arch::aarch64::*;
 
 use super::simd::simd_impls;
 use super::table::{Table, widen_f16_portable};
-use super::{Kernel, vector};
+use super::{Kernel, arm_bf16, vector};
+
+/// Whether the CPU has the BF16 extension (`BFDOT`; with `std` detected at run time, without
+/// it known only when the build targets it), for [`Kernel::NeonBf16`].
+pub(crate) fn bf16_available() -> bool {
+    #[cfg(feature = "std")]
+    {
+        std::arch::is_aarch64_feature_detected!("bf16")
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        cfg!(target_feature = "bf16")
+    }
+}
 
 /// Proof that the CPU runs NEON: every aarch64 CPU does (the target's baseline).
 #[derive(Clone, Copy, Debug)]
@@ -125,18 +138,38 @@ vector::table! {
     mod neon_f64: f64 = NeonF64(Neon(())), Kernel::Neon, widen_f16_portable;
 }
 
-/// The `f32` NEON table.
+/// [`Kernel::NeonBf16`]'s `f32` table: NEON's, with the `bf16` projections.
+static NEON_BF16_F32: Table<f32> = Table {
+    kernel: Kernel::NeonBf16,
+    linear_bf16: Some(arm_bf16::linear),
+    ..neon_f32::TABLE
+};
+
+/// [`Kernel::NeonBf16`]'s `f64` table: NEON's (`bf16` weights compute in `f32` only).
+static NEON_BF16_F64: Table<f64> = Table {
+    kernel: Kernel::NeonBf16,
+    ..neon_f64::TABLE
+};
+
+/// The `f32` table of an aarch64 kernel.
 ///
 /// # Safety
-/// None beyond the target's (NEON is the aarch64 baseline); `unsafe` like the x86 tables'.
-pub(crate) unsafe fn table_f32(_: Kernel) -> &'static Table<f32> {
-    &neon_f32::TABLE
+/// The CPU must run `kernel` ([`Kernel::Neon`], the aarch64 baseline, or
+/// [`Kernel::NeonBf16`]).
+pub(crate) unsafe fn table_f32(kernel: Kernel) -> &'static Table<f32> {
+    match kernel {
+        Kernel::NeonBf16 => &NEON_BF16_F32,
+        _ => &neon_f32::TABLE,
+    }
 }
 
-/// The `f64` NEON table.
+/// The `f64` table of an aarch64 kernel.
 ///
 /// # Safety
 /// As [`table_f32`].
-pub(crate) unsafe fn table_f64(_: Kernel) -> &'static Table<f64> {
-    &neon_f64::TABLE
+pub(crate) unsafe fn table_f64(kernel: Kernel) -> &'static Table<f64> {
+    match kernel {
+        Kernel::NeonBf16 => &NEON_BF16_F64,
+        _ => &neon_f64::TABLE,
+    }
 }

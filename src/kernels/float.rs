@@ -130,7 +130,7 @@ macro_rules! impl_float {
                     },
                     // SAFETY: as above (NEON is the aarch64 baseline in any case).
                     #[cfg(target_arch = "aarch64")]
-                    Kernel::Neon => unsafe { super::arm::$tables(kernel) },
+                    Kernel::Neon | Kernel::NeonBf16 => unsafe { super::arm::$tables(kernel) },
                     _ => &super::scalar::Tables::<$t>::TABLE,
                 }
             }

@@ -38,9 +38,10 @@
 //!   4 `f64` lanes, 16 registers, micro-tiles 6 wide) and AVX-512F (16 `f32` or 8 `f64` lanes,
 //!   32 registers, micro-tiles 12 wide), each compiled with `#[target_feature]` so the default
 //!   target (no `-C target-cpu`) gets them all; on aarch64 (`arm.rs`) NEON;
-//! - `bf16.rs`, the projections of `bf16` weights in `bf16` products with AVX512-BF16
-//!   (`vdpbf16ps`), the one entry by which [`Kernel::Avx512Bf16`]'s table differs from
-//!   AVX-512's (see [`crate::Weight`] for its accuracy).
+//! - `bf16.rs` and `arm_bf16.rs`, the projections of `bf16` weights in `bf16` products with
+//!   AVX512-BF16 (`vdpbf16ps`) and Arm's BF16 extension (`BFDOT`), the one entry by which
+//!   [`Kernel::Avx512Bf16`]'s and [`Kernel::NeonBf16`]'s tables differ from AVX-512's and
+//!   NEON's (see [`crate::Weight`] for their accuracy).
 //!
 //! **Dispatch happens once per call.** Each instruction set has one table of functions per
 //! scalar type (`Table`); an entry point asks for the table of the [`selected`] kernel once
@@ -57,6 +58,8 @@
 mod args;
 #[cfg(target_arch = "aarch64")]
 mod arm;
+#[cfg(target_arch = "aarch64")]
+mod arm_bf16;
 #[cfg(target_arch = "x86_64")]
 mod bf16;
 mod float;
@@ -97,11 +100,16 @@ pub enum Kernel {
     /// in `f32`) at twice the `f32` rate, their inputs rounded to `bf16` (see
     /// [`crate::Weight`] for the accuracy this gives). Everything else is [`Kernel::Avx512`]'s.
     Avx512Bf16,
+    /// aarch64 NEON with the BF16 extension (FEAT_BF16: Neoverse V1/N2 and later, Apple M2
+    /// and later): [`Kernel::Neon`], except that layers with `bf16` weights compute their
+    /// projections in `bf16` products (`BFDOT`), as [`Kernel::Avx512Bf16`] does.
+    NeonBf16,
 }
 
 impl Kernel {
     /// A short name for reports and benchmarks, and what `STATIC_ATTENTION_REQUIRE_KERNEL`
-    /// names in the crate's tests: `scalar`, `avx2+fma`, `avx512`, `avx512+bf16`, `neon`.
+    /// names in the crate's tests: `scalar`, `avx2+fma`, `avx512`, `avx512+bf16`, `neon`,
+    /// `neon+bf16`.
     #[must_use]
     pub const fn name(self) -> &'static str {
         match self {
@@ -110,16 +118,18 @@ impl Kernel {
             Kernel::Avx512 => "avx512",
             Kernel::Avx512Bf16 => "avx512+bf16",
             Kernel::Neon => "neon",
+            Kernel::NeonBf16 => "neon+bf16",
         }
     }
 
     /// Every kernel this crate has, whether or not this CPU runs it.
-    pub const ALL: [Kernel; 5] = [
+    pub const ALL: [Kernel; 6] = [
         Kernel::Scalar,
         Kernel::Avx2Fma,
         Kernel::Avx512,
         Kernel::Avx512Bf16,
         Kernel::Neon,
+        Kernel::NeonBf16,
     ];
 
     /// The kernels this CPU (and build) runs, [`Kernel::Scalar`] first: what to loop over to
@@ -148,6 +158,10 @@ impl Kernel {
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512Bf16 => x86::avx512_bf16_available(),
             Kernel::Neon => cfg!(all(target_arch = "aarch64", target_feature = "neon")),
+            #[cfg(target_arch = "aarch64")]
+            Kernel::NeonBf16 => arm::bf16_available(),
+            #[cfg(not(target_arch = "aarch64"))]
+            Kernel::NeonBf16 => false,
             #[cfg(not(target_arch = "x86_64"))]
             Kernel::Avx2Fma | Kernel::Avx512 | Kernel::Avx512Bf16 => false,
         }
@@ -156,7 +170,8 @@ impl Kernel {
 
 /// The best kernel this build and CPU support: [`Kernel::Avx512Bf16`] on x86-64 with
 /// AVX-512F, AVX512-BF16 and AVX512-BW, else [`Kernel::Avx512`] with AVX-512F, else
-/// [`Kernel::Avx2Fma`] with AVX2 and FMA; [`Kernel::Neon`] on aarch64; else
+/// [`Kernel::Avx2Fma`] with AVX2 and FMA; [`Kernel::NeonBf16`] on aarch64 with the BF16
+/// extension, else [`Kernel::Neon`]; else
 /// [`Kernel::Scalar`]. With the `force-scalar` feature it is always [`Kernel::Scalar`]. Each
 /// call runs the detection; [`selected`] caches it.
 #[must_use]
@@ -168,6 +183,7 @@ pub fn detect() -> Kernel {
         Kernel::Avx512Bf16,
         Kernel::Avx512,
         Kernel::Avx2Fma,
+        Kernel::NeonBf16,
         Kernel::Neon,
     ]
     .into_iter()
@@ -197,6 +213,7 @@ fn cached() -> Kernel {
         3 => Kernel::Avx512,
         4 => Kernel::Neon,
         5 => Kernel::Avx512Bf16,
+        6 => Kernel::NeonBf16,
         _ => {
             let k = detect();
             CHOICE.store(
@@ -206,6 +223,7 @@ fn cached() -> Kernel {
                     Kernel::Avx512 => 3,
                     Kernel::Neon => 4,
                     Kernel::Avx512Bf16 => 5,
+                    Kernel::NeonBf16 => 6,
                 },
                 Ordering::Relaxed,
             );
@@ -313,7 +331,7 @@ pub fn fma_loop(rounds: usize) -> (u64, f32) {
 
 /// `rounds` rounds of 12 independent `bf16` dot-product instructions on whole vectors of the
 /// selected kernel (`vdpbf16ps` on [`Kernel::Avx512Bf16`]: 16 lanes, each adding two products
-/// of `bf16` pairs to an `f32`): the loop a core's `bf16` peak is measured with (the
+/// of `bf16` pairs to an `f32`; `BFDOT` on [`Kernel::NeonBf16`], 4 lanes): the loop a core's `bf16` peak is measured with (the
 /// benchmarks' `peak` group), beside [`fma_loop`]. Returns the floating-point operations done
 /// (two per product) and a sum that depends on every one of them; `None` where the selected
 /// kernel has no `bf16` dot product.
@@ -328,13 +346,16 @@ pub fn fma_loop(rounds: usize) -> (u64, f32) {
 /// ```
 #[must_use]
 pub fn bf16_dot_loop(rounds: usize) -> Option<(u64, f32)> {
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     let _ = rounds;
     match selected() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `selected` names only kernels the CPU runs, and this one has AVX512-BF16,
         // AVX512-BW and AVX-512F, the loop's features.
         Kernel::Avx512Bf16 => Some(unsafe { bf16::dot_loop(rounds) }),
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: `selected` names only kernels the CPU runs, and this one has BF16.
+        Kernel::NeonBf16 => Some(unsafe { arm_bf16::dot_loop(rounds) }),
         _ => None,
     }
 }

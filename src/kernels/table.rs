@@ -37,7 +37,8 @@ pub struct Table<T: 'static> {
     /// `f16` bits widened to `T`.
     pub(super) widen_f16: unsafe fn(&[u16], &mut [T]),
     /// `out = x · Wᵀ + b` (or `+=`) with `bf16` weights in `bf16` products, for the kernels
-    /// that have them ([`Kernel::Avx512Bf16`]); `None` where `bf16` weights are widened.
+    /// that have them ([`Kernel::Avx512Bf16`], [`Kernel::NeonBf16`]); `None` where `bf16`
+    /// weights are widened.
     pub(super) linear_bf16: Option<HalfLinearFn<T>>,
     /// The FMA-peak loop: FLOPs done and a checksum.
     pub(super) fma_loop: unsafe fn(usize) -> (u64, T),

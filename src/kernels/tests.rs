@@ -630,9 +630,9 @@ fn check_linear<T: Float>(
 
 /// `bf16` weights on every kernel, against the accuracy contract of `crate::Weight`: with
 /// `M = Σ_p |x_p·w_p| + |b|` (or `+ |out|` when adding), every output is within
-/// `(u + (1 + u)·γ(din + 1))·M + η` of the exact `Σ x_p·w_p + b` (`u = 2⁻⁸`, `γ(n) = n·2⁻²⁴ /
-/// (1 − n·2⁻²⁴)`, `η = 2⁻¹²⁶·(din + 1)·(1 + max|w|)`). Where the kernel multiplies in `bf16`
-/// (more than two tokens on [`Kernel::Avx512Bf16`]), each output is also within `γ(din + 1)·M̂
+/// `(u + (1 + u)·γ(din + 1))·M + η` of the exact `Σ x_p·w_p + b` (`u = 2⁻⁸`, `γ(n) = n·2⁻²³ /
+/// (1 − n·2⁻²³)`, `η = 2⁻¹²⁶·(din + 1)·(1 + max|w|)`). Where the kernel multiplies in `bf16`
+/// (more than two tokens on [`Kernel::Avx512Bf16`] and [`Kernel::NeonBf16`]), each output is also within `γ(din + 1)·M̂
 /// + η` of the exact sum over the inputs rounded to `bf16` (`M̂` over those), which shows the
 /// rounding is to nearest and nothing else is lost; elsewhere within the `f32` bound of the
 /// projection test above. Odd sizes and odd input counts (an unpaired last row), every
@@ -660,7 +660,8 @@ fn bf16_projections_on_every_kernel_keep_the_contract() {
         ]
     };
     let u = 2f64.powi(-8);
-    let gamma = |n: usize| n as f64 * 2f64.powi(-24) / (1.0 - n as f64 * 2f64.powi(-24));
+    // Unit 2⁻²³: Arm's `BFDOT` rounds its sums to odd (below one ulp).
+    let gamma = |n: usize| n as f64 * 2f64.powi(-23) / (1.0 - n as f64 * 2f64.powi(-23));
     let mut worst = 0f64;
     for kernel in Kernel::supported() {
         for (case, &(s, din, dout)) in shapes.iter().enumerate() {
@@ -687,7 +688,7 @@ fn bf16_projections_on_every_kernel_keep_the_contract() {
                 let b = cast::<f32>(&values(case as u64 + 42, dout, scale));
                 let start = cast::<f32>(&values(case as u64 + 43, s * dout, scale));
                 let rounded = |v: f32| f64::from(bf16::from_f32(v).to_f32());
-                let by_bf16 = kernel == Kernel::Avx512Bf16 && s > 2;
+                let by_bf16 = matches!(kernel, Kernel::Avx512Bf16 | Kernel::NeonBf16) && s > 2;
                 let eta = 2f64.powi(-126) * (din as f64 + 1.0) * 2.0;
                 for pack_len in [PANEL_ROWS, 7 * PANEL_ROWS, din * PANEL_ROWS + PANEL_ROWS] {
                     for add in [false, true] {
@@ -784,8 +785,16 @@ fn the_fast_kernel_is_selected_where_the_cpu_has_it() {
     #[cfg(target_arch = "aarch64")]
     {
         assert!(Kernel::Neon.is_supported());
+        let bf16 = std::arch::is_aarch64_feature_detected!("bf16");
+        assert_eq!(Kernel::NeonBf16.is_supported(), bf16);
         if !cfg!(feature = "force-scalar") {
-            assert_eq!(super::selected(), Kernel::Neon);
+            if bf16 {
+                // Where the CPU has `BFDOT`, layers with `bf16` weights use it.
+                assert_eq!(super::selected(), Kernel::NeonBf16);
+                assert!(super::current::<f32>().linear_bf16.is_some());
+            } else {
+                assert_eq!(super::selected(), Kernel::Neon);
+            }
         }
     }
     if cfg!(feature = "force-scalar") {
