@@ -27,6 +27,10 @@
 #                                                       4*SEQ^2*DIM FLOPs
 #   layer/simd_2threads/512x512x8                       the same, `rayon` feature, 2 threads
 #   batch/{simd,scalar}/32x16x64x4                      32 sequences through the 16x64x4 layer
+#   half/{f32,bf16,bf16_widened,f16}/{128x256x8,512x512x8}  the layer with f32, bf16 (bf16
+#                                                       products where the kernel has them),
+#                                                       bf16 widened and f16 weights; torch:
+#                                                       its bf16 module (half/<shape>)
 #   decode/{mha,gqa}_{step,recompute}/cache_{128,1024}  one decoding step at that cache length
 #                                                       (torch: transformers' LlamaAttention
 #                                                       with a DynamicCache), and ours
@@ -365,6 +369,24 @@ for layer, label in (("mha", "MHA 512x8"), ("gqa", "GQA 8q/2kv, d 64")):
         decode.append(f"| {label}, cache {length} | {us(step)} | {us(full)} | {us(hf)} "
                       f"| {ratio(hf, step)} | {ratio(full, step)} |")
 
+# bf16 weights: our `half` group against PyTorch's bfloat16 module (1 thread), with our own f32
+# layer and PyTorch's f32 module beside them.
+half = ["| bf16 weights | ours f32 (µs) | ours bf16 (µs) | ours bf16 widened (µs) | torch bf16 1T (µs) "
+        "| torch f32 1T (µs) | ours f32 / ours bf16 | torch bf16 / ours bf16 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|"]
+for param in ("128x256x8", "512x512x8"):
+    f32_, b16 = ours("half", "f32", param), ours("half", "bf16", param)
+    wide = ours("half", "bf16_widened", param)
+    tb, tf = peers.get(("torch", 1, f"half/{param}")), peers.get(("torch", 1, f"layer/{param}"))
+    half.append(f"| MHA layer {param} | {us(f32_)} | {us(b16)} | {us(wide)} | {us(tb)} | {us(tf)} "
+                f"| {ratio(f32_, b16)} | {ratio(tb, b16)} |")
+bf16_peak, fma_peak = ours("peak", "simd", "bf16_dot"), ours("peak", "simd", "fma")
+peaks = []
+if bf16_peak and fma_peak:
+    # 100 000 rounds of 12 instructions; 16 lanes × 4 FLOPs (bf16) and 16 × 2 (f32 FMA).
+    peaks.append(f"Peaks in this run: f32 FMA {1.2e6 * 32 / (fma_peak * 1e3):.1f} GFLOP/s, "
+                 f"bf16 dot product {1.2e6 * 64 / (bf16_peak * 1e3):.1f} GFLOP/s.")
+
 print("\n".join([
     "# static-attention vs PyTorch and candle",
     "",
@@ -385,6 +407,10 @@ print("\n".join([
     *footnotes,
     "",
     *decode,
+    "",
+    *half,
+    "",
+    *peaks,
 ]))
 PY
 
