@@ -103,6 +103,21 @@ fn close_bf16<const R: usize, const C: usize>(
     assert!(err <= tol, "{what}: max |diff| {err:e} > {tol:e}");
 }
 
+/// [`close_bf16`] where the values came through `bf16` products (`products`), [`close`]
+/// otherwise.
+fn close_half<const R: usize, const C: usize>(
+    products: bool,
+    what: &str,
+    a: &SMatrix<f32, R, C>,
+    b: &SMatrix<f32, R, C>,
+) {
+    if products {
+        close_bf16(what, a, b);
+    } else {
+        close(what, a, b);
+    }
+}
+
 fn check_linear<W: Weight<f32>, const S: usize, const IN: usize, const OUT: usize>(what: &str) {
     let full = linear::<IN, OUT>(3);
     let half: Linear<IN, OUT, f32, W> = full.to_weights();
@@ -221,18 +236,16 @@ fn layers_with_half_weights_equal_their_rounded_f32_layers() {
             close("MultiHead f16 weights", w.head(2), rw.head(2));
             let hb = mha.to_weights::<bf16>();
             let rb = hb.to_weights::<f32>();
-            let close_b = if bf16_products(k, 20) {
-                close_bf16::<20, 48>
-            } else {
-                close::<20, 48>
-            };
-            close_b(
+            let products = bf16_products(k, 20);
+            close_half(
+                products,
                 "MultiHead bf16",
                 &hb.forward(&x, &mask),
                 &rb.forward(&x, &mask),
             );
             let memory = input::<7, 48>(5);
-            close_b(
+            close_half(
+                products,
                 "MultiHead bf16 cross-attention",
                 &hb.cross_attention(&x, &memory, &Mask::none()),
                 &rb.cross_attention(&x, &memory, &Mask::none()),
@@ -258,24 +271,20 @@ fn decoding_with_half_weights() {
             let h = gqa.to_weights::<bf16>();
             let r = h.to_weights::<f32>();
             let mask = Mask::causal(Alignment::TopLeft);
-            let close_b = if bf16_products(k, 10) {
-                close_bf16::<10, 32>
-            } else {
-                close::<10, 32>
-            };
-            close_b(
+            let products = bf16_products(k, 10);
+            close_half(
+                products,
                 "GroupedQuery bf16 forward",
                 &h.forward(&x, &mask, &rope).unwrap(),
                 &r.forward(&x, &mask, &rope).unwrap(),
             );
             let (mut ch, mut cr) = (KvCache::<16, 16>::new(), KvCache::<16, 16>::new());
             let p = x.fixed_rows::<6>(0).into_owned();
-            let close_p = if bf16_products(k, 6) {
-                close_bf16::<6, 32>
-            } else {
-                close::<6, 32>
-            };
-            close_p(
+            // The prefill's 6 tokens go through `bf16` products where the kernel has them; so
+            // do the keys and values the cache then holds for the steps.
+            let products_p = bf16_products(k, 6);
+            close_half(
+                products_p,
                 "prefill",
                 &h.decode(&p, &mut ch, &rope).unwrap(),
                 &r.decode(&p, &mut cr, &rope).unwrap(),
@@ -284,12 +293,8 @@ fn decoding_with_half_weights() {
                 let tok = x.fixed_rows::<1>(t).into_owned();
                 // The cache holds the prefill's keys and values, made with `bf16` products where
                 // the kernel has them; the step itself widens.
-                let close_t = if bf16_products(k, 6) {
-                    close_bf16::<1, 32>
-                } else {
-                    close::<1, 32>
-                };
-                close_t(
+                close_half(
+                    products_p,
                     "decode step",
                     &h.decode(&tok, &mut ch, &rope).unwrap(),
                     &r.decode(&tok, &mut cr, &rope).unwrap(),

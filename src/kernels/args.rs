@@ -27,6 +27,11 @@ pub(crate) const KB: usize = KEY_BLOCK;
 /// input feature.
 pub(crate) const PANEL_ROWS: usize = MQ_MAX;
 
+/// Token counts up to which a projection runs token by token (the vector kernels' GEMV, and
+/// the widening path for `bf16` weights even where the kernel has `bf16` products) instead of
+/// in row panels, whose vectors would be mostly padding (decoding runs one token).
+pub(crate) const GEMV_TOKENS: usize = 2;
+
 /// Shape of one head's attention problem: `sq` queries of width `dk`, `skv` keys and values of
 /// widths `dk` and `dv`. Queries and outputs are the first `sq` rows of column-major matrices
 /// with leading dimension `ldq ≥ sq` (a token of a longer sequence, decoding through a ring;

@@ -59,14 +59,8 @@ pub(super) fn linear(
 ) {
     check_weights(w, bias, din, dout);
     let (x, out, add) = io.checked(s, din, dout);
-    if din == 0 {
-        if !add {
-            for j in 0..dout {
-                out[j * s..(j + 1) * s].fill(bias[j]);
-            }
-        }
-        return;
-    }
+    // `Table::linear` sends a projection with no inputs to the native kernel.
+    assert!(din > 0, "a bf16 projection without inputs");
     let pack: &mut [u32] = bytemuck::cast_slice_mut(pack);
     let args = Gemm {
         x: x.as_ptr(),
@@ -234,33 +228,46 @@ unsafe fn micro<const NV: usize, const N: usize>(g: Gemm<'_>, t: Tile) {
         }
         let row = 2 * t.width;
         for q in 0..t.kq {
-            let a = t.a.add(q * mr);
             let b = t.b.add(q * row);
-            let x: [__m512i; NV] =
-                core::array::from_fn(|v| _mm512_loadu_si512(a.add(v * L).cast()));
-            for n in 0..N {
-                let pair = _mm512_set1_epi32(b.add(2 * n).cast::<i32>().read_unaligned());
-                for v in 0..NV {
-                    acc[v][n] = _mm512_dpbf16_ps(acc[v][n], bh(x[v]), bh(pair));
-                }
-            }
+            dot_step(&mut acc, t.a.add(q * mr), |n| {
+                _mm512_set1_epi32(b.add(2 * n).cast::<i32>().read_unaligned())
+            });
         }
         if t.single {
-            let a = t.a.add(t.kq * mr);
+            // The odd last input: each weight alone, its pair's upper half zero.
             let b = t.b.add(t.kq * row);
-            let x: [__m512i; NV] =
-                core::array::from_fn(|v| _mm512_loadu_si512(a.add(v * L).cast()));
-            for n in 0..N {
-                let one = _mm512_set1_epi32(i32::from(*b.add(n)));
-                for v in 0..NV {
-                    acc[v][n] = _mm512_dpbf16_ps(acc[v][n], bh(x[v]), bh(one));
-                }
-            }
+            dot_step(&mut acc, t.a.add(t.kq * mr), |n| {
+                _mm512_set1_epi32(i32::from(*b.add(n)))
+            });
         }
         for n in 0..N {
             let col = g.out.add(t.i0 + (t.j0 + n) * ldc);
             for v in 0..NV {
                 _mm512_mask_storeu_ps(col.wrapping_add(v * L), masks[v], acc[v][n]);
+            }
+        }
+    }
+}
+
+/// One column of the packed panel (`NV` vectors of pairs at `a`) times each feature's weight
+/// pair (`weight(n)`, broadcast): `acc[v][n] += a[v] · weight(n)`.
+///
+/// # Safety
+/// `a` holds `NV · 16` words; the CPU runs AVX512-BF16 (the caller is compiled with it, and
+/// this function is inlined into it).
+#[inline(always)]
+unsafe fn dot_step<const NV: usize, const N: usize>(
+    acc: &mut [[__m512; N]; NV],
+    a: *const u32,
+    weight: impl Fn(usize) -> __m512i,
+) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let x: [__m512i; NV] = core::array::from_fn(|v| _mm512_loadu_si512(a.add(v * L).cast()));
+        for n in 0..N {
+            let w = bh(weight(n));
+            for v in 0..NV {
+                acc[v][n] = _mm512_dpbf16_ps(acc[v][n], bh(x[v]), w);
             }
         }
     }

@@ -18,24 +18,12 @@ use crate::weight::WeightKind;
 /// Output features per tile of the stored weight layout.
 pub(crate) const WEIGHT_TILE: usize = 12;
 
-/// Where `W[n, p]` lives in a `dout × din` weight stored in tiles (rows not paired).
+/// The tile holding output feature `n`: where it starts, its width (12, or `dout mod 12` for
+/// the last), and `n`'s column in it.
 #[inline(always)]
-#[must_use]
-pub(crate) const fn tiled_index(n: usize, p: usize, din: usize, dout: usize) -> usize {
+const fn tile_of(n: usize, din: usize, dout: usize) -> (usize, usize, usize) {
     let full = dout / WEIGHT_TILE * WEIGHT_TILE;
     if n < full {
-        ((n / WEIGHT_TILE) * din + p) * WEIGHT_TILE + n % WEIGHT_TILE
-    } else {
-        full * din + p * (dout - full) + (n - full)
-    }
-}
-
-/// Where `W[n, p]` lives in a `dout × din` weight stored in tiles with paired rows.
-#[inline(always)]
-#[must_use]
-pub(crate) const fn paired_index(n: usize, p: usize, din: usize, dout: usize) -> usize {
-    let full = dout / WEIGHT_TILE * WEIGHT_TILE;
-    let (base, width, j) = if n < full {
         (
             (n / WEIGHT_TILE) * WEIGHT_TILE * din,
             WEIGHT_TILE,
@@ -43,7 +31,23 @@ pub(crate) const fn paired_index(n: usize, p: usize, din: usize, dout: usize) ->
         )
     } else {
         (full * din, dout - full, n - full)
-    };
+    }
+}
+
+/// Where `W[n, p]` lives in a `dout × din` weight stored in tiles (rows not paired).
+#[inline(always)]
+#[must_use]
+pub(crate) const fn tiled_index(n: usize, p: usize, din: usize, dout: usize) -> usize {
+    let (base, width, j) = tile_of(n, din, dout);
+    base + p * width + j
+}
+
+/// Where `W[n, p]` lives in a `dout × din` weight stored in tiles with paired rows: rows
+/// `2q`, `2q + 1` as `width` pairs, an odd last row as it is.
+#[inline(always)]
+#[must_use]
+pub(crate) const fn paired_index(n: usize, p: usize, din: usize, dout: usize) -> usize {
+    let (base, width, j) = tile_of(n, din, dout);
     if p < din / 2 * 2 {
         base + (p - p % 2) * width + 2 * j + p % 2
     } else {

@@ -4,7 +4,7 @@
 //! the projections and the attention loop call through it with no further dispatch, and
 //! threads that share a call's work share its table (so they run the caller's kernel).
 
-use super::args::{LinearIo, Problem, QueryIo, WorkRef, check_weights};
+use super::args::{GEMV_TOKENS, LinearIo, Problem, QueryIo, WorkRef, check_weights};
 use super::{Float, Kernel, scalar};
 use crate::weight::sealed::Stored;
 use crate::weight::{Weight, WeightKind};
@@ -76,8 +76,9 @@ impl<T: Float> Table<T> {
             }
             Stored::Half(bits) => match self.linear_bf16 {
                 // One or two tokens (a decoding step) stay on the widening path, whose GEMV
-                // reads each weight once per token.
-                Some(f) if W::KIND == WeightKind::Bf16 && s > BF16_MIN_TOKENS => {
+                // reads each weight once per token; with no inputs every output is its bias,
+                // which the native kernel writes.
+                Some(f) if W::KIND == WeightKind::Bf16 && s > GEMV_TOKENS && din > 0 => {
                     // SAFETY: the table's kernel runs on this CPU.
                     unsafe { f(io, s, din, bits, dout, bias, pack) }
                 }
@@ -212,10 +213,6 @@ impl<T: Float> Table<T> {
         }
     }
 }
-
-/// Token counts up to which `bf16` weights take the widening path even where the kernel has
-/// `bf16` products.
-const BF16_MIN_TOKENS: usize = 2;
 
 /// Strips of 12 output features widened per block of [`Table::linear_half`] (4 measured
 /// fastest of 2, 4, 8 and 16 on `MultiHead<128, 256, 8>` and `<512, 512, 8>`).

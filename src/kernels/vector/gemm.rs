@@ -7,7 +7,7 @@
 #![allow(clippy::too_many_arguments, clippy::needless_range_loop)]
 
 use super::super::Float;
-use super::super::args::{LinearIo, MQ_MAX, check_weights};
+use super::super::args::{GEMV_TOKENS, LinearIo, MQ_MAX, check_weights};
 use super::super::layout::WEIGHT_TILE;
 use super::super::simd::Simd;
 use super::steps::{for_tiles, tile_rows};
@@ -50,10 +50,6 @@ struct Weights<'a, E> {
     din: usize,
     dout: usize,
 }
-
-/// Token counts up to which [`linear`] runs token by token ([`linear_gemv`]) instead of in
-/// row panels, whose vectors would be mostly padding (decoding runs one token).
-pub(crate) const GEMV_TOKENS: usize = 2;
 
 /// [`linear`] one token at a time, for very few tokens: each strip of 12 output features is
 /// a contiguous `din × 12` block in the weights' tile layout, so its 12 sums are one long dot
