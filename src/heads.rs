@@ -24,7 +24,7 @@ use crate::kernels::{
 use crate::mask::{Additive, Alibi};
 use crate::positions::{PositionEncoding, PositionError};
 use crate::variant::Tweaks;
-use crate::{CacheError, Float, KvCache, Linear, Mask, Weight};
+use crate::{CacheError, Float, KvCache, Linear, Mask, Weight, WeightKind};
 
 /// The default softmax scale `1/√d` for keys of width `d`.
 ///
@@ -64,6 +64,9 @@ pub(crate) struct Scores<'a, T> {
     pub key_rotate: usize,
     pub softcap: Option<T>,
     pub sinks: Option<&'a [T]>,
+    /// The layer stores `bf16` weights: where the kernel has `bf16` products, the attention
+    /// runs in them too (`Table::attention_bf16`; see [`crate::Weight`]).
+    pub bf16: bool,
 }
 
 impl<'a, T: Float> Scores<'a, T> {
@@ -82,6 +85,7 @@ impl<'a, T: Float> Scores<'a, T> {
             key_rotate: 0,
             softcap: tweaks.softcap,
             sinks: tweaks.sinks,
+            bf16: false,
         }
     }
 }
@@ -104,6 +108,13 @@ fn windowed(pattern: Pattern, window: Option<usize>) -> Pattern {
         },
         (p, _) => p,
     }
+}
+
+/// Whether a call over `tokens` queries of a layer storing `W` asks for the attention in
+/// `bf16` products: `bf16` weights and more than two tokens (one or two, a decoding step,
+/// widen their projections and keep the `f32` attention).
+fn bf16_attention<T: Float, W: Weight<T>>(tokens: usize) -> bool {
+    W::KIND == WeightKind::Bf16 && tokens > 2
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -133,7 +144,7 @@ fn attend_head<T: Float>(
     };
     match weights {
         Some(w) => kt.attention_with_weights(io, &p, w),
-        None => kt.attention(io, &p, work),
+        None => kt.attention_maybe_bf16(scores.bf16, io, &p, work),
     }
 }
 
@@ -338,7 +349,10 @@ impl<'l, const DIM: usize, const QD: usize, const KVD: usize, T: Float, W: Weigh
         let mut view = mask.view();
         view.pattern = windowed(view.pattern, self.tweaks.window);
         let alibi = positions.alibi().or(mask.alibi());
-        let scores = Scores::new(hd, &view, alibi, &self.tweaks);
+        let scores = Scores {
+            bf16: bf16_attention::<T, W>(SQ),
+            ..Scores::new(hd, &view, alibi, &self.tweaks)
+        };
         let kv = (&*buf.k, &*buf.v);
         let io = self.heads_io(&mut *buf.q, &mut *out);
         let dims = Dims::new(SQ, SKV, hd, hd);
@@ -409,6 +423,7 @@ impl<'l, const DIM: usize, const QD: usize, const KVD: usize, T: Float, W: Weigh
             let scores = Scores {
                 // ALiBi distances count from the oldest position, wherever a ring put it.
                 key_rotate: cache.oldest_row(),
+                bf16: bf16_attention::<T, W>(rows),
                 ..Scores::new(hd, &view, alibi, &self.tweaks)
             };
             let dims = Dims {
@@ -529,7 +544,10 @@ mod parallel {
             let mut view = mask.view();
             view.pattern = super::windowed(view.pattern, self.tweaks.window);
             let alibi = positions.alibi().or(mask.alibi());
-            let scores = Scores::new(hd, &view, alibi, &self.tweaks);
+            let scores = Scores {
+                bf16: super::bf16_attention::<T, W>(SEQ),
+                ..Scores::new(hd, &view, alibi, &self.tweaks)
+            };
             let (q, k, v) = (&*buf.q, &*buf.k, &*buf.v);
             let heads = self.heads;
             let pieces: Vec<(usize, usize, Vec<T>)> = (0..heads.count)

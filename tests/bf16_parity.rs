@@ -3,11 +3,12 @@
 //! `MultiHead<_, _, _, f32, bf16>`, and its output on the module's input is compared with
 //!
 //! - the exact answer (the same rounded weights and input in `float64`): within the layer
-//!   contract of the `weight` module's docs, `2⁻⁷ · max|y|`, wherever the kernel multiplies in
+//!   contract of the `weight` module's docs, `2⁻⁶ · max|y|`, wherever the kernel multiplies in
 //!   `bf16`, and within the crate's `f32` bound where it widens;
 //! - PyTorch's `bf16` module, which rounds every product, projection and softmax to `bf16`:
 //!   within `2⁻⁶ · max|y|`, that module's own distance from the exact answer being up to
-//!   `0.92 · 2⁻⁸ · max|y|` in these files (ours: 0.33 · 2⁻⁸ with `bf16` products).
+//!   `0.92 · 2⁻⁸ · max|y|` in these files (ours: 0.47 · 2⁻⁸ with `bf16` products on x86-64,
+//!   0.33 · 2⁻⁸ on Arm, whose attention stays `f32`).
 //!
 //! `cargo test --test bf16_parity -- --nocapture` prints the measured ratios.
 #![cfg(feature = "safetensors")]
@@ -32,7 +33,7 @@ fn case<const S: usize, const D: usize, const H: usize>(name: &str) {
     let products = matches!(selected(), Kernel::Avx512Bf16 | Kernel::NeonBf16);
     let to_exact = (y - exact).amax();
     if products {
-        let bound = 2f32.powi(-7) * scale;
+        let bound = 2f32.powi(-6) * scale;
         assert!(
             to_exact <= bound,
             "{name}: {to_exact:e} from exact > {bound:e}"

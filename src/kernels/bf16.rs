@@ -347,3 +347,279 @@ pub(super) fn dot_loop(rounds: usize) -> (u64, f32) {
         _mm512_reduce_add_ps(total),
     )
 }
+
+// ---- Attention with `bf16` products ------------------------------------------------------
+
+/// Queries per tile of [`attention`]: one vector.
+const QT: usize = 16;
+/// Keys per block of [`attention`]: 16 pairs.
+const KBF: usize = 32;
+/// The widest head (`dk`, `dv`) [`attention`] takes; wider heads take the `f32` kernel.
+pub(crate) const MAX_HEAD: usize = 128;
+
+/// Streaming attention for one head with `QKᵀ` and `P·V` in `bf16` products, for layers
+/// with `bf16` weights (see [`crate::Weight`]): queries, keys, the softmax's weights and
+/// values are rounded to `bf16` (to nearest) as they are packed; scores, the online softmax
+/// and the sums are `f32`. Returns `false`, having written nothing, for what it does not
+/// take (the caller then runs the `f32` kernel): no queries, heads wider than
+/// [`MAX_HEAD`], a mask with anything but its pattern, soft-capping or a sink, working memory
+/// too small, non-finite queries, keys or values, or magnitudes whose scores or sums could
+/// overflow.
+///
+/// Tiles of 16 queries (one vector, a query per lane) walk the keys their pattern lets any of
+/// them see in blocks of 32: the block's keys are packed as pairs of features, its scores
+/// come from `vdpbf16ps` (16 keys at a time), are scaled and masked per lane, and update the
+/// running maximum and denominator; the block's weights are packed as pairs of keys, its
+/// values (already in key order) as pairs too, and `P·V` adds 12 value columns at a time to
+/// the running sums kept in `work`.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+pub(super) fn attention(
+    io: &mut super::args::QueryIo<'_, f32>,
+    p: &super::args::Problem<'_, f32>,
+    work: &mut super::args::WorkRef<'_, f32>,
+) -> bool {
+    let d = p.dims;
+    let m = p.mask;
+    if d.sq == 0
+        || d.dk > MAX_HEAD
+        || d.dv > MAX_HEAD
+        || d.dk == 0
+        || d.skv == 0
+        || p.softcap.is_some()
+        || p.sink.is_some()
+        || m.attend.is_some()
+        || m.block.is_some()
+        || m.pad.is_some()
+        || m.additive.is_some()
+        || m.alibi.is_some()
+        || work.acc.len() < QT * d.dv
+    {
+        return false;
+    }
+    p.check(io);
+    // Finite operands, and magnitudes far from overflow: |score| ≤ scale·dk·max|q|·max|k| and
+    // every sum of values ≤ skv·max|v| stay below 2¹⁰⁰.
+    let amax = |x: &[f32], rows: usize, cols: usize, ld: usize| {
+        let mut a = 0f32;
+        for c in 0..cols {
+            for &v in &x[c * ld..c * ld + rows] {
+                if !v.is_finite() {
+                    return f32::INFINITY;
+                }
+                a = a.max(v.abs());
+            }
+        }
+        a
+    };
+    let qmax = amax(io.queries(), d.sq, d.dk, d.ldq);
+    let kmax = amax(p.k, d.skv, d.dk, d.ldkv);
+    let vmax = amax(p.v, d.skv, d.dv, d.ldkv);
+    // 2¹⁰⁰ (no `powi` without `std`).
+    let limit = f32::from_bits((127 + 100) << 23);
+    let score_bound = f64::from(p.scale.abs()) * d.dk as f64 * f64::from(qmax) * f64::from(kmax);
+    // (A NaN bound, from an infinite maximum times zero, fails the comparison too.)
+    let fits =
+        score_bound < f64::from(limit) && f64::from(vmax) * (d.skv as f64) < f64::from(limit);
+    if !fits {
+        return false;
+    }
+    let (qp, out) = io.pointers();
+    let acc = work.acc.as_mut_ptr();
+    let mut i0 = 0;
+    while i0 < d.sq {
+        let rows = QT.min(d.sq - i0);
+        // SAFETY: the tile reads rows `i0 .. i0 + rows` of the queries and writes the same
+        // rows of the outputs (`p.check` checked both against `dims`); `acc` holds
+        // `QT · dv` values (checked above).
+        unsafe { attention_tile(qp, out, acc, p, i0, rows) };
+        i0 += rows;
+    }
+    true
+}
+
+/// One tile of [`attention`]: rows `i0 .. i0 + rows` (`rows ≤ 16`).
+///
+/// # Safety
+/// `q` holds the queries and `out` the outputs of `p.dims` (the same memory in place: each
+/// tile reads its queries before it writes its outputs); `acc` holds `16 · dv` values.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn attention_tile(
+    q: *const f32,
+    out: *mut f32,
+    acc: *mut f32,
+    p: &super::args::Problem<'_, f32>,
+    i0: usize,
+    rows: usize,
+) {
+    // SAFETY: `Avx512F32` needs AVX-512F, which this function is compiled with and its
+    // callers guarantee.
+    let s = unsafe { super::x86::avx512_f32() };
+    use super::simd::Simd;
+    let d = p.dims;
+    let m = p.mask;
+    let lanes = row_mask(rows);
+    let dk2 = d.dk.div_ceil(2);
+    // Each lane's key range under the pattern; the tile's union.
+    let mut lo = [i32::MAX; QT];
+    let mut hi = [0i32; QT];
+    let (mut jlo, mut jhi) = (d.skv, 0);
+    for i in 0..rows {
+        let (a, b) = m.pattern.key_range(m.q_offset + i0 + i, m.sq_total, d.skv);
+        lo[i] = a as i32;
+        hi[i] = b as i32;
+        if a < b {
+            jlo = jlo.min(a);
+            jhi = jhi.max(b);
+        }
+    }
+    let mut qpk = [0u32; MAX_HEAD / 2 * QT];
+    let mut kpk = [0u32; MAX_HEAD / 2 * KBF];
+    let mut vpk = [0u32; MAX_HEAD * KBF / 2];
+    let mut scores = [0f32; KBF * QT];
+    let mut ppk = [0u32; KBF / 2 * QT];
+    // SAFETY: every pointer below stays inside the operands of the contract and the local
+    // arrays (sizes from `dk, dv ≤ MAX_HEAD`); lanes past `rows` and keys past the block are
+    // masked off in every load and store of the caller's memory.
+    unsafe {
+        let order = _mm512_loadu_si512(INTERLEAVE.as_ptr().cast());
+        // The tile's queries as pairs of features.
+        for e2 in 0..dk2 {
+            let col = q.wrapping_add(i0 + 2 * e2 * d.ldq);
+            let e = _mm512_maskz_loadu_ps(lanes, col);
+            let o = if 2 * e2 + 1 < d.dk {
+                _mm512_maskz_loadu_ps(lanes, col.wrapping_add(d.ldq))
+            } else {
+                _mm512_setzero_ps()
+            };
+            let both = core::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(o, e));
+            _mm512_storeu_si512(
+                qpk.as_mut_ptr().add(e2 * QT).cast(),
+                _mm512_permutexvar_epi16(order, both),
+            );
+        }
+        for e in 0..d.dv {
+            _mm512_storeu_ps(acc.add(e * QT), _mm512_setzero_ps());
+        }
+        let lo_v = _mm512_loadu_si512(lo.as_ptr().cast());
+        let hi_v = _mm512_loadu_si512(hi.as_ptr().cast());
+        let neg_inf = _mm512_set1_ps(f32::NEG_INFINITY);
+        let mut mx = neg_inf;
+        let mut l = _mm512_setzero_ps();
+        let scale = _mm512_set1_ps(p.scale);
+        let mut j0 = jlo;
+        while j0 < jhi {
+            let nb = KBF.min(jhi - j0);
+            // Keys `j0 .. j0 + nb` as pairs of features: `kpk[e2·32 + j]`.
+            for e2 in 0..dk2 {
+                for half in 0..2 {
+                    let n = nb.saturating_sub(16 * half).min(16);
+                    let km = row_mask(n);
+                    let col = p.k.as_ptr().wrapping_add(j0 + 16 * half + 2 * e2 * d.ldkv);
+                    let e = _mm512_maskz_loadu_ps(km, col);
+                    let o = if 2 * e2 + 1 < d.dk {
+                        _mm512_maskz_loadu_ps(km, col.wrapping_add(d.ldkv))
+                    } else {
+                        _mm512_setzero_ps()
+                    };
+                    let both = core::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(o, e));
+                    _mm512_storeu_si512(
+                        kpk.as_mut_ptr().add(e2 * KBF + 16 * half).cast(),
+                        _mm512_permutexvar_epi16(order, both),
+                    );
+                }
+            }
+            // Scores of 16 keys at a time: 16 accumulators over the pairs of features.
+            for g in 0..2 {
+                let mut sc = [_mm512_setzero_ps(); 16];
+                for e2 in 0..dk2 {
+                    let qv = bh(_mm512_loadu_si512(qpk.as_ptr().add(e2 * QT).cast()));
+                    let kb = kpk.as_ptr().add(e2 * KBF + 16 * g);
+                    for (j, a) in sc.iter_mut().enumerate() {
+                        let kv = _mm512_set1_epi32(*kb.add(j) as i32);
+                        *a = _mm512_dpbf16_ps(*a, qv, bh(kv));
+                    }
+                }
+                for (j, a) in sc.iter().enumerate() {
+                    let key = (j0 + 16 * g + j) as i32;
+                    let kv = _mm512_set1_epi32(key);
+                    // Allowed where lo ≤ key < hi (and the key exists).
+                    let ok = _mm512_cmple_epi32_mask(lo_v, kv) & _mm512_cmpgt_epi32_mask(hi_v, kv);
+                    let ok = if 16 * g + j < nb { ok } else { 0 };
+                    let z = _mm512_mask_blend_ps(ok, neg_inf, _mm512_mul_ps(*a, scale));
+                    _mm512_storeu_ps(scores.as_mut_ptr().add((16 * g + j) * QT), z);
+                }
+            }
+            // Online softmax over the block.
+            let mut bm = neg_inf;
+            for j in 0..KBF {
+                bm = _mm512_max_ps(bm, _mm512_loadu_ps(scores.as_ptr().add(j * QT)));
+            }
+            let new_mx = _mm512_max_ps(mx, bm);
+            // A lane with no allowed key yet keeps maximum −∞: its weights are 0 and its
+            // correction 1 (never e^(−∞ − (−∞))).
+            let live = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(new_mx, neg_inf);
+            let shift = _mm512_mask_blend_ps(live, _mm512_setzero_ps(), new_mx);
+            let corr =
+                _mm512_mask_blend_ps(live, _mm512_set1_ps(1.0), s.exp(_mm512_sub_ps(mx, shift)));
+            l = _mm512_mul_ps(l, corr);
+            for j2 in 0..KBF / 2 {
+                let pe = s.exp(_mm512_sub_ps(
+                    _mm512_loadu_ps(scores.as_ptr().add(2 * j2 * QT)),
+                    shift,
+                ));
+                let po = s.exp(_mm512_sub_ps(
+                    _mm512_loadu_ps(scores.as_ptr().add((2 * j2 + 1) * QT)),
+                    shift,
+                ));
+                let (pe, po) = (_mm512_maskz_mov_ps(live, pe), _mm512_maskz_mov_ps(live, po));
+                l = _mm512_add_ps(l, _mm512_add_ps(pe, po));
+                let both = core::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(po, pe));
+                _mm512_storeu_si512(
+                    ppk.as_mut_ptr().add(j2 * QT).cast(),
+                    _mm512_permutexvar_epi16(order, both),
+                );
+            }
+            mx = new_mx;
+            // Values `j0 .. j0 + nb` of each column as pairs of keys, already in key order:
+            // `vpk[e·16 + j2]`.
+            let (m0, m1) = (row_mask(nb.min(16)), row_mask(nb.saturating_sub(16)));
+            for e in 0..d.dv {
+                let col = p.v.as_ptr().wrapping_add(j0 + e * d.ldkv);
+                let a = _mm512_maskz_loadu_ps(m0, col);
+                let b = _mm512_maskz_loadu_ps(m1, col.wrapping_add(16));
+                _mm512_storeu_si512(
+                    vpk.as_mut_ptr().add(e * (KBF / 2)).cast(),
+                    core::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(b, a)),
+                );
+            }
+            // P·V, 12 value columns at a time, into the running sums (scaled by `corr`).
+            let mut e0 = 0;
+            while e0 < d.dv {
+                let w = 12.min(d.dv - e0);
+                let mut av = [_mm512_setzero_ps(); 12];
+                for (c, a) in av.iter_mut().enumerate().take(w) {
+                    *a = _mm512_mul_ps(_mm512_loadu_ps(acc.add((e0 + c) * QT)), corr);
+                }
+                for j2 in 0..KBF / 2 {
+                    let pv = bh(_mm512_loadu_si512(ppk.as_ptr().add(j2 * QT).cast()));
+                    for (c, a) in av.iter_mut().enumerate().take(w) {
+                        let vv = _mm512_set1_epi32(vpk[(e0 + c) * (KBF / 2) + j2] as i32);
+                        *a = _mm512_dpbf16_ps(*a, pv, bh(vv));
+                    }
+                }
+                for (c, a) in av.iter().enumerate().take(w) {
+                    _mm512_storeu_ps(acc.add((e0 + c) * QT), *a);
+                }
+                e0 += w;
+            }
+            j0 += nb;
+        }
+        // Outputs: the sums over the denominator (0 for a row that saw no key).
+        let has = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(l, _mm512_setzero_ps());
+        let inv = _mm512_maskz_div_ps(has, _mm512_set1_ps(1.0), l);
+        for e in 0..d.dv {
+            let y = _mm512_mul_ps(_mm512_loadu_ps(acc.add(e * QT)), inv);
+            _mm512_mask_storeu_ps(out.wrapping_add(i0 + e * d.ldq), lanes, y);
+        }
+    }
+}

@@ -40,9 +40,17 @@ pub struct Table<T: 'static> {
     /// that have them ([`Kernel::Avx512Bf16`], [`Kernel::NeonBf16`]); `None` where `bf16`
     /// weights are widened.
     pub(super) linear_bf16: Option<HalfLinearFn<T>>,
+    /// Streaming attention for one head in `bf16` products, for layers with `bf16` weights
+    /// on the kernels that have them ([`Kernel::Avx512Bf16`]); `false` (nothing written) for
+    /// a problem it does not take. `None` elsewhere.
+    pub(super) attention_bf16: Option<Bf16AttentionFn<T>>,
     /// The FMA-peak loop: FLOPs done and a checksum.
     pub(super) fma_loop: unsafe fn(usize) -> (u64, T),
 }
+
+/// An attention kernel that may decline a problem: `(io, problem, work) -> taken`.
+type Bf16AttentionFn<T> =
+    unsafe fn(&mut QueryIo<'_, T>, &Problem<'_, T>, &mut WorkRef<'_, T>) -> bool;
 
 impl<T: Float> Table<T> {
     /// The kernel these functions belong to.
@@ -92,6 +100,25 @@ impl<T: Float> Table<T> {
     pub(crate) fn attention(&self, io: QueryIo<'_, T>, p: &Problem<'_, T>, work: WorkRef<'_, T>) {
         // SAFETY: the table's kernel runs on this CPU.
         unsafe { (self.attention)(io, p, work) }
+    }
+
+    /// [`Table::attention`], in `bf16` products when `bf16` is set (the layer stores `bf16`
+    /// weights) and the kernel has them for this problem (see [`crate::Weight`]).
+    pub(crate) fn attention_maybe_bf16(
+        &self,
+        bf16: bool,
+        mut io: QueryIo<'_, T>,
+        p: &Problem<'_, T>,
+        mut work: WorkRef<'_, T>,
+    ) {
+        if bf16
+            && let Some(f) = self.attention_bf16
+            // SAFETY: the table's kernel runs on this CPU.
+            && unsafe { f(&mut io, p, &mut work) }
+        {
+            return;
+        }
+        self.attention(io, p, work);
     }
 
     /// Attention for one head that also writes the post-softmax weights (`sq × skv`,

@@ -755,6 +755,164 @@ fn bf16_projections_on_every_kernel_keep_the_contract() {
     std::println!("bf16 projections: worst error / contract bound = {worst:.3}");
 }
 
+/// The attention in `bf16` products ([`Kernel::Avx512Bf16`]'s `attention_bf16`) against an
+/// f64 oracle on the same `f32` inputs, under its contract (the `weight` module's docs):
+/// every output within `(4u + 2·(e^(2Δ) − 1))·max|v|` of the exact attention, `u = 2⁻⁸`,
+/// `Δ = |scale|·(2u + u² + γ(dk)·(1 + u)²)·max_j Σ_e |q_e·k_je|` (the largest change the
+/// rounding of `q` and `k` can make to a row's scores). Every pattern (full, causal in both
+/// alignments, windows of 5 and 70), odd shapes and widths, query tiles cut short, partial
+/// key blocks, in place and not, logits from small to about ±30. The problems it must
+/// decline (a mask with more than its pattern, a sink, a non-finite value, a head wider than
+/// 128) leave the outputs untouched and report so.
+#[test]
+fn bf16_attention_keeps_its_contract() {
+    let Some(t) = Kernel::supported()
+        .find(|&k| k == Kernel::Avx512Bf16)
+        .map(table::<f32>)
+    else {
+        return;
+    };
+    let f = t
+        .attention_bf16
+        .expect("the bf16 kernel has bf16 attention");
+    let u = 2f64.powi(-8);
+    let gamma = |n: usize| n as f64 * 2f64.powi(-23) / (1.0 - n as f64 * 2f64.powi(-23));
+    let mut worst = 0f64;
+    let shapes = [
+        (1, 9, 8, 8),
+        (3, 40, 64, 64),
+        (16, 16, 8, 8),
+        (17, 40, 64, 64),
+        (33, 70, 31, 12),
+        (48, 33, 128, 128),
+        (20, 100, 7, 100),
+        (64, 64, 64, 64),
+    ];
+    for (case, &(sq, skv, dk, dv)) in shapes.iter().enumerate() {
+        for &scale_in in &[0.05, 1.0, 2.5] {
+            let q = cast::<f32>(&values(case as u64 * 7 + 1, sq * dk, scale_in));
+            let k = cast::<f32>(&values(case as u64 * 7 + 2, skv * dk, scale_in));
+            let v = cast::<f32>(&values(case as u64 * 7 + 3, skv * dv, 1.0));
+            let scale = 1.0 / (dk as f64).sqrt();
+            for mask in masks(sq, skv, case as u64).iter().take(5) {
+                let view = mask.view::<f32>(sq, skv, &None);
+                let view64 = mask.view::<f64>(sq, skv, &None);
+                let dims = Dims::new(sq, skv, dk, dv);
+                let p = Problem {
+                    k: &k,
+                    v: &v,
+                    dims,
+                    scale: scale as f32,
+                    mask: &view,
+                    softcap: None,
+                    sink: None,
+                };
+                let [want, _, _] = naive_attention(
+                    (&cast::<f64>(&q), &cast::<f64>(&k), &cast::<f64>(&v)),
+                    dims,
+                    scale,
+                    &view64,
+                    Variants::PLAIN,
+                );
+                let vmax = v.iter().fold(0f64, |a, &x| a.max(f64::from(x).abs()));
+                for in_place in [false, true] {
+                    if in_place && dk != dv {
+                        continue;
+                    }
+                    let mut work: std::boxed::Box<Work<f32, 128>> = bytemuck::zeroed_box();
+                    let mut out = if in_place {
+                        q.clone()
+                    } else {
+                        std::vec![f32::NAN; sq * dv]
+                    };
+                    let taken = {
+                        let mut io = if in_place {
+                            QueryIo::InPlace(&mut out)
+                        } else {
+                            QueryIo::Separate {
+                                q: &q,
+                                out: &mut out,
+                            }
+                        };
+                        // SAFETY: the kernel runs here (it is among the supported ones).
+                        unsafe { f(&mut io, &p, &mut work.parts()) }
+                    };
+                    assert!(taken, "case {case}: a plain problem is taken");
+                    for i in 0..sq {
+                        let row = (0..skv)
+                            .map(|j| {
+                                (0..dk)
+                                    .map(|e| f64::from(q[i + e * sq] * k[j + e * skv]).abs())
+                                    .sum::<f64>()
+                            })
+                            .fold(0f64, f64::max);
+                        let delta = scale * (2.0 * u + u * u + gamma(dk) * (1.0 + u).powi(2)) * row;
+                        let bound = (4.0 * u + 2.0 * ((2.0 * delta).exp() - 1.0)) * vmax;
+                        for e in 0..dv {
+                            let (g, w) = (f64::from(out[i + e * sq]), want[i + e * sq]);
+                            assert!(
+                                (g - w).abs() <= bound,
+                                "case {case} scale {scale_in} {:?} in place {in_place}: \
+                                 row {i} col {e}: {g} vs {w} (bound {bound:e})",
+                                mask.pattern
+                            );
+                            worst = worst.max((g - w).abs() / bound);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    std::println!("bf16 attention: worst error / contract bound = {worst:.3}");
+    // What it declines, untouched.
+    let (sq, skv, d) = (20, 24, 16);
+    let [q, k, v] = qkv_f32(5, sq, skv, d, d);
+    let data = &masks(sq, skv, 5);
+    let mut vbad = v.clone();
+    vbad[3] = f32::NAN;
+    let wide = cast::<f32>(&values(6, sq * 130, 1.0));
+    let wide_k = cast::<f32>(&values(7, skv * 130, 1.0));
+    // (what, queries, q, k, v, which of `masks`, sink)
+    type Declined<'a> = (
+        &'a str,
+        usize,
+        &'a [f32],
+        &'a [f32],
+        &'a [f32],
+        usize,
+        Option<f32>,
+    );
+    let declined: [Declined<'_>; 4] = [
+        ("a padding mask", sq, &q, &k, &v, 5, None),
+        ("a sink", sq, &q, &k, &v, 0, Some(0.5)),
+        ("a NaN value", sq, &q, &k, &vbad, 0, None),
+        ("a head of 130", sq, &wide, &wide_k, &v, 0, None),
+    ];
+    for (what, n, q, k, v, m, sink) in declined {
+        let dk = q.len() / sq;
+        let view = data[m].view::<f32>(n, skv, &None);
+        let p = Problem {
+            k,
+            v,
+            dims: Dims::new(n, skv, dk, d),
+            scale: 0.25,
+            mask: &view,
+            softcap: None,
+            sink,
+        };
+        let mut out = std::vec![f32::NAN; n * d];
+        let mut work: std::boxed::Box<Work<f32, 128>> = bytemuck::zeroed_box();
+        let mut io = QueryIo::Separate {
+            q: &q[..n * dk],
+            out: &mut out,
+        };
+        // SAFETY: as above.
+        let taken = unsafe { f(&mut io, &p, &mut work.parts()) };
+        assert!(!taken, "{what} is declined");
+        assert!(out.iter().all(|x| x.is_nan()), "{what}: nothing written");
+    }
+}
+
 #[test]
 fn the_fast_kernel_is_selected_where_the_cpu_has_it() {
     // CI runs on AVX2 + FMA (or AVX-512): it must not silently fall back to a slower kernel.

@@ -303,10 +303,19 @@ vector::table! {
     mod avx512_f64: f64 = Avx512F64(Avx512(())), Kernel::Avx512, widen_f16_portable;
 }
 
+/// The AVX-512 `f32` implementation of `Simd`, for the `bf16` attention's softmax.
+///
+/// # Safety
+/// The CPU must run AVX-512F (the token's promise).
+pub(crate) unsafe fn avx512_f32() -> Avx512F32 {
+    Avx512F32(Avx512(()))
+}
+
 /// [`Kernel::Avx512Bf16`]'s `f32` table: AVX-512's, with the `bf16` projections.
 static AVX512_BF16_F32: Table<f32> = Table {
     kernel: Kernel::Avx512Bf16,
     linear_bf16: Some(bf16::linear),
+    attention_bf16: Some(bf16::attention),
     ..avx512_f32::TABLE
 };
 

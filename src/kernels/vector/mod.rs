@@ -128,6 +128,7 @@ macro_rules! table {
                 fma_loop,
                 widen_f16: $widen,
                 linear_bf16: None,
+                attention_bf16: None,
             };
         }
 
