@@ -354,6 +354,14 @@ pub(super) fn dot_loop(rounds: usize) -> (u64, f32) {
 const QT: usize = 16;
 /// Keys per block of [`attention`]: 16 pairs.
 const KBF: usize = 32;
+/// Tiles of queries that share each packed block of keys and values (fewer when `work`
+/// holds the running sums of fewer, or their packed queries would not fit [`QPK_WORDS`]).
+const CHUNK_TILES: usize = 8;
+/// Words of a chunk's packed queries on the stack (16 KiB): 8 tiles of heads up to 64 wide,
+/// 4 of heads up to 128.
+const QPK_WORDS: usize = 4096;
+/// Value columns per register block of `P·V`.
+const PV_COLS: usize = 16;
 /// The widest head (`dk`, `dv`) [`attention`] takes; wider heads take the `f32` kernel.
 pub(crate) const MAX_HEAD: usize = 128;
 
@@ -366,12 +374,14 @@ pub(crate) const MAX_HEAD: usize = 128;
 /// too small, non-finite queries, keys or values, or magnitudes whose scores or sums could
 /// overflow.
 ///
-/// Tiles of 16 queries (one vector, a query per lane) walk the keys their pattern lets any of
-/// them see in blocks of 32: the block's keys are packed as pairs of features, its scores
-/// come from `vdpbf16ps` (16 keys at a time), are scaled and masked per lane, and update the
-/// running maximum and denominator; the block's weights are packed as pairs of keys, its
-/// values (already in key order) as pairs too, and `P·V` adds 12 value columns at a time to
-/// the running sums kept in `work`.
+/// The queries go in chunks of up to [`CHUNK_TILES`] tiles of 16 (a query per lane of a
+/// vector), packed once as pairs of features. Each chunk walks the keys its pattern lets any
+/// of its queries see in blocks of 32, packing the block's keys (pairs of features) and
+/// values (pairs of keys) once for all its tiles. For each tile that sees the block, the
+/// scores come from `vdpbf16ps` (16 keys at a time), are scaled, masked per lane where the
+/// pattern cuts the block, and update the tile's running maximum and denominator; its
+/// weights are packed as pairs of keys, and `P·V` adds 16 value columns at a time to the
+/// tile's running sums, kept in `work`.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 pub(super) fn attention(
     io: &mut super::args::QueryIo<'_, f32>,
@@ -384,6 +394,7 @@ pub(super) fn attention(
         || d.dk > MAX_HEAD
         || d.dv > MAX_HEAD
         || d.dk == 0
+        || d.dv == 0
         || d.skv == 0
         || p.softcap.is_some()
         || p.sink.is_some()
@@ -400,16 +411,14 @@ pub(super) fn attention(
     // Finite operands, and magnitudes far from overflow: |score| ≤ scale·dk·max|q|·max|k| and
     // every sum of values ≤ skv·max|v| stay below 2¹⁰⁰.
     let amax = |x: &[f32], rows: usize, cols: usize, ld: usize| {
-        let mut a = 0f32;
-        for c in 0..cols {
-            for &v in &x[c * ld..c * ld + rows] {
-                if !v.is_finite() {
-                    return f32::INFINITY;
-                }
-                a = a.max(v.abs());
-            }
+        // SAFETY: every column `c < cols` holds `rows` values at `c · ld`, inside `x`
+        // (checked by the slice), read 16 at a time with the tail masked.
+        let bits = unsafe { max_abs_bits(x, rows, cols, ld) };
+        if bits < f32::INFINITY.to_bits() {
+            f32::from_bits(bits)
+        } else {
+            f32::INFINITY
         }
-        a
     };
     let qmax = amax(io.queries(), d.sq, d.dk, d.ldq);
     let kmax = amax(p.k, d.skv, d.dk, d.ldkv);
@@ -423,89 +432,152 @@ pub(super) fn attention(
     if !fits {
         return false;
     }
+    let tiles = (work.acc.len() / (QT * d.dv))
+        .min(QPK_WORDS / (QT * d.dk.div_ceil(2)))
+        .min(CHUNK_TILES);
     let (qp, out) = io.pointers();
     let acc = work.acc.as_mut_ptr();
-    let mut i0 = 0;
-    while i0 < d.sq {
-        let rows = QT.min(d.sq - i0);
-        // SAFETY: the tile reads rows `i0 .. i0 + rows` of the queries and writes the same
+    let mut c0 = 0;
+    while c0 < d.sq {
+        let rows = (tiles * QT).min(d.sq - c0);
+        // SAFETY: the chunk reads rows `c0 .. c0 + rows` of the queries and writes the same
         // rows of the outputs (`p.check` checked both against `dims`); `acc` holds
-        // `QT · dv` values (checked above).
-        unsafe { attention_tile(qp, out, acc, p, i0, rows) };
-        i0 += rows;
+        // `tiles · 16 · dv ≥ ⌈rows/16⌉ · 16 · dv` values (`tiles` from its length).
+        unsafe { attention_chunk(qp, out, acc, p, c0, rows) };
+        c0 += rows;
     }
     true
 }
 
-/// One tile of [`attention`]: rows `i0 .. i0 + rows` (`rows ≤ 16`).
+/// The largest `|x|` over `cols` columns of `rows` values (column `c` at `c · ld`), as the
+/// bits of an `f32`: at least those of infinity when a value is not finite (the absolute
+/// value's bits order the same way as the values, and NaN's lie above infinity's).
 ///
 /// # Safety
-/// `q` holds the queries and `out` the outputs of `p.dims` (the same memory in place: each
-/// tile reads its queries before it writes its outputs); `acc` holds `16 · dv` values.
+/// The CPU has AVX-512F.
+#[target_feature(enable = "avx512f")]
+unsafe fn max_abs_bits(x: &[f32], rows: usize, cols: usize, ld: usize) -> u32 {
+    let mut m = _mm512_setzero_si512();
+    let abs = _mm512_set1_epi32(0x7fff_ffff);
+    for c in 0..cols {
+        let col = &x[c * ld..c * ld + rows];
+        let mut i = 0;
+        while i < rows {
+            let lanes = row_mask(16.min(rows - i));
+            // SAFETY: values `i .. i + min(16, rows − i)` of `col`; the rest masked off.
+            let v = unsafe { _mm512_maskz_loadu_epi32(lanes, col.as_ptr().add(i).cast()) };
+            m = _mm512_max_epu32(m, _mm512_and_si512(v, abs));
+            i += 16;
+        }
+    }
+    _mm512_reduce_max_epu32(m)
+}
+
+/// The state of one tile of a chunk of [`attention`].
+#[derive(Clone, Copy)]
+struct TileState {
+    /// Each lane's first allowed key and one past its last (an empty row: `lo ≥ hi`).
+    lo: __m512i,
+    hi: __m512i,
+    /// The keys any live lane sees: `lo_any .. hi_any`.
+    lo_any: usize,
+    hi_any: usize,
+    /// Every live lane sees `lo_all .. hi_all` (empty when `lo_all ≥ hi_all`).
+    lo_all: usize,
+    hi_all: usize,
+    /// Running maximum and denominator, a query per lane.
+    mx: __m512,
+    l: __m512,
+}
+
+/// One chunk of [`attention`]: rows `c0 .. c0 + rows` (`⌈rows/16⌉ ≤ CHUNK_TILES` tiles whose
+/// packed queries fit [`QPK_WORDS`]).
+///
+/// # Safety
+/// `q` holds the queries and `out` the outputs of `p.dims` (the same memory in place: the
+/// chunk packs all its queries before it writes an output); `acc` holds `⌈rows/16⌉ · 16 · dv`
+/// values.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn attention_tile(
+unsafe fn attention_chunk(
     q: *const f32,
     out: *mut f32,
     acc: *mut f32,
     p: &super::args::Problem<'_, f32>,
-    i0: usize,
+    c0: usize,
     rows: usize,
 ) {
-    // SAFETY: `Avx512F32` needs AVX-512F, which this function is compiled with and its
-    // callers guarantee.
-    let s = unsafe { super::x86::avx512_f32() };
-    use super::simd::Simd;
     let d = p.dims;
     let m = p.mask;
-    let lanes = row_mask(rows);
+    let nt = rows.div_ceil(QT);
     let dk2 = d.dk.div_ceil(2);
-    // Each lane's key range under the pattern; the tile's union.
-    let mut lo = [i32::MAX; QT];
-    let mut hi = [0i32; QT];
+    let neg_inf = _mm512_set1_ps(f32::NEG_INFINITY);
+    let empty = TileState {
+        lo: _mm512_setzero_si512(),
+        hi: _mm512_setzero_si512(),
+        lo_any: d.skv,
+        hi_any: 0,
+        lo_all: 0,
+        hi_all: d.skv,
+        mx: neg_inf,
+        l: _mm512_setzero_ps(),
+    };
+    let mut st = [empty; CHUNK_TILES];
     let (mut jlo, mut jhi) = (d.skv, 0);
-    for i in 0..rows {
-        let (a, b) = m.pattern.key_range(m.q_offset + i0 + i, m.sq_total, d.skv);
-        lo[i] = a as i32;
-        hi[i] = b as i32;
-        if a < b {
-            jlo = jlo.min(a);
-            jhi = jhi.max(b);
+    for (t, ts) in st.iter_mut().enumerate().take(nt) {
+        let live = QT.min(rows - t * QT);
+        let (mut lo, mut hi) = ([0i32; QT], [0i32; QT]);
+        for i in 0..live {
+            let (a, b) = m
+                .pattern
+                .key_range(m.q_offset + c0 + t * QT + i, m.sq_total, d.skv);
+            lo[i] = a as i32;
+            hi[i] = b as i32;
+            if a < b {
+                ts.lo_any = ts.lo_any.min(a);
+                ts.hi_any = ts.hi_any.max(b);
+            }
+            ts.lo_all = ts.lo_all.max(a);
+            ts.hi_all = ts.hi_all.min(b);
         }
+        // Lanes past the rows see nothing (their results are never stored).
+        // SAFETY: 16 `i32` each.
+        unsafe {
+            ts.lo = _mm512_loadu_si512(lo.as_ptr().cast());
+            ts.hi = _mm512_loadu_si512(hi.as_ptr().cast());
+        }
+        jlo = jlo.min(ts.lo_any);
+        jhi = jhi.max(ts.hi_any);
     }
-    let mut qpk = [0u32; MAX_HEAD / 2 * QT];
+    debug_assert!(nt <= CHUNK_TILES && nt * dk2 * QT <= QPK_WORDS);
+    let mut qpk = [0u32; QPK_WORDS];
     let mut kpk = [0u32; MAX_HEAD / 2 * KBF];
     let mut vpk = [0u32; MAX_HEAD * KBF / 2];
-    let mut scores = [0f32; KBF * QT];
-    let mut ppk = [0u32; KBF / 2 * QT];
     // SAFETY: every pointer below stays inside the operands of the contract and the local
-    // arrays (sizes from `dk, dv ≤ MAX_HEAD`); lanes past `rows` and keys past the block are
-    // masked off in every load and store of the caller's memory.
+    // arrays (sizes from `dk, dv ≤ MAX_HEAD` and the chunk's contract); lanes past `rows` and keys
+    // past the block are masked off in every load and store of the caller's memory.
     unsafe {
         let order = _mm512_loadu_si512(INTERLEAVE.as_ptr().cast());
-        // The tile's queries as pairs of features.
-        for e2 in 0..dk2 {
-            let col = q.wrapping_add(i0 + 2 * e2 * d.ldq);
-            let e = _mm512_maskz_loadu_ps(lanes, col);
-            let o = if 2 * e2 + 1 < d.dk {
-                _mm512_maskz_loadu_ps(lanes, col.wrapping_add(d.ldq))
-            } else {
-                _mm512_setzero_ps()
-            };
-            let both = core::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(o, e));
-            _mm512_storeu_si512(
-                qpk.as_mut_ptr().add(e2 * QT).cast(),
-                _mm512_permutexvar_epi16(order, both),
-            );
+        // The chunk's queries as pairs of features: tile `t`, pair `e2` at `(t·dk2 + e2)·16`.
+        for t in 0..nt {
+            let lanes = row_mask(QT.min(rows - t * QT));
+            for e2 in 0..dk2 {
+                let col = q.wrapping_add(c0 + t * QT + 2 * e2 * d.ldq);
+                let e = _mm512_maskz_loadu_ps(lanes, col);
+                let o = if 2 * e2 + 1 < d.dk {
+                    _mm512_maskz_loadu_ps(lanes, col.wrapping_add(d.ldq))
+                } else {
+                    _mm512_setzero_ps()
+                };
+                let both = core::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(o, e));
+                _mm512_storeu_si512(
+                    qpk.as_mut_ptr().add((t * dk2 + e2) * QT).cast(),
+                    _mm512_permutexvar_epi16(order, both),
+                );
+            }
         }
-        for e in 0..d.dv {
+        for e in 0..nt * d.dv {
             _mm512_storeu_ps(acc.add(e * QT), _mm512_setzero_ps());
         }
-        let lo_v = _mm512_loadu_si512(lo.as_ptr().cast());
-        let hi_v = _mm512_loadu_si512(hi.as_ptr().cast());
-        let neg_inf = _mm512_set1_ps(f32::NEG_INFINITY);
-        let mut mx = neg_inf;
-        let mut l = _mm512_setzero_ps();
-        let scale = _mm512_set1_ps(p.scale);
         let mut j0 = jlo;
         while j0 < jhi {
             let nb = KBF.min(jhi - j0);
@@ -528,58 +600,6 @@ unsafe fn attention_tile(
                     );
                 }
             }
-            // Scores of 16 keys at a time: 16 accumulators over the pairs of features.
-            for g in 0..2 {
-                let mut sc = [_mm512_setzero_ps(); 16];
-                for e2 in 0..dk2 {
-                    let qv = bh(_mm512_loadu_si512(qpk.as_ptr().add(e2 * QT).cast()));
-                    let kb = kpk.as_ptr().add(e2 * KBF + 16 * g);
-                    for (j, a) in sc.iter_mut().enumerate() {
-                        let kv = _mm512_set1_epi32(*kb.add(j) as i32);
-                        *a = _mm512_dpbf16_ps(*a, qv, bh(kv));
-                    }
-                }
-                for (j, a) in sc.iter().enumerate() {
-                    let key = (j0 + 16 * g + j) as i32;
-                    let kv = _mm512_set1_epi32(key);
-                    // Allowed where lo ≤ key < hi (and the key exists).
-                    let ok = _mm512_cmple_epi32_mask(lo_v, kv) & _mm512_cmpgt_epi32_mask(hi_v, kv);
-                    let ok = if 16 * g + j < nb { ok } else { 0 };
-                    let z = _mm512_mask_blend_ps(ok, neg_inf, _mm512_mul_ps(*a, scale));
-                    _mm512_storeu_ps(scores.as_mut_ptr().add((16 * g + j) * QT), z);
-                }
-            }
-            // Online softmax over the block.
-            let mut bm = neg_inf;
-            for j in 0..KBF {
-                bm = _mm512_max_ps(bm, _mm512_loadu_ps(scores.as_ptr().add(j * QT)));
-            }
-            let new_mx = _mm512_max_ps(mx, bm);
-            // A lane with no allowed key yet keeps maximum −∞: its weights are 0 and its
-            // correction 1 (never e^(−∞ − (−∞))).
-            let live = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(new_mx, neg_inf);
-            let shift = _mm512_mask_blend_ps(live, _mm512_setzero_ps(), new_mx);
-            let corr =
-                _mm512_mask_blend_ps(live, _mm512_set1_ps(1.0), s.exp(_mm512_sub_ps(mx, shift)));
-            l = _mm512_mul_ps(l, corr);
-            for j2 in 0..KBF / 2 {
-                let pe = s.exp(_mm512_sub_ps(
-                    _mm512_loadu_ps(scores.as_ptr().add(2 * j2 * QT)),
-                    shift,
-                ));
-                let po = s.exp(_mm512_sub_ps(
-                    _mm512_loadu_ps(scores.as_ptr().add((2 * j2 + 1) * QT)),
-                    shift,
-                ));
-                let (pe, po) = (_mm512_maskz_mov_ps(live, pe), _mm512_maskz_mov_ps(live, po));
-                l = _mm512_add_ps(l, _mm512_add_ps(pe, po));
-                let both = core::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(po, pe));
-                _mm512_storeu_si512(
-                    ppk.as_mut_ptr().add(j2 * QT).cast(),
-                    _mm512_permutexvar_epi16(order, both),
-                );
-            }
-            mx = new_mx;
             // Values `j0 .. j0 + nb` of each column as pairs of keys, already in key order:
             // `vpk[e·16 + j2]`.
             let (m0, m1) = (row_mask(nb.min(16)), row_mask(nb.saturating_sub(16)));
@@ -592,34 +612,202 @@ unsafe fn attention_tile(
                     core::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(b, a)),
                 );
             }
-            // P·V, 12 value columns at a time, into the running sums (scaled by `corr`).
-            let mut e0 = 0;
-            while e0 < d.dv {
-                let w = 12.min(d.dv - e0);
-                let mut av = [_mm512_setzero_ps(); 12];
-                for (c, a) in av.iter_mut().enumerate().take(w) {
-                    *a = _mm512_mul_ps(_mm512_loadu_ps(acc.add((e0 + c) * QT)), corr);
+            let block = Block {
+                kpk: kpk.as_ptr(),
+                vpk: vpk.as_ptr(),
+                j0,
+                nb,
+                dk2,
+                dv: d.dv,
+                scale: p.scale,
+                order,
+            };
+            for (t, ts) in st.iter_mut().enumerate().take(nt) {
+                if ts.hi_any <= j0 || ts.lo_any >= j0 + nb {
+                    continue;
                 }
-                for j2 in 0..KBF / 2 {
-                    let pv = bh(_mm512_loadu_si512(ppk.as_ptr().add(j2 * QT).cast()));
-                    for (c, a) in av.iter_mut().enumerate().take(w) {
-                        let vv = _mm512_set1_epi32(vpk[(e0 + c) * (KBF / 2) + j2] as i32);
-                        *a = _mm512_dpbf16_ps(*a, pv, bh(vv));
-                    }
-                }
-                for (c, a) in av.iter().enumerate().take(w) {
-                    _mm512_storeu_ps(acc.add((e0 + c) * QT), *a);
-                }
-                e0 += w;
+                block_tile(
+                    &block,
+                    qpk.as_ptr().add(t * dk2 * QT),
+                    acc.add(t * d.dv * QT),
+                    ts,
+                );
             }
             j0 += nb;
         }
         // Outputs: the sums over the denominator (0 for a row that saw no key).
-        let has = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(l, _mm512_setzero_ps());
-        let inv = _mm512_maskz_div_ps(has, _mm512_set1_ps(1.0), l);
-        for e in 0..d.dv {
-            let y = _mm512_mul_ps(_mm512_loadu_ps(acc.add(e * QT)), inv);
-            _mm512_mask_storeu_ps(out.wrapping_add(i0 + e * d.ldq), lanes, y);
+        for (t, ts) in st.iter().enumerate().take(nt) {
+            let lanes = row_mask(QT.min(rows - t * QT));
+            let has = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(ts.l, _mm512_setzero_ps());
+            let inv = _mm512_maskz_div_ps(has, _mm512_set1_ps(1.0), ts.l);
+            for e in 0..d.dv {
+                let y = _mm512_mul_ps(_mm512_loadu_ps(acc.add((t * d.dv + e) * QT)), inv);
+                _mm512_mask_storeu_ps(out.wrapping_add(c0 + t * QT + e * d.ldq), lanes, y);
+            }
+        }
+    }
+}
+
+/// A packed block of keys and values, shared by the tiles of a chunk.
+struct Block {
+    /// `dk2` pairs of features × 32 keys.
+    kpk: *const u32,
+    /// `dv` columns × 16 pairs of keys.
+    vpk: *const u32,
+    /// The block's first key and its key count (`nb ≤ 32`).
+    j0: usize,
+    nb: usize,
+    dk2: usize,
+    dv: usize,
+    scale: f32,
+    /// [`INTERLEAVE`].
+    order: __m512i,
+}
+
+/// One tile's step over one block: scores, the online softmax update of `ts`, and `P·V`
+/// into the tile's running sums `acc` (`dv` columns of 16).
+///
+/// # Safety
+/// `qpk` holds the tile's `dk2 · 16` packed query words, `acc` its `dv · 16` sums; `b`'s
+/// pointers hold its packed keys and values.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn block_tile(b: &Block, qpk: *const u32, acc: *mut f32, ts: &mut TileState) {
+    // SAFETY: `Avx512F32` needs AVX-512F, which this function is compiled with and its
+    // callers guarantee.
+    let s = unsafe { super::x86::avx512_f32() };
+    use super::simd::Simd;
+    let neg_inf = _mm512_set1_ps(f32::NEG_INFINITY);
+    let scale = _mm512_set1_ps(b.scale);
+    // Every lane sees the whole block: no per-key masks.
+    let whole = ts.lo_all <= b.j0 && b.j0 + b.nb <= ts.hi_all;
+    let groups = b.nb.div_ceil(16);
+    let mut scores = [neg_inf; KBF];
+    // SAFETY: reads of `qpk` (`dk2 · 16` words), `kpk` (`dk2 · 32`), `vpk` (`dv · 16`) and
+    // `acc` (`dv · 16`) inside the contract.
+    unsafe {
+        // Scores of 16 keys at a time: 16 accumulators over the pairs of features.
+        for g in 0..groups {
+            let mut sc = [_mm512_setzero_ps(); 16];
+            for e2 in 0..b.dk2 {
+                let qv = bh(_mm512_loadu_si512(qpk.add(e2 * QT).cast()));
+                let kb = b.kpk.add(e2 * KBF + 16 * g);
+                for (j, a) in sc.iter_mut().enumerate() {
+                    let kv = _mm512_set1_epi32(*kb.add(j) as i32);
+                    *a = _mm512_dpbf16_ps(*a, qv, bh(kv));
+                }
+            }
+            for (j, a) in sc.iter().enumerate() {
+                let k = 16 * g + j;
+                let z = _mm512_mul_ps(*a, scale);
+                scores[k] = if k >= b.nb {
+                    neg_inf
+                } else if whole {
+                    z
+                } else {
+                    // Allowed where lo ≤ key < hi.
+                    let kv = _mm512_set1_epi32((b.j0 + k) as i32);
+                    let ok =
+                        _mm512_cmple_epi32_mask(ts.lo, kv) & _mm512_cmpgt_epi32_mask(ts.hi, kv);
+                    _mm512_mask_blend_ps(ok, neg_inf, z)
+                };
+            }
+        }
+        // Online softmax over the block.
+        let mut bm = neg_inf;
+        for z in &scores[..16 * groups] {
+            bm = _mm512_max_ps(bm, *z);
+        }
+        let new_mx = _mm512_max_ps(ts.mx, bm);
+        // A lane with no allowed key yet keeps maximum −∞: its weights are 0 and its
+        // correction 1 (never e^(−∞ − (−∞))).
+        let live = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(new_mx, neg_inf);
+        let shift = _mm512_mask_blend_ps(live, _mm512_setzero_ps(), new_mx);
+        let corr = _mm512_mask_blend_ps(
+            live,
+            _mm512_set1_ps(1.0),
+            s.exp(_mm512_sub_ps(ts.mx, shift)),
+        );
+        let mut l = _mm512_mul_ps(ts.l, corr);
+        let kq = b.nb.div_ceil(2);
+        let mut ppk = [_mm512_setzero_si512(); KBF / 2];
+        for (j2, pk) in ppk.iter_mut().enumerate().take(kq) {
+            let pe = s.exp(_mm512_sub_ps(scores[2 * j2], shift));
+            let po = s.exp(_mm512_sub_ps(scores[2 * j2 + 1], shift));
+            let (pe, po) = (_mm512_maskz_mov_ps(live, pe), _mm512_maskz_mov_ps(live, po));
+            l = _mm512_add_ps(l, _mm512_add_ps(pe, po));
+            let both = core::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(po, pe));
+            *pk = _mm512_permutexvar_epi16(b.order, both);
+        }
+        ts.mx = new_mx;
+        ts.l = l;
+        // P·V, 16 value columns at a time, into the running sums (scaled by `corr`).
+        let mut e0 = 0;
+        while e0 + PV_COLS <= b.dv {
+            pv_cols::<PV_COLS>(
+                acc.add(e0 * QT),
+                b.vpk.add(e0 * (KBF / 2)),
+                &ppk[..kq],
+                corr,
+            );
+            e0 += PV_COLS;
+        }
+        while e0 < b.dv {
+            let w = 4.min(b.dv - e0);
+            match w {
+                4 => pv_cols::<4>(
+                    acc.add(e0 * QT),
+                    b.vpk.add(e0 * (KBF / 2)),
+                    &ppk[..kq],
+                    corr,
+                ),
+                3 => pv_cols::<3>(
+                    acc.add(e0 * QT),
+                    b.vpk.add(e0 * (KBF / 2)),
+                    &ppk[..kq],
+                    corr,
+                ),
+                2 => pv_cols::<2>(
+                    acc.add(e0 * QT),
+                    b.vpk.add(e0 * (KBF / 2)),
+                    &ppk[..kq],
+                    corr,
+                ),
+                _ => pv_cols::<1>(
+                    acc.add(e0 * QT),
+                    b.vpk.add(e0 * (KBF / 2)),
+                    &ppk[..kq],
+                    corr,
+                ),
+            }
+            e0 += w;
+        }
+    }
+}
+
+/// `acc[c] = acc[c] · corr + Σ_j2 P[j2] · V[c, j2]` for `N` value columns: `acc` holds `N`
+/// columns of 16 sums, `vpk` `N` columns of 16 pairs of values, `ppk` the block's pairs of
+/// weights (a query per lane).
+///
+/// # Safety
+/// `acc` holds `16 · N` values and `vpk` `16 · N` words.
+#[inline(always)]
+unsafe fn pv_cols<const N: usize>(acc: *mut f32, vpk: *const u32, ppk: &[__m512i], corr: __m512) {
+    // SAFETY: inside the contract; the caller's target features (AVX-512F, BF16) are this
+    // always-inlined function's.
+    unsafe {
+        let mut av = [_mm512_setzero_ps(); N];
+        for (c, a) in av.iter_mut().enumerate() {
+            *a = _mm512_mul_ps(_mm512_loadu_ps(acc.add(c * QT)), corr);
+        }
+        for (j2, pk) in ppk.iter().enumerate() {
+            let pv = bh(*pk);
+            for (c, a) in av.iter_mut().enumerate() {
+                let vv = _mm512_set1_epi32(*vpk.add(c * (KBF / 2) + j2) as i32);
+                *a = _mm512_dpbf16_ps(*a, pv, bh(vv));
+            }
+        }
+        for (c, a) in av.iter().enumerate() {
+            _mm512_storeu_ps(acc.add(c * QT), *a);
         }
     }
 }

@@ -787,6 +787,10 @@ fn bf16_attention_keeps_its_contract() {
         (48, 33, 128, 128),
         (20, 100, 7, 100),
         (64, 64, 64, 64),
+        // Several chunks of query tiles sharing each block, the last one short.
+        (150, 150, 64, 64),
+        (200, 37, 16, 16),
+        (70, 90, 128, 40),
     ];
     for (case, &(sq, skv, dk, dv)) in shapes.iter().enumerate() {
         for &scale_in in &[0.05, 1.0, 2.5] {
@@ -819,7 +823,13 @@ fn bf16_attention_keeps_its_contract() {
                     if in_place && dk != dv {
                         continue;
                     }
+                    // Working memory for 8 tiles of 16 queries of up to 64 value columns, or
+                    // (for the in-place runs) for as few as one tile.
                     let mut work: std::boxed::Box<Work<f32, 128>> = bytemuck::zeroed_box();
+                    let mut parts = work.parts();
+                    if in_place {
+                        parts.acc = &mut parts.acc[..16 * dv];
+                    }
                     let mut out = if in_place {
                         q.clone()
                     } else {
@@ -835,7 +845,7 @@ fn bf16_attention_keeps_its_contract() {
                             }
                         };
                         // SAFETY: the kernel runs here (it is among the supported ones).
-                        unsafe { f(&mut io, &p, &mut work.parts()) }
+                        unsafe { f(&mut io, &p, &mut parts) }
                     };
                     assert!(taken, "case {case}: a plain problem is taken");
                     for i in 0..sq {
@@ -870,6 +880,10 @@ fn bf16_attention_keeps_its_contract() {
     let data = &masks(sq, skv, 5);
     let mut vbad = v.clone();
     vbad[3] = f32::NAN;
+    let mut qinf = q.clone();
+    qinf[7] = f32::NEG_INFINITY;
+    // Scores up to 0.25 · 16 · 10³⁰ · max|k|, beyond 2¹⁰⁰.
+    let qhuge: std::vec::Vec<f32> = q.iter().map(|x| x * 1e30).collect();
     let wide = cast::<f32>(&values(6, sq * 130, 1.0));
     let wide_k = cast::<f32>(&values(7, skv * 130, 1.0));
     // (what, queries, q, k, v, which of `masks`, sink)
@@ -882,10 +896,12 @@ fn bf16_attention_keeps_its_contract() {
         usize,
         Option<f32>,
     );
-    let declined: [Declined<'_>; 4] = [
+    let declined: [Declined<'_>; 6] = [
         ("a padding mask", sq, &q, &k, &v, 5, None),
         ("a sink", sq, &q, &k, &v, 0, Some(0.5)),
         ("a NaN value", sq, &q, &k, &vbad, 0, None),
+        ("an infinite query", sq, &qinf, &k, &v, 0, None),
+        ("scores that could overflow", sq, &qhuge, &k, &v, 0, None),
         ("a head of 130", sq, &wide, &wide_k, &v, 0, None),
     ];
     for (what, n, q, k, v, m, sink) in declined {
