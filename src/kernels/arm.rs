@@ -7,7 +7,7 @@
 use core::arch::aarch64::*;
 
 use super::simd::simd_impls;
-use super::table::{Table, widen_f16_portable};
+use super::table::{Table, widen_portable};
 use super::{Kernel, arm_bf16, vector};
 
 /// Whether the CPU has the BF16 extension (`BFDOT`; with `std` detected at run time, without
@@ -134,8 +134,8 @@ simd_impls! {
 // (`vector::table!` with no `#[target_feature]`).
 
 vector::table! {
-    mod neon_f32: f32 = NeonF32(Neon(())), Kernel::Neon, widen_f16_portable;
-    mod neon_f64: f64 = NeonF64(Neon(())), Kernel::Neon, widen_f16_portable;
+    mod neon_f32: f32 = NeonF32(Neon(())), Kernel::Neon, widen_portable;
+    mod neon_f64: f64 = NeonF64(Neon(())), Kernel::Neon, widen_portable;
 }
 
 /// [`Kernel::NeonBf16`]'s `f32` table: NEON's, with the `bf16` projections.

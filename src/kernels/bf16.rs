@@ -364,6 +364,10 @@ const QPK_WORDS: usize = 4096;
 const PV_COLS: usize = 16;
 /// The widest head (`dk`, `dv`) [`attention`] takes; wider heads take the `f32` kernel.
 pub(crate) const MAX_HEAD: usize = 128;
+/// Words of a packed block of keys (pairs of features × 32 keys), kept in `work.p`.
+const KPK_WORDS: usize = MAX_HEAD / 2 * KBF;
+/// Words of a packed block of values (columns × 16 pairs of keys), kept in `work.allowed`.
+const VPK_WORDS: usize = MAX_HEAD * KBF / 2;
 
 /// Streaming attention for one head with `QKᵀ` and `P·V` in `bf16` products, for layers
 /// with `bf16` weights (see [`crate::Weight`]): queries, keys, the softmax's weights and
@@ -404,6 +408,8 @@ pub(super) fn attention(
         || m.additive.is_some()
         || m.alibi.is_some()
         || work.acc.len() < QT * d.dv
+        || work.p.len() < KPK_WORDS
+        || work.allowed.len() < VPK_WORDS
     {
         return false;
     }
@@ -437,13 +443,23 @@ pub(super) fn attention(
         .min(CHUNK_TILES);
     let (qp, out) = io.pointers();
     let acc = work.acc.as_mut_ptr();
+    // The packed blocks of keys and values live in the score and mask blocks of the `f32`
+    // kernel's working memory, which this kernel does not otherwise use.
+    let kpk: &mut [u32] = bytemuck::cast_slice_mut(&mut work.p[..KPK_WORDS]);
+    let vpk: &mut [u32] = bytemuck::cast_slice_mut(&mut work.allowed[..VPK_WORDS]);
+    let packs = Packs {
+        acc,
+        kpk: kpk.as_mut_ptr(),
+        vpk: vpk.as_mut_ptr(),
+    };
     let mut c0 = 0;
     while c0 < d.sq {
         let rows = (tiles * QT).min(d.sq - c0);
         // SAFETY: the chunk reads rows `c0 .. c0 + rows` of the queries and writes the same
         // rows of the outputs (`p.check` checked both against `dims`); `acc` holds
-        // `tiles · 16 · dv ≥ ⌈rows/16⌉ · 16 · dv` values (`tiles` from its length).
-        unsafe { attention_chunk(qp, out, acc, p, c0, rows) };
+        // `tiles · 16 · dv ≥ ⌈rows/16⌉ · 16 · dv` values (`tiles` from its length), `kpk`
+        // and `vpk` their full sizes (checked above).
+        unsafe { attention_chunk(qp, out, packs, p, c0, rows) };
         c0 += rows;
     }
     true
@@ -473,6 +489,15 @@ unsafe fn max_abs_bits(x: &[f32], rows: usize, cols: usize, ld: usize) -> u32 {
     _mm512_reduce_max_epu32(m)
 }
 
+/// [`attention`]'s working memory, in `work`: the running sums of a chunk's tiles (`acc`),
+/// and a packed block of keys ([`KPK_WORDS`]) and of values ([`VPK_WORDS`]).
+#[derive(Clone, Copy)]
+struct Packs {
+    acc: *mut f32,
+    kpk: *mut u32,
+    vpk: *mut u32,
+}
+
 /// The state of one tile of a chunk of [`attention`].
 #[derive(Clone, Copy)]
 struct TileState {
@@ -495,13 +520,13 @@ struct TileState {
 ///
 /// # Safety
 /// `q` holds the queries and `out` the outputs of `p.dims` (the same memory in place: the
-/// chunk packs all its queries before it writes an output); `acc` holds `⌈rows/16⌉ · 16 · dv`
-/// values.
+/// chunk packs all its queries before it writes an output); `w.acc` holds
+/// `⌈rows/16⌉ · 16 · dv` values, `w.kpk` [`KPK_WORDS`] and `w.vpk` [`VPK_WORDS`].
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 unsafe fn attention_chunk(
     q: *const f32,
     out: *mut f32,
-    acc: *mut f32,
+    w: Packs,
     p: &super::args::Problem<'_, f32>,
     c0: usize,
     rows: usize,
@@ -550,10 +575,9 @@ unsafe fn attention_chunk(
     }
     debug_assert!(nt <= CHUNK_TILES && nt * dk2 * QT <= QPK_WORDS);
     let mut qpk = [0u32; QPK_WORDS];
-    let mut kpk = [0u32; MAX_HEAD / 2 * KBF];
-    let mut vpk = [0u32; MAX_HEAD * KBF / 2];
-    // SAFETY: every pointer below stays inside the operands of the contract and the local
-    // arrays (sizes from `dk, dv ≤ MAX_HEAD` and the chunk's contract); lanes past `rows` and keys
+    let Packs { acc, kpk, vpk } = w;
+    // SAFETY: every pointer below stays inside the operands of the contract, `qpk` and
+    // `w`'s buffers (sizes from `dk, dv ≤ MAX_HEAD` and the chunk's contract); lanes past `rows` and keys
     // past the block are masked off in every load and store of the caller's memory.
     unsafe {
         let order = _mm512_loadu_si512(INTERLEAVE.as_ptr().cast());
@@ -595,7 +619,7 @@ unsafe fn attention_chunk(
                     };
                     let both = core::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(o, e));
                     _mm512_storeu_si512(
-                        kpk.as_mut_ptr().add(e2 * KBF + 16 * half).cast(),
+                        kpk.add(e2 * KBF + 16 * half).cast(),
                         _mm512_permutexvar_epi16(order, both),
                     );
                 }
@@ -608,13 +632,13 @@ unsafe fn attention_chunk(
                 let a = _mm512_maskz_loadu_ps(m0, col);
                 let b = _mm512_maskz_loadu_ps(m1, col.wrapping_add(16));
                 _mm512_storeu_si512(
-                    vpk.as_mut_ptr().add(e * (KBF / 2)).cast(),
+                    vpk.add(e * (KBF / 2)).cast(),
                     core::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(b, a)),
                 );
             }
             let block = Block {
-                kpk: kpk.as_ptr(),
-                vpk: vpk.as_ptr(),
+                kpk,
+                vpk,
                 j0,
                 nb,
                 dk2,

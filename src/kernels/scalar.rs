@@ -7,7 +7,7 @@ use core::marker::PhantomData;
 
 use super::args::{Dims, LinearIo, MQ_MAX, Problem, QueryIo, WorkRef, check_weights};
 use super::layout::weight_index;
-use super::table::{Table, widen_f16_portable};
+use super::table::{Table, widen_portable};
 use super::{Float, Kernel, Lazy};
 use crate::Weight;
 
@@ -22,7 +22,7 @@ impl<T: Float> Tables<T> {
         weights: attention_with_weights::<T>,
         exp: exp_in_place::<T>,
         tanh: tanh_in_place::<T>,
-        widen_f16: widen_f16_portable::<T>,
+        widen: widen_portable::<T>,
         linear_bf16: None,
         attention_bf16: None,
         fma_loop: fma_loop::<T>,

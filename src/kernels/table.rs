@@ -34,8 +34,10 @@ pub struct Table<T: 'static> {
     /// `tanh(x)` in place (the soft-cap's; only the tests call it on its own).
     #[cfg_attr(not(test), allow(dead_code))]
     pub(super) tanh: unsafe fn(&mut [T]),
-    /// `f16` bits widened to `T`.
-    pub(super) widen_f16: unsafe fn(&[u16], &mut [T]),
+    /// Half-precision weight bits of one kind widened to `T`: `(kind, bits, strip width,
+    /// out)`, a chunk of a strip `width` features wide (`bf16` rows paired as stored, see
+    /// `kernels/layout.rs`) into plain tile rows.
+    pub(super) widen: WidenFn<T>,
     /// `out = x · Wᵀ + b` (or `+=`) with `bf16` weights in `bf16` products, for the kernels
     /// that have them ([`Kernel::Avx512Bf16`], [`Kernel::NeonBf16`]); `None` where `bf16`
     /// weights are widened.
@@ -47,6 +49,9 @@ pub struct Table<T: 'static> {
     /// The FMA-peak loop: FLOPs done and a checksum.
     pub(super) fma_loop: unsafe fn(usize) -> (u64, T),
 }
+
+/// [`Table::widen`]'s signature.
+pub(super) type WidenFn<T> = unsafe fn(WeightKind, &[u16], usize, &mut [T]);
 
 /// An attention kernel that may decline a problem: `(io, problem, work) -> taken`.
 type Bf16AttentionFn<T> =
@@ -211,11 +216,8 @@ impl<T: Float> Table<T> {
                     let base = (t0 + c0) * din;
                     let n = kc * sc;
                     let src = &w[base + pc * sc..base + pc * sc + n];
-                    match kind {
-                        WeightKind::Bf16 => widen_bf16_paired(src, sc, &mut buf[at..at + n]),
-                        // SAFETY: the table's kernel runs on this CPU.
-                        _ => unsafe { (self.widen_f16)(src, &mut buf[at..at + n]) },
-                    }
+                    // SAFETY: the table's kernel runs on this CPU.
+                    unsafe { (self.widen)(kind, src, sc, &mut buf[at..at + n]) };
                     at += n;
                     c0 += sc;
                 }
@@ -241,18 +243,28 @@ impl<T: Float> Table<T> {
     }
 }
 
-/// Strips of 12 output features widened per block of [`Table::linear_half`] (4 measured
-/// fastest of 2, 4, 8 and 16 on `MultiHead<128, 256, 8>` and `<512, 512, 8>`).
-const HALF_STRIPS: usize = 4;
+/// Strips of 12 output features widened per block of [`Table::linear_half`] (8 measured
+/// fastest of 2, 4, 8 and 22 on `Linear<256, 256>` over 128 tokens, with the `bf16` strips
+/// widened by AVX2: 1.16, 1.10, 1.075 and 1.067 × the time of `f32` weights, the last with a
+/// buffer of the whole matrix, 264 KiB).
+const HALF_STRIPS: usize = 8;
 
 /// Scalars in [`Table::linear_half`]'s widening buffer on the stack (24 KiB of `f32`): a
-/// block of 48 output features over 128 input features at a time.
+/// block of 96 output features over 64 input features at a time.
 const HALF_BUF: usize = 6144;
+
+/// [`Table::widen`] value by value, for every kernel without a vector form.
+pub(super) fn widen_portable<T: Float>(kind: WeightKind, src: &[u16], width: usize, dst: &mut [T]) {
+    match kind {
+        WeightKind::Bf16 => widen_bf16_paired(src, width, dst),
+        _ => widen_f16_portable(src, dst),
+    }
+}
 
 /// A chunk of a `bf16` strip `width` features wide, its rows paired (see
 /// `kernels/layout.rs`), widened to `T` in plain tile rows (exact: a `bf16` is the upper half
 /// of an `f32`). An odd last row (only at the end of the inputs) is not paired.
-fn widen_bf16_paired<T: Float>(src: &[u16], width: usize, dst: &mut [T]) {
+pub(super) fn widen_bf16_paired<T: Float>(src: &[u16], width: usize, dst: &mut [T]) {
     let widen = |b: u16| T::of(f64::from(f32::from_bits(u32::from(b) << 16)));
     let rows = src.len() / width.max(1);
     let pairs = rows / 2;
@@ -270,7 +282,7 @@ fn widen_bf16_paired<T: Float>(src: &[u16], width: usize, dst: &mut [T]) {
 }
 
 /// `f16` bits widened to `T`, value by value (exact).
-pub(super) fn widen_f16_portable<T: Float>(src: &[u16], dst: &mut [T]) {
+fn widen_f16_portable<T: Float>(src: &[u16], dst: &mut [T]) {
     for (d, &b) in dst.iter_mut().zip(src) {
         *d = T::of(f64::from(half::f16::from_bits(b).to_f32()));
     }

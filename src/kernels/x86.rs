@@ -16,8 +16,9 @@ use core::arch::x86_64::*;
 use core::sync::atomic::{AtomicU8, Ordering};
 
 use super::simd::simd_impls;
-use super::table::{Table, widen_f16_portable};
+use super::table::{Table, widen_bf16_paired, widen_portable};
 use super::{Kernel, bf16, vector};
+use crate::weight::WeightKind;
 
 /// Proof that the CPU runs AVX2, FMA and F16C (zero-sized; made only where they are known to
 /// run).
@@ -294,13 +295,13 @@ simd_impls! {
 
 vector::table! {
     #[target_feature(enable = "avx2,fma")]
-    mod avx2_f32: f32 = Avx2F32(Avx2(())), Kernel::Avx2Fma, widen_f16_f16c;
-    mod avx2_f64: f64 = Avx2F64(Avx2(())), Kernel::Avx2Fma, widen_f16_portable;
+    mod avx2_f32: f32 = Avx2F32(Avx2(())), Kernel::Avx2Fma, widen_half;
+    mod avx2_f64: f64 = Avx2F64(Avx2(())), Kernel::Avx2Fma, widen_portable;
 }
 vector::table! {
     #[target_feature(enable = "avx512f")]
-    mod avx512_f32: f32 = Avx512F32(Avx512(())), Kernel::Avx512, widen_f16_f16c;
-    mod avx512_f64: f64 = Avx512F64(Avx512(())), Kernel::Avx512, widen_f16_portable;
+    mod avx512_f32: f32 = Avx512F32(Avx512(())), Kernel::Avx512, widen_half;
+    mod avx512_f64: f64 = Avx512F64(Avx512(())), Kernel::Avx512, widen_portable;
 }
 
 /// The AVX-512 `f32` implementation of `Simd`, for the `bf16` attention's softmax.
@@ -351,7 +352,58 @@ pub(crate) unsafe fn table_f64(kernel: Kernel) -> &'static Table<f64> {
     }
 }
 
-/// `f16` bits widened to `f32` with F16C, eight at a time (both x86 kernels require F16C).
+/// [`Table::widen`] for the x86 `f32` tables: `bf16` with AVX2 shifts and masks, `f16` with
+/// F16C (both x86 kernels require AVX2 and F16C).
+#[target_feature(enable = "avx2,f16c")]
+fn widen_half(kind: WeightKind, src: &[u16], width: usize, dst: &mut [f32]) {
+    match kind {
+        WeightKind::Bf16 => widen_bf16_avx2(src, width, dst),
+        _ => widen_f16_f16c(src, dst),
+    }
+}
+
+/// A chunk of a `bf16` strip `width` features wide, its rows paired (rows `2q` and `2q + 1`
+/// interleaved value by value, `kernels/layout.rs`), widened to plain tile rows: each 32-bit
+/// word holds a pair, the even row's `bf16` in its low half and the odd row's in its high
+/// half, so the even row's `f32` is the word shifted up by 16 and the odd row's the word with
+/// its low half cleared (exact: a `bf16` is the upper half of an `f32`). Eight words at a
+/// time, then four, then one; an odd last row (at the end of the inputs only) is not paired.
+#[target_feature(enable = "avx2")]
+fn widen_bf16_avx2(src: &[u16], width: usize, dst: &mut [f32]) {
+    let n = src.len().min(dst.len());
+    let pairs = if width == 0 { 0 } else { n / width / 2 };
+    let high = _mm256_set1_epi32(0xffff_0000_u32 as i32);
+    for q in 0..pairs {
+        let pair = &src[2 * q * width..2 * (q + 1) * width];
+        let (even, odd) = dst[2 * q * width..2 * (q + 1) * width].split_at_mut(width);
+        let mut j = 0;
+        // SAFETY: words `j .. j + 8 ≤ width` of the pair (`u16` values `2j .. 2j + 16 ≤
+        // 2·width`) and values `j .. j + 8` of each row; unaligned loads and stores.
+        unsafe {
+            while j + 8 <= width {
+                let w = _mm256_loadu_si256(pair.as_ptr().add(2 * j).cast());
+                _mm256_storeu_si256(even.as_mut_ptr().add(j).cast(), _mm256_slli_epi32::<16>(w));
+                _mm256_storeu_si256(odd.as_mut_ptr().add(j).cast(), _mm256_and_si256(w, high));
+                j += 8;
+            }
+            if j + 4 <= width {
+                let w = _mm_loadu_si128(pair.as_ptr().add(2 * j).cast());
+                _mm_storeu_si128(even.as_mut_ptr().add(j).cast(), _mm_slli_epi32::<16>(w));
+                let h = _mm256_castsi256_si128(high);
+                _mm_storeu_si128(odd.as_mut_ptr().add(j).cast(), _mm_and_si128(w, h));
+                j += 4;
+            }
+        }
+        for k in j..width {
+            even[k] = f32::from_bits(u32::from(pair[2 * k]) << 16);
+            odd[k] = f32::from_bits(u32::from(pair[2 * k + 1]) << 16);
+        }
+    }
+    let done = 2 * pairs * width;
+    widen_bf16_paired(&src[done..n], width, &mut dst[done..n]);
+}
+
+/// `f16` bits widened to `f32` with F16C, eight at a time.
 #[target_feature(enable = "f16c,avx")]
 fn widen_f16_f16c(src: &[u16], dst: &mut [f32]) {
     let n = src.len().min(dst.len());

@@ -64,7 +64,7 @@ pub(crate) use tiles::{attention, attention_with_weights};
 /// is a function that makes the `Simd` implementation (`$simd`, an expression building it from
 /// its token) and runs the generic kernel, so the kernel is inlined into it; `$attr` (the
 /// instruction set's `#[target_feature]`, none where it is the target's baseline) is put on
-/// each of them. `$widen` widens half-precision weights.
+/// each of them. `$widen` widens half-precision weights ([`Table::widen`]).
 ///
 /// The expansion's `use super::*` brings the names `$simd` and `$widen` use into scope.
 macro_rules! table {
@@ -126,7 +126,7 @@ macro_rules! table {
                 exp,
                 tanh,
                 fma_loop,
-                widen_f16: $widen,
+                widen: $widen,
                 linear_bf16: None,
                 attention_bf16: None,
             };
