@@ -36,10 +36,10 @@
 //!
 //! **The attention of a `bf16` layer** runs in `bf16` products too on
 //! [`Kernel::Avx512Bf16`](crate::kernels::Kernel::Avx512Bf16), for calls of more than two
-//! tokens with heads of at most 128 features, a mask that is only a pattern (none, causal, sliding
-//! window) and no soft-cap or sink, when every query, key and value is finite and far from
-//! overflow (anything else runs the `f32` attention). Queries, keys, the softmax's weights
-//! and values are rounded to `bf16`; scores, the softmax and the sums stay `f32`. Against
+//! tokens with heads of at most 128 features, a mask that is only a pattern (none, causal,
+//! sliding window) and no soft-cap or sink, when every query, key and value is finite and
+//! far from overflow (anything else runs the `f32` attention). Queries, keys, the softmax's
+//! weights and values are rounded to `bf16`; scores, the softmax and the sums stay `f32`. Against
 //! the exact attention on the same `f32` inputs every output keeps (tested over every
 //! pattern, odd shapes and logits up to about ±30, `kernels::tests`):
 //!
@@ -53,8 +53,9 @@
 //! `<512, 512, 8>`, `GroupedQuery`) every output is within `2⁻⁶ · max|y|` of the `f32`
 //! layer's (measured worst: `1.62 · 2⁻⁸ · max|y|`), and the tests hold them to that. Decoding
 //! steps of one or two tokens widen their projections and run the `f32` attention (reading
-//! each weight once per token, a product in `bf16` would not be faster). To run a `bf16` layer exactly as its `f32` twin on such a CPU,
-//! pick [`Kernel::Avx512`](crate::kernels::Kernel::Avx512) (or
+//! each weight once per token, a product in `bf16` would not be faster). To run a `bf16`
+//! layer exactly as its `f32` twin on such a CPU, pick
+//! [`Kernel::Avx512`](crate::kernels::Kernel::Avx512) (or
 //! [`Kernel::Neon`](crate::kernels::Kernel::Neon)) with
 //! [`with_kernel`](crate::kernels::with_kernel).
 //!

@@ -602,9 +602,12 @@ unsafe fn attention_chunk(
         for e in 0..nt * d.dv {
             _mm512_storeu_ps(acc.add(e * QT), _mm512_setzero_ps());
         }
-        let mut j0 = jlo;
+        // Blocks start at multiples of 32 keys and end at the last key, whatever the chunk: a
+        // query's result does not depend on which queries share its call (the threads of
+        // `Parallel` split the queries), as a block's keys it may not see add exact zeros.
+        let mut j0 = jlo / KBF * KBF;
         while j0 < jhi {
-            let nb = KBF.min(jhi - j0);
+            let nb = KBF.min(d.skv - j0);
             // Keys `j0 .. j0 + nb` as pairs of features: `kpk[e2·32 + j]`.
             for e2 in 0..dk2 {
                 for half in 0..2 {

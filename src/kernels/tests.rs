@@ -874,6 +874,64 @@ fn bf16_attention_keeps_its_contract() {
         }
     }
     std::println!("bf16 attention: worst error / contract bound = {worst:.3}");
+    // A query's result does not depend on the queries that share its call: the same bits with
+    // working memory for one tile, and with the queries split over two calls (as the threads
+    // of `Parallel` split them).
+    for &(sq, skv, d) in &[(150, 150, 64), (70, 90, 40), (40, 33, 16)] {
+        let [q, k, v] = qkv_f32(11, sq, skv, d, d);
+        for mask in masks(sq, skv, 11).iter().take(5) {
+            let view = mask.view::<f32>(sq, skv, &None);
+            let run = |rows: core::ops::Range<usize>, tiles: usize| {
+                let n = rows.len();
+                let part = view.rows(rows.start, n);
+                let p = Problem {
+                    k: &k,
+                    v: &v,
+                    dims: Dims::new(n, skv, d, d),
+                    scale: 0.125,
+                    mask: &part,
+                    softcap: None,
+                    sink: None,
+                };
+                let qs: std::vec::Vec<f32> = (0..d)
+                    .flat_map(|e| q[e * sq + rows.start..e * sq + rows.end].iter().copied())
+                    .collect();
+                let mut out = std::vec![0f32; n * d];
+                let mut work: std::boxed::Box<Work<f32, 128>> = bytemuck::zeroed_box();
+                let mut parts = work.parts();
+                parts.acc = &mut parts.acc[..tiles * 16 * d];
+                let mut io = QueryIo::Separate {
+                    q: &qs,
+                    out: &mut out,
+                };
+                // SAFETY: as above.
+                assert!(unsafe { f(&mut io, &p, &mut parts) });
+                out
+            };
+            let whole = run(0..sq, 4);
+            assert_eq!(
+                whole,
+                run(0..sq, 1),
+                "{sq}x{skv}: one tile of working memory"
+            );
+            let cut = 23;
+            let (a, b) = (run(0..cut, 4), run(cut..sq, 4));
+            for e in 0..d {
+                for i in 0..sq {
+                    let got = if i < cut {
+                        a[i + e * cut]
+                    } else {
+                        b[i - cut + e * (sq - cut)]
+                    };
+                    assert_eq!(
+                        got.to_bits(),
+                        whole[i + e * sq].to_bits(),
+                        "{sq}x{skv}: split"
+                    );
+                }
+            }
+        }
+    }
     // What it declines, untouched.
     let (sq, skv, d) = (20, 24, 16);
     let [q, k, v] = qkv_f32(5, sq, skv, d, d);

@@ -371,7 +371,7 @@ fn widen_half(kind: WeightKind, src: &[u16], width: usize, dst: &mut [f32]) {
 #[target_feature(enable = "avx2")]
 fn widen_bf16_avx2(src: &[u16], width: usize, dst: &mut [f32]) {
     let n = src.len().min(dst.len());
-    let pairs = if width == 0 { 0 } else { n / width / 2 };
+    let pairs = n.checked_div(width).unwrap_or(0) / 2;
     let high = _mm256_set1_epi32(0xffff_0000_u32 as i32);
     for q in 0..pairs {
         let pair = &src[2 * q * width..2 * (q + 1) * width];
