@@ -39,9 +39,12 @@
 //!   32 registers, micro-tiles 12 wide), each compiled with `#[target_feature]` so the default
 //!   target (no `-C target-cpu`) gets them all; on aarch64 (`arm.rs`) NEON;
 //! - `bf16.rs` and `arm_bf16.rs`, the projections of `bf16` weights in `bf16` products with
-//!   AVX512-BF16 (`vdpbf16ps`) and Arm's BF16 extension (`BFDOT`), the one entry by which
-//!   [`Kernel::Avx512Bf16`]'s and [`Kernel::NeonBf16`]'s tables differ from AVX-512's and
-//!   NEON's (see [`crate::Weight`] for their accuracy).
+//!   AVX512-BF16 (`vdpbf16ps`) and Arm's BF16 extension (`BFDOT`), and on AVX512-BF16 the
+//!   attention of `bf16` layers: the entries by which [`Kernel::Avx512Bf16`]'s and
+//!   [`Kernel::NeonBf16`]'s tables differ from AVX-512's and NEON's (see [`crate::Weight`] for
+//!   their accuracy);
+//! - `bf16_widen.rs`, AVX-512's projections of `bf16` weights in exact `f32` products, each
+//!   weight widened as the micro-kernel broadcasts it (a masked 16-bit broadcast).
 //!
 //! **Dispatch happens once per call.** Each instruction set has one table of functions per
 //! scalar type (`Table`); an entry point asks for the table of the [`selected`] kernel once
@@ -62,6 +65,8 @@ mod arm;
 mod arm_bf16;
 #[cfg(target_arch = "x86_64")]
 mod bf16;
+#[cfg(target_arch = "x86_64")]
+mod bf16_widen;
 mod float;
 pub(crate) mod layout;
 pub(crate) mod math;
@@ -92,8 +97,9 @@ pub enum Kernel {
     /// aarch64 NEON: the same kernels on 4 `f32` or 2 `f64` lanes, 12-wide micro-tiles (32
     /// registers). Part of the aarch64 baseline, so always chosen there.
     Neon,
-    /// x86-64 AVX-512F (with AVX2, FMA and F16C): the same kernels on 16 `f32` or 8 `f64`
-    /// lanes, with micro-tiles twice as wide (32 vector registers).
+    /// x86-64 AVX-512F and AVX512-BW (with AVX2, FMA and F16C): the same kernels on 16 `f32`
+    /// or 8 `f64` lanes, with micro-tiles twice as wide (32 vector registers); `bf16` weights
+    /// are widened to `f32` in registers as the micro-kernel broadcasts them.
     Avx512,
     /// x86-64 AVX-512F with AVX512-BF16 and AVX512-BW: [`Kernel::Avx512`], except that layers
     /// with `bf16` weights compute their projections in `bf16` products (`vdpbf16ps`, summed
@@ -169,7 +175,8 @@ impl Kernel {
 }
 
 /// The best kernel this build and CPU support: [`Kernel::Avx512Bf16`] on x86-64 with
-/// AVX-512F, AVX512-BF16 and AVX512-BW, else [`Kernel::Avx512`] with AVX-512F, else
+/// AVX-512F, AVX512-BF16 and AVX512-BW, else [`Kernel::Avx512`] with AVX-512F and
+/// AVX512-BW, else
 /// [`Kernel::Avx2Fma`] with AVX2 and FMA; [`Kernel::NeonBf16`] on aarch64 with the BF16
 /// extension, else [`Kernel::Neon`]; else
 /// [`Kernel::Scalar`]. With the `force-scalar` feature it is always [`Kernel::Scalar`]. Each

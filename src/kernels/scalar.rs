@@ -24,6 +24,7 @@ impl<T: Float> Tables<T> {
         tanh: tanh_in_place::<T>,
         widen: widen_portable::<T>,
         linear_bf16: None,
+        linear_bf16_exact: None,
         attention_bf16: None,
         fma_loop: fma_loop::<T>,
     };

@@ -4,7 +4,7 @@
 //! the projections and the attention loop call through it with no further dispatch, and
 //! threads that share a call's work share its table (so they run the caller's kernel).
 
-use super::args::{GEMV_TOKENS, LinearIo, Problem, QueryIo, WorkRef, check_weights};
+use super::args::{GEMV_TOKENS, LinearIo, PANEL_ROWS, Problem, QueryIo, WorkRef, check_weights};
 use super::{Float, Kernel, scalar};
 use crate::weight::sealed::Stored;
 use crate::weight::{Weight, WeightKind};
@@ -42,6 +42,12 @@ pub struct Table<T: 'static> {
     /// that have them ([`Kernel::Avx512Bf16`], [`Kernel::NeonBf16`]); `None` where `bf16`
     /// weights are widened.
     pub(super) linear_bf16: Option<HalfLinearFn<T>>,
+    /// `out = x · Wᵀ + b` (or `+=`) with `bf16` weights widened to `T` in registers, exact
+    /// products as [`Table::linear_half`]'s but without its buffer and its block calls
+    /// ([`Kernel::Avx512`]'s, and so [`Kernel::Avx512Bf16`]'s under `with_kernel`); `None`
+    /// where the weights are widened into a buffer. It needs `pack` to hold two input columns
+    /// of a panel ([`PANEL_ROWS`]` · 2`).
+    pub(super) linear_bf16_exact: Option<HalfLinearFn<T>>,
     /// Streaming attention for one head in `bf16` products, for layers with `bf16` weights
     /// on the kernels that have them ([`Kernel::Avx512Bf16`]); `false` (nothing written) for
     /// a problem it does not take. `None` elsewhere.
@@ -87,16 +93,21 @@ impl<T: Float> Table<T> {
             Stored::Half(_) if self.kernel == Kernel::Scalar => {
                 scalar::linear(io, s, din, w, dout, bias, pack);
             }
-            Stored::Half(bits) => match self.linear_bf16 {
+            Stored::Half(bits) => {
                 // One or two tokens (a decoding step) stay on the widening path, whose GEMV
                 // reads each weight once per token; with no inputs every output is its bias,
                 // which the native kernel writes.
-                Some(f) if W::KIND == WeightKind::Bf16 && s > GEMV_TOKENS && din > 0 => {
+                let many = W::KIND == WeightKind::Bf16 && s > GEMV_TOKENS && din > 0;
+                match (self.linear_bf16, self.linear_bf16_exact) {
                     // SAFETY: the table's kernel runs on this CPU.
-                    unsafe { f(io, s, din, bits, dout, bias, pack) }
+                    (Some(f), _) if many => unsafe { f(io, s, din, bits, dout, bias, pack) },
+                    (_, Some(f)) if many && pack.len() >= 2 * PANEL_ROWS => {
+                        // SAFETY: as above.
+                        unsafe { f(io, s, din, bits, dout, bias, pack) }
+                    }
+                    _ => self.linear_half(W::KIND, io, s, din, bits, dout, bias, pack),
                 }
-                _ => self.linear_half(W::KIND, io, s, din, bits, dout, bias, pack),
-            },
+            }
         }
     }
 
@@ -184,7 +195,8 @@ impl<T: Float> Table<T> {
         const STRIP: usize = super::layout::WEIGHT_TILE;
         let (x, out, add) = io.checked(s, din, dout);
         check_weights(w, bias, din, dout);
-        let mut buf = [T::ZERO; HALF_BUF];
+        let mut aligned = WidenBuf([T::ZERO; HALF_BUF]);
+        let buf = &mut aligned.0;
         let full = dout / STRIP * STRIP;
         // Blocks of up to HALF_STRIPS strips × `kc` inputs, widened into `buf` in the tile
         // layout of a `kc`-input, `cols`-output matrix (each strip's chunk is contiguous in
@@ -248,6 +260,10 @@ impl<T: Float> Table<T> {
 /// widened by AVX2: 1.16, 1.10, 1.075 and 1.067 × the time of `f32` weights, the last with a
 /// buffer of the whole matrix, 264 KiB).
 const HALF_STRIPS: usize = 8;
+
+/// [`Table::linear_half`]'s widening buffer, on a cache-line boundary.
+#[repr(C, align(64))]
+struct WidenBuf<T>([T; HALF_BUF]);
 
 /// Scalars in [`Table::linear_half`]'s widening buffer on the stack (24 KiB of `f32`): a
 /// block of 96 output features over 64 input features at a time.

@@ -17,7 +17,7 @@ use core::sync::atomic::{AtomicU8, Ordering};
 
 use super::simd::simd_impls;
 use super::table::{Table, widen_bf16_paired, widen_portable};
-use super::{Kernel, bf16, vector};
+use super::{Kernel, bf16, bf16_widen, vector};
 use crate::weight::WeightKind;
 
 /// Proof that the CPU runs AVX2, FMA and F16C (zero-sized; made only where they are known to
@@ -75,7 +75,7 @@ fn probe_avx2() -> bool {
 
 #[cfg(feature = "std")]
 fn probe_avx512() -> bool {
-    std::is_x86_feature_detected!("avx512f")
+    std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bw")
 }
 
 #[cfg(feature = "std")]
@@ -132,18 +132,19 @@ fn probe_avx2() -> bool {
 
 #[cfg(not(feature = "std"))]
 fn probe_avx512() -> bool {
-    if cfg!(target_feature = "avx512f") {
+    if cfg!(all(target_feature = "avx512f", target_feature = "avx512bw")) {
         return true;
     }
-    // AVX-512F needs AVX-level support (checked by `probe_avx2`), CPUID leaf 7 EBX bit 16, and
-    // the OS saving the opmask and ZMM state: XCR0 bits 5, 6 and 7.
+    // AVX-512F needs AVX-level support (checked by `probe_avx2`), CPUID leaf 7 EBX bit 16
+    // (AVX512-BW is bit 30), and the OS saving the opmask and ZMM state: XCR0 bits 5, 6, 7.
     if !probe_avx2() {
         return false;
     }
     // SAFETY: XGETBV exists when OSXSAVE is set: `probe_avx2` checked it from CPUID, or the
     // build assumes AVX2 (`target_feature`), which needs the OS to have enabled XSAVE.
     let xcr0 = unsafe { xgetbv0() };
-    xcr0 & 0b1110_0000 == 0b1110_0000 && __cpuid_count(7, 0).ebx & (1 << 16) != 0
+    let ebx = __cpuid_count(7, 0).ebx;
+    xcr0 & 0b1110_0000 == 0b1110_0000 && ebx & (1 << 16) != 0 && ebx & (1 << 30) != 0
 }
 
 /// XCR0, read with XGETBV.
@@ -312,12 +313,19 @@ pub(crate) unsafe fn avx512_f32() -> Avx512F32 {
     Avx512F32(Avx512(()))
 }
 
-/// [`Kernel::Avx512Bf16`]'s `f32` table: AVX-512's, with the `bf16` projections.
+/// [`Kernel::Avx512`]'s `f32` table: the generic kernels, with `bf16` weights widened in
+/// registers (`bf16_widen.rs`, which needs AVX512-BW; the kernel requires it).
+static AVX512_F32: Table<f32> = Table {
+    linear_bf16_exact: Some(bf16_widen::linear),
+    ..avx512_f32::TABLE
+};
+
+/// [`Kernel::Avx512Bf16`]'s `f32` table: AVX-512's, with the `bf16` projections and attention.
 static AVX512_BF16_F32: Table<f32> = Table {
     kernel: Kernel::Avx512Bf16,
     linear_bf16: Some(bf16::linear),
     attention_bf16: Some(bf16::attention),
-    ..avx512_f32::TABLE
+    ..AVX512_F32
 };
 
 /// [`Kernel::Avx512Bf16`]'s `f64` table: AVX-512's (`bf16` weights compute in `f32` only).
@@ -334,7 +342,7 @@ static AVX512_BF16_F64: Table<f64> = Table {
 pub(crate) unsafe fn table_f32(kernel: Kernel) -> &'static Table<f32> {
     match kernel {
         Kernel::Avx512Bf16 => &AVX512_BF16_F32,
-        Kernel::Avx512 => &avx512_f32::TABLE,
+        Kernel::Avx512 => &AVX512_F32,
         _ => &avx2_f32::TABLE,
     }
 }

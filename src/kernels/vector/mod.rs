@@ -128,6 +128,7 @@ macro_rules! table {
                 fma_loop,
                 widen: $widen,
                 linear_bf16: None,
+                linear_bf16_exact: None,
                 attention_bf16: None,
             };
         }
