@@ -48,6 +48,12 @@ pub struct Table<T: 'static> {
     /// where the weights are widened into a buffer. It needs `pack` to hold two input columns
     /// of a panel ([`PANEL_ROWS`]` · 2`).
     pub(super) linear_bf16_exact: Option<HalfLinearFn<T>>,
+    /// `out = x · Wᵀ + b` (or `+=`) with half-precision weights of either kind, each storage
+    /// tile's rows widened into a small buffer per panel of tokens, in the native GEMM's loop
+    /// order (`vector::linear_widening`): the x86 kernels' path for `f16` weights, and for
+    /// `bf16` on AVX2. `None` where [`Table::linear_half`] serves. It needs `pack` to hold two
+    /// input columns of a panel.
+    pub(super) linear_widening: Option<WideningFn<T>>,
     /// Streaming attention for one head in `bf16` products, for layers with `bf16` weights
     /// on the kernels that have them ([`Kernel::Avx512Bf16`]); `false` (nothing written) for
     /// a problem it does not take. `None` elsewhere.
@@ -55,6 +61,10 @@ pub struct Table<T: 'static> {
     /// The FMA-peak loop: FLOPs done and a checksum.
     pub(super) fma_loop: unsafe fn(usize) -> (u64, T),
 }
+
+/// [`Table::linear_widening`]'s signature: `(kind, io, s, din, bits, dout, bias, pack)`.
+pub(super) type WideningFn<T> =
+    unsafe fn(WeightKind, LinearIo<'_, T>, usize, usize, &[u16], usize, &[T], &mut [T]);
 
 /// [`Table::widen`]'s signature.
 pub(super) type WidenFn<T> = unsafe fn(WeightKind, &[u16], usize, &mut [T]);
@@ -98,13 +108,23 @@ impl<T: Float> Table<T> {
                 // One or two tokens (a decoding step) stay on the widening path, whose GEMV
                 // reads each weight once per token; with no inputs every output is its bias,
                 // which the native kernel writes.
-                let many = W::KIND == WeightKind::Bf16 && s > GEMV_TOKENS && din > 0;
-                match (self.linear_bf16, self.linear_bf16_exact) {
+                let many = s > GEMV_TOKENS && din > 0;
+                let bf16 = many && W::KIND == WeightKind::Bf16;
+                let room = pack.len() >= 2 * PANEL_ROWS;
+                match (
+                    self.linear_bf16,
+                    self.linear_bf16_exact,
+                    self.linear_widening,
+                ) {
                     // SAFETY: the table's kernel runs on this CPU.
-                    (Some(f), _) if many => unsafe { f(io, s, din, bits, dout, bias, pack) },
-                    (_, Some(f)) if many && pack.len() >= 2 * PANEL_ROWS => {
+                    (Some(f), _, _) if bf16 => unsafe { f(io, s, din, bits, dout, bias, pack) },
+                    (_, Some(f), _) if bf16 && room => {
                         // SAFETY: as above.
                         unsafe { f(io, s, din, bits, dout, bias, pack) }
+                    }
+                    (_, _, Some(f)) if many && room => {
+                        // SAFETY: as above.
+                        unsafe { f(W::KIND, io, s, din, bits, dout, bias, pack) }
                     }
                     _ => self.linear_half(W::KIND, io, s, din, bits, dout, bias, pack),
                 }

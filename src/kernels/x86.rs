@@ -15,6 +15,7 @@
 use core::arch::x86_64::*;
 use core::sync::atomic::{AtomicU8, Ordering};
 
+use super::args::LinearIo;
 use super::simd::simd_impls;
 use super::table::{Table, widen_bf16_paired, widen_portable};
 use super::{Kernel, bf16, bf16_widen, vector};
@@ -313,12 +314,60 @@ pub(crate) unsafe fn avx512_f32() -> Avx512F32 {
     Avx512F32(Avx512(()))
 }
 
+/// [`Kernel::Avx2Fma`]'s `f32` table: the generic kernels, with half-precision weights
+/// widened per storage tile and panel (`vector::linear_widening`).
+static AVX2_F32: Table<f32> = Table {
+    linear_widening: Some(avx2_linear_widening),
+    ..avx2_f32::TABLE
+};
+
 /// [`Kernel::Avx512`]'s `f32` table: the generic kernels, with `bf16` weights widened in
-/// registers (`bf16_widen.rs`, which needs AVX512-BW; the kernel requires it).
+/// registers (`bf16_widen.rs`, which needs AVX512-BW; the kernel requires it) and `f16`
+/// weights per storage tile and panel (`vector::linear_widening`).
 static AVX512_F32: Table<f32> = Table {
     linear_bf16_exact: Some(bf16_widen::linear),
+    linear_widening: Some(avx512_linear_widening),
     ..avx512_f32::TABLE
 };
+
+/// [`vector::linear_widening`] on AVX2 + FMA, widening with [`widen_half`].
+#[target_feature(enable = "avx2,fma,f16c")]
+fn avx2_linear_widening(
+    kind: WeightKind,
+    io: LinearIo<'_, f32>,
+    s: usize,
+    din: usize,
+    w: &[u16],
+    dout: usize,
+    bias: &[f32],
+    pack: &mut [f32],
+) {
+    // SAFETY: `widen_half` needs AVX2 and F16C, which this function is compiled with and its
+    // callers guarantee.
+    unsafe {
+        let simd = Avx2F32(Avx2(()));
+        vector::linear_widening(simd, kind, io, s, din, w, dout, bias, pack, widen_half);
+    }
+}
+
+/// [`vector::linear_widening`] on AVX-512, widening with [`widen_half`].
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+fn avx512_linear_widening(
+    kind: WeightKind,
+    io: LinearIo<'_, f32>,
+    s: usize,
+    din: usize,
+    w: &[u16],
+    dout: usize,
+    bias: &[f32],
+    pack: &mut [f32],
+) {
+    // SAFETY: as in `avx2_linear_widening`; AVX-512F too.
+    unsafe {
+        let simd = Avx512F32(Avx512(()));
+        vector::linear_widening(simd, kind, io, s, din, w, dout, bias, pack, widen_half);
+    }
+}
 
 /// [`Kernel::Avx512Bf16`]'s `f32` table: AVX-512's, with the `bf16` projections and attention.
 static AVX512_BF16_F32: Table<f32> = Table {
@@ -343,7 +392,7 @@ pub(crate) unsafe fn table_f32(kernel: Kernel) -> &'static Table<f32> {
     match kernel {
         Kernel::Avx512Bf16 => &AVX512_BF16_F32,
         Kernel::Avx512 => &AVX512_F32,
-        _ => &avx2_f32::TABLE,
+        _ => &AVX2_F32,
     }
 }
 

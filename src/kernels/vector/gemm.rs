@@ -513,3 +513,142 @@ unsafe fn gemm_core<S: Simd, const NV: usize, const N: usize>(
     }
     out
 }
+
+/// Input features of a storage tile that [`linear_widening`] widens at a time: 12 × 256
+/// values (12 KiB of `f32`) on the stack.
+const WIDEN_ROWS: usize = 256;
+
+/// The fewest inputs per chunk [`linear_widening`] takes to pack more panels of tokens at a
+/// time: each chunk loads and stores every accumulator once.
+const MIN_CHUNK: usize = 32;
+
+/// The widening of [`linear_widening`]: `(kind, bits, strip width, out)`, a chunk of a strip
+/// of half-precision weights (rows paired for `bf16`, the chunk starting on a pair) into
+/// plain tile rows.
+pub(crate) type Widen<E> = unsafe fn(crate::WeightKind, &[u16], usize, &mut [E]);
+
+/// [`linear`] for half-precision weights (`w`, the bits of `kind`, in the tile layout): a
+/// group of token panels is packed for a chunk of inputs (as many panels as leave chunks of
+/// at least [`MIN_CHUNK`] inputs in `pack`), then each storage tile's rows of that chunk are
+/// widened by `widen` into a buffer in L1 and multiplied by every panel of the group with the
+/// native micro-kernel. Each weight is widened once per group (once per call when the group
+/// is every panel), each input packed once.
+///
+/// # Safety
+/// `widen` runs on this CPU.
+#[inline(always)]
+pub(crate) unsafe fn linear_widening<S: Simd>(
+    s: S,
+    kind: crate::WeightKind,
+    io: LinearIo<'_, S::E>,
+    sq: usize,
+    din: usize,
+    w: &[u16],
+    dout: usize,
+    bias: &[S::E],
+    pack: &mut [S::E],
+    widen: Widen<S::E>,
+) {
+    let lw = (w, bias, din, dout);
+    // SAFETY: the caller's promise, passed on.
+    unsafe {
+        if sq >= 2 * S::LANES {
+            widening_panels::<S, 2>(s, kind, io, sq, lw, pack, widen);
+        } else {
+            widening_panels::<S, 1>(s, kind, io, sq, lw, pack, widen);
+        }
+    }
+}
+
+/// [`linear_widening`] with row panels of `NV` vectors.
+///
+/// # Safety
+/// As [`linear_widening`].
+#[inline(always)]
+#[allow(
+    clippy::undocumented_unsafe_blocks,
+    reason = "the micro-tile call inside `for_tiles!` has its SAFETY comment; clippy does not \
+              see comments through a macro defined in another file"
+)]
+unsafe fn widening_panels<S: Simd, const NV: usize>(
+    s: S,
+    kind: crate::WeightKind,
+    io: LinearIo<'_, S::E>,
+    sq: usize,
+    (w, bias, din, dout): (&[u16], &[S::E], usize, usize),
+    pack: &mut [S::E],
+    widen: Widen<S::E>,
+) {
+    let l = S::LANES;
+    let mr = NV * l;
+    let tile = S::TILE;
+    check_weights(w, bias, din, dout);
+    let panels = sq.div_ceil(mr);
+    let group = (pack.len() / (mr * MIN_CHUNK)).clamp(1, panels);
+    // An even number of inputs per chunk, so that no chunk splits a pair of `bf16` rows (the
+    // last chunk may end with the odd last input).
+    let kc_max = (pack.len() / (group * mr)).min(WIDEN_ROWS) / 2 * 2;
+    assert!(kc_max >= 2, "pack buffer too small");
+    let (x, out, add) = io.checked(sq, din, dout);
+    let (a, c) = (x.as_ptr(), out.as_mut_ptr());
+    let mut buf = [S::E::ZERO; WEIGHT_TILE * WIDEN_ROWS];
+    let pack = pack.as_mut_ptr();
+    let full = dout / WEIGHT_TILE * WEIGHT_TILE;
+    let mut g0 = 0;
+    while g0 < sq {
+        // Panels `g0 / mr ..` of this group: tokens `g0 .. g1`.
+        let g1 = sq.min(g0 + group * mr);
+        let mut pc = 0;
+        while pc < din {
+            let kc = kc_max.min(din - pc);
+            let mut i0 = g0;
+            while i0 < g1 {
+                let rows = mr.min(g1 - i0);
+                // SAFETY: rows `i0 .. i0 + rows ≤ sq` of columns `pc .. pc + kc ≤ din` of `a`
+                // (`sq × din`); panel `(i0 − g0)/mr < group` takes `kc · mr` values at
+                // `(i0 − g0) · kc`, inside `group · kc · mr ≤ pack.len()`.
+                unsafe {
+                    pack_panel::<S, NV>(s, a, sq, i0, rows, pc, kc, pack.add((i0 - g0) * kc))
+                };
+                i0 += rows;
+            }
+            let first = pc == 0 && !add;
+            let mut t0 = 0;
+            while t0 < dout {
+                let (cols, base) = if t0 < full {
+                    (WEIGHT_TILE, t0 * din)
+                } else {
+                    (dout - full, full * din)
+                };
+                // Rows `pc .. pc + kc` of the storage tile, `cols` values each.
+                let src = &w[base + pc * cols..base + (pc + kc) * cols];
+                // SAFETY: the caller's promise for `widen`.
+                unsafe { widen(kind, src, cols, &mut buf[..kc * cols]) };
+                let mut i0 = g0;
+                while i0 < g1 {
+                    let rows = mr.min(g1 - i0);
+                    // SAFETY: inside `pack` (above).
+                    let panel = unsafe { pack.add((i0 - g0) * kc) }.cast_const();
+                    for_tiles!(cols, tile, |c0, N| {
+                        // SAFETY: rows `i0 .. i0 + rows` and columns `t0 + c0 .. + width ≤
+                        // dout` of `c` (`sq × dout`); the panel holds `kc × mr`; `buf` holds
+                        // `kc` rows of `cols ≥ c0 + width` values.
+                        unsafe {
+                            let ab = Product {
+                                a: panel,
+                                kc,
+                                b: buf.as_ptr().add(c0),
+                                stride: cols,
+                            };
+                            gemm_tile::<S, NV, N>(s, ab, bias, c, sq, i0, rows, t0 + c0, first)
+                        }
+                    });
+                    i0 += rows;
+                }
+                t0 += cols;
+            }
+            pc += kc;
+        }
+        g0 = g1;
+    }
+}

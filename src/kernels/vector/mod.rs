@@ -56,7 +56,7 @@ mod rows;
 mod tiles;
 
 pub(crate) use exp::{exp_slice, fma_loop, tanh_slice};
-pub(crate) use gemm::linear;
+pub(crate) use gemm::{linear, linear_widening};
 pub(crate) use tiles::{attention, attention_with_weights};
 
 /// The kernel tables of one instruction set, one `$module::TABLE` per line `mod $module: …;`
@@ -129,6 +129,7 @@ macro_rules! table {
                 widen: $widen,
                 linear_bf16: None,
                 linear_bf16_exact: None,
+                linear_widening: None,
                 attention_bf16: None,
             };
         }
