@@ -83,10 +83,11 @@ impl<T: Float> Table<T> {
 
     /// `out = x · Wᵀ + b` for `s` tokens (see [`LinearIo`]), `W` (`dout × din`) in the tile
     /// layout of [`crate::Linear`], stored as `W`. Half-precision weights go to the scalar
-    /// kernel as they are (it widens each as it reads it); `bf16` weights over more than two
-    /// tokens to the kernel's `bf16` products or in-register widening where it has them; the
-    /// rest to the vector kernels a block of output features and input features at a time,
-    /// widened into a buffer first ([`Table::linear_half`]).
+    /// kernel as they are (it widens each as it reads it); over more than two tokens, `bf16`
+    /// weights to the kernel's `bf16` products or in-register widening where it has them, and
+    /// the rest to its per-tile widening where it has one; everything else to the vector
+    /// kernels a block of output features and input features at a time, widened into a
+    /// buffer first ([`Table::linear_half`]).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn linear<W: Weight<T>>(
         &self,

@@ -331,6 +331,7 @@ static AVX512_F32: Table<f32> = Table {
 };
 
 /// [`vector::linear_widening`] on AVX2 + FMA, widening with [`widen_half`].
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn avx2_linear_widening(
     kind: WeightKind,
@@ -351,6 +352,7 @@ fn avx2_linear_widening(
 }
 
 /// [`vector::linear_widening`] on AVX-512, widening with [`widen_half`].
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
 fn avx512_linear_widening(
     kind: WeightKind,

@@ -516,15 +516,18 @@ unsafe fn gemm_core<S: Simd, const NV: usize, const N: usize>(
 
 /// Input features of a storage tile that [`linear_widening`] widens at a time: 12 × 256
 /// values (12 KiB of `f32`) on the stack.
+#[cfg(target_arch = "x86_64")] // the x86-64 tables' path only
 const WIDEN_ROWS: usize = 256;
 
 /// The fewest inputs per chunk [`linear_widening`] takes to pack more panels of tokens at a
 /// time: each chunk loads and stores every accumulator once.
+#[cfg(target_arch = "x86_64")] // the x86-64 tables' path only
 const MIN_CHUNK: usize = 32;
 
 /// The widening of [`linear_widening`]: `(kind, bits, strip width, out)`, a chunk of a strip
 /// of half-precision weights (rows paired for `bf16`, the chunk starting on a pair) into
 /// plain tile rows.
+#[cfg(target_arch = "x86_64")] // the x86-64 tables' path only
 pub(crate) type Widen<E> = unsafe fn(crate::WeightKind, &[u16], usize, &mut [E]);
 
 /// [`linear`] for half-precision weights (`w`, the bits of `kind`, in the tile layout): a
@@ -536,6 +539,7 @@ pub(crate) type Widen<E> = unsafe fn(crate::WeightKind, &[u16], usize, &mut [E])
 ///
 /// # Safety
 /// `widen` runs on this CPU.
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 pub(crate) unsafe fn linear_widening<S: Simd>(
     s: S,
@@ -564,6 +568,7 @@ pub(crate) unsafe fn linear_widening<S: Simd>(
 ///
 /// # Safety
 /// As [`linear_widening`].
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 #[allow(
     clippy::undocumented_unsafe_blocks,

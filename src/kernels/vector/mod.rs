@@ -56,7 +56,9 @@ mod rows;
 mod tiles;
 
 pub(crate) use exp::{exp_slice, fma_loop, tanh_slice};
-pub(crate) use gemm::{linear, linear_widening};
+pub(crate) use gemm::linear;
+#[cfg(target_arch = "x86_64")]
+pub(crate) use gemm::linear_widening;
 pub(crate) use tiles::{attention, attention_with_weights};
 
 /// The kernel tables of one instruction set, one `$module::TABLE` per line `mod $module: …;`
