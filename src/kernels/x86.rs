@@ -330,46 +330,36 @@ static AVX512_F32: Table<f32> = Table {
     ..avx512_f32::TABLE
 };
 
-/// [`vector::linear_widening`] on AVX2 + FMA, widening with [`widen_half`].
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn avx2_linear_widening(
-    kind: WeightKind,
-    io: LinearIo<'_, f32>,
-    s: usize,
-    din: usize,
-    w: &[u16],
-    dout: usize,
-    bias: &[f32],
-    pack: &mut [f32],
-) {
-    // SAFETY: `widen_half` needs AVX2 and F16C, which this function is compiled with and its
-    // callers guarantee.
-    unsafe {
-        let simd = Avx2F32(Avx2(()));
-        vector::linear_widening(simd, kind, io, s, din, w, dout, bias, pack, widen_half);
-    }
+/// `$name`: [`vector::linear_widening`] on the `Simd` built by `$simd`, compiled with
+/// `$features`, widening with [`widen_half`] (which needs AVX2 and F16C).
+macro_rules! linear_widening {
+    ($name:ident, $features:literal, $simd:expr) => {
+        #[allow(clippy::too_many_arguments)]
+        #[target_feature(enable = $features)]
+        fn $name(
+            kind: WeightKind,
+            io: LinearIo<'_, f32>,
+            s: usize,
+            din: usize,
+            w: &[u16],
+            dout: usize,
+            bias: &[f32],
+            pack: &mut [f32],
+        ) {
+            // SAFETY: `widen_half` needs AVX2 and F16C, and the token the features of
+            // `$features`, which this function is compiled with and its callers guarantee.
+            unsafe {
+                vector::linear_widening($simd, kind, io, s, din, w, dout, bias, pack, widen_half);
+            }
+        }
+    };
 }
-
-/// [`vector::linear_widening`] on AVX-512, widening with [`widen_half`].
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx512f,avx2,fma,f16c")]
-fn avx512_linear_widening(
-    kind: WeightKind,
-    io: LinearIo<'_, f32>,
-    s: usize,
-    din: usize,
-    w: &[u16],
-    dout: usize,
-    bias: &[f32],
-    pack: &mut [f32],
-) {
-    // SAFETY: as in `avx2_linear_widening`; AVX-512F too.
-    unsafe {
-        let simd = Avx512F32(Avx512(()));
-        vector::linear_widening(simd, kind, io, s, din, w, dout, bias, pack, widen_half);
-    }
-}
+linear_widening!(avx2_linear_widening, "avx2,fma,f16c", Avx2F32(Avx2(())));
+linear_widening!(
+    avx512_linear_widening,
+    "avx512f,avx2,fma,f16c",
+    Avx512F32(Avx512(()))
+);
 
 /// [`Kernel::Avx512Bf16`]'s `f32` table: AVX-512's, with the `bf16` projections and attention.
 static AVX512_BF16_F32: Table<f32> = Table {

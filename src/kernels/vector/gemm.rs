@@ -524,12 +524,6 @@ const WIDEN_ROWS: usize = 256;
 #[cfg(target_arch = "x86_64")] // the x86-64 tables' path only
 const MIN_CHUNK: usize = 32;
 
-/// The widening of [`linear_widening`]: `(kind, bits, strip width, out)`, a chunk of a strip
-/// of half-precision weights (rows paired for `bf16`, the chunk starting on a pair) into
-/// plain tile rows.
-#[cfg(target_arch = "x86_64")] // the x86-64 tables' path only
-pub(crate) type Widen<E> = unsafe fn(crate::WeightKind, &[u16], usize, &mut [E]);
-
 /// [`linear`] for half-precision weights (`w`, the bits of `kind`, in the tile layout): a
 /// group of token panels is packed for a chunk of inputs (as many panels as leave chunks of
 /// at least [`MIN_CHUNK`] inputs in `pack`), then each storage tile's rows of that chunk are
@@ -551,7 +545,7 @@ pub(crate) unsafe fn linear_widening<S: Simd>(
     dout: usize,
     bias: &[S::E],
     pack: &mut [S::E],
-    widen: Widen<S::E>,
+    widen: super::super::table::WidenFn<S::E>,
 ) {
     let lw = (w, bias, din, dout);
     // SAFETY: the caller's promise, passed on.
@@ -582,7 +576,7 @@ unsafe fn widening_panels<S: Simd, const NV: usize>(
     sq: usize,
     (w, bias, din, dout): (&[u16], &[S::E], usize, usize),
     pack: &mut [S::E],
-    widen: Widen<S::E>,
+    widen: super::super::table::WidenFn<S::E>,
 ) {
     let l = S::LANES;
     let mr = NV * l;
