@@ -43,8 +43,9 @@
 //!   attention of `bf16` layers: the entries by which [`Kernel::Avx512Bf16`]'s and
 //!   [`Kernel::NeonBf16`]'s tables differ from AVX-512's and NEON's (see [`crate::Weight`] for
 //!   their accuracy);
-//! - `bf16_widen.rs`, AVX-512's projections of `bf16` weights in exact `f32` products, each
-//!   weight widened as the micro-kernel broadcasts it (a masked 16-bit broadcast).
+//! - `bf16_widen.rs`, the x86-64 projections of `bf16` weights in exact `f32` products (AVX-512
+//!   and AVX2), each weight widened as the micro-kernel broadcasts it (a masked 16-bit
+//!   broadcast; on AVX2 a 32-bit broadcast and an `and`).
 //!
 //! **Dispatch happens once per call.** Each instruction set has one table of functions per
 //! scalar type (`Table`); an entry point asks for the table of the [`selected`] kernel once
@@ -92,7 +93,8 @@ pub enum Kernel {
     /// Portable Rust loops; the reference every other kernel is tested against.
     Scalar,
     /// x86-64 AVX2 + FMA (with F16C for half-precision weights): 8 `f32` or 4 `f64` lanes,
-    /// register-blocked micro-kernels and a vectorised `exp`.
+    /// register-blocked micro-kernels and a vectorised `exp`; `bf16` weights are widened to
+    /// `f32` in registers as the micro-kernel broadcasts them.
     Avx2Fma,
     /// aarch64 NEON: the same kernels on 4 `f32` or 2 `f64` lanes, 12-wide micro-tiles (32
     /// registers). Part of the aarch64 baseline, so always chosen there.

@@ -44,14 +44,16 @@ pub struct Table<T: 'static> {
     pub(super) linear_bf16: Option<HalfLinearFn<T>>,
     /// `out = x · Wᵀ + b` (or `+=`) with `bf16` weights widened to `T` in registers, exact
     /// products as [`Table::linear_half`]'s but without its buffer and its block calls
-    /// ([`Kernel::Avx512`]'s, and so [`Kernel::Avx512Bf16`]'s under `with_kernel`); `None`
-    /// where the weights are widened into a buffer. It needs `pack` to hold two input columns
+    /// (the `f32` tables of [`Kernel::Avx512`], and so of [`Kernel::Avx512Bf16`] under
+    /// `with_kernel`, and of [`Kernel::Avx2Fma`]); `None` where the weights are widened into
+    /// a buffer. It needs `pack` to hold two input columns
     /// of a panel ([`PANEL_ROWS`]` · 2`).
     pub(super) linear_bf16_exact: Option<HalfLinearFn<T>>,
     /// `out = x · Wᵀ + b` (or `+=`) with half-precision weights of either kind, each storage
     /// tile's rows widened into a small buffer per panel of tokens, in the native GEMM's loop
-    /// order (`vector::linear_widening`): the x86 kernels' path for `f16` weights, and for
-    /// `bf16` on AVX2. `None` where [`Table::linear_half`] serves. It needs `pack` to hold two
+    /// order (`vector::linear_widening`): the x86 kernels' path for `f16` weights (and for
+    /// `bf16` ones where [`Table::linear_bf16_exact`] is `None`). `None` where
+    /// [`Table::linear_half`] serves. It needs `pack` to hold two
     /// input columns of a panel.
     pub(super) linear_widening: Option<WideningFn<T>>,
     /// Streaming attention for one head in `bf16` products, for layers with `bf16` weights

@@ -641,8 +641,10 @@ fn check_linear<T: Float>(
 #[test]
 fn bf16_projections_on_every_kernel_keep_the_contract() {
     use half::bf16;
+    // (3, 1, 1): the first weight of all is the whole odd last row, which AVX2's widening
+    // must not look back from (Miri checks the reads).
     let shapes: &[(usize, usize, usize)] = if cfg!(miri) {
-        &[(3, 5, 13)]
+        &[(3, 5, 13), (3, 1, 1)]
     } else {
         &[
             (3, 1, 1),

@@ -314,9 +314,11 @@ pub(crate) unsafe fn avx512_f32() -> Avx512F32 {
     Avx512F32(Avx512(()))
 }
 
-/// [`Kernel::Avx2Fma`]'s `f32` table: the generic kernels, with half-precision weights
-/// widened per storage tile and panel (`vector::linear_widening`).
+/// [`Kernel::Avx2Fma`]'s `f32` table: the generic kernels, with `bf16` weights widened in
+/// registers (`bf16_widen.rs`) and `f16` weights per storage tile and panel
+/// (`vector::linear_widening`).
 static AVX2_F32: Table<f32> = Table {
+    linear_bf16_exact: Some(bf16_widen::linear_avx2),
     linear_widening: Some(avx2_linear_widening),
     ..avx2_f32::TABLE
 };
