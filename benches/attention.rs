@@ -38,9 +38,10 @@
 //! - `half`: the (128, 256, 8) and (512, 512, 8) layers with `f32` weights (`f32`), `bf16`
 //!   weights on the selected kernel (`bf16`: `bf16` products where the kernel has them),
 //!   `bf16` weights widened to `f32` (`bf16_widened`, the best kernel without `bf16`
-//!   products; only where the selected one has them), and `f16` weights (`f16`); FLOPs as
-//!   `layer`. Each is checked against the `f32` layer on the same rounded weights first
-//!   (within `2⁻⁶·max|y|`).
+//!   products; only where the selected one has them), and `f16` weights (`f16`); where the
+//!   selected kernel is AVX-512, the `f32`, `bf16` and `f16` layers on AVX2 too (`f32_avx2`,
+//!   `bf16_avx2`, `f16_avx2`). FLOPs as `layer`. Each is checked against the `f32` layer on
+//!   the same rounded weights first (within `2⁻⁶·max|y|`; the widened ones within `1e-4`).
 //!
 //! Function names are `scalar`, `simd` (the kernel `kernels::selected()` picked) and, when
 //! that is AVX-512, `avx2` too; parameters name the shape, e.g. `sdpa/simd/512x64_causal`.
@@ -384,6 +385,31 @@ fn half_case<const S: usize, const D: usize, const H: usize>(c: &mut Criterion) 
     group.bench_function(BenchmarkId::new("f16", &param), |b| {
         b.iter(|| h16.forward_into(black_box(&*x), &none, &mut scratch, &mut out));
     });
+    // The three weight formats again on AVX2, where the selected kernel is AVX-512: the
+    // widening paths of a CPU without AVX-512, beside their own `f32` time.
+    if matches!(selected, Kernel::Avx512 | Kernel::Avx512Bf16) && Kernel::Avx2Fma.is_supported() {
+        let k = Kernel::Avx2Fma;
+        with_kernel(k, || b16.forward_into(&x, &none, &mut scratch, &mut out)).expect("runs");
+        assert!(max_diff(&out, &want) < 1e-4, "bf16 layer on AVX2 vs f32");
+        group.bench_function(BenchmarkId::new("f32_avx2", &param), |b| {
+            with_kernel(k, || {
+                b.iter(|| full.forward_into(black_box(&*x), &none, &mut scratch, &mut out));
+            })
+            .expect("runs");
+        });
+        group.bench_function(BenchmarkId::new("bf16_avx2", &param), |b| {
+            with_kernel(k, || {
+                b.iter(|| b16.forward_into(black_box(&*x), &none, &mut scratch, &mut out));
+            })
+            .expect("runs");
+        });
+        group.bench_function(BenchmarkId::new("f16_avx2", &param), |b| {
+            with_kernel(k, || {
+                b.iter(|| h16.forward_into(black_box(&*x), &none, &mut scratch, &mut out));
+            })
+            .expect("runs");
+        });
+    }
     group.finish();
 }
 

@@ -27,7 +27,8 @@
 #                                                       4*SEQ^2*DIM FLOPs
 #   layer/simd_2threads/512x512x8                       the same, `rayon` feature, 2 threads
 #   batch/{simd,scalar}/32x16x64x4                      32 sequences through the 16x64x4 layer
-#   half/{f32,bf16,bf16_widened,f16}/{128x256x8,512x512x8}  the layer with f32, bf16 (bf16
+#   half/{f32,bf16,bf16_widened,f16,f32_avx2,bf16_avx2,f16_avx2}/{128x256x8,512x512x8}
+#                                                       the layer with f32, bf16 (bf16
 #                                                       products where the kernel has them),
 #                                                       bf16 widened and f16 weights; torch:
 #                                                       its bf16 module (half/<shape>)
@@ -380,6 +381,18 @@ for param in ("128x256x8", "512x512x8"):
     tb, tf = peers.get(("torch", 1, f"half/{param}")), peers.get(("torch", 1, f"layer/{param}"))
     half.append(f"| MHA layer {param} | {us(f32_)} | {us(b16)} | {us(wide)} | {us(tb)} | {us(tf)} "
                 f"| {ratio(f32_, b16)} | {ratio(tb, b16)} |")
+# Half-precision weights widened to f32 (no bf16 products): each time beside the f32 layer on
+# the same kernel (AVX2 rows only where the selected kernel is AVX-512).
+widened = ["| widened weights | ours f32 (µs) | bf16 widened (µs) | f16 (µs) | AVX2 f32 (µs) "
+           "| AVX2 bf16 (µs) | AVX2 f16 (µs) | bf16 / f32 | f16 / f32 | AVX2 bf16 / f32 "
+           "| AVX2 f16 / f32 |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+for param in ("128x256x8", "512x512x8"):
+    f32_, wide, h16 = (ours("half", f, param) for f in ("f32", "bf16_widened", "f16"))
+    a32, a16b, a16h = (ours("half", f, param) for f in ("f32_avx2", "bf16_avx2", "f16_avx2"))
+    widened.append(f"| MHA layer {param} | {us(f32_)} | {us(wide)} | {us(h16)} | {us(a32)} "
+                   f"| {us(a16b)} | {us(a16h)} | {ratio(wide, f32_)} | {ratio(h16, f32_)} "
+                   f"| {ratio(a16b, a32)} | {ratio(a16h, a32)} |")
 bf16_peak, fma_peak = ours("peak", "simd", "bf16_dot"), ours("peak", "simd", "fma")
 peaks = []
 if bf16_peak and fma_peak:
@@ -409,6 +422,8 @@ print("\n".join([
     *decode,
     "",
     *half,
+    "",
+    *widened,
     "",
     *peaks,
 ]))
