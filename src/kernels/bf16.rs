@@ -284,9 +284,13 @@ fn row_mask(n: usize) -> __mmask16 {
 /// `bf16` of `x[i0 + i, pc + 2q]` in its low half and of `x[i0 + i, pc + 2q + 1]` in its high
 /// half (zero past `kc` and below `rows`).
 ///
+/// The projections pack their inputs with it (`s` tokens), the attention its queries (`s` the
+/// queries' leading dimension, `NV = 1`) and each block of keys (`s` the keys' leading
+/// dimension, `NV = 2`).
+///
 /// # Safety
-/// `x` holds `s × (pc + kc)` values with `i0 + rows ≤ s`, `rows ≤ NV·16`; `pack` holds
-/// `⌈kc/2⌉ · NV·16` words.
+/// `x[i0 + i + c·s]` is readable for `i < rows` and `c < pc + kc` (so `s × (pc + kc)` values
+/// with `i0 + rows ≤ s` are enough); `rows ≤ NV·16`; `pack` holds `⌈kc/2⌉ · NV·16` words.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 unsafe fn pack_panel<const NV: usize>(
     x: *const f32,
@@ -354,6 +358,8 @@ pub(super) fn dot_loop(rounds: usize) -> (u64, f32) {
 const QT: usize = 16;
 /// Keys per block of [`attention`]: 16 pairs.
 const KBF: usize = 32;
+// The queries are packed as panels of one vector and the keys as panels of two.
+const _: () = assert!(QT == L && KBF == 2 * L);
 /// Tiles of queries that share each packed block of keys and values (fewer when `work`
 /// holds the running sums of fewer, or their packed queries would not fit [`QPK_WORDS`]).
 const CHUNK_TILES: usize = 8;
@@ -583,21 +589,8 @@ unsafe fn attention_chunk(
         let order = _mm512_loadu_si512(INTERLEAVE.as_ptr().cast());
         // The chunk's queries as pairs of features: tile `t`, pair `e2` at `(t·dk2 + e2)·16`.
         for t in 0..nt {
-            let lanes = row_mask(QT.min(rows - t * QT));
-            for e2 in 0..dk2 {
-                let col = q.wrapping_add(c0 + t * QT + 2 * e2 * d.ldq);
-                let e = _mm512_maskz_loadu_ps(lanes, col);
-                let o = if 2 * e2 + 1 < d.dk {
-                    _mm512_maskz_loadu_ps(lanes, col.wrapping_add(d.ldq))
-                } else {
-                    _mm512_setzero_ps()
-                };
-                let both = core::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(o, e));
-                _mm512_storeu_si512(
-                    qpk.as_mut_ptr().add((t * dk2 + e2) * QT).cast(),
-                    _mm512_permutexvar_epi16(order, both),
-                );
-            }
+            let (i0, n) = (c0 + t * QT, QT.min(rows - t * QT));
+            pack_panel::<1>(q, d.ldq, i0, n, 0, d.dk, qpk.as_mut_ptr().add(t * dk2 * QT));
         }
         for e in 0..nt * d.dv {
             _mm512_storeu_ps(acc.add(e * QT), _mm512_setzero_ps());
@@ -609,24 +602,7 @@ unsafe fn attention_chunk(
         while j0 < jhi {
             let nb = KBF.min(d.skv - j0);
             // Keys `j0 .. j0 + nb` as pairs of features: `kpk[e2·32 + j]`.
-            for e2 in 0..dk2 {
-                for half in 0..2 {
-                    let n = nb.saturating_sub(16 * half).min(16);
-                    let km = row_mask(n);
-                    let col = p.k.as_ptr().wrapping_add(j0 + 16 * half + 2 * e2 * d.ldkv);
-                    let e = _mm512_maskz_loadu_ps(km, col);
-                    let o = if 2 * e2 + 1 < d.dk {
-                        _mm512_maskz_loadu_ps(km, col.wrapping_add(d.ldkv))
-                    } else {
-                        _mm512_setzero_ps()
-                    };
-                    let both = core::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(o, e));
-                    _mm512_storeu_si512(
-                        kpk.add(e2 * KBF + 16 * half).cast(),
-                        _mm512_permutexvar_epi16(order, both),
-                    );
-                }
-            }
+            pack_panel::<2>(p.k.as_ptr(), d.ldkv, j0, nb, 0, d.dk, kpk);
             // Values `j0 .. j0 + nb` of each column as pairs of keys, already in key order:
             // `vpk[e·16 + j2]`.
             let (m0, m1) = (row_mask(nb.min(16)), row_mask(nb.saturating_sub(16)));
