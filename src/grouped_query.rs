@@ -65,7 +65,7 @@ pub struct GroupedQuery<
     const Q_DIM: usize,
     const KV_DIM: usize,
     T = f32,
-    W = T,
+    W: crate::Weight<T> = T,
 > {
     pub(crate) q: Linear<DIM, Q_DIM, T, W>,
     pub(crate) k: Linear<DIM, KV_DIM, T, W>,

@@ -224,7 +224,7 @@ pub(crate) use local_buffers;
 
 /// A layer as the core sees it: its projections, borrowed, and its head counts. `out` is
 /// `None` for a layer whose heads are its output (`Q_DIM = DIM`).
-pub(crate) struct Layer<'l, const DIM: usize, const QD: usize, const KVD: usize, T, W> {
+pub(crate) struct Layer<'l, const DIM: usize, const QD: usize, const KVD: usize, T, W: Weight<T>> {
     pub q: &'l Linear<DIM, QD, T, W>,
     pub k: &'l Linear<DIM, KVD, T, W>,
     pub v: &'l Linear<DIM, KVD, T, W>,
@@ -480,6 +480,7 @@ mod parallel {
             &lin.weight_tiles()[j0 * IN..],
             n,
             &lin.bias_slice()[j0..j0 + n],
+            lin.scale_slice().get(j0..j0 + n).unwrap_or(&[]),
             pack,
         );
     }

@@ -36,10 +36,12 @@ const PANEL_DEPTH: usize = 64;
 #[derive(Clone, Copy, Debug, PartialEq, bytemuck::Zeroable)]
 #[repr(C)]
 #[zeroable(bound = "T: crate::Float, W: bytemuck::Zeroable")]
-pub struct Linear<const IN: usize, const OUT: usize, T = f32, W = T> {
+pub struct Linear<const IN: usize, const OUT: usize, T = f32, W: Weight<T> = T> {
     /// `W` in tiles (`IN · OUT` values; the nesting of the array is only its size).
     weight: [[W; OUT]; IN],
     bias: SVector<T, OUT>,
+    /// Per output feature: nothing for floating-point storage, the scale for `i8`.
+    scales: [W::Scale; OUT],
     has_bias: bool,
 }
 
@@ -67,6 +69,7 @@ impl<const IN: usize, const OUT: usize, T: Float, W: Weight<T>> Linear<IN, OUT, 
         Self {
             weight: Self::tiles(&weight),
             bias: SMatrix::from_array_storage(nalgebra::ArrayStorage([bias])),
+            scales: [W::ZERO_SCALE; OUT],
             has_bias: true,
         }
     }
@@ -77,6 +80,7 @@ impl<const IN: usize, const OUT: usize, T: Float, W: Weight<T>> Linear<IN, OUT, 
         Self {
             weight: Self::tiles(&weight),
             bias: SMatrix::from_array_storage(nalgebra::ArrayStorage([[T::ZERO; OUT]])),
+            scales: [W::ZERO_SCALE; OUT],
             has_bias: false,
         }
     }
@@ -87,6 +91,7 @@ impl<const IN: usize, const OUT: usize, T: Float, W: Weight<T>> Linear<IN, OUT, 
         Self {
             weight: [[W::ZERO_WEIGHT; OUT]; IN],
             bias: SMatrix::from_array_storage(nalgebra::ArrayStorage([[T::ZERO; OUT]])),
+            scales: [W::ZERO_SCALE; OUT],
             has_bias: false,
         }
     }
@@ -122,30 +127,98 @@ impl<const IN: usize, const OUT: usize, T: Float, W: Weight<T>> Linear<IN, OUT, 
         }
     }
 
-    /// `W[n, p]`, the weight from input feature `p` to output feature `n` (widened to `T`).
-    /// Panics if `n ≥ OUT` or `p ≥ IN`.
+    /// `W[n, p]`, the weight from input feature `p` to output feature `n` (widened to `T`;
+    /// for `i8` storage the stored integer times feature `n`'s scale). Panics if `n ≥ OUT` or
+    /// `p ≥ IN`.
     #[inline]
     #[must_use]
     pub fn weight_at(&self, n: usize, p: usize) -> T {
         assert!(n < OUT && p < IN, "weight index out of range");
-        self.weight.as_flattened()[weight_index(W::KIND, n, p, IN, OUT)].widen()
+        let v = self.stored_at(n, p).widen();
+        match W::scales(&self.scales) {
+            [] => v,
+            scales => v * scales[n],
+        }
+    }
+
+    /// The stored value of `W[n, p]`.
+    fn stored_at(&self, n: usize, p: usize) -> W {
+        self.weight.as_flattened()[weight_index(W::KIND, n, p, IN, OUT)]
     }
 
     /// Sets `W[n, p]` (rounded to the storage type `W`). Panics if `n ≥ OUT` or `p ≥ IN`.
+    ///
+    /// For `i8` storage the value is quantized with feature `n`'s scale (rounded to the
+    /// nearest multiple of it, ties to even); a value beyond `127 ·` the scale first raises the
+    /// scale to `|value| / 127` and requantizes the feature's other weights with it (each
+    /// moves by at most half the new scale). NaN stores `0`; an infinite value is not stored
+    /// (the feature is left as it was).
     #[inline]
     pub fn set_weight_at(&mut self, n: usize, p: usize, value: T) {
         assert!(n < OUT && p < IN, "weight index out of range");
-        self.weight.as_flattened_mut()[weight_index(W::KIND, n, p, IN, OUT)] = W::narrow(value);
+        let at = weight_index(W::KIND, n, p, IN, OUT);
+        if W::scales(&self.scales).is_empty() {
+            self.weight.as_flattened_mut()[at] = W::narrow(value);
+            return;
+        }
+        if value.abs_() == -T::NEG_INFINITY {
+            return;
+        }
+        let max_q = T::of(127.0);
+        let scale = W::scales(&self.scales)[n];
+        if value.abs_() > scale * max_q {
+            let grown = value.abs_() / max_q;
+            for d in 0..IN {
+                let old = self.weight_at(n, d);
+                let i = weight_index(W::KIND, n, d, IN, OUT);
+                self.weight.as_flattened_mut()[i] = W::narrow(old / grown);
+            }
+            W::scales_mut(&mut self.scales)[n] = grown;
+        }
+        let scale = W::scales(&self.scales)[n];
+        self.weight.as_flattened_mut()[at] = if scale == T::ZERO {
+            W::ZERO_WEIGHT
+        } else {
+            W::narrow(value / scale)
+        };
     }
 
     /// The same map with its weights stored as `W2` (each rounded to `W2`; the bias is kept).
+    ///
+    /// To `i8` storage, each output feature gets the scale `max_p |W[n, p]| / 127` over its
+    /// finite weights (symmetric, per channel) and every weight the nearest multiple of it
+    /// (ties to even); a NaN weight becomes `0` and an infinite one `±127 ·` the scale.
     #[must_use]
     pub fn to_weights<W2: Weight<T>>(&self) -> Linear<IN, OUT, T, W2> {
         let mut l = Linear::<IN, OUT, T, W2>::zeros();
-        // The two storage types may lay the weights out differently (`bf16` pairs rows).
-        for p in 0..IN {
+        if !W2::scales(&l.scales).is_empty() {
+            let max_q = T::of(127.0);
             for n in 0..OUT {
-                l.set_weight_at(n, p, self.weight_at(n, p));
+                let mut amax = T::ZERO;
+                for p in 0..IN {
+                    let v = self.weight_at(n, p).abs_();
+                    if v.is_finite_() && v > amax {
+                        amax = v;
+                    }
+                }
+                let scale = amax / max_q;
+                W2::scales_mut(&mut l.scales)[n] = scale;
+                for p in 0..IN {
+                    let v = self.weight_at(n, p);
+                    let i = weight_index(W2::KIND, n, p, IN, OUT);
+                    l.weight.as_flattened_mut()[i] = if scale == T::ZERO {
+                        W2::ZERO_WEIGHT
+                    } else {
+                        W2::narrow(v / scale)
+                    };
+                }
+            }
+        } else {
+            // The two storage types may lay the weights out differently (`bf16` pairs rows).
+            for p in 0..IN {
+                for n in 0..OUT {
+                    l.set_weight_at(n, p, self.weight_at(n, p));
+                }
             }
         }
         l.bias = self.bias;
@@ -241,6 +314,7 @@ impl<const IN: usize, const OUT: usize, T: Float, W: Weight<T>> Linear<IN, OUT, 
             self.weight_tiles(),
             OUT,
             self.bias.as_slice(),
+            W::scales(&self.scales),
             pack,
         );
     }
@@ -249,6 +323,12 @@ impl<const IN: usize, const OUT: usize, T: Float, W: Weight<T>> Linear<IN, OUT, 
     #[cfg(feature = "rayon")]
     pub(crate) fn bias_slice(&self) -> &[T] {
         self.bias.as_slice()
+    }
+
+    /// The per-feature scales (empty for floating-point storage), for the kernels.
+    #[cfg(feature = "rayon")]
+    pub(crate) fn scale_slice(&self) -> &[T] {
+        W::scales(&self.scales)
     }
 }
 
@@ -261,6 +341,40 @@ impl<const IN: usize, const OUT: usize, T: Float> Linear<IN, OUT, T> {
         l.set_weight(weight);
         l.set_bias(bias);
         l
+    }
+}
+
+impl<const IN: usize, const OUT: usize> Linear<IN, OUT, f32, i8> {
+    /// Builds an `i8` map from PyTorch's row-major quantized `weight[OUT][IN]` (integers in
+    /// `−127 ..= 127`; `−128` is taken as `−127`), one scale per output feature (`W[n, p] =
+    /// weight[n][p] · scales[n]`) and `bias[OUT]` (a `const fn`, for `static` layers).
+    #[must_use]
+    pub const fn from_quantized(
+        weight: [[i8; IN]; OUT],
+        scales: [f32; OUT],
+        bias: [f32; OUT],
+    ) -> Self {
+        let mut w = weight;
+        let mut n = 0;
+        while n < OUT {
+            let mut p = 0;
+            while p < IN {
+                if w[n][p] == i8::MIN {
+                    w[n][p] = -127;
+                }
+                p += 1;
+            }
+            n += 1;
+        }
+        let mut l = Self::from_rows(w, bias);
+        l.scales = scales;
+        l
+    }
+
+    /// The scale of each output feature.
+    #[must_use]
+    pub const fn scales(&self) -> &[f32; OUT] {
+        &self.scales
     }
 }
 

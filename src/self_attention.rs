@@ -33,7 +33,7 @@ use crate::{Bias, Float, Linear, Scratch, Weight, init};
 #[derive(Clone, Debug, PartialEq, bytemuck::Zeroable)]
 #[repr(C)]
 #[zeroable(bound = "T: crate::Float, W: bytemuck::Zeroable")]
-pub struct SelfAttention<const SEQ: usize, const DIM: usize, T = f32, W = T> {
+pub struct SelfAttention<const SEQ: usize, const DIM: usize, T = f32, W: crate::Weight<T> = T> {
     pub(crate) q: Linear<DIM, DIM, T, W>,
     pub(crate) k: Linear<DIM, DIM, T, W>,
     pub(crate) v: Linear<DIM, DIM, T, W>,

@@ -91,12 +91,22 @@ pub(crate) mod sealed {
         Native(&'a [T]),
         /// `f16` or `bf16` bits.
         Half(&'a [u16]),
+        /// Symmetric `i8` weights, with one scale per output feature (see [`Storage::scales`]).
+        Int8(&'a [i8]),
     }
 
     /// How the kernels reach a weight type's values; implemented for the four storage types.
     pub trait Storage<T>: Sized {
         /// The weights as the kernels read them.
         fn stored(w: &[Self]) -> Stored<'_, T>;
+        /// The per-output-feature scales as the kernels read them (empty where there are none).
+        fn scales(s: &[<Self as super::Weight<T>>::Scale]) -> &[T]
+        where
+            Self: super::Weight<T>;
+        /// [`Storage::scales`], to write.
+        fn scales_mut(s: &mut [<Self as super::Weight<T>>::Scale]) -> &mut [T]
+        where
+            Self: super::Weight<T>;
     }
 }
 
@@ -109,6 +119,8 @@ pub enum WeightKind {
     F16,
     /// bfloat16 (the upper half of an `f32`).
     Bf16,
+    /// Symmetric 8-bit integers with one `f32` scale per output feature.
+    I8,
 }
 
 /// A type weights of a layer computing in `T` can be stored in: `T` itself, or, for `T = f32`,
@@ -118,6 +130,11 @@ pub trait Weight<T>:
 {
     /// Zero.
     const ZERO_WEIGHT: Self;
+    /// What the storage keeps per output feature besides the weights: `()` for floating-point
+    /// storage (nothing), the `f32` scale for `i8`.
+    type Scale: Copy + PartialEq + core::fmt::Debug + bytemuck::Pod;
+    /// The scale of a fresh layer (`()`, or `0.0`).
+    const ZERO_SCALE: Self::Scale;
     /// How the kernels widen it.
     const KIND: WeightKind;
     /// The name safetensors gives its dtype (`F32`, `F64`, `F16`, `BF16`).
@@ -135,6 +152,8 @@ macro_rules! weight {
      widen: |$a:ident| $widen:expr, narrow: |$b:ident| $narrow:expr, stored: $stored:expr) => {
         impl Weight<$t> for $w {
             const ZERO_WEIGHT: Self = $zero;
+            type Scale = ();
+            const ZERO_SCALE: () = ();
             const KIND: WeightKind = WeightKind::$kind;
             const DTYPE: &'static str = $dtype;
             #[inline(always)]
@@ -152,6 +171,12 @@ macro_rules! weight {
             fn stored(w: &[Self]) -> sealed::Stored<'_, $t> {
                 $stored(w)
             }
+            fn scales(_: &[()]) -> &[$t] {
+                &[]
+            }
+            fn scales_mut(_: &mut [()]) -> &mut [$t] {
+                &mut []
+            }
         }
     };
 }
@@ -164,3 +189,54 @@ weight!(half::f16 => f32, F16, "F16", half::f16::ZERO,
 weight!(half::bf16 => f32, Bf16, "BF16", half::bf16::ZERO,
     widen: |x| x.to_f32(), narrow: |x| half::bf16::from_f32(x),
     stored: |w| sealed::Stored::Half(bytemuck::cast_slice(w)));
+
+/// `x` rounded to the nearest integer (ties to even) and saturated to `±127`; NaN is `0`.
+/// The quantization of every `i8` path: weights here, activations in the kernels.
+#[inline]
+#[must_use]
+pub(crate) fn quantize(x: f64) -> i8 {
+    // Adding and subtracting 1.5·2⁵² rounds to an integer, ties to even, for |x| < 2⁵¹;
+    // beyond that the value saturates anyway.
+    const MAGIC: f64 = 6_755_399_441_055_744.0;
+    if x.is_nan() {
+        0
+    } else if x >= 127.0 {
+        127
+    } else if x <= -127.0 {
+        -127
+    } else {
+        ((x + MAGIC) - MAGIC) as i8
+    }
+}
+
+/// Symmetric `i8` weights: the stored value is an integer `q` in `−127 ..= 127` and the weight
+/// is `q · scale[n]`, one `f32` scale per output feature `n` (`-128` is never produced).
+impl Weight<f32> for i8 {
+    const ZERO_WEIGHT: Self = 0;
+    type Scale = f32;
+    const ZERO_SCALE: f32 = 0.0;
+    const KIND: WeightKind = WeightKind::I8;
+    const DTYPE: &'static str = "I8";
+    /// The stored integer (the weight is this times its feature's scale).
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        f32::from(self)
+    }
+    /// `x` rounded to an integer (ties to even), saturated to `±127`, NaN to `0`.
+    #[inline(always)]
+    fn narrow(x: f32) -> Self {
+        quantize(f64::from(x))
+    }
+}
+
+impl sealed::Storage<f32> for i8 {
+    fn stored(w: &[Self]) -> sealed::Stored<'_, f32> {
+        sealed::Stored::Int8(w)
+    }
+    fn scales(s: &[f32]) -> &[f32] {
+        s
+    }
+    fn scales_mut(s: &mut [f32]) -> &mut [f32] {
+        s
+    }
+}

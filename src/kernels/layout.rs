@@ -11,7 +11,8 @@
 //! `W[n, 2q]` then `W[n, 2q + 1]` for each of the tile's features in turn (an odd last row
 //! stays as it is). Each pair is then one 32-bit word, what a `bf16` dot-product instruction
 //! (`vdpbf16ps`, `BFDOT`) multiplies with a pair of inputs; a tile still occupies the same
-//! `din · 12` values, so strips stay contiguous and the same size.
+//! `din · 12` values, so strips stay contiguous and the same size. `i8` weights group their
+//! rows in fours the same way (the last `din mod 4` rows as they are).
 
 use crate::weight::WeightKind;
 
@@ -55,8 +56,23 @@ pub(crate) const fn paired_index(n: usize, p: usize, din: usize, dout: usize) ->
     }
 }
 
-/// Where `W[n, p]` lives for weights stored as `kind`: paired rows for `bf16`, plain tiles
-/// otherwise.
+/// Where `W[n, p]` lives in a `dout × din` weight stored in tiles with rows in fours (`i8`):
+/// rows `4q .. 4q + 4` as `width` groups of four (the four weights of one output feature are
+/// one 32-bit word, what `vpdpbusd` and `SDOT` multiply with four inputs), the last `din mod
+/// 4` rows as they are.
+#[inline(always)]
+#[must_use]
+pub(crate) const fn quad_index(n: usize, p: usize, din: usize, dout: usize) -> usize {
+    let (base, width, j) = tile_of(n, din, dout);
+    if p < din / 4 * 4 {
+        base + (p - p % 4) * width + 4 * j + p % 4
+    } else {
+        base + p * width + j
+    }
+}
+
+/// Where `W[n, p]` lives for weights stored as `kind`: paired rows for `bf16`, rows in fours
+/// for `i8`, plain tiles otherwise.
 #[inline(always)]
 #[must_use]
 pub(crate) const fn weight_index(
@@ -68,6 +84,7 @@ pub(crate) const fn weight_index(
 ) -> usize {
     match kind {
         WeightKind::Bf16 => paired_index(n, p, din, dout),
+        WeightKind::I8 => quad_index(n, p, din, dout),
         WeightKind::Native | WeightKind::F16 => tiled_index(n, p, din, dout),
     }
 }

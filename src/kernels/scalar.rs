@@ -121,6 +121,64 @@ pub(super) fn linear<T: Float, Wt: Weight<T>>(
     }
 }
 
+/// `out[s × dout] = x[s × din] · Wᵀ + b` (or `out += x · Wᵀ`) with symmetric `i8` weights
+/// `q` (in the tile layout of [`crate::Linear`], rows in fours) and one scale per output
+/// feature: the reference every `i8` kernel matches bit for bit. Each token's inputs are
+/// quantized on the fly with their own scale, the products summed exactly in `i32`:
+///
+/// ```text
+/// a = max_p |x_p|,  r = 127 / a,  x̂_p = round(x_p · r) (ties to even, within ±127)
+/// y_n = f(Σ_p x̂_p · q_np) · ((a / 127) · scale_n) + b_n
+/// ```
+///
+/// (`f` rounds the `i32` sum to `T`; each operation rounds once, none is fused). A token
+/// whose inputs are all zero gets `y = b`; one with a NaN or infinite input gets NaN in every
+/// output.
+pub(super) fn linear_i8<T: Float>(
+    io: LinearIo<'_, T>,
+    s: usize,
+    din: usize,
+    q: &[i8],
+    dout: usize,
+    scales: &[T],
+    bias: &[T],
+) {
+    check_weights(q, bias, din, dout);
+    assert_eq!(scales.len(), dout, "one scale per output feature");
+    let (x, out, add) = io.checked(s, din, dout);
+    let qw =
+        |c: usize, d: usize| i32::from(q[weight_index(crate::WeightKind::I8, c, d, din, dout)]);
+    let max_q = T::of(127.0);
+    for i in 0..s {
+        let row = |d: usize| x[i + d * s];
+        let mut amax = T::ZERO;
+        let mut finite = true;
+        for d in 0..din {
+            let a = row(d).abs_();
+            finite &= a.is_finite_();
+            amax = amax.max_(a);
+        }
+        let r = max_q / amax;
+        let sx = amax / max_q;
+        for c in 0..dout {
+            let y = &mut out[i + c * s];
+            let term = if !finite {
+                T::NAN
+            } else if amax == T::ZERO {
+                T::ZERO
+            } else {
+                let mut acc = 0i32;
+                for d in 0..din {
+                    let xq = i32::from(crate::weight::quantize((row(d) * r).to_f64()));
+                    acc += xq * qw(c, d);
+                }
+                T::of(f64::from(acc)) * (sx * scales[c])
+            };
+            *y = if add { *y + term } else { term + bias[c] };
+        }
+    }
+}
+
 /// Streaming (flash-style) attention for one head.
 ///
 /// Queries are taken `BLOCK_Q` rows at a time; for each key the block's scores are computed

@@ -99,9 +99,11 @@ impl<T: Float> Table<T> {
         w: &[W],
         dout: usize,
         bias: &[T],
+        scales: &[T],
         pack: &mut [T],
     ) {
         match W::stored(w) {
+            Stored::Int8(q) => scalar::linear_i8(io, s, din, q, dout, scales, bias),
             // SAFETY: the table's kernel runs on this CPU (see the type's docs).
             Stored::Native(w) => unsafe { (self.linear)(io, s, din, w, dout, bias, pack) },
             Stored::Half(_) if self.kernel == Kernel::Scalar => {

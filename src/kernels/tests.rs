@@ -619,6 +619,7 @@ fn check_linear<T: Float>(
         &w,
         dout,
         &b,
+        &[],
         &mut pack,
     );
     for (i, (&g, (&e, &m))) in got.iter().zip(exact.iter().zip(size)).enumerate() {
@@ -711,7 +712,7 @@ fn bf16_projections_on_every_kernel_keep_the_contract() {
                                 out: &mut got,
                             }
                         };
-                        table::<f32>(kernel).linear(io, s, din, &w, dout, &b, &mut pack);
+                        table::<f32>(kernel).linear(io, s, din, &w, dout, &b, &[], &mut pack);
                         for c in 0..dout {
                             for i in 0..s {
                                 let first = if add { start[i + c * s] } else { b[c] };

@@ -1,0 +1,231 @@
+//! `i8` weights (symmetric, one scale per output feature) with inputs quantized per token on
+//! the fly: every kernel this CPU runs against the contract of `static_attention::weight`
+//! (the output against the exact product with the dequantized weights), every kernel bit for
+//! bit against the scalar reference, the quantization of `to_weights`, `set_weight_at` and
+//! `from_quantized`, and whole layers against their `f32` twins.
+
+use proptest::prelude::{ProptestConfig, proptest};
+use static_attention::kernels::{Kernel, with_kernel};
+use static_attention::{Linear, Mask, MultiHead, SMatrix};
+
+/// A deterministic `IN → OUT` map in `f32`, weights about `±1/√IN`, some biases.
+fn linear<const IN: usize, const OUT: usize>(seed: u64) -> Linear<IN, OUT> {
+    let w = SMatrix::<f32, OUT, IN>::from_fn(|n, p| {
+        let h = (n as u64 * 131 + p as u64 * 71 + seed * 7919) % 197;
+        (h as f32 / 98.0 - 1.0) / (IN as f32).sqrt()
+    });
+    let b = nalgebra::SVector::<f32, OUT>::from_fn(|n, _| (n % 7) as f32 * 0.05 - 0.15);
+    Linear::from_matrix(&w, Some(&b))
+}
+
+fn input<const S: usize, const D: usize>(seed: u64, scale: f32) -> SMatrix<f32, S, D> {
+    SMatrix::from_fn(|i, j| {
+        let h = (i as u64 * 37 + j as u64 * 17 + seed * 101) % 113;
+        (h as f32 / 56.0 - 1.0) * scale
+    })
+}
+
+/// The documented contract, per output: `|ŷ − y| ≤ (a/127)·(½ + 2⁻¹⁴)·Σ_p |ŵ_np| +
+/// 2⁻²¹·(Σ_p |x_p·ŵ_np| + |b_n|)` against the exact `y = Σ_p x_p·ŵ_np + b_n`, `a` the token's
+/// largest input magnitude, `ŵ` the dequantized weights. Returns the worst ratio of error to
+/// bound.
+fn worst_ratio<const S: usize, const IN: usize, const OUT: usize>(
+    q: &Linear<IN, OUT, f32, i8>,
+    x: &SMatrix<f32, S, IN>,
+    y: &SMatrix<f32, S, OUT>,
+) -> f64 {
+    let b = q.bias().copied().unwrap_or_else(nalgebra::SVector::zeros);
+    let mut worst = 0f64;
+    for i in 0..S {
+        let a = (0..IN)
+            .map(|p| f64::from(x[(i, p)]).abs())
+            .fold(0.0, f64::max);
+        for n in 0..OUT {
+            let w = |p: usize| f64::from(q.weight_at(n, p));
+            let exact: f64 =
+                (0..IN).map(|p| f64::from(x[(i, p)]) * w(p)).sum::<f64>() + f64::from(b[n]);
+            let sum_w: f64 = (0..IN).map(|p| w(p).abs()).sum();
+            let mag: f64 = (0..IN)
+                .map(|p| (f64::from(x[(i, p)]) * w(p)).abs())
+                .sum::<f64>()
+                + f64::from(b[n]).abs();
+            let bound = a / 127.0 * (0.5 + 2f64.powi(-14)) * sum_w + 2f64.powi(-21) * mag;
+            let err = (f64::from(y[(i, n)]) - exact).abs();
+            assert!(
+                err <= bound,
+                "token {i}, output {n}: error {err:e} > bound {bound:e}"
+            );
+            if bound > 0.0 {
+                worst = worst.max(err / bound);
+            }
+        }
+    }
+    worst
+}
+
+/// Every kernel: the contract, and bit equality with the scalar kernel.
+fn check<const S: usize, const IN: usize, const OUT: usize>(seed: u64, scale: f32) -> f64 {
+    let q: Linear<IN, OUT, f32, i8> = linear::<IN, OUT>(seed).to_weights();
+    let x = input::<S, IN>(seed, scale);
+    let reference = with_kernel(Kernel::Scalar, || q.forward(&x)).expect("scalar runs");
+    let mut worst = worst_ratio(&q, &x, &reference);
+    for k in Kernel::supported() {
+        let y = with_kernel(k, || q.forward(&x)).expect("supported");
+        for (a, b) in y.iter().zip(reference.iter()) {
+            assert_eq!(
+                a.to_bits(),
+                b.to_bits(),
+                "{k:?} differs from the scalar kernel"
+            );
+        }
+        worst = worst.max(worst_ratio(&q, &x, &y));
+    }
+    worst
+}
+
+#[test]
+fn projections_keep_the_contract_on_every_kernel() {
+    let mut worst = 0f64;
+    for (seed, scale) in [(1, 1.0), (2, 1e-3), (3, 1e3), (4, 1e-30), (5, 3e30)] {
+        worst = worst.max(check::<1, 5, 3>(seed, scale));
+        worst = worst.max(check::<3, 1, 1>(seed, scale));
+        worst = worst.max(check::<7, 13, 25>(seed, scale));
+        worst = worst.max(check::<33, 67, 29>(seed, scale));
+        worst = worst.max(check::<40, 256, 36>(seed, scale));
+    }
+    println!("worst error / contract bound: {worst:.3}");
+    assert!(worst > 0.0, "the quantization should show");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(if cfg!(miri) { 2 } else { 64 }))]
+    #[test]
+    fn random_inputs_keep_the_contract(
+        seed in 0u64..1000,
+        scale in -20i32..20,
+        sparse in 0usize..5,
+    ) {
+        let q: Linear<19, 14, f32, i8> = linear::<19, 14>(seed).to_weights();
+        let mut x = input::<9, 19>(seed, 2f32.powi(scale));
+        // Some zero inputs, and a whole zero token.
+        for (i, v) in x.iter_mut().enumerate() {
+            if sparse > 0 && i % (sparse + 2) == 0 {
+                *v = 0.0;
+            }
+        }
+        x.row_mut(4).fill(0.0);
+        let y = q.forward(&x);
+        worst_ratio(&q, &x, &y);
+        // A token whose inputs are all zero gets the bias.
+        let b = q.bias().expect("bias");
+        for n in 0..14 {
+            assert_eq!(y[(4, n)], b[n]);
+        }
+    }
+}
+
+#[test]
+fn to_weights_quantizes_each_feature_by_its_largest_weight() {
+    let mut f: Linear<6, 3> = linear::<6, 3>(9);
+    f.set_weight_at(1, 2, f32::NAN);
+    f.set_weight_at(2, 4, f32::INFINITY);
+    let q: Linear<6, 3, f32, i8> = f.to_weights();
+    for n in 0..3 {
+        let finite = (0..6)
+            .map(|p| f.weight_at(n, p))
+            .filter(|v| v.is_finite())
+            .fold(0f32, |m, v| m.max(v.abs()));
+        assert_eq!(q.scales()[n], finite / 127.0);
+        for p in 0..6 {
+            let w = f.weight_at(n, p);
+            let got = q.weight_at(n, p);
+            if w.is_nan() {
+                assert_eq!(got, 0.0);
+            } else if w.is_infinite() {
+                assert_eq!(got, 127.0 * q.scales()[n]);
+            } else {
+                assert!(
+                    (got - w).abs() <= q.scales()[n] * 0.5 * (1.0 + 1e-6),
+                    "{n} {p}"
+                );
+            }
+        }
+    }
+    // Back to f32: the dequantized weights, the bias kept.
+    let back: Linear<6, 3> = q.to_weights();
+    assert_eq!(back.weight_at(0, 1), q.weight_at(0, 1));
+    assert_eq!(back.bias(), f.bias());
+}
+
+#[test]
+fn set_weight_at_grows_the_scale_only_when_it_must() {
+    let mut q: Linear<4, 2, f32, i8> =
+        Linear::from_quantized([[10, -20, 30, 127], [1, 2, 3, 4]], [0.5, 0.25], [0.0, 1.0]);
+    assert_eq!(q.weight_at(0, 3), 63.5);
+    q.set_weight_at(0, 0, 7.4); // 14.8 steps of 0.5: 15
+    assert_eq!((q.weight_at(0, 0), q.scales()[0]), (7.5, 0.5));
+    q.set_weight_at(0, 1, -127.0); // beyond 63.5: the scale becomes 1
+    assert_eq!(q.scales()[0], 1.0);
+    assert_eq!(q.weight_at(0, 1), -127.0);
+    assert_eq!(q.weight_at(0, 3), 64.0); // 63.5 requantized: ties to even
+    assert_eq!(q.weight_at(0, 2), 15.0);
+    q.set_weight_at(1, 0, f32::INFINITY); // not stored
+    assert_eq!((q.weight_at(1, 0), q.scales()[1]), (0.25, 0.25));
+    q.set_weight_at(1, 0, f32::NAN);
+    assert_eq!(q.weight_at(1, 0), 0.0);
+    // -128 is read as -127.
+    let m: Linear<1, 1, f32, i8> = Linear::from_quantized([[-128]], [1.0], [0.0]);
+    assert_eq!(m.weight_at(0, 0), -127.0);
+}
+
+#[test]
+fn a_non_finite_input_makes_its_token_nan() {
+    let q: Linear<5, 4, f32, i8> = linear::<5, 4>(3).to_weights();
+    let mut x = input::<3, 5>(1, 1.0);
+    x[(1, 2)] = f32::INFINITY;
+    x[(2, 0)] = f32::NAN;
+    for k in Kernel::supported() {
+        let y = with_kernel(k, || q.forward(&x)).expect("supported");
+        assert!(y.row(0).iter().all(|v| v.is_finite()));
+        assert!(
+            y.row(1).iter().chain(y.row(2).iter()).all(|v| v.is_nan()),
+            "{k:?}"
+        );
+    }
+}
+
+/// `static` construction: the layer is decoded at compile time.
+static STATIC_Q: Linear<2, 2, f32, i8> =
+    Linear::from_quantized([[127, -64], [0, 1]], [0.01, 2.0], [0.5, -0.5]);
+
+#[test]
+fn static_layers_hold_quantized_weights() {
+    let x = SMatrix::<f32, 1, 2>::new(1.0, 1.0);
+    let y = STATIC_Q.forward(&x);
+    // The token's inputs quantize exactly (both 127 steps of 1/127).
+    assert!((y[(0, 0)] - (1.27 - 0.64 + 0.5)).abs() < 1e-6);
+    assert!((y[(0, 1)] - 1.5).abs() < 1e-6);
+}
+
+/// The layer: against the `f32` layer holding the dequantized weights and against the
+/// original `f32` layer, as a share of the largest output.
+#[test]
+fn layers_stay_close_to_their_f32_twins() {
+    let full = MultiHead::<16, 64, 4>::from_seed(11);
+    let q = full.to_weights::<i8>();
+    let deq = q.to_weights::<f32>();
+    let x = input::<16, 64>(4, 1.0);
+    let none = Mask::none();
+    let (y_q, y_deq, y_full) = (
+        q.forward(&x, &none),
+        deq.forward(&x, &none),
+        full.forward(&x, &none),
+    );
+    let rel =
+        |a: &SMatrix<f32, 16, 64>, b: &SMatrix<f32, 16, 64>| f64::from((a - b).amax() / b.amax());
+    let (vs_deq, vs_full) = (rel(&y_q, &y_deq), rel(&y_q, &y_full));
+    println!(
+        "MultiHead<16, 64, 4> i8: max|Δy|/max|y| {vs_deq:.2e} against dequantized f32, {vs_full:.2e} against the original"
+    );
+    assert!(vs_deq <= 2f64.powi(-5) && vs_full <= 2f64.powi(-5));
+}
