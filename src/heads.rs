@@ -480,7 +480,7 @@ mod parallel {
             &lin.weight_tiles()[j0 * IN..],
             n,
             &lin.bias_slice()[j0..j0 + n],
-            lin.scale_slice().get(j0..j0 + n).unwrap_or(&[]),
+            lin.scale_values().get(j0..j0 + n).unwrap_or(&[]),
             pack,
         );
     }

@@ -146,6 +146,30 @@ impl<const IN: usize, const OUT: usize, T: Float, W: Weight<T>> Linear<IN, OUT, 
         self.weight.as_flattened()[weight_index(W::KIND, n, p, IN, OUT)]
     }
 
+    /// The stored value of `W[n, p]` in `T`: the weight, or for `i8` storage the integer.
+    #[cfg(feature = "std")]
+    pub(crate) fn stored_value_at(&self, n: usize, p: usize) -> T {
+        self.stored_at(n, p).widen()
+    }
+
+    /// Stores `value` (rounded to `W`; for `i8` storage an integer, saturated to `±127`) as
+    /// `W[n, p]` as it is, whatever the scale.
+    #[cfg(feature = "std")]
+    pub(crate) fn set_stored_at(&mut self, n: usize, p: usize, value: T) {
+        self.weight.as_flattened_mut()[weight_index(W::KIND, n, p, IN, OUT)] = W::narrow(value);
+    }
+
+    /// The per-feature scales (empty for floating-point storage).
+    pub(crate) fn scale_values(&self) -> &[T] {
+        W::scales(&self.scales)
+    }
+
+    /// The per-feature scales, to write (empty for floating-point storage).
+    #[cfg(feature = "std")]
+    pub(crate) fn scale_values_mut(&mut self) -> &mut [T] {
+        W::scales_mut(&mut self.scales)
+    }
+
     /// Sets `W[n, p]` (rounded to the storage type `W`). Panics if `n ≥ OUT` or `p ≥ IN`.
     ///
     /// For `i8` storage the value is quantized with feature `n`'s scale (rounded to the
@@ -323,12 +347,6 @@ impl<const IN: usize, const OUT: usize, T: Float, W: Weight<T>> Linear<IN, OUT, 
     #[cfg(feature = "rayon")]
     pub(crate) fn bias_slice(&self) -> &[T] {
         self.bias.as_slice()
-    }
-
-    /// The per-feature scales (empty for floating-point storage), for the kernels.
-    #[cfg(feature = "rayon")]
-    pub(crate) fn scale_slice(&self) -> &[T] {
-        W::scales(&self.scales)
     }
 }
 

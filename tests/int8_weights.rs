@@ -229,3 +229,145 @@ fn layers_stay_close_to_their_f32_twins() {
     );
     assert!(vs_deq <= 2f64.powi(-5) && vs_full <= 2f64.powi(-5));
 }
+
+#[cfg(feature = "safetensors")]
+mod files {
+    use super::*;
+    use static_attention::io::LoadError;
+    use static_attention::{GroupedQuery, SelfAttention};
+
+    /// The dtype of `name` in a safetensors file.
+    fn dtype(bytes: &[u8], name: &str) -> String {
+        let st = safetensors::SafeTensors::deserialize(bytes).unwrap();
+        format!("{:?}", st.tensor(name).unwrap().dtype())
+    }
+
+    /// A file with the tensors of `base` and `name` replaced by (`dtype`, `shape`, `bytes`).
+    fn with_tensor(
+        base: &[u8],
+        name: &str,
+        dtype: safetensors::Dtype,
+        shape: Vec<usize>,
+        bytes: &[u8],
+    ) -> Vec<u8> {
+        let st = safetensors::SafeTensors::deserialize(base).unwrap();
+        let mut views: Vec<(String, safetensors::tensor::TensorView<'_>)> = st
+            .tensors()
+            .into_iter()
+            .filter(|(n, _)| n != name)
+            .collect();
+        views.push((
+            name.into(),
+            safetensors::tensor::TensorView::new(dtype, shape, bytes).unwrap(),
+        ));
+        safetensors::serialize(views, None).unwrap()
+    }
+
+    #[test]
+    fn i8_files_round_trip_with_their_scales() {
+        let mha = MultiHead::<6, 16, 2>::from_seed(21).to_weights::<i8>();
+        let bytes = mha.to_safetensors("").unwrap();
+        assert_eq!(dtype(&bytes, "in_proj_weight"), "I8");
+        assert_eq!(dtype(&bytes, "in_proj_weight_scale"), "F32");
+        assert_eq!(dtype(&bytes, "out_proj.weight_scale"), "F32");
+        let back = MultiHead::<6, 16, 2, f32, i8>::from_safetensors(&bytes, "").unwrap();
+        assert_eq!(back, mha);
+
+        let gqa = GroupedQuery::<32, 4, 2, 32, 16>::from_seed(22).to_weights::<i8>();
+        let prefix = "model.layers.0.self_attn.";
+        let bytes = gqa.to_safetensors(prefix).unwrap();
+        assert_eq!(
+            dtype(&bytes, "model.layers.0.self_attn.k_proj.weight"),
+            "I8"
+        );
+        assert_eq!(
+            dtype(&bytes, "model.layers.0.self_attn.k_proj.weight_scale"),
+            "F32"
+        );
+        let back =
+            GroupedQuery::<32, 4, 2, 32, 16, f32, i8>::from_safetensors(&bytes, prefix).unwrap();
+        assert_eq!(back, gqa);
+
+        let head = SelfAttention::<4, 8>::from_seed(23).to_weights::<i8>();
+        let back =
+            SelfAttention::<4, 8, f32, i8>::from_safetensors(&head.to_safetensors("").unwrap(), "")
+                .unwrap();
+        assert_eq!(back, head);
+    }
+
+    #[test]
+    fn wrong_dtypes_missing_and_bad_scales_are_typed_errors() {
+        let q_file = MultiHead::<6, 16, 2>::from_seed(24)
+            .to_weights::<i8>()
+            .to_safetensors("")
+            .unwrap();
+        let f_file = MultiHead::<6, 16, 2>::from_seed(24)
+            .to_safetensors("")
+            .unwrap();
+        let err = MultiHead::<6, 16, 2>::from_safetensors(&q_file, "").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "in_proj_weight has dtype I8, expected F32 or F64"
+        );
+        let mut layer = MultiHead::<6, 16, 2, f32, i8>::zeros();
+        let before = layer.clone();
+        let err = layer.load_safetensors(&f_file, "").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "in_proj_weight has dtype F32, expected I8 (the layer stores i8 weights)"
+        );
+        // The scales are required, of the right shape, finite and not negative.
+        let st = safetensors::SafeTensors::deserialize(&q_file).unwrap();
+        let views: Vec<_> = st
+            .tensors()
+            .into_iter()
+            .filter(|(n, _)| n != "out_proj.weight_scale")
+            .collect();
+        let missing = safetensors::serialize(views, None).unwrap();
+        let err = layer.load_safetensors(&missing, "").unwrap_err();
+        assert!(matches!(err, LoadError::MissingTensor { .. }), "{err}");
+        let short = with_tensor(
+            &q_file,
+            "out_proj.weight_scale",
+            safetensors::Dtype::F32,
+            vec![15],
+            &[0; 60],
+        );
+        assert!(matches!(
+            layer.load_safetensors(&short, "").unwrap_err(),
+            LoadError::WrongShape { .. }
+        ));
+        for bad in [-1.0f32, f32::NAN, f32::INFINITY] {
+            let mut scales = [0.5f32; 16];
+            scales[7] = bad;
+            let bytes: Vec<u8> = scales.iter().flat_map(|s| s.to_le_bytes()).collect();
+            let file = with_tensor(
+                &q_file,
+                "out_proj.weight_scale",
+                safetensors::Dtype::F32,
+                vec![16],
+                &bytes,
+            );
+            let err = layer.load_safetensors(&file, "").unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                "out_proj.weight_scale: a scale of i8 weights must be finite and not negative"
+            );
+        }
+        assert_eq!(layer, before, "a failed load writes nothing");
+        // -128 in a file is read as -127.
+        let mut ints = [1u8; 256];
+        ints[5] = 0x80;
+        let file = with_tensor(
+            &q_file,
+            "out_proj.weight",
+            safetensors::Dtype::I8,
+            vec![16, 16],
+            &ints,
+        );
+        layer.load_safetensors(&file, "").unwrap();
+        let o = layer.out_proj();
+        assert_eq!(o.weight_at(0, 5), -127.0 * o.scales()[0]);
+        assert_eq!(o.weight_at(0, 4), o.scales()[0]);
+    }
+}

@@ -235,6 +235,14 @@ pub enum LoadError {
         /// What it means.
         reason: &'static str,
     },
+    /// A tensor holds a value the layer cannot take: a scale of `i8` weights that is
+    /// negative, infinite or NaN.
+    BadValue {
+        /// Full tensor name (with prefix).
+        name: Text,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// The bytes are not a valid safetensors file (truncated, bad header, bad offsets, …).
     Malformed {
         /// The parser's explanation.
@@ -298,7 +306,9 @@ impl fmt::Display for LoadError {
                  HEAD_DIM = {expected} · {head_dim} = {} rows",
                 expected * head_dim
             ),
-            LoadError::Unsupported { name, reason } => write!(f, "{name}: {reason}"),
+            LoadError::Unsupported { name, reason } | LoadError::BadValue { name, reason } => {
+                write!(f, "{name}: {reason}")
+            }
             LoadError::Malformed { reason } => write!(f, "malformed safetensors data: {reason}"),
             #[cfg(feature = "config")]
             LoadError::Config(e) => e.fmt(f),
@@ -368,6 +378,8 @@ pub(crate) enum Values<'a, T> {
     F64Le(&'a [u8]),
     F16Le(&'a [u8]),
     Bf16Le(&'a [u8]),
+    /// `i8` integers.
+    I8(&'a [u8]),
 }
 
 impl<T: Float> Values<'_, T> {
@@ -377,6 +389,7 @@ impl<T: Float> Values<'_, T> {
             Values::F32Le(b) => b.len() / 4,
             Values::F64Le(b) => b.len() / 8,
             Values::F16Le(b) | Values::Bf16Le(b) => b.len() / 2,
+            Values::I8(b) => b.len(),
         }
     }
 
@@ -407,6 +420,11 @@ impl<T: Float> Values<'_, T> {
                 for (o, c) in out.iter_mut().zip(b[start * 2..].chunks_exact(2)) {
                     let h = half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]]));
                     *o = T::of(f64::from(h.to_f32()));
+                }
+            }
+            Values::I8(b) => {
+                for (o, &c) in out.iter_mut().zip(&b[start..]) {
+                    *o = T::of(f64::from(c.cast_signed()));
                 }
             }
         }
@@ -536,6 +554,8 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float, W: Weight
             weight_start,
             bias: in_bias,
             bias_start: 0,
+            scale: None,
+            scale_start: 0,
         });
         [
             q,
@@ -552,6 +572,8 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float, W: Weight
                 weight_start: 0,
                 bias: out_b,
                 bias_start: 0,
+                scale: None,
+                scale_start: 0,
             },
         ]
     }
@@ -610,6 +632,11 @@ pub(crate) struct CheckedLinear<'a, T> {
     /// Source of the bias, starting at `bias_start`.
     pub bias: Option<Values<'a, T>>,
     pub bias_start: usize,
+    /// Source of the per-feature scales of `i8` weights, starting at `scale_start` (checked
+    /// finite and not negative); `None` for other weights, or for `i8` weights given as
+    /// floats, which are quantized as they are written.
+    pub scale: Option<Values<'a, T>>,
+    pub scale_start: usize,
 }
 
 impl<'a, T: Float> CheckedLinear<'a, T> {
@@ -636,6 +663,8 @@ impl<'a, T: Float> CheckedLinear<'a, T> {
             weight_start: 0,
             bias: params.bias.map(Values::Native),
             bias_start: 0,
+            scale: None,
+            scale_start: 0,
         })
     }
 
@@ -647,16 +676,20 @@ impl<'a, T: Float> CheckedLinear<'a, T> {
         debug_assert!(self.weight.len() >= self.weight_start + IN * OUT);
         // PyTorch's `weight[OUT][IN]` is row-major; the map stores `W` in its own layout.
         let mut row = [T::ZERO; 64];
-        for n in 0..OUT {
-            let mut p0 = 0;
-            while p0 < IN {
-                let len = (IN - p0).min(row.len());
-                self.weight
-                    .copy_to(self.weight_start + n * IN + p0, &mut row[..len]);
-                for (p, &x) in row[..len].iter().enumerate() {
-                    l.set_weight_at(n, p0 + p, x);
+        if !l.scale_values().is_empty() {
+            self.write_quantized(l);
+        } else {
+            for n in 0..OUT {
+                let mut p0 = 0;
+                while p0 < IN {
+                    let len = (IN - p0).min(row.len());
+                    self.weight
+                        .copy_to(self.weight_start + n * IN + p0, &mut row[..len]);
+                    for (p, &x) in row[..len].iter().enumerate() {
+                        l.set_weight_at(n, p0 + p, x);
+                    }
+                    p0 += len;
                 }
-                p0 += len;
             }
         }
         l.set_zero_bias(match self.bias {
@@ -665,6 +698,58 @@ impl<'a, T: Float> CheckedLinear<'a, T> {
         });
         if let Some(b) = self.bias {
             b.copy_to(self.bias_start, l.bias_mut_slice());
+        }
+    }
+
+    /// [`CheckedLinear::write`]'s weights into `i8` storage: the file's integers and scales
+    /// as they are, or floating-point weights quantized per feature as
+    /// [`Linear::to_weights`] does (scale `max |w| / 127` over the finite weights).
+    fn write_quantized<const IN: usize, const OUT: usize, W: Weight<T>>(
+        &self,
+        l: &mut Linear<IN, OUT, T, W>,
+    ) {
+        // The row `n` of the file in chunks: `(first input, values)`.
+        let chunks = |n: usize, f: &mut dyn FnMut(usize, &[T])| {
+            let mut row = [T::ZERO; 64];
+            let mut p0 = 0;
+            while p0 < IN {
+                let len = (IN - p0).min(row.len());
+                self.weight
+                    .copy_to(self.weight_start + n * IN + p0, &mut row[..len]);
+                f(p0, &row[..len]);
+                p0 += len;
+            }
+        };
+        for n in 0..OUT {
+            let scale = if let Some(s) = self.scale {
+                let mut one = [T::ZERO];
+                s.copy_to(self.scale_start + n, &mut one);
+                one[0]
+            } else {
+                let mut amax = T::ZERO;
+                chunks(n, &mut |_, xs| {
+                    for &x in xs {
+                        if x.is_finite_() && x.abs_() > amax {
+                            amax = x.abs_();
+                        }
+                    }
+                });
+                amax / T::of(127.0)
+            };
+            l.scale_values_mut()[n] = scale;
+            let integers = self.scale.is_some();
+            chunks(n, &mut |p0, xs| {
+                for (p, &x) in xs.iter().enumerate() {
+                    let q = if integers {
+                        x
+                    } else if scale == T::ZERO {
+                        T::ZERO
+                    } else {
+                        x / scale
+                    };
+                    l.set_stored_at(n, p0 + p, q);
+                }
+            });
         }
     }
 }

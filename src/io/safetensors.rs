@@ -76,6 +76,7 @@ impl<'a> File<'a> {
             Dtype::F64 if accept.float => (Values::F64Le(bytes), 8),
             Dtype::F16 if accept.half == Some(WeightKind::F16) => (Values::F16Le(bytes), 2),
             Dtype::BF16 if accept.half == Some(WeightKind::Bf16) => (Values::Bf16Le(bytes), 2),
+            Dtype::I8 if accept.int8 => (Values::I8(bytes), 1),
             other => {
                 return Err(LoadError::WrongDtype {
                     name,
@@ -128,7 +129,42 @@ impl<'a> File<'a> {
             weight_start: 0,
             bias: self.tensor(&full, ".bias", &[dout], dim, Accept::biases(kind))?,
             bias_start: 0,
+            scale: self.scales(&full, ".weight_scale", dout, dim, kind)?,
+            scale_start: 0,
         })
+    }
+
+    /// For `i8` weights (`kind`), the per-feature scales `prefix + name` (`[dout]`, `F32` or
+    /// `F64`, required, each finite and not negative); `None` for other weights.
+    fn scales<T: Float>(
+        &self,
+        prefix: &str,
+        name: &str,
+        dout: usize,
+        dim: usize,
+        kind: WeightKind,
+    ) -> Result<Option<Values<'a, T>>, LoadError> {
+        if kind != WeightKind::I8 {
+            return Ok(None);
+        }
+        let values = self.required(
+            prefix,
+            name,
+            &[dout],
+            dim,
+            Accept::biases(WeightKind::Native),
+        )?;
+        let mut one = [T::ZERO];
+        for n in 0..dout {
+            values.copy_to(n, &mut one);
+            if !(one[0].is_finite_() && one[0] >= T::ZERO) {
+                return Err(LoadError::BadValue {
+                    name: Text::new(&[prefix, name]),
+                    reason: "a scale of i8 weights must be finite and not negative",
+                });
+            }
+        }
+        Ok(Some(values))
     }
 }
 
@@ -140,6 +176,7 @@ impl<'a> File<'a> {
 pub(crate) struct Accept {
     float: bool,
     half: Option<WeightKind>,
+    int8: bool,
 }
 
 impl Accept {
@@ -148,10 +185,17 @@ impl Accept {
             WeightKind::Native => Self {
                 float: true,
                 half: None,
+                int8: false,
+            },
+            WeightKind::I8 => Self {
+                float: false,
+                half: None,
+                int8: true,
             },
             half => Self {
                 float: false,
                 half: Some(half),
+                int8: false,
             },
         }
     }
@@ -159,11 +203,15 @@ impl Accept {
     fn biases(kind: WeightKind) -> Self {
         Self {
             float: true,
-            half: (kind != WeightKind::Native).then_some(kind),
+            half: matches!(kind, WeightKind::F16 | WeightKind::Bf16).then_some(kind),
+            int8: false,
         }
     }
 
     fn names(self) -> &'static str {
+        if self.int8 {
+            return "I8 (the layer stores i8 weights)";
+        }
         match (self.float, self.half) {
             (true, None) => "F32 or F64",
             (true, Some(WeightKind::F16)) => "F32, F64 or F16",
@@ -241,7 +289,8 @@ fn floats<T: Float>(name: &str, shape: Vec<usize>, values: &[T]) -> Tensor {
     }
 }
 
-/// Weights in the storage type `W`'s dtype (each value already is a `W`, so exactly).
+/// Weights in the storage type `W`'s dtype (each value already is a `W`, so exactly; for
+/// `i8` storage the values are the stored integers).
 fn weights<T: Float, W: Weight<T>>(name: &str, shape: Vec<usize>, values: &[T]) -> Tensor {
     let half = |shape: Vec<usize>, dtype: Dtype, bits: &dyn Fn(f32) -> u16| Tensor {
         name: name.into(),
@@ -256,8 +305,16 @@ fn weights<T: Float, W: Weight<T>>(name: &str, shape: Vec<usize>, values: &[T]) 
         WeightKind::Native => floats(name, shape, values),
         WeightKind::F16 => half(shape, Dtype::F16, &|x| half::f16::from_f32(x).to_bits()),
         WeightKind::Bf16 => half(shape, Dtype::BF16, &|x| half::bf16::from_f32(x).to_bits()),
-        // WIP (issue 17): `weight` as I8 plus `weight_scale` as F32.
-        WeightKind::I8 => todo!("saving i8 layers to safetensors"),
+        // The stored integers (`row_major` gives them for `i8` storage).
+        WeightKind::I8 => Tensor {
+            name: name.into(),
+            shape,
+            dtype: Dtype::I8,
+            bytes: values
+                .iter()
+                .map(|&x| (x.to_f64() as i8).cast_unsigned())
+                .collect(),
+        },
     }
 }
 
@@ -361,7 +418,34 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float, W: Weight
         let out_w = file.required(prefix, "out_proj.weight", &[DIM, DIM], DIM, wa)?;
         let out_b = file.tensor(prefix, "out_proj.bias", &[DIM], DIM, ba)?;
         super::check_bias_pair(prefix, in_bias.is_some(), out_b.is_some(), DIM)?;
-        Ok(Self::checked_from_parts([q, k, v], in_bias, out_w, out_b))
+        // `i8` weights: their scales beside them (`in_proj_weight_scale`, `[3·DIM]`, or one per
+        // separate projection weight, and `out_proj.weight_scale`).
+        let in_scales: [(Option<Values<'a, T>>, usize); 3] = if file.has(prefix, "in_proj_weight") {
+            let s = file.scales(prefix, "in_proj_weight_scale", 3 * DIM, DIM, W::KIND)?;
+            [(s, 0), (s, DIM), (s, 2 * DIM)]
+        } else {
+            [
+                (
+                    file.scales(prefix, "q_proj_weight_scale", DIM, DIM, W::KIND)?,
+                    0,
+                ),
+                (
+                    file.scales(prefix, "k_proj_weight_scale", DIM, DIM, W::KIND)?,
+                    0,
+                ),
+                (
+                    file.scales(prefix, "v_proj_weight_scale", DIM, DIM, W::KIND)?,
+                    0,
+                ),
+            ]
+        };
+        let out_scale = file.scales(prefix, "out_proj.weight_scale", DIM, DIM, W::KIND)?;
+        let mut checked = Self::checked_from_parts([q, k, v], in_bias, out_w, out_b);
+        for (c, (scale, start)) in checked.iter_mut().zip(in_scales) {
+            (c.scale, c.scale_start) = (scale, start);
+        }
+        checked[3].scale = out_scale;
+        Ok(checked)
     }
 
     /// Writes the layer as an `nn.MultiheadAttention` `state_dict` in safetensors format, in
@@ -388,6 +472,13 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float, W: Weight
             std::vec![3 * DIM, DIM],
             &cat(&[&row_major(q), &row_major(k), &row_major(v)]),
         )];
+        if W::KIND == WeightKind::I8 {
+            tensors.push(floats(
+                "in_proj_weight_scale",
+                std::vec![3 * DIM],
+                &cat(&[q.scale_values(), k.scale_values(), v.scale_values()]),
+            ));
+        }
         if has_bias {
             tensors.push(floats(
                 "in_proj_bias",
@@ -404,6 +495,13 @@ impl<const SEQ: usize, const DIM: usize, const HEADS: usize, T: Float, W: Weight
             std::vec![DIM, DIM],
             &row_major(o),
         ));
+        if W::KIND == WeightKind::I8 {
+            tensors.push(floats(
+                "out_proj.weight_scale",
+                std::vec![DIM],
+                o.scale_values(),
+            ));
+        }
         if has_bias {
             tensors.push(floats(
                 "out_proj.bias",
@@ -805,6 +903,13 @@ fn push_linear<const IN: usize, const OUT: usize, T: Float, W: Weight<T>>(
         std::vec![OUT, IN],
         &weight,
     ));
+    if W::KIND == WeightKind::I8 {
+        tensors.push(floats(
+            &format!("{name}.weight_scale"),
+            std::vec![OUT],
+            l.scale_values(),
+        ));
+    }
     if let Some(b) = l.bias() {
         tensors.push(floats(
             &format!("{name}.bias"),
@@ -814,11 +919,12 @@ fn push_linear<const IN: usize, const OUT: usize, T: Float, W: Weight<T>>(
     }
 }
 
-/// A map's weight in PyTorch's row-major order (`weight[OUT][IN]`).
+/// A map's stored weight in PyTorch's row-major order (`weight[OUT][IN]`): the weights, or
+/// for `i8` storage the integers (their scales are saved beside them).
 fn row_major<const IN: usize, const OUT: usize, T: Float, W: Weight<T>>(
     l: &crate::Linear<IN, OUT, T, W>,
 ) -> Vec<T> {
     (0..OUT)
-        .flat_map(|n| (0..IN).map(move |p| l.weight_at(n, p)))
+        .flat_map(|n| (0..IN).map(move |p| l.stored_value_at(n, p)))
         .collect()
 }
