@@ -69,6 +69,8 @@ mod bf16;
 #[cfg(target_arch = "x86_64")]
 mod bf16_widen;
 mod float;
+#[cfg(target_arch = "x86_64")]
+mod int8;
 pub(crate) mod layout;
 pub(crate) mod math;
 pub(crate) mod pattern;
@@ -366,6 +368,23 @@ pub fn bf16_dot_loop(rounds: usize) -> Option<(u64, f32)> {
         #[cfg(target_arch = "aarch64")]
         // SAFETY: `selected` names only kernels the CPU runs, and this one has BF16.
         Kernel::NeonBf16 => Some(unsafe { arm_bf16::dot_loop(rounds) }),
+        _ => None,
+    }
+}
+
+/// The core's `i8` dot-product peak loop: `rounds` rounds of 12 independent `vpdpbusd`
+/// (`u8 × i8` products summed in `i32`) where the selected kernel has them
+/// ([`Kernel::Avx512Bf16`], which requires AVX512-VNNI), as `(operations, checksum)`
+/// (each product and its addition counted as two operations); `None` elsewhere.
+#[must_use]
+pub fn i8_dot_loop(rounds: usize) -> Option<(u64, i32)> {
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = rounds;
+    match selected() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `selected` names only kernels the CPU runs, and this one has AVX512-VNNI,
+        // AVX512-BW and AVX-512F, the loop's features.
+        Kernel::Avx512Bf16 => Some(unsafe { int8::dot_loop(rounds) }),
         _ => None,
     }
 }

@@ -24,6 +24,7 @@ impl<T: Float> Tables<T> {
         tanh: tanh_in_place::<T>,
         widen: widen_portable::<T>,
         linear_bf16: None,
+        linear_i8: None,
         linear_bf16_exact: None,
         linear_widening: None,
         attention_bf16: None,
@@ -149,6 +150,12 @@ pub(super) fn linear_i8<T: Float>(
     let qw =
         |c: usize, d: usize| i32::from(q[weight_index(crate::WeightKind::I8, c, d, din, dout)]);
     let max_q = T::of(127.0);
+    // Sums of a block of outputs, over the token's inputs quantized a chunk at a time (on the
+    // stack: 768 bytes).
+    const OUTS: usize = 64;
+    const INS: usize = 512;
+    let mut sums = [0i32; OUTS];
+    let mut xq = [0i8; INS];
     for i in 0..s {
         let row = |d: usize| x[i + d * s];
         let mut amax = T::ZERO;
@@ -160,21 +167,38 @@ pub(super) fn linear_i8<T: Float>(
         }
         let r = max_q / amax;
         let sx = amax / max_q;
-        for c in 0..dout {
-            let y = &mut out[i + c * s];
-            let term = if !finite {
-                T::NAN
-            } else if amax == T::ZERO {
-                T::ZERO
-            } else {
-                let mut acc = 0i32;
-                for d in 0..din {
-                    let xq = i32::from(crate::weight::quantize((row(d) * r).to_f64()));
-                    acc += xq * qw(c, d);
+        let mut c0 = 0;
+        while c0 < dout {
+            let cs = OUTS.min(dout - c0);
+            sums[..cs].fill(0);
+            if finite && amax != T::ZERO {
+                let mut d0 = 0;
+                while d0 < din {
+                    let ds = INS.min(din - d0);
+                    for (k, q) in xq[..ds].iter_mut().enumerate() {
+                        *q = crate::weight::quantize((row(d0 + k) * r).to_f64());
+                    }
+                    for (k, sum) in sums[..cs].iter_mut().enumerate() {
+                        for (j, &q) in xq[..ds].iter().enumerate() {
+                            *sum += i32::from(q) * qw(c0 + k, d0 + j);
+                        }
+                    }
+                    d0 += ds;
                 }
-                T::of(f64::from(acc)) * (sx * scales[c])
-            };
-            *y = if add { *y + term } else { term + bias[c] };
+            }
+            for (k, &sum) in sums[..cs].iter().enumerate() {
+                let c = c0 + k;
+                let term = if !finite {
+                    T::NAN
+                } else if amax == T::ZERO {
+                    T::ZERO
+                } else {
+                    T::of(f64::from(sum)) * (sx * scales[c])
+                };
+                let y = &mut out[i + c * s];
+                *y = if add { *y + term } else { term + bias[c] };
+            }
+            c0 += cs;
         }
     }
 }

@@ -12,6 +12,9 @@ use crate::weight::{Weight, WeightKind};
 /// A projection kernel: `(io, s, din, w, dout, bias, pack)`, see [`Table::linear`].
 type LinearFn<T> = unsafe fn(LinearIo<'_, T>, usize, usize, &[T], usize, &[T], &mut [T]);
 
+/// A projection kernel on `i8` weights: `(io, s, din, q, dout, scales, bias, pack)`.
+type I8LinearFn<T> = unsafe fn(LinearIo<'_, T>, usize, usize, &[i8], usize, &[T], &[T], &mut [T]);
+
 /// A projection kernel on half-precision bits: `(io, s, din, w, dout, bias, pack)`.
 type HalfLinearFn<T> = unsafe fn(LinearIo<'_, T>, usize, usize, &[u16], usize, &[T], &mut [T]);
 
@@ -42,6 +45,10 @@ pub struct Table<T: 'static> {
     /// that have them ([`Kernel::Avx512Bf16`], [`Kernel::NeonBf16`]); `None` where `bf16`
     /// weights are widened.
     pub(super) linear_bf16: Option<HalfLinearFn<T>>,
+    /// `out = x · Wᵀ + b` with `i8` weights, bit for bit as `scalar::linear_i8`, for
+    /// [`LinearIo::Out`] and `pack` of at least two words of a panel; `None` where the scalar
+    /// kernel serves.
+    pub(super) linear_i8: Option<I8LinearFn<T>>,
     /// `out = x · Wᵀ + b` (or `+=`) with `bf16` weights widened to `T` in registers, exact
     /// products as [`Table::linear_half`]'s but without its buffer and its block calls
     /// (the `f32` tables of [`Kernel::Avx512`], and so of [`Kernel::Avx512Bf16`] under
@@ -103,7 +110,17 @@ impl<T: Float> Table<T> {
         pack: &mut [T],
     ) {
         match W::stored(w) {
-            Stored::Int8(q) => scalar::linear_i8(io, s, din, q, dout, scales, bias),
+            Stored::Int8(q) => match self.linear_i8 {
+                Some(f)
+                    if matches!(io, LinearIo::Out { .. })
+                        && pack.len() >= 2 * PANEL_ROWS
+                        && din > 0 =>
+                {
+                    // SAFETY: the table's kernel runs on this CPU.
+                    unsafe { f(io, s, din, q, dout, scales, bias, pack) }
+                }
+                _ => scalar::linear_i8(io, s, din, q, dout, scales, bias),
+            },
             // SAFETY: the table's kernel runs on this CPU (see the type's docs).
             Stored::Native(w) => unsafe { (self.linear)(io, s, din, w, dout, bias, pack) },
             Stored::Half(_) if self.kernel == Kernel::Scalar => {

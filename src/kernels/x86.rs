@@ -18,7 +18,7 @@ use core::sync::atomic::{AtomicU8, Ordering};
 use super::args::LinearIo;
 use super::simd::simd_impls;
 use super::table::{Table, widen_bf16_paired, widen_portable};
-use super::{Kernel, bf16, bf16_widen, vector};
+use super::{Kernel, bf16, bf16_widen, int8, vector};
 use crate::weight::WeightKind;
 
 /// Proof that the CPU runs AVX2, FMA and F16C (zero-sized; made only where they are known to
@@ -81,22 +81,28 @@ fn probe_avx512() -> bool {
 
 #[cfg(feature = "std")]
 fn probe_avx512_bf16() -> bool {
-    std::is_x86_feature_detected!("avx512bf16") && std::is_x86_feature_detected!("avx512bw")
+    std::is_x86_feature_detected!("avx512bf16")
+        && std::is_x86_feature_detected!("avx512bw")
+        && std::is_x86_feature_detected!("avx512vnni")
 }
 
 #[cfg(not(feature = "std"))]
 fn probe_avx512_bf16() -> bool {
     if cfg!(all(
         target_feature = "avx512bf16",
-        target_feature = "avx512bw"
+        target_feature = "avx512bw",
+        target_feature = "avx512vnni"
     )) {
         return true;
     }
     // Asked only after AVX-512F was found (so CPUID leaf 7 exists): AVX512-BW is leaf 7,
-    // sub-leaf 0, EBX bit 30; AVX512-BF16 is sub-leaf 1, EAX bit 5 (sub-leaf 1 exists when
-    // sub-leaf 0's EAX, the highest sub-leaf, is at least 1).
+    // sub-leaf 0, EBX bit 30, and AVX512-VNNI its ECX bit 11; AVX512-BF16 is sub-leaf 1, EAX
+    // bit 5 (sub-leaf 1 exists when sub-leaf 0's EAX, the highest sub-leaf, is at least 1).
     let leaf7 = __cpuid_count(7, 0);
-    leaf7.ebx & (1 << 30) != 0 && leaf7.eax >= 1 && __cpuid_count(7, 1).eax & (1 << 5) != 0
+    leaf7.ebx & (1 << 30) != 0
+        && leaf7.ecx & (1 << 11) != 0
+        && leaf7.eax >= 1
+        && __cpuid_count(7, 1).eax & (1 << 5) != 0
 }
 
 #[cfg(not(feature = "std"))]
@@ -367,6 +373,7 @@ linear_widening!(
 static AVX512_BF16_F32: Table<f32> = Table {
     kernel: Kernel::Avx512Bf16,
     linear_bf16: Some(bf16::linear),
+    linear_i8: Some(int8::linear),
     attention_bf16: Some(bf16::attention),
     ..AVX512_F32
 };

@@ -130,6 +130,7 @@ macro_rules! table {
                 fma_loop,
                 widen: $widen,
                 linear_bf16: None,
+                linear_i8: None,
                 linear_bf16_exact: None,
                 linear_widening: None,
                 attention_bf16: None,

@@ -1,0 +1,404 @@
+//! Projections with `i8` weights on AVX-512 with VNNI (`vpdpbusd`): the W8A8 kernel that
+//! matches `scalar::linear_i8` bit for bit.
+//!
+//! Each panel of 32 tokens is quantized as the reference does (per token: `a = max |x|`,
+//! `r = 127 / a`, `x̂ = round(x·r)` within `±127`) and packed as unsigned bytes `x̂ + 128`,
+//! four inputs of a token per 32-bit word: `vpdpbusd` multiplies unsigned bytes by signed ones
+//! and adds each group of four products to a 32-bit lane. The weights are stored with their
+//! rows in fours (`kernels/layout.rs`), so the four weights of a feature are one word, which
+//! the instruction broadcasts from memory. The offset is taken back out exactly:
+//! `Σ (x̂ + 128)·w = Σ x̂·w + 128·Σ w`, and the accumulators start at `−128·Σ_p w_np`,
+//! summed per feature with the same instruction on bytes of one. The `i32` sums are exact;
+//! the epilogue `f(Σ)·((a/127)·scale_n) + b_n` rounds as the reference does (no fused
+//! operation). The micro-kernel is 32 tokens × 12 features, 24 accumulators.
+
+#![allow(
+    clippy::too_many_arguments,
+    // Index loops over lanes and features read like the math they implement.
+    clippy::needless_range_loop
+)]
+
+use core::arch::x86_64::*;
+
+use super::args::{LinearIo, check_weights};
+use super::layout::WEIGHT_TILE;
+
+/// `i32` lanes per vector.
+const L: usize = 16;
+/// Tokens per panel (two vectors).
+const MR: usize = 2 * L;
+
+/// `out[s × dout] = x[s × din] · Wᵀ + b` with `i8` weights `q` (rows in fours) and one scale
+/// per feature, as `scalar::linear_i8` computes it. Takes `LinearIo::Out` only, `din > 0`,
+/// and `pack` of at least two words per token of a panel (`Table::linear` checks).
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub(super) fn linear(
+    io: LinearIo<'_, f32>,
+    s: usize,
+    din: usize,
+    q: &[i8],
+    dout: usize,
+    scales: &[f32],
+    bias: &[f32],
+    pack: &mut [f32],
+) {
+    assert!(
+        matches!(io, LinearIo::Out { .. }) && pack.len() >= 2 * MR && din > 0,
+        "the i8 kernel takes LinearIo::Out, inputs, and a pack of two quads"
+    );
+    check_weights(q, bias, din, dout);
+    assert_eq!(scales.len(), dout, "one scale per output feature");
+    let (x, out, _) = io.checked(s, din, dout);
+    // Words of the pack: `quads · MR` per chunk.
+    let max_quads = pack.len() / MR;
+    let pack: &mut [u32] = bytemuck::cast_slice_mut(pack);
+    let quads = din.div_ceil(4);
+    let full = dout / WEIGHT_TILE * WEIGHT_TILE;
+    let mut i0 = 0;
+    while i0 < s {
+        let rows = MR.min(s - i0);
+        let masks = [row_mask(rows.min(L)), row_mask(rows.saturating_sub(L))];
+        // SAFETY: rows `i0 .. i0 + rows ≤ s` of the `s × din` column-major `x`.
+        let tokens = unsafe { token_scales(x.as_ptr(), s, din, i0, masks) };
+        let mut qc = 0;
+        while qc < quads {
+            let nq = max_quads.min(quads - qc);
+            // SAFETY: rows `i0 ..` (masked) of inputs `4qc .. min(4(qc + nq), din)`; `nq · MR`
+            // words of `pack`.
+            unsafe {
+                pack_panel(
+                    x.as_ptr(),
+                    s,
+                    din,
+                    i0,
+                    masks,
+                    &tokens,
+                    qc,
+                    nq,
+                    pack.as_mut_ptr(),
+                )
+            };
+            let last = qc + nq == quads;
+            let mut t0 = 0;
+            while t0 < dout {
+                let width = if t0 < full { WEIGHT_TILE } else { dout - full };
+                let tile = Tile {
+                    a: pack.as_ptr(),
+                    qc,
+                    nq,
+                    // SAFETY: the tile of features `t0 ..` is `din · width` bytes at `t0 · din`.
+                    b: unsafe { q.as_ptr().add(t0 * din) },
+                    width,
+                    din,
+                    i0,
+                    j0: t0,
+                    first: qc == 0,
+                    last,
+                    masks,
+                };
+                // SAFETY: the tile's operands lie inside `pack`, `q`, `scales`, `bias` and
+                // `out` (see `Tile`).
+                unsafe {
+                    strip(tile, &tokens, scales, bias, out.as_mut_ptr(), s);
+                }
+                t0 += width;
+            }
+            qc += nq;
+        }
+        i0 += rows;
+    }
+}
+
+/// A panel's tokens: `a/127` (`sx`), `127/a` (`r`), and which tokens are finite and not all
+/// zero, two vectors each.
+struct Tokens {
+    sx: [__m512; 2],
+    r: [__m512; 2],
+    /// Some input is NaN or infinite: every output NaN.
+    bad: [__mmask16; 2],
+    /// Every input zero: every output the bias.
+    zero: [__mmask16; 2],
+}
+
+/// The mask of the first `n ≤ 16` lanes.
+#[inline(always)]
+fn row_mask(n: usize) -> __mmask16 {
+    ((1u32 << n) - 1) as __mmask16
+}
+
+/// The quantization of rows `i0 ..` (the lanes of `masks`) of `x` (`s × din`, column-major).
+///
+/// # Safety
+/// The rows of `masks` from `i0` are inside `x` for every input column.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn token_scales(
+    x: *const f32,
+    s: usize,
+    din: usize,
+    i0: usize,
+    masks: [__mmask16; 2],
+) -> Tokens {
+    let abs = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fff_ffff));
+    let inf = _mm512_set1_ps(f32::INFINITY);
+    let mut amax = [_mm512_setzero_ps(); 2];
+    let mut bad = [0 as __mmask16; 2];
+    // SAFETY: masked reads of the caller's rows, column by column.
+    unsafe {
+        for p in 0..din {
+            let col = x.add(i0 + p * s);
+            for v in 0..2 {
+                let a = _mm512_and_ps(
+                    _mm512_maskz_loadu_ps(masks[v], col.wrapping_add(v * L)),
+                    abs,
+                );
+                // NaN and infinities: not less than infinity.
+                bad[v] |= !_mm512_cmp_ps_mask::<_CMP_LT_OQ>(a, inf) & masks[v];
+                amax[v] = _mm512_max_ps(amax[v], a);
+            }
+        }
+    }
+    let q = _mm512_set1_ps(127.0);
+    let zero = amax.map(|a| _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(a, _mm512_setzero_ps()));
+    Tokens {
+        sx: amax.map(|a| _mm512_div_ps(a, q)),
+        r: amax.map(|a| _mm512_div_ps(q, a)),
+        bad,
+        zero,
+    }
+}
+
+/// Packs quads `qc .. qc + nq` of rows `i0 ..` of `x` as `x̂ + 128` bytes: word `t` of quad
+/// `k` (at `k·MR + t`) holds token `t`'s four quantized inputs `4(qc + k) ..` (byte `j` the
+/// input `+ j`; inputs past `din` are `128`, a quantized zero).
+///
+/// # Safety
+/// As [`token_scales`] for the rows; `pack` holds `nq · MR` words.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn pack_panel(
+    x: *const f32,
+    s: usize,
+    din: usize,
+    i0: usize,
+    masks: [__mmask16; 2],
+    t: &Tokens,
+    qc: usize,
+    nq: usize,
+    pack: *mut u32,
+) {
+    let (lo, hi) = (_mm512_set1_ps(-127.0), _mm512_set1_ps(127.0));
+    let offset = _mm512_set1_epi32(128);
+    // SAFETY: masked reads of the caller's rows, inputs below `din`; writes inside `pack`.
+    unsafe {
+        for k in 0..nq {
+            let p0 = 4 * (qc + k);
+            for v in 0..2 {
+                let byte = |j: usize| {
+                    if p0 + j < din {
+                        let col = x.add(i0 + (p0 + j) * s).wrapping_add(v * L);
+                        let xs = _mm512_mul_ps(_mm512_maskz_loadu_ps(masks[v], col), t.r[v]);
+                        // As `weight::quantize`: within ±127 first (infinities too, from an
+                        // `r` that overflowed), rounded to nearest, ties to even (the default
+                        // rounding mode), NaN to 0.
+                        let clamped = _mm512_min_ps(_mm512_max_ps(xs, lo), hi);
+                        let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(xs, xs);
+                        let n = _mm512_maskz_cvtps_epi32(!nan, clamped);
+                        _mm512_add_epi32(n, offset)
+                    } else {
+                        offset
+                    }
+                };
+                let word = _mm512_or_si512(
+                    _mm512_or_si512(byte(0), _mm512_slli_epi32::<8>(byte(1))),
+                    _mm512_or_si512(
+                        _mm512_slli_epi32::<16>(byte(2)),
+                        _mm512_slli_epi32::<24>(byte(3)),
+                    ),
+                );
+                _mm512_storeu_si512(pack.add(k * MR + v * L).cast(), word);
+            }
+        }
+    }
+}
+
+/// One micro-tile's share of a panel: the packed quads `qc .. qc + nq` (`a`, `nq · MR` words)
+/// and the storage tile `b` (`din · width` bytes: quads of rows as `width` words, then the
+/// last `din mod 4` rows as plain rows), for features `j0 .. j0 + width` of tokens
+/// `i0 ..` (the lanes of `masks`). `first`: the accumulators start from the compensation;
+/// otherwise from the partial sums stored in `out`. `last`: the epilogue writes the outputs;
+/// otherwise the partial `i32` sums are stored in `out`'s place.
+#[derive(Clone, Copy)]
+struct Tile {
+    a: *const u32,
+    qc: usize,
+    nq: usize,
+    b: *const i8,
+    width: usize,
+    din: usize,
+    i0: usize,
+    j0: usize,
+    first: bool,
+    last: bool,
+    masks: [__mmask16; 2],
+}
+
+/// [`micro`] at the tile's width.
+///
+/// # Safety
+/// As [`Tile`] describes; `out` is `s × dout` (column-major) with `j0 + width ≤ dout`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn strip(t: Tile, tokens: &Tokens, scales: &[f32], bias: &[f32], out: *mut f32, s: usize) {
+    // SAFETY: the caller's contract, passed on.
+    unsafe {
+        match t.width {
+            12 => micro::<12>(t, tokens, scales, bias, out, s),
+            11 => micro::<11>(t, tokens, scales, bias, out, s),
+            10 => micro::<10>(t, tokens, scales, bias, out, s),
+            9 => micro::<9>(t, tokens, scales, bias, out, s),
+            8 => micro::<8>(t, tokens, scales, bias, out, s),
+            7 => micro::<7>(t, tokens, scales, bias, out, s),
+            6 => micro::<6>(t, tokens, scales, bias, out, s),
+            5 => micro::<5>(t, tokens, scales, bias, out, s),
+            4 => micro::<4>(t, tokens, scales, bias, out, s),
+            3 => micro::<3>(t, tokens, scales, bias, out, s),
+            2 => micro::<2>(t, tokens, scales, bias, out, s),
+            1 => micro::<1>(t, tokens, scales, bias, out, s),
+            _ => unreachable!("a storage tile is 1 to 12 features wide"),
+        }
+    }
+}
+
+/// The `32 × N` micro-tile (see [`Tile`]). The two rows of accumulators are two named arrays
+/// (an array of arrays made LLVM keep them on the stack in the other kernels).
+///
+/// # Safety
+/// As [`strip`], with `N == t.width`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn micro<const N: usize>(
+    t: Tile,
+    tokens: &Tokens,
+    scales: &[f32],
+    bias: &[f32],
+    out: *mut f32,
+    s: usize,
+) {
+    let zero = _mm512_setzero_si512();
+    let (mut a0, mut a1) = ([zero; N], [zero; N]);
+    // Quads of the tile in this chunk that are whole quads of stored rows; the chunk's last
+    // quad may be the partial one (`din mod 4` plain rows).
+    let whole = t.din / 4;
+    let q_end = (t.qc + t.nq).min(whole);
+    let col = |n: usize| out.wrapping_add(t.i0 + (t.j0 + n) * s);
+    // SAFETY: reads of the panel's `nq · MR` words and of the tile's rows (quad `q`'s word
+    // of feature `n` at word `q · width + n`, a plain row `p`'s byte at `p · width + n`);
+    // masked reads and writes of the outputs' rows.
+    unsafe {
+        if t.first {
+            // −128 · Σ_p w_np over the whole tile: `vpdpbusd` of bytes of one with the
+            // weights, a word of each quad row at a time, then the plain rows.
+            let mut sums = [0i32; 16];
+            let ones = _mm512_set1_epi8(1);
+            let lanes = row_mask(N);
+            let mut acc = _mm512_setzero_si512();
+            for q in 0..whole {
+                let w = _mm512_maskz_loadu_epi32(lanes, t.b.add(4 * q * t.width).cast());
+                acc = _mm512_dpbusd_epi32(acc, ones, w);
+            }
+            _mm512_storeu_si512(sums.as_mut_ptr().cast(), acc);
+            for p in 4 * whole..t.din {
+                for n in 0..N {
+                    sums[n] += i32::from(*t.b.add(p * t.width + n));
+                }
+            }
+            for n in 0..N {
+                a0[n] = _mm512_set1_epi32(-128 * sums[n]);
+                a1[n] = a0[n];
+            }
+        } else {
+            for n in 0..N {
+                a0[n] = _mm512_maskz_loadu_epi32(t.masks[0], col(n).cast());
+                a1[n] = _mm512_maskz_loadu_epi32(t.masks[1], col(n).wrapping_add(L).cast());
+            }
+        }
+        for q in t.qc..q_end {
+            let a = t.a.add((q - t.qc) * MR);
+            let (x0, x1) = (
+                _mm512_loadu_si512(a.cast()),
+                _mm512_loadu_si512(a.add(L).cast()),
+            );
+            let w = t.b.add(4 * q * t.width).cast::<i32>();
+            for n in 0..N {
+                let wn = _mm512_set1_epi32(w.add(n).read_unaligned());
+                a0[n] = _mm512_dpbusd_epi32(a0[n], x0, wn);
+                a1[n] = _mm512_dpbusd_epi32(a1[n], x1, wn);
+            }
+        }
+        if q_end < t.qc + t.nq {
+            // The partial last quad: its plain rows `4·whole ..`, each weight in its byte of
+            // an otherwise zero word (the padding inputs are quantized zeros, any weight).
+            let a = t.a.add((whole - t.qc) * MR);
+            let (x0, x1) = (
+                _mm512_loadu_si512(a.cast()),
+                _mm512_loadu_si512(a.add(L).cast()),
+            );
+            for n in 0..N {
+                let mut word = 0u32;
+                for p in 4 * whole..t.din {
+                    let byte = (*t.b.add(p * t.width + n)).cast_unsigned();
+                    word |= u32::from(byte) << (8 * (p - 4 * whole));
+                }
+                let wn = _mm512_set1_epi32(word.cast_signed());
+                a0[n] = _mm512_dpbusd_epi32(a0[n], x0, wn);
+                a1[n] = _mm512_dpbusd_epi32(a1[n], x1, wn);
+            }
+        }
+        if !t.last {
+            for n in 0..N {
+                _mm512_mask_storeu_epi32(col(n).cast(), t.masks[0], a0[n]);
+                _mm512_mask_storeu_epi32(col(n).wrapping_add(L).cast(), t.masks[1], a1[n]);
+            }
+            return;
+        }
+        // y = f(Σ)·((a/127)·scale_n) + b_n; NaN for a token with a non-finite input, b_n
+        // for one whose inputs are all zero.
+        let nan = _mm512_set1_ps(f32::NAN);
+        for n in 0..N {
+            let (sc, b) = (
+                _mm512_set1_ps(scales[t.j0 + n]),
+                _mm512_set1_ps(bias[t.j0 + n]),
+            );
+            for (v, acc) in [a0[n], a1[n]].into_iter().enumerate() {
+                let term = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), _mm512_mul_ps(tokens.sx[v], sc));
+                let term = _mm512_mask_mov_ps(term, tokens.zero[v], _mm512_setzero_ps());
+                let term = _mm512_mask_mov_ps(term, tokens.bad[v], nan);
+                _mm512_mask_storeu_ps(
+                    col(n).wrapping_add(v * L),
+                    t.masks[v],
+                    _mm512_add_ps(term, b),
+                );
+            }
+        }
+    }
+}
+
+/// `rounds` rounds of 12 independent `vpdpbusd` on whole vectors: the loop the core's `i8`
+/// dot-product peak is measured with. Each instruction is 16 lanes × 4 products × 2
+/// operations. Returns the operations done and a sum that depends on every one of them.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub(super) fn dot_loop(rounds: usize) -> (u64, i32) {
+    // Bytes of one and of two, hidden from the optimiser.
+    let ones = _mm512_set1_epi32(core::hint::black_box(0x0101_0101));
+    let twos = _mm512_set1_epi32(core::hint::black_box(0x0202_0202));
+    let mut acc = [_mm512_setzero_si512(); 12];
+    for _ in 0..rounds {
+        for a in &mut acc {
+            *a = _mm512_dpbusd_epi32(*a, ones, twos);
+        }
+    }
+    let total = acc
+        .iter()
+        .fold(_mm512_setzero_si512(), |s, &a| _mm512_add_epi32(s, a));
+    (
+        rounds as u64 * 12 * L as u64 * 8,
+        _mm512_reduce_add_epi32(total),
+    )
+}
