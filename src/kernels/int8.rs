@@ -319,19 +319,7 @@ unsafe fn micro<const N: usize>(
                 a1[n] = _mm512_maskz_loadu_epi32(t.masks[1], col(n).wrapping_add(L).cast());
             }
         }
-        for q in t.qc..q_end {
-            let a = t.a.add((q - t.qc) * MR);
-            let (x0, x1) = (
-                _mm512_loadu_si512(a.cast()),
-                _mm512_loadu_si512(a.add(L).cast()),
-            );
-            let w = t.b.add(4 * q * t.width).cast::<i32>();
-            for n in 0..N {
-                let wn = _mm512_set1_epi32(w.add(n).read_unaligned());
-                a0[n] = _mm512_dpbusd_epi32(a0[n], x0, wn);
-                a1[n] = _mm512_dpbusd_epi32(a1[n], x1, wn);
-            }
-        }
+        (a0, a1) = quads::<N>(t, q_end, a0, a1);
         if q_end < t.qc + t.nq {
             // The partial last quad: its plain rows `4·whole ..`, each weight in its byte of
             // an otherwise zero word (the padding inputs are quantized zeros, any weight).
@@ -340,13 +328,18 @@ unsafe fn micro<const N: usize>(
                 _mm512_loadu_si512(a.cast()),
                 _mm512_loadu_si512(a.add(L).cast()),
             );
-            for n in 0..N {
-                let mut word = 0u32;
+            // The words first, apart from the accumulators: a loop over `n` with a loop inside
+            // it is not unrolled, and accumulators indexed by a variable live in memory (LLVM
+            // then stored them on every step of the main loop: half the speed).
+            let mut words = [0i32; N];
+            for (n, word) in words.iter_mut().enumerate() {
                 for p in 4 * whole..t.din {
                     let byte = (*t.b.add(p * t.width + n)).cast_unsigned();
-                    word |= u32::from(byte) << (8 * (p - 4 * whole));
+                    *word |= i32::from(byte) << (8 * (p - 4 * whole));
                 }
-                let wn = _mm512_set1_epi32(word.cast_signed());
+            }
+            for n in 0..N {
+                let wn = _mm512_set1_epi32(words[n]);
                 a0[n] = _mm512_dpbusd_epi32(a0[n], x0, wn);
                 a1[n] = _mm512_dpbusd_epi32(a1[n], x1, wn);
             }
@@ -366,18 +359,49 @@ unsafe fn micro<const N: usize>(
                 _mm512_set1_ps(scales[t.j0 + n]),
                 _mm512_set1_ps(bias[t.j0 + n]),
             );
-            for (v, acc) in [a0[n], a1[n]].into_iter().enumerate() {
+            let y = |acc: __m512i, v: usize| {
                 let term = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), _mm512_mul_ps(tokens.sx[v], sc));
                 let term = _mm512_mask_mov_ps(term, tokens.zero[v], _mm512_setzero_ps());
                 let term = _mm512_mask_mov_ps(term, tokens.bad[v], nan);
-                _mm512_mask_storeu_ps(
-                    col(n).wrapping_add(v * L),
-                    t.masks[v],
-                    _mm512_add_ps(term, b),
-                );
+                _mm512_add_ps(term, b)
+            };
+            _mm512_mask_storeu_ps(col(n), t.masks[0], y(a0[n], 0));
+            _mm512_mask_storeu_ps(col(n).wrapping_add(L), t.masks[1], y(a1[n], 1));
+        }
+    }
+}
+
+/// The main loop of [`micro`]: whole quads `t.qc .. q_end`. The accumulators are passed in
+/// and out by value so that they stay in registers (inside `micro`, LLVM kept a copy of
+/// them in memory and stored it on every step: half the speed).
+///
+/// # Safety
+/// As [`micro`].
+#[inline(always)]
+unsafe fn quads<const N: usize>(
+    t: Tile,
+    q_end: usize,
+    a0: [__m512i; N],
+    a1: [__m512i; N],
+) -> ([__m512i; N], [__m512i; N]) {
+    let (mut a0, mut a1) = (a0, a1);
+    // SAFETY: the caller's contract: the panel's words and the tile's quad rows.
+    unsafe {
+        for q in t.qc..q_end {
+            let a = t.a.add((q - t.qc) * MR);
+            let (x0, x1) = (
+                _mm512_loadu_si512(a.cast()),
+                _mm512_loadu_si512(a.add(L).cast()),
+            );
+            let w = t.b.add(4 * q * t.width).cast::<i32>();
+            for n in 0..N {
+                let wn = _mm512_set1_epi32(w.add(n).read_unaligned());
+                a0[n] = _mm512_dpbusd_epi32(a0[n], x0, wn);
+                a1[n] = _mm512_dpbusd_epi32(a1[n], x1, wn);
             }
         }
     }
+    (a0, a1)
 }
 
 /// `rounds` rounds of 12 independent `vpdpbusd` on whole vectors: the loop the core's `i8`
