@@ -334,6 +334,12 @@ fn peak_case(c: &mut Criterion) {
                 .expect("supported");
         });
     }
+    if let Some((ops, _)) = kernels::i8_dot_loop(1) {
+        group.throughput(Throughput::Elements(ops * ROUNDS as u64));
+        group.bench_function(BenchmarkId::new("simd", "i8_dot"), |b| {
+            b.iter(|| kernels::i8_dot_loop(black_box(ROUNDS)));
+        });
+    }
     if let Some((flops, _)) = kernels::bf16_dot_loop(1) {
         group.throughput(Throughput::Elements(flops * ROUNDS as u64));
         group.bench_function(BenchmarkId::new("simd", "bf16_dot"), |b| {
@@ -349,6 +355,7 @@ fn half_case<const S: usize, const D: usize, const H: usize>(c: &mut Criterion) 
     let full = seeded_layer::<f32, S, D, H>(7);
     let b16: Box<MultiHead<S, D, H, f32, bf16>> = Box::new(full.to_weights());
     let h16: Box<MultiHead<S, D, H, f32, f16>> = Box::new(full.to_weights());
+    let q8: Box<MultiHead<S, D, H, f32, i8>> = Box::new(full.to_weights());
     let rounded: Box<MultiHead<S, D, H>> = Box::new(b16.to_weights());
     let x = random::<f32, S, D>(8);
     let mut scratch: Box<Scratch<S, S, D>> = heap::zeroed();
@@ -365,6 +372,14 @@ fn half_case<const S: usize, const D: usize, const H: usize>(c: &mut Criterion) 
         with_kernel(k, || b16.forward_into(&x, &none, &mut scratch, &mut out)).expect("runs");
         assert!(max_diff(&out, &want) < 1e-4, "widened bf16 layer vs f32");
     }
+    // The i8 layer against its f32 twin on the dequantized weights.
+    let deq: Box<MultiHead<S, D, H>> = Box::new(q8.to_weights());
+    deq.forward_into(&x, &none, &mut scratch, &mut want);
+    q8.forward_into(&x, &none, &mut scratch, &mut out);
+    assert!(
+        max_diff(&out, &want) <= 2f64.powi(-5) * f64::from(want.amax()),
+        "i8 layer vs f32"
+    );
     let mut group = c.benchmark_group("half");
     configure(&mut group, (8 * S * D * D + 4 * S * S * D) as u64, S >= 512);
     let param = format!("{S}x{D}x{H}");
@@ -384,6 +399,9 @@ fn half_case<const S: usize, const D: usize, const H: usize>(c: &mut Criterion) 
     }
     group.bench_function(BenchmarkId::new("f16", &param), |b| {
         b.iter(|| h16.forward_into(black_box(&*x), &none, &mut scratch, &mut out));
+    });
+    group.bench_function(BenchmarkId::new("i8", &param), |b| {
+        b.iter(|| q8.forward_into(black_box(&*x), &none, &mut scratch, &mut out));
     });
     // The three weight formats again on AVX2, where the selected kernel is AVX-512: the
     // widening paths of a CPU without AVX-512, beside their own `f32` time.

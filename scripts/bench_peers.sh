@@ -372,15 +372,17 @@ for layer, label in (("mha", "MHA 512x8"), ("gqa", "GQA 8q/2kv, d 64")):
 
 # bf16 weights: our `half` group against PyTorch's bfloat16 module (1 thread), with our own f32
 # layer and PyTorch's f32 module beside them.
-half = ["| bf16 weights | ours f32 (µs) | ours bf16 (µs) | ours bf16 widened (µs) | torch bf16 1T (µs) "
-        "| torch f32 1T (µs) | ours f32 / ours bf16 | torch bf16 / ours bf16 |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|"]
+half = ["| bf16 and i8 weights | ours f32 (µs) | ours bf16 (µs) | ours bf16 widened (µs) "
+        "| ours i8 (µs) | torch bf16 1T (µs) | torch f32 1T (µs) | ours f32 / ours bf16 "
+        "| torch bf16 / ours bf16 | ours f32 / ours i8 | torch bf16 / ours i8 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
 for param in ("128x256x8", "512x512x8"):
     f32_, b16 = ours("half", "f32", param), ours("half", "bf16", param)
-    wide = ours("half", "bf16_widened", param)
+    wide, q8 = ours("half", "bf16_widened", param), ours("half", "i8", param)
     tb, tf = peers.get(("torch", 1, f"half/{param}")), peers.get(("torch", 1, f"layer/{param}"))
-    half.append(f"| MHA layer {param} | {us(f32_)} | {us(b16)} | {us(wide)} | {us(tb)} | {us(tf)} "
-                f"| {ratio(f32_, b16)} | {ratio(tb, b16)} |")
+    half.append(f"| MHA layer {param} | {us(f32_)} | {us(b16)} | {us(wide)} | {us(q8)} | {us(tb)} "
+                f"| {us(tf)} | {ratio(f32_, b16)} | {ratio(tb, b16)} | {ratio(f32_, q8)} "
+                f"| {ratio(tb, q8)} |")
 # Half-precision weights widened to f32 (no bf16 products): each time beside the f32 layer on
 # the same kernel (AVX2 rows only where the selected kernel is AVX-512).
 widened = ["| widened weights | ours f32 (µs) | bf16 widened (µs) | f16 (µs) | AVX2 f32 (µs) "
@@ -399,6 +401,10 @@ if bf16_peak and fma_peak:
     # 100 000 rounds of 12 instructions; 16 lanes × 4 FLOPs (bf16) and 16 × 2 (f32 FMA).
     peaks.append(f"Peaks in this run: f32 FMA {1.2e6 * 32 / (fma_peak * 1e3):.1f} GFLOP/s, "
                  f"bf16 dot product {1.2e6 * 64 / (bf16_peak * 1e3):.1f} GFLOP/s.")
+i8_peak = ours("peak", "simd", "i8_dot")
+if i8_peak:
+    # 100 000 rounds of 12 instructions; 16 lanes × 4 products × 2 operations.
+    peaks.append(f"i8 dot product {1.2e6 * 128 / (i8_peak * 1e3):.1f} GOP/s.")
 
 print("\n".join([
     "# static-attention vs PyTorch and candle",

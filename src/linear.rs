@@ -154,7 +154,6 @@ impl<const IN: usize, const OUT: usize, T: Float, W: Weight<T>> Linear<IN, OUT, 
 
     /// Stores `value` (rounded to `W`; for `i8` storage an integer, saturated to `±127`) as
     /// `W[n, p]` as it is, whatever the scale.
-    #[cfg(feature = "std")]
     pub(crate) fn set_stored_at(&mut self, n: usize, p: usize, value: T) {
         self.weight.as_flattened_mut()[weight_index(W::KIND, n, p, IN, OUT)] = W::narrow(value);
     }
@@ -165,7 +164,6 @@ impl<const IN: usize, const OUT: usize, T: Float, W: Weight<T>> Linear<IN, OUT, 
     }
 
     /// The per-feature scales, to write (empty for floating-point storage).
-    #[cfg(feature = "std")]
     pub(crate) fn scale_values_mut(&mut self) -> &mut [T] {
         W::scales_mut(&mut self.scales)
     }

@@ -132,7 +132,7 @@ pub trait Weight<T>:
     const ZERO_WEIGHT: Self;
     /// What the storage keeps per output feature besides the weights: `()` for floating-point
     /// storage (nothing), the `f32` scale for `i8`.
-    type Scale: Copy + PartialEq + core::fmt::Debug + bytemuck::Pod;
+    type Scale: Copy + PartialEq + core::fmt::Debug + bytemuck::Pod + Send + Sync;
     /// The scale of a fresh layer (`()`, or `0.0`).
     const ZERO_SCALE: Self::Scale;
     /// How the kernels widen it.

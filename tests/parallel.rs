@@ -164,6 +164,7 @@ mod threads {
         let mut layer: Box<MultiHead<S, D, H>> = heap::zeroed();
         layer.reset_parameters(&mut SeedRng::seed_from_u64(9), Bias::Present);
         let half = layer.to_weights::<bf16>();
+        let quant = layer.to_weights::<i8>();
         let x = filled::<S, D>(|i| ((i as usize * 37) % 101) as f32 / 50.0 - 1.0);
         let pad: [bool; S] = core::array::from_fn(|j| j % 7 == 3);
         let bias: Box<SMatrix<f32, S, S>> = heap::zeroed();
@@ -189,6 +190,14 @@ mod threads {
             assert!(
                 max_diff(&a, &b) <= 2e-6,
                 "{S}x{D}x{H} bf16: {}",
+                max_diff(&a, &b)
+            );
+            // And i8 weights (the threads split the projections' features and their scales).
+            quant.forward_into(&x, mask, &mut scratch, &mut a);
+            Parallel(&quant).forward_into(&x, mask, &mut scratch, &mut b);
+            assert!(
+                max_diff(&a, &b) <= 2e-6,
+                "{S}x{D}x{H} i8: {}",
                 max_diff(&a, &b)
             );
         }
