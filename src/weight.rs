@@ -1,6 +1,7 @@
-//! How layers store their weights: in the compute type itself (`f32`, `f64`), or in half
+//! How layers store their weights: in the compute type itself (`f32`, `f64`), in half
 //! precision (`f16`, `bf16`, from the `half` crate) with `f32` arithmetic, which halves the
-//! flash a `static` layer takes on a microcontroller.
+//! flash a `static` layer takes on a microcontroller, or as symmetric `i8` integers with one
+//! `f32` scale per output feature (a quarter of `f32`).
 //!
 //! [`crate::Linear`], [`crate::MultiHead`], [`crate::SelfAttention`] and
 //! [`crate::GroupedQuery`] take the storage type as their last parameter, `W`, which defaults
@@ -62,6 +63,39 @@
 //! `bf16` weights are stored with their input rows paired (the pairs a `bf16` dot product
 //! multiplies), a layout of the kernels' own: read and write weights through
 //! [`crate::Linear::weight_at`] and its siblings, never by position.
+//!
+//! **`i8` weights (W8A8).** `Linear<IN, OUT, f32, i8>` (and every layer with `W = i8`) stores
+//! each weight as an integer `q` in `−127 ..= 127` and each output feature's scale `s_n`:
+//! the weight is `ŵ_np = q_np · s_n` ([`crate::Linear::to_weights`] picks
+//! `s_n = max_p |w_np| / 127` and rounds each weight to the nearest multiple, ties to even;
+//! [`crate::Linear::from_quantized`] takes integers and scales as they are, for `static`
+//! layers). A projection quantizes each token's inputs on the fly with the token's own scale
+//! and sums the integer products exactly in `i32`:
+//!
+//! ```text
+//! a = max_p |x_p|,  r = 127 / a,  x̂_p = round(x_p · r)  (ties to even, within ±127)
+//! y_n = f(Σ_p x̂_p · q_np) · ((a / 127) · s_n) + b_n
+//! ```
+//!
+//! (`f` rounds the sum to `f32`; every operation rounds once, none is fused). Every kernel
+//! gives the same bits (the `i32` sums are exact); AVX512-VNNI multiplies with `vpdpbusd`
+//! ([`Kernel::Avx512Bf16`](crate::kernels::Kernel::Avx512Bf16), which requires VNNI), the
+//! others run the portable reference. A token whose inputs are all zero gives `y = b`; one
+//! with a NaN or infinite input gives NaN in every output. Against the exact product with the
+//! dequantized weights, every output keeps (property-tested on every kernel,
+//! `tests/int8_weights.rs`):
+//!
+//! ```text
+//! |ŷ_n − y_n| ≤ (a/127)·(½ + 2⁻¹⁴)·Σ_p |ŵ_np| + 2⁻²¹·(Σ_p |x_p·ŵ_np| + |b_n|)
+//! ```
+//!
+//! (the first term is the inputs' rounding to integers, at most half a step `a/127` each; the
+//! second the `f32` roundings of the scales and the result). The attention of an `i8` layer
+//! runs in `f32`. Saved to safetensors, a projection is `weight` (`I8`) beside
+//! `weight_scale` (`F32`, one per output feature; `in_proj_weight_scale` for
+//! `nn.MultiheadAttention`'s packed weight); loading checks the scales are finite and not
+//! negative. `i8` weights are stored with their input rows in fours (the four bytes a
+//! `vpdpbusd` or `SDOT` word multiplies), again a layout of the kernels' own.
 //!
 //! ```
 //! use static_attention::{Alignment, Mask, MultiHead, SMatrix, f16};
