@@ -651,3 +651,203 @@ unsafe fn widening_panels<S: Simd, const NV: usize>(
         g0 = g1;
     }
 }
+
+/// Tokens whose quantization [`linear_i8`] keeps at a time (a group of panels).
+const I8_GROUP: usize = 256;
+
+/// The most inputs for which [`linear_i8`]'s sums in `E` are exact: every partial sum of
+/// products of integers within ±127 stays below `2 / ε` (2²⁴ for `f32`).
+pub(crate) fn i8_exact_inputs<E: Float>() -> usize {
+    (2.0 / E::EPSILON.to_f64() / (127.0 * 127.0)) as usize
+}
+
+/// `out[sq × dout] = x · Wᵀ + b` with `i8` weights `q` (rows in fours, one scale per output
+/// feature), bit for bit as `scalar::linear_i8`, on the `f32` GEMM: the inputs are quantized
+/// to integer-valued floats as they are packed, the weights widened to floats a storage tile
+/// and chunk of inputs at a time (once per group of panels), and the integer products summed
+/// by the micro-kernel exactly (`din ≤ i8_exact_inputs`, which the caller checks), then scaled
+/// as the reference scales them. `LinearIo::Out` only; `pack` holds at least four input
+/// columns of a panel.
+#[inline(always)]
+pub(crate) fn linear_i8<S: Simd>(
+    s: S,
+    out: &mut [S::E],
+    x: &[S::E],
+    sq: usize,
+    din: usize,
+    q: &[i8],
+    dout: usize,
+    scales: &[S::E],
+    bias: &[S::E],
+    pack: &mut [S::E],
+) {
+    if sq >= 2 * S::LANES {
+        i8_panels::<S, 2>(s, out, x, sq, din, q, dout, scales, bias, pack);
+    } else {
+        i8_panels::<S, 1>(s, out, x, sq, din, q, dout, scales, bias, pack);
+    }
+}
+
+/// [`linear_i8`] with row panels of `NV` vectors.
+#[inline(always)]
+#[allow(
+    clippy::undocumented_unsafe_blocks,
+    reason = "the micro-tile call inside `for_tiles!` has its SAFETY comment; clippy does not \
+              see comments through a macro defined in another file"
+)]
+fn i8_panels<S: Simd, const NV: usize>(
+    s: S,
+    out: &mut [S::E],
+    x: &[S::E],
+    sq: usize,
+    din: usize,
+    q: &[i8],
+    dout: usize,
+    scales: &[S::E],
+    bias: &[S::E],
+    pack: &mut [S::E],
+) {
+    type E<S> = <S as Simd>::E;
+    let l = S::LANES;
+    let mr = NV * l;
+    let tile = S::TILE;
+    check_weights(q, bias, din, dout);
+    assert!(x.len() >= sq * din && out.len() >= sq * dout && scales.len() >= dout);
+    assert!(
+        din <= i8_exact_inputs::<E<S>>(),
+        "too many inputs for exact sums"
+    );
+    let panels = sq.div_ceil(mr);
+    let group = (pack.len() / (mr * MIN_CHUNK))
+        .clamp(1, panels)
+        .min(I8_GROUP / mr);
+    // A multiple of four inputs per chunk, so that no chunk splits a quad of rows.
+    let kc_max = (pack.len() / (group * mr)).min(WIDEN_ROWS) / 4 * 4;
+    assert!(kc_max >= 4, "pack buffer too small");
+    let max_q = E::<S>::of(127.0);
+    let (hi, lo) = (s.splat(max_q), s.splat(-max_q));
+    let mut r = [E::<S>::ZERO; I8_GROUP];
+    let mut sx = [E::<S>::ZERO; I8_GROUP];
+    let mut bad = [false; I8_GROUP];
+    let mut buf = [E::<S>::ZERO; WEIGHT_TILE * WIDEN_ROWS];
+    let full = dout / WEIGHT_TILE * WEIGHT_TILE;
+    let (a, c) = (x.as_ptr(), out.as_mut_ptr());
+    let pack = pack.as_mut_ptr();
+    let mut g0 = 0;
+    while g0 < sq {
+        let g1 = sq.min(g0 + group * mr);
+        // Each token's scales (zero past the tokens), as the reference computes them.
+        r.fill(E::<S>::ZERO);
+        let n = g1 - g0;
+        // Column by column, the group's tokens side by side (which vectorises). NaN fails
+        // `v > m`: it leaves the maximum alone, and marks its token as infinities do.
+        let mut amax = [E::<S>::ZERO; I8_GROUP];
+        bad[..n].fill(false);
+        for p in 0..din {
+            let col = &x[g0 + p * sq..g0 + p * sq + n];
+            for ((m, b), &xv) in amax[..n].iter_mut().zip(&mut bad[..n]).zip(col) {
+                let v = xv.abs_();
+                *b |= !v.is_finite_();
+                if v > *m {
+                    *m = v;
+                }
+            }
+        }
+        for i in 0..n {
+            r[i] = max_q / amax[i];
+            sx[i] = amax[i] / max_q;
+        }
+        for cc in 0..dout {
+            out[cc * sq + g0..cc * sq + g1].fill(E::<S>::ZERO);
+        }
+        let mut pc = 0;
+        while pc < din {
+            let kc = kc_max.min(din - pc);
+            let mut i0 = g0;
+            while i0 < g1 {
+                let rows = mr.min(g1 - i0);
+                let at = (i0 - g0) * kc;
+                // SAFETY: rows `i0 .. i0 + rows ≤ sq` of columns `pc .. pc + kc ≤ din` of `a`;
+                // the panel's `kc · mr` values at `(i0 − g0) · kc < group · kc · mr ≤
+                // pack.len()`; `r` holds `group · mr` values.
+                unsafe {
+                    pack_panel::<S, NV>(s, a, sq, i0, rows, pc, kc, pack.add(at));
+                    // Quantized in place: NaN to zero, within ±127, rounded ties to even.
+                    for p in 0..kc {
+                        for v in 0..NV {
+                            let cell = pack.add(at + p * mr + v * l);
+                            let t = s.mul(s.load(cell), s.load(r.as_ptr().add(i0 - g0 + v * l)));
+                            let t = s.keep(t, s.eq(t, t));
+                            let t = s.select(s.lt(t, hi), t, hi);
+                            let t = s.select(s.lt(t, lo), lo, t);
+                            s.store(cell, s.round(t));
+                        }
+                    }
+                }
+                i0 += rows;
+            }
+            let mut t0 = 0;
+            while t0 < dout {
+                let (cols, base) = if t0 < full {
+                    (WEIGHT_TILE, t0 * din)
+                } else {
+                    (dout - full, full * din)
+                };
+                // Rows `pc .. pc + kc` of the storage tile as plain rows of floats: whole quads
+                // (`pc` is a multiple of four), then the plain last rows.
+                let quads = din / 4 * 4;
+                let whole = (pc + kc).min(quads).max(pc);
+                for k in (pc..whole).step_by(4) {
+                    let src = &q[base + k * cols..base + (k + 4) * cols];
+                    let dst = &mut buf[(k - pc) * cols..(k - pc + 4) * cols];
+                    for (n, w) in src.chunks_exact(4).enumerate() {
+                        for j in 0..4 {
+                            dst[j * cols + n] = E::<S>::of(f64::from(w[j]));
+                        }
+                    }
+                }
+                for row in whole..pc + kc {
+                    let src = &q[base + row * cols..base + (row + 1) * cols];
+                    let dst = &mut buf[(row - pc) * cols..(row - pc + 1) * cols];
+                    for (d, &w) in dst.iter_mut().zip(src) {
+                        *d = E::<S>::of(f64::from(w));
+                    }
+                }
+                let mut i0 = g0;
+                while i0 < g1 {
+                    let rows = mr.min(g1 - i0);
+                    // SAFETY: inside `pack` (above).
+                    let panel = unsafe { pack.add((i0 - g0) * kc) }.cast_const();
+                    for_tiles!(cols, tile, |c0, N| {
+                        // SAFETY: rows `i0 .. i0 + rows` and columns `t0 + c0 .. + width ≤
+                        // dout` of `c` (`sq × dout`); the panel holds `kc × mr`; `buf` holds
+                        // `kc` rows of `cols ≥ c0 + width` values.
+                        unsafe {
+                            let ab = Product {
+                                a: panel,
+                                kc,
+                                b: buf.as_ptr().add(c0),
+                                stride: cols,
+                            };
+                            gemm_tile::<S, NV, N>(s, ab, bias, c, sq, i0, rows, t0 + c0, false)
+                        }
+                    });
+                    i0 += rows;
+                }
+                t0 += cols;
+            }
+            pc += kc;
+        }
+        // y = f(Σ)·((a/127)·scale) + b, as the reference rounds it; NaN for a token with a
+        // non-finite input, the bias for one whose inputs are all zero (its sum is zero).
+        for cc in 0..dout {
+            let (sc, b) = (scales[cc], bias[cc]);
+            let col = &mut out[cc * sq + g0..cc * sq + g1];
+            for ((y, &t), &nan) in col.iter_mut().zip(&sx[..n]).zip(&bad[..n]) {
+                let term = *y * (t * sc);
+                *y = if nan { E::<S>::NAN } else { term } + b;
+            }
+        }
+        g0 = g1;
+    }
+}

@@ -59,6 +59,7 @@ pub(crate) use exp::{exp_slice, fma_loop, tanh_slice};
 pub(crate) use gemm::linear;
 #[cfg(target_arch = "x86_64")]
 pub(crate) use gemm::linear_widening;
+pub(crate) use gemm::{i8_exact_inputs, linear_i8};
 pub(crate) use tiles::{attention, attention_with_weights};
 
 /// The kernel tables of one instruction set, one `$module::TABLE` per line `mod $module: …;`
@@ -93,6 +94,31 @@ macro_rules! table {
                 pack: &mut [$e],
             ) {
                 vector::linear($simd, io, s, din, w, dout, bias, pack)
+            }
+
+            /// `i8` weights on the `f32` GEMM with exact sums where it can (the outputs written,
+            /// few enough inputs, room for four columns of a panel), the reference otherwise.
+            #[allow(clippy::too_many_arguments)]
+            $(#[$attr])*
+            fn linear_i8(
+                io: LinearIo<'_, $e>,
+                s: usize,
+                din: usize,
+                q: &[i8],
+                dout: usize,
+                scales: &[$e],
+                bias: &[$e],
+                pack: &mut [$e],
+            ) {
+                match io {
+                    LinearIo::Out { x, out }
+                        if din <= vector::i8_exact_inputs::<$e>()
+                            && pack.len() >= 8 * $crate::kernels::PANEL_ROWS =>
+                    {
+                        vector::linear_i8($simd, out, x, s, din, q, dout, scales, bias, pack)
+                    }
+                    io => $crate::kernels::scalar::linear_i8(io, s, din, q, dout, scales, bias),
+                }
             }
 
             $(#[$attr])*
@@ -130,7 +156,7 @@ macro_rules! table {
                 fma_loop,
                 widen: $widen,
                 linear_bf16: None,
-                linear_i8: None,
+                linear_i8: Some(linear_i8),
                 linear_bf16_exact: None,
                 linear_widening: None,
                 attention_bf16: None,
