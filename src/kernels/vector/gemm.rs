@@ -516,12 +516,10 @@ unsafe fn gemm_core<S: Simd, const NV: usize, const N: usize>(
 
 /// Input features of a storage tile that [`linear_widening`] widens at a time: 12 × 256
 /// values (12 KiB of `f32`) on the stack.
-#[cfg(target_arch = "x86_64")] // the x86-64 tables' path only
 const WIDEN_ROWS: usize = 256;
 
 /// The fewest inputs per chunk [`linear_widening`] takes to pack more panels of tokens at a
 /// time: each chunk loads and stores every accumulator once.
-#[cfg(target_arch = "x86_64")] // the x86-64 tables' path only
 const MIN_CHUNK: usize = 32;
 
 /// [`linear`] for half-precision weights (`w`, the bits of `kind`, in the tile layout): a
