@@ -93,6 +93,8 @@ fn projections_keep_the_contract_on_every_kernel() {
         worst = worst.max(check::<33, 67, 29>(seed, scale));
         worst = worst.max(check::<40, 256, 36>(seed, scale));
         worst = worst.max(check::<5, 600, 70>(seed, scale));
+        // Past the 1 040 inputs the f32 GEMM sums exactly: the reference there.
+        worst = worst.max(check::<3, 1100, 13>(seed, scale));
     }
     println!("worst error / contract bound: {worst:.3}");
     assert!(worst > 0.0, "the quantization should show");
