@@ -105,10 +105,12 @@ pub enum Kernel {
     /// or 8 `f64` lanes, with micro-tiles twice as wide (32 vector registers); `bf16` weights
     /// are widened to `f32` in registers as the micro-kernel broadcasts them.
     Avx512,
-    /// x86-64 AVX-512F with AVX512-BF16 and AVX512-BW: [`Kernel::Avx512`], except that layers
-    /// with `bf16` weights compute their projections in `bf16` products (`vdpbf16ps`, summed
-    /// in `f32`) at twice the `f32` rate, their inputs rounded to `bf16` (see
-    /// [`crate::Weight`] for the accuracy this gives). Everything else is [`Kernel::Avx512`]'s.
+    /// x86-64 AVX-512F with AVX512-BF16, AVX512-BW and AVX512-VNNI (every CPU with BF16 has
+    /// VNNI): [`Kernel::Avx512`], except that layers with `bf16` weights compute their
+    /// projections in `bf16` products (`vdpbf16ps`, summed in `f32`) at twice the `f32` rate,
+    /// their inputs rounded to `bf16` (see [`crate::Weight`] for the accuracy this gives), and
+    /// layers with `i8` weights theirs in `i8` products (`vpdpbusd`, exact `i32` sums).
+    /// Everything else is [`Kernel::Avx512`]'s.
     Avx512Bf16,
     /// aarch64 NEON with the BF16 extension (FEAT_BF16: Neoverse V1/N2 and later, Apple M2
     /// and later): [`Kernel::Neon`], except that layers with `bf16` weights compute their
@@ -179,7 +181,7 @@ impl Kernel {
 }
 
 /// The best kernel this build and CPU support: [`Kernel::Avx512Bf16`] on x86-64 with
-/// AVX-512F, AVX512-BF16 and AVX512-BW, else [`Kernel::Avx512`] with AVX-512F and
+/// AVX-512F, AVX512-BF16, AVX512-BW and AVX512-VNNI, else [`Kernel::Avx512`] with AVX-512F and
 /// AVX512-BW, else
 /// [`Kernel::Avx2Fma`] with AVX2 and FMA; [`Kernel::NeonBf16`] on aarch64 with the BF16
 /// extension, else [`Kernel::Neon`]; else

@@ -45,9 +45,9 @@ pub(crate) fn avx512_available() -> bool {
     remembered(&SEEN, || probe_avx512() && avx2_available())
 }
 
-/// Whether the CPU runs AVX512-BF16 and AVX512-BW besides everything [`avx512_available`]
-/// asks for (detected once, then remembered): the `bf16` projections of
-/// [`Kernel::Avx512Bf16`].
+/// Whether the CPU runs AVX512-BF16, AVX512-BW and AVX512-VNNI besides everything
+/// [`avx512_available`] asks for (detected once, then remembered): the `bf16` and `i8`
+/// projections of [`Kernel::Avx512Bf16`].
 pub(crate) fn avx512_bf16_available() -> bool {
     static SEEN: AtomicU8 = AtomicU8::new(0);
     remembered(&SEEN, || probe_avx512_bf16() && avx512_available())
