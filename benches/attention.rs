@@ -428,6 +428,17 @@ fn half_case<const S: usize, const D: usize, const H: usize>(c: &mut Criterion) 
             })
             .expect("runs");
         });
+        with_kernel(k, || q8.forward_into(&x, &none, &mut scratch, &mut out)).expect("runs");
+        assert!(
+            max_diff(&out, &twin) <= 2f64.powi(-5) * f64::from(twin.amax()),
+            "i8 layer on AVX2 vs f32"
+        );
+        group.bench_function(BenchmarkId::new("i8_avx2", &param), |b| {
+            with_kernel(k, || {
+                b.iter(|| q8.forward_into(black_box(&*x), &none, &mut scratch, &mut out));
+            })
+            .expect("runs");
+        });
     }
     group.finish();
 }

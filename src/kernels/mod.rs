@@ -71,6 +71,8 @@ mod bf16_widen;
 mod float;
 #[cfg(target_arch = "x86_64")]
 mod int8;
+#[cfg(target_arch = "x86_64")]
+mod int8_avx2;
 pub(crate) mod layout;
 pub(crate) mod math;
 pub(crate) mod pattern;
@@ -387,6 +389,10 @@ pub fn i8_dot_loop(rounds: usize) -> Option<(u64, i32)> {
         // SAFETY: `selected` names only kernels the CPU runs, and this one has AVX512-VNNI,
         // AVX512-BW and AVX-512F, the loop's features.
         Kernel::Avx512Bf16 => Some(unsafe { int8::dot_loop(rounds) }),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `selected` names only kernels the CPU runs, and both have AVX2, the loop's
+        // feature.
+        Kernel::Avx2Fma | Kernel::Avx512 => Some(unsafe { int8_avx2::dot_loop(rounds) }),
         _ => None,
     }
 }

@@ -629,6 +629,116 @@ fn check_linear<T: Float>(
     }
 }
 
+/// `i8` weights on every kernel: the outputs of `Table::linear` bit for bit those of the
+/// scalar reference (`i8` weights are for `f32` layers), for odd sizes (inputs not a multiple of four, every
+/// storage-tile width, partial panels), inputs split into chunks and tokens into groups by
+/// packs from the smallest the table takes to a large one, more tokens than one group holds,
+/// input scales from `1e-30` to `1e30`, zero inputs, a token of zeros and one with a
+/// non-finite input.
+#[test]
+fn i8_projections_match_the_scalar_kernel_bit_for_bit() {
+    let shapes: &[(usize, usize, usize)] = if cfg!(miri) {
+        &[(3, 5, 13), (17, 9, 7)]
+    } else {
+        &[
+            (1, 1, 1),
+            (3, 5, 13),
+            (16, 4, 12),
+            (17, 9, 7),
+            (33, 255, 25),
+            (40, 257, 30),
+            (5, 600, 70),
+            (300, 37, 13),
+            (530, 6, 5),
+        ]
+    };
+    for kernel in fast_kernels() {
+        for (case, &(s, din, dout)) in shapes.iter().enumerate() {
+            let seed = case as u64 * 7;
+            let q: Vec<i8> = values(seed, din * dout, 127.49)
+                .iter()
+                .map(|&v| v.round() as i8)
+                .collect();
+            let mut w = std::vec![0i8; din * dout];
+            for c in 0..dout {
+                for d in 0..din {
+                    let at = super::layout::weight_index(crate::WeightKind::I8, c, d, din, dout);
+                    w[at] = q[c * din + d];
+                }
+            }
+            let scales: Vec<f64> = values(seed + 1, dout, 0.01)
+                .iter()
+                .map(|v| v.abs())
+                .collect();
+            let bias = values(seed + 2, dout, 1.0);
+            for scale in [1.0, 1e-30, 1e30] {
+                let mut x = values(seed + 3, s * din, scale);
+                // Zero inputs, a token of zeros and (with two tokens or more) an infinite input.
+                for (i, v) in x.iter_mut().enumerate() {
+                    if i % 5 == 2 {
+                        *v = 0.0;
+                    }
+                }
+                for d in 0..din {
+                    x[s / 2 + d * s] = 0.0;
+                }
+                if s > 1 {
+                    x[s - 1 + (din - 1) * s] = f64::INFINITY;
+                }
+                let gemv = 2 * WEIGHT_TILE * din + 2 * MQ_MAX;
+                for pack_len in [
+                    2 * PANEL_ROWS,
+                    7 * PANEL_ROWS + 3,
+                    din * PANEL_ROWS,
+                    gemv,
+                    1 << 16,
+                ] {
+                    let what = format!(
+                        "{} {s}×{din}→{dout} pack {pack_len} scale {scale}",
+                        kernel.name()
+                    );
+                    check_i8(
+                        kernel,
+                        (&x, &w, &scales, &bias),
+                        (s, din, dout),
+                        pack_len,
+                        &what,
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// [`i8_projections_match_the_scalar_kernel_bit_for_bit`]'s comparison.
+fn check_i8(
+    kernel: Kernel,
+    (x, w, scales, bias): (&[f64], &[i8], &[f64], &[f64]),
+    (s, din, dout): (usize, usize, usize),
+    pack_len: usize,
+    what: &str,
+) {
+    type T = f32;
+    let (x, scales, bias) = (cast::<T>(x), cast::<T>(scales), cast::<T>(bias));
+    let run = |kernel: Kernel| {
+        let mut out = std::vec![T::NAN; s * dout];
+        let mut pack = std::vec![T::ZERO; pack_len];
+        let io = LinearIo::Out {
+            x: &x,
+            out: &mut out,
+        };
+        table::<T>(kernel).linear(io, s, din, w, dout, &bias, &scales, &mut pack);
+        out
+    };
+    let (got, want) = (run(kernel), run(Kernel::Scalar));
+    for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+        assert!(
+            g.to_f64().to_bits() == e.to_f64().to_bits(),
+            "{what}: output {i}: {g:?} ≠ {e:?}"
+        );
+    }
+}
+
 /// `bf16` weights on every kernel, against the accuracy contract of `crate::Weight`: with
 /// `M = Σ_p |x_p·w_p| + |b|` (or `+ |out|` when adding), every output is within
 /// `(u + (1 + u)·γ(din + 1))·M + η` of the exact `Σ x_p·w_p + b` (`u = 2⁻⁸`, `γ(n) = n·2⁻²³ /

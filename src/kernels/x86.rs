@@ -18,7 +18,7 @@ use core::sync::atomic::{AtomicU8, Ordering};
 use super::args::LinearIo;
 use super::simd::simd_impls;
 use super::table::{Table, widen_bf16_paired, widen_portable};
-use super::{Kernel, bf16, bf16_widen, int8, vector};
+use super::{Kernel, bf16, bf16_widen, int8, int8_avx2, vector};
 use crate::weight::WeightKind;
 
 /// Proof that the CPU runs AVX2, FMA and F16C (zero-sized; made only where they are known to
@@ -325,6 +325,7 @@ pub(crate) unsafe fn avx512_f32() -> Avx512F32 {
 /// (`vector::linear_widening`).
 static AVX2_F32: Table<f32> = Table {
     linear_bf16_exact: Some(bf16_widen::linear_avx2),
+    linear_i8: Some(int8_avx2::linear),
     linear_widening: Some(avx2_linear_widening),
     ..avx2_f32::TABLE
 };
