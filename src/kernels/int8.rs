@@ -27,6 +27,9 @@ use super::layout::WEIGHT_TILE;
 const L: usize = 16;
 /// Tokens per panel (two vectors).
 const MR: usize = 2 * L;
+/// Features whose compensations are computed together (a multiple of the storage tile; 6 KiB
+/// of stack).
+const SUM_BLOCK: usize = 128 * WEIGHT_TILE;
 
 /// `out[s × dout] = x[s × din] · Wᵀ + b` with `i8` weights `q` (rows in fours) and one scale
 /// per feature, as `scalar::linear_i8` computes it. Takes `LinearIo::Out` only, `din > 0`,
@@ -54,58 +57,120 @@ pub(super) fn linear(
     let pack: &mut [u32] = bytemuck::cast_slice_mut(pack);
     let quads = din.div_ceil(4);
     let full = dout / WEIGHT_TILE * WEIGHT_TILE;
-    let mut i0 = 0;
-    while i0 < s {
-        let rows = MR.min(s - i0);
-        let masks = [row_mask(rows.min(L)), row_mask(rows.saturating_sub(L))];
-        // SAFETY: rows `i0 .. i0 + rows ≤ s` of the `s × din` column-major `x`.
-        let tokens = unsafe { token_scales(x.as_ptr(), s, din, i0, masks) };
-        let mut qc = 0;
-        while qc < quads {
-            let nq = max_quads.min(quads - qc);
-            // SAFETY: rows `i0 ..` (masked) of inputs `4qc .. min(4(qc + nq), din)`; `nq · MR`
-            // words of `pack`.
-            unsafe {
-                pack_panel(
-                    x.as_ptr(),
-                    s,
-                    din,
-                    i0,
-                    masks,
-                    &tokens,
-                    qc,
-                    nq,
-                    pack.as_mut_ptr(),
-                )
-            };
-            let last = qc + nq == quads;
-            let mut t0 = 0;
-            while t0 < dout {
-                let width = if t0 < full { WEIGHT_TILE } else { dout - full };
-                let tile = Tile {
-                    a: pack.as_ptr(),
-                    qc,
-                    nq,
-                    // SAFETY: the tile of features `t0 ..` is `din · width` bytes at `t0 · din`.
-                    b: unsafe { q.as_ptr().add(t0 * din) },
-                    width,
-                    din,
-                    i0,
-                    j0: t0,
-                    first: qc == 0,
-                    last,
-                    masks,
-                };
-                // SAFETY: the tile's operands lie inside `pack`, `q`, `scales`, `bias` and
-                // `out` (see `Tile`).
-                unsafe {
-                    strip(tile, &tokens, scales, bias, out.as_mut_ptr(), s);
-                }
-                t0 += width;
-            }
-            qc += nq;
+    // Features a block at a time, each block's compensations computed once.
+    let mut comp = [0i32; SUM_BLOCK];
+    let mut f0 = 0;
+    while f0 < dout {
+        let f1 = dout.min(f0 + SUM_BLOCK);
+        let mut t0 = f0;
+        while t0 < f1 {
+            let width = if t0 < full { WEIGHT_TILE } else { dout - full };
+            compensation(
+                &q[t0 * din..(t0 + width) * din],
+                width,
+                din,
+                &mut comp[t0 - f0..],
+            );
+            t0 += width;
         }
-        i0 += rows;
+        let mut i0 = 0;
+        while i0 < s {
+            let rows = MR.min(s - i0);
+            let masks = [row_mask(rows.min(L)), row_mask(rows.saturating_sub(L))];
+            // SAFETY: rows `i0 .. i0 + rows ≤ s` of the `s × din` column-major `x`.
+            let tokens = unsafe { token_scales(x.as_ptr(), s, din, i0, masks) };
+            let mut qc = 0;
+            while qc < quads {
+                let nq = max_quads.min(quads - qc);
+                // SAFETY: rows `i0 ..` (masked) of inputs `4qc .. min(4(qc + nq), din)`; `nq · MR`
+                // words of `pack`.
+                unsafe {
+                    pack_panel(
+                        x.as_ptr(),
+                        s,
+                        din,
+                        i0,
+                        masks,
+                        &tokens,
+                        qc,
+                        nq,
+                        pack.as_mut_ptr(),
+                    )
+                };
+                let last = qc + nq == quads;
+                let mut t0 = f0;
+                while t0 < f1 {
+                    let width = if t0 < full { WEIGHT_TILE } else { dout - full };
+                    let tile = Tile {
+                        a: pack.as_ptr(),
+                        qc,
+                        nq,
+                        // SAFETY: the tile of features `t0 ..` is `din · width` bytes at `t0 · din`.
+                        b: unsafe { q.as_ptr().add(t0 * din) },
+                        comp: &comp[t0 - f0..t0 - f0 + width],
+                        width,
+                        din,
+                        i0,
+                        j0: t0,
+                        first: qc == 0,
+                        last,
+                        masks,
+                    };
+                    // SAFETY: the tile's operands lie inside `pack`, `q`, `scales`, `bias` and
+                    // `out` (see `Tile`).
+                    unsafe {
+                        strip(tile, &tokens, scales, bias, out.as_mut_ptr(), s);
+                    }
+                    t0 += width;
+                }
+                qc += nq;
+            }
+            i0 += rows;
+        }
+        f0 = f1;
+    }
+}
+
+/// `−128 · Σ_p w_np` of each feature `n` of a storage tile (`width` features, `din` rows:
+/// whole quads of rows as words of four bytes, then `din mod 4` plain rows) into `comp`:
+/// what the unsigned offset of the activations adds, taken back out. Summed with `vpdpbusd`
+/// of bytes of one, four chains apart.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn compensation(tile: &[i8], width: usize, din: usize, comp: &mut [i32]) {
+    let whole = din / 4;
+    let lanes = row_mask(width);
+    let ones = _mm512_set1_epi8(1);
+    let word = |q: usize| {
+        assert!(4 * (q + 1) * width <= tile.len());
+        // SAFETY: quad `q`'s `width` words, inside `tile` (checked); the other lanes are
+        // masked off.
+        unsafe { _mm512_maskz_loadu_epi32(lanes, tile.as_ptr().add(4 * q * width).cast()) }
+    };
+    let zero = _mm512_setzero_si512();
+    let (mut a0, mut a1, mut a2, mut a3) = (zero, zero, zero, zero);
+    let mut q = 0;
+    while q + 4 <= whole {
+        a0 = _mm512_dpbusd_epi32(a0, ones, word(q));
+        a1 = _mm512_dpbusd_epi32(a1, ones, word(q + 1));
+        a2 = _mm512_dpbusd_epi32(a2, ones, word(q + 2));
+        a3 = _mm512_dpbusd_epi32(a3, ones, word(q + 3));
+        q += 4;
+    }
+    while q < whole {
+        a0 = _mm512_dpbusd_epi32(a0, ones, word(q));
+        q += 1;
+    }
+    let total = _mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3));
+    let mut sums = [0i32; L];
+    // SAFETY: `sums` holds one vector.
+    unsafe { _mm512_storeu_si512(sums.as_mut_ptr().cast(), total) };
+    for p in 4 * whole..din {
+        for n in 0..width {
+            sums[n] += i32::from(tile[p * width + n]);
+        }
+    }
+    for n in 0..width {
+        comp[n] = sums[n].wrapping_mul(-128);
     }
 }
 
@@ -138,25 +203,24 @@ unsafe fn token_scales(
     i0: usize,
     masks: [__mmask16; 2],
 ) -> Tokens {
-    let abs = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fff_ffff));
-    let inf = _mm512_set1_ps(f32::INFINITY);
-    let mut amax = [_mm512_setzero_ps(); 2];
-    let mut bad = [0 as __mmask16; 2];
+    // The largest `|x|` as the largest bit pattern of the inputs without their signs (the
+    // same order for every finite value and infinity); a NaN or an infinity is a pattern of
+    // at least the infinity's.
+    let abs = _mm512_set1_epi32(0x7fff_ffff);
+    let mut bits = [_mm512_setzero_si512(); 2];
     // SAFETY: masked reads of the caller's rows, column by column.
     unsafe {
         for p in 0..din {
             let col = x.add(i0 + p * s);
             for v in 0..2 {
-                let a = _mm512_and_ps(
-                    _mm512_maskz_loadu_ps(masks[v], col.wrapping_add(v * L)),
-                    abs,
-                );
-                // NaN and infinities: not less than infinity.
-                bad[v] |= !_mm512_cmp_ps_mask::<_CMP_LT_OQ>(a, inf) & masks[v];
-                amax[v] = _mm512_max_ps(amax[v], a);
+                let a = _mm512_maskz_loadu_epi32(masks[v], col.wrapping_add(v * L).cast());
+                bits[v] = _mm512_max_epu32(bits[v], _mm512_and_si512(a, abs));
             }
         }
     }
+    let inf = _mm512_set1_epi32(f32::INFINITY.to_bits() as i32);
+    let bad = [0, 1].map(|v| _mm512_cmpge_epu32_mask(bits[v], inf) & masks[v]);
+    let amax = bits.map(|b| _mm512_castsi512_ps(b));
     let q = _mm512_set1_ps(127.0);
     let zero = amax.map(|a| _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(a, _mm512_setzero_ps()));
     Tokens {
@@ -227,11 +291,13 @@ unsafe fn pack_panel(
 /// otherwise from the partial sums stored in `out`. `last`: the epilogue writes the outputs;
 /// otherwise the partial `i32` sums are stored in `out`'s place.
 #[derive(Clone, Copy)]
-struct Tile {
+struct Tile<'a> {
     a: *const u32,
     qc: usize,
     nq: usize,
     b: *const i8,
+    /// The tile's features' compensations (`compensation`).
+    comp: &'a [i32],
     width: usize,
     din: usize,
     i0: usize,
@@ -246,7 +312,14 @@ struct Tile {
 /// # Safety
 /// As [`Tile`] describes; `out` is `s × dout` (column-major) with `j0 + width ≤ dout`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn strip(t: Tile, tokens: &Tokens, scales: &[f32], bias: &[f32], out: *mut f32, s: usize) {
+unsafe fn strip(
+    t: Tile<'_>,
+    tokens: &Tokens,
+    scales: &[f32],
+    bias: &[f32],
+    out: *mut f32,
+    s: usize,
+) {
     // SAFETY: the caller's contract, passed on.
     unsafe {
         match t.width {
@@ -274,7 +347,7 @@ unsafe fn strip(t: Tile, tokens: &Tokens, scales: &[f32], bias: &[f32], out: *mu
 /// As [`strip`], with `N == t.width`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn micro<const N: usize>(
-    t: Tile,
+    t: Tile<'_>,
     tokens: &Tokens,
     scales: &[f32],
     bias: &[f32],
@@ -293,24 +366,8 @@ unsafe fn micro<const N: usize>(
     // masked reads and writes of the outputs' rows.
     unsafe {
         if t.first {
-            // −128 · Σ_p w_np over the whole tile: `vpdpbusd` of bytes of one with the
-            // weights, a word of each quad row at a time, then the plain rows.
-            let mut sums = [0i32; 16];
-            let ones = _mm512_set1_epi8(1);
-            let lanes = row_mask(N);
-            let mut acc = _mm512_setzero_si512();
-            for q in 0..whole {
-                let w = _mm512_maskz_loadu_epi32(lanes, t.b.add(4 * q * t.width).cast());
-                acc = _mm512_dpbusd_epi32(acc, ones, w);
-            }
-            _mm512_storeu_si512(sums.as_mut_ptr().cast(), acc);
-            for p in 4 * whole..t.din {
-                for n in 0..N {
-                    sums[n] += i32::from(*t.b.add(p * t.width + n));
-                }
-            }
             for n in 0..N {
-                a0[n] = _mm512_set1_epi32(-128 * sums[n]);
+                a0[n] = _mm512_set1_epi32(t.comp[n]);
                 a1[n] = a0[n];
             }
         } else {
@@ -379,7 +436,7 @@ unsafe fn micro<const N: usize>(
 /// As [`micro`].
 #[inline(always)]
 unsafe fn quads<const N: usize>(
-    t: Tile,
+    t: Tile<'_>,
     q_end: usize,
     a0: [__m512i; N],
     a1: [__m512i; N],

@@ -633,7 +633,7 @@ fn check_linear<T: Float>(
 /// scalar reference (`i8` weights are for `f32` layers), for odd sizes (inputs not a multiple of four, every
 /// storage-tile width, partial panels), inputs split into chunks and tokens into groups by
 /// packs from the smallest the table takes to a large one, more tokens than one group holds,
-/// input scales from `1e-30` to `1e30`, zero inputs, a token of zeros and one with a
+/// input scales from `1e-38` (where `127 / max |x|` overflows) to `1e30`, zero inputs, a token of zeros and one with a
 /// non-finite input.
 #[test]
 fn i8_projections_match_the_scalar_kernel_bit_for_bit() {
@@ -671,7 +671,7 @@ fn i8_projections_match_the_scalar_kernel_bit_for_bit() {
                 .map(|v| v.abs())
                 .collect();
             let bias = values(seed + 2, dout, 1.0);
-            for scale in [1.0, 1e-30, 1e30] {
+            for scale in [1.0, 1e-30, 1e-38, 1e30] {
                 let mut x = values(seed + 3, s * din, scale);
                 // Zero inputs, a token of zeros and (with two tokens or more) an infinite input.
                 for (i, v) in x.iter_mut().enumerate() {
