@@ -390,9 +390,14 @@ pub fn i8_dot_loop(rounds: usize) -> Option<(u64, i32)> {
         // AVX512-BW and AVX-512F, the loop's features.
         Kernel::Avx512Bf16 => Some(unsafe { int8::dot_loop(rounds) }),
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `selected` names only kernels the CPU runs, and both have AVX2, the loop's
-        // feature.
-        Kernel::Avx2Fma | Kernel::Avx512 => Some(unsafe { int8_avx2::dot_loop(rounds) }),
+        Kernel::Avx2Fma if x86::avx_vnni_available() => {
+            // SAFETY: AVX-VNNI was detected, and AVX2 (the kernel has it).
+            Some(unsafe { int8_avx2::dot_loop_quads(rounds) })
+        }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `selected` names only kernels the CPU runs, and this one has AVX2, the
+        // loop's feature.
+        Kernel::Avx2Fma => Some(unsafe { int8_avx2::dot_loop_pairs(rounds) }),
         _ => None,
     }
 }

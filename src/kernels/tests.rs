@@ -652,7 +652,38 @@ fn i8_projections_match_the_scalar_kernel_bit_for_bit() {
             (530, 6, 5),
         ]
     };
-    for kernel in fast_kernels() {
+    // Every kernel's table, and on x86 each AVX2 form by itself (the table takes the AVX-VNNI
+    // one where the CPU has it).
+    let mut forms: Vec<(String, I8Projection)> = fast_kernels()
+        .map(|k| {
+            let f: I8Projection = std::boxed::Box::new(move |io, s, din, w, dout, sc, b, pack| {
+                table::<f32>(k).linear(io, s, din, w, dout, b, sc, pack);
+            });
+            (k.name().into(), f)
+        })
+        .collect();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if super::x86::avx2_available() {
+            forms.push((
+                "avx2 pairs".into(),
+                // SAFETY: the CPU runs AVX2 (checked).
+                std::boxed::Box::new(|io, s, din, w, dout, sc, b, pack| unsafe {
+                    super::int8_avx2::linear(io, s, din, w, dout, sc, b, pack);
+                }),
+            ));
+        }
+        if super::x86::avx_vnni_available() {
+            forms.push((
+                "avx-vnni quads".into(),
+                // SAFETY: the CPU runs AVX2 and AVX-VNNI (checked).
+                std::boxed::Box::new(|io, s, din, w, dout, sc, b, pack| unsafe {
+                    super::int8_avx2::linear_vnni(io, s, din, w, dout, sc, b, pack);
+                }),
+            ));
+        }
+    }
+    for (name, project) in &forms {
         for (case, &(s, din, dout)) in shapes.iter().enumerate() {
             let seed = case as u64 * 7;
             let q: Vec<i8> = values(seed, din * dout, 127.49)
@@ -693,12 +724,9 @@ fn i8_projections_match_the_scalar_kernel_bit_for_bit() {
                     gemv,
                     1 << 16,
                 ] {
-                    let what = format!(
-                        "{} {s}×{din}→{dout} pack {pack_len} scale {scale}",
-                        kernel.name()
-                    );
+                    let what = format!("{name} {s}×{din}→{dout} pack {pack_len} scale {scale}");
                     check_i8(
-                        kernel,
+                        project,
                         (&x, &w, &scales, &bias),
                         (s, din, dout),
                         pack_len,
@@ -712,7 +740,7 @@ fn i8_projections_match_the_scalar_kernel_bit_for_bit() {
 
 /// [`i8_projections_match_the_scalar_kernel_bit_for_bit`]'s comparison.
 fn check_i8(
-    kernel: Kernel,
+    project: &I8Projection,
     (x, w, scales, bias): (&[f64], &[i8], &[f64], &[f64]),
     (s, din, dout): (usize, usize, usize),
     pack_len: usize,
@@ -720,17 +748,20 @@ fn check_i8(
 ) {
     type T = f32;
     let (x, scales, bias) = (cast::<T>(x), cast::<T>(scales), cast::<T>(bias));
-    let run = |kernel: Kernel| {
+    let run = |project: &I8Projection| {
         let mut out = std::vec![T::NAN; s * dout];
         let mut pack = std::vec![T::ZERO; pack_len];
         let io = LinearIo::Out {
             x: &x,
             out: &mut out,
         };
-        table::<T>(kernel).linear(io, s, din, w, dout, &bias, &scales, &mut pack);
+        project(io, s, din, w, dout, &scales, &bias, &mut pack);
         out
     };
-    let (got, want) = (run(kernel), run(Kernel::Scalar));
+    let scalar: I8Projection = std::boxed::Box::new(|io, s, din, w, dout, sc, b, pack| {
+        table::<f32>(Kernel::Scalar).linear(io, s, din, w, dout, b, sc, pack);
+    });
+    let (got, want) = (run(project), run(&scalar));
     for (i, (g, e)) in got.iter().zip(&want).enumerate() {
         assert!(
             g.to_f64().to_bits() == e.to_f64().to_bits(),
@@ -738,6 +769,11 @@ fn check_i8(
         );
     }
 }
+
+/// An `i8` projection `(io, s, din, weights, dout, scales, bias, pack)`.
+type I8Projection = std::boxed::Box<
+    dyn Fn(LinearIo<'_, f32>, usize, usize, &[i8], usize, &[f32], &[f32], &mut [f32]),
+>;
 
 /// `bf16` weights on every kernel, against the accuracy contract of `crate::Weight`: with
 /// `M = Σ_p |x_p·w_p| + |b|` (or `+ |out|` when adding), every output is within

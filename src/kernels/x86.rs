@@ -53,6 +53,14 @@ pub(crate) fn avx512_bf16_available() -> bool {
     remembered(&SEEN, || probe_avx512_bf16() && avx512_available())
 }
 
+/// Whether the CPU runs AVX-VNNI (`vpdpbusd` on 256 bits) besides everything
+/// [`avx2_available`] asks for (detected once, then remembered): the `i8` projections of
+/// [`Kernel::Avx2Fma`] use it where it is there.
+pub(crate) fn avx_vnni_available() -> bool {
+    static SEEN: AtomicU8 = AtomicU8::new(0);
+    remembered(&SEEN, || avx2_available() && probe_avx_vnni())
+}
+
 /// `probe()`, run once and remembered in `seen` (0 = not yet, 1 = no, 2 = yes): detection can
 /// be slow (CPUID traps to the hypervisor in a virtual machine).
 fn remembered(seen: &AtomicU8, probe: fn() -> bool) -> bool {
@@ -84,6 +92,22 @@ fn probe_avx512_bf16() -> bool {
     std::is_x86_feature_detected!("avx512bf16")
         && std::is_x86_feature_detected!("avx512bw")
         && std::is_x86_feature_detected!("avx512vnni")
+}
+
+#[cfg(feature = "std")]
+fn probe_avx_vnni() -> bool {
+    std::is_x86_feature_detected!("avxvnni")
+}
+
+#[cfg(not(feature = "std"))]
+fn probe_avx_vnni() -> bool {
+    if cfg!(target_feature = "avxvnni") {
+        return true;
+    }
+    // Asked only after AVX2 was found (so CPUID leaf 7 exists): AVX-VNNI is leaf 7, sub-leaf
+    // 1, EAX bit 4 (sub-leaf 1 exists when sub-leaf 0's EAX, the highest sub-leaf, is at
+    // least 1).
+    __cpuid_count(7, 0).eax >= 1 && __cpuid_count(7, 1).eax & (1 << 4) != 0
 }
 
 #[cfg(not(feature = "std"))]
@@ -330,6 +354,13 @@ static AVX2_F32: Table<f32> = Table {
     ..avx2_f32::TABLE
 };
 
+/// [`Kernel::Avx2Fma`]'s `f32` table on a CPU with AVX-VNNI: [`AVX2_F32`], with the `i8`
+/// projections in `vpdpbusd`.
+static AVX2_VNNI_F32: Table<f32> = Table {
+    linear_i8: Some(int8_avx2::linear_vnni),
+    ..AVX2_F32
+};
+
 /// [`Kernel::Avx512`]'s `f32` table: the generic kernels, with `bf16` weights widened in
 /// registers (`bf16_widen.rs`, which needs AVX512-BW; the kernel requires it) and `f16`
 /// weights per storage tile and panel (`vector::linear_widening`).
@@ -394,6 +425,7 @@ pub(crate) unsafe fn table_f32(kernel: Kernel) -> &'static Table<f32> {
     match kernel {
         Kernel::Avx512Bf16 => &AVX512_BF16_F32,
         Kernel::Avx512 => &AVX512_F32,
+        _ if avx_vnni_available() => &AVX2_VNNI_F32,
         _ => &AVX2_F32,
     }
 }
