@@ -98,14 +98,17 @@ pub enum Kernel {
     Scalar,
     /// x86-64 AVX2 + FMA (with F16C for half-precision weights): 8 `f32` or 4 `f64` lanes,
     /// register-blocked micro-kernels and a vectorised `exp`; `bf16` weights are widened to
-    /// `f32` in registers as the micro-kernel broadcasts them.
+    /// `f32` in registers as the micro-kernel broadcasts them; `i8` weights multiply as
+    /// 16-bit integer pairs (`vpmaddwd`, exact `i32` sums) or, where the CPU has AVX-VNNI
+    /// (detected once), as bytes (`vpdpbusd` on 256 bits).
     Avx2Fma,
     /// aarch64 NEON: the same kernels on 4 `f32` or 2 `f64` lanes, 12-wide micro-tiles (32
     /// registers). Part of the aarch64 baseline, so always chosen there.
     Neon,
     /// x86-64 AVX-512F and AVX512-BW (with AVX2, FMA and F16C): the same kernels on 16 `f32`
     /// or 8 `f64` lanes, with micro-tiles twice as wide (32 vector registers); `bf16` weights
-    /// are widened to `f32` in registers as the micro-kernel broadcasts them.
+    /// are widened to `f32` in registers as the micro-kernel broadcasts them; `i8` weights
+    /// multiply as [`Kernel::Avx2Fma`]'s 16-bit pairs.
     Avx512,
     /// x86-64 AVX-512F with AVX512-BF16, AVX512-BW and AVX512-VNNI (every CPU with BF16 has
     /// VNNI): [`Kernel::Avx512`], except that layers with `bf16` weights compute their
@@ -376,10 +379,12 @@ pub fn bf16_dot_loop(rounds: usize) -> Option<(u64, f32)> {
     }
 }
 
-/// The core's `i8` dot-product peak loop: `rounds` rounds of 12 independent `vpdpbusd`
-/// (`u8 × i8` products summed in `i32`) where the selected kernel has them
-/// ([`Kernel::Avx512Bf16`], which requires AVX512-VNNI), as `(operations, checksum)`
-/// (each product and its addition counted as two operations); `None` elsewhere.
+/// The core's `i8` dot-product peak loop of the selected kernel's `i8` projections: `rounds`
+/// rounds of 12 independent products on whole vectors, as `(operations, checksum)` (each
+/// product and its addition counted as two operations): `vpdpbusd` on 512 bits
+/// ([`Kernel::Avx512Bf16`], which requires AVX512-VNNI) or on 256 bits ([`Kernel::Avx2Fma`]
+/// with AVX-VNNI), or `vpmaddwd` with `vpaddd` (16-bit pairs: [`Kernel::Avx2Fma`] without
+/// AVX-VNNI, [`Kernel::Avx512`]); `None` elsewhere.
 #[must_use]
 pub fn i8_dot_loop(rounds: usize) -> Option<(u64, i32)> {
     #[cfg(not(target_arch = "x86_64"))]
@@ -395,9 +400,9 @@ pub fn i8_dot_loop(rounds: usize) -> Option<(u64, i32)> {
             Some(unsafe { int8_avx2::dot_loop_quads(rounds) })
         }
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `selected` names only kernels the CPU runs, and this one has AVX2, the
-        // loop's feature.
-        Kernel::Avx2Fma => Some(unsafe { int8_avx2::dot_loop_pairs(rounds) }),
+        // SAFETY: `selected` names only kernels the CPU runs, and both have AVX2, the loop's
+        // feature.
+        Kernel::Avx2Fma | Kernel::Avx512 => Some(unsafe { int8_avx2::dot_loop_pairs(rounds) }),
         _ => None,
     }
 }
