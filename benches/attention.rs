@@ -334,10 +334,17 @@ fn peak_case(c: &mut Criterion) {
                 .expect("supported");
         });
     }
-    if let Some((ops, _)) = kernels::i8_dot_loop(1) {
+    // The i8 projections' product on each kernel that has one (AVX2: `vpmaddwd` pairs, or
+    // 256-bit `vpdpbusd` with AVX-VNNI).
+    for (name, kernel) in kernels() {
+        let Some((ops, _)) = with_kernel(kernel, || kernels::i8_dot_loop(1)).expect("supported")
+        else {
+            continue;
+        };
         group.throughput(Throughput::Elements(ops * ROUNDS as u64));
-        group.bench_function(BenchmarkId::new("simd", "i8_dot"), |b| {
-            b.iter(|| kernels::i8_dot_loop(black_box(ROUNDS)));
+        group.bench_function(BenchmarkId::new(name, "i8_dot"), |b| {
+            with_kernel(kernel, || b.iter(|| kernels::i8_dot_loop(black_box(ROUNDS))))
+                .expect("supported");
         });
     }
     if let Some((flops, _)) = kernels::bf16_dot_loop(1) {

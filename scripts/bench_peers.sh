@@ -27,7 +27,7 @@
 #                                                       4*SEQ^2*DIM FLOPs
 #   layer/simd_2threads/512x512x8                       the same, `rayon` feature, 2 threads
 #   batch/{simd,scalar}/32x16x64x4                      32 sequences through the 16x64x4 layer
-#   half/{f32,bf16,bf16_widened,f16,f32_avx2,bf16_avx2,f16_avx2}/{128x256x8,512x512x8}
+#   half/{f32,bf16,bf16_widened,f16,i8,f32_avx2,bf16_avx2,f16_avx2,i8_avx2}/{128x256x8,512x512x8}
 #                                                       the layer with f32, bf16 (bf16
 #                                                       products where the kernel has them),
 #                                                       bf16 widened and f16 weights; torch:
@@ -289,6 +289,18 @@ def ours(group, function, param):
     return ns / 1e3
 
 
+def rate(group, function, param):
+    """Criterion's throughput over its median, in giga-elements per second, or None."""
+    median = ours(group, function, param)
+    path = os.path.join(CRITERION_DIR, group, function, param, "new", "benchmark.json")
+    try:
+        with open(path) as f:
+            elements = json.load(f)["throughput"]["Elements"]
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+    return elements / (median * 1e3) if median else None
+
+
 # The peers' results, {(peer, threads, id): median µs}, and their meta lines (versions).
 peers, meta = {}, {}
 with open(env["BP_PEERS_JSONL"]) as f:
@@ -386,25 +398,31 @@ for param in ("128x256x8", "512x512x8"):
 # Half-precision weights widened to f32 (no bf16 products): each time beside the f32 layer on
 # the same kernel (AVX2 rows only where the selected kernel is AVX-512).
 widened = ["| widened weights | ours f32 (µs) | bf16 widened (µs) | f16 (µs) | AVX2 f32 (µs) "
-           "| AVX2 bf16 (µs) | AVX2 f16 (µs) | bf16 / f32 | f16 / f32 | AVX2 bf16 / f32 "
-           "| AVX2 f16 / f32 |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "| AVX2 bf16 (µs) | AVX2 f16 (µs) | AVX2 i8 (µs) | bf16 / f32 | f16 / f32 "
+           "| AVX2 bf16 / f32 | AVX2 f16 / f32 | AVX2 f32 / i8 |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
 for param in ("128x256x8", "512x512x8"):
     f32_, wide, h16 = (ours("half", f, param) for f in ("f32", "bf16_widened", "f16"))
-    a32, a16b, a16h = (ours("half", f, param) for f in ("f32_avx2", "bf16_avx2", "f16_avx2"))
+    a32, a16b, a16h, a8 = (ours("half", f, param)
+                           for f in ("f32_avx2", "bf16_avx2", "f16_avx2", "i8_avx2"))
     widened.append(f"| MHA layer {param} | {us(f32_)} | {us(wide)} | {us(h16)} | {us(a32)} "
-                   f"| {us(a16b)} | {us(a16h)} | {ratio(wide, f32_)} | {ratio(h16, f32_)} "
-                   f"| {ratio(a16b, a32)} | {ratio(a16h, a32)} |")
+                   f"| {us(a16b)} | {us(a16h)} | {us(a8)} | {ratio(wide, f32_)} "
+                   f"| {ratio(h16, f32_)} | {ratio(a16b, a32)} | {ratio(a16h, a32)} "
+                   f"| {ratio(a32, a8)} |")
 bf16_peak, fma_peak = ours("peak", "simd", "bf16_dot"), ours("peak", "simd", "fma")
 peaks = []
 if bf16_peak and fma_peak:
     # 100 000 rounds of 12 instructions; 16 lanes × 4 FLOPs (bf16) and 16 × 2 (f32 FMA).
     peaks.append(f"Peaks in this run: f32 FMA {1.2e6 * 32 / (fma_peak * 1e3):.1f} GFLOP/s, "
                  f"bf16 dot product {1.2e6 * 64 / (bf16_peak * 1e3):.1f} GFLOP/s.")
-i8_peak = ours("peak", "simd", "i8_dot")
-if i8_peak:
-    # 100 000 rounds of 12 instructions; 16 lanes × 4 products × 2 operations.
-    peaks.append(f"i8 dot product {1.2e6 * 128 / (i8_peak * 1e3):.1f} GOP/s.")
+# The i8 products' peaks from their benches' throughputs (the operations differ per kernel).
+for name in ("simd", "avx2"):
+    i8_rate = rate("peak", name, "i8_dot")
+    if i8_rate:
+        peaks.append(f"i8 products ({name}) {i8_rate:.1f} GOP/s.")
+avx2_fma = rate("peak", "avx2", "fma")
+if avx2_fma:
+    peaks.append(f"AVX2 FMA {avx2_fma:.1f} GFLOP/s.")
 
 print("\n".join([
     "# static-attention vs PyTorch and candle",
