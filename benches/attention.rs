@@ -343,8 +343,10 @@ fn peak_case(c: &mut Criterion) {
         };
         group.throughput(Throughput::Elements(ops * ROUNDS as u64));
         group.bench_function(BenchmarkId::new(name, "i8_dot"), |b| {
-            with_kernel(kernel, || b.iter(|| kernels::i8_dot_loop(black_box(ROUNDS))))
-                .expect("supported");
+            with_kernel(kernel, || {
+                b.iter(|| kernels::i8_dot_loop(black_box(ROUNDS)))
+            })
+            .expect("supported");
         });
     }
     if let Some((flops, _)) = kernels::bf16_dot_loop(1) {
