@@ -127,26 +127,13 @@ impl Products for Pairs {
         buf: &mut [i32],
         _: &mut [i32; WEIGHT_TILE],
     ) {
-        let halves: &mut [i16] = bytemuck::cast_slice_mut(buf);
-        let whole_rows = din / 4 * 4;
-        let end = (pc + kc).min(whole_rows).max(pc);
-        // Whole quads: the bytes in order, each to its half.
-        let src = &tile[pc * width..end * width];
-        for (d, &b) in halves[..src.len()].iter_mut().zip(src) {
-            *d = i16::from(b);
-        }
-        if end < pc + kc {
-            // The partial last quad: its plain rows, each weight in its half of an otherwise
-            // zero quad.
-            let k = (whole_rows - pc) / 4;
-            let quad = &mut halves[4 * k * width..4 * (k + 1) * width];
-            quad.fill(0);
-            for p in whole_rows..din {
-                for n in 0..width {
-                    quad[4 * n + p - whole_rows] = i16::from(tile[p * width + n]);
-                }
-            }
-        }
+        gather(
+            tile,
+            width,
+            (pc, kc),
+            din,
+            bytemuck::cast_slice_mut::<_, i16>(buf),
+        );
     }
 }
 
@@ -190,23 +177,13 @@ impl Products for Quads {
         buf: &mut [i32],
         comp: &mut [i32; WEIGHT_TILE],
     ) {
-        let bytes: &mut [i8] = bytemuck::cast_slice_mut(buf);
-        let whole_rows = din / 4 * 4;
-        let end = (pc + kc).min(whole_rows).max(pc);
-        // Whole quads as they are stored.
-        let src = &tile[pc * width..end * width];
-        bytes[..src.len()].copy_from_slice(src);
-        if end < pc + kc {
-            // The partial last quad: each weight in its byte of an otherwise zero word.
-            let k = (whole_rows - pc) / 4;
-            let quad = &mut bytes[4 * k * width..4 * (k + 1) * width];
-            quad.fill(0);
-            for p in whole_rows..din {
-                for n in 0..width {
-                    quad[4 * n + p - whole_rows] = tile[p * width + n];
-                }
-            }
-        }
+        gather(
+            tile,
+            width,
+            (pc, kc),
+            din,
+            bytemuck::cast_slice_mut::<_, i8>(buf),
+        );
         // The compensations: `vpdpbusd` of bytes of one with each quad's words, features
         // `0 .. 8` and `8 .. width` in two vectors, two chains each.
         let quads = kc.div_ceil(4);
@@ -239,6 +216,38 @@ impl Products for Quads {
             );
             for (c, t) in comp[..width].iter_mut().zip(total) {
                 *c = t.wrapping_mul(-128);
+            }
+        }
+    }
+}
+
+/// Rows `pc .. pc + kc` of a storage tile (`width` features; whole quads of rows as words of
+/// four bytes, then the last `din mod 4` rows as plain rows) into `dst`, each weight as an
+/// `E`: the four weights of quad `k`, feature `n` at `4·(k·width + n) ..`, zeros past `din`.
+#[inline(always)]
+fn gather<E: From<i8> + Copy + Default>(
+    tile: &[i8],
+    width: usize,
+    (pc, kc): (usize, usize),
+    din: usize,
+    dst: &mut [E],
+) {
+    let whole_rows = din / 4 * 4;
+    let end = (pc + kc).min(whole_rows).max(pc);
+    // Whole quads: the bytes in order.
+    let src = &tile[pc * width..end * width];
+    for (d, &b) in dst[..src.len()].iter_mut().zip(src) {
+        *d = E::from(b);
+    }
+    if end < pc + kc {
+        // The partial last quad: its plain rows, each weight in its place in an otherwise
+        // zero quad.
+        let k = (whole_rows - pc) / 4;
+        let quad = &mut dst[4 * k * width..4 * (k + 1) * width];
+        quad.fill(E::default());
+        for p in whole_rows..din {
+            for n in 0..width {
+                quad[4 * n + p - whole_rows] = E::from(tile[p * width + n]);
             }
         }
     }
