@@ -233,6 +233,122 @@ fn layers_stay_close_to_their_f32_twins() {
     assert!(vs_deq <= 2f64.powi(-5) && vs_full <= 2f64.powi(-5));
 }
 
+/// `max |a − b| / max |b|` and `‖a − b‖₂ / ‖b‖₂`.
+fn errors<const S: usize, const D: usize>(
+    a: &SMatrix<f32, S, D>,
+    b: &SMatrix<f32, S, D>,
+) -> (f64, f64) {
+    let d = a - b;
+    (
+        f64::from(d.amax() / b.amax()),
+        f64::from(d.norm() / b.norm()),
+    )
+}
+
+/// An `i8` layer, its dequantized twin and the original on `x`: the errors of the `i8`
+/// layer against the dequantized twin and against the original ([`errors`]).
+fn layer_errors<const S: usize, const D: usize, const H: usize>(
+    full: &MultiHead<S, D, H>,
+    x: &SMatrix<f32, S, D>,
+) -> [(f64, f64); 2] {
+    let q = full.to_weights::<i8>();
+    let deq = q.to_weights::<f32>();
+    let none = Mask::none();
+    let (y_q, y_deq, y_full) = (
+        q.forward(x, &none),
+        deq.forward(x, &none),
+        full.forward(x, &none),
+    );
+    [errors(&y_q, &y_deq), errors(&y_q, &y_full)]
+}
+
+/// A `MultiHead<S, D, H>` whose weights and biases are uniform in `[−1, 1]` (no
+/// initialisation's scaling: the inputs of the output projection are larger).
+fn random_layer<const S: usize, const D: usize, const H: usize>(seed: u64) -> MultiHead<S, D, H> {
+    use static_attention::io::{InProjWeight, PyTorchParams};
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut uniform = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    };
+    let (in_w, in_b, out_w, out_b) = (
+        uniform(3 * D * D),
+        uniform(3 * D),
+        uniform(D * D),
+        uniform(D),
+    );
+    let params = PyTorchParams {
+        in_proj_weight: InProjWeight::Packed(&in_w),
+        in_proj_bias: Some(&in_b),
+        out_proj_weight: &out_w,
+        out_proj_bias: Some(&out_b),
+    };
+    MultiHead::try_from(&params).expect("the lengths fit")
+}
+
+/// The error of whole `i8` layers against the original `f32` layer (what quantizing costs)
+/// and against the dequantized twin (the kernels' share), on random layers and on
+/// PyTorch-initialised ones (the crate's `nn.MultiheadAttention` initialisation, and a layer
+/// PyTorch initialised and wrote itself): printed for the README; initialised layers within
+/// `2⁻⁵` of the largest output, random ones (larger inputs to the output projection, whose
+/// activations quantize coarser) within `2⁻⁴`.
+#[test]
+fn relative_errors_against_the_original_layers() {
+    let mut rows = Vec::new();
+    for seed in 1..=3 {
+        let x = input::<16, 64>(seed, 1.0);
+        rows.push((
+            "random 16×64×4",
+            layer_errors(&random_layer::<16, 64, 4>(seed), &x),
+            4,
+        ));
+        rows.push((
+            "initialised 16×64×4",
+            layer_errors(&MultiHead::<16, 64, 4>::from_seed(seed), &x),
+            5,
+        ));
+        let x = input::<32, 128>(seed, 1.0);
+        rows.push((
+            "random 32×128×8",
+            layer_errors(&random_layer::<32, 128, 8>(seed), &x),
+            4,
+        ));
+        rows.push((
+            "initialised 32×128×8",
+            layer_errors(&MultiHead::<32, 128, 8>::from_seed(seed), &x),
+            5,
+        ));
+    }
+    #[cfg(feature = "safetensors")]
+    {
+        let bytes = std::fs::read("tests/pytorch/large_64x64x8.safetensors").expect("the file");
+        let full = MultiHead::<64, 64, 8>::from_safetensors(&bytes, "").expect("loads");
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let query = st.tensor("input.query").unwrap();
+        let values: Vec<f32> = bytemuck::pod_collect_to_vec(query.data());
+        // PyTorch's row-major [tokens, features].
+        let x = SMatrix::<f32, 64, 64>::from_row_slice(&values);
+        rows.push(("PyTorch's own 64×64×8", layer_errors(&full, &x), 5));
+    }
+    let mut smallest = f64::INFINITY;
+    for &(name, [(deq_max, deq_rms), (full_max, full_rms)], k) in &rows {
+        println!(
+            "{name}: against the original max|Δy|/max|y| {full_max:.2e}, ‖Δy‖/‖y‖ {full_rms:.2e}; \
+             against the dequantized twin {deq_max:.2e}, {deq_rms:.2e}"
+        );
+        let worst = deq_max.max(full_max);
+        assert!(worst <= 2f64.powi(-k), "{name}: {worst:.2e} > 2^-{k}");
+        smallest = smallest.min(full_rms);
+    }
+    assert!(smallest > 0.0, "the quantization should show");
+}
+
 #[cfg(feature = "safetensors")]
 mod files {
     use super::*;
