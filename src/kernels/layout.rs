@@ -35,37 +35,22 @@ const fn tile_of(n: usize, din: usize, dout: usize) -> (usize, usize, usize) {
     }
 }
 
-/// Where `W[n, p]` lives in a `dout × din` weight stored in tiles (rows not paired).
+/// Where `W[n, p]` lives in a `dout × din` weight stored in tiles with rows in groups of `G`:
+/// rows `G·q .. G·q + G` as `width` groups of `G` (the `G` weights of one output feature side
+/// by side), the last `din mod G` rows as they are. `G = 1` is plain tiles; `bf16` pairs its
+/// rows (what `vdpbf16ps` and `BFDOT` multiply with two inputs), `i8` groups them in fours
+/// (one 32-bit word, what `vpdpbusd` and `SDOT` multiply with four inputs).
 #[inline(always)]
 #[must_use]
-pub(crate) const fn tiled_index(n: usize, p: usize, din: usize, dout: usize) -> usize {
+pub(crate) const fn grouped_index<const G: usize>(
+    n: usize,
+    p: usize,
+    din: usize,
+    dout: usize,
+) -> usize {
     let (base, width, j) = tile_of(n, din, dout);
-    base + p * width + j
-}
-
-/// Where `W[n, p]` lives in a `dout × din` weight stored in tiles with paired rows: rows
-/// `2q`, `2q + 1` as `width` pairs, an odd last row as it is.
-#[inline(always)]
-#[must_use]
-pub(crate) const fn paired_index(n: usize, p: usize, din: usize, dout: usize) -> usize {
-    let (base, width, j) = tile_of(n, din, dout);
-    if p < din / 2 * 2 {
-        base + (p - p % 2) * width + 2 * j + p % 2
-    } else {
-        base + p * width + j
-    }
-}
-
-/// Where `W[n, p]` lives in a `dout × din` weight stored in tiles with rows in fours (`i8`):
-/// rows `4q .. 4q + 4` as `width` groups of four (the four weights of one output feature are
-/// one 32-bit word, what `vpdpbusd` and `SDOT` multiply with four inputs), the last `din mod
-/// 4` rows as they are.
-#[inline(always)]
-#[must_use]
-pub(crate) const fn quad_index(n: usize, p: usize, din: usize, dout: usize) -> usize {
-    let (base, width, j) = tile_of(n, din, dout);
-    if p < din / 4 * 4 {
-        base + (p - p % 4) * width + 4 * j + p % 4
+    if p < din / G * G {
+        base + (p - p % G) * width + G * j + p % G
     } else {
         base + p * width + j
     }
@@ -83,8 +68,8 @@ pub(crate) const fn weight_index(
     dout: usize,
 ) -> usize {
     match kind {
-        WeightKind::Bf16 => paired_index(n, p, din, dout),
-        WeightKind::I8 => quad_index(n, p, din, dout),
-        WeightKind::Native | WeightKind::F16 => tiled_index(n, p, din, dout),
+        WeightKind::Bf16 => grouped_index::<2>(n, p, din, dout),
+        WeightKind::I8 => grouped_index::<4>(n, p, din, dout),
+        WeightKind::Native | WeightKind::F16 => grouped_index::<1>(n, p, din, dout),
     }
 }

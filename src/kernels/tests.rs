@@ -557,7 +557,7 @@ fn linear_kernels_match_the_scalar_kernel() {
                 let mut w = std::vec![0.0; din * dout];
                 for c in 0..dout {
                     for d in 0..din {
-                        w[super::layout::tiled_index(c, d, din, dout)] = wm(c, d);
+                        w[super::layout::grouped_index::<1>(c, d, din, dout)] = wm(c, d);
                     }
                 }
                 let b = values(case as u64 + 2, dout, 1.0);
