@@ -654,6 +654,7 @@ fn i8_projections_match_the_scalar_kernel_bit_for_bit() {
     };
     // Every kernel's table, and on x86 each AVX2 form by itself (the table takes the AVX-VNNI
     // one where the CPU has it).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut forms: Vec<(String, I8Projection)> = fast_kernels()
         .map(|k| {
             let f: I8Projection = std::boxed::Box::new(move |io, s, din, w, dout, sc, b, pack| {

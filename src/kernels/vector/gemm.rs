@@ -556,38 +556,79 @@ pub(crate) unsafe fn linear_widening<S: Simd>(
     }
 }
 
-/// [`linear_widening`] with row panels of `NV` vectors.
+/// What a grouped GEMM does around the native micro-kernel for weights stored narrower than
+/// `E` ([`linear_widening`]'s half-precision ones, [`linear_i8`]'s integers): a group of
+/// token panels is packed for a chunk of inputs (as many panels as leave chunks of at least
+/// [`MIN_CHUNK`] inputs in `pack`), then each storage tile's rows of that chunk are widened
+/// into a buffer in L1 and multiplied by every panel of the group with the native
+/// micro-kernel. Each weight is widened once per group (once per call when the group is every
+/// panel), each input packed once.
+trait Narrow<S: Simd> {
+    /// Inputs per chunk are a multiple of this: no chunk splits a group of stored rows (the
+    /// last chunk may end with the partial group).
+    const ROWS: usize;
+    /// Tokens per group, at most.
+    const GROUP: usize;
+
+    /// Whether a chunk starting at input `pc` writes the outputs rather than adding to them.
+    fn writes(&self, pc: usize) -> bool;
+
+    /// Tokens `g0 .. g1` (a group) start.
+    ///
+    /// # Safety
+    /// The outputs the implementation writes hold those tokens.
+    unsafe fn start(&mut self, g0: usize, g1: usize);
+
+    /// The panel of tokens `i0 ..` just packed at `panel` (`kc` inputs of `mr` tokens, the
+    /// group starting at `g0`).
+    ///
+    /// # Safety
+    /// `panel` holds `kc · mr` values.
+    unsafe fn packed(&mut self, panel: *mut S::E, at: (usize, usize, usize), kc: usize);
+
+    /// Rows `pc .. pc + kc` of the storage tile at `base` (`cols` features) into `buf` as `E`.
+    ///
+    /// # Safety
+    /// Whatever the widening needs of the CPU.
+    unsafe fn widen(&mut self, tile: (usize, usize), chunk: (usize, usize), buf: &mut [S::E]);
+
+    /// Tokens `g0 .. g1` are done.
+    ///
+    /// # Safety
+    /// As [`Narrow::start`].
+    unsafe fn finish(&mut self, g0: usize, g1: usize);
+}
+
+/// The grouped GEMM of [`Narrow`] with row panels of `NV` vectors: `c[sq × dout] (+)= a ·
+/// Wᵀ + b`, `a` being `sq × din` (column-major).
 ///
 /// # Safety
-/// As [`linear_widening`].
-#[cfg(target_arch = "x86_64")]
+/// `a` holds `sq × din` values and `c` `sq × dout`; `pack` holds at least `ROWS` input
+/// columns of a panel; `n`'s widening runs on this CPU.
 #[inline(always)]
 #[allow(
     clippy::undocumented_unsafe_blocks,
     reason = "the micro-tile call inside `for_tiles!` has its SAFETY comment; clippy does not \
               see comments through a macro defined in another file"
 )]
-unsafe fn widening_panels<S: Simd, const NV: usize>(
+unsafe fn narrow_panels<S: Simd, const NV: usize, G: Narrow<S>>(
     s: S,
-    kind: crate::WeightKind,
-    io: LinearIo<'_, S::E>,
+    n: &mut G,
+    (a, c): (*const S::E, *mut S::E),
     sq: usize,
-    (w, bias, din, dout): (&[u16], &[S::E], usize, usize),
+    (din, dout): (usize, usize),
+    bias: &[S::E],
     pack: &mut [S::E],
-    widen: super::super::table::WidenFn<S::E>,
 ) {
     let l = S::LANES;
     let mr = NV * l;
     let tile = S::TILE;
-    check_weights(w, bias, din, dout);
     let panels = sq.div_ceil(mr);
-    let group = (pack.len() / (mr * MIN_CHUNK)).clamp(1, panels);
-    // An even number of inputs per chunk, so that no chunk splits a pair of `bf16` rows (the
-    // last chunk may end with the odd last input).
-    let kc_max = (pack.len() / (group * mr)).min(WIDEN_ROWS) / 2 * 2;
-    assert!(kc_max >= 2, "pack buffer too small");
-    let (x, out, add) = io.checked(sq, din, dout);
-    let (a, c) = (x.as_ptr(), out.as_mut_ptr());
+    let group = (pack.len() / (mr * MIN_CHUNK))
+        .clamp(1, panels)
+        .min((G::GROUP / mr).max(1));
+    let kc_max = (pack.len() / (group * mr)).min(WIDEN_ROWS) / G::ROWS * G::ROWS;
+    assert!(kc_max >= G::ROWS, "pack buffer too small");
     let mut buf = [S::E::ZERO; WEIGHT_TILE * WIDEN_ROWS];
     let pack = pack.as_mut_ptr();
     let full = dout / WEIGHT_TILE * WEIGHT_TILE;
@@ -595,6 +636,8 @@ unsafe fn widening_panels<S: Simd, const NV: usize>(
     while g0 < sq {
         // Panels `g0 / mr ..` of this group: tokens `g0 .. g1`.
         let g1 = sq.min(g0 + group * mr);
+        // SAFETY: tokens `g0 .. g1 ≤ sq` of `c`.
+        unsafe { n.start(g0, g1) };
         let mut pc = 0;
         while pc < din {
             let kc = kc_max.min(din - pc);
@@ -605,11 +648,13 @@ unsafe fn widening_panels<S: Simd, const NV: usize>(
                 // (`sq × din`); panel `(i0 − g0)/mr < group` takes `kc · mr` values at
                 // `(i0 − g0) · kc`, inside `group · kc · mr ≤ pack.len()`.
                 unsafe {
-                    pack_panel::<S, NV>(s, a, sq, i0, rows, pc, kc, pack.add((i0 - g0) * kc))
-                };
+                    let panel = pack.add((i0 - g0) * kc);
+                    pack_panel::<S, NV>(s, a, sq, i0, rows, pc, kc, panel);
+                    n.packed(panel, (i0, g0, mr), kc);
+                }
                 i0 += rows;
             }
-            let first = pc == 0 && !add;
+            let first = n.writes(pc);
             let mut t0 = 0;
             while t0 < dout {
                 let (cols, base) = if t0 < full {
@@ -617,10 +662,8 @@ unsafe fn widening_panels<S: Simd, const NV: usize>(
                 } else {
                     (dout - full, full * din)
                 };
-                // Rows `pc .. pc + kc` of the storage tile, `cols` values each.
-                let src = &w[base + pc * cols..base + (pc + kc) * cols];
-                // SAFETY: the caller's promise for `widen`.
-                unsafe { widen(kind, src, cols, &mut buf[..kc * cols]) };
+                // SAFETY: the caller's promise for the widening.
+                unsafe { n.widen((base, cols), (pc, kc), &mut buf[..kc * cols]) };
                 let mut i0 = g0;
                 while i0 < g1 {
                     let rows = mr.min(g1 - i0);
@@ -646,7 +689,85 @@ unsafe fn widening_panels<S: Simd, const NV: usize>(
             }
             pc += kc;
         }
+        // SAFETY: as for `start`.
+        unsafe { n.finish(g0, g1) };
         g0 = g1;
+    }
+}
+
+/// [`linear_widening`]'s [`Narrow`]: half-precision bits widened by `widen`.
+#[cfg(target_arch = "x86_64")]
+struct Widening<'a, E> {
+    kind: crate::WeightKind,
+    w: &'a [u16],
+    add: bool,
+    widen: super::super::table::WidenFn<E>,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl<S: Simd> Narrow<S> for Widening<'_, S::E> {
+    // An even number of inputs per chunk, so that no chunk splits a pair of `bf16` rows.
+    const ROWS: usize = 2;
+    const GROUP: usize = usize::MAX;
+
+    fn writes(&self, pc: usize) -> bool {
+        pc == 0 && !self.add
+    }
+
+    unsafe fn start(&mut self, _: usize, _: usize) {}
+
+    unsafe fn packed(&mut self, _: *mut S::E, _: (usize, usize, usize), _: usize) {}
+
+    unsafe fn widen(
+        &mut self,
+        (base, cols): (usize, usize),
+        (pc, kc): (usize, usize),
+        buf: &mut [S::E],
+    ) {
+        // Rows `pc .. pc + kc` of the storage tile, `cols` values each.
+        let src = &self.w[base + pc * cols..base + (pc + kc) * cols];
+        // SAFETY: the caller's promise for `widen`.
+        unsafe { (self.widen)(self.kind, src, cols, buf) };
+    }
+
+    unsafe fn finish(&mut self, _: usize, _: usize) {}
+}
+
+/// [`linear_widening`] with row panels of `NV` vectors.
+///
+/// # Safety
+/// As [`linear_widening`].
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn widening_panels<S: Simd, const NV: usize>(
+    s: S,
+    kind: crate::WeightKind,
+    io: LinearIo<'_, S::E>,
+    sq: usize,
+    (w, bias, din, dout): (&[u16], &[S::E], usize, usize),
+    pack: &mut [S::E],
+    widen: super::super::table::WidenFn<S::E>,
+) {
+    check_weights(w, bias, din, dout);
+    let (x, out, add) = io.checked(sq, din, dout);
+    let mut n = Widening {
+        kind,
+        w,
+        add,
+        widen,
+    };
+    // SAFETY: `x` and `out` hold `sq × din` and `sq × dout` (checked); the caller's promise
+    // for `widen`.
+    unsafe {
+        narrow_panels::<S, NV, _>(
+            s,
+            &mut n,
+            (x.as_ptr(), out.as_mut_ptr()),
+            sq,
+            (din, dout),
+            bias,
+            pack,
+        );
     }
 }
 
@@ -686,13 +807,133 @@ pub(crate) fn linear_i8<S: Simd>(
     }
 }
 
+/// [`linear_i8`]'s [`Narrow`]: each group's tokens quantized as they are packed (to
+/// integer-valued floats), the weights widened from `i8`, the sums scaled at the end.
+struct Quantized<'a, S: Simd> {
+    s: S,
+    x: &'a [S::E],
+    out: *mut S::E,
+    sq: usize,
+    din: usize,
+    q: &'a [i8],
+    dout: usize,
+    scales: &'a [S::E],
+    bias: &'a [S::E],
+    /// Per token of the group: `127/a` (zero past the tokens), `a/127`, a non-finite input.
+    r: [S::E; I8_GROUP],
+    sx: [S::E; I8_GROUP],
+    bad: [bool; I8_GROUP],
+}
+
+impl<S: Simd> Narrow<S> for Quantized<'_, S> {
+    // A multiple of four inputs per chunk, so that no chunk splits a quad of rows.
+    const ROWS: usize = 4;
+    const GROUP: usize = I8_GROUP;
+
+    fn writes(&self, _: usize) -> bool {
+        // The group's sums start from the zeros `start` writes.
+        false
+    }
+
+    unsafe fn start(&mut self, g0: usize, g1: usize) {
+        type E<S> = <S as Simd>::E;
+        let (sq, n) = (self.sq, g1 - g0);
+        let max_q = E::<S>::of(127.0);
+        // Each token's scales (zero past the tokens), as the reference computes them: column
+        // by column, the group's tokens side by side (which vectorises). NaN fails `v > m`:
+        // it leaves the maximum alone, and marks its token as infinities do.
+        self.r.fill(E::<S>::ZERO);
+        let mut amax = [E::<S>::ZERO; I8_GROUP];
+        self.bad[..n].fill(false);
+        for p in 0..self.din {
+            let col = &self.x[g0 + p * sq..g0 + p * sq + n];
+            for ((m, b), &xv) in amax[..n].iter_mut().zip(&mut self.bad[..n]).zip(col) {
+                let v = xv.abs_();
+                *b |= !v.is_finite_();
+                if v > *m {
+                    *m = v;
+                }
+            }
+        }
+        for i in 0..n {
+            self.r[i] = max_q / amax[i];
+            self.sx[i] = amax[i] / max_q;
+        }
+        for cc in 0..self.dout {
+            // SAFETY: the caller's promise: tokens `g0 .. g1` of output `cc`.
+            unsafe { core::slice::from_raw_parts_mut(self.out.add(cc * sq + g0), n) }
+                .fill(E::<S>::ZERO);
+        }
+    }
+
+    unsafe fn packed(&mut self, panel: *mut S::E, (i0, g0, mr): (usize, usize, usize), kc: usize) {
+        let (s, l) = (self.s, S::LANES);
+        let max_q = S::E::of(127.0);
+        let (hi, lo) = (s.splat(max_q), s.splat(-max_q));
+        // Quantized in place: NaN to zero, within ±127, rounded ties to even.
+        for p in 0..kc {
+            for v in 0..mr / l {
+                // SAFETY: the panel's `kc · mr` values (the caller's promise); `r` holds the
+                // group's `I8_GROUP ≥ i0 − g0 + mr` scales.
+                unsafe {
+                    let cell = panel.add(p * mr + v * l);
+                    let t = s.mul(s.load(cell), s.load(self.r.as_ptr().add(i0 - g0 + v * l)));
+                    let t = s.keep(t, s.eq(t, t));
+                    let t = s.select(s.lt(t, hi), t, hi);
+                    let t = s.select(s.lt(t, lo), lo, t);
+                    s.store(cell, s.round(t));
+                }
+            }
+        }
+    }
+
+    unsafe fn widen(
+        &mut self,
+        (base, cols): (usize, usize),
+        (pc, kc): (usize, usize),
+        buf: &mut [S::E],
+    ) {
+        // Rows `pc .. pc + kc` of the storage tile as plain rows of floats: whole quads (`pc`
+        // is a multiple of four), then the plain last rows.
+        let quads = self.din / 4 * 4;
+        let whole = (pc + kc).min(quads).max(pc);
+        for k in (pc..whole).step_by(4) {
+            let src = &self.q[base + k * cols..base + (k + 4) * cols];
+            let dst = &mut buf[(k - pc) * cols..(k - pc + 4) * cols];
+            for (n, w) in src.chunks_exact(4).enumerate() {
+                for j in 0..4 {
+                    dst[j * cols + n] = S::E::of(f64::from(w[j]));
+                }
+            }
+        }
+        for row in whole..pc + kc {
+            let src = &self.q[base + row * cols..base + (row + 1) * cols];
+            let dst = &mut buf[(row - pc) * cols..(row - pc + 1) * cols];
+            for (d, &w) in dst.iter_mut().zip(src) {
+                *d = S::E::of(f64::from(w));
+            }
+        }
+    }
+
+    unsafe fn finish(&mut self, g0: usize, g1: usize) {
+        // y = f(Σ)·((a/127)·scale) + b, as the reference rounds it; NaN for a token with a
+        // non-finite input, the bias for one whose inputs are all zero (its sum is zero).
+        let n = g1 - g0;
+        for cc in 0..self.dout {
+            let (sc, b) = (self.scales[cc], self.bias[cc]);
+            // SAFETY: the caller's promise: tokens `g0 .. g1` of output `cc`.
+            let col =
+                unsafe { core::slice::from_raw_parts_mut(self.out.add(cc * self.sq + g0), n) };
+            for ((y, &t), &nan) in col.iter_mut().zip(&self.sx[..n]).zip(&self.bad[..n]) {
+                let term = *y * (t * sc);
+                *y = if nan { S::E::NAN } else { term } + b;
+            }
+        }
+    }
+}
+
 /// [`linear_i8`] with row panels of `NV` vectors.
 #[inline(always)]
-#[allow(
-    clippy::undocumented_unsafe_blocks,
-    reason = "the micro-tile call inside `for_tiles!` has its SAFETY comment; clippy does not \
-              see comments through a macro defined in another file"
-)]
 fn i8_panels<S: Simd, const NV: usize>(
     s: S,
     out: &mut [S::E],
@@ -706,146 +947,37 @@ fn i8_panels<S: Simd, const NV: usize>(
     pack: &mut [S::E],
 ) {
     type E<S> = <S as Simd>::E;
-    let l = S::LANES;
-    let mr = NV * l;
-    let tile = S::TILE;
     check_weights(q, bias, din, dout);
     assert!(x.len() >= sq * din && out.len() >= sq * dout && scales.len() >= dout);
     assert!(
         din <= i8_exact_inputs::<E<S>>(),
         "too many inputs for exact sums"
     );
-    let panels = sq.div_ceil(mr);
-    let group = (pack.len() / (mr * MIN_CHUNK))
-        .clamp(1, panels)
-        .min(I8_GROUP / mr);
-    // A multiple of four inputs per chunk, so that no chunk splits a quad of rows.
-    let kc_max = (pack.len() / (group * mr)).min(WIDEN_ROWS) / 4 * 4;
-    assert!(kc_max >= 4, "pack buffer too small");
-    let max_q = E::<S>::of(127.0);
-    let (hi, lo) = (s.splat(max_q), s.splat(-max_q));
-    let mut r = [E::<S>::ZERO; I8_GROUP];
-    let mut sx = [E::<S>::ZERO; I8_GROUP];
-    let mut bad = [false; I8_GROUP];
-    let mut buf = [E::<S>::ZERO; WEIGHT_TILE * WIDEN_ROWS];
-    let full = dout / WEIGHT_TILE * WEIGHT_TILE;
-    let (a, c) = (x.as_ptr(), out.as_mut_ptr());
-    let pack = pack.as_mut_ptr();
-    let mut g0 = 0;
-    while g0 < sq {
-        let g1 = sq.min(g0 + group * mr);
-        // Each token's scales (zero past the tokens), as the reference computes them.
-        r.fill(E::<S>::ZERO);
-        let n = g1 - g0;
-        // Column by column, the group's tokens side by side (which vectorises). NaN fails
-        // `v > m`: it leaves the maximum alone, and marks its token as infinities do.
-        let mut amax = [E::<S>::ZERO; I8_GROUP];
-        bad[..n].fill(false);
-        for p in 0..din {
-            let col = &x[g0 + p * sq..g0 + p * sq + n];
-            for ((m, b), &xv) in amax[..n].iter_mut().zip(&mut bad[..n]).zip(col) {
-                let v = xv.abs_();
-                *b |= !v.is_finite_();
-                if v > *m {
-                    *m = v;
-                }
-            }
-        }
-        for i in 0..n {
-            r[i] = max_q / amax[i];
-            sx[i] = amax[i] / max_q;
-        }
-        for cc in 0..dout {
-            out[cc * sq + g0..cc * sq + g1].fill(E::<S>::ZERO);
-        }
-        let mut pc = 0;
-        while pc < din {
-            let kc = kc_max.min(din - pc);
-            let mut i0 = g0;
-            while i0 < g1 {
-                let rows = mr.min(g1 - i0);
-                let at = (i0 - g0) * kc;
-                // SAFETY: rows `i0 .. i0 + rows ≤ sq` of columns `pc .. pc + kc ≤ din` of `a`;
-                // the panel's `kc · mr` values at `(i0 − g0) · kc < group · kc · mr ≤
-                // pack.len()`; `r` holds `group · mr` values.
-                unsafe {
-                    pack_panel::<S, NV>(s, a, sq, i0, rows, pc, kc, pack.add(at));
-                    // Quantized in place: NaN to zero, within ±127, rounded ties to even.
-                    for p in 0..kc {
-                        for v in 0..NV {
-                            let cell = pack.add(at + p * mr + v * l);
-                            let t = s.mul(s.load(cell), s.load(r.as_ptr().add(i0 - g0 + v * l)));
-                            let t = s.keep(t, s.eq(t, t));
-                            let t = s.select(s.lt(t, hi), t, hi);
-                            let t = s.select(s.lt(t, lo), lo, t);
-                            s.store(cell, s.round(t));
-                        }
-                    }
-                }
-                i0 += rows;
-            }
-            let mut t0 = 0;
-            while t0 < dout {
-                let (cols, base) = if t0 < full {
-                    (WEIGHT_TILE, t0 * din)
-                } else {
-                    (dout - full, full * din)
-                };
-                // Rows `pc .. pc + kc` of the storage tile as plain rows of floats: whole quads
-                // (`pc` is a multiple of four), then the plain last rows.
-                let quads = din / 4 * 4;
-                let whole = (pc + kc).min(quads).max(pc);
-                for k in (pc..whole).step_by(4) {
-                    let src = &q[base + k * cols..base + (k + 4) * cols];
-                    let dst = &mut buf[(k - pc) * cols..(k - pc + 4) * cols];
-                    for (n, w) in src.chunks_exact(4).enumerate() {
-                        for j in 0..4 {
-                            dst[j * cols + n] = E::<S>::of(f64::from(w[j]));
-                        }
-                    }
-                }
-                for row in whole..pc + kc {
-                    let src = &q[base + row * cols..base + (row + 1) * cols];
-                    let dst = &mut buf[(row - pc) * cols..(row - pc + 1) * cols];
-                    for (d, &w) in dst.iter_mut().zip(src) {
-                        *d = E::<S>::of(f64::from(w));
-                    }
-                }
-                let mut i0 = g0;
-                while i0 < g1 {
-                    let rows = mr.min(g1 - i0);
-                    // SAFETY: inside `pack` (above).
-                    let panel = unsafe { pack.add((i0 - g0) * kc) }.cast_const();
-                    for_tiles!(cols, tile, |c0, N| {
-                        // SAFETY: rows `i0 .. i0 + rows` and columns `t0 + c0 .. + width ≤
-                        // dout` of `c` (`sq × dout`); the panel holds `kc × mr`; `buf` holds
-                        // `kc` rows of `cols ≥ c0 + width` values.
-                        unsafe {
-                            let ab = Product {
-                                a: panel,
-                                kc,
-                                b: buf.as_ptr().add(c0),
-                                stride: cols,
-                            };
-                            gemm_tile::<S, NV, N>(s, ab, bias, c, sq, i0, rows, t0 + c0, false)
-                        }
-                    });
-                    i0 += rows;
-                }
-                t0 += cols;
-            }
-            pc += kc;
-        }
-        // y = f(Σ)·((a/127)·scale) + b, as the reference rounds it; NaN for a token with a
-        // non-finite input, the bias for one whose inputs are all zero (its sum is zero).
-        for cc in 0..dout {
-            let (sc, b) = (scales[cc], bias[cc]);
-            let col = &mut out[cc * sq + g0..cc * sq + g1];
-            for ((y, &t), &nan) in col.iter_mut().zip(&sx[..n]).zip(&bad[..n]) {
-                let term = *y * (t * sc);
-                *y = if nan { E::<S>::NAN } else { term } + b;
-            }
-        }
-        g0 = g1;
+    let mut n = Quantized {
+        s,
+        x,
+        out: out.as_mut_ptr(),
+        sq,
+        din,
+        q,
+        dout,
+        scales,
+        bias,
+        r: [E::<S>::ZERO; I8_GROUP],
+        sx: [E::<S>::ZERO; I8_GROUP],
+        bad: [false; I8_GROUP],
+    };
+    // SAFETY: `x` and `out` hold `sq × din` and `sq × dout` (checked); the widening is plain
+    // Rust.
+    unsafe {
+        narrow_panels::<S, NV, _>(
+            s,
+            &mut n,
+            (x.as_ptr(), out.as_mut_ptr()),
+            sq,
+            (din, dout),
+            bias,
+            pack,
+        );
     }
 }
