@@ -45,15 +45,25 @@ fn main() -> ! {
     let x = model::input();
     let mut scratch = Scratch::<SEQ, SEQ, DIM>::new();
     let mut y = SMatrix::<f32, SEQ, DIM>::zeros();
+    // Each forward pass is bracketed by marks (see `mark`); the first pair, with nothing
+    // between, is the marks' own cost.
+    mark();
+    mark();
+    mark();
     MHA.forward_into(&x, &Mask::causal(Alignment::TopLeft), &mut scratch, &mut y);
+    mark();
     emit("mha", 0, y.as_slice(), SEQ);
 
     // The same forward pass with the f16-weight copy of the layer.
+    mark();
     MHA16.forward_into(&x, &Mask::causal(Alignment::TopLeft), &mut scratch, &mut y);
+    mark();
     emit("mha16", 0, y.as_slice(), SEQ);
 
     // And with the i8-weight copy (W8A8 projections, f32 attention).
+    mark();
     MHA8.forward_into(&x, &Mask::causal(Alignment::TopLeft), &mut scratch, &mut y);
+    mark();
     emit("mha8", 0, y.as_slice(), SEQ);
 
     // Decoding: a prompt, then one token at a time, RoPE at the cache's positions.
@@ -122,6 +132,15 @@ fn main() -> ! {
     loop {
         cortex_m::asm::wfi();
     }
+}
+
+/// A mark for `scripts/insn_counts.sh`: QEMU's `insn` plugin (`match=sev`) reports the
+/// instructions executed between consecutive `sev`s. `SEV` (send event) is a hint that
+/// changes nothing here (no other core waits for events), and the firmware executes it
+/// nowhere else.
+#[inline(always)]
+fn mark() {
+    cortex_m::asm::sev();
 }
 
 #[panic_handler]
