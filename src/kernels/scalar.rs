@@ -263,12 +263,12 @@ fn amax_finite<T: Float>(x: &[T], i: usize, s: usize, din: usize) -> (T, bool) {
     // `f32` (the only 4-byte `Float`) on its bits: without the sign bit, finite values order
     // as their bits, and infinities and NaN lie above them all (one integer maximum per
     // input, where comparing floats takes a Cortex-M4F five instructions).
-    if T::BYTES == 4 {
-        if let Ok(bits) = bytemuck::try_cast_slice::<T, u32>(x) {
-            let m = (0..din).fold(0u32, |m, d| m.max(bits[i + d * s] & 0x7fff_ffff));
-            if let Ok(amax) = bytemuck::try_cast::<f32, T>(f32::from_bits(m)) {
-                return (amax, m < 0x7f80_0000);
-            }
+    if T::BYTES == 4
+        && let Ok(bits) = bytemuck::try_cast_slice::<T, u32>(x)
+    {
+        let m = (0..din).fold(0u32, |m, d| m.max(bits[i + d * s] & 0x7fff_ffff));
+        if let Ok(amax) = bytemuck::try_cast::<f32, T>(f32::from_bits(m)) {
+            return (amax, m < 0x7f80_0000);
         }
     }
     let mut amax = T::ZERO;
