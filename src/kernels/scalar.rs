@@ -139,9 +139,10 @@ pub(super) fn linear<T: Float, Wt: Weight<T>>(
 /// Each output feature's weights for four consecutive inputs are one 32-bit word, and
 /// consecutive words of a feature lie `4 · width` bytes apart (`width` the feature's tile);
 /// the sums run over those words ([`dot_quads`]). With the Cortex-M DSP extension
-/// (`cfg(static_attention_dsp)`) they run on its dual 16-bit
-/// multiply-accumulate `SMLAD` instead ([`super::dsp`]), the quantized inputs sign-extended
-/// to 16-bit pairs once per token; integer sums are exact, so both give the same bits.
+/// (`cfg(static_attention_dsp)`, set by `build.rs`) they run on its dual 16-bit
+/// multiply-accumulate `SMLAD` instead (`super::dsp`), four features of a tile at a time, the
+/// quantized inputs sign-extended to 16-bit pairs once per token; integer sums are exact, so
+/// both give the same bits.
 pub(super) fn linear_i8<T: Float>(
     io: LinearIo<'_, T>,
     s: usize,
@@ -233,7 +234,7 @@ pub(super) fn linear_i8<T: Float>(
                             }
                         }
                         *sum += rest(c, &xq[dq..ds]);
-                        let _ = j;
+                        let _ = j; // (read by the DSP path only)
                         k += 1;
                     }
                     d0 += ds;
