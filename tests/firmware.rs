@@ -8,7 +8,7 @@
 //!   bit;
 //! - `the_firmware_matches_the_host` (ignored unless CI hands it the firmware's output in
 //!   `FIRMWARE_LOG`): every value the firmware printed under QEMU within docs/SEMANTICS.md's f32
-//!   tolerance of the host's.
+//!   tolerance of the host's; for the `i8` layer (`mha8`) see [`int8_bound`].
 
 #[path = "../embedded/cortex-m4f/src/model.rs"]
 #[allow(dead_code)]
@@ -94,6 +94,8 @@ fn the_static_layers_hold_the_blob() {
     assert_eq!(model::GQA, gqa);
     // The const rounding to f16 is the run-time one.
     assert_eq!(model::MHA16, mha.to_weights::<static_attention::f16>());
+    // The const quantization to i8 is the run-time one (per-channel max-abs, ties to even).
+    assert_eq!(model::MHA8, mha.to_weights::<i8>());
 }
 
 /// The host's values of everything the firmware prints: `(layer, token, feature) → value`.
@@ -109,6 +111,12 @@ fn host_values() -> Vec<(&'static str, usize, usize, f32)> {
     for t in 0..SEQ {
         for f in 0..DIM {
             v.push(("mha16", t, f, y[(t, f)]));
+        }
+    }
+    let y = model::MHA8.forward(&model::input(), &Mask::causal(Alignment::TopLeft));
+    for t in 0..SEQ {
+        for f in 0..DIM {
+            v.push(("mha8", t, f, y[(t, f)]));
         }
     }
     let rope =
@@ -138,6 +146,31 @@ fn host_values() -> Vec<(&'static str, usize, usize, f32)> {
     v
 }
 
+/// What the `i8` layer's output `(t, n)` may differ by besides the `f32` bound: one step of
+/// the output projection's input rounding, allowed in at most one token.
+///
+/// The `i8` projections are bit-exact between kernels given the same inputs (exact integer
+/// sums), and the q/k/v projections get the same inputs on both sides, so they agree bit for
+/// bit. The attention runs in `f32` (the firmware's `libm` `exp` against the host's), so its
+/// outputs, the output projection's inputs, agree only within the `f32` bound; an input whose
+/// scaled value `x_p · 127 / a` lies that close to a half-integer may round to neighbouring
+/// integers on the two sides, which moves `y_n` by `(a / 127) · |ŵ_np|`. The extra tolerance
+/// is one such step, with `a` bounded by the largest `|v|` token `t` can attend to (each
+/// attention output is a convex combination of value rows) and `ŵ` the dequantized weight, so a
+/// single flipped rounding passes and anything else (another quantization, another scale,
+/// another weight) does not.
+fn int8_bound(t: usize, n: usize) -> f64 {
+    let v = model::MHA8.v_proj().forward(&model::input());
+    let a = (0..=t)
+        .flat_map(|j| (0..DIM).map(move |p| (j, p)))
+        .map(|(j, p)| f64::from(v[(j, p)]).abs())
+        .fold(0.0, f64::max);
+    let w = (0..DIM)
+        .map(|p| f64::from(model::MHA8.out_proj().weight_at(n, p)).abs())
+        .fold(0.0, f64::max);
+    a / 127.0 * w
+}
+
 #[test]
 #[ignore = "needs the firmware's output: FIRMWARE_LOG=<file> (CI runs it after QEMU)"]
 fn the_firmware_matches_the_host() {
@@ -146,7 +179,7 @@ fn the_firmware_matches_the_host() {
     let mut printed = std::collections::HashMap::new();
     for line in log.lines() {
         let parts: Vec<&str> = line.split_whitespace().collect();
-        if let ["mha" | "mha16" | "gqa", t, f, v] = parts[..] {
+        if let ["mha" | "mha16" | "mha8" | "gqa", t, f, v] = parts[..] {
             let key = (
                 parts[0].to_owned(),
                 t.parse::<usize>().unwrap(),
@@ -162,18 +195,38 @@ fn the_firmware_matches_the_host() {
     let host = host_values();
     assert_eq!(printed.len(), host.len(), "values printed by the firmware");
     let mut worst = 0f64;
+    let mut worst_i8 = 0f64;
+    // Tokens of the i8 layer with an output beyond the f32 bound (within one rounding step).
+    let mut flipped = std::collections::BTreeSet::new();
     for (layer, t, f, want) in host {
         let got = printed[&(layer.to_owned(), t, f)];
         let err = (f64::from(got) - f64::from(want)).abs();
         let bound = 1e-5 + 1e-5 * f64::from(want).abs();
-        assert!(
-            err <= bound,
-            "{layer} token {t} feature {f}: firmware {got}, host {want}"
-        );
+        if layer == "mha8" && err > bound {
+            assert!(
+                err <= bound + int8_bound(t, f),
+                "{layer} token {t} feature {f}: firmware {got}, host {want}"
+            );
+            flipped.insert(t);
+        } else {
+            assert!(
+                err <= bound,
+                "{layer} token {t} feature {f}: firmware {got}, host {want}"
+            );
+        }
+        if layer == "mha8" {
+            worst_i8 = worst_i8.max(err);
+        }
         worst = worst.max(err);
     }
+    assert!(
+        flipped.len() <= 1,
+        "mha8: tokens {flipped:?} beyond the f32 bound (one flipped rounding is allowed)"
+    );
     println!(
-        "firmware (Cortex-M4F, QEMU) vs host: {} values, worst |Δ| {worst:.1e}",
-        printed.len()
+        "firmware (Cortex-M4F, QEMU) vs host: {} values, worst |Δ| {worst:.1e} (i8 layer: \
+         {worst_i8:.1e}, {} token(s) with a flipped input rounding)",
+        printed.len(),
+        flipped.len()
     );
 }

@@ -68,6 +68,8 @@ mod arm_bf16;
 mod bf16;
 #[cfg(target_arch = "x86_64")]
 mod bf16_widen;
+#[cfg(any(test, static_attention_dsp))]
+mod dsp;
 mod float;
 #[cfg(target_arch = "x86_64")]
 mod int8;

@@ -135,6 +135,14 @@ pub(super) fn linear<T: Float, Wt: Weight<T>>(
 /// (`f` rounds the `i32` sum to `T`; each operation rounds once, none is fused). A token
 /// whose inputs are all zero gets `y = b`; one with a NaN or infinite input gets NaN in every
 /// output.
+///
+/// Each output feature's weights for four consecutive inputs are one 32-bit word, and
+/// consecutive words of a feature lie `4 · width` bytes apart (`width` the feature's tile);
+/// the sums run over those words ([`dot_quads`]). With the Cortex-M DSP extension
+/// (`cfg(static_attention_dsp)`, set by `build.rs`) they run on its dual 16-bit
+/// multiply-accumulate `SMLAD` instead (`super::dsp`), four features of a tile at a time, the
+/// quantized inputs sign-extended to 16-bit pairs once per token; integer sums are exact, so
+/// both give the same bits.
 pub(super) fn linear_i8<T: Float>(
     io: LinearIo<'_, T>,
     s: usize,
@@ -144,27 +152,26 @@ pub(super) fn linear_i8<T: Float>(
     scales: &[T],
     bias: &[T],
 ) {
+    use super::layout::WEIGHT_TILE;
+    use crate::WeightKind::I8;
     check_weights(q, bias, din, dout);
     assert_eq!(scales.len(), dout, "one scale per output feature");
     let (x, out, add) = io.checked(s, din, dout);
-    let qw =
-        |c: usize, d: usize| i32::from(q[weight_index(crate::WeightKind::I8, c, d, din, dout)]);
     let max_q = T::of(127.0);
     // Sums of a block of outputs, over the token's inputs quantized a chunk at a time (on the
-    // stack: 768 bytes).
+    // stack: 768 bytes; with the DSP extension 1 KiB more for the inputs as 16-bit pairs).
     const OUTS: usize = 64;
     const INS: usize = 512;
     let mut sums = [0i32; OUTS];
     let mut xq = [0i8; INS];
+    #[cfg(static_attention_dsp)]
+    let mut pairs = [0u32; INS / 2];
+    // Inputs in whole groups of four (the rest, `din mod 4`, are stored one row each).
+    let quads = din / 4 * 4;
+    let full = dout / WEIGHT_TILE * WEIGHT_TILE;
     for i in 0..s {
         let row = |d: usize| x[i + d * s];
-        let mut amax = T::ZERO;
-        let mut finite = true;
-        for d in 0..din {
-            let a = row(d).abs_();
-            finite &= a.is_finite_();
-            amax = amax.max_(a);
-        }
+        let (amax, finite) = amax_finite(x, i, s, din);
         let r = max_q / amax;
         let sx = amax / max_q;
         let mut c0 = 0;
@@ -176,12 +183,59 @@ pub(super) fn linear_i8<T: Float>(
                 while d0 < din {
                     let ds = INS.min(din - d0);
                     for (k, q) in xq[..ds].iter_mut().enumerate() {
-                        *q = crate::weight::quantize((row(d0 + k) * r).to_f64());
+                        *q = quantize(row(d0 + k) * r);
                     }
-                    for (k, sum) in sums[..cs].iter_mut().enumerate() {
-                        for (j, &q) in xq[..ds].iter().enumerate() {
-                            *sum += i32::from(q) * qw(c0 + k, d0 + j);
+                    // `d0` is a multiple of 4: the chunk's first `dq` inputs are whole groups.
+                    let dq = quads.saturating_sub(d0).min(ds);
+                    // Feature `c`'s products with the chunk's inputs past the whole groups.
+                    let rest = |c: usize, xs: &[i8]| -> i32 {
+                        xs.iter()
+                            .enumerate()
+                            .map(|(j, &xv)| {
+                                let w = q[weight_index(I8, c, d0 + dq + j, din, dout)];
+                                i32::from(xv) * i32::from(w)
+                            })
+                            .sum()
+                    };
+                    #[cfg(static_attention_dsp)]
+                    super::dsp::pack(&xq[..dq], &mut pairs[..dq / 2]);
+                    let mut k = 0;
+                    while k < cs {
+                        let c = c0 + k;
+                        let (width, j) = if c < full {
+                            (WEIGHT_TILE, c % WEIGHT_TILE)
+                        } else {
+                            (dout - full, c - full)
+                        };
+                        // With the DSP extension, four features of one tile at a time.
+                        #[cfg(static_attention_dsp)]
+                        if dq > 0 && k + 4 <= cs && j + 4 <= width {
+                            let first = weight_index(I8, c, d0, din, dout);
+                            let four =
+                                super::dsp::dot_quads_x4(&pairs[..dq / 2], q, first, 4 * width);
+                            for (n, (sum, part)) in sums[k..k + 4].iter_mut().zip(four).enumerate()
+                            {
+                                *sum += part + rest(c + n, &xq[dq..ds]);
+                            }
+                            k += 4;
+                            continue;
                         }
+                        let sum = &mut sums[k];
+                        if dq > 0 {
+                            let first = weight_index(I8, c, d0, din, dout);
+                            #[cfg(static_attention_dsp)]
+                            {
+                                *sum +=
+                                    super::dsp::dot_quads(&pairs[..dq / 2], q, first, 4 * width);
+                            }
+                            #[cfg(not(static_attention_dsp))]
+                            {
+                                *sum += dot_quads(&xq[..dq], q, first, 4 * width);
+                            }
+                        }
+                        *sum += rest(c, &xq[dq..ds]);
+                        let _ = j; // (read by the DSP path only)
+                        k += 1;
                     }
                     d0 += ds;
                 }
@@ -193,7 +247,7 @@ pub(super) fn linear_i8<T: Float>(
                 } else if amax == T::ZERO {
                     T::ZERO
                 } else {
-                    T::of(f64::from(sum)) * (sx * scales[c])
+                    to_float::<T>(sum) * (sx * scales[c])
                 };
                 let y = &mut out[i + c * s];
                 *y = if add { *y + term } else { term + bias[c] };
@@ -201,6 +255,73 @@ pub(super) fn linear_i8<T: Float>(
             c0 += cs;
         }
     }
+}
+
+/// The largest `|x|` over token `i`'s `din` inputs (column-major, `s` tokens), and whether
+/// they are all finite.
+#[inline(always)]
+fn amax_finite<T: Float>(x: &[T], i: usize, s: usize, din: usize) -> (T, bool) {
+    // `f32` (the only 4-byte `Float`) on its bits: without the sign bit, finite values order
+    // as their bits, and infinities and NaN lie above them all (one integer maximum per
+    // input, where comparing floats takes a Cortex-M4F five instructions).
+    if T::BYTES == 4
+        && let Ok(bits) = bytemuck::try_cast_slice::<T, u32>(x)
+    {
+        let m = (0..din).fold(0u32, |m, d| m.max(bits[i + d * s] & 0x7fff_ffff));
+        if let Ok(amax) = bytemuck::try_cast::<f32, T>(f32::from_bits(m)) {
+            return (amax, m < 0x7f80_0000);
+        }
+    }
+    let mut amax = T::ZERO;
+    let mut finite = true;
+    for d in 0..din {
+        let a = x[i + d * s].abs_();
+        finite &= a.is_finite_();
+        amax = amax.max_(a);
+    }
+    (amax, finite)
+}
+
+/// `x` rounded to the nearest integer (ties to even) and saturated to `±127`, NaN to `0`:
+/// `crate::weight::quantize` in `T` itself (the same integer, as `x` is a `T`; on a
+/// Cortex-M4F, where `f64` arithmetic is a library call, the difference is what it costs).
+#[inline(always)]
+fn quantize<T: Float>(x: T) -> i8 {
+    // Adding and subtracting 1.5 / ε (1.5·2²³ for `f32`, 1.5·2⁵² for `f64`) rounds to an
+    // integer, ties to even, for |x| < 0.5 / ε; anything larger (or infinite) stays beyond
+    // ±127 and saturates below.
+    let magic = T::of(1.5) / T::EPSILON;
+    let v = (x + magic) - magic;
+    // `as i32` saturates and takes NaN to 0 (one `vcvt` on a Cortex-M4F). `Float` is `f32`
+    // or `f64`: an `f32` converts directly, without the soft-float `f64` of the Cortex-M4F.
+    let i = match bytemuck::try_cast::<T, f32>(v) {
+        Ok(v) => v as i32,
+        Err(_) => v.to_f64() as i32,
+    };
+    i.clamp(-127, 127) as i8
+}
+
+/// `sum` rounded to `T` (to nearest): directly for `f32` (`vcvt` on a Cortex-M4F), through
+/// the exact `f64` for `f64`.
+#[inline(always)]
+fn to_float<T: Float>(sum: i32) -> T {
+    bytemuck::try_cast::<f32, T>(sum as f32).unwrap_or_else(|_| T::of(f64::from(sum)))
+}
+
+/// `Σ_p x_p · q_p` over whole groups of four inputs (`x.len()` a multiple of 4): the weights
+/// of group `g` are the four bytes at `q[first + g · stride ..]`.
+#[cfg_attr(static_attention_dsp, allow(dead_code))]
+#[inline(always)]
+fn dot_quads(x: &[i8], q: &[i8], first: usize, stride: usize) -> i32 {
+    let mut sum = 0i32;
+    for (xs, w) in x.chunks_exact(4).zip(q[first..].chunks(stride)) {
+        let w = &w[..4];
+        sum += i32::from(xs[0]) * i32::from(w[0])
+            + i32::from(xs[1]) * i32::from(w[1])
+            + i32::from(xs[2]) * i32::from(w[2])
+            + i32::from(xs[3]) * i32::from(w[3]);
+    }
+    sum
 }
 
 /// Streaming (flash-style) attention for one head.

@@ -1,7 +1,8 @@
 //! Attention on a Cortex-M4F, no heap: a `MultiHead<16, 32, 4>` forward pass and a
 //! grouped-query layer decoding through a KV cache with RoPE, both layers `static` (weights in
 //! flash, built at compile time from `model.bin`). Results go out over semihosting, one value
-//! per line (`mha t f value`, `mha16 …` for the copy with f16 weights, `gqa t f value`), then
+//! per line (`mha t f value`, `mha16 …` for the copy with f16 weights, `mha8 …` for the one
+//! with i8 weights, `gqa t f value`), then
 //! a checksum, the stack high-water mark and the layers' sizes; the program exits 0 through
 //! semihosting.
 //!
@@ -18,7 +19,7 @@ use cortex_m_semihosting::{debug, hprintln};
 use static_attention::positions::{Rope, RopeStyle};
 use static_attention::{Alignment, KvCache, Mask, MultiHead, SMatrix, Scratch};
 
-use model::{CAP, DIM, GQA, HEAD_DIM, KV_DIM, MAX_POS, MHA, MHA16, PROMPT, SEQ, STEPS};
+use model::{CAP, DIM, GQA, HEAD_DIM, KV_DIM, MAX_POS, MHA, MHA8, MHA16, PROMPT, SEQ, STEPS};
 
 #[entry]
 fn main() -> ! {
@@ -44,12 +45,26 @@ fn main() -> ! {
     let x = model::input();
     let mut scratch = Scratch::<SEQ, SEQ, DIM>::new();
     let mut y = SMatrix::<f32, SEQ, DIM>::zeros();
+    // Each forward pass is bracketed by marks (see `mark`); the first pair, with nothing
+    // between, is the marks' own cost.
+    mark();
+    mark();
+    mark();
     MHA.forward_into(&x, &Mask::causal(Alignment::TopLeft), &mut scratch, &mut y);
+    mark();
     emit("mha", 0, y.as_slice(), SEQ);
 
     // The same forward pass with the f16-weight copy of the layer.
+    mark();
     MHA16.forward_into(&x, &Mask::causal(Alignment::TopLeft), &mut scratch, &mut y);
+    mark();
     emit("mha16", 0, y.as_slice(), SEQ);
+
+    // And with the i8-weight copy (W8A8 projections, f32 attention).
+    mark();
+    MHA8.forward_into(&x, &Mask::causal(Alignment::TopLeft), &mut scratch, &mut y);
+    mark();
+    emit("mha8", 0, y.as_slice(), SEQ);
 
     // Decoding: a prompt, then one token at a time, RoPE at the cache's positions.
     // Matched, not `expect`ed: `expect` would link `RopeError`'s `Debug` formatting (about
@@ -84,15 +99,16 @@ fn main() -> ! {
         "checksum {:?} {:?} over {} values",
         sum,
         sum_sq,
-        (2 * SEQ + decoded) * DIM
+        (3 * SEQ + decoded) * DIM
     );
     let stack = cortex_m_stack::stack_size() as usize;
     let untouched = cortex_m_stack::stack_painted() as usize;
     hprintln!("stack high-water mark {} bytes", stack - untouched);
     hprintln!(
-        "sizes MultiHead PARAM_BYTES {} (f16 weights: {}) SCRATCH_BYTES {} | GroupedQuery PARAM_BYTES {} | KvCache BYTES {} | decoding Scratch<1, 1, DIM, f32, KV_DIM> BYTES {} | Rope BYTES {}",
+        "sizes MultiHead PARAM_BYTES {} (f16 weights: {}, i8 weights: {}) SCRATCH_BYTES {} | GroupedQuery PARAM_BYTES {} | KvCache BYTES {} | decoding Scratch<1, 1, DIM, f32, KV_DIM> BYTES {} | Rope BYTES {}",
         MultiHead::<SEQ, DIM, { model::HEADS }>::PARAM_BYTES,
         MultiHead::<SEQ, DIM, { model::HEADS }, f32, static_attention::f16>::PARAM_BYTES,
+        MultiHead::<SEQ, DIM, { model::HEADS }, f32, i8>::PARAM_BYTES,
         MultiHead::<SEQ, DIM, { model::HEADS }>::SCRATCH_BYTES,
         static_attention::GroupedQuery::<DIM, { model::HEADS }, { model::KV_HEADS }, DIM, KV_DIM>::PARAM_BYTES,
         KvCache::<CAP, KV_DIM>::BYTES,
@@ -116,6 +132,15 @@ fn main() -> ! {
     loop {
         cortex_m::asm::wfi();
     }
+}
+
+/// A mark for `scripts/insn_counts.sh`: QEMU's `insn` plugin (`match=sev`) reports the
+/// instructions executed between consecutive `sev`s. `SEV` (send event) is a hint that
+/// changes nothing here (no other core waits for events), and the firmware executes it
+/// nowhere else.
+#[inline(always)]
+fn mark() {
+    cortex_m::asm::sev();
 }
 
 #[panic_handler]

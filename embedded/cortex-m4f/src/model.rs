@@ -7,8 +7,10 @@
 //! 2. `GroupedQuery<32, 4, 2, 32, 16>` (Llama-style, no biases): `q_proj` (32 × 32), `k_proj`
 //!    (16 × 32), `v_proj` (16 × 32), `o_proj` (32 × 32).
 //!
-//! The multi-head layer is built twice: with `f32` weights (`MHA`) and with the same weights
-//! rounded to `f16` (`MHA16`, half the flash).
+//! The multi-head layer is built three times: with `f32` weights (`MHA`), with the same
+//! weights rounded to `f16` (`MHA16`, half the flash), and quantized to symmetric `i8` with
+//! one `f32` scale per output feature (`MHA8`, about 30 % of the flash; the quantization is
+//! `Linear::to_weights::<i8>`'s, done by `const fn`).
 //!
 //! A blob of another length stops the build (the `const` assertion below).
 
@@ -103,6 +105,57 @@ const fn with_bias_f16(start: usize) -> Linear<DIM, DIM, f32, f16> {
     Linear::from_rows(h, b)
 }
 
+/// The same map quantized to `i8` as `Linear::to_weights::<i8>` does it: per output feature
+/// `n`, the scale `s_n = max_p |w_np| / 127` (in `f32`, over the finite weights) and each
+/// weight the integer nearest `w_np / s_n` (ties to even, saturated to `±127`; all zero when
+/// `s_n = 0`). The bias stays `f32`.
+const fn with_bias_i8(start: usize) -> Linear<DIM, DIM, f32, i8> {
+    let w = rows::<DIM, DIM>(start);
+    let mut q = [[0i8; DIM]; DIM];
+    let mut scales = [0.0; DIM];
+    let mut b = [0.0; DIM];
+    let mut n = 0;
+    while n < DIM {
+        let mut amax = 0.0f32;
+        let mut p = 0;
+        while p < DIM {
+            let a = w[n][p].abs();
+            if a.is_finite() && a > amax {
+                amax = a;
+            }
+            p += 1;
+        }
+        let scale = amax / 127.0;
+        scales[n] = scale;
+        if scale != 0.0 {
+            p = 0;
+            while p < DIM {
+                q[n][p] = quantize(w[n][p] / scale);
+                p += 1;
+            }
+        }
+        b[n] = at(start + DIM * DIM + n);
+        n += 1;
+    }
+    Linear::from_quantized(q, scales, b)
+}
+
+/// `x` rounded to the nearest integer, ties to even, saturated to `±127`, NaN to `0` (the
+/// library's rounding of weights to `i8`).
+const fn quantize(x: f32) -> i8 {
+    // Adding and subtracting 1.5·2²³ rounds an `f32` below 2²² to an integer, ties to even.
+    const MAGIC: f32 = 12_582_912.0;
+    if x.is_nan() {
+        0
+    } else if x >= 127.0 {
+        127
+    } else if x <= -127.0 {
+        -127
+    } else {
+        ((x + MAGIC) - MAGIC) as i8
+    }
+}
+
 const P: usize = DIM * DIM + DIM;
 
 /// The multi-head layer, its weights in flash.
@@ -119,6 +172,15 @@ pub static MHA16: MultiHead<SEQ, DIM, HEADS, f32, f16> = MultiHead::from_parts(
     with_bias_f16(P),
     with_bias_f16(2 * P),
     with_bias_f16(3 * P),
+);
+
+/// The multi-head layer again with `i8` weights and per-feature `f32` scales (W8A8: each
+/// token's inputs are quantized on the fly; the attention runs in `f32`).
+pub static MHA8: MultiHead<SEQ, DIM, HEADS, f32, i8> = MultiHead::from_parts(
+    with_bias_i8(0),
+    with_bias_i8(P),
+    with_bias_i8(2 * P),
+    with_bias_i8(3 * P),
 );
 
 const G: usize = MHA_SCALARS;

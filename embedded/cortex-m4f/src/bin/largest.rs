@@ -1,13 +1,14 @@
 //! The largest `MultiHead` the README says fits a part with 1 MiB of flash and 256 KiB of RAM:
-//! `MultiHead<48, 248, 8>` with `f32` weights, or `MultiHead<32, 352, 8, f32, f16>` with the
-//! `f16` feature (weights from a `const fn` formula), one causal
+//! `MultiHead<48, 248, 8>` with `f32` weights, `MultiHead<32, 352, 8, f32, f16>` with the
+//! `f16` feature, or `MultiHead<16, 488, 8, f32, i8>` with the `i8` feature (weights from a
+//! `const fn` formula), one causal
 //! forward pass with the scratch, input and output in `.bss`. It prints the stack the forward
 //! pass needs and a checksum; CI checks flash (`.vector_table` + `.text` + `.rodata`) ≤ 1 MiB
 //! and RAM (`.data` + `.bss` + the forward pass's stack) ≤ 256 KiB.
 
 #![no_std]
 #![no_main]
-// Building 4 × 352² weights in `const fn`s takes the compiler a while; it is meant to.
+// Building 4 × 488² weights in `const fn`s takes the compiler a while; it is meant to.
 #![allow(long_running_const_eval)]
 
 use cortex_m_rt::entry;
@@ -15,14 +16,19 @@ use cortex_m_semihosting::{debug, hprintln};
 use static_attention::nalgebra::ArrayStorage;
 use static_attention::{Alignment, Linear, Mask, MultiHead, SMatrix, Scratch};
 
-/// `f32` weights by default; with the `f16` feature, half-precision weights and a wider layer.
-#[cfg(not(feature = "f16"))]
+/// `f32` weights by default; with the `f16` feature, half-precision weights and a wider layer;
+/// with the `i8` feature, symmetric `i8` weights with one `f32` scale per output feature.
+#[cfg(not(any(feature = "f16", feature = "i8")))]
 mod shape {
     pub const SEQ: usize = 48;
     pub const DIM: usize = 248;
     pub type Wt = f32;
+    pub const NAME: &str = "f32";
     pub const fn weight(x: f32) -> Wt {
         x
+    }
+    pub const fn linear(seed: usize, bias: f32) -> super::Linear<DIM, DIM, f32, Wt> {
+        super::Linear::from_rows(super::weights(seed), [bias; DIM])
     }
 }
 #[cfg(feature = "f16")]
@@ -30,13 +36,34 @@ mod shape {
     pub const SEQ: usize = 32;
     pub const DIM: usize = 352;
     pub type Wt = static_attention::f16;
+    pub const NAME: &str = "f16";
     pub const fn weight(x: f32) -> Wt {
         static_attention::f16::from_f32_const(x)
+    }
+    pub const fn linear(seed: usize, bias: f32) -> super::Linear<DIM, DIM, f32, Wt> {
+        super::Linear::from_rows(super::weights(seed), [bias; DIM])
+    }
+}
+#[cfg(all(feature = "i8", not(feature = "f16")))]
+mod shape {
+    pub const SEQ: usize = 16;
+    pub const DIM: usize = 488;
+    pub type Wt = i8;
+    pub const NAME: &str = "i8";
+    /// Integers in `−127 ..= 127` from the same kind of formula, each feature's scale
+    /// `0.03 / 127` (weights within ±0.03, as in the `f32` layer).
+    pub const fn weight(x: f32) -> Wt {
+        (x * (127.0 / 0.032)) as i8
+    }
+    pub const fn linear(seed: usize, bias: f32) -> super::Linear<DIM, DIM, f32, Wt> {
+        super::Linear::from_quantized(super::weights(seed), [0.03 / 127.0; DIM], [bias; DIM])
     }
 }
 use shape::{DIM, SEQ, Wt};
 const HEADS: usize = 8;
 
+/// `weight[OUT][IN]` from a formula (values in `−0.03 .. 0.032`), each stored as
+/// `shape::weight` makes it.
 const fn weights(seed: usize) -> [[Wt; DIM]; DIM] {
     let mut w = [[shape::weight(0.0); DIM]; DIM];
     let mut n = 0;
@@ -51,12 +78,13 @@ const fn weights(seed: usize) -> [[Wt; DIM]; DIM] {
     w
 }
 
-static LAYER: MultiHead<SEQ, DIM, HEADS, f32, Wt> = MultiHead::from_parts(
-    Linear::from_rows(weights(1), [0.01; DIM]),
-    Linear::from_rows(weights(2), [0.0; DIM]),
-    Linear::from_rows(weights(3), [-0.01; DIM]),
-    Linear::from_rows(weights(4), [0.02; DIM]),
-);
+// One constant per projection: four shorter constant evaluations than one for the whole layer.
+const Q: Linear<DIM, DIM, f32, Wt> = shape::linear(1, 0.01);
+const K: Linear<DIM, DIM, f32, Wt> = shape::linear(2, 0.0);
+const V: Linear<DIM, DIM, f32, Wt> = shape::linear(3, -0.01);
+const O: Linear<DIM, DIM, f32, Wt> = shape::linear(4, 0.02);
+
+static LAYER: MultiHead<SEQ, DIM, HEADS, f32, Wt> = MultiHead::from_parts(Q, K, V, O);
 
 /// The working memory, in `.bss`: cortex-m's `singleton!` hands out each `&'static mut` once.
 /// (Its initialisers go through this function's frame, which is gone before the forward pass.)
@@ -95,7 +123,7 @@ fn main() -> ! {
         SEQ,
         DIM,
         HEADS,
-        if cfg!(feature = "f16") { "f16" } else { "f32" },
+        shape::NAME,
         MultiHead::<SEQ, DIM, HEADS, f32, Wt>::PARAM_BYTES,
         MultiHead::<SEQ, DIM, HEADS, f32, Wt>::SCRATCH_BYTES,
         sum
