@@ -64,6 +64,8 @@ mod args;
 mod arm;
 #[cfg(target_arch = "aarch64")]
 mod arm_bf16;
+#[cfg(target_arch = "aarch64")]
+mod arm_int8;
 #[cfg(target_arch = "x86_64")]
 mod bf16;
 #[cfg(target_arch = "x86_64")]
@@ -171,7 +173,7 @@ impl Kernel {
             Kernel::Avx512Bf16 => x86::avx512_bf16_available(),
             Kernel::Neon => cfg!(all(target_arch = "aarch64", target_feature = "neon")),
             #[cfg(target_arch = "aarch64")]
-            Kernel::NeonBf16 => arm::bf16_available(),
+            Kernel::NeonBf16 => arm::bf16_dotprod_available(),
             #[cfg(not(target_arch = "aarch64"))]
             Kernel::NeonBf16 => false,
             #[cfg(not(target_arch = "x86_64"))]
