@@ -418,13 +418,16 @@ unsafe fn quads<const N: usize>(
     } else {
         t.qc
     };
-    // SAFETY (both loops): the caller's contract: quad `q`'s `MR` words at `(q − qc)·MR`.
-    let x = |q: usize| unsafe {
-        let x = a.add((q - t.qc) * MR);
-        (
-            vreinterpretq_s8_u32(vld1q_u32(x)),
-            vreinterpretq_s8_u32(vld1q_u32(x.add(L))),
-        )
+    // Quad `q` of the panel (both loops: `qc ≤ q < q_end`).
+    let x = |q: usize| {
+        // SAFETY: the caller's contract: quad `q`'s `MR` words at `(q − qc)·MR`.
+        unsafe {
+            let x = a.add((q - t.qc) * MR);
+            (
+                vreinterpretq_s8_u32(vld1q_u32(x)),
+                vreinterpretq_s8_u32(vld1q_u32(x.add(L))),
+            )
+        }
     };
     for q in t.qc..wide {
         let (x0, x1) = x(q);
