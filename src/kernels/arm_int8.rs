@@ -153,21 +153,29 @@ struct Tokens {
 }
 
 /// Rows `at .. at + rows` (`rows ≤ 8`) of a column-major matrix as two vectors, zero past
-/// `rows` (also the `i32` partial sums kept in `out`, bit for bit).
+/// `rows` (also the `i32` partial sums kept in `out`, bit for bit). A short panel (the last
+/// tokens, a decoding step) is read value by value: a copy of `rows` values would be a call
+/// to `memcpy` per input column.
 #[inline(always)]
 fn load_rows(x: &[f32], at: usize, rows: usize) -> [float32x4_t; 2] {
     let mut buf = [0f32; MR];
     let src = if rows == MR {
         &x[at..at + MR]
     } else {
-        buf[..rows].copy_from_slice(&x[at..at + rows]);
+        let col = &x[at..at + rows];
+        for (i, v) in buf.iter_mut().enumerate() {
+            if i < rows {
+                *v = col[i];
+            }
+        }
         &buf[..]
     };
     // SAFETY: `src` holds `MR = 2·L` values.
     unsafe { [vld1q_f32(src.as_ptr()), vld1q_f32(src.as_ptr().add(L))] }
 }
 
-/// Writes the first `rows` lanes of `v` to rows `at .. at + rows` of `out`.
+/// Writes the first `rows` lanes of `v` to rows `at .. at + rows` of `out` (value by value
+/// for a short panel, as [`load_rows`] reads).
 #[inline(always)]
 fn store_rows(out: &mut [f32], at: usize, rows: usize, v: [float32x4_t; 2]) {
     if rows == MR {
@@ -184,7 +192,12 @@ fn store_rows(out: &mut [f32], at: usize, rows: usize, v: [float32x4_t; 2]) {
             vst1q_f32(buf.as_mut_ptr(), v[0]);
             vst1q_f32(buf.as_mut_ptr().add(L), v[1]);
         }
-        out[at..at + rows].copy_from_slice(&buf[..rows]);
+        let dst = &mut out[at..at + rows];
+        for (i, &y) in buf.iter().enumerate() {
+            if i < rows {
+                dst[i] = y;
+            }
+        }
     }
 }
 
