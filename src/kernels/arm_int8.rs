@@ -306,8 +306,8 @@ struct Operands<'a> {
     bias: &'a [f32],
 }
 
-/// The `8 × N` micro-tile (`N` the tile's width rounded up to 4; features past `width` are
-/// summed from zero weights and never stored). The two rows of accumulators are two named
+/// The `8 × N` micro-tile (`N` the tile's width rounded up to 4; the lanes of features past
+/// `width` sum whatever bytes their loads brought, and are never stored). The two rows of accumulators are two named
 /// arrays, passed by value through [`quads`].
 #[target_feature(enable = "neon,dotprod")]
 fn micro<const N: usize>(t: Tile, ops: &Operands<'_>, out: &mut [f32], s: usize) {
