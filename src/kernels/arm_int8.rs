@@ -17,6 +17,10 @@
 //! The `i32` sums are exact; the epilogue `f(Σ)·((a/127)·scale_n) + b_n` rounds as the
 //! reference does (no fused operation).
 //!
+//! Projections of one or two tokens (a decoding step) go one token at a time with the output
+//! features in the lanes instead ([`gemv`]): 3 `SDOT` per quad of inputs and storage tile,
+//! where a panel of 8 tokens holding one spends 24.
+//!
 //! Stable Rust has no intrinsics for the dot-product extension yet (`vdotq_laneq_s32` is
 //! unstable), so `SDOT` is written with `asm!` in functions compiled with
 //! `#[target_feature(enable = "neon,dotprod")]`, reached only where the CPU has it.
@@ -26,7 +30,7 @@
 use core::arch::aarch64::*;
 use core::arch::asm;
 
-use super::args::{LinearIo, check_weights};
+use super::args::{GEMV_TOKENS, LinearIo, check_weights};
 use super::layout::WEIGHT_TILE;
 
 /// `i32` lanes of a vector.
@@ -95,6 +99,12 @@ pub(super) fn linear(
     let pack: &mut [u32] = bytemuck::cast_slice_mut(pack);
     let quads = din.div_ceil(4);
     let full = dout / WEIGHT_TILE * WEIGHT_TILE;
+    if s <= GEMV_TOKENS {
+        for i in 0..s {
+            gemv(x, s, i, din, q, dout, scales, bias, out, pack);
+        }
+        return;
+    }
     let mut i0 = 0;
     while i0 < s {
         let rows = MR.min(s - i0);
@@ -490,4 +500,305 @@ unsafe fn partial_group(w: *const i8, words: usize) -> int8x16_t {
         }
         vreinterpretq_s8_u32(v)
     }
+}
+
+// ---- One token at a time (decoding) --------------------------------------------------------
+//
+// A panel of 8 tokens holding one or two would be mostly padding, so up to `GEMV_TOKENS`
+// tokens go one at a time with the output features in the lanes: the token's quantized inputs
+// are packed one word per quad, and `SDOT` (by element) multiplies a 16-byte load of a quad
+// row (the words of 4 features) by word `j` of 4 packed quads, adding to the 4 features'
+// sums. A storage tile of 12 features is 3 accumulators; 3 `SDOT` per quad of inputs where
+// the panel kernel spends 24.
+
+/// Token `i` of `x` (`s × din`, column-major): `out[i, ·] = x[i, ·] · Wᵀ + b` as
+/// `scalar::linear_i8` computes it, `pack` holding a word per quad of inputs (a chunk of
+/// `pack.len()` quads at a time, the partial sums waiting in `out`).
+#[target_feature(enable = "neon,dotprod")]
+fn gemv(
+    x: &[f32],
+    s: usize,
+    i: usize,
+    din: usize,
+    q: &[i8],
+    dout: usize,
+    scales: &[f32],
+    bias: &[f32],
+    out: &mut [f32],
+    pack: &mut [u32],
+) {
+    let mut amax = 0f32;
+    let mut finite = true;
+    for p in 0..din {
+        let a = x[i + p * s].abs();
+        finite &= a.is_finite();
+        amax = amax.max(a);
+    }
+    let tok = Token {
+        sx: amax / 127.0,
+        bad: !finite,
+        zero: amax == 0.0,
+    };
+    let r = 127.0 / amax;
+    let quads = din.div_ceil(4);
+    let whole = din / 4;
+    let full = dout / WEIGHT_TILE * WEIGHT_TILE;
+    let mut qc = 0;
+    while qc < quads {
+        let nq = pack.len().min(quads - qc);
+        for (k, word) in pack[..nq].iter_mut().enumerate() {
+            let p0 = 4 * (qc + k);
+            let v: [f32; 4] = core::array::from_fn(|j| {
+                if p0 + j < din {
+                    x[i + (p0 + j) * s]
+                } else {
+                    0.0
+                }
+            });
+            // SAFETY: NEON is the aarch64 baseline; `v` holds 4 values.
+            *word = unsafe {
+                // As the panel kernel quantizes: to nearest, ties to even (0 for NaN), then
+                // within ±127; narrowed to the word's four bytes (input `p0 + j` in byte `j`).
+                let n = vcvtnq_s32_f32(vmulq_f32(vld1q_f32(v.as_ptr()), vdupq_n_f32(r)));
+                let n = vminq_s32(vmaxq_s32(n, vdupq_n_s32(-127)), vdupq_n_s32(127));
+                let h = vmovn_s32(n);
+                let b = vmovn_s16(vcombine_s16(h, h));
+                vget_lane_u32::<0>(vreinterpret_u32_s8(b))
+            };
+        }
+        let t = Row {
+            qc,
+            nq,
+            whole,
+            din,
+            first: qc == 0,
+            last: qc + nq == quads,
+        };
+        let mut t0 = 0;
+        while t0 < dout {
+            let width = if t0 < full { WEIGHT_TILE } else { dout - full };
+            let ops = RowOperands {
+                a: &pack[..nq],
+                b: &q[t0 * din..(t0 + width) * din],
+                width,
+                j0: t0,
+                scales,
+                bias,
+            };
+            let at = i + t0 * s;
+            match width.div_ceil(4) {
+                1 => row::<1>(t, &ops, tok, out, at, s),
+                2 => row::<2>(t, &ops, tok, out, at, s),
+                _ => row::<3>(t, &ops, tok, out, at, s),
+            }
+            t0 += width;
+        }
+        qc += nq;
+    }
+}
+
+/// One token's scale and state (see [`Tokens`]).
+#[derive(Clone, Copy)]
+struct Token {
+    sx: f32,
+    bad: bool,
+    zero: bool,
+}
+
+/// A chunk of one token's packed quads (`qc .. qc + nq` of `din.div_ceil(4)`; `whole` of
+/// them whole quads of stored rows), as [`Tile`] for the panel kernel.
+#[derive(Clone, Copy)]
+struct Row {
+    qc: usize,
+    nq: usize,
+    whole: usize,
+    din: usize,
+    first: bool,
+    last: bool,
+}
+
+/// What [`row`] reads: the packed words of the chunk, the storage tile of features `j0 .. j0
+/// + width` (`din · width` bytes), the layer's scales and biases.
+struct RowOperands<'a> {
+    a: &'a [u32],
+    b: &'a [i8],
+    width: usize,
+    j0: usize,
+    scales: &'a [f32],
+    bias: &'a [f32],
+}
+
+/// One token by one storage tile, `G` groups of 4 features in the lanes of `G` accumulators;
+/// the token's outputs are `out[at + n·s]`.
+#[target_feature(enable = "neon,dotprod")]
+fn row<const G: usize>(
+    t: Row,
+    ops: &RowOperands<'_>,
+    tok: Token,
+    out: &mut [f32],
+    at: usize,
+    s: usize,
+) {
+    let width = ops.width;
+    let mut acc = [vdupq_n_s32(0); G];
+    if !t.first {
+        for g in 0..G {
+            let mut sums = [0u32; 4];
+            for (f, sum) in sums.iter_mut().enumerate() {
+                if 4 * g + f < width {
+                    *sum = out[at + (4 * g + f) * s].to_bits();
+                }
+            }
+            // SAFETY: `sums` holds 4 words.
+            acc[g] = unsafe { vreinterpretq_s32_u32(vld1q_u32(sums.as_ptr())) };
+        }
+    }
+    let q_end = (t.qc + t.nq).min(t.whole);
+    assert!(
+        ops.a.len() >= t.nq && ops.b.len() >= t.din * width && 4 * G >= width,
+        "row operands"
+    );
+    // SAFETY: quads `qc .. q_end` of the chunk are in `a` and their rows in `b`, as checked.
+    acc = unsafe {
+        row_quads::<G>(
+            ops.a.as_ptr(),
+            ops.b.as_ptr(),
+            ops.b.len(),
+            width,
+            t,
+            q_end,
+            acc,
+        )
+    };
+    if q_end < t.qc + t.nq {
+        // The partial last quad, its weights gathered from the plain rows as the panel kernel
+        // does, features in the lanes.
+        let xw = ops.a[t.whole - t.qc];
+        let mut words = [0u32; 12];
+        for (n, word) in words.iter_mut().enumerate().take(width) {
+            for p in 4 * t.whole..t.din {
+                let byte = ops.b[p * width + n].cast_unsigned();
+                *word |= u32::from(byte) << (8 * (p - 4 * t.whole));
+            }
+        }
+        let xv = vreinterpretq_s8_u32(vdupq_n_u32(xw));
+        for g in 0..G {
+            // SAFETY: `words` holds `4g + 4 ≤ 12` words.
+            let w = unsafe { vreinterpretq_s8_u32(vld1q_u32(words.as_ptr().add(4 * g))) };
+            sdot!(acc[g], w, xv, 0);
+        }
+    }
+    if !t.last {
+        for g in 0..G {
+            let mut sums = [0u32; 4];
+            // SAFETY: `sums` holds 4 words.
+            unsafe { vst1q_u32(sums.as_mut_ptr(), vreinterpretq_u32_s32(acc[g])) };
+            for (f, &sum) in sums.iter().enumerate() {
+                if 4 * g + f < width {
+                    out[at + (4 * g + f) * s] = f32::from_bits(sum);
+                }
+            }
+        }
+        return;
+    }
+    // y = f(Σ)·((a/127)·scale_n) + b_n, NaN for a token with a non-finite input, b_n for one
+    // whose inputs are all zero: the panel kernel's epilogue, features in the lanes.
+    for g in 0..G {
+        let (mut sc, mut b) = ([0f32; 4], [0f32; 4]);
+        for f in 0..4 {
+            if 4 * g + f < width {
+                sc[f] = ops.scales[ops.j0 + 4 * g + f];
+                b[f] = ops.bias[ops.j0 + 4 * g + f];
+            }
+        }
+        let mut y = [0f32; 4];
+        // SAFETY: NEON is the aarch64 baseline; `sc`, `b` and `y` hold 4 values.
+        unsafe {
+            let term = vmulq_f32(
+                vcvtq_f32_s32(acc[g]),
+                vmulq_f32(vdupq_n_f32(tok.sx), vld1q_f32(sc.as_ptr())),
+            );
+            let term = if tok.bad {
+                vdupq_n_f32(f32::NAN)
+            } else if tok.zero {
+                vdupq_n_f32(0.0)
+            } else {
+                term
+            };
+            vst1q_f32(y.as_mut_ptr(), vaddq_f32(term, vld1q_f32(b.as_ptr())));
+        }
+        for (f, &v) in y.iter().enumerate() {
+            if 4 * g + f < width {
+                out[at + (4 * g + f) * s] = v;
+            }
+        }
+    }
+}
+
+/// The main loop of [`row`]: whole quads `t.qc .. q_end`, four at a time (their packed
+/// words one vector, word `j` the by-element operand of quad `j`'s `SDOT`), then one at a
+/// time. Loads past a narrow tile's width as in [`quads`].
+///
+/// # Safety
+/// `a` holds the chunk's words from quad `t.qc` to at least `q_end`, `b` (`b_len` bytes, the
+/// storage tile) the quads of rows up to `q_end` (`4·width` bytes each); `4G ≥ width`.
+#[target_feature(enable = "neon,dotprod")]
+#[inline]
+unsafe fn row_quads<const G: usize>(
+    a: *const u32,
+    b: *const i8,
+    b_len: usize,
+    width: usize,
+    t: Row,
+    q_end: usize,
+    acc: [int32x4_t; G],
+) -> [int32x4_t; G] {
+    let mut acc = acc;
+    let row = 4 * width;
+    // Quads below `wide` read their `16G` bytes inside `b`.
+    let wide = if b_len >= 16 * G {
+        ((b_len - 16 * G) / row + 1).clamp(t.qc, q_end)
+    } else {
+        t.qc
+    };
+    let mut q = t.qc;
+    while q + 4 <= wide {
+        // SAFETY: words `q − qc .. q − qc + 4` of the chunk (`q + 4 ≤ q_end`).
+        let xv = unsafe { vreinterpretq_s8_u32(vld1q_u32(a.add(q - t.qc))) };
+        // SAFETY: `q + j < wide`: the 16 bytes at `(q + j)·row + 16g` are inside
+        // `b`.
+        let w = |j: usize, g: usize| unsafe { vld1q_s8(b.add((q + j) * row + 16 * g)) };
+        for g in 0..G {
+            sdot!(acc[g], w(0, g), xv, 0);
+        }
+        for g in 0..G {
+            sdot!(acc[g], w(1, g), xv, 1);
+        }
+        for g in 0..G {
+            sdot!(acc[g], w(2, g), xv, 2);
+        }
+        for g in 0..G {
+            sdot!(acc[g], w(3, g), xv, 3);
+        }
+        q += 4;
+    }
+    while q < q_end {
+        // SAFETY: word `q − qc` of the chunk.
+        let xv = unsafe { vreinterpretq_s8_u32(vdupq_n_u32(a.add(q - t.qc).read())) };
+        for g in 0..G {
+            // SAFETY: as in [`quads`]: a whole group's 16 bytes inside `b` below `wide` or
+            // inside the row, else the partial group's words.
+            let w = unsafe {
+                let p = b.add(q * row + 16 * g);
+                if q < wide || 4 * g + 4 <= width {
+                    vld1q_s8(p)
+                } else {
+                    partial_group(p, width - 4 * g)
+                }
+            };
+            sdot!(acc[g], w, xv, 0);
+        }
+        q += 1;
+    }
+    acc
 }
