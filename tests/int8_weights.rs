@@ -490,3 +490,62 @@ mod files {
         assert_eq!(o.weight_at(0, 4), o.scales()[0]);
     }
 }
+
+/// Every kernel bit for bit as the scalar kernel on `x`.
+fn same_bits<const S: usize, const IN: usize, const OUT: usize>(
+    q: &Linear<IN, OUT, f32, i8>,
+    x: &SMatrix<f32, S, IN>,
+) {
+    let reference = with_kernel(Kernel::Scalar, || q.forward(x)).expect("scalar runs");
+    for k in Kernel::supported() {
+        let y = with_kernel(k, || q.forward(x)).expect("supported");
+        for (a, b) in y.iter().zip(reference.iter()) {
+            assert_eq!(
+                a.to_bits(),
+                b.to_bits(),
+                "{k:?} differs from the scalar kernel over {S} tokens, {IN} → {OUT}"
+            );
+        }
+    }
+}
+
+/// `S` tokens of `IN` inputs at `scale`, with (where there are that many tokens) a token of
+/// zeros, one whose only non-zero input is the smallest subnormal (its `127/a` overflows to
+/// infinity), one with an infinity and one with a NaN.
+fn awkward_tokens<const S: usize, const IN: usize>(seed: u64, scale: f32) -> SMatrix<f32, S, IN> {
+    let mut x = input::<S, IN>(seed, scale);
+    if S > 1 {
+        x.row_mut(1).fill(0.0);
+    }
+    if S > 3 {
+        x.row_mut(3).fill(0.0);
+        x[(3, IN / 2)] = f32::from_bits(1);
+    }
+    if S > 4 {
+        x[(4, IN / 3)] = f32::NEG_INFINITY;
+    }
+    if S > 6 {
+        x[(6, IN - 1)] = f32::NAN;
+    }
+    x
+}
+
+/// Every token count from 1 to 40 (the 8-token panels of NEON, the 32-token ones of AVX-512,
+/// and their tails), inputs not a multiple of 4 and more than a pack buffer holds, widths
+/// not a multiple of the 12-feature tile, input scales from subnormal to huge, and the
+/// awkward tokens: every kernel bit for bit as the scalar one.
+#[test]
+fn every_token_count_matches_the_scalar_kernel_bit_for_bit() {
+    let q_small: Linear<37, 17, f32, i8> = linear::<37, 17>(5).to_weights();
+    let q_large: Linear<301, 7, f32, i8> = linear::<301, 7>(6).to_weights();
+    macro_rules! counts {
+        ($($s:literal)*) => {$(
+            for (seed, scale) in [(1, 1.0), (2, 1e-40), (3, 3e30)] {
+                same_bits(&q_small, &awkward_tokens::<$s, 37>(seed, scale));
+                same_bits(&q_large, &awkward_tokens::<$s, 301>(seed, scale));
+            }
+        )*};
+    }
+    counts!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20
+            21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40);
+}

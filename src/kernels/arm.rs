@@ -8,18 +8,20 @@ use core::arch::aarch64::*;
 
 use super::simd::simd_impls;
 use super::table::{Table, widen_portable};
-use super::{Kernel, arm_bf16, vector};
+use super::{Kernel, arm_bf16, arm_int8, vector};
 
-/// Whether the CPU has the BF16 extension (`BFDOT`; with `std` detected at run time, without
-/// it known only when the build targets it), for [`Kernel::NeonBf16`].
-pub(crate) fn bf16_available() -> bool {
+/// Whether the CPU has the BF16 extension (`BFDOT`) and the dot-product extension (`SDOT`),
+/// for [`Kernel::NeonBf16`]: with `std` detected at run time, without it known only when the
+/// build targets both. (Every core with BF16, Armv8.6-A and later, has the dot product.)
+pub(crate) fn bf16_dotprod_available() -> bool {
     #[cfg(feature = "std")]
     {
         std::arch::is_aarch64_feature_detected!("bf16")
+            && std::arch::is_aarch64_feature_detected!("dotprod")
     }
     #[cfg(not(feature = "std"))]
     {
-        cfg!(target_feature = "bf16")
+        cfg!(all(target_feature = "bf16", target_feature = "dotprod"))
     }
 }
 
@@ -138,10 +140,12 @@ vector::table! {
     mod neon_f64: f64 = NeonF64(Neon(())), Kernel::Neon, widen_portable;
 }
 
-/// [`Kernel::NeonBf16`]'s `f32` table: NEON's, with the `bf16` projections.
+/// [`Kernel::NeonBf16`]'s `f32` table: NEON's, with the `bf16` projections (`BFDOT`) and the
+/// `i8` ones (`SDOT`).
 static NEON_BF16_F32: Table<f32> = Table {
     kernel: Kernel::NeonBf16,
     linear_bf16: Some(arm_bf16::linear),
+    linear_i8: Some(arm_int8::linear),
     ..neon_f32::TABLE
 };
 
@@ -155,7 +159,7 @@ static NEON_BF16_F64: Table<f64> = Table {
 ///
 /// # Safety
 /// The CPU must run `kernel` ([`Kernel::Neon`], the aarch64 baseline, or
-/// [`Kernel::NeonBf16`]).
+/// [`Kernel::NeonBf16`]: BF16 and the dot product).
 pub(crate) unsafe fn table_f32(kernel: Kernel) -> &'static Table<f32> {
     match kernel {
         Kernel::NeonBf16 => &NEON_BF16_F32,

@@ -64,6 +64,8 @@ mod args;
 mod arm;
 #[cfg(target_arch = "aarch64")]
 mod arm_bf16;
+#[cfg(target_arch = "aarch64")]
+mod arm_int8;
 #[cfg(target_arch = "x86_64")]
 mod bf16;
 #[cfg(target_arch = "x86_64")]
@@ -105,7 +107,8 @@ pub enum Kernel {
     /// (detected once), as bytes (`vpdpbusd` on 256 bits).
     Avx2Fma,
     /// aarch64 NEON: the same kernels on 4 `f32` or 2 `f64` lanes, 12-wide micro-tiles (32
-    /// registers). Part of the aarch64 baseline, so always chosen there.
+    /// registers). Part of the aarch64 baseline, so chosen there wherever
+    /// [`Kernel::NeonBf16`] is not.
     Neon,
     /// x86-64 AVX-512F and AVX512-BW (with AVX2, FMA and F16C): the same kernels on 16 `f32`
     /// or 8 `f64` lanes, with micro-tiles twice as wide (32 vector registers); `bf16` weights
@@ -119,9 +122,12 @@ pub enum Kernel {
     /// layers with `i8` weights theirs in `i8` products (`vpdpbusd`, exact `i32` sums).
     /// Everything else is [`Kernel::Avx512`]'s.
     Avx512Bf16,
-    /// aarch64 NEON with the BF16 extension (FEAT_BF16: Neoverse V1/N2 and later, Apple M2
-    /// and later): [`Kernel::Neon`], except that layers with `bf16` weights compute their
-    /// projections in `bf16` products (`BFDOT`), as [`Kernel::Avx512Bf16`] does.
+    /// aarch64 NEON with the BF16 and dot-product extensions (FEAT_BF16 and FEAT_DotProd:
+    /// Neoverse V1/N2 and later, Apple M2 and later; the dot product is part of Armv8.4-A and
+    /// BF16 of Armv8.6-A, and the cores with BF16 have both): [`Kernel::Neon`], except that
+    /// layers with `bf16` weights compute their projections in `bf16` products (`BFDOT`) and
+    /// layers with `i8` weights theirs in `i8` products (`SDOT`, exact `i32` sums), as
+    /// [`Kernel::Avx512Bf16`] does.
     NeonBf16,
 }
 
@@ -178,7 +184,7 @@ impl Kernel {
             Kernel::Avx512Bf16 => x86::avx512_bf16_available(),
             Kernel::Neon => cfg!(all(target_arch = "aarch64", target_feature = "neon")),
             #[cfg(target_arch = "aarch64")]
-            Kernel::NeonBf16 => arm::bf16_available(),
+            Kernel::NeonBf16 => arm::bf16_dotprod_available(),
             #[cfg(not(target_arch = "aarch64"))]
             Kernel::NeonBf16 => false,
             #[cfg(not(target_arch = "x86_64"))]
@@ -190,8 +196,8 @@ impl Kernel {
 /// The best kernel this build and CPU support: [`Kernel::Avx512Bf16`] on x86-64 with
 /// AVX-512F, AVX512-BF16, AVX512-BW and AVX512-VNNI, else [`Kernel::Avx512`] with AVX-512F and
 /// AVX512-BW, else
-/// [`Kernel::Avx2Fma`] with AVX2 and FMA; [`Kernel::NeonBf16`] on aarch64 with the BF16
-/// extension, else [`Kernel::Neon`]; else
+/// [`Kernel::Avx2Fma`] with AVX2 and FMA; [`Kernel::NeonBf16`] on aarch64 with the BF16 and
+/// dot-product extensions, else [`Kernel::Neon`]; else
 /// [`Kernel::Scalar`]. With the `force-scalar` feature it is always [`Kernel::Scalar`]. Each
 /// call runs the detection; [`selected`] caches it.
 #[must_use]

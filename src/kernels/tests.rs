@@ -1167,13 +1167,26 @@ fn the_fast_kernel_is_selected_where_the_cpu_has_it() {
     #[cfg(target_arch = "aarch64")]
     {
         assert!(Kernel::Neon.is_supported());
-        let bf16 = std::arch::is_aarch64_feature_detected!("bf16");
+        // `Kernel::NeonBf16` needs BF16 and the dot product (every BF16 core has both; qemu's
+        // `-cpu max` has both, `-cpu cortex-a72` neither).
+        let bf16 = std::arch::is_aarch64_feature_detected!("bf16")
+            && std::arch::is_aarch64_feature_detected!("dotprod");
         assert_eq!(Kernel::NeonBf16.is_supported(), bf16);
+        // Its `f32` table, and only its, projects `i8` weights with `SDOT`.
+        let sdot: I8Projection = super::arm_int8::linear;
+        let by_sdot =
+            |t: &super::Table<f32>| t.linear_i8.is_some_and(|f| core::ptr::fn_addr_eq(f, sdot));
+        assert!(!by_sdot(table::<f32>(Kernel::Neon)));
+        if bf16 {
+            assert!(by_sdot(table::<f32>(Kernel::NeonBf16)));
+        }
         if !cfg!(feature = "force-scalar") {
             if bf16 {
-                // Where the CPU has `BFDOT`, layers with `bf16` weights use it.
+                // Where the CPU has `BFDOT` and `SDOT`, layers with `bf16` and `i8` weights
+                // use them.
                 assert_eq!(super::selected(), Kernel::NeonBf16);
                 assert!(super::current::<f32>().linear_bf16.is_some());
+                assert!(by_sdot(super::current::<f32>()));
             } else {
                 assert_eq!(super::selected(), Kernel::Neon);
             }
@@ -1181,6 +1194,100 @@ fn the_fast_kernel_is_selected_where_the_cpu_has_it() {
     }
     if cfg!(feature = "force-scalar") {
         assert_eq!(super::selected(), Kernel::Scalar);
+    }
+}
+
+/// An `i8` projection kernel's signature (`Table::linear_i8`'s).
+#[cfg(target_arch = "aarch64")]
+type I8Projection =
+    unsafe fn(LinearIo<'_, f32>, usize, usize, &[i8], usize, &[f32], &[f32], &mut [f32]);
+
+/// The `i8` projections of the aarch64 kernels (`SDOT` on [`Kernel::NeonBf16`], the `f32`
+/// GEMM on [`Kernel::Neon`]) bit for bit as the scalar kernel's: token counts on both sides
+/// of the 8-token panel, inputs not a multiple of 4, widths on both sides of the 12-feature
+/// tile and of its groups of 4, packs of two quads, of seven and of every input (the partial
+/// sums wait in the outputs between chunks), input scales from subnormal to huge, a token of
+/// zeros, one with a single subnormal input (its `127/a` overflows), one with an infinity and
+/// one with a NaN.
+#[cfg(target_arch = "aarch64")]
+#[test]
+fn i8_projections_match_the_scalar_kernel_bit_for_bit() {
+    let tokens = [1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 33, 40];
+    let shapes = [
+        (1, 1),
+        (3, 5),
+        (4, 12),
+        (5, 13),
+        (7, 25),
+        (13, 4),
+        (64, 36),
+        (67, 29),
+        (130, 11),
+        (1031, 14),
+        // The last quads of a narrow last tile, whose 16-byte loads would run past the tile,
+        // gather their partial group of 3, 2 or 1 words.
+        (8, 3),
+        (12, 7),
+        (9, 15),
+        (28, 23),
+        (16, 2),
+    ];
+    for (case, &(din, dout)) in shapes.iter().enumerate() {
+        let case = case as u64;
+        // Integers in −127 ..= 127 (the layout does not matter: both read the same bytes).
+        let q: Vec<i8> = values(case + 7, din * dout, 127.49)
+            .iter()
+            .map(|v| v.round() as i8)
+            .collect();
+        let scales: Vec<f32> = values(case + 8, dout, 0.01)
+            .iter()
+            .map(|v| v.abs() as f32)
+            .collect();
+        let bias: Vec<f32> = cast(&values(case + 9, dout, 1.0));
+        for &s in &tokens {
+            for &scale in &[1e-42, 1e-30, 1e-3, 1.0, 3e30] {
+                let mut x: Vec<f32> = cast(&values(case * 41 + s as u64, s * din, scale));
+                let token = |x: &mut Vec<f32>, i: usize, f: &dyn Fn(usize) -> f32| {
+                    if i < s {
+                        for p in 0..din {
+                            x[i + p * s] = f(p);
+                        }
+                    }
+                };
+                token(&mut x, 1, &|_| 0.0);
+                token(&mut x, 3, &|p| if p == din / 2 { 1e-45 } else { 0.0 });
+                let (inf, nan) = (x[(din / 3) * s], x[(din - 1) * s]);
+                token(&mut x, 4, &|p| {
+                    if p == din / 3 { f32::INFINITY } else { inf }
+                });
+                token(&mut x, 6, &|p| if p == din - 1 { f32::NAN } else { nan });
+                let mut want = std::vec![0f32; s * dout];
+                let io = LinearIo::Out {
+                    x: &x,
+                    out: &mut want,
+                };
+                super::scalar::linear_i8(io, s, din, &q, dout, &scales, &bias);
+                for kernel in fast_kernels() {
+                    let all = din.div_ceil(4) * PANEL_ROWS;
+                    for pack_len in [2 * PANEL_ROWS, 7 * PANEL_ROWS, all.max(2 * PANEL_ROWS)] {
+                        let mut got = std::vec![f32::NAN; s * dout];
+                        let mut pack = std::vec![0f32; pack_len];
+                        let io = LinearIo::Out {
+                            x: &x,
+                            out: &mut got,
+                        };
+                        table::<f32>(kernel)
+                            .linear(io, s, din, &q, dout, &bias, &scales, &mut pack);
+                        assert_eq!(
+                            bits(&got),
+                            bits(&want),
+                            "{} {s}×{din}→{dout} scale {scale:e} pack {pack_len}",
+                            kernel.name()
+                        );
+                    }
+                }
+            }
+        }
     }
 }
 
