@@ -802,3 +802,21 @@ unsafe fn row_quads<const G: usize>(
     }
     acc
 }
+
+/// `rounds` rounds of 12 independent `SDOT` (by element) on whole vectors: the core's `i8`
+/// dot-product peak loop. Each instruction is 4 lanes × 4 products × 2 operations. Returns
+/// the operations done and a sum that depends on every one of them.
+#[target_feature(enable = "neon,dotprod")]
+pub(super) fn dot_loop(rounds: usize) -> (u64, i32) {
+    // Bytes of one and of two, hidden from the optimiser.
+    let ones = vreinterpretq_s8_u32(vdupq_n_u32(core::hint::black_box(0x0101_0101)));
+    let twos = vreinterpretq_s8_u32(vdupq_n_u32(core::hint::black_box(0x0202_0202)));
+    let mut acc = [vdupq_n_s32(0); 12];
+    for _ in 0..rounds {
+        for a in &mut acc {
+            sdot!(*a, ones, twos, 0);
+        }
+    }
+    let total = acc.iter().fold(vdupq_n_s32(0), |s, &a| vaddq_s32(s, a));
+    (rounds as u64 * 12 * 4 * 8, vaddvq_s32(total))
+}

@@ -391,8 +391,8 @@ pub fn bf16_dot_loop(rounds: usize) -> Option<(u64, f32)> {
 /// rounds of 12 independent products on whole vectors, as `(operations, checksum)` (each
 /// product and its addition counted as two operations): `vpdpbusd` on 512 bits
 /// ([`Kernel::Avx512Bf16`], which requires AVX512-VNNI) or on 256 bits ([`Kernel::Avx2Fma`]
-/// with AVX-VNNI), or `vpmaddwd` with `vpaddd` (16-bit pairs: [`Kernel::Avx2Fma`] without
-/// AVX-VNNI, [`Kernel::Avx512`]); `None` elsewhere.
+/// with AVX-VNNI), `vpmaddwd` with `vpaddd` (16-bit pairs: [`Kernel::Avx2Fma`] without
+/// AVX-VNNI, [`Kernel::Avx512`]), or `SDOT` ([`Kernel::NeonBf16`]); `None` elsewhere.
 #[must_use]
 pub fn i8_dot_loop(rounds: usize) -> Option<(u64, i32)> {
     #[cfg(not(target_arch = "x86_64"))]
@@ -411,6 +411,10 @@ pub fn i8_dot_loop(rounds: usize) -> Option<(u64, i32)> {
         // SAFETY: `selected` names only kernels the CPU runs, and both have AVX2, the loop's
         // feature.
         Kernel::Avx2Fma | Kernel::Avx512 => Some(unsafe { int8_avx2::dot_loop_pairs(rounds) }),
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: `selected` names only kernels the CPU runs, and this one has the dot
+        // product.
+        Kernel::NeonBf16 => Some(unsafe { arm_int8::dot_loop(rounds) }),
         _ => None,
     }
 }
