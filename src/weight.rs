@@ -82,10 +82,12 @@
 //! ([`Kernel::Avx512Bf16`](crate::kernels::Kernel::Avx512Bf16), which requires VNNI); AVX2
 //! multiplies 16-bit pairs with `vpmaddwd`, or bytes with 256-bit `vpdpbusd` where the CPU
 //! has AVX-VNNI ([`Kernel::Avx2Fma`](crate::kernels::Kernel::Avx2Fma), and
-//! [`Kernel::Avx512`](crate::kernels::Kernel::Avx512) the pairs); the other vector kernels
-//! multiply the integers as `f32` in their GEMM, exact for projections of up to 1 040 inputs
-//! (every partial sum stays below 2²⁴); the scalar kernel, and those others beyond 1 040
-//! inputs, sum in `i32` one product at a time. A token whose inputs are all zero gives `y = b`; one
+//! [`Kernel::Avx512`](crate::kernels::Kernel::Avx512) the pairs); aarch64's dot product
+//! multiplies bytes with `SDOT` ([`Kernel::NeonBf16`](crate::kernels::Kernel::NeonBf16),
+//! which requires it); plain NEON ([`Kernel::Neon`](crate::kernels::Kernel::Neon)) multiplies
+//! the integers as `f32` in its GEMM, exact for projections of up to 1 040 inputs (every
+//! partial sum stays below 2²⁴); the scalar kernel, and NEON beyond 1 040 inputs, sum in
+//! `i32` (on a Cortex-M with the DSP extension two products per `SMLAD`). A token whose inputs are all zero gives `y = b`; one
 //! with a NaN or infinite input gives NaN in every output. Against the exact product with the
 //! dequantized weights, every output keeps (property-tested on every kernel,
 //! `tests/int8_weights.rs`):

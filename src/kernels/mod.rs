@@ -45,7 +45,12 @@
 //!   their accuracy);
 //! - `bf16_widen.rs`, the x86-64 projections of `bf16` weights in exact `f32` products (AVX-512
 //!   and AVX2), each weight widened as the micro-kernel broadcasts it (a masked 16-bit
-//!   broadcast; on AVX2 a 32-bit broadcast and an `and`).
+//!   broadcast; on AVX2 a 32-bit broadcast and an `and`);
+//! - `int8.rs`, `int8_avx2.rs` and `arm_int8.rs`, the projections of `i8` weights in integer
+//!   products, bit for bit as the scalar kernel's: AVX512-VNNI (`vpdpbusd`), AVX2 (16-bit
+//!   pairs with `vpmaddwd`, or `vpdpbusd` on 256 bits with AVX-VNNI) and Arm's dot product
+//!   (`SDOT`); `dsp.rs`, the scalar kernel's `i8` inner loop on a Cortex-M with the DSP
+//!   extension (`SMLAD`).
 //!
 //! **Dispatch happens once per call.** Each instruction set has one table of functions per
 //! scalar type (`Table`); an entry point asks for the table of the [`selected`] kernel once
