@@ -1148,7 +1148,30 @@ fn the_fast_kernel_is_selected_where_the_cpu_has_it() {
         let avx512 = avx2 && std::is_x86_feature_detected!("avx512f");
         let bf16 = avx512
             && std::is_x86_feature_detected!("avx512bf16")
-            && std::is_x86_feature_detected!("avx512bw");
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vnni");
+        // The `i8` projections: `vpdpbusd` on 512 bits with AVX512-VNNI (which
+        // `Kernel::Avx512Bf16` requires), on 256 bits on `Kernel::Avx2Fma` where the CPU has
+        // AVX-VNNI, AVX2's 16-bit pairs otherwise.
+        let by = |k: Kernel, f: I8Kernel| {
+            table::<f32>(k)
+                .linear_i8
+                .is_some_and(|g| core::ptr::fn_addr_eq(g, f))
+        };
+        if bf16 {
+            assert!(by(Kernel::Avx512Bf16, super::int8::linear));
+        }
+        if avx512 {
+            assert!(by(Kernel::Avx512, super::int8_avx2::linear));
+        }
+        if avx2 {
+            let vnni: I8Kernel = if std::is_x86_feature_detected!("avxvnni") {
+                super::int8_avx2::linear_vnni
+            } else {
+                super::int8_avx2::linear
+            };
+            assert!(by(Kernel::Avx2Fma, vnni));
+        }
         if !cfg!(feature = "force-scalar") {
             if bf16 {
                 // Where the CPU has `bf16` dot products, layers with `bf16` weights use them.
@@ -1198,7 +1221,7 @@ fn the_fast_kernel_is_selected_where_the_cpu_has_it() {
 }
 
 /// An `i8` projection kernel's signature (`Table::linear_i8`'s).
-#[cfg(target_arch = "aarch64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 type I8Kernel =
     unsafe fn(LinearIo<'_, f32>, usize, usize, &[i8], usize, &[f32], &[f32], &mut [f32]);
 
