@@ -147,7 +147,7 @@ impl<const IN: usize, const OUT: usize, T: Float, W: Weight<T>> Linear<IN, OUT, 
     }
 
     /// The stored value of `W[n, p]` in `T`: the weight, or for `i8` storage the integer.
-    #[cfg(feature = "std")]
+    #[cfg(feature = "safetensors")]
     pub(crate) fn stored_value_at(&self, n: usize, p: usize) -> T {
         self.stored_at(n, p).widen()
     }
