@@ -297,9 +297,20 @@ impl<'l, const DIM: usize, const QD: usize, const KVD: usize, T: Float, W: Weigh
         first: usize,
         buf: &mut Buffers<'_, T>,
     ) {
-        self.q.project(kt, query, sq, buf.q, buf.pack);
-        self.k.project(kt, key, skv, buf.k, buf.pack);
-        self.v.project(kt, value, skv, buf.v, buf.pack);
+        let same = |a: &[T], b: &[T]| core::ptr::eq(a, b);
+        if sq == skv && sq > 0 && same(query, key) && same(key, value) {
+            // Self-attention: one call, which quantizes `i8` layers' tokens once.
+            let projs = [
+                self.q.projection(&mut buf.q[..sq * QD]),
+                self.k.projection(&mut buf.k[..sq * KVD]),
+                self.v.projection(&mut buf.v[..sq * KVD]),
+            ];
+            kt.linear_shared(query, sq, DIM, projs, buf.pack);
+        } else {
+            self.q.project(kt, query, sq, buf.q, buf.pack);
+            self.k.project(kt, key, skv, buf.k, buf.pack);
+            self.v.project(kt, value, skv, buf.v, buf.pack);
+        }
         self.prepare((buf.q, sq), (buf.k, skv), positions, first);
     }
 

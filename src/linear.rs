@@ -341,6 +341,16 @@ impl<const IN: usize, const OUT: usize, T: Float, W: Weight<T>> Linear<IN, OUT, 
         );
     }
 
+    /// This map as one of [`Table::linear_shared`]'s projections, into `y`.
+    pub(crate) fn projection<'a>(&'a self, y: &'a mut [T]) -> kernels::Projection<'a, T, W> {
+        kernels::Projection {
+            w: self.weight_tiles(),
+            bias: self.bias.as_slice(),
+            scales: W::scales(&self.scales),
+            out: y,
+        }
+    }
+
     /// The bias storage (zeros when there is none), for the kernels.
     #[cfg(feature = "rayon")]
     pub(crate) fn bias_slice(&self) -> &[T] {

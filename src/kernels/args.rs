@@ -164,6 +164,32 @@ impl<'a, T> LinearIo<'a, T> {
     }
 }
 
+/// One projection of an `i8` call that shares its inputs with others: `out = x · Wᵀ + b`
+/// with `W` (`dout × din`, `dout = scales.len()`) as `i8` in the tile layout (`q`), one scale
+/// and one bias per feature, and `out` (`s × dout`, column-major).
+pub(crate) struct I8Out<'a, T> {
+    pub q: &'a [i8],
+    pub scales: &'a [T],
+    pub bias: &'a [T],
+    pub out: &'a mut [T],
+}
+
+impl<T> I8Out<'_, T> {
+    /// Output features: one per scale.
+    pub(crate) fn dout(&self) -> usize {
+        self.scales.len()
+    }
+
+    /// Checks the lengths for `s` tokens of `din` inputs.
+    pub(crate) fn check(&self, s: usize, din: usize) {
+        check_weights(self.q, self.bias, din, self.dout());
+        assert!(
+            self.out.len() >= s * self.dout(),
+            "projection operands too short"
+        );
+    }
+}
+
 /// Checks that `w` holds a `dout × din` weight matrix (in the tile layout) and `bias` its
 /// `dout` biases.
 pub(crate) fn check_weights<W, T>(w: &[W], bias: &[T], din: usize, dout: usize) {

@@ -20,7 +20,7 @@
 
 use core::arch::x86_64::*;
 
-use super::args::{LinearIo, check_weights};
+use super::args::{I8Out, LinearIo};
 use super::layout::WEIGHT_TILE;
 
 /// `i32` lanes per vector.
@@ -46,32 +46,68 @@ pub(super) fn linear(
     pack: &mut [f32],
 ) {
     assert!(
-        matches!(io, LinearIo::Out { .. }) && pack.len() >= 2 * MR && din > 0,
-        "the i8 kernel takes LinearIo::Out, inputs, and a pack of two quads"
+        matches!(io, LinearIo::Out { .. }),
+        "the i8 kernel takes LinearIo::Out"
     );
-    check_weights(q, bias, din, dout);
-    assert_eq!(scales.len(), dout, "one scale per output feature");
     let (x, out, _) = io.checked(s, din, dout);
+    let scales = scales.get(..dout).expect("one scale per output feature");
+    shared(
+        x,
+        s,
+        din,
+        &mut [I8Out {
+            q,
+            scales,
+            bias,
+            out,
+        }],
+        pack,
+    );
+}
+
+/// Several projections of the same inputs (`x`, `s × din`, column-major), each as
+/// [`linear`]: the tokens are quantized and packed once for all of them (once per block
+/// of [`SUM_BLOCK`] features of them together). Takes `din > 0` and `pack` of at least two
+/// words per token of a panel.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub(super) fn shared(
+    x: &[f32],
+    s: usize,
+    din: usize,
+    projs: &mut [I8Out<'_, f32>],
+    pack: &mut [f32],
+) {
+    assert!(
+        pack.len() >= 2 * MR && din > 0 && x.len() >= s * din,
+        "the i8 kernel takes inputs and a pack of two quads"
+    );
+    for p in projs.iter() {
+        p.check(s, din);
+    }
     // Words of the pack: `quads · MR` per chunk.
     let max_quads = pack.len() / MR;
     let pack: &mut [u32] = bytemuck::cast_slice_mut(pack);
     let quads = din.div_ceil(4);
-    let full = dout / WEIGHT_TILE * WEIGHT_TILE;
-    // Features a block at a time, each block's compensations computed once.
+    // Features a block at a time (over the projections in turn), each block's compensations
+    // computed once, its tokens quantized once.
     let mut comp = [0i32; SUM_BLOCK];
-    let mut f0 = 0;
-    while f0 < dout {
-        let f1 = dout.min(f0 + SUM_BLOCK);
-        let mut t0 = f0;
-        while t0 < f1 {
-            let width = if t0 < full { WEIGHT_TILE } else { dout - full };
-            compensation(
-                &q[t0 * din..(t0 + width) * din],
-                width,
-                din,
-                &mut comp[t0 - f0..],
-            );
-            t0 += width;
+    let mut blocks = Blocks::new(projs);
+    while let Some(block) = blocks.next_block() {
+        for seg in block.iter() {
+            let (q, dout) = (projs[seg.proj].q, projs[seg.proj].dout());
+            let full = dout / WEIGHT_TILE * WEIGHT_TILE;
+            let mut t0 = seg.f0;
+            while t0 < seg.f1 {
+                let width = if t0 < full { WEIGHT_TILE } else { dout - full };
+                let at = seg.comp + t0 - seg.f0;
+                compensation(
+                    &q[t0 * din..(t0 + width) * din],
+                    width,
+                    din,
+                    &mut comp[at..],
+                );
+                t0 += width;
+            }
         }
         let mut i0 = 0;
         while i0 < s {
@@ -98,36 +134,130 @@ pub(super) fn linear(
                     )
                 };
                 let last = qc + nq == quads;
-                let mut t0 = f0;
-                while t0 < f1 {
-                    let width = if t0 < full { WEIGHT_TILE } else { dout - full };
-                    let tile = Tile {
-                        a: pack.as_ptr(),
-                        qc,
-                        nq,
-                        // SAFETY: the tile of features `t0 ..` is `din · width` bytes at `t0 · din`.
-                        b: unsafe { q.as_ptr().add(t0 * din) },
-                        comp: &comp[t0 - f0..t0 - f0 + width],
-                        width,
-                        din,
-                        i0,
-                        j0: t0,
-                        first: qc == 0,
-                        last,
-                        masks,
-                    };
-                    // SAFETY: the tile's operands lie inside `pack`, `q`, `scales`, `bias` and
-                    // `out` (see `Tile`).
-                    unsafe {
-                        strip(tile, &tokens, scales, bias, out.as_mut_ptr(), s);
+                for seg in block.iter() {
+                    let p = &mut projs[seg.proj];
+                    let dout = p.dout();
+                    let full = dout / WEIGHT_TILE * WEIGHT_TILE;
+                    let mut t0 = seg.f0;
+                    while t0 < seg.f1 {
+                        let width = if t0 < full { WEIGHT_TILE } else { dout - full };
+                        let at = seg.comp + t0 - seg.f0;
+                        let tile = Tile {
+                            a: pack.as_ptr(),
+                            qc,
+                            nq,
+                            // SAFETY: the tile of features `t0 ..` is `din · width` bytes at
+                            // `t0 · din`.
+                            b: unsafe { p.q.as_ptr().add(t0 * din) },
+                            comp: &comp[at..at + width],
+                            width,
+                            din,
+                            i0,
+                            j0: t0,
+                            first: qc == 0,
+                            last,
+                            masks,
+                        };
+                        // SAFETY: the tile's operands lie inside `pack`, `q`, `scales`, `bias`
+                        // and `out` (see `Tile`; `I8Out::check`).
+                        unsafe {
+                            strip(tile, &tokens, p.scales, p.bias, p.out.as_mut_ptr(), s);
+                        }
+                        t0 += width;
                     }
-                    t0 += width;
                 }
                 qc += nq;
             }
             i0 += rows;
         }
-        f0 = f1;
+    }
+}
+
+/// The most projections [`shared`] takes (a layer's query, key and value).
+pub(super) const MAX_SHARED: usize = 3;
+
+/// Features `f0 .. f1` of projection `proj`, their compensations from `comp` in the block's.
+#[derive(Clone, Copy, Default)]
+struct Segment {
+    proj: usize,
+    f0: usize,
+    f1: usize,
+    comp: usize,
+}
+
+/// The projections' features in blocks of at most [`SUM_BLOCK`], in order; a block's
+/// segments start at multiples of the storage tile.
+struct Blocks {
+    douts: [usize; MAX_SHARED],
+    count: usize,
+    proj: usize,
+    f: usize,
+}
+
+impl Blocks {
+    fn new(projs: &[I8Out<'_, f32>]) -> Self {
+        assert!(
+            projs.len() <= MAX_SHARED,
+            "at most three shared projections"
+        );
+        let mut douts = [0; MAX_SHARED];
+        for (d, p) in douts.iter_mut().zip(projs) {
+            *d = p.dout();
+        }
+        Self {
+            douts,
+            count: projs.len(),
+            proj: 0,
+            f: 0,
+        }
+    }
+
+    /// The next block's segments, `None` after the last.
+    fn next_block(&mut self) -> Option<BlockSegments> {
+        let mut block = BlockSegments::default();
+        let mut room = SUM_BLOCK;
+        while self.proj < self.count && room > 0 {
+            let dout = self.douts[self.proj];
+            // A segment starts at a multiple of the tile and ends at one or at `dout`.
+            let rest = dout - self.f;
+            let take = if rest <= room {
+                rest
+            } else {
+                room / WEIGHT_TILE * WEIGHT_TILE
+            };
+            if take == 0 && rest > 0 {
+                break;
+            }
+            if take > 0 {
+                block.segs[block.len] = Segment {
+                    proj: self.proj,
+                    f0: self.f,
+                    f1: self.f + take,
+                    comp: SUM_BLOCK - room,
+                };
+                block.len += 1;
+                room -= take;
+                self.f += take;
+            }
+            if self.f == dout {
+                self.proj += 1;
+                self.f = 0;
+            }
+        }
+        (block.len > 0).then_some(block)
+    }
+}
+
+/// One block's segments (at most one per projection).
+#[derive(Clone, Copy, Default)]
+struct BlockSegments {
+    segs: [Segment; MAX_SHARED],
+    len: usize,
+}
+
+impl BlockSegments {
+    fn iter(&self) -> impl Iterator<Item = Segment> + '_ {
+        self.segs[..self.len].iter().copied()
     }
 }
 
@@ -340,6 +470,24 @@ unsafe fn strip(
     }
 }
 
+/// `$body` for each feature `$n` of `0 .. $N` (at most 12), unrolled, each `$n` a constant:
+/// arrays of accumulators indexed only by constants stay in registers (indexed by a loop
+/// variable, LLVM kept them in memory, stored around the main loop and read back by the
+/// epilogue: about a fifth of the micro-kernel's time over 256 inputs).
+macro_rules! each_feature {
+    ($N:ident, |$n:ident| $body:block) => {
+        each_feature!(@ $N, $n, $body, 0 1 2 3 4 5 6 7 8 9 10 11)
+    };
+    (@ $N:ident, $n:ident, $body:block, $($i:literal)*) => {
+        $(
+            if $i < $N {
+                let $n: usize = $i;
+                $body
+            }
+        )*
+    };
+}
+
 /// The `32 × N` micro-tile (see [`Tile`]). The two rows of accumulators are two named arrays
 /// (an array of arrays made LLVM keep them on the stack in the other kernels).
 ///
@@ -354,6 +502,7 @@ unsafe fn micro<const N: usize>(
     out: *mut f32,
     s: usize,
 ) {
+    const { assert!(N <= WEIGHT_TILE) };
     let zero = _mm512_setzero_si512();
     let (mut a0, mut a1) = ([zero; N], [zero; N]);
     // Quads of the tile in this chunk that are whole quads of stored rows; the chunk's last
@@ -361,20 +510,22 @@ unsafe fn micro<const N: usize>(
     let whole = t.din / 4;
     let q_end = (t.qc + t.nq).min(whole);
     let col = |n: usize| out.wrapping_add(t.i0 + (t.j0 + n) * s);
+    let comp: &[i32; N] = t.comp.try_into().expect("one compensation per feature");
+    let (scales, bias) = (&scales[t.j0..t.j0 + N], &bias[t.j0..t.j0 + N]);
     // SAFETY: reads of the panel's `nq · MR` words and of the tile's rows (quad `q`'s word
     // of feature `n` at word `q · width + n`, a plain row `p`'s byte at `p · width + n`);
     // masked reads and writes of the outputs' rows.
     unsafe {
         if t.first {
-            for n in 0..N {
-                a0[n] = _mm512_set1_epi32(t.comp[n]);
+            each_feature!(N, |n| {
+                a0[n] = _mm512_set1_epi32(comp[n]);
                 a1[n] = a0[n];
-            }
+            });
         } else {
-            for n in 0..N {
+            each_feature!(N, |n| {
                 a0[n] = _mm512_maskz_loadu_epi32(t.masks[0], col(n).cast());
                 a1[n] = _mm512_maskz_loadu_epi32(t.masks[1], col(n).wrapping_add(L).cast());
-            }
+            });
         }
         (a0, a1) = quads::<N>(t, q_end, a0, a1);
         if q_end < t.qc + t.nq {
@@ -385,46 +536,38 @@ unsafe fn micro<const N: usize>(
                 _mm512_loadu_si512(a.cast()),
                 _mm512_loadu_si512(a.add(L).cast()),
             );
-            // The words first, apart from the accumulators: a loop over `n` with a loop inside
-            // it is not unrolled, and accumulators indexed by a variable live in memory (LLVM
-            // then stored them on every step of the main loop: half the speed).
-            let mut words = [0i32; N];
-            for (n, word) in words.iter_mut().enumerate() {
+            each_feature!(N, |n| {
+                let mut word = 0i32;
                 for p in 4 * whole..t.din {
                     let byte = (*t.b.add(p * t.width + n)).cast_unsigned();
-                    *word |= i32::from(byte) << (8 * (p - 4 * whole));
+                    word |= i32::from(byte) << (8 * (p - 4 * whole));
                 }
-            }
-            for n in 0..N {
-                let wn = _mm512_set1_epi32(words[n]);
+                let wn = _mm512_set1_epi32(word);
                 a0[n] = _mm512_dpbusd_epi32(a0[n], x0, wn);
                 a1[n] = _mm512_dpbusd_epi32(a1[n], x1, wn);
-            }
+            });
         }
         if !t.last {
-            for n in 0..N {
+            each_feature!(N, |n| {
                 _mm512_mask_storeu_epi32(col(n).cast(), t.masks[0], a0[n]);
                 _mm512_mask_storeu_epi32(col(n).wrapping_add(L).cast(), t.masks[1], a1[n]);
-            }
+            });
             return;
         }
         // y = f(Σ)·((a/127)·scale_n) + b_n; NaN for a token with a non-finite input, b_n
         // for one whose inputs are all zero.
         let nan = _mm512_set1_ps(f32::NAN);
-        for n in 0..N {
-            let (sc, b) = (
-                _mm512_set1_ps(scales[t.j0 + n]),
-                _mm512_set1_ps(bias[t.j0 + n]),
-            );
-            let y = |acc: __m512i, v: usize| {
-                let term = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), _mm512_mul_ps(tokens.sx[v], sc));
-                let term = _mm512_mask_mov_ps(term, tokens.zero[v], _mm512_setzero_ps());
-                let term = _mm512_mask_mov_ps(term, tokens.bad[v], nan);
-                _mm512_add_ps(term, b)
-            };
-            _mm512_mask_storeu_ps(col(n), t.masks[0], y(a0[n], 0));
-            _mm512_mask_storeu_ps(col(n).wrapping_add(L), t.masks[1], y(a1[n], 1));
-        }
+        let y = |acc: __m512i, v: usize, sc: __m512, b: __m512| {
+            let term = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), _mm512_mul_ps(tokens.sx[v], sc));
+            let term = _mm512_mask_mov_ps(term, tokens.zero[v], _mm512_setzero_ps());
+            let term = _mm512_mask_mov_ps(term, tokens.bad[v], nan);
+            _mm512_add_ps(term, b)
+        };
+        each_feature!(N, |n| {
+            let (sc, b) = (_mm512_set1_ps(scales[n]), _mm512_set1_ps(bias[n]));
+            _mm512_mask_storeu_ps(col(n), t.masks[0], y(a0[n], 0, sc, b));
+            _mm512_mask_storeu_ps(col(n).wrapping_add(L), t.masks[1], y(a1[n], 1, sc, b));
+        });
     }
 }
 

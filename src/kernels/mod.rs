@@ -97,7 +97,7 @@ mod x86;
 pub(crate) use args::{Dims, LinearIo, MaskView, PANEL_ROWS, Problem, QueryIo, Work, WorkRef};
 pub use args::{KEY_BLOCK, TILE_QUERIES};
 pub use float::Float;
-pub(crate) use table::Table;
+pub(crate) use table::{Projection, Table};
 
 /// An attention kernel implementation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

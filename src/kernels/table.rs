@@ -4,7 +4,9 @@
 //! the projections and the attention loop call through it with no further dispatch, and
 //! threads that share a call's work share its table (so they run the caller's kernel).
 
-use super::args::{GEMV_TOKENS, LinearIo, PANEL_ROWS, Problem, QueryIo, WorkRef, check_weights};
+use super::args::{
+    GEMV_TOKENS, I8Out, LinearIo, PANEL_ROWS, Problem, QueryIo, WorkRef, check_weights,
+};
 use super::{Float, Kernel, scalar};
 use crate::weight::sealed::Stored;
 use crate::weight::{Weight, WeightKind};
@@ -14,6 +16,18 @@ type LinearFn<T> = unsafe fn(LinearIo<'_, T>, usize, usize, &[T], usize, &[T], &
 
 /// A projection kernel on `i8` weights: `(io, s, din, q, dout, scales, bias, pack)`.
 type I8LinearFn<T> = unsafe fn(LinearIo<'_, T>, usize, usize, &[i8], usize, &[T], &[T], &mut [T]);
+
+/// One projection of [`Table::linear_shared`]: `W` (`bias.len()` features) in the tile
+/// layout of [`crate::Linear`], its scales (empty unless `i8`), and its outputs.
+pub(crate) struct Projection<'a, T, W> {
+    pub w: &'a [W],
+    pub bias: &'a [T],
+    pub scales: &'a [T],
+    pub out: &'a mut [T],
+}
+
+/// Projections of shared inputs on `i8` weights: `(x, s, din, projections, pack)`.
+type I8SharedFn<T> = unsafe fn(&[T], usize, usize, &mut [I8Out<'_, T>], &mut [T]);
 
 /// A projection kernel on half-precision bits: `(io, s, din, w, dout, bias, pack)`.
 type HalfLinearFn<T> = unsafe fn(LinearIo<'_, T>, usize, usize, &[u16], usize, &[T], &mut [T]);
@@ -49,6 +63,10 @@ pub struct Table<T: 'static> {
     /// [`LinearIo::Out`] and `pack` of at least two words of a panel; `None` where the scalar
     /// kernel serves.
     pub(super) linear_i8: Option<I8LinearFn<T>>,
+    /// Up to three [`Table::linear_i8`] projections of the same inputs, the tokens quantized
+    /// once for all of them: `(x, s, din, projections, pack)`; `None` where each projection
+    /// quantizes its own.
+    pub(super) linear_i8_shared: Option<I8SharedFn<T>>,
     /// `out = x · Wᵀ + b` (or `+=`) with `bf16` weights widened to `T` in registers, exact
     /// products as [`Table::linear_half`]'s but without its buffer and its block calls
     /// (the `f32` tables of [`Kernel::Avx512`], and so of [`Kernel::Avx512Bf16`] under
@@ -149,6 +167,45 @@ impl<T: Float> Table<T> {
                         unsafe { f(W::KIND, io, s, din, bits, dout, bias, pack) }
                     }
                     _ => self.linear_half(W::KIND, io, s, din, bits, dout, bias, pack),
+                }
+            }
+        }
+    }
+
+    /// [`Table::linear`] for each projection of the same `s` tokens `x` (`s × din`): with
+    /// `i8` weights on a kernel that has [`Table::linear_i8_shared`], the tokens are quantized
+    /// once for all three (each output bit for bit as its own call's).
+    pub(crate) fn linear_shared<W: Weight<T>>(
+        &self,
+        x: &[T],
+        s: usize,
+        din: usize,
+        projs: [Projection<'_, T, W>; 3],
+        pack: &mut [T],
+    ) {
+        let [a, b, c] = projs;
+        match (
+            self.linear_i8_shared,
+            W::stored(a.w),
+            W::stored(b.w),
+            W::stored(c.w),
+        ) {
+            (Some(f), Stored::Int8(qa), Stored::Int8(qb), Stored::Int8(qc))
+                if pack.len() >= 2 * PANEL_ROWS && din > 0 =>
+            {
+                let mut outs = [(a, qa), (b, qb), (c, qc)].map(|(p, q)| I8Out {
+                    q,
+                    scales: p.scales,
+                    bias: p.bias,
+                    out: p.out,
+                });
+                // SAFETY: the table's kernel runs on this CPU.
+                unsafe { f(x, s, din, &mut outs, pack) }
+            }
+            _ => {
+                for p in [a, b, c] {
+                    let io = LinearIo::Out { x, out: p.out };
+                    self.linear(io, s, din, p.w, p.bias.len(), p.bias, p.scales, pack);
                 }
             }
         }

@@ -771,6 +771,85 @@ fn check_i8(
     }
 }
 
+/// Three `i8` projections of the same tokens in one `Table::linear_shared` call (which
+/// quantizes the tokens once where the kernel can) against three `Table::linear` calls, bit
+/// for bit, on every kernel: odd sizes, features that fill [`super::int8`]'s block of
+/// compensations and split across it (1 000 + 700 + 13 with the block at 1 536), zero and
+/// non-finite tokens, more than one panel of tokens, small and large packs.
+#[test]
+fn shared_i8_projections_match_separate_calls_bit_for_bit() {
+    use super::Projection;
+    type T = f32;
+    let shapes: &[(usize, usize, [usize; 3])] = if cfg!(miri) {
+        &[(3, 5, [13, 1, 12])]
+    } else {
+        &[
+            (1, 1, [1, 1, 1]),
+            (3, 5, [13, 1, 12]),
+            (33, 255, [25, 24, 25]),
+            (70, 64, [1000, 700, 13]),
+            (5, 9, [1536, 1536, 7]),
+            (40, 257, [256, 64, 64]),
+        ]
+    };
+    for k in fast_kernels().chain([Kernel::Scalar]) {
+        let kt = table::<T>(k);
+        for (case, &(s, din, douts)) in shapes.iter().enumerate() {
+            let seed = 100 + case as u64 * 11;
+            let weights = douts.map(|dout| {
+                let q: Vec<i8> = values(seed + dout as u64, din * dout, 127.49)
+                    .iter()
+                    .map(|&v| v.round() as i8)
+                    .collect();
+                let scales: Vec<f64> = values(seed + 1, dout, 0.01)
+                    .iter()
+                    .map(|v| v.abs())
+                    .collect();
+                let scales = cast::<T>(&scales);
+                (q, scales, cast::<T>(&values(seed + 2, dout, 1.0)))
+            });
+            for scale in [1.0, 1e-38, 1e30] {
+                let mut x = cast::<T>(&values(seed + 3, s * din, scale));
+                for d in 0..din {
+                    x[s / 2 + d * s] = 0.0;
+                }
+                if s > 2 {
+                    x[s - 1 + (din - 1) * s] = T::NAN;
+                }
+                for pack_len in [2 * PANEL_ROWS, 5 * PANEL_ROWS + 1, 1 << 14] {
+                    let mut pack = std::vec![T::ZERO; pack_len];
+                    let mut separate = douts.map(|dout| std::vec![T::NAN; s * dout]);
+                    for ((q, sc, b), out) in weights.iter().zip(&mut separate) {
+                        let io = LinearIo::Out { x: &x, out };
+                        kt.linear(io, s, din, q, b.len(), b, sc, &mut pack);
+                    }
+                    let mut shared = douts.map(|dout| std::vec![T::NAN; s * dout]);
+                    let [o0, o1, o2] = &mut shared;
+                    let projs = [(&weights[0], o0), (&weights[1], o1), (&weights[2], o2)].map(
+                        |((q, sc, b), out)| Projection {
+                            w: q.as_slice(),
+                            bias: b,
+                            scales: sc,
+                            out: out.as_mut_slice(),
+                        },
+                    );
+                    kt.linear_shared(&x, s, din, projs, &mut pack);
+                    for (p, (got, want)) in shared.iter().zip(&separate).enumerate() {
+                        for (i, (g, e)) in got.iter().zip(want).enumerate() {
+                            assert!(
+                                g.to_bits() == e.to_bits(),
+                                "{} {s}×{din}→{douts:?} scale {scale} pack {pack_len}: \
+                                 projection {p} output {i}: {g:?} ≠ {e:?}",
+                                k.name()
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// An `i8` projection `(io, s, din, weights, dout, scales, bias, pack)`.
 type I8Projection = std::boxed::Box<
     dyn Fn(LinearIo<'_, f32>, usize, usize, &[i8], usize, &[f32], &[f32], &mut [f32]),

@@ -410,6 +410,7 @@ static AVX512_BF16_F32: Table<f32> = Table {
     kernel: Kernel::Avx512Bf16,
     linear_bf16: Some(bf16::linear),
     linear_i8: Some(int8::linear),
+    linear_i8_shared: Some(int8::shared),
     attention_bf16: Some(bf16::attention),
     ..AVX512_F32
 };

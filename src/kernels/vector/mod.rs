@@ -157,6 +157,7 @@ macro_rules! table {
                 widen: $widen,
                 linear_bf16: None,
                 linear_i8: Some(linear_i8),
+                linear_i8_shared: None,
                 linear_bf16_exact: None,
                 linear_widening: None,
                 attention_bf16: None,
