@@ -30,7 +30,7 @@
 use core::arch::aarch64::*;
 use core::arch::asm;
 
-use super::args::{GEMV_TOKENS, LinearIo, check_weights};
+use super::args::{GEMV_TOKENS, I8Out, LinearIo, i8_operands};
 use super::layout::WEIGHT_TILE;
 
 /// `i32` lanes of a vector.
@@ -87,13 +87,8 @@ pub(super) fn linear(
     bias: &[f32],
     pack: &mut [f32],
 ) {
-    assert!(
-        matches!(io, LinearIo::Out { .. }) && pack.len() >= 2 * MR && din > 0,
-        "the i8 kernel takes LinearIo::Out, inputs, and a pack of two quads"
-    );
-    check_weights(q, bias, din, dout);
-    assert_eq!(scales.len(), dout, "one scale per output feature");
-    let (x, out, _) = io.checked(s, din, dout);
+    let (x, I8Out { out, .. }) =
+        i8_operands(io, s, din, q, dout, scales, bias, (pack.len(), 2 * MR));
     // Quads of inputs per chunk: `MR` words each.
     let max_quads = pack.len() / MR;
     let pack: &mut [u32] = bytemuck::cast_slice_mut(pack);

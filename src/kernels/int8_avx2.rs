@@ -33,8 +33,9 @@
 
 use core::arch::x86_64::*;
 
-use super::args::{LinearIo, check_weights};
+use super::args::{I8Out, LinearIo, i8_operands};
 use super::layout::WEIGHT_TILE;
+use super::scalar;
 
 /// `i32` lanes per vector.
 const L: usize = 8;
@@ -304,13 +305,8 @@ unsafe fn run<P: Products>(
     bias: &[f32],
     pack: &mut [f32],
 ) {
-    assert!(
-        matches!(io, LinearIo::Out { .. }) && pack.len() >= 2 * MR && din > 0,
-        "the i8 kernel takes LinearIo::Out, inputs, and a pack of two words per token"
-    );
-    check_weights(q, bias, din, dout);
-    assert_eq!(scales.len(), dout, "one scale per output feature");
-    let (x, out, _) = io.checked(s, din, dout);
+    let (x, I8Out { out, .. }) =
+        i8_operands(io, s, din, q, dout, scales, bias, (pack.len(), 2 * MR));
     let pack: &mut [i32] = bytemuck::cast_slice_mut(pack);
     let per_word = 4 / P::WORDS;
     let panels = s.div_ceil(MR);
@@ -421,17 +417,7 @@ impl Tokens {
         let n = g1 - g0;
         let mut amax = [0.0f32; GROUP];
         let mut finite = [true; GROUP];
-        for p in 0..din {
-            let col = &x[g0 + p * s..g1 + p * s];
-            for ((m, f), &v) in amax[..n].iter_mut().zip(&mut finite[..n]).zip(col) {
-                let a = v.abs();
-                *f &= a.is_finite();
-                // NaN fails `a > m`: it leaves the maximum alone, and marks its token.
-                if a > *m {
-                    *m = a;
-                }
-            }
-        }
+        scalar::group_amax_finite(x, s, din, g0, &mut amax[..n], &mut finite);
         self.r.fill(0.0);
         for i in 0..n {
             self.r[i] = 127.0 / amax[i];

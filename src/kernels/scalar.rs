@@ -258,6 +258,38 @@ pub(super) fn linear_i8<T: Float>(
     }
 }
 
+/// [`amax_finite`] for tokens `g0 .. g0 + amax.len()` of `x` (`s × din`, column-major) into
+/// `amax` and `finite`: column by column, the tokens side by side (which vectorises). NaN
+/// fails `a > m`: it leaves the maximum alone, and marks its token as infinities do. The
+/// vector `i8` kernels' quantization starts here.
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(dead_code)
+)]
+#[inline(always)]
+pub(super) fn group_amax_finite<T: Float>(
+    x: &[T],
+    s: usize,
+    din: usize,
+    g0: usize,
+    amax: &mut [T],
+    finite: &mut [bool],
+) {
+    let n = amax.len();
+    amax.fill(T::ZERO);
+    finite[..n].fill(true);
+    for p in 0..din {
+        let col = &x[g0 + p * s..g0 + p * s + n];
+        for ((m, f), &v) in amax.iter_mut().zip(&mut finite[..n]).zip(col) {
+            let a = v.abs_();
+            *f &= a.is_finite_();
+            if a > *m {
+                *m = a;
+            }
+        }
+    }
+}
+
 /// The largest `|x|` over token `i`'s `din` inputs (column-major, `s` tokens), and whether
 /// they are all finite.
 #[inline(always)]

@@ -6,10 +6,10 @@
 
 #![allow(clippy::too_many_arguments, clippy::needless_range_loop)]
 
-use super::super::Float;
 use super::super::args::{GEMV_TOKENS, LinearIo, MQ_MAX, check_weights};
 use super::super::layout::WEIGHT_TILE;
 use super::super::simd::Simd;
+use super::super::{Float, scalar};
 use super::steps::{for_tiles, tile_rows};
 
 /// `out[s × dout] = x[s × din] · Wᵀ + bias` with `W` in the tile layout of
@@ -839,25 +839,15 @@ impl<S: Simd> Narrow<S> for Quantized<'_, S> {
         type E<S> = <S as Simd>::E;
         let (sq, n) = (self.sq, g1 - g0);
         let max_q = E::<S>::of(127.0);
-        // Each token's scales (zero past the tokens), as the reference computes them: column
-        // by column, the group's tokens side by side (which vectorises). NaN fails `v > m`:
-        // it leaves the maximum alone, and marks its token as infinities do.
+        // Each token's scales (zero past the tokens), as the reference computes them.
         self.r.fill(E::<S>::ZERO);
         let mut amax = [E::<S>::ZERO; I8_GROUP];
-        self.bad[..n].fill(false);
-        for p in 0..self.din {
-            let col = &self.x[g0 + p * sq..g0 + p * sq + n];
-            for ((m, b), &xv) in amax[..n].iter_mut().zip(&mut self.bad[..n]).zip(col) {
-                let v = xv.abs_();
-                *b |= !v.is_finite_();
-                if v > *m {
-                    *m = v;
-                }
-            }
-        }
+        let mut finite = [true; I8_GROUP];
+        scalar::group_amax_finite(self.x, sq, self.din, g0, &mut amax[..n], &mut finite);
         for i in 0..n {
             self.r[i] = max_q / amax[i];
             self.sx[i] = amax[i] / max_q;
+            self.bad[i] = !finite[i];
         }
         for cc in 0..self.dout {
             // SAFETY: the caller's promise: tokens `g0 .. g1` of output `cc`.
