@@ -397,6 +397,54 @@ impl<const IN: usize, const OUT: usize> Linear<IN, OUT, f32, i8> {
         l
     }
 
+    /// Builds an `i8` map from `f32` weights in PyTorch's row-major `weight[OUT][IN]` and
+    /// `bias[OUT]`, quantized as [`Linear::to_weights`] quantizes them: output feature `n`
+    /// gets the scale `max_p |weight[n][p]| / 127` (in `f32`, over its finite weights) and
+    /// each weight the integer nearest `weight[n][p] / scale` (ties to even, within `±127`,
+    /// NaN to `0`; every weight `0` when the scale is `0`). The bias stays `f32`. A `const
+    /// fn`: a `static` layer is quantized at compile time, and holds the same values as
+    /// `Linear::from_rows(weight, bias).to_weights::<i8>()`.
+    ///
+    /// ```
+    /// use static_attention::Linear;
+    ///
+    /// static L: Linear<3, 2, f32, i8> =
+    ///     Linear::from_f32_rows([[1.0, -0.5, 0.25], [0.0, 2.54, 1.0]], [0.5, -1.0]);
+    /// assert_eq!(*L.scales(), [1.0 / 127.0, 2.54 / 127.0]);
+    /// let full = Linear::<3, 2>::from_rows([[1.0, -0.5, 0.25], [0.0, 2.54, 1.0]], [0.5, -1.0]);
+    /// assert_eq!(L, full.to_weights::<i8>());
+    /// // Each weight within half a step of its scale.
+    /// assert!((L.weight_at(1, 2) - 1.0).abs() <= 0.5 * 2.54 / 127.0);
+    /// ```
+    #[must_use]
+    pub const fn from_f32_rows(weight: [[f32; IN]; OUT], bias: [f32; OUT]) -> Self {
+        let mut q = [[0i8; IN]; OUT];
+        let mut scales = [0.0f32; OUT];
+        let mut n = 0;
+        while n < OUT {
+            let mut amax = 0.0f32;
+            let mut p = 0;
+            while p < IN {
+                let a = weight[n][p].abs();
+                if a.is_finite() && a > amax {
+                    amax = a;
+                }
+                p += 1;
+            }
+            let scale = amax / 127.0;
+            scales[n] = scale;
+            if scale != 0.0 {
+                p = 0;
+                while p < IN {
+                    q[n][p] = crate::weight::quantize(weight[n][p] / scale);
+                    p += 1;
+                }
+            }
+            n += 1;
+        }
+        Self::from_quantized(q, scales, bias)
+    }
+
     /// The scale of each output feature.
     #[must_use]
     pub const fn scales(&self) -> &[f32; OUT] {

@@ -232,13 +232,14 @@ weight!(half::bf16 => f32, Bf16, "BF16", half::bf16::ZERO,
     stored: |w| sealed::Stored::Half(bytemuck::cast_slice(w)));
 
 /// `x` rounded to the nearest integer (ties to even) and saturated to `±127`; NaN is `0`.
-/// The quantization of every `i8` path: weights here, activations in the kernels.
+/// The quantization of every `i8` path: weights here (a `const fn`, for
+/// [`crate::Linear::from_f32_rows`]), activations in the kernels.
 #[inline]
 #[must_use]
-pub(crate) fn quantize(x: f64) -> i8 {
-    // Adding and subtracting 1.5·2⁵² rounds to an integer, ties to even, for |x| < 2⁵¹;
+pub(crate) const fn quantize(x: f32) -> i8 {
+    // Adding and subtracting 1.5·2²³ rounds to an integer, ties to even, for |x| < 2²²;
     // beyond that the value saturates anyway.
-    const MAGIC: f64 = 6_755_399_441_055_744.0;
+    const MAGIC: f32 = 12_582_912.0;
     if x.is_nan() {
         0
     } else if x >= 127.0 {
@@ -266,7 +267,7 @@ impl Weight<f32> for i8 {
     /// `x` rounded to an integer (ties to even), saturated to `±127`, NaN to `0`.
     #[inline(always)]
     fn narrow(x: f32) -> Self {
-        quantize(f64::from(x))
+        quantize(x)
     }
 }
 

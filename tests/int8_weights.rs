@@ -181,6 +181,46 @@ fn set_weight_at_grows_the_scale_only_when_it_must() {
     assert_eq!(m.weight_at(0, 0), -127.0);
 }
 
+/// Quantized at compile time: NaN, an infinity, a row of zeros, ties (2.5 and −0.5 steps),
+/// and weights beyond the scale of their row's finite ones.
+static FROM_ROWS: Linear<4, 3, f32, i8> = Linear::from_f32_rows(
+    [
+        [0.25, -0.05, 12.7, f32::NAN],
+        [0.0, 0.0, -0.0, 0.0],
+        [1.0, f32::NEG_INFINITY, -0.5 / 127.0, 2.5 / 127.0],
+    ],
+    [1.0, -2.0, 0.5],
+);
+
+#[test]
+fn const_quantization_matches_to_weights() {
+    let rows = [
+        [0.25, -0.05, 12.7, f32::NAN],
+        [0.0, 0.0, -0.0, 0.0],
+        [1.0, f32::NEG_INFINITY, -0.5 / 127.0, 2.5 / 127.0],
+    ];
+    let want: Linear<4, 3, f32, i8> =
+        Linear::<4, 3>::from_rows(rows, [1.0, -2.0, 0.5]).to_weights();
+    assert_eq!(FROM_ROWS, want);
+    assert_eq!(FROM_ROWS.scales()[1], 0.0);
+    assert_eq!(FROM_ROWS.weight_at(0, 3), 0.0);
+    assert_eq!(FROM_ROWS.weight_at(2, 1), -127.0 * FROM_ROWS.scales()[2]);
+    // The same at run time over many rows, ties included.
+    for seed in 0..20u64 {
+        let f = linear::<40, 13>(seed);
+        let mut rows = [[0.0f32; 40]; 13];
+        for (n, row) in rows.iter_mut().enumerate() {
+            for (p, w) in row.iter_mut().enumerate() {
+                *w = f.weight_at(n, p);
+            }
+            row[(seed as usize + n) % 40] = row[0] * (0.5 + (n % 3) as f32) / 127.0;
+        }
+        let bias: [f32; 13] = core::array::from_fn(|n| f.bias().map_or(0.0, |b| b[n]));
+        let want: Linear<40, 13, f32, i8> = Linear::<40, 13>::from_rows(rows, bias).to_weights();
+        assert_eq!(Linear::from_f32_rows(rows, bias), want, "seed {seed}");
+    }
+}
+
 #[test]
 fn a_non_finite_input_makes_its_token_nan() {
     let q: Linear<5, 4, f32, i8> = linear::<5, 4>(3).to_weights();

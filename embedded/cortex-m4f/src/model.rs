@@ -9,8 +9,8 @@
 //!
 //! The multi-head layer is built three times: with `f32` weights (`MHA`), with the same
 //! weights rounded to `f16` (`MHA16`, half the flash), and quantized to symmetric `i8` with
-//! one `f32` scale per output feature (`MHA8`, about 30 % of the flash; the quantization is
-//! `Linear::to_weights::<i8>`'s, done by `const fn`).
+//! one `f32` scale per output feature (`MHA8`, about 30 % of the flash; quantized at compile
+//! time by `Linear::from_f32_rows`, which gives `Linear::to_weights::<i8>`'s values).
 //!
 //! A blob of another length stops the build (the `const` assertion below).
 
@@ -105,55 +105,17 @@ const fn with_bias_f16(start: usize) -> Linear<DIM, DIM, f32, f16> {
     Linear::from_rows(h, b)
 }
 
-/// The same map quantized to `i8` as `Linear::to_weights::<i8>` does it: per output feature
-/// `n`, the scale `s_n = max_p |w_np| / 127` (in `f32`, over the finite weights) and each
-/// weight the integer nearest `w_np / s_n` (ties to even, saturated to `±127`; all zero when
-/// `s_n = 0`). The bias stays `f32`.
+/// The same map quantized to `i8` as `Linear::to_weights::<i8>` does it (per output feature,
+/// the scale `max |w| / 127` and each weight the nearest integer multiple of it), at compile
+/// time. The bias stays `f32`.
 const fn with_bias_i8(start: usize) -> Linear<DIM, DIM, f32, i8> {
-    let w = rows::<DIM, DIM>(start);
-    let mut q = [[0i8; DIM]; DIM];
-    let mut scales = [0.0; DIM];
     let mut b = [0.0; DIM];
     let mut n = 0;
     while n < DIM {
-        let mut amax = 0.0f32;
-        let mut p = 0;
-        while p < DIM {
-            let a = w[n][p].abs();
-            if a.is_finite() && a > amax {
-                amax = a;
-            }
-            p += 1;
-        }
-        let scale = amax / 127.0;
-        scales[n] = scale;
-        if scale != 0.0 {
-            p = 0;
-            while p < DIM {
-                q[n][p] = quantize(w[n][p] / scale);
-                p += 1;
-            }
-        }
         b[n] = at(start + DIM * DIM + n);
         n += 1;
     }
-    Linear::from_quantized(q, scales, b)
-}
-
-/// `x` rounded to the nearest integer, ties to even, saturated to `±127`, NaN to `0` (the
-/// library's rounding of weights to `i8`).
-const fn quantize(x: f32) -> i8 {
-    // Adding and subtracting 1.5·2²³ rounds an `f32` below 2²² to an integer, ties to even.
-    const MAGIC: f32 = 12_582_912.0;
-    if x.is_nan() {
-        0
-    } else if x >= 127.0 {
-        127
-    } else if x <= -127.0 {
-        -127
-    } else {
-        ((x + MAGIC) - MAGIC) as i8
-    }
+    Linear::from_f32_rows(rows::<DIM, DIM>(start), b)
 }
 
 const P: usize = DIM * DIM + DIM;
