@@ -233,6 +233,25 @@ pub(crate) fn i8_operands<'a, T>(
     (x, proj)
 }
 
+/// The checks of an `i8` kernel's call on shared inputs: at least one input, `x` of `s × din`
+/// inputs, a pack of at least `min_pack` values, and each projection's lengths.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(crate) fn check_shared<T>(
+    x: &[T],
+    s: usize,
+    din: usize,
+    projs: &[I8Out<'_, T>],
+    (pack, min_pack): (usize, usize),
+) {
+    assert!(
+        pack >= min_pack && din > 0 && x.len() >= s * din,
+        "the i8 kernels take inputs, and a pack of two words per token"
+    );
+    for p in projs {
+        p.check(s, din);
+    }
+}
+
 /// Checks that `w` holds a `dout × din` weight matrix (in the tile layout) and `bias` its
 /// `dout` biases.
 pub(crate) fn check_weights<W, T>(w: &[W], bias: &[T], din: usize, dout: usize) {

@@ -20,7 +20,7 @@
 
 use core::arch::x86_64::*;
 
-use super::args::{I8Out, LinearIo};
+use super::args::{I8Out, LinearIo, check_shared, i8_operands};
 use super::layout::WEIGHT_TILE;
 
 /// `i32` lanes per vector.
@@ -45,24 +45,8 @@ pub(super) fn linear(
     bias: &[f32],
     pack: &mut [f32],
 ) {
-    assert!(
-        matches!(io, LinearIo::Out { .. }),
-        "the i8 kernel takes LinearIo::Out"
-    );
-    let (x, out, _) = io.checked(s, din, dout);
-    let scales = scales.get(..dout).expect("one scale per output feature");
-    shared(
-        x,
-        s,
-        din,
-        &mut [I8Out {
-            q,
-            scales,
-            bias,
-            out,
-        }],
-        pack,
-    );
+    let (x, proj) = i8_operands(io, s, din, q, dout, scales, bias, (pack.len(), 2 * MR));
+    shared(x, s, din, &mut [proj], pack);
 }
 
 /// Several projections of the same inputs (`x`, `s × din`, column-major), each as
@@ -77,13 +61,7 @@ pub(super) fn shared(
     projs: &mut [I8Out<'_, f32>],
     pack: &mut [f32],
 ) {
-    assert!(
-        pack.len() >= 2 * MR && din > 0 && x.len() >= s * din,
-        "the i8 kernel takes inputs and a pack of two quads"
-    );
-    for p in projs.iter() {
-        p.check(s, din);
-    }
+    check_shared(x, s, din, projs, (pack.len(), 2 * MR));
     // Words of the pack: `quads · MR` per chunk.
     let max_quads = pack.len() / MR;
     let pack: &mut [u32] = bytemuck::cast_slice_mut(pack);

@@ -33,7 +33,7 @@
 
 use core::arch::x86_64::*;
 
-use super::args::{I8Out, LinearIo, i8_operands};
+use super::args::{I8Out, LinearIo, check_shared, i8_operands};
 use super::layout::WEIGHT_TILE;
 use super::scalar;
 
@@ -269,8 +269,9 @@ pub(super) fn linear(
     bias: &[f32],
     pack: &mut [f32],
 ) {
+    let (x, proj) = i8_operands(io, s, din, q, dout, scales, bias, (pack.len(), 2 * MR));
     // SAFETY: this function's features are the form's.
-    unsafe { run(Pairs, io, s, din, q, dout, scales, bias, pack) };
+    unsafe { run(Pairs, x, s, din, &mut [proj], pack) };
 }
 
 /// [`linear`] with `vpdpbusd` on 256 bits ([`Quads`]).
@@ -285,28 +286,55 @@ pub(super) fn linear_vnni(
     bias: &[f32],
     pack: &mut [f32],
 ) {
+    let (x, proj) = i8_operands(io, s, din, q, dout, scales, bias, (pack.len(), 2 * MR));
     // SAFETY: this function's features are the form's.
-    unsafe { run(Quads, io, s, din, q, dout, scales, bias, pack) };
+    unsafe { run(Quads, x, s, din, &mut [proj], pack) };
 }
 
-/// The kernel in form `P`.
+/// Several projections of the same inputs (`x`, `s × din`, column-major), each as
+/// [`linear`], the tokens quantized and packed once for all of them. Takes `din > 0` and
+/// `pack` of at least two words per token of a panel.
+#[target_feature(enable = "avx2")]
+pub(super) fn shared(
+    x: &[f32],
+    s: usize,
+    din: usize,
+    projs: &mut [I8Out<'_, f32>],
+    pack: &mut [f32],
+) {
+    check_shared(x, s, din, projs, (pack.len(), 2 * MR));
+    // SAFETY: this function's features are the form's.
+    unsafe { run(Pairs, x, s, din, projs, pack) };
+}
+
+/// [`shared`] with `vpdpbusd` on 256 bits ([`Quads`]).
+#[target_feature(enable = "avx2,avxvnni")]
+pub(super) fn shared_vnni(
+    x: &[f32],
+    s: usize,
+    din: usize,
+    projs: &mut [I8Out<'_, f32>],
+    pack: &mut [f32],
+) {
+    check_shared(x, s, din, projs, (pack.len(), 2 * MR));
+    // SAFETY: this function's features are the form's.
+    unsafe { run(Quads, x, s, din, projs, pack) };
+}
+
+/// The kernel in form `P`: each projection of `x`, the tokens quantized and packed once per
+/// group and chunk of inputs for all of them.
 ///
 /// # Safety
-/// As [`Products::word`].
+/// As [`Products::word`]; the operands checked ([`check_shared`]).
 #[inline(always)]
 unsafe fn run<P: Products>(
     form: P,
-    io: LinearIo<'_, f32>,
+    x: &[f32],
     s: usize,
     din: usize,
-    q: &[i8],
-    dout: usize,
-    scales: &[f32],
-    bias: &[f32],
+    projs: &mut [I8Out<'_, f32>],
     pack: &mut [f32],
 ) {
-    let (x, I8Out { out, .. }) =
-        i8_operands(io, s, din, q, dout, scales, bias, (pack.len(), 2 * MR));
     let pack: &mut [i32] = bytemuck::cast_slice_mut(pack);
     let per_word = 4 / P::WORDS;
     let panels = s.div_ceil(MR);
@@ -317,7 +345,6 @@ unsafe fn run<P: Products>(
     // Inputs per chunk: a multiple of four (no chunk splits a quad of stored rows).
     let kc_max = (per_word * pack.len() / (group * MR)).min(KC) / 4 * 4;
     debug_assert!(kc_max >= 4);
-    let full = dout / WEIGHT_TILE * WEIGHT_TILE;
     let mut buf = [0i32; WEIGHT_TILE * KC / 2];
     let mut comp = [0i32; WEIGHT_TILE];
     let mut tokens = Tokens {
@@ -355,43 +382,48 @@ unsafe fn run<P: Products>(
                 }
                 i0 += rows;
             }
-            let mut t0 = 0;
-            while t0 < dout {
-                let width = if t0 < full { WEIGHT_TILE } else { dout - full };
-                let tile = &q[t0 * din..(t0 + width) * din];
-                // SAFETY: the caller's promise.
-                unsafe { P::prepare(tile, width, (pc, kc), din, &mut buf, &mut comp) };
-                let mut i0 = g0;
-                while i0 < g1 {
-                    let rows = MR.min(g1 - i0);
-                    let mut c0 = 0;
-                    while c0 < width {
-                        let n = NR.min(width - c0);
-                        let t = Tile {
-                            // SAFETY: inside `pack` (above).
-                            a: unsafe { pack.as_ptr().add((i0 - g0) / MR * words * MR) },
-                            words,
-                            // SAFETY: feature `c0`'s first word of the prepared chunk, which
-                            // holds `words · width` words.
-                            b: unsafe { buf.as_ptr().add(P::WORDS * c0) },
-                            stride: P::WORDS * width,
-                            comp: &comp[c0..c0 + n],
-                            i0,
-                            j0: t0 + c0,
-                            first: pc == 0,
-                            last: pc + kc == din,
-                            // SAFETY: the caller's promise.
-                            mask: unsafe { row_masks(rows) },
-                            tok: i0 - g0,
-                        };
-                        // SAFETY: the tile's operands lie inside `pack`, `buf`, `scales`,
-                        // `bias` and `out` (see `Tile`).
-                        unsafe { strip(form, n, t, &tokens, scales, bias, out.as_mut_ptr(), s) };
-                        c0 += n;
+            for p in projs.iter_mut() {
+                let dout = p.dout();
+                let full = dout / WEIGHT_TILE * WEIGHT_TILE;
+                let mut t0 = 0;
+                while t0 < dout {
+                    let width = if t0 < full { WEIGHT_TILE } else { dout - full };
+                    let tile = &p.q[t0 * din..(t0 + width) * din];
+                    // SAFETY: the caller's promise.
+                    unsafe { P::prepare(tile, width, (pc, kc), din, &mut buf, &mut comp) };
+                    let mut i0 = g0;
+                    while i0 < g1 {
+                        let rows = MR.min(g1 - i0);
+                        let mut c0 = 0;
+                        while c0 < width {
+                            let n = NR.min(width - c0);
+                            let t = Tile {
+                                // SAFETY: inside `pack` (above).
+                                a: unsafe { pack.as_ptr().add((i0 - g0) / MR * words * MR) },
+                                words,
+                                // SAFETY: feature `c0`'s first word of the prepared chunk,
+                                // which holds `words · width` words.
+                                b: unsafe { buf.as_ptr().add(P::WORDS * c0) },
+                                stride: P::WORDS * width,
+                                comp: &comp[c0..c0 + n],
+                                i0,
+                                j0: t0 + c0,
+                                first: pc == 0,
+                                last: pc + kc == din,
+                                // SAFETY: the caller's promise.
+                                mask: unsafe { row_masks(rows) },
+                                tok: i0 - g0,
+                            };
+                            let out = p.out.as_mut_ptr();
+                            // SAFETY: the tile's operands lie inside `pack`, `buf`, the
+                            // projection's scales, bias and outputs (see `Tile`; checked).
+                            unsafe { strip(form, n, t, &tokens, p.scales, p.bias, out, s) };
+                            c0 += n;
+                        }
+                        i0 += rows;
                     }
-                    i0 += rows;
+                    t0 += width;
                 }
-                t0 += width;
             }
             pc += kc;
         }

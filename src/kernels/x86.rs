@@ -351,6 +351,7 @@ pub(crate) unsafe fn avx512_f32() -> Avx512F32 {
 static AVX2_F32: Table<f32> = Table {
     linear_bf16_exact: Some(bf16_widen::linear_avx2),
     linear_i8: Some(int8_avx2::linear),
+    linear_i8_shared: Some(int8_avx2::shared),
     linear_widening: Some(avx2_linear_widening),
     ..avx2_f32::TABLE
 };
@@ -359,6 +360,7 @@ static AVX2_F32: Table<f32> = Table {
 /// projections in `vpdpbusd`.
 static AVX2_VNNI_F32: Table<f32> = Table {
     linear_i8: Some(int8_avx2::linear_vnni),
+    linear_i8_shared: Some(int8_avx2::shared_vnni),
     ..AVX2_F32
 };
 
@@ -370,6 +372,7 @@ static AVX2_VNNI_F32: Table<f32> = Table {
 static AVX512_F32: Table<f32> = Table {
     linear_bf16_exact: Some(bf16_widen::linear),
     linear_i8: Some(int8_avx2::linear),
+    linear_i8_shared: Some(int8_avx2::shared),
     linear_widening: Some(avx512_linear_widening),
     ..avx512_f32::TABLE
 };
