@@ -68,8 +68,9 @@
 //! each weight as an integer `q` in `−127 ..= 127` and each output feature's scale `s_n`:
 //! the weight is `ŵ_np = q_np · s_n` ([`crate::Linear::to_weights`] picks
 //! `s_n = max_p |w_np| / 127` and rounds each weight to the nearest multiple, ties to even;
-//! [`crate::Linear::from_quantized`] takes integers and scales as they are, for `static`
-//! layers). A projection quantizes each token's inputs on the fly with the token's own scale
+//! [`crate::Linear::from_quantized`] takes integers and scales as they are, and
+//! [`crate::Linear::from_f32_rows`] quantizes `f32` rows as `to_weights` does, both `const
+//! fn`s for `static` layers). A projection quantizes each token's inputs on the fly with the token's own scale
 //! and sums the integer products exactly in `i32`:
 //!
 //! ```text
