@@ -235,7 +235,10 @@ pub(crate) fn i8_operands<'a, T>(
 
 /// The checks of an `i8` kernel's call on shared inputs: at least one input, `x` of `s × din`
 /// inputs, a pack of at least `min_pack` values, and each projection's lengths.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(dead_code)
+)]
 pub(crate) fn check_shared<T>(
     x: &[T],
     s: usize,

@@ -30,7 +30,7 @@
 use core::arch::aarch64::*;
 use core::arch::asm;
 
-use super::args::{GEMV_TOKENS, I8Out, LinearIo, i8_operands};
+use super::args::{GEMV_TOKENS, I8Out, LinearIo, check_shared, i8_operands};
 use super::layout::WEIGHT_TILE;
 
 /// `i32` lanes of a vector.
@@ -87,16 +87,38 @@ pub(super) fn linear(
     bias: &[f32],
     pack: &mut [f32],
 ) {
-    let (x, I8Out { out, .. }) =
-        i8_operands(io, s, din, q, dout, scales, bias, (pack.len(), 2 * MR));
+    let (x, proj) = i8_operands(io, s, din, q, dout, scales, bias, (pack.len(), 2 * MR));
+    run(x, s, din, &mut [proj], pack);
+}
+
+/// Several projections of the same inputs (`x`, `s × din`, column-major), each as
+/// [`linear`]: each panel of tokens is quantized and packed once for all of them. Takes
+/// `din > 0` and `pack` of at least two words per token of a panel.
+#[target_feature(enable = "neon,dotprod")]
+pub(super) fn shared(
+    x: &[f32],
+    s: usize,
+    din: usize,
+    projs: &mut [I8Out<'_, f32>],
+    pack: &mut [f32],
+) {
+    check_shared(x, s, din, projs, (pack.len(), 2 * MR));
+    run(x, s, din, projs, pack);
+}
+
+/// [`shared`] after the checks.
+#[inline]
+#[target_feature(enable = "neon,dotprod")]
+fn run(x: &[f32], s: usize, din: usize, projs: &mut [I8Out<'_, f32>], pack: &mut [f32]) {
     // Quads of inputs per chunk: `MR` words each.
     let max_quads = pack.len() / MR;
     let pack: &mut [u32] = bytemuck::cast_slice_mut(pack);
     let quads = din.div_ceil(4);
-    let full = dout / WEIGHT_TILE * WEIGHT_TILE;
     if s <= GEMV_TOKENS {
-        for i in 0..s {
-            gemv(x, s, i, din, q, dout, scales, bias, out, pack);
+        for p in projs.iter_mut() {
+            for i in 0..s {
+                gemv(x, s, i, din, p.q, p.dout(), p.scales, p.bias, p.out, pack);
+            }
         }
         return;
     }
@@ -110,35 +132,39 @@ pub(super) fn linear(
             let panel = &mut pack[..nq * MR];
             pack_panel(x, s, din, i0, rows, &tokens, qc, nq, panel);
             let last = qc + nq == quads;
-            let mut t0 = 0;
-            while t0 < dout {
-                let width = if t0 < full { WEIGHT_TILE } else { dout - full };
-                let tile = Tile {
-                    qc,
-                    nq,
-                    width,
-                    din,
-                    i0,
-                    rows,
-                    j0: t0,
-                    first: qc == 0,
-                    last,
-                };
-                // The storage tile of features `t0 .. t0 + width`: `din · width` bytes.
-                let b = &q[t0 * din..(t0 + width) * din];
-                let ops = Operands {
-                    a: panel,
-                    b,
-                    tokens: &tokens,
-                    scales,
-                    bias,
-                };
-                match width.div_ceil(4) {
-                    1 => micro::<4>(tile, &ops, out, s),
-                    2 => micro::<8>(tile, &ops, out, s),
-                    _ => micro::<12>(tile, &ops, out, s),
+            for p in projs.iter_mut() {
+                let dout = p.dout();
+                let full = dout / WEIGHT_TILE * WEIGHT_TILE;
+                let mut t0 = 0;
+                while t0 < dout {
+                    let width = if t0 < full { WEIGHT_TILE } else { dout - full };
+                    let tile = Tile {
+                        qc,
+                        nq,
+                        width,
+                        din,
+                        i0,
+                        rows,
+                        j0: t0,
+                        first: qc == 0,
+                        last,
+                    };
+                    // The storage tile of features `t0 .. t0 + width`: `din · width` bytes.
+                    let b = &p.q[t0 * din..(t0 + width) * din];
+                    let ops = Operands {
+                        a: panel,
+                        b,
+                        tokens: &tokens,
+                        scales: p.scales,
+                        bias: p.bias,
+                    };
+                    match width.div_ceil(4) {
+                        1 => micro::<4>(tile, &ops, p.out, s),
+                        2 => micro::<8>(tile, &ops, p.out, s),
+                        _ => micro::<12>(tile, &ops, p.out, s),
+                    }
+                    t0 += width;
                 }
-                t0 += width;
             }
             qc += nq;
         }
