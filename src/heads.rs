@@ -298,7 +298,7 @@ impl<'l, const DIM: usize, const QD: usize, const KVD: usize, T: Float, W: Weigh
         buf: &mut Buffers<'_, T>,
     ) {
         let same = |a: &[T], b: &[T]| core::ptr::eq(a, b);
-        if sq == skv && sq > 0 && same(query, key) && same(key, value) {
+        if kt.shares_inputs::<W>() && sq == skv && sq > 0 && same(query, key) && same(key, value) {
             // Self-attention: one call, which quantizes `i8` layers' tokens once.
             let projs = [
                 self.q.projection(&mut buf.q[..sq * QD]),

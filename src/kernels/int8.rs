@@ -480,7 +480,12 @@ unsafe fn micro<const N: usize>(
     out: *mut f32,
     s: usize,
 ) {
-    const { assert!(N <= WEIGHT_TILE) };
+    const {
+        assert!(
+            N <= WEIGHT_TILE && WEIGHT_TILE <= 12,
+            "each_feature! unrolls 12"
+        )
+    };
     let zero = _mm512_setzero_si512();
     let (mut a0, mut a1) = ([zero; N], [zero; N]);
     // Quads of the tile in this chunk that are whole quads of stored rows; the chunk's last

@@ -335,6 +335,9 @@ unsafe fn run<P: Products>(
     projs: &mut [I8Out<'_, f32>],
     pack: &mut [f32],
 ) {
+    if s == 0 {
+        return;
+    }
     let pack: &mut [i32] = bytemuck::cast_slice_mut(pack);
     let per_word = 4 / P::WORDS;
     let panels = s.div_ceil(MR);

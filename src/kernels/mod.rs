@@ -395,9 +395,10 @@ pub fn bf16_dot_loop(rounds: usize) -> Option<(u64, f32)> {
 /// The core's `i8` dot-product peak loop of the selected kernel's `i8` projections: `rounds`
 /// rounds of 12 independent products on whole vectors, as `(operations, checksum)` (each
 /// product and its addition counted as two operations): `vpdpbusd` on 512 bits
-/// ([`Kernel::Avx512Bf16`], which requires AVX512-VNNI) or on 256 bits ([`Kernel::Avx2Fma`]
-/// with AVX-VNNI), `vpmaddwd` with `vpaddd` (16-bit pairs: [`Kernel::Avx2Fma`] without
-/// AVX-VNNI, [`Kernel::Avx512`]), or `SDOT` ([`Kernel::NeonBf16`]); `None` elsewhere.
+/// ([`Kernel::Avx512Bf16`], which requires AVX512-VNNI, and [`Kernel::Avx512`] with it) or
+/// on 256 bits ([`Kernel::Avx2Fma`] with AVX-VNNI), `vpmaddwd` with `vpaddd` (16-bit pairs:
+/// [`Kernel::Avx2Fma`] without AVX-VNNI, [`Kernel::Avx512`] without AVX512-VNNI), or `SDOT`
+/// ([`Kernel::NeonBf16`]); `None` elsewhere.
 #[must_use]
 pub fn i8_dot_loop(rounds: usize) -> Option<(u64, i32)> {
     #[cfg(not(target_arch = "x86_64"))]
@@ -407,6 +408,12 @@ pub fn i8_dot_loop(rounds: usize) -> Option<(u64, i32)> {
         // SAFETY: `selected` names only kernels the CPU runs, and this one has AVX512-VNNI,
         // AVX512-BW and AVX-512F, the loop's features.
         Kernel::Avx512Bf16 => Some(unsafe { int8::dot_loop(rounds) }),
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 if x86::avx512_vnni_available() => {
+            // SAFETY: AVX512-VNNI was detected, and AVX-512F and AVX512-BW (the kernel has
+            // them).
+            Some(unsafe { int8::dot_loop(rounds) })
+        }
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2Fma if x86::avx_vnni_available() => {
             // SAFETY: AVX-VNNI was detected, and AVX2 (the kernel has it).

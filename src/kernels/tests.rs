@@ -771,19 +771,25 @@ fn check_i8(
     }
 }
 
-/// Three `i8` projections of the same tokens in one `Table::linear_shared` call (which
-/// quantizes the tokens once where the kernel can) against three `Table::linear` calls, bit
-/// for bit, on every kernel: odd sizes, features that fill [`super::int8`]'s block of
-/// compensations and split across it (1 000 + 700 + 13 with the block at 1 536), zero and
-/// non-finite tokens, more than one panel of tokens, small and large packs.
+/// Three `i8` projections of the same tokens in one call that quantizes the tokens once
+/// (`Table::linear_shared` of every kernel, and on x86 each shared kernel called directly)
+/// against three separate calls of the scalar reference, bit for bit: each projection with
+/// its own weights, scales and biases, odd sizes, features that fill [`super::int8`]'s block
+/// of compensations and split across it (1 000 + 700 + 13 with the block at 1 536), no
+/// tokens, zero and non-finite tokens, more than one panel of tokens, small and large packs.
 #[test]
 fn shared_i8_projections_match_separate_calls_bit_for_bit() {
     use super::Projection;
+    #[cfg(target_arch = "x86_64")]
+    use super::args::I8Out;
     type T = f32;
+    type Weights = [(Vec<i8>, Vec<T>, Vec<T>); 3];
+    type Shared = std::boxed::Box<dyn Fn(&[T], usize, usize, &Weights, &mut [T]) -> [Vec<T>; 3]>;
     let shapes: &[(usize, usize, [usize; 3])] = if cfg!(miri) {
         &[(3, 5, [13, 1, 12])]
     } else {
         &[
+            (0, 5, [3, 4, 5]),
             (1, 1, [1, 1, 1]),
             (3, 5, [13, 1, 12]),
             (33, 255, [25, 24, 25]),
@@ -792,55 +798,111 @@ fn shared_i8_projections_match_separate_calls_bit_for_bit() {
             (40, 257, [256, 64, 64]),
         ]
     };
-    for k in fast_kernels().chain([Kernel::Scalar]) {
-        let kt = table::<T>(k);
-        for (case, &(s, din, douts)) in shapes.iter().enumerate() {
-            let seed = 100 + case as u64 * 11;
-            let weights = douts.map(|dout| {
-                let q: Vec<i8> = values(seed + dout as u64, din * dout, 127.49)
-                    .iter()
-                    .map(|&v| v.round() as i8)
-                    .collect();
-                let scales: Vec<f64> = values(seed + 1, dout, 0.01)
-                    .iter()
-                    .map(|v| v.abs())
-                    .collect();
-                let scales = cast::<T>(&scales);
-                (q, scales, cast::<T>(&values(seed + 2, dout, 1.0)))
+    let outputs =
+        |s: usize, w: &Weights| w.each_ref().map(|(_, _, b)| std::vec![T::NAN; s * b.len()]);
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
+    let mut forms: Vec<(String, Shared)> = fast_kernels()
+        .map(|k| {
+            let f: Shared = std::boxed::Box::new(move |x, s, din, w, pack| {
+                let mut out = outputs(s, w);
+                let [o0, o1, o2] = &mut out;
+                let projs =
+                    [(&w[0], o0), (&w[1], o1), (&w[2], o2)].map(|((q, sc, b), out)| Projection {
+                        w: q.as_slice(),
+                        bias: b,
+                        scales: sc,
+                        out: out.as_mut_slice(),
+                    });
+                table::<T>(k).linear_shared(x, s, din, projs, pack);
+                out
             });
-            for scale in [1.0, 1e-38, 1e30] {
-                let mut x = cast::<T>(&values(seed + 3, s * din, scale));
+            (k.name().into(), f)
+        })
+        .collect();
+    /// A shared kernel called directly: `(x, s, din, projections, pack)`.
+    #[cfg(target_arch = "x86_64")]
+    type Direct = unsafe fn(&[T], usize, usize, &mut [I8Out<'_, T>], &mut [T]);
+    #[cfg(target_arch = "x86_64")]
+    let direct = |f: Direct| -> Shared {
+        std::boxed::Box::new(move |x, s, din, w, pack| {
+            let mut out = outputs(s, w);
+            if s > 0 {
+                let [o0, o1, o2] = &mut out;
+                let mut projs =
+                    [(&w[0], o0), (&w[1], o1), (&w[2], o2)].map(|((q, sc, b), out)| I8Out {
+                        q: q.as_slice(),
+                        scales: sc,
+                        bias: b,
+                        out: out.as_mut_slice(),
+                    });
+                // SAFETY: only kernels whose features the CPU has are pushed below.
+                unsafe { f(x, s, din, &mut projs, pack) };
+            }
+            out
+        })
+    };
+    #[cfg(target_arch = "x86_64")]
+    {
+        if super::x86::avx2_available() {
+            forms.push(("avx2 pairs".into(), direct(super::int8_avx2::shared)));
+        }
+        if super::x86::avx_vnni_available() {
+            forms.push((
+                "avx-vnni quads".into(),
+                direct(super::int8_avx2::shared_vnni),
+            ));
+        }
+        if super::x86::avx512_vnni_available() {
+            forms.push(("avx512-vnni".into(), direct(super::int8::shared)));
+        }
+    }
+    let scalar = table::<T>(Kernel::Scalar);
+    for (case, &(s, din, douts)) in shapes.iter().enumerate() {
+        let seed = 100 + case as u64 * 11;
+        let mut i = 0u64;
+        let weights: Weights = douts.map(|dout| {
+            // Each projection its own weights, scales and biases.
+            i += 1;
+            let seed = seed + 10 * i;
+            let q: Vec<i8> = values(seed, din * dout, 127.49)
+                .iter()
+                .map(|&v| v.round() as i8)
+                .collect();
+            let scales: Vec<f64> = values(seed + 1, dout, 0.01)
+                .iter()
+                .map(|v| v.abs())
+                .collect();
+            (
+                q,
+                cast::<T>(&scales),
+                cast::<T>(&values(seed + 2, dout, 1.0)),
+            )
+        });
+        for scale in [1.0, 1e-38, 1e30] {
+            let mut x = cast::<T>(&values(seed + 3, s * din, scale));
+            if s > 0 {
                 for d in 0..din {
                     x[s / 2 + d * s] = 0.0;
                 }
-                if s > 2 {
-                    x[s - 1 + (din - 1) * s] = T::NAN;
-                }
-                for pack_len in [2 * PANEL_ROWS, 5 * PANEL_ROWS + 1, 1 << 14] {
+            }
+            if s > 2 {
+                x[s - 1 + (din - 1) * s] = T::NAN;
+            }
+            let mut want = outputs(s, &weights);
+            for ((q, sc, b), out) in weights.iter().zip(&mut want) {
+                let io = LinearIo::Out { x: &x, out };
+                scalar.linear(io, s, din, q, b.len(), b, sc, &mut []);
+            }
+            for pack_len in [2 * PANEL_ROWS, 5 * PANEL_ROWS + 1, 1 << 14] {
+                for (name, run) in &forms {
                     let mut pack = std::vec![T::ZERO; pack_len];
-                    let mut separate = douts.map(|dout| std::vec![T::NAN; s * dout]);
-                    for ((q, sc, b), out) in weights.iter().zip(&mut separate) {
-                        let io = LinearIo::Out { x: &x, out };
-                        kt.linear(io, s, din, q, b.len(), b, sc, &mut pack);
-                    }
-                    let mut shared = douts.map(|dout| std::vec![T::NAN; s * dout]);
-                    let [o0, o1, o2] = &mut shared;
-                    let projs = [(&weights[0], o0), (&weights[1], o1), (&weights[2], o2)].map(
-                        |((q, sc, b), out)| Projection {
-                            w: q.as_slice(),
-                            bias: b,
-                            scales: sc,
-                            out: out.as_mut_slice(),
-                        },
-                    );
-                    kt.linear_shared(&x, s, din, projs, &mut pack);
-                    for (p, (got, want)) in shared.iter().zip(&separate).enumerate() {
+                    let got = run(&x, s, din, &weights, &mut pack);
+                    for (p, (got, want)) in got.iter().zip(&want).enumerate() {
                         for (i, (g, e)) in got.iter().zip(want).enumerate() {
                             assert!(
                                 g.to_bits() == e.to_bits(),
-                                "{} {s}×{din}→{douts:?} scale {scale} pack {pack_len}: \
-                                 projection {p} output {i}: {g:?} ≠ {e:?}",
-                                k.name()
+                                "{name} {s}×{din}→{douts:?} scale {scale} pack {pack_len}: \
+                                 projection {p} output {i}: {g:?} ≠ {e:?}"
                             );
                         }
                     }
@@ -1230,7 +1292,7 @@ fn the_fast_kernel_is_selected_where_the_cpu_has_it() {
             && std::is_x86_feature_detected!("avx512bw")
             && std::is_x86_feature_detected!("avx512vnni");
         // The `i8` projections: `vpdpbusd` on 512 bits with AVX512-VNNI (which
-        // `Kernel::Avx512Bf16` requires), on 256 bits on `Kernel::Avx2Fma` where the CPU has
+        // `Kernel::Avx512Bf16` requires, and `Kernel::Avx512` takes where it is there), on 256 bits on `Kernel::Avx2Fma` where the CPU has
         // AVX-VNNI, AVX2's 16-bit pairs otherwise. (Miri gives each function pointer made
         // from a function an address of its own, so there no two compare equal.)
         let by = |k: Kernel, f: I8Kernel| {
@@ -1243,7 +1305,12 @@ fn the_fast_kernel_is_selected_where_the_cpu_has_it() {
             assert!(by(Kernel::Avx512Bf16, super::int8::linear));
         }
         if avx512 {
-            assert!(by(Kernel::Avx512, super::int8_avx2::linear));
+            let vnni: I8Kernel = if std::is_x86_feature_detected!("avx512vnni") {
+                super::int8::linear
+            } else {
+                super::int8_avx2::linear
+            };
+            assert!(by(Kernel::Avx512, vnni));
         }
         if avx2 {
             let vnni: I8Kernel = if std::is_x86_feature_detected!("avxvnni") {

@@ -53,6 +53,15 @@ pub(crate) fn avx512_bf16_available() -> bool {
     remembered(&SEEN, || probe_avx512_bf16() && avx512_available())
 }
 
+/// Whether the CPU runs AVX512-VNNI (`vpdpbusd` on 512 bits) besides everything
+/// [`avx512_available`] asks for (detected once, then remembered): the `i8` projections of
+/// [`Kernel::Avx512`] use it where it is there (Cascade Lake, Ice Lake: AVX512-VNNI without
+/// AVX512-BF16).
+pub(crate) fn avx512_vnni_available() -> bool {
+    static SEEN: AtomicU8 = AtomicU8::new(0);
+    remembered(&SEEN, || avx512_available() && probe_avx512_vnni())
+}
+
 /// Whether the CPU runs AVX-VNNI (`vpdpbusd` on 256 bits) besides everything
 /// [`avx2_available`] asks for (detected once, then remembered): the `i8` projections of
 /// [`Kernel::Avx2Fma`] use it where it is there.
@@ -92,6 +101,18 @@ fn probe_avx512_bf16() -> bool {
     std::is_x86_feature_detected!("avx512bf16")
         && std::is_x86_feature_detected!("avx512bw")
         && std::is_x86_feature_detected!("avx512vnni")
+}
+
+#[cfg(feature = "std")]
+fn probe_avx512_vnni() -> bool {
+    std::is_x86_feature_detected!("avx512vnni")
+}
+
+#[cfg(not(feature = "std"))]
+fn probe_avx512_vnni() -> bool {
+    // Asked only after AVX-512F was found (so CPUID leaf 7 exists): AVX512-VNNI is leaf 7,
+    // sub-leaf 0, ECX bit 11.
+    cfg!(target_feature = "avx512vnni") || __cpuid_count(7, 0).ecx & (1 << 11) != 0
 }
 
 #[cfg(feature = "std")]
@@ -368,13 +389,23 @@ static AVX2_VNNI_F32: Table<f32> = Table {
 /// registers (`bf16_widen.rs`, which needs AVX512-BW; the kernel requires it), `f16`
 /// weights per storage tile and panel (`vector::linear_widening`), and `i8` weights in
 /// AVX2's 16-bit pair products (`int8_avx2.rs`; faster here than the `f32` GEMM's exact
-/// sums: 198 against 155–163 µs for `Linear<256, 256>` over 128 tokens).
+/// sums: 198 against 155–163 µs for `Linear<256, 256>` over 128 tokens, but half the width
+/// of the `f32` FMA, so slower than `f32` weights). [`table_f32`] gives it on a CPU without
+/// AVX512-VNNI.
 static AVX512_F32: Table<f32> = Table {
     linear_bf16_exact: Some(bf16_widen::linear),
     linear_i8: Some(int8_avx2::linear),
     linear_i8_shared: Some(int8_avx2::shared),
     linear_widening: Some(avx512_linear_widening),
     ..avx512_f32::TABLE
+};
+
+/// [`Kernel::Avx512`]'s `f32` table on a CPU with AVX512-VNNI: [`AVX512_F32`], with the `i8`
+/// projections in `vpdpbusd` on 512 bits (`int8.rs`, as [`Kernel::Avx512Bf16`]).
+static AVX512_VNNI_F32: Table<f32> = Table {
+    linear_i8: Some(int8::linear),
+    linear_i8_shared: Some(int8::shared),
+    ..AVX512_F32
 };
 
 /// `$name`: [`vector::linear_widening`] on the `Simd` built by `$simd`, compiled with
@@ -432,6 +463,7 @@ static AVX512_BF16_F64: Table<f64> = Table {
 pub(crate) unsafe fn table_f32(kernel: Kernel) -> &'static Table<f32> {
     match kernel {
         Kernel::Avx512Bf16 => &AVX512_BF16_F32,
+        Kernel::Avx512 if avx512_vnni_available() => &AVX512_VNNI_F32,
         Kernel::Avx512 => &AVX512_F32,
         _ if avx_vnni_available() => &AVX2_VNNI_F32,
         _ => &AVX2_F32,
