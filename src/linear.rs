@@ -403,7 +403,10 @@ impl<const IN: usize, const OUT: usize> Linear<IN, OUT, f32, i8> {
     /// each weight the integer nearest `weight[n][p] / scale` (ties to even, within `±127`,
     /// NaN to `0`; every weight `0` when the scale is `0`). The bias stays `f32`. A `const
     /// fn`: a `static` layer is quantized at compile time, and holds the same values as
-    /// `Linear::from_rows(weight, bias).to_weights::<i8>()`.
+    /// `Linear::from_rows(weight, bias).to_weights::<i8>()`. The rows are taken by value: at
+    /// run time a large layer's arrays are on the stack (`4·IN·OUT` bytes and the result; prefer
+    /// `to_weights` there), and a large `static` is slow to evaluate (rustc's
+    /// `long_running_const_eval` lint may need allowing).
     ///
     /// ```
     /// use static_attention::Linear;

@@ -70,8 +70,8 @@
 //! `s_n = max_p |w_np| / 127` and rounds each weight to the nearest multiple, ties to even;
 //! [`crate::Linear::from_quantized`] takes integers and scales as they are, and
 //! [`crate::Linear::from_f32_rows`] quantizes `f32` rows as `to_weights` does, both `const
-//! fn`s for `static` layers). A projection quantizes each token's inputs on the fly with the token's own scale
-//! and sums the integer products exactly in `i32`:
+//! fn`s for `static` layers). A projection quantizes each token's inputs on the fly with the
+//! token's own scale and sums the integer products exactly in `i32`:
 //!
 //! ```text
 //! a = max_p |x_p|,  r = 127 / a,  x̂_p = round(x_p · r)  (ties to even, within ±127)
