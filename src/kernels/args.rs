@@ -167,10 +167,6 @@ impl<'a, T> LinearIo<'a, T> {
 /// One projection of an `i8` call that shares its inputs with others: `out = x · Wᵀ + b`
 /// with `W` (`dout × din`, `dout = scales.len()`) as `i8` in the tile layout (`q`), one scale
 /// and one bias per feature, and `out` (`s × dout`, column-major).
-#[cfg_attr(
-    not(any(target_arch = "x86_64", target_arch = "aarch64")),
-    allow(dead_code)
-)]
 pub(crate) struct I8Out<'a, T> {
     pub q: &'a [i8],
     pub scales: &'a [T],
@@ -178,10 +174,6 @@ pub(crate) struct I8Out<'a, T> {
     pub out: &'a mut [T],
 }
 
-#[cfg_attr(
-    not(any(target_arch = "x86_64", target_arch = "aarch64")),
-    allow(dead_code)
-)]
 impl<T> I8Out<'_, T> {
     /// Output features: one per scale.
     pub(crate) fn dout(&self) -> usize {
@@ -198,48 +190,13 @@ impl<T> I8Out<'_, T> {
     }
 }
 
-/// An `i8` projection kernel's operands after the checks they all make: the outputs written
-/// ([`LinearIo::Out`]), at least one input, a pack of at least `min_pack` values, `q` of
-/// `dout × din` weights with `dout` biases and `dout` scales, `x` of `s × din` inputs and
-/// room for `s × dout` outputs. Returns the inputs and the projection.
-#[cfg_attr(
-    not(any(target_arch = "x86_64", target_arch = "aarch64")),
-    allow(dead_code)
-)]
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn i8_operands<'a, T>(
-    io: LinearIo<'a, T>,
-    s: usize,
-    din: usize,
-    q: &'a [i8],
-    dout: usize,
-    scales: &'a [T],
-    bias: &'a [T],
-    (pack, min_pack): (usize, usize),
-) -> (&'a [T], I8Out<'a, T>) {
-    assert!(
-        matches!(io, LinearIo::Out { .. }) && pack >= min_pack && din > 0,
-        "the i8 kernels take LinearIo::Out, inputs, and a pack of two words per token"
-    );
-    assert_eq!(scales.len(), dout, "one scale per output feature");
-    let (x, out, _) = io.checked(s, din, dout);
-    let proj = I8Out {
-        q,
-        scales,
-        bias,
-        out,
-    };
-    proj.check(s, din);
-    (x, proj)
-}
-
-/// The checks of an `i8` kernel's call on shared inputs: at least one input, `x` of `s × din`
+/// The checks of an `i8` kernel's call ([`I8Out`]): at least one input, `x` of `s × din`
 /// inputs, a pack of at least `min_pack` values, and each projection's lengths.
 #[cfg_attr(
     not(any(target_arch = "x86_64", target_arch = "aarch64")),
     allow(dead_code)
 )]
-pub(crate) fn check_shared<T>(
+pub(crate) fn check_i8<T>(
     x: &[T],
     s: usize,
     din: usize,

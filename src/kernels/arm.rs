@@ -146,7 +146,6 @@ static NEON_BF16_F32: Table<f32> = Table {
     kernel: Kernel::NeonBf16,
     linear_bf16: Some(arm_bf16::linear),
     linear_i8: Some(arm_int8::linear),
-    linear_i8_shared: Some(arm_int8::shared),
     ..neon_f32::TABLE
 };
 

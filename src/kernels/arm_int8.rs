@@ -30,7 +30,7 @@
 use core::arch::aarch64::*;
 use core::arch::asm;
 
-use super::args::{GEMV_TOKENS, I8Out, LinearIo, check_shared, i8_operands};
+use super::args::{GEMV_TOKENS, I8Out, check_i8};
 use super::layout::WEIGHT_TILE;
 
 /// `i32` lanes of a vector.
@@ -73,43 +73,20 @@ macro_rules! group {
     }};
 }
 
-/// `out[s × dout] = x[s × din] · Wᵀ + b` with `i8` weights `q` (rows in fours) and one scale
-/// per feature, as `scalar::linear_i8` computes it. Takes `LinearIo::Out` only, `din > 0`,
-/// and `pack` of at least two words per token of a panel (`Table::linear` checks).
+/// `out_p = x · W_pᵀ + b_p` for each projection `p` of the same inputs (`x`, `s × din`,
+/// column-major): `i8` weights (rows in fours) and one scale per feature, as
+/// `scalar::linear_i8` computes it. Each panel of tokens is quantized and packed once for all
+/// the projections. Takes `din > 0` and `pack` of at least two words per token of a panel
+/// (`Table::linear` checks).
 #[target_feature(enable = "neon,dotprod")]
 pub(super) fn linear(
-    io: LinearIo<'_, f32>,
-    s: usize,
-    din: usize,
-    q: &[i8],
-    dout: usize,
-    scales: &[f32],
-    bias: &[f32],
-    pack: &mut [f32],
-) {
-    let (x, proj) = i8_operands(io, s, din, q, dout, scales, bias, (pack.len(), 2 * MR));
-    run(x, s, din, &mut [proj], pack);
-}
-
-/// Several projections of the same inputs (`x`, `s × din`, column-major), each as
-/// [`linear`]: each panel of tokens is quantized and packed once for all of them. Takes
-/// `din > 0` and `pack` of at least two words per token of a panel.
-#[target_feature(enable = "neon,dotprod")]
-pub(super) fn shared(
     x: &[f32],
     s: usize,
     din: usize,
     projs: &mut [I8Out<'_, f32>],
     pack: &mut [f32],
 ) {
-    check_shared(x, s, din, projs, (pack.len(), 2 * MR));
-    run(x, s, din, projs, pack);
-}
-
-/// [`shared`] after the checks.
-#[inline]
-#[target_feature(enable = "neon,dotprod")]
-fn run(x: &[f32], s: usize, din: usize, projs: &mut [I8Out<'_, f32>], pack: &mut [f32]) {
+    check_i8(x, s, din, projs, (pack.len(), 2 * MR));
     // Quads of inputs per chunk: `MR` words each.
     let max_quads = pack.len() / MR;
     let pack: &mut [u32] = bytemuck::cast_slice_mut(pack);

@@ -20,7 +20,7 @@
 
 use core::arch::x86_64::*;
 
-use super::args::{I8Out, LinearIo, check_shared, i8_operands};
+use super::args::{I8Out, check_i8};
 use super::layout::WEIGHT_TILE;
 
 /// `i32` lanes per vector.
@@ -31,37 +31,20 @@ const MR: usize = 2 * L;
 /// of stack).
 const SUM_BLOCK: usize = 128 * WEIGHT_TILE;
 
-/// `out[s × dout] = x[s × din] · Wᵀ + b` with `i8` weights `q` (rows in fours) and one scale
-/// per feature, as `scalar::linear_i8` computes it. Takes `LinearIo::Out` only, `din > 0`,
+/// `out_p = x · W_pᵀ + b_p` for each projection `p` of the same inputs (`x`, `s × din`,
+/// column-major): `i8` weights (rows in fours) and one scale per feature, as
+/// `scalar::linear_i8` computes it. The tokens are quantized and packed once for all the
+/// projections (once per block of [`SUM_BLOCK`] features of them together). Takes `din > 0`
 /// and `pack` of at least two words per token of a panel (`Table::linear` checks).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 pub(super) fn linear(
-    io: LinearIo<'_, f32>,
-    s: usize,
-    din: usize,
-    q: &[i8],
-    dout: usize,
-    scales: &[f32],
-    bias: &[f32],
-    pack: &mut [f32],
-) {
-    let (x, proj) = i8_operands(io, s, din, q, dout, scales, bias, (pack.len(), 2 * MR));
-    shared(x, s, din, &mut [proj], pack);
-}
-
-/// Several projections of the same inputs (`x`, `s × din`, column-major), each as
-/// [`linear`]: the tokens are quantized and packed once for all of them (once per block
-/// of [`SUM_BLOCK`] features of them together). Takes `din > 0` and `pack` of at least two
-/// words per token of a panel.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-pub(super) fn shared(
     x: &[f32],
     s: usize,
     din: usize,
     projs: &mut [I8Out<'_, f32>],
     pack: &mut [f32],
 ) {
-    check_shared(x, s, din, projs, (pack.len(), 2 * MR));
+    check_i8(x, s, din, projs, (pack.len(), 2 * MR));
     // Words of the pack: `quads · MR` per chunk.
     let max_quads = pack.len() / MR;
     let pack: &mut [u32] = bytemuck::cast_slice_mut(pack);
@@ -151,7 +134,7 @@ pub(super) fn shared(
     }
 }
 
-/// The most projections [`shared`] takes (a layer's query, key and value).
+/// The most projections [`linear`] takes (a layer's query, key and value).
 pub(super) const MAX_SHARED: usize = 3;
 
 /// Features `f0 .. f1` of projection `proj`, their compensations from `comp` in the block's.

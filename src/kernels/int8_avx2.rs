@@ -33,7 +33,7 @@
 
 use core::arch::x86_64::*;
 
-use super::args::{I8Out, LinearIo, check_shared, i8_operands};
+use super::args::{I8Out, check_i8};
 use super::layout::WEIGHT_TILE;
 use super::scalar;
 
@@ -254,69 +254,34 @@ fn gather<E: From<i8> + Copy + Default>(
     }
 }
 
-/// `out[s × dout] = x[s × din] · Wᵀ + b` with `i8` weights `q` (rows in fours) and one scale
-/// per feature, as `scalar::linear_i8` computes it, with 16-bit pairs ([`Pairs`]). Takes
-/// `LinearIo::Out` only, `din > 0`, and `pack` of at least two words per token of a panel
-/// (`Table::linear` checks).
+/// `out_p = x · W_pᵀ + b_p` for each projection `p` of the same inputs (`x`, `s × din`,
+/// column-major): `i8` weights (rows in fours) and one scale per feature, as
+/// `scalar::linear_i8` computes it, with 16-bit pairs ([`Pairs`]). The tokens are quantized
+/// and packed once per group and chunk of inputs for all the projections. Takes `din > 0`
+/// and `pack` of at least two words per token of a panel (`Table::linear` checks).
 #[target_feature(enable = "avx2")]
 pub(super) fn linear(
-    io: LinearIo<'_, f32>,
+    x: &[f32],
     s: usize,
     din: usize,
-    q: &[i8],
-    dout: usize,
-    scales: &[f32],
-    bias: &[f32],
+    projs: &mut [I8Out<'_, f32>],
     pack: &mut [f32],
 ) {
-    let (x, proj) = i8_operands(io, s, din, q, dout, scales, bias, (pack.len(), 2 * MR));
+    check_i8(x, s, din, projs, (pack.len(), 2 * MR));
     // SAFETY: this function's features are the form's.
-    unsafe { run(Pairs, x, s, din, &mut [proj], pack) };
+    unsafe { run(Pairs, x, s, din, projs, pack) };
 }
 
 /// [`linear`] with `vpdpbusd` on 256 bits ([`Quads`]).
 #[target_feature(enable = "avx2,avxvnni")]
 pub(super) fn linear_vnni(
-    io: LinearIo<'_, f32>,
-    s: usize,
-    din: usize,
-    q: &[i8],
-    dout: usize,
-    scales: &[f32],
-    bias: &[f32],
-    pack: &mut [f32],
-) {
-    let (x, proj) = i8_operands(io, s, din, q, dout, scales, bias, (pack.len(), 2 * MR));
-    // SAFETY: this function's features are the form's.
-    unsafe { run(Quads, x, s, din, &mut [proj], pack) };
-}
-
-/// Several projections of the same inputs (`x`, `s × din`, column-major), each as
-/// [`linear`], the tokens quantized and packed once for all of them. Takes `din > 0` and
-/// `pack` of at least two words per token of a panel.
-#[target_feature(enable = "avx2")]
-pub(super) fn shared(
     x: &[f32],
     s: usize,
     din: usize,
     projs: &mut [I8Out<'_, f32>],
     pack: &mut [f32],
 ) {
-    check_shared(x, s, din, projs, (pack.len(), 2 * MR));
-    // SAFETY: this function's features are the form's.
-    unsafe { run(Pairs, x, s, din, projs, pack) };
-}
-
-/// [`shared`] with `vpdpbusd` on 256 bits ([`Quads`]).
-#[target_feature(enable = "avx2,avxvnni")]
-pub(super) fn shared_vnni(
-    x: &[f32],
-    s: usize,
-    din: usize,
-    projs: &mut [I8Out<'_, f32>],
-    pack: &mut [f32],
-) {
-    check_shared(x, s, din, projs, (pack.len(), 2 * MR));
+    check_i8(x, s, din, projs, (pack.len(), 2 * MR));
     // SAFETY: this function's features are the form's.
     unsafe { run(Quads, x, s, din, projs, pack) };
 }
@@ -325,7 +290,7 @@ pub(super) fn shared_vnni(
 /// group and chunk of inputs for all of them.
 ///
 /// # Safety
-/// As [`Products::word`]; the operands checked ([`check_shared`]).
+/// As [`Products::word`]; the operands checked ([`check_i8`]).
 #[inline(always)]
 unsafe fn run<P: Products>(
     form: P,

@@ -25,7 +25,6 @@ impl<T: Float> Tables<T> {
         widen: widen_portable::<T>,
         linear_bf16: None,
         linear_i8: None,
-        linear_i8_shared: None,
         linear_bf16_exact: None,
         linear_widening: None,
         attention_bf16: None,

@@ -14,8 +14,9 @@ use crate::weight::{Weight, WeightKind};
 /// A projection kernel: `(io, s, din, w, dout, bias, pack)`, see [`Table::linear`].
 type LinearFn<T> = unsafe fn(LinearIo<'_, T>, usize, usize, &[T], usize, &[T], &mut [T]);
 
-/// A projection kernel on `i8` weights: `(io, s, din, q, dout, scales, bias, pack)`.
-type I8LinearFn<T> = unsafe fn(LinearIo<'_, T>, usize, usize, &[i8], usize, &[T], &[T], &mut [T]);
+/// A projection kernel on `i8` weights: `(x, s, din, projections, pack)`, see
+/// [`Table::linear_i8`].
+type I8LinearFn<T> = unsafe fn(&[T], usize, usize, &mut [I8Out<'_, T>], &mut [T]);
 
 /// One projection of [`Table::linear_shared`]: `W` (`bias.len()` features) in the tile
 /// layout of [`crate::Linear`], its scales (empty unless `i8`), and its outputs.
@@ -25,9 +26,6 @@ pub(crate) struct Projection<'a, T, W> {
     pub scales: &'a [T],
     pub out: &'a mut [T],
 }
-
-/// Projections of shared inputs on `i8` weights: `(x, s, din, projections, pack)`.
-type I8SharedFn<T> = unsafe fn(&[T], usize, usize, &mut [I8Out<'_, T>], &mut [T]);
 
 /// A projection kernel on half-precision bits: `(io, s, din, w, dout, bias, pack)`.
 type HalfLinearFn<T> = unsafe fn(LinearIo<'_, T>, usize, usize, &[u16], usize, &[T], &mut [T]);
@@ -59,14 +57,11 @@ pub struct Table<T: 'static> {
     /// that have them ([`Kernel::Avx512Bf16`], [`Kernel::NeonBf16`]); `None` where `bf16`
     /// weights are widened.
     pub(super) linear_bf16: Option<HalfLinearFn<T>>,
-    /// `out = x · Wᵀ + b` with `i8` weights, bit for bit as `scalar::linear_i8`, for
-    /// [`LinearIo::Out`] and `pack` of at least two words of a panel; `None` where the scalar
-    /// kernel serves.
+    /// `out_p = x · W_pᵀ + b_p` with `i8` weights for one to three projections of the same
+    /// `s` tokens `x` (`s × din`, `din > 0`), each bit for bit as `scalar::linear_i8`, with
+    /// `pack` of at least two words of a panel; the kernels that pack panels of tokens
+    /// quantize them once for all the projections. `None` where the scalar kernel serves.
     pub(super) linear_i8: Option<I8LinearFn<T>>,
-    /// Up to three [`Table::linear_i8`] projections of the same inputs, the tokens quantized
-    /// once for all of them: `(x, s, din, projections, pack)`; `None` where each projection
-    /// quantizes its own.
-    pub(super) linear_i8_shared: Option<I8SharedFn<T>>,
     /// `out = x · Wᵀ + b` (or `+=`) with `bf16` weights widened to `T` in registers, exact
     /// products as [`Table::linear_half`]'s but without its buffer and its block calls
     /// (the `f32` tables of [`Kernel::Avx512`], and so of [`Kernel::Avx512Bf16`] under
@@ -128,16 +123,19 @@ impl<T: Float> Table<T> {
         pack: &mut [T],
     ) {
         match W::stored(w) {
-            Stored::Int8(q) => match self.linear_i8 {
-                Some(f)
-                    if matches!(io, LinearIo::Out { .. })
-                        && pack.len() >= 2 * PANEL_ROWS
-                        && din > 0 =>
-                {
+            Stored::Int8(q) => match (self.linear_i8, io) {
+                (Some(f), LinearIo::Out { x, out }) if pack.len() >= 2 * PANEL_ROWS && din > 0 => {
+                    assert_eq!(scales.len(), dout, "one scale per output feature");
+                    let mut proj = [I8Out {
+                        q,
+                        scales,
+                        bias,
+                        out,
+                    }];
                     // SAFETY: the table's kernel runs on this CPU.
-                    unsafe { f(io, s, din, q, dout, scales, bias, pack) }
+                    unsafe { f(x, s, din, &mut proj, pack) }
                 }
-                _ => scalar::linear_i8(io, s, din, q, dout, scales, bias),
+                (_, io) => scalar::linear_i8(io, s, din, q, dout, scales, bias),
             },
             // SAFETY: the table's kernel runs on this CPU (see the type's docs).
             Stored::Native(w) => unsafe { (self.linear)(io, s, din, w, dout, bias, pack) },
@@ -177,11 +175,11 @@ impl<T: Float> Table<T> {
     /// their own calls, whose dimensions may be constants the compiler specialises (the
     /// scalar kernel on a Cortex-M executed 9 % more instructions through the shared call).
     pub(crate) fn shares_inputs<W: Weight<T>>(&self) -> bool {
-        self.linear_i8_shared.is_some() && W::KIND == WeightKind::I8
+        self.linear_i8.is_some() && W::KIND == WeightKind::I8
     }
 
     /// [`Table::linear`] for each projection of the same `s` tokens `x` (`s × din`): with
-    /// `i8` weights on a kernel that has [`Table::linear_i8_shared`], the tokens are quantized
+    /// `i8` weights on a kernel that has [`Table::linear_i8`], the tokens are quantized
     /// once for all three (each output bit for bit as its own call's). No tokens: nothing to
     /// do.
     pub(crate) fn linear_shared<W: Weight<T>>(
@@ -197,7 +195,7 @@ impl<T: Float> Table<T> {
         }
         let [a, b, c] = projs;
         match (
-            self.linear_i8_shared,
+            self.linear_i8,
             W::stored(a.w),
             W::stored(b.w),
             W::stored(c.w),

@@ -670,7 +670,13 @@ fn i8_projections_match_the_scalar_kernel_bit_for_bit() {
                 "avx2 pairs".into(),
                 // SAFETY: the CPU runs AVX2 (checked).
                 std::boxed::Box::new(|io, s, din, w, dout, sc, b, pack| unsafe {
-                    super::int8_avx2::linear(io, s, din, w, dout, sc, b, pack);
+                    one_i8(
+                        super::int8_avx2::linear,
+                        io,
+                        (s, din),
+                        (w, dout, sc, b),
+                        pack,
+                    );
                 }),
             ));
         }
@@ -679,7 +685,13 @@ fn i8_projections_match_the_scalar_kernel_bit_for_bit() {
                 "avx-vnni quads".into(),
                 // SAFETY: the CPU runs AVX2 and AVX-VNNI (checked).
                 std::boxed::Box::new(|io, s, din, w, dout, sc, b, pack| unsafe {
-                    super::int8_avx2::linear_vnni(io, s, din, w, dout, sc, b, pack);
+                    one_i8(
+                        super::int8_avx2::linear_vnni,
+                        io,
+                        (s, din),
+                        (w, dout, sc, b),
+                        pack,
+                    );
                 }),
             ));
         }
@@ -819,11 +831,8 @@ fn shared_i8_projections_match_separate_calls_bit_for_bit() {
             (k.name().into(), f)
         })
         .collect();
-    /// A shared kernel called directly: `(x, s, din, projections, pack)`.
     #[cfg(target_arch = "x86_64")]
-    type Direct = unsafe fn(&[T], usize, usize, &mut [I8Out<'_, T>], &mut [T]);
-    #[cfg(target_arch = "x86_64")]
-    let direct = |f: Direct| -> Shared {
+    let direct = |f: I8Kernel| -> Shared {
         std::boxed::Box::new(move |x, s, din, w, pack| {
             let mut out = outputs(s, w);
             if s > 0 {
@@ -844,16 +853,16 @@ fn shared_i8_projections_match_separate_calls_bit_for_bit() {
     #[cfg(target_arch = "x86_64")]
     {
         if super::x86::avx2_available() {
-            forms.push(("avx2 pairs".into(), direct(super::int8_avx2::shared)));
+            forms.push(("avx2 pairs".into(), direct(super::int8_avx2::linear)));
         }
         if super::x86::avx_vnni_available() {
             forms.push((
                 "avx-vnni quads".into(),
-                direct(super::int8_avx2::shared_vnni),
+                direct(super::int8_avx2::linear_vnni),
             ));
         }
         if super::x86::avx512_vnni_available() {
-            forms.push(("avx512-vnni".into(), direct(super::int8::shared)));
+            forms.push(("avx512-vnni".into(), direct(super::int8::linear)));
         }
     }
     let scalar = table::<T>(Kernel::Scalar);
@@ -1370,8 +1379,33 @@ fn the_fast_kernel_is_selected_where_the_cpu_has_it() {
 
 /// An `i8` projection kernel's signature (`Table::linear_i8`'s).
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-type I8Kernel =
-    unsafe fn(LinearIo<'_, f32>, usize, usize, &[i8], usize, &[f32], &[f32], &mut [f32]);
+type I8Kernel = unsafe fn(&[f32], usize, usize, &mut [super::args::I8Out<'_, f32>], &mut [f32]);
+
+/// One projection through an `i8` kernel called directly, with [`Table::linear`]'s operands.
+///
+/// # Safety
+/// The CPU runs the kernel's features.
+#[cfg(target_arch = "x86_64")]
+unsafe fn one_i8(
+    f: I8Kernel,
+    io: LinearIo<'_, f32>,
+    (s, din): (usize, usize),
+    (q, dout, scales, bias): (&[i8], usize, &[f32], &[f32]),
+    pack: &mut [f32],
+) {
+    let LinearIo::Out { x, out } = io else {
+        unreachable!("the i8 kernels write their outputs")
+    };
+    assert_eq!(scales.len(), dout);
+    let mut proj = [super::args::I8Out {
+        q,
+        scales,
+        bias,
+        out,
+    }];
+    // SAFETY: the caller's promise.
+    unsafe { f(x, s, din, &mut proj, pack) };
+}
 
 /// The `i8` projections of every kernel (on aarch64 `SDOT` on [`Kernel::NeonBf16`] and the
 /// `f32` GEMM on [`Kernel::Neon`]) bit for bit as the scalar kernel's: token counts on both

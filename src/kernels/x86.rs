@@ -372,7 +372,6 @@ pub(crate) unsafe fn avx512_f32() -> Avx512F32 {
 static AVX2_F32: Table<f32> = Table {
     linear_bf16_exact: Some(bf16_widen::linear_avx2),
     linear_i8: Some(int8_avx2::linear),
-    linear_i8_shared: Some(int8_avx2::shared),
     linear_widening: Some(avx2_linear_widening),
     ..avx2_f32::TABLE
 };
@@ -381,7 +380,6 @@ static AVX2_F32: Table<f32> = Table {
 /// projections in `vpdpbusd`.
 static AVX2_VNNI_F32: Table<f32> = Table {
     linear_i8: Some(int8_avx2::linear_vnni),
-    linear_i8_shared: Some(int8_avx2::shared_vnni),
     ..AVX2_F32
 };
 
@@ -395,7 +393,6 @@ static AVX2_VNNI_F32: Table<f32> = Table {
 static AVX512_F32: Table<f32> = Table {
     linear_bf16_exact: Some(bf16_widen::linear),
     linear_i8: Some(int8_avx2::linear),
-    linear_i8_shared: Some(int8_avx2::shared),
     linear_widening: Some(avx512_linear_widening),
     ..avx512_f32::TABLE
 };
@@ -404,7 +401,6 @@ static AVX512_F32: Table<f32> = Table {
 /// projections in `vpdpbusd` on 512 bits (`int8.rs`, as [`Kernel::Avx512Bf16`]).
 static AVX512_VNNI_F32: Table<f32> = Table {
     linear_i8: Some(int8::linear),
-    linear_i8_shared: Some(int8::shared),
     ..AVX512_F32
 };
 
@@ -444,7 +440,6 @@ static AVX512_BF16_F32: Table<f32> = Table {
     kernel: Kernel::Avx512Bf16,
     linear_bf16: Some(bf16::linear),
     linear_i8: Some(int8::linear),
-    linear_i8_shared: Some(int8::shared),
     attention_bf16: Some(bf16::attention),
     ..AVX512_F32
 };

@@ -6,7 +6,7 @@
 
 #![allow(clippy::too_many_arguments, clippy::needless_range_loop)]
 
-use super::super::args::{GEMV_TOKENS, LinearIo, MQ_MAX, check_weights};
+use super::super::args::{GEMV_TOKENS, I8Out, LinearIo, MQ_MAX, check_weights};
 use super::super::layout::WEIGHT_TILE;
 use super::super::simd::Simd;
 use super::super::{Float, scalar};
@@ -790,20 +790,16 @@ pub(crate) fn i8_exact_inputs<E: Float>() -> usize {
 #[inline(always)]
 pub(crate) fn linear_i8<S: Simd>(
     s: S,
-    out: &mut [S::E],
     x: &[S::E],
     sq: usize,
     din: usize,
-    q: &[i8],
-    dout: usize,
-    scales: &[S::E],
-    bias: &[S::E],
+    p: &mut I8Out<'_, S::E>,
     pack: &mut [S::E],
 ) {
     if sq >= 2 * S::LANES {
-        i8_panels::<S, 2>(s, out, x, sq, din, q, dout, scales, bias, pack);
+        i8_panels::<S, 2>(s, x, sq, din, p, pack);
     } else {
-        i8_panels::<S, 1>(s, out, x, sq, din, q, dout, scales, bias, pack);
+        i8_panels::<S, 1>(s, x, sq, din, p, pack);
     }
 }
 
@@ -926,19 +922,17 @@ impl<S: Simd> Narrow<S> for Quantized<'_, S> {
 #[inline(always)]
 fn i8_panels<S: Simd, const NV: usize>(
     s: S,
-    out: &mut [S::E],
     x: &[S::E],
     sq: usize,
     din: usize,
-    q: &[i8],
-    dout: usize,
-    scales: &[S::E],
-    bias: &[S::E],
+    p: &mut I8Out<'_, S::E>,
     pack: &mut [S::E],
 ) {
     type E<S> = <S as Simd>::E;
-    check_weights(q, bias, din, dout);
-    assert!(x.len() >= sq * din && out.len() >= sq * dout && scales.len() >= dout);
+    p.check(sq, din);
+    assert!(x.len() >= sq * din);
+    let (q, dout, scales, bias) = (p.q, p.dout(), p.scales, p.bias);
+    let out = &mut *p.out;
     assert!(
         din <= i8_exact_inputs::<E<S>>(),
         "too many inputs for exact sums"

@@ -80,7 +80,7 @@ macro_rules! table {
     ) => {
         mod $module {
             use super::*;
-            use $crate::kernels::args::{LinearIo, Problem, QueryIo, WorkRef};
+            use $crate::kernels::args::{I8Out, LinearIo, Problem, QueryIo, WorkRef};
             use $crate::kernels::{Table, vector};
 
             $(#[$attr])*
@@ -96,28 +96,27 @@ macro_rules! table {
                 vector::linear($simd, io, s, din, w, dout, bias, pack)
             }
 
-            /// `i8` weights on the `f32` GEMM with exact sums where it can (the outputs written,
-            /// few enough inputs, room for four columns of a panel), the reference otherwise.
-            #[allow(clippy::too_many_arguments)]
+            /// `i8` weights on the `f32` GEMM with exact sums where it can (few enough
+            /// inputs, room for four columns of a panel), the reference otherwise; each
+            /// projection quantizes its own tokens.
             $(#[$attr])*
             fn linear_i8(
-                io: LinearIo<'_, $e>,
+                x: &[$e],
                 s: usize,
                 din: usize,
-                q: &[i8],
-                dout: usize,
-                scales: &[$e],
-                bias: &[$e],
+                projs: &mut [I8Out<'_, $e>],
                 pack: &mut [$e],
             ) {
-                match io {
-                    LinearIo::Out { x, out }
-                        if din <= vector::i8_exact_inputs::<$e>()
-                            && pack.len() >= 8 * $crate::kernels::PANEL_ROWS =>
-                    {
-                        vector::linear_i8($simd, out, x, s, din, q, dout, scales, bias, pack)
+                let gemm = din <= vector::i8_exact_inputs::<$e>()
+                    && pack.len() >= 8 * $crate::kernels::PANEL_ROWS;
+                for p in projs {
+                    if gemm {
+                        vector::linear_i8($simd, x, s, din, p, pack);
+                    } else {
+                        let (q, dout, scales, bias) = (p.q, p.dout(), p.scales, p.bias);
+                        let io = LinearIo::Out { x, out: &mut *p.out };
+                        $crate::kernels::scalar::linear_i8(io, s, din, q, dout, scales, bias);
                     }
-                    io => $crate::kernels::scalar::linear_i8(io, s, din, q, dout, scales, bias),
                 }
             }
 
@@ -157,7 +156,6 @@ macro_rules! table {
                 widen: $widen,
                 linear_bf16: None,
                 linear_i8: Some(linear_i8),
-                linear_i8_shared: None,
                 linear_bf16_exact: None,
                 linear_widening: None,
                 attention_bf16: None,
