@@ -26,7 +26,7 @@ use super::layout::WEIGHT_TILE;
 /// `i32` lanes per vector.
 const L: usize = 16;
 /// Tokens per panel (two vectors).
-const MR: usize = 2 * L;
+pub(super) const MR: usize = 2 * L;
 /// Features whose compensations are computed together (a multiple of the storage tile; 6 KiB
 /// of stack).
 const SUM_BLOCK: usize = 128 * WEIGHT_TILE;
@@ -267,18 +267,18 @@ fn compensation(tile: &[i8], width: usize, din: usize, comp: &mut [i32]) {
 
 /// A panel's tokens: `a/127` (`sx`), `127/a` (`r`), and which tokens are finite and not all
 /// zero, two vectors each.
-struct Tokens {
-    sx: [__m512; 2],
-    r: [__m512; 2],
+pub(super) struct Tokens {
+    pub(super) sx: [__m512; 2],
+    pub(super) r: [__m512; 2],
     /// Some input is NaN or infinite: every output NaN.
-    bad: [__mmask16; 2],
+    pub(super) bad: [__mmask16; 2],
     /// Every input zero: every output the bias.
-    zero: [__mmask16; 2],
+    pub(super) zero: [__mmask16; 2],
 }
 
 /// The mask of the first `n ≤ 16` lanes.
 #[inline(always)]
-fn row_mask(n: usize) -> __mmask16 {
+pub(super) fn row_mask(n: usize) -> __mmask16 {
     ((1u32 << n) - 1) as __mmask16
 }
 
@@ -287,7 +287,7 @@ fn row_mask(n: usize) -> __mmask16 {
 /// # Safety
 /// The rows of `masks` from `i0` are inside `x` for every input column.
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn token_scales(
+pub(super) unsafe fn token_scales(
     x: *const f32,
     s: usize,
     din: usize,

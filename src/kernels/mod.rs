@@ -79,6 +79,8 @@ mod bf16_widen;
 mod dsp;
 mod float;
 #[cfg(target_arch = "x86_64")]
+mod amx;
+#[cfg(target_arch = "x86_64")]
 mod int8;
 #[cfg(target_arch = "x86_64")]
 mod int8_avx2;
@@ -404,6 +406,11 @@ pub fn i8_dot_loop(rounds: usize) -> Option<(u64, i32)> {
     #[cfg(not(target_arch = "x86_64"))]
     let _ = rounds;
     match selected() {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512Bf16 if x86::amx_available() => {
+            // SAFETY: AMX-TILE and AMX-INT8 were detected and the OS lets us use them.
+            Some(unsafe { amx::dot_loop(rounds) })
+        }
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `selected` names only kernels the CPU runs, and this one has AVX512-VNNI,
         // AVX512-BW and AVX-512F, the loop's features.

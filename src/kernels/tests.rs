@@ -864,6 +864,9 @@ fn shared_i8_projections_match_separate_calls_bit_for_bit() {
         if super::x86::avx512_vnni_available() {
             forms.push(("avx512-vnni".into(), direct(super::int8::linear)));
         }
+        if super::x86::amx_available() {
+            forms.push(("amx".into(), direct(super::amx::linear)));
+        }
     }
     let scalar = table::<T>(Kernel::Scalar);
     for (case, &(s, din, douts)) in shapes.iter().enumerate() {
@@ -902,7 +905,8 @@ fn shared_i8_projections_match_separate_calls_bit_for_bit() {
                 let io = LinearIo::Out { x: &x, out };
                 scalar.linear(io, s, din, q, b.len(), b, sc, &mut []);
             }
-            for pack_len in [2 * PANEL_ROWS, 5 * PANEL_ROWS + 1, 1 << 14] {
+            // 24 panel rows: AMX's chunks of 64 inputs.
+            for pack_len in [2 * PANEL_ROWS, 5 * PANEL_ROWS + 1, 24 * PANEL_ROWS, 1 << 14] {
                 for (name, run) in &forms {
                     let mut pack = std::vec![T::ZERO; pack_len];
                     let got = run(&x, s, din, &weights, &mut pack);
@@ -1311,7 +1315,17 @@ fn the_fast_kernel_is_selected_where_the_cpu_has_it() {
                     .is_some_and(|g| core::ptr::fn_addr_eq(g, f))
         };
         if bf16 {
-            assert!(by(Kernel::Avx512Bf16, super::int8::linear));
+            // With AMX-INT8 (and the OS's leave), the tile products. Asked of CPUID
+            // directly (std cannot detect AMX on stable Rust): leaf 7 EDX bits 24 and 25.
+            let amx = !cfg!(miri)
+                && cfg!(target_os = "linux")
+                && core::arch::x86_64::__cpuid_count(7, 0).edx & (3 << 24) == 3 << 24;
+            let tiles: I8Kernel = if amx {
+                super::amx::linear
+            } else {
+                super::int8::linear
+            };
+            assert!(by(Kernel::Avx512Bf16, tiles));
         }
         if avx512 {
             let vnni: I8Kernel = if std::is_x86_feature_detected!("avx512vnni") {
@@ -1481,7 +1495,9 @@ fn i8_projections_match_the_scalar_kernel_on_every_panel_shape() {
                 super::scalar::linear_i8(io, s, din, &q, dout, &scales, &bias);
                 for kernel in fast_kernels() {
                     let all = din.div_ceil(4) * PANEL_ROWS;
-                    for pack_len in [2 * PANEL_ROWS, 7 * PANEL_ROWS, all.max(2 * PANEL_ROWS)] {
+                    // AMX's pack needs a step of 64 inputs of 32 tokens (16 panel rows).
+                    let packs = [2, 7, 16, 24].map(|n| n * PANEL_ROWS);
+                    for pack_len in packs.into_iter().chain([all.max(2 * PANEL_ROWS)]) {
                         let mut got = std::vec![f32::NAN; s * dout];
                         let mut pack = std::vec![0f32; pack_len];
                         let io = LinearIo::Out {

@@ -18,7 +18,7 @@ use core::sync::atomic::{AtomicU8, Ordering};
 use super::args::LinearIo;
 use super::simd::simd_impls;
 use super::table::{Table, widen_bf16_paired, widen_portable};
-use super::{Kernel, bf16, bf16_widen, int8, int8_avx2, vector};
+use super::{Kernel, amx, bf16, bf16_widen, int8, int8_avx2, vector};
 use crate::weight::WeightKind;
 
 /// Proof that the CPU runs AVX2, FMA and F16C (zero-sized; made only where they are known to
@@ -68,6 +68,57 @@ pub(crate) fn avx512_vnni_available() -> bool {
 pub(crate) fn avx_vnni_available() -> bool {
     static SEEN: AtomicU8 = AtomicU8::new(0);
     remembered(&SEEN, || avx2_available() && probe_avx_vnni())
+}
+
+/// Whether the CPU runs AMX-TILE and AMX-INT8 besides everything [`avx512_bf16_available`]
+/// asks for, and the OS lets this process use the tile data (detected, and the permission
+/// asked for, once, then remembered): the `i8` projections of [`Kernel::Avx512Bf16`] use the
+/// tile products where they are there (Sapphire Rapids and later). Linux only (elsewhere, and
+/// under Miri, `false`): the tile data is off until the process asks the kernel for it.
+pub(crate) fn amx_available() -> bool {
+    static SEEN: AtomicU8 = AtomicU8::new(0);
+    remembered(&SEEN, || avx512_bf16_available() && probe_amx())
+}
+
+#[cfg(all(target_os = "linux", not(miri)))]
+fn probe_amx() -> bool {
+    // Asked only after AVX-512F was found (so CPUID leaf 7 exists): AMX-TILE is leaf 7,
+    // sub-leaf 0, EDX bit 24, AMX-INT8 bit 25.
+    const AMX: u32 = (1 << 24) | (1 << 25);
+    if __cpuid_count(7, 0).edx & AMX != AMX {
+        return false;
+    }
+    // XCR0 bits 17 and 18: the OS manages the tile configuration and data.
+    // SAFETY: XGETBV exists where AVX-512F was found (the OS enabled XSAVE for it).
+    let xcr0 = unsafe { _xgetbv(0) };
+    if xcr0 & (0b11 << 17) != 0b11 << 17 {
+        return false;
+    }
+    // arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA): Linux keeps the tile data off
+    // (its first use faults) until the process asks for it; 0 when granted.
+    const ARCH_PRCTL: i64 = 158;
+    const ARCH_REQ_XCOMP_PERM: i64 = 0x1023;
+    const XFEATURE_XTILEDATA: i64 = 18;
+    let ret: i64;
+    // SAFETY: the arch_prctl system call with two integer arguments: it reads and writes no
+    // memory of ours; `syscall` clobbers RCX and R11 and returns in RAX.
+    unsafe {
+        core::arch::asm!(
+            "syscall",
+            inlateout("rax") ARCH_PRCTL => ret,
+            in("rdi") ARCH_REQ_XCOMP_PERM,
+            in("rsi") XFEATURE_XTILEDATA,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack, nomem)
+        );
+    }
+    ret == 0
+}
+
+#[cfg(not(all(target_os = "linux", not(miri))))]
+fn probe_amx() -> bool {
+    false
 }
 
 /// `probe()`, run once and remembered in `seen` (0 = not yet, 1 = no, 2 = yes): detection can
@@ -404,6 +455,13 @@ static AVX512_VNNI_F32: Table<f32> = Table {
     ..AVX512_F32
 };
 
+/// [`Kernel::Avx512Bf16`]'s `f32` table on a CPU with AMX-INT8: [`AVX512_BF16_F32`], with
+/// the `i8` projections in tile products (`amx.rs`).
+static AVX512_BF16_AMX_F32: Table<f32> = Table {
+    linear_i8: Some(amx::linear),
+    ..AVX512_BF16_F32
+};
+
 /// `$name`: [`vector::linear_widening`] on the `Simd` built by `$simd`, compiled with
 /// `$features`, widening with [`widen_half`] (which needs AVX2 and F16C).
 macro_rules! linear_widening {
@@ -457,6 +515,7 @@ static AVX512_BF16_F64: Table<f64> = Table {
 /// [`Kernel::Avx512Bf16`]).
 pub(crate) unsafe fn table_f32(kernel: Kernel) -> &'static Table<f32> {
     match kernel {
+        Kernel::Avx512Bf16 if amx_available() => &AVX512_BF16_AMX_F32,
         Kernel::Avx512Bf16 => &AVX512_BF16_F32,
         Kernel::Avx512 if avx512_vnni_available() => &AVX512_VNNI_F32,
         Kernel::Avx512 => &AVX512_F32,

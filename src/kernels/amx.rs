@@ -1,0 +1,551 @@
+//! Projections with `i8` weights on AMX (Sapphire Rapids and later): the W8A8 kernel that
+//! matches `scalar::linear_i8` bit for bit, in tile products (`tdpbssd`, 16 × 16 × 64 signed
+//! byte products into a 16 × 16 block of `i32` per instruction, 16 times the work of one
+//! AVX512-VNNI `vpdpbusd`).
+//!
+//! Each panel of 32 tokens is quantized as the reference does (per token: `a = max |x|`,
+//! `r = 127 / a`, `x̂ = round(x·r)` within `±127`) and packed as signed bytes, one row of
+//! inputs per token (the `A` operand: two tiles of 16 tokens × 64 inputs per step). The
+//! weights are read where they are stored: a storage tile of 12 features keeps each quad of
+//! rows as 12 words of four bytes (`kernels/layout.rs`), which is the `B` operand's layout
+//! (16 quads × 12 features per step) as it stands. Both operands are signed, so there is no
+//! offset to take back out. The `i32` sums are exact; the tile of sums (16 tokens × 12
+//! features) is stored, transposed in registers to one vector of tokens per feature, and the
+//! epilogue `f(Σ)·((a/127)·scale_n) + b_n` rounds as the reference does.
+//!
+//! The tile registers are configured on entry and released on return (`tilerelease`), so a
+//! call leaves the thread's AMX state as it found it. The tile instructions are written in
+//! inline assembly (Rust's AMX intrinsics are not stable); they need the OS's permission to
+//! use the tile data, which `x86::amx_available` asks for once.
+
+#![allow(
+    clippy::too_many_arguments,
+    // Index loops over lanes and features read like the math they implement.
+    clippy::needless_range_loop
+)]
+
+use core::arch::asm;
+use core::arch::x86_64::*;
+
+use super::args::{I8Out, check_i8};
+use super::int8::{self, MR, Tokens, row_mask, token_scales};
+use super::layout::WEIGHT_TILE;
+
+/// Tokens per `A` tile, and `i32` lanes per vector.
+const L: usize = 16;
+/// Input bytes per row of an `A` tile (one step of the products).
+const STEP: usize = 64;
+/// Quads of inputs per step (the rows of a `B` tile).
+const STEP_QUADS: usize = STEP / 4;
+
+/// The tile configuration (`ldtilecfg`'s 64-byte operand): palette 1; `tmm0 ..= tmm3` the
+/// sums (16 tokens × 12 features of `i32`), `tmm4`, `tmm5` the tokens (16 × 64 bytes),
+/// `tmm6`, `tmm7` the weights (16 quads × 12 features of four bytes).
+#[repr(C, align(64))]
+struct Config([u8; 64]);
+
+impl Config {
+    const fn new() -> Self {
+        let mut c = [0u8; 64];
+        c[0] = 1;
+        let mut t = 0;
+        while t < 8 {
+            let bytes = if t == 4 || t == 5 {
+                STEP
+            } else {
+                4 * WEIGHT_TILE
+            };
+            // Bytes per row (little-endian u16 at 16 + 2t), then rows (at 48 + t).
+            c[16 + 2 * t] = bytes as u8;
+            c[48 + t] = 16;
+            t += 1;
+        }
+        Self(c)
+    }
+}
+
+static CONFIG: Config = Config::new();
+
+/// A block of 16 rows of 16 words, 64-byte aligned: a weight tile's rows copied where they
+/// cannot be read in place, or a tile of sums stored for the epilogue.
+#[repr(C, align(64))]
+struct Block([[i32; L]; L]);
+
+/// `out_p = x · W_pᵀ + b_p` for each projection `p` of the same inputs (`x`, `s × din`,
+/// column-major), as [`int8::linear`] computes it (the same bits): the tokens of a panel are
+/// quantized and packed once for all the projections (once per chunk of inputs, when the
+/// pack cannot hold every input of 32 tokens; the partial sums wait in the outputs). With a
+/// pack shorter than one step of 32 tokens (512 words) it hands the work to [`int8::linear`].
+///
+/// # Safety
+/// The CPU runs AMX-TILE and AMX-INT8, and the OS lets this process use the tile data
+/// (`x86::amx_available`).
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub(super) unsafe fn linear(
+    x: &[f32],
+    s: usize,
+    din: usize,
+    projs: &mut [I8Out<'_, f32>],
+    pack: &mut [f32],
+) {
+    check_i8(x, s, din, projs, (pack.len(), 2 * MR));
+    // Bytes per token in the pack: whole steps.
+    let row = pack.len() * 4 / MR / STEP * STEP;
+    if row == 0 {
+        int8::linear(x, s, din, projs, pack);
+        return;
+    }
+    if s == 0 {
+        return;
+    }
+    let pack: &mut [u32] = bytemuck::cast_slice_mut(pack);
+    let quads = din.div_ceil(4);
+    let chunk_quads = row / 4;
+    let mut sums = Block([[0; L]; L]);
+    let mut wbuf = Block([[0; L]; L]);
+    // SAFETY: the CPU runs AMX and the OS allows it (the caller's promise); `CONFIG` is a
+    // valid palette-1 configuration.
+    unsafe { tile_config(&CONFIG) };
+    let mut i0 = 0;
+    while i0 < s {
+        let rows = MR.min(s - i0);
+        let masks = [row_mask(rows.min(L)), row_mask(rows.saturating_sub(L))];
+        // SAFETY: rows `i0 .. i0 + rows ≤ s` of the `s × din` column-major `x`.
+        let tokens = unsafe { token_scales(x.as_ptr(), s, din, i0, masks) };
+        let mut qc = 0;
+        while qc < quads {
+            let nq = chunk_quads.min(quads - qc);
+            let steps = nq.div_ceil(STEP_QUADS);
+            // SAFETY: rows `i0 ..` (masked) of inputs `4qc .. min(4(qc + nq), din)`; the pack
+            // holds `MR` rows of `steps · STEP ≤ row` bytes.
+            unsafe {
+                pack_rows(
+                    x.as_ptr(),
+                    s,
+                    din,
+                    i0,
+                    masks,
+                    &tokens,
+                    (qc, nq, steps),
+                    pack.as_mut_ptr(),
+                );
+            }
+            let (first, last) = (qc == 0, qc + nq == quads);
+            for p in projs.iter_mut() {
+                let dout = p.dout();
+                let mut t0 = 0;
+                while t0 < dout {
+                    // Two storage tiles at a time (the second may be missing or narrower).
+                    let w0 = WEIGHT_TILE.min(dout - t0);
+                    let t1 = t0 + w0;
+                    let w1 = WEIGHT_TILE.min(dout - t1);
+                    let pair = Pair {
+                        tiles: [t0, t1],
+                        widths: [w0, w1],
+                        din,
+                        qc,
+                        steps,
+                        halves: if rows > L { 2 } else { 1 },
+                    };
+                    // SAFETY: the pack holds the panel's rows of `steps` steps (above); the pair's
+                    // tiles are inside `p.q` (`I8Out::check`).
+                    unsafe { products(&pair, pack.as_ptr(), steps * STEP, p.q, &mut wbuf) };
+                    let out = Outputs {
+                        scales: p.scales,
+                        bias: p.bias,
+                        out: p.out.as_mut_ptr(),
+                        s,
+                        i0,
+                        masks,
+                        first,
+                        last,
+                    };
+                    for (h, &w) in pair.widths.iter().enumerate() {
+                        for v in 0..pair.halves {
+                            if w > 0 {
+                                // SAFETY: the sums tile `2v + h` was computed above; the
+                                // outputs of features `tiles[h] .. + w` are inside `out`.
+                                unsafe {
+                                    store_sums(2 * v + h, &mut sums);
+                                    finish(&sums, &tokens, v, pair.tiles[h], w, &out);
+                                }
+                            }
+                        }
+                    }
+                    t0 = t1 + w1;
+                }
+            }
+            qc += nq;
+        }
+        i0 += rows;
+    }
+    // SAFETY: the tiles were configured above.
+    unsafe { tile_release() };
+}
+
+/// One pair of storage tiles (features `tiles[h] .. tiles[h] + widths[h]`; a width of 0:
+/// no second tile) over `steps` steps of the chunk from quad `qc`, for `halves` tiles of 16
+/// tokens.
+struct Pair {
+    tiles: [usize; 2],
+    widths: [usize; 2],
+    din: usize,
+    qc: usize,
+    steps: usize,
+    halves: usize,
+}
+
+/// The sums of a [`Pair`] into `tmm0 ..= tmm3` (`tmm(2v + h)`: tokens `16v ..`, tile `h`).
+///
+/// # Safety
+/// The tiles are configured as [`CONFIG`]; `a` holds `MR` rows of `row` bytes of which the
+/// first `steps · STEP` are the packed chunk; each tile of the pair is inside `q`.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn products(pair: &Pair, a: *const u32, row: usize, q: &[i8], wbuf: &mut Block) {
+    let whole = pair.din / 4;
+    let two = pair.widths[1] > 0;
+    // SAFETY: the caller's contract: every load is inside the pack or the weights (a tile
+    // is read in place only when its 16 quads are whole quads of a 12-feature tile), or
+    // from `wbuf`.
+    unsafe {
+        tile_zero_sums();
+        for k in 0..pair.steps {
+            let q0 = pair.qc + k * STEP_QUADS;
+            let a0 = a.cast::<u8>().add(k * STEP);
+            tile_load::<4>(a0, row);
+            if pair.halves == 2 {
+                tile_load::<5>(a0.add(L * row), row);
+            }
+            for h in 0..if two { 2 } else { 1 } {
+                let (t0, w) = (pair.tiles[h], pair.widths[h]);
+                let tile = q.as_ptr().add(t0 * pair.din);
+                if w == WEIGHT_TILE && q0 + STEP_QUADS <= whole {
+                    let b = tile.add(4 * q0 * WEIGHT_TILE);
+                    if h == 0 {
+                        tile_load::<6>(b.cast(), 4 * WEIGHT_TILE);
+                    } else {
+                        tile_load::<7>(b.cast(), 4 * WEIGHT_TILE);
+                    }
+                } else {
+                    copy_weights(tile, w, pair.din, q0, wbuf);
+                    let b = wbuf.0.as_ptr().cast::<u8>();
+                    if h == 0 {
+                        tile_load::<6>(b, 4 * L);
+                    } else {
+                        tile_load::<7>(b, 4 * L);
+                    }
+                }
+            }
+            asm!("tdpbssd tmm0, tmm4, tmm6", options(nomem, nostack, preserves_flags));
+            if two {
+                asm!("tdpbssd tmm1, tmm4, tmm7", options(nomem, nostack, preserves_flags));
+            }
+            if pair.halves == 2 {
+                asm!("tdpbssd tmm2, tmm5, tmm6", options(nomem, nostack, preserves_flags));
+                if two {
+                    asm!("tdpbssd tmm3, tmm5, tmm7", options(nomem, nostack, preserves_flags));
+                }
+            }
+        }
+    }
+}
+
+/// Quads `q0 .. q0 + 16` of a storage tile (`width` features, `din` rows) as `B` rows in
+/// `buf` (quad `r`'s word of feature `n` at `buf[r][n]`): whole quads copied, the partial
+/// last quad's plain rows (`din mod 4` of them) put together into words, the rest zeros.
+///
+/// # Safety
+/// The tile's `din · width` bytes are readable at `tile`.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn copy_weights(tile: *const i8, width: usize, din: usize, q0: usize, buf: &mut Block) {
+    let whole = din / 4;
+    let lanes = row_mask(width);
+    for r in 0..STEP_QUADS {
+        let q = q0 + r;
+        let words = if q < whole {
+            // SAFETY: quad `q`'s `width` words (the other lanes masked off).
+            unsafe { _mm512_maskz_loadu_epi32(lanes, tile.add(4 * q * width).cast()) }
+        } else if q == whole && din % 4 > 0 {
+            let mut w = [0i32; L];
+            for (n, word) in w.iter_mut().enumerate().take(width) {
+                for p in 4 * whole..din {
+                    // SAFETY: plain row `p`'s byte of feature `n`.
+                    let byte = unsafe { *tile.add(p * width + n) }.cast_unsigned();
+                    *word |= i32::from(byte) << (8 * (p - 4 * whole));
+                }
+            }
+            // SAFETY: `w` holds one vector.
+            unsafe { _mm512_loadu_si512(w.as_ptr().cast()) }
+        } else {
+            _mm512_setzero_si512()
+        };
+        // SAFETY: row `r` of `buf` is one vector.
+        unsafe { _mm512_storeu_si512(buf.0[r].as_mut_ptr().cast(), words) };
+    }
+}
+
+/// Packs quads `qc .. qc + nq` of rows `i0 ..` of `x` as signed bytes: token `t`'s row of
+/// `steps · STEP` bytes at byte `t · steps · STEP` of `pack` (inputs past the chunk's and
+/// tokens past the panel's are zeros).
+///
+/// # Safety
+/// As `int8::token_scales` for the rows; `pack` holds `MR` rows of `steps · STEP` bytes,
+/// `steps · STEP` bytes apart.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn pack_rows(
+    x: *const f32,
+    s: usize,
+    din: usize,
+    i0: usize,
+    masks: [__mmask16; 2],
+    t: &Tokens,
+    (qc, nq, steps): (usize, usize, usize),
+    pack: *mut u32,
+) {
+    let (lo, hi) = (_mm512_set1_ps(-127.0), _mm512_set1_ps(127.0));
+    let byte_mask = _mm512_set1_epi32(0xff);
+    let row_words = steps * STEP_QUADS;
+    // SAFETY: masked reads of the caller's rows, inputs below `din`; writes inside `pack`.
+    unsafe {
+        for v in 0..2 {
+            for k in 0..steps {
+                let mut words = [_mm512_setzero_si512(); L];
+                for (r, word) in words.iter_mut().enumerate() {
+                    let quad = k * STEP_QUADS + r;
+                    if quad >= nq {
+                        break;
+                    }
+                    let p0 = 4 * (qc + quad);
+                    let byte = |j: usize| {
+                        if p0 + j < din {
+                            let col = x.add(i0 + (p0 + j) * s).wrapping_add(v * L);
+                            let xs = _mm512_mul_ps(_mm512_maskz_loadu_ps(masks[v], col), t.r[v]);
+                            // As `weight::quantize`: within ±127 first (infinities too, from
+                            // an `r` that overflowed), rounded to nearest, ties to even (the
+                            // default rounding mode), NaN to 0.
+                            let clamped = _mm512_min_ps(_mm512_max_ps(xs, lo), hi);
+                            let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(xs, xs);
+                            _mm512_and_si512(_mm512_maskz_cvtps_epi32(!nan, clamped), byte_mask)
+                        } else {
+                            _mm512_setzero_si512()
+                        }
+                    };
+                    *word = _mm512_or_si512(
+                        _mm512_or_si512(byte(0), _mm512_slli_epi32::<8>(byte(1))),
+                        _mm512_or_si512(
+                            _mm512_slli_epi32::<16>(byte(2)),
+                            _mm512_slli_epi32::<24>(byte(3)),
+                        ),
+                    );
+                }
+                // Quad-major (16 quads of 16 tokens) to token-major (16 tokens of 16 quads).
+                let rows = transpose(words);
+                for (i, r) in rows.iter().enumerate() {
+                    let at = (v * L + i) * row_words + k * STEP_QUADS;
+                    _mm512_storeu_si512(pack.add(at).cast(), *r);
+                }
+            }
+        }
+    }
+}
+
+/// Where a pair's sums go: the projection's scales, biases and outputs (`s × dout`,
+/// column-major), the panel's first row and lanes, and whether this chunk of inputs is the
+/// first (no partial sums to add) and the last (the epilogue writes the outputs; otherwise
+/// the partial `i32` sums wait in the outputs' place).
+struct Outputs<'a> {
+    scales: &'a [f32],
+    bias: &'a [f32],
+    out: *mut f32,
+    s: usize,
+    i0: usize,
+    masks: [__mmask16; 2],
+    first: bool,
+    last: bool,
+}
+
+/// Tokens `16v ..` of features `j0 .. j0 + width` from the stored `sums` (token-major):
+/// transposed to one vector of tokens per feature, added to the partial sums unless this is
+/// the first chunk, then stored as partial sums or, on the last chunk, finished as
+/// `int8::linear`'s epilogue does (NaN for a token with a non-finite input, `b_n` for one
+/// whose inputs are all zero).
+///
+/// # Safety
+/// The outputs of the lanes of `o.masks[v]` in rows `o.i0 + 16v ..` of columns
+/// `j0 .. j0 + width` are inside `o.out`.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn finish(sums: &Block, tokens: &Tokens, v: usize, j0: usize, width: usize, o: &Outputs) {
+    // SAFETY: `sums` holds 16 vectors.
+    let rows = core::array::from_fn(|m| unsafe { _mm512_loadu_si512(sums.0[m].as_ptr().cast()) });
+    let cols = transpose(rows);
+    let mask = o.masks[v];
+    let nan = _mm512_set1_ps(f32::NAN);
+    for (n, &acc) in cols.iter().enumerate().take(width) {
+        let col = o.out.wrapping_add(o.i0 + v * L + (j0 + n) * o.s);
+        // SAFETY: masked reads and writes of the caller's outputs.
+        unsafe {
+            let acc = if o.first {
+                acc
+            } else {
+                _mm512_add_epi32(acc, _mm512_maskz_loadu_epi32(mask, col.cast()))
+            };
+            if !o.last {
+                _mm512_mask_storeu_epi32(col.cast(), mask, acc);
+                continue;
+            }
+            let (sc, b) = (
+                _mm512_set1_ps(o.scales[j0 + n]),
+                _mm512_set1_ps(o.bias[j0 + n]),
+            );
+            let term = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), _mm512_mul_ps(tokens.sx[v], sc));
+            let term = _mm512_mask_mov_ps(term, tokens.zero[v], _mm512_setzero_ps());
+            let term = _mm512_mask_mov_ps(term, tokens.bad[v], nan);
+            _mm512_mask_storeu_ps(col, mask, _mm512_add_ps(term, b));
+        }
+    }
+}
+
+/// The transpose of a 16 × 16 block of `i32` (`r[i]` row `i`; the result's vector `j` is
+/// column `j`): 32-bit, then 64-bit interleaves within 128-bit lanes, then two shuffles of
+/// whole lanes.
+#[target_feature(enable = "avx512f")]
+fn transpose(r: [__m512i; L]) -> [__m512i; L] {
+    let z = _mm512_setzero_si512();
+    // a[2i], a[2i + 1]: rows 2i, 2i + 1 interleaved; lane ℓ holds columns 4ℓ, 4ℓ + 1 and
+    // 4ℓ + 2, 4ℓ + 3 of the two.
+    let mut a = [z; L];
+    for i in 0..8 {
+        a[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        a[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    // b[4i + j]: lane ℓ holds column 4ℓ + j of rows 4i ..= 4i + 3.
+    let mut b = [z; L];
+    for i in 0..4 {
+        b[4 * i] = _mm512_unpacklo_epi64(a[4 * i], a[4 * i + 2]);
+        b[4 * i + 1] = _mm512_unpackhi_epi64(a[4 * i], a[4 * i + 2]);
+        b[4 * i + 2] = _mm512_unpacklo_epi64(a[4 * i + 1], a[4 * i + 3]);
+        b[4 * i + 3] = _mm512_unpackhi_epi64(a[4 * i + 1], a[4 * i + 3]);
+    }
+    // Column 4ℓ + j: lane ℓ of b[j], b[4 + j], b[8 + j], b[12 + j].
+    let mut c = [z; L];
+    for j in 0..4 {
+        let lo01 = _mm512_shuffle_i32x4::<0x44>(b[j], b[4 + j]);
+        let hi01 = _mm512_shuffle_i32x4::<0xee>(b[j], b[4 + j]);
+        let lo23 = _mm512_shuffle_i32x4::<0x44>(b[8 + j], b[12 + j]);
+        let hi23 = _mm512_shuffle_i32x4::<0xee>(b[8 + j], b[12 + j]);
+        c[j] = _mm512_shuffle_i32x4::<0x88>(lo01, lo23);
+        c[4 + j] = _mm512_shuffle_i32x4::<0xdd>(lo01, lo23);
+        c[8 + j] = _mm512_shuffle_i32x4::<0x88>(hi01, hi23);
+        c[12 + j] = _mm512_shuffle_i32x4::<0xdd>(hi01, hi23);
+    }
+    c
+}
+
+/// Configures the tile registers.
+///
+/// # Safety
+/// The CPU runs AMX-TILE and the OS allows the tile data; `c` is a valid configuration.
+#[inline(always)]
+unsafe fn tile_config(c: &Config) {
+    // SAFETY: the caller's promise.
+    unsafe { asm!("ldtilecfg [{}]", in(reg) c.0.as_ptr(), options(nostack, readonly, preserves_flags)) };
+}
+
+/// Returns the tile registers to their initial state.
+///
+/// # Safety
+/// The CPU runs AMX-TILE.
+#[inline(always)]
+unsafe fn tile_release() {
+    // SAFETY: the caller's promise.
+    unsafe { asm!("tilerelease", options(nomem, nostack, preserves_flags)) };
+}
+
+/// Zeroes the sums, `tmm0 ..= tmm3`.
+///
+/// # Safety
+/// The tiles are configured.
+#[inline(always)]
+unsafe fn tile_zero_sums() {
+    // SAFETY: the caller's promise.
+    unsafe {
+        asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            options(nomem, nostack, preserves_flags)
+        );
+    }
+}
+
+/// Loads tile `T` (4 to 7) from `p`, rows `stride` bytes apart.
+///
+/// # Safety
+/// The tiles are configured; the tile's 16 rows of its configured width are readable.
+#[inline(always)]
+unsafe fn tile_load<const T: usize>(p: *const u8, stride: usize) {
+    // SAFETY: the caller's promise.
+    unsafe {
+        match T {
+            4 => asm!("tileloadd tmm4, [{p} + {s} * 1]", p = in(reg) p, s = in(reg) stride, options(nostack, readonly, preserves_flags)),
+            5 => asm!("tileloadd tmm5, [{p} + {s} * 1]", p = in(reg) p, s = in(reg) stride, options(nostack, readonly, preserves_flags)),
+            6 => asm!("tileloadd tmm6, [{p} + {s} * 1]", p = in(reg) p, s = in(reg) stride, options(nostack, readonly, preserves_flags)),
+            7 => asm!("tileloadd tmm7, [{p} + {s} * 1]", p = in(reg) p, s = in(reg) stride, options(nostack, readonly, preserves_flags)),
+            _ => unreachable!("the operand tiles are tmm4 to tmm7"),
+        }
+    }
+}
+
+/// Stores sums tile `t` (0 to 3) into `sums`, 64 bytes a row.
+///
+/// # Safety
+/// The tiles are configured.
+#[inline(always)]
+unsafe fn store_sums(t: usize, sums: &mut Block) {
+    let p = sums.0.as_mut_ptr().cast::<u8>();
+    let stride = 4 * L;
+    // SAFETY: the caller's promise; 16 rows of 48 bytes, 64 bytes apart, inside `sums`.
+    unsafe {
+        match t {
+            0 => asm!("tilestored [{p} + {s} * 1], tmm0", p = in(reg) p, s = in(reg) stride, options(nostack, preserves_flags)),
+            1 => asm!("tilestored [{p} + {s} * 1], tmm1", p = in(reg) p, s = in(reg) stride, options(nostack, preserves_flags)),
+            2 => asm!("tilestored [{p} + {s} * 1], tmm2", p = in(reg) p, s = in(reg) stride, options(nostack, preserves_flags)),
+            3 => asm!("tilestored [{p} + {s} * 1], tmm3", p = in(reg) p, s = in(reg) stride, options(nostack, preserves_flags)),
+            _ => unreachable!("the sums are tmm0 to tmm3"),
+        }
+    }
+}
+
+/// `rounds` rounds of 4 independent `tdpbssd` (each 16 × 16 × 64 products, 2 operations
+/// each) on tiles loaded once: the loop the core's AMX `i8` peak is measured with. Returns
+/// the operations done and a sum that depends on the last products.
+///
+/// # Safety
+/// As [`linear`].
+pub(super) unsafe fn dot_loop(rounds: usize) -> (u64, i32) {
+    let ones = Block([[core::hint::black_box(0x0101_0101); L]; L]);
+    let mut sums = Block([[0; L]; L]);
+    // SAFETY: the caller's promise; the loads read `ones` (16 rows of 64 bytes).
+    unsafe {
+        tile_config(&CONFIG);
+        tile_zero_sums();
+        tile_load::<4>(ones.0.as_ptr().cast(), 4 * L);
+        tile_load::<6>(ones.0.as_ptr().cast(), 4 * L);
+        for _ in 0..rounds {
+            asm!(
+                "tdpbssd tmm0, tmm4, tmm6",
+                "tdpbssd tmm1, tmm4, tmm6",
+                "tdpbssd tmm2, tmm4, tmm6",
+                "tdpbssd tmm3, tmm4, tmm6",
+                options(nomem, nostack, preserves_flags)
+            );
+        }
+        store_sums(0, &mut sums);
+        tile_release();
+    }
+    (
+        rounds as u64 * 4 * (L * WEIGHT_TILE * STEP) as u64 * 2,
+        sums.0[0][0],
+    )
+}
