@@ -334,8 +334,9 @@ fn peak_case(c: &mut Criterion) {
                 .expect("supported");
         });
     }
-    // The i8 projections' product on each kernel that has one (AVX2: `vpmaddwd` pairs, or
-    // 256-bit `vpdpbusd` with AVX-VNNI).
+    // The i8 projections' product on each kernel that has one (AMX's `tdpbssd` on the
+    // selected kernel where the CPU has AMX-INT8; 512-bit `vpdpbusd` with AVX512-VNNI; AVX2:
+    // `vpmaddwd` pairs, or 256-bit `vpdpbusd` with AVX-VNNI).
     for (name, kernel) in kernels() {
         let Some((ops, _)) = with_kernel(kernel, || kernels::i8_dot_loop(1)).expect("supported")
         else {

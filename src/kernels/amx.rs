@@ -89,8 +89,10 @@ pub(super) unsafe fn linear(
     pack: &mut [f32],
 ) {
     check_i8(x, s, din, projs, (pack.len(), 2 * MR));
-    // Bytes per token in the pack: whole steps.
-    let row = pack.len() * 4 / MR / STEP * STEP;
+    // The pack from its first 64-byte boundary (a tile row is then one cache line), and its
+    // bytes per token: whole steps.
+    let skip = pack.as_ptr().align_offset(STEP).min(pack.len());
+    let row = (pack.len() - skip) * 4 / MR / STEP * STEP;
     if row == 0 {
         int8::linear(x, s, din, projs, pack);
         return;
@@ -98,10 +100,13 @@ pub(super) unsafe fn linear(
     if s == 0 {
         return;
     }
-    let pack: &mut [u32] = bytemuck::cast_slice_mut(pack);
+    let pack: &mut [u32] = bytemuck::cast_slice_mut(&mut pack[skip..]);
     let quads = din.div_ceil(4);
     let chunk_quads = row / 4;
-    let mut sums = Block([[0; L]; L]);
+    // A pair's sums, stored, wait for their epilogue until the next pair's products are
+    // under way, and the epilogue of each of its tiles is then interleaved with a step of
+    // those products: the vector unit finishes while the tile unit computes.
+    let mut sums = [const { Block([[0; L]; L]) }; 4];
     let mut wbuf = Block([[0; L]; L]);
     // SAFETY: the CPU runs AMX and the OS allows it (the caller's promise); `CONFIG` is a
     // valid palette-1 configuration.
@@ -112,12 +117,14 @@ pub(super) unsafe fn linear(
         let masks = [row_mask(rows.min(L)), row_mask(rows.saturating_sub(L))];
         // SAFETY: rows `i0 .. i0 + rows ≤ s` of the `s × din` column-major `x`.
         let tokens = unsafe { token_scales(x.as_ptr(), s, din, i0, masks) };
+        let mut pending: Option<(Pair, Outputs<'_>)> = None;
         let mut qc = 0;
         while qc < quads {
             let nq = chunk_quads.min(quads - qc);
             let steps = nq.div_ceil(STEP_QUADS);
             // SAFETY: rows `i0 ..` (masked) of inputs `4qc .. min(4(qc + nq), din)`; the pack
-            // holds `MR` rows of `steps · STEP ≤ row` bytes.
+            // holds `MR` rows of `steps · STEP ≤ row` bytes. (The tile loads of the pairs
+            // before, issued earlier, read the pack before these stores.)
             unsafe {
                 pack_rows(
                     x.as_ptr(),
@@ -147,9 +154,30 @@ pub(super) unsafe fn linear(
                         steps,
                         halves: if rows > L { 2 } else { 1 },
                     };
-                    // SAFETY: the pack holds the panel's rows of `steps` steps (above); the pair's
-                    // tiles are inside `p.q` (`I8Out::check`).
-                    unsafe { products(&pair, pack.as_ptr(), steps * STEP, p.q, &mut wbuf) };
+                    let before = pending.take();
+                    let (sums_ref, tokens_ref) = (&sums, &tokens);
+                    let epilogue = |k: usize| {
+                        if let Some((b, out)) = &before {
+                            // SAFETY: the pair before's outputs in the panel's rows are
+                            // inside its projection's (`I8Out::check`); its sums were stored.
+                            unsafe { finish_tile(b, k, sums_ref, tokens_ref, out) };
+                        }
+                    };
+                    // SAFETY: the pack holds the panel's rows of `steps` steps (above); the
+                    // pair's tiles are inside `p.q` (`I8Out::check`).
+                    unsafe {
+                        products(&pair, pack.as_ptr(), steps * STEP, p.q, &mut wbuf, epilogue)
+                    };
+                    // The lines this pair's epilogue will write, asked for while its products
+                    // run (each a write to a line not yet cached: about a tenth of the time).
+                    for v in 0..pair.halves {
+                        for n in 0..w0 + w1 {
+                            let col = p.out.as_ptr().wrapping_add(i0 + v * L + (t0 + n) * s);
+                            _mm_prefetch::<_MM_HINT_ET0>(col.cast());
+                        }
+                    }
+                    // SAFETY: the tiles are configured; this pair's sums are in them.
+                    unsafe { store_pair(&pair, &mut sums) };
                     let out = Outputs {
                         scales: p.scales,
                         bias: p.bias,
@@ -160,27 +188,59 @@ pub(super) unsafe fn linear(
                         first,
                         last,
                     };
-                    for (h, &w) in pair.widths.iter().enumerate() {
-                        for v in 0..pair.halves {
-                            if w > 0 {
-                                // SAFETY: the sums tile `2v + h` was computed above; the
-                                // outputs of features `tiles[h] .. + w` are inside `out`.
-                                unsafe {
-                                    store_sums(2 * v + h, &mut sums);
-                                    finish(&sums, &tokens, v, pair.tiles[h], w, &out);
-                                }
-                            }
-                        }
-                    }
+                    pending = Some((pair, out));
                     t0 = t1 + w1;
                 }
             }
             qc += nq;
         }
+        if let Some((before, out)) = pending.take() {
+            for k in 0..4 {
+                // SAFETY: as above.
+                unsafe { finish_tile(&before, k, &sums, &tokens, &out) };
+            }
+        }
         i0 += rows;
     }
     // SAFETY: the tiles were configured above.
     unsafe { tile_release() };
+}
+
+/// Stores a pair's sums, tile `2v + h` into `sums[2v + h]`.
+///
+/// # Safety
+/// The tiles are configured.
+#[inline(always)]
+unsafe fn store_pair(pair: &Pair, sums: &mut [Block; 4]) {
+    for v in 0..pair.halves {
+        for h in 0..2 {
+            if pair.widths[h] > 0 {
+                // SAFETY: the caller's promise.
+                unsafe { store_sums(2 * v + h, &mut sums[2 * v + h]) };
+            }
+        }
+    }
+}
+
+/// The epilogue of tile `k = 2v + h` of a pair whose sums [`store_pair`] stored (nothing if
+/// the pair has no such tile).
+///
+/// # Safety
+/// As [`finish`], for that tile.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn finish_tile(
+    pair: &Pair,
+    k: usize,
+    sums: &[Block; 4],
+    tokens: &Tokens,
+    out: &Outputs<'_>,
+) {
+    let (v, h) = (k / 2, k % 2);
+    let w = pair.widths[h];
+    if v < pair.halves && w > 0 {
+        // SAFETY: the caller's promise.
+        unsafe { finish(&sums[k], tokens, v, pair.tiles[h], w, out) };
+    }
 }
 
 /// One pair of storage tiles (features `tiles[h] .. tiles[h] + widths[h]`; a width of 0:
@@ -195,13 +255,22 @@ struct Pair {
     halves: usize,
 }
 
-/// The sums of a [`Pair`] into `tmm0 ..= tmm3` (`tmm(2v + h)`: tokens `16v ..`, tile `h`).
+/// The sums of a [`Pair`] into `tmm0 ..= tmm3` (`tmm(2v + h)`: tokens `16v ..`, tile `h`),
+/// calling `after(k)` once the products of step `k` are issued, and for each `k < 4` past
+/// the last step (the caller's vector work, done while the tile unit computes).
 ///
 /// # Safety
 /// The tiles are configured as [`CONFIG`]; `a` holds `MR` rows of `row` bytes of which the
 /// first `steps · STEP` are the packed chunk; each tile of the pair is inside `q`.
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn products(pair: &Pair, a: *const u32, row: usize, q: &[i8], wbuf: &mut Block) {
+unsafe fn products<F: FnMut(usize)>(
+    pair: &Pair,
+    a: *const u32,
+    row: usize,
+    q: &[i8],
+    wbuf: &mut Block,
+    mut after: F,
+) {
     let whole = pair.din / 4;
     let two = pair.widths[1] > 0;
     // SAFETY: the caller's contract: every load is inside the pack or the weights (a tile
@@ -212,40 +281,50 @@ unsafe fn products(pair: &Pair, a: *const u32, row: usize, q: &[i8], wbuf: &mut 
         for k in 0..pair.steps {
             let q0 = pair.qc + k * STEP_QUADS;
             let a0 = a.cast::<u8>().add(k * STEP);
-            tile_load::<4>(a0, row);
-            if pair.halves == 2 {
-                tile_load::<5>(a0.add(L * row), row);
-            }
-            for h in 0..if two { 2 } else { 1 } {
+            // Each load just before its first product: the tile unit takes its instructions
+            // in order, and a load into a tile waits for the products still reading it.
+            let weights = |h: usize, wbuf: &mut Block| {
                 let (t0, w) = (pair.tiles[h], pair.widths[h]);
                 let tile = q.as_ptr().add(t0 * pair.din);
                 if w == WEIGHT_TILE && q0 + STEP_QUADS <= whole {
-                    let b = tile.add(4 * q0 * WEIGHT_TILE);
-                    if h == 0 {
-                        tile_load::<6>(b.cast(), 4 * WEIGHT_TILE);
-                    } else {
-                        tile_load::<7>(b.cast(), 4 * WEIGHT_TILE);
-                    }
+                    (tile.add(4 * q0 * WEIGHT_TILE).cast::<u8>(), 4 * WEIGHT_TILE)
                 } else {
                     copy_weights(tile, w, pair.din, q0, wbuf);
-                    let b = wbuf.0.as_ptr().cast::<u8>();
-                    if h == 0 {
-                        tile_load::<6>(b, 4 * L);
-                    } else {
-                        tile_load::<7>(b, 4 * L);
-                    }
+                    (wbuf.0.as_ptr().cast::<u8>(), 4 * L)
                 }
-            }
-            asm!("tdpbssd tmm0, tmm4, tmm6", options(nomem, nostack, preserves_flags));
+            };
+            tile_load::<4>(a0, row);
+            let (b, stride) = weights(0, wbuf);
+            tile_load::<6>(b, stride);
+            asm!(
+                "tdpbssd tmm0, tmm4, tmm6",
+                options(nomem, nostack, preserves_flags)
+            );
             if two {
-                asm!("tdpbssd tmm1, tmm4, tmm7", options(nomem, nostack, preserves_flags));
+                let (b, stride) = weights(1, wbuf);
+                tile_load::<7>(b, stride);
+                asm!(
+                    "tdpbssd tmm1, tmm4, tmm7",
+                    options(nomem, nostack, preserves_flags)
+                );
             }
             if pair.halves == 2 {
-                asm!("tdpbssd tmm2, tmm5, tmm6", options(nomem, nostack, preserves_flags));
+                tile_load::<5>(a0.add(L * row), row);
+                asm!(
+                    "tdpbssd tmm2, tmm5, tmm6",
+                    options(nomem, nostack, preserves_flags)
+                );
                 if two {
-                    asm!("tdpbssd tmm3, tmm5, tmm7", options(nomem, nostack, preserves_flags));
+                    asm!(
+                        "tdpbssd tmm3, tmm5, tmm7",
+                        options(nomem, nostack, preserves_flags)
+                    );
                 }
             }
+            after(k);
+        }
+        for k in pair.steps..4 {
+            after(k);
         }
     }
 }
@@ -265,7 +344,7 @@ unsafe fn copy_weights(tile: *const i8, width: usize, din: usize, q0: usize, buf
         let words = if q < whole {
             // SAFETY: quad `q`'s `width` words (the other lanes masked off).
             unsafe { _mm512_maskz_loadu_epi32(lanes, tile.add(4 * q * width).cast()) }
-        } else if q == whole && din % 4 > 0 {
+        } else if q == whole && !din.is_multiple_of(4) {
             let mut w = [0i32; L];
             for (n, word) in w.iter_mut().enumerate().take(width) {
                 for p in 4 * whole..din {
@@ -375,32 +454,114 @@ struct Outputs<'a> {
 /// `j0 .. j0 + width` are inside `o.out`.
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn finish(sums: &Block, tokens: &Tokens, v: usize, j0: usize, width: usize, o: &Outputs) {
+    // SAFETY: the caller's contract, passed on.
+    unsafe {
+        if width == WEIGHT_TILE {
+            finish_n::<WEIGHT_TILE>(sums, tokens, v, j0, o);
+        } else {
+            finish_n::<0>(sums, tokens, v, j0, o);
+            for n in 0..width {
+                finish_column(sums, tokens, v, j0, n, o);
+            }
+        }
+    }
+}
+
+/// [`finish`] for a whole storage tile (`N` features, each a constant, so the columns stay
+/// in registers); `N = 0` does nothing.
+///
+/// # Safety
+/// As [`finish`], with `width = N`.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn finish_n<const N: usize>(
+    sums: &Block,
+    tokens: &Tokens,
+    v: usize,
+    j0: usize,
+    o: &Outputs,
+) {
+    if N == 0 {
+        return;
+    }
     // SAFETY: `sums` holds 16 vectors.
     let rows = core::array::from_fn(|m| unsafe { _mm512_loadu_si512(sums.0[m].as_ptr().cast()) });
     let cols = transpose(rows);
-    let mask = o.masks[v];
-    let nan = _mm512_set1_ps(f32::NAN);
-    for (n, &acc) in cols.iter().enumerate().take(width) {
+    let (scales, bias) = (&o.scales[j0..j0 + N], &o.bias[j0..j0 + N]);
+    let ep = Epilogue::new(tokens, v, o);
+    for n in 0..N {
         let col = o.out.wrapping_add(o.i0 + v * L + (j0 + n) * o.s);
-        // SAFETY: masked reads and writes of the caller's outputs.
+        // SAFETY: the caller's outputs.
+        unsafe { ep.column(cols[n], col, scales[n], bias[n]) };
+    }
+}
+
+/// [`finish`] for one feature `n` of the tile (the narrow last tile of a projection): its
+/// tokens gathered from the stored sums.
+///
+/// # Safety
+/// As [`finish`], for column `j0 + n`.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn finish_column(sums: &Block, tokens: &Tokens, v: usize, j0: usize, n: usize, o: &Outputs) {
+    let mut c = [0i32; L];
+    for (m, c) in c.iter_mut().enumerate() {
+        *c = sums.0[m][n];
+    }
+    let col = o.out.wrapping_add(o.i0 + v * L + (j0 + n) * o.s);
+    // SAFETY: `c` holds one vector; the caller's outputs.
+    unsafe {
+        let acc = _mm512_loadu_si512(c.as_ptr().cast());
+        Epilogue::new(tokens, v, o).column(acc, col, o.scales[j0 + n], o.bias[j0 + n]);
+    }
+}
+
+/// One vector of tokens' epilogue: their lanes, scales and masks, and the chunk's place.
+struct Epilogue {
+    mask: __mmask16,
+    sx: __m512,
+    zero: __mmask16,
+    bad: __mmask16,
+    first: bool,
+    last: bool,
+}
+
+impl Epilogue {
+    #[inline(always)]
+    fn new(tokens: &Tokens, v: usize, o: &Outputs) -> Self {
+        Self {
+            mask: o.masks[v],
+            sx: tokens.sx[v],
+            zero: tokens.zero[v],
+            bad: tokens.bad[v],
+            first: o.first,
+            last: o.last,
+        }
+    }
+
+    /// The sums `acc` of one feature (`scale`, `bias`) for the tokens of `col`.
+    ///
+    /// # Safety
+    /// The lanes of `mask` at `col` are outputs.
+    #[inline(always)]
+    unsafe fn column(&self, acc: __m512i, col: *mut f32, scale: f32, bias: f32) {
+        // SAFETY: masked reads and writes of the caller's outputs; the features are the
+        // kernel's, which the callers are compiled with.
         unsafe {
-            let acc = if o.first {
+            let acc = if self.first {
                 acc
             } else {
-                _mm512_add_epi32(acc, _mm512_maskz_loadu_epi32(mask, col.cast()))
+                _mm512_add_epi32(acc, _mm512_maskz_loadu_epi32(self.mask, col.cast()))
             };
-            if !o.last {
-                _mm512_mask_storeu_epi32(col.cast(), mask, acc);
-                continue;
+            if !self.last {
+                _mm512_mask_storeu_epi32(col.cast(), self.mask, acc);
+                return;
             }
-            let (sc, b) = (
-                _mm512_set1_ps(o.scales[j0 + n]),
-                _mm512_set1_ps(o.bias[j0 + n]),
+            let term = _mm512_mul_ps(
+                _mm512_cvtepi32_ps(acc),
+                _mm512_mul_ps(self.sx, _mm512_set1_ps(scale)),
             );
-            let term = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), _mm512_mul_ps(tokens.sx[v], sc));
-            let term = _mm512_mask_mov_ps(term, tokens.zero[v], _mm512_setzero_ps());
-            let term = _mm512_mask_mov_ps(term, tokens.bad[v], nan);
-            _mm512_mask_storeu_ps(col, mask, _mm512_add_ps(term, b));
+            let term = _mm512_mask_mov_ps(term, self.zero, _mm512_setzero_ps());
+            let term = _mm512_mask_mov_ps(term, self.bad, _mm512_set1_ps(f32::NAN));
+            _mm512_mask_storeu_ps(col, self.mask, _mm512_add_ps(term, _mm512_set1_ps(bias)));
         }
     }
 }
@@ -448,7 +609,9 @@ fn transpose(r: [__m512i; L]) -> [__m512i; L] {
 #[inline(always)]
 unsafe fn tile_config(c: &Config) {
     // SAFETY: the caller's promise.
-    unsafe { asm!("ldtilecfg [{}]", in(reg) c.0.as_ptr(), options(nostack, readonly, preserves_flags)) };
+    unsafe {
+        asm!("ldtilecfg [{}]", in(reg) c.0.as_ptr(), options(nostack, readonly, preserves_flags))
+    };
 }
 
 /// Returns the tile registers to their initial state.
@@ -488,10 +651,18 @@ unsafe fn tile_load<const T: usize>(p: *const u8, stride: usize) {
     // SAFETY: the caller's promise.
     unsafe {
         match T {
-            4 => asm!("tileloadd tmm4, [{p} + {s} * 1]", p = in(reg) p, s = in(reg) stride, options(nostack, readonly, preserves_flags)),
-            5 => asm!("tileloadd tmm5, [{p} + {s} * 1]", p = in(reg) p, s = in(reg) stride, options(nostack, readonly, preserves_flags)),
-            6 => asm!("tileloadd tmm6, [{p} + {s} * 1]", p = in(reg) p, s = in(reg) stride, options(nostack, readonly, preserves_flags)),
-            7 => asm!("tileloadd tmm7, [{p} + {s} * 1]", p = in(reg) p, s = in(reg) stride, options(nostack, readonly, preserves_flags)),
+            4 => {
+                asm!("tileloadd tmm4, [{p} + {s} * 1]", p = in(reg) p, s = in(reg) stride, options(nostack, readonly, preserves_flags))
+            }
+            5 => {
+                asm!("tileloadd tmm5, [{p} + {s} * 1]", p = in(reg) p, s = in(reg) stride, options(nostack, readonly, preserves_flags))
+            }
+            6 => {
+                asm!("tileloadd tmm6, [{p} + {s} * 1]", p = in(reg) p, s = in(reg) stride, options(nostack, readonly, preserves_flags))
+            }
+            7 => {
+                asm!("tileloadd tmm7, [{p} + {s} * 1]", p = in(reg) p, s = in(reg) stride, options(nostack, readonly, preserves_flags))
+            }
             _ => unreachable!("the operand tiles are tmm4 to tmm7"),
         }
     }
@@ -508,10 +679,18 @@ unsafe fn store_sums(t: usize, sums: &mut Block) {
     // SAFETY: the caller's promise; 16 rows of 48 bytes, 64 bytes apart, inside `sums`.
     unsafe {
         match t {
-            0 => asm!("tilestored [{p} + {s} * 1], tmm0", p = in(reg) p, s = in(reg) stride, options(nostack, preserves_flags)),
-            1 => asm!("tilestored [{p} + {s} * 1], tmm1", p = in(reg) p, s = in(reg) stride, options(nostack, preserves_flags)),
-            2 => asm!("tilestored [{p} + {s} * 1], tmm2", p = in(reg) p, s = in(reg) stride, options(nostack, preserves_flags)),
-            3 => asm!("tilestored [{p} + {s} * 1], tmm3", p = in(reg) p, s = in(reg) stride, options(nostack, preserves_flags)),
+            0 => {
+                asm!("tilestored [{p} + {s} * 1], tmm0", p = in(reg) p, s = in(reg) stride, options(nostack, preserves_flags))
+            }
+            1 => {
+                asm!("tilestored [{p} + {s} * 1], tmm1", p = in(reg) p, s = in(reg) stride, options(nostack, preserves_flags))
+            }
+            2 => {
+                asm!("tilestored [{p} + {s} * 1], tmm2", p = in(reg) p, s = in(reg) stride, options(nostack, preserves_flags))
+            }
+            3 => {
+                asm!("tilestored [{p} + {s} * 1], tmm3", p = in(reg) p, s = in(reg) stride, options(nostack, preserves_flags))
+            }
             _ => unreachable!("the sums are tmm0 to tmm3"),
         }
     }

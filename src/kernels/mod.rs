@@ -64,6 +64,8 @@
 //! on what it owns (the weight layout, mask patterns, the argument types), never on the
 //! modules built on it.
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 mod args;
 #[cfg(target_arch = "aarch64")]
 mod arm;
@@ -78,8 +80,6 @@ mod bf16_widen;
 #[cfg(any(test, static_attention_dsp))]
 mod dsp;
 mod float;
-#[cfg(target_arch = "x86_64")]
-mod amx;
 #[cfg(target_arch = "x86_64")]
 mod int8;
 #[cfg(target_arch = "x86_64")]
@@ -120,14 +120,18 @@ pub enum Kernel {
     /// x86-64 AVX-512F and AVX512-BW (with AVX2, FMA and F16C): the same kernels on 16 `f32`
     /// or 8 `f64` lanes, with micro-tiles twice as wide (32 vector registers); `bf16` weights
     /// are widened to `f32` in registers as the micro-kernel broadcasts them; `i8` weights
-    /// multiply as [`Kernel::Avx2Fma`]'s 16-bit pairs.
+    /// multiply in `vpdpbusd` on 512 bits where the CPU has AVX512-VNNI (Cascade Lake, Ice
+    /// Lake), as [`Kernel::Avx2Fma`]'s 16-bit pairs otherwise.
     Avx512,
     /// x86-64 AVX-512F with AVX512-BF16, AVX512-BW and AVX512-VNNI (every CPU with BF16 has
     /// VNNI): [`Kernel::Avx512`], except that layers with `bf16` weights compute their
     /// projections in `bf16` products (`vdpbf16ps`, summed in `f32`) at twice the `f32` rate,
     /// their inputs rounded to `bf16` (see [`crate::Weight`] for the accuracy this gives), and
-    /// layers with `i8` weights theirs in `i8` products (`vpdpbusd`, exact `i32` sums).
-    /// Everything else is [`Kernel::Avx512`]'s.
+    /// layers with `i8` weights theirs in `i8` products (exact `i32` sums): AMX tile
+    /// products (`tdpbssd`) where the CPU has AMX-INT8 (Sapphire Rapids and later) and the
+    /// OS lets the process use the tiles (Linux: asked for once, with `arch_prctl`), 512-bit
+    /// `vpdpbusd` otherwise; both give the same bits. Everything else is
+    /// [`Kernel::Avx512`]'s.
     Avx512Bf16,
     /// aarch64 NEON with the BF16 and dot-product extensions (FEAT_BF16 and FEAT_DotProd:
     /// Neoverse V1/N2 and later, Apple M2 and later; the dot product is part of Armv8.4-A and
@@ -395,9 +399,11 @@ pub fn bf16_dot_loop(rounds: usize) -> Option<(u64, f32)> {
 }
 
 /// The core's `i8` dot-product peak loop of the selected kernel's `i8` projections: `rounds`
-/// rounds of 12 independent products on whole vectors, as `(operations, checksum)` (each
-/// product and its addition counted as two operations): `vpdpbusd` on 512 bits
-/// ([`Kernel::Avx512Bf16`], which requires AVX512-VNNI, and [`Kernel::Avx512`] with it) or
+/// rounds of independent products, as `(operations, checksum)` (each product and its
+/// addition counted as two operations): AMX's `tdpbssd`, four tiles of 16 tokens × 12
+/// features × 64 inputs, the projections' tile shape ([`Kernel::Avx512Bf16`] where the CPU
+/// has AMX-INT8 and the OS allows it), 12 on whole vectors otherwise: `vpdpbusd` on 512 bits
+/// ([`Kernel::Avx512Bf16`] without AMX, and [`Kernel::Avx512`] with AVX512-VNNI) or
 /// on 256 bits ([`Kernel::Avx2Fma`] with AVX-VNNI), `vpmaddwd` with `vpaddd` (16-bit pairs:
 /// [`Kernel::Avx2Fma`] without AVX-VNNI, [`Kernel::Avx512`] without AVX512-VNNI), or `SDOT`
 /// ([`Kernel::NeonBf16`]); `None` elsewhere.
