@@ -75,7 +75,8 @@ struct Block([[i32; L]; L]);
 /// column-major), as [`int8::linear`] computes it (the same bits): the tokens of a panel are
 /// quantized and packed once for all the projections (once per chunk of inputs, when the
 /// pack cannot hold every input of 32 tokens; the partial sums wait in the outputs). With a
-/// pack shorter than one step of 32 tokens (512 words) it hands the work to [`int8::linear`].
+/// pack shorter than one step of 32 tokens (512 words), fewer than 64 inputs, or fewer than
+/// 128 inputs for more than 32 tokens, it hands the work to [`int8::linear`].
 ///
 /// # Safety
 /// The CPU runs AMX-TILE and AMX-INT8, and the OS lets this process use the tile data
@@ -93,7 +94,14 @@ pub(super) unsafe fn linear(
     // bytes per token: whole steps.
     let skip = pack.as_ptr().align_offset(STEP).min(pack.len());
     let row = (pack.len() - skip) * 4 / MR / STEP * STEP;
-    if row == 0 {
+    // Below two steps of inputs, each pair of tiles is more epilogue than products, and over
+    // more than a panel of tokens 512-bit `vpdpbusd` is as fast or faster (`Linear<64, 64>`
+    // over 128 tokens: 4.0 against 4.3 µs; `<96, 96>`: 7.5 against 7.8–8.7; `<128, 128>`:
+    // 10.7–11.3 against 9.6–9.7, one-off timers on a Xeon with AMX). With fewer tokens the
+    // tiles waste less than the vectors (a panel of 32 tokens against 16 rows), down to one
+    // step: below that, the setting up of the tiles dominates (`Linear<32, 32>` over 32
+    // tokens: 0.50 µs with `vpdpbusd`, 0.72 on the tiles).
+    if row == 0 || din < STEP || (din < 2 * STEP && s > MR) {
         int8::linear(x, s, din, projs, pack);
         return;
     }

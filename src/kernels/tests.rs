@@ -808,6 +808,8 @@ fn shared_i8_projections_match_separate_calls_bit_for_bit() {
             (70, 64, [1000, 700, 13]),
             (5, 9, [1536, 1536, 7]),
             (40, 257, [256, 64, 64]),
+            // AMX over three panels, the last of 6 tokens, and a partial last quad.
+            (70, 131, [37, 12, 25]),
         ]
     };
     let outputs =
