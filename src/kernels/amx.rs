@@ -1,7 +1,7 @@
 //! Projections with `i8` weights on AMX (Sapphire Rapids and later): the W8A8 kernel that
-//! matches `scalar::linear_i8` bit for bit, in tile products (`tdpbssd`, 16 × 16 × 64 signed
-//! byte products into a 16 × 16 block of `i32` per instruction, 16 times the work of one
-//! AVX512-VNNI `vpdpbusd`).
+//! matches `scalar::linear_i8` bit for bit, in tile products (`tdpbssd`: here 16 tokens × 12
+//! features × 64 inputs of signed byte products into a 16 × 12 block of `i32` per
+//! instruction; its peak rate is about five times that of AVX512-VNNI's `vpdpbusd`).
 //!
 //! Each panel of 32 tokens is quantized as the reference does (per token: `a = max |x|`,
 //! `r = 127 / a`, `x̂ = round(x·r)` within `±127`) and packed as signed bytes, one row of
@@ -13,10 +13,12 @@
 //! features) is stored, transposed in registers to one vector of tokens per feature, and the
 //! epilogue `f(Σ)·((a/127)·scale_n) + b_n` rounds as the reference does.
 //!
-//! The tile registers are configured on entry and released on return (`tilerelease`), so a
-//! call leaves the thread's AMX state as it found it. The tile instructions are written in
-//! inline assembly (Rust's AMX intrinsics are not stable); they need the OS's permission to
-//! use the tile data, which `x86::amx_available` asks for once.
+//! The tile registers are configured on entry and released on return, unwinding included
+//! (`tilerelease`: a call leaves them in their initial state, whatever they held before). The
+//! tile instructions are written in inline assembly (Rust's AMX intrinsics are not stable),
+//! the state of the tiles carried from one `asm!` block to the next on purpose (the compiler
+//! never allocates them; each block declares the tiles it writes); they need the OS's
+//! permission to use the tile data, which `x86::amx_available` asks for once.
 
 #![allow(
     clippy::too_many_arguments,
@@ -75,8 +77,9 @@ struct Block([[i32; L]; L]);
 /// column-major), as [`int8::linear`] computes it (the same bits): the tokens of a panel are
 /// quantized and packed once for all the projections (once per chunk of inputs, when the
 /// pack cannot hold every input of 32 tokens; the partial sums wait in the outputs). With a
-/// pack shorter than one step of 32 tokens (512 words), fewer than 64 inputs, or fewer than
-/// 128 inputs for more than 32 tokens, it hands the work to [`int8::linear`].
+/// pack shorter than one step of 32 tokens from its first 64-byte boundary (512 words from
+/// there: up to 527 in all), fewer than 64 inputs, or fewer than 128 inputs for more than 32
+/// tokens, it hands the work to [`int8::linear`].
 ///
 /// # Safety
 /// The CPU runs AMX-TILE and AMX-INT8, and the OS lets this process use the tile data
@@ -116,9 +119,8 @@ pub(super) unsafe fn linear(
     // those products: the vector unit finishes while the tile unit computes.
     let mut sums = [const { Block([[0; L]; L]) }; 4];
     let mut wbuf = Block([[0; L]; L]);
-    // SAFETY: the CPU runs AMX and the OS allows it (the caller's promise); `CONFIG` is a
-    // valid palette-1 configuration.
-    unsafe { tile_config(&CONFIG) };
+    // SAFETY: the CPU runs AMX and the OS allows it (the caller's promise).
+    let _tiles = unsafe { Tiles::configure() };
     let mut i0 = 0;
     while i0 < s {
         let rows = MR.min(s - i0);
@@ -181,7 +183,12 @@ pub(super) unsafe fn linear(
                     for v in 0..pair.halves {
                         for n in 0..w0 + w1 {
                             let col = p.out.as_ptr().wrapping_add(i0 + v * L + (t0 + n) * s);
-                            _mm_prefetch::<_MM_HINT_ET0>(col.cast());
+                            // SAFETY: a prefetch reads nothing and cannot fault (an unsafe
+                            // function before Rust 1.91, the crate's minimum being 1.89).
+                            #[allow(unused_unsafe)]
+                            unsafe {
+                                _mm_prefetch::<_MM_HINT_ET0>(col.cast());
+                            }
                         }
                     }
                     // SAFETY: the tiles are configured; this pair's sums are in them.
@@ -210,8 +217,26 @@ pub(super) unsafe fn linear(
         }
         i0 += rows;
     }
-    // SAFETY: the tiles were configured above.
-    unsafe { tile_release() };
+}
+
+/// The tile registers, configured as [`CONFIG`] until this is dropped (then released).
+struct Tiles(());
+
+impl Tiles {
+    /// # Safety
+    /// The CPU runs AMX-TILE and the OS allows the tile data.
+    unsafe fn configure() -> Self {
+        // SAFETY: the caller's promise; `CONFIG` is a valid palette-1 configuration.
+        unsafe { tile_config(&CONFIG) };
+        Self(())
+    }
+}
+
+impl Drop for Tiles {
+    fn drop(&mut self) {
+        // SAFETY: the tiles were configured (`configure`), so the CPU runs AMX-TILE.
+        unsafe { tile_release() };
+    }
 }
 
 /// Stores a pair's sums, tile `2v + h` into `sums[2v + h]`.
@@ -618,7 +643,7 @@ fn transpose(r: [__m512i; L]) -> [__m512i; L] {
 unsafe fn tile_config(c: &Config) {
     // SAFETY: the caller's promise.
     unsafe {
-        asm!("ldtilecfg [{}]", in(reg) c.0.as_ptr(), options(nostack, readonly, preserves_flags))
+        asm!("ldtilecfg [{}]", in(reg) c.0.as_ptr(), out("tmm0") _, out("tmm1") _, out("tmm2") _, out("tmm3") _, out("tmm4") _, out("tmm5") _, out("tmm6") _, out("tmm7") _, options(nostack, readonly, preserves_flags))
     };
 }
 
@@ -629,7 +654,9 @@ unsafe fn tile_config(c: &Config) {
 #[inline(always)]
 unsafe fn tile_release() {
     // SAFETY: the caller's promise.
-    unsafe { asm!("tilerelease", options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("tilerelease", out("tmm0") _, out("tmm1") _, out("tmm2") _, out("tmm3") _, out("tmm4") _, out("tmm5") _, out("tmm6") _, out("tmm7") _, options(nomem, nostack, preserves_flags))
+    };
 }
 
 /// Zeroes the sums, `tmm0 ..= tmm3`.
@@ -645,6 +672,10 @@ unsafe fn tile_zero_sums() {
             "tilezero tmm1",
             "tilezero tmm2",
             "tilezero tmm3",
+            out("tmm0") _,
+            out("tmm1") _,
+            out("tmm2") _,
+            out("tmm3") _,
             options(nomem, nostack, preserves_flags)
         );
     }
@@ -660,16 +691,16 @@ unsafe fn tile_load<const T: usize>(p: *const u8, stride: usize) {
     unsafe {
         match T {
             4 => {
-                asm!("tileloadd tmm4, [{p} + {s} * 1]", p = in(reg) p, s = in(reg) stride, options(nostack, readonly, preserves_flags))
+                asm!("tileloadd tmm4, [{p} + {s} * 1]", p = in(reg) p, s = in(reg) stride, out("tmm4") _, options(nostack, readonly, preserves_flags))
             }
             5 => {
-                asm!("tileloadd tmm5, [{p} + {s} * 1]", p = in(reg) p, s = in(reg) stride, options(nostack, readonly, preserves_flags))
+                asm!("tileloadd tmm5, [{p} + {s} * 1]", p = in(reg) p, s = in(reg) stride, out("tmm5") _, options(nostack, readonly, preserves_flags))
             }
             6 => {
-                asm!("tileloadd tmm6, [{p} + {s} * 1]", p = in(reg) p, s = in(reg) stride, options(nostack, readonly, preserves_flags))
+                asm!("tileloadd tmm6, [{p} + {s} * 1]", p = in(reg) p, s = in(reg) stride, out("tmm6") _, options(nostack, readonly, preserves_flags))
             }
             7 => {
-                asm!("tileloadd tmm7, [{p} + {s} * 1]", p = in(reg) p, s = in(reg) stride, options(nostack, readonly, preserves_flags))
+                asm!("tileloadd tmm7, [{p} + {s} * 1]", p = in(reg) p, s = in(reg) stride, out("tmm7") _, options(nostack, readonly, preserves_flags))
             }
             _ => unreachable!("the operand tiles are tmm4 to tmm7"),
         }
@@ -704,8 +735,9 @@ unsafe fn store_sums(t: usize, sums: &mut Block) {
     }
 }
 
-/// `rounds` rounds of 4 independent `tdpbssd` (each 16 × 16 × 64 products, 2 operations
-/// each) on tiles loaded once: the loop the core's AMX `i8` peak is measured with. Returns
+/// `rounds` rounds of 4 independent `tdpbssd` at the projections' tile shape (each 16 × 12 ×
+/// 64 products, 2 operations each) on tiles loaded once: the loop the core's AMX `i8` peak is
+/// measured with. Returns
 /// the operations done and a sum that depends on the last products.
 ///
 /// # Safety
@@ -713,9 +745,10 @@ unsafe fn store_sums(t: usize, sums: &mut Block) {
 pub(super) unsafe fn dot_loop(rounds: usize) -> (u64, i32) {
     let ones = Block([[core::hint::black_box(0x0101_0101); L]; L]);
     let mut sums = Block([[0; L]; L]);
-    // SAFETY: the caller's promise; the loads read `ones` (16 rows of 64 bytes).
+    // SAFETY: the caller's promise.
+    let _tiles = unsafe { Tiles::configure() };
+    // SAFETY: the tiles are configured; the loads read `ones` (16 rows of 64 bytes).
     unsafe {
-        tile_config(&CONFIG);
         tile_zero_sums();
         tile_load::<4>(ones.0.as_ptr().cast(), 4 * L);
         tile_load::<6>(ones.0.as_ptr().cast(), 4 * L);
@@ -725,11 +758,14 @@ pub(super) unsafe fn dot_loop(rounds: usize) -> (u64, i32) {
                 "tdpbssd tmm1, tmm4, tmm6",
                 "tdpbssd tmm2, tmm4, tmm6",
                 "tdpbssd tmm3, tmm4, tmm6",
+                out("tmm0") _,
+                out("tmm1") _,
+                out("tmm2") _,
+                out("tmm3") _,
                 options(nomem, nostack, preserves_flags)
             );
         }
         store_sums(0, &mut sums);
-        tile_release();
     }
     (
         rounds as u64 * 4 * (L * WEIGHT_TILE * STEP) as u64 * 2,

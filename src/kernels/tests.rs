@@ -1317,11 +1317,16 @@ fn the_fast_kernel_is_selected_where_the_cpu_has_it() {
                     .is_some_and(|g| core::ptr::fn_addr_eq(g, f))
         };
         if bf16 {
-            // With AMX-INT8 (and the OS's leave), the tile products. Asked of CPUID
-            // directly (std cannot detect AMX on stable Rust): leaf 7 EDX bits 24 and 25.
+            // With AMX-INT8 and the OS managing the tiles, the tile products. Asked of CPUID
+            // and XCR0 directly (std cannot detect AMX on stable Rust): leaf 7 EDX bits 24
+            // and 25, XCR0 bits 17 and 18. (Where Linux refused the process the tile data,
+            // this fails: the fast kernel would be skipped.)
+            #[allow(unused_unsafe)]
+            // SAFETY: CPUID exists on every x86-64 CPU, XGETBV wherever AVX-512 runs.
             let amx = !cfg!(miri)
                 && cfg!(target_os = "linux")
-                && core::arch::x86_64::__cpuid_count(7, 0).edx & (3 << 24) == 3 << 24;
+                && unsafe { core::arch::x86_64::__cpuid_count(7, 0) }.edx & (3 << 24) == 3 << 24
+                && unsafe { core::arch::x86_64::_xgetbv(0) } & (3 << 17) == 3 << 17;
             let tiles: I8Kernel = if amx {
                 super::amx::linear
             } else {
@@ -1497,8 +1502,9 @@ fn i8_projections_match_the_scalar_kernel_on_every_panel_shape() {
                 super::scalar::linear_i8(io, s, din, &q, dout, &scales, &bias);
                 for kernel in fast_kernels() {
                     let all = din.div_ceil(4) * PANEL_ROWS;
-                    // AMX's pack needs a step of 64 inputs of 32 tokens (16 panel rows).
-                    let packs = [2, 7, 16, 24].map(|n| n * PANEL_ROWS);
+                    // AMX's pack needs a step of 64 inputs of 32 tokens (16 panel rows) from
+                    // a 64-byte boundary: 17 always have one.
+                    let packs = [2, 7, 17, 24].map(|n| n * PANEL_ROWS);
                     for pack_len in packs.into_iter().chain([all.max(2 * PANEL_ROWS)]) {
                         let mut got = std::vec![f32::NAN; s * dout];
                         let mut pack = std::vec![0f32; pack_len];

@@ -85,7 +85,11 @@ fn probe_amx() -> bool {
     // Asked only after AVX-512F was found (so CPUID leaf 7 exists): AMX-TILE is leaf 7,
     // sub-leaf 0, EDX bit 24, AMX-INT8 bit 25.
     const AMX: u32 = (1 << 24) | (1 << 25);
-    if __cpuid_count(7, 0).edx & AMX != AMX {
+    // (An unsafe function before Rust 1.94; the crate's minimum is 1.89.)
+    #[allow(unused_unsafe)]
+    // SAFETY: CPUID exists on every x86-64 CPU.
+    let leaf7 = unsafe { __cpuid_count(7, 0) };
+    if leaf7.edx & AMX != AMX {
         return false;
     }
     // XCR0 bits 17 and 18: the OS manages the tile configuration and data.
@@ -95,7 +99,9 @@ fn probe_amx() -> bool {
         return false;
     }
     // arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA): Linux keeps the tile data off
-    // (its first use faults) until the process asks for it; 0 when granted.
+    // (its first use faults) until the process asks for it; 0 when granted. The grant is for
+    // the whole process, and from then on the kernel sizes signal frames for the tile state:
+    // a later `sigaltstack` smaller than that (about 11 KiB) fails with ENOMEM.
     const ARCH_PRCTL: i64 = 158;
     const ARCH_REQ_XCOMP_PERM: i64 = 0x1023;
     const XFEATURE_XTILEDATA: i64 = 18;
