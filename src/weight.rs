@@ -79,11 +79,13 @@
 //! ```
 //!
 //! (`f` rounds the sum to `f32`; every operation rounds once, none is fused). Every kernel
-//! gives the same bits, as the sums are exact: AVX512-VNNI multiplies bytes with `vpdpbusd`
-//! ([`Kernel::Avx512Bf16`](crate::kernels::Kernel::Avx512Bf16), which requires VNNI); AVX2
-//! multiplies 16-bit pairs with `vpmaddwd`, or bytes with 256-bit `vpdpbusd` where the CPU
-//! has AVX-VNNI ([`Kernel::Avx2Fma`](crate::kernels::Kernel::Avx2Fma), and
-//! [`Kernel::Avx512`](crate::kernels::Kernel::Avx512) the pairs); aarch64's dot product
+//! gives the same bits, as the sums are exact: AMX multiplies bytes in tiles with `tdpbssd`
+//! ([`Kernel::Avx512Bf16`](crate::kernels::Kernel::Avx512Bf16) where the CPU has AMX-INT8
+//! and Linux grants the tiles), AVX512-VNNI with `vpdpbusd` (that kernel elsewhere, as it
+//! requires VNNI, and [`Kernel::Avx512`](crate::kernels::Kernel::Avx512) where the CPU has
+//! it); AVX2 multiplies 16-bit pairs with `vpmaddwd`, or bytes with 256-bit `vpdpbusd` where
+//! the CPU has AVX-VNNI ([`Kernel::Avx2Fma`](crate::kernels::Kernel::Avx2Fma), and
+//! [`Kernel::Avx512`](crate::kernels::Kernel::Avx512) without VNNI the pairs); aarch64's dot product
 //! multiplies bytes with `SDOT` ([`Kernel::NeonBf16`](crate::kernels::Kernel::NeonBf16),
 //! which requires it); plain NEON ([`Kernel::Neon`](crate::kernels::Kernel::Neon)) multiplies
 //! the integers as `f32` in its GEMM, exact for projections of up to 1 040 inputs (every
