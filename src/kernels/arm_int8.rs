@@ -31,7 +31,7 @@ use core::arch::aarch64::*;
 use core::arch::asm;
 
 use super::args::{GEMV_TOKENS, I8Out, check_i8};
-use super::layout::WEIGHT_TILE;
+use super::layout::{WEIGHT_TILE, last_quad_word};
 
 /// `i32` lanes of a vector.
 const L: usize = 4;
@@ -368,10 +368,7 @@ fn micro<const N: usize>(t: Tile, ops: &Operands<'_>, out: &mut [f32], s: usize)
         // unrolled, and accumulators indexed by a variable would live in memory).
         let mut words = [0u32; N];
         for (n, word) in words.iter_mut().enumerate().take(t.width) {
-            for p in 4 * whole..t.din {
-                let byte = ops.b[p * t.width + n].cast_unsigned();
-                *word |= u32::from(byte) << (8 * (p - 4 * whole));
-            }
+            *word = last_quad_word(ops.b, t.width, t.din, n);
         }
         for g in 0..N / 4 {
             // SAFETY: `words` holds `N` words, a multiple of 4.

@@ -21,7 +21,7 @@
 use core::arch::x86_64::*;
 
 use super::args::{I8Out, check_i8};
-use super::layout::WEIGHT_TILE;
+use super::layout::{WEIGHT_TILE, last_quad_word};
 
 /// `i32` lanes per vector.
 const L: usize = 16;
@@ -340,39 +340,93 @@ unsafe fn pack_panel(
     nq: usize,
     pack: *mut u32,
 ) {
-    let (lo, hi) = (_mm512_set1_ps(-127.0), _mm512_set1_ps(127.0));
     let offset = _mm512_set1_epi32(128);
     // SAFETY: masked reads of the caller's rows, inputs below `din`; writes inside `pack`.
     unsafe {
         for k in 0..nq {
-            let p0 = 4 * (qc + k);
             for v in 0..2 {
-                let byte = |j: usize| {
-                    if p0 + j < din {
-                        let col = x.add(i0 + (p0 + j) * s).wrapping_add(v * L);
-                        let xs = _mm512_mul_ps(_mm512_maskz_loadu_ps(masks[v], col), t.r[v]);
-                        // As `weight::quantize`: within ±127 first (infinities too, from an
-                        // `r` that overflowed), rounded to nearest, ties to even (the default
-                        // rounding mode), NaN to 0.
-                        let clamped = _mm512_min_ps(_mm512_max_ps(xs, lo), hi);
-                        let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(xs, xs);
-                        let n = _mm512_maskz_cvtps_epi32(!nan, clamped);
-                        _mm512_add_epi32(n, offset)
-                    } else {
-                        offset
-                    }
-                };
-                let word = _mm512_or_si512(
-                    _mm512_or_si512(byte(0), _mm512_slli_epi32::<8>(byte(1))),
-                    _mm512_or_si512(
-                        _mm512_slli_epi32::<16>(byte(2)),
-                        _mm512_slli_epi32::<24>(byte(3)),
-                    ),
+                let word = quad_word(
+                    x,
+                    s,
+                    din,
+                    i0 + v * L,
+                    masks[v],
+                    t.r[v],
+                    4 * (qc + k),
+                    offset,
                 );
                 _mm512_storeu_si512(pack.add(k * MR + v * L).cast(), word);
             }
         }
     }
+}
+
+/// The word of inputs `p0 .. p0 + 4` of 16 tokens (rows `i0 ..`, the lanes of `mask`, of
+/// `x`, `s × din` column-major), each quantized with its token's `r` as `weight::quantize`
+/// does, plus `offset` (128 for `vpdpbusd`'s unsigned bytes, 0 for signed ones), input `p0 + j`
+/// in byte `j`; inputs past `din` are `offset`.
+///
+/// # Safety
+/// The rows of `mask` from `i0` are inside `x` for the inputs below `din`.
+#[target_feature(enable = "avx512f,avx512bw")]
+#[inline]
+pub(super) unsafe fn quad_word(
+    x: *const f32,
+    s: usize,
+    din: usize,
+    i0: usize,
+    mask: __mmask16,
+    r: __m512,
+    p0: usize,
+    offset: __m512i,
+) -> __m512i {
+    let (lo, hi) = (_mm512_set1_ps(-127.0), _mm512_set1_ps(127.0));
+    let low_byte = _mm512_set1_epi32(0xff);
+    let byte = |j: usize| {
+        if p0 + j < din {
+            let col = x.wrapping_add(i0 + (p0 + j) * s);
+            // SAFETY: the caller's rows (masked), an input below `din`.
+            let xs = unsafe { _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, col), r) };
+            // As `weight::quantize`: within ±127 first (infinities too, from an `r` that
+            // overflowed), rounded to nearest, ties to even (the default rounding mode), NaN
+            // to 0.
+            let clamped = _mm512_min_ps(_mm512_max_ps(xs, lo), hi);
+            let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(xs, xs);
+            let n = _mm512_maskz_cvtps_epi32(!nan, clamped);
+            _mm512_and_si512(_mm512_add_epi32(n, offset), low_byte)
+        } else {
+            offset
+        }
+    };
+    _mm512_or_si512(
+        _mm512_or_si512(byte(0), _mm512_slli_epi32::<8>(byte(1))),
+        _mm512_or_si512(
+            _mm512_slli_epi32::<16>(byte(2)),
+            _mm512_slli_epi32::<24>(byte(3)),
+        ),
+    )
+}
+
+/// The outputs of 16 tokens for one feature from their exact sums `acc`:
+/// `f(Σ)·((a/127)·scale) + bias` (`sx = a/127`), as `scalar::linear_i8` rounds it (no fused
+/// operation); NaN for the tokens of `bad` (a non-finite input), `bias` for those of `zero`
+/// (every input zero).
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(super) fn dequantize(
+    acc: __m512i,
+    sx: __m512,
+    (zero, bad): (__mmask16, __mmask16),
+    scale: f32,
+    bias: f32,
+) -> __m512 {
+    let term = _mm512_mul_ps(
+        _mm512_cvtepi32_ps(acc),
+        _mm512_mul_ps(sx, _mm512_set1_ps(scale)),
+    );
+    let term = _mm512_mask_mov_ps(term, zero, _mm512_setzero_ps());
+    let term = _mm512_mask_mov_ps(term, bad, _mm512_set1_ps(f32::NAN));
+    _mm512_add_ps(term, _mm512_set1_ps(bias))
 }
 
 /// One micro-tile's share of a panel: the packed quads `qc .. qc + nq` (`a`, `nq · MR` words)
@@ -502,13 +556,9 @@ unsafe fn micro<const N: usize>(
                 _mm512_loadu_si512(a.cast()),
                 _mm512_loadu_si512(a.add(L).cast()),
             );
+            let tile = core::slice::from_raw_parts(t.b, t.din * t.width);
             each_feature!(N, |n| {
-                let mut word = 0i32;
-                for p in 4 * whole..t.din {
-                    let byte = (*t.b.add(p * t.width + n)).cast_unsigned();
-                    word |= i32::from(byte) << (8 * (p - 4 * whole));
-                }
-                let wn = _mm512_set1_epi32(word);
+                let wn = _mm512_set1_epi32(last_quad_word(tile, t.width, t.din, n) as i32);
                 a0[n] = _mm512_dpbusd_epi32(a0[n], x0, wn);
                 a1[n] = _mm512_dpbusd_epi32(a1[n], x1, wn);
             });
@@ -520,19 +570,13 @@ unsafe fn micro<const N: usize>(
             });
             return;
         }
-        // y = f(Σ)·((a/127)·scale_n) + b_n; NaN for a token with a non-finite input, b_n
-        // for one whose inputs are all zero.
-        let nan = _mm512_set1_ps(f32::NAN);
-        let y = |acc: __m512i, v: usize, sc: __m512, b: __m512| {
-            let term = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), _mm512_mul_ps(tokens.sx[v], sc));
-            let term = _mm512_mask_mov_ps(term, tokens.zero[v], _mm512_setzero_ps());
-            let term = _mm512_mask_mov_ps(term, tokens.bad[v], nan);
-            _mm512_add_ps(term, b)
+        let y = |acc: __m512i, v: usize, n: usize| {
+            let masks = (tokens.zero[v], tokens.bad[v]);
+            dequantize(acc, tokens.sx[v], masks, scales[n], bias[n])
         };
         each_feature!(N, |n| {
-            let (sc, b) = (_mm512_set1_ps(scales[n]), _mm512_set1_ps(bias[n]));
-            _mm512_mask_storeu_ps(col(n), t.masks[0], y(a0[n], 0, sc, b));
-            _mm512_mask_storeu_ps(col(n).wrapping_add(L), t.masks[1], y(a1[n], 1, sc, b));
+            _mm512_mask_storeu_ps(col(n), t.masks[0], y(a0[n], 0, n));
+            _mm512_mask_storeu_ps(col(n).wrapping_add(L), t.masks[1], y(a1[n], 1, n));
         });
     }
 }

@@ -73,3 +73,17 @@ pub(crate) const fn weight_index(
         WeightKind::Native | WeightKind::F16 => grouped_index::<1>(n, p, din, dout),
     }
 }
+
+/// Feature `n`'s word of the partial last quad of a storage tile (`width` features, `din`
+/// rows, `din mod 4 > 0`): its plain rows `4·(din / 4) ..` (each `width` bytes, after the
+/// whole quads' words), row `4·(din / 4) + j` in byte `j`, the rest zero. The `i8` kernels
+/// multiply it as the whole quads' words (the padding inputs are quantized zeros).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(crate) fn last_quad_word(tile: &[i8], width: usize, din: usize, n: usize) -> u32 {
+    let whole = din / 4;
+    let mut word = 0;
+    for p in 4 * whole..din {
+        word |= u32::from(tile[p * width + n].cast_unsigned()) << (8 * (p - 4 * whole));
+    }
+    word
+}
