@@ -64,9 +64,10 @@ pub(crate) struct Scores<'a, T> {
     pub key_rotate: usize,
     pub softcap: Option<T>,
     pub sinks: Option<&'a [T]>,
-    /// The layer stores `bf16` weights: where the kernel has `bf16` products, the attention
-    /// runs in them too (`Table::attention_bf16`; see [`crate::Weight`]).
-    pub bf16: bool,
+    /// The layer stores `bf16` (or `i8`) weights: where the kernel has `bf16` products (`i8`
+    /// tile products), the attention runs in them too (`Table::attention_bf16`,
+    /// `Table::attention_i8`; see [`crate::Weight`]).
+    pub reduced: Option<WeightKind>,
 }
 
 impl<'a, T: Float> Scores<'a, T> {
@@ -85,7 +86,7 @@ impl<'a, T: Float> Scores<'a, T> {
             key_rotate: 0,
             softcap: tweaks.softcap,
             sinks: tweaks.sinks,
-            bf16: false,
+            reduced: None,
         }
     }
 }
@@ -111,10 +112,11 @@ fn windowed(pattern: Pattern, window: Option<usize>) -> Pattern {
 }
 
 /// Whether a call over `tokens` queries of a layer storing `W` asks for the attention in
-/// `bf16` products: `bf16` weights and more than two tokens (one or two, a decoding step,
-/// widen their projections and keep the `f32` attention).
-fn bf16_attention<T: Float, W: Weight<T>>(tokens: usize) -> bool {
-    W::KIND == WeightKind::Bf16 && tokens > 2
+/// `bf16` or `i8` products (and in which): `bf16` or `i8` weights and more than two tokens
+/// (one or two, a decoding step, keep the `f32` attention: a step reads each key and value
+/// once, and packing them would cost what the products save).
+fn reduced_attention<T: Float, W: Weight<T>>(tokens: usize) -> Option<WeightKind> {
+    (matches!(W::KIND, WeightKind::Bf16 | WeightKind::I8) && tokens > 2).then_some(W::KIND)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -144,7 +146,7 @@ fn attend_head<T: Float>(
     };
     match weights {
         Some(w) => kt.attention_with_weights(io, &p, w),
-        None => kt.attention_maybe_bf16(scores.bf16, io, &p, work),
+        None => kt.attention_reduced(scores.reduced, io, &p, work),
     }
 }
 
@@ -361,7 +363,7 @@ impl<'l, const DIM: usize, const QD: usize, const KVD: usize, T: Float, W: Weigh
         view.pattern = windowed(view.pattern, self.tweaks.window);
         let alibi = positions.alibi().or(mask.alibi());
         let scores = Scores {
-            bf16: bf16_attention::<T, W>(SQ),
+            reduced: reduced_attention::<T, W>(SQ),
             ..Scores::new(hd, &view, alibi, &self.tweaks)
         };
         let kv = (&*buf.k, &*buf.v);
@@ -434,7 +436,7 @@ impl<'l, const DIM: usize, const QD: usize, const KVD: usize, T: Float, W: Weigh
             let scores = Scores {
                 // ALiBi distances count from the oldest position, wherever a ring put it.
                 key_rotate: cache.oldest_row(),
-                bf16: bf16_attention::<T, W>(rows),
+                reduced: reduced_attention::<T, W>(rows),
                 ..Scores::new(hd, &view, alibi, &self.tweaks)
             };
             let dims = Dims {
@@ -557,7 +559,7 @@ mod parallel {
             view.pattern = super::windowed(view.pattern, self.tweaks.window);
             let alibi = positions.alibi().or(mask.alibi());
             let scores = Scores {
-                bf16: super::bf16_attention::<T, W>(SEQ),
+                reduced: super::reduced_attention::<T, W>(SEQ),
                 ..Scores::new(hd, &view, alibi, &self.tweaks)
             };
             let (q, k, v) = (&*buf.q, &*buf.k, &*buf.v);

@@ -132,7 +132,7 @@ fn run<const SQ: usize, const SKV: usize, const DV: usize, T: Float, A: Additive
         key_rotate: 0,
         softcap: None,
         sinks: None,
-        bf16: false,
+        reduced: None,
     };
     match weights {
         // The weights path needs no block state.

@@ -72,7 +72,16 @@ enum Need {
     Frames,
     /// `bytes` of values it holds, plus frames.
     Holds(usize),
+    /// Frames, plus `bytes` the kernels keep on the stack for a layer's storage (`bf16`
+    /// weights, `i8` weights: docs/MEMORY.md).
+    Storage(usize),
 }
+
+/// What a layer with `bf16` weights adds for its kernels (docs/MEMORY.md): 24 KiB.
+const BF16_STACK: usize = 24 << 10;
+/// What a layer with `i8` weights adds for its kernels (docs/MEMORY.md): 40 KiB (the
+/// attention in AMX tile products).
+const I8_STACK: usize = 40 << 10;
 
 /// The fixed allowance for an entry point's own frames (loops, pointers, small arrays), in
 /// the profile this test was built with: 16 KiB at `opt-level ≥ 1`, 640 KiB at `opt-level =
@@ -90,12 +99,13 @@ fn frames() -> usize {
 /// `opt-level ≥ 1`; at `opt-level = 0` (no optimisation at all) the compiler keeps up to
 /// three more temporary copies of each, so the crate documents `4·held` there.
 fn documented(need: Need) -> usize {
-    let held = match need {
-        Need::Frames => 0,
-        Need::Holds(bytes) => bytes,
+    let (held, storage) = match need {
+        Need::Frames => (0, 0),
+        Need::Holds(bytes) => (bytes, 0),
+        Need::Storage(bytes) => (0, bytes),
     };
     let factor = if opt_level_zero() { 4 } else { 1 };
-    factor * held + frames()
+    factor * held + storage + frames()
 }
 
 /// Whether this binary was built without optimisation. Cargo does not tell a test its
@@ -121,6 +131,9 @@ fn filled<const R: usize, const C: usize>(f: impl Fn(f32) -> f32) -> Box<SMatrix
 /// The inputs every entry point reads, built once on the heap (outside the measured thread).
 struct Inputs {
     layer: Box<Layer>,
+    /// `layer` with its weights rounded to `bf16` and quantized to `i8`.
+    layer_bf16: Box<MultiHead<SEQ, DIM, HEADS, f32, half::bf16>>,
+    layer_i8: Box<MultiHead<SEQ, DIM, HEADS, f32, i8>>,
     head: Box<Head>,
     x: Box<Seq>,
     /// Two sequences for the batch entry points.
@@ -166,6 +179,8 @@ impl Inputs {
         let mut heads_kv: Box<[SMatrix<f32, SEQ, D>; 2]> = heap::zeroed();
         heads_kv.copy_from_slice(&heads_q[..2]);
         Self {
+            layer_bf16: Box::new(layer.to_weights()),
+            layer_i8: Box::new(layer.to_weights()),
             gqa_file: gqa.to_safetensors("").unwrap(),
             gqa,
             rope,
@@ -256,7 +271,7 @@ const GQA_SDPA_OUT: usize = 4 * SEQ * D * F32;
 const SDPA_WORK: usize = TILE_QUERIES * (D + 2 * KEY_BLOCK) * F32;
 
 fn entry_points() -> Vec<Entry> {
-    use Need::{Frames, Holds};
+    use Need::{Frames, Holds, Storage};
     entries![
         // Construction and loading: by value, and their in-place forms into a layer from
         // `heap::zeroed`.
@@ -312,6 +327,14 @@ fn entry_points() -> Vec<Entry> {
         "MultiHead::forward_into", Frames, |i| {
             let (mut s, mut o): (Box<Scratch<SEQ, SEQ, DIM>>, Box<Seq>) = (heap::zeroed(), heap::zeroed());
             i.layer.forward_into(&i.x, &Mask::none(), &mut s, &mut o);
+        };
+        "MultiHead<…, bf16>::forward_into", Storage(BF16_STACK), |i| {
+            let (mut s, mut o): (Box<Scratch<SEQ, SEQ, DIM>>, Box<Seq>) = (heap::zeroed(), heap::zeroed());
+            i.layer_bf16.forward_into(&i.x, &Mask::causal(Alignment::TopLeft), &mut s, &mut o);
+        };
+        "MultiHead<…, i8>::forward_into", Storage(I8_STACK), |i| {
+            let (mut s, mut o): (Box<Scratch<SEQ, SEQ, DIM>>, Box<Seq>) = (heap::zeroed(), heap::zeroed());
+            i.layer_i8.forward_into(&i.x, &Mask::causal(Alignment::TopLeft), &mut s, &mut o);
         };
         "MultiHead::forward_with_weights", Holds(SCRATCH + 2 * (OUT + WEIGHTS)), |i| i.layer.forward_with_weights(&i.x, &Mask::none());
         "MultiHead::attend(x, x, x, Some(w))", Frames, |i| {

@@ -44,29 +44,36 @@ const STEP_QUADS: usize = STEP / 4;
 /// sums (16 tokens × 12 features of `i32`), `tmm4`, `tmm5` the tokens (16 × 64 bytes),
 /// `tmm6`, `tmm7` the weights (16 quads × 12 features of four bytes).
 #[repr(C, align(64))]
-struct Config([u8; 64]);
+pub(super) struct Config([u8; 64]);
 
 impl Config {
-    const fn new() -> Self {
+    /// Palette 1 with tile `t` of `rows[t]` rows of `bytes[t]` bytes (at most 16 and 64).
+    pub(super) const fn shaped(rows: [u8; 8], bytes: [u8; 8]) -> Self {
         let mut c = [0u8; 64];
         c[0] = 1;
         let mut t = 0;
         while t < 8 {
-            let bytes = if t == 4 || t == 5 {
-                STEP
-            } else {
-                4 * WEIGHT_TILE
-            };
+            assert!(
+                rows[t] <= 16 && bytes[t] <= 64,
+                "a tile is at most 16 rows of 64 bytes"
+            );
             // Bytes per row (little-endian u16 at 16 + 2t), then rows (at 48 + t).
-            c[16 + 2 * t] = bytes as u8;
-            c[48 + t] = 16;
+            c[16 + 2 * t] = bytes[t];
+            c[48 + t] = rows[t];
             t += 1;
         }
         Self(c)
     }
 }
 
-static CONFIG: Config = Config::new();
+const SUMS_BYTES: u8 = 4 * WEIGHT_TILE as u8;
+static CONFIG: Config = Config::shaped(
+    [16; 8],
+    [
+        SUMS_BYTES, SUMS_BYTES, SUMS_BYTES, SUMS_BYTES, STEP as u8, STEP as u8, SUMS_BYTES,
+        SUMS_BYTES,
+    ],
+);
 
 /// A block of 16 rows of 16 words, 64-byte aligned: a weight tile's rows copied where they
 /// cannot be read in place, or a tile of sums stored for the epilogue.
@@ -219,15 +226,24 @@ pub(super) unsafe fn linear(
     }
 }
 
-/// The tile registers, configured as [`CONFIG`] until this is dropped (then released).
-struct Tiles(());
+/// The tile registers, configured (as [`CONFIG`], or as the caller's [`Config`]) until this
+/// is dropped (then released).
+pub(super) struct Tiles(());
 
 impl Tiles {
     /// # Safety
     /// The CPU runs AMX-TILE and the OS allows the tile data.
     unsafe fn configure() -> Self {
-        // SAFETY: the caller's promise; `CONFIG` is a valid palette-1 configuration.
-        unsafe { tile_config(&CONFIG) };
+        // SAFETY: the caller's promise.
+        unsafe { Self::configure_as(&CONFIG) }
+    }
+
+    /// # Safety
+    /// The CPU runs AMX-TILE and the OS allows the tile data.
+    pub(super) unsafe fn configure_as(config: &Config) -> Self {
+        // SAFETY: the caller's promise; `Config::shaped` builds valid palette-1
+        // configurations only.
+        unsafe { tile_config(config) };
         Self(())
     }
 }
@@ -402,7 +418,7 @@ unsafe fn copy_weights(tile: *const i8, width: usize, din: usize, q0: usize, buf
 /// As `int8::token_scales` for the rows; `pack` holds `MR` rows of `steps · STEP` bytes,
 /// `steps · STEP` bytes apart.
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn pack_rows(
+pub(super) unsafe fn pack_rows(
     x: *const f32,
     s: usize,
     din: usize,

@@ -362,7 +362,7 @@ const KBF: usize = 32;
 const _: () = assert!(QT == L && KBF == 2 * L);
 /// Tiles of queries that share each packed block of keys and values (fewer when `work`
 /// holds the running sums of fewer, or their packed queries would not fit [`QPK_WORDS`]).
-const CHUNK_TILES: usize = 8;
+pub(super) const CHUNK_TILES: usize = 8;
 /// Words of a chunk's packed queries on the stack (16 KiB): 8 tiles of heads up to 64 wide,
 /// 4 of heads up to 128.
 const QPK_WORDS: usize = 4096;
@@ -478,7 +478,7 @@ pub(super) fn attention(
 /// # Safety
 /// The CPU has AVX-512F.
 #[target_feature(enable = "avx512f")]
-unsafe fn max_abs_bits(x: &[f32], rows: usize, cols: usize, ld: usize) -> u32 {
+pub(super) unsafe fn max_abs_bits(x: &[f32], rows: usize, cols: usize, ld: usize) -> u32 {
     let mut m = _mm512_setzero_si512();
     let abs = _mm512_set1_epi32(0x7fff_ffff);
     for c in 0..cols {
@@ -504,43 +504,35 @@ struct Packs {
     vpk: *mut u32,
 }
 
-/// The state of one tile of a chunk of [`attention`].
+/// The state of one tile of a chunk of [`attention`] (and of `amx_attention`'s).
 #[derive(Clone, Copy)]
-struct TileState {
+pub(super) struct TileState {
     /// Each lane's first allowed key and one past its last (an empty row: `lo ≥ hi`).
-    lo: __m512i,
-    hi: __m512i,
+    pub(super) lo: __m512i,
+    pub(super) hi: __m512i,
     /// The keys any live lane sees: `lo_any .. hi_any`.
-    lo_any: usize,
-    hi_any: usize,
+    pub(super) lo_any: usize,
+    pub(super) hi_any: usize,
     /// Every live lane sees `lo_all .. hi_all` (empty when `lo_all ≥ hi_all`).
-    lo_all: usize,
-    hi_all: usize,
+    pub(super) lo_all: usize,
+    pub(super) hi_all: usize,
     /// Running maximum and denominator, a query per lane.
-    mx: __m512,
-    l: __m512,
+    pub(super) mx: __m512,
+    pub(super) l: __m512,
 }
 
-/// One chunk of [`attention`]: rows `c0 .. c0 + rows` (`⌈rows/16⌉ ≤ CHUNK_TILES` tiles whose
-/// packed queries fit [`QPK_WORDS`]).
-///
-/// # Safety
-/// `q` holds the queries and `out` the outputs of `p.dims` (the same memory in place: the
-/// chunk packs all its queries before it writes an output); `w.acc` holds
-/// `⌈rows/16⌉ · 16 · dv` values, `w.kpk` [`KPK_WORDS`] and `w.vpk` [`VPK_WORDS`].
-#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn attention_chunk(
-    q: *const f32,
-    out: *mut f32,
-    w: Packs,
+/// The states of the tiles of rows `c0 .. c0 + rows` (`⌈rows/16⌉ ≤ CHUNK_TILES` tiles of 16
+/// queries, a query per lane; lanes past the rows see no key) from the mask's pattern, and the
+/// keys any of them sees, `jlo .. jhi` (empty when `jlo ≥ jhi`).
+#[target_feature(enable = "avx512f")]
+pub(super) fn tile_states(
     p: &super::args::Problem<'_, f32>,
     c0: usize,
     rows: usize,
-) {
+) -> ([TileState; CHUNK_TILES], usize, usize) {
     let d = p.dims;
     let m = p.mask;
     let nt = rows.div_ceil(QT);
-    let dk2 = d.dk.div_ceil(2);
     let neg_inf = _mm512_set1_ps(f32::NEG_INFINITY);
     let empty = TileState {
         lo: _mm512_setzero_si512(),
@@ -579,6 +571,29 @@ unsafe fn attention_chunk(
         jlo = jlo.min(ts.lo_any);
         jhi = jhi.max(ts.hi_any);
     }
+    (st, jlo, jhi)
+}
+
+/// One chunk of [`attention`]: rows `c0 .. c0 + rows` (`⌈rows/16⌉ ≤ CHUNK_TILES` tiles whose
+/// packed queries fit [`QPK_WORDS`]).
+///
+/// # Safety
+/// `q` holds the queries and `out` the outputs of `p.dims` (the same memory in place: the
+/// chunk packs all its queries before it writes an output); `w.acc` holds
+/// `⌈rows/16⌉ · 16 · dv` values, `w.kpk` [`KPK_WORDS`] and `w.vpk` [`VPK_WORDS`].
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn attention_chunk(
+    q: *const f32,
+    out: *mut f32,
+    w: Packs,
+    p: &super::args::Problem<'_, f32>,
+    c0: usize,
+    rows: usize,
+) {
+    let d = p.dims;
+    let nt = rows.div_ceil(QT);
+    let dk2 = d.dk.div_ceil(2);
+    let (mut st, jlo, jhi) = tile_states(p, c0, rows);
     debug_assert!(nt <= CHUNK_TILES && nt * dk2 * QT <= QPK_WORDS);
     let mut qpk = [0u32; QPK_WORDS];
     let Packs { acc, kpk, vpk } = w;

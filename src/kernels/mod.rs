@@ -66,6 +66,8 @@
 
 #[cfg(target_arch = "x86_64")]
 mod amx;
+#[cfg(target_arch = "x86_64")]
+mod amx_attention;
 mod args;
 #[cfg(target_arch = "aarch64")]
 mod arm;

@@ -28,6 +28,7 @@ impl<T: Float> Tables<T> {
         linear_bf16_exact: None,
         linear_widening: None,
         attention_bf16: None,
+        attention_i8: None,
         fma_loop: fma_loop::<T>,
     };
 }

@@ -79,7 +79,11 @@ pub struct Table<T: 'static> {
     /// Streaming attention for one head in `bf16` products, for layers with `bf16` weights
     /// on the kernels that have them ([`Kernel::Avx512Bf16`]); `false` (nothing written) for
     /// a problem it does not take. `None` elsewhere.
-    pub(super) attention_bf16: Option<Bf16AttentionFn<T>>,
+    pub(super) attention_bf16: Option<ReducedAttentionFn<T>>,
+    /// Streaming attention for one head in `i8` tile products, for layers with `i8` weights
+    /// on the kernels that have them (AMX, under [`Kernel::Avx512Bf16`]); `false` (nothing
+    /// written) for a problem it does not take. `None` elsewhere.
+    pub(super) attention_i8: Option<ReducedAttentionFn<T>>,
     /// The FMA-peak loop: FLOPs done and a checksum.
     pub(super) fma_loop: unsafe fn(usize) -> (u64, T),
 }
@@ -92,7 +96,7 @@ pub(super) type WideningFn<T> =
 pub(super) type WidenFn<T> = unsafe fn(WeightKind, &[u16], usize, &mut [T]);
 
 /// An attention kernel that may decline a problem: `(io, problem, work) -> taken`.
-type Bf16AttentionFn<T> =
+type ReducedAttentionFn<T> =
     unsafe fn(&mut QueryIo<'_, T>, &Problem<'_, T>, &mut WorkRef<'_, T>) -> bool;
 
 impl<T: Float> Table<T> {
@@ -228,17 +232,22 @@ impl<T: Float> Table<T> {
         unsafe { (self.attention)(io, p, work) }
     }
 
-    /// [`Table::attention`], in `bf16` products when `bf16` is set (the layer stores `bf16`
-    /// weights) and the kernel has them for this problem (see [`crate::Weight`]).
-    pub(crate) fn attention_maybe_bf16(
+    /// [`Table::attention`], in `bf16` or `i8` products when `reduced` names that storage (the
+    /// layer stores such weights) and the kernel has those products for this problem (see
+    /// [`crate::Weight`]).
+    pub(crate) fn attention_reduced(
         &self,
-        bf16: bool,
+        reduced: Option<WeightKind>,
         mut io: QueryIo<'_, T>,
         p: &Problem<'_, T>,
         mut work: WorkRef<'_, T>,
     ) {
-        if bf16
-            && let Some(f) = self.attention_bf16
+        let kernel = match reduced {
+            Some(WeightKind::Bf16) => self.attention_bf16,
+            Some(WeightKind::I8) => self.attention_i8,
+            _ => None,
+        };
+        if let Some(f) = kernel
             // SAFETY: the table's kernel runs on this CPU.
             && unsafe { f(&mut io, p, &mut work) }
         {

@@ -1083,6 +1083,106 @@ fn bf16_attention_keeps_its_contract() {
         .expect("the bf16 kernel has bf16 attention");
     let u = 2f64.powi(-8);
     let gamma = |n: usize| n as f64 * 2f64.powi(-23) / (1.0 - n as f64 * 2f64.powi(-23));
+    let bound = |c: &Case<'_>, i: usize| {
+        let row = (0..c.skv)
+            .map(|j| {
+                (0..c.dk)
+                    .map(|e| f64::from(c.q[i + e * c.sq] * c.k[j + e * c.skv]).abs())
+                    .sum::<f64>()
+            })
+            .fold(0f64, f64::max);
+        let delta = c.scale * (2.0 * u + u * u + gamma(c.dk) * (1.0 + u).powi(2)) * row;
+        std::vec![(4.0 * u + 2.0 * ((2.0 * delta).exp() - 1.0)) * c.vmax; c.dv]
+    };
+    let worst = reduced_attention_contract(f, 128, &bound);
+    std::println!("bf16 attention: worst error / contract bound = {worst:.3}");
+}
+
+/// The attention in `i8` tile products (AMX's `attention_i8`, on [`Kernel::Avx512Bf16`]
+/// where the CPU has AMX) against an f64 oracle on the same `f32` inputs, under its contract
+/// (the `weight` module's docs), over the cases of [`reduced_attention_contract`]: every
+/// output within this of the exact attention (`α = max|q|/127`, `β_j = max|k_j|/127`,
+/// `c_e = max_j |v_je|/127`, `n` keys):
+///
+/// ```text
+/// 2·(e^(2Δ) − 1)·max|v| + (½ + 2⁻¹⁴)·c_e + n·2⁻¹⁶·max|v|
+/// Δ = |scale|·max_j [(½ + 2⁻¹⁴)·(α·‖k_j‖₁ + β_j·‖q‖₁) + (½ + 2⁻¹⁴)²·dk·α·β_j + 2⁻²⁰·Σ_e |q_e·k_je|]
+/// ```
+#[test]
+fn i8_attention_keeps_its_contract() {
+    let Some(f) = Kernel::supported()
+        .find(|&k| k == Kernel::Avx512Bf16)
+        .map(table::<f32>)
+        .and_then(|t| t.attention_i8)
+    else {
+        return;
+    };
+    let half = 0.5 + 2f64.powi(-14);
+    let bound = |c: &Case<'_>, i: usize| {
+        let row_max = |x: &[f32], n: usize, r: usize, d: usize| {
+            (0..d).fold(0f64, |m, e| m.max(f64::from(x[r + e * n]).abs()))
+        };
+        let row_l1 = |x: &[f32], n: usize, r: usize, d: usize| {
+            (0..d).map(|e| f64::from(x[r + e * n]).abs()).sum::<f64>()
+        };
+        let alpha = row_max(c.q, c.sq, i, c.dk) / 127.0;
+        let q1 = row_l1(c.q, c.sq, i, c.dk);
+        let delta = (0..c.skv)
+            .map(|j| {
+                let beta = row_max(c.k, c.skv, j, c.dk) / 127.0;
+                let qk = (0..c.dk)
+                    .map(|e| f64::from(c.q[i + e * c.sq] * c.k[j + e * c.skv]).abs())
+                    .sum::<f64>();
+                half * (alpha * row_l1(c.k, c.skv, j, c.dk) + beta * q1)
+                    + half * half * c.dk as f64 * alpha * beta
+                    + 2f64.powi(-20) * qk
+            })
+            .fold(0f64, f64::max)
+            * c.scale.abs();
+        (0..c.dv)
+            .map(|e| {
+                let ce = row_max(c.v, 1, e * c.skv, c.skv) / 127.0;
+                2.0 * ((2.0 * delta).exp() - 1.0) * c.vmax
+                    + half * ce
+                    + c.skv as f64 * 2f64.powi(-16) * c.vmax
+            })
+            .collect()
+    };
+    let worst = reduced_attention_contract(f, 64, &bound);
+    std::println!("i8 attention: worst error / contract bound = {worst:.3}");
+}
+
+/// One problem of [`reduced_attention_contract`]: the operands (column-major, `sq`, `skv`
+/// rows), the scale and the largest `|v|`.
+struct Case<'a> {
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    sq: usize,
+    skv: usize,
+    dk: usize,
+    dv: usize,
+    scale: f64,
+    vmax: f64,
+}
+
+/// An attention kernel in reduced-precision products (`f`, taking heads up to `max_head`
+/// wide) against an f64 oracle on the same `f32` inputs: every output `(i, e)` within
+/// `bound(case, i)[e]` of the exact attention. Every pattern (full, causal in both
+/// alignments, windows of 5 and 70), odd shapes and widths, query tiles cut short, partial
+/// key blocks, in place and not, logits from small to about ±30. A query's result does not
+/// depend on the queries sharing its call; the problems it must decline (a mask with more
+/// than its pattern, a sink, a non-finite value, a head wider than 128) leave the outputs
+/// untouched and report so. Returns the worst error over its bound.
+fn reduced_attention_contract(
+    f: unsafe fn(
+        &mut QueryIo<'_, f32>,
+        &Problem<'_, f32>,
+        &mut super::args::WorkRef<'_, f32>,
+    ) -> bool,
+    max_head: usize,
+    bound: &dyn Fn(&Case<'_>, usize) -> Vec<f64>,
+) -> f64 {
     let mut worst = 0f64;
     let shapes = [
         (1, 9, 8, 8),
@@ -1099,6 +1199,9 @@ fn bf16_attention_keeps_its_contract() {
         (70, 90, 128, 40),
     ];
     for (case, &(sq, skv, dk, dv)) in shapes.iter().enumerate() {
+        if dk.max(dv) > max_head {
+            continue;
+        }
         for &scale_in in &[0.05, 1.0, 2.5] {
             let q = cast::<f32>(&values(case as u64 * 7 + 1, sq * dk, scale_in));
             let k = cast::<f32>(&values(case as u64 * 7 + 2, skv * dk, scale_in));
@@ -1154,17 +1257,21 @@ fn bf16_attention_keeps_its_contract() {
                         unsafe { f(&mut io, &p, &mut parts) }
                     };
                     assert!(taken, "case {case}: a plain problem is taken");
+                    let c = Case {
+                        q: &q,
+                        k: &k,
+                        v: &v,
+                        sq,
+                        skv,
+                        dk,
+                        dv,
+                        scale,
+                        vmax,
+                    };
                     for i in 0..sq {
-                        let row = (0..skv)
-                            .map(|j| {
-                                (0..dk)
-                                    .map(|e| f64::from(q[i + e * sq] * k[j + e * skv]).abs())
-                                    .sum::<f64>()
-                            })
-                            .fold(0f64, f64::max);
-                        let delta = scale * (2.0 * u + u * u + gamma(dk) * (1.0 + u).powi(2)) * row;
-                        let bound = (4.0 * u + 2.0 * ((2.0 * delta).exp() - 1.0)) * vmax;
+                        let bounds = bound(&c, i);
                         for e in 0..dv {
+                            let bound = bounds[e];
                             let (g, w) = (f64::from(out[i + e * sq]), want[i + e * sq]);
                             assert!(
                                 (g - w).abs() <= bound,
@@ -1179,11 +1286,10 @@ fn bf16_attention_keeps_its_contract() {
             }
         }
     }
-    std::println!("bf16 attention: worst error / contract bound = {worst:.3}");
     // A query's result does not depend on the queries that share its call: the same bits with
     // working memory for one tile, and with the queries split over two calls (as the threads
     // of `Parallel` split them).
-    for &(sq, skv, d) in &[(150, 150, 64), (70, 90, 40), (40, 33, 16)] {
+    for &(sq, skv, d) in &[(150, 150, 64), (70, 90, 40), (40, 33, 16), (300, 200, 64)] {
         let [q, k, v] = qkv_f32(11, sq, skv, d, d);
         for mask in masks(sq, skv, 11).iter().take(5) {
             let view = mask.view::<f32>(sq, skv, &None);
@@ -1291,6 +1397,7 @@ fn bf16_attention_keeps_its_contract() {
         assert!(!taken, "{what} is declined");
         assert!(out.iter().all(|x| x.is_nan()), "{what}: nothing written");
     }
+    worst
 }
 
 #[test]
@@ -1333,6 +1440,13 @@ fn the_fast_kernel_is_selected_where_the_cpu_has_it() {
                 super::int8::linear
             };
             assert!(by(Kernel::Avx512Bf16, tiles));
+            // The attention of `i8` layers in tile products there too, and only there.
+            assert_eq!(table::<f32>(Kernel::Avx512Bf16).attention_i8.is_some(), amx);
+        }
+        for k in [Kernel::Avx512, Kernel::Avx2Fma] {
+            if Kernel::supported().any(|s| s == k) {
+                assert!(table::<f32>(k).attention_i8.is_none());
+            }
         }
         if avx512 {
             let vnni: I8Kernel = if std::is_x86_feature_detected!("avx512vnni") {

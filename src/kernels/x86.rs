@@ -18,7 +18,7 @@ use core::sync::atomic::{AtomicU8, Ordering};
 use super::args::LinearIo;
 use super::simd::simd_impls;
 use super::table::{Table, widen_bf16_paired, widen_portable};
-use super::{Kernel, amx, bf16, bf16_widen, int8, int8_avx2, vector};
+use super::{Kernel, amx, amx_attention, bf16, bf16_widen, int8, int8_avx2, vector};
 use crate::weight::WeightKind;
 
 /// Proof that the CPU runs AVX2, FMA and F16C (zero-sized; made only where they are known to
@@ -465,6 +465,7 @@ static AVX512_VNNI_F32: Table<f32> = Table {
 /// the `i8` projections in tile products (`amx.rs`).
 static AVX512_BF16_AMX_F32: Table<f32> = Table {
     linear_i8: Some(amx::linear),
+    attention_i8: Some(amx_attention::attention),
     ..AVX512_BF16_F32
 };
 

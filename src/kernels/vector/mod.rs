@@ -159,6 +159,7 @@ macro_rules! table {
                 linear_bf16_exact: None,
                 linear_widening: None,
                 attention_bf16: None,
+                attention_i8: None,
             };
         }
 

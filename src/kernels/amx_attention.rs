@@ -1,0 +1,505 @@
+//! Attention for layers with `i8` weights in AMX tile products: `QKᵀ` and `P·V` as 8-bit
+//! integer products summed exactly in `i32`, the online softmax in `f32`. The kernel of
+//! `Table::attention_i8` on [`Kernel::Avx512Bf16`](super::Kernel::Avx512Bf16) where the CPU
+//! has AMX-INT8 (and Linux grants the tiles).
+//!
+//! **Scores.** Each query and each key is quantized as a projection's tokens are (per row:
+//! `a = max_e |x_e|`, `x̂ = round(x·127/a)` within `±127`, ties to even), so a score is
+//! `f(Σ_e q̂_e·k̂_e) · ((a_q/127) · ((a_k/127)·scale))`, the sum exact. A tile product takes
+//! 16 keys (the `A` operand, a key's features per row) against 16 queries (`B`, quads of
+//! features): a 16 × 16 tile of sums, one row of 16 queries per key, which is the layout
+//! the online softmax works in (a query per lane, as in `bf16::attention`).
+//!
+//! **`P·V`.** The softmax's weights of a block of 64 keys, `e^(s − m)` in `[0, 1]`, are
+//! rounded to 16-bit fixed point, `w = round(65535 · p)`, and split into bytes, `w = 256·h +
+//! l`; each value column is quantized with one scale over all the head's keys, `v̂ =
+//! round(v·127/max_j |v_j|)`. Two tile products (`tdpbsud`: signed values `A`, 16 features ×
+//! 64 keys, by unsigned weights `B`) sum `Σ h·v̂` and `Σ l·v̂`; `256·Σh·v̂ + Σl·v̂` is the exact
+//! `Σ w·v̂` (below `2³¹`), rounded once to `f32` and scaled by `(max|v|/127)/65535` into the
+//! running sums. The denominator sums the `f32` weights themselves.
+//!
+//! What this changes against the `f32` attention on the same inputs (the accuracy contract,
+//! stated in the docs of [`crate::Weight`]): the rounding of `q` and `k` moves a score by at
+//! most `Δ` (their half steps times the other's sum of magnitudes), which moves each weight
+//! by a factor within `e^(±2Δ)`; the weights' 16-bit rounding and the values' 8-bit one add
+//! at most `2⁻¹⁶` per key and half a step of the value's column.
+
+#![allow(
+    // Index loops over lanes, keys and features read like the math they implement.
+    clippy::needless_range_loop
+)]
+
+use core::arch::asm;
+use core::arch::x86_64::*;
+
+use super::amx::{Config, Tiles, pack_rows};
+use super::args::{Problem, QueryIo, WorkRef};
+use super::bf16::{CHUNK_TILES, TileState, max_abs_bits, tile_states};
+use super::int8::{quad_word, row_mask, token_scales};
+
+/// Queries per tile (a vector of lanes), and keys per tile of scores.
+const L: usize = 16;
+/// Keys per block: one step of the `P·V` products (64 bytes of weights per query).
+const KB: usize = 64;
+/// Tiles of 16 queries per chunk: their running sums and packed queries are on the stack
+/// (20 KiB).
+const TILES: usize = 4;
+const _: () = assert!(TILES <= CHUNK_TILES);
+/// The widest head (`dk`, `dv`) [`attention`] takes; wider heads take the `f32` kernel.
+pub(crate) const MAX_HEAD: usize = 64;
+/// The softmax's weights in 16-bit fixed point: `w = round(P_ONE · p)`.
+const P_ONE: f32 = 65535.0;
+
+/// `N` rows of 64 bytes, 64-byte aligned (a tile's rows, or several tiles').
+#[repr(C, align(64))]
+struct Lines<const N: usize>([[u32; L]; N]);
+
+impl<const N: usize> Lines<N> {
+    const fn zeroed() -> Self {
+        Self([[0; L]; N])
+    }
+
+    /// Row `r`'s first byte.
+    fn row(&mut self, r: usize) -> *mut u8 {
+        self.0[r].as_mut_ptr().cast()
+    }
+}
+
+/// Bytes from one tile row to the next in every buffer.
+const STRIDE: usize = 64;
+
+/// The per-head setup shared by the chunks: the values' per-column scales (`c_e = max|v_e| /
+/// 127` and its inverse, and `c_e / 65535` for the epilogue) and the tile shapes.
+struct Head {
+    /// `127 / max|v_e|` (infinite for a column of zeros, whose values all quantize to 0).
+    rv: [f32; MAX_HEAD],
+    /// `(max|v_e| / 127) / 65535`.
+    cs: [f32; MAX_HEAD],
+    /// Quads of query and key features (`⌈dk/4⌉`).
+    dk4: usize,
+}
+
+/// The working buffers of a chunk: the packed keys and values in the working memory the
+/// caller gives the `f32` kernel (its blocks of scores and key masks, which this kernel does
+/// not otherwise use), the rest on the stack (about 26 KiB).
+struct Bufs<'w> {
+    /// The chunk's queries, tile `t`'s `B` operand at rows `16t ..` (quad `r` of features
+    /// per row, a query per word).
+    qpk: Lines<{ TILES * L }>,
+    /// A block's keys as `A` rows (a key's features per row).
+    kpk: &'w mut Lines<KB>,
+    /// A block's values as `A` rows (a feature's 64 keys per row; rows past `dv` zero).
+    vpk: &'w mut Lines<MAX_HEAD>,
+    /// A tile's weights over the block, high and low bytes (`B`: quad of keys per row).
+    phi: Lines<L>,
+    plo: Lines<L>,
+    /// Sums stored from the tiles: scores, then `P·V`'s two halves.
+    sums: Lines<L>,
+    hi: Lines<L>,
+    lo: Lines<L>,
+    /// Per block key `j`: `(a_k/127)·scale`.
+    kscale: [f32; KB],
+    /// Per tile: the queries' `a/127`.
+    qscale: [__m512; TILES],
+    /// Running sums: tile `t`, value column `e` at `(t·MAX_HEAD + e)·16`.
+    acc: [[f32; L]; TILES * MAX_HEAD],
+}
+
+/// `N` lines of `work` from its first 64-byte boundary, zeroed (`None` if they do not fit).
+fn lines<const N: usize>(work: &mut [f32]) -> Option<&mut Lines<N>> {
+    let skip = work.as_ptr().align_offset(STRIDE);
+    let bytes = core::mem::size_of::<Lines<N>>();
+    if skip == usize::MAX || work.len().saturating_sub(skip) * 4 < bytes {
+        return None;
+    }
+    let at = &mut work[skip..];
+    at[..bytes / 4].fill(0.0);
+    // SAFETY: `at` starts on a 64-byte boundary and holds `size_of::<Lines<N>>()` bytes
+    // (checked above), now zeros, which are a valid `Lines<N>` (plain words); the borrow of
+    // `work` keeps them from being used any other way while the reference lives.
+    Some(unsafe { &mut *at.as_mut_ptr().cast::<Lines<N>>() })
+}
+
+/// Streaming attention for one head with `QKᵀ` and `P·V` in `i8` tile products, for layers
+/// with `i8` weights (see [`crate::Weight`]). Returns `false`, having written nothing, for
+/// what it does not take (the caller then runs the `f32` kernel): no queries, heads wider
+/// than [`MAX_HEAD`], a mask with anything but its pattern, soft-capping or a sink,
+/// non-finite queries, keys or values, magnitudes whose scores or sums could overflow, or
+/// working memory too small for a block of keys and one of values (4 KiB each).
+///
+/// The queries go in chunks of up to [`TILES`] tiles of 16, quantized and packed once.
+/// Each chunk walks the keys its pattern lets any of its queries see in blocks of 64 (from a
+/// multiple of 64: a query's result does not depend on the queries that share its call),
+/// quantizing and packing the block's keys and values once for all its tiles.
+///
+/// # Safety
+/// The CPU runs AVX-512F, AVX512-BW, AMX-TILE and AMX-INT8, and the OS lets this process use
+/// the tile data (`x86::amx_available`).
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(super) unsafe fn attention(
+    io: &mut QueryIo<'_, f32>,
+    p: &Problem<'_, f32>,
+    work: &mut WorkRef<'_, f32>,
+) -> bool {
+    let d = p.dims;
+    let m = p.mask;
+    if d.sq == 0
+        || d.dk > MAX_HEAD
+        || d.dv > MAX_HEAD
+        || d.dk == 0
+        || d.dv == 0
+        || d.skv == 0
+        || p.softcap.is_some()
+        || p.sink.is_some()
+        || m.attend.is_some()
+        || m.block.is_some()
+        || m.pad.is_some()
+        || m.additive.is_some()
+        || m.alibi.is_some()
+    {
+        return false;
+    }
+    let (Some(kpk), Some(vpk)) = (lines::<KB>(work.p), lines::<MAX_HEAD>(work.allowed)) else {
+        return false;
+    };
+    p.check(io);
+    let amax = |x: &[f32], rows: usize, cols: usize, ld: usize| {
+        // SAFETY: every column `c < cols` holds `rows` values at `c · ld`, inside `x`
+        // (checked by `p.check` and the slicing below).
+        let bits = unsafe { max_abs_bits(x, rows, cols, ld) };
+        if bits < f32::INFINITY.to_bits() {
+            f32::from_bits(bits)
+        } else {
+            f32::INFINITY
+        }
+    };
+    // Finite operands, and magnitudes far from overflow: |score| ≤ scale·dk·max|q|·max|k|
+    // and every sum of values ≤ skv·max|v| stay below 2¹⁰⁰.
+    let qmax = amax(io.queries(), d.sq, d.dk, d.ldq);
+    let kmax = amax(p.k, d.skv, d.dk, d.ldkv);
+    let mut head = Head {
+        rv: [0.0; MAX_HEAD],
+        cs: [0.0; MAX_HEAD],
+        dk4: d.dk.div_ceil(4),
+    };
+    let mut vmax = 0f32;
+    for e in 0..d.dv {
+        let a = amax(&p.v[e * d.ldkv..], d.skv, 1, d.ldkv);
+        vmax = vmax.max(a);
+        head.rv[e] = 127.0 / a;
+        head.cs[e] = a / 127.0 / P_ONE;
+    }
+    // 2¹⁰⁰ (no `powi` without `std`).
+    let limit = f64::from(f32::from_bits((127 + 100) << 23));
+    let score_bound = f64::from(p.scale.abs()) * d.dk as f64 * f64::from(qmax) * f64::from(kmax);
+    // (A NaN bound, from an infinite maximum times zero, fails the comparison too.)
+    if !(score_bound < limit && f64::from(vmax) * (d.skv as f64) < limit) {
+        return false;
+    }
+    let (q, out) = io.pointers();
+    let mut bufs = Bufs {
+        qpk: Lines::zeroed(),
+        kpk,
+        vpk,
+        phi: Lines::zeroed(),
+        plo: Lines::zeroed(),
+        sums: Lines::zeroed(),
+        hi: Lines::zeroed(),
+        lo: Lines::zeroed(),
+        kscale: [0.0; KB],
+        qscale: [_mm512_setzero_ps(); TILES],
+        acc: [[0.0; L]; TILES * MAX_HEAD],
+    };
+    // Tiles: `tmm0` scores (16 keys × 16 queries of `i32`), `tmm1`, `tmm2` the two halves of
+    // `P·V` (16 features × 16 queries), `tmm3` and `tmm7` the weights' low and high bytes
+    // (16 quads of keys × 16 queries), `tmm4` keys (16 × `4·dk4` bytes), `tmm5` queries
+    // (`dk4` quads × 16 queries), `tmm6` values (16 features × 64 keys).
+    let kbytes = (4 * head.dk4) as u8;
+    let config = Config::shaped(
+        [16, 16, 16, 16, 16, head.dk4 as u8, 16, 16],
+        [64, 64, 64, 64, kbytes, 64, 64, 64],
+    );
+    // SAFETY: the caller's promise.
+    let _tiles = unsafe { Tiles::configure_as(&config) };
+    let mut c0 = 0;
+    while c0 < d.sq {
+        let rows = (TILES * L).min(d.sq - c0);
+        // SAFETY: the chunk reads rows `c0 .. c0 + rows` of the queries and writes the same
+        // rows of the outputs (`p.check` checked both against `dims`); the tiles are
+        // configured for `dk4`.
+        unsafe { chunk(q, out, p, &head, &mut bufs, c0, rows) };
+        c0 += rows;
+    }
+    true
+}
+
+/// One chunk of [`attention`]: rows `c0 .. c0 + rows` (`⌈rows/16⌉ ≤ TILES` tiles).
+///
+/// # Safety
+/// `q` holds the queries and `out` the outputs of `p.dims` (the same memory in place: the
+/// chunk packs all its queries before it writes an output); the tiles are configured as
+/// [`attention`] configures them.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn chunk(
+    q: *const f32,
+    out: *mut f32,
+    p: &Problem<'_, f32>,
+    head: &Head,
+    b: &mut Bufs<'_>,
+    c0: usize,
+    rows: usize,
+) {
+    let d = p.dims;
+    let nt = rows.div_ceil(L);
+    let (mut st, jlo, jhi) = tile_states(p, c0, rows);
+    let signed = _mm512_setzero_si512();
+    // SAFETY: reads of the chunk's rows of the queries and of the keys and values (masked
+    // to the rows, keys and features inside `dims`), writes inside `b` and, at the end, the
+    // chunk's rows of the outputs (masked).
+    unsafe {
+        // The chunk's queries: tile `t`'s quads of features as `B` rows `16t ..`.
+        for t in 0..nt {
+            let i0 = c0 + t * L;
+            let lanes = row_mask(L.min(rows - t * L));
+            let tokens = token_scales(q, d.ldq, d.dk, i0, [lanes, 0]);
+            b.qscale[t] = tokens.sx[0];
+            for r in 0..head.dk4 {
+                let word = quad_word(q, d.ldq, d.dk, i0, lanes, tokens.r[0], 4 * r, signed);
+                _mm512_store_si512(b.qpk.row(t * L + r).cast(), word);
+            }
+        }
+        for t in 0..nt {
+            for e in 0..d.dv {
+                b.acc[t * MAX_HEAD + e] = [0.0; L];
+            }
+        }
+        let mut j0 = jlo / KB * KB;
+        while j0 < jhi {
+            let nb = KB.min(d.skv - j0);
+            // Keys `j0 .. j0 + nb` as `A` rows, two halves of 32 keys (rows past `nb` zero).
+            for h in 0..2 {
+                let n = nb.saturating_sub(32 * h).min(32);
+                let masks = [row_mask(n.min(L)), row_mask(n.saturating_sub(L))];
+                let i0 = j0 + 32 * h;
+                let tokens = token_scales(p.k.as_ptr(), d.ldkv, d.dk, i0, masks);
+                pack_rows(
+                    p.k.as_ptr(),
+                    d.ldkv,
+                    d.dk,
+                    i0,
+                    masks,
+                    &tokens,
+                    (0, head.dk4, 1),
+                    b.kpk.row(32 * h).cast(),
+                );
+                for v in 0..2 {
+                    let ks = _mm512_mul_ps(tokens.sx[v], _mm512_set1_ps(p.scale));
+                    _mm512_storeu_ps(b.kscale.as_mut_ptr().add(32 * h + L * v), ks);
+                }
+            }
+            // Values `j0 .. j0 + nb` of each column as one `A` row of 64 bytes.
+            for e in 0..d.dv {
+                let col = p.v.as_ptr().add(e * d.ldkv + j0);
+                let r = _mm512_set1_ps(head.rv[e]);
+                for g in 0..KB / L {
+                    let lanes = row_mask(nb.saturating_sub(g * L).min(L));
+                    let x = _mm512_maskz_loadu_ps(lanes, col.wrapping_add(g * L));
+                    let bytes = _mm512_cvtepi32_epi8(quantize(x, r));
+                    _mm_store_si128(b.vpk.row(e).add(g * L).cast(), bytes);
+                }
+            }
+            for (t, ts) in st.iter_mut().enumerate().take(nt) {
+                if ts.hi_any <= j0 || ts.lo_any >= j0 + nb {
+                    continue;
+                }
+                block_tile(b, t, ts, head, (j0, nb), d.dv);
+            }
+            j0 += nb;
+        }
+        // Outputs: the sums over the denominator (0 for a row that saw no key).
+        for (t, ts) in st.iter().enumerate().take(nt) {
+            let lanes = row_mask(L.min(rows - t * L));
+            let has = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(ts.l, _mm512_setzero_ps());
+            let inv = _mm512_maskz_div_ps(has, _mm512_set1_ps(1.0), ts.l);
+            for e in 0..d.dv {
+                let acc = _mm512_loadu_ps(b.acc[t * MAX_HEAD + e].as_ptr());
+                let y = _mm512_mul_ps(acc, inv);
+                _mm512_mask_storeu_ps(out.wrapping_add(c0 + t * L + e * d.ldq), lanes, y);
+            }
+        }
+    }
+}
+
+/// `x · r` rounded to an integer within `±127` (to nearest, ties to even), NaN (`0 · ∞`, a
+/// zero column's values) to 0, as `i32` lanes.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn quantize(x: __m512, r: __m512) -> __m512i {
+    let xs = _mm512_mul_ps(x, r);
+    let clamped = _mm512_min_ps(
+        _mm512_max_ps(xs, _mm512_set1_ps(-127.0)),
+        _mm512_set1_ps(127.0),
+    );
+    let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(xs, xs);
+    _mm512_maskz_cvtps_epi32(!nan, clamped)
+}
+
+/// The word of four byte lanes: byte `j` of each lane from the low byte of `b[j]`'s.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn bytes_word(b: [__m512i; 4]) -> __m512i {
+    _mm512_or_si512(
+        _mm512_or_si512(b[0], _mm512_slli_epi32::<8>(b[1])),
+        _mm512_or_si512(_mm512_slli_epi32::<16>(b[2]), _mm512_slli_epi32::<24>(b[3])),
+    )
+}
+
+/// Tile `t`'s step over the packed block of keys `j0 .. j0 + nb`: scores, the online softmax
+/// update of `ts`, and `P·V` into the tile's running sums.
+///
+/// # Safety
+/// The tiles are configured as [`attention`] configures them; `b` holds the block's packed
+/// keys and values and tile `t`'s packed queries.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn block_tile(
+    b: &mut Bufs<'_>,
+    t: usize,
+    ts: &mut TileState,
+    head: &Head,
+    (j0, nb): (usize, usize),
+    dv: usize,
+) {
+    // SAFETY: `Avx512F32` needs AVX-512F, which this function is compiled with and its
+    // callers guarantee.
+    let s = unsafe { super::x86::avx512_f32() };
+    use super::simd::Simd;
+    let neg_inf = _mm512_set1_ps(f32::NEG_INFINITY);
+    let alpha = b.qscale[t];
+    // Every lane sees the whole block: no per-key masks.
+    let whole = ts.lo_all <= j0 && j0 + nb <= ts.hi_all;
+    let mut scores = [neg_inf; KB];
+    // SAFETY: the tile loads and stores read and write 16 rows of 64 bytes, `STRIDE` apart,
+    // inside `b`'s buffers (the tiles' shapes are at most that); vector loads inside `b`.
+    unsafe {
+        let qt = b.qpk.row(t * L);
+        asm!(
+            "tileloadd tmm5, [{q} + {s} * 1]",
+            q = in(reg) qt,
+            s = in(reg) STRIDE,
+            out("tmm5") _,
+            options(nostack, readonly, preserves_flags)
+        );
+        for g in 0..nb.div_ceil(L) {
+            asm!(
+                "tilezero tmm0",
+                "tileloadd tmm4, [{k} + {s} * 1]",
+                "tdpbssd tmm0, tmm4, tmm5",
+                "tilestored [{o} + {s} * 1], tmm0",
+                k = in(reg) b.kpk.row(g * L),
+                o = in(reg) b.sums.row(0),
+                s = in(reg) STRIDE,
+                out("tmm0") _,
+                out("tmm4") _,
+                options(nostack, preserves_flags)
+            );
+            for kk in 0..L.min(nb - g * L) {
+                let k = g * L + kk;
+                let sum = _mm512_load_si512(b.sums.0[kk].as_ptr().cast());
+                let sc = _mm512_mul_ps(alpha, _mm512_set1_ps(b.kscale[k]));
+                let z = _mm512_mul_ps(_mm512_cvtepi32_ps(sum), sc);
+                scores[k] = if whole {
+                    z
+                } else {
+                    // Allowed where lo ≤ key < hi.
+                    let kv = _mm512_set1_epi32((j0 + k) as i32);
+                    let ok =
+                        _mm512_cmple_epi32_mask(ts.lo, kv) & _mm512_cmpgt_epi32_mask(ts.hi, kv);
+                    _mm512_mask_blend_ps(ok, neg_inf, z)
+                };
+            }
+        }
+        // Online softmax over the block.
+        let mut bm = neg_inf;
+        for z in &scores[..nb] {
+            bm = _mm512_max_ps(bm, *z);
+        }
+        let new_mx = _mm512_max_ps(ts.mx, bm);
+        // A lane with no allowed key yet keeps maximum −∞: its weights are 0 and its
+        // correction 1 (never e^(−∞ − (−∞))).
+        let live = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(new_mx, neg_inf);
+        let shift = _mm512_mask_blend_ps(live, _mm512_setzero_ps(), new_mx);
+        let corr = _mm512_mask_blend_ps(
+            live,
+            _mm512_set1_ps(1.0),
+            s.exp(_mm512_sub_ps(ts.mx, shift)),
+        );
+        let mut l = _mm512_mul_ps(ts.l, corr);
+        // The weights as 16-bit fixed point, split into bytes: quad `r` of keys per row, a
+        // query per word (keys past the block: weight 0).
+        let (one, low) = (_mm512_set1_ps(P_ONE), _mm512_set1_epi32(0xff));
+        for r in 0..KB / 4 {
+            let mut w = [_mm512_setzero_si512(); 4];
+            if 4 * r < nb {
+                for (jj, wj) in w.iter_mut().enumerate() {
+                    let z = _mm512_sub_ps(scores[4 * r + jj], shift);
+                    let pe = _mm512_maskz_mov_ps(live, s.exp(z));
+                    l = _mm512_add_ps(l, pe);
+                    *wj = _mm512_cvtps_epi32(_mm512_mul_ps(pe, one));
+                }
+            }
+            let (mut hi, mut lo) = (w, w);
+            for jj in 0..4 {
+                hi[jj] = _mm512_srli_epi32::<8>(w[jj]);
+                lo[jj] = _mm512_and_si512(w[jj], low);
+            }
+            _mm512_store_si512(b.phi.row(r).cast(), bytes_word(hi));
+            _mm512_store_si512(b.plo.row(r).cast(), bytes_word(lo));
+        }
+        ts.mx = new_mx;
+        ts.l = l;
+        // P·V, 16 value features at a time: `256·Σ h·v̂ + Σ l·v̂` (exact in `i32`), rounded to
+        // `f32` and scaled into the running sums (rescaled by `corr`).
+        asm!(
+            "tileloadd tmm7, [{h} + {s} * 1]",
+            "tileloadd tmm3, [{l} + {s} * 1]",
+            h = in(reg) b.phi.row(0),
+            l = in(reg) b.plo.row(0),
+            s = in(reg) STRIDE,
+            out("tmm3") _,
+            out("tmm7") _,
+            options(nostack, readonly, preserves_flags)
+        );
+        for f in 0..dv.div_ceil(L) {
+            asm!(
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tileloadd tmm6, [{v} + {s} * 1]",
+                "tdpbsud tmm1, tmm6, tmm7",
+                "tdpbsud tmm2, tmm6, tmm3",
+                "tilestored [{h} + {s} * 1], tmm1",
+                "tilestored [{l} + {s} * 1], tmm2",
+                v = in(reg) b.vpk.row(f * L),
+                h = in(reg) b.hi.row(0),
+                l = in(reg) b.lo.row(0),
+                s = in(reg) STRIDE,
+                out("tmm1") _,
+                out("tmm2") _,
+                out("tmm6") _,
+                options(nostack, preserves_flags)
+            );
+            for ee in 0..L.min(dv - f * L) {
+                let e = f * L + ee;
+                let hi = _mm512_load_si512(b.hi.0[ee].as_ptr().cast());
+                let lo = _mm512_load_si512(b.lo.0[ee].as_ptr().cast());
+                let sum = _mm512_add_epi32(_mm512_slli_epi32::<8>(hi), lo);
+                let acc = b.acc[t * MAX_HEAD + e].as_mut_ptr();
+                let a = _mm512_fmadd_ps(
+                    _mm512_cvtepi32_ps(sum),
+                    _mm512_set1_ps(head.cs[e]),
+                    _mm512_mul_ps(_mm512_loadu_ps(acc), corr),
+                );
+                _mm512_storeu_ps(acc, a);
+            }
+        }
+    }
+}
