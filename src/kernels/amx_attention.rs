@@ -41,10 +41,9 @@ use super::int8::{quad_word, row_mask, token_scales};
 const L: usize = 16;
 /// Keys per block: one step of the `P·V` products (64 bytes of weights per query).
 const KB: usize = 64;
-/// Tiles of 16 queries per chunk: their running sums and packed queries are on the stack
-/// (20 KiB).
-const TILES: usize = 4;
-const _: () = assert!(TILES <= CHUNK_TILES);
+/// Tiles of 16 queries per chunk, at most (fewer when the working memory holds the running
+/// sums of fewer); their packed queries are on the stack (8 KiB).
+const TILES: usize = CHUNK_TILES;
 /// The widest head (`dk`, `dv`) [`attention`] takes; wider heads take the `f32` kernel.
 pub(crate) const MAX_HEAD: usize = 64;
 /// The softmax's weights in 16-bit fixed point: `w = round(P_ONE · p)`.
@@ -79,9 +78,10 @@ struct Head {
     dk4: usize,
 }
 
-/// The working buffers of a chunk: the packed keys and values in the working memory the
-/// caller gives the `f32` kernel (its blocks of scores and key masks, which this kernel does
-/// not otherwise use), the rest on the stack (about 26 KiB).
+/// The working buffers of a chunk: the running sums, and the packed keys and values, in the
+/// working memory the caller gives the `f32` kernel (its running sums, and its blocks of
+/// scores and key masks, which this kernel does not otherwise use), the rest on the stack
+/// (about 14 KiB).
 struct Bufs<'w> {
     /// The chunk's queries, tile `t`'s `B` operand at rows `16t ..` (quad `r` of features
     /// per row, a query per word).
@@ -101,8 +101,8 @@ struct Bufs<'w> {
     kscale: [f32; KB],
     /// Per tile: the queries' `a/127`.
     qscale: [__m512; TILES],
-    /// Running sums: tile `t`, value column `e` at `(t·MAX_HEAD + e)·16`.
-    acc: [[f32; L]; TILES * MAX_HEAD],
+    /// Running sums: tile `t`, value column `e` at `(t·dv + e)·16`.
+    acc: &'w mut [f32],
 }
 
 /// `N` lines of `work` from its first 64-byte boundary, zeroed (`None` if they do not fit).
@@ -125,9 +125,11 @@ fn lines<const N: usize>(work: &mut [f32]) -> Option<&mut Lines<N>> {
 /// what it does not take (the caller then runs the `f32` kernel): no queries, heads wider
 /// than [`MAX_HEAD`], a mask with anything but its pattern, soft-capping or a sink,
 /// non-finite queries, keys or values, magnitudes whose scores or sums could overflow, or
-/// working memory too small for a block of keys and one of values (4 KiB each).
+/// working memory too small for one tile's running sums, a block of keys and one of values
+/// (4 KiB each).
 ///
-/// The queries go in chunks of up to [`TILES`] tiles of 16, quantized and packed once.
+/// The queries go in chunks of up to [`TILES`] tiles of 16 (as many as the working memory
+/// holds the running sums of), quantized and packed once.
 /// Each chunk walks the keys its pattern lets any of its queries see in blocks of 64 (from a
 /// multiple of 64: a query's result does not depend on the queries that share its call),
 /// quantizing and packing the block's keys and values once for all its tiles.
@@ -159,9 +161,13 @@ pub(super) unsafe fn attention(
     {
         return false;
     }
+    let tiles = (work.acc.len() / (L * d.dv)).min(TILES);
     let (Some(kpk), Some(vpk)) = (lines::<KB>(work.p), lines::<MAX_HEAD>(work.allowed)) else {
         return false;
     };
+    if tiles == 0 {
+        return false;
+    }
     p.check(io);
     let amax = |x: &[f32], rows: usize, cols: usize, ld: usize| {
         // SAFETY: every column `c < cols` holds `rows` values at `c · ld`, inside `x`
@@ -208,7 +214,7 @@ pub(super) unsafe fn attention(
         lo: Lines::zeroed(),
         kscale: [0.0; KB],
         qscale: [_mm512_setzero_ps(); TILES],
-        acc: [[0.0; L]; TILES * MAX_HEAD],
+        acc: &mut work.acc[..tiles * L * d.dv],
     };
     // Tiles: `tmm0` scores (16 keys × 16 queries of `i32`), `tmm1`, `tmm2` the two halves of
     // `P·V` (16 features × 16 queries), `tmm3` and `tmm7` the weights' low and high bytes
@@ -223,7 +229,7 @@ pub(super) unsafe fn attention(
     let _tiles = unsafe { Tiles::configure_as(&config) };
     let mut c0 = 0;
     while c0 < d.sq {
-        let rows = (TILES * L).min(d.sq - c0);
+        let rows = (tiles * L).min(d.sq - c0);
         // SAFETY: the chunk reads rows `c0 .. c0 + rows` of the queries and writes the same
         // rows of the outputs (`p.check` checked both against `dims`); the tiles are
         // configured for `dk4`.
@@ -268,11 +274,7 @@ unsafe fn chunk(
                 _mm512_store_si512(b.qpk.row(t * L + r).cast(), word);
             }
         }
-        for t in 0..nt {
-            for e in 0..d.dv {
-                b.acc[t * MAX_HEAD + e] = [0.0; L];
-            }
-        }
+        b.acc[..nt * d.dv * L].fill(0.0);
         let mut j0 = jlo / KB * KB;
         while j0 < jhi {
             let nb = KB.min(d.skv - j0);
@@ -322,7 +324,7 @@ unsafe fn chunk(
             let has = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(ts.l, _mm512_setzero_ps());
             let inv = _mm512_maskz_div_ps(has, _mm512_set1_ps(1.0), ts.l);
             for e in 0..d.dv {
-                let acc = _mm512_loadu_ps(b.acc[t * MAX_HEAD + e].as_ptr());
+                let acc = _mm512_loadu_ps(b.acc[(t * d.dv + e) * L..].as_ptr());
                 let y = _mm512_mul_ps(acc, inv);
                 _mm512_mask_storeu_ps(out.wrapping_add(c0 + t * L + e * d.ldq), lanes, y);
             }
@@ -492,7 +494,7 @@ unsafe fn block_tile(
                 let hi = _mm512_load_si512(b.hi.0[ee].as_ptr().cast());
                 let lo = _mm512_load_si512(b.lo.0[ee].as_ptr().cast());
                 let sum = _mm512_add_epi32(_mm512_slli_epi32::<8>(hi), lo);
-                let acc = b.acc[t * MAX_HEAD + e].as_mut_ptr();
+                let acc = b.acc[(t * dv + e) * L..][..L].as_mut_ptr();
                 let a = _mm512_fmadd_ps(
                     _mm512_cvtepi32_ps(sum),
                     _mm512_set1_ps(head.cs[e]),

@@ -49,8 +49,9 @@
 //! - `int8.rs`, `int8_avx2.rs` and `arm_int8.rs`, the projections of `i8` weights in integer
 //!   products, bit for bit as the scalar kernel's: AVX512-VNNI (`vpdpbusd`), AVX2 (16-bit
 //!   pairs with `vpmaddwd`, or `vpdpbusd` on 256 bits with AVX-VNNI) and Arm's dot product
-//!   (`SDOT`); `dsp.rs`, the scalar kernel's `i8` inner loop on a Cortex-M with the DSP
-//!   extension (`SMLAD`).
+//!   (`SDOT`); `amx.rs`, the same projections in AMX tile products (`tdpbssd`);
+//!   `amx_attention.rs`, the attention of `i8` layers in AMX tile products; `dsp.rs`, the
+//!   scalar kernel's `i8` inner loop on a Cortex-M with the DSP extension (`SMLAD`).
 //!
 //! **Dispatch happens once per call.** Each instruction set has one table of functions per
 //! scalar type (`Table`); an entry point asks for the table of the [`selected`] kernel once
@@ -132,7 +133,9 @@ pub enum Kernel {
     /// layers with `i8` weights theirs in `i8` products (exact `i32` sums): AMX tile
     /// products (`tdpbssd`) where the CPU has AMX-INT8 (Sapphire Rapids and later) and the
     /// OS lets the process use the tiles (Linux: asked for once, with `arch_prctl`), 512-bit
-    /// `vpdpbusd` otherwise; both give the same bits. Everything else is
+    /// `vpdpbusd` otherwise; both give the same bits. With AMX, the attention of layers with
+    /// `i8` weights runs in tile products too (`QKᵀ` and `P·V` in integers, the softmax in
+    /// `f32`; see [`crate::Weight`] for its accuracy). Everything else is
     /// [`Kernel::Avx512`]'s.
     Avx512Bf16,
     /// aarch64 NEON with the BF16 and dot-product extensions (FEAT_BF16 and FEAT_DotProd:
