@@ -273,6 +273,41 @@ fn layers_stay_close_to_their_f32_twins() {
     assert!(vs_deq <= 2f64.powi(-5) && vs_full <= 2f64.powi(-5));
 }
 
+/// Layers whose attention the selected kernel may run in `i8` tile products (AMX; heads of
+/// 64, more than two tokens, masks that are only a pattern): under a causal mask and a
+/// sliding window, against the `f32` layer holding the dequantized weights on the selected
+/// kernel and, where the CPU has it, on `Kernel::Avx512` (whose attention is `f32`; its
+/// projections give the same bits as every kernel's).
+#[test]
+fn masked_layers_stay_close_to_their_f32_twins() {
+    use static_attention::Alignment;
+    let full = MultiHead::<96, 128, 2>::from_seed(21);
+    let q = full.to_weights::<i8>();
+    let deq = q.to_weights::<f32>();
+    let x = input::<96, 128>(9, 1.0);
+    let masks = [
+        Mask::causal(Alignment::TopLeft),
+        Mask::sliding_window(40, Alignment::TopLeft),
+        Mask::none(),
+    ];
+    let kernels = [None, Some(Kernel::Avx512)];
+    for kernel in kernels {
+        for mask in &masks {
+            let run = || {
+                let (y_q, y_deq) = (q.forward(&x, mask), deq.forward(&x, mask));
+                f64::from((y_q - y_deq).amax() / y_deq.amax())
+            };
+            let rel = match kernel {
+                None => run(),
+                Some(k) if Kernel::supported().any(|s| s == k) => with_kernel(k, run).unwrap(),
+                Some(_) => continue,
+            };
+            println!("MultiHead<96, 128, 2> i8, {kernel:?}: max|Δy|/max|y| {rel:.2e}");
+            assert!(rel <= 2f64.powi(-5), "{kernel:?}: {rel:.2e}");
+        }
+    }
+}
+
 /// `max |a − b| / max |b|` and `‖a − b‖₂ / ‖b‖₂`.
 fn errors<const S: usize, const D: usize>(
     a: &SMatrix<f32, S, D>,
