@@ -93,8 +93,9 @@ struct Bufs<'w> {
     /// A tile's weights over the block, high and low bytes (`B`: quad of keys per row).
     phi: Lines<L>,
     plo: Lines<L>,
-    /// Sums stored from the tiles: scores, then `P·V`'s two halves.
-    sums: Lines<L>,
+    /// Sums stored from the tiles: a block's scores (a key per row), then `P·V`'s two
+    /// halves.
+    sums: Lines<KB>,
     hi: Lines<L>,
     lo: Lines<L>,
     /// Per block key `j`: `(a_k/127)·scale`.
@@ -391,34 +392,64 @@ unsafe fn block_tile(
             out("tmm5") _,
             options(nostack, readonly, preserves_flags)
         );
-        for g in 0..nb.div_ceil(L) {
+        if nb == KB {
+            // A whole block: its four groups of 16 keys at once, into `tmm0 ..= tmm3` (`tmm1`
+            // to `tmm3` are free until the weights are packed), then the four stores.
             asm!(
                 "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
                 "tileloadd tmm4, [{k} + {s} * 1]",
                 "tdpbssd tmm0, tmm4, tmm5",
+                "tileloadd tmm4, [{k} + {s} * 1 + 1024]",
+                "tdpbssd tmm1, tmm4, tmm5",
+                "tileloadd tmm4, [{k} + {s} * 1 + 2048]",
+                "tdpbssd tmm2, tmm4, tmm5",
+                "tileloadd tmm4, [{k} + {s} * 1 + 3072]",
+                "tdpbssd tmm3, tmm4, tmm5",
                 "tilestored [{o} + {s} * 1], tmm0",
-                k = in(reg) b.kpk.row(g * L),
+                "tilestored [{o} + {s} * 1 + 1024], tmm1",
+                "tilestored [{o} + {s} * 1 + 2048], tmm2",
+                "tilestored [{o} + {s} * 1 + 3072], tmm3",
+                k = in(reg) b.kpk.row(0),
                 o = in(reg) b.sums.row(0),
                 s = in(reg) STRIDE,
                 out("tmm0") _,
+                out("tmm1") _,
+                out("tmm2") _,
+                out("tmm3") _,
                 out("tmm4") _,
                 options(nostack, preserves_flags)
             );
-            for kk in 0..L.min(nb - g * L) {
-                let k = g * L + kk;
-                let sum = _mm512_load_si512(b.sums.0[kk].as_ptr().cast());
-                let sc = _mm512_mul_ps(alpha, _mm512_set1_ps(b.kscale[k]));
-                let z = _mm512_mul_ps(_mm512_cvtepi32_ps(sum), sc);
-                scores[k] = if whole {
-                    z
-                } else {
-                    // Allowed where lo ≤ key < hi.
-                    let kv = _mm512_set1_epi32((j0 + k) as i32);
-                    let ok =
-                        _mm512_cmple_epi32_mask(ts.lo, kv) & _mm512_cmpgt_epi32_mask(ts.hi, kv);
-                    _mm512_mask_blend_ps(ok, neg_inf, z)
-                };
+        } else {
+            for g in 0..nb.div_ceil(L) {
+                asm!(
+                    "tilezero tmm0",
+                    "tileloadd tmm4, [{k} + {s} * 1]",
+                    "tdpbssd tmm0, tmm4, tmm5",
+                    "tilestored [{o} + {s} * 1], tmm0",
+                    k = in(reg) b.kpk.row(g * L),
+                    o = in(reg) b.sums.row(g * L),
+                    s = in(reg) STRIDE,
+                    out("tmm0") _,
+                    out("tmm4") _,
+                    options(nostack, preserves_flags)
+                );
             }
+        }
+        for k in 0..nb {
+            let sum = _mm512_load_si512(b.sums.0[k].as_ptr().cast());
+            let sc = _mm512_mul_ps(alpha, _mm512_set1_ps(b.kscale[k]));
+            let z = _mm512_mul_ps(_mm512_cvtepi32_ps(sum), sc);
+            scores[k] = if whole {
+                z
+            } else {
+                // Allowed where lo ≤ key < hi.
+                let kv = _mm512_set1_epi32((j0 + k) as i32);
+                let ok = _mm512_cmple_epi32_mask(ts.lo, kv) & _mm512_cmpgt_epi32_mask(ts.hi, kv);
+                _mm512_mask_blend_ps(ok, neg_inf, z)
+            };
         }
         // Online softmax over the block.
         let mut bm = neg_inf;
