@@ -97,37 +97,47 @@
 //!
 //! ```text
 //! |ŷ_n − y_n| ≤ (a/127)·(½ + 2⁻¹⁴)·Σ_p |ŵ_np| + 2⁻²¹·(Σ_p |x_p·ŵ_np| + |b_n|)
+//!              + 2⁻¹²¹·Σ_p |ŵ_np| + 2⁻¹³⁵·din
 //! ```
 //!
 //! (the first term is the inputs' rounding to integers, at most half a step `a/127` each; the
-//! second the `f32` roundings of the scales and the result).
+//! second the `f32` roundings of the scales and the result; the last two matter only for a
+//! token whose largest input is below about `3.7·10⁻³⁷`, where `127/a` overflows and each
+//! input that is not zero becomes `±127`, and for products of scales below `f32`'s normal
+//! range).
 //!
 //! **The attention of an `i8` layer** runs in `i8` tile products on
 //! [`Kernel::Avx512Bf16`](crate::kernels::Kernel::Avx512Bf16) where the CPU has AMX-INT8 and
 //! Linux grants the tiles, for calls of more than two tokens with heads of at most 64
 //! features, a mask that is only a pattern (none, causal, sliding window) and no soft-cap or
-//! sink, when every query, key and value is finite and far from overflow; anything else, and
-//! every other kernel, runs the `f32` attention. Each query and each key is quantized as a
-//! projection's inputs are (`α = a_q/127` for a query, `β_j = a_k/127` for key `j`), and a
-//! score is `f(Σ_e q̂_e·k̂_je) · (α·(β_j·scale))`, the sum exact; the softmax stays `f32`;
-//! its weights before the division, `p_j = e^(s_j − m)` in `[0, 1]`, are rounded to 16-bit
-//! fixed point (`round(65535·p_j)`), each value column is quantized with one scale over the
-//! head's keys (`c_e = max_j |v_je| / 127`), and `P·V` sums the integer products exactly; the
-//! denominator sums the `f32` weights. Against the exact attention on the same `f32` inputs,
-//! every output keeps (tested over every pattern, odd shapes and logits up to about ±30,
-//! `kernels::tests`):
+//! sink, when every query, key and value is finite, far from overflow, and no row of them
+//! has a largest magnitude below `2⁻¹⁰⁰` other than 0; anything else, and every other
+//! kernel, runs the `f32` attention. Each query, each key and each key's values are
+//! quantized as a projection's inputs are, per row (`α = a_q/127` for a query, `β_j =
+//! a_k/127` for key `j`, `d_j = max_e |v_je| / 127` for its values), so no output depends on
+//! a key or value its query does not see. A score is `f(Σ_e q̂_e·k̂_je) · (α·(β_j·scale))`,
+//! the sum exact; the online softmax stays `f32`. In each block of 64 keys, the weights
+//! `p_j = e^(s_j − m)` (`m` the row's running maximum) times their keys' value scales,
+//! `u_j = p_j·d_j`, are rounded to 16-bit fixed point against the block's largest,
+//! `w_j = round(65535·u_j / max u)`, and `P·V` sums `Σ_j w_j·v̂_je` exactly, scaled by
+//! `max u / 65535`; the denominator sums the `f32` weights `p_j`. Against the exact attention
+//! on the same `f32` inputs every output keeps (tested over every pattern, odd shapes,
+//! negative scales and logits up to about ±30, `kernels::tests`):
 //!
 //! ```text
-//! |ŷ_e − y_e| ≤ 2·(e^(2Δ) − 1)·max|v| + (½ + 2⁻¹⁴)·c_e + n·2⁻¹⁶·max|v|
+//! |ŷ − y| ≤ (2·(e^(2Δ) − 1) + (½ + 2⁻¹⁴)/127 + 2⁻¹⁰) · max|v|
 //! Δ = |scale|·max_j [(½ + 2⁻¹⁴)·(α·‖k_j‖₁ + β_j·‖q‖₁) + (½ + 2⁻¹⁴)²·dk·α·β_j + 2⁻²⁰·Σ_e |q_e·k_je|]
 //! ```
 //!
-//! (`Δ` bounds how far the rounding of `q` and `k` can move a row's scores; the second term
-//! is the values' rounding, the third the weights' over the row's `n` keys.) Through a whole
-//! layer, against the `f32` layer holding the dequantized weights, every output of the
-//! tested layers stays within `2⁻⁵ · max|y|` (initialised as PyTorch does) or `2⁻⁴ · max|y|`
-//! (weights uniform in `[−1, 1]`, whose larger logits the rounding of the scores moves more),
-//! `tests/int8_weights.rs`. To run an `i8` layer's attention in `f32` on such a CPU, pick
+//! (`Δ` bounds how far the rounding of `q` and `k` can move a row's scores, the two
+//! products of rounding errors included; `(½ + 2⁻¹⁴)/127` is the values' rounding, and
+//! `2⁻¹⁰` the weights': at most 64 keys of a block, each within half a step of `max u`,
+//! against a denominator of at least each block's largest weight.) Through a whole layer,
+//! against the `f32` layer holding the dequantized weights, every output of the tested
+//! layers stays within `2⁻⁵ · max|y|` (initialised as PyTorch does, with and without causal
+//! masks and sliding windows) or `2⁻⁴ · max|y|` (weights uniform in `[−1, 1]`, whose larger
+//! logits the rounding of the scores moves more), `tests/int8_weights.rs`. To run an `i8`
+//! layer's attention in `f32` on such a CPU, pick
 //! [`Kernel::Avx512`](crate::kernels::Kernel::Avx512) with
 //! [`with_kernel`](crate::kernels::with_kernel): its projections give the same bits (every
 //! kernel's do). Saved to safetensors, a projection is `weight` (`I8`) beside

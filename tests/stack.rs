@@ -79,9 +79,9 @@ enum Need {
 
 /// What a layer with `bf16` weights adds for its kernels (docs/MEMORY.md): 24 KiB.
 const BF16_STACK: usize = 24 << 10;
-/// What a layer with `i8` weights adds for its kernels (docs/MEMORY.md): 24 KiB (the
+/// What a layer with `i8` weights adds for its kernels (docs/MEMORY.md): 48 KiB (the
 /// attention in AMX tile products).
-const I8_STACK: usize = 24 << 10;
+const I8_STACK: usize = 48 << 10;
 
 /// The fixed allowance for an entry point's own frames (loops, pointers, small arrays), in
 /// the profile this test was built with: 16 KiB at `opt-level ≥ 1`, 640 KiB at `opt-level =

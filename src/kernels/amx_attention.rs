@@ -10,19 +10,23 @@
 //! features): a 16 × 16 tile of sums, one row of 16 queries per key, which is the layout
 //! the online softmax works in (a query per lane, as in `bf16::attention`).
 //!
-//! **`P·V`.** The softmax's weights of a block of 64 keys, `e^(s − m)` in `[0, 1]`, are
-//! rounded to 16-bit fixed point, `w = round(65535 · p)`, and split into bytes, `w = 256·h +
-//! l`; each value column is quantized with one scale over all the head's keys, `v̂ =
-//! round(v·127/max_j |v_j|)`. Two tile products (`tdpbsud`: signed values `A`, 16 features ×
-//! 64 keys, by unsigned weights `B`) sum `Σ h·v̂` and `Σ l·v̂`; `256·Σh·v̂ + Σl·v̂` is the exact
-//! `Σ w·v̂` (below `2³¹`), rounded once to `f32` and scaled by `(max|v|/127)/65535` into the
-//! running sums. The denominator sums the `f32` weights themselves.
+//! **`P·V`.** Each key's values are quantized with their own scale (`d_j = max_e |v_je| /
+//! 127`: no output depends on a value its query does not see). In a block of 64 keys, the
+//! softmax's weights `p_j = e^(s_j − m)` times those scales, `u_j = p_j·d_j`, are rounded to
+//! 16-bit fixed point against the block's largest, `w_j = round(65535·u_j / max u)` (each
+//! block its own scale, so a long tail of small weights keeps its precision), and split
+//! into bytes, `w = 256·h + l`. Two tile products (`tdpbsud`: signed values `A`, 16 features
+//! × 64 keys, by unsigned weights `B`) sum `Σ h·v̂` and `Σ l·v̂`; `256·Σh·v̂ + Σl·v̂` is the
+//! exact `Σ w·v̂` (below `2³¹`), rounded once to `f32` and scaled by `max u / 65535` into the
+//! running sums. The denominator sums the `f32` weights `p_j` themselves.
 //!
 //! What this changes against the `f32` attention on the same inputs (the accuracy contract,
 //! stated in the docs of [`crate::Weight`]): the rounding of `q` and `k` moves a score by at
-//! most `Δ` (their half steps times the other's sum of magnitudes), which moves each weight
-//! by a factor within `e^(±2Δ)`; the weights' 16-bit rounding and the values' 8-bit one add
-//! at most `2⁻¹⁶` per key and half a step of the value's column.
+//! most `Δ` (their half steps times the other's sum of magnitudes, and the product of the
+//! two), which moves each weight by a factor within `e^(±2Δ)`; the values' rounding adds at
+//! most half a step of the largest key's, `(½ + 2⁻¹⁴)·max|v|/127`, and the weights' at most
+//! `2⁻¹⁰·max|v|` (64 half steps of `max u` per block, against a denominator of at least each
+//! block's largest weight).
 
 #![allow(
     // Index loops over lanes, keys and features read like the math they implement.
@@ -34,7 +38,7 @@ use core::arch::x86_64::*;
 
 use super::amx::{Config, Tiles, pack_rows};
 use super::args::{Problem, QueryIo, WorkRef};
-use super::bf16::{CHUNK_TILES, TileState, max_abs_bits, tile_states};
+use super::bf16::{TileState, tile_states};
 use super::int8::{quad_word, row_mask, token_scales};
 
 /// Queries per tile (a vector of lanes), and keys per tile of scores.
@@ -42,8 +46,8 @@ const L: usize = 16;
 /// Keys per block: one step of the `P·V` products (64 bytes of weights per query).
 const KB: usize = 64;
 /// Tiles of 16 queries per chunk, at most (fewer when the working memory holds the running
-/// sums of fewer); their packed queries are on the stack (8 KiB).
-const TILES: usize = CHUNK_TILES;
+/// sums of fewer); their packed queries are on the stack (16 KiB).
+const TILES: usize = 16;
 /// The widest head (`dk`, `dv`) [`attention`] takes; wider heads take the `f32` kernel.
 pub(crate) const MAX_HEAD: usize = 64;
 /// The softmax's weights in 16-bit fixed point: `w = round(P_ONE · p)`.
@@ -58,25 +62,19 @@ impl<const N: usize> Lines<N> {
         Self([[0; L]; N])
     }
 
-    /// Row `r`'s first byte.
+    /// Row `r`'s first byte (a pointer to the whole buffer: a tile's loads and stores reach
+    /// the rows after it).
     fn row(&mut self, r: usize) -> *mut u8 {
-        self.0[r].as_mut_ptr().cast()
+        self.0.as_mut_ptr().wrapping_add(r).cast()
     }
 }
 
 /// Bytes from one tile row to the next in every buffer.
 const STRIDE: usize = 64;
 
-/// The per-head setup shared by the chunks: the values' per-column scales (`c_e = max|v_e| /
-/// 127` and its inverse, and `c_e / 65535` for the epilogue) and the tile shapes.
-struct Head {
-    /// `127 / max|v_e|` (infinite for a column of zeros, whose values all quantize to 0).
-    rv: [f32; MAX_HEAD],
-    /// `(max|v_e| / 127) / 65535`.
-    cs: [f32; MAX_HEAD],
-    /// Quads of query and key features (`⌈dk/4⌉`).
-    dk4: usize,
-}
+/// The smallest largest magnitude of a row of queries, keys or values (other than 0) the
+/// kernel quantizes, `2⁻¹⁰⁰`: below about `3.7·10⁻³⁷` the row's `127 / a` would overflow.
+const TINY_BITS: u32 = (127 - 100) << 23;
 
 /// The working buffers of a chunk: the running sums, and the packed keys and values, in the
 /// working memory the caller gives the `f32` kernel (its running sums, and its blocks of
@@ -98,8 +96,9 @@ struct Bufs<'w> {
     sums: Lines<KB>,
     hi: Lines<L>,
     lo: Lines<L>,
-    /// Per block key `j`: `(a_k/127)·scale`.
+    /// Per block key `j`: `(a_k/127)·scale`, and its values' `max_e |v_je| / 127`.
     kscale: [f32; KB],
+    vscale: [f32; KB],
     /// Per tile: the queries' `a/127`.
     qscale: [__m512; TILES],
     /// Running sums: tile `t`, value column `e` at `(t·dv + e)·16`.
@@ -170,39 +169,32 @@ pub(super) unsafe fn attention(
         return false;
     }
     p.check(io);
-    let amax = |x: &[f32], rows: usize, cols: usize, ld: usize| {
-        // SAFETY: every column `c < cols` holds `rows` values at `c · ld`, inside `x`
-        // (checked by `p.check` and the slicing below).
-        let bits = unsafe { max_abs_bits(x, rows, cols, ld) };
-        if bits < f32::INFINITY.to_bits() {
-            f32::from_bits(bits)
-        } else {
-            f32::INFINITY
-        }
+    // Finite operands; magnitudes far from overflow: |score| ≤ scale·dk·max|q|·max|k| and
+    // every sum of values ≤ skv·max|v| stay below 2¹⁰⁰; no row whose quantization would
+    // overflow (a largest magnitude below 2⁻¹⁰⁰ but not 0).
+    // SAFETY: every column `c` of each operand holds its rows at `c · ld`, inside the slice
+    // (`p.check`).
+    let ranges = unsafe {
+        [
+            row_range(io.queries(), d.sq, d.dk, d.ldq),
+            row_range(p.k, d.skv, d.dk, d.ldkv),
+            row_range(p.v, d.skv, d.dv, d.ldkv),
+        ]
     };
-    // Finite operands, and magnitudes far from overflow: |score| ≤ scale·dk·max|q|·max|k|
-    // and every sum of values ≤ skv·max|v| stay below 2¹⁰⁰.
-    let qmax = amax(io.queries(), d.sq, d.dk, d.ldq);
-    let kmax = amax(p.k, d.skv, d.dk, d.ldkv);
-    let mut head = Head {
-        rv: [0.0; MAX_HEAD],
-        cs: [0.0; MAX_HEAD],
-        dk4: d.dk.div_ceil(4),
-    };
-    let mut vmax = 0f32;
-    for e in 0..d.dv {
-        let a = amax(&p.v[e * d.ldkv..], d.skv, 1, d.ldkv);
-        vmax = vmax.max(a);
-        head.rv[e] = 127.0 / a;
-        head.cs[e] = a / 127.0 / P_ONE;
-    }
-    // 2¹⁰⁰ (no `powi` without `std`).
-    let limit = f64::from(f32::from_bits((127 + 100) << 23));
-    let score_bound = f64::from(p.scale.abs()) * d.dk as f64 * f64::from(qmax) * f64::from(kmax);
-    // (A NaN bound, from an infinite maximum times zero, fails the comparison too.)
-    if !(score_bound < limit && f64::from(vmax) * (d.skv as f64) < limit) {
+    if ranges
+        .iter()
+        .any(|&(max, min)| max >= f32::INFINITY.to_bits() || min < TINY_BITS)
+    {
         return false;
     }
+    let [qmax, kmax, vmax] = ranges.map(|(max, _)| f64::from(f32::from_bits(max)));
+    // 2¹⁰⁰ (no `powi` without `std`).
+    let limit = f64::from(f32::from_bits((127 + 100) << 23));
+    let score_bound = f64::from(p.scale.abs()) * d.dk as f64 * qmax * kmax;
+    if !(score_bound < limit && vmax * (d.skv as f64) < limit) {
+        return false;
+    }
+    let dk4 = d.dk.div_ceil(4);
     let (q, out) = io.pointers();
     let mut bufs = Bufs {
         qpk: Lines::zeroed(),
@@ -214,6 +206,7 @@ pub(super) unsafe fn attention(
         hi: Lines::zeroed(),
         lo: Lines::zeroed(),
         kscale: [0.0; KB],
+        vscale: [0.0; KB],
         qscale: [_mm512_setzero_ps(); TILES],
         acc: &mut work.acc[..tiles * L * d.dv],
     };
@@ -221,9 +214,9 @@ pub(super) unsafe fn attention(
     // `P·V` (16 features × 16 queries), `tmm3` and `tmm7` the weights' low and high bytes
     // (16 quads of keys × 16 queries), `tmm4` keys (16 × `4·dk4` bytes), `tmm5` queries
     // (`dk4` quads × 16 queries), `tmm6` values (16 features × 64 keys).
-    let kbytes = (4 * head.dk4) as u8;
+    let kbytes = (4 * dk4) as u8;
     let config = Config::shaped(
-        [16, 16, 16, 16, 16, head.dk4 as u8, 16, 16],
+        [16, 16, 16, 16, 16, dk4 as u8, 16, 16],
         [64, 64, 64, 64, kbytes, 64, 64, 64],
     );
     // SAFETY: the caller's promise.
@@ -234,7 +227,7 @@ pub(super) unsafe fn attention(
         // SAFETY: the chunk reads rows `c0 .. c0 + rows` of the queries and writes the same
         // rows of the outputs (`p.check` checked both against `dims`); the tiles are
         // configured for `dk4`.
-        unsafe { chunk(q, out, p, &head, &mut bufs, c0, rows) };
+        unsafe { chunk(q, out, p, dk4, &mut bufs, c0, rows) };
         c0 += rows;
     }
     true
@@ -251,14 +244,14 @@ unsafe fn chunk(
     q: *const f32,
     out: *mut f32,
     p: &Problem<'_, f32>,
-    head: &Head,
+    dk4: usize,
     b: &mut Bufs<'_>,
     c0: usize,
     rows: usize,
 ) {
     let d = p.dims;
     let nt = rows.div_ceil(L);
-    let (mut st, jlo, jhi) = tile_states(p, c0, rows);
+    let (mut st, jlo, jhi) = tile_states::<TILES>(p, c0, rows);
     let signed = _mm512_setzero_si512();
     // SAFETY: reads of the chunk's rows of the queries and of the keys and values (masked
     // to the rows, keys and features inside `dims`), writes inside `b` and, at the end, the
@@ -270,7 +263,7 @@ unsafe fn chunk(
             let lanes = row_mask(L.min(rows - t * L));
             let tokens = token_scales(q, d.ldq, d.dk, i0, [lanes, 0]);
             b.qscale[t] = tokens.sx[0];
-            for r in 0..head.dk4 {
+            for r in 0..dk4 {
                 let word = quad_word(q, d.ldq, d.dk, i0, lanes, tokens.r[0], 4 * r, signed);
                 _mm512_store_si512(b.qpk.row(t * L + r).cast(), word);
             }
@@ -279,9 +272,10 @@ unsafe fn chunk(
         let mut j0 = jlo / KB * KB;
         while j0 < jhi {
             let nb = KB.min(d.skv - j0);
-            // Keys `j0 .. j0 + nb` as `A` rows, two halves of 32 keys (rows past `nb` zero).
-            for h in 0..2 {
-                let n = nb.saturating_sub(32 * h).min(32);
+            // Keys `j0 .. j0 + nb` as `A` rows, in halves of 32 keys (rows past `nb` zero; a
+            // block of 32 keys or fewer has no second half, and its products never read it).
+            for h in 0..nb.div_ceil(32) {
+                let n = (nb - 32 * h).min(32);
                 let masks = [row_mask(n.min(L)), row_mask(n.saturating_sub(L))];
                 let i0 = j0 + 32 * h;
                 let tokens = token_scales(p.k.as_ptr(), d.ldkv, d.dk, i0, masks);
@@ -292,7 +286,7 @@ unsafe fn chunk(
                     i0,
                     masks,
                     &tokens,
-                    (0, head.dk4, 1),
+                    (0, dk4, 1),
                     b.kpk.row(32 * h).cast(),
                 );
                 for v in 0..2 {
@@ -300,14 +294,17 @@ unsafe fn chunk(
                     _mm512_storeu_ps(b.kscale.as_mut_ptr().add(32 * h + L * v), ks);
                 }
             }
-            // Values `j0 .. j0 + nb` of each column as one `A` row of 64 bytes.
-            for e in 0..d.dv {
-                let col = p.v.as_ptr().add(e * d.ldkv + j0);
-                let r = _mm512_set1_ps(head.rv[e]);
-                for g in 0..KB / L {
-                    let lanes = row_mask(nb.saturating_sub(g * L).min(L));
-                    let x = _mm512_maskz_loadu_ps(lanes, col.wrapping_add(g * L));
-                    let bytes = _mm512_cvtepi32_epi8(quantize(x, r));
+            // Values `j0 .. j0 + nb`, each key's quantized with its own scale (so no output
+            // depends on a value its query does not see), as `A` rows: a feature's 64 keys per
+            // row. (The bytes of keys past `nb` meet weights of 0.)
+            for g in 0..nb.div_ceil(L) {
+                let (j, lanes) = (j0 + g * L, row_mask((nb - g * L).min(L)));
+                let keys = token_scales(p.v.as_ptr(), d.ldkv, d.dv, j, [lanes, 0]);
+                _mm512_storeu_ps(b.vscale.as_mut_ptr().add(g * L), keys.sx[0]);
+                for e in 0..d.dv {
+                    let col = p.v.as_ptr().add(e * d.ldkv + j);
+                    let x = _mm512_maskz_loadu_ps(lanes, col);
+                    let bytes = _mm512_cvtepi32_epi8(quantize(x, keys.r[0]));
                     _mm_store_si128(b.vpk.row(e).add(g * L).cast(), bytes);
                 }
             }
@@ -315,7 +312,7 @@ unsafe fn chunk(
                 if ts.hi_any <= j0 || ts.lo_any >= j0 + nb {
                     continue;
                 }
-                block_tile(b, t, ts, head, (j0, nb), d.dv);
+                block_tile(b, t, ts, (j0, nb), d.dv);
             }
             j0 += nb;
         }
@@ -334,7 +331,7 @@ unsafe fn chunk(
 }
 
 /// `x · r` rounded to an integer within `±127` (to nearest, ties to even), NaN (`0 · ∞`, a
-/// zero column's values) to 0, as `i32` lanes.
+/// zero row's values) to 0, as `i32` lanes.
 #[target_feature(enable = "avx512f")]
 #[inline]
 fn quantize(x: __m512, r: __m512) -> __m512i {
@@ -345,6 +342,34 @@ fn quantize(x: __m512, r: __m512) -> __m512i {
     );
     let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(xs, xs);
     _mm512_maskz_cvtps_epi32(!nan, clamped)
+}
+
+/// The bits of the largest `|x|` over `rows × cols` values (column `c` at `c · ld`; at least
+/// those of infinity when a value is not finite), and of the smallest largest `|x|` of a row
+/// other than 0 (`u32::MAX` when every row is zeros).
+///
+/// # Safety
+/// Every column `c < cols` holds `rows` values at `c · ld`, inside `x`.
+#[target_feature(enable = "avx512f")]
+unsafe fn row_range(x: &[f32], rows: usize, cols: usize, ld: usize) -> (u32, u32) {
+    let abs = _mm512_set1_epi32(0x7fff_ffff);
+    let (mut max, mut min) = (_mm512_setzero_si512(), _mm512_set1_epi32(-1));
+    let mut i = 0;
+    while i < rows {
+        let lanes = row_mask(L.min(rows - i));
+        let mut m = _mm512_setzero_si512();
+        for c in 0..cols {
+            let col = &x[c * ld + i..c * ld + i + L.min(rows - i)];
+            // SAFETY: the lanes of `col` (the rest masked off).
+            let v = unsafe { _mm512_maskz_loadu_epi32(lanes, col.as_ptr().cast()) };
+            m = _mm512_max_epu32(m, _mm512_and_si512(v, abs));
+        }
+        max = _mm512_max_epu32(max, m);
+        let nonzero = _mm512_test_epi32_mask(m, m);
+        min = _mm512_mask_min_epu32(min, nonzero, min, m);
+        i += L;
+    }
+    (_mm512_reduce_max_epu32(max), _mm512_reduce_min_epu32(min))
 }
 
 /// The word of four byte lanes: byte `j` of each lane from the low byte of `b[j]`'s.
@@ -368,7 +393,6 @@ unsafe fn block_tile(
     b: &mut Bufs<'_>,
     t: usize,
     ts: &mut TileState,
-    head: &Head,
     (j0, nb): (usize, usize),
     dv: usize,
 ) {
@@ -467,17 +491,31 @@ unsafe fn block_tile(
             s.exp(_mm512_sub_ps(ts.mx, shift)),
         );
         let mut l = _mm512_mul_ps(ts.l, corr);
-        // The weights as 16-bit fixed point, split into bytes: quad `r` of keys per row, a
-        // query per word (keys past the block: weight 0).
+        // The weights `p_j = e^(s_j − m)` (0 for keys past the block) times their keys' value
+        // scales, `u_j = p_j·d_j`, in place of the scores; the denominator sums the `p_j`.
+        let mut umax = _mm512_setzero_ps();
+        for (k, z) in scores.iter_mut().enumerate().take(nb) {
+            let pe = _mm512_maskz_mov_ps(live, s.exp(_mm512_sub_ps(*z, shift)));
+            l = _mm512_add_ps(l, pe);
+            *z = _mm512_mul_ps(pe, _mm512_set1_ps(b.vscale[k]));
+            umax = _mm512_max_ps(umax, *z);
+        }
+        // The `u_j` in 16-bit fixed point against the block's largest, `w_j = round(65535 ·
+        // u_j / max u)` (each block its own: a tail of small weights keeps its precision),
+        // split into bytes: quad `r` of keys per row, a query per word. A lane whose block
+        // is all zeros has scale 0.
+        let some = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(umax, _mm512_setzero_ps());
+        let to_fixed = _mm512_maskz_div_ps(some, _mm512_set1_ps(P_ONE), umax);
+        let wscale = _mm512_mul_ps(umax, _mm512_set1_ps(1.0 / P_ONE));
         let (one, low) = (_mm512_set1_ps(P_ONE), _mm512_set1_epi32(0xff));
         for r in 0..KB / 4 {
             let mut w = [_mm512_setzero_si512(); 4];
-            if 4 * r < nb {
-                for (jj, wj) in w.iter_mut().enumerate() {
-                    let z = _mm512_sub_ps(scores[4 * r + jj], shift);
-                    let pe = _mm512_maskz_mov_ps(live, s.exp(z));
-                    l = _mm512_add_ps(l, pe);
-                    *wj = _mm512_cvtps_epi32(_mm512_mul_ps(pe, one));
+            for (jj, wj) in w.iter_mut().enumerate() {
+                let k = 4 * r + jj;
+                if k < nb {
+                    // (Within 65535 whatever the roundings.)
+                    let u = _mm512_min_ps(_mm512_mul_ps(scores[k], to_fixed), one);
+                    *wj = _mm512_cvtps_epi32(u);
                 }
             }
             let (mut hi, mut lo) = (w, w);
@@ -490,8 +528,9 @@ unsafe fn block_tile(
         }
         ts.mx = new_mx;
         ts.l = l;
-        // P·V, 16 value features at a time: `256·Σ h·v̂ + Σ l·v̂` (exact in `i32`), rounded to
-        // `f32` and scaled into the running sums (rescaled by `corr`).
+        // P·V, 16 value features at a time: `Σ w·v̂ = 256·Σ h·v̂ + Σ l·v̂` (exact in `i32`),
+        // rounded to `f32` and scaled by `max u / 65535` into the running sums (rescaled by
+        // `corr`).
         asm!(
             "tileloadd tmm7, [{h} + {s} * 1]",
             "tileloadd tmm3, [{l} + {s} * 1]",
@@ -528,7 +567,7 @@ unsafe fn block_tile(
                 let acc = b.acc[(t * dv + e) * L..][..L].as_mut_ptr();
                 let a = _mm512_fmadd_ps(
                     _mm512_cvtepi32_ps(sum),
-                    _mm512_set1_ps(head.cs[e]),
+                    wscale,
                     _mm512_mul_ps(_mm512_loadu_ps(acc), corr),
                 );
                 _mm512_storeu_ps(acc, a);

@@ -362,7 +362,7 @@ const KBF: usize = 32;
 const _: () = assert!(QT == L && KBF == 2 * L);
 /// Tiles of queries that share each packed block of keys and values (fewer when `work`
 /// holds the running sums of fewer, or their packed queries would not fit [`QPK_WORDS`]).
-pub(super) const CHUNK_TILES: usize = 8;
+const CHUNK_TILES: usize = 8;
 /// Words of a chunk's packed queries on the stack (16 KiB): 8 tiles of heads up to 64 wide,
 /// 4 of heads up to 128.
 const QPK_WORDS: usize = 4096;
@@ -521,15 +521,15 @@ pub(super) struct TileState {
     pub(super) l: __m512,
 }
 
-/// The states of the tiles of rows `c0 .. c0 + rows` (`⌈rows/16⌉ ≤ CHUNK_TILES` tiles of 16
+/// The states of the tiles of rows `c0 .. c0 + rows` (`⌈rows/16⌉ ≤ N` tiles of 16
 /// queries, a query per lane; lanes past the rows see no key) from the mask's pattern, and the
 /// keys any of them sees, `jlo .. jhi` (empty when `jlo ≥ jhi`).
 #[target_feature(enable = "avx512f")]
-pub(super) fn tile_states(
+pub(super) fn tile_states<const N: usize>(
     p: &super::args::Problem<'_, f32>,
     c0: usize,
     rows: usize,
-) -> ([TileState; CHUNK_TILES], usize, usize) {
+) -> ([TileState; N], usize, usize) {
     let d = p.dims;
     let m = p.mask;
     let nt = rows.div_ceil(QT);
@@ -544,7 +544,7 @@ pub(super) fn tile_states(
         mx: neg_inf,
         l: _mm512_setzero_ps(),
     };
-    let mut st = [empty; CHUNK_TILES];
+    let mut st = [empty; N];
     let (mut jlo, mut jhi) = (d.skv, 0);
     for (t, ts) in st.iter_mut().enumerate().take(nt) {
         let live = QT.min(rows - t * QT);
@@ -593,7 +593,7 @@ unsafe fn attention_chunk(
     let d = p.dims;
     let nt = rows.div_ceil(QT);
     let dk2 = d.dk.div_ceil(2);
-    let (mut st, jlo, jhi) = tile_states(p, c0, rows);
+    let (mut st, jlo, jhi) = tile_states::<CHUNK_TILES>(p, c0, rows);
     debug_assert!(nt <= CHUNK_TILES && nt * dk2 * QT <= QPK_WORDS);
     let mut qpk = [0u32; QPK_WORDS];
     let Packs { acc, kpk, vpk } = w;

@@ -1091,7 +1091,7 @@ fn bf16_attention_keeps_its_contract() {
                     .sum::<f64>()
             })
             .fold(0f64, f64::max);
-        let delta = c.scale * (2.0 * u + u * u + gamma(c.dk) * (1.0 + u).powi(2)) * row;
+        let delta = c.scale.abs() * (2.0 * u + u * u + gamma(c.dk) * (1.0 + u).powi(2)) * row;
         std::vec![(4.0 * u + 2.0 * ((2.0 * delta).exp() - 1.0)) * c.vmax; c.dv]
     };
     let worst = reduced_attention_contract(f, 128, &bound);
@@ -1101,11 +1101,10 @@ fn bf16_attention_keeps_its_contract() {
 /// The attention in `i8` tile products (AMX's `attention_i8`, on [`Kernel::Avx512Bf16`]
 /// where the CPU has AMX) against an f64 oracle on the same `f32` inputs, under its contract
 /// (the `weight` module's docs), over the cases of [`reduced_attention_contract`]: every
-/// output within this of the exact attention (`α = max|q|/127`, `β_j = max|k_j|/127`,
-/// `c_e = max_j |v_je|/127`, `n` keys):
+/// output within this of the exact attention (`α = max|q|/127`, `β_j = max|k_j|/127`):
 ///
 /// ```text
-/// 2·(e^(2Δ) − 1)·max|v| + (½ + 2⁻¹⁴)·c_e + n·2⁻¹⁶·max|v|
+/// (2·(e^(2Δ) − 1) + (½ + 2⁻¹⁴)/127 + 2⁻¹⁰)·max|v|
 /// Δ = |scale|·max_j [(½ + 2⁻¹⁴)·(α·‖k_j‖₁ + β_j·‖q‖₁) + (½ + 2⁻¹⁴)²·dk·α·β_j + 2⁻²⁰·Σ_e |q_e·k_je|]
 /// ```
 #[test]
@@ -1139,25 +1138,126 @@ fn i8_attention_keeps_its_contract() {
             })
             .fold(0f64, f64::max)
             * c.scale.abs();
-        (0..c.dv)
-            .map(|e| {
-                let ce = row_max(c.v, 1, e * c.skv, c.skv) / 127.0;
-                2.0 * ((2.0 * delta).exp() - 1.0) * c.vmax
-                    + half * ce
-                    + c.skv as f64 * 2f64.powi(-16) * c.vmax
-            })
-            .collect()
+        let bound = (2.0 * ((2.0 * delta).exp() - 1.0) + half / 127.0 + 2f64.powi(-10)) * c.vmax;
+        std::vec![bound; c.dv]
     };
     let worst = reduced_attention_contract(f, 64, &bound);
     std::println!("i8 attention: worst error / contract bound = {worst:.3}");
 }
 
-/// One problem of [`reduced_attention_contract`]: the operands (column-major, `sq`, `skv`
-/// rows), the scale and the largest `|v|`.
+/// The `i8` attention where a coarse rounding would show: one key that takes most of the
+/// weight beside a long tail of keys whose weights are each below half of `2⁻¹⁶` of it (an
+/// attention sink's shape); causal rows whose keys' values are small while a later key's is
+/// large (no output may depend on a value its query does not see); and the problems it
+/// declines besides [`reduced_attention_contract`]'s: a head 65 wide, and a row of keys or
+/// values whose largest magnitude is below `2⁻¹⁰⁰` but not 0.
+#[test]
+fn i8_attention_keeps_tails_and_ignores_unseen_values() {
+    let Some(f) = Kernel::supported()
+        .find(|&k| k == Kernel::Avx512Bf16)
+        .map(table::<f32>)
+        .and_then(|t| t.attention_i8)
+    else {
+        return;
+    };
+    let run = |q: &[f32], k: &[f32], v: &[f32], dims: Dims, pattern: Pattern| {
+        let data = MaskData {
+            pattern,
+            attend: None,
+            block: None,
+            pad: None,
+            additive: None,
+            alibi: None,
+        };
+        let view = data.view::<f32>(dims.sq, dims.skv, &None);
+        let p = Problem {
+            k,
+            v,
+            dims,
+            scale: 1.0,
+            mask: &view,
+            softcap: None,
+            sink: None,
+        };
+        let mut out = std::vec![f32::NAN; dims.sq * dims.dv];
+        let mut work: std::boxed::Box<Work<f32, 128>> = bytemuck::zeroed_box();
+        let mut io = QueryIo::Separate { q, out: &mut out };
+        // SAFETY: the kernel runs here (it is among the supported ones).
+        let taken = unsafe { f(&mut io, &p, &mut work.parts()) };
+        (taken, out)
+    };
+    // The tail: 4 queries of one feature (1), 4 000 keys; key 0's score 0 and value 0, every
+    // other's score ln(0.45 · 2⁻¹⁶) and value 1. Exact output: t / (1 + t), t = 3 999 · 0.45 ·
+    // 2⁻¹⁶ (a 16-bit rounding of the weights against the largest would give 0).
+    let skv = 4000;
+    let tail = (0.45f64 * 2f64.powi(-16)).ln();
+    let k: Vec<f32> = (0..skv)
+        .map(|j| if j == 0 { 0.0 } else { tail as f32 })
+        .collect();
+    let v: Vec<f32> = (0..skv).map(|j| if j == 0 { 0.0 } else { 1.0 }).collect();
+    let q = std::vec![1.0f32; 4];
+    let (taken, out) = run(&q, &k, &v, Dims::new(4, skv, 1, 1), Pattern::Full);
+    assert!(taken);
+    let w = f64::from(k[1]).exp();
+    let t = 3999.0 * w;
+    let want = t / (1.0 + t);
+    for &y in &out {
+        assert!(
+            (f64::from(y) - want).abs() <= 2f64.powi(-10) + want * 0.05,
+            "tail: {y} vs {want}"
+        );
+    }
+    // Causal rows do not see the last key: its value cannot change their outputs.
+    let (sq, skv, d) = (70, 70, 16);
+    let [q, k, mut v] = qkv_f32(3, sq, skv, d, d);
+    for x in &mut v {
+        *x *= 0.003;
+    }
+    let dims = Dims::new(sq, skv, d, d);
+    let causal = Pattern::Causal(Alignment::TopLeft);
+    let (_, before) = run(&q, &k, &v, dims, causal);
+    for e in 0..d {
+        v[skv - 1 + e * skv] = 1.0;
+    }
+    let (taken, after) = run(&q, &k, &v, dims, causal);
+    assert!(taken);
+    for e in 0..d {
+        for i in 0..sq - 1 {
+            assert_eq!(
+                before[i + e * sq].to_bits(),
+                after[i + e * sq].to_bits(),
+                "row {i} saw a value it cannot see"
+            );
+        }
+    }
+    // Declined: a head of 65, a tiny row of keys, a tiny row of values.
+    let [q65, k65, v65] = qkv_f32(4, 20, 30, 65, 65);
+    assert!(!run(&q65, &k65, &v65, Dims::new(20, 30, 65, 65), Pattern::Full).0);
+    let [q, mut k, mut v] = qkv_f32(5, 20, 30, 8, 8);
+    let dims = Dims::new(20, 30, 8, 8);
+    assert!(run(&q, &k, &v, dims, Pattern::Full).0);
+    for e in 0..8 {
+        k[7 + e * 30] = if e == 3 { 1e-38 } else { 0.0 };
+    }
+    assert!(
+        !run(&q, &k, &v, dims, Pattern::Full).0,
+        "a tiny row of keys"
+    );
+    let k = qkv_f32(5, 20, 30, 8, 8)[1].clone();
+    for e in 0..8 {
+        v[11 + e * 30] = if e == 0 { -3e-38 } else { 0.0 };
+    }
+    assert!(
+        !run(&q, &k, &v, dims, Pattern::Full).0,
+        "a tiny row of values"
+    );
+}
+
+/// One problem of [`reduced_attention_contract`]: the queries and keys (column-major, `sq`,
+/// `skv` rows), the scale and the largest `|v|`.
 struct Case<'a> {
     q: &'a [f32],
     k: &'a [f32],
-    v: &'a [f32],
     sq: usize,
     skv: usize,
     dk: usize,
@@ -1197,16 +1297,30 @@ fn reduced_attention_contract(
         (150, 150, 64, 64),
         (200, 37, 16, 16),
         (70, 90, 128, 40),
+        // A partial second group of 16 value columns; partial blocks of keys.
+        (40, 130, 64, 40),
+        (9, 65, 3, 1),
     ];
+    let mut logits = 0f64;
     for (case, &(sq, skv, dk, dv)) in shapes.iter().enumerate() {
         if dk.max(dv) > max_head {
             continue;
         }
-        for &scale_in in &[0.05, 1.0, 2.5] {
+        for &scale_in in &[0.05, 1.0, 2.5, 5.0] {
             let q = cast::<f32>(&values(case as u64 * 7 + 1, sq * dk, scale_in));
             let k = cast::<f32>(&values(case as u64 * 7 + 2, skv * dk, scale_in));
             let v = cast::<f32>(&values(case as u64 * 7 + 3, skv * dv, 1.0));
-            let scale = 1.0 / (dk as f64).sqrt();
+            // Every third case with a negative scale.
+            let sign = if case % 3 == 2 { -1.0 } else { 1.0 };
+            let scale = sign / (dk as f64).sqrt();
+            for i in 0..sq {
+                for j in 0..skv {
+                    let z: f64 = (0..dk)
+                        .map(|e| f64::from(q[i + e * sq]) * f64::from(k[j + e * skv]))
+                        .sum();
+                    logits = logits.max((scale * z).abs());
+                }
+            }
             for mask in masks(sq, skv, case as u64).iter().take(5) {
                 let view = mask.view::<f32>(sq, skv, &None);
                 let view64 = mask.view::<f64>(sq, skv, &None);
@@ -1260,7 +1374,6 @@ fn reduced_attention_contract(
                     let c = Case {
                         q: &q,
                         k: &k,
-                        v: &v,
                         sq,
                         skv,
                         dk,
@@ -1397,6 +1510,8 @@ fn reduced_attention_contract(
         assert!(!taken, "{what} is declined");
         assert!(out.iter().all(|x| x.is_nan()), "{what}: nothing written");
     }
+    std::println!("largest |logit| of the cases: {logits:.1}");
+    assert!(logits > 25.0, "the cases should reach large logits");
     worst
 }
 
