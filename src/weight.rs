@@ -45,11 +45,12 @@
 //! pattern, odd shapes and logits up to about ±30, `kernels::tests`):
 //!
 //! ```text
-//! |ŷ − y| ≤ (4u + 2·(e^(2Δ) − 1)) · max|v|
+//! |ŷ − y| ≤ (4u + 2·(e^(2Δ) − 1) + n·2⁻²³) · max|v|
 //! Δ = |scale| · (2u + u² + γ(dk)·(1 + u)²) · max_j Σ_e |q_e·k_je|
 //! ```
 //!
-//! (`Δ` bounds how far the rounding of `q` and `k` can move a row's scores.) Through a whole
+//! (`Δ` bounds how far the rounding of `q` and `k` can move a row's scores; `n·2⁻²³` the
+//! `f32` sums over the row's `n` keys, which the `4u` covers up to about 2¹⁷ keys.) Through a whole
 //! layer the roundings add up: on the tested and benchmarked layers (`MultiHead` up to
 //! `<512, 512, 8>`, `GroupedQuery`) every output is within `2⁻⁶ · max|y|` of the `f32`
 //! layer's (measured worst: `1.62 · 2⁻⁸ · max|y|`), and the tests hold them to that. Decoding
@@ -110,9 +111,9 @@
 //! [`Kernel::Avx512Bf16`](crate::kernels::Kernel::Avx512Bf16) where the CPU has AMX-INT8 and
 //! Linux grants the tiles, for calls of more than two tokens with heads of at most 64
 //! features, a mask that is only a pattern (none, causal, sliding window) and no soft-cap or
-//! sink, when every query, key and value is finite, far from overflow, and no row of them
-//! has a largest magnitude below `2⁻¹⁰⁰` other than 0; anything else, and every other
-//! kernel, runs the `f32` attention. Each query, each key and each key's values are
+//! sink, when every query, key and value is finite and far from overflow, and no row of
+//! queries or keys has a largest magnitude below `2⁻¹⁰⁰` other than 0 (no key's values below
+//! `2⁻⁶⁰`); anything else, and every other kernel, runs the `f32` attention. Each query, each key and each key's values are
 //! quantized as a projection's inputs are, per row (`α = a_q/127` for a query, `β_j =
 //! a_k/127` for key `j`, `d_j = max_e |v_je| / 127` for its values), so no output depends on
 //! a key or value its query does not see. A score is `f(Σ_e q̂_e·k̂_je) · (α·(β_j·scale))`,
@@ -125,14 +126,15 @@
 //! negative scales and logits up to about ±30, `kernels::tests`):
 //!
 //! ```text
-//! |ŷ − y| ≤ (2·(e^(2Δ) − 1) + (½ + 2⁻¹⁴)/127 + 2⁻¹⁰) · max|v|
+//! |ŷ − y| ≤ (2·(e^(2Δ) − 1) + (½ + 2⁻¹⁴)/127 + 2⁻¹⁰ + n·2⁻²⁸) · max|v|
 //! Δ = |scale|·max_j [(½ + 2⁻¹⁴)·(α·‖k_j‖₁ + β_j·‖q‖₁) + (½ + 2⁻¹⁴)²·dk·α·β_j + 2⁻²⁰·Σ_e |q_e·k_je|]
 //! ```
 //!
 //! (`Δ` bounds how far the rounding of `q` and `k` can move a row's scores, the two
-//! products of rounding errors included; `(½ + 2⁻¹⁴)/127` is the values' rounding, and
-//! `2⁻¹⁰` the weights': at most 64 keys of a block, each within half a step of `max u`,
-//! against a denominator of at least each block's largest weight.) Through a whole layer,
+//! products of rounding errors included; `(½ + 2⁻¹⁴)/127` is the values' rounding; `2⁻¹⁰`
+//! the weights': at most 64 keys of a block, each within half a step of `max u`, against a
+//! denominator of at least each block's largest weight; `n·2⁻²⁸` the `f32` sums over the
+//! row's `n` keys, a block at a time.) Through a whole layer,
 //! against the `f32` layer holding the dequantized weights, every output of the tested
 //! layers stays within `2⁻⁵ · max|y|` (initialised as PyTorch does, with and without causal
 //! masks and sliding windows) or `2⁻⁴ · max|y|` (weights uniform in `[−1, 1]`, whose larger

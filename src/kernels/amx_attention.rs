@@ -24,9 +24,12 @@
 //! stated in the docs of [`crate::Weight`]): the rounding of `q` and `k` moves a score by at
 //! most `Δ` (their half steps times the other's sum of magnitudes, and the product of the
 //! two), which moves each weight by a factor within `e^(±2Δ)`; the values' rounding adds at
-//! most half a step of the largest key's, `(½ + 2⁻¹⁴)·max|v|/127`, and the weights' at most
+//! most half a step of the largest key's, `(½ + 2⁻¹⁴)·max|v|/127`, the weights' at most
 //! `2⁻¹⁰·max|v|` (64 half steps of `max u` per block, against a denominator of at least each
-//! block's largest weight).
+//! block's largest weight), and the `f32` sums over `n` keys, a block at a time, at most
+//! `n·2⁻²⁸·max|v|`. Rows whose scales would overflow are declined (queries and keys below
+//! `2⁻¹⁰⁰`, values below `2⁻⁶⁰`: the latter keeps `65535 / max u` finite for any block that
+//! matters).
 
 #![allow(
     // Index loops over lanes, keys and features read like the math they implement.
@@ -38,7 +41,7 @@ use core::arch::x86_64::*;
 
 use super::amx::{Config, Tiles, pack_rows};
 use super::args::{Problem, QueryIo, WorkRef};
-use super::bf16::{TileState, tile_states};
+use super::bf16::{Step, TileState, plain, softmax_step, tile_states};
 use super::int8::{quad_word, row_mask, token_scales};
 
 /// Queries per tile (a vector of lanes), and keys per tile of scores.
@@ -50,7 +53,7 @@ const KB: usize = 64;
 const TILES: usize = 16;
 /// The widest head (`dk`, `dv`) [`attention`] takes; wider heads take the `f32` kernel.
 pub(crate) const MAX_HEAD: usize = 64;
-/// The softmax's weights in 16-bit fixed point: `w = round(P_ONE · p)`.
+/// The weights in 16-bit fixed point against a block's largest: `w = round(P_ONE · u / max u)`.
 const P_ONE: f32 = 65535.0;
 
 /// `N` rows of 64 bytes, 64-byte aligned (a tile's rows, or several tiles').
@@ -72,14 +75,20 @@ impl<const N: usize> Lines<N> {
 /// Bytes from one tile row to the next in every buffer.
 const STRIDE: usize = 64;
 
-/// The smallest largest magnitude of a row of queries, keys or values (other than 0) the
-/// kernel quantizes, `2⁻¹⁰⁰`: below about `3.7·10⁻³⁷` the row's `127 / a` would overflow.
+/// The smallest largest magnitude of a row of queries or keys (other than 0) the kernel
+/// quantizes, `2⁻¹⁰⁰`: below about `3.7·10⁻³⁷` the row's `127 / a` would overflow.
 const TINY_BITS: u32 = (127 - 100) << 23;
+/// The same for a key's values, `2⁻⁶⁰`: it keeps a block's largest weight times its value
+/// scale, `max u`, above [`U_MIN`] unless every weight of the block is below `2⁻⁴³`.
+const TINY_VALUE_BITS: u32 = (127 - 60) << 23;
+/// The smallest `max u` a block's weights are rounded against, `2⁻¹¹⁰` (`65535 / max u`
+/// stays finite); a block below it adds nothing (each of its weights below `2⁻⁴³`).
+const U_MIN: f32 = f32::from_bits((127 - 110) << 23);
 
 /// The working buffers of a chunk: the running sums, and the packed keys and values, in the
 /// working memory the caller gives the `f32` kernel (its running sums, and its blocks of
 /// scores and key masks, which this kernel does not otherwise use), the rest on the stack
-/// (about 14 KiB).
+/// (about 26 KiB).
 struct Bufs<'w> {
     /// The chunk's queries, tile `t`'s `B` operand at rows `16t ..` (quad `r` of features
     /// per row, a query per word).
@@ -144,21 +153,7 @@ pub(super) unsafe fn attention(
     work: &mut WorkRef<'_, f32>,
 ) -> bool {
     let d = p.dims;
-    let m = p.mask;
-    if d.sq == 0
-        || d.dk > MAX_HEAD
-        || d.dv > MAX_HEAD
-        || d.dk == 0
-        || d.dv == 0
-        || d.skv == 0
-        || p.softcap.is_some()
-        || p.sink.is_some()
-        || m.attend.is_some()
-        || m.block.is_some()
-        || m.pad.is_some()
-        || m.additive.is_some()
-        || m.alibi.is_some()
-    {
+    if !plain(p, MAX_HEAD) {
         return false;
     }
     let tiles = (work.acc.len() / (L * d.dv)).min(TILES);
@@ -171,7 +166,7 @@ pub(super) unsafe fn attention(
     p.check(io);
     // Finite operands; magnitudes far from overflow: |score| ≤ scale·dk·max|q|·max|k| and
     // every sum of values ≤ skv·max|v| stay below 2¹⁰⁰; no row whose quantization would
-    // overflow (a largest magnitude below 2⁻¹⁰⁰ but not 0).
+    // overflow (a largest magnitude below 2⁻¹⁰⁰ but not 0; for values 2⁻⁶⁰).
     // SAFETY: every column `c` of each operand holds its rows at `c · ld`, inside the slice
     // (`p.check`).
     let ranges = unsafe {
@@ -181,9 +176,11 @@ pub(super) unsafe fn attention(
             row_range(p.v, d.skv, d.dv, d.ldkv),
         ]
     };
+    let tiny = [TINY_BITS, TINY_BITS, TINY_VALUE_BITS];
     if ranges
         .iter()
-        .any(|&(max, min)| max >= f32::INFINITY.to_bits() || min < TINY_BITS)
+        .zip(tiny)
+        .any(|(&(max, min), tiny)| max >= f32::INFINITY.to_bits() || min < tiny)
     {
         return false;
     }
@@ -476,44 +473,39 @@ unsafe fn block_tile(
             };
         }
         // Online softmax over the block.
-        let mut bm = neg_inf;
-        for z in &scores[..nb] {
-            bm = _mm512_max_ps(bm, *z);
-        }
-        let new_mx = _mm512_max_ps(ts.mx, bm);
-        // A lane with no allowed key yet keeps maximum −∞: its weights are 0 and its
-        // correction 1 (never e^(−∞ − (−∞))).
-        let live = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(new_mx, neg_inf);
-        let shift = _mm512_mask_blend_ps(live, _mm512_setzero_ps(), new_mx);
-        let corr = _mm512_mask_blend_ps(
+        let Step {
+            new_mx,
             live,
-            _mm512_set1_ps(1.0),
-            s.exp(_mm512_sub_ps(ts.mx, shift)),
-        );
-        let mut l = _mm512_mul_ps(ts.l, corr);
+            shift,
+            corr,
+        } = softmax_step(ts, &scores[..nb]);
         // The weights `p_j = e^(s_j − m)` (0 for keys past the block) times their keys' value
-        // scales, `u_j = p_j·d_j`, in place of the scores; the denominator sums the `p_j`.
+        // scales, `u_j = p_j·d_j`, in place of the scores; the denominator adds the block's
+        // `p_j`, summed apart first (so its rounding grows with the blocks, not the keys).
         let mut umax = _mm512_setzero_ps();
+        let mut block_sum = _mm512_setzero_ps();
         for (k, z) in scores.iter_mut().enumerate().take(nb) {
             let pe = _mm512_maskz_mov_ps(live, s.exp(_mm512_sub_ps(*z, shift)));
-            l = _mm512_add_ps(l, pe);
+            block_sum = _mm512_add_ps(block_sum, pe);
             *z = _mm512_mul_ps(pe, _mm512_set1_ps(b.vscale[k]));
             umax = _mm512_max_ps(umax, *z);
         }
+        let l = _mm512_fmadd_ps(ts.l, corr, block_sum);
         // The `u_j` in 16-bit fixed point against the block's largest, `w_j = round(65535 ·
         // u_j / max u)` (each block its own: a tail of small weights keeps its precision),
-        // split into bytes: quad `r` of keys per row, a query per word. A lane whose block
-        // is all zeros has scale 0.
-        let some = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(umax, _mm512_setzero_ps());
+        // split into bytes: quad `r` of keys per row, a query per word. A lane whose `max u`
+        // is below `U_MIN` (a block of zeros, or of weights below 2⁻⁴³) adds nothing.
+        let some = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(umax, _mm512_set1_ps(U_MIN));
         let to_fixed = _mm512_maskz_div_ps(some, _mm512_set1_ps(P_ONE), umax);
-        let wscale = _mm512_mul_ps(umax, _mm512_set1_ps(1.0 / P_ONE));
+        let wscale = _mm512_maskz_mul_ps(some, umax, _mm512_set1_ps(1.0 / P_ONE));
         let (one, low) = (_mm512_set1_ps(P_ONE), _mm512_set1_epi32(0xff));
         for r in 0..KB / 4 {
             let mut w = [_mm512_setzero_si512(); 4];
             for (jj, wj) in w.iter_mut().enumerate() {
                 let k = 4 * r + jj;
                 if k < nb {
-                    // (Within 65535 whatever the roundings.)
+                    // (`u ≤ max u`, and `to_fixed` finite: within 65535 whatever the
+                    // roundings, never NaN.)
                     let u = _mm512_min_ps(_mm512_mul_ps(scores[k], to_fixed), one);
                     *wj = _mm512_cvtps_epi32(u);
                 }

@@ -399,20 +399,7 @@ pub(super) fn attention(
     work: &mut super::args::WorkRef<'_, f32>,
 ) -> bool {
     let d = p.dims;
-    let m = p.mask;
-    if d.sq == 0
-        || d.dk > MAX_HEAD
-        || d.dv > MAX_HEAD
-        || d.dk == 0
-        || d.dv == 0
-        || d.skv == 0
-        || p.softcap.is_some()
-        || p.sink.is_some()
-        || m.attend.is_some()
-        || m.block.is_some()
-        || m.pad.is_some()
-        || m.additive.is_some()
-        || m.alibi.is_some()
+    if !plain(p, MAX_HEAD)
         || work.acc.len() < QT * d.dv
         || work.p.len() < KPK_WORDS
         || work.allowed.len() < VPK_WORDS
@@ -469,6 +456,25 @@ pub(super) fn attention(
         c0 += rows;
     }
     true
+}
+
+/// Whether the reduced-precision attention kernels (this one, `amx_attention`'s) take `p`
+/// as far as its shape and mask go: queries, keys and features, heads at most `max_head`
+/// wide, a mask that is only its pattern (none, causal, a sliding window), no soft-cap and
+/// no sink.
+pub(super) fn plain(p: &super::args::Problem<'_, f32>, max_head: usize) -> bool {
+    let (d, m) = (p.dims, p.mask);
+    d.sq > 0
+        && d.skv > 0
+        && (1..=max_head).contains(&d.dk)
+        && (1..=max_head).contains(&d.dv)
+        && p.softcap.is_none()
+        && p.sink.is_none()
+        && m.attend.is_none()
+        && m.block.is_none()
+        && m.pad.is_none()
+        && m.additive.is_none()
+        && m.alibi.is_none()
 }
 
 /// The largest `|x|` over `cols` columns of `rows` values (column `c` at `c · ld`), as the
@@ -731,20 +737,12 @@ unsafe fn block_tile(b: &Block, qpk: *const u32, acc: *mut f32, ts: &mut TileSta
             }
         }
         // Online softmax over the block.
-        let mut bm = neg_inf;
-        for z in &scores[..16 * groups] {
-            bm = _mm512_max_ps(bm, *z);
-        }
-        let new_mx = _mm512_max_ps(ts.mx, bm);
-        // A lane with no allowed key yet keeps maximum −∞: its weights are 0 and its
-        // correction 1 (never e^(−∞ − (−∞))).
-        let live = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(new_mx, neg_inf);
-        let shift = _mm512_mask_blend_ps(live, _mm512_setzero_ps(), new_mx);
-        let corr = _mm512_mask_blend_ps(
+        let Step {
+            new_mx,
             live,
-            _mm512_set1_ps(1.0),
-            s.exp(_mm512_sub_ps(ts.mx, shift)),
-        );
+            shift,
+            corr,
+        } = softmax_step(ts, &scores[..16 * groups]);
         let mut l = _mm512_mul_ps(ts.l, corr);
         let kq = b.nb.div_ceil(2);
         let mut ppk = [_mm512_setzero_si512(); KBF / 2];
@@ -799,6 +797,45 @@ unsafe fn block_tile(b: &Block, qpk: *const u32, acc: *mut f32, ts: &mut TileSta
             }
             e0 += w;
         }
+    }
+}
+
+/// The online softmax's step over a block of scores (a query per lane, masked keys at −∞).
+#[derive(Clone, Copy)]
+pub(super) struct Step {
+    /// The running maximum after the block.
+    pub(super) new_mx: __m512,
+    /// The lanes that have seen a key: a lane that has not keeps maximum −∞, its weights 0
+    /// and its correction 1 (never `e^(−∞ − (−∞))`).
+    pub(super) live: __mmask16,
+    /// What the block's scores are shifted by before `exp`: the new maximum (0 where not
+    /// live).
+    pub(super) shift: __m512,
+    /// `e^(old max − new max)`, the factor of the sums so far (1 where not live).
+    pub(super) corr: __m512,
+}
+
+/// [`Step`] for `scores` after the tile state `ts`.
+#[target_feature(enable = "avx512f")]
+pub(super) fn softmax_step(ts: &TileState, scores: &[__m512]) -> Step {
+    // SAFETY: `Avx512F32` needs AVX-512F, which this function is compiled with.
+    let s = unsafe { super::x86::avx512_f32() };
+    use super::simd::Simd;
+    let neg_inf = _mm512_set1_ps(f32::NEG_INFINITY);
+    let bm = scores.iter().fold(neg_inf, |m, z| _mm512_max_ps(m, *z));
+    let new_mx = _mm512_max_ps(ts.mx, bm);
+    let live = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(new_mx, neg_inf);
+    let shift = _mm512_mask_blend_ps(live, _mm512_setzero_ps(), new_mx);
+    let corr = _mm512_mask_blend_ps(
+        live,
+        _mm512_set1_ps(1.0),
+        s.exp(_mm512_sub_ps(ts.mx, shift)),
+    );
+    Step {
+        new_mx,
+        live,
+        shift,
+        corr,
     }
 }
 

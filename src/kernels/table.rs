@@ -96,7 +96,7 @@ pub(super) type WideningFn<T> =
 pub(super) type WidenFn<T> = unsafe fn(WeightKind, &[u16], usize, &mut [T]);
 
 /// An attention kernel that may decline a problem: `(io, problem, work) -> taken`.
-type ReducedAttentionFn<T> =
+pub(super) type ReducedAttentionFn<T> =
     unsafe fn(&mut QueryIo<'_, T>, &Problem<'_, T>, &mut WorkRef<'_, T>) -> bool;
 
 impl<T: Float> Table<T> {

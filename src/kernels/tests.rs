@@ -1063,7 +1063,7 @@ fn bf16_projections_on_every_kernel_keep_the_contract() {
 
 /// The attention in `bf16` products ([`Kernel::Avx512Bf16`]'s `attention_bf16`) against an
 /// f64 oracle on the same `f32` inputs, under its contract (the `weight` module's docs):
-/// every output within `(4u + 2·(e^(2Δ) − 1))·max|v|` of the exact attention, `u = 2⁻⁸`,
+/// every output within `(4u + 2·(e^(2Δ) − 1) + n·2⁻²³)·max|v|` of the exact attention, `u = 2⁻⁸`,
 /// `Δ = |scale|·(2u + u² + γ(dk)·(1 + u)²)·max_j Σ_e |q_e·k_je|` (the largest change the
 /// rounding of `q` and `k` can make to a row's scores). Every pattern (full, causal in both
 /// alignments, windows of 5 and 70), odd shapes and widths, query tiles cut short, partial
@@ -1092,10 +1092,20 @@ fn bf16_attention_keeps_its_contract() {
             })
             .fold(0f64, f64::max);
         let delta = c.scale.abs() * (2.0 * u + u * u + gamma(c.dk) * (1.0 + u).powi(2)) * row;
-        std::vec![(4.0 * u + 2.0 * ((2.0 * delta).exp() - 1.0)) * c.vmax; c.dv]
+        let sums = c.skv as f64 * 2f64.powi(-23);
+        std::vec![(4.0 * u + 2.0 * ((2.0 * delta).exp() - 1.0) + sums) * c.vmax; c.dv]
     };
     let worst = reduced_attention_contract(f, 128, &bound);
     std::println!("bf16 attention: worst error / contract bound = {worst:.3}");
+}
+
+/// AMX's `attention_i8` ([`Kernel::Avx512Bf16`]'s where the CPU has AMX; elsewhere `None`,
+/// and `the_fast_kernel_is_selected_where_the_cpu_has_it` says where it must be there).
+fn i8_attention() -> Option<super::table::ReducedAttentionFn<f32>> {
+    Kernel::supported()
+        .find(|&k| k == Kernel::Avx512Bf16)
+        .map(table::<f32>)
+        .and_then(|t| t.attention_i8)
 }
 
 /// The attention in `i8` tile products (AMX's `attention_i8`, on [`Kernel::Avx512Bf16`]
@@ -1104,16 +1114,12 @@ fn bf16_attention_keeps_its_contract() {
 /// output within this of the exact attention (`α = max|q|/127`, `β_j = max|k_j|/127`):
 ///
 /// ```text
-/// (2·(e^(2Δ) − 1) + (½ + 2⁻¹⁴)/127 + 2⁻¹⁰)·max|v|
+/// (2·(e^(2Δ) − 1) + (½ + 2⁻¹⁴)/127 + 2⁻¹⁰ + n·2⁻²⁸)·max|v|
 /// Δ = |scale|·max_j [(½ + 2⁻¹⁴)·(α·‖k_j‖₁ + β_j·‖q‖₁) + (½ + 2⁻¹⁴)²·dk·α·β_j + 2⁻²⁰·Σ_e |q_e·k_je|]
 /// ```
 #[test]
 fn i8_attention_keeps_its_contract() {
-    let Some(f) = Kernel::supported()
-        .find(|&k| k == Kernel::Avx512Bf16)
-        .map(table::<f32>)
-        .and_then(|t| t.attention_i8)
-    else {
+    let Some(f) = i8_attention() else {
         return;
     };
     let half = 0.5 + 2f64.powi(-14);
@@ -1138,7 +1144,9 @@ fn i8_attention_keeps_its_contract() {
             })
             .fold(0f64, f64::max)
             * c.scale.abs();
-        let bound = (2.0 * ((2.0 * delta).exp() - 1.0) + half / 127.0 + 2f64.powi(-10)) * c.vmax;
+        let sums = c.skv as f64 * 2f64.powi(-28);
+        let bound =
+            (2.0 * ((2.0 * delta).exp() - 1.0) + half / 127.0 + 2f64.powi(-10) + sums) * c.vmax;
         std::vec![bound; c.dv]
     };
     let worst = reduced_attention_contract(f, 64, &bound);
@@ -1149,15 +1157,12 @@ fn i8_attention_keeps_its_contract() {
 /// weight beside a long tail of keys whose weights are each below half of `2⁻¹⁶` of it (an
 /// attention sink's shape); causal rows whose keys' values are small while a later key's is
 /// large (no output may depend on a value its query does not see); and the problems it
-/// declines besides [`reduced_attention_contract`]'s: a head 65 wide, and a row of keys or
-/// values whose largest magnitude is below `2⁻¹⁰⁰` but not 0.
+/// declines besides [`reduced_attention_contract`]'s: a head 65 wide, and a row of keys
+/// whose largest magnitude is below `2⁻¹⁰⁰` but not 0 (values: `2⁻⁶⁰`). Also a row of half a
+/// million equal weights, and blocks of weights too small to round against.
 #[test]
 fn i8_attention_keeps_tails_and_ignores_unseen_values() {
-    let Some(f) = Kernel::supported()
-        .find(|&k| k == Kernel::Avx512Bf16)
-        .map(table::<f32>)
-        .and_then(|t| t.attention_i8)
-    else {
+    let Some(f) = i8_attention() else {
         return;
     };
     let run = |q: &[f32], k: &[f32], v: &[f32], dims: Dims, pattern: Pattern| {
@@ -1207,6 +1212,41 @@ fn i8_attention_keeps_tails_and_ignores_unseen_values() {
             "tail: {y} vs {want}"
         );
     }
+    // A long row of equal weights (each sum's roundings all one way) whose values are all 1:
+    // the output is 1 within the bound's `n·2⁻²⁸` for the `f32` sums (about 2⁻⁹ here) and
+    // the rest (about 2⁻⁸ with the scores' rounding).
+    let skv = 1 << 19;
+    let k: Vec<f32> = (0..skv)
+        .map(|j| if j == 0 { 0.0 } else { (1.0f32 - 0.0155).ln() })
+        .collect();
+    let v = std::vec![1.0f32; skv];
+    let (taken, out) = run(&[1.0], &k, &v, Dims::new(1, skv, 1, 1), Pattern::Full);
+    assert!(taken);
+    let bound = 2f64.powi(-10) + 0.5 / 127.0 + skv as f64 * 2f64.powi(-28) + 1e-3;
+    assert!((f64::from(out[0]) - 1.0).abs() <= bound, "{} vs 1", out[0]);
+    // Blocks whose weights times value scales all fall below 2⁻¹¹⁰ (`max u` too small to
+    // round against: they add nothing): 128 causal keys, the first with score 0, the rest 35
+    // below (weights about 2⁻⁵⁰), every value 2⁻⁶⁰ (the smallest taken): each output is
+    // 2⁻⁶⁰, and the last key's value changes no other row.
+    let (sq, skv) = (128, 128);
+    let k: Vec<f32> = (0..skv).map(|j| if j == 0 { 0.0 } else { -35.0 }).collect();
+    let mut v = std::vec![2f32.powi(-60); skv];
+    let q = std::vec![1.0f32; sq];
+    let dims = Dims::new(sq, skv, 1, 1);
+    let causal = Pattern::Causal(Alignment::TopLeft);
+    let (taken, before) = run(&q, &k, &v, dims, causal);
+    assert!(taken);
+    for &y in &before {
+        let want = 2f64.powi(-60);
+        assert!((f64::from(y) - want).abs() <= 0.01 * want, "{y} vs {want}");
+    }
+    v[skv - 1] = 1.0;
+    let (_, after) = run(&q, &k, &v, dims, causal);
+    assert_eq!(
+        before[..sq - 1],
+        after[..sq - 1],
+        "a row saw a value it cannot see"
+    );
     // Causal rows do not see the last key: its value cannot change their outputs.
     let (sq, skv, d) = (70, 70, 16);
     let [q, k, mut v] = qkv_f32(3, sq, skv, d, d);
@@ -1245,7 +1285,7 @@ fn i8_attention_keeps_tails_and_ignores_unseen_values() {
     );
     let k = qkv_f32(5, 20, 30, 8, 8)[1].clone();
     for e in 0..8 {
-        v[11 + e * 30] = if e == 0 { -3e-38 } else { 0.0 };
+        v[11 + e * 30] = if e == 0 { -1e-19 } else { 0.0 };
     }
     assert!(
         !run(&q, &k, &v, dims, Pattern::Full).0,
@@ -1275,11 +1315,7 @@ struct Case<'a> {
 /// than its pattern, a sink, a non-finite value, a head wider than 128) leave the outputs
 /// untouched and report so. Returns the worst error over its bound.
 fn reduced_attention_contract(
-    f: unsafe fn(
-        &mut QueryIo<'_, f32>,
-        &Problem<'_, f32>,
-        &mut super::args::WorkRef<'_, f32>,
-    ) -> bool,
+    f: super::table::ReducedAttentionFn<f32>,
     max_head: usize,
     bound: &dyn Fn(&Case<'_>, usize) -> Vec<f64>,
 ) -> f64 {
