@@ -16,6 +16,7 @@ mod model;
 
 use rand::{RngExt, SeedableRng};
 use static_attention::init::SeedRng;
+use static_attention::kernels::{Kernel, with_kernel};
 use static_attention::positions::{Rope, RopeStyle};
 use static_attention::{Alignment, Bias, GroupedQuery, KvCache, Linear, Mask, MultiHead, SMatrix};
 
@@ -113,7 +114,13 @@ fn host_values() -> Vec<(&'static str, usize, usize, f32)> {
             v.push(("mha16", t, f, y[(t, f)]));
         }
     }
-    let y = model::MHA8.forward(&model::input(), &Mask::causal(Alignment::TopLeft));
+    // The `i8` layer on the scalar kernel: its projections give the same bits on every
+    // kernel, and its attention is `f32` as the firmware's is (with AMX the selected kernel
+    // runs an `i8` layer's attention in `i8` tile products, another contract).
+    let y = with_kernel(Kernel::Scalar, || {
+        model::MHA8.forward(&model::input(), &Mask::causal(Alignment::TopLeft))
+    })
+    .expect("the scalar kernel runs everywhere");
     for t in 0..SEQ {
         for f in 0..DIM {
             v.push(("mha8", t, f, y[(t, f)]));
