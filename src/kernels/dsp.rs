@@ -13,7 +13,7 @@
 //! four products is one load, two `SXTB16` and two `SMLAD`s against two packed input words;
 //! [`dot_quads_x4`] sums four output features of a tile per pass, loading each packed input
 //! word once for the four (on the firmware's `MultiHead<16, 32, 4>` the `i8` forward pass
-//! executes 389 684 instructions this way, 640 696 with the plain loop).
+//! executed 389 684 instructions this way when it was written, 640 696 with the plain loop).
 //! The functions `sxtb16`, `sxtb16_ror8` and `smlad` are the instructions, written out in
 //! plain Rust off Arm: the model the host tests check the packing with, and with which
 //! `RUSTFLAGS="--cfg static_attention_dsp" cargo test --test int8_weights` runs this path's
