@@ -55,6 +55,18 @@ struct MaskData {
 }
 
 impl MaskData {
+    /// Only `pattern`: no boolean, additive or ALiBi part.
+    fn plain(pattern: Pattern) -> Self {
+        MaskData {
+            pattern,
+            attend: None,
+            block: None,
+            pad: None,
+            additive: None,
+            alibi: None,
+        }
+    }
+
     fn view<'a, T: Float>(
         &'a self,
         sq: usize,
@@ -101,14 +113,7 @@ fn masks(sq: usize, skv: usize, seed: u64) -> Vec<MaskData> {
             _ => x,
         })
         .collect();
-    let plain = |pattern| MaskData {
-        pattern,
-        attend: None,
-        block: None,
-        pad: None,
-        additive: None,
-        alibi: None,
-    };
+    let plain = MaskData::plain;
     vec![
         plain(Pattern::Full),
         plain(Pattern::Causal(Alignment::TopLeft)),
@@ -459,12 +464,8 @@ fn masked_non_finite_values_stay_out_bit_for_bit() {
             let [q, k, v] = qkv_f32(1, sq, skv, dk, dv);
             let pad: Vec<bool> = (0..skv).map(|j| j % 4 == 1).collect();
             let md = MaskData {
-                pattern: Pattern::Causal(Alignment::BottomRight),
-                attend: None,
-                block: None,
                 pad: Some(pad.clone()),
-                additive: None,
-                alibi: None,
+                ..MaskData::plain(Pattern::Causal(Alignment::BottomRight))
             };
             let mask = md.view::<f32>(sq, skv, &None);
             let mut poisoned = v.clone();
@@ -1166,14 +1167,7 @@ fn i8_attention_keeps_tails_and_ignores_unseen_values() {
         return;
     };
     let run = |q: &[f32], k: &[f32], v: &[f32], dims: Dims, pattern: Pattern| {
-        let data = MaskData {
-            pattern,
-            attend: None,
-            block: None,
-            pad: None,
-            additive: None,
-            alibi: None,
-        };
+        let data = MaskData::plain(pattern);
         let view = data.view::<f32>(dims.sq, dims.skv, &None);
         let p = Problem {
             k,
@@ -2162,12 +2156,8 @@ fn sinks_of_infinity_and_nan_and_rows_with_no_key() {
             }
             // Every key padded away: zeros, whatever the variants.
             let md = MaskData {
-                pattern: Pattern::Full,
-                attend: None,
-                block: None,
                 pad: Some(std::vec![true; skv]),
-                additive: None,
-                alibi: None,
+                ..MaskData::plain(Pattern::Full)
             };
             let mask = md.view::<f32>(sq, skv, &None);
             for var in all_variants() {
