@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Executed instructions per forward pass of the Cortex-M4F firmware's MultiHead<16, 32, 4> with
+# Executed instructions per forward pass of the Cortex-M4F firmware's MultiHead (16 tokens, width
+# 64, 4 heads: the shape is read from embedded/cortex-m4f/src/model.rs) with
 # f32, f16 and i8 weights, under QEMU (mps2-an386): a deterministic cost figure. These are
 # instruction counts, not cycles (QEMU is not cycle-accurate; on a real Cortex-M4 a load, a
 # multiply-accumulate or a branch take different numbers of cycles).
@@ -84,7 +85,11 @@ f32=$((deltas[3] - marks))
 f16=$((deltas[5] - marks))
 i8=$((deltas[7] - marks))
 
-echo "Executed instructions per causal forward pass of MultiHead<16, 32, 4> on the Cortex-M4F"
+# The layer's shape, as the firmware's model declares it.
+model_const() { sed -n "s/^pub const $1: usize = \([0-9]*\);/\1/p" "$FW_DIR/src/model.rs"; }
+shape="$(model_const SEQ), $(model_const DIM), $(model_const HEADS)"
+
+echo "Executed instructions per causal forward pass of MultiHead<$shape> on the Cortex-M4F"
 echo "firmware (QEMU $(qemu-system-arm --version | sed -n '1s/.*version \([^ ]*\).*/\1/p'), insn plugin of"
 echo "QEMU source $SRC_VERSION, kernel $(sed -n 's/^kernel //p' "$CACHE/firmware.log")): instruction counts, not cycles."
 echo
@@ -96,6 +101,6 @@ row() {
     printf '| `%s` | `%s` | %s | %d.%02d× |\n' "$w" "$layer" \
         "$(printf '%d' "$n" | sed ':a;s/\B[0-9]\{3\}\>/ &/;ta')" $((n / f32)) $(((n * 100 / f32) % 100))
 }
-row f32 "MultiHead<16, 32, 4>" "$f32"
-row f16 "MultiHead<16, 32, 4, f32, f16>" "$f16"
-row i8 "MultiHead<16, 32, 4, f32, i8>" "$i8"
+row f32 "MultiHead<$shape>" "$f32"
+row f16 "MultiHead<$shape, f32, f16>" "$f16"
+row i8 "MultiHead<$shape, f32, i8>" "$i8"

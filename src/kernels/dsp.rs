@@ -12,8 +12,9 @@
 //! `[w1, w3]`. The inputs are packed the same way once per token ([`pack`]), so each group of
 //! four products is one load, two `SXTB16` and two `SMLAD`s against two packed input words;
 //! [`dot_quads_x4`] sums four output features of a tile per pass, loading each packed input
-//! word once for the four (on the firmware's `MultiHead<16, 32, 4>` the `i8` forward pass
-//! executed 389 684 instructions this way when it was written, 640 696 with the plain loop).
+//! word once for the four (on `MultiHead<16, 32, 4>`, the firmware's layer when it was
+//! written, the `i8` forward pass executed 389 684 instructions this way, 640 696 with the
+//! plain loop).
 //! The functions `sxtb16`, `sxtb16_ror8` and `smlad` are the instructions, written out in
 //! plain Rust off Arm: the model the host tests check the packing with, and with which
 //! `RUSTFLAGS="--cfg static_attention_dsp" cargo test --test int8_weights` runs this path's

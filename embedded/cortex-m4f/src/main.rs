@@ -1,4 +1,4 @@
-//! Attention on a Cortex-M4F, no heap: a `MultiHead<16, 32, 4>` forward pass and a
+//! Attention on a Cortex-M4F, no heap: a `MultiHead<16, 64, 4>` forward pass and a
 //! grouped-query layer decoding through a KV cache with RoPE, both layers `static` (weights in
 //! flash, built at compile time from `model.bin`). Results go out over semihosting, one value
 //! per line (`mha t f value`, `mha16 …` for the copy with f16 weights, `mha8 …` for the one
