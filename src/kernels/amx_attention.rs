@@ -41,8 +41,8 @@ use core::arch::x86_64::*;
 
 use super::amx::{Config, Tiles, pack_rows};
 use super::args::{Problem, QueryIo, WorkRef};
-use super::bf16::{Step, TileState, plain, softmax_step, tile_states};
-use super::int8::{quad_word, row_mask, token_scales};
+use super::bf16::{Step, TileState, plain, row_range, softmax_step, tile_states};
+use super::int8::{quad_word, quantize_lanes, row_mask, token_scales};
 
 /// Queries per tile (a vector of lanes), and keys per tile of scores.
 const L: usize = 16;
@@ -301,7 +301,7 @@ unsafe fn chunk(
                 for e in 0..d.dv {
                     let col = p.v.as_ptr().add(e * d.ldkv + j);
                     let x = _mm512_maskz_loadu_ps(lanes, col);
-                    let bytes = _mm512_cvtepi32_epi8(quantize(x, keys.r[0]));
+                    let bytes = _mm512_cvtepi32_epi8(quantize_lanes(_mm512_mul_ps(x, keys.r[0])));
                     _mm_store_si128(b.vpk.row(e).add(g * L).cast(), bytes);
                 }
             }
@@ -325,48 +325,6 @@ unsafe fn chunk(
             }
         }
     }
-}
-
-/// `x · r` rounded to an integer within `±127` (to nearest, ties to even), NaN (`0 · ∞`, a
-/// zero row's values) to 0, as `i32` lanes.
-#[target_feature(enable = "avx512f")]
-#[inline]
-fn quantize(x: __m512, r: __m512) -> __m512i {
-    let xs = _mm512_mul_ps(x, r);
-    let clamped = _mm512_min_ps(
-        _mm512_max_ps(xs, _mm512_set1_ps(-127.0)),
-        _mm512_set1_ps(127.0),
-    );
-    let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(xs, xs);
-    _mm512_maskz_cvtps_epi32(!nan, clamped)
-}
-
-/// The bits of the largest `|x|` over `rows × cols` values (column `c` at `c · ld`; at least
-/// those of infinity when a value is not finite), and of the smallest largest `|x|` of a row
-/// other than 0 (`u32::MAX` when every row is zeros).
-///
-/// # Safety
-/// Every column `c < cols` holds `rows` values at `c · ld`, inside `x`.
-#[target_feature(enable = "avx512f")]
-unsafe fn row_range(x: &[f32], rows: usize, cols: usize, ld: usize) -> (u32, u32) {
-    let abs = _mm512_set1_epi32(0x7fff_ffff);
-    let (mut max, mut min) = (_mm512_setzero_si512(), _mm512_set1_epi32(-1));
-    let mut i = 0;
-    while i < rows {
-        let lanes = row_mask(L.min(rows - i));
-        let mut m = _mm512_setzero_si512();
-        for c in 0..cols {
-            let col = &x[c * ld + i..c * ld + i + L.min(rows - i)];
-            // SAFETY: the lanes of `col` (the rest masked off).
-            let v = unsafe { _mm512_maskz_loadu_epi32(lanes, col.as_ptr().cast()) };
-            m = _mm512_max_epu32(m, _mm512_and_si512(v, abs));
-        }
-        max = _mm512_max_epu32(max, m);
-        let nonzero = _mm512_test_epi32_mask(m, m);
-        min = _mm512_mask_min_epu32(min, nonzero, min, m);
-        i += L;
-    }
-    (_mm512_reduce_max_epu32(max), _mm512_reduce_min_epu32(min))
 }
 
 /// The word of four byte lanes: byte `j` of each lane from the low byte of `b[j]`'s.

@@ -25,6 +25,7 @@
 use core::arch::x86_64::*;
 
 use super::args::{LinearIo, check_weights};
+use super::int8::row_mask;
 use super::layout::WEIGHT_TILE;
 
 /// `f32` lanes of a vector.
@@ -273,12 +274,6 @@ unsafe fn dot_step<const NV: usize, const N: usize>(
     }
 }
 
-/// The mask of the first `n ≤ 16` lanes.
-#[inline(always)]
-fn row_mask(n: usize) -> __mmask16 {
-    ((1u32 << n) - 1) as __mmask16
-}
-
 /// Packs rows `i0 .. i0 + rows` of input columns `pc .. pc + kc` of `x` (`s` rows,
 /// column-major) as `⌈kc/2⌉` columns of `NV·16` words: word `i` of column `q` holds the
 /// `bf16` of `x[i0 + i, pc + 2q]` in its low half and of `x[i0 + i, pc + 2q + 1]` in its high
@@ -412,7 +407,7 @@ pub(super) fn attention(
     let amax = |x: &[f32], rows: usize, cols: usize, ld: usize| {
         // SAFETY: every column `c < cols` holds `rows` values at `c · ld`, inside `x`
         // (checked by the slice), read 16 at a time with the tail masked.
-        let bits = unsafe { max_abs_bits(x, rows, cols, ld) };
+        let bits = unsafe { row_range(x, rows, cols, ld) }.0;
         if bits < f32::INFINITY.to_bits() {
             f32::from_bits(bits)
         } else {
@@ -477,28 +472,33 @@ pub(super) fn plain(p: &super::args::Problem<'_, f32>, max_head: usize) -> bool 
         && m.alibi.is_none()
 }
 
-/// The largest `|x|` over `cols` columns of `rows` values (column `c` at `c · ld`), as the
-/// bits of an `f32`: at least those of infinity when a value is not finite (the absolute
-/// value's bits order the same way as the values, and NaN's lie above infinity's).
+/// The bits of the largest `|x|` over `rows × cols` values (column `c` at `c · ld`; at least
+/// those of infinity when a value is not finite: the absolute value's bits order the same way
+/// as the values, and NaN's lie above infinity's), and of the smallest largest `|x|` of a row
+/// other than 0 (`u32::MAX` when every row is zeros).
 ///
 /// # Safety
-/// The CPU has AVX-512F.
+/// Every column `c < cols` holds `rows` values at `c · ld`, inside `x`.
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn max_abs_bits(x: &[f32], rows: usize, cols: usize, ld: usize) -> u32 {
-    let mut m = _mm512_setzero_si512();
+pub(super) unsafe fn row_range(x: &[f32], rows: usize, cols: usize, ld: usize) -> (u32, u32) {
     let abs = _mm512_set1_epi32(0x7fff_ffff);
-    for c in 0..cols {
-        let col = &x[c * ld..c * ld + rows];
-        let mut i = 0;
-        while i < rows {
-            let lanes = row_mask(16.min(rows - i));
-            // SAFETY: values `i .. i + min(16, rows − i)` of `col`; the rest masked off.
-            let v = unsafe { _mm512_maskz_loadu_epi32(lanes, col.as_ptr().add(i).cast()) };
+    let (mut max, mut min) = (_mm512_setzero_si512(), _mm512_set1_epi32(-1));
+    let mut i = 0;
+    while i < rows {
+        let lanes = row_mask(L.min(rows - i));
+        let mut m = _mm512_setzero_si512();
+        for c in 0..cols {
+            let col = &x[c * ld + i..c * ld + i + L.min(rows - i)];
+            // SAFETY: the lanes of `col` (the rest masked off).
+            let v = unsafe { _mm512_maskz_loadu_epi32(lanes, col.as_ptr().cast()) };
             m = _mm512_max_epu32(m, _mm512_and_si512(v, abs));
-            i += 16;
         }
+        max = _mm512_max_epu32(max, m);
+        let nonzero = _mm512_test_epi32_mask(m, m);
+        min = _mm512_mask_min_epu32(min, nonzero, min, m);
+        i += L;
     }
-    _mm512_reduce_max_epu32(m)
+    (_mm512_reduce_max_epu32(max), _mm512_reduce_min_epu32(min))
 }
 
 /// [`attention`]'s working memory, in `work`: the running sums of a chunk's tiles (`acc`),

@@ -380,20 +380,13 @@ pub(super) unsafe fn quad_word(
     p0: usize,
     offset: __m512i,
 ) -> __m512i {
-    let (lo, hi) = (_mm512_set1_ps(-127.0), _mm512_set1_ps(127.0));
     let low_byte = _mm512_set1_epi32(0xff);
     let byte = |j: usize| {
         if p0 + j < din {
             let col = x.wrapping_add(i0 + (p0 + j) * s);
             // SAFETY: the caller's rows (masked), an input below `din`.
             let xs = unsafe { _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, col), r) };
-            // As `weight::quantize`: within ±127 first (infinities too, from an `r` that
-            // overflowed), rounded to nearest, ties to even (the default rounding mode), NaN
-            // to 0.
-            let clamped = _mm512_min_ps(_mm512_max_ps(xs, lo), hi);
-            let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(xs, xs);
-            let n = _mm512_maskz_cvtps_epi32(!nan, clamped);
-            _mm512_and_si512(_mm512_add_epi32(n, offset), low_byte)
+            _mm512_and_si512(_mm512_add_epi32(quantize_lanes(xs), offset), low_byte)
         } else {
             offset
         }
@@ -405,6 +398,21 @@ pub(super) unsafe fn quad_word(
             _mm512_slli_epi32::<24>(byte(3)),
         ),
     )
+}
+
+/// Sixteen scaled inputs `xs` as integers, the `i32` lanes of `weight::quantize`: within
+/// `±127` first (so an infinity, from a reciprocal scale that overflowed, saturates), rounded
+/// to nearest, ties to even (the default rounding mode), NaN (`0 · ∞`, a zero row's inputs)
+/// to 0.
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(super) fn quantize_lanes(xs: __m512) -> __m512i {
+    let clamped = _mm512_min_ps(
+        _mm512_max_ps(xs, _mm512_set1_ps(-127.0)),
+        _mm512_set1_ps(127.0),
+    );
+    let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(xs, xs);
+    _mm512_maskz_cvtps_epi32(!nan, clamped)
 }
 
 /// The outputs of 16 tokens for one feature from their exact sums `acc`:
