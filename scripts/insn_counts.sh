@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Executed instructions per forward pass of the Cortex-M4F firmware's MultiHead (16 tokens, width
-# 64, 4 heads: the shape is read from embedded/cortex-m4f/src/model.rs) with
+# Executed instructions per forward pass of the Cortex-M4F firmware's MultiHead (its shape read
+# from embedded/cortex-m4f/src/model.rs) with
 # f32, f16 and i8 weights, under QEMU (mps2-an386): a deterministic cost figure. These are
 # instruction counts, not cycles (QEMU is not cycle-accurate; on a real Cortex-M4 a load, a
 # multiply-accumulate or a branch take different numbers of cycles).
@@ -86,7 +86,12 @@ f16=$((deltas[5] - marks))
 i8=$((deltas[7] - marks))
 
 # The layer's shape, as the firmware's model declares it.
-model_const() { sed -n "s/^pub const $1: usize = \([0-9]*\);/\1/p" "$FW_DIR/src/model.rs"; }
+model_const() {
+    local v
+    v=$(sed -n "s/^pub const $1: usize = \([0-9]*\);/\1/p" "$FW_DIR/src/model.rs")
+    [[ $v =~ ^[0-9]+$ ]] || { echo "model.rs: no literal pub const $1" >&2; exit 1; }
+    echo "$v"
+}
 shape="$(model_const SEQ), $(model_const DIM), $(model_const HEADS)"
 
 echo "Executed instructions per causal forward pass of MultiHead<$shape> on the Cortex-M4F"
@@ -95,11 +100,12 @@ echo "QEMU source $SRC_VERSION, kernel $(sed -n 's/^kernel //p' "$CACHE/firmware
 echo
 echo "| weights | layer | instructions | vs f32 |"
 echo "|---|---|---:|---:|"
-# `n` with a space every three digits, and its ratio to the f32 pass.
+# `n` with a space every three digits, and its ratio to the f32 pass (rounded to hundredths).
 row() {
     local w=$1 layer=$2 n=$3
+    local r=$(((n * 200 / f32 + 1) / 2))
     printf '| `%s` | `%s` | %s | %d.%02d× |\n' "$w" "$layer" \
-        "$(printf '%d' "$n" | sed ':a;s/\B[0-9]\{3\}\>/ &/;ta')" $((n / f32)) $(((n * 100 / f32) % 100))
+        "$(printf '%d' "$n" | sed ':a;s/\B[0-9]\{3\}\>/ &/;ta')" $((r / 100)) $((r % 100))
 }
 row f32 "MultiHead<$shape>" "$f32"
 row f16 "MultiHead<$shape, f32, f16>" "$f16"

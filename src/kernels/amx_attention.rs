@@ -167,8 +167,8 @@ pub(super) unsafe fn attention(
     // Finite operands; magnitudes far from overflow: |score| ≤ scale·dk·max|q|·max|k| and
     // every sum of values ≤ skv·max|v| stay below 2¹⁰⁰; no row whose quantization would
     // overflow (a largest magnitude below 2⁻¹⁰⁰ but not 0; for values 2⁻⁶⁰).
-    // SAFETY: every column `c` of each operand holds its rows at `c · ld`, inside the slice
-    // (`p.check`).
+    // SAFETY: the CPU has AVX-512F (this function's features); every column `c` of each
+    // operand holds its rows at `c · ld`, inside the slice (`p.check`).
     let ranges = unsafe {
         [
             row_range(io.queries(), d.sq, d.dk, d.ldq),

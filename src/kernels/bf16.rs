@@ -405,8 +405,8 @@ pub(super) fn attention(
     // Finite operands, and magnitudes far from overflow: |score| ≤ scale·dk·max|q|·max|k| and
     // every sum of values ≤ skv·max|v| stay below 2¹⁰⁰.
     let amax = |x: &[f32], rows: usize, cols: usize, ld: usize| {
-        // SAFETY: every column `c < cols` holds `rows` values at `c · ld`, inside `x`
-        // (checked by the slice), read 16 at a time with the tail masked.
+        // SAFETY: the CPU has AVX-512F (this function's features); every column `c < cols`
+        // holds `rows` values at `c · ld`, inside `x` (`p.check`).
         let bits = unsafe { row_range(x, rows, cols, ld) }.0;
         if bits < f32::INFINITY.to_bits() {
             f32::from_bits(bits)
@@ -475,10 +475,11 @@ pub(super) fn plain(p: &super::args::Problem<'_, f32>, max_head: usize) -> bool 
 /// The bits of the largest `|x|` over `rows × cols` values (column `c` at `c · ld`; at least
 /// those of infinity when a value is not finite: the absolute value's bits order the same way
 /// as the values, and NaN's lie above infinity's), and of the smallest largest `|x|` of a row
-/// other than 0 (`u32::MAX` when every row is zeros).
+/// other than 0 (`u32::MAX` when every row is zeros). Every column `c < cols` holds `rows`
+/// values at `c · ld` (the slicing checks it).
 ///
 /// # Safety
-/// Every column `c < cols` holds `rows` values at `c · ld`, inside `x`.
+/// The CPU has AVX-512F.
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn row_range(x: &[f32], rows: usize, cols: usize, ld: usize) -> (u32, u32) {
     let abs = _mm512_set1_epi32(0x7fff_ffff);
