@@ -34,9 +34,9 @@ use super::int8::{self, MR, Tokens, row_mask, token_scales};
 use super::layout::{WEIGHT_TILE, last_quad_word};
 
 /// Tokens per `A` tile, and `i32` lanes per vector.
-const L: usize = 16;
+pub(super) const L: usize = 16;
 /// Input bytes per row of an `A` tile (one step of the products).
-const STEP: usize = 64;
+pub(super) const STEP: usize = 64;
 /// Quads of inputs per step (the rows of a `B` tile).
 const STEP_QUADS: usize = STEP / 4;
 
@@ -78,7 +78,7 @@ static CONFIG: Config = Config::shaped(
 /// A block of 16 rows of 16 words, 64-byte aligned: a weight tile's rows copied where they
 /// cannot be read in place, or a tile of sums stored for the epilogue.
 #[repr(C, align(64))]
-struct Block([[i32; L]; L]);
+pub(super) struct Block(pub(super) [[i32; L]; L]);
 
 /// `out_p = x · W_pᵀ + b_p` for each projection `p` of the same inputs (`x`, `s × din`,
 /// column-major), as [`int8::linear`] computes it (the same bits): the tokens of a panel are
@@ -233,7 +233,7 @@ pub(super) struct Tiles(());
 impl Tiles {
     /// # Safety
     /// The CPU runs AMX-TILE and the OS allows the tile data.
-    unsafe fn configure() -> Self {
+    pub(super) unsafe fn configure() -> Self {
         // SAFETY: the caller's promise.
         unsafe { Self::configure_as(&CONFIG) }
     }
@@ -564,7 +564,7 @@ impl Epilogue {
 /// column `j`): 32-bit, then 64-bit interleaves within 128-bit lanes, then two shuffles of
 /// whole lanes.
 #[target_feature(enable = "avx512f")]
-fn transpose(r: [__m512i; L]) -> [__m512i; L] {
+pub(super) fn transpose(r: [__m512i; L]) -> [__m512i; L] {
     let z = _mm512_setzero_si512();
     // a[2i], a[2i + 1]: rows 2i, 2i + 1 interleaved; lane ℓ holds columns 4ℓ, 4ℓ + 1 and
     // 4ℓ + 2, 4ℓ + 3 of the two.
@@ -625,7 +625,7 @@ unsafe fn tile_release() {
 /// # Safety
 /// The tiles are configured.
 #[inline(always)]
-unsafe fn tile_zero_sums() {
+pub(super) unsafe fn tile_zero_sums() {
     // SAFETY: the caller's promise.
     unsafe {
         asm!(
@@ -647,7 +647,7 @@ unsafe fn tile_zero_sums() {
 /// # Safety
 /// The tiles are configured; the tile's 16 rows of its configured width are readable.
 #[inline(always)]
-unsafe fn tile_load<const T: usize>(p: *const u8, stride: usize) {
+pub(super) unsafe fn tile_load<const T: usize>(p: *const u8, stride: usize) {
     // SAFETY: the caller's promise.
     unsafe {
         match T {
@@ -673,7 +673,7 @@ unsafe fn tile_load<const T: usize>(p: *const u8, stride: usize) {
 /// # Safety
 /// The tiles are configured.
 #[inline(always)]
-unsafe fn store_sums(t: usize, sums: &mut Block) {
+pub(super) unsafe fn store_sums(t: usize, sums: &mut Block) {
     let p = sums.0.as_mut_ptr().cast::<u8>();
     let stride = 4 * L;
     // SAFETY: the caller's promise; 16 rows of 48 bytes, 64 bytes apart, inside `sums`.

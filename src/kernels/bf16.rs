@@ -33,7 +33,7 @@ const L: usize = 16;
 
 /// Word `i` of the `vpermw` that interleaves the `bf16` of two columns of 16 tokens (even
 /// column in words 0..16, odd column in 16..32) into 16 pairs: `[e0, o0, e1, o1, …]`.
-static INTERLEAVE: [u16; 32] = {
+pub(super) static INTERLEAVE: [u16; 32] = {
     let mut idx = [0u16; 32];
     let mut i = 0;
     while i < 16 {

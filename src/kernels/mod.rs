@@ -69,6 +69,8 @@
 mod amx;
 #[cfg(target_arch = "x86_64")]
 mod amx_attention;
+#[cfg(target_arch = "x86_64")]
+mod amx_bf16;
 mod args;
 #[cfg(target_arch = "aarch64")]
 mod arm;

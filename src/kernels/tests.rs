@@ -997,7 +997,14 @@ fn bf16_projections_on_every_kernel_keep_the_contract() {
                 let rounded = |v: f32| f64::from(bf16::from_f32(v).to_f32());
                 let by_bf16 = matches!(kernel, Kernel::Avx512Bf16 | Kernel::NeonBf16) && s > 2;
                 let eta = 2f64.powi(-126) * (din as f64 + 1.0) * 2.0;
-                for pack_len in [PANEL_ROWS, 7 * PANEL_ROWS, din * PANEL_ROWS + PANEL_ROWS] {
+                // 40 panel rows: AMX's chunks of 64 inputs (the two smaller packs send AMX's
+                // `bf16` projections to `vdpbf16ps`).
+                for pack_len in [
+                    PANEL_ROWS,
+                    7 * PANEL_ROWS,
+                    40 * PANEL_ROWS,
+                    din * PANEL_ROWS + PANEL_ROWS,
+                ] {
                     for add in [false, true] {
                         let mut got = if add {
                             start.clone()
@@ -1073,15 +1080,11 @@ fn bf16_projections_on_every_kernel_keep_the_contract() {
 /// 128) leave the outputs untouched and report so.
 #[test]
 fn bf16_attention_keeps_its_contract() {
-    let Some(t) = Kernel::supported()
-        .find(|&k| k == Kernel::Avx512Bf16)
-        .map(table::<f32>)
-    else {
+    // Called directly: with AMX the table runs `bf16` layers' attention in `f32` instead.
+    if !Kernel::supported().any(|k| k == Kernel::Avx512Bf16) {
         return;
-    };
-    let f = t
-        .attention_bf16
-        .expect("the bf16 kernel has bf16 attention");
+    }
+    let f: super::table::ReducedAttentionFn<f32> = super::bf16::attention;
     let u = 2f64.powi(-8);
     let gamma = |n: usize| n as f64 * 2f64.powi(-23) / (1.0 - n as f64 * 2f64.powi(-23));
     let bound = |c: &Case<'_>, i: usize| {
@@ -1569,15 +1572,16 @@ fn the_fast_kernel_is_selected_where_the_cpu_has_it() {
                     .is_some_and(|g| core::ptr::fn_addr_eq(g, f))
         };
         if bf16 {
-            // With AMX-INT8 and the OS managing the tiles, the tile products. Asked of CPUID
-            // and XCR0 directly (std cannot detect AMX on stable Rust): leaf 7 EDX bits 24
-            // and 25, XCR0 bits 17 and 18. (Where Linux refused the process the tile data,
-            // this fails: the fast kernel would be skipped.)
+            // With AMX (AMX-TILE, AMX-INT8, AMX-BF16) and the OS managing the tiles, the tile
+            // products. Asked of CPUID and XCR0 directly (std cannot detect AMX on stable
+            // Rust): leaf 7 EDX bits 22, 24 and 25, XCR0 bits 17 and 18. (Where Linux refused
+            // the process the tile data, this fails: the fast kernel would be skipped.)
+            const AMX: u32 = (1 << 22) | (1 << 24) | (1 << 25);
             #[allow(unused_unsafe)]
             // SAFETY: CPUID exists on every x86-64 CPU, XGETBV wherever AVX-512 runs.
             let amx = !cfg!(miri)
                 && cfg!(target_os = "linux")
-                && unsafe { core::arch::x86_64::__cpuid_count(7, 0) }.edx & (3 << 24) == 3 << 24
+                && unsafe { core::arch::x86_64::__cpuid_count(7, 0) }.edx & AMX == AMX
                 && unsafe { core::arch::x86_64::_xgetbv(0) } & (3 << 17) == 3 << 17;
             let tiles: I8Kernel = if amx {
                 super::amx::linear
@@ -1587,6 +1591,24 @@ fn the_fast_kernel_is_selected_where_the_cpu_has_it() {
             assert!(by(Kernel::Avx512Bf16, tiles));
             // The attention of `i8` layers in tile products there too, and only there.
             assert_eq!(table::<f32>(Kernel::Avx512Bf16).attention_i8.is_some(), amx);
+            // The attention of `bf16` layers in `vdpbf16ps` products only without AMX (with it,
+            // `f32`: the products run at half the FMA rate on the Xeons that have AMX).
+            assert_eq!(
+                table::<f32>(Kernel::Avx512Bf16).attention_bf16.is_some(),
+                !amx
+            );
+            // And the `bf16` projections.
+            let bf16_tiles: HalfKernel = if amx {
+                super::amx_bf16::linear
+            } else {
+                super::bf16::linear
+            };
+            assert!(
+                cfg!(miri)
+                    || table::<f32>(Kernel::Avx512Bf16)
+                        .linear_bf16
+                        .is_some_and(|g| core::ptr::fn_addr_eq(g, bf16_tiles))
+            );
         }
         for k in [Kernel::Avx512, Kernel::Avx2Fma] {
             if Kernel::supported().any(|s| s == k) {
@@ -1656,6 +1678,10 @@ fn the_fast_kernel_is_selected_where_the_cpu_has_it() {
         assert_eq!(super::selected(), Kernel::Scalar);
     }
 }
+
+/// A `bf16` projection kernel's signature (`Table::linear_bf16`'s).
+#[cfg(target_arch = "x86_64")]
+type HalfKernel = unsafe fn(LinearIo<'_, f32>, usize, usize, &[u16], usize, &[f32], &mut [f32]);
 
 /// An `i8` projection kernel's signature (`Table::linear_i8`'s).
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]

@@ -18,7 +18,7 @@ use core::sync::atomic::{AtomicU8, Ordering};
 use super::args::LinearIo;
 use super::simd::simd_impls;
 use super::table::{Table, widen_bf16_paired, widen_portable};
-use super::{Kernel, amx, amx_attention, bf16, bf16_widen, int8, int8_avx2, vector};
+use super::{Kernel, amx, amx_attention, amx_bf16, bf16, bf16_widen, int8, int8_avx2, vector};
 use crate::weight::WeightKind;
 
 /// Proof that the CPU runs AVX2, FMA and F16C (zero-sized; made only where they are known to
@@ -70,10 +70,11 @@ pub(crate) fn avx_vnni_available() -> bool {
     remembered(&SEEN, || avx2_available() && probe_avx_vnni())
 }
 
-/// Whether the CPU runs AMX-TILE and AMX-INT8 besides everything [`avx512_bf16_available`]
-/// asks for, and the OS lets this process use the tile data (detected, and the permission
-/// asked for, once, then remembered): the `i8` projections of [`Kernel::Avx512Bf16`] use the
-/// tile products where they are there (Sapphire Rapids and later). Linux only (elsewhere, and
+/// Whether the CPU runs AMX-TILE, AMX-INT8 and AMX-BF16 besides everything
+/// [`avx512_bf16_available`] asks for, and the OS lets this process use the tile data
+/// (detected, and the permission asked for, once, then remembered): the `bf16` and `i8`
+/// projections and the `i8` attention of [`Kernel::Avx512Bf16`] use the tile products where
+/// they are there (Sapphire Rapids and later; every CPU with AMX so far has all three). Linux only (elsewhere, and
 /// under Miri, `false`): the tile data is off until the process asks the kernel for it.
 pub(crate) fn amx_available() -> bool {
     static SEEN: AtomicU8 = AtomicU8::new(0);
@@ -82,9 +83,9 @@ pub(crate) fn amx_available() -> bool {
 
 #[cfg(all(target_os = "linux", not(miri)))]
 fn probe_amx() -> bool {
-    // Asked only after AVX-512F was found (so CPUID leaf 7 exists): AMX-TILE is leaf 7,
-    // sub-leaf 0, EDX bit 24, AMX-INT8 bit 25.
-    const AMX: u32 = (1 << 24) | (1 << 25);
+    // Asked only after AVX-512F was found (so CPUID leaf 7 exists): AMX-BF16 is leaf 7,
+    // sub-leaf 0, EDX bit 22, AMX-TILE bit 24, AMX-INT8 bit 25.
+    const AMX: u32 = (1 << 22) | (1 << 24) | (1 << 25);
     // (An unsafe function before Rust 1.94; the crate's minimum is 1.89.)
     #[allow(unused_unsafe)]
     // SAFETY: CPUID exists on every x86-64 CPU.
@@ -461,10 +462,16 @@ static AVX512_VNNI_F32: Table<f32> = Table {
     ..AVX512_F32
 };
 
-/// [`Kernel::Avx512Bf16`]'s `f32` table on a CPU with AMX-INT8: [`AVX512_BF16_F32`], with
-/// the `i8` projections in tile products (`amx.rs`).
+/// [`Kernel::Avx512Bf16`]'s `f32` table on a CPU with AMX (AMX-TILE, AMX-INT8 and
+/// AMX-BF16): [`AVX512_BF16_F32`], with the `bf16` and `i8` projections and the `i8`
+/// attention in tile products (`amx_bf16.rs`, `amx.rs`, `amx_attention.rs`), and the
+/// attention of `bf16` layers in `f32`: on these Xeons `vdpbf16ps` runs at half the `f32`
+/// FMA rate, so the `bf16` attention is the slower (`MultiHead<512, 512, 8>` with `bf16`
+/// weights: 7.4–7.8 ms with it, 5.2–5.3 with the `f32` one; one-off timers).
 static AVX512_BF16_AMX_F32: Table<f32> = Table {
+    linear_bf16: Some(amx_bf16::linear),
     linear_i8: Some(amx::linear),
+    attention_bf16: None,
     attention_i8: Some(amx_attention::attention),
     ..AVX512_BF16_F32
 };
