@@ -64,9 +64,9 @@ pub(crate) struct Scores<'a, T> {
     pub key_rotate: usize,
     pub softcap: Option<T>,
     pub sinks: Option<&'a [T]>,
-    /// The layer stores `bf16` (or `i8`) weights: where the kernel has `bf16` products (`i8`
-    /// tile products), the attention runs in them too (`Table::attention_bf16`,
-    /// `Table::attention_i8`; see [`crate::Weight`]).
+    /// The layer stores `bf16` (or `i8`) weights: where the kernel's table has an attention
+    /// for them (`Table::attention_bf16`: AVX512-BF16 without AMX; `Table::attention_i8`:
+    /// AMX), the attention runs in `bf16` (`i8`) products too (see [`crate::Weight`]).
     pub reduced: Option<WeightKind>,
 }
 

@@ -16,8 +16,8 @@
 //! **`bf16` products ([`Kernel::Avx512Bf16`](crate::kernels::Kernel::Avx512Bf16),
 //! [`Kernel::NeonBf16`](crate::kernels::Kernel::NeonBf16)).** Where the CPU has AVX512-BF16
 //! or Arm's BF16 extension, the selected kernel multiplies `bf16` weights in `bf16` products
-//! (`vdpbf16ps`, `BFDOT`) for projections of more than two tokens, at twice the `f32` rate:
-//! each projection's inputs are rounded to `bf16` (to nearest, ties to even), each product of
+//! (`vdpbf16ps`, `BFDOT`, and on a CPU with AMX the tile products `tdpbf16ps`) for
+//! projections of more than two tokens, faster than `f32` weights: each projection's inputs are rounded to `bf16` (to nearest, ties to even), each product of
 //! two `bf16` values is exact in `f32`, and the sums are `f32` sums (rounded to nearest on
 //! x86-64; `BFDOT` rounds to odd, an error below one `f32` ulp, which the `2⁻²³` below
 //! allows for). For a projection `y = x·Wᵀ + b` with `din` inputs, against the `f32` map
@@ -30,13 +30,15 @@
 //! η = 2⁻¹²⁶ · (din + 1) · (1 + max|w|)
 //! ```
 //!
-//! `u` is the rounding of the inputs; `γ` the two paths' `f32` sums; `η` the instruction's
+//! `u` is the rounding of the inputs; `γ` the two paths' `f32` sums; `η` the instructions'
 //! flushing of `bf16` inputs and `f32` sums below `2⁻¹²⁶` to zero. NaN and infinities
 //! propagate as in `f32`; an input beyond `bf16`'s largest finite value (about `3.39·10³⁸`)
 //! becomes an infinity.
 //!
 //! **The attention of a `bf16` layer** runs in `bf16` products too on
-//! [`Kernel::Avx512Bf16`](crate::kernels::Kernel::Avx512Bf16), for calls of more than two
+//! [`Kernel::Avx512Bf16`](crate::kernels::Kernel::Avx512Bf16) without AMX (on the Xeons
+//! with AMX `vdpbf16ps` runs at half the `f32` FMA rate, so there the `f32` attention runs
+//! instead, as it does on Arm), for calls of more than two
 //! tokens with heads of at most 128 features, a mask that is only a pattern (none, causal,
 //! sliding window) and no soft-cap or sink, when every query, key and value is finite and
 //! far from overflow (anything else runs the `f32` attention). Queries, keys, the softmax's
@@ -81,7 +83,7 @@
 //!
 //! (`f` rounds the sum to `f32`; every operation rounds once, none is fused). Every kernel
 //! gives the same bits, as the sums are exact: AMX multiplies bytes in tiles with `tdpbssd`
-//! ([`Kernel::Avx512Bf16`](crate::kernels::Kernel::Avx512Bf16) where the CPU has AMX-INT8
+//! ([`Kernel::Avx512Bf16`](crate::kernels::Kernel::Avx512Bf16) where the CPU has AMX
 //! and Linux grants the tiles), AVX512-VNNI with `vpdpbusd` (that kernel elsewhere, as it
 //! requires VNNI, and [`Kernel::Avx512`](crate::kernels::Kernel::Avx512) where the CPU has
 //! it); AVX2 multiplies 16-bit pairs with `vpmaddwd`, or bytes with 256-bit `vpdpbusd` where
@@ -108,7 +110,7 @@
 //! range).
 //!
 //! **The attention of an `i8` layer** runs in `i8` tile products on
-//! [`Kernel::Avx512Bf16`](crate::kernels::Kernel::Avx512Bf16) where the CPU has AMX-INT8 and
+//! [`Kernel::Avx512Bf16`](crate::kernels::Kernel::Avx512Bf16) where the CPU has AMX and
 //! Linux grants the tiles, for calls of more than two tokens with heads of at most 64
 //! features, a mask that is only a pattern (none, causal, sliding window) and no soft-cap or
 //! sink, when every query, key and value is finite and far from overflow, and no row of

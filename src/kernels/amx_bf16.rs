@@ -431,3 +431,42 @@ unsafe fn finish(sums: &Block, v: usize, j0: usize, width: usize, o: &Outputs<'_
         }
     }
 }
+
+/// `rounds` rounds of 4 independent `tdpbf16ps` at the projections' tile shape (each 16 × 12
+/// × 32 products of `bf16` pairs, 2 FLOPs each) on tiles loaded once: the loop the core's AMX
+/// `bf16` peak is measured with. Returns the FLOPs done and a sum that depends on the last
+/// products.
+///
+/// # Safety
+/// As [`linear`].
+pub(super) unsafe fn dot_loop(rounds: usize) -> (u64, f32) {
+    // Every `bf16` of both operands 1.0 (0x3f80), so the sums count the products.
+    let ones = Block([[core::hint::black_box(0x3f80_3f80); L]; L]);
+    let mut sums = Block([[0; L]; L]);
+    // SAFETY: the caller's promise.
+    let _tiles = unsafe { Tiles::configure() };
+    // SAFETY: the tiles are configured; the loads read `ones` (16 rows of 64 bytes).
+    unsafe {
+        tile_zero_sums();
+        tile_load::<4>(ones.0.as_ptr().cast(), 4 * L);
+        tile_load::<6>(ones.0.as_ptr().cast(), 4 * L);
+        for _ in 0..rounds {
+            asm!(
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm6",
+                "tdpbf16ps tmm2, tmm4, tmm6",
+                "tdpbf16ps tmm3, tmm4, tmm6",
+                out("tmm0") _,
+                out("tmm1") _,
+                out("tmm2") _,
+                out("tmm3") _,
+                options(nomem, nostack, preserves_flags)
+            );
+        }
+        store_sums(0, &mut sums);
+    }
+    (
+        rounds as u64 * 4 * (L * WEIGHT_TILE * 2 * STEP_PAIRS) as u64 * 2,
+        f32::from_bits(sums.0[0][0].cast_unsigned()),
+    )
+}

@@ -49,7 +49,8 @@
 //! - `int8.rs`, `int8_avx2.rs` and `arm_int8.rs`, the projections of `i8` weights in integer
 //!   products, bit for bit as the scalar kernel's: AVX512-VNNI (`vpdpbusd`), AVX2 (16-bit
 //!   pairs with `vpmaddwd`, or `vpdpbusd` on 256 bits with AVX-VNNI) and Arm's dot product
-//!   (`SDOT`); `amx.rs`, the same projections in AMX tile products (`tdpbssd`);
+//!   (`SDOT`); `amx.rs`, the same projections in AMX tile products (`tdpbssd`); `amx_bf16.rs`,
+//!   the projections of `bf16` weights in AMX tile products (`tdpbf16ps`);
 //!   `amx_attention.rs`, the attention of `i8` layers in AMX tile products; `dsp.rs`, the
 //!   scalar kernel's `i8` inner loop on a Cortex-M with the DSP extension (`SMLAD`).
 //!
@@ -130,11 +131,14 @@ pub enum Kernel {
     Avx512,
     /// x86-64 AVX-512F with AVX512-BF16, AVX512-BW and AVX512-VNNI (every CPU with BF16 has
     /// VNNI): [`Kernel::Avx512`], except that layers with `bf16` weights compute their
-    /// projections in `bf16` products (`vdpbf16ps`, summed in `f32`) at twice the `f32` rate,
-    /// their inputs rounded to `bf16` (see [`crate::Weight`] for the accuracy this gives), and
-    /// layers with `i8` weights theirs in `i8` products (exact `i32` sums): AMX tile
-    /// products (`tdpbssd`) where the CPU has AMX-INT8 (Sapphire Rapids and later) and the
-    /// OS lets the process use the tiles (Linux: asked for once, with `arch_prctl`), 512-bit
+    /// projections in `bf16` products (`vdpbf16ps`, summed in `f32`; AMX tile products,
+    /// `tdpbf16ps`, where the CPU has AMX), their inputs rounded to `bf16` (see
+    /// [`crate::Weight`] for the accuracy this gives), and their attention too except with
+    /// AMX (where `vdpbf16ps` runs at half the `f32` FMA rate and the `f32` attention is the
+    /// faster), and layers with `i8` weights theirs in `i8` products (exact `i32` sums): AMX
+    /// tile products (`tdpbssd`) where the CPU has AMX (AMX-TILE, AMX-INT8 and AMX-BF16:
+    /// Sapphire Rapids and later) and the OS lets the process use the tiles (Linux: asked for
+    /// once, with `arch_prctl`), 512-bit
     /// `vpdpbusd` otherwise; both give the same bits. With AMX, the attention of layers with
     /// `i8` weights runs in tile products too (`QKᵀ` and `P·V` in integers, the softmax in
     /// `f32`; see [`crate::Weight`] for its accuracy). Everything else is
@@ -373,10 +377,13 @@ pub fn fma_loop(rounds: usize) -> (u64, f32) {
     current::<f32>().fma_loop(rounds)
 }
 
-/// `rounds` rounds of 12 independent `bf16` dot-product instructions on whole vectors of the
-/// selected kernel (`vdpbf16ps` on [`Kernel::Avx512Bf16`]: 16 lanes, each adding two products
-/// of `bf16` pairs to an `f32`; `BFDOT` on [`Kernel::NeonBf16`]: 4 lanes): the loop a core's
-/// `bf16` peak is measured with (the benchmarks' `peak` group), beside [`fma_loop`]. Returns the floating-point operations done
+/// `rounds` rounds of independent `bf16` dot-product instructions of the selected kernel's
+/// `bf16` projections: AMX's `tdpbf16ps`, four tiles of 16 tokens × 12 features × 32
+/// inputs, the projections' tile shape ([`Kernel::Avx512Bf16`] where the CPU has AMX and the
+/// OS allows it), 12 on whole vectors otherwise (`vdpbf16ps` on [`Kernel::Avx512Bf16`]: 16
+/// lanes, each adding two products of `bf16` pairs to an `f32`; `BFDOT` on
+/// [`Kernel::NeonBf16`]: 4 lanes): the loop a core's `bf16` peak is measured with (the
+/// benchmarks' `peak` group), beside [`fma_loop`]. Returns the floating-point operations done
 /// (two per product) and a sum that depends on every one of them; `None` where the selected
 /// kernel has no `bf16` dot product.
 ///
@@ -395,6 +402,11 @@ pub fn bf16_dot_loop(rounds: usize) -> Option<(u64, f32)> {
     let _ = rounds;
     match selected() {
         #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512Bf16 if x86::amx_available() => {
+            // SAFETY: AMX (TILE, INT8, BF16) was detected and the OS lets us use it.
+            Some(unsafe { amx_bf16::dot_loop(rounds) })
+        }
+        #[cfg(target_arch = "x86_64")]
         // SAFETY: `selected` names only kernels the CPU runs, and this one has AVX512-BF16,
         // AVX512-BW and AVX-512F, the loop's features.
         Kernel::Avx512Bf16 => Some(unsafe { bf16::dot_loop(rounds) }),
@@ -409,7 +421,7 @@ pub fn bf16_dot_loop(rounds: usize) -> Option<(u64, f32)> {
 /// rounds of independent products, as `(operations, checksum)` (each product and its
 /// addition counted as two operations): AMX's `tdpbssd`, four tiles of 16 tokens × 12
 /// features × 64 inputs, the projections' tile shape ([`Kernel::Avx512Bf16`] where the CPU
-/// has AMX-INT8 and the OS allows it), 12 on whole vectors otherwise: `vpdpbusd` on 512 bits
+/// has AMX and the OS allows it), 12 on whole vectors otherwise: `vpdpbusd` on 512 bits
 /// ([`Kernel::Avx512Bf16`] without AMX, and [`Kernel::Avx512`] with AVX512-VNNI) or
 /// on 256 bits ([`Kernel::Avx2Fma`] with AVX-VNNI), `vpmaddwd` with `vpaddd` (16-bit pairs:
 /// [`Kernel::Avx2Fma`] without AVX-VNNI, [`Kernel::Avx512`] without AVX512-VNNI), or `SDOT`
@@ -421,7 +433,7 @@ pub fn i8_dot_loop(rounds: usize) -> Option<(u64, i32)> {
     match selected() {
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx512Bf16 if x86::amx_available() => {
-            // SAFETY: AMX-TILE and AMX-INT8 were detected and the OS lets us use them.
+            // SAFETY: AMX (TILE, INT8, BF16) was detected and the OS lets us use it.
             Some(unsafe { amx::dot_loop(rounds) })
         }
         #[cfg(target_arch = "x86_64")]
