@@ -32,7 +32,8 @@
 //!
 //! `u` is the rounding of the inputs; `γ` the two paths' `f32` sums; `η` the instructions'
 //! flushing of `bf16` inputs and `f32` sums below `2⁻¹²⁶` to zero. NaN and infinities
-//! propagate as in `f32`; an input beyond `bf16`'s largest finite value (about `3.39·10³⁸`)
+//! propagate as in `f32` (except that an input below `2⁻¹²⁶`, read as zero, times an infinite
+//! weight gives NaN); an input beyond `bf16`'s largest finite value (about `3.39·10³⁸`)
 //! becomes an infinity.
 //!
 //! **The attention of a `bf16` layer** runs in `bf16` products too on

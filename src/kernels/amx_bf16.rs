@@ -39,8 +39,8 @@ const MR: usize = 2 * L;
 /// Pairs of inputs per step (the 32-bit words of an `A` row, the rows of a `B` tile).
 const STEP_PAIRS: usize = STEP / 4;
 
-/// `out = x · Wᵀ + b` (or `out += x · Wᵀ`) as [`bf16::linear`] computes it, in tile
-/// products: `x` (`s × din`, column-major), `W` (`dout × din`) as `bf16` bits in the paired
+/// `out = x · Wᵀ + b` (or `out += x · Wᵀ`) under [`bf16::linear`]'s contract (the same
+/// roundings, the sums in another order), in tile products: `x` (`s × din`, column-major), `W` (`dout × din`) as `bf16` bits in the paired
 /// tile layout. The inputs of a panel of 32 tokens are packed as many pairs at a time as the
 /// pack holds (from its first 64-byte boundary, whole steps of 16 pairs per token); the sums
 /// of a chunk wait in the outputs for the next. With fewer than 64 inputs, or a pack that
@@ -63,9 +63,11 @@ pub(super) unsafe fn linear(
     let skip = pack.as_ptr().align_offset(STEP).min(pack.len());
     // Words per token of a chunk: whole steps.
     let row = (pack.len() - skip) / MR / STEP_PAIRS * STEP_PAIRS;
-    // From two steps of inputs on the tiles are the faster (`Linear<64, 64>` over 32 tokens:
-    // 1.0 µs against 2.4 with `vdpbf16ps`, `<96, 96>` over 16: 1.2 against 2.7; one-off
-    // timers); below, unmeasured, the work stays with `vdpbf16ps`.
+    // From two steps of inputs on the tiles are the faster, over few tokens or many
+    // (`Linear<64, 64>` over 32 tokens: 1.0–1.2 µs against 2.4–2.6 with `vdpbf16ps`, over
+    // 128: 4.5–4.7 against 10.2–10.3; `<96, 96>` over 16: 1.2 against 2.7, over 128: 7.1–7.3
+    // against 24.3–24.8; one-off timers); below, unmeasured, the work stays with
+    // `vdpbf16ps`.
     if row == 0 || din < 2 * 2 * STEP_PAIRS {
         bf16::linear(io, s, din, w, dout, bias, pack);
         return;
@@ -98,7 +100,7 @@ pub(super) unsafe fn linear(
                     s,
                     din,
                     i0,
-                    masks,
+                    &masks[..halves],
                     (qc, nq, steps),
                     row,
                     pack.as_mut_ptr(),
@@ -324,18 +326,19 @@ unsafe fn copy_weights(tile: *const u16, width: usize, din: usize, q0: usize, bu
 
 /// Packs pairs `qc .. qc + nq` of rows `i0 ..` of `x` as `bf16` pairs (input `2q` in the low
 /// half of a word, `2q + 1` in the high half): token `t`'s words at `t · row` of `pack`, `16`
-/// per step (inputs past `din`, pairs past the chunk's and tokens past the panel's are zeros).
+/// per step, for the 16 tokens of each mask (inputs past `din`, pairs past the chunk's and
+/// tokens outside a mask are zeros).
 ///
 /// # Safety
-/// The rows of `masks` from `i0` are inside `x` (`s × din`, column-major) for every input;
-/// `pack` holds `MR` rows of `row ≥ steps · 16` words.
+/// The rows of `masks` (one per 16 tokens packed) from `i0` are inside `x` (`s × din`,
+/// column-major) for every input; `pack` holds `MR` rows of `row ≥ steps · 16` words.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 unsafe fn pack_rows(
     x: *const f32,
     s: usize,
     din: usize,
     i0: usize,
-    masks: [__mmask16; 2],
+    masks: &[__mmask16],
     (qc, nq, steps): (usize, usize, usize),
     row: usize,
     pack: *mut u32,
@@ -343,7 +346,7 @@ unsafe fn pack_rows(
     // SAFETY: masked reads of the caller's rows, inputs below `din`; writes inside `pack`.
     unsafe {
         let order = _mm512_loadu_si512(INTERLEAVE.as_ptr().cast());
-        for v in 0..2 {
+        for (v, &mask) in masks.iter().enumerate() {
             for k in 0..steps {
                 let mut words = [_mm512_setzero_si512(); L];
                 for (r, word) in words
@@ -353,9 +356,9 @@ unsafe fn pack_rows(
                 {
                     let p = 2 * (qc + k * STEP_PAIRS + r);
                     let even = x.wrapping_add(i0 + v * L + p * s);
-                    let e = _mm512_maskz_loadu_ps(masks[v], even);
+                    let e = _mm512_maskz_loadu_ps(mask, even);
                     let o = if p + 1 < din {
-                        _mm512_maskz_loadu_ps(masks[v], even.wrapping_add(s))
+                        _mm512_maskz_loadu_ps(mask, even.wrapping_add(s))
                     } else {
                         _mm512_setzero_ps()
                     };

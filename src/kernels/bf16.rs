@@ -13,8 +13,9 @@
 //! in the docs of [`crate::Weight`]): each input is rounded to `bf16` (a relative error of at
 //! most `2⁻⁸`); products are exact in `f32` and summed in `f32` as before; the instruction
 //! reads `bf16` inputs below `2⁻¹²⁶` in magnitude as zero and flushes `f32` sums below `2⁻¹²⁶`
-//! to zero. NaN and infinities propagate as in `f32`; an input beyond `bf16`'s largest finite
-//! value (3.39 · 10³⁸) becomes an infinity.
+//! to zero. NaN and infinities propagate as in `f32` (but an input below `2⁻¹²⁶`, read as
+//! zero, times an infinite weight gives NaN, not an infinity); an input beyond `bf16`'s
+//! largest finite value (3.39 · 10³⁸) becomes an infinity.
 
 #![allow(
     clippy::too_many_arguments,

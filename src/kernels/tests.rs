@@ -964,6 +964,11 @@ fn bf16_projections_on_every_kernel_keep_the_contract() {
             (70, 257, 25),
             (1, 300, 40),
             (2, 19, 7),
+            // AMX: a pair whose second tile is narrower (dout mod 24 in 13..23), exactly one
+            // tile of tokens, and both at once over an odd width.
+            (40, 100, 20),
+            (16, 64, 24),
+            (48, 127, 40),
         ]
     };
     let u = 2f64.powi(-8);
@@ -1015,7 +1020,11 @@ fn bf16_projections_on_every_kernel_keep_the_contract() {
                         } else {
                             std::vec![f32::NAN; s * dout]
                         };
-                        let mut pack = std::vec![0f32; pack_len];
+                        // The chunked pack starts 12 bytes past where the allocation does, so
+                        // AMX's pack skips to a 64-byte boundary elsewhere.
+                        let off = if pack_len == chunked { 3 } else { 0 };
+                        let mut pack_buf = std::vec![0f32; pack_len + off];
+                        let pack = &mut pack_buf[off..];
                         let io = if add {
                             LinearIo::Add {
                                 x: &x,
@@ -1027,7 +1036,7 @@ fn bf16_projections_on_every_kernel_keep_the_contract() {
                                 out: &mut got,
                             }
                         };
-                        table::<f32>(kernel).linear(io, s, din, &w, dout, &b, &[], &mut pack);
+                        table::<f32>(kernel).linear(io, s, din, &w, dout, &b, &[], pack);
                         for c in 0..dout {
                             for i in 0..s {
                                 let first = if add { start[i + c * s] } else { b[c] };

@@ -74,8 +74,9 @@ pub(crate) fn avx_vnni_available() -> bool {
 /// [`avx512_bf16_available`] asks for, and the OS lets this process use the tile data
 /// (detected, and the permission asked for, once, then remembered): the `bf16` and `i8`
 /// projections and the `i8` attention of [`Kernel::Avx512Bf16`] use the tile products where
-/// they are there (Sapphire Rapids and later; every CPU with AMX so far has all three). Linux only (elsewhere, and
-/// under Miri, `false`): the tile data is off until the process asks the kernel for it.
+/// they are there (Sapphire Rapids and later; every CPU with AMX so far has all three).
+/// Linux only (elsewhere, and under Miri, `false`): the tile data is off until the process
+/// asks the kernel for it.
 pub(crate) fn amx_available() -> bool {
     static SEEN: AtomicU8 = AtomicU8::new(0);
     remembered(&SEEN, || avx512_bf16_available() && probe_amx())
