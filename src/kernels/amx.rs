@@ -174,16 +174,25 @@ pub(super) unsafe fn linear(
                     let before = pending.take();
                     let (sums_ref, tokens_ref) = (&sums, &tokens);
                     let epilogue = |k: usize| {
-                        if let Some((b, out)) = &before {
+                        if let Some((b, out)) = &before
+                            && let Some((v, j0, width)) = b.tile(k)
+                        {
                             // SAFETY: the pair before's outputs in the panel's rows are
                             // inside its projection's (`I8Out::check`); its sums were stored.
-                            unsafe { finish_tile(b, k, sums_ref, tokens_ref, out) };
+                            unsafe { finish(&sums_ref[k], tokens_ref, v, j0, width, out) };
                         }
                     };
                     // SAFETY: the pack holds the panel's rows of `steps` steps (above); the
                     // pair's tiles are inside `p.q` (`I8Out::check`).
                     unsafe {
-                        products(&pair, pack.as_ptr(), steps * STEP, p.q, &mut wbuf, epilogue)
+                        products::<I8, _>(
+                            &pair,
+                            pack.as_ptr(),
+                            steps * STEP,
+                            p.q.as_ptr().cast(),
+                            &mut wbuf,
+                            epilogue,
+                        )
                     };
                     // The lines this pair's epilogue will write, asked for while its products
                     // run (each a write to a line not yet cached: about a tenth of the time).
@@ -218,8 +227,10 @@ pub(super) unsafe fn linear(
         }
         if let Some((before, out)) = pending.take() {
             for k in 0..4 {
-                // SAFETY: as above.
-                unsafe { finish_tile(&before, k, &sums, &tokens, &out) };
+                if let Some((v, j0, width)) = before.tile(k) {
+                    // SAFETY: as above.
+                    unsafe { finish(&sums[k], &tokens, v, j0, width, &out) };
+                }
             }
         }
         i0 += rows;
@@ -260,7 +271,7 @@ impl Drop for Tiles {
 /// # Safety
 /// The tiles are configured.
 #[inline(always)]
-unsafe fn store_pair(pair: &Pair, sums: &mut [Block; 4]) {
+pub(super) unsafe fn store_pair(pair: &Pair, sums: &mut [Block; 4]) {
     for v in 0..pair.halves {
         for h in 0..2 {
             if pair.widths[h] > 0 {
@@ -271,37 +282,85 @@ unsafe fn store_pair(pair: &Pair, sums: &mut [Block; 4]) {
     }
 }
 
-/// The epilogue of tile `k = 2v + h` of a pair whose sums [`store_pair`] stored (nothing if
-/// the pair has no such tile).
-///
-/// # Safety
-/// As [`finish`], for that tile.
-#[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn finish_tile(
-    pair: &Pair,
-    k: usize,
-    sums: &[Block; 4],
-    tokens: &Tokens,
-    out: &Outputs<'_>,
-) {
-    let (v, h) = (k / 2, k % 2);
-    let w = pair.widths[h];
-    if v < pair.halves && w > 0 {
-        // SAFETY: the caller's promise.
-        unsafe { finish(&sums[k], tokens, v, pair.tiles[h], w, out) };
+/// One pair of storage tiles (features `tiles[h] .. tiles[h] + widths[h]`; a width of 0:
+/// no second tile) of a projection with `din` inputs, over `steps` steps of the chunk from
+/// word `qc` (a quad of `i8` inputs, a pair of `bf16` ones), for `halves` tiles of 16 tokens.
+pub(super) struct Pair {
+    pub(super) tiles: [usize; 2],
+    pub(super) widths: [usize; 2],
+    pub(super) din: usize,
+    pub(super) qc: usize,
+    pub(super) steps: usize,
+    pub(super) halves: usize,
+}
+
+impl Pair {
+    /// Tile `k = 2v + h` of the sums: its tokens' vector `v`, first feature and width;
+    /// `None` where the pair has no such tile.
+    #[inline(always)]
+    pub(super) fn tile(&self, k: usize) -> Option<(usize, usize, usize)> {
+        let (v, h) = (k / 2, k % 2);
+        (v < self.halves && self.widths[h] > 0).then(|| (v, self.tiles[h], self.widths[h]))
     }
 }
 
-/// One pair of storage tiles (features `tiles[h] .. tiles[h] + widths[h]`; a width of 0:
-/// no second tile) over `steps` steps of the chunk from quad `qc`, for `halves` tiles of 16
-/// tokens.
-struct Pair {
-    tiles: [usize; 2],
-    widths: [usize; 2],
-    din: usize,
-    qc: usize,
-    steps: usize,
-    halves: usize,
+/// What the tile products of a projection multiply: `i8` quads (`tdpbssd`) or `bf16` pairs
+/// (`tdpbf16ps`, `amx_bf16.rs`). Both keep a storage tile's rows grouped into 32-bit words
+/// of one feature (`kernels/layout.rs`), which is the `B` operand's layout.
+pub(super) trait Operands {
+    /// Inputs per 32-bit word.
+    const GROUP: usize;
+    /// Words `q0 .. q0 + 16` of a storage tile (`width` features, `din` rows, at `tile`) as
+    /// `B` rows in `buf` (word `r` of feature `n` at `buf[r][n]`): whole words copied, the
+    /// partial last word's plain rows put together into words, the rest zeros.
+    ///
+    /// # Safety
+    /// The tile's `din · width` weights are readable at `tile`.
+    unsafe fn copy_weights(tile: *const u8, width: usize, din: usize, q0: usize, buf: &mut Block);
+    /// `tmm(k) += tmm(4 + k / 2) · tmm(6 + k % 2)`: tile `k` of a pair's sums.
+    ///
+    /// # Safety
+    /// The tiles are configured as [`CONFIG`], and the operands loaded.
+    unsafe fn dot(k: usize);
+}
+
+/// `i8` weights and inputs: quads of signed bytes, `tdpbssd`.
+pub(super) struct I8;
+
+impl Operands for I8 {
+    const GROUP: usize = 4;
+
+    #[inline(always)]
+    unsafe fn copy_weights(tile: *const u8, width: usize, din: usize, q0: usize, buf: &mut Block) {
+        // SAFETY: the caller's promise.
+        unsafe { copy_weights(tile.cast(), width, din, q0, buf) };
+    }
+
+    #[inline(always)]
+    unsafe fn dot(k: usize) {
+        // SAFETY: the caller's promise.
+        unsafe {
+            match k {
+                0 => asm!(
+                    "tdpbssd tmm0, tmm4, tmm6",
+                    options(nomem, nostack, preserves_flags)
+                ),
+                1 => asm!(
+                    "tdpbssd tmm1, tmm4, tmm7",
+                    options(nomem, nostack, preserves_flags)
+                ),
+                2 => asm!(
+                    "tdpbssd tmm2, tmm5, tmm6",
+                    options(nomem, nostack, preserves_flags)
+                ),
+                3 => asm!(
+                    "tdpbssd tmm3, tmm5, tmm7",
+                    options(nomem, nostack, preserves_flags)
+                ),
+                _ => unreachable!("a pair has four tiles of sums"),
+            }
+        }
+    }
 }
 
 /// The sums of a [`Pair`] into `tmm0 ..= tmm3` (`tmm(2v + h)`: tokens `16v ..`, tile `h`),
@@ -309,21 +368,23 @@ struct Pair {
 /// the last step (the caller's vector work, done while the tile unit computes).
 ///
 /// # Safety
-/// The tiles are configured as [`CONFIG`]; `a` holds `MR` rows of `row` bytes of which the
-/// first `steps · STEP` are the packed chunk; each tile of the pair is inside `q`.
+/// The tiles are configured as [`CONFIG`]; `a` holds `MR` rows `stride` bytes apart of which
+/// the first `steps · STEP` bytes are the packed chunk; each tile of the pair is inside the
+/// weights at `w` (`dout × din` of [`Operands::GROUP`] per word, in the grouped tile layout).
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn products<F: FnMut(usize)>(
+#[inline]
+pub(super) unsafe fn products<K: Operands, F: FnMut(usize)>(
     pair: &Pair,
     a: *const u32,
-    row: usize,
-    q: &[i8],
+    stride: usize,
+    w: *const u8,
     wbuf: &mut Block,
     mut after: F,
 ) {
-    let whole = pair.din / 4;
+    let whole = pair.din / K::GROUP;
     let two = pair.widths[1] > 0;
     // SAFETY: the caller's contract: every load is inside the pack or the weights (a tile
-    // is read in place only when its 16 quads are whole quads of a 12-feature tile), or
+    // is read in place only when its 16 words are whole words of a 12-feature tile), or
     // from `wbuf`.
     unsafe {
         tile_zero_sums();
@@ -333,41 +394,29 @@ unsafe fn products<F: FnMut(usize)>(
             // Each load just before its first product: the tile unit takes its instructions
             // in order, and a load into a tile waits for the products still reading it.
             let weights = |h: usize, wbuf: &mut Block| {
-                let (t0, w) = (pair.tiles[h], pair.widths[h]);
-                let tile = q.as_ptr().add(t0 * pair.din);
-                if w == WEIGHT_TILE && q0 + STEP_QUADS <= whole {
-                    (tile.add(4 * q0 * WEIGHT_TILE).cast::<u8>(), 4 * WEIGHT_TILE)
+                let (t0, width) = (pair.tiles[h], pair.widths[h]);
+                let tile = w.add(t0 * pair.din * 4 / K::GROUP);
+                if width == WEIGHT_TILE && q0 + STEP_QUADS <= whole {
+                    (tile.add(4 * q0 * WEIGHT_TILE), 4 * WEIGHT_TILE)
                 } else {
-                    copy_weights(tile, w, pair.din, q0, wbuf);
+                    K::copy_weights(tile, width, pair.din, q0, wbuf);
                     (wbuf.0.as_ptr().cast::<u8>(), 4 * L)
                 }
             };
-            tile_load::<4>(a0, row);
-            let (b, stride) = weights(0, wbuf);
-            tile_load::<6>(b, stride);
-            asm!(
-                "tdpbssd tmm0, tmm4, tmm6",
-                options(nomem, nostack, preserves_flags)
-            );
+            tile_load::<4>(a0, stride);
+            let (b, bs) = weights(0, wbuf);
+            tile_load::<6>(b, bs);
+            K::dot(0);
             if two {
-                let (b, stride) = weights(1, wbuf);
-                tile_load::<7>(b, stride);
-                asm!(
-                    "tdpbssd tmm1, tmm4, tmm7",
-                    options(nomem, nostack, preserves_flags)
-                );
+                let (b, bs) = weights(1, wbuf);
+                tile_load::<7>(b, bs);
+                K::dot(1);
             }
             if pair.halves == 2 {
-                tile_load::<5>(a0.add(L * row), row);
-                asm!(
-                    "tdpbssd tmm2, tmm5, tmm6",
-                    options(nomem, nostack, preserves_flags)
-                );
+                tile_load::<5>(a0.add(L * stride), stride);
+                K::dot(2);
                 if two {
-                    asm!(
-                        "tdpbssd tmm3, tmm5, tmm7",
-                        options(nomem, nostack, preserves_flags)
-                    );
+                    K::dot(3);
                 }
             }
             after(k);
@@ -484,30 +533,35 @@ struct Outputs<'a> {
 #[inline(never)]
 unsafe fn finish(sums: &Block, tokens: &Tokens, v: usize, j0: usize, width: usize, o: &Outputs) {
     let ep = Epilogue::new(tokens, v, o);
-    let col = |n: usize| o.out.wrapping_add(o.i0 + v * L + (j0 + n) * o.s);
+    let (scales, bias) = (&o.scales[j0..j0 + width], &o.bias[j0..j0 + width]);
+    columns(sums, width, |acc, n| {
+        let col = o.out.wrapping_add(o.i0 + v * L + (j0 + n) * o.s);
+        // SAFETY: the caller's outputs.
+        unsafe { ep.column(acc, col, scales[n], bias[n]) };
+    });
+}
+
+/// Calls `column(c, n)` with each feature `n < width` of a stored tile of sums (token-major),
+/// `c` its 16 tokens: a whole tile transposed in registers, a narrower one (the last of a
+/// projection) gathered feature by feature. (Compiled with its callers' features, so that
+/// their `column` inlines into it.)
+#[target_feature(enable = "avx512f,avx512bw")]
+#[inline]
+pub(super) fn columns<F: FnMut(__m512i, usize)>(sums: &Block, width: usize, mut column: F) {
     if width == WEIGHT_TILE {
         // SAFETY: `sums` holds 16 vectors.
         let rows =
             core::array::from_fn(|m| unsafe { _mm512_loadu_si512(sums.0[m].as_ptr().cast()) });
         let cols = transpose(rows);
-        let (scales, bias) = (
-            &o.scales[j0..j0 + WEIGHT_TILE],
-            &o.bias[j0..j0 + WEIGHT_TILE],
-        );
         // A constant bound: the columns stay in registers.
         for n in 0..WEIGHT_TILE {
-            // SAFETY: the caller's outputs.
-            unsafe { ep.column(cols[n], col(n), scales[n], bias[n]) };
+            column(cols[n], n);
         }
     } else {
-        // The narrow last tile of a projection: each feature's tokens gathered.
         for n in 0..width {
             let c: [i32; L] = core::array::from_fn(|m| sums.0[m][n]);
-            // SAFETY: `c` holds one vector; the caller's outputs.
-            unsafe {
-                let acc = _mm512_loadu_si512(c.as_ptr().cast());
-                ep.column(acc, col(n), o.scales[j0 + n], o.bias[j0 + n]);
-            }
+            // SAFETY: `c` holds one vector.
+            column(unsafe { _mm512_loadu_si512(c.as_ptr().cast()) }, n);
         }
     }
 }
@@ -564,6 +618,7 @@ impl Epilogue {
 /// column `j`): 32-bit, then 64-bit interleaves within 128-bit lanes, then two shuffles of
 /// whole lanes.
 #[target_feature(enable = "avx512f")]
+#[inline]
 pub(super) fn transpose(r: [__m512i; L]) -> [__m512i; L] {
     let z = _mm512_setzero_si512();
     // a[2i], a[2i + 1]: rows 2i, 2i + 1 interleaved; lane ℓ holds columns 4ℓ, 4ℓ + 1 and
@@ -696,15 +751,15 @@ pub(super) unsafe fn store_sums(t: usize, sums: &mut Block) {
     }
 }
 
-/// `rounds` rounds of 4 independent `tdpbssd` at the projections' tile shape (each 16 × 12 ×
-/// 64 products, 2 operations each) on tiles loaded once: the loop the core's AMX `i8` peak is
-/// measured with. Returns
-/// the operations done and a sum that depends on the last products.
+/// `rounds` rounds of 4 independent tile products of `K` at the projections' tile shape
+/// (each 16 × 12 × `16·GROUP` products, 2 operations each) on tiles loaded once from
+/// `ones` (every word of both operands): the loop the core's AMX peaks are measured with.
+/// Returns the operations done and the bits of a sum that depends on the last products.
 ///
 /// # Safety
 /// As [`linear`].
-pub(super) unsafe fn dot_loop(rounds: usize) -> (u64, i32) {
-    let ones = Block([[core::hint::black_box(0x0101_0101); L]; L]);
+pub(super) unsafe fn dot_loop<K: Operands>(rounds: usize, ones: i32) -> (u64, i32) {
+    let ones = Block([[core::hint::black_box(ones); L]; L]);
     let mut sums = Block([[0; L]; L]);
     // SAFETY: the caller's promise.
     let _tiles = unsafe { Tiles::configure() };
@@ -712,24 +767,19 @@ pub(super) unsafe fn dot_loop(rounds: usize) -> (u64, i32) {
     unsafe {
         tile_zero_sums();
         tile_load::<4>(ones.0.as_ptr().cast(), 4 * L);
+        tile_load::<5>(ones.0.as_ptr().cast(), 4 * L);
         tile_load::<6>(ones.0.as_ptr().cast(), 4 * L);
+        tile_load::<7>(ones.0.as_ptr().cast(), 4 * L);
         for _ in 0..rounds {
-            asm!(
-                "tdpbssd tmm0, tmm4, tmm6",
-                "tdpbssd tmm1, tmm4, tmm6",
-                "tdpbssd tmm2, tmm4, tmm6",
-                "tdpbssd tmm3, tmm4, tmm6",
-                out("tmm0") _,
-                out("tmm1") _,
-                out("tmm2") _,
-                out("tmm3") _,
-                options(nomem, nostack, preserves_flags)
-            );
+            K::dot(0);
+            K::dot(1);
+            K::dot(2);
+            K::dot(3);
         }
         store_sums(0, &mut sums);
     }
     (
-        rounds as u64 * 4 * (L * WEIGHT_TILE * STEP) as u64 * 2,
+        rounds as u64 * 4 * (L * WEIGHT_TILE * STEP_QUADS * K::GROUP) as u64 * 2,
         sums.0[0][0],
     )
 }

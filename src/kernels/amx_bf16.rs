@@ -28,7 +28,7 @@
 use core::arch::asm;
 use core::arch::x86_64::*;
 
-use super::amx::{Block, L, STEP, Tiles, store_sums, tile_load, tile_zero_sums, transpose};
+use super::amx::{Block, L, Operands, Pair, STEP, Tiles, columns, products, store_pair, transpose};
 use super::args::{LinearIo, check_weights};
 use super::bf16::{self, INTERLEAVE};
 use super::int8::row_mask;
@@ -106,10 +106,13 @@ pub(super) unsafe fn linear(
                     pack.as_mut_ptr(),
                 )
             };
-            let init = if qc == 0 && !add {
-                Init::Bias
-            } else {
-                Init::Outputs
+            let o = Outputs {
+                bias,
+                out: out.as_mut_ptr(),
+                s,
+                i0,
+                masks,
+                first: qc == 0 && !add,
             };
             let mut pending: Option<Pair> = None;
             let mut t0 = 0;
@@ -121,48 +124,44 @@ pub(super) unsafe fn linear(
                 let pair = Pair {
                     tiles: [t0, t1],
                     widths: [w0, w1],
+                    din,
                     qc,
                     steps,
                     halves,
                 };
                 let before = pending.take();
                 let sums_ref = &sums;
-                let o = Outputs {
-                    bias,
-                    out: out.as_mut_ptr(),
-                    s,
-                    i0,
-                    masks,
-                    init,
-                };
                 // The pair before's epilogue, a tile per step, while the tile unit computes.
                 let epilogue = |k: usize| {
-                    if let Some(b) = &before {
+                    if let Some((v, j0, width)) = before.as_ref().and_then(|b| b.tile(k)) {
                         // SAFETY: the pair before's outputs in the panel's rows are inside
                         // `out` (`io.checked`); its sums were stored.
-                        unsafe { finish_tile(b, k, sums_ref, &o) };
+                        unsafe { finish(&sums_ref[k], v, j0, width, &o) };
                     }
                 };
-                // SAFETY: the pack holds the panel's rows of `steps` steps (above); the
-                // pair's tiles are inside `w` (`check_weights`).
-                unsafe { products(&pair, pack.as_ptr(), row, w, din, &mut wbuf, epilogue) };
+                // SAFETY: the pack holds the panel's rows of `steps` steps, `row` words apart
+                // (above); the pair's tiles are inside `w` (`check_weights`).
+                unsafe {
+                    products::<Bf16, _>(
+                        &pair,
+                        pack.as_ptr(),
+                        4 * row,
+                        w.as_ptr().cast(),
+                        &mut wbuf,
+                        epilogue,
+                    );
+                }
                 // SAFETY: the tiles are configured; this pair's sums are in them.
                 unsafe { store_pair(&pair, &mut sums) };
                 pending = Some(pair);
                 t0 = t1 + w1;
             }
             if let Some(before) = pending.take() {
-                let o = Outputs {
-                    bias,
-                    out: out.as_mut_ptr(),
-                    s,
-                    i0,
-                    masks,
-                    init,
-                };
                 for k in 0..4 {
-                    // SAFETY: as above.
-                    unsafe { finish_tile(&before, k, &sums, &o) };
+                    if let Some((v, j0, width)) = before.tile(k) {
+                        // SAFETY: as above.
+                        unsafe { finish(&sums[k], v, j0, width, &o) };
+                    }
                 }
             }
             qc += nq;
@@ -171,124 +170,53 @@ pub(super) unsafe fn linear(
     }
 }
 
-/// What a chunk's sums are added to.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Init {
-    /// The first chunk of a projection that writes its outputs: the bias.
-    Bias,
-    /// Adding, or a later chunk: the outputs as they are.
-    Outputs,
-}
-
-/// One pair of storage tiles (features `tiles[h] .. tiles[h] + widths[h]`; a width of 0:
-/// no second tile) over `steps` steps of the chunk from pair `qc`, for `halves` tiles of 16
-/// tokens.
-struct Pair {
-    tiles: [usize; 2],
-    widths: [usize; 2],
-    qc: usize,
-    steps: usize,
-    halves: usize,
-}
-
 /// Where a chunk's sums go: the biases and outputs (`s × dout`, column-major), the panel's
-/// first row and lanes, and what the sums are added to.
+/// first row and lanes, and whether the sums are added to the biases (the first chunk of a
+/// projection that writes its outputs) or to the outputs as they are.
 struct Outputs<'a> {
     bias: &'a [f32],
     out: *mut f32,
     s: usize,
     i0: usize,
     masks: [__mmask16; 2],
-    init: Init,
+    first: bool,
 }
 
-/// Stores a pair's sums, tile `2v + h` into `sums[2v + h]`.
-///
-/// # Safety
-/// The tiles are configured.
-#[inline(always)]
-unsafe fn store_pair(pair: &Pair, sums: &mut [Block; 4]) {
-    for v in 0..pair.halves {
-        for h in 0..2 {
-            if pair.widths[h] > 0 {
-                // SAFETY: the caller's promise.
-                unsafe { store_sums(2 * v + h, &mut sums[2 * v + h]) };
-            }
-        }
+/// `bf16` weights and inputs: pairs of `bf16`, `tdpbf16ps`.
+pub(super) struct Bf16;
+
+impl Operands for Bf16 {
+    const GROUP: usize = 2;
+
+    #[inline(always)]
+    unsafe fn copy_weights(tile: *const u8, width: usize, din: usize, q0: usize, buf: &mut Block) {
+        // SAFETY: the caller's promise.
+        unsafe { copy_weights(tile.cast(), width, din, q0, buf) };
     }
-}
 
-/// The sums of a [`Pair`] into `tmm0 ..= tmm3` (`tmm(2v + h)`: tokens `16v ..`, tile `h`),
-/// calling `after(k)` once the products of step `k` are issued, and for each `k < 4` past
-/// the last step.
-///
-/// # Safety
-/// The tiles are configured as `amx`'s; `a` holds `MR` rows of `row` words of which the
-/// first `steps · 16` are the packed chunk; each tile of the pair is inside `w` (`dout × din`
-/// in the paired tile layout).
-#[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn products<F: FnMut(usize)>(
-    pair: &Pair,
-    a: *const u32,
-    row: usize,
-    w: &[u16],
-    din: usize,
-    wbuf: &mut Block,
-    mut after: F,
-) {
-    let whole = din / 2;
-    let two = pair.widths[1] > 0;
-    let stride = 4 * row;
-    // SAFETY: the caller's contract: every load is inside the pack or the weights (a tile
-    // is read in place only when its 16 pairs are whole pairs of a 12-feature tile), or
-    // from `wbuf`.
-    unsafe {
-        tile_zero_sums();
-        for k in 0..pair.steps {
-            let q0 = pair.qc + k * STEP_PAIRS;
-            let a0 = a.add(k * STEP_PAIRS).cast::<u8>();
-            let weights = |h: usize, wbuf: &mut Block| {
-                let (t0, width) = (pair.tiles[h], pair.widths[h]);
-                let tile = w.as_ptr().add(t0 * din);
-                if width == WEIGHT_TILE && q0 + STEP_PAIRS <= whole {
-                    (tile.add(2 * q0 * WEIGHT_TILE).cast::<u8>(), 4 * WEIGHT_TILE)
-                } else {
-                    copy_weights(tile, width, din, q0, wbuf);
-                    (wbuf.0.as_ptr().cast::<u8>(), 4 * L)
-                }
-            };
-            tile_load::<4>(a0, stride);
-            let (b, bs) = weights(0, wbuf);
-            tile_load::<6>(b, bs);
-            asm!(
-                "tdpbf16ps tmm0, tmm4, tmm6",
-                options(nomem, nostack, preserves_flags)
-            );
-            if two {
-                let (b, bs) = weights(1, wbuf);
-                tile_load::<7>(b, bs);
-                asm!(
+    #[inline(always)]
+    unsafe fn dot(k: usize) {
+        // SAFETY: the caller's promise.
+        unsafe {
+            match k {
+                0 => asm!(
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    options(nomem, nostack, preserves_flags)
+                ),
+                1 => asm!(
                     "tdpbf16ps tmm1, tmm4, tmm7",
                     options(nomem, nostack, preserves_flags)
-                );
-            }
-            if pair.halves == 2 {
-                tile_load::<5>(a0.add(L * stride), stride);
-                asm!(
+                ),
+                2 => asm!(
                     "tdpbf16ps tmm2, tmm5, tmm6",
                     options(nomem, nostack, preserves_flags)
-                );
-                if two {
-                    asm!(
-                        "tdpbf16ps tmm3, tmm5, tmm7",
-                        options(nomem, nostack, preserves_flags)
-                    );
-                }
+                ),
+                3 => asm!(
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    options(nomem, nostack, preserves_flags)
+                ),
+                _ => unreachable!("a pair has four tiles of sums"),
             }
-            after(k);
-        }
-        for k in pair.steps..4 {
-            after(k);
         }
     }
 }
@@ -377,24 +305,9 @@ unsafe fn pack_rows(
     }
 }
 
-/// The epilogue of tile `k = 2v + h` of a pair whose sums [`store_pair`] stored (nothing if
-/// the pair has no such tile).
-///
-/// # Safety
-/// As [`finish`], for that tile.
-#[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn finish_tile(pair: &Pair, k: usize, sums: &[Block; 4], o: &Outputs<'_>) {
-    let (v, h) = (k / 2, k % 2);
-    let w = pair.widths[h];
-    if v < pair.halves && w > 0 {
-        // SAFETY: the caller's promise.
-        unsafe { finish(&sums[k], v, pair.tiles[h], w, o) };
-    }
-}
-
 /// Tokens `16v ..` of features `j0 .. j0 + width` from the stored `sums` (token-major, `f32`
 /// bits): transposed to one vector of tokens per feature and added to the bias or to the
-/// outputs (as `o.init` says), then stored.
+/// outputs (as `o.first` says), then stored.
 ///
 /// # Safety
 /// The outputs of the lanes of `o.masks[v]` in rows `o.i0 + 16v ..` of columns
@@ -403,73 +316,16 @@ unsafe fn finish_tile(pair: &Pair, k: usize, sums: &[Block; 4], o: &Outputs<'_>)
 #[inline(never)]
 unsafe fn finish(sums: &Block, v: usize, j0: usize, width: usize, o: &Outputs<'_>) {
     let mask = o.masks[v];
-    let col = |n: usize| o.out.wrapping_add(o.i0 + v * L + (j0 + n) * o.s);
-    let column = |acc: __m512i, n: usize| {
-        let acc = _mm512_castsi512_ps(acc);
-        let c = col(n);
+    columns(sums, width, |acc, n| {
+        let col = o.out.wrapping_add(o.i0 + v * L + (j0 + n) * o.s);
         // SAFETY: masked reads and writes of the caller's outputs.
         unsafe {
-            let start = match o.init {
-                Init::Bias => _mm512_set1_ps(o.bias[j0 + n]),
-                Init::Outputs => _mm512_maskz_loadu_ps(mask, c),
+            let start = if o.first {
+                _mm512_set1_ps(o.bias[j0 + n])
+            } else {
+                _mm512_maskz_loadu_ps(mask, col)
             };
-            _mm512_mask_storeu_ps(c, mask, _mm512_add_ps(start, acc));
+            _mm512_mask_storeu_ps(col, mask, _mm512_add_ps(start, _mm512_castsi512_ps(acc)));
         }
-    };
-    if width == WEIGHT_TILE {
-        // SAFETY: `sums` holds 16 vectors.
-        let rows =
-            core::array::from_fn(|m| unsafe { _mm512_loadu_si512(sums.0[m].as_ptr().cast()) });
-        let cols = transpose(rows);
-        // A constant bound: the columns stay in registers.
-        for n in 0..WEIGHT_TILE {
-            column(cols[n], n);
-        }
-    } else {
-        // The narrow last tile of a projection: each feature's tokens gathered.
-        for n in 0..width {
-            let c: [i32; L] = core::array::from_fn(|m| sums.0[m][n]);
-            // SAFETY: `c` holds one vector.
-            column(unsafe { _mm512_loadu_si512(c.as_ptr().cast()) }, n);
-        }
-    }
-}
-
-/// `rounds` rounds of 4 independent `tdpbf16ps` at the projections' tile shape (each 16 × 12
-/// × 32 products of `bf16` pairs, 2 FLOPs each) on tiles loaded once: the loop the core's AMX
-/// `bf16` peak is measured with. Returns the FLOPs done and a sum that depends on the last
-/// products.
-///
-/// # Safety
-/// As [`linear`].
-pub(super) unsafe fn dot_loop(rounds: usize) -> (u64, f32) {
-    // Every `bf16` of both operands 1.0 (0x3f80), so the sums count the products.
-    let ones = Block([[core::hint::black_box(0x3f80_3f80); L]; L]);
-    let mut sums = Block([[0; L]; L]);
-    // SAFETY: the caller's promise.
-    let _tiles = unsafe { Tiles::configure() };
-    // SAFETY: the tiles are configured; the loads read `ones` (16 rows of 64 bytes).
-    unsafe {
-        tile_zero_sums();
-        tile_load::<4>(ones.0.as_ptr().cast(), 4 * L);
-        tile_load::<6>(ones.0.as_ptr().cast(), 4 * L);
-        for _ in 0..rounds {
-            asm!(
-                "tdpbf16ps tmm0, tmm4, tmm6",
-                "tdpbf16ps tmm1, tmm4, tmm6",
-                "tdpbf16ps tmm2, tmm4, tmm6",
-                "tdpbf16ps tmm3, tmm4, tmm6",
-                out("tmm0") _,
-                out("tmm1") _,
-                out("tmm2") _,
-                out("tmm3") _,
-                options(nomem, nostack, preserves_flags)
-            );
-        }
-        store_sums(0, &mut sums);
-    }
-    (
-        rounds as u64 * 4 * (L * WEIGHT_TILE * 2 * STEP_PAIRS) as u64 * 2,
-        f32::from_bits(sums.0[0][0].cast_unsigned()),
-    )
+    });
 }

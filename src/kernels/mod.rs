@@ -404,7 +404,8 @@ pub fn bf16_dot_loop(rounds: usize) -> Option<(u64, f32)> {
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx512Bf16 if x86::amx_available() => {
             // SAFETY: AMX (TILE, INT8, BF16) was detected and the OS lets us use it.
-            Some(unsafe { amx_bf16::dot_loop(rounds) })
+            let (flops, bits) = unsafe { amx::dot_loop::<amx_bf16::Bf16>(rounds, 0x3f80_3f80) };
+            Some((flops, f32::from_bits(bits.cast_unsigned())))
         }
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `selected` names only kernels the CPU runs, and this one has AVX512-BF16,
@@ -434,7 +435,7 @@ pub fn i8_dot_loop(rounds: usize) -> Option<(u64, i32)> {
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx512Bf16 if x86::amx_available() => {
             // SAFETY: AMX (TILE, INT8, BF16) was detected and the OS lets us use it.
-            Some(unsafe { amx::dot_loop(rounds) })
+            Some(unsafe { amx::dot_loop::<amx::I8>(rounds, 0x0101_0101) })
         }
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `selected` names only kernels the CPU runs, and this one has AVX512-VNNI,
