@@ -310,13 +310,13 @@ impl Pair {
 pub(super) trait Operands {
     /// Inputs per 32-bit word.
     const GROUP: usize;
-    /// Words `q0 .. q0 + 16` of a storage tile (`width` features, `din` rows, at `tile`) as
-    /// `B` rows in `buf` (word `r` of feature `n` at `buf[r][n]`): whole words copied, the
-    /// partial last word's plain rows put together into words, the rest zeros.
+    /// Feature `n`'s word of the partial last word of a storage tile (`width` features, `din`
+    /// rows, at `tile`; `din` not a multiple of [`Operands::GROUP`]): its plain last rows put
+    /// together as the whole words are, the rest zero.
     ///
     /// # Safety
     /// The tile's `din · width` weights are readable at `tile`.
-    unsafe fn copy_weights(tile: *const u8, width: usize, din: usize, q0: usize, buf: &mut Block);
+    unsafe fn last_word(tile: *const u8, width: usize, din: usize, n: usize) -> u32;
     /// `tmm(k) += tmm(4 + k / 2) · tmm(6 + k % 2)`: tile `k` of a pair's sums.
     ///
     /// # Safety
@@ -331,9 +331,10 @@ impl Operands for I8 {
     const GROUP: usize = 4;
 
     #[inline(always)]
-    unsafe fn copy_weights(tile: *const u8, width: usize, din: usize, q0: usize, buf: &mut Block) {
+    unsafe fn last_word(tile: *const u8, width: usize, din: usize, n: usize) -> u32 {
         // SAFETY: the caller's promise.
-        unsafe { copy_weights(tile.cast(), width, din, q0, buf) };
+        let bytes = unsafe { core::slice::from_raw_parts(tile.cast::<i8>(), din * width) };
+        last_quad_word(bytes, width, din, n)
     }
 
     #[inline(always)]
@@ -399,7 +400,7 @@ pub(super) unsafe fn products<K: Operands, F: FnMut(usize)>(
                 if width == WEIGHT_TILE && q0 + STEP_QUADS <= whole {
                     (tile.add(4 * q0 * WEIGHT_TILE), 4 * WEIGHT_TILE)
                 } else {
-                    K::copy_weights(tile, width, pair.din, q0, wbuf);
+                    copy_weights::<K>(tile, width, pair.din, q0, wbuf);
                     (wbuf.0.as_ptr().cast::<u8>(), 4 * L)
                 }
             };
@@ -427,27 +428,32 @@ pub(super) unsafe fn products<K: Operands, F: FnMut(usize)>(
     }
 }
 
-/// Quads `q0 .. q0 + 16` of a storage tile (`width` features, `din` rows) as `B` rows in
-/// `buf` (quad `r`'s word of feature `n` at `buf[r][n]`): whole quads copied, the partial
-/// last quad's plain rows (`din mod 4` of them) put together into words, the rest zeros.
+/// Words `q0 .. q0 + 16` of a storage tile (`width` features, `din` rows, at `tile`) as `B`
+/// rows in `buf` (word `r` of feature `n` at `buf[r][n]`): whole words copied, the partial
+/// last word's plain rows put together ([`Operands::last_word`]), the rest zeros.
 ///
 /// # Safety
-/// The tile's `din · width` bytes are readable at `tile`.
+/// The tile's `din · width` weights are readable at `tile`.
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn copy_weights(tile: *const i8, width: usize, din: usize, q0: usize, buf: &mut Block) {
-    let whole = din / 4;
+unsafe fn copy_weights<K: Operands>(
+    tile: *const u8,
+    width: usize,
+    din: usize,
+    q0: usize,
+    buf: &mut Block,
+) {
+    let whole = din / K::GROUP;
     let lanes = row_mask(width);
     for r in 0..STEP_QUADS {
         let q = q0 + r;
         let words = if q < whole {
-            // SAFETY: quad `q`'s `width` words (the other lanes masked off).
+            // SAFETY: word `q`'s `width` words (the other lanes masked off).
             unsafe { _mm512_maskz_loadu_epi32(lanes, tile.add(4 * q * width).cast()) }
-        } else if q == whole && !din.is_multiple_of(4) {
-            // SAFETY: the caller's tile.
-            let bytes = unsafe { core::slice::from_raw_parts(tile, din * width) };
+        } else if q == whole && !din.is_multiple_of(K::GROUP) {
             let mut w = [0u32; L];
             for (n, word) in w.iter_mut().enumerate().take(width) {
-                *word = last_quad_word(bytes, width, din, n);
+                // SAFETY: the caller's tile.
+                *word = unsafe { K::last_word(tile, width, din, n) };
             }
             // SAFETY: `w` holds one vector.
             unsafe { _mm512_loadu_si512(w.as_ptr().cast()) }

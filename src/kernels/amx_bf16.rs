@@ -188,10 +188,15 @@ pub(super) struct Bf16;
 impl Operands for Bf16 {
     const GROUP: usize = 2;
 
+    /// The odd last row's weight of feature `n`, in the low half.
     #[inline(always)]
-    unsafe fn copy_weights(tile: *const u8, width: usize, din: usize, q0: usize, buf: &mut Block) {
-        // SAFETY: the caller's promise.
-        unsafe { copy_weights(tile.cast(), width, din, q0, buf) };
+    unsafe fn last_word(tile: *const u8, width: usize, din: usize, n: usize) -> u32 {
+        // SAFETY: the caller's tile; the odd last row's `width` values follow the whole pairs.
+        u32::from(unsafe {
+            tile.cast::<u16>()
+                .add((din - 1) * width + n)
+                .read_unaligned()
+        })
     }
 
     #[inline(always)]
@@ -218,37 +223,6 @@ impl Operands for Bf16 {
                 _ => unreachable!("a pair has four tiles of sums"),
             }
         }
-    }
-}
-
-/// Pairs `q0 .. q0 + 16` of a storage tile (`width` features, `din` rows, paired) as `B`
-/// rows in `buf` (pair `r`'s word of feature `n` at `buf[r][n]`): whole pairs copied, the odd
-/// last row's weights in the low halves of their words, the rest zeros.
-///
-/// # Safety
-/// The tile's `din · width` values are readable at `tile`.
-#[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn copy_weights(tile: *const u16, width: usize, din: usize, q0: usize, buf: &mut Block) {
-    let whole = din / 2;
-    let lanes = row_mask(width);
-    for r in 0..STEP_PAIRS {
-        let q = q0 + r;
-        let words = if q < whole {
-            // SAFETY: pair `q`'s `width` words (the other lanes masked off).
-            unsafe { _mm512_maskz_loadu_epi32(lanes, tile.add(2 * q * width).cast()) }
-        } else if q == whole && din % 2 == 1 {
-            let mut last = [0u32; L];
-            for (n, word) in last.iter_mut().enumerate().take(width) {
-                // SAFETY: the odd last row's `width` values, after the whole pairs.
-                *word = u32::from(unsafe { *tile.add(2 * q * width + n) });
-            }
-            // SAFETY: `last` holds one vector.
-            unsafe { _mm512_loadu_si512(last.as_ptr().cast()) }
-        } else {
-            _mm512_setzero_si512()
-        };
-        // SAFETY: row `r` of `buf` is one vector.
-        unsafe { _mm512_storeu_si512(buf.0[r].as_mut_ptr().cast(), words) };
     }
 }
 
